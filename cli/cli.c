@@ -1,0 +1,193 @@
+/* Shared CLI helpers: exit codes, error printing, sizes, progress (cli/cli.h). */
+#include "cli/cli.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lms/json.h"
+
+int cli_exit_code(enum lms_status s)
+{
+    switch (s) {
+    case LMS_OK:
+        return CLI_EXIT_OK;
+    case LMS_EINVAL:
+    case LMS_EEXIST:
+        return CLI_EXIT_USAGE;
+    case LMS_EFORMAT:
+    case LMS_EUNSUPPORTED:
+    case LMS_ESHAPE:
+        return CLI_EXIT_BAD_INPUT;
+    case LMS_EIO:
+        return CLI_EXIT_IO;
+    case LMS_ENOMEM:
+        return CLI_EXIT_NOMEM;
+    case LMS_EDEVICE:
+        return CLI_EXIT_DEVICE;
+    case LMS_EINTERRUPTED:
+        return CLI_EXIT_INTERRUPTED;
+    }
+    return CLI_EXIT_INTERNAL;
+}
+
+int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err)
+{
+    fprintf(stderr, "lmsurgeon %s: error: %s\n", cmd, err->msg);
+    int code = cli_exit_code(err->status);
+    if (co && co->json) {
+        json_t *o = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error", err->msg, "status",
+                              lms_status_name(err->status), "exit_code", code);
+        struct lms_buf_str b = {0};
+        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
+            printf("%s\n", b.data);
+        lms_buf_str_release(&b);
+        json_decref(o);
+    }
+    return code;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "lmsurgeon %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "; see 'lmsurgeon %s --help'\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
+void cli_normalize_flags(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            return;
+        if (strncmp(a, "--", 2) != 0)
+            continue;
+        for (char *p = a + 2; *p && *p != '='; p++)
+            if (*p == '_')
+                *p = '-';
+    }
+}
+
+bool cli_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v >= 0) || !isfinite(v))
+        return false;
+    while (isspace((unsigned char)*end))
+        end++;
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"", 1},        {"B", 1},          {"KB", 1e3},         {"MB", 1e6},
+                 {"GB", 1e9},    {"TB", 1e12},      {"KIB", 1024.0},     {"MIB", 1048576.0},
+                 {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}, {"K", 1e3}, {"M", 1e6},
+                 {"G", 1e9}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcasecmp(end, units[i].unit) == 0) {
+            double bytes = v * units[i].mult;
+            if (bytes > 1.8e19)
+                return false;
+            *out = (uint64_t)bytes;
+            return true;
+        }
+    }
+    return false;
+}
+
+void cli_format_bytes(uint64_t n, char *dst, size_t dst_cap)
+{
+    const char *units[] = {"B", "kB", "MB", "GB", "TB", "PB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1000 && u < 5) {
+        v /= 1000;
+        u++;
+    }
+    if (u == 0)
+        snprintf(dst, dst_cap, "%llu B", (unsigned long long)n);
+    else
+        snprintf(dst, dst_cap, "%.2f %s", v, units[u]);
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void cli_progress_begin(struct cli_progress *p, const char *label, uint64_t total, bool is_bytes,
+                        bool quiet)
+{
+    memset(p, 0, sizeof(*p));
+    p->enabled = !quiet && isatty(STDERR_FILENO);
+    p->label = label;
+    p->total = total;
+    p->is_bytes = is_bytes;
+    p->start = cli_now();
+}
+
+static void format_amount(const struct cli_progress *p, double v, char *dst, size_t cap)
+{
+    if (p->is_bytes)
+        cli_format_bytes((uint64_t)v, dst, cap);
+    else
+        snprintf(dst, cap, "%.0f", v);
+}
+
+static void draw(struct cli_progress *p, uint64_t done, bool final)
+{
+    double now = cli_now();
+    if (!final && now - p->last_draw < 0.1)
+        return;
+    p->last_draw = now;
+    double elapsed = now - p->start;
+    double rate = elapsed > 0 ? (double)done / elapsed : 0;
+    double frac = p->total ? (double)done / (double)p->total : 1;
+    if (frac > 1)
+        frac = 1;
+    int width = 28, filled = (int)(frac * width);
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[width] = '\0';
+    char d[32], t[32], r[32];
+    format_amount(p, (double)done, d, sizeof(d));
+    format_amount(p, (double)p->total, t, sizeof(t));
+    format_amount(p, rate, r, sizeof(r));
+    double eta = rate > 0 && p->total > done ? (double)(p->total - done) / rate : 0;
+    fprintf(stderr, "\r%s [%s] %3.0f%% %s/%s %s/s ETA %02d:%02d\033[K", p->label, bar,
+            frac * 100, d, t, r, (int)eta / 60, (int)eta % 60);
+    if (final)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void cli_progress_update(struct cli_progress *p, uint64_t done)
+{
+    if (p->enabled)
+        draw(p, done, false);
+}
+
+void cli_progress_end(struct cli_progress *p)
+{
+    if (p->enabled)
+        draw(p, p->total, true);
+}
+
+void cli_progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    struct cli_progress *p = ctx;
+    p->total = total;
+    cli_progress_update(p, done);
+}

@@ -1,0 +1,9 @@
+/* lmsurgeon inspect (placeholder until the formats land in this same change). */
+#include "cli/cli.h"
+
+int cmd_inspect(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return CLI_EXIT_INTERNAL;
+}

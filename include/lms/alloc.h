@@ -1,0 +1,22 @@
+/* lmsurgeon: the library's one allocator hook.
+ *
+ * Every heap allocation of the library goes through lms_malloc/lms_calloc/lms_realloc/lms_free
+ * so that tests can make the k-th allocation fail (lms_alloc_fail_after) and check that each
+ * path returns LMS_ENOMEM without leaking. */
+#ifndef LMS_ALLOC_H
+#define LMS_ALLOC_H
+
+#include <stddef.h>
+
+void *lms_malloc(size_t n);
+void *lms_calloc(size_t count, size_t size);
+void *lms_realloc(void *p, size_t n);
+void lms_free(void *p); /* lms_free(NULL) does nothing */
+char *lms_strdup(const char *s);
+char *lms_strndup(const char *s, size_t n);
+
+/* Test hook: the next k allocations succeed, the (k+1)-th and later ones fail, until reset with
+ * k < 0. Returns the number of allocations made since the last call. */
+long lms_alloc_fail_after(long k);
+
+#endif

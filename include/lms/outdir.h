@@ -1,0 +1,53 @@
+/* lmsurgeon: writing a checkpoint directory atomically.
+ *
+ * Every writer works inside a temporary directory created beside the destination
+ * (".NAME.lms-tmp-XXXXXX"), fsyncs every file it writes, and only lms_outdir_commit renames the
+ * finished directory into place. A crash or an error before the commit leaves the destination
+ * exactly as it was (a stale temporary directory may remain beside it and is safe to delete).
+ * With force, an existing destination is moved aside, replaced, then removed. */
+#ifndef LMS_OUTDIR_H
+#define LMS_OUTDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lms/error.h"
+
+struct lms_outdir {
+    char *dest; /* final path; owned */
+    char *tmp;  /* temporary directory beside dest; owned */
+    bool force; /* replace an existing non-empty destination */
+};
+
+/* Checks the destination (refuses an existing non-empty one unless force) and creates the
+ * temporary directory. OUT: od is filled; release it with lms_outdir_abort or _commit. */
+enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir *od,
+                                 struct lms_error *err);
+/* Path of name inside the temporary directory, written to dst. */
+enum lms_status lms_outdir_path(const struct lms_outdir *od, const char *name, char *dst,
+                                size_t dst_cap, struct lms_error *err);
+/* fsyncs the temporary directory, renames it into place and frees od. */
+enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err);
+/* Removes the temporary directory and everything in it, frees od. Safe after a failed begin. */
+void lms_outdir_abort(struct lms_outdir *od);
+
+/* Refuses dest when it is, contains or lies inside input (after resolving both paths). */
+enum lms_status lms_path_check_not_input(const char *dest, const char *input,
+                                         struct lms_error *err);
+
+/* Writes all of buf to fd, retrying short writes; errors name path. */
+enum lms_status lms_write_all(int fd, const void *buf, size_t len, const char *path,
+                              struct lms_error *err);
+/* Copies a file byte for byte to dst_path (created, fsync'd). */
+enum lms_status lms_copy_file(const char *src_path, const char *dst_path,
+                              struct lms_error *err);
+/* Writes a whole small file (created, fsync'd). */
+enum lms_status lms_write_file(const char *path, const void *buf, size_t len,
+                               struct lms_error *err);
+/* Removes a directory tree (best effort). */
+void lms_remove_tree(const char *path);
+/* Final path component of path (pointer into path). */
+const char *lms_path_basename(const char *path);
+
+#endif
