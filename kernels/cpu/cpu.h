@@ -1,5 +1,5 @@
-/* CPU backend internals: the context, the op entry points shared between kernels/cpu/*.c and
- * the small numeric helpers (a vectorisable expf) they have in common.
+/* CPU backend internals: the context, the op entry points shared between the files of
+ * kernels/cpu/ and the small numeric helpers (a vectorisable expf) they have in common.
  *
  * The CPU backend computes in fp32: weights are converted to F32 once when uploaded, GEMMs go
  * through OpenBLAS (cblas), everything else is plain loops parallelised with OpenMP. */
