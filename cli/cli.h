@@ -67,5 +67,7 @@ double cli_now(void);
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
 
 #endif
