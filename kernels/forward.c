@@ -178,14 +178,17 @@ enum lms_status lms_rope_inv_freq(const struct lms_arch *a, float *dst, size_t d
     return LMS_OK;
 }
 
-enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, float *cos_t,
-                               float *sin_t, struct lms_error *err)
+enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, bool inv_freq_bf16,
+                               float *cos_t, float *sin_t, struct lms_error *err)
 {
     float inv[1024], scale;
     enum lms_status rc = lms_rope_inv_freq(a, inv, sizeof inv / sizeof inv[0], &scale, err);
     if (rc)
         return rc;
     int64_t half = a->head_dim / 2;
+    if (inv_freq_bf16)
+        for (int64_t i = 0; i < half; i++)
+            inv[i] = lms_bf16_to_f32(lms_f32_to_bf16(inv[i]));
     for (int64_t p = 0; p < n_pos; p++)
         for (int64_t i = 0; i < half; i++) {
             float ang = (float)p * inv[i];
@@ -388,7 +391,7 @@ enum lms_status lms_engine_new(const struct lms_model *m, struct lms_backend *be
         rc = lms_error_set(err, LMS_ENOMEM, "engine: out of memory for the rope table");
         goto fail;
     }
-    rc = lms_rope_table(&e->a, opts->max_seq, host, host + tab, err);
+    rc = lms_rope_table(&e->a, opts->max_seq, opts->rope_bf16, host, host + tab, err);
     char *ws = e->ws.ptr;
     if (!rc)
         rc = lms_buf_upload(be, ws + e->plan.off_cos, host, (size_t)tab * sizeof(float), err);

@@ -33,6 +33,10 @@ struct lms_engine_opts {
     int64_t max_batch;   /* B: most rows per forward call (> 0) */
     int64_t max_seq;     /* S: most tokens per row (> 0); positions are 0..S-1 */
     int64_t logits_rows; /* token rows per logits chunk; 0 = automatic (<= 64 MiB of logits) */
+    bool rope_bf16;      /* round the RoPE inverse frequencies to bf16, reproducing a
+                          * transformers model moved with .to(torch.bfloat16) (which casts its
+                          * rotary inv_freq buffer too); false: fp32, as from_pretrained computes
+                          * them whatever the dtype */
 };
 
 /* Where every activation lives in the workspace: byte offsets into one device allocation. */
@@ -68,9 +72,10 @@ enum lms_status lms_fwd_plan_make(const struct lms_arch *a, int64_t logits_cols,
  * types). Yarn and dynamic: LMS_EUNSUPPORTED. */
 enum lms_status lms_rope_inv_freq(const struct lms_arch *a, float *dst, size_t dst_cap,
                                   float *attn_scale, struct lms_error *err);
-/* cos and sin tables (n_pos, d/2) for positions 0..n_pos-1: angle = fp32(pos * inv_freq). */
-enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, float *cos, float *sin,
-                               struct lms_error *err);
+/* cos and sin tables (n_pos, d/2) for positions 0..n_pos-1: angle = fp32(pos * inv_freq),
+ * inv_freq rounded to bf16 first when inv_freq_bf16 (see lms_engine_opts.rope_bf16). */
+enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, bool inv_freq_bf16,
+                               float *cos, float *sin, struct lms_error *err);
 
 enum lms_hook_point {
     LMS_HOOK_EMBED_OUT,      /* (N, H) embedding output; layer -1 */

@@ -302,7 +302,7 @@ START_TEST(rope)
         struct lms_arch a = {.head_dim = d, .rope = {.type = LMS_ROPE_DEFAULT, .theta = 1e6}};
         float *cs = malloc(sizeof(float) * (size_t)(n_pos * half));
         float *sn = malloc(sizeof(float) * (size_t)(n_pos * half));
-        ck_assert_int_eq(lms_rope_table(&a, n_pos, cs, sn, &err), LMS_OK);
+        ck_assert_int_eq(lms_rope_table(&a, n_pos, false, cs, sn, &err), LMS_OK);
         int32_t pos[37];
         for (int r = 0; r < rows; r++)
             pos[r] = (r * 7) % (int)n_pos;
