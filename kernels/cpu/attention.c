@@ -16,10 +16,128 @@
 #define BQ 64 /* query rows per task */
 #define BK 64 /* keys per tile */
 
+#define RB 4  /* query rows processed together on fully visible tiles */
+
+typedef float v16 __attribute__((vector_size(64), aligned(4))); /* 16 lanes, unaligned loads */
+
 /* Scratch floats one thread needs for r heads per group and head dim d. */
 static size_t scratch_floats(int64_t r, int64_t d)
 {
-    return (size_t)(2 * BK * d + BK + r * BQ * d + 2 * r * BQ + d + 16);
+    return (size_t)(2 * BK * d + RB * BK + r * BQ * d + 2 * r * BQ + RB * d + 16);
+}
+
+/* s[jj] = qs . K[jj] for jj in [lo, hi): kt is the K tile transposed, (d, BK). */
+static inline __attribute__((always_inline)) void scores_row(float *restrict s, const float *restrict qs,
+                              const float *restrict kt, int64_t d, int64_t lo, int64_t hi)
+{
+    int64_t jb = lo;
+    for (; jb + 16 <= hi; jb += 16) {
+        float t[16] = {0};
+        for (int64_t c = 0; c < d; c++) {
+            float qc = qs[c];
+            const float *kc = kt + c * BK + jb;
+#pragma omp simd
+            for (int k = 0; k < 16; k++)
+                t[k] += qc * kc[k];
+        }
+        for (int k = 0; k < 16; k++)
+            s[jb + k] = t[k];
+    }
+    for (int64_t jj = jb; jj < hi; jj++) {
+        float t = 0;
+        for (int64_t c = 0; c < d; c++)
+            t += qs[c] * kt[c * BK + jj];
+        s[jj] = t;
+    }
+}
+
+/* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile: RB x BK accumulators in registers. */
+static inline __attribute__((always_inline)) void scores_rows(float *restrict s, const float *restrict qs,
+                               const float *restrict kt, int64_t d)
+{
+    v16 t[RB][BK / 16];
+    for (int r = 0; r < RB; r++)
+        for (int k = 0; k < BK / 16; k++)
+            t[r][k] = (v16){0};
+    for (int64_t c = 0; c < d; c++) {
+        const v16 *kc = (const v16 *)(kt + c * BK);
+        v16 kv[BK / 16];
+        for (int k = 0; k < BK / 16; k++)
+            kv[k] = kc[k];
+        for (int r = 0; r < RB; r++) {
+            float q = qs[r * d + c];
+            for (int k = 0; k < BK / 16; k++)
+                t[r][k] += q * kv[k];
+        }
+    }
+    for (int r = 0; r < RB; r++)
+        for (int k = 0; k < BK / 16; k++)
+            *(v16 *)(s + r * BK + k * 16) = t[r][k];
+}
+
+/* Online-softmax step of one row over scores s[lo, hi): updates the running max *m and sum *l,
+ * rescales the accumulator a (d), turns s into probabilities. Returns nothing; a is not yet
+ * updated with V (the caller does that, one row or RB rows at a time). */
+static inline __attribute__((always_inline)) void softmax_step(float *restrict s, int64_t lo, int64_t hi, float *m, float *l,
+                                float *restrict a, int64_t d)
+{
+    float mt = -INFINITY;
+#pragma omp simd reduction(max : mt)
+    for (int64_t jj = lo; jj < hi; jj++)
+        mt = s[jj] > mt ? s[jj] : mt;
+    float m_old = *m, m_new = m_old > mt ? m_old : mt;
+    float alpha = isinf(m_old) ? 0.0f : lms__expf(m_old - m_new);
+    if (alpha != 1.0f)
+        for (int64_t c = 0; c < d; c++)
+            a[c] *= alpha;
+    float sum = 0;
+#pragma omp simd
+    for (int64_t jj = lo; jj < hi; jj++)
+        s[jj] = lms__expf(s[jj] - m_new);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t jj = lo; jj < hi; jj++)
+        sum += s[jj];
+    *l = *l * alpha + sum;
+    *m = m_new;
+}
+
+/* a (d) += sum_jj p[jj] * V[jj] for jj in [lo, hi); vt (BK, d). */
+static inline __attribute__((always_inline)) void pv_row(float *restrict a, const float *restrict p, const float *restrict vt,
+                          int64_t d, int64_t lo, int64_t hi)
+{
+    for (int64_t jj = lo; jj < hi; jj++) {
+        float pj = p[jj];
+        const float *vr = vt + jj * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; c++)
+            a[c] += pj * vr[c];
+    }
+}
+
+/* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 32 == 0.
+ * Channels in chunks of 32, RB x 2 accumulators in registers over the BK keys. */
+static inline __attribute__((always_inline)) void pv_rows(float *a, int64_t a_stride, const float *restrict p,
+                           const float *restrict vt, int64_t d)
+{
+    for (int64_t c0 = 0; c0 < d; c0 += 32) {
+        v16 t[RB][2];
+        for (int r = 0; r < RB; r++) {
+            t[r][0] = *(const v16 *)(a + r * a_stride + c0);
+            t[r][1] = *(const v16 *)(a + r * a_stride + c0 + 16);
+        }
+        for (int64_t jj = 0; jj < BK; jj++) {
+            v16 v0 = *(const v16 *)(vt + jj * d + c0), v1 = *(const v16 *)(vt + jj * d + c0 + 16);
+            for (int r = 0; r < RB; r++) {
+                float pj = p[r * BK + jj];
+                t[r][0] += pj * v0;
+                t[r][1] += pj * v1;
+            }
+        }
+        for (int r = 0; r < RB; r++) {
+            *(v16 *)(a + r * a_stride + c0) = t[r][0];
+            *(v16 *)(a + r * a_stride + c0 + 16) = t[r][1];
+        }
+    }
 }
 
 /* One task: batch row b, group g, query rows [q0, q1). ws: thread scratch. */
@@ -28,14 +146,14 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                          int64_t q1, float *ws)
 {
     const int64_t S = at->seq, d = at->head_dim, r = at->n_heads / at->n_groups;
-    const int64_t nq = q1 - q0;
-    float *kt = ws;             /* (d, BK): K tile transposed */
-    float *vt = kt + d * BK;    /* (BK, d) */
-    float *s = vt + BK * d;     /* (BK) scores of one row */
-    float *acc = s + BK;        /* (r, BQ, d) */
+    const int64_t nq = q1 - q0, W = at->window;
+    float *kt = ws;              /* (d, BK): K tile transposed */
+    float *vt = kt + d * BK;     /* (BK, d) */
+    float *s = vt + BK * d;      /* (RB, BK) scores */
+    float *acc = s + RB * BK;    /* (r, BQ, d) */
     float *m = acc + r * BQ * d; /* (r, BQ) running max */
     float *l = m + r * BQ;       /* (r, BQ) running sum */
-    float *qs = l + r * BQ;      /* (d) scaled query row */
+    float *qs = l + r * BQ;      /* (RB, d) scaled query rows */
 
     for (int64_t i = 0; i < r * nq; i++) {
         m[i] = -INFINITY;
@@ -45,8 +163,8 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
         acc[i] = 0;
 
     int64_t j_begin = 0;
-    if (at->window > 0 && q0 - at->window + 1 > 0)
-        j_begin = q0 - at->window + 1;
+    if (W > 0 && q0 - W + 1 > 0)
+        j_begin = q0 - W + 1;
     for (int64_t j0 = j_begin; j0 < q1; j0 += BK) {
         int64_t j1 = j0 + BK < q1 ? j0 + BK : q1;
         int64_t nk = j1 - j0;
@@ -59,54 +177,39 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
         }
         for (int64_t hh = 0; hh < r; hh++) {
             int64_t h = g * r + hh;
-            for (int64_t qi = 0; qi < nq; qi++) {
+            for (int64_t qi = 0; qi < nq;) {
                 int64_t i = q0 + qi;
+                /* RB rows at once when the whole tile is visible to each of them */
+                bool full = nk == BK && d % 32 == 0 && qi + RB <= nq && j1 - 1 <= i &&
+                            (W == 0 || i + RB - 1 - W + 1 <= j0);
+                if (full) {
+                    for (int rr = 0; rr < RB; rr++) {
+                        const float *qrow = at->q + (b * S + i + rr) * at->q_stride + h * d;
+                        for (int64_t c = 0; c < d; c++)
+                            qs[rr * d + c] = qrow[c] * at->scale;
+                    }
+                    scores_rows(s, qs, kt, d);
+                    int64_t row = hh * nq + qi;
+                    for (int rr = 0; rr < RB; rr++)
+                        softmax_step(s + rr * BK, 0, BK, &m[row + rr], &l[row + rr],
+                                     acc + (row + rr) * d, d);
+                    pv_rows(acc + row * d, d, s, vt, d);
+                    qi += RB;
+                    continue;
+                }
                 /* visible keys of row i inside this tile: [lo, hi) relative to j0 */
-                int64_t hi = i + 1 - j0;
-                if (hi <= 0)
-                    continue;
-                if (hi > nk)
-                    hi = nk;
-                int64_t lo = 0;
-                if (at->window > 0 && i - at->window + 1 > j0)
-                    lo = i - at->window + 1 - j0;
-                if (lo >= hi)
-                    continue;
-                const float *qrow = at->q + (b * S + i) * at->q_stride + h * d;
-                for (int64_t c = 0; c < d; c++)
-                    qs[c] = qrow[c] * at->scale;
-                for (int64_t jj = lo; jj < hi; jj++)
-                    s[jj] = 0;
-                for (int64_t c = 0; c < d; c++) {
-                    float qc = qs[c];
-                    const float *kc = kt + c * BK;
-                    for (int64_t jj = lo; jj < hi; jj++)
-                        s[jj] += qc * kc[jj];
-                }
-                float mt = -INFINITY;
-                for (int64_t jj = lo; jj < hi; jj++)
-                    mt = s[jj] > mt ? s[jj] : mt;
-                int64_t row = hh * nq + qi;
-                float m_old = m[row];
-                float m_new = m_old > mt ? m_old : mt;
-                float alpha = isinf(m_old) ? 0.0f : lms__expf(m_old - m_new);
-                float *a = acc + row * d;
-                if (alpha != 1.0f)
+                int64_t hi = i + 1 - j0 < nk ? i + 1 - j0 : nk;
+                int64_t lo = W > 0 && i - W + 1 > j0 ? i - W + 1 - j0 : 0;
+                if (lo < hi) {
+                    const float *qrow = at->q + (b * S + i) * at->q_stride + h * d;
                     for (int64_t c = 0; c < d; c++)
-                        a[c] *= alpha;
-                float sum = 0;
-                for (int64_t jj = lo; jj < hi; jj++) {
-                    s[jj] = lms__expf(s[jj] - m_new);
-                    sum += s[jj];
+                        qs[c] = qrow[c] * at->scale;
+                    scores_row(s, qs, kt, d, lo, hi);
+                    int64_t row = hh * nq + qi;
+                    softmax_step(s, lo, hi, &m[row], &l[row], acc + row * d, d);
+                    pv_row(acc + row * d, s, vt, d, lo, hi);
                 }
-                l[row] = l[row] * alpha + sum;
-                m[row] = m_new;
-                for (int64_t jj = lo; jj < hi; jj++) {
-                    float p = s[jj];
-                    const float *vr = vt + jj * d;
-                    for (int64_t c = 0; c < d; c++)
-                        a[c] += p * vr[c];
-                }
+                qi++;
             }
         }
     }

@@ -28,8 +28,9 @@ static enum lms_status cpu_open(struct lms_backend *be, const struct lms_backend
         n = 1;
     cx->n_threads = n;
 #ifdef LMS_HAVE_OPENBLAS
-    /* OpenBLAS keeps one process-wide thread pool: the last backend opened sets its size. */
-    openblas_set_num_threads(n);
+    /* GEMMs are split across OpenMP threads, each calling OpenBLAS single-threaded: one
+     * thread pool instead of two competing ones. (OpenBLAS's setting is process-wide.) */
+    openblas_set_num_threads(1);
 #endif
     be->n_threads = n;
     be->impl = cx;

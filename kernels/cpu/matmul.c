@@ -26,22 +26,48 @@ enum lms_status lms__cpu_matmul(struct lms_backend *be, const struct lms_matmul 
     if (mm->m == 0 || mm->n == 0)
         return LMS_OK;
     const float *bmat = mm->b;
+    int nt = cx->n_threads;
+    /* Split C into nt panels of rows (or of columns when there are few rows); each thread runs
+     * a single-threaded OpenBLAS GEMM on its panel, so only one thread pool (OpenMP) exists. */
+    int64_t flops = mm->m * mm->n * mm->k;
+    bool by_rows = mm->m >= 16 * (int64_t)nt;
+    int64_t extent = by_rows ? mm->m : mm->n;
+    int64_t align = by_rows ? 4 : 16;
+    int n_parts = flops < (1 << 18) ? 1 : nt;
     for (int64_t b = 0; b < mm->batch; b++) {
         const float *a = mm->a + b * mm->stride_a;
         const float *bb = bmat + b * mm->stride_b;
         float *c = mm->c + b * mm->stride_c;
-        cblas_sgemm(CblasRowMajor, mm->trans_a ? CblasTrans : CblasNoTrans,
-                    mm->trans_b ? CblasTrans : CblasNoTrans, (int)mm->m, (int)mm->n, (int)mm->k,
-                    mm->alpha, a, (int)mm->lda, bb, (int)mm->ldb, mm->beta, c, (int)mm->ldc);
-        if (mm->bias) {
-            const float *bias = mm->bias;
-            int64_t m = mm->m, n = mm->n, ldc = mm->ldc;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (m * n > LMS_CPU_PAR_MIN)
-            for (int64_t i = 0; i < m; i++) {
-                float *row = c + i * ldc;
-                for (int64_t j = 0; j < n; j++)
-                    row[j] += bias[j];
+#pragma omp parallel for num_threads(n_parts) schedule(static) if (n_parts > 1)
+        for (int part = 0; part < n_parts; part++) {
+            int64_t chunk = (extent + n_parts - 1) / n_parts;
+            chunk = (chunk + align - 1) / align * align;
+            int64_t p0 = part * chunk, p1 = p0 + chunk < extent ? p0 + chunk : extent;
+            if (p0 >= p1)
+                continue;
+            const float *pa = a, *pb = bb;
+            float *pc = c;
+            int64_t pm = mm->m, pn = mm->n;
+            if (by_rows) {
+                pa = mm->trans_a ? a + p0 : a + p0 * mm->lda;
+                pc = c + p0 * mm->ldc;
+                pm = p1 - p0;
+            } else {
+                pb = mm->trans_b ? bb + p0 * mm->ldb : bb + p0;
+                pc = c + p0;
+                pn = p1 - p0;
             }
+            cblas_sgemm(CblasRowMajor, mm->trans_a ? CblasTrans : CblasNoTrans,
+                        mm->trans_b ? CblasTrans : CblasNoTrans, (int)pm, (int)pn, (int)mm->k,
+                        mm->alpha, pa, (int)mm->lda, pb, (int)mm->ldb, mm->beta, pc,
+                        (int)mm->ldc);
+            if (mm->bias)
+                for (int64_t i = 0; i < pm; i++) {
+                    float *row = pc + i * mm->ldc;
+                    const float *bias = by_rows ? mm->bias : mm->bias + p0;
+                    for (int64_t j = 0; j < pn; j++)
+                        row[j] += bias[j];
+                }
         }
     }
     return LMS_OK;
