@@ -109,3 +109,68 @@ def test_scaled_rope_against_torch(tmp_path, scaling):
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 512, size=(2, 200))
     compare(tmp_path, str(dst), ids)
+
+
+def write_indexed(prefix, docs):
+    """Megatron MMIDIDX .bin/.idx (uint16 ids, one sequence per document)."""
+    with open(prefix + ".bin", "wb") as f:
+        for d in docs:
+            f.write(np.asarray(d, dtype="<u2").tobytes())
+    lengths = np.array([len(d) for d in docs], dtype="<i4")
+    pointers = np.concatenate([[0], np.cumsum(lengths[:-1]) * 2]).astype("<i8")
+    doc_idx = np.arange(len(docs) + 1, dtype="<i8")
+    with open(prefix + ".idx", "wb") as f:
+        f.write(b"MMIDIDX\x00\x00")
+        f.write(np.array([1], dtype="<u8").tobytes())
+        f.write(np.array([8], dtype="<u1").tobytes())
+        f.write(np.array([len(docs)], dtype="<u8").tobytes())
+        f.write(np.array([len(docs) + 1], dtype="<u8").tobytes())
+        f.write(lengths.tobytes())
+        f.write(pointers.tobytes())
+        f.write(doc_idx.tobytes())
+
+
+def test_eval_cli_against_torch(tmp_path):
+    """lmsurgeon eval on 6 windows of 128 tokens (raw .u16 and the same ids as an indexed dataset
+    split into uneven documents) gives transformers' mean next-token cross-entropy."""
+    lms = os.environ["LMSURGEON"]
+    teacher = os.path.join(FIX, "teacher")
+    raw = os.path.join(FIX, "corpus", "val.ids.u16")
+    S, N = 128, 6
+    ids = np.fromfile(raw, dtype="<u2")[: S * N + 300].astype(np.int64)
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        teacher, dtype=torch.float32, attn_implementation="eager").eval()
+    x = torch.from_numpy(ids[: S * N].reshape(N, S))
+    with torch.no_grad():
+        lg = m(x).logits[:, :-1]
+        want = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]),
+                                                 x[:, 1:].reshape(-1)).item()
+    cuts = [0, 5, 200, 201, 650, len(ids)]
+    write_indexed(str(tmp_path / "val"), [ids[a:b] for a, b in zip(cuts, cuts[1:])])
+    for data in (raw, str(tmp_path / "val")):
+        out = subprocess.run([lms, "eval", teacher, "--data", data, "--seq-length", str(S),
+                              "--num-samples", str(N), "--batch-size", "4", "--json"],
+                             check=True, stdout=subprocess.PIPE).stdout
+        res = json.loads(out)
+        assert res["ok"] and res["n_windows"] == N and res["n_scored"] == N * (S - 1)
+        assert abs(res["loss"] - want) < 1e-4, (data, res["loss"], want)
+        assert abs(res["perplexity"] - np.exp(want)) < 1e-3 * np.exp(want)
+
+
+def test_generate_cli_matches_transformers_greedy():
+    lms = os.environ["LMSURGEON"]
+    teacher = os.path.join(FIX, "teacher")
+    prompt = "def main():\n    "
+    tok = transformers.AutoTokenizer.from_pretrained(teacher)
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        teacher, dtype=torch.float32, attn_implementation="eager").eval()
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        gen = m.generate(**enc, max_new_tokens=12, do_sample=False, num_beams=1)
+    want_ids = gen[0, enc["input_ids"].shape[1]:].tolist()
+    out = subprocess.run([lms, "generate", teacher, "--prompt", prompt, "--max-new-tokens", "12",
+                          "--json"], check=True, stdout=subprocess.PIPE).stdout
+    res = json.loads(out)
+    assert res["prompt_ids"] == enc["input_ids"][0].tolist()
+    assert res["ids"] == want_ids
+    assert res["text"] == tok.decode(want_ids, skip_special_tokens=True)
