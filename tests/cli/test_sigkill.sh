@@ -121,7 +121,7 @@ one_variant() {
                 fail "$name: convert after the kill failed: $(cat "$TMP/rerun.err")"
             "$LMSURGEON" inspect --quiet "$out" 2>"$TMP/rerun.err" ||
                 fail "$name: result of the rerun does not inspect: $(cat "$TMP/rerun.err")"
-            grep -q -e "runtime error" -e "AddressSanitizer" "$TMP/rerun.err" "$TMP/conv.err" &&
+            grep -q -e "runtime error" -e "AddressSanitizer" -e "LeakSanitizer" "$TMP/rerun.err" "$TMP/conv.err" &&
                 fail "$name: sanitizer report: $(cat "$TMP/conv.err" "$TMP/rerun.err" | head -5)"
             echo "$name: killed mid-write with $layers layers ($KILLED_AT bytes written); OUT intact"
             return
