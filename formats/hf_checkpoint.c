@@ -433,6 +433,8 @@ static enum lms_status copy_chunked(struct stream *s, const struct out_tensor *o
             rc = lms_write_all(fd, s->buf, (size_t)n * es, path, err);
         if (rc)
             return lms_error_wrap(err, "tensor '%s': ", o->name);
+        if (numel > per_chunk)
+            lms_view_drop_pages(o->view); /* keep the resident set at one chunk's worth */
         report(s, (uint64_t)n * es);
     }
     return LMS_OK;
@@ -496,6 +498,7 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
             rc = copy_direct(s, o->view, fd, path, err);
         else
             rc = copy_chunked(s, o, fd, path, err);
+        lms_view_drop_pages(o->view);
     }
     if (!rc && fsync(fd) != 0)
         rc = lms_error_set(err, LMS_EIO, "syncing '%s': %s", path, strerror(errno));

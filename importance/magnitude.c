@@ -26,6 +26,8 @@ static enum lms_status add_squares(const struct lms_view *v, int axis, double *a
         enum lms_status rc = lms_view_read_as(v, r0 * cols, nr * cols, LMS_DTYPE_F32, buf, err);
         if (rc)
             return rc;
+        if (rows > rows_per)
+            lms_view_drop_pages(v); /* bound the resident set to one chunk of a large tensor */
         for (int64_t r = 0; r < nr; r++) {
             const float *row = buf + r * cols;
             if (axis == 0) {
@@ -49,6 +51,7 @@ static enum lms_status add_role(const struct lms_model *m, enum lms_role role, i
     if (!t)
         return LMS_OK; /* optional tensors (lm_head when tied) */
     enum lms_status rc = add_squares(t->view, axis, acc, buf, err);
+    lms_view_drop_pages(t->view);
     if (rc)
         lms_error_wrap(err, "tensor '%s': ", t->name);
     return rc;

@@ -5,6 +5,8 @@
  * contiguous in their source and recurse. Runs are as long as the innermost contiguous block,
  * so reading a row selection costs one copy per row and a column selection one per element. */
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lms/alloc.h"
 #include "lms/ir.h"
@@ -407,4 +409,33 @@ enum lms_status lms_view_read_as(const struct lms_view *v, int64_t e0, int64_t n
     }
     lms_free(scratch);
     return rc;
+}
+
+void lms_view_drop_pages(const struct lms_view *v)
+{
+    switch (v->kind) {
+    case LMS_VIEW_STORAGE: {
+        const struct lms_storage *s = v->u.st.storage;
+        if (s->kind != LMS_STORAGE_FILE_MAP || !s->base)
+            return;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t begin = (uintptr_t)s->base + v->u.st.offset;
+        uintptr_t end = begin + lms_view_nbytes(v);
+        begin &= ~(page - 1);
+        /* a private read-only file mapping has no dirty pages: dropping them only unmaps them
+         * from this process; a later read faults them back in from the page cache */
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
+        return;
+    }
+    case LMS_VIEW_SELECT:
+        lms_view_drop_pages(v->u.sel.src);
+        return;
+    case LMS_VIEW_CONCAT:
+        for (int i = 0; i < v->u.cat.n_parts; i++)
+            lms_view_drop_pages(v->u.cat.parts[i]);
+        return;
+    case LMS_VIEW_RESHAPE:
+        lms_view_drop_pages(v->u.reshape.src);
+        return;
+    }
 }
