@@ -69,5 +69,6 @@ int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 
 #endif

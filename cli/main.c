@@ -13,6 +13,7 @@ static const struct {
     {"convert", cmd_convert, "convert or reshard a checkpoint, optionally casting its dtype"},
     {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a tokenizer.json"},
     {"preprocess", cmd_preprocess, "tokenize JSONL/text into a Megatron indexed dataset"},
+    {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
 };
 
 static void usage(FILE *f)
