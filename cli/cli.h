@@ -67,6 +67,8 @@ double cli_now(void);
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 
 #endif

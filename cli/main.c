@@ -11,6 +11,8 @@ static const struct {
 } commands[] = {
     {"inspect", cmd_inspect, "show a checkpoint's format, architecture, size and tensors"},
     {"convert", cmd_convert, "convert or reshard a checkpoint, optionally casting its dtype"},
+    {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a tokenizer.json"},
+    {"preprocess", cmd_preprocess, "tokenize JSONL/text into a Megatron indexed dataset"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
 };
 

@@ -1,0 +1,330 @@
+/* lmsurgeon tokenize: text in, token ids out (and back with --decode), for users and scripts.
+ *
+ * Modes: --text TEXT, or the whole of stdin as one text, or --jsonl (one JSON string or object
+ * per stdin line, one output line per input line). Ids are printed space-separated, or as a
+ * JSON array with --json. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "lms/alloc.h"
+#include "lms/dataset.h"
+#include "lms/json.h"
+#include "lms/tokenizer.h"
+
+static const char usage_text[] =
+    "usage: lmsurgeon tokenize --tokenizer DIR_OR_JSON [--text TEXT] [options]\n"
+    "\n"
+    "Encodes text with a Hugging Face tokenizer.json (byte-level BPE: Qwen2/3, Llama-3,\n"
+    "GPT-2) exactly as the `tokenizers` library does, and prints the ids.\n"
+    "\n"
+    "  --tokenizer PATH       tokenizer.json or a directory holding it (required)\n"
+    "  --text TEXT            text to encode (default: all of stdin)\n"
+    "  --jsonl                stdin holds one JSON string or object per line; prints one line\n"
+    "                         of ids per input line\n"
+    "  --json-key KEY         field of each --jsonl object to encode (default: text)\n"
+    "  --no-special-tokens    do not add the post-processor's tokens (Llama-3 BOS)\n"
+    "  --decode               input is ids (space or comma separated); prints the text\n"
+    "  --dataset PREFIX       read an indexed dataset (PREFIX.bin/.idx; validated) instead:\n"
+    "                         prints the ids of each document, one line each (the text with\n"
+    "                         --decode; a summary object with --json); --tokenizer optional\n"
+    "  --doc N                with --dataset: only document N\n"
+    "  --skip-special-tokens  with --decode: drop special added tokens\n"
+    "  --json                 print a JSON result object / JSON arrays\n"
+    "  --quiet                no messages except errors\n"
+    "  --help                 this text\n";
+
+static const char *cmd = "tokenize";
+
+static int read_all(FILE *f, char **out, size_t *out_len)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *buf = lms_malloc(cap);
+    if (!buf)
+        return -1;
+    for (;;) {
+        if (len == cap) {
+            char *p = lms_realloc(buf, cap * 2);
+            if (!p) {
+                lms_free(buf);
+                return -1;
+            }
+            buf = p;
+            cap *= 2;
+        }
+        size_t k = fread(buf + len, 1, cap - len, f);
+        len += k;
+        if (k == 0)
+            break;
+    }
+    *out = buf;
+    *out_len = len;
+    return 0;
+}
+
+static void print_ids(const struct lms_ids *ids, bool json)
+{
+    if (json)
+        fputc('[', stdout);
+    for (size_t i = 0; i < ids->len; i++)
+        printf(i ? (json ? ",%d" : " %d") : "%d", ids->data[i]);
+    if (json)
+        fputc(']', stdout);
+}
+
+static int decode_mode(struct lms_tokenizer *tk, const char *text, size_t len, bool skip,
+                       const struct cli_common *co)
+{
+    struct lms_error err = {0};
+    size_t cap = 64, n = 0;
+    int32_t *ids = lms_malloc(cap * sizeof(int32_t));
+    const char *p = text, *end = text + len;
+    while (ids && p < end) {
+        while (p < end && (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t' || *p == '[' ||
+                           *p == ']' || *p == '\r'))
+            p++;
+        if (p >= end)
+            break;
+        char *q;
+        errno = 0;
+        long v = strtol(p, &q, 10);
+        if (q == p || errno || v < 0 || v > INT32_MAX) {
+            lms_free(ids);
+            lms_error_set(&err, LMS_EFORMAT, "decoding: '%.20s' is not a token id", p);
+            return cli_fail(cmd, co, &err);
+        }
+        if (n == cap) {
+            int32_t *r = lms_realloc(ids, 2 * cap * sizeof(int32_t));
+            if (!r)
+                break;
+            ids = r;
+            cap *= 2;
+        }
+        ids[n++] = (int32_t)v;
+        p = q;
+    }
+    if (!ids) {
+        lms_error_set(&err, LMS_ENOMEM, "out of memory");
+        return cli_fail(cmd, co, &err);
+    }
+    char *out;
+    size_t out_len;
+    enum lms_status st = lms_tokenizer_decode(tk, ids, n, skip, &out, &out_len, &err);
+    lms_free(ids);
+    if (st)
+        return cli_fail(cmd, co, &err);
+    if (co->json) {
+        json_t *o = json_pack("{s:b,s:s%}", "ok", 1, "text", out, out_len);
+        struct lms_buf_str b = {0};
+        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
+            printf("%s\n", b.data);
+        lms_buf_str_release(&b);
+        json_decref(o);
+    } else {
+        fwrite(out, 1, out_len, stdout);
+    }
+    lms_free(out);
+    return CLI_EXIT_OK;
+}
+
+static int dataset_mode(const char *prefix, struct lms_tokenizer *tk, long doc, bool decode,
+                        bool skip, const struct cli_common *co)
+{
+    struct lms_error err = {0};
+    struct lms_dataset *ds;
+    if (lms_dataset_open(prefix, &ds, &err))
+        return cli_fail(cmd, co, &err);
+    int64_t n_docs = lms_dataset_n_docs(ds);
+    int rc = CLI_EXIT_OK;
+    if (doc >= n_docs) {
+        lms_error_set(&err, LMS_EINVAL, "--doc %ld: dataset has %lld documents", doc,
+                      (long long)n_docs);
+        rc = cli_fail(cmd, co, &err);
+        goto out;
+    }
+    if (co->json) {
+        printf("{\"ok\":true,\"documents\":%lld,\"sequences\":%lld,\"tokens\":%lld,"
+               "\"dtype_code\":%d}\n", (long long)n_docs,
+               (long long)lms_dataset_n_sequences(ds), (long long)lms_dataset_n_tokens(ds),
+               (int)lms_dataset_dtype(ds));
+        goto out;
+    }
+    for (int64_t d = doc >= 0 ? doc : 0; d < (doc >= 0 ? doc + 1 : n_docs); d++) {
+        struct lms_ids ids = {0};
+        if (lms_dataset_read_doc(ds, d, &ids.data, &ids.len, &err)) {
+            rc = cli_fail(cmd, co, &err);
+            goto out;
+        }
+        if (decode) {
+            char *text;
+            size_t len;
+            if (lms_tokenizer_decode(tk, ids.data, ids.len, skip, &text, &len, &err)) {
+                lms_free(ids.data);
+                rc = cli_fail(cmd, co, &err);
+                goto out;
+            }
+            fwrite(text, 1, len, stdout);
+            fputc('\n', stdout);
+            lms_free(text);
+        } else {
+            print_ids(&ids, false);
+            fputc('\n', stdout);
+        }
+        lms_free(ids.data);
+    }
+out:
+    lms_dataset_free(ds);
+    return rc;
+}
+
+static int jsonl_mode(struct lms_tokenizer_ctx *ctx, const char *key, unsigned flags,
+                      const struct cli_common *co)
+{
+    struct lms_error err = {0};
+    char *line = NULL;
+    size_t line_cap = 0;
+    ssize_t n;
+    long lineno = 0;
+    struct lms_ids ids = {0};
+    int rc = CLI_EXIT_OK;
+    while ((n = getline(&line, &line_cap, stdin)) >= 0) {
+        lineno++;
+        json_error_t je;
+        json_t *v = json_loadb(line, (size_t)n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+        json_t *s = json_is_object(v) ? json_object_get(v, key) : v;
+        if (!json_is_string(s)) {
+            json_decref(v);
+            lms_error_set(&err, LMS_EFORMAT, "stdin line %ld: not a JSON string or an object "
+                          "with a string '%s'", lineno, key);
+            rc = cli_fail(cmd, co, &err);
+            break;
+        }
+        ids.len = 0;
+        enum lms_status st = lms_tokenizer_encode(ctx, json_string_value(s), json_string_length(s),
+                                                  flags, &ids, &err);
+        json_decref(v);
+        if (st) {
+            lms_error_wrap(&err, "stdin line %ld: ", lineno);
+            rc = cli_fail(cmd, co, &err);
+            break;
+        }
+        print_ids(&ids, co->json);
+        fputc('\n', stdout);
+    }
+    free(line);
+    lms_ids_release(&ids);
+    return rc;
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    enum { O_NO_SPECIAL = 256, O_SKIP_SPECIAL, O_JSON_KEY, O_DATASET, O_DOC };
+    static const struct option opts[] = {
+        {"tokenizer", required_argument, NULL, 't'},
+        {"text", required_argument, NULL, 'x'},
+        {"jsonl", no_argument, NULL, 'l'},
+        {"json-key", required_argument, NULL, O_JSON_KEY},
+        {"no-special-tokens", no_argument, NULL, O_NO_SPECIAL},
+        {"decode", no_argument, NULL, 'd'},
+        {"dataset", required_argument, NULL, O_DATASET},
+        {"doc", required_argument, NULL, O_DOC},
+        {"skip-special-tokens", no_argument, NULL, O_SKIP_SPECIAL},
+        {"json", no_argument, NULL, 'j'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli_common co = {0};
+    const char *tok_path = NULL, *text = NULL, *key = "text", *dataset = NULL;
+    long doc = -1;
+    bool jsonl = false, decode = false, skip = false;
+    unsigned flags = LMS_TOK_ADD_SPECIAL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': tok_path = optarg; break;
+        case 'x': text = optarg; break;
+        case 'l': jsonl = true; break;
+        case O_JSON_KEY: key = optarg; break;
+        case O_NO_SPECIAL: flags &= ~(unsigned)LMS_TOK_ADD_SPECIAL; break;
+        case 'd': decode = true; break;
+        case O_DATASET: dataset = optarg; break;
+        case O_DOC: {
+            char *end;
+            doc = strtol(optarg, &end, 10);
+            if (*end || doc < 0)
+                return cli_usage_error(cmd, "--doc: '%s' is not a document number", optarg);
+            break;
+        }
+        case O_SKIP_SPECIAL: skip = true; break;
+        case 'j': co.json = true; break;
+        case 'q': co.quiet = true; break;
+        case 'h': fputs(usage_text, stdout); return CLI_EXIT_OK;
+        default: return cli_usage_error(cmd, "unknown option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!tok_path && !(dataset && !decode))
+        return cli_usage_error(cmd, "--tokenizer is required");
+    if (jsonl && (text || decode))
+        return cli_usage_error(cmd, "--jsonl cannot be combined with --text or --decode");
+
+    struct lms_error err = {0};
+    struct lms_tokenizer *tk = NULL;
+    struct lms_tokenizer_ctx *ctx = NULL;
+    char *input = NULL;
+    size_t input_len = 0;
+    int rc;
+    if (tok_path &&
+        (lms_tokenizer_load(tok_path, &tk, &err) || lms_tokenizer_ctx_new(tk, &ctx, &err))) {
+        rc = cli_fail(cmd, &co, &err);
+        goto out;
+    }
+    if (dataset) {
+        rc = dataset_mode(dataset, tk, doc, decode, skip, &co);
+        goto out;
+    }
+    if (jsonl) {
+        rc = jsonl_mode(ctx, key, flags, &co);
+        goto out;
+    }
+    if (text) {
+        input_len = strlen(text);
+    } else if (read_all(stdin, &input, &input_len) != 0) {
+        lms_error_set(&err, LMS_ENOMEM, "reading stdin: out of memory");
+        rc = cli_fail(cmd, &co, &err);
+        goto out;
+    }
+    const char *src = text ? text : input;
+    if (decode) {
+        rc = decode_mode(tk, src, input_len, skip, &co);
+        goto out;
+    }
+    struct lms_ids ids = {0};
+    if (lms_tokenizer_encode(ctx, src, input_len, flags, &ids, &err)) {
+        lms_ids_release(&ids);
+        rc = cli_fail(cmd, &co, &err);
+        goto out;
+    }
+    if (co.json) {
+        printf("{\"ok\":true,\"n_tokens\":%zu,\"ids\":", ids.len);
+        print_ids(&ids, true);
+        printf("}\n");
+    } else {
+        print_ids(&ids, false);
+        fputc('\n', stdout);
+    }
+    lms_ids_release(&ids);
+    rc = CLI_EXIT_OK;
+out:
+    lms_free(input);
+    lms_tokenizer_ctx_free(ctx);
+    lms_tokenizer_free(tk);
+    return rc;
+}

@@ -1,0 +1,160 @@
+/* lmsurgeon: Megatron/NeMo indexed token datasets (.bin + .idx) and the data loader.
+ *
+ * Implements data-formats.md §2. A dataset is addressed by a path prefix; the files are
+ * PREFIX.bin (token ids of every sequence, back to back, no header) and PREFIX.idx:
+ *
+ *   offset      size  field
+ *   0           9     magic "MMIDIDX\0\0"
+ *   9           8     uint64 version = 1
+ *   17          1     uint8 dtype code (4 = int32, 5 = int64, 8 = uint16; 1-3 also read)
+ *   18          8     uint64 S, number of sequences
+ *   26          8     uint64 D, entries of the document index (= documents + 1)
+ *   34          4*S   int32 sequence lengths (tokens)
+ *   34+4S       8*S   int64 sequence pointers (byte offsets into .bin)
+ *   34+12S      8*D   int64 document index (sequence boundaries)
+ *
+ * The reader maps both files and validates every invariant of §2.5 before returning (magic,
+ * version, dtype, counts against the file size, pointers contiguous and inside .bin, .bin size,
+ * document index monotone from 0 to S). After a successful open nothing is checked again.
+ *
+ * The "token stream" of a dataset is the concatenation of all its sequences in file order, i.e.
+ * .bin read as ids: stream position p is the p-th id of .bin. With documents written by
+ * `lmsurgeon preprocess --append-eod` every document ends with the EOD id, so the stream is the
+ * documents packed back to back with EOD separators.
+ *
+ * A dataset handle is immutable after open; every read function may be called concurrently
+ * from several threads. */
+#ifndef LMS_DATASET_H
+#define LMS_DATASET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lms/error.h"
+
+/* Token dtype codes of the .idx header (data-formats.md §2.3). */
+enum lms_index_dtype {
+    LMS_INDEX_U8 = 1,
+    LMS_INDEX_I8 = 2,
+    LMS_INDEX_I16 = 3,
+    LMS_INDEX_I32 = 4,
+    LMS_INDEX_I64 = 5,
+    LMS_INDEX_U16 = 8,
+};
+
+/* The dtype Megatron's and NeMo's writers choose for a tokenizer with n_vocab entries (full
+ * length including added tokens): uint16 below 65500, else int32. */
+enum lms_index_dtype lms_index_dtype_for_vocab(int64_t n_vocab);
+/* Bytes per id of a token dtype code; 0 for codes that are not token dtypes (6, 7, others). */
+size_t lms_index_dtype_size(int code);
+
+/* ---- reading --------------------------------------------------------------------------- */
+
+struct lms_dataset; /* opaque; immutable after open */
+
+/* Opens PREFIX.idx and PREFIX.bin (mmap) and validates them. Errors name the file and the field
+ * at fault. OUT: *out, free with lms_dataset_free. */
+enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
+                                 struct lms_error *err);
+/* Opens a raw id file (no .idx; e.g. fixtures/corpus/val.ids.u16) as a dataset with one
+ * document made of one sequence: the whole file as a token stream. code is the id dtype
+ * (LMS_INDEX_U16, LMS_INDEX_I32, ...); the file size must be a multiple of its size. */
+enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code,
+                                     struct lms_dataset **out, struct lms_error *err);
+/* Unmaps and frees. NULL does nothing. */
+void lms_dataset_free(struct lms_dataset *ds);
+
+enum lms_index_dtype lms_dataset_dtype(const struct lms_dataset *ds);
+int64_t lms_dataset_n_docs(const struct lms_dataset *ds);      /* D - 1 */
+int64_t lms_dataset_n_sequences(const struct lms_dataset *ds); /* S */
+int64_t lms_dataset_n_tokens(const struct lms_dataset *ds);    /* length of the token stream */
+
+/* Token range of document d (0 <= d < n_docs) in the stream: [*begin, *end). Documents are
+ * contiguous in the stream. Returns false if d is out of range. */
+bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *begin,
+                           int64_t *end);
+/* Token range of sequence k (0 <= k < n_sequences). */
+bool lms_dataset_seq_range(const struct lms_dataset *ds, int64_t k, int64_t *begin,
+                           int64_t *end);
+
+/* Copies stream positions [begin, end) to dst as int32 (end - begin entries; dst_cap is the
+ * capacity of dst in entries). LMS_EINVAL when the range is outside the stream or does not fit
+ * in dst, LMS_EFORMAT when a stored id does not fit in int32 (int64 datasets). */
+enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, int64_t end,
+                                 int32_t *dst, size_t dst_cap, struct lms_error *err);
+/* Convenience: ids of document d, allocated with lms_malloc. OUT: *ids (caller lms_frees),
+ * *n_ids. */
+enum lms_status lms_dataset_read_doc(const struct lms_dataset *ds, int64_t d, int32_t **ids,
+                                     size_t *n_ids, struct lms_error *err);
+
+/* ---- train / validation / test split (Megatron --split) ---------------------------------- */
+
+enum { LMS_SPLIT_TRAIN = 0, LMS_SPLIT_VALID = 1, LMS_SPLIT_TEST = 2, LMS_SPLIT_COUNT = 3 };
+
+/* Document ranges of the three splits, as megatron-core computes them from a --split string
+ * such as "969,30,1" or "98,2,0" or "1" (weights normalised; document counts rounded with
+ * Python's round-half-even, the last boundary pinned to n_docs). OUT: doc_begin[i], doc_end[i]
+ * for split i. LMS_EINVAL on a malformed string (no numbers, negative or all-zero weights,
+ * more than three weights). */
+enum lms_status lms_split_parse(const char *spec, int64_t n_docs,
+                                int64_t doc_begin[LMS_SPLIT_COUNT],
+                                int64_t doc_end[LMS_SPLIT_COUNT], struct lms_error *err);
+
+/* ---- window sampler -------------------------------------------------------------------- */
+
+/* Options of a sampler over documents [doc_begin, doc_end) of a dataset. The documents are
+ * shuffled (epoch by epoch, each epoch a fresh permutation) and packed back to back into one
+ * virtual stream (document boundaries are whatever the data holds: EOD ids when preprocessed
+ * with --append-eod). Window k covers virtual positions [k*stride, k*stride + seq_len); the
+ * window order is shuffled too. Everything is a pure function of (dataset, options). */
+struct lms_sampler_opts {
+    int64_t n_windows; /* N windows wanted (> 0); epochs are added as needed */
+    int64_t seq_len;   /* S tokens per window (> 0); use S+1 for inputs plus shifted labels */
+    int64_t stride;    /* distance between window starts; 0 = seq_len (non-overlapping) */
+    uint64_t seed;     /* everything below is deterministic given the seed */
+    int64_t doc_begin; /* documents [doc_begin, doc_end) (e.g. a split); both 0 = all */
+    int64_t doc_end;
+    bool shuffle_docs;    /* shuffle the document order of every epoch */
+    bool shuffle_windows; /* return windows in a shuffled order */
+};
+
+struct lms_sampler; /* opaque; immutable after creation, reads may run concurrently */
+
+/* Plans the windows (O(n_docs * epochs) memory, no token is read). LMS_EINVAL for bad options
+ * or an empty document range / range without tokens. OUT: *out, free with lms_sampler_free.
+ * The dataset must outlive the sampler. */
+enum lms_status lms_sampler_new(const struct lms_dataset *ds, const struct lms_sampler_opts *o,
+                                struct lms_sampler **out, struct lms_error *err);
+void lms_sampler_free(struct lms_sampler *s); /* NULL does nothing */
+int64_t lms_sampler_n_windows(const struct lms_sampler *s);
+int64_t lms_sampler_seq_len(const struct lms_sampler *s);
+/* Copies the ids of window k (0 <= k < n_windows) to dst (seq_len entries, dst_cap >= seq_len). */
+enum lms_status lms_sampler_window(const struct lms_sampler *s, int64_t k, int32_t *dst,
+                                   size_t dst_cap, struct lms_error *err);
+
+/* ---- writing --------------------------------------------------------------------------- */
+
+struct lms_dataset_writer; /* opaque */
+
+/* Starts writing PREFIX.bin / PREFIX.idx. Both are written to temporary files beside the
+ * destination and renamed into place (after fsync) only by lms_dataset_writer_finish; an
+ * existing pair is refused unless force. OUT: *out. */
+enum lms_status lms_dataset_writer_new(const char *prefix, enum lms_index_dtype code, bool force,
+                                       struct lms_dataset_writer **out, struct lms_error *err);
+/* Appends one sequence of n ids (each must fit the dtype, else LMS_EINVAL). */
+enum lms_status lms_dataset_writer_add(struct lms_dataset_writer *w, const int32_t *ids,
+                                       size_t n, struct lms_error *err);
+/* Closes the current document (the sequences added since the previous call). A call with no
+ * sequence added records an empty document, as Megatron's preprocessing does. */
+enum lms_status lms_dataset_writer_end_doc(struct lms_dataset_writer *w, struct lms_error *err);
+/* Writes the .idx, fsyncs and renames both files into place. The writer stays allocated;
+ * free it with lms_dataset_writer_free. */
+enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct lms_error *err);
+/* Frees the writer; an unfinished writer removes its temporary files. NULL does nothing. */
+void lms_dataset_writer_free(struct lms_dataset_writer *w);
+/* Counts so far (for progress and summaries). */
+int64_t lms_dataset_writer_n_docs(const struct lms_dataset_writer *w);
+int64_t lms_dataset_writer_n_tokens(const struct lms_dataset_writer *w);
+
+#endif
