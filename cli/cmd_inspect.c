@@ -1,9 +1,243 @@
-/* lmsurgeon inspect (placeholder until the formats land in this same change). */
+/* lmsurgeon inspect: what a checkpoint is, for people (--json for scripts). */
+#include <dirent.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
 #include "cli/cli.h"
+#include "lms/format.h"
+#include "lms/json.h"
+#include "lms/outdir.h"
+
+static const char usage_text[] =
+    "usage: lmsurgeon inspect PATH [--tensors] [--json] [--quiet]\n"
+    "\n"
+    "Shows a checkpoint's format, architecture, every config dimension, parameter count, dtypes\n"
+    "and bytes on disk. The format is detected.\n"
+    "\n"
+    "  --tensors   list every tensor with dtype, shape and the file holding it\n"
+    "  --json      print one JSON object on stdout instead of text\n"
+    "  --quiet     print nothing on success (exit code only)\n"
+    "  -h, --help  show this help\n";
+
+/* Sum of the sizes of the regular files directly inside dir (or of the file itself). */
+static uint64_t bytes_on_disk(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return 0;
+    if (!S_ISDIR(sb.st_mode))
+        return (uint64_t)sb.st_size;
+    uint64_t total = 0;
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char p[PATH_MAX];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+        if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode))
+            total += (uint64_t)sb.st_size;
+    }
+    if (d)
+        closedir(d);
+    return total;
+}
+
+static const char *rope_name(enum lms_rope_type t)
+{
+    static const char *names[] = {"default", "linear", "llama3", "yarn", "dynamic"};
+    return names[t];
+}
+
+static const char *tensor_file(const struct lms_view *v)
+{
+    while (v->kind != LMS_VIEW_STORAGE) {
+        if (v->kind == LMS_VIEW_SELECT)
+            v = v->u.sel.src;
+        else if (v->kind == LMS_VIEW_RESHAPE)
+            v = v->u.reshape.src;
+        else
+            return "(fused)";
+    }
+    return v->u.st.storage->path ? lms_path_basename(v->u.st.storage->path) : "(memory)";
+}
+
+static json_t *arch_json(const struct lms_arch *a)
+{
+    char eps[32], theta[32];
+    lms_json_format_double(a->norm_eps, eps, sizeof(eps));
+    lms_json_format_double(a->rope.theta, theta, sizeof(theta));
+    return json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:{s:s,s:f,s:f},"
+                     "s:b,s:b,s:b,s:b,s:I,s:s}",
+                     "family", lms_family_name(a->family), "architecture",
+                     lms_family_hf_class(a->family), "num_layers", (json_int_t)a->n_layers,
+                     "hidden_size", (json_int_t)a->hidden, "ffn_hidden_size", (json_int_t)a->ffn,
+                     "num_attention_heads", (json_int_t)a->n_heads, "num_query_groups",
+                     (json_int_t)a->n_groups, "head_dim", (json_int_t)a->head_dim, "vocab_size",
+                     (json_int_t)a->vocab, "padded_vocab_size", (json_int_t)a->padded_vocab,
+                     "max_position_embeddings", (json_int_t)a->max_position, "rms_norm_eps",
+                     a->norm_eps, "rope", "type", rope_name(a->rope.type), "theta", a->rope.theta,
+                     "factor", a->rope.factor, "tie_embeddings", a->tie_embeddings, "qkv_bias",
+                     a->qkv_bias, "o_bias", a->o_bias, "qk_norm", a->qk_norm, "sliding_window",
+                     (json_int_t)a->sliding_window, "dtype",
+                     lms_dtype_name(a->dtype) ? lms_dtype_name(a->dtype) : "?");
+}
+
+static void shape_text(const struct lms_view *v, char *dst, size_t cap)
+{
+    size_t used = (size_t)snprintf(dst, cap, "[");
+    for (int k = 0; k < v->ndim && used < cap; k++)
+        used += (size_t)snprintf(dst + used, cap - used, "%s%" PRId64, k ? ", " : "", v->shape[k]);
+    if (used < cap)
+        snprintf(dst + used, cap - used, "]");
+}
+
+static void print_text(const char *path, const struct lms_model *m, const char *format_desc,
+                       uint64_t disk, bool tensors)
+{
+    const struct lms_arch *a = &m->arch;
+    char b1[32], b2[32], eps[32], theta[32];
+    lms_json_format_double(a->norm_eps, eps, sizeof(eps));
+    lms_json_format_double(a->rope.theta, theta, sizeof(theta));
+    cli_format_bytes(lms_model_nbytes(m), b1, sizeof(b1));
+    cli_format_bytes(disk, b2, sizeof(b2));
+    printf("path          %s\n", path);
+    printf("format        %s (%s)\n", m->source_format, format_desc);
+    printf("architecture  %s (%s)\n", lms_family_hf_class(a->family), lms_family_name(a->family));
+    printf("layers        L = %" PRId64 "\n", a->n_layers);
+    printf("hidden        H = %" PRId64 "\n", a->hidden);
+    printf("ffn           F = %" PRId64 "\n", a->ffn);
+    printf("heads         n_h = %" PRId64 ", query groups n_g = %" PRId64 ", head_dim d = %" PRId64
+           "\n",
+           a->n_heads, a->n_groups, a->head_dim);
+    printf("vocab         V = %" PRId64 " (stored rows %" PRId64 ")\n", a->vocab, a->padded_vocab);
+    printf("norm          RMSNorm, eps %s\n", eps);
+    printf("rope          %s, theta %s", rope_name(a->rope.type), theta);
+    if (a->rope.type != LMS_ROPE_DEFAULT)
+        printf(", factor %g", a->rope.factor);
+    printf("\n");
+    printf("features      tied embeddings %s, qkv bias %s, o bias %s, q/k norm %s\n",
+           a->tie_embeddings ? "yes" : "no", a->qkv_bias ? "yes" : "no", a->o_bias ? "yes" : "no",
+           a->qk_norm ? "yes" : "no");
+    printf("parameters    %" PRId64 "\n", lms_model_n_params(m));
+    int counts[LMS_DTYPE_COUNT] = {0};
+    for (size_t i = 0; i < m->n_tensors; i++)
+        counts[m->tensors[i].view->dtype]++;
+    printf("dtypes       ");
+    for (int t = 0; t < LMS_DTYPE_COUNT; t++)
+        if (counts[t])
+            printf(" %s x %d", lms_dtype_name((enum lms_dtype)t), counts[t]);
+    printf("\n");
+    printf("tensors       %zu, %s of data\n", m->n_tensors, b1);
+    printf("on disk       %s\n", b2);
+    for (size_t i = 0; i < m->n_aux_files; i++)
+        printf("%s%s", i ? ", " : "travelling    ", lms_path_basename(m->aux_files[i]));
+    if (m->n_aux_files)
+        printf("\n");
+    if (!tensors)
+        return;
+    printf("\n");
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const struct lms_tensor *t = &m->tensors[i];
+        char shape[128];
+        shape_text(t->view, shape, sizeof(shape));
+        printf("%-56s %-6s %-18s %s\n", t->name, lms_dtype_name(t->view->dtype), shape,
+               tensor_file(t->view));
+    }
+}
+
+static json_t *model_json(const char *path, const struct lms_model *m, uint64_t disk,
+                          bool tensors)
+{
+    json_t *dtypes = json_object();
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const char *dn = lms_dtype_name(m->tensors[i].view->dtype);
+        json_t *c = json_object_get(dtypes, dn);
+        json_object_set_new(dtypes, dn, json_integer(c ? json_integer_value(c) + 1 : 1));
+    }
+    json_t *aux = json_array();
+    for (size_t i = 0; i < m->n_aux_files; i++)
+        json_array_append_new(aux, json_string(lms_path_basename(m->aux_files[i])));
+    json_t *o = json_pack("{s:b,s:s,s:s,s:o,s:I,s:I,s:I,s:I,s:o,s:o}", "ok", 1, "path", path,
+                          "format", m->source_format, "config", arch_json(&m->arch), "n_params",
+                          (json_int_t)lms_model_n_params(m), "n_tensors", (json_int_t)m->n_tensors,
+                          "tensor_bytes", (json_int_t)lms_model_nbytes(m), "bytes_on_disk",
+                          (json_int_t)disk, "dtypes", dtypes, "travelling_files", aux);
+    if (tensors) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < m->n_tensors; i++) {
+            const struct lms_tensor *t = &m->tensors[i];
+            json_t *shape = json_array();
+            for (int k = 0; k < t->view->ndim; k++)
+                json_array_append_new(shape, json_integer(t->view->shape[k]));
+            json_array_append_new(list, json_pack("{s:s,s:s,s:o,s:s,s:I,s:s}", "name", t->name,
+                                                  "dtype", lms_dtype_name(t->view->dtype), "shape",
+                                                  shape, "role", lms_role_name(t->role), "layer",
+                                                  (json_int_t)t->layer, "file",
+                                                  tensor_file(t->view)));
+        }
+        json_object_set_new(o, "tensors", list);
+    }
+    return o;
+}
 
 int cmd_inspect(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return CLI_EXIT_INTERNAL;
+    static const struct option opts[] = {
+        {"tensors", no_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
+        {"quiet", no_argument, NULL, 'q'},   {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli_common co = {0};
+    bool tensors = false;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            tensors = true;
+            break;
+        case 'j':
+            co.json = true;
+            break;
+        case 'q':
+            co.quiet = true;
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return CLI_EXIT_OK;
+        default:
+            return cli_usage_error("inspect", "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (argc - optind != 1)
+        return cli_usage_error("inspect", "expected one PATH, got %d", argc - optind);
+    const char *path = argv[optind];
+    struct lms_error err;
+    lms_error_clear(&err);
+    const struct lms_format *f = lms_format_detect(path, &err);
+    if (!f)
+        return cli_fail("inspect", &co, &err);
+    struct lms_model m;
+    struct lms_read_opts ro = {0};
+    if (f->read(path, &ro, &m, &err))
+        return cli_fail("inspect", &co, &err);
+    uint64_t disk = bytes_on_disk(path);
+    if (co.json) {
+        json_t *o = model_json(path, &m, disk, tensors);
+        struct lms_buf_str b = {0};
+        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
+            printf("%s\n", b.data);
+        lms_buf_str_release(&b);
+        json_decref(o);
+    } else if (!co.quiet) {
+        print_text(path, &m, f->description, disk, tensors);
+    }
+    lms_model_release(&m);
+    return CLI_EXIT_OK;
 }

@@ -87,6 +87,10 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
     if (!mkdtemp(tmp))
         return lms_error_set(err, LMS_EIO, "creating a temporary directory beside '%s': %s",
                              dest, strerror(errno));
+    /* mkdtemp creates 0700; give the result the permissions of a normal mkdir */
+    mode_t mask = umask(0);
+    umask(mask);
+    chmod(tmp, 0777 & ~mask);
     od->dest = lms_strdup(dest);
     od->tmp = lms_strdup(tmp);
     od->force = force;

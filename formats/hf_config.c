@@ -1,0 +1,309 @@
+/* config.json <-> struct lms_arch (include/lms/hf.h). */
+#include <math.h>
+#include <string.h>
+
+#include "lms/alloc.h"
+#include "lms/hf.h"
+
+static const struct {
+    const char *arch;       /* architectures[0] */
+    const char *model_type; /* model_type */
+    enum lms_family family;
+} known[] = {
+    {"LlamaForCausalLM", "llama", LMS_FAMILY_LLAMA},
+    {"MistralForCausalLM", "mistral", LMS_FAMILY_MISTRAL},
+    {"Qwen2ForCausalLM", "qwen2", LMS_FAMILY_QWEN2},
+    {"Qwen3ForCausalLM", "qwen3", LMS_FAMILY_QWEN3},
+};
+
+static enum lms_status family_of(const json_t *c, enum lms_family *out, struct lms_error *err)
+{
+    const json_t *archs = json_object_get(c, "architectures");
+    const json_t *mt = json_object_get(c, "model_type");
+    const char *name = NULL;
+    if (json_is_array(archs) && json_array_size(archs) > 0 &&
+        json_is_string(json_array_get(archs, 0))) {
+        name = json_string_value(json_array_get(archs, 0));
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+            if (strcmp(known[i].arch, name) == 0) {
+                *out = known[i].family;
+                return LMS_OK;
+            }
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported architecture '%s'", name);
+    }
+    if (json_is_string(mt)) {
+        name = json_string_value(mt);
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+            if (strcmp(known[i].model_type, name) == 0) {
+                *out = known[i].family;
+                return LMS_OK;
+            }
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported architecture '%s'", name);
+    }
+    return lms_error_set(err, LMS_EFORMAT, "neither 'architectures' nor 'model_type' is set");
+}
+
+/* Integer field; missing or null gives def (or an error when required). */
+static enum lms_status get_int(const json_t *c, const char *key, bool required, int64_t def,
+                               int64_t *out, struct lms_error *err)
+{
+    const json_t *v = json_object_get(c, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return lms_error_set(err, LMS_EFORMAT, "'%s' is missing", key);
+        *out = def;
+        return LMS_OK;
+    }
+    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+        fabs(json_real_value(v)) < 9e15) {
+        *out = (int64_t)json_real_value(v);
+        return LMS_OK;
+    }
+    if (!json_is_integer(v))
+        return lms_error_set(err, LMS_EFORMAT, "'%s' is not an integer", key);
+    *out = json_integer_value(v);
+    return LMS_OK;
+}
+
+static enum lms_status get_num(const json_t *c, const char *key, double def, double *out,
+                               struct lms_error *err)
+{
+    const json_t *v = json_object_get(c, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return LMS_OK;
+    }
+    if (!json_is_number(v))
+        return lms_error_set(err, LMS_EFORMAT, "'%s' is not a number", key);
+    *out = json_number_value(v);
+    return LMS_OK;
+}
+
+static enum lms_status get_bool(const json_t *c, const char *key, bool def, bool *out,
+                                struct lms_error *err)
+{
+    const json_t *v = json_object_get(c, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return LMS_OK;
+    }
+    if (!json_is_boolean(v))
+        return lms_error_set(err, LMS_EFORMAT, "'%s' is not a boolean", key);
+    *out = json_is_true(v);
+    return LMS_OK;
+}
+
+/* The rope block: transformers 5 writes rope_parameters {rope_theta, rope_type, ...};
+ * transformers 4 writes rope_theta at the top level and an optional rope_scaling block. */
+static enum lms_status parse_rope(const json_t *c, struct lms_rope *r, struct lms_error *err)
+{
+    memset(r, 0, sizeof(*r));
+    r->factor = 1;
+    r->low_freq_factor = 1;
+    r->high_freq_factor = 4;
+    const json_t *params = json_object_get(c, "rope_parameters");
+    const json_t *scaling = json_object_get(c, "rope_scaling");
+    enum lms_status rc;
+    if (json_is_object(params)) {
+        rc = get_num(params, "rope_theta", 10000.0, &r->theta, err);
+        if (!rc && json_object_get(c, "rope_theta"))
+            rc = get_num(c, "rope_theta", r->theta, &r->theta, err);
+        scaling = params;
+    } else {
+        rc = get_num(c, "rope_theta", 10000.0, &r->theta, err);
+        if (!rc && scaling && !json_is_null(scaling) && !json_is_object(scaling))
+            rc = lms_error_set(err, LMS_EFORMAT, "'rope_scaling' is not an object");
+    }
+    if (rc)
+        return rc;
+    if (!json_is_object(scaling))
+        return LMS_OK;
+    const json_t *type = json_object_get(scaling, "rope_type");
+    if (!type)
+        type = json_object_get(scaling, "type");
+    const char *t = json_is_string(type) ? json_string_value(type) : "default";
+    if (strcmp(t, "default") == 0)
+        r->type = LMS_ROPE_DEFAULT;
+    else if (strcmp(t, "linear") == 0)
+        r->type = LMS_ROPE_LINEAR;
+    else if (strcmp(t, "llama3") == 0)
+        r->type = LMS_ROPE_LLAMA3;
+    else if (strcmp(t, "yarn") == 0)
+        r->type = LMS_ROPE_YARN;
+    else if (strcmp(t, "dynamic") == 0)
+        r->type = LMS_ROPE_DYNAMIC;
+    else
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported rope type '%s'", t);
+    rc = get_num(scaling, "factor", 1.0, &r->factor, err);
+    if (!rc)
+        rc = get_num(scaling, "low_freq_factor", 1.0, &r->low_freq_factor, err);
+    if (!rc)
+        rc = get_num(scaling, "high_freq_factor", 4.0, &r->high_freq_factor, err);
+    if (!rc)
+        rc = get_int(scaling, "original_max_position_embeddings", false, 0,
+                     &r->original_max_position, err);
+    return rc;
+}
+
+enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct lms_error *err)
+{
+    memset(a, 0, sizeof(*a));
+    if (!json_is_object(c))
+        return lms_error_set(err, LMS_EFORMAT, "config is not a JSON object");
+    enum lms_status rc = family_of(c, &a->family, err);
+    if (rc)
+        return rc;
+    const json_t *act = json_object_get(c, "hidden_act");
+    if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'hidden_act' (only silu)");
+    bool mlp_bias = false;
+    rc = get_bool(c, "mlp_bias", false, &mlp_bias, err);
+    if (!rc && mlp_bias)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'mlp_bias': true");
+    if (!rc)
+        rc = get_int(c, "hidden_size", true, 0, &a->hidden, err);
+    if (!rc)
+        rc = get_int(c, "intermediate_size", true, 0, &a->ffn, err);
+    if (!rc)
+        rc = get_int(c, "num_hidden_layers", true, 0, &a->n_layers, err);
+    if (!rc)
+        rc = get_int(c, "num_attention_heads", true, 0, &a->n_heads, err);
+    if (!rc)
+        rc = get_int(c, "num_key_value_heads", false, a->n_heads, &a->n_groups, err);
+    if (!rc)
+        rc = get_int(c, "vocab_size", true, 0, &a->vocab, err);
+    if (rc)
+        return rc;
+    if (a->n_heads < 1)
+        return lms_error_set(err, LMS_EFORMAT, "'num_attention_heads' is %lld",
+                             (long long)a->n_heads);
+    rc = get_int(c, "head_dim", false, a->hidden / a->n_heads, &a->head_dim, err);
+    if (!rc)
+        rc = get_int(c, "max_position_embeddings", false, 0, &a->max_position, err);
+    if (!rc)
+        rc = get_num(c, "rms_norm_eps", 1e-6, &a->norm_eps, err);
+    if (!rc)
+        rc = get_bool(c, "tie_word_embeddings", false, &a->tie_embeddings, err);
+    bool attention_bias = false;
+    if (!rc)
+        rc = get_bool(c, "attention_bias", false, &attention_bias, err);
+    if (rc)
+        return rc;
+    a->padded_vocab = a->vocab;
+    a->qkv_bias = attention_bias || a->family == LMS_FAMILY_QWEN2;
+    a->o_bias = attention_bias && a->family != LMS_FAMILY_QWEN2;
+    a->qk_norm = a->family == LMS_FAMILY_QWEN3;
+    /* sliding window: Mistral uses it when set; Qwen only with use_sliding_window */
+    bool use_sw = a->family == LMS_FAMILY_MISTRAL;
+    if (a->family == LMS_FAMILY_QWEN2 || a->family == LMS_FAMILY_QWEN3)
+        rc = get_bool(c, "use_sliding_window", false, &use_sw, err);
+    if (!rc && use_sw)
+        rc = get_int(c, "sliding_window", false, 0, &a->sliding_window, err);
+    if (!rc)
+        rc = parse_rope(c, &a->rope, err);
+    if (rc)
+        return rc;
+    a->dtype = LMS_DTYPE_F32;
+    const json_t *dt = json_object_get(c, "dtype");
+    if (!json_is_string(dt))
+        dt = json_object_get(c, "torch_dtype");
+    if (json_is_string(dt) && !lms_dtype_from_torch_name(json_string_value(dt), &a->dtype))
+        return lms_error_set(err, LMS_EFORMAT, "unknown dtype '%s'", json_string_value(dt));
+    return lms_arch_validate(a, err);
+}
+
+static int set_int(json_t *c, const char *key, int64_t v)
+{
+    return json_object_set_new(c, key, json_integer(v));
+}
+
+/* Rewrites layer_types (transformers 5 lists one entry per layer) to n entries; only possible
+ * when every entry is the same, since the writer does not know which layers were kept. */
+static enum lms_status fix_layer_types(json_t *c, int64_t n, struct lms_error *err)
+{
+    json_t *lt = json_object_get(c, "layer_types");
+    if (!json_is_array(lt) || (int64_t)json_array_size(lt) == n)
+        return LMS_OK;
+    json_t *first = json_array_get(lt, 0);
+    for (size_t i = 1; i < json_array_size(lt); i++)
+        if (!json_equal(first, json_array_get(lt, i)))
+            return lms_error_set(err, LMS_EUNSUPPORTED,
+                                 "'layer_types' mixes layer kinds; cannot resize it to %lld layers",
+                                 (long long)n);
+    json_t *fresh = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(fresh, first ? json_incref(first) : json_string("full_attention"));
+    json_object_set_new(c, "layer_types", fresh);
+    return LMS_OK;
+}
+
+static json_t *rope_type_string(enum lms_rope_type t)
+{
+    static const char *names[] = {"default", "linear", "llama3", "yarn", "dynamic"};
+    return json_string(names[t]);
+}
+
+enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base, json_t **out,
+                                    struct lms_error *err)
+{
+    json_t *c = base ? json_deep_copy(base) : json_object();
+    if (!c)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    json_t *archs = json_array();
+    json_array_append_new(archs, json_string(lms_family_hf_class(a->family)));
+    json_object_set_new(c, "architectures", archs);
+    json_object_set_new(c, "model_type", json_string(lms_family_name(a->family)));
+    set_int(c, "hidden_size", a->hidden);
+    set_int(c, "intermediate_size", a->ffn);
+    set_int(c, "num_hidden_layers", a->n_layers);
+    set_int(c, "num_attention_heads", a->n_heads);
+    set_int(c, "num_key_value_heads", a->n_groups);
+    /* head_dim is written when the input had it or when it is not hidden / heads (Qwen3, and
+     * any model whose hidden size or heads were pruned) */
+    if (json_object_get(c, "head_dim") || a->head_dim * a->n_heads != a->hidden)
+        set_int(c, "head_dim", a->head_dim);
+    set_int(c, "vocab_size", a->vocab); /* the writer drops padding rows */
+    if (!json_is_number(json_object_get(c, "rms_norm_eps")) ||
+        json_number_value(json_object_get(c, "rms_norm_eps")) != a->norm_eps)
+        json_object_set_new(c, "rms_norm_eps", json_real(a->norm_eps));
+    if (a->max_position > 0)
+        set_int(c, "max_position_embeddings", a->max_position);
+    json_object_set_new(c, "tie_word_embeddings", json_boolean(a->tie_embeddings));
+    if (json_object_get(c, "attention_bias") || (a->family != LMS_FAMILY_QWEN2 && a->o_bias))
+        json_object_set_new(c, "attention_bias",
+                            json_boolean(a->family == LMS_FAMILY_QWEN2 ? false : a->o_bias));
+    const char *dtkey = json_object_get(c, "dtype") ? "dtype" : "torch_dtype";
+    const char *dtname = lms_dtype_torch_name(a->dtype);
+    if (dtname)
+        json_object_set_new(c, dtkey, json_string(dtname));
+    /* rope, in the style of the input */
+    json_t *params = json_object_get(c, "rope_parameters");
+    if (json_is_object(params)) {
+        double theta = json_number_value(json_object_get(params, "rope_theta"));
+        if (theta != a->rope.theta)
+            json_object_set_new(params, "rope_theta", json_real(a->rope.theta));
+        if (!json_object_get(params, "rope_type"))
+            json_object_set_new(params, "rope_type", rope_type_string(a->rope.type));
+    } else {
+        double theta = json_number_value(json_object_get(c, "rope_theta"));
+        if (theta != a->rope.theta)
+            json_object_set_new(c, "rope_theta", json_real(a->rope.theta));
+        if (!json_object_get(c, "rope_scaling") && a->rope.type != LMS_ROPE_DEFAULT) {
+            json_t *s = json_pack("{s:o,s:f}", "rope_type", rope_type_string(a->rope.type),
+                                  "factor", a->rope.factor);
+            if (a->rope.type == LMS_ROPE_LLAMA3) {
+                json_object_set_new(s, "low_freq_factor", json_real(a->rope.low_freq_factor));
+                json_object_set_new(s, "high_freq_factor", json_real(a->rope.high_freq_factor));
+                set_int(s, "original_max_position_embeddings", a->rope.original_max_position);
+            }
+            json_object_set_new(c, "rope_scaling", s);
+        }
+    }
+    enum lms_status rc = fix_layer_types(c, a->n_layers, err);
+    if (rc) {
+        json_decref(c);
+        return rc;
+    }
+    *out = c;
+    return LMS_OK;
+}

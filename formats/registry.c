@@ -1,0 +1,52 @@
+/* The table of checkpoint formats and detection by probing (include/lms/format.h). */
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "lms/format.h"
+#include "lms/hf.h"
+
+static const struct lms_format *const formats[] = {
+    &lms_format_hf,
+};
+
+#define N_FORMATS (sizeof(formats) / sizeof(formats[0]))
+
+const struct lms_format *lms_format_find(const char *name)
+{
+    for (size_t i = 0; i < N_FORMATS; i++)
+        if (strcmp(formats[i]->name, name) == 0)
+            return formats[i];
+    return NULL;
+}
+
+const struct lms_format *lms_format_detect(const char *path, struct lms_error *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        lms_error_set(err, LMS_EIO, "'%s' does not exist", path);
+        return NULL;
+    }
+    const struct lms_format *best = NULL;
+    int best_score = 0;
+    for (size_t i = 0; i < N_FORMATS; i++) {
+        int score = formats[i]->probe(path);
+        if (score > best_score) {
+            best = formats[i];
+            best_score = score;
+        }
+    }
+    if (!best)
+        lms_error_set(err, LMS_EFORMAT, "'%s' is not a checkpoint in any known format", path);
+    return best;
+}
+
+enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m, struct lms_error *err)
+{
+    lms_model_init(m);
+    const struct lms_format *f = lms_format_detect(path, err);
+    if (!f)
+        return err ? err->status : LMS_EFORMAT;
+    struct lms_read_opts opts = {0};
+    return f->read(path, &opts, m, err);
+}
