@@ -1277,6 +1277,8 @@ static enum lms_status nemo_read(const char *path, const struct lms_read_opts *o
     rc = finish_read(weights, hf, "nemo", m, err);
     if (!rc && join(p, sizeof(p), path, "context/nemo_tokenizer"))
         rc = add_aux_from(m, p, err);
+    if (rc)
+        lms_model_release(m);
     return rc;
 }
 
@@ -1502,6 +1504,8 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
     rc = finish_read(dir, hf, "megatron", m, err);
     if (!rc && join(p, sizeof(p), dir, "tokenizer"))
         rc = add_aux_from(m, p, err);
+    if (rc)
+        lms_model_release(m);
     return rc;
 }
 
