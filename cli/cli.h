@@ -67,5 +67,6 @@ double cli_now(void);
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 
 #endif

@@ -11,6 +11,7 @@ static const struct {
 } commands[] = {
     {"inspect", cmd_inspect, "show a checkpoint's format, architecture, size and tensors"},
     {"convert", cmd_convert, "convert or reshard a checkpoint, optionally casting its dtype"},
+    {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
 };
 
 static void usage(FILE *f)

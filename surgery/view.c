@@ -276,7 +276,25 @@ static enum lms_status read_select(const struct lms_view *v, int64_t e0, int64_t
         int64_t block = e0 / inner; /* (outer, i) pair */
         int64_t r = e0 % inner;
         int64_t o = block / k_out, i = block % k_out;
-        if (inner == 1 && src->kind == LMS_VIEW_STORAGE) {
+        if (inner == 1 && src->kind != LMS_VIEW_STORAGE) {
+            /* column gather from a composed source: materialise whole source rows once, then
+             * gather from them, instead of one recursive read per element */
+            int64_t m = k_out - i < n ? k_out - i : n;
+            char *row = lms_malloc((size_t)k_src * es);
+            if (!row)
+                return lms_error_set(err, LMS_ENOMEM, "out of memory");
+            enum lms_status rc = lms_view_read(src, o * k_src, k_src, row, err);
+            if (!rc)
+                gather_elems(dst, row, es, index + i, m, 1);
+            lms_free(row);
+            if (rc)
+                return rc;
+            dst += (size_t)m * es;
+            e0 += m;
+            n -= m;
+            continue;
+        }
+        if (inner == 1) {
             /* column gather straight from the mapping: as many elements of this outer row as
              * the request covers */
             int64_t m = k_out - i < n ? k_out - i : n;
