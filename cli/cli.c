@@ -36,9 +36,25 @@ int cli_exit_code(enum lms_status s)
     return CLI_EXIT_INTERNAL;
 }
 
+/* Prints s with control characters escaped, so that a message naming a hostile tensor or file
+ * name stays one line and cannot drive the terminal. */
+static void put_escaped(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '\n')
+            fputs("\\n", f);
+        else if (*p < 0x20 || *p == 0x7f)
+            fprintf(f, "\\x%02x", *p);
+        else
+            fputc(*p, f);
+    }
+}
+
 int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err)
 {
-    fprintf(stderr, "lmsurgeon %s: error: %s\n", cmd, err->msg);
+    fprintf(stderr, "lmsurgeon %s: error: ", cmd);
+    put_escaped(stderr, err->msg);
+    fputc('\n', stderr);
     int code = cli_exit_code(err->status);
     if (co && co->json) {
         json_t *o = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error", err->msg, "status",

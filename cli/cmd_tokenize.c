@@ -12,6 +12,7 @@
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
+#include "lms/dataset.h"
 #include "lms/json.h"
 #include "lms/tokenizer.h"
 
@@ -28,6 +29,10 @@ static const char usage_text[] =
     "  --json-key KEY         field of each --jsonl object to encode (default: text)\n"
     "  --no-special-tokens    do not add the post-processor's tokens (Llama-3 BOS)\n"
     "  --decode               input is ids (space or comma separated); prints the text\n"
+    "  --dataset PREFIX       read an indexed dataset (PREFIX.bin/.idx; validated) instead:\n"
+    "                         prints the ids of each document, one line each (the text with\n"
+    "                         --decode; a summary object with --json); --tokenizer optional\n"
+    "  --doc N                with --dataset: only document N\n"
     "  --skip-special-tokens  with --decode: drop special added tokens\n"
     "  --json                 print a JSON result object / JSON arrays\n"
     "  --quiet                no messages except errors\n"
@@ -126,6 +131,56 @@ static int decode_mode(struct lms_tokenizer *tk, const char *text, size_t len, b
     return CLI_EXIT_OK;
 }
 
+static int dataset_mode(const char *prefix, struct lms_tokenizer *tk, long doc, bool decode,
+                        bool skip, const struct cli_common *co)
+{
+    struct lms_error err = {0};
+    struct lms_dataset *ds;
+    if (lms_dataset_open(prefix, &ds, &err))
+        return cli_fail(cmd, co, &err);
+    int64_t n_docs = lms_dataset_n_docs(ds);
+    int rc = CLI_EXIT_OK;
+    if (doc >= n_docs) {
+        lms_error_set(&err, LMS_EINVAL, "--doc %ld: dataset has %lld documents", doc,
+                      (long long)n_docs);
+        rc = cli_fail(cmd, co, &err);
+        goto out;
+    }
+    if (co->json) {
+        printf("{\"ok\":true,\"documents\":%lld,\"sequences\":%lld,\"tokens\":%lld,"
+               "\"dtype_code\":%d}\n", (long long)n_docs,
+               (long long)lms_dataset_n_sequences(ds), (long long)lms_dataset_n_tokens(ds),
+               (int)lms_dataset_dtype(ds));
+        goto out;
+    }
+    for (int64_t d = doc >= 0 ? doc : 0; d < (doc >= 0 ? doc + 1 : n_docs); d++) {
+        struct lms_ids ids = {0};
+        if (lms_dataset_read_doc(ds, d, &ids.data, &ids.len, &err)) {
+            rc = cli_fail(cmd, co, &err);
+            goto out;
+        }
+        if (decode) {
+            char *text;
+            size_t len;
+            if (lms_tokenizer_decode(tk, ids.data, ids.len, skip, &text, &len, &err)) {
+                lms_free(ids.data);
+                rc = cli_fail(cmd, co, &err);
+                goto out;
+            }
+            fwrite(text, 1, len, stdout);
+            fputc('\n', stdout);
+            lms_free(text);
+        } else {
+            print_ids(&ids, false);
+            fputc('\n', stdout);
+        }
+        lms_free(ids.data);
+    }
+out:
+    lms_dataset_free(ds);
+    return rc;
+}
+
 static int jsonl_mode(struct lms_tokenizer_ctx *ctx, const char *key, unsigned flags,
                       const struct cli_common *co)
 {
@@ -167,7 +222,7 @@ static int jsonl_mode(struct lms_tokenizer_ctx *ctx, const char *key, unsigned f
 
 int cmd_tokenize(int argc, char **argv)
 {
-    enum { O_NO_SPECIAL = 256, O_SKIP_SPECIAL, O_JSON_KEY };
+    enum { O_NO_SPECIAL = 256, O_SKIP_SPECIAL, O_JSON_KEY, O_DATASET, O_DOC };
     static const struct option opts[] = {
         {"tokenizer", required_argument, NULL, 't'},
         {"text", required_argument, NULL, 'x'},
@@ -175,6 +230,8 @@ int cmd_tokenize(int argc, char **argv)
         {"json-key", required_argument, NULL, O_JSON_KEY},
         {"no-special-tokens", no_argument, NULL, O_NO_SPECIAL},
         {"decode", no_argument, NULL, 'd'},
+        {"dataset", required_argument, NULL, O_DATASET},
+        {"doc", required_argument, NULL, O_DOC},
         {"skip-special-tokens", no_argument, NULL, O_SKIP_SPECIAL},
         {"json", no_argument, NULL, 'j'},
         {"quiet", no_argument, NULL, 'q'},
@@ -182,7 +239,8 @@ int cmd_tokenize(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct cli_common co = {0};
-    const char *tok_path = NULL, *text = NULL, *key = "text";
+    const char *tok_path = NULL, *text = NULL, *key = "text", *dataset = NULL;
+    long doc = -1;
     bool jsonl = false, decode = false, skip = false;
     unsigned flags = LMS_TOK_ADD_SPECIAL;
     int c;
@@ -195,6 +253,14 @@ int cmd_tokenize(int argc, char **argv)
         case O_JSON_KEY: key = optarg; break;
         case O_NO_SPECIAL: flags &= ~(unsigned)LMS_TOK_ADD_SPECIAL; break;
         case 'd': decode = true; break;
+        case O_DATASET: dataset = optarg; break;
+        case O_DOC: {
+            char *end;
+            doc = strtol(optarg, &end, 10);
+            if (*end || doc < 0)
+                return cli_usage_error(cmd, "--doc: '%s' is not a document number", optarg);
+            break;
+        }
         case O_SKIP_SPECIAL: skip = true; break;
         case 'j': co.json = true; break;
         case 'q': co.quiet = true; break;
@@ -204,7 +270,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!tok_path)
+    if (!tok_path && !(dataset && !decode))
         return cli_usage_error(cmd, "--tokenizer is required");
     if (jsonl && (text || decode))
         return cli_usage_error(cmd, "--jsonl cannot be combined with --text or --decode");
@@ -215,8 +281,13 @@ int cmd_tokenize(int argc, char **argv)
     char *input = NULL;
     size_t input_len = 0;
     int rc;
-    if (lms_tokenizer_load(tok_path, &tk, &err) || lms_tokenizer_ctx_new(tk, &ctx, &err)) {
+    if (tok_path &&
+        (lms_tokenizer_load(tok_path, &tk, &err) || lms_tokenizer_ctx_new(tk, &ctx, &err))) {
         rc = cli_fail(cmd, &co, &err);
+        goto out;
+    }
+    if (dataset) {
+        rc = dataset_mode(dataset, tk, doc, decode, skip, &co);
         goto out;
     }
     if (jsonl) {

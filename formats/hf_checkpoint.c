@@ -51,13 +51,13 @@ static int hf_probe(const char *path)
     struct stat sb;
     if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return 0;
-    if (!join(p, sizeof(p), path, "config.json") || !is_file(p))
-        return 0;
-    if (join(p, sizeof(p), path, INDEX_NAME) && is_file(p))
+    bool config = join(p, sizeof(p), path, "config.json") && is_file(p);
+    bool weights = (join(p, sizeof(p), path, INDEX_NAME) && is_file(p)) ||
+                   (join(p, sizeof(p), path, SINGLE_NAME) && is_file(p));
+    if (config && weights)
         return 90;
-    if (join(p, sizeof(p), path, SINGLE_NAME) && is_file(p))
-        return 90;
-    return 20; /* a config without weights: still ours, the read explains what is missing */
+    /* only one of the two: still ours, the read explains what is missing */
+    return config ? 20 : weights ? 10 : 0;
 }
 
 /* ---- reading ---------------------------------------------------------------------------- */
@@ -67,29 +67,31 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
                                          const char *shard, const json_t *weight_map,
                                          struct lms_error *err)
 {
+    const char *shard_path = f->storage->path;
     for (size_t i = 0; i < f->hdr.n_entries; i++) {
         const struct lms_st_entry *e = &f->hdr.entries[i];
         if (weight_map) {
             const json_t *where = json_object_get(weight_map, e->name);
             if (!where)
                 return lms_error_set(err, LMS_EFORMAT,
-                                     "shard '%s' holds tensor '%s', which the index does not list",
-                                     shard, e->name);
+                                     "reading '%s': holds tensor '%s', which the index does not list",
+                                     shard_path, e->name);
             if (strcmp(json_string_value(where), shard) != 0)
                 return lms_error_set(err, LMS_EFORMAT,
-                                     "tensor '%s' is in shard '%s' but the index places it in '%s'",
-                                     e->name, shard, json_string_value(where));
+                                     "reading '%s': holds tensor '%s', which the index places in '%s'",
+                                     shard_path, e->name, json_string_value(where));
         }
         if (lms_model_find_name(m, e->name))
-            return lms_error_set(err, LMS_EFORMAT, "tensor '%s' appears in more than one shard",
-                                 e->name);
+            return lms_error_set(err, LMS_EFORMAT,
+                                 "reading '%s': tensor '%s' appears in more than one shard",
+                                 shard_path, e->name);
         enum lms_role role = LMS_ROLE_OTHER;
         int64_t layer = -1;
         lms_role_from_hf_name(e->name, &role, &layer);
         struct lms_view *v;
         enum lms_status rc = lms_st_entry_view(f, i, &v, err);
         if (rc)
-            return lms_error_wrap(err, "shard '%s': tensor '%s': ", shard, e->name);
+            return lms_error_wrap(err, "reading '%s': tensor '%s': ", shard_path, e->name);
         rc = lms_model_add(m, e->name, role, layer, v, err);
         lms_view_release(v);
         if (rc)
@@ -99,17 +101,19 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
 }
 
 /* Opens one shard named by the index (a plain file name inside dir). */
-static enum lms_status read_shard(struct lms_model *m, const char *dir, const char *shard,
-                                  const json_t *weight_map, struct lms_error *err)
+static enum lms_status read_shard(struct lms_model *m, const char *dir, const char *index_path,
+                                  const char *shard, const json_t *weight_map,
+                                  struct lms_error *err)
 {
     if (!*shard || strchr(shard, '/') || strcmp(shard, "..") == 0 || strcmp(shard, ".") == 0)
-        return lms_error_set(err, LMS_EFORMAT, "index names an invalid shard file '%s'", shard);
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': invalid shard file name '%s'",
+                             index_path, shard);
     char p[PATH_MAX];
     if (!join(p, sizeof(p), dir, shard))
         return lms_error_set(err, LMS_EINVAL, "path of shard '%s' is too long", shard);
     if (!is_file(p))
-        return lms_error_set(err, LMS_EFORMAT, "index names shard '%s', which does not exist",
-                             shard);
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': shard '%s' does not exist",
+                             index_path, shard);
     struct lms_st_file f;
     enum lms_status rc = lms_st_open(p, &f, err);
     if (rc)
@@ -148,7 +152,7 @@ static enum lms_status read_sharded(struct lms_model *m, const char *dir, const 
     json_t *unused;
     json_object_foreach(shards, name, unused)
     {
-        rc = read_shard(m, dir, name, wm, err);
+        rc = read_shard(m, dir, index_path, name, wm, err);
         if (rc)
             goto out;
     }
@@ -156,8 +160,9 @@ static enum lms_status read_sharded(struct lms_model *m, const char *dir, const 
     json_object_foreach((json_t *)wm, name, where)
     {
         if (!lms_model_find_name(m, name)) {
-            rc = lms_error_set(err, LMS_EFORMAT, "index lists tensor '%s' but shard '%s' does not hold it",
-                               name, json_string_value(where));
+            rc = lms_error_set(err, LMS_EFORMAT,
+                               "reading '%s': lists tensor '%s', which shard '%s' does not hold",
+                               index_path, name, json_string_value(where));
             goto out;
         }
     }
@@ -176,6 +181,10 @@ static enum lms_status hf_read(const char *path, const struct lms_read_opts *opt
     enum lms_status rc;
     if (!join(p, sizeof(p), path, "config.json"))
         return lms_error_set(err, LMS_EINVAL, "path '%s' is too long", path);
+    if (!is_file(p))
+        return lms_error_set(err, LMS_EFORMAT,
+                             "reading '%s': no config.json (a Hugging Face checkpoint needs one)",
+                             path);
     rc = lms_json_load_file(p, CONFIG_MAX_BYTES, &m->hf_config, err);
     if (rc)
         goto fail;
@@ -424,6 +433,8 @@ static enum lms_status copy_chunked(struct stream *s, const struct out_tensor *o
             rc = lms_write_all(fd, s->buf, (size_t)n * es, path, err);
         if (rc)
             return lms_error_wrap(err, "tensor '%s': ", o->name);
+        if (numel > per_chunk)
+            lms_view_drop_pages(o->view); /* keep the resident set at one chunk's worth */
         report(s, (uint64_t)n * es);
     }
     return LMS_OK;
@@ -487,6 +498,7 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
             rc = copy_direct(s, o->view, fd, path, err);
         else
             rc = copy_chunked(s, o, fd, path, err);
+        lms_view_drop_pages(o->view);
     }
     if (!rc && fsync(fd) != 0)
         rc = lms_error_set(err, LMS_EIO, "syncing '%s': %s", path, strerror(errno));

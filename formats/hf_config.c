@@ -258,7 +258,10 @@ enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base
     set_int(c, "num_hidden_layers", a->n_layers);
     set_int(c, "num_attention_heads", a->n_heads);
     set_int(c, "num_key_value_heads", a->n_groups);
-    set_int(c, "head_dim", a->head_dim);
+    /* head_dim is written when the input had it or when it is not hidden / heads (Qwen3, and
+     * any model whose hidden size or heads were pruned) */
+    if (json_object_get(c, "head_dim") || a->head_dim * a->n_heads != a->hidden)
+        set_int(c, "head_dim", a->head_dim);
     set_int(c, "vocab_size", a->vocab); /* the writer drops padding rows */
     if (!json_is_number(json_object_get(c, "rms_norm_eps")) ||
         json_number_value(json_object_get(c, "rms_norm_eps")) != a->norm_eps)
@@ -266,7 +269,7 @@ enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base
     if (a->max_position > 0)
         set_int(c, "max_position_embeddings", a->max_position);
     json_object_set_new(c, "tie_word_embeddings", json_boolean(a->tie_embeddings));
-    if (a->family != LMS_FAMILY_QWEN2 || json_object_get(c, "attention_bias"))
+    if (json_object_get(c, "attention_bias") || (a->family != LMS_FAMILY_QWEN2 && a->o_bias))
         json_object_set_new(c, "attention_bias",
                             json_boolean(a->family == LMS_FAMILY_QWEN2 ? false : a->o_bias));
     const char *dtkey = json_object_get(c, "dtype") ? "dtype" : "torch_dtype";

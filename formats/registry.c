@@ -5,9 +5,12 @@
 
 #include "lms/format.h"
 #include "lms/hf.h"
+#include "lms/nemo.h"
 
 static const struct lms_format *const formats[] = {
     &lms_format_hf,
+    &lms_format_nemo,
+    &lms_format_megatron,
 };
 
 #define N_FORMATS (sizeof(formats) / sizeof(formats[0]))

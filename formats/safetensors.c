@@ -156,6 +156,7 @@ static enum lms_status check_layout(struct lms_st_header *hdr, uint64_t *data_le
                                e->name, (unsigned long long)e->begin, (unsigned long long)e->end,
                                e->end < e->begin ? "are reversed"
                                : e->begin < expected ? "overlap the previous tensor"
+                               : i == 0              ? "leave a gap at the start of the data"
                                                      : "leave a gap after the previous tensor",
                                (unsigned long long)expected);
             break;

@@ -5,6 +5,8 @@
  * contiguous in their source and recurse. Runs are as long as the innermost contiguous block,
  * so reading a row selection costs one copy per row and a column selection one per element. */
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lms/alloc.h"
 #include "lms/ir.h"
@@ -276,7 +278,25 @@ static enum lms_status read_select(const struct lms_view *v, int64_t e0, int64_t
         int64_t block = e0 / inner; /* (outer, i) pair */
         int64_t r = e0 % inner;
         int64_t o = block / k_out, i = block % k_out;
-        if (inner == 1 && src->kind == LMS_VIEW_STORAGE) {
+        if (inner == 1 && src->kind != LMS_VIEW_STORAGE) {
+            /* column gather from a composed source: materialise whole source rows once, then
+             * gather from them, instead of one recursive read per element */
+            int64_t m = k_out - i < n ? k_out - i : n;
+            char *row = lms_malloc((size_t)k_src * es);
+            if (!row)
+                return lms_error_set(err, LMS_ENOMEM, "out of memory");
+            enum lms_status rc = lms_view_read(src, o * k_src, k_src, row, err);
+            if (!rc)
+                gather_elems(dst, row, es, index + i, m, 1);
+            lms_free(row);
+            if (rc)
+                return rc;
+            dst += (size_t)m * es;
+            e0 += m;
+            n -= m;
+            continue;
+        }
+        if (inner == 1) {
             /* column gather straight from the mapping: as many elements of this outer row as
              * the request covers */
             int64_t m = k_out - i < n ? k_out - i : n;
@@ -389,4 +409,33 @@ enum lms_status lms_view_read_as(const struct lms_view *v, int64_t e0, int64_t n
     }
     lms_free(scratch);
     return rc;
+}
+
+void lms_view_drop_pages(const struct lms_view *v)
+{
+    switch (v->kind) {
+    case LMS_VIEW_STORAGE: {
+        const struct lms_storage *s = v->u.st.storage;
+        if (s->kind != LMS_STORAGE_FILE_MAP || !s->base)
+            return;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t begin = (uintptr_t)s->base + v->u.st.offset;
+        uintptr_t end = begin + lms_view_nbytes(v);
+        begin &= ~(page - 1);
+        /* a private read-only file mapping has no dirty pages: dropping them only unmaps them
+         * from this process; a later read faults them back in from the page cache */
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
+        return;
+    }
+    case LMS_VIEW_SELECT:
+        lms_view_drop_pages(v->u.sel.src);
+        return;
+    case LMS_VIEW_CONCAT:
+        for (int i = 0; i < v->u.cat.n_parts; i++)
+            lms_view_drop_pages(v->u.cat.parts[i]);
+        return;
+    case LMS_VIEW_RESHAPE:
+        lms_view_drop_pages(v->u.reshape.src);
+        return;
+    }
 }

@@ -149,6 +149,11 @@ enum lms_status lms_view_read(const struct lms_view *v, int64_t e0, int64_t n, v
 enum lms_status lms_view_read_as(const struct lms_view *v, int64_t e0, int64_t n,
                                  enum lms_dtype dt, void *dst, struct lms_error *err);
 
+/* Tells the kernel the mapped file pages under v are no longer needed by this process (they stay
+ * in the page cache), so streaming a large model does not grow the resident set. Harmless for
+ * host storage; the bytes stay readable. */
+void lms_view_drop_pages(const struct lms_view *v);
+
 /* ---- tensors and models ------------------------------------------------------------------- */
 
 enum lms_role {

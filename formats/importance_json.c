@@ -1,0 +1,230 @@
+/* The importance file: JSON read/validate/write (include/lms/importance.h). */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lms/alloc.h"
+#include "lms/importance.h"
+#include "lms/json.h"
+#include "lms/outdir.h"
+
+#define IMPORTANCE_MAX_BYTES (1u << 30)
+
+void lms_importance_init(struct lms_importance *imp, const struct lms_arch *a)
+{
+    memset(imp, 0, sizeof(*imp));
+    if (a) {
+        imp->n_layers = a->n_layers;
+        imp->hidden = a->hidden;
+        imp->ffn = a->ffn;
+        imp->n_heads = a->n_heads;
+        imp->n_groups = a->n_groups;
+    }
+}
+
+void lms_importance_release(struct lms_importance *imp)
+{
+    lms_free(imp->layers);
+    lms_free(imp->hidden_s);
+    lms_free(imp->ffn_s);
+    lms_free(imp->heads);
+    lms_free(imp->groups);
+    lms_free(imp->method);
+    if (imp->source)
+        json_decref(imp->source);
+    memset(imp, 0, sizeof(*imp));
+}
+
+unsigned lms_importance_axes(const struct lms_importance *imp)
+{
+    return (imp->layers ? LMS_AXIS_LAYERS : 0) | (imp->hidden_s ? LMS_AXIS_HIDDEN : 0) |
+           (imp->ffn_s ? LMS_AXIS_FFN : 0) | (imp->heads ? LMS_AXIS_HEADS : 0) |
+           (imp->groups ? LMS_AXIS_GROUPS : 0);
+}
+
+static enum lms_status read_dim(const json_t *model, const char *key, int64_t *out,
+                                struct lms_error *err)
+{
+    const json_t *v = json_object_get(model, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 26))
+        return lms_error_set(err, LMS_EFORMAT, "'model.%s' is missing or not a positive integer",
+                             key);
+    *out = json_integer_value(v);
+    return LMS_OK;
+}
+
+/* Reads n finite numbers from a JSON array into dst. */
+static enum lms_status read_vec(const json_t *a, int64_t n, double *dst, const char *what,
+                                struct lms_error *err)
+{
+    if (!json_is_array(a) || (int64_t)json_array_size(a) != n)
+        return lms_error_set(err, LMS_EFORMAT, "'%s' must be an array of %lld numbers", what,
+                             (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        const json_t *v = json_array_get(a, (size_t)i);
+        if (!json_is_number(v) || !isfinite(json_number_value(v)))
+            return lms_error_set(err, LMS_EFORMAT, "'%s' entry %lld is not a finite number", what,
+                                 (long long)i);
+        dst[i] = json_number_value(v);
+    }
+    return LMS_OK;
+}
+
+/* Reads an axis: one vector (rows == 0) or rows vectors of n. Absent key: *dst stays NULL. */
+static enum lms_status read_axis(const json_t *root, const char *key, int64_t rows, int64_t n,
+                                 double **dst, struct lms_error *err)
+{
+    const json_t *a = json_object_get(root, key);
+    if (!a || json_is_null(a))
+        return LMS_OK;
+    int64_t total = (rows ? rows : 1) * n;
+    *dst = lms_malloc((size_t)total * sizeof(double));
+    if (!*dst)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    if (!rows)
+        return read_vec(a, n, *dst, key, err);
+    if (!json_is_array(a) || (int64_t)json_array_size(a) != rows)
+        return lms_error_set(err, LMS_EFORMAT, "'%s' must hold one array per layer (%lld)", key,
+                             (long long)rows);
+    for (int64_t l = 0; l < rows; l++) {
+        char what[64];
+        snprintf(what, sizeof(what), "%s[%lld]", key, (long long)l);
+        enum lms_status rc = read_vec(json_array_get(a, (size_t)l), n, *dst + l * n, what, err);
+        if (rc)
+            return rc;
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms_importance_read(const char *path, struct lms_importance *imp,
+                                    struct lms_error *err)
+{
+    lms_importance_init(imp, NULL);
+    json_t *root;
+    enum lms_status rc = lms_json_load_file(path, IMPORTANCE_MAX_BYTES, &root, err);
+    if (rc)
+        return rc;
+    const json_t *fmt = json_object_get(root, "format");
+    const json_t *ver = json_object_get(root, "version");
+    const json_t *model = json_object_get(root, "model");
+    if (!json_is_object(root) || !json_is_string(fmt) ||
+        strcmp(json_string_value(fmt), "lmsurgeon-importance") != 0) {
+        rc = lms_error_set(err, LMS_EFORMAT, "'format' is not \"lmsurgeon-importance\"");
+    } else if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
+        rc = lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'version' (expected 1)");
+    } else if (!json_is_object(model)) {
+        rc = lms_error_set(err, LMS_EFORMAT, "'model' is missing or not an object");
+    }
+    if (!rc)
+        rc = read_dim(model, "num_layers", &imp->n_layers, err);
+    if (!rc)
+        rc = read_dim(model, "hidden_size", &imp->hidden, err);
+    if (!rc)
+        rc = read_dim(model, "ffn_hidden_size", &imp->ffn, err);
+    if (!rc)
+        rc = read_dim(model, "num_attention_heads", &imp->n_heads, err);
+    if (!rc)
+        rc = read_dim(model, "num_query_groups", &imp->n_groups, err);
+    if (!rc)
+        rc = read_axis(root, "layers", 0, imp->n_layers, &imp->layers, err);
+    if (!rc)
+        rc = read_axis(root, "hidden", 0, imp->hidden, &imp->hidden_s, err);
+    if (!rc)
+        rc = read_axis(root, "ffn", imp->n_layers, imp->ffn, &imp->ffn_s, err);
+    if (!rc)
+        rc = read_axis(root, "heads", imp->n_layers, imp->n_heads, &imp->heads, err);
+    if (!rc)
+        rc = read_axis(root, "query_groups", imp->n_layers, imp->n_groups, &imp->groups, err);
+    const json_t *method = json_object_get(root, "method");
+    if (!rc) {
+        imp->method = lms_strdup(json_is_string(method) ? json_string_value(method) : "unknown");
+        if (!imp->method)
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    const json_t *source = json_object_get(root, "source");
+    if (!rc && source)
+        imp->source = json_incref((json_t *)source);
+    json_decref(root);
+    if (rc) {
+        lms_error_wrap(err, "reading '%s': ", path);
+        lms_importance_release(imp);
+    }
+    return rc;
+}
+
+enum lms_status lms_importance_check(const struct lms_importance *imp, const struct lms_arch *a,
+                                     const char *path, struct lms_error *err)
+{
+    if (imp->n_layers != a->n_layers || imp->hidden != a->hidden || imp->ffn != a->ffn ||
+        imp->n_heads != a->n_heads || imp->n_groups != a->n_groups)
+        return lms_error_set(err, LMS_ESHAPE,
+                             "'%s' scores a model of L=%lld H=%lld F=%lld n_h=%lld n_g=%lld, not "
+                             "this one (L=%lld H=%lld F=%lld n_h=%lld n_g=%lld)",
+                             path, (long long)imp->n_layers, (long long)imp->hidden,
+                             (long long)imp->ffn, (long long)imp->n_heads,
+                             (long long)imp->n_groups, (long long)a->n_layers,
+                             (long long)a->hidden, (long long)a->ffn, (long long)a->n_heads,
+                             (long long)a->n_groups);
+    return LMS_OK;
+}
+
+static json_t *vec_json(const double *v, int64_t n)
+{
+    json_t *a = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+static json_t *mat_json(const double *v, int64_t rows, int64_t n)
+{
+    json_t *a = json_array();
+    for (int64_t l = 0; l < rows; l++)
+        json_array_append_new(a, vec_json(v + l * n, n));
+    return a;
+}
+
+enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
+                                     struct lms_error *err)
+{
+    json_t *root = json_pack(
+        "{s:s,s:i,s:s,s:{s:I,s:I,s:I,s:I,s:I}}", "format", "lmsurgeon-importance", "version", 1,
+        "method", imp->method ? imp->method : "unknown", "model", "num_layers",
+        (json_int_t)imp->n_layers, "hidden_size", (json_int_t)imp->hidden, "ffn_hidden_size",
+        (json_int_t)imp->ffn, "num_attention_heads", (json_int_t)imp->n_heads, "num_query_groups",
+        (json_int_t)imp->n_groups);
+    if (!root)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    if (imp->source)
+        json_object_set(root, "source", imp->source);
+    if (imp->layers)
+        json_object_set_new(root, "layers", vec_json(imp->layers, imp->n_layers));
+    if (imp->hidden_s)
+        json_object_set_new(root, "hidden", vec_json(imp->hidden_s, imp->hidden));
+    if (imp->ffn_s)
+        json_object_set_new(root, "ffn", mat_json(imp->ffn_s, imp->n_layers, imp->ffn));
+    if (imp->heads)
+        json_object_set_new(root, "heads", mat_json(imp->heads, imp->n_layers, imp->n_heads));
+    if (imp->groups)
+        json_object_set_new(root, "query_groups",
+                            mat_json(imp->groups, imp->n_layers, imp->n_groups));
+    struct lms_buf_str text = {0};
+    enum lms_status rc = lms_json_dump(root, LMS_JSON_COMPACT, &text, err);
+    json_decref(root);
+    if (!rc)
+        rc = lms_buf_str_append(&text, "\n", 1, err);
+    char tmp[PATH_MAX];
+    if (!rc && snprintf(tmp, sizeof(tmp), "%s.lms-tmp-%d", path, (int)getpid()) >= (int)sizeof(tmp))
+        rc = lms_error_set(err, LMS_EINVAL, "path '%s' is too long", path);
+    if (!rc)
+        rc = lms_write_file(tmp, text.data, text.len, err);
+    if (!rc && rename(tmp, path) != 0) {
+        rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, path, strerror(errno));
+        unlink(tmp);
+    }
+    lms_buf_str_release(&text);
+    return rc;
+}

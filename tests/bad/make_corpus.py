@@ -1,0 +1,530 @@
+#!/usr/bin/env python3
+"""Generates the bad-input corpus in tests/bad/ (pure standard library, deterministic).
+
+Each case is a small checkpoint directory (config.json + safetensors [+ index]) derived
+from one valid tiny Qwen3 checkpoint with exactly one defect, or a single file. The table
+CASES below is the single source of truth: it also writes expected.tsv (read by
+tests/cli/test_bad_inputs.sh) and README.md. Expectations are what a correct reader must
+report (data-formats.md §1.4, §1.6), chosen by hand, not copied from the tool's output.
+
+  python3 tests/bad/make_corpus.py            # rewrites tests/bad/cases, expected.tsv, README.md
+"""
+import json
+import os
+import shutil
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASES_DIR = os.path.join(HERE, "cases")
+
+# ---- the valid base checkpoint ----------------------------------------------------------
+
+L, H, F, NH, NG, D, V = 1, 16, 32, 2, 1, 8, 32
+
+BASE_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": None, "dtype": "bfloat16", "eos_token_id": None, "head_dim": D,
+    "hidden_act": "silu", "hidden_size": H, "initializer_range": 0.02, "intermediate_size": F,
+    "layer_types": ["full_attention"] * L, "max_position_embeddings": 128,
+    "max_window_layers": L, "model_type": "qwen3", "num_attention_heads": NH,
+    "num_hidden_layers": L, "num_key_value_heads": NG, "pad_token_id": None,
+    "rms_norm_eps": 1e-06, "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+    "sliding_window": None, "tie_word_embeddings": False, "transformers_version": "5.17.0",
+    "use_cache": True, "use_sliding_window": False, "vocab_size": V,
+}
+
+ESIZE = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "U8": 1}
+RANK = ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+        "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64",
+        "F64", "I64", "U64"]
+
+
+def base_shapes():
+    """(name, shape) in state-dict order."""
+    p = "model.layers.0."
+    return [
+        ("model.embed_tokens.weight", [V, H]),
+        (p + "self_attn.q_proj.weight", [NH * D, H]),
+        (p + "self_attn.k_proj.weight", [NG * D, H]),
+        (p + "self_attn.v_proj.weight", [NG * D, H]),
+        (p + "self_attn.o_proj.weight", [H, NH * D]),
+        (p + "self_attn.q_norm.weight", [D]),
+        (p + "self_attn.k_norm.weight", [D]),
+        (p + "mlp.gate_proj.weight", [F, H]),
+        (p + "mlp.up_proj.weight", [F, H]),
+        (p + "mlp.down_proj.weight", [H, F]),
+        (p + "input_layernorm.weight", [H]),
+        (p + "post_attention_layernorm.weight", [H]),
+        ("model.norm.weight", [H]),
+        ("lm_head.weight", [V, H]),
+    ]
+
+
+def data_for(name, shape, dtype="BF16"):
+    """Deterministic finite values: bf16 bit patterns of small numbers."""
+    n = 1
+    for s in shape:
+        n *= s
+    seed = sum(name.encode()) & 0xFF
+    out = bytearray()
+    for i in range(n):
+        # bf16 with exponent 120..123 and a varying mantissa: |x| in [2^-7, 2^-3)
+        hi = 0x3C | ((i + seed) & 0x01) | (((i * 7 + seed) & 0x02) << 6)
+        lo = (i * 37 + seed) & 0xFF
+        out += bytes((lo, hi))
+    return bytes(out[: n * ESIZE[dtype]]) if dtype == "BF16" else bytes(n * ESIZE[dtype])
+
+
+def tensors(shapes=None):
+    return [(n, "BF16", s, data_for(n, s)) for n, s in (shapes or base_shapes())]
+
+
+def header_dict(ts, metadata=True):
+    """Canonical header (dict, insertion-ordered) and the data buffer."""
+    ts = sorted(ts, key=lambda t: (-RANK.index(t[1]), t[0].encode()))
+    h = {"__metadata__": {"format": "pt"}} if metadata else {}
+    off, buf = 0, b""
+    for name, dt, shape, data in ts:
+        h[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+        buf += data
+    return h, buf
+
+
+def st_bytes(header, data, raw_header=None):
+    """safetensors bytes from a header (dict or raw JSON bytes) and a data buffer."""
+    text = raw_header if raw_header is not None else json.dumps(
+        header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def write(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(content)
+
+
+def write_config(d, cfg=None, raw=None):
+    write(os.path.join(d, "config.json"),
+          raw if raw is not None else json.dumps(cfg or BASE_CONFIG, indent=2, sort_keys=True) + "\n")
+
+
+def single(d, header=None, data=None, raw=None, cfg=None, ts=None):
+    """A single-file checkpoint: config + model.safetensors (canonical unless given)."""
+    write_config(d, cfg)
+    if raw is None:
+        h, buf = header_dict(ts or tensors())
+        raw = st_bytes(header if header is not None else h, buf if data is None else data)
+    write(os.path.join(d, "model.safetensors"), raw)
+
+
+def mutate(fn):
+    """A single-file case whose canonical header dict is changed by fn(header) -> data."""
+    def build(d):
+        h, buf = header_dict(tensors())
+        new = fn(h, buf)
+        single(d, header=h, data=buf if new is None else new)
+    return build
+
+
+def raw_header(text, data=b""):
+    """A single-file case with the given raw header bytes."""
+    def build(d):
+        single(d, raw=st_bytes(None, data, raw_header=text))
+    return build
+
+
+SHARD1 = "model-00001-of-00002.safetensors"
+SHARD2 = "model-00002-of-00002.safetensors"
+
+
+def sharded(d, edit=None, shard_edit=None):
+    """A two-shard checkpoint; edit(index) and shard_edit(list of shard tensor lists) change it."""
+    write_config(d)
+    ts = tensors()
+    groups = [ts[:7], ts[7:]]
+    if shard_edit:
+        shard_edit(groups)
+    names = [SHARD1, SHARD2]
+    wm = {}
+    for name, group in zip(names, groups):
+        h, buf = header_dict(group)
+        write(os.path.join(d, name), st_bytes(h, buf))
+    for name, group in zip(names, [ts[:7], ts[7:]]):
+        for t in group:
+            wm[t[0]] = name
+    total = sum(len(t[3]) for t in ts)
+    index = {"metadata": {"total_parameters": total // 2, "total_size": total}, "weight_map": wm}
+    if edit:
+        index = edit(index)
+    text = index if isinstance(index, str) else json.dumps(index, indent=2, sort_keys=True) + "\n"
+    write(os.path.join(d, "model.safetensors.index.json"), text)
+
+
+def cfg_with(**kw):
+    def build(d):
+        cfg = dict(BASE_CONFIG)
+        for k, v in kw.items():
+            k = k.replace("__", "-")
+            if v is KeyError:
+                del cfg[k]
+            else:
+                cfg[k] = v
+        single(d, cfg=cfg)
+    return build
+
+
+def first(h):
+    return next(k for k in h if k != "__metadata__")
+
+
+def set_field(field, value, name=None):
+    def fn(h, buf):
+        h[name or first(h)][field] = value
+    return fn
+
+
+def del_field(field):
+    def fn(h, buf):
+        del h[first(h)][field]
+    return fn
+
+
+def shift_offsets(h, buf, name, delta_begin, delta_end):
+    h[name]["data_offsets"] = [h[name]["data_offsets"][0] + delta_begin,
+                               h[name]["data_offsets"][1] + delta_end]
+
+
+def case_overlap(h, buf):
+    names = [k for k in h if k != "__metadata__"]
+    shift_offsets(h, buf, names[1], -2, 0)  # second tensor starts 2 bytes early, ends in place
+    return None
+
+
+def case_gap(h, buf):
+    names = [k for k in h if k != "__metadata__"]
+    for n in names[1:]:
+        shift_offsets(h, buf, n, 2, 2)
+    return buf[:h[names[0]]["data_offsets"][1]] + b"\0\0" + buf[h[names[0]]["data_offsets"][1]:]
+
+
+def case_first_not_zero(h, buf):
+    for n in [k for k in h if k != "__metadata__"]:
+        shift_offsets(h, buf, n, 4, 4)
+    return b"\0" * 4 + buf
+
+
+def case_reversed(h, buf):
+    n = first(h)
+    b, e = h[n]["data_offsets"]
+    h[n]["data_offsets"] = [b, b]  # zero-length first, so the next one is at 0...
+    names = [k for k in h if k != "__metadata__"]
+    h[names[1]]["data_offsets"] = [e, 0]
+    return None
+
+
+def case_size_mismatch(h, buf):
+    n = first(h)
+    h[n]["shape"] = [h[n]["shape"][0], h[n]["shape"][1] - 1]  # offsets span one row too many
+    return None
+
+
+def case_huge_dims(h, buf):
+    h[first(h)]["shape"] = [1 << 62, 1 << 62]
+    return None
+
+
+def case_duplicate(d):
+    h, buf = header_dict(tensors())
+    text = json.dumps(h, separators=(",", ":")).encode()
+    n = first(h)
+    entry = json.dumps(h[n], separators=(",", ":")).encode()
+    dup = b'"%s":%s,' % (n.encode(), entry)
+    text = text.replace(b'"%s":' % n.encode(), dup + b'"%s":' % n.encode(), 1)
+    single(d, raw=st_bytes(None, buf, raw_header=text))
+
+
+def case_newline_name(h, buf):
+    n = first(h)
+    h["evil\nname\x1b[31m"] = h.pop(n)
+    h["evil\nname\x1b[31m"]["dtype"] = "NOPE"
+    return None
+
+
+def case_idx_missing_shard(d):
+    def ed(ix):
+        ix["weight_map"]["model.extra.weight"] = "model-00003-of-00003.safetensors"
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_tensor_absent(d):
+    def ed(ix):
+        ix["weight_map"]["model.layers.0.extra.weight"] = SHARD2
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_unlisted(d):
+    def ed(ix):
+        del ix["weight_map"]["model.layers.0.mlp.up_proj.weight"]
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_wrong_shard(d):
+    def ed(ix):
+        ix["weight_map"]["model.norm.weight"] = SHARD1
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_wm_not_object(d):
+    def ed(ix):
+        ix["weight_map"] = sorted(ix["weight_map"].items())
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_wm_missing(d):
+    def ed(ix):
+        del ix["weight_map"]
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_value_not_string(d):
+    def ed(ix):
+        ix["weight_map"]["model.norm.weight"] = 2
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_invalid_json(d):
+    sharded(d, lambda ix: json.dumps(ix, indent=2)[:-3] + "\n")
+
+
+def case_idx_traversal(d):
+    def ed(ix):
+        ix["weight_map"]["model.extra.weight"] = "../" + SHARD2
+        return ix
+    sharded(d, ed)
+
+
+def case_idx_bad_shard(d):
+    sharded(d)
+    p = os.path.join(d, SHARD2)
+    with open(p, "rb") as f:
+        content = f.read()
+    write(p, content[:-10])
+
+
+def case_cfg_missing(d):
+    single(d)
+    os.remove(os.path.join(d, "config.json"))
+
+
+def case_no_weights(d):
+    write_config(d)
+
+
+def case_shape_mismatch(d):
+    shapes = [(n, [NH * D, H + 1] if n.endswith("q_proj.weight") else s) for n, s in base_shapes()]
+    single(d, ts=tensors(shapes))
+
+
+def case_missing_tensor(d):
+    shapes = [(n, s) for n, s in base_shapes() if not n.endswith("k_norm.weight")]
+    single(d, ts=tensors(shapes))
+
+
+def case_layer_out_of_range(d):
+    shapes = base_shapes() + [("model.layers.5.input_layernorm.weight", [H])]
+    single(d, ts=tensors(shapes))
+
+
+def case_file_not_checkpoint(path):
+    write(path, "this is not a checkpoint\n")
+
+
+MS = "model.safetensors"
+CFG = "config.json"
+IDX = "model.safetensors.index.json"
+
+# name, builder, what is wrong, exit code, file that the message must name ("." = the case
+# itself), substring the message must contain
+CASES = [
+    # -- safetensors framing (§1.4 rules 1-3)
+    ("st_short", lambda d: single(d, raw=b"\x10\0\0\0\0"), "file of 5 bytes, shorter than the 8-byte length prefix",
+     3, MS, "shorter than the 8-byte"),
+    ("st_empty", lambda d: single(d, raw=b""), "empty file", 3, MS, "shorter than the 8-byte"),
+    ("st_header_past_eof", lambda d: single(d, raw=struct.pack("<Q", 1000) + b'{"a":1}'),
+     "header length 1000 in a 15-byte file", 3, MS, "past the end"),
+    ("st_header_too_large", lambda d: single(d, raw=struct.pack("<Q", 100_000_001)),
+     "header length 100,000,001 (> 100,000,000)", 3, MS, "exceeds the 100000000-byte limit"),
+    ("st_header_len_u64_max", lambda d: single(d, raw=b"\xff" * 8 + b"{}      "),
+     "header length 2^64-1 (overflows 8 + N)", 3, MS, "exceeds the 100000000-byte limit"),
+    # -- header text (rules 4-6)
+    ("st_bad_utf8", raw_header(b'{"__metadata__":{"format":"p\xfft"}}'),
+     "invalid UTF-8 byte in the header", 3, MS, "not valid UTF-8"),
+    ("st_overlong_utf8", raw_header(b'{"__metadata__":{"format":"\xc0\xaf"}}'),
+     "overlong UTF-8 encoding in the header", 3, MS, "not valid UTF-8"),
+    ("st_invalid_json", raw_header(b'{"a": {"dtype": "BF16", '), "truncated JSON header",
+     3, MS, "not valid JSON"),
+    ("st_not_object", raw_header(b"[1, 2, 3]"), "header is a JSON array", 3, MS,
+     "not a JSON object"),
+    ("st_entry_not_object", raw_header(b'{"t": 5}'), "tensor entry is a number", 3, MS,
+     "entry is not an object"),
+    ("st_missing_dtype", mutate(del_field("dtype")), "tensor entry without dtype", 3, MS,
+     "missing 'dtype'"),
+    ("st_missing_shape", mutate(del_field("shape")), "tensor entry without shape", 3, MS,
+     "missing 'shape'"),
+    ("st_missing_offsets", mutate(del_field("data_offsets")), "tensor entry without data_offsets",
+     3, MS, "missing 'data_offsets'"),
+    ("st_unknown_dtype", mutate(set_field("dtype", "BF17")), "dtype 'BF17'", 3, MS,
+     "unknown dtype 'BF17'"),
+    ("st_lowercase_dtype", mutate(set_field("dtype", "bf16")), "dtype 'bf16' (names are case-sensitive)",
+     3, MS, "unknown dtype 'bf16'"),
+    ("st_dtype_not_string", mutate(set_field("dtype", 16)), "dtype is a number", 3, MS,
+     "'dtype' is not a string"),
+    ("st_shape_not_array", mutate(set_field("shape", "32,16")), "shape is a string", 3, MS,
+     "'shape' is not an array"),
+    ("st_negative_dim", mutate(set_field("shape", [-32, 16])), "negative dimension", 3, MS,
+     "not a non-negative integer"),
+    ("st_float_dim", mutate(set_field("shape", [32.0, 16])), "non-integer dimension 32.0", 3, MS,
+     "not a non-negative integer"),
+    ("st_huge_dims", mutate(case_huge_dims), "shape [2^62, 2^62]: element count overflows", 3, MS,
+     "too large"),
+    ("st_offsets_one", mutate(set_field("data_offsets", [0])), "data_offsets with one entry", 3,
+     MS, "needs 2 entries"),
+    ("st_offsets_three", mutate(set_field("data_offsets", [0, 1024, 2048])),
+     "data_offsets with three entries", 3, MS, "data_offsets"),
+    ("st_offsets_strings", mutate(set_field("data_offsets", ["0", "1024"])),
+     "data_offsets are strings", 3, MS, "not a non-negative integer"),
+    ("st_metadata_non_string", mutate(lambda h, b: h["__metadata__"].update(format=1)),
+     "__metadata__ value is a number", 3, MS, "'__metadata__'"),
+    ("st_metadata_not_object", mutate(lambda h, b: h.__setitem__("__metadata__", "pt")),
+     "__metadata__ is a string", 3, MS, "'__metadata__'"),
+    ("st_duplicate_name", case_duplicate, "the same tensor name twice in the header", 3, MS,
+     "duplicate"),
+    ("st_control_chars_in_name", mutate(case_newline_name),
+     "tensor name with a newline and an escape sequence, unknown dtype", 3, MS,
+     "unknown dtype 'NOPE'"),
+    # -- layout (rules 7-9)
+    ("st_overlap", mutate(case_overlap), "second tensor overlaps the first", 3, MS, "overlap"),
+    ("st_gap", mutate(case_gap), "two unused bytes between the first two tensors", 3, MS, "gap"),
+    ("st_first_not_at_zero", mutate(case_first_not_zero), "first tensor starts at byte 4", 3,
+     MS, "expected to start at 0"),
+    ("st_reversed_offsets", mutate(case_reversed), "data_offsets [end, begin] reversed", 3, MS,
+     "reversed"),
+    ("st_size_mismatch", mutate(case_size_mismatch), "offsets span more bytes than shape x dtype",
+     3, MS, "shape x dtype"),
+    ("st_sub_byte", mutate(lambda h, b: h[first(h)].update(dtype="F4", shape=[2047])),
+     "F4 tensor of 2047 elements (8188 bits, not whole bytes)", 3, MS, "whole bytes"),
+    ("st_trailing_bytes", mutate(lambda h, b: b + b"\0" * 16), "16 bytes after the last tensor", 3,
+     MS, "trailing bytes"),
+    ("st_truncated", mutate(lambda h, b: b[:-100]), "data buffer 100 bytes short", 3, MS,
+     "truncated"),
+    # -- sharded checkpoints (index)
+    ("idx_missing_shard", case_idx_missing_shard, "index names a shard file that does not exist",
+     3, IDX, "model-00003-of-00003.safetensors"),
+    ("idx_tensor_absent", case_idx_tensor_absent, "index lists a tensor its shard does not hold",
+     3, IDX, "model.layers.0.extra.weight"),
+    ("idx_unlisted_tensor", case_idx_unlisted, "a shard holds a tensor the index does not list",
+     3, SHARD2, "model.layers.0.mlp.up_proj.weight"),
+    ("idx_wrong_shard", case_idx_wrong_shard, "index places a tensor in the other shard", 3,
+     SHARD2, "model.norm.weight"),
+    ("idx_weight_map_not_object", case_idx_wm_not_object, "weight_map is an array", 3, IDX,
+     "weight_map"),
+    ("idx_weight_map_missing", case_idx_wm_missing, "no weight_map", 3, IDX, "weight_map"),
+    ("idx_value_not_string", case_idx_value_not_string, "weight_map value is a number", 3, IDX,
+     "not a string"),
+    ("idx_invalid_json", case_idx_invalid_json, "index is truncated JSON", 3, IDX, "invalid JSON"),
+    ("idx_path_traversal", case_idx_traversal, "index names '../model-00002-of-00002.safetensors'",
+     3, IDX, "invalid shard file"),
+    ("idx_bad_shard", case_idx_bad_shard, "second shard truncated by 10 bytes", 3, SHARD2,
+     "truncated"),
+    # -- config.json
+    ("cfg_missing", case_cfg_missing, "model.safetensors without config.json", 3, ".",
+     "no config.json"),
+    ("cfg_invalid_json", lambda d: single(d) or write_config(d, raw='{"hidden_size": 16,\n'),
+     "config.json is truncated JSON", 3, CFG, "invalid JSON"),
+    ("cfg_not_object", lambda d: single(d) or write_config(d, raw="[16, 32]\n"),
+     "config.json is an array", 3, CFG, "not a JSON object"),
+    ("cfg_missing_hidden_size", cfg_with(hidden_size=KeyError), "no hidden_size", 3, CFG,
+     "'hidden_size' is missing"),
+    ("cfg_hidden_size_string", cfg_with(hidden_size="16"), "hidden_size is a string", 3, CFG,
+     "'hidden_size' is not an integer"),
+    ("cfg_negative_layers", cfg_with(num_hidden_layers=-1), "num_hidden_layers -1", 3, CFG,
+     "num_hidden_layers is -1"),
+    ("cfg_zero_heads", cfg_with(num_attention_heads=0), "num_attention_heads 0", 3, CFG,
+     "'num_attention_heads' is 0"),
+    ("cfg_heads_not_dividing", cfg_with(num_attention_heads=3, num_key_value_heads=2),
+     "3 heads in 2 query groups", 3, CFG, "not a multiple"),
+    ("cfg_huge_vocab", cfg_with(vocab_size=1 << 40), "vocab_size 2^40", 3, CFG,
+     "vocab_size is 1099511627776"),
+    ("cfg_huge_layers_real", cfg_with(num_hidden_layers=1e300), "num_hidden_layers 1e300", 3, CFG,
+     "num_hidden_layers"),
+    ("cfg_head_dim_odd", cfg_with(head_dim=7), "head_dim 7 (RoPE needs pairs)", 3, CFG,
+     "head_dim 7 is odd"),
+    ("cfg_unsupported_arch", cfg_with(architectures=["GPT2LMHeadModel"], model_type="gpt2"),
+     "architecture GPT2LMHeadModel", 3, CFG, "unsupported architecture 'GPT2LMHeadModel'"),
+    ("cfg_no_arch", cfg_with(architectures=KeyError, model_type=KeyError),
+     "neither architectures nor model_type", 3, CFG, "architectures"),
+    ("cfg_hidden_act", cfg_with(hidden_act="gelu"), "hidden_act gelu", 3, CFG, "hidden_act"),
+    # -- checkpoint vs config
+    ("model_shape_mismatch", case_shape_mismatch, "q_proj is [16, 17], config implies [16, 16]", 3,
+     ".", "config implies"),
+    ("model_missing_tensor", case_missing_tensor, "k_norm of layer 0 is missing", 3, ".",
+     "model.layers.0.self_attn.k_norm.weight' is missing"),
+    ("model_layer_out_of_range", case_layer_out_of_range, "a tensor of layer 5 in a 1-layer model",
+     3, ".", "layer 5"),
+    ("model_no_weights", case_no_weights, "config.json but no safetensors", 3, ".",
+     "model.safetensors"),
+    # -- not a checkpoint at all
+    ("file_not_checkpoint.txt", case_file_not_checkpoint, "a text file", 3, ".",
+     "not a checkpoint"),
+]
+
+
+def readme(rows):
+    out = ["# Bad-input corpus",
+           "",
+           "Generated by `make_corpus.py` (pure standard library; rerun it after editing the",
+           "table there, then commit `cases/`, `expected.tsv` and this file). Every case is a tiny",
+           "Qwen3 checkpoint (1 layer, hidden 16) with exactly one defect, or a single file.",
+           "`tests/cli/test_bad_inputs.sh` runs `lmsurgeon inspect` and `lmsurgeon convert` on each",
+           "and expects: the exit code below (3 = malformed or unsupported input), exactly one line",
+           "on stderr naming the offending file (`.` = the case path itself) and containing the",
+           "expected text, nothing on stdout (one JSON object with `ok: false` under `--json`), and",
+           "no output directory left behind.",
+           "",
+           "| case | defect | exit | names | message contains |",
+           "|---|---|---|---|---|"]
+    for name, _, what, code, names, sub in rows:
+        out.append("| `%s` | %s | %d | `%s` | %s |" % (name, what, code, names,
+                                                      "`%s`" % sub if sub else "(any)"))
+    return "\n".join(out) + "\n"
+
+
+def main():
+    if os.path.isdir(CASES_DIR):
+        shutil.rmtree(CASES_DIR)
+    os.makedirs(CASES_DIR)
+    seen = set()
+    lines = ["# case\texit\tnames\tmessage substring (generated by make_corpus.py)"]
+    for name, build, what, code, names, sub in CASES:
+        assert name not in seen, name
+        seen.add(name)
+        build(os.path.join(CASES_DIR, name))
+        lines.append("%s\t%d\t%s\t%s" % (name, code, names, sub))
+    write(os.path.join(HERE, "expected.tsv"), "\n".join(lines) + "\n")
+    write(os.path.join(HERE, "README.md"), readme(CASES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Bad datasets and tokenizers: exit 3 with a message naming the defect, never a crash; bad JSONL
+# lines reported with their line number; --skip-bad-lines continues. Files: tests/bad/*/README.md.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+bad=$here/../bad
+fail=0
+expect() { # expect CODE FRAGMENT CMD...
+    local code=$1 frag=$2
+    shift 2
+    local err
+    err=$("$@" 2>&1 >/dev/null)
+    local rc=$?
+    if [ "$rc" != "$code" ] || ! grep -qF -- "$frag" <<<"$err"; then
+        echo "FAIL: $* -> exit $rc (want $code), stderr: $err (want '$frag')"
+        fail=1
+    fi
+}
+expect 0 "" "$LMSURGEON" tokenize --dataset "$bad/dataset/good"
+expect 3 "truncated" "$LMSURGEON" tokenize --dataset "$bad/dataset/truncated"
+expect 3 "bad magic" "$LMSURGEON" tokenize --dataset "$bad/dataset/bad-magic"
+expect 3 "past the end of .bin" "$LMSURGEON" tokenize --dataset "$bad/dataset/pointer-past-end"
+expect 3 "unsupported version 3" "$LMSURGEON" tokenize --dataset "$bad/dataset/bad-version"
+expect 3 "dtype code 7" "$LMSURGEON" tokenize --dataset "$bad/dataset/float-dtype"
+expect 3 "document index entry 1" "$LMSURGEON" tokenize --dataset "$bad/dataset/doc-index-past-end"
+expect 4 "no-such" "$LMSURGEON" tokenize --dataset "$bad/dataset/no-such"
+expect 3 "model.type" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unknown-model" --text a
+expect 3 "pre_tokenizer.type" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unknown-pre-tokenizer" --text a
+expect 3 "model.merges[1]" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/bad-merges" --text a
+expect 3 "pre_tokenizer.pretokenizers[0].pattern.Regex" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unsupported-regex" --text a
+expect 2 "--tokenizer is required" "$LMSURGEON" tokenize --text a
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+tok=$LMS_FIXTURES/tokenizer
+printf '{"text": "hello"}\n\n{"text": "a\\ud800"}\n{"text": 5}\n{"text": "world"}\n' >"$tmp/in.jsonl"
+expect 3 "line 3" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --append-eod
+[ -e "$tmp/o_text_document.idx" ] && { echo "FAIL: output left behind after an error"; fail=1; }
+expect 0 "line 4" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --append-eod --skip-bad-lines
+out=$("$LMSURGEON" tokenize --dataset "$tmp/o_text_document")
+want=$(printf '%s 0\n%s 0' "$("$LMSURGEON" tokenize --tokenizer "$tok" --text hello)" \
+    "$("$LMSURGEON" tokenize --tokenizer "$tok" --text world)")
+[ "$out" = "$want" ] || { echo "FAIL: skipped-lines dataset: '$out' != '$want'"; fail=1; }
+expect 2 "already exists" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --skip-bad-lines
+exit $fail

@@ -1,0 +1,241 @@
+/* Surgery on the tiny fixtures: every axis moves exactly the rows and columns the slicing table
+ * of pruning-and-distillation.md §5 names (checked element by element against the input read
+ * directly), the config follows, and invalid plans are refused. */
+#include <jansson.h>
+#include <string.h>
+
+#include "check_main.h"
+#include "lms/alloc.h"
+#include "lms/format.h"
+#include "lms/surgery.h"
+
+static void load(const char *rel, struct lms_model *m)
+{
+    char p[1024];
+    struct lms_error err;
+    ck_assert_msg(lms_checkpoint_read(fixture_path(rel, p, sizeof(p)), m, &err) == LMS_OK, "%s",
+                  err.msg);
+}
+
+static float *read_f32(const struct lms_view *v)
+{
+    float *f = lms_malloc((size_t)lms_view_numel(v) * sizeof(float));
+    ck_assert_int_eq(lms_view_read_as(v, 0, lms_view_numel(v), LMS_DTYPE_F32, f, NULL), LMS_OK);
+    return f;
+}
+
+static struct lms_keep keep_of(const int64_t *idx, int64_t n)
+{
+    struct lms_keep k = {n, lms_malloc((size_t)n * sizeof(int64_t))};
+    memcpy(k.index, idx, (size_t)n * sizeof(int64_t));
+    return k;
+}
+
+static struct lms_keep *per_layer(int64_t L, const int64_t *idx, int64_t n)
+{
+    struct lms_keep *k = lms_calloc((size_t)L, sizeof(*k));
+    for (int64_t l = 0; l < L; l++)
+        k[l] = keep_of(idx, n);
+    return k;
+}
+
+/* out[r][c] == in[rows[r]][cols[c]] for a 2-d tensor (rows/cols NULL = identity). */
+static void assert_sliced(const struct lms_view *in, const struct lms_view *out,
+                          const int64_t *rows, const int64_t *cols)
+{
+    float *a = read_f32(in), *b = read_f32(out);
+    int64_t in_cols = in->ndim > 1 ? in->shape[1] : 1;
+    int64_t out_rows = out->shape[0], out_cols = out->ndim > 1 ? out->shape[1] : 1;
+    for (int64_t r = 0; r < out_rows; r++)
+        for (int64_t c = 0; c < out_cols; c++) {
+            int64_t sr = rows ? rows[r] : r, sc = cols ? cols[c] : c;
+            ck_assert(b[r * out_cols + c] == a[sr * in_cols + sc]);
+        }
+    lms_free(a);
+    lms_free(b);
+}
+
+START_TEST(ffn_and_depth_qwen3)
+{
+    struct lms_model in, out;
+    load("models/qwen3-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 4);
+    int64_t layers[] = {0, 2, 3}, ffn[] = {1, 5, 7, 100, 159};
+    p.layers = keep_of(layers, 3);
+    p.ffn = per_layer(4, ffn, 5);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_int_eq(out.arch.n_layers, 3);
+    ck_assert_int_eq(out.arch.ffn, 5);
+    ck_assert_int_eq(out.arch.head_dim, 32);
+    for (int64_t nl = 0; nl < 3; nl++) {
+        int64_t l = layers[nl];
+        assert_sliced(lms_model_find(&in, LMS_ROLE_GATE, l)->view,
+                      lms_model_find(&out, LMS_ROLE_GATE, nl)->view, ffn, NULL);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_UP, l)->view,
+                      lms_model_find(&out, LMS_ROLE_UP, nl)->view, ffn, NULL);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_DOWN, l)->view,
+                      lms_model_find(&out, LMS_ROLE_DOWN, nl)->view, NULL, ffn);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_Q_NORM, l)->view,
+                      lms_model_find(&out, LMS_ROLE_Q_NORM, nl)->view, NULL, NULL);
+    }
+    ck_assert_ptr_nonnull(lms_model_find_name(&out, "model.layers.2.mlp.down_proj.weight"));
+    ck_assert_ptr_null(lms_model_find(&out, LMS_ROLE_Q, 3));
+    ck_assert_int_eq(json_array_size(json_object_get(out.hf_config, "layer_types")), 3);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+START_TEST(hidden_tied_llama)
+{
+    struct lms_model in, out;
+    load("models/llama-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 3);
+    int64_t H[48];
+    for (int i = 0; i < 48; i++)
+        H[i] = i < 24 ? i : i + 16; /* drop channels 24..39 */
+    p.hidden = keep_of(H, 48);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_int_eq(out.arch.hidden, 48);
+    ck_assert(out.arch.tie_embeddings);
+    ck_assert_ptr_null(lms_model_find(&out, LMS_ROLE_LM_HEAD, -1));
+    assert_sliced(lms_model_find(&in, LMS_ROLE_EMBED, -1)->view,
+                  lms_model_find(&out, LMS_ROLE_EMBED, -1)->view, NULL, H);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_FINAL_NORM, -1)->view,
+                  lms_model_find(&out, LMS_ROLE_FINAL_NORM, -1)->view, H, NULL);
+    for (int64_t l = 0; l < 3; l++) {
+        assert_sliced(lms_model_find(&in, LMS_ROLE_Q, l)->view,
+                      lms_model_find(&out, LMS_ROLE_Q, l)->view, NULL, H);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_K, l)->view,
+                      lms_model_find(&out, LMS_ROLE_K, l)->view, NULL, H);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_O, l)->view,
+                      lms_model_find(&out, LMS_ROLE_O, l)->view, H, NULL);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_DOWN, l)->view,
+                      lms_model_find(&out, LMS_ROLE_DOWN, l)->view, H, NULL);
+        assert_sliced(lms_model_find(&in, LMS_ROLE_ATTN_NORM, l)->view,
+                      lms_model_find(&out, LMS_ROLE_ATTN_NORM, l)->view, H, NULL);
+    }
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+/* GQA on llama-tiny (8 heads, 2 groups, d 8): keep heads {1,3} of group 0 and {4,6} of group 1;
+ * then keep only group 1 with its heads 5 and 7. Qwen2 biases follow the same rows. */
+START_TEST(heads_and_groups)
+{
+    struct lms_model in, out;
+    load("models/llama-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 3);
+    int64_t heads[] = {1, 3, 4, 6};
+    p.heads = per_layer(3, heads, 4);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_int_eq(out.arch.n_heads, 4);
+    ck_assert_int_eq(out.arch.n_groups, 2);
+    int64_t rows[32];
+    for (int i = 0; i < 4; i++)
+        for (int e = 0; e < 8; e++)
+            rows[i * 8 + e] = heads[i] * 8 + e;
+    assert_sliced(lms_model_find(&in, LMS_ROLE_Q, 1)->view, lms_model_find(&out, LMS_ROLE_Q, 1)->view,
+                  rows, NULL);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_O, 1)->view, lms_model_find(&out, LMS_ROLE_O, 1)->view,
+                  NULL, rows);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_K, 1)->view, lms_model_find(&out, LMS_ROLE_K, 1)->view,
+                  NULL, NULL);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+
+    load("models/qwen2-tiny", &in); /* 4 heads, 2 groups, d 16, q/k/v biases */
+    lms_prune_plan_init(&p, 3);
+    int64_t g1[] = {1}, h3[] = {3};
+    p.groups = per_layer(3, g1, 1);
+    p.heads = per_layer(3, h3, 1);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_int_eq(out.arch.n_heads, 1);
+    ck_assert_int_eq(out.arch.n_groups, 1);
+    int64_t q_rows[16], kv_rows[16];
+    for (int e = 0; e < 16; e++)
+        q_rows[e] = 3 * 16 + e, kv_rows[e] = 16 + e;
+    assert_sliced(lms_model_find(&in, LMS_ROLE_Q_BIAS, 0)->view,
+                  lms_model_find(&out, LMS_ROLE_Q_BIAS, 0)->view, q_rows, NULL);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_K_BIAS, 0)->view,
+                  lms_model_find(&out, LMS_ROLE_K_BIAS, 0)->view, kv_rows, NULL);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_V, 2)->view, lms_model_find(&out, LMS_ROLE_V, 2)->view,
+                  kv_rows, NULL);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+START_TEST(invalid_plans_are_refused)
+{
+    struct lms_model in, out;
+    struct lms_error err;
+    load("models/llama-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 3);
+    int64_t bad_order[] = {2, 1};
+    p.layers = keep_of(bad_order, 2);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ascending"));
+    lms_prune_plan_release(&p);
+
+    lms_prune_plan_init(&p, 3);
+    int64_t uneven[] = {0, 1, 2, 4}; /* 3 heads in group 0, 1 in group 1 */
+    p.heads = per_layer(3, uneven, 4);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "query group"));
+    lms_prune_plan_release(&p);
+
+    lms_prune_plan_init(&p, 3);
+    int64_t out_of_range[] = {0, 176};
+    p.ffn = per_layer(3, out_of_range, 2);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "176"));
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+START_TEST(ranking_and_layer_selection)
+{
+    double s[] = {0.5, 0.9, 0.5, 0.1, 0.9};
+    struct lms_keep k;
+    ck_assert_int_eq(lms_rank_keep(s, 5, 3, &k, NULL), LMS_OK);
+    /* 0.9 (1), 0.9 (4), then the tie 0.5 goes to the lower index 0 */
+    ck_assert(k.n == 3 && k.index[0] == 0 && k.index[1] == 1 && k.index[2] == 4);
+    lms_free(k.index);
+    /* Qwen3-8B 36 -> 24 with the contiguous block before the last layer (the published recipe:
+     * keep layers 1..23 and 36, 1-based) */
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_CONTIGUOUS_LAST, 36, 24, NULL, &k, NULL), LMS_OK);
+    ck_assert_int_eq(k.n, 24);
+    for (int i = 0; i < 23; i++)
+        ck_assert_int_eq(k.index[i], i);
+    ck_assert_int_eq(k.index[23], 35);
+    lms_free(k.index);
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_LAST, 12, 8, NULL, &k, NULL), LMS_OK);
+    ck_assert_int_eq(k.index[7], 7);
+    lms_free(k.index);
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_LAST, 12, 0, NULL, &k, NULL), LMS_EINVAL);
+}
+END_TEST
+
+Suite *suite(void)
+{
+    Suite *s = suite_create("prune");
+    TCase *tc = tcase_create("prune");
+    tcase_add_test(tc, ffn_and_depth_qwen3);
+    tcase_add_test(tc, hidden_tied_llama);
+    tcase_add_test(tc, heads_and_groups);
+    tcase_add_test(tc, invalid_plans_are_refused);
+    tcase_add_test(tc, ranking_and_layer_selection);
+    suite_add_tcase(s, tc);
+    return s;
+}
