@@ -113,7 +113,7 @@ enum lms_status lms_fwd_plan_make(const struct lms_arch *a, int64_t logits_cols,
     return LMS_OK;
 }
 
-/* ---- RoPE ----------------------------------------------------------------------------------- */
+/* ---- RoPE ------------------------------------------------------------------------------------ */
 
 /* transformers modeling_rope_utils: _compute_default_rope_parameters, linear scaling and
  * _compute_llama3_parameters, all in fp32. */
@@ -198,7 +198,7 @@ enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, bool inv
     return LMS_OK;
 }
 
-/* ---- weights ---------------------------------------------------------------------------------- */
+/* ---- weights --------------------------------------------------------------------------------- */
 
 static const struct lms_view *find_view(const struct lms_model *m, enum lms_role role,
                                         int64_t layer)
@@ -335,7 +335,7 @@ out:
     return rc;
 }
 
-/* ---- engine ----------------------------------------------------------------------------------- */
+/* ---- engine ---------------------------------------------------------------------------------- */
 
 enum lms_status lms_engine_new(const struct lms_model *m, struct lms_backend *be,
                                const struct lms_engine_opts *opts, struct lms_engine **out,
@@ -434,7 +434,7 @@ size_t lms_engine_weight_bytes(const struct lms_engine *e)
     return e->weight_bytes;
 }
 
-/* ---- forward ---------------------------------------------------------------------------------- */
+/* ---- forward --------------------------------------------------------------------------------- */
 
 /* y (rows, n) = x (rows, k) . W^T with W (n, k) in the weight dtype; beta 1 accumulates into y
  * (the residual adds), bias may be NULL. x rows at stride ldx, y rows at stride ldy. */

@@ -27,7 +27,7 @@ static size_t scratch_floats(int64_t r, int64_t d)
 }
 
 /* s[jj] = qs . K[jj] for jj in [lo, hi): kt is the K tile transposed, (d, BK). */
-static inline __attribute__((always_inline)) void scores_row(float *restrict s, const float *restrict qs,
+LMS_CPU_INLINE void scores_row(float *restrict s, const float *restrict qs,
                               const float *restrict kt, int64_t d, int64_t lo, int64_t hi)
 {
     int64_t jb = lo;
@@ -52,7 +52,7 @@ static inline __attribute__((always_inline)) void scores_row(float *restrict s, 
 }
 
 /* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile: RB x BK accumulators in registers. */
-static inline __attribute__((always_inline)) void scores_rows(float *restrict s, const float *restrict qs,
+LMS_CPU_INLINE void scores_rows(float *restrict s, const float *restrict qs,
                                const float *restrict kt, int64_t d)
 {
     v16 t[RB][BK / 16];
@@ -78,7 +78,7 @@ static inline __attribute__((always_inline)) void scores_rows(float *restrict s,
 /* Online-softmax step of one row over scores s[lo, hi): updates the running max *m and sum *l,
  * rescales the accumulator a (d), turns s into probabilities. Returns nothing; a is not yet
  * updated with V (the caller does that, one row or RB rows at a time). */
-static inline __attribute__((always_inline)) void softmax_step(float *restrict s, int64_t lo, int64_t hi, float *m, float *l,
+LMS_CPU_INLINE void softmax_step(float *restrict s, int64_t lo, int64_t hi, float *m, float *l,
                                 float *restrict a, int64_t d)
 {
     float mt = -INFINITY;
@@ -102,7 +102,7 @@ static inline __attribute__((always_inline)) void softmax_step(float *restrict s
 }
 
 /* a (d) += sum_jj p[jj] * V[jj] for jj in [lo, hi); vt (BK, d). */
-static inline __attribute__((always_inline)) void pv_row(float *restrict a, const float *restrict p, const float *restrict vt,
+LMS_CPU_INLINE void pv_row(float *restrict a, const float *restrict p, const float *restrict vt,
                           int64_t d, int64_t lo, int64_t hi)
 {
     for (int64_t jj = lo; jj < hi; jj++) {
@@ -116,7 +116,7 @@ static inline __attribute__((always_inline)) void pv_row(float *restrict a, cons
 
 /* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 32 == 0.
  * Channels in chunks of 32, RB x 2 accumulators in registers over the BK keys. */
-static inline __attribute__((always_inline)) void pv_rows(float *a, int64_t a_stride, const float *restrict p,
+LMS_CPU_INLINE void pv_rows(float *a, int64_t a_stride, const float *restrict p,
                            const float *restrict vt, int64_t d)
 {
     for (int64_t c0 = 0; c0 < d; c0 += 32) {

@@ -19,6 +19,9 @@
 #define LMS_CPU_CLONES
 #endif
 
+/* Helpers of cloned hot loops must be inlined into each clone to get its instruction set. */
+#define LMS_CPU_INLINE static inline __attribute__((always_inline))
+
 struct lms_cpu_ctx {
     int n_threads;   /* OpenMP threads per op and OpenBLAS threads */
     float *scratch;  /* attention tiles: n_threads * scratch_per_thread floats; grown on demand */

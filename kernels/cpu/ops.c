@@ -22,7 +22,8 @@ enum lms_status lms__cpu_embedding(struct lms_backend *be, float *out, const int
                                  "%lld)",
                                  (long)ids[i], (long long)i, (long long)vocab);
     const float *t = table;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n * hidden > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n * hidden > LMS_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * hidden, t + (int64_t)ids[i] * hidden, (size_t)hidden * sizeof(float));
     return LMS_OK;
@@ -57,7 +58,8 @@ enum lms_status lms__cpu_rmsnorm(struct lms_backend *be, float *out, int64_t out
 {
     struct lms_cpu_ctx *cx = be->impl;
     int64_t total = n_rows * n_heads;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (total * c > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (total * c > LMS_CPU_PAR_MIN)
     for (int64_t i = 0; i < total; i++) {
         int64_t r = i / n_heads, h = i % n_heads;
         float s = rmsnorm_row(out + r * out_stride + h * c, x + r * x_stride + h * c, w, c, eps);
@@ -94,7 +96,8 @@ enum lms_status lms__cpu_rope(struct lms_backend *be, float *x, int64_t x_stride
             return lms_error_set(err, LMS_EINVAL, "rope: position %ld outside the table [0, %lld)",
                                  (long)pos[r], (long long)n_pos);
     int64_t half = head_dim / 2;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_rows * n_heads * head_dim > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * n_heads * head_dim > LMS_CPU_PAR_MIN)
     for (int64_t r = 0; r < n_rows; r++)
         rope_row(x + r * x_stride, n_heads, head_dim, cos + (int64_t)pos[r] * half,
                  sin + (int64_t)pos[r] * half);
@@ -115,7 +118,8 @@ enum lms_status lms__cpu_swiglu(struct lms_backend *be, float *out, int64_t out_
                                 int64_t n_rows, int64_t f, struct lms_error *err)
 {
     struct lms_cpu_ctx *cx = be->impl;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_rows * f > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * f > LMS_CPU_PAR_MIN)
     for (int64_t r = 0; r < n_rows; r++)
         swiglu_row(out + r * out_stride, gate + r * in_stride, up + r * in_stride, f);
     return LMS_OK;
@@ -134,7 +138,8 @@ enum lms_status lms__cpu_add(struct lms_backend *be, float *y, const float *x, i
     struct lms_cpu_ctx *cx = be->impl;
     int64_t chunk = 4096;
     int64_t n_chunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n > LMS_CPU_PAR_MIN)
     for (int64_t i = 0; i < n_chunks; i++) {
         int64_t b = i * chunk, e = b + chunk < n ? b + chunk : n;
         add_span(y + b, x + b, e - b);
@@ -179,7 +184,8 @@ enum lms_status lms__cpu_log_softmax(struct lms_backend *be, float *out, const f
                                      struct lms_error *err)
 {
     struct lms_cpu_ctx *cx = be->impl;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_rows * c > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * c > LMS_CPU_PAR_MIN)
     for (int64_t r = 0; r < n_rows; r++) {
         float lse = logsumexp_row(x + r * ld, c);
         for (int64_t j = 0; j < c; j++)
@@ -198,7 +204,8 @@ enum lms_status lms__cpu_cross_entropy(struct lms_backend *be, float *loss, cons
             return lms_error_set(err, LMS_EINVAL,
                                  "cross-entropy: target %ld at row %lld is outside [0, %lld)",
                                  (long)target[r], (long long)r, (long long)c);
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_rows * c > LMS_CPU_PAR_MIN)
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * c > LMS_CPU_PAR_MIN)
     for (int64_t r = 0; r < n_rows; r++) {
         if (target[r] < 0) {
             loss[r] = 0;

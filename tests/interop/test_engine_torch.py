@@ -32,7 +32,8 @@ def hf_forward(model_dir, ids):
     layers = {}
     hooks = [
         layer.register_forward_hook(
-            lambda mod, inp, out, i=i: layers.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+            lambda mod, inp, out, i=i: layers.__setitem__(
+                i, out[0] if isinstance(out, tuple) else out)
         )
         for i, layer in enumerate(m.model.layers)
     ]
