@@ -4,7 +4,9 @@
  *   engine_dump MODEL IDS B S OUT_PREFIX [--rope-bf16]
  *
  * IDS holds B*S int32 ids. Writes OUT_PREFIX.logits (B, S, V), OUT_PREFIX.layers (L, B, S, H)
- * (every layer's output) and OUT_PREFIX.final_norm (B, S, H). Exit status 0 on success. */
+ * (every layer's output), OUT_PREFIX.final_norm (B, S, H) and the per-layer hook points the
+ * importance scores read: .attn_norm and .mlp_norm (L, B, S, H), .ctx (L, B, S, n_h d),
+ * .down_in (L, B, S, F). Exit status 0 on success. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,18 +15,17 @@
 #include "lms/format.h"
 
 struct cap {
-    float *layers;    /* (L, N, H) */
-    float *final_out; /* (N, H) */
-    size_t n;         /* N * H */
+    float *pt[LMS_HOOK_COUNT]; /* per point: (L, N, cols) or (N, cols) for global points */
+    int64_t n;                 /* N */
 };
 
 static enum lms_status hook(void *ctx, struct lms_backend *be, const struct lms_activation *a,
                             struct lms_error *err)
 {
     struct cap *c = ctx;
-    float *dst = a->point == LMS_HOOK_LAYER_OUT ? c->layers + (size_t)a->layer * c->n
-                                                : c->final_out;
-    return lms_buf_download(be, dst, c->n * sizeof(float), a->data, c->n * sizeof(float), err);
+    size_t n = (size_t)(c->n * a->cols);
+    float *dst = c->pt[a->point] + (a->layer < 0 ? 0 : (size_t)a->layer * n);
+    return lms_buf_download(be, dst, n * sizeof(float), a->data, n * sizeof(float), err);
 }
 
 static int write_file(const char *prefix, const char *ext, const void *p, size_t bytes)
@@ -70,23 +71,35 @@ int main(int argc, char **argv)
         return 1;
     }
     int64_t V = lms_engine_logits_cols(e), H = m.arch.hidden, L = m.arch.n_layers;
-    struct cap c = {malloc((size_t)(L * N * H) * 4), malloc((size_t)(N * H) * 4),
-                    (size_t)(N * H)};
+    int64_t D = m.arch.n_heads * m.arch.head_dim, F = m.arch.ffn;
+    struct cap c = {.n = N};
+    c.pt[LMS_HOOK_LAYER_OUT] = malloc((size_t)(L * N * H) * 4);
+    c.pt[LMS_HOOK_ATTN_NORM_OUT] = malloc((size_t)(L * N * H) * 4);
+    c.pt[LMS_HOOK_MLP_NORM_OUT] = malloc((size_t)(L * N * H) * 4);
+    c.pt[LMS_HOOK_ATTN_CONTEXT] = malloc((size_t)(L * N * D) * 4);
+    c.pt[LMS_HOOK_DOWN_INPUT] = malloc((size_t)(L * N * F) * 4);
+    c.pt[LMS_HOOK_FINAL_NORM_OUT] = malloc((size_t)(N * H) * 4);
     float *logits = malloc((size_t)(N * V) * 4);
     struct lms_forward fw = {.ids = ids, .batch = B, .seq = S, .logits = logits,
                              .logits_cap = (size_t)(N * V), .hook = hook, .hook_ctx = &c,
-                             .hook_mask = 1u << LMS_HOOK_LAYER_OUT |
-                                          1u << LMS_HOOK_FINAL_NORM_OUT};
+                             .hook_mask = ~(1u << LMS_HOOK_EMBED_OUT)};
     if (lms_engine_forward(e, &fw, &err)) {
         fprintf(stderr, "engine_dump: %s\n", err.msg);
         return 1;
     }
     int rc = write_file(argv[5], "logits", logits, (size_t)(N * V) * 4) ||
-             write_file(argv[5], "layers", c.layers, (size_t)(L * N * H) * 4) ||
-             write_file(argv[5], "final_norm", c.final_out, (size_t)(N * H) * 4);
+             write_file(argv[5], "layers", c.pt[LMS_HOOK_LAYER_OUT], (size_t)(L * N * H) * 4) ||
+             write_file(argv[5], "attn_norm", c.pt[LMS_HOOK_ATTN_NORM_OUT],
+                        (size_t)(L * N * H) * 4) ||
+             write_file(argv[5], "mlp_norm", c.pt[LMS_HOOK_MLP_NORM_OUT],
+                        (size_t)(L * N * H) * 4) ||
+             write_file(argv[5], "ctx", c.pt[LMS_HOOK_ATTN_CONTEXT], (size_t)(L * N * D) * 4) ||
+             write_file(argv[5], "down_in", c.pt[LMS_HOOK_DOWN_INPUT], (size_t)(L * N * F) * 4) ||
+             write_file(argv[5], "final_norm", c.pt[LMS_HOOK_FINAL_NORM_OUT],
+                        (size_t)(N * H) * 4);
     free(logits);
-    free(c.layers);
-    free(c.final_out);
+    for (int k = 0; k < LMS_HOOK_COUNT; k++)
+        free(c.pt[k]);
     free(ids);
     lms_engine_free(e);
     lms_backend_free(be);

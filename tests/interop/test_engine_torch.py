@@ -1,4 +1,6 @@
-"""The forward engine against PyTorch transformers (fp32, eager attention).
+"""The forward engine against PyTorch transformers (fp32, eager attention): logits, final-norm
+output and, per layer, the layer output and the hook points importance scoring reads (norm
+outputs, o_proj input, down_proj input).
 
 - teacher: logits of one 512-token window of the held-out ids, and every layer's output;
 - qwen3-tiny-bf16-sharded: the sharded bf16 checkpoint, upcast to fp32 by both sides, against a
@@ -25,41 +27,64 @@ DUMP = os.environ.get("LMS_ENGINE_DUMP")
 torch.set_num_threads(2)
 
 
+HOOKS = ("attn_norm", "ctx", "mlp_norm", "down_in")
+
+
 def hf_forward(model_dir, ids):
+    """transformers' logits, final-norm output and, per layer: the layer output, the outputs of
+    input_layernorm and post_attention_layernorm, and the inputs of o_proj and down_proj."""
     m = transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    layers = {}
-    hooks = [
-        layer.register_forward_hook(
-            lambda mod, inp, out, i=i: layers.__setitem__(
-                i, out[0] if isinstance(out, tuple) else out)
-        )
-        for i, layer in enumerate(m.model.layers)
-    ]
+    got = {k: {} for k in ("layers",) + HOOKS}
+
+    def keep(kind, i):
+        return lambda mod, inp, out: got[kind].__setitem__(
+            i, out[0] if isinstance(out, tuple) else out)
+
+    def keep_input(kind, i):
+        return lambda mod, inp: got[kind].__setitem__(i, inp[0])
+
+    hooks = []
+    for i, layer in enumerate(m.model.layers):
+        hooks.append(layer.register_forward_hook(keep("layers", i)))
+        hooks.append(layer.input_layernorm.register_forward_hook(keep("attn_norm", i)))
+        hooks.append(layer.post_attention_layernorm.register_forward_hook(keep("mlp_norm", i)))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(keep_input("ctx", i)))
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(keep_input("down_in", i)))
     with torch.no_grad():
         out = m(torch.from_numpy(ids.astype(np.int64)), output_hidden_states=True)
     for h in hooks:
         h.remove()
     n = len(m.model.layers)
-    return (
-        out.logits.numpy(),
-        np.stack([layers[i].numpy() for i in range(n)]),
-        out.hidden_states[-1].numpy(),  # after the final norm
-    )
+    res = {k: np.stack([v[i].numpy() for i in range(n)]) for k, v in got.items()}
+    res["logits"] = out.logits.numpy()
+    res["final_norm"] = out.hidden_states[-1].numpy()  # after the final norm
+    return res
 
 
-def engine_forward(tmp_path, model_dir, ids, n_layers, hidden):
+def engine_forward(tmp_path, model_dir, ids, cfg):
     assert DUMP, "LMS_ENGINE_DUMP is not set (run through meson test)"
     b, s = ids.shape
+    L, H, F = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    D = cfg["num_attention_heads"] * cfg.get("head_dim", H // cfg["num_attention_heads"])
     ids_path = tmp_path / "ids.bin"
     ids.astype("<i4").tofile(ids_path)
     prefix = str(tmp_path / "out")
     subprocess.run([DUMP, model_dir, str(ids_path), str(b), str(s), prefix], check=True)
-    logits = np.fromfile(prefix + ".logits", dtype="<f4").reshape(b, s, -1)
-    layers = np.fromfile(prefix + ".layers", dtype="<f4").reshape(n_layers, b, s, hidden)
-    final = np.fromfile(prefix + ".final_norm", dtype="<f4").reshape(b, s, hidden)
-    return logits, layers, final
+
+    def load(ext, *shape):
+        return np.fromfile(prefix + "." + ext, dtype="<f4").reshape(*shape)
+
+    return {
+        "logits": load("logits", b, s, -1),
+        "final_norm": load("final_norm", b, s, H),
+        "layers": load("layers", L, b, s, H),
+        "attn_norm": load("attn_norm", L, b, s, H),
+        "mlp_norm": load("mlp_norm", L, b, s, H),
+        "ctx": load("ctx", L, b, s, D),
+        "down_in": load("down_in", L, b, s, F),
+    }
 
 
 def assert_close(name, got, want):
@@ -71,14 +96,13 @@ def assert_close(name, got, want):
 
 def compare(tmp_path, model_dir, ids):
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    want_logits, want_layers, want_final = hf_forward(model_dir, ids)
-    got_logits, got_layers, got_final = engine_forward(
-        tmp_path, model_dir, ids, cfg["num_hidden_layers"], cfg["hidden_size"]
-    )
-    for i in range(want_layers.shape[0]):
-        assert_close(f"layer_out.{i}", got_layers[i], want_layers[i])
-    assert_close("final_norm_out", got_final, want_final)
-    assert_close("logits", got_logits, want_logits)
+    want = hf_forward(model_dir, ids)
+    got = engine_forward(tmp_path, model_dir, ids, cfg)
+    for kind in ("layers",) + HOOKS:
+        for i in range(want[kind].shape[0]):
+            assert_close(f"{kind}.{i}", got[kind][i], want[kind][i])
+    assert_close("final_norm_out", got["final_norm"], want["final_norm"])
+    assert_close("logits", got["logits"], want["logits"])
 
 
 def test_teacher_window_logits(tmp_path):
