@@ -146,10 +146,18 @@ enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err)
     old[0] = '\0';
     struct stat sb;
     if (lstat(od->dest, &sb) == 0) {
+        /* replace in one atomic step: after the exchange od->tmp names the old destination */
+        if (renameat2(AT_FDCWD, od->tmp, AT_FDCWD, od->dest, RENAME_EXCHANGE) == 0) {
+            rc = fsync_path(parent, err);
+            lms_remove_tree(od->tmp);
+            free_outdir(od);
+            return rc;
+        }
         if (S_ISDIR(sb.st_mode) && dir_is_empty(od->dest)) {
             rmdir(od->dest);
         } else {
-            /* force: move the old destination aside so the swap is two renames */
+            /* no RENAME_EXCHANGE on this filesystem: move the old destination aside, then
+             * rename (a crash between the two leaves it in .NAME.lms-old-*) */
             snprintf(old, sizeof(old), "%s/.%s.lms-old-XXXXXX", parent, name);
             if (!mkdtemp(old)) {
                 rc = lms_error_set(err, LMS_EIO, "replacing '%s': %s", od->dest, strerror(errno));

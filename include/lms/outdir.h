@@ -4,7 +4,8 @@
  * (".NAME.lms-tmp-XXXXXX"), fsyncs every file it writes, and only lms_outdir_commit renames the
  * finished directory into place. A crash or an error before the commit leaves the destination
  * exactly as it was (a stale temporary directory may remain beside it and is safe to delete).
- * With force, an existing destination is moved aside, replaced, then removed. */
+ * With force, an existing destination is swapped with the finished directory in one atomic
+ * renameat2(RENAME_EXCHANGE) and then removed (two renames on filesystems without it). */
 #ifndef LMS_OUTDIR_H
 #define LMS_OUTDIR_H
 
