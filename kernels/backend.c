@@ -61,6 +61,19 @@ enum lms_status lms_device_parse(const char *s, struct lms_device *out, struct l
                          s);
 }
 
+enum lms_status lms_precision_parse(const char *s, enum lms_precision *out,
+                                    struct lms_error *err)
+{
+    static const char *const names[] = {"auto", "fp32", "bf16"};
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (enum lms_precision)i;
+            return LMS_OK;
+        }
+    return lms_error_set(err, LMS_EINVAL, "unknown precision '%s' (expected auto, fp32 or bf16)",
+                         s ? s : "");
+}
+
 void lms_device_format(const struct lms_device *d, char *dst, size_t dst_cap)
 {
     if (d->kind == LMS_DEVICE_CPU)
@@ -86,6 +99,9 @@ enum lms_status lms_backend_open(const struct lms_device *dev, const struct lms_
         opts = &def;
     if (opts->n_threads < 0)
         return lms_error_set(err, LMS_EINVAL, "thread count %d is negative", opts->n_threads);
+    if ((unsigned)opts->precision > LMS_PRECISION_BF16)
+        return lms_error_set(err, LMS_EINVAL, "precision %d is not one of enum lms_precision",
+                             (int)opts->precision);
     struct lms_backend *be = lms_calloc(1, sizeof *be);
     if (!be)
         return lms_error_set(err, LMS_ENOMEM, "opening device '%s': out of memory", name);

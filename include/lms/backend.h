@@ -40,9 +40,24 @@ bool lms_backend_compiled(enum lms_device_kind kind);
 
 struct lms_backend; /* opaque here; defined in kernels/backend_impl.h */
 
-struct lms_backend_opts {
-    int n_threads; /* CPU worker threads (BLAS and OpenMP); 0 = all available cores */
+/* Arithmetic of the compute-heavy ops (GEMMs and attention) on devices that have a choice. */
+enum lms_precision {
+    LMS_PRECISION_AUTO = 0, /* the device's default: fp32 on the CPU; on CUDA, 16-bit weights
+                             * stay in their checkpoint dtype, GEMM activations are rounded to
+                             * it and attention runs on bf16 tensor cores (fp32 accumulation) */
+    LMS_PRECISION_FP32,     /* fp32 everywhere: 16-bit weights upcast to F32 once at upload,
+                             * fp32 GEMMs (no TF32), fp32 attention; matches the CPU reference */
+    LMS_PRECISION_BF16,     /* as AUTO on CUDA; the CPU computes in fp32 whatever is asked */
 };
+
+struct lms_backend_opts {
+    int n_threads;                /* CPU worker threads (BLAS and OpenMP); 0 = all cores */
+    enum lms_precision precision; /* GEMM and attention arithmetic; 0 = AUTO */
+};
+
+/* Parses "auto", "fp32" or "bf16"; LMS_EINVAL naming the spelling otherwise. */
+enum lms_status lms_precision_parse(const char *s, enum lms_precision *out,
+                                    struct lms_error *err);
 
 /* Opens the backend for dev. Errors: LMS_EDEVICE when the kind is not compiled into this build
  * or the device is not present ("device 'cuda:1': only 1 CUDA device present"), LMS_ENOMEM.

@@ -1,0 +1,736 @@
+/* CUDA backend: device context, memory, transfers and the op table (kernels/backend_impl.h).
+ *
+ * C11 on the CUDA runtime and cuBLASLt C APIs; the kernels live in *.cu files behind
+ * kernels/cuda/lms_cuda.h. All state is in struct cuda_ctx (no globals): the device ordinal, one
+ * non-blocking stream every op is queued on, a cuBLASLt handle with its workspace, a scratch
+ * buffer for 16-bit GEMM operands, pinned staging buffers for transfers, and the deferred-error
+ * words the kernels write (lms_cuda.h). Every entry point selects the context's device first, so
+ * backends on several devices can coexist in one thread (NCCL data parallelism later).
+ *
+ * Transfers: uploads go through two pinned staging buffers in turn, each copy queued
+ * asynchronously and followed by an event, so the caller's next host work (reading and casting
+ * the next weight chunk) overlaps the previous copy; a staging buffer is reused only after its
+ * event completed. Downloads queue the copy and wait for the stream (they see every op queued
+ * before them), then report deferred argument errors.
+ *
+ * Precision (enum lms_precision): FP32 keeps everything fp32 (weights upcast once, cuBLASLt
+ * CUBLAS_COMPUTE_32F without TF32, the fp32 attention kernel) and matches the CPU reference;
+ * AUTO/BF16 keeps 16-bit weights in their dtype, rounds the fp32 activation operand of each GEMM
+ * to that dtype into the scratch buffer (fp32 accumulation and output) and runs attention on
+ * tensor cores. */
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/backend_impl.h"
+#include "kernels/cuda/lms_cuda.h"
+#include "lms/alloc.h"
+#include "lms/dtype.h"
+
+#define LT_WORKSPACE ((size_t)32 << 20) /* cuBLASLt workspace (Hopper: 32 MiB advised) */
+#define STAGE_BYTES ((size_t)8 << 20)   /* each of the two pinned staging buffers */
+
+struct cuda_ctx {
+    int dev;                    /* ordinal */
+    char dev_name[256];         /* cudaDeviceProp.name */
+    int cc_major, cc_minor;     /* compute capability */
+    size_t max_smem;            /* opt-in shared memory per block, bytes */
+    bool exact;                 /* LMS_PRECISION_FP32 */
+    cudaStream_t stream;        /* every op */
+    cublasLtHandle_t lt;
+    void *lt_ws;                /* LT_WORKSPACE bytes */
+    void *pack;                 /* 16-bit A operands of GEMMs; grown on demand */
+    size_t pack_cap;            /* bytes */
+    unsigned long long *errw;   /* device, LMS_CUDA_ERRW words (UINT64_MAX = clear) */
+    unsigned long long *errw_h; /* pinned host copy */
+    int64_t chk_vocab, chk_npos, chk_c; /* limits of the last checked launch, for messages */
+    void *stage[2];             /* pinned, STAGE_BYTES each */
+    cudaEvent_t stage_ev[2];    /* completion of the last copy out of stage[i] */
+    bool stage_used[2];
+    int stage_next;
+};
+
+/* ---- error helpers ---- */
+
+/* Records a CUDA runtime failure of what (e.g. "matmul") on device be->name; clears the runtime's
+ * last-error slot so that later launches do not report it again. */
+static enum lms_status cuda_fail(struct lms_backend *be, struct lms_error *err, cudaError_t e,
+                                 const char *what)
+{
+    (void)cudaGetLastError();
+    enum lms_status s = e == cudaErrorMemoryAllocation ? LMS_ENOMEM : LMS_EDEVICE;
+    return lms_error_set(err, s, "%s: %s: %s (%s)", be->name, what, cudaGetErrorString(e),
+                         cudaGetErrorName(e));
+}
+
+#define CK(call, what)                                                                       \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess)                                                               \
+            return cuda_fail(be, err, e_, (what));                                           \
+    } while (0)
+
+static enum lms_status lt_fail(struct lms_backend *be, struct lms_error *err, cublasStatus_t s,
+                               const char *what)
+{
+    return lms_error_set(err, s == CUBLAS_STATUS_ALLOC_FAILED ? LMS_ENOMEM : LMS_EDEVICE,
+                         "%s: matmul: %s failed: cuBLASLt status %d", be->name, what, (int)s);
+}
+
+static enum lms_status use(struct lms_backend *be, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    CK(cudaSetDevice(cx->dev), "selecting the device");
+    return LMS_OK;
+}
+
+static bool to_cuda_dt(enum lms_dtype d, enum lms_cuda_dt *out)
+{
+    switch (d) {
+    case LMS_DTYPE_F32:
+        *out = LMS_CUDA_F32;
+        return true;
+    case LMS_DTYPE_BF16:
+        *out = LMS_CUDA_BF16;
+        return true;
+    case LMS_DTYPE_F16:
+        *out = LMS_CUDA_F16;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Reads the deferred-error words (after the stream has been synchronised) and reports the first
+ * set one; resets them. */
+static enum lms_status check_deferred(struct lms_backend *be, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    CK(cudaMemcpyAsync(cx->errw_h, cx->errw, LMS_CUDA_ERRW * sizeof *cx->errw,
+                       cudaMemcpyDeviceToHost, cx->stream),
+       "reading the error words");
+    CK(cudaStreamSynchronize(cx->stream), "synchronising");
+    int slot = -1;
+    for (int i = 0; i < LMS_CUDA_ERRW; i++)
+        if (cx->errw_h[i] != ~0ull) {
+            slot = i;
+            break;
+        }
+    if (slot < 0)
+        return LMS_OK;
+    unsigned long long w = cx->errw_h[slot];
+    long long idx = (long long)(w >> 32);
+    long value = (long)(int32_t)(uint32_t)(w & 0xffffffffu);
+    CK(cudaMemsetAsync(cx->errw, 0xff, LMS_CUDA_ERRW * sizeof *cx->errw, cx->stream),
+       "resetting the error words");
+    switch (slot) {
+    case LMS_CUDA_ERRW_EMBED:
+        return lms_error_set(err, LMS_EINVAL,
+                             "token id %ld at position %lld is outside the vocabulary [0, %lld)",
+                             value, idx, (long long)cx->chk_vocab);
+    case LMS_CUDA_ERRW_ROPE:
+        return lms_error_set(err, LMS_EINVAL, "rope: position %ld outside the table [0, %lld)",
+                             value, (long long)cx->chk_npos);
+    default:
+        return lms_error_set(err, LMS_EINVAL,
+                             "cross-entropy: target %ld at row %lld is outside [0, %lld)", value,
+                             idx, (long long)cx->chk_c);
+    }
+}
+
+/* ---- context ---- */
+
+static void cuda_close(struct lms_backend *be)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (!cx)
+        return;
+    cudaSetDevice(cx->dev);
+    if (cx->stream)
+        cudaStreamSynchronize(cx->stream);
+    for (int i = 0; i < 2; i++) {
+        if (cx->stage_ev[i])
+            cudaEventDestroy(cx->stage_ev[i]);
+        if (cx->stage[i])
+            cudaFreeHost(cx->stage[i]);
+    }
+    if (cx->errw_h)
+        cudaFreeHost(cx->errw_h);
+    if (cx->errw)
+        cudaFree(cx->errw);
+    if (cx->pack)
+        cudaFree(cx->pack);
+    if (cx->lt_ws)
+        cudaFree(cx->lt_ws);
+    if (cx->lt)
+        cublasLtDestroy(cx->lt);
+    if (cx->stream)
+        cudaStreamDestroy(cx->stream);
+    (void)cudaGetLastError();
+    lms_free(cx);
+    be->impl = NULL;
+}
+
+static enum lms_status open_ctx(struct lms_backend *be, struct cuda_ctx *cx,
+                                struct lms_error *err)
+{
+    struct cudaDeviceProp prop;
+    CK(cudaSetDevice(cx->dev), "selecting the device");
+    CK(cudaGetDeviceProperties(&prop, cx->dev), "reading the device properties");
+    memcpy(cx->dev_name, prop.name, sizeof cx->dev_name);
+    cx->dev_name[sizeof cx->dev_name - 1] = '\0';
+    cx->cc_major = prop.major;
+    cx->cc_minor = prop.minor;
+    cx->max_smem = prop.sharedMemPerBlockOptin;
+    if (prop.major < 9)
+        return lms_error_set(err, LMS_EDEVICE,
+                             "device '%s' (%s) has compute capability %d.%d; this build's "
+                             "kernels target 9.0 (sm_90)",
+                             be->name, cx->dev_name, prop.major, prop.minor);
+    CK(cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking), "creating a stream");
+    cublasStatus_t s = cublasLtCreate(&cx->lt);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return lt_fail(be, err, s, "cublasLtCreate");
+    CK(cudaMalloc(&cx->lt_ws, LT_WORKSPACE), "allocating the cuBLASLt workspace");
+    CK(cudaMalloc((void **)&cx->errw, LMS_CUDA_ERRW * sizeof *cx->errw),
+       "allocating the error words");
+    CK(cudaMemset(cx->errw, 0xff, LMS_CUDA_ERRW * sizeof *cx->errw), "clearing the error words");
+    CK(cudaMallocHost((void **)&cx->errw_h, LMS_CUDA_ERRW * sizeof *cx->errw_h),
+       "allocating pinned memory");
+    for (int i = 0; i < 2; i++) {
+        CK(cudaMallocHost(&cx->stage[i], STAGE_BYTES), "allocating pinned staging memory");
+        CK(cudaEventCreateWithFlags(&cx->stage_ev[i], cudaEventDisableTiming),
+           "creating an event");
+    }
+    CK(lms_cuda_attention_setup(cx->max_smem), "raising the attention kernels' shared memory");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_open(struct lms_backend *be, const struct lms_backend_opts *opts,
+                                 struct lms_error *err)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return lms_error_set(err, LMS_EDEVICE, "device '%s': no usable CUDA device (%s)",
+                             be->name, cudaGetErrorString(e));
+    }
+    if (n <= 0)
+        return lms_error_set(err, LMS_EDEVICE, "device '%s': no CUDA device present", be->name);
+    if (be->dev.index >= n)
+        return lms_error_set(err, LMS_EDEVICE, "device '%s': only %d CUDA device%s present",
+                             be->name, n, n == 1 ? "" : "s");
+    struct cuda_ctx *cx = lms_calloc(1, sizeof *cx);
+    if (!cx)
+        return lms_error_set(err, LMS_ENOMEM, "opening device '%s': out of memory", be->name);
+    cx->dev = be->dev.index;
+    cx->exact = opts->precision == LMS_PRECISION_FP32;
+    be->impl = cx;
+    be->n_threads = 1;
+    enum lms_status rc = open_ctx(be, cx, err);
+    if (rc) {
+        cuda_close(be);
+        return rc;
+    }
+    return LMS_OK;
+}
+
+/* ---- memory and transfers ---- */
+
+static enum lms_status cuda_alloc(struct lms_backend *be, size_t size, struct lms_buf *out,
+                                  struct lms_error *err)
+{
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, size ? size : 1); /* 256-byte aligned */
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        (void)cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        (void)cudaGetLastError();
+        return lms_error_set(err, e == cudaErrorMemoryAllocation ? LMS_ENOMEM : LMS_EDEVICE,
+                             "%s: allocating %zu bytes of device memory: %s (%zu of %zu bytes "
+                             "free)",
+                             be->name, size, cudaGetErrorString(e), free_b, total_b);
+    }
+    out->ptr = p;
+    out->size = size;
+    return LMS_OK;
+}
+
+static void cuda_free(struct lms_backend *be, struct lms_buf *buf)
+{
+    struct cuda_ctx *cx = be->impl;
+    cudaSetDevice(cx->dev);
+    cudaFree(buf->ptr); /* synchronises the device: queued ops using it finish first */
+    (void)cudaGetLastError();
+}
+
+static enum lms_status cuda_upload(struct lms_backend *be, void *dst, const void *src, size_t n,
+                                   struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < STAGE_BYTES ? n - done : STAGE_BYTES;
+        int i = cx->stage_next;
+        cx->stage_next ^= 1;
+        if (cx->stage_used[i])
+            CK(cudaEventSynchronize(cx->stage_ev[i]), "upload: waiting for a staging buffer");
+        memcpy(cx->stage[i], (const char *)src + done, k);
+        CK(cudaMemcpyAsync((char *)dst + done, cx->stage[i], k, cudaMemcpyHostToDevice,
+                           cx->stream),
+           "upload");
+        CK(cudaEventRecord(cx->stage_ev[i], cx->stream), "upload: recording an event");
+        cx->stage_used[i] = true;
+        done += k;
+    }
+    return LMS_OK;
+}
+
+static enum lms_status cuda_download(struct lms_backend *be, void *dst, const void *src,
+                                     size_t n, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < STAGE_BYTES ? n - done : STAGE_BYTES;
+        int i = cx->stage_next;
+        cx->stage_next ^= 1;
+        CK(cudaMemcpyAsync(cx->stage[i], (const char *)src + done, k, cudaMemcpyDeviceToHost,
+                           cx->stream),
+           "download");
+        CK(cudaEventRecord(cx->stage_ev[i], cx->stream), "download: recording an event");
+        cx->stage_used[i] = true;
+        CK(cudaEventSynchronize(cx->stage_ev[i]), "download");
+        memcpy((char *)dst + done, cx->stage[i], k);
+        done += k;
+    }
+    return check_deferred(be, err);
+}
+
+static enum lms_status cuda_sync(struct lms_backend *be, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(cudaStreamSynchronize(cx->stream), "synchronising (an earlier op failed on the device)");
+    return check_deferred(be, err);
+}
+
+static enum lms_dtype cuda_weight_dtype(const struct lms_backend *be, enum lms_dtype ckpt)
+{
+    const struct cuda_ctx *cx = be->impl;
+    if (!cx->exact && (ckpt == LMS_DTYPE_BF16 || ckpt == LMS_DTYPE_F16))
+        return ckpt;
+    return LMS_DTYPE_F32;
+}
+
+/* ---- matmul ---- */
+
+static enum lms_status grow_pack(struct lms_backend *be, size_t bytes, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (bytes <= cx->pack_cap)
+        return LMS_OK;
+    /* grows to the largest operand seen, once per shape: the first forward step allocates it,
+     * later steps reuse it */
+    if (cx->pack) {
+        CK(cudaStreamSynchronize(cx->stream), "matmul: synchronising before growing scratch");
+        cudaFree(cx->pack);
+        cx->pack = NULL;
+        cx->pack_cap = 0;
+    }
+    CK(cudaMalloc(&cx->pack, bytes), "matmul: allocating the operand scratch");
+    cx->pack_cap = bytes;
+    return LMS_OK;
+}
+
+struct lt_call {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulPreference_t pref;
+};
+
+static void lt_call_release(struct lt_call *c)
+{
+    if (c->pref)
+        cublasLtMatmulPreferenceDestroy(c->pref);
+    if (c->lc)
+        cublasLtMatrixLayoutDestroy(c->lc);
+    if (c->lb)
+        cublasLtMatrixLayoutDestroy(c->lb);
+    if (c->la)
+        cublasLtMatrixLayoutDestroy(c->la);
+    if (c->desc)
+        cublasLtMatmulDescDestroy(c->desc);
+}
+
+static cublasStatus_t make_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t,
+                                  const struct lms_cuda_gemm_operand *o, int64_t batch)
+{
+    cublasStatus_t s = cublasLtMatrixLayoutCreate(l, t, (uint64_t)o->rows, (uint64_t)o->cols,
+                                                  o->ld);
+    if (s == CUBLAS_STATUS_SUCCESS && batch > 1) {
+        int32_t bc = (int32_t)batch;
+        int64_t stride = o->batch_stride;
+        s = cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc,
+                                             sizeof bc);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                 &stride, sizeof stride);
+    }
+    return s;
+}
+
+static uint32_t operand_align(const void *p, int64_t ld, int64_t stride, int64_t batch,
+                              size_t es)
+{
+    unsigned a = lms__cuda_align_of(p, ld, es);
+    if (batch > 1) {
+        unsigned b = lms__cuda_align_of(p, stride, es);
+        a = b < a ? b : a;
+    }
+    return a;
+}
+
+/* Runs the mapped GEMM through cuBLASLt; *no_algo set (and LMS_OK returned) when the heuristic
+ * offers nothing for these alignments, so that the caller falls back. */
+static enum lms_status lt_matmul(struct lms_backend *be, const struct lms_matmul *mm,
+                                 const void *a_op, int64_t lda, int64_t stride_a,
+                                 cudaDataType_t ab_type, size_t ab_size, bool *no_algo,
+                                 struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    struct lms_cuda_gemm_map map;
+    struct lt_call c = {0};
+    cublasStatus_t s;
+    const char *what = "cublasLtMatmulDescCreate";
+    *no_algo = false;
+    lms__cuda_gemm_map(mm->trans_a, mm->trans_b, mm->m, mm->n, mm->k, lda, stride_a, mm->ldb,
+                       mm->stride_b, mm->ldc, mm->stride_c, &map);
+    s = cublasLtMatmulDescCreate(&c.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        cublasOperation_t ta = map.a.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasOperation_t tb = map.b.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+        what = "setting the transposes";
+        s = cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+                                               sizeof tb);
+    }
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        what = "creating the matrix layouts";
+        s = make_layout(&c.la, ab_type, &map.a, mm->batch);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = make_layout(&c.lb, ab_type, &map.b, mm->batch);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = make_layout(&c.lc, CUDA_R_32F, &map.c, mm->batch);
+    }
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        uint64_t ws = LT_WORKSPACE;
+        uint32_t al_a = operand_align(mm->b, mm->ldb, mm->stride_b, mm->batch, ab_size);
+        uint32_t al_b = operand_align(a_op, lda, stride_a, mm->batch, ab_size);
+        uint32_t al_c = operand_align(mm->c, mm->ldc, mm->stride_c, mm->batch, 4);
+        what = "setting the preferences";
+        s = cublasLtMatmulPreferenceCreate(&c.pref);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(
+                c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(
+                c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(
+                c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(
+                c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulPreferenceSetAttribute(
+                c.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
+    }
+    enum lms_status rc = LMS_OK;
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        rc = lt_fail(be, err, s, what);
+        goto out;
+    }
+    cublasLtMatmulHeuristicResult_t res;
+    int n_res = 0;
+    s = cublasLtMatmulAlgoGetHeuristic(cx->lt, c.desc, c.la, c.lb, c.lc, c.lc, c.pref, 1, &res,
+                                       &n_res);
+    if (s != CUBLAS_STATUS_SUCCESS || n_res < 1) {
+        *no_algo = true;
+        goto out;
+    }
+    s = cublasLtMatmul(cx->lt, c.desc, &mm->alpha, mm->b, c.la, a_op, c.lb, &mm->beta, mm->c,
+                       c.lc, mm->c, c.lc, &res.algo, cx->lt_ws, LT_WORKSPACE, cx->stream);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED)
+        *no_algo = true;
+    else if (s != CUBLAS_STATUS_SUCCESS)
+        rc = lt_fail(be, err, s, "cublasLtMatmul");
+out:
+    lt_call_release(&c);
+    return rc;
+}
+
+static enum lms_status cuda_matmul(struct lms_backend *be, const struct lms_matmul *mm,
+                                   struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_cuda_dt bdt;
+    if (!to_cuda_dt(mm->b_dtype, &bdt))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "%s: matmul: B dtype %s", be->name,
+                             lms_dtype_name(mm->b_dtype));
+    if (mm->m < 0 || mm->n < 0 || mm->k < 0 || mm->batch < 1 || mm->batch > INT32_MAX ||
+        mm->lda < 0 || mm->ldb < 0 || mm->ldc < 0)
+        return lms_error_set(err, LMS_EINVAL,
+                             "%s: matmul: dimensions m=%lld n=%lld k=%lld batch=%lld out of "
+                             "range",
+                             be->name, (long long)mm->m, (long long)mm->n, (long long)mm->k,
+                             (long long)mm->batch);
+    if (mm->m == 0 || mm->n == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    bool no_algo = true;
+    if (mm->k > 0) {
+        if (bdt == LMS_CUDA_F32) {
+            rc = lt_matmul(be, mm, mm->a, mm->lda, mm->stride_a, CUDA_R_32F, 4, &no_algo, err);
+        } else {
+            /* the activation operand rounded to the weights' dtype, packed (row stride = its
+             * stored column count) */
+            int64_t rows = mm->trans_a ? mm->k : mm->m, cols = mm->trans_a ? mm->m : mm->k;
+            int64_t per, total;
+            size_t bytes;
+            if (__builtin_mul_overflow(rows, cols, &per) ||
+                __builtin_mul_overflow(per, mm->batch, &total) ||
+                __builtin_mul_overflow((size_t)total, (size_t)2, &bytes))
+                return lms_error_set(err, LMS_EINVAL, "%s: matmul: operand size overflows",
+                                     be->name);
+            rc = grow_pack(be, bytes, err);
+            if (rc)
+                return rc;
+            CK(lms_cuda_pack(cx->stream, cx->pack, bdt, mm->a, mm->lda, mm->stride_a, mm->batch,
+                             rows, cols),
+               "matmul: packing the activation operand");
+            rc = lt_matmul(be, mm, cx->pack, cols, per,
+                           bdt == LMS_CUDA_BF16 ? CUDA_R_16BF : CUDA_R_16F, 2, &no_algo, err);
+        }
+        if (rc)
+            return rc;
+    }
+    if (no_algo)
+        CK(lms_cuda_gemm_ref(cx->stream, mm->trans_a, mm->trans_b, mm->m, mm->n, mm->k, mm->a,
+                             mm->lda, mm->stride_a, mm->b, bdt, mm->ldb, mm->stride_b, mm->c,
+                             mm->ldc, mm->stride_c, mm->batch, mm->alpha, mm->beta),
+           "matmul (fallback kernel)");
+    if (mm->bias)
+        CK(lms_cuda_add_bias(cx->stream, mm->c, mm->ldc, mm->stride_c, mm->batch, mm->m, mm->n,
+                             mm->bias),
+           "matmul: adding the bias");
+    return LMS_OK;
+}
+
+/* ---- other ops ---- */
+
+static enum lms_status cuda_embedding(struct lms_backend *be, float *out, const int32_t *ids,
+                                      int64_t n, const void *table, enum lms_dtype table_dtype,
+                                      int64_t vocab, int64_t hidden, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_cuda_dt dt;
+    if (!to_cuda_dt(table_dtype, &dt))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "%s: embedding: table dtype %s", be->name,
+                             lms_dtype_name(table_dtype));
+    if (n > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "%s: embedding: %lld ids", be->name,
+                             (long long)n);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    cx->chk_vocab = vocab;
+    CK(lms_cuda_embedding(cx->stream, out, ids, n, table, dt, vocab, hidden, cx->errw),
+       "embedding");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_rmsnorm(struct lms_backend *be, float *out, int64_t out_stride,
+                                    const float *x, int64_t x_stride, const float *w,
+                                    float *rstd, int64_t n_rows, int64_t n_heads, int64_t c,
+                                    float eps, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_rmsnorm(cx->stream, out, out_stride, x, x_stride, w, rstd, n_rows, n_heads, c,
+                        eps),
+       "rmsnorm");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_rope(struct lms_backend *be, float *x, int64_t x_stride,
+                                 int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                 const int32_t *pos, const float *cos, const float *sin,
+                                 int64_t n_pos, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (head_dim % 2)
+        return lms_error_set(err, LMS_EINVAL, "rope: head dim %lld is odd", (long long)head_dim);
+    if (n_rows > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "%s: rope: %lld rows", be->name,
+                             (long long)n_rows);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    cx->chk_npos = n_pos;
+    CK(lms_cuda_rope(cx->stream, x, x_stride, n_rows, n_heads, head_dim, pos, cos, sin, n_pos,
+                     cx->errw),
+       "rope");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_attention(struct lms_backend *be, const struct lms_attention *at,
+                                      struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (at->n_groups <= 0 || at->n_heads <= 0 || at->n_heads % at->n_groups ||
+        at->head_dim <= 0 || at->batch < 0 || at->seq < 0 || at->window < 0)
+        return lms_error_set(err, LMS_EINVAL,
+                             "attention: bad shape (heads %lld, groups %lld, head dim %lld)",
+                             (long long)at->n_heads, (long long)at->n_groups,
+                             (long long)at->head_dim);
+    if (at->batch == 0 || at->seq == 0)
+        return LMS_OK;
+    enum lms_cuda_attn_kind kind;
+    struct lms_cuda_launch l;
+    const char *why = "";
+    if (!lms__cuda_attn_plan(at->batch, at->seq, at->n_heads, at->head_dim, !cx->exact,
+                             cx->max_smem, &kind, &l, &why))
+        return lms_error_set(err, LMS_EUNSUPPORTED,
+                             "%s: attention: batch %lld, %lld heads, head dim %lld: %s",
+                             be->name, (long long)at->batch, (long long)at->n_heads,
+                             (long long)at->head_dim, why);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_attention(cx->stream, kind, &l, at->batch, at->seq, at->n_heads, at->n_groups,
+                          at->head_dim, at->q, at->k, at->v, at->q_stride, at->kv_stride,
+                          at->out, at->out_stride, at->scale, at->window),
+       kind == LMS_CUDA_ATTN_TC ? "attention (tensor-core kernel)" : "attention (fp32 kernel)");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_swiglu(struct lms_backend *be, float *out, int64_t out_stride,
+                                   const float *gate, const float *up, int64_t in_stride,
+                                   int64_t n_rows, int64_t f, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_swiglu(cx->stream, out, out_stride, gate, up, in_stride, n_rows, f), "swiglu");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_add(struct lms_backend *be, float *y, const float *x, int64_t n,
+                                struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_add(cx->stream, y, x, n), "add");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_log_softmax(struct lms_backend *be, float *out, const float *x,
+                                        int64_t ld, int64_t n_rows, int64_t c,
+                                        struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_log_softmax(cx->stream, out, x, ld, n_rows, c), "log-softmax");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_cross_entropy(struct lms_backend *be, float *loss,
+                                          const float *logits, int64_t ld,
+                                          const int32_t *target, int64_t n_rows, int64_t c,
+                                          struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n_rows > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "%s: cross-entropy: %lld rows", be->name,
+                             (long long)n_rows);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    cx->chk_c = c;
+    CK(lms_cuda_cross_entropy(cx->stream, loss, logits, ld, target, n_rows, c, cx->errw),
+       "cross-entropy");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_cast(struct lms_backend *be, void *dst, enum lms_dtype dt,
+                                 const void *src, enum lms_dtype st, int64_t n,
+                                 struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    enum lms_cuda_dt d, s;
+    if (!to_cuda_dt(dt, &d) || !to_cuda_dt(st, &s))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "cast from %s to %s", lms_dtype_name(st),
+                             lms_dtype_name(dt));
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_cast(cx->stream, dst, d, src, s, n), "cast");
+    return LMS_OK;
+}
+
+static const struct lms_backend_ops cuda_ops = {
+    .version = LMS_BACKEND_OPS_VERSION,
+    .kind = "cuda",
+    .caps = LMS_CAP_BF16_WEIGHTS | LMS_CAP_ASYNC,
+    .open = cuda_open,
+    .close = cuda_close,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .weight_dtype = cuda_weight_dtype,
+    .matmul = cuda_matmul,
+    .embedding = cuda_embedding,
+    .rmsnorm = cuda_rmsnorm,
+    .rope = cuda_rope,
+    .attention = cuda_attention,
+    .swiglu = cuda_swiglu,
+    .add = cuda_add,
+    .log_softmax = cuda_log_softmax,
+    .cross_entropy = cuda_cross_entropy,
+    .cast = cuda_cast,
+};
+
+const struct lms_backend_ops *lms__backend_cuda_ops(void)
+{
+    return &cuda_ops;
+}
+
+cudaStream_t lms__cuda_stream(struct lms_backend *be)
+{
+    return ((struct cuda_ctx *)be->impl)->stream;
+}

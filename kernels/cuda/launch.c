@@ -1,0 +1,113 @@
+/* CUDA backend launch geometry and GEMM operand mapping: host arithmetic only, built into every
+ * configuration (see launch.h) so that the unit tests check it without a GPU. */
+#include "kernels/cuda/launch.h"
+
+static size_t align128(size_t x)
+{
+    return (x + 127) & ~(size_t)127;
+}
+
+void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l)
+{
+    int bk = LMS_CUDA_TC_BK;
+    l->ldq = d + 8;
+    l->lds = (bk > d ? bk : d) + 4;
+    l->ldp = bk + 8;
+    size_t at = 0;
+    l->off_q = at;
+    at = align128(at + (size_t)LMS_CUDA_TC_BQ * (size_t)l->ldq * 2);
+    l->off_k = at;
+    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
+    l->off_v = at;
+    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
+    l->off_s = at;
+    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->lds * 4);
+    l->off_p = at;
+    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->ldp * 2);
+    l->bytes = at;
+}
+
+size_t lms__cuda_f32_attn_smem(int d)
+{
+    return ((size_t)LMS_CUDA_F32_BK * (size_t)(d + 1) + (size_t)LMS_CUDA_F32_BK * (size_t)d +
+            (size_t)LMS_CUDA_F32_BQ * (size_t)d) *
+           sizeof(float);
+}
+
+bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t head_dim,
+                         bool tensor_cores, size_t max_smem, enum lms_cuda_attn_kind *kind,
+                         struct lms_cuda_launch *l, const char **why)
+{
+    if (batch > 65535 || n_heads > 65535) {
+        *why = "batch or head count over the grid limit of 65535";
+        return false;
+    }
+    if (head_dim <= 0 || head_dim > LMS_CUDA_ATTN_F32_MAX_D) {
+        *why = "head dim over 256";
+        return false;
+    }
+    int64_t bq;
+    if (tensor_cores && (head_dim == 64 || head_dim == 128)) {
+        struct lms_cuda_tc_layout lay;
+        lms__cuda_tc_layout((int)head_dim, &lay);
+        *kind = LMS_CUDA_ATTN_TC;
+        l->smem = lay.bytes;
+        bq = LMS_CUDA_TC_BQ;
+    } else {
+        *kind = LMS_CUDA_ATTN_F32;
+        l->smem = lms__cuda_f32_attn_smem((int)head_dim);
+        bq = LMS_CUDA_F32_BQ;
+    }
+    if (l->smem > max_smem) {
+        *why = "shared memory over the device limit";
+        return false;
+    }
+    int64_t nqb = (seq + bq - 1) / bq;
+    if (nqb > 0x7fffffff) {
+        *why = "sequence over the grid limit";
+        return false;
+    }
+    l->grid[0] = (unsigned)(nqb > 0 ? nqb : 1);
+    l->grid[1] = (unsigned)n_heads;
+    l->grid[2] = (unsigned)batch;
+    l->block = 32 * LMS_CUDA_ATTN_WARPS;
+    return true;
+}
+
+unsigned lms__cuda_ew_blocks(int64_t n)
+{
+    if (n <= 0)
+        return 1;
+    int64_t b = (n + LMS_CUDA_EW_THREADS - 1) / LMS_CUDA_EW_THREADS;
+    return b > (int64_t)LMS_CUDA_EW_MAX_BLOCKS ? LMS_CUDA_EW_MAX_BLOCKS : (unsigned)b;
+}
+
+void lms__cuda_gemm_map(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda,
+                        int64_t stride_a, int64_t ldb, int64_t stride_b, int64_t ldc,
+                        int64_t stride_c, struct lms_cuda_gemm_map *map)
+{
+    map->m = n;
+    map->n = m;
+    map->k = k;
+    map->a.trans = trans_b;
+    map->a.rows = trans_b ? k : n;
+    map->a.cols = trans_b ? n : k;
+    map->a.ld = ldb;
+    map->a.batch_stride = stride_b;
+    map->b.trans = trans_a;
+    map->b.rows = trans_a ? m : k;
+    map->b.cols = trans_a ? k : m;
+    map->b.ld = lda;
+    map->b.batch_stride = stride_a;
+    map->c.trans = false;
+    map->c.rows = n;
+    map->c.cols = m;
+    map->c.ld = ldc;
+    map->c.batch_stride = stride_c;
+}
+
+unsigned lms__cuda_align_of(const void *p, int64_t ld, size_t esize)
+{
+    uint64_t v = (uint64_t)(uintptr_t)p | ((uint64_t)ld * esize) | 256u;
+    return (unsigned)(v & (~v + 1)); /* lowest set bit */
+}

@@ -1,0 +1,112 @@
+/* CUDA backend: launch geometry and GEMM operand mapping, as plain C.
+ *
+ * Everything here is host arithmetic with no CUDA dependency, compiled into every build (with or
+ * without nvcc) so that tests/unit/test_cuda_launch.c checks it on machines without a GPU: the
+ * shared-memory layout of the attention kernels (the .cu files include this header and carve
+ * their shared memory with these offsets), the grids they are launched with, and the mapping of
+ * a row-major struct lms_matmul onto cuBLASLt's column-major call.
+ *
+ * Legend: B batch rows, S tokens per row, n_h query heads, n_g key/value heads, d head dim. */
+#ifndef LMS_KERNELS_CUDA_LAUNCH_H
+#define LMS_KERNELS_CUDA_LAUNCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- attention ------------------------------------------------------------------------------
+ * Two kernels (kernels/cuda/attention.cu):
+ *   F32: CUDA cores, fp32 throughout, any d <= LMS_CUDA_ATTN_F32_MAX_D. A block of
+ *        LMS_CUDA_ATTN_WARPS warps owns LMS_CUDA_F32_BQ query rows of one head (each warp
+ *        LMS_CUDA_F32_BQ / warps rows); K/V tiles of LMS_CUDA_F32_BK keys (one per lane) are
+ *        staged in shared memory; online softmax per row.
+ *   TC:  tensor cores (WMMA bf16 16x16x16, fp32 accumulation), d = 64 or 128. A block owns
+ *        LMS_CUDA_TC_BQ query rows of one head, 16 per warp; K/V tiles of LMS_CUDA_TC_BK keys are
+ *        converted to bf16 into shared memory; each warp computes its 16 x BK scores with WMMA,
+ *        stores them to its shared scratch, runs the online softmax with two lanes per row
+ *        (row = lane / 2, half of the columns each), writes P as bf16, multiplies P V with WMMA
+ *        into the same scratch and folds it into its output rows held in registers. */
+#define LMS_CUDA_ATTN_WARPS 4
+#define LMS_CUDA_F32_BQ 16
+#define LMS_CUDA_F32_BK 32
+#define LMS_CUDA_ATTN_F32_MAX_D 256
+#define LMS_CUDA_TC_BQ 64
+#define LMS_CUDA_TC_BK 64
+
+/* Shared-memory layout of the TC kernel for head dim d (elements; byte offsets 128-aligned). */
+struct lms_cuda_tc_layout {
+    int ldq;        /* bf16 row stride of the Q, K and V tiles: d + 8 (multiple of 8, 16 B pad) */
+    int lds;        /* fp32 row stride of a warp's score / PV scratch: max(BK, d) + 4 */
+    int ldp;        /* bf16 row stride of a warp's P tile: BK + 8 */
+    size_t off_q;   /* (BQ, ldq) bf16 */
+    size_t off_k;   /* (BK, ldq) bf16 */
+    size_t off_v;   /* (BK, ldq) bf16 */
+    size_t off_s;   /* warps x (16, lds) fp32 */
+    size_t off_p;   /* warps x (16, ldp) bf16 */
+    size_t bytes;   /* total dynamic shared memory */
+};
+void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l);
+/* Dynamic shared memory of the F32 kernel: K tile (BK, d+1) (padded against bank conflicts),
+ * V tile (BK, d), scaled Q rows (BQ, d), all fp32. */
+size_t lms__cuda_f32_attn_smem(int d);
+
+enum lms_cuda_attn_kind {
+    LMS_CUDA_ATTN_F32,
+    LMS_CUDA_ATTN_TC,
+};
+
+struct lms_cuda_launch {
+    unsigned grid[3]; /* x, y, z */
+    unsigned block;   /* threads */
+    size_t smem;      /* dynamic shared memory bytes */
+};
+
+/* Picks the attention kernel and its launch: TC when tensor_cores is requested and d is 64 or
+ * 128, else F32 (d <= 256). Grid: x = query blocks of the sequence, y = n_h, z = B.
+ * Returns false (and leaves *why set to a static reason) when the shape cannot be launched:
+ * d too large, n_h or B over the grid limits (65535), smem over max_smem bytes. */
+bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t head_dim,
+                         bool tensor_cores, size_t max_smem, enum lms_cuda_attn_kind *kind,
+                         struct lms_cuda_launch *l, const char **why);
+
+/* One thread per element (or per 4 elements): blocks of 256 threads, grid x capped so that
+ * kernels loop grid-stride over the rest. */
+#define LMS_CUDA_EW_THREADS 256
+#define LMS_CUDA_EW_MAX_BLOCKS 65536u
+unsigned lms__cuda_ew_blocks(int64_t n);
+
+/* ---- GEMM mapping ----------------------------------------------------------------------------
+ * Row-major C (m, n) = op(A) op(B) is column-major C^T (n, m) = op(B)^T op(A)^T, so the cuBLASLt
+ * call takes our B as its first operand and our A as its second:
+ *   cuBLAS "A" = our B: stored (n rows, k cols) column-major with ld ldb when !trans_b (transa N),
+ *                       stored (k rows, n cols) when trans_b (transa T);
+ *   cuBLAS "B" = our A: stored (k rows, m cols) when !trans_a (transb N),
+ *                       stored (m rows, k cols) when trans_a (transb T);
+ *   cuBLAS "C"/"D":     (n rows, m cols), ld ldc. */
+struct lms_cuda_gemm_operand {
+    int64_t rows, cols, ld; /* column-major layout of the stored matrix */
+    int64_t batch_stride;   /* elements between batches */
+    bool trans;             /* CUBLAS_OP_T */
+};
+struct lms_cuda_gemm_map {
+    int64_t m, n, k;                      /* cuBLAS M = our n, N = our m, K = k */
+    struct lms_cuda_gemm_operand a, b, c; /* cuBLAS A (our B), B (our A), C = D (our C) */
+};
+/* Fills map for the row-major product of the argument names (see struct lms_matmul in
+ * kernels/backend_impl.h). */
+void lms__cuda_gemm_map(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda,
+                        int64_t stride_a, int64_t ldb, int64_t stride_b, int64_t ldc,
+                        int64_t stride_c, struct lms_cuda_gemm_map *map);
+/* Largest power of two (<= 256) dividing the address p and the row pitch ld * esize: the
+ * alignment cuBLASLt's heuristic must be told about (its default assumes 256). */
+unsigned lms__cuda_align_of(const void *p, int64_t ld, size_t esize);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,115 @@
+/* lmsurgeon CUDA backend: the C boundary between the backend (backend_cuda.c, C11) and the
+ * kernels (*.cu, CUDA C++ inside).
+ *
+ * Every entry point is extern "C" and takes only C types: device pointers, int64_t shapes, a
+ * cudaStream_t (an opaque pointer type of the CUDA runtime's C API). A launcher queues its
+ * kernel(s) on the stream and returns cudaGetLastError() of the launch (cudaSuccess when queued);
+ * errors raised while a kernel runs surface at the next synchronisation, which the backend
+ * reports naming the op. Argument validation (shapes, ids in range) happens in backend_cuda.c,
+ * before launch; the kernels trust their arguments. Shapes are those of the op slots in
+ * kernels/backend_impl.h. */
+#ifndef LMS_KERNELS_CUDA_LMS_CUDA_H
+#define LMS_KERNELS_CUDA_LMS_CUDA_H
+
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/launch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dtype codes of the kernels (the values of enum lms_dtype are not visible to .cu files) */
+enum lms_cuda_dt {
+    LMS_CUDA_F32 = 0,
+    LMS_CUDA_BF16 = 1,
+    LMS_CUDA_F16 = 2,
+};
+
+/* Deferred argument errors. Checks that need device data (token ids, positions, targets) are
+ * made by the kernels themselves: an offending element is skipped (its output zeroed) and
+ * recorded in one of LMS_CUDA_ERRW 64-bit words of device memory as
+ * (index << 32 | (uint32_t)value) with atomicMin, so the word ends up holding the first
+ * offending index. The backend reads the words back at the next sync or download and reports
+ * them; UINT64_MAX means no error. */
+enum {
+    LMS_CUDA_ERRW_EMBED = 0, /* token id outside [0, V) at position index */
+    LMS_CUDA_ERRW_ROPE = 1,  /* position outside [0, n_pos) at row index */
+    LMS_CUDA_ERRW_CE = 2,    /* target >= c at row index */
+    LMS_CUDA_ERRW = 3,
+};
+
+/* out (n, hidden) fp32 = table[ids[i]], table (vocab, hidden) in dt. */
+cudaError_t lms_cuda_embedding(cudaStream_t st, float *out, const int32_t *ids, int64_t n,
+                               const void *table, enum lms_cuda_dt dt, int64_t vocab,
+                               int64_t hidden, unsigned long long *errw);
+/* RMSNorm over c channels of n_rows * n_heads rows; one warp per row. rstd may be NULL. */
+cudaError_t lms_cuda_rmsnorm(cudaStream_t st, float *out, int64_t out_stride, const float *x,
+                             int64_t x_stride, const float *w, float *rstd, int64_t n_rows,
+                             int64_t n_heads, int64_t c, float eps);
+/* Rotary embedding in place (rotate_half); head_dim even. */
+cudaError_t lms_cuda_rope(cudaStream_t st, float *x, int64_t x_stride, int64_t n_rows,
+                          int64_t n_heads, int64_t head_dim, const int32_t *pos, const float *cos,
+                          const float *sin, int64_t n_pos, unsigned long long *errw);
+cudaError_t lms_cuda_swiglu(cudaStream_t st, float *out, int64_t out_stride, const float *gate,
+                            const float *up, int64_t in_stride, int64_t n_rows, int64_t f);
+/* y (n) += x (n) */
+cudaError_t lms_cuda_add(cudaStream_t st, float *y, const float *x, int64_t n);
+/* c (rows, n) row-major, row stride ldc, batch stride stride_c: c[b, r, j] += bias[j] */
+cudaError_t lms_cuda_add_bias(cudaStream_t st, float *c, int64_t ldc, int64_t stride_c,
+                              int64_t batch, int64_t rows, int64_t n, const float *bias);
+/* out[r] = x[r] - logsumexp(x[r]) over c columns, rows at stride ld; out may equal x. One block
+ * per row: a pass for the (max, sum) pair, a pass writing the row. */
+cudaError_t lms_cuda_log_softmax(cudaStream_t st, float *out, const float *x, int64_t ld,
+                                 int64_t n_rows, int64_t c);
+/* loss[r] = logsumexp(logits[r]) - logits[r, target[r]] for 0 <= target[r] < c, 0 for
+ * target[r] < 0; target >= c is recorded in errw[LMS_CUDA_ERRW_CE] (loss 0). */
+cudaError_t lms_cuda_cross_entropy(cudaStream_t st, float *loss, const float *logits, int64_t ld,
+                                   const int32_t *target, int64_t n_rows, int64_t c,
+                                   unsigned long long *errw);
+/* dst (n, dt) = src (n, st); F32, BF16, F16 both ways (round to nearest even). */
+cudaError_t lms_cuda_cast(cudaStream_t st, void *dst, enum lms_cuda_dt dt, const void *src,
+                          enum lms_cuda_dt sdt, int64_t n);
+/* dst (rows, cols) in dt (BF16 or F16), packed (row stride cols) = src (rows, cols) fp32 at
+ * row stride ld, for batch matrices at src + b*stride (dst + b*rows*cols): the activation
+ * operand of a 16-bit GEMM, rounded to nearest even. */
+cudaError_t lms_cuda_pack(cudaStream_t st, void *dst, enum lms_cuda_dt dt, const float *src,
+                          int64_t ld, int64_t stride, int64_t batch, int64_t rows, int64_t cols);
+/* Fallback GEMM when cuBLASLt offers no algorithm (odd leading dimensions with bf16): fp32
+ * accumulation, row-major arguments exactly as struct lms_matmul (b in dt). Slow, correct. */
+cudaError_t lms_cuda_gemm_ref(cudaStream_t st, int trans_a, int trans_b, int64_t m, int64_t n,
+                              int64_t k, const float *a, int64_t lda, int64_t stride_a,
+                              const void *b, enum lms_cuda_dt dt, int64_t ldb, int64_t stride_b,
+                              float *c, int64_t ldc, int64_t stride_c, int64_t batch, float alpha,
+                              float beta);
+/* Causal GQA attention, the kernel and launch chosen by lms__cuda_attn_plan (launch.h).
+ * Arguments as struct lms_attention. The kernel's dynamic shared-memory limit must have been
+ * raised once with lms_cuda_attention_setup. */
+cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_kind kind,
+                               const struct lms_cuda_launch *l, int64_t batch, int64_t seq,
+                               int64_t n_heads, int64_t n_groups, int64_t head_dim,
+                               const float *q, const float *k, const float *v, int64_t q_stride,
+                               int64_t kv_stride, float *out, int64_t out_stride, float scale,
+                               int64_t window);
+/* Raises the dynamic shared-memory limit of the attention kernels to max_smem (bytes);
+ * called once per device at open. */
+cudaError_t lms_cuda_attention_setup(size_t max_smem);
+/* Fills n bf16 values at dst with uniform(-scale, scale) from a counter hash of (seed, index):
+ * random weights generated on the device (bench/forward_gpu.c). */
+cudaError_t lms_cuda_fill_uniform_bf16(cudaStream_t st, uint16_t *dst, int64_t n,
+                                       uint64_t seed, float scale);
+/* Fills n fp32 values with value. */
+cudaError_t lms_cuda_fill_f32(cudaStream_t st, float *dst, int64_t n, float value);
+
+struct lms_backend;
+/* The stream every op of a CUDA backend is queued on (backend_cuda.c): for code that launches
+ * its own kernels between ops (bench/forward_gpu.c). */
+cudaStream_t lms__cuda_stream(struct lms_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
