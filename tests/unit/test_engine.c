@@ -13,6 +13,23 @@
 #include "lms/format.h"
 #include "lms/safetensors.h"
 
+/* The backend the model tests run on: LMS_TEST_DEVICE (default "cpu") in precision
+ * LMS_TEST_PRECISION (default "fp32"). The gpu suite (tests/gpu/meson.build) runs this file again
+ * with LMS_TEST_DEVICE=cuda; check_main.c skips the whole executable when that device is absent.
+ * The tolerances below are those of fp32 arithmetic, whatever the device. */
+static struct lms_backend *open_test_backend(void)
+{
+    struct lms_error err;
+    struct lms_backend *be = NULL;
+    struct lms_backend_opts bo = {.n_threads = 2};
+    const char *dev = getenv("LMS_TEST_DEVICE"), *prec = getenv("LMS_TEST_PRECISION");
+    ck_assert_msg(lms_precision_parse(prec ? prec : "fp32", &bo.precision, &err) == LMS_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lms_backend_open_name(dev ? dev : "cpu", &bo, &be, &err) == LMS_OK, "%s",
+                  err.msg);
+    return be;
+}
+
 /* Reads tensor name of a safetensors file as fp32 (or int64 ids into int32). Returns a malloc'd
  * array, or NULL when the tensor is absent; *n gets the element count. */
 static void *read_ref(const struct lms_st_file *f, const char *name, bool ids, int64_t *n)
@@ -109,9 +126,7 @@ static void check_model(const char *rel, const char *ref_rel, bool rope_bf16)
             seq = ref.hdr.entries[i].shape[1];
         }
 
-    struct lms_backend *be;
-    struct lms_backend_opts bo = {.n_threads = 2};
-    ck_assert_int_eq(lms_backend_open_name("cpu", &bo, &be, &err), LMS_OK);
+    struct lms_backend *be = open_test_backend();
     struct lms_engine_opts eo = {.max_batch = batch, .max_seq = seq, .logits_rows = 7,
                                  .rope_bf16 = rope_bf16};
     struct lms_engine *e;
@@ -223,9 +238,7 @@ START_TEST(teacher_eval)
     ck_assert_msg(lms_checkpoint_read(fixture_path("teacher", path, sizeof path), &m, &err) ==
                       LMS_OK,
                   "%s", err.msg);
-    struct lms_backend *be;
-    struct lms_backend_opts bo = {.n_threads = 2};
-    ck_assert_int_eq(lms_backend_open_name("cpu", &bo, &be, &err), LMS_OK);
+    struct lms_backend *be = open_test_backend();
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
     struct lms_engine *e;
     ck_assert_msg(lms_engine_new(&m, be, &eo, &e, &err) == LMS_OK, "%s", err.msg);

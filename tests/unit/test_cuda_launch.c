@@ -1,0 +1,199 @@
+/* Host-side arithmetic of the CUDA backend (kernels/cuda/launch.c), checked without a GPU: the
+ * attention kernels' shared-memory layouts (alignment rules of WMMA loads and stores: 32-byte
+ * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; no overlapping regions; within the
+ * H100/H200 opt-in limit of 227 KiB), kernel choice and grids, element-wise grid sizes, the
+ * alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul onto cuBLASLt's
+ * column-major operands, executed here by a textbook column-major GEMM with cuBLAS semantics and
+ * compared with the row-major product computed directly, for every transpose combination with
+ * padded leading dimensions and batches. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_main.h"
+#include "kernels/cuda/launch.h"
+
+#define H200_OPTIN_SMEM 232448 /* cudaDeviceProp.sharedMemPerBlockOptin on H100/H200 */
+
+START_TEST(tc_layout_rules)
+{
+    static const int dims[] = {64, 128};
+    for (int t = 0; t < 2; t++) {
+        int d = dims[t];
+        struct lms_cuda_tc_layout l;
+        lms__cuda_tc_layout(d, &l);
+        ck_assert_int_eq(l.ldq % 8, 0);
+        ck_assert_int_eq(l.ldp % 8, 0);
+        ck_assert_int_eq(l.lds % 4, 0);
+        ck_assert_int_ge(l.ldq, d);
+        ck_assert_int_ge(l.lds, d);
+        ck_assert_int_ge(l.lds, LMS_CUDA_TC_BK);
+        ck_assert_int_ge(l.ldp, LMS_CUDA_TC_BK);
+        size_t offs[] = {l.off_q, l.off_k, l.off_v, l.off_s, l.off_p, l.bytes};
+        size_t sizes[] = {(size_t)LMS_CUDA_TC_BQ * l.ldq * 2, (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
+                          (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
+                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.lds * 4,
+                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.ldp * 2};
+        for (int i = 0; i < 5; i++) {
+            ck_assert_uint_eq(offs[i] % 128, 0);
+            ck_assert_uint_le(offs[i] + sizes[i], offs[i + 1]); /* ordered, disjoint */
+        }
+        ck_assert_uint_le(l.bytes, H200_OPTIN_SMEM);
+        /* every WMMA pointer the kernel forms is 32-byte aligned */
+        for (int w = 0; w < LMS_CUDA_ATTN_WARPS; w++) {
+            size_t s_base = l.off_s + (size_t)w * 16 * l.lds * 4;
+            size_t p_base = l.off_p + (size_t)w * 16 * l.ldp * 2;
+            for (int kk = 0; kk < d / 16; kk++) {
+                ck_assert_uint_eq((l.off_q + ((size_t)(w * 16) * l.ldq + kk * 16) * 2) % 32, 0);
+                for (int nt = 0; nt < LMS_CUDA_TC_BK / 16; nt++)
+                    ck_assert_uint_eq((l.off_k + ((size_t)(nt * 16) * l.ldq + kk * 16) * 2) % 32,
+                                      0);
+            }
+            for (int nt = 0; nt < (d > LMS_CUDA_TC_BK ? d : LMS_CUDA_TC_BK) / 16; nt++)
+                ck_assert_uint_eq((s_base + (size_t)nt * 16 * 4) % 32, 0);
+            for (int kk = 0; kk < LMS_CUDA_TC_BK / 16; kk++) {
+                ck_assert_uint_eq((p_base + (size_t)kk * 16 * 2) % 32, 0);
+                for (int nt = 0; nt < d / 16; nt++)
+                    ck_assert_uint_eq((l.off_v + ((size_t)(kk * 16) * l.ldq + nt * 16) * 2) % 32,
+                                      0);
+            }
+        }
+    }
+    ck_assert_uint_le(lms__cuda_f32_attn_smem(LMS_CUDA_ATTN_F32_MAX_D), H200_OPTIN_SMEM);
+    ck_assert_uint_eq(lms__cuda_f32_attn_smem(32), (32 * 33 + 32 * 32 + 16 * 32) * 4);
+}
+END_TEST
+
+START_TEST(attention_plans)
+{
+    enum lms_cuda_attn_kind k;
+    struct lms_cuda_launch l;
+    const char *why = NULL;
+    ck_assert(lms__cuda_attn_plan(8, 4096, 32, 128, true, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    ck_assert_uint_eq(l.grid[0], 4096 / LMS_CUDA_TC_BQ);
+    ck_assert_uint_eq(l.grid[1], 32);
+    ck_assert_uint_eq(l.grid[2], 8);
+    ck_assert_uint_eq(l.block, 32 * LMS_CUDA_ATTN_WARPS);
+    ck_assert(lms__cuda_attn_plan(1, 65, 4, 64, true, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    ck_assert_uint_eq(l.grid[0], 2);
+    /* fp32 requested, or a head dim the tensor-core kernel lacks */
+    ck_assert(lms__cuda_attn_plan(1, 65, 4, 128, false, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_F32);
+    ck_assert_uint_eq(l.grid[0], 5);
+    ck_assert(lms__cuda_attn_plan(2, 1, 4, 80, true, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_F32);
+    ck_assert_uint_eq(l.grid[0], 1);
+    ck_assert_uint_eq(l.smem, lms__cuda_f32_attn_smem(80));
+    ck_assert(lms__cuda_attn_plan(1, 1, 1, 256, true, H200_OPTIN_SMEM, &k, &l, &why));
+    /* refusals */
+    ck_assert(!lms__cuda_attn_plan(1, 8, 4, 257, false, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert_ptr_nonnull(strstr(why, "head dim"));
+    ck_assert(!lms__cuda_attn_plan(70000, 8, 4, 64, false, H200_OPTIN_SMEM, &k, &l, &why));
+    ck_assert(!lms__cuda_attn_plan(1, 8, 4, 128, true, 48 * 1024, &k, &l, &why));
+    ck_assert_ptr_nonnull(strstr(why, "shared memory"));
+}
+END_TEST
+
+START_TEST(elementwise_grid)
+{
+    ck_assert_uint_eq(lms__cuda_ew_blocks(0), 1);
+    ck_assert_uint_eq(lms__cuda_ew_blocks(1), 1);
+    ck_assert_uint_eq(lms__cuda_ew_blocks(LMS_CUDA_EW_THREADS), 1);
+    ck_assert_uint_eq(lms__cuda_ew_blocks(LMS_CUDA_EW_THREADS + 1), 2);
+    ck_assert_uint_eq(lms__cuda_ew_blocks((int64_t)1 << 40), LMS_CUDA_EW_MAX_BLOCKS);
+}
+END_TEST
+
+START_TEST(align_for_cublaslt)
+{
+    ck_assert_uint_eq(lms__cuda_align_of((void *)0x1000, 4096, 2), 256);
+    ck_assert_uint_eq(lms__cuda_align_of((void *)0x1004, 4096, 2), 4);
+    ck_assert_uint_eq(lms__cuda_align_of((void *)0x1000, 29, 2), 2);
+    ck_assert_uint_eq(lms__cuda_align_of((void *)0x1000, 37, 4), 4);
+    ck_assert_uint_eq(lms__cuda_align_of((void *)0x1010, 4096, 4), 16);
+}
+END_TEST
+
+/* cuBLAS semantics: D (M, N) = alpha op(A) op(B) + beta C, column-major, per batch. */
+static void colmajor_gemm(const struct lms_cuda_gemm_map *g, const float *a, const float *b,
+                          float *c, int64_t batch, float alpha, float beta)
+{
+    for (int64_t bt = 0; bt < batch; bt++)
+        for (int64_t i = 0; i < g->m; i++)
+            for (int64_t j = 0; j < g->n; j++) {
+                double acc = 0;
+                for (int64_t p = 0; p < g->k; p++) {
+                    const float *ab = a + bt * g->a.batch_stride, *bb = b + bt * g->b.batch_stride;
+                    /* op(A)(i, p): A stored (rows, cols) column-major */
+                    double av = g->a.trans ? ab[p + i * g->a.ld] : ab[i + p * g->a.ld];
+                    double bv = g->b.trans ? bb[j + p * g->b.ld] : bb[p + j * g->b.ld];
+                    acc += av * bv;
+                }
+                float *cp = c + bt * g->c.batch_stride + i + j * g->c.ld;
+                *cp = (float)(alpha * acc + beta * *cp);
+            }
+}
+
+START_TEST(gemm_mapping)
+{
+    const int64_t m = 5, n = 7, k = 3, batch = 2;
+    for (int t = 0; t < 4; t++) {
+        bool ta = t & 1, tb = t & 2;
+        int64_t lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
+        int64_t sa = (ta ? k : m) * lda + 1, sb = (tb ? n : k) * ldb + 2, sc = m * ldc + 4;
+        float *a = malloc((size_t)(sa * batch) * 4), *b = malloc((size_t)(sb * batch) * 4);
+        float *c = malloc((size_t)(sc * batch) * 4), *want = malloc((size_t)(sc * batch) * 4);
+        for (int64_t i = 0; i < sa * batch; i++)
+            a[i] = (float)((i * 37) % 11) - 5;
+        for (int64_t i = 0; i < sb * batch; i++)
+            b[i] = (float)((i * 13) % 7) - 3;
+        for (int64_t i = 0; i < sc * batch; i++)
+            c[i] = want[i] = (float)(i % 5);
+        /* row-major reference: C = 2 op(A) op(B) + 0.5 C */
+        for (int64_t bt = 0; bt < batch; bt++)
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (int64_t p = 0; p < k; p++) {
+                        double av = ta ? a[bt * sa + p * lda + i] : a[bt * sa + i * lda + p];
+                        double bv = tb ? b[bt * sb + j * ldb + p] : b[bt * sb + p * ldb + j];
+                        acc += av * bv;
+                    }
+                    float *w = want + bt * sc + i * ldc + j;
+                    *w = (float)(2 * acc + 0.5 * *w);
+                }
+        struct lms_cuda_gemm_map g;
+        lms__cuda_gemm_map(ta, tb, m, n, k, lda, sa, ldb, sb, ldc, sc, &g);
+        ck_assert_int_eq(g.m, n);
+        ck_assert_int_eq(g.n, m);
+        /* stored shapes fit their leading dimensions (cuBLASLt requires ld >= rows) */
+        ck_assert_int_ge(g.a.ld, g.a.rows);
+        ck_assert_int_ge(g.b.ld, g.b.rows);
+        ck_assert_int_ge(g.c.ld, g.c.rows);
+        /* cuBLAS A = our B, B = our A */
+        colmajor_gemm(&g, b, a, c, batch, 2.0f, 0.5f);
+        for (int64_t i = 0; i < sc * batch; i++)
+            ck_assert_msg(c[i] == want[i], "trans %d/%d: element %lld: %g vs %g", ta, tb,
+                          (long long)i, (double)c[i], (double)want[i]);
+        free(a);
+        free(b);
+        free(c);
+        free(want);
+    }
+}
+END_TEST
+
+Suite *suite(void)
+{
+    Suite *s = suite_create("cuda_launch");
+    TCase *tc = tcase_create("host");
+    tcase_add_test(tc, tc_layout_rules);
+    tcase_add_test(tc, attention_plans);
+    tcase_add_test(tc, elementwise_grid);
+    tcase_add_test(tc, align_for_cublaslt);
+    tcase_add_test(tc, gemm_mapping);
+    suite_add_tcase(s, tc);
+    return s;
+}
