@@ -17,7 +17,7 @@
 static const char usage_text[] =
     "usage: lmsurgeon eval MODEL --data PREFIX [--seq-length 512] [--num-samples N | --all]\n"
     "                      [--batch-size B] [--device cpu|cuda[:N]] [--threads N] [--json]\n"
-    "                      [--quiet]\n"
+    "                      [--precision fp32|bf16|auto] [--quiet]\n"
     "\n"
     "Mean next-token cross-entropy (nats/token) and perplexity of MODEL over the first N\n"
     "non-overlapping windows of S tokens of the dataset: each window's positions 0..S-2\n"
@@ -30,6 +30,10 @@ static const char usage_text[] =
     "  --all                score every full window of the dataset\n"
     "  --batch-size B       windows per forward pass (default 8)\n"
     "  --device DEV         cpu (default), cuda or cuda:N\n"
+    "  --precision P        GEMM and attention arithmetic on devices that have a choice:\n"
+    "                       fp32 (default, the protocol), bf16 (16-bit weights kept, GEMM\n"
+    "                       operands rounded to them, tensor-core attention), auto (the\n"
+    "                       device's default: bf16 on CUDA)\n"
     "  --threads N          CPU threads (default: all cores)\n"
     "  --json               print one JSON object on stdout\n"
     "  --quiet              no progress bar, no summary\n"
@@ -80,13 +84,14 @@ int cmd_eval(int argc, char **argv)
         {"batch-size", required_argument, NULL, 'b'},
         {"device", required_argument, NULL, 'd'},
         {"threads", required_argument, NULL, 't'},
+        {"precision", required_argument, NULL, 'P'},
         {"json", no_argument, NULL, 'j'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct cli_common co = {0};
-    const char *data = NULL, *device = "cpu", *model_path = NULL;
+    const char *data = NULL, *device = "cpu", *model_path = NULL, *precision = "fp32";
     int64_t S = 512, n_win = 256, B = 8, threads = 0;
     bool all = false, have_n = false;
     int c;
@@ -120,6 +125,9 @@ int cmd_eval(int argc, char **argv)
             if (!parse_pos(optarg, &threads) || threads > 4096)
                 return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
             break;
+        case 'P':
+            precision = optarg;
+            break;
         case 'j':
             co.json = true;
             break;
@@ -147,6 +155,9 @@ int cmd_eval(int argc, char **argv)
     struct lms_device dev;
     if (lms_device_parse(device, &dev, &err))
         return cli_usage_error(cmd, "%s", err.msg);
+    enum lms_precision prec;
+    if (lms_precision_parse(precision, &prec, &err))
+        return cli_usage_error(cmd, "%s", err.msg);
 
     int rc = CLI_EXIT_OK;
     struct lms_dataset *ds = NULL;
@@ -173,7 +184,7 @@ int cmd_eval(int argc, char **argv)
     if (lms_checkpoint_read(model_path, &m, &err))
         goto fail;
     have_model = true;
-    struct lms_backend_opts bo = {.n_threads = (int)threads};
+    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
     if (lms_backend_open(&dev, &bo, &be, &err))
         goto fail;
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
@@ -210,12 +221,12 @@ int cmd_eval(int argc, char **argv)
     double secs = cli_now() - t0;
     double loss = sum / (double)n_scored, tps = secs > 0 ? (double)(n_win * S) / secs : 0;
     if (co.json) {
-        json_t *o = json_pack("{s:b,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:i}", "ok", 1,
+        json_t *o = json_pack("{s:b,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:i,s:s}", "ok", 1,
                               "model", model_path, "data", data, "n_windows", (json_int_t)n_win,
                               "seq_length", (json_int_t)S, "n_scored", (json_int_t)n_scored,
                               "loss", loss, "perplexity", exp(loss), "tokens_per_second", tps,
                               "seconds", secs, "device", lms_backend_name(be), "n_threads",
-                              lms_backend_n_threads(be));
+                              lms_backend_n_threads(be), "precision", precision);
         struct lms_buf_str b = {0};
         if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
             printf("%s\n", b.data);

@@ -42,6 +42,13 @@ expect 2 "exclude" eval "$TEACHER" --data "$IDS" --all --num-samples 3
 expect 2 "full windows" eval "$TEACHER" --data "$IDS" --num-samples 100000000
 expect 4 "no '$TMP/nothing.idx'" eval "$TEACHER" --data "$TMP/nothing"
 expect 6 "device 'cuda:7'" eval "$TEACHER" --data "$IDS" --device cuda:7 --num-samples 1
+expect 2 "unknown precision 'fp8'" eval "$TEACHER" --data "$IDS" --precision fp8
+# no NVIDIA device node: plain --device cuda fails with one line naming cuda:0, exit 6 (a build
+# without nvcc says it has no CUDA backend; one with it, that no usable device is present)
+if [ ! -e /dev/nvidiactl ] && [ ! -e /dev/nvidia0 ]; then
+    expect 6 "device 'cuda:0'" eval "$TEACHER" --data "$IDS" --device cuda --num-samples 1
+    expect 6 "device 'cuda:0'" generate "$TEACHER" --prompt x --device cuda --max-new-tokens 1
+fi
 mkdir -p "$TMP/notamodel"
 echo '{}' >"$TMP/notamodel/config.json"
 n_checks=$((n_checks + 1))
