@@ -469,7 +469,8 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
             hdr_outs[k++] = (struct lms_st_out){.name = outs[i].name,
                                                 .dtype = outs[i].dtype,
                                                 .ndim = outs[i].view->ndim,
-                                                .shape = outs[i].view->shape};
+                                                .shape = outs[i].view->shape,
+                                                .tag = i};
     json_t *meta = json_pack("{s:s}", "format", "pt");
     struct lms_buf_str hdr = {0};
     char name[64], path[PATH_MAX];
@@ -478,11 +479,9 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
     json_decref(meta);
     if (rc)
         goto out;
-    /* header order is canonical; find each entry's source tensor */
+    /* header order is canonical; the tag leads back to each entry's source tensor */
     for (size_t j = 0; j < count; j++)
-        for (size_t i = 0; i < n; i++)
-            if (outs[i].name == hdr_outs[j].name)
-                by_pos[j] = &outs[i];
+        by_pos[j] = &outs[hdr_outs[j].tag];
     shard_name(name, sizeof(name), shard, n_shards);
     rc = lms_outdir_path(od, name, path, sizeof(path), err);
     if (rc)
