@@ -227,11 +227,7 @@ int cmd_eval(int argc, char **argv)
                               "loss", loss, "perplexity", exp(loss), "tokens_per_second", tps,
                               "seconds", secs, "device", lms_backend_name(be), "n_threads",
                               lms_backend_n_threads(be), "precision", precision);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else if (!co.quiet) {
         printf("eval '%s' on '%s': %lld windows x %lld tokens, loss %.5f nats/token, "
                "perplexity %.4f (%lld scored tokens; %s, %d threads, %.2f s, %.0f tokens/s)\n",

@@ -187,11 +187,7 @@ int cmd_generate(int argc, char **argv)
                               "prompt", prompt, "prompt_ids", ids_json(seq, n_prompt), "ids",
                               ids_json(seq + n_prompt, n_new), "text", text, text_len,
                               "tokens_per_second", secs > 0 ? (double)n_new / secs : 0.0);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else {
         if (!co.quiet)
             fputs(prompt, stdout);
