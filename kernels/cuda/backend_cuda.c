@@ -195,7 +195,8 @@ static enum lms_status open_ctx(struct lms_backend *be, struct cuda_ctx *cx,
     CK(cudaMalloc(&cx->lt_ws, LT_WORKSPACE), "allocating the cuBLASLt workspace");
     CK(cudaMalloc((void **)&cx->errw, LMS_CUDA_ERRW * sizeof *cx->errw),
        "allocating the error words");
-    CK(cudaMemset(cx->errw, 0xff, LMS_CUDA_ERRW * sizeof *cx->errw), "clearing the error words");
+    CK(cudaMemsetAsync(cx->errw, 0xff, LMS_CUDA_ERRW * sizeof *cx->errw, cx->stream),
+       "clearing the error words");
     CK(cudaMallocHost((void **)&cx->errw_h, LMS_CUDA_ERRW * sizeof *cx->errw_h),
        "allocating pinned memory");
     for (int i = 0; i < 2; i++) {
