@@ -988,7 +988,11 @@ static enum lms_status yaml_fields(const struct lms_arch *a, const char *indent,
         } else {
             struct lms_buf_str s = {0};
             rc = lms_json_dump(val, LMS_JSON_COMPACT, &s, err);
-            if (!rc)
+            const char *e = json_is_real(val) && s.data ? strchr(s.data, 'e') : NULL;
+            if (!rc && e && !memchr(s.data, '.', (size_t)(e - s.data))) /* YAML 1.1 float */
+                rc = lms_buf_str_printf(out, err, "%s%s: %.*s.0%s\n", indent, key,
+                                        (int)(e - s.data), s.data, e);
+            else if (!rc)
                 rc = lms_buf_str_printf(out, err, "%s%s: %s\n", indent, key,
                                         json_is_true(val)    ? "true"
                                         : json_is_false(val) ? "false"
@@ -1577,6 +1581,64 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
     return rc;
 }
 
+/* train_state.pt / latest_train_state.pt (§5.1): torch.save of a dict of 0-d tensors, the
+ * TrainState of iteration 0. variable_seq_lengths is read by some Bridge versions and ignored by
+ * the others, so it is written too. */
+static enum lms_status write_train_state(const char *path, struct lms_error *err)
+{
+    static const struct {
+        const char *key;
+        enum lms_dtype dt;
+    } fields[] = {
+        {"step", LMS_DTYPE_I64},
+        {"consumed_train_samples", LMS_DTYPE_I64},
+        {"skipped_train_samples", LMS_DTYPE_I64},
+        {"consumed_valid_samples", LMS_DTYPE_I64},
+        {"variable_seq_lengths", LMS_DTYPE_BOOL},
+        {"floating_point_operations_so_far", LMS_DTYPE_F64},
+        {"do_train", LMS_DTYPE_BOOL},
+        {"do_valid", LMS_DTYPE_BOOL},
+        {"do_test", LMS_DTYPE_BOOL},
+    };
+    enum { N = sizeof(fields) / sizeof(fields[0]) };
+    struct lms_view *views[N] = {0};
+    struct lms_storage *zero = NULL;
+    struct lms_pkl_writer pw;
+    struct lms_zip_writer zw;
+    unsigned char scratch[1 << 16];
+    lms_pkl_w_init(&pw);
+    lms_zip_w_begin(&zw, -1, path, 0, "archive");
+    enum lms_status rc = lms_storage_new_host(8, &zero, err); /* every value is 0 / 0.0 / False */
+    lms_pkl_w_proto2(&pw);
+    lms_pkl_w_op(&pw, LMS_PKL_OP_EMPTY_DICT);
+    lms_pkl_w_op(&pw, LMS_PKL_OP_MARK);
+    for (int i = 0; i < N && !rc; i++) {
+        char key[8];
+        snprintf(key, sizeof(key), "%d", i);
+        lms_pkl_w_str(&pw, fields[i].key);
+        lms_pkl_w_tensor(&pw, fields[i].dt, key, 0, NULL);
+        rc = lms_view_new_storage(zero, 0, fields[i].dt, 0, NULL, &views[i], err);
+    }
+    lms_pkl_w_op(&pw, LMS_PKL_OP_SETITEMS);
+    if (!rc)
+        rc = lms_pkl_w_finish(&pw, err);
+    if (!rc)
+        rc = lms_torch_save_write(&zw, pw.data, pw.len, views, N, LMS_DTYPE_COUNT, scratch,
+                                  sizeof(scratch), err);
+    uint64_t len = 0;
+    if (!rc)
+        rc = lms_zip_w_finish(&zw, &len, err);
+    if (!rc)
+        rc = lms_write_file(path, zw.mem, (size_t)len, err);
+    lms_free(zw.mem);
+    lms_zip_w_release(&zw);
+    for (int i = 0; i < N; i++)
+        lms_view_release(views[i]);
+    lms_storage_release(zero);
+    lms_pkl_w_release(&pw);
+    return rc;
+}
+
 static enum lms_status megatron_write(const struct lms_model *m, const char *path,
                                       const struct lms_write_opts *o,
                                       struct lms_write_result *res, struct lms_error *err)
@@ -1609,12 +1671,33 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         size_t k = 0;
         while (nemo_classes[k].family != a.family)
             k++;
-        static const char *const prov[] = {"LlamaModelProvider", "MistralModelProvider",
-                                           "Qwen2ModelProvider", "Qwen3ModelProvider"};
+        static const char *const prov[] = {
+            "llama.llama_provider.LlamaModelProvider",
+            "mistral.mistral_provider.MistralModelProvider",
+            "qwen.qwen_provider.Qwen2ModelProvider",
+            "qwen.qwen_provider.Qwen3ModelProvider",
+        };
         rc = lms_buf_str_printf(&y, err, "model:\n  _target_: megatron.bridge.models.%s\n",
                                 prov[a.family]);
         if (!rc)
             rc = yaml_fields(&a, "  ", &y, err);
+        /* the parallel layout and checkpoint options the Bridge loader reads (§5.1) */
+        if (!rc)
+            rc = lms_buf_str_printf(&y, err,
+                                    "  tensor_model_parallel_size: 1\n"
+                                    "  pipeline_model_parallel_size: 1\n"
+                                    "  virtual_pipeline_model_parallel_size: null\n"
+                                    "  context_parallel_size: 1\n"
+                                    "  expert_model_parallel_size: 1\n"
+                                    "  sequence_parallel: false\n"
+                                    "checkpoint:\n"
+                                    "  _target_: megatron.bridge.training.config.CheckpointConfig\n"
+                                    "  ckpt_format: torch_dist\n"
+                                    "  fully_parallel_save: true\n"
+                                    "  save_optim: false\n"
+                                    "  save_rng: false\n"
+                                    "  load_optim: false\n"
+                                    "  load_rng: false\n");
         if (!rc)
             rc = lms_outdir_path(&od, "iter_0000000/run_config.yaml", p, sizeof(p), err);
         if (!rc)
@@ -1629,6 +1712,14 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         rc = lms_outdir_path(&od, "iter_0000000/tokenizer", p, sizeof(p), err);
     if (!rc)
         rc = copy_aux_to(m, p, &r, err);
+    if (!rc)
+        rc = lms_outdir_path(&od, "iter_0000000/train_state.pt", p, sizeof(p), err);
+    if (!rc)
+        rc = write_train_state(p, err);
+    if (!rc)
+        rc = lms_outdir_path(&od, "latest_train_state.pt", p, sizeof(p), err);
+    if (!rc)
+        rc = write_train_state(p, err);
     if (!rc)
         rc = lms_outdir_path(&od, "latest_checkpointed_iteration.txt", p, sizeof(p), err);
     if (!rc)

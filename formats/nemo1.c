@@ -640,13 +640,26 @@ static enum lms_status tar_add(struct tar_writer *w, const char *name, char type
     return tar_pad(w, TAR_BLOCK, err);
 }
 
+/* Python's repr of d, with ".0" before an exponent that lacks a fraction, since YAML 1.1
+ * (PyYAML, OmegaConf) reads "1e-06" as a string. */
+static void yaml_float(double d, char *dst, size_t dst_cap)
+{
+    char r[32];
+    lms_json_format_double(d, r, sizeof(r));
+    const char *e = strchr(r, 'e');
+    if (e && !memchr(r, '.', (size_t)(e - r)))
+        snprintf(dst, dst_cap, "%.*s.0%s", (int)(e - r), r, e);
+    else
+        snprintf(dst, dst_cap, "%s", r);
+}
+
 /* model_config.yaml in NeMo 1 (MegatronGPTModel, mcore) names. */
 static enum lms_status model_config_yaml(const struct lms_arch *a, struct lms_buf_str *y,
                                          struct lms_error *err)
 {
-    char eps[32], theta[32];
-    lms_json_format_double(a->norm_eps, eps, sizeof(eps));
-    lms_json_format_double(a->rope.theta, theta, sizeof(theta));
+    char eps[40], theta[40];
+    yaml_float(a->norm_eps, eps, sizeof(eps));
+    yaml_float(a->rope.theta, theta, sizeof(theta));
     int64_t div = 128;
     while (div > 1 && a->vocab % div)
         div /= 2;
