@@ -250,3 +250,28 @@ def test_bad_nemo1(tmp_path):
         assert p.returncode == 3, (name, p.returncode, p.stderr)
         assert name in p.stderr, p.stderr
         assert not out.exists()
+
+
+PRUNE = ["--target-num-layers", "3", "--target-ffn-hidden-size", "96",
+         "--target-num-attention-heads", "2", "--target-hidden-size", "48"]
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "nemo", "nemo1"])
+def test_prune_through_megatron_layouts(tmp_path, fmt):
+    """Surgery has no format-specific code: HF -> fmt, prune in fmt, back to HF gives exactly
+    the files of pruning the HF checkpoint directly (weight-magnitude ranking, so the ranking
+    reads the weights through the fmt reader's views too)."""
+    src = os.path.join(FIX, "models/qwen3-tiny")
+    direct = tmp_path / "direct"
+    run("prune", src, str(direct), *PRUNE, "--quiet")
+    ext = ".nemo" if fmt == "nemo1" else ""
+    mid, pruned, back = (tmp_path / ("mid" + ext), tmp_path / ("pruned" + ext),
+                         tmp_path / "back")
+    run("convert", src, str(mid), "--to", fmt, "--quiet")
+    run("prune", str(mid), str(pruned), *PRUNE, "--quiet")
+    p = run("inspect", str(pruned), "--json")
+    assert json.loads(p.stdout)["format"] == fmt
+    run("convert", str(pruned), str(back), "--to", "hf", "--quiet")
+    for f in sorted(os.listdir(direct)):
+        assert open(direct / f, "rb").read() == open(back / f, "rb").read(), f
+    assert sorted(os.listdir(direct)) == sorted(os.listdir(back))
