@@ -1092,7 +1092,10 @@ enum lms_status lms_dcp_write_data(int fd, const char *path, uint64_t base,
                                    void *progress_ctx, struct lms_dcp_w_files *files,
                                    struct lms_error *err)
 {
-    enum { BUF = 8 << 20 };
+    /* 1 MiB: the gathered chunk is still in cache when pwrite copies it into the page cache;
+     * with 8 MiB the kernel copy ran at a quarter of the speed (bench/convert-nemo: HF -> NeMo
+     * 12 s -> 4 s, system time 8.5 s -> 1.1 s, on the 4 GB checkpoint) */
+    enum { BUF = 1 << 20 };
     enum lms_status rc = LMS_OK;
     memset(files, 0, sizeof(*files));
     struct lms_pkl_writer pw;
