@@ -59,13 +59,19 @@ int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_erro
     if (co && co->json) {
         json_t *o = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error", err->msg, "status",
                               lms_status_name(err->status), "exit_code", code);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     }
     return code;
+}
+
+void cli_print_json(json_t *o)
+{
+    struct lms_buf_str b = {0};
+    if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
+        printf("%s\n", b.data);
+    lms_buf_str_release(&b);
+    if (o)
+        json_decref(o);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -35,6 +35,9 @@ int cli_exit_code(enum lms_status s);
 /* Prints "lmsurgeon CMD: error: MSG" on stderr (and a JSON error object on stdout with --json)
  * and returns the exit code for err->status. */
 int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err);
+struct json_t;
+/* Prints o compactly on one line of stdout and drops the reference (NULL prints nothing). */
+void cli_print_json(struct json_t *o);
 /* Prints a usage error ("lmsurgeon CMD: MSG; see 'lmsurgeon CMD --help'") and returns 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -69,6 +72,8 @@ int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 
 #endif

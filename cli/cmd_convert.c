@@ -131,11 +131,7 @@ int cmd_convert(int argc, char **argv)
                               "n_tensors", res.n_tensors, "n_shards", res.n_shards, "bytes",
                               (json_int_t)res.bytes, "n_files_copied", res.n_aux_files, "seconds",
                               secs);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else if (!co.quiet) {
         char bytes[32], rate[32];
         cli_format_bytes(res.bytes, bytes, sizeof(bytes));

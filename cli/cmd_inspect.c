@@ -230,11 +230,7 @@ int cmd_inspect(int argc, char **argv)
     uint64_t disk = bytes_on_disk(path);
     if (co.json) {
         json_t *o = model_json(path, &m, disk, tensors);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else if (!co.quiet) {
         print_text(path, &m, f->description, disk, tensors);
     }

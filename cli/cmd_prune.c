@@ -369,11 +369,7 @@ static int run(struct prune_args *a)
                               (json_int_t)lms_model_n_params(&in), "n_params_after",
                               (json_int_t)lms_model_n_params(&out), "tensor_bytes",
                               (json_int_t)lms_model_nbytes(&out), "scores", scores);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, &err) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else if (!co->quiet) {
         print_summary(a, &plan, &in, &out, scores, depth_how);
     }

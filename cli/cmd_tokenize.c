@@ -119,11 +119,7 @@ static int decode_mode(struct lms_tokenizer *tk, const char *text, size_t len, b
         return cli_fail(cmd, co, &err);
     if (co->json) {
         json_t *o = json_pack("{s:b,s:s%}", "ok", 1, "text", out, out_len);
-        struct lms_buf_str b = {0};
-        if (o && lms_json_dump(o, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
-            printf("%s\n", b.data);
-        lms_buf_str_release(&b);
-        json_decref(o);
+        cli_print_json(o);
     } else {
         fwrite(out, 1, out_len, stdout);
     }

@@ -13,6 +13,8 @@ static const struct {
     {"convert", cmd_convert, "convert or reshard a checkpoint, optionally casting its dtype"},
     {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a tokenizer.json"},
     {"preprocess", cmd_preprocess, "tokenize JSONL/text into a Megatron indexed dataset"},
+    {"eval", cmd_eval, "mean next-token cross-entropy and perplexity over a token dataset"},
+    {"generate", cmd_generate, "greedy continuation of a prompt (a sanity check of a model)"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
 };
 

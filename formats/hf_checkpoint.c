@@ -81,10 +81,8 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
                                      "reading '%s': holds tensor '%s', which the index places in '%s'",
                                      shard_path, e->name, json_string_value(where));
         }
-        if (lms_model_find_name(m, e->name))
-            return lms_error_set(err, LMS_EFORMAT,
-                                 "reading '%s': tensor '%s' appears in more than one shard",
-                                 shard_path, e->name);
+        /* no duplicate check needed: a shard's own names are unique (the parser rejects
+         * duplicates) and the index places each name in exactly one shard */
         enum lms_role role = LMS_ROLE_OTHER;
         int64_t layer = -1;
         lms_role_from_hf_name(e->name, &role, &layer);
@@ -156,7 +154,10 @@ static enum lms_status read_sharded(struct lms_model *m, const char *dir, const 
         if (rc)
             goto out;
     }
-    /* every index entry must exist in its shard */
+    /* every index entry must exist in its shard: since every shard tensor was found in the
+     * index, equal counts prove it; look for the missing one only on failure */
+    if (m->n_tensors == json_object_size(wm))
+        goto out;
     json_object_foreach((json_t *)wm, name, where)
     {
         if (!lms_model_find_name(m, name)) {
@@ -468,7 +469,8 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
             hdr_outs[k++] = (struct lms_st_out){.name = outs[i].name,
                                                 .dtype = outs[i].dtype,
                                                 .ndim = outs[i].view->ndim,
-                                                .shape = outs[i].view->shape};
+                                                .shape = outs[i].view->shape,
+                                                .tag = i};
     json_t *meta = json_pack("{s:s}", "format", "pt");
     struct lms_buf_str hdr = {0};
     char name[64], path[PATH_MAX];
@@ -477,11 +479,9 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
     json_decref(meta);
     if (rc)
         goto out;
-    /* header order is canonical; find each entry's source tensor */
+    /* header order is canonical; the tag leads back to each entry's source tensor */
     for (size_t j = 0; j < count; j++)
-        for (size_t i = 0; i < n; i++)
-            if (outs[i].name == hdr_outs[j].name)
-                by_pos[j] = &outs[i];
+        by_pos[j] = &outs[hdr_outs[j].tag];
     shard_name(name, sizeof(name), shard, n_shards);
     rc = lms_outdir_path(od, name, path, sizeof(path), err);
     if (rc)

@@ -66,6 +66,7 @@ struct lms_st_out {
     int ndim;
     const int64_t *shape;
     uint64_t begin, end; /* OUT: data_offsets */
+    size_t tag;          /* the caller's, carried through the sort (e.g. its own index) */
 };
 
 /* Sorts outs into canonical order (§1.5: dtype rank descending, then name), assigns offsets and

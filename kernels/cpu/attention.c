@@ -1,0 +1,268 @@
+/* CPU causal grouped-query attention, flash style: the (S, S) score matrix is never formed.
+ *
+ * Work is split into tasks (b, g, query block of BQ rows). A task walks the key tiles of BK
+ * keys up to its last query row; each tile of K (transposed) and V is copied once into thread
+ * scratch and used by all r = n_h / n_g query heads of the group. Every query row keeps an
+ * online softmax (running max m, running sum l, unnormalised output acc) so memory per task is
+ * O(r * BQ * d) whatever S is. Shapes: struct lms_attention in kernels/backend_impl.h. */
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/cpu/cpu.h"
+#include "lms/alloc.h"
+
+#define BQ 64 /* query rows per task */
+#define BK 64 /* keys per tile */
+
+#define RB 4  /* query rows processed together on fully visible tiles */
+
+typedef float v16 __attribute__((vector_size(64), aligned(4))); /* 16 lanes, unaligned loads */
+
+/* Scratch floats one thread needs for r heads per group and head dim d. */
+static size_t scratch_floats(int64_t r, int64_t d)
+{
+    return (size_t)(2 * BK * d + RB * BK + r * BQ * d + 2 * r * BQ + RB * d + 16);
+}
+
+/* s[jj] = qs . K[jj] for jj in [lo, hi): kt is the K tile transposed, (d, BK). */
+LMS_CPU_INLINE void scores_row(float *restrict s, const float *restrict qs,
+                              const float *restrict kt, int64_t d, int64_t lo, int64_t hi)
+{
+    int64_t jb = lo;
+    for (; jb + 16 <= hi; jb += 16) {
+        float t[16] = {0};
+        for (int64_t c = 0; c < d; c++) {
+            float qc = qs[c];
+            const float *kc = kt + c * BK + jb;
+#pragma omp simd
+            for (int k = 0; k < 16; k++)
+                t[k] += qc * kc[k];
+        }
+        for (int k = 0; k < 16; k++)
+            s[jb + k] = t[k];
+    }
+    for (int64_t jj = jb; jj < hi; jj++) {
+        float t = 0;
+        for (int64_t c = 0; c < d; c++)
+            t += qs[c] * kt[c * BK + jj];
+        s[jj] = t;
+    }
+}
+
+/* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile: RB x BK accumulators in registers. */
+LMS_CPU_INLINE void scores_rows(float *restrict s, const float *restrict qs,
+                               const float *restrict kt, int64_t d)
+{
+    v16 t[RB][BK / 16];
+    for (int r = 0; r < RB; r++)
+        for (int k = 0; k < BK / 16; k++)
+            t[r][k] = (v16){0};
+    for (int64_t c = 0; c < d; c++) {
+        const v16 *kc = (const v16 *)(kt + c * BK);
+        v16 kv[BK / 16];
+        for (int k = 0; k < BK / 16; k++)
+            kv[k] = kc[k];
+        for (int r = 0; r < RB; r++) {
+            float q = qs[r * d + c];
+            for (int k = 0; k < BK / 16; k++)
+                t[r][k] += q * kv[k];
+        }
+    }
+    for (int r = 0; r < RB; r++)
+        for (int k = 0; k < BK / 16; k++)
+            *(v16 *)(s + r * BK + k * 16) = t[r][k];
+}
+
+/* Online-softmax step of one row over scores s[lo, hi): updates the running max *m and sum *l,
+ * rescales the accumulator a (d), turns s into probabilities. Returns nothing; a is not yet
+ * updated with V (the caller does that, one row or RB rows at a time). */
+LMS_CPU_INLINE void softmax_step(float *restrict s, int64_t lo, int64_t hi, float *m, float *l,
+                                float *restrict a, int64_t d)
+{
+    float mt = -INFINITY;
+#pragma omp simd reduction(max : mt)
+    for (int64_t jj = lo; jj < hi; jj++)
+        mt = s[jj] > mt ? s[jj] : mt;
+    float m_old = *m, m_new = m_old > mt ? m_old : mt;
+    float alpha = isinf(m_old) ? 0.0f : lms__expf(m_old - m_new);
+    if (alpha != 1.0f)
+        for (int64_t c = 0; c < d; c++)
+            a[c] *= alpha;
+    float sum = 0;
+#pragma omp simd
+    for (int64_t jj = lo; jj < hi; jj++)
+        s[jj] = lms__expf(s[jj] - m_new);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t jj = lo; jj < hi; jj++)
+        sum += s[jj];
+    *l = *l * alpha + sum;
+    *m = m_new;
+}
+
+/* a (d) += sum_jj p[jj] * V[jj] for jj in [lo, hi); vt (BK, d). */
+LMS_CPU_INLINE void pv_row(float *restrict a, const float *restrict p, const float *restrict vt,
+                          int64_t d, int64_t lo, int64_t hi)
+{
+    for (int64_t jj = lo; jj < hi; jj++) {
+        float pj = p[jj];
+        const float *vr = vt + jj * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; c++)
+            a[c] += pj * vr[c];
+    }
+}
+
+/* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 32 == 0.
+ * Channels in chunks of 32, RB x 2 accumulators in registers over the BK keys. */
+LMS_CPU_INLINE void pv_rows(float *a, int64_t a_stride, const float *restrict p,
+                           const float *restrict vt, int64_t d)
+{
+    for (int64_t c0 = 0; c0 < d; c0 += 32) {
+        v16 t[RB][2];
+        for (int r = 0; r < RB; r++) {
+            t[r][0] = *(const v16 *)(a + r * a_stride + c0);
+            t[r][1] = *(const v16 *)(a + r * a_stride + c0 + 16);
+        }
+        for (int64_t jj = 0; jj < BK; jj++) {
+            v16 v0 = *(const v16 *)(vt + jj * d + c0), v1 = *(const v16 *)(vt + jj * d + c0 + 16);
+            for (int r = 0; r < RB; r++) {
+                float pj = p[r * BK + jj];
+                t[r][0] += pj * v0;
+                t[r][1] += pj * v1;
+            }
+        }
+        for (int r = 0; r < RB; r++) {
+            *(v16 *)(a + r * a_stride + c0) = t[r][0];
+            *(v16 *)(a + r * a_stride + c0 + 16) = t[r][1];
+        }
+    }
+}
+
+/* One task: batch row b, group g, query rows [q0, q1). ws: thread scratch. */
+LMS_CPU_CLONES
+static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, int64_t q0,
+                         int64_t q1, float *ws)
+{
+    const int64_t S = at->seq, d = at->head_dim, r = at->n_heads / at->n_groups;
+    const int64_t nq = q1 - q0, W = at->window;
+    float *kt = ws;              /* (d, BK): K tile transposed */
+    float *vt = kt + d * BK;     /* (BK, d) */
+    float *s = vt + BK * d;      /* (RB, BK) scores */
+    float *acc = s + RB * BK;    /* (r, BQ, d) */
+    float *m = acc + r * BQ * d; /* (r, BQ) running max */
+    float *l = m + r * BQ;       /* (r, BQ) running sum */
+    float *qs = l + r * BQ;      /* (RB, d) scaled query rows */
+
+    for (int64_t i = 0; i < r * nq; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0;
+    }
+    for (int64_t i = 0; i < r * nq * d; i++)
+        acc[i] = 0;
+
+    int64_t j_begin = 0;
+    if (W > 0 && q0 - W + 1 > 0)
+        j_begin = q0 - W + 1;
+    for (int64_t j0 = j_begin; j0 < q1; j0 += BK) {
+        int64_t j1 = j0 + BK < q1 ? j0 + BK : q1;
+        int64_t nk = j1 - j0;
+        for (int64_t jj = 0; jj < nk; jj++) {
+            const float *krow = at->k + (b * S + j0 + jj) * at->kv_stride + g * d;
+            const float *vrow = at->v + (b * S + j0 + jj) * at->kv_stride + g * d;
+            for (int64_t c = 0; c < d; c++)
+                kt[c * BK + jj] = krow[c];
+            memcpy(vt + jj * d, vrow, (size_t)d * sizeof(float));
+        }
+        for (int64_t hh = 0; hh < r; hh++) {
+            int64_t h = g * r + hh;
+            for (int64_t qi = 0; qi < nq;) {
+                int64_t i = q0 + qi;
+                /* RB rows at once when the whole tile is visible to each of them */
+                bool full = nk == BK && d % 32 == 0 && qi + RB <= nq && j1 - 1 <= i &&
+                            (W == 0 || i + RB - 1 - W + 1 <= j0);
+                if (full) {
+                    for (int rr = 0; rr < RB; rr++) {
+                        const float *qrow = at->q + (b * S + i + rr) * at->q_stride + h * d;
+                        for (int64_t c = 0; c < d; c++)
+                            qs[rr * d + c] = qrow[c] * at->scale;
+                    }
+                    scores_rows(s, qs, kt, d);
+                    int64_t row = hh * nq + qi;
+                    for (int rr = 0; rr < RB; rr++)
+                        softmax_step(s + rr * BK, 0, BK, &m[row + rr], &l[row + rr],
+                                     acc + (row + rr) * d, d);
+                    pv_rows(acc + row * d, d, s, vt, d);
+                    qi += RB;
+                    continue;
+                }
+                /* visible keys of row i inside this tile: [lo, hi) relative to j0 */
+                int64_t hi = i + 1 - j0 < nk ? i + 1 - j0 : nk;
+                int64_t lo = W > 0 && i - W + 1 > j0 ? i - W + 1 - j0 : 0;
+                if (lo < hi) {
+                    const float *qrow = at->q + (b * S + i) * at->q_stride + h * d;
+                    for (int64_t c = 0; c < d; c++)
+                        qs[c] = qrow[c] * at->scale;
+                    scores_row(s, qs, kt, d, lo, hi);
+                    int64_t row = hh * nq + qi;
+                    softmax_step(s, lo, hi, &m[row], &l[row], acc + row * d, d);
+                    pv_row(acc + row * d, s, vt, d, lo, hi);
+                }
+                qi++;
+            }
+        }
+    }
+    for (int64_t hh = 0; hh < r; hh++) {
+        int64_t h = g * r + hh;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int64_t row = hh * nq + qi;
+            float inv = 1.0f / l[row];
+            float *o = at->out + (b * S + q0 + qi) * at->out_stride + h * d;
+            const float *a = acc + row * d;
+            for (int64_t c = 0; c < d; c++)
+                o[c] = a[c] * inv;
+        }
+    }
+}
+
+enum lms_status lms__cpu_attention(struct lms_backend *be, const struct lms_attention *at,
+                                   struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    if (at->n_groups <= 0 || at->n_heads <= 0 || at->n_heads % at->n_groups || at->head_dim <= 0 ||
+        at->batch < 0 || at->seq < 0 || at->window < 0)
+        return lms_error_set(err, LMS_EINVAL,
+                             "attention: bad shape (heads %lld, groups %lld, head dim %lld)",
+                             (long long)at->n_heads, (long long)at->n_groups,
+                             (long long)at->head_dim);
+    int64_t r = at->n_heads / at->n_groups;
+    size_t need = scratch_floats(r, at->head_dim);
+    if (cx->scratch_per_thread < need) {
+        float *p = lms_malloc(need * sizeof(float) * (size_t)cx->n_threads);
+        if (!p)
+            return lms_error_set(err, LMS_ENOMEM, "attention: out of memory for %zu-byte scratch",
+                                 need * sizeof(float) * (size_t)cx->n_threads);
+        lms_free(cx->scratch);
+        cx->scratch = p;
+        cx->scratch_per_thread = need;
+    }
+    int64_t n_qb = (at->seq + BQ - 1) / BQ;
+    int64_t n_tasks = at->batch * at->n_groups * n_qb;
+    size_t per = cx->scratch_per_thread;
+    float *scratch = cx->scratch;
+    /* Largest tasks (last query blocks) first, for load balance. */
+#pragma omp parallel for num_threads(cx->n_threads) schedule(dynamic, 1) if (n_tasks > 1)
+    for (int64_t t = 0; t < n_tasks; t++) {
+        int64_t qb = n_qb - 1 - t / (at->batch * at->n_groups);
+        int64_t bg = t % (at->batch * at->n_groups);
+        int64_t b = bg / at->n_groups, g = bg % at->n_groups;
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        int64_t q0 = qb * BQ, q1 = q0 + BQ < at->seq ? q0 + BQ : at->seq;
+        attend_block(at, b, g, q0, q1, scratch + (size_t)tid * per);
+    }
+    return LMS_OK;
+}

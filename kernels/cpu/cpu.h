@@ -1,0 +1,91 @@
+/* CPU backend internals: the context, the op entry points shared between the files of
+ * kernels/cpu/ and the small numeric helpers (a vectorisable expf) they have in common.
+ *
+ * The CPU backend computes in fp32: weights are converted to F32 once when uploaded, GEMMs go
+ * through OpenBLAS (cblas), everything else is plain loops parallelised with OpenMP. */
+#ifndef LMS_KERNELS_CPU_H
+#define LMS_KERNELS_CPU_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/backend_impl.h"
+
+/* Hot loops are compiled for AVX-512, AVX2+FMA and the baseline, picked at load time (GCC
+ * function multiversioning); elsewhere they are compiled once. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define LMS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LMS_CPU_CLONES
+#endif
+
+/* Helpers of cloned hot loops must be inlined into each clone to get its instruction set. */
+#define LMS_CPU_INLINE static inline __attribute__((always_inline))
+
+struct lms_cpu_ctx {
+    int n_threads;   /* OpenMP threads per op and OpenBLAS threads */
+    float *scratch;  /* attention tiles: n_threads * scratch_per_thread floats; grown on demand */
+    size_t scratch_per_thread; /* floats */
+};
+
+/* Work below this many elements runs on one thread (thread start-up costs more). */
+#define LMS_CPU_PAR_MIN 16384
+
+enum lms_status lms__cpu_matmul(struct lms_backend *be, const struct lms_matmul *mm,
+                                struct lms_error *err);
+enum lms_status lms__cpu_attention(struct lms_backend *be, const struct lms_attention *at,
+                                   struct lms_error *err);
+enum lms_status lms__cpu_embedding(struct lms_backend *be, float *out, const int32_t *ids,
+                                   int64_t n, const void *table, enum lms_dtype table_dtype,
+                                   int64_t vocab, int64_t hidden, struct lms_error *err);
+enum lms_status lms__cpu_rmsnorm(struct lms_backend *be, float *out, int64_t out_stride,
+                                 const float *x, int64_t x_stride, const float *w, float *rstd,
+                                 int64_t n_rows, int64_t n_heads, int64_t c, float eps,
+                                 struct lms_error *err);
+enum lms_status lms__cpu_rope(struct lms_backend *be, float *x, int64_t x_stride,
+                              int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                              const int32_t *pos, const float *cos, const float *sin,
+                              int64_t n_pos, struct lms_error *err);
+enum lms_status lms__cpu_swiglu(struct lms_backend *be, float *out, int64_t out_stride,
+                                const float *gate, const float *up, int64_t in_stride,
+                                int64_t n_rows, int64_t f, struct lms_error *err);
+enum lms_status lms__cpu_add(struct lms_backend *be, float *y, const float *x, int64_t n,
+                             struct lms_error *err);
+enum lms_status lms__cpu_log_softmax(struct lms_backend *be, float *out, const float *x,
+                                     int64_t ld, int64_t n_rows, int64_t c,
+                                     struct lms_error *err);
+enum lms_status lms__cpu_cross_entropy(struct lms_backend *be, float *loss, const float *logits,
+                                       int64_t ld, const int32_t *target, int64_t n_rows,
+                                       int64_t c, struct lms_error *err);
+enum lms_status lms__cpu_cast(struct lms_backend *be, void *dst, enum lms_dtype dt,
+                              const void *src, enum lms_dtype st, int64_t n,
+                              struct lms_error *err);
+
+/* expf for x in any range, within 2 ulp of the correctly rounded value for |x| < 87 (Cephes
+ * polynomial after range reduction by ln 2); results below 2^-126 flush to about 1e-38, x above
+ * 88 gives about 1.6e38. Written without branches so loops calling it vectorise. */
+static inline float lms__expf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    int32_t bits = (ti - 0x4B400000 + 127) * (1 << 23);
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+#endif

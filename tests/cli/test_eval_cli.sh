@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# eval and generate misuse: usage errors exit 2, a device that is not compiled in or not present
+# exits 6, missing data exits 4, a model that is not a checkpoint exits 3 or 4; each prints one
+# "lmsurgeon CMD: ..." line on stderr naming the culprit, nothing on stdout (one JSON object with
+# ok=false under --json). Any sanitizer report on stderr fails the test.
+set -u
+
+: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+TEACHER=$FIXTURES/teacher
+IDS=$FIXTURES/corpus/val.ids.u16
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-eval.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+n_checks=0
+n_fail=0
+
+# expect CODE PATTERN ARGS...: exit code CODE, stderr one line matching PATTERN, stdout empty
+expect() {
+    local code=$1 pat=$2
+    shift 2
+    n_checks=$((n_checks + 1))
+    "$LMSURGEON" "$@" >"$TMP/out" 2>"$TMP/err" </dev/null
+    local rc=$?
+    local lines
+    lines=$(wc -l <"$TMP/err")
+    if [ "$rc" != "$code" ] || ! grep -q -- "$pat" "$TMP/err" || [ "$lines" != 1 ] ||
+        [ -s "$TMP/out" ] || grep -q -i "sanitizer" "$TMP/err"; then
+        echo "FAIL: lmsurgeon $*: exit $rc (want $code), stderr:" >&2
+        cat "$TMP/err" >&2
+        n_fail=$((n_fail + 1))
+    fi
+}
+
+expect 2 "expected one MODEL" eval --data "$IDS"
+expect 2 "required" eval "$TEACHER"
+expect 2 "unknown device 'gpu'" eval "$TEACHER" --data "$IDS" --device gpu
+expect 2 "ordinal" eval "$TEACHER" --data "$IDS" --device cuda:x
+expect 2 "invalid --seq-length" eval "$TEACHER" --data "$IDS" --seq-length 1
+expect 2 "exclude" eval "$TEACHER" --data "$IDS" --all --num-samples 3
+expect 2 "full windows" eval "$TEACHER" --data "$IDS" --num-samples 100000000
+expect 4 "no '$TMP/nothing.idx'" eval "$TEACHER" --data "$TMP/nothing"
+expect 6 "device 'cuda:7'" eval "$TEACHER" --data "$IDS" --device cuda:7 --num-samples 1
+mkdir -p "$TMP/notamodel"
+echo '{}' >"$TMP/notamodel/config.json"
+n_checks=$((n_checks + 1))
+"$LMSURGEON" eval "$TMP/notamodel" --data "$IDS" --num-samples 1 >"$TMP/out" 2>"$TMP/err"
+rc=$?
+if [ "$rc" != 3 ] && [ "$rc" != 4 ]; then
+    echo "FAIL: eval of a directory that is not a checkpoint exits $rc" >&2
+    cat "$TMP/err" >&2
+    n_fail=$((n_fail + 1))
+fi
+expect 2 "required" generate "$TEACHER"
+expect 2 "invalid --max-new-tokens" generate "$TEACHER" --prompt x --max-new-tokens 0
+expect 2 "exceed" generate "$TEACHER" --prompt x --max-new-tokens 5000 --quiet
+
+# --json failure: one object with ok=false on stdout
+n_checks=$((n_checks + 1))
+"$LMSURGEON" eval "$TEACHER" --data "$TMP/nothing" --json >"$TMP/out" 2>/dev/null
+if ! grep -q '"ok":false' "$TMP/out"; then
+    echo "FAIL: eval --json failure did not print ok=false" >&2
+    n_fail=$((n_fail + 1))
+fi
+# --help
+for c in eval generate; do
+    n_checks=$((n_checks + 1))
+    "$LMSURGEON" $c --help | grep -q "usage: lmsurgeon $c" || {
+        echo "FAIL: $c --help" >&2
+        n_fail=$((n_fail + 1))
+    }
+done
+
+echo "$n_checks checks, $n_fail failed"
+[ "$n_fail" = 0 ]
