@@ -269,6 +269,24 @@ enum lms_status lms_write_all(int fd, const void *buf, size_t len, const char *p
     return LMS_OK;
 }
 
+enum lms_status lms_pwrite_all(int fd, const void *buf, size_t len, uint64_t at,
+                               const char *path, struct lms_error *err)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return lms_error_set(err, LMS_EIO, "writing '%s': %s", path,
+                                 w < 0 ? strerror(errno) : "short write");
+        p += w;
+        len -= (size_t)w;
+        at += (uint64_t)w;
+    }
+    return LMS_OK;
+}
+
 static enum lms_status finish_file(int fd, const char *path, struct lms_error *err)
 {
     if (fsync(fd) != 0) {

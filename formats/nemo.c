@@ -28,6 +28,8 @@
 #include "lms/nemo.h"
 #include "lms/outdir.h"
 
+#include "formats/nemo_impl.h"
+
 #define JSON_MAX_BYTES (64u << 20)
 
 /* ---- paths -------------------------------------------------------------------------------- */
@@ -451,11 +453,13 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
         f->o->progress(f->o->progress_ctx, done, total);
 }
 
-/* Writes the torch_dist checkpoint of m into the existing directory dir. */
-static enum lms_status write_weights(const struct lms_model *m, const char *dir,
-                                     const char *prefix, bool bridge,
-                                     const struct lms_write_opts *o, struct lms_write_result *r,
-                                     struct lms_error *err)
+/* Writes the torch_dist checkpoint of m: into the existing directory dir, or, when dir is NULL,
+ * the data file into fd at base with the small files returned in *files. */
+static enum lms_status write_weights_any(const struct lms_model *m, const char *dir, int fd,
+                                         const char *path, uint64_t base,
+                                         struct lms_dcp_w_files *files, const char *prefix,
+                                         bool bridge, const struct lms_write_opts *o,
+                                         struct lms_write_result *r, struct lms_error *err)
 {
     struct plan p = {.dtype = o->dtype};
     struct lms_pkl_writer cw;
@@ -465,9 +469,15 @@ static enum lms_status write_weights(const struct lms_model *m, const char *dir,
         rc = common_pickle(bridge, &cw, err);
     struct progress_fwd fwd = {o};
     struct lms_dcp_w_stats st = {0};
-    if (!rc)
+    if (!rc && dir)
         rc = lms_dcp_write(dir, p.t, p.n_t, p.b, p.n_b, cw.data, cw.len, progress_cb, &fwd, &st,
                            err);
+    else if (!rc) {
+        rc = lms_dcp_write_data(fd, path, base, p.t, p.n_t, p.b, p.n_b, cw.data, cw.len,
+                                progress_cb, &fwd, files, err);
+        if (!rc)
+            st = files->stats;
+    }
     if (!rc) {
         r->bytes = st.tensor_bytes;
         r->n_shards = 1;
@@ -476,6 +486,23 @@ static enum lms_status write_weights(const struct lms_model *m, const char *dir,
     lms_pkl_w_release(&cw);
     plan_release(&p);
     return rc;
+}
+
+static enum lms_status write_weights(const struct lms_model *m, const char *dir,
+                                     const char *prefix, bool bridge,
+                                     const struct lms_write_opts *o, struct lms_write_result *r,
+                                     struct lms_error *err)
+{
+    return write_weights_any(m, dir, -1, NULL, 0, NULL, prefix, bridge, o, r, err);
+}
+
+enum lms_status lms__nemo_write_weights_fd(const struct lms_model *m, int fd, const char *path,
+                                           uint64_t base, const char *prefix,
+                                           const struct lms_write_opts *o,
+                                           struct lms_dcp_w_files *files,
+                                           struct lms_write_result *r, struct lms_error *err)
+{
+    return write_weights_any(m, NULL, fd, path, base, files, prefix, false, o, r, err);
 }
 
 /* ---- reading: DCP -> model ---------------------------------------------------------------- */
@@ -961,7 +988,11 @@ static enum lms_status yaml_fields(const struct lms_arch *a, const char *indent,
         } else {
             struct lms_buf_str s = {0};
             rc = lms_json_dump(val, LMS_JSON_COMPACT, &s, err);
-            if (!rc)
+            const char *e = json_is_real(val) && s.data ? strchr(s.data, 'e') : NULL;
+            if (!rc && e && !memchr(s.data, '.', (size_t)(e - s.data))) /* YAML 1.1 float */
+                rc = lms_buf_str_printf(out, err, "%s%s: %.*s.0%s\n", indent, key,
+                                        (int)(e - s.data), s.data, e);
+            else if (!rc)
                 rc = lms_buf_str_printf(out, err, "%s%s: %s\n", indent, key,
                                         json_is_true(val)    ? "true"
                                         : json_is_false(val) ? "false"
@@ -1041,8 +1072,9 @@ static enum lms_status io_json_fields(const json_t *io, json_t **fields, char *c
 
 /* Megatron/NeMo config fields -> a Hugging Face config.json object, so that one parser (the HF
  * one) turns every source into an arch. Absent fields take the class defaults of §4.4. */
-static enum lms_status hf_from_fields(const json_t *f, const char *cls, const struct lms_dcp *d,
-                                      json_t **out, struct lms_error *err)
+enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
+                                         const struct lms_dcp *d, json_t **out,
+                                         struct lms_error *err)
 {
     enum lms_family fam;
     if (strncmp(cls, "Qwen3", 5) == 0)
@@ -1196,26 +1228,35 @@ static enum lms_status make_dir(const char *path, struct lms_error *err)
     return LMS_OK;
 }
 
-/* Shared reading tail: arch from an HF config object (consumed), then tensors. */
-static enum lms_status finish_read(const char *weights, json_t *hf, const char *fmt_name,
-                                   struct lms_model *m, struct lms_error *err)
+enum lms_status lms__nemo_model_read(const struct lms_dcp *d, json_t *hf, const char *fmt_name,
+                                     struct lms_model *m, struct lms_error *err)
 {
-    struct lms_dcp d;
     m->hf_config = hf;
     enum lms_status rc = lms_hf_config_parse(hf, &m->arch, err);
     if (rc)
         return lms_error_wrap(err, "model config: ");
-    rc = lms_dcp_open(weights, &d, err);
-    if (!rc)
-        rc = model_from_dcp(&d, m, err);
-    if (rc && err && strncmp(err->msg, "'", 1) != 0)
-        lms_error_wrap(err, "'%s': ", weights);
-    lms_dcp_release(&d);
+    rc = model_from_dcp(d, m, err);
     if (!rc) {
         m->source_format = lms_strdup(fmt_name);
         if (!m->source_format)
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
     }
+    return rc;
+}
+
+/* Shared reading tail: arch from an HF config object (consumed), then tensors. */
+static enum lms_status finish_read(const char *weights, json_t *hf, const char *fmt_name,
+                                   struct lms_model *m, struct lms_error *err)
+{
+    struct lms_dcp d;
+    enum lms_status rc = lms_dcp_open(weights, &d, err);
+    if (rc)
+        m->hf_config = hf; /* released with m */
+    else
+        rc = lms__nemo_model_read(&d, hf, fmt_name, m, err);
+    if (rc && err && strncmp(err->msg, "'", 1) != 0 && strncmp(err->msg, "model config", 12) != 0)
+        lms_error_wrap(err, "'%s': ", weights);
+    lms_dcp_release(&d);
     return rc;
 }
 
@@ -1268,7 +1309,7 @@ static enum lms_status nemo_read(const char *path, const struct lms_read_opts *o
         struct lms_dcp d;
         rc = lms_dcp_open(weights, &d, err);
         if (!rc)
-            rc = hf_from_fields(fields, cls, &d, &hf, err);
+            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
         lms_dcp_release(&d);
         json_decref(fields);
         if (rc)
@@ -1414,58 +1455,89 @@ static int megatron_probe(const char *path)
     return 0;
 }
 
-/* Flat "  key: value" fields under the top-level "model:" of run_config.yaml. */
-static enum lms_status run_config_fields(const char *path, json_t **out, char *cls,
-                                         size_t cls_cap, struct lms_error *err)
+/* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings). */
+static json_t *yaml_scalar(const char *v)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return lms_error_set(err, LMS_EFORMAT, "'%s': %s", path, strerror(errno));
+    size_t n = strlen(v);
+    if (n >= 2 && (v[0] == '\'' || v[0] == '"') && v[n - 1] == v[0])
+        return json_stringn(v + 1, n - 2);
+    if (strcmp(v, "true") == 0 || strcmp(v, "True") == 0)
+        return json_true();
+    if (strcmp(v, "false") == 0 || strcmp(v, "False") == 0)
+        return json_false();
+    if (strcmp(v, "null") == 0 || strcmp(v, "~") == 0 || n == 0)
+        return json_null();
+    char *end;
+    errno = 0;
+    long long i = strtoll(v, &end, 10);
+    if (end != v && !*end && !errno)
+        return json_integer(i);
+    double dv = strtod(v, &end);
+    return end != v && !*end ? json_real(dv) : json_string(v);
+}
+
+enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *section,
+                                      json_t **out, char *cls, size_t cls_cap,
+                                      struct lms_error *err)
+{
     json_t *o = json_object();
-    char line[1024];
-    bool in_model = false;
+    if (!o)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    size_t indent = section ? 2 : 0;
+    bool in_section = !section;
     cls[0] = 0;
-    while (fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = 0;
-        if (line[0] && line[0] != ' ' && line[0] != '#') {
-            in_model = strcmp(line, "model:") == 0;
+    char line[1024];
+    for (size_t at = 0; at < len;) {
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
+        snprintf(line, sizeof(line), "%.*s", (int)(ll < sizeof(line) ? ll : sizeof(line) - 1),
+                 text + at);
+        at += ll + 1;
+        line[strcspn(line, "\r")] = 0;
+        if (section && line[0] && line[0] != ' ' && line[0] != '#') {
+            char want[128];
+            snprintf(want, sizeof(want), "%s:", section);
+            in_section = strcmp(line, want) == 0;
             continue;
         }
-        if (!in_model || strncmp(line, "  ", 2) != 0 || line[2] == ' ')
+        size_t sp = strspn(line, " ");
+        if (!in_section || sp != indent || line[sp] == '#' || line[sp] == '-' || !line[sp])
             continue;
-        char *colon = strchr(line + 2, ':');
-        if (!colon || colon[1] != ' ')
+        char *colon = strchr(line + sp, ':');
+        if (!colon || (colon[1] != ' ' && colon[1] != 0))
             continue;
         *colon = 0;
-        const char *k = line + 2, *v = colon + 2;
+        const char *k = line + sp, *v = colon[1] ? colon + 2 : colon + 1;
+        v += strspn(v, " ");
+        if (!*v)
+            continue; /* a nested block */
         if (strcmp(k, "_target_") == 0) {
             const char *dot = strrchr(v, '.');
             snprintf(cls, cls_cap, "%s", dot ? dot + 1 : v);
             continue;
         }
-        json_t *val = NULL;
-        if (strcmp(v, "true") == 0)
-            val = json_true();
-        else if (strcmp(v, "false") == 0)
-            val = json_false();
-        else if (strcmp(v, "null") == 0)
-            val = json_null();
-        else {
-            char *end;
-            long long i = strtoll(v, &end, 10);
-            if (end != v && !*end)
-                val = json_integer(i);
-            else {
-                double dv = strtod(v, &end);
-                val = end != v && !*end ? json_real(dv) : json_string(v);
-            }
+        json_t *val = yaml_scalar(v);
+        if (!val || json_object_set_new(o, k, val) != 0) {
+            json_decref(o);
+            return lms_error_set(err, LMS_ENOMEM, "out of memory");
         }
-        json_object_set_new(o, k, val);
     }
-    fclose(f);
-    /* the family is in the provider class name (e.g. Qwen3ModelProvider) */
     *out = o;
     return LMS_OK;
+}
+
+/* Flat "  key: value" fields under the top-level "model:" of run_config.yaml; the family is in
+ * the provider class name (e.g. Qwen3ModelProvider). */
+static enum lms_status run_config_fields(const char *path, json_t **out, char *cls,
+                                         size_t cls_cap, struct lms_error *err)
+{
+    struct lms_storage *s;
+    enum lms_status rc = lms_storage_map_file(path, &s, err);
+    if (rc)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': cannot read", path);
+    rc = lms__nemo_yaml_fields(s->base, s->size, "model", out, cls, cls_cap, err);
+    lms_storage_release(s);
+    return rc;
 }
 
 static enum lms_status megatron_read(const char *path, const struct lms_read_opts *opts,
@@ -1495,7 +1567,7 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
         struct lms_dcp d;
         rc = lms_dcp_open(dir, &d, err);
         if (!rc)
-            rc = hf_from_fields(fields, cls, &d, &hf, err);
+            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
         lms_dcp_release(&d);
         json_decref(fields);
         if (rc)
@@ -1506,6 +1578,64 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
         rc = add_aux_from(m, p, err);
     if (rc)
         lms_model_release(m);
+    return rc;
+}
+
+/* train_state.pt / latest_train_state.pt (§5.1): torch.save of a dict of 0-d tensors, the
+ * TrainState of iteration 0. variable_seq_lengths is read by some Bridge versions and ignored by
+ * the others, so it is written too. */
+static enum lms_status write_train_state(const char *path, struct lms_error *err)
+{
+    static const struct {
+        const char *key;
+        enum lms_dtype dt;
+    } fields[] = {
+        {"step", LMS_DTYPE_I64},
+        {"consumed_train_samples", LMS_DTYPE_I64},
+        {"skipped_train_samples", LMS_DTYPE_I64},
+        {"consumed_valid_samples", LMS_DTYPE_I64},
+        {"variable_seq_lengths", LMS_DTYPE_BOOL},
+        {"floating_point_operations_so_far", LMS_DTYPE_F64},
+        {"do_train", LMS_DTYPE_BOOL},
+        {"do_valid", LMS_DTYPE_BOOL},
+        {"do_test", LMS_DTYPE_BOOL},
+    };
+    enum { N = sizeof(fields) / sizeof(fields[0]) };
+    struct lms_view *views[N] = {0};
+    struct lms_storage *zero = NULL;
+    struct lms_pkl_writer pw;
+    struct lms_zip_writer zw;
+    unsigned char scratch[1 << 16];
+    lms_pkl_w_init(&pw);
+    lms_zip_w_begin(&zw, -1, path, 0, "archive");
+    enum lms_status rc = lms_storage_new_host(8, &zero, err); /* every value is 0 / 0.0 / False */
+    lms_pkl_w_proto2(&pw);
+    lms_pkl_w_op(&pw, LMS_PKL_OP_EMPTY_DICT);
+    lms_pkl_w_op(&pw, LMS_PKL_OP_MARK);
+    for (int i = 0; i < N && !rc; i++) {
+        char key[8];
+        snprintf(key, sizeof(key), "%d", i);
+        lms_pkl_w_str(&pw, fields[i].key);
+        lms_pkl_w_tensor(&pw, fields[i].dt, key, 0, NULL);
+        rc = lms_view_new_storage(zero, 0, fields[i].dt, 0, NULL, &views[i], err);
+    }
+    lms_pkl_w_op(&pw, LMS_PKL_OP_SETITEMS);
+    if (!rc)
+        rc = lms_pkl_w_finish(&pw, err);
+    if (!rc)
+        rc = lms_torch_save_write(&zw, pw.data, pw.len, views, N, LMS_DTYPE_COUNT, scratch,
+                                  sizeof(scratch), err);
+    uint64_t len = 0;
+    if (!rc)
+        rc = lms_zip_w_finish(&zw, &len, err);
+    if (!rc)
+        rc = lms_write_file(path, zw.mem, (size_t)len, err);
+    lms_free(zw.mem);
+    lms_zip_w_release(&zw);
+    for (int i = 0; i < N; i++)
+        lms_view_release(views[i]);
+    lms_storage_release(zero);
+    lms_pkl_w_release(&pw);
     return rc;
 }
 
@@ -1541,12 +1671,33 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         size_t k = 0;
         while (nemo_classes[k].family != a.family)
             k++;
-        static const char *const prov[] = {"LlamaModelProvider", "MistralModelProvider",
-                                           "Qwen2ModelProvider", "Qwen3ModelProvider"};
+        static const char *const prov[] = {
+            "llama.llama_provider.LlamaModelProvider",
+            "mistral.mistral_provider.MistralModelProvider",
+            "qwen.qwen_provider.Qwen2ModelProvider",
+            "qwen.qwen_provider.Qwen3ModelProvider",
+        };
         rc = lms_buf_str_printf(&y, err, "model:\n  _target_: megatron.bridge.models.%s\n",
                                 prov[a.family]);
         if (!rc)
             rc = yaml_fields(&a, "  ", &y, err);
+        /* the parallel layout and checkpoint options the Bridge loader reads (§5.1) */
+        if (!rc)
+            rc = lms_buf_str_printf(&y, err,
+                                    "  tensor_model_parallel_size: 1\n"
+                                    "  pipeline_model_parallel_size: 1\n"
+                                    "  virtual_pipeline_model_parallel_size: null\n"
+                                    "  context_parallel_size: 1\n"
+                                    "  expert_model_parallel_size: 1\n"
+                                    "  sequence_parallel: false\n"
+                                    "checkpoint:\n"
+                                    "  _target_: megatron.bridge.training.config.CheckpointConfig\n"
+                                    "  ckpt_format: torch_dist\n"
+                                    "  fully_parallel_save: true\n"
+                                    "  save_optim: false\n"
+                                    "  save_rng: false\n"
+                                    "  load_optim: false\n"
+                                    "  load_rng: false\n");
         if (!rc)
             rc = lms_outdir_path(&od, "iter_0000000/run_config.yaml", p, sizeof(p), err);
         if (!rc)
@@ -1561,6 +1712,14 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         rc = lms_outdir_path(&od, "iter_0000000/tokenizer", p, sizeof(p), err);
     if (!rc)
         rc = copy_aux_to(m, p, &r, err);
+    if (!rc)
+        rc = lms_outdir_path(&od, "iter_0000000/train_state.pt", p, sizeof(p), err);
+    if (!rc)
+        rc = write_train_state(p, err);
+    if (!rc)
+        rc = lms_outdir_path(&od, "latest_train_state.pt", p, sizeof(p), err);
+    if (!rc)
+        rc = write_train_state(p, err);
     if (!rc)
         rc = lms_outdir_path(&od, "latest_checkpointed_iteration.txt", p, sizeof(p), err);
     if (!rc)

@@ -11,6 +11,7 @@ static const struct lms_format *const formats[] = {
     &lms_format_hf,
     &lms_format_nemo,
     &lms_format_megatron,
+    &lms_format_nemo1,
 };
 
 #define N_FORMATS (sizeof(formats) / sizeof(formats[0]))

@@ -380,6 +380,8 @@ enum lms_status lms_zip_w_add_view(struct lms_zip_writer *w, const char *rel,
         if (rc)
             return rc;
         at += (uint64_t)n * es;
+        if (numel > per)
+            lms_view_drop_pages(v); /* keep the resident set at one buffer's worth */
     }
     r->crc = crc;
     rc = write_local(w, r, err);

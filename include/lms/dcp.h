@@ -56,7 +56,25 @@ struct lms_dcp {
     struct lms_pkl_doc doc;         /* the parsed .metadata (file names live here) */
     struct lms_storage **files;     /* mapped data files (lms_dcp_open); owned references */
     char **file_names;              /* owned */
+    uint64_t *file_base;            /* byte offset of each file in its storage (archive member) */
+    uint64_t *file_len;             /* bytes of each file */
     size_t n_files;
+};
+
+/* Where the checkpoint's files live: the files of a directory, or members of an uncompressed
+ * archive that is mapped whole (a .nemo tarball stores every member contiguously), so tensors
+ * become views over the archive mapping without extracting anything. */
+struct lms_dcp_member {
+    const char *name; /* path inside the archive without a leading "./"; borrowed */
+    uint64_t offset;  /* first data byte in the archive */
+    uint64_t size;    /* bytes */
+};
+
+struct lms_dcp_source {
+    const char *dir;                      /* directory; with archive: member folder ("" = root) */
+    struct lms_storage *archive;          /* NULL: a directory; else the mapped archive, borrowed */
+    const struct lms_dcp_member *members; /* archive members (any order); borrowed */
+    size_t n_members;
 };
 
 /* Parses a .metadata pickle. OUT: d (release it, also on failure). */
@@ -66,6 +84,13 @@ enum lms_status lms_dcp_metadata_parse(const void *src, size_t src_len, struct l
  * checkpoint directory dir; every tensor gets its view. Errors start with the file at fault.
  * OUT: d (release it, also on failure). */
 enum lms_status lms_dcp_open(const char *dir, struct lms_dcp *d, struct lms_error *err);
+/* As lms_dcp_open, from a directory or archive members (views then hold references to the
+ * archive storage). */
+enum lms_status lms_dcp_open_source(const struct lms_dcp_source *src, struct lms_dcp *d,
+                                    struct lms_error *err);
+/* The archive member dir/name of src, or NULL. */
+const struct lms_dcp_member *lms_dcp_source_find(const struct lms_dcp_source *src,
+                                                 const char *name);
 void lms_dcp_release(struct lms_dcp *d);
 const struct lms_dcp_tensor *lms_dcp_find(const struct lms_dcp *d, const char *key);
 
@@ -75,6 +100,15 @@ const struct lms_dcp_tensor *lms_dcp_find(const struct lms_dcp *d, const char *k
 enum lms_status lms_torch_tensor_view(const void *src, size_t src_len, struct lms_storage *s,
                                       uint64_t base_off, int list_index, struct lms_view **out,
                                       struct lms_error *err);
+
+/* Reads a torch.save state dict (a dict of tensors, or a Lightning checkpoint holding one under
+ * "state_dict") from the zip at bytes [base, base + len) of storage s, as d->tensors with whole
+ * views and no chunks; values that are not tensors (_extra_state, None) are skipped. Pre-mcore
+ * names (language_model.encoder.layers.N.self_attention.query_key_value.weight, ...) are renamed
+ * to their Megatron-Core keys (decoder.layers.N.self_attention.linear_qkv.weight). OUT: d
+ * (release it, also on failure). */
+enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, uint64_t len,
+                                          struct lms_dcp *d, struct lms_error *err);
 
 /* ---- writer ------------------------------------------------------------------------------ */
 
@@ -112,6 +146,33 @@ enum lms_status lms_dcp_write(const char *dir, const struct lms_dcp_w_tensor *te
                               void (*progress)(void *ctx, uint64_t done, uint64_t total),
                               void *progress_ctx, struct lms_dcp_w_stats *stats,
                               struct lms_error *err);
+
+/* metadata.json of a torch_dist checkpoint, as Megatron writes it (§2.2). */
+#define LMS_DCP_METADATA_JSON                                                                   \
+    "{\"sharded_backend\": \"torch_dist\", \"sharded_backend_version\": 1, "                     \
+    "\"common_backend\": \"torch\", \"common_backend_version\": 1}"
+
+/* The small files of a checkpoint whose data file was written by lms_dcp_write_data. */
+struct lms_dcp_w_files {
+    unsigned char *metadata; /* .metadata pickle; lms_malloc'd */
+    size_t metadata_len;
+    unsigned char *common;   /* common.pt (torch.save zip); lms_malloc'd */
+    size_t common_len;
+    uint64_t data_len;       /* bytes of the data file written */
+    struct lms_dcp_w_stats stats;
+};
+
+/* Writes the data file (__0_0.distcp) at file offset base of fd (a seekable file, e.g. an
+ * archive member being written) and builds .metadata and common.pt in memory; nothing is
+ * fsync'd. Pages of the source views are dropped after each chunk. OUT: files (release it). */
+enum lms_status lms_dcp_write_data(int fd, const char *path, uint64_t base,
+                                   const struct lms_dcp_w_tensor *tensors, size_t n_tensors,
+                                   const struct lms_dcp_w_bytes *bytes, size_t n_bytes,
+                                   const void *common_pkl, size_t common_len,
+                                   void (*progress)(void *ctx, uint64_t done, uint64_t total),
+                                   void *progress_ctx, struct lms_dcp_w_files *files,
+                                   struct lms_error *err);
+void lms_dcp_w_files_release(struct lms_dcp_w_files *files);
 
 /* torch.save([uint8 tensor 80 02 4E 2E]): the recommended _extra_state payload (§2.7), built
  * in memory. OUT: *dst (lms_free it), *dst_len. */

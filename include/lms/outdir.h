@@ -40,6 +40,9 @@ enum lms_status lms_path_check_not_input(const char *dest, const char *input,
 /* Writes all of buf to fd, retrying short writes; errors name path. */
 enum lms_status lms_write_all(int fd, const void *buf, size_t len, const char *path,
                               struct lms_error *err);
+/* Writes all of buf to fd at file offset at (pwrite), retrying short writes. */
+enum lms_status lms_pwrite_all(int fd, const void *buf, size_t len, uint64_t at,
+                               const char *path, struct lms_error *err);
 /* Copies a file byte for byte to dst_path (created, fsync'd). */
 enum lms_status lms_copy_file(const char *src_path, const char *dst_path,
                               struct lms_error *err);

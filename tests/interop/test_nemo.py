@@ -194,6 +194,32 @@ def test_megatron_layout(tmp_path):
     for k, v in want.items():
         assert torch.equal(got[k], v), k
     assert os.path.exists(os.path.join(it, "tokenizer", "generation_config.json"))
+    # §5.1: the TrainState of iteration 0, in both places Bridge looks, readable in torch's
+    # restricted mode, with the dtypes Bridge's TrainState.state_dict produces
+    for f in [out / "latest_train_state.pt", out / "iter_0000000" / "train_state.pt"]:
+        ts = torch.load(f, weights_only=True)
+        want_dt = {"step": torch.int64, "consumed_train_samples": torch.int64,
+                   "skipped_train_samples": torch.int64, "consumed_valid_samples": torch.int64,
+                   "floating_point_operations_so_far": torch.float64, "do_train": torch.bool,
+                   "do_valid": torch.bool, "do_test": torch.bool}
+        for k, dt in want_dt.items():
+            assert ts[k].dtype == dt and ts[k].dim() == 0 and ts[k].item() == 0, k
+    # run_config.yaml: a ConfigContainer-shaped YAML whose model section matches the HF config
+    import yaml
+    rc = yaml.safe_load(open(os.path.join(it, "run_config.yaml")))
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    m = rc["model"]
+    assert m["_target_"].endswith("Qwen3ModelProvider")
+    assert m["num_layers"] == cfg["num_hidden_layers"]
+    assert m["hidden_size"] == cfg["hidden_size"]
+    assert m["ffn_hidden_size"] == cfg["intermediate_size"]
+    assert m["num_attention_heads"] == cfg["num_attention_heads"]
+    assert m["num_query_groups"] == cfg["num_key_value_heads"]
+    assert m["kv_channels"] == cfg["head_dim"]
+    assert m["layernorm_epsilon"] == cfg["rms_norm_eps"]  # a float, not the string "1e-06"
+    assert m["vocab_size"] == cfg["vocab_size"] and m["qk_layernorm"] is True
+    assert m["tensor_model_parallel_size"] == 1 and m["pipeline_model_parallel_size"] == 1
+    assert rc["checkpoint"]["ckpt_format"] == "torch_dist"
 
 
 @pytest.mark.parametrize("model", ["models/qwen3-tiny", "models/qwen2-tiny", "models/llama-tiny"])
