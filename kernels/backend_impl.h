@@ -156,11 +156,11 @@ struct lms_backend {
     void *impl;                        /* backend-private context */
 };
 
-/* Backends compiled into this build; NULL for kinds that are not. */
+/* The CPU backend, always built in. */
 const struct lms_backend_ops *lms__backend_cpu_ops(void);
-#ifdef LMS_HAVE_CUDA
+/* The CUDA backend's table: defined in liblmsurgeon-cuda.so, which kernels/backend.c loads with
+ * dlopen when a CUDA device is opened (bench/forward_gpu links it directly). */
 const struct lms_backend_ops *lms__backend_cuda_ops(void);
-#endif
 
 static inline enum lms_dtype lms__backend_weight_dtype(const struct lms_backend *be,
                                                        enum lms_dtype ckpt)
