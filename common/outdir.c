@@ -126,6 +126,33 @@ static enum lms_status fsync_path(const char *path, struct lms_error *err)
     return LMS_OK;
 }
 
+/* fsyncs every regular file below dir, then dir itself. Writers may only start write-back
+ * (sync_file_range) so that the disk works on every file at once; durability is settled here,
+ * once, before anything is renamed into place. */
+static enum lms_status fsync_tree(const char *dir, struct lms_error *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return lms_error_set(err, LMS_EIO, "opening '%s' to sync: %s", dir, strerror(errno));
+    enum lms_status rc = LMS_OK;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char child[PATH_MAX];
+        struct stat sb;
+        int n = snprintf(child, sizeof(child), "%s/%s", dir, e->d_name);
+        if (n < 0 || (size_t)n >= sizeof(child) || lstat(child, &sb) != 0)
+            continue;
+        if (S_ISDIR(sb.st_mode))
+            rc = fsync_tree(child, err);
+        else if (S_ISREG(sb.st_mode))
+            rc = fsync_path(child, err);
+    }
+    closedir(d);
+    return rc ? rc : fsync_path(dir, err);
+}
+
 static void free_outdir(struct lms_outdir *od)
 {
     lms_free(od->dest);
@@ -138,7 +165,7 @@ enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err)
     char parent[PATH_MAX], name[NAME_MAX + 1], old[PATH_MAX];
     enum lms_status rc = split_dest(od->dest, parent, sizeof(parent), name, sizeof(name), err);
     if (!rc)
-        rc = fsync_path(od->tmp, err);
+        rc = fsync_tree(od->tmp, err);
     if (rc) {
         lms_outdir_abort(od);
         return rc;

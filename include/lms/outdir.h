@@ -28,7 +28,9 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
 /* Path of name inside the temporary directory, written to dst. */
 enum lms_status lms_outdir_path(const struct lms_outdir *od, const char *name, char *dst,
                                 size_t dst_cap, struct lms_error *err);
-/* fsyncs the temporary directory, renames it into place and frees od. */
+/* fsyncs every file in the temporary directory and the directory itself, renames it into place
+ * and frees od. Writers therefore need not fsync each file: starting write-back early
+ * (sync_file_range) lets the disk work while the next file is written. */
 enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err);
 /* Removes the temporary directory and everything in it, frees od. Safe after a failed begin. */
 void lms_outdir_abort(struct lms_outdir *od);
