@@ -126,9 +126,8 @@ static enum lms_status fsync_path(const char *path, struct lms_error *err)
     return LMS_OK;
 }
 
-/* fsyncs every regular file below dir, then dir itself. Writers may only start write-back
- * (sync_file_range) so that the disk works on every file at once; durability is settled here,
- * once, before anything is renamed into place. */
+/* fsyncs every regular file below dir, then dir itself: durability is settled here, once,
+ * before anything is renamed into place, so writers need not fsync file by file. */
 static enum lms_status fsync_tree(const char *dir, struct lms_error *err)
 {
     DIR *d = opendir(dir);

@@ -500,9 +500,8 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
             rc = copy_chunked(s, o, fd, path, err);
         lms_view_drop_pages(o->view);
     }
-    /* start write-back now; lms_outdir_commit fsyncs every file before the rename */
-    if (!rc)
-        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    /* no fsync here: lms_outdir_commit fsyncs every file before the rename, and leaving the
+     * write-back to the kernel until then measured faster than starting it per shard */
 out:
     if (fd >= 0 && close(fd) != 0 && !rc)
         rc = lms_error_set(err, LMS_EIO, "closing '%s': %s", path, strerror(errno));

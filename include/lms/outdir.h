@@ -29,8 +29,8 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
 enum lms_status lms_outdir_path(const struct lms_outdir *od, const char *name, char *dst,
                                 size_t dst_cap, struct lms_error *err);
 /* fsyncs every file in the temporary directory and the directory itself, renames it into place
- * and frees od. Writers therefore need not fsync each file: starting write-back early
- * (sync_file_range) lets the disk work while the next file is written. */
+ * and frees od. Writers therefore need not fsync each file (one pass at the end lets the kernel
+ * schedule the write-back of all files together). */
 enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err);
 /* Removes the temporary directory and everything in it, frees od. Safe after a failed begin. */
 void lms_outdir_abort(struct lms_outdir *od);
