@@ -1221,6 +1221,25 @@ static enum lms_status write_hf_config(const struct lms_model *m, const struct l
     return rc;
 }
 
+/* The files every NeMo/Megatron output carries beside the weights: our hf_config.json (exact
+ * HF round trips) in config_dir and the tokenizer/generation files in tokenizer_dir. */
+static enum lms_status write_sidecars(const struct lms_model *m, const struct lms_arch *a,
+                                      const struct lms_outdir *od, const char *config_dir,
+                                      const char *tokenizer_dir, struct lms_write_result *r,
+                                      struct lms_error *err)
+{
+    char name[256], p[PATH_MAX];
+    snprintf(name, sizeof(name), "%s/hf_config.json", config_dir);
+    enum lms_status rc = lms_outdir_path(od, name, p, sizeof(p), err);
+    if (!rc)
+        rc = write_hf_config(m, a, p, err);
+    if (!rc)
+        rc = lms_outdir_path(od, tokenizer_dir, p, sizeof(p), err);
+    if (!rc)
+        rc = copy_aux_to(m, p, r, err);
+    return rc;
+}
+
 static enum lms_status make_dir(const char *path, struct lms_error *err)
 {
     if (mkdir(path, 0755) != 0 && errno != EEXIST)
@@ -1380,13 +1399,7 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
         lms_buf_str_release(&y);
     }
     if (!rc)
-        rc = lms_outdir_path(&od, "context/hf_config.json", p, sizeof(p), err);
-    if (!rc)
-        rc = write_hf_config(m, &a, p, err);
-    if (!rc)
-        rc = lms_outdir_path(&od, "context/nemo_tokenizer", p, sizeof(p), err);
-    if (!rc)
-        rc = copy_aux_to(m, p, &r, err);
+        rc = write_sidecars(m, &a, &od, "context", "context/nemo_tokenizer", &r, err);
     if (rc) {
         lms_outdir_abort(&od);
         return rc;
@@ -1705,13 +1718,7 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         lms_buf_str_release(&y);
     }
     if (!rc)
-        rc = lms_outdir_path(&od, "iter_0000000/hf_config.json", p, sizeof(p), err);
-    if (!rc)
-        rc = write_hf_config(m, &a, p, err);
-    if (!rc)
-        rc = lms_outdir_path(&od, "iter_0000000/tokenizer", p, sizeof(p), err);
-    if (!rc)
-        rc = copy_aux_to(m, p, &r, err);
+        rc = write_sidecars(m, &a, &od, "iter_0000000", "iter_0000000/tokenizer", &r, err);
     if (!rc)
         rc = lms_outdir_path(&od, "iter_0000000/train_state.pt", p, sizeof(p), err);
     if (!rc)
