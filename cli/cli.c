@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -97,6 +98,17 @@ void cli_normalize_flags(int argc, char **argv)
             if (*p == '_')
                 *p = '-';
     }
+}
+
+bool cli_parse_count(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || v <= 0 || errno == ERANGE)
+        return false;
+    *out = v;
+    return true;
 }
 
 bool cli_parse_size(const char *s, uint64_t *out)

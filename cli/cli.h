@@ -45,6 +45,8 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * spelling in place, so getopt_long sees one spelling. Only the flag name before '=' changes. */
 void cli_normalize_flags(int argc, char **argv);
 
+/* Parses a positive decimal integer (the whole string); false for 0, negatives or junk. */
+bool cli_parse_count(const char *s, int64_t *out);
 /* Parses a size with an optional unit: 5GB, 500MB, 2GiB, 1000 (bytes). */
 bool cli_parse_size(const char *s, uint64_t *out);
 /* Formats bytes for people: "4.12 GB". */

@@ -41,16 +41,6 @@ static const char usage_text[] =
 
 static const char *cmd = "eval";
 
-static bool parse_pos(const char *s, int64_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v <= 0)
-        return false;
-    *out = v;
-    return true;
-}
-
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
@@ -103,11 +93,11 @@ int cmd_eval(int argc, char **argv)
             data = optarg;
             break;
         case 'S':
-            if (!parse_pos(optarg, &S) || S < 2 || S > (1 << 20))
+            if (!cli_parse_count(optarg, &S) || S < 2 || S > (1 << 20))
                 return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 1048576)", optarg);
             break;
         case 'n':
-            if (!parse_pos(optarg, &n_win))
+            if (!cli_parse_count(optarg, &n_win))
                 return cli_usage_error(cmd, "invalid --num-samples '%s'", optarg);
             have_n = true;
             break;
@@ -115,14 +105,14 @@ int cmd_eval(int argc, char **argv)
             all = true;
             break;
         case 'b':
-            if (!parse_pos(optarg, &B) || B > 4096)
+            if (!cli_parse_count(optarg, &B) || B > 4096)
                 return cli_usage_error(cmd, "invalid --batch-size '%s' (1 to 4096)", optarg);
             break;
         case 'd':
             device = optarg;
             break;
         case 't':
-            if (!parse_pos(optarg, &threads) || threads > 4096)
+            if (!cli_parse_count(optarg, &threads) || threads > 4096)
                 return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
             break;
         case 'P':

@@ -32,16 +32,6 @@ static const char usage_text[] =
 
 static const char *cmd = "generate";
 
-static bool parse_pos(const char *s, int64_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v <= 0)
-        return false;
-    *out = v;
-    return true;
-}
-
 static json_t *ids_json(const int32_t *ids, int64_t n)
 {
     json_t *a = json_array();
@@ -75,7 +65,7 @@ int cmd_generate(int argc, char **argv)
             prompt = optarg;
             break;
         case 'n':
-            if (!parse_pos(optarg, &max_new) || max_new > (1 << 20))
+            if (!cli_parse_count(optarg, &max_new) || max_new > (1 << 20))
                 return cli_usage_error(cmd, "invalid --max-new-tokens '%s'", optarg);
             break;
         case 'k':
@@ -85,7 +75,7 @@ int cmd_generate(int argc, char **argv)
             device = optarg;
             break;
         case 't':
-            if (!parse_pos(optarg, &threads) || threads > 4096)
+            if (!cli_parse_count(optarg, &threads) || threads > 4096)
                 return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
             break;
         case 'j':

@@ -50,16 +50,6 @@ struct prune_args {
     struct lms_write_opts wo;
 };
 
-static bool parse_count(const char *s, int64_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v < 0 || v > (INT64_C(1) << 40))
-        return false;
-    *out = v;
-    return true;
-}
-
 /* Parses "24-31,33" (1-based, inclusive ranges) into a 0-based membership array of L. */
 static enum lms_status parse_layer_list(const char *s, int64_t L, bool *member,
                                         struct lms_error *err)
@@ -430,7 +420,7 @@ int cmd_prune(int argc, char **argv)
         case O_TH:
         case O_TA:
         case O_TG:
-            if (!parse_count(optarg, counts[c - O_TL]) || *counts[c - O_TL] == 0)
+            if (!cli_parse_count(optarg, counts[c - O_TL]) || *counts[c - O_TL] > (INT64_C(1) << 40))
                 return cli_usage_error("prune", "a --target option needs a positive integer, got '%s'",
                                        optarg);
             break;

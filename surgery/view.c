@@ -274,6 +274,7 @@ static enum lms_status read_select(const struct lms_view *v, int64_t e0, int64_t
     int64_t inner = inner_size(v, axis);
     int64_t k_out = v->shape[axis], k_src = src->shape[axis];
     size_t es = lms_dtype_size(v->dtype);
+    char *row = NULL; /* one source row, allocated once per call when a composed source needs it */
     while (n > 0) {
         int64_t block = e0 / inner; /* (outer, i) pair */
         int64_t r = e0 % inner;
@@ -282,15 +283,14 @@ static enum lms_status read_select(const struct lms_view *v, int64_t e0, int64_t
             /* column gather from a composed source: materialise whole source rows once, then
              * gather from them, instead of one recursive read per element */
             int64_t m = k_out - i < n ? k_out - i : n;
-            char *row = lms_malloc((size_t)k_src * es);
-            if (!row)
+            if (!row && !(row = lms_malloc((size_t)k_src * es)))
                 return lms_error_set(err, LMS_ENOMEM, "out of memory");
             enum lms_status rc = lms_view_read(src, o * k_src, k_src, row, err);
-            if (!rc)
-                gather_elems(dst, row, es, index + i, m, 1);
-            lms_free(row);
-            if (rc)
+            if (rc) {
+                lms_free(row);
                 return rc;
+            }
+            gather_elems(dst, row, es, index + i, m, 1);
             dst += (size_t)m * es;
             e0 += m;
             n -= m;
@@ -311,12 +311,15 @@ static enum lms_status read_select(const struct lms_view *v, int64_t e0, int64_t
         int64_t m = inner - r < n ? inner - r : n;
         int64_t se = (o * k_src + index[i]) * inner + r;
         enum lms_status rc = lms_view_read(src, se, m, dst, err);
-        if (rc)
+        if (rc) {
+            lms_free(row);
             return rc;
+        }
         dst += (size_t)m * es;
         e0 += m;
         n -= m;
     }
+    lms_free(row);
     return LMS_OK;
 }
 
