@@ -76,6 +76,30 @@ static void print_ids(const struct lms_ids *ids, bool json)
         fputc(']', stdout);
 }
 
+/* Parses the decimal id at [p, end) without reading past end: the input is raw bytes from
+ * stdin with no terminator, so strtol (which scans to a NUL) must not be used on it. Returns
+ * the byte after the id, or NULL when [p, end) does not start with an id in 0..INT32_MAX. */
+static const char *parse_id(const char *p, const char *end, int32_t *out)
+{
+    int64_t v = 0;
+    const char *q = p;
+    while (q < end && *q >= '0' && *q <= '9') {
+        v = v * 10 + (*q - '0');
+        if (v > INT32_MAX)
+            return NULL;
+        q++;
+    }
+    if (q == p)
+        return NULL;
+    *out = (int32_t)v;
+    return q;
+}
+
+static bool is_id_separator(char c)
+{
+    return c == ' ' || c == ',' || c == '\n' || c == '\t' || c == '[' || c == ']' || c == '\r';
+}
+
 static int decode_mode(struct lms_tokenizer *tk, const char *text, size_t len, bool skip,
                        const struct cli_common *co)
 {
@@ -84,27 +108,32 @@ static int decode_mode(struct lms_tokenizer *tk, const char *text, size_t len, b
     int32_t *ids = lms_malloc(cap * sizeof(int32_t));
     const char *p = text, *end = text + len;
     while (ids && p < end) {
-        while (p < end && (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t' || *p == '[' ||
-                           *p == ']' || *p == '\r'))
+        while (p < end && is_id_separator(*p))
             p++;
         if (p >= end)
             break;
-        char *q;
-        errno = 0;
-        long v = strtol(p, &q, 10);
-        if (q == p || errno || v < 0 || v > INT32_MAX) {
+        int32_t v;
+        const char *q = parse_id(p, end, &v);
+        if (!q || (q < end && !is_id_separator(*q))) {
+            const char *tok_end = p;
+            while (tok_end < end && tok_end - p < 20 && !is_id_separator(*tok_end))
+                tok_end++;
             lms_free(ids);
-            lms_error_set(&err, LMS_EFORMAT, "decoding: '%.20s' is not a token id", p);
+            lms_error_set(&err, LMS_EFORMAT, "decoding: '%.*s' is not a token id",
+                          (int)(tok_end - p), p);
             return cli_fail(cmd, co, &err);
         }
         if (n == cap) {
             int32_t *r = lms_realloc(ids, 2 * cap * sizeof(int32_t));
-            if (!r)
+            if (!r) {
+                lms_free(ids);
+                ids = NULL;
                 break;
+            }
             ids = r;
             cap *= 2;
         }
-        ids[n++] = (int32_t)v;
+        ids[n++] = v;
         p = q;
     }
     if (!ids) {
