@@ -128,12 +128,13 @@ static const char *const selection_names[] = {
 
 const char *lms_layer_selection_name(enum lms_layer_selection sel)
 {
-    return (unsigned)sel <= LMS_LAYERS_AUTO ? selection_names[sel] : "?";
+    size_t n = sizeof(selection_names) / sizeof(selection_names[0]);
+    return (size_t)sel < n ? selection_names[sel] : "?";
 }
 
 bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel)
 {
-    for (unsigned i = 0; i <= LMS_LAYERS_AUTO; i++)
+    for (size_t i = 0; i < sizeof(selection_names) / sizeof(selection_names[0]); i++)
         if (!strcmp(name, selection_names[i])) {
             *sel = (enum lms_layer_selection)i;
             return true;

@@ -51,6 +51,7 @@ enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct
 /* Depth selectors (pruning-and-distillation.md §3.6). The data-free ones need no scores; the
  * others read the depth metrics of struct lms_depth_scores (computed by calibration). */
 enum lms_layer_selection {
+    LMS_LAYERS_AUTO,            /* the default (zero): see lms_prune_plan_make */
     LMS_LAYERS_CONTIGUOUS_LAST, /* drop one block ending just before the last layer */
     LMS_LAYERS_LAST,            /* drop the last layers */
     LMS_LAYERS_IMPORTANCE,      /* drop the lowest per-layer scores of an importance file */
@@ -59,7 +60,6 @@ enum lms_layer_selection {
     LMS_LAYERS_PPL,             /* drop the layers whose lone removal costs the least LM loss */
     LMS_LAYERS_CONTIGUOUS,      /* drop the contiguous block whose removal costs the least loss */
     LMS_LAYERS_EXPLICIT,        /* a user list (targets.drop_layers / keep_layers) */
-    LMS_LAYERS_AUTO,            /* the default: see lms_prune_plan_make */
 };
 /* "contiguous-last", "last", "importance", "bi", "block-bi", "ppl", "contiguous", "explicit",
  * "auto". */
@@ -93,7 +93,7 @@ struct lms_prune_targets {
     int64_t n_heads;  /* n_h' (the same number in every kept group) */
     int64_t n_groups; /* n_g' (whole groups with their heads) */
     const char *drop_layers, *keep_layers; /* 1-based lists; at most one, not with n_layers */
-    enum lms_layer_selection selection;    /* for n_layers; LMS_LAYERS_AUTO when unsure */
+    enum lms_layer_selection selection;    /* for n_layers; 0 = LMS_LAYERS_AUTO */
 };
 
 /* Depth metrics from calibration (any may be NULL). Per-layer arrays have L entries, higher =
