@@ -293,9 +293,10 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
         targets_of(&c[i], &t);
         struct lms_prune_plan plan;
         struct lms_model pm;
-        struct lms_depth_scores depth;
-        prune_calib_depth(cal, c[i].n_layers, &depth);
-        rc = lms_prune_plan_make(in, &t, imp, &depth, &plan, NULL, err);
+        struct lms_importance view;
+        rc = prune_calib_scores_for(cal, in, imp, c[i].n_layers, &view, err);
+        if (!rc)
+            rc = lms_prune_plan_make(in, &t, &view, &plan, NULL, err);
         if (!rc && !(rc = lms_prune_apply(in, &plan, &pm, err))) {
             lms_assert(lms_model_n_params(&pm) == c[i].n_params);
             rc = prune_calib_eval(cal, &pm, &c[i].loss, err);
@@ -393,11 +394,11 @@ static int run(struct prune_args *a)
     }
     if (!rc && a->target_params)
         rc = search(a, &in, &imp, cal, &table, &err);
-    struct lms_depth_scores depth = {0};
-    if (cal)
-        prune_calib_depth(cal, a->t.n_layers, &depth);
+    struct lms_importance view = imp;
+    if (!rc && cal)
+        rc = prune_calib_scores_for(cal, &in, &imp, a->t.n_layers, &view, &err);
     if (!rc)
-        rc = lms_prune_plan_make(&in, &a->t, &imp, cal ? &depth : NULL, &plan, &report, &err);
+        rc = lms_prune_plan_make(&in, &a->t, &view, &plan, &report, &err);
     if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
         have_out = true;
     struct lms_write_result res = {0};

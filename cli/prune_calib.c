@@ -25,10 +25,13 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
     return lms_error_set(err, LMS_EUNSUPPORTED, "calibration is not available");
 }
 
-void prune_calib_depth(const struct prune_calib *c, int64_t n_keep, struct lms_depth_scores *d)
+enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_model *m,
+                                       const struct lms_importance *imp, int64_t n_keep,
+                                       struct lms_importance *view, struct lms_error *err)
 {
-    (void)c, (void)n_keep;
-    *d = (struct lms_depth_scores){0};
+    (void)c, (void)m, (void)n_keep, (void)err;
+    *view = *imp;
+    return LMS_OK;
 }
 
 enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *m, double *loss,

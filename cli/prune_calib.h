@@ -36,8 +36,12 @@ void prune_calib_defaults(struct prune_calib_opts *o);
 enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_calib_opts *o,
                                 struct prune_calib **out, struct lms_importance *imp,
                                 struct lms_error *err);
-/* Depth metrics for a depth target of n_keep layers (0: none), borrowed from c. */
-void prune_calib_depth(const struct prune_calib *c, int64_t n_keep, struct lms_depth_scores *d);
+/* The scores to plan a depth target of n_keep layers with (0: none): imp's, with the layer
+ * metric of a block selector recomputed for blocks of L - n_keep layers when imp's are for
+ * another length (the budget search). OUT: *view, borrowing from imp and c (never release it). */
+enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_model *m,
+                                       const struct lms_importance *imp, int64_t n_keep,
+                                       struct lms_importance *view, struct lms_error *err);
 /* LM loss of a (pruned) model on the held-out windows. */
 enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *m, double *loss,
                                  struct lms_error *err);

@@ -68,17 +68,35 @@ static json_t *json_indices(const int64_t *x, int64_t n)
     return a;
 }
 
-/* The per-layer scores a selector ranks by, and the name of that metric. */
-static const double *layer_metric(enum lms_layer_selection sel, const struct lms_importance *imp,
-                                  const struct lms_depth_scores *d, const char **metric)
+/* The selector that reads an importance's layer metric. */
+static enum lms_layer_selection selection_of_metric(enum lms_layer_metric m)
 {
+    switch (m) {
+    case LMS_LAYER_METRIC_BI:
+        return LMS_LAYERS_BI;
+    case LMS_LAYER_METRIC_BLOCK_BI:
+        return LMS_LAYERS_BLOCK_BI;
+    case LMS_LAYER_METRIC_PPL:
+        return LMS_LAYERS_PPL;
+    case LMS_LAYER_METRIC_CONTIGUOUS:
+        return LMS_LAYERS_CONTIGUOUS;
+    default:
+        return LMS_LAYERS_IMPORTANCE;
+    }
+}
+
+/* The per-layer scores a selector ranks by (NULL: imp does not hold them). */
+static const double *layer_metric(enum lms_layer_selection sel, const struct lms_importance *imp,
+                                  const char **metric)
+{
+    enum lms_layer_metric m = imp ? imp->layer_metric : LMS_LAYER_METRIC_NONE;
     switch (sel) {
     case LMS_LAYERS_BI:
-        *metric = "block influence (1 - mean cos(layer input, layer output))";
-        return d ? d->bi : NULL;
+        *metric = "block influence, 1 - mean cos(layer input, layer output)";
+        return m == LMS_LAYER_METRIC_BI || m == LMS_LAYER_METRIC_BLOCK_BI ? imp->layers : NULL;
     case LMS_LAYERS_PPL:
-        *metric = "LM loss with only this layer removed";
-        return d ? d->ppl : NULL;
+        *metric = "LM loss increase with only this layer removed";
+        return m == LMS_LAYER_METRIC_PPL ? imp->layers : NULL;
     case LMS_LAYERS_IMPORTANCE:
         *metric = "layer scores of the importance file";
         return imp ? imp->layers : NULL;
@@ -88,29 +106,32 @@ static const double *layer_metric(enum lms_layer_selection sel, const struct lms
     }
 }
 
-static const double *block_metric(enum lms_layer_selection sel, const struct lms_depth_scores *d,
+/* The per-block scores of a block selector for blocks of n_drop layers (NULL: not held). */
+static const double *block_metric(enum lms_layer_selection sel, const struct lms_importance *imp,
                                   int64_t n_drop, const char **metric)
 {
     *metric = sel == LMS_LAYERS_BLOCK_BI
-                  ? "block influence of each contiguous block (1 - mean cos(block input, block "
-                    "output))"
-                  : "LM loss with each contiguous block removed";
-    if (!d || d->block_len != n_drop)
+                  ? "block influence of each contiguous block, 1 - mean cos(block input, block "
+                    "output)"
+                  : "LM loss increase with each contiguous block removed";
+    enum lms_layer_metric want =
+        sel == LMS_LAYERS_BLOCK_BI ? LMS_LAYER_METRIC_BLOCK_BI : LMS_LAYER_METRIC_CONTIGUOUS;
+    if (!imp || imp->layer_metric != want || !imp->blocks || imp->block_size != n_drop)
         return NULL;
-    return sel == LMS_LAYERS_BLOCK_BI ? d->block_bi : d->block_loss;
+    return imp->blocks;
 }
 
-/* Which selector LMS_LAYERS_AUTO means for the scores at hand. */
-static enum lms_layer_selection resolve_auto(const struct lms_importance *imp,
-                                             const struct lms_depth_scores *d, int64_t n_drop)
+/* Which selector LMS_LAYERS_AUTO (or IMPORTANCE) means for the scores at hand. */
+static enum lms_layer_selection resolve(enum lms_layer_selection sel,
+                                        const struct lms_importance *imp)
 {
-    const char *unused;
-    if (layer_metric(LMS_LAYERS_DEFAULT_DATA, imp, d, &unused) ||
-        block_metric(LMS_LAYERS_DEFAULT_DATA, d, n_drop, &unused))
-        return LMS_LAYERS_DEFAULT_DATA;
+    if (sel != LMS_LAYERS_AUTO && sel != LMS_LAYERS_IMPORTANCE)
+        return sel;
+    if (imp && imp->layer_metric != LMS_LAYER_METRIC_NONE)
+        return selection_of_metric(imp->layer_metric);
     if (imp && imp->layers)
         return LMS_LAYERS_IMPORTANCE;
-    return LMS_LAYERS_CONTIGUOUS_LAST;
+    return sel == LMS_LAYERS_AUTO ? LMS_LAYERS_CONTIGUOUS_LAST : LMS_LAYERS_IMPORTANCE;
 }
 
 static enum lms_status plan_explicit(const struct lms_prune_targets *t, int64_t L,
@@ -141,8 +162,7 @@ static enum lms_status plan_explicit(const struct lms_prune_targets *t, int64_t 
 
 /* Depth part of the plan; rep gets the "layers" entry of the report. */
 static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
-                                  const struct lms_importance *imp,
-                                  const struct lms_depth_scores *d, struct lms_keep *keep,
+                                  const struct lms_importance *imp, struct lms_keep *keep,
                                   json_t *rep, struct lms_error *err)
 {
     enum lms_status rc;
@@ -156,14 +176,21 @@ static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
         return LMS_OK;
     } else {
         int64_t n_drop = L - t->n_layers;
-        enum lms_layer_selection sel =
-            t->selection == LMS_LAYERS_AUTO ? resolve_auto(imp, d, n_drop) : t->selection;
+        enum lms_layer_selection sel = resolve(t->selection, imp);
         json_object_set_new(o, "selection", json_string(lms_layer_selection_name(sel)));
         if (t->selection == LMS_LAYERS_AUTO)
             json_object_set_new(o, "chosen_by", json_string("default"));
         const char *metric = NULL;
         if (sel == LMS_LAYERS_BLOCK_BI || sel == LMS_LAYERS_CONTIGUOUS) {
-            const double *s = block_metric(sel, d, n_drop, &metric);
+            const double *s = block_metric(sel, imp, n_drop, &metric);
+            if (!s && imp && imp->blocks && imp->layer_metric == (sel == LMS_LAYERS_BLOCK_BI
+                                                                      ? LMS_LAYER_METRIC_BLOCK_BI
+                                                                      : LMS_LAYER_METRIC_CONTIGUOUS))
+                return lms_error_set(err, LMS_EINVAL,
+                                     "the scores hold '%s' for blocks of %lld layers; removing "
+                                     "%lld layers needs them for blocks of %lld",
+                                     lms_layer_selection_name(sel), (long long)imp->block_size,
+                                     (long long)n_drop, (long long)n_drop);
             if (!s)
                 return lms_error_set(err, LMS_EINVAL,
                                      "layer selection '%s' needs calibration data (its metric "
@@ -176,7 +203,7 @@ static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
             json_object_set_new(o, "block_scores", json_doubles(s, L - n_drop + 1));
             json_object_set_new(o, "dropped_block_start", json_integer(start));
         } else {
-            const double *s = layer_metric(sel, imp, d, &metric);
+            const double *s = layer_metric(sel, imp, &metric);
             if (!s && sel == LMS_LAYERS_IMPORTANCE)
                 return lms_error_set(err, LMS_EINVAL,
                                      "--layer-selection importance needs an --importance file "
@@ -192,8 +219,8 @@ static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
                 json_object_set_new(o, "scores", json_doubles(s, L));
             }
         }
-        if (metric && d && d->source)
-            json_object_set_new(o, "source", json_string(d->source));
+        if (metric && imp && imp->source)
+            json_object_set_new(o, "source", json_incref(imp->source));
     }
     if (rc)
         return rc;
@@ -287,7 +314,6 @@ static void report_width(json_t *rep, const char *key, int64_t from, int64_t to,
 
 enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_prune_targets *t,
                                     const struct lms_importance *imp,
-                                    const struct lms_depth_scores *depth,
                                     struct lms_prune_plan *plan, struct json_t **report,
                                     struct lms_error *err)
 {
@@ -299,7 +325,7 @@ enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_
     if (rc)
         return rc;
     json_t *rep = json_object();
-    rc = plan_depth(t, a->n_layers, imp, depth, &plan->layers, rep, err);
+    rc = plan_depth(t, a->n_layers, imp, &plan->layers, rep, err);
 
     /* width: the given scores, with the missing axes filled by weight magnitude */
     unsigned need = width_axes(t, a);

@@ -49,7 +49,8 @@ enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct
                               struct lms_error *err);
 
 /* Depth selectors (pruning-and-distillation.md §3.6). The data-free ones need no scores; the
- * others read the depth metrics of struct lms_depth_scores (computed by calibration). */
+ * others read the layer metric of an importance (include/lms/importance.h: layer_metric,
+ * layers[] per layer, blocks[] per contiguous block of block_size layers; higher = keep). */
 enum lms_layer_selection {
     LMS_LAYERS_AUTO,            /* the default (zero): see lms_prune_plan_make */
     LMS_LAYERS_CONTIGUOUS_LAST, /* drop one block ending just before the last layer */
@@ -75,7 +76,8 @@ enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers
                                   const double *scores, struct lms_keep *keep,
                                   struct lms_error *err);
 /* Keeps every layer but the block [s, s + n_layers - n_keep) whose block_scores[s] is lowest
- * (ties to the lower s); block_scores has n_keep + 1 entries (one per start). OUT: keep, *start. */
+ * (the least important; ties to the lower s); block_scores has n_keep + 1 entries (one per
+ * start). OUT: keep, *start. */
 enum lms_status lms_select_block(int64_t n_layers, int64_t n_keep, const double *block_scores,
                                  struct lms_keep *keep, int64_t *start, struct lms_error *err);
 
@@ -96,18 +98,6 @@ struct lms_prune_targets {
     enum lms_layer_selection selection;    /* for n_layers; 0 = LMS_LAYERS_AUTO */
 };
 
-/* Depth metrics from calibration (any may be NULL). Per-layer arrays have L entries, higher =
- * more important. Block arrays have one entry per start s of the block of block_len layers
- * s..s+block_len-1, lower = better to drop. */
-struct lms_depth_scores {
-    const double *bi;         /* [L] Block Influence: 1 - mean cos(layer input, layer output) */
-    const double *ppl;        /* [L] LM loss with only this layer removed */
-    int64_t block_len;        /* n of the block arrays */
-    const double *block_bi;   /* [L-n+1] 1 - mean cos(input of s, output of s+n-1) */
-    const double *block_loss; /* [L-n+1] LM loss with layers s..s+n-1 removed */
-    const char *source;       /* provenance for the report (e.g. "calibration: 1024 x 4096") */
-};
-
 struct lms_importance;
 struct json_t;
 
@@ -117,9 +107,11 @@ enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                                         const struct lms_arch *a, struct lms_error *err);
 
 /* Builds the plan for t:
- *   depth: an explicit list; else n_layers chosen by t->selection. LMS_LAYERS_AUTO takes the
- *          default data selector (LMS_LAYERS_DEFAULT_DATA) when depth has its metric, else
- *          IMPORTANCE when imp has layer scores, else CONTIGUOUS_LAST.
+ *   depth: an explicit list; else n_layers chosen by t->selection: bi and block-bi need imp's
+ *          layer metric to be BI (or BLOCK_BI, which carries the per-layer BI too) or BLOCK_BI
+ *          with block_size = L - n_layers, ppl and contiguous likewise; importance uses
+ *          whatever metric imp holds. LMS_LAYERS_AUTO: imp's metric when it has one, else
+ *          importance when imp has layer scores, else contiguous-last.
  *   width: each layer keeps its own best F' neurons, the best n_g' groups and inside every kept
  *          group its best n_h'/n_g' heads; hidden channels are one global set. Scores come from
  *          imp (NULL: none); axes it lacks are scored by weight magnitude, read from m.
@@ -128,11 +120,10 @@ enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
  * "ffn_hidden_size": {"from", "to", "scores"}, ...}). */
 enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_prune_targets *t,
                                     const struct lms_importance *imp,
-                                    const struct lms_depth_scores *depth,
                                     struct lms_prune_plan *plan, struct json_t **report,
                                     struct lms_error *err);
 
-/* The selector LMS_LAYERS_AUTO uses when calibration metrics are available (see README for the
+/* The selector a calibrating prune uses when none is asked for (see README for the
  * measurements behind the choice). */
 #define LMS_LAYERS_DEFAULT_DATA LMS_LAYERS_BI
 

@@ -33,16 +33,42 @@ static void assert_keep(const struct lms_keep *k, const int64_t *want, int64_t n
 static const double teacher_bi[12] = {0.763, 0.126, 0.061, 0.133, 0.101, 0.069,
                                       0.073, 0.061, 0.065, 0.059, 0.067, 0.089};
 
+/* An importance holding only a layer metric. */
+static void depth_scores(struct lms_importance *imp, const struct lms_model *m,
+                         enum lms_layer_metric metric, const double *layers, int64_t n_blocks,
+                         const double *blocks)
+{
+    lms_importance_init(imp, &m->arch);
+    imp->layer_metric = metric;
+    if (layers) {
+        imp->layers = lms_malloc(12 * sizeof(double));
+        memcpy(imp->layers, layers, 12 * sizeof(double));
+    }
+    if (blocks) {
+        imp->block_size = 13 - n_blocks;
+        imp->blocks = lms_malloc((size_t)n_blocks * sizeof(double));
+        memcpy(imp->blocks, blocks, (size_t)n_blocks * sizeof(double));
+    }
+}
+
+static void release_scores(struct lms_importance *imp)
+{
+    lms_free(imp->blocks); /* owned by the importance, freed here in case release predates it */
+    imp->blocks = NULL;
+    lms_importance_release(imp);
+}
+
 START_TEST(depth_by_block_influence)
 {
     struct lms_model m;
     load("teacher", &m);
     struct lms_prune_targets t = {.n_layers = 8, .selection = LMS_LAYERS_AUTO};
-    struct lms_depth_scores d = {.bi = teacher_bi, .source = "test"};
+    struct lms_importance d;
+    depth_scores(&d, &m, LMS_LAYER_METRIC_BI, teacher_bi, 0, NULL);
     struct lms_prune_plan p;
     json_t *rep;
     struct lms_error err;
-    ck_assert_msg(lms_prune_plan_make(&m, &t, NULL, &d, &p, &rep, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_prune_plan_make(&m, &t, &d, &p, &rep, &err) == LMS_OK, "%s", err.msg);
     const int64_t want[] = {0, 1, 3, 4, 5, 6, 10, 11};
     assert_keep(&p.layers, want, 8);
     json_t *l = json_object_get(rep, "layers");
@@ -60,24 +86,28 @@ START_TEST(depth_by_block_influence)
     for (int i = 0; i < 12; i++)
         ppl[i] = 3.0 + teacher_bi[i];
     ppl[11] = 3.0; /* removing the last layer costs nothing: it goes first */
-    struct lms_depth_scores dp = {.ppl = ppl};
+    struct lms_importance dp;
+    depth_scores(&dp, &m, LMS_LAYER_METRIC_PPL, ppl, 0, NULL);
     t.selection = LMS_LAYERS_PPL;
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &dp, &p, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &dp, &p, NULL, &err), LMS_OK);
     /* the four lowest: 11 (3.0), 9 (3.059), 2 and 7 (3.061); 8 (3.065) stays */
     const int64_t want_ppl[] = {0, 1, 3, 4, 5, 6, 8, 10};
     assert_keep(&p.layers, want_ppl, 8);
     lms_prune_plan_release(&p);
 
-    /* bi asked without calibration metrics: refused */
+    /* bi asked with only ppl scores, or without any: refused */
     t.selection = LMS_LAYERS_BI;
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, NULL, &p, NULL, &err), LMS_EINVAL);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &dp, &p, NULL, &err), LMS_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "calibration"));
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_EINVAL);
+    release_scores(&dp);
     /* AUTO without any scores: contiguous-last (layers 8..11 1-based dropped, last kept) */
     t.selection = LMS_LAYERS_AUTO;
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, NULL, &p, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_OK);
     const int64_t want_cl[] = {0, 1, 2, 3, 4, 5, 6, 11};
     assert_keep(&p.layers, want_cl, 8);
     lms_prune_plan_release(&p);
+    release_scores(&d);
     lms_model_release(&m);
 }
 END_TEST
@@ -88,12 +118,13 @@ START_TEST(depth_by_blocks)
     load("teacher", &m);
     /* 12 -> 8: blocks of 4 layers, starts 0..8 */
     double bbi[9] = {0.9, 0.5, 0.3, 0.2, 0.25, 0.2, 0.22, 0.4, 0.6};
-    struct lms_depth_scores d = {.block_len = 4, .block_bi = bbi, .block_loss = bbi};
+    struct lms_importance d;
+    depth_scores(&d, &m, LMS_LAYER_METRIC_BLOCK_BI, teacher_bi, 9, bbi);
     struct lms_prune_targets t = {.n_layers = 8, .selection = LMS_LAYERS_BLOCK_BI};
     struct lms_prune_plan p;
     json_t *rep;
     struct lms_error err;
-    ck_assert_msg(lms_prune_plan_make(&m, &t, NULL, &d, &p, &rep, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_prune_plan_make(&m, &t, &d, &p, &rep, &err) == LMS_OK, "%s", err.msg);
     /* lowest 0.2 at starts 3 and 5: the earlier block 3..6 goes */
     const int64_t want[] = {0, 1, 2, 7, 8, 9, 10, 11};
     assert_keep(&p.layers, want, 8);
@@ -101,18 +132,35 @@ START_TEST(depth_by_blocks)
     ck_assert_int_eq(json_integer_value(json_object_get(l, "dropped_block_start")), 3);
     json_decref(rep);
     lms_prune_plan_release(&p);
+    /* block-bi scores also carry the per-layer BI: bi works from them */
+    t.selection = LMS_LAYERS_BI;
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_OK);
+    const int64_t want_bi[] = {0, 1, 3, 4, 5, 6, 10, 11};
+    assert_keep(&p.layers, want_bi, 8);
+    lms_prune_plan_release(&p);
+    /* contiguous needs its own metric */
     t.selection = LMS_LAYERS_CONTIGUOUS;
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_EINVAL);
+    release_scores(&d);
     bbi[8] = 0.1; /* the last block wins: layers 8..11 */
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &d, &p, NULL, &err), LMS_OK);
+    depth_scores(&d, &m, LMS_LAYER_METRIC_CONTIGUOUS, NULL, 9, bbi);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_OK);
     const int64_t want_c[] = {0, 1, 2, 3, 4, 5, 6, 7};
     assert_keep(&p.layers, want_c, 8);
     lms_prune_plan_release(&p);
-    /* metrics for another block length do not apply */
+    /* AUTO follows the metric the scores hold */
+    t.selection = LMS_LAYERS_AUTO;
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_OK);
+    assert_keep(&p.layers, want_c, 8);
+    lms_prune_plan_release(&p);
+    /* metrics for another block length do not apply, and the message says why */
     t.n_layers = 9;
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &d, &p, NULL, &err), LMS_EINVAL);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "blocks of 4 layers"));
+    release_scores(&d);
     /* explicit lists are 1-based */
     t = (struct lms_prune_targets){.drop_layers = "3,8-10", .selection = LMS_LAYERS_AUTO};
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, NULL, &p, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_OK);
     const int64_t want_e[] = {0, 1, 3, 4, 5, 6, 10, 11};
     assert_keep(&p.layers, want_e, 8);
     lms_prune_plan_release(&p);
@@ -147,7 +195,7 @@ START_TEST(width_from_scores)
     struct lms_prune_plan p;
     json_t *rep;
     struct lms_error err;
-    ck_assert_msg(lms_prune_plan_make(&m, &t, &imp, NULL, &p, &rep, &err) == LMS_OK, "%s",
+    ck_assert_msg(lms_prune_plan_make(&m, &t, &imp, &p, &rep, &err) == LMS_OK, "%s",
                   err.msg);
     /* the inverse of 37 mod 64 is 45 (37 * 45 = 26 * 64 + 1), so the value v sits at
      * i = 45 v mod 64: 63 -> 19, 62 -> 38, 61 -> 57, 60 -> 12 */
@@ -169,14 +217,14 @@ START_TEST(width_from_scores)
 
     /* one group of two heads: layer 2 keeps group 1 (heads 2, 3), the others group 0 */
     t = (struct lms_prune_targets){.n_groups = 1, .selection = LMS_LAYERS_AUTO};
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, NULL, &p, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, &p, NULL, &err), LMS_OK);
     for (int l = 0; l < 4; l++)
         ck_assert_int_eq(p.groups[l].index[0], l == 2 ? 1 : 0);
     ck_assert_ptr_null(p.heads);
     lms_prune_plan_release(&p);
     /* one group, one head: the best head inside the kept group */
     t.n_heads = 1;
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, NULL, &p, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, &p, NULL, &err), LMS_OK);
     for (int l = 0; l < 4; l++)
         ck_assert_int_eq(p.heads[l].index[0], l == 2 ? 2 : 1);
     lms_prune_plan_release(&p);
@@ -185,7 +233,7 @@ START_TEST(width_from_scores)
     lms_free(imp.ffn_s);
     imp.ffn_s = NULL;
     t = (struct lms_prune_targets){.ffn = 80, .hidden = 32, .selection = LMS_LAYERS_AUTO};
-    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, NULL, &p, &rep, &err), LMS_OK);
+    ck_assert_int_eq(lms_prune_plan_make(&m, &t, &imp, &p, &rep, &err), LMS_OK);
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(rep, "ffn_hidden_size"),
                                                        "scores")),
                      "weight-magnitude");
@@ -222,7 +270,7 @@ START_TEST(targets_are_checked)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         lms_error_clear(&err);
-        ck_assert_int_eq(lms_prune_plan_make(&m, &bad[i].t, NULL, NULL, &p, NULL, &err),
+        ck_assert_int_eq(lms_prune_plan_make(&m, &bad[i].t, NULL, &p, NULL, &err),
                          LMS_EINVAL);
         ck_assert_msg(strstr(err.msg, bad[i].msg), "case %zu: '%s'", i, err.msg);
         ck_assert_ptr_null(p.layers.index);
@@ -262,7 +310,7 @@ START_TEST(budget_search_counts_exactly)
                                       .selection = LMS_LAYERS_AUTO};
         struct lms_prune_plan p;
         struct lms_model out;
-        ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, NULL, &p, NULL, &err), LMS_OK);
+        ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_OK);
         ck_assert_int_eq(lms_prune_apply(&m, &p, &out, &err), LMS_OK);
         ck_assert_int_eq(lms_model_n_params(&out), c[i].n_params);
         lms_model_release(&out);
@@ -308,7 +356,7 @@ START_TEST(mixed_qwen2_llama_counts)
                                           .selection = LMS_LAYERS_LAST};
             struct lms_prune_plan p;
             struct lms_model out;
-            ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, NULL, &p, NULL, &err), LMS_OK);
+            ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_OK);
             ck_assert_int_eq(lms_prune_apply(&m, &p, &out, &err), LMS_OK);
             ck_assert_int_eq(lms_model_n_params(&out), c[i].n_params);
             lms_model_release(&out);
