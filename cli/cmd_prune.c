@@ -337,8 +337,9 @@ static int run(struct prune_args *a)
         return cli_usage_error(cmd, "unknown --layer-selection '%s' (bi, block-bi, ppl, "
                                "contiguous, contiguous-last, last, importance, explicit)",
                                a->selection);
-    if (lms_layer_selection_needs_data(a->t.selection) && !a->cal.data)
-        return cli_usage_error(cmd, "--layer-selection %s needs calibration data (--data-paths)",
+    if (lms_layer_selection_needs_data(a->t.selection) && !a->cal.data && !a->importance)
+        return cli_usage_error(cmd, "--layer-selection %s needs calibration data (--data-paths) "
+                               "or an --importance file scored with that layer metric",
                                a->selection);
     if (a->cal.data && a->importance)
         return cli_usage_error(cmd, "--data-paths and --importance exclude each other (calibrate "
