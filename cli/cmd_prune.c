@@ -311,8 +311,8 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
         qsort(c, (size_t)n, sizeof(*c), cmp_loss);
     int64_t chosen = a->candidate ? a->candidate - 1 : 0;
     if (!rc && chosen >= n)
-        rc = lms_error_set(err, LMS_EINVAL, "--candidate %lld: only %lld candidates",
-                           (long long)a->candidate, (long long)n);
+        rc = lms_error_set(err, LMS_EINVAL, "--candidate %lld: the table has %lld row%s",
+                           (long long)a->candidate, (long long)n, n == 1 ? "" : "s");
     if (!rc) {
         targets_of(&c[chosen], &a->t);
         a->t.drop_layers = a->t.keep_layers = NULL;
