@@ -1,18 +1,16 @@
 """Interop: `lmsurgeon prune` with calibration data, run with the reference workflow's command
 lines (only paths and sizes changed), on the teacher as HF and as NeMo input. The kept layers and
-channels must be those an independent PyTorch computation of the same statistics picks:
-
-  Block Influence of layer l: 1 - mean over every token of cos(layer input, layer output)
-  FFN neuron j of layer l:    sqrt(sum over rows b of (mean over tokens of |down_proj input|)^2)
-  hidden channel c:           sum over layers and both norm outputs of the same statistic
+channels must be those the PyTorch hook oracle (tests/tools/importance_oracle.py, independent of
+lmsurgeon) picks from Block Influence and the activation statistics.
 
 Rows: the calibration file holds exactly 8 windows of 64 tokens (ids 512..1023 of the held-out
 corpus: there the oracle's 8th and 9th layer scores are 2e-3 apart, so the kept set is not decided
 by rounding; it is also the published kept set 0,1,3,4,5,6,10,11) and the command asks for 8, so every window is used whatever order the score
-engine visits them in (the statistics above do not depend on the order)."""
+engine visits them in (sums over all rows do not depend on the order)."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(os.environ["LMS_SOURCE_ROOT"]) / "tests" / "tools"))
+import importance_oracle as oracle_mod  # noqa: E402
 
 LMS = os.environ["LMSURGEON"]
 FIX = Path(os.environ["LMS_FIXTURES"])
@@ -45,38 +46,11 @@ def calib(tmp_path_factory):
 @pytest.fixture(scope="module")
 def oracle(calib):
     """The statistics from transformers forward hooks on the teacher (fp32 compute on its bf16
-    weights, as the engine does)."""
+    weights, as the engine does): tests/tools/importance_oracle.py."""
     _, ids = calib
-    model = AutoModelForCausalLM.from_pretrained(str(TEACHER), dtype=torch.float32).eval()
-    L = model.config.num_hidden_layers
-    cos_sum = torch.zeros(L, dtype=torch.float64)
-    ffn_q = [None] * L
-    hid_q = {}
-    hooks = []
-
-    def stat(x):  # (B, S, C) -> per channel sum over rows of (mean_t |x|)^2
-        return (x.abs().double().mean(1) ** 2).sum(0)
-
-    for l, layer in enumerate(model.model.layers):
-        def layer_hook(mod, args, kwargs, out, l=l):
-            x_in = args[0] if args else kwargs["hidden_states"]
-            x_out = out[0] if isinstance(out, tuple) else out
-            cos_sum[l] += torch.nn.functional.cosine_similarity(
-                x_in.double(), x_out.double(), dim=-1).sum()
-        hooks.append(layer.register_forward_hook(layer_hook, with_kwargs=True))
-        hooks.append(layer.mlp.down_proj.register_forward_hook(
-            lambda m, a, o, l=l: ffn_q.__setitem__(l, stat(a[0]))))
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            hooks.append(getattr(layer, name).register_forward_hook(
-                lambda m, a, o, key=(l, name): hid_q.__setitem__(key, stat(o))))
-    with torch.no_grad():
-        model(ids)
-    for h in hooks:
-        h.remove()
-    bi = (1 - cos_sum / (N_ROWS * SEQ)).tolist()
-    hidden = sum(q.sqrt() for q in hid_q.values()).tolist()
-    ffn = [q.sqrt().tolist() for q in ffn_q]
-    return {"bi": bi, "hidden": hidden, "ffn": ffn}
+    model = oracle_mod.load_model(str(TEACHER))
+    out = oracle_mod.score(model, list(ids), mbs=4, metric="bi")
+    return {"bi": out["layers"], "hidden": out["hidden"], "ffn": out["ffn"]}
 
 
 def reference_command(src, out, data, *target, extra=()):
