@@ -174,9 +174,15 @@ static void print_depth(json_t *d)
                s + 1, s + n, json_number_value(json_array_get(blocks, (size_t)s)),
                json_array_size(blocks), metric);
     }
-    const char *src = json_string_value(json_object_get(d, "source"));
-    if (src)
-        printf("                       metric from %s\n", src);
+    json_t *src = json_object_get(d, "source");
+    if (json_is_object(src) && json_object_get(src, "rows"))
+        printf("                       metric from %" PRId64 " windows x %" PRId64
+               " tokens of '%s'\n",
+               (int64_t)json_integer_value(json_object_get(src, "rows")),
+               (int64_t)json_integer_value(json_object_get(src, "row_length")),
+               json_string_value(json_object_get(src, "data")) ? json_string_value(
+                                                                     json_object_get(src, "data"))
+                                                               : "?");
 }
 
 static void print_width(json_t *rep, const char *key, const char *label, const char *scores_from)
