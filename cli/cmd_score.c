@@ -395,6 +395,21 @@ int cmd_score(int argc, char **argv)
         goto out;
     }
     so.block_size = block_metric ? block : 0;
+    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
+    if (lms_backend_open(&dev, &bo, &be, &err))
+        goto fail;
+    /* the memory plan is refused before the data is read or anything is allocated */
+    uint64_t need, avail_mem = lms_score_memory_available(be);
+    if (lms_score_memory_plan(&m, be, &so, &need, &err))
+        goto fail;
+    if (avail_mem && need > avail_mem) {
+        lms_error_set(&err, LMS_ENOMEM,
+                      "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
+                      "(weights, activations, statistics); %s has %.2f GB available",
+                      model_path, (long long)so.micro_batch, (long long)so.seq_len,
+                      (double)need / 1e9, lms_backend_name(be), (double)avail_mem / 1e9);
+        goto fail;
+    }
     if (lms_data_open(data, &ds, &err))
         goto fail;
     int64_t avail = lms_score_rows_available(ds, so.seq_len);
@@ -406,9 +421,6 @@ int cmd_score(int argc, char **argv)
                       (long long)so.seq_len, (long long)so.row_begin, (long long)so.row_end);
         goto fail;
     }
-    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
-    if (lms_backend_open(&dev, &bo, &be, &err))
-        goto fail;
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;
