@@ -50,7 +50,9 @@ static const char usage_text[] =
     "                         layers,hidden,ffn,heads; groups = legacy query-group scores)\n"
     "  --device DEV           cpu (default), cuda or cuda:N\n"
     "  --threads N            CPU threads (default: all cores)\n"
-    "  --precision P          fp32 (default), bf16 or auto (GEMM and attention arithmetic)\n"
+    "  --precision P          GEMM and attention arithmetic: auto (default: the device's\n"
+    "                         own, fp32 on the CPU, bf16 on CUDA as the reference workflow\n"
+    "                         runs), fp32 or bf16; the statistics are fp32 or better always\n"
     "  --merge FILE...        add the raw sums of importance files of the same model\n"
     "  --force                overwrite an existing output file\n"
     "  --json                 print one JSON object on stdout\n"
@@ -232,7 +234,7 @@ int cmd_score(int argc, char **argv)
     struct cli_common co = {0};
     struct lms_score_opts so;
     lms_score_opts_default(&so);
-    const char *data = NULL, *out = NULL, *device = "cpu", *precision = "fp32";
+    const char *data = NULL, *out = NULL, *device = "cpu", *precision = "auto";
     int64_t n_rows = 1024, threads = 0, target_layers = 0, block = 0, seed = 1234;
     bool have_rows = false, have_n = false, merge = false, force = false, have_seed = false;
     int c;
@@ -395,6 +397,21 @@ int cmd_score(int argc, char **argv)
         goto out;
     }
     so.block_size = block_metric ? block : 0;
+    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
+    if (lms_backend_open(&dev, &bo, &be, &err))
+        goto fail;
+    /* the memory plan is refused before the data is read or anything is allocated */
+    uint64_t need, avail_mem = lms_score_memory_available(be);
+    if (lms_score_memory_plan(&m, be, &so, &need, &err))
+        goto fail;
+    if (avail_mem && need > avail_mem) {
+        lms_error_set(&err, LMS_ENOMEM,
+                      "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
+                      "(weights, activations, statistics); %s has %.2f GB available",
+                      model_path, (long long)so.micro_batch, (long long)so.seq_len,
+                      (double)need / 1e9, lms_backend_name(be), (double)avail_mem / 1e9);
+        goto fail;
+    }
     if (lms_data_open(data, &ds, &err))
         goto fail;
     int64_t avail = lms_score_rows_available(ds, so.seq_len);
@@ -406,9 +423,6 @@ int cmd_score(int argc, char **argv)
                       (long long)so.seq_len, (long long)so.row_begin, (long long)so.row_end);
         goto fail;
     }
-    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
-    if (lms_backend_open(&dev, &bo, &be, &err))
-        goto fail;
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;
@@ -428,6 +442,7 @@ int cmd_score(int argc, char **argv)
         json_t *o = result_json(&imp, out, secs, tps);
         json_object_set_new(o, "device", json_string(lms_backend_name(be)));
         json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(be)));
+        json_object_set_new(o, "precision", json_string(precision));
         cli_print_json(o);
     } else if (!co.quiet) {
         char what[160];

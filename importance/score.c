@@ -185,6 +185,11 @@ static uint64_t host_available(void)
     return kb * 1024;
 }
 
+uint64_t lms_score_memory_available(const struct lms_backend *be)
+{
+    return be->dev.kind == LMS_DEVICE_CPU ? host_available() : 0;
+}
+
 /* ---- the run ------------------------------------------------------------------------------- */
 
 struct run {
@@ -367,8 +372,8 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
     rc = lms_score_memory_plan(m, be, o, &need, err);
     if (rc)
         return rc;
-    if (!limit && be->dev.kind == LMS_DEVICE_CPU)
-        limit = host_available();
+    if (!limit)
+        limit = lms_score_memory_available(be);
     if (limit && need > limit)
         return lms_error_set(err, LMS_ENOMEM,
                              "score: micro-batch %lld x sequence length %lld needs %.2f GB "
@@ -401,8 +406,9 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         for (int64_t t = 0; t < y->S; t++)
             if (ids[t] < 0 || ids[t] >= vocab) {
                 rc = lms_error_set(err, LMS_EFORMAT,
-                                   "score: row %lld: token id %ld at position %lld is outside "
-                                   "the model's vocabulary [0, %lld)",
+                                   "dataset '%s': row %lld: token id %ld at position %lld is "
+                                   "outside the model's vocabulary [0, %lld)",
+                                   o->data_name ? o->data_name : "(calibration data)",
                                    (long long)row, (long)ids[t], (long long)t, (long long)vocab);
                 goto out;
             }

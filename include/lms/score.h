@@ -74,6 +74,10 @@ enum lms_status lms_score_memory_plan(const struct lms_model *m, const struct lm
                                       const struct lms_score_opts *o, uint64_t *bytes,
                                       struct lms_error *err);
 
+/* Bytes the device can give a run: MemAvailable on the CPU; 0 (unknown: allocation failures
+ * report) on devices without a query. */
+uint64_t lms_score_memory_available(const struct lms_backend *be);
+
 /* Runs calibration of m on be over rows of ds. Checks up front: rows available, ids inside
  * the vocabulary (checked per batch before its forward), memory plan within the limit.
  * OUT: *imp initialised for m's dims with the raw sums and the derived scores of the requested

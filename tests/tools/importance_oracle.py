@@ -29,11 +29,10 @@ import numpy as np
 import torch
 
 
-def load_model(path):
+def load_model(path, device="cpu", dtype=torch.float32, attn="eager"):
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    model.eval()
-    return model
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    return model.to(device).eval()
 
 
 def windows(ids_path, seq, begin, end):
@@ -62,12 +61,13 @@ def score(model, rows, mbs=4, metric="bi", block=0, groups=True):
     nh, ng = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or H // nh
     layers = model.model.layers
-    hidden_sq = torch.zeros(L, 2, H, dtype=torch.float64)
-    ffn_sq = torch.zeros(L, cfg.intermediate_size, dtype=torch.float64)
-    ctx_sq = torch.zeros(L, nh * d, dtype=torch.float64)
-    layer_cos = torch.zeros(L, dtype=torch.float64)
+    dev = next(model.parameters()).device
+    hidden_sq = torch.zeros(L, 2, H, dtype=torch.float64, device=dev)
+    ffn_sq = torch.zeros(L, cfg.intermediate_size, dtype=torch.float64, device=dev)
+    ctx_sq = torch.zeros(L, nh * d, dtype=torch.float64, device=dev)
+    layer_cos = torch.zeros(L, dtype=torch.float64, device=dev)
     n_starts = L - block + 1 if block else 0
-    block_cos = torch.zeros(max(n_starts, 0), dtype=torch.float64)
+    block_cos = torch.zeros(max(n_starts, 0), dtype=torch.float64, device=dev)
     inputs = {}
     n_cos = 0
 
@@ -110,7 +110,7 @@ def score(model, rows, mbs=4, metric="bi", block=0, groups=True):
     var_loss = [0.0] * variants
     with torch.no_grad():
         for i in range(0, len(rows), mbs):
-            x = torch.stack(rows[i:i + mbs])
+            x = torch.stack(rows[i:i + mbs]).to(dev)
             if metric in ("ppl", "contiguous"):
                 s_, n_ = _loss_sum(model, x)
                 base_loss += s_
@@ -126,9 +126,13 @@ def score(model, rows, mbs=4, metric="bi", block=0, groups=True):
             full = _with_layers(model, [l for l in range(L) if l not in drop])
             try:
                 for i in range(0, len(rows), mbs):
-                    var_loss[v] += _loss_sum(model, torch.stack(rows[i:i + mbs]))[0]
+                    var_loss[v] += _loss_sum(model, torch.stack(rows[i:i + mbs]).to(dev))[0]
             finally:
                 model.model.layers = full
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    hidden_sq, ffn_sq, ctx_sq = hidden_sq.cpu(), ffn_sq.cpu(), ctx_sq.cpu()
+    layer_cos, block_cos = layer_cos.cpu(), block_cos.cpu()
     r = nh // ng
     head_sq = ctx_sq.view(L, nh, d).sum(-1)
     out = {
