@@ -392,10 +392,15 @@ static int run(struct prune_args *a)
         a->cal.n_drop = a->t.n_layers ? in.arch.n_layers - a->t.n_layers : 0;
         a->cal.selection = a->t.selection;
         a->cal.budget = a->target_params != 0;
+        a->cal.width_axes =
+            (a->cal.budget || a->t.hidden ? LMS_AXIS_HIDDEN : 0) |
+            (a->cal.budget || a->t.ffn ? LMS_AXIS_FFN : 0) |
+            (a->cal.budget || a->t.n_heads || a->t.n_groups ? LMS_AXIS_HEADS : 0) |
+            (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
         a->cal.json = co->json;
         a->cal.quiet = co->quiet;
         rc = prune_calib_run(&in, &a->cal, &cal, &imp, &err);
-        if (!rc)
+        if (!rc && prune_calib_describe(cal))
             snprintf(scores_from, sizeof scores_from, "activations on %s",
                      prune_calib_describe(cal));
     }

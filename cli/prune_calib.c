@@ -126,10 +126,12 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
         else
             c->metric = LMS_LAYER_METRIC_NONE;
     }
-    if (!rc) {
+    /* only what the targets need: a data-free depth cut with no width target runs nothing */
+    if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE)) {
         lms_importance_release(imp);
-        rc = score(c, m, LMS_AXIS_HIDDEN | LMS_AXIS_FFN | LMS_AXIS_HEADS | LMS_AXIS_GROUPS,
-                   c->metric, block, "calibrating", imp, err);
+        rc = score(c, m, o->width_axes, c->metric, block, "calibrating", imp, err);
+    } else if (!rc) {
+        c->describe[0] = '\0';
     }
     if (!rc && o->budget) {
         struct lms_sampler_opts so = {
@@ -212,7 +214,7 @@ enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *
 
 const char *prune_calib_describe(const struct prune_calib *c)
 {
-    return c->describe;
+    return c->describe[0] ? c->describe : NULL;
 }
 
 json_t *prune_calib_json(const struct prune_calib *c)

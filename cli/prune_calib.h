@@ -25,6 +25,7 @@ struct prune_calib_opts {
     int64_t n_drop;        /* layers the depth target removes (0: none) */
     enum lms_layer_selection selection;
     bool budget;           /* the budget search runs: depth metrics for several block lengths */
+    unsigned width_axes;   /* enum lms_axis mask of the width scores the targets need */
     bool json, quiet;
 };
 
@@ -45,7 +46,7 @@ enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_m
 /* LM loss of a (pruned) model on the held-out windows. */
 enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *m, double *loss,
                                  struct lms_error *err);
-/* "N windows x S tokens of DATA" */
+/* "N windows x S tokens of DATA"; NULL when the targets needed no calibration pass */
 const char *prune_calib_describe(const struct prune_calib *c);
 struct json_t *prune_calib_json(const struct prune_calib *c);
 void prune_calib_free(struct prune_calib *c);
