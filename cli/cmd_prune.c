@@ -351,9 +351,9 @@ static int run(struct prune_args *a)
         return cli_usage_error(cmd, "--data-paths and --importance exclude each other (calibrate "
                                "or read scores, not both)");
     if (a->target_params && (a->t.ffn || a->t.hidden || a->t.n_heads || a->t.n_layers ||
-                             a->t.drop_layers || a->t.keep_layers))
+                             a->t.n_groups || a->t.drop_layers || a->t.keep_layers))
         return cli_usage_error(cmd, "--target-params searches the shape: give no other target "
-                               "(only --target-num-query-groups)");
+                               "(bound the search with the --search-* ranges instead)");
     if ((a->candidate || a->n_candidates) && !a->target_params)
         return cli_usage_error(cmd, "--candidate and --num-candidates need --target-params");
     if (a->candidate && a->n_candidates && a->candidate > a->n_candidates)
