@@ -51,6 +51,8 @@ static const char usage_data[] =
     "  --mbs B                      windows per forward pass (default 4; --micro-batch-size)\n"
     "  --seed N                     window sampling seed (see lmsurgeon score --help)\n"
     "  --device DEV                 cpu (default) or cuda[:N]\n"
+    "  --precision P                fp32, bf16 or auto (default: bf16 GEMMs on CUDA, fp32 on\n"
+    "                               the CPU), as for eval\n"
     "  --threads N                  CPU threads (default: all cores)\n"
     "  --devices N                  accepted for the reference workflow: its number of GPUs.\n"
     "                               lmsurgeon calibrates on the one --device (split rows across\n"
@@ -459,7 +461,7 @@ int cmd_prune(int argc, char **argv)
     enum { O_DROP = 256, O_KEEP, O_TL, O_TF, O_TH, O_TA, O_TG, O_SEL, O_IMP, O_DRY, O_TO,
            O_DTYPE, O_SHARD, O_RESTORE, O_SAVE, O_DATA, O_NS, O_SEQ, O_MBS, O_SEED, O_DEV,
            O_THREADS, O_DEVICES, O_TP, O_PP, O_LEGACY, O_PARAMS, O_CAND, O_NCAND, O_EVALN,
-           O_SL, O_SF, O_SH, O_SA };
+           O_SL, O_SF, O_SH, O_SA, O_PREC };
     static const struct option opts[] = {
         {"drop-layers", required_argument, NULL, O_DROP},
         {"keep-layers", required_argument, NULL, O_KEEP},
@@ -486,6 +488,7 @@ int cmd_prune(int argc, char **argv)
         {"micro-batch-size", required_argument, NULL, O_MBS},
         {"seed", required_argument, NULL, O_SEED},
         {"device", required_argument, NULL, O_DEV},
+        {"precision", required_argument, NULL, O_PREC},
         {"threads", required_argument, NULL, O_THREADS},
         {"devices", required_argument, NULL, O_DEVICES},
         {"tp-size", required_argument, NULL, O_TP},
@@ -586,6 +589,12 @@ int cmd_prune(int argc, char **argv)
         case O_DEV:
             a.cal.device = optarg;
             break;
+        case O_PREC: {
+            struct lms_error perr;
+            if (lms_precision_parse(optarg, &a.cal.precision, &perr))
+                return cli_usage_error(cmd, "%s", perr.msg);
+            break;
+        }
         case O_THREADS:
             if (!cli_parse_count(optarg, &a.cal.threads) || a.cal.threads > 4096)
                 return cli_usage_error(cmd, "invalid --threads '%s'", optarg);

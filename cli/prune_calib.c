@@ -102,7 +102,7 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
     c->o = *o;
     snprintf(c->describe, sizeof c->describe, "%lld windows x %lld tokens of '%s'",
              (long long)o->n_samples, (long long)o->seq_len, o->data);
-    struct lms_backend_opts bo = {.n_threads = (int)o->threads};
+    struct lms_backend_opts bo = {.n_threads = (int)o->threads, .precision = o->precision};
     enum lms_status rc = lms_data_open(o->data, &c->ds, err);
     if (!rc && o->budget) {
         int64_t avail = lms_score_rows_available(c->ds, o->seq_len);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lms/backend.h"
 #include "lms/error.h"
 #include "lms/importance.h"
 #include "lms/ir.h"
@@ -19,6 +20,7 @@ struct prune_calib_opts {
     int64_t mbs;           /* windows per forward */
     uint64_t seed;
     const char *device;
+    enum lms_precision precision; /* 0 = auto */
     int64_t threads;
     int64_t eval_samples;  /* held-out windows per candidate (budget search) */
     /* set by prune from the targets */
