@@ -48,7 +48,7 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
 enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct lms_keep *keep,
                               struct lms_error *err);
 
-/* Depth selectors (pruning-and-distillation.md §3.6). The data-free ones need no scores; the
+/* Depth selectors (which layers a depth cut removes). The data-free ones need no scores; the
  * others read the layer metric of an importance (include/lms/importance.h: layer_metric,
  * layers[] per layer, blocks[] per contiguous block of block_size layers; higher = keep). */
 enum lms_layer_selection {
