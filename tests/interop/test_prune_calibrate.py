@@ -97,14 +97,11 @@ def test_depth_reference_command_hf(tmp_path, calib, oracle):
             assert torch.equal(out[f"model.layers.{new}.{n}"], src[f"model.layers.{old}.{n}"])
 
 
-def test_width_reference_command_hf(tmp_path, calib, oracle):
-    data, _ = calib
-    res = reference_command(TEACHER, tmp_path / "out", data, "--target_ffn_hidden_size", "576",
-                            "--target_hidden_size", "224")
+def check_width(res, out_dir, oracle):
     assert res["plan"]["ffn_hidden_size"]["scores"] == "activation"
     assert res["plan"]["hidden_size"]["scores"] == "activation"
     kh = rank_keep(oracle["hidden"], 224)
-    src, out = teacher_weights(), hf_weights(tmp_path / "out")
+    src, out = teacher_weights(), hf_weights(out_dir)
     assert torch.equal(out["model.embed_tokens.weight"], src["model.embed_tokens.weight"][:, kh])
     for l in range(12):
         kf = rank_keep(oracle["ffn"][l], 576)
@@ -112,6 +109,13 @@ def test_width_reference_command_hf(tmp_path, calib, oracle):
         assert torch.equal(out[f"model.layers.{l}.mlp.gate_proj.weight"], want), l
         want = src[f"model.layers.{l}.mlp.down_proj.weight"][kh][:, kf]
         assert torch.equal(out[f"model.layers.{l}.mlp.down_proj.weight"], want), l
+
+
+def test_width_reference_command_hf(tmp_path, calib, oracle):
+    data, _ = calib
+    res = reference_command(TEACHER, tmp_path / "out", data, "--target_ffn_hidden_size", "576",
+                            "--target_hidden_size", "224")
+    check_width(res, tmp_path / "out", oracle)
 
 
 def test_reference_commands_on_nemo_input(tmp_path, calib, oracle):
@@ -131,6 +135,9 @@ def test_reference_commands_on_nemo_input(tmp_path, calib, oracle):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    res = reference_command(nemo, tmp_path / "width-hf", data, "--target_ffn_hidden_size", "576",
+                            "--target_hidden_size", "224", extra=("--to", "hf"))
+    check_width(res, tmp_path / "width-hf", oracle)
 
 
 def test_parameter_budget_ranks_by_loss(tmp_path, calib):
