@@ -260,6 +260,41 @@ static void print_candidates(const struct prune_args *a, const struct lms_candid
     }
 }
 
+/* The former summary shape: [before, after] per dimension and the kept layers. */
+static json_t *shape_json(json_t *rep, const struct lms_model *in, const struct lms_model *out)
+{
+    json_t *o = json_pack(
+        "{s:[I,I],s:[I,I],s:[I,I],s:[I,I],s:[I,I]}", "layers", (json_int_t)in->arch.n_layers,
+        (json_int_t)out->arch.n_layers, "hidden_size", (json_int_t)in->arch.hidden,
+        (json_int_t)out->arch.hidden, "ffn_hidden_size", (json_int_t)in->arch.ffn,
+        (json_int_t)out->arch.ffn, "num_attention_heads", (json_int_t)in->arch.n_heads,
+        (json_int_t)out->arch.n_heads, "num_query_groups", (json_int_t)in->arch.n_groups,
+        (json_int_t)out->arch.n_groups);
+    json_t *kept = json_object_get(json_object_get(rep, "layers"), "kept");
+    if (kept)
+        json_object_set(o, "kept_layers", kept);
+    return o;
+}
+
+/* Which scores ranked the width axes, in words (given: the source of the scores, or ""). */
+static void describe_scores(json_t *rep, const char *given, char *dst, size_t cap)
+{
+    static const char *const keys[] = {"hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                       "num_query_groups"};
+    bool any = false, magnitude = false;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *s = json_string_value(json_object_get(json_object_get(rep, keys[i]), "scores"));
+        any |= s != NULL;
+        magnitude |= s && !strcmp(s, "weight-magnitude");
+    }
+    if (!any)
+        snprintf(dst, cap, "%s", given[0] ? given : "none needed");
+    else if (!given[0])
+        snprintf(dst, cap, "weight magnitude (no --importance or --data-paths given)");
+    else
+        snprintf(dst, cap, "%s%s", given, magnitude ? " + weight magnitude for axes they lack" : "");
+}
+
 /* ---- the run ------------------------------------------------------------------------------ */
 
 static int cmp_loss(const void *x, const void *y)
@@ -435,8 +470,10 @@ static int run(struct prune_args *a)
                               "n_params_before", (json_int_t)lms_model_n_params(&in),
                               "n_params_after", (json_int_t)lms_model_n_params(&out),
                               "tensor_bytes", (json_int_t)lms_model_nbytes(&out));
-        if (scores_from[0])
-            json_object_set_new(o, "scores", json_string(scores_from));
+        char words[600];
+        describe_scores(report, scores_from, words, sizeof words);
+        json_object_set_new(o, "scores", json_string(words));
+        json_object_set_new(o, "shape", shape_json(report, &in, &out));
         if (cal)
             json_object_set_new(o, "calibration", prune_calib_json(cal));
         if (table)
