@@ -111,6 +111,27 @@ bool cli_parse_count(const char *s, int64_t *out)
     return true;
 }
 
+bool cli_parse_param_count(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || !(v > 0) || !isfinite(v) || errno == ERANGE)
+        return false;
+    double scale = 1;
+    switch (*end) {
+    case 'K': case 'k': scale = 1e3; end++; break;
+    case 'M': case 'm': scale = 1e6; end++; break;
+    case 'B': case 'b': case 'G': case 'g': scale = 1e9; end++; break;
+    case 'T': case 't': scale = 1e12; end++; break;
+    default: break;
+    }
+    if (*end || v * scale >= 9.2e18 || v * scale < 1)
+        return false;
+    *out = (int64_t)llround(v * scale);
+    return true;
+}
+
 bool cli_parse_size(const char *s, uint64_t *out)
 {
     char *end;

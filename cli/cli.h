@@ -47,6 +47,8 @@ void cli_normalize_flags(int argc, char **argv);
 
 /* Parses a positive decimal integer (the whole string); false for 0, negatives or junk. */
 bool cli_parse_count(const char *s, int64_t *out);
+/* Parses a parameter count with an optional decimal unit: 6B, 1.5M, 800K, 11148288. */
+bool cli_parse_param_count(const char *s, int64_t *out);
 /* Parses a size with an optional unit: 5GB, 500MB, 2GiB, 1000 (bytes). */
 bool cli_parse_size(const char *s, uint64_t *out);
 /* Formats bytes for people: "4.12 GB". */
@@ -77,5 +79,6 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
+int cmd_score(int argc, char **argv);
 
 #endif

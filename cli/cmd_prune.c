@@ -1,11 +1,15 @@
-/* lmsurgeon prune: cut a model to a target shape in one shot (depth and width), by importance
- * scores from a file or, without one, by weight magnitude; write a complete checkpoint. */
+/* lmsurgeon prune: cut a model to a target shape in one shot (depth and width) and write a
+ * complete checkpoint. Scores come from calibration data (--data-paths: the model runs over it
+ * first, as the reference workflow does), from an importance file, or from weight magnitudes.
+ * Planning is the library's (lms_prune_plan_make); this file parses, calls and writes. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/prune_calib.h"
 #include "lms/alloc.h"
 #include "lms/format.h"
 #include "lms/importance.h"
@@ -14,274 +18,355 @@
 #include "lms/surgery.h"
 
 static const char usage_text[] =
-    "usage: lmsurgeon prune IN OUT [axes...] [--importance FILE] [--dry-run] [--json] [--quiet]\n"
+    "usage: lmsurgeon prune IN OUT [targets...] [--data-paths PREFIX | --importance FILE]\n"
+    "                       [--dry-run] [--json] [--quiet]\n"
     "\n"
     "Depth (layers are numbered from 1, as in the reference workflow; layer 1 is model.layers.0):\n"
     "  --drop-layers LIST           drop these layers, e.g. 24-31,33\n"
     "  --keep-layers LIST           keep only these layers\n"
     "  --target-num-layers N        keep N layers chosen by --layer-selection\n"
-    "  --layer-selection SEL        contiguous-last (default without layer scores: drop one block\n"
-    "                               ending just before the last layer), last (drop the last\n"
-    "                               layers), importance (drop the lowest-scoring layers; the\n"
-    "                               default when --importance has layer scores), explicit\n"
+    "  --layer-selection SEL        (alias --layer-metric) which layers go:\n"
+    "                                 bi          the lowest Block Influence layers, one by one\n"
+    "                                 block-bi    the contiguous block of lowest Block Influence\n"
+    "                                 ppl         the layers whose lone removal costs least loss\n"
+    "                                 contiguous  the contiguous block whose removal costs least\n"
+    "                                 contiguous-last  one block ending before the last layer\n"
+    "                                 last        the final layers\n"
+    "                                 importance  the lowest layer scores of --importance FILE\n"
+    "                               bi, block-bi, ppl and contiguous calibrate on --data-paths.\n"
+    "                               Default: bi with data, importance with a file that has layer\n"
+    "                               scores, else contiguous-last.\n"
     "Width (the same width in every layer; kept channels keep their original order):\n"
     "  --target-ffn-hidden-size F   FFN neurons per layer\n"
     "  --target-hidden-size H       hidden (residual stream) channels\n"
     "  --target-num-attention-heads N  query heads per layer, the same number in every group\n"
-    "  --target-num-query-groups G  whole KV groups with their query heads\n"
+    "  --target-num-query-groups G  whole KV groups with their query heads\n";
+static const char usage_data[] =
+    "Calibration (the model runs over the data once before pruning; activation scores rank the\n"
+    "channels, the depth metric ranks the layers):\n"
+    "  --data-paths PREFIX          token dataset: Megatron PREFIX.bin/.idx, or a raw .u16/.i32\n"
+    "                               id file (alias --data)\n"
+    "  --num-train-samples N        calibration windows (default 1024; alias --num-samples)\n"
+    "  --seq-length S               tokens per window (default 4096)\n"
+    "  --mbs B                      windows per forward pass (default 4; --micro-batch-size)\n"
+    "  --seed N                     window sampling seed (see lmsurgeon score --help)\n"
+    "  --device DEV                 cpu (default) or cuda[:N]\n"
+    "  --precision P                fp32, bf16 or auto (default: bf16 GEMMs on CUDA, fp32 on\n"
+    "                               the CPU), as for eval\n"
+    "  --threads N                  CPU threads (default: all cores)\n"
+    "  --devices N                  accepted for the reference workflow: its number of GPUs.\n"
+    "                               lmsurgeon calibrates on the one --device (split rows across\n"
+    "                               machines with 'lmsurgeon score --rows' and --merge instead)\n"
+    "  --tp-size N, --pp-size N     accepted for the reference workflow: its tensor and pipeline\n"
+    "                               parallel sizes while pruning. They change nothing here: one\n"
+    "                               process holds the model, and the checkpoint written loads\n"
+    "                               under any parallel layout\n"
+    "  --legacy-ckpt                accepted for the reference workflow (it loads checkpoints of\n"
+    "                               older Transformer Engine versions); every layout this tool\n"
+    "                               reads is read without it\n"
+    "";
+static const char usage_search[] =
+    "Parameter budget (search the shape instead of giving it):\n"
+    "  --target-params N            e.g. 6B, 1.5M, 11148288: enumerate homogeneous shapes\n"
+    "                               (layers, FFN, hidden, query heads) with at most N parameters,\n"
+    "                               keep the largest --num-candidates, prune each (scores as\n"
+    "                               above) and rank them by LM loss on held-out windows of the\n"
+    "                               data (without data: by size); print the table, prune to the\n"
+    "                               best\n"
+    "  --candidate K                prune to the K-th candidate of the table instead\n"
+    "  --num-candidates K           candidates evaluated (default 10)\n"
+    "  --eval-samples N             held-out windows per candidate (default 16)\n"
+    "  --search-num-layers MIN:MAX[:STEP]    default 80%..100% of L, step 2\n"
+    "  --search-ffn-hidden-size MIN:MAX[:STEP]  default 60%..100%, step F/16 (power of 2, <=512)\n"
+    "  --search-hidden-size MIN:MAX[:STEP]   default 60%..100%, step H/16 (power of 2, <=256)\n"
+    "  --search-num-attention-heads MIN:MAX  default 60%..100%, multiples of the query groups\n"
     "Scores and output:\n"
     "  --importance FILE            importance scores (lmsurgeon-importance JSON, see README);\n"
     "                               axes missing from it fall back to weight magnitudes\n"
-    "  --dry-run                    print the resulting config, size and kept indices; write nothing\n"
+    "  --dry-run                    print the resulting config, size and kept indices (and the\n"
+    "                               candidate table); write nothing\n"
     "  --to FORMAT                  output format (default: the input's)\n"
     "  --dtype TYPE                 cast floating-point tensors (bf16, f16, f32)\n"
     "  --max-shard-size SIZE        bytes per shard (default 5GB)\n"
     "  --force                      replace OUT if it exists and is not empty\n"
     "  --json, --quiet, -h/--help\n"
-    "Aliases: --restore-path (IN), --save-path (OUT); underscores work as hyphens.\n";
+    "Aliases: --restore-path (IN), --save-path (OUT); underscores work as hyphens, so the\n"
+    "reference commands run as written:\n"
+    "  lmsurgeon prune --restore_path IN --save_path OUT --seq_length 4096 \\\n"
+    "      --num_train_samples 1024 --mbs 4 --data_paths PREFIX --target_num_layers 24\n";
 
 struct prune_args {
-    const char *in, *out, *importance, *to;
-    const char *drop_layers, *keep_layers;
-    int64_t target_layers, target_ffn, target_hidden, target_heads, target_groups; /* 0 = unset */
-    const char *selection;
+    const char *in, *out, *importance, *to, *selection;
+    struct lms_prune_targets t;
     bool dry_run;
+    struct prune_calib_opts cal;
+    int64_t target_params, candidate, n_candidates;
+    struct lms_search_opts so;
     struct cli_common co;
     struct lms_write_opts wo;
 };
 
-/* Parses "24-31,33" (1-based, inclusive ranges) into a 0-based membership array of L. */
-static enum lms_status parse_layer_list(const char *s, int64_t L, bool *member,
-                                        struct lms_error *err)
+static const char *cmd = "prune";
+
+/* "MIN:MAX[:STEP]" (MAX or STEP may be empty). */
+static bool parse_range(const char *s, struct lms_search_axis *ax)
 {
+    long long v[3] = {0, 0, 0};
+    int n = 0;
     const char *p = s;
-    while (*p) {
+    while (n < 3) {
         char *end;
-        long long a = strtoll(p, &end, 10), b;
-        if (end == p)
-            return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", s);
-        b = a;
-        p = end;
-        if (*p == '-') {
-            b = strtoll(p + 1, &end, 10);
-            if (end == p + 1)
-                return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", s);
-            p = end;
+        if (*p == ':' || !*p) {
+            v[n] = 0;
+            end = (char *)p;
+        } else {
+            v[n] = strtoll(p, &end, 10);
+            if (end == p || v[n] < 1)
+                return false;
         }
-        if (a < 1 || b > L || a > b)
-            return lms_error_set(err, LMS_EINVAL,
-                                 "layer range %lld-%lld is outside 1..%lld (layers are numbered from 1)",
-                                 a, b, (long long)L);
-        for (long long l = a; l <= b; l++)
-            member[l - 1] = true;
-        if (*p == ',')
-            p++;
-        else if (*p)
-            return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", s);
+        n++;
+        if (!*end)
+            break;
+        if (*end != ':')
+            return false;
+        p = end + 1;
     }
-    return LMS_OK;
+    if (*p && n == 3 && strchr(p, ':'))
+        return false;
+    ax->min = v[0];
+    ax->max = v[1];
+    ax->step = v[2];
+    return v[0] > 0 && (!v[1] || v[1] >= v[0]);
 }
 
-/* Depth part of the plan. */
-static enum lms_status plan_layers(const struct prune_args *a, const struct lms_model *m,
-                                   const struct lms_importance *imp, struct lms_prune_plan *plan,
-                                   const char **how, struct lms_error *err)
+/* ---- output ------------------------------------------------------------------------------- */
+
+static void print_indices(const char *label, json_t *a, int64_t base)
 {
-    int64_t L = m->arch.n_layers;
-    int n_ways = !!a->drop_layers + !!a->keep_layers + !!a->target_layers;
-    if (n_ways == 0)
-        return LMS_OK;
-    if (n_ways > 1)
-        return lms_error_set(err, LMS_EINVAL,
-                             "use only one of --drop-layers, --keep-layers, --target-num-layers");
-    if (a->drop_layers || a->keep_layers) {
-        bool *member = lms_calloc((size_t)L, sizeof(bool));
-        if (!member)
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        enum lms_status rc =
-            parse_layer_list(a->drop_layers ? a->drop_layers : a->keep_layers, L, member, err);
-        int64_t n = 0;
-        for (int64_t l = 0; l < L; l++)
-            n += a->drop_layers ? !member[l] : member[l];
-        if (!rc && n == 0)
-            rc = lms_error_set(err, LMS_EINVAL, "the layer list drops every layer");
-        if (!rc && !(plan->layers.index = lms_malloc((size_t)n * sizeof(int64_t))))
-            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
-        if (!rc) {
-            plan->layers.n = 0;
-            for (int64_t l = 0; l < L; l++)
-                if (a->drop_layers ? !member[l] : member[l])
-                    plan->layers.index[plan->layers.n++] = l;
+    size_t i;
+    json_t *v;
+    printf("%s", label);
+    json_array_foreach(a, i, v) printf(" %" PRId64, (int64_t)json_integer_value(v) + base);
+}
+
+static void print_depth(json_t *d)
+{
+    const char *sel = json_string_value(json_object_get(d, "selection"));
+    if (!sel || !json_object_get(d, "kept"))
+        return;
+    printf(" (%s%s;", sel, json_object_get(d, "chosen_by") ? ", the default" : "");
+    print_indices(" kept, 1-based:", json_object_get(d, "kept"), 1);
+    printf(")\n");
+    json_t *scores = json_object_get(d, "scores"), *blocks = json_object_get(d, "block_scores");
+    const char *metric = json_string_value(json_object_get(d, "metric"));
+    if (scores) {
+        printf("                       dropped");
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(d, "dropped"), i, v) {
+            int64_t l = json_integer_value(v);
+            printf(" %" PRId64 " (%.4g)", l + 1, json_number_value(json_array_get(scores, l)));
         }
-        lms_free(member);
-        *how = "explicit";
-        return rc;
+        printf(" by %s\n", metric);
+    } else if (blocks) {
+        int64_t s = json_integer_value(json_object_get(d, "dropped_block_start"));
+        int64_t n = json_integer_value(json_object_get(d, "block_length"));
+        printf("                       dropped block %" PRId64 "-%" PRId64 " (%.4g, lowest of %zu "
+               "blocks) by %s\n",
+               s + 1, s + n, json_number_value(json_array_get(blocks, (size_t)s)),
+               json_array_size(blocks), metric);
     }
-    if (a->target_layers > L)
-        return lms_error_set(err, LMS_EINVAL, "--target-num-layers %lld is larger than the %lld layers",
-                             (long long)a->target_layers, (long long)L);
-    enum lms_layer_selection sel =
-        imp && imp->layers ? LMS_LAYERS_IMPORTANCE : LMS_LAYERS_CONTIGUOUS_LAST;
-    if (a->selection) {
-        if (!strcmp(a->selection, "contiguous-last"))
-            sel = LMS_LAYERS_CONTIGUOUS_LAST;
-        else if (!strcmp(a->selection, "last"))
-            sel = LMS_LAYERS_LAST;
-        else if (!strcmp(a->selection, "importance"))
-            sel = LMS_LAYERS_IMPORTANCE;
-        else if (!strcmp(a->selection, "explicit"))
-            return lms_error_set(err, LMS_EINVAL,
-                                 "--layer-selection explicit needs --drop-layers or --keep-layers");
-        else
-            return lms_error_set(err, LMS_EINVAL, "unknown --layer-selection '%s'", a->selection);
-    }
-    if (sel == LMS_LAYERS_IMPORTANCE && !(imp && imp->layers))
-        return lms_error_set(err, LMS_EINVAL,
-                             "--layer-selection importance needs an --importance file with layer scores");
-    *how = sel == LMS_LAYERS_IMPORTANCE ? "importance" : sel == LMS_LAYERS_LAST ? "last"
-                                                                                : "contiguous-last";
-    return lms_select_layers(sel, L, a->target_layers, imp ? imp->layers : NULL, &plan->layers,
-                             err);
+    json_t *src = json_object_get(d, "source");
+    if (json_is_object(src) && json_object_get(src, "rows"))
+        printf("                       metric from %" PRId64 " windows x %" PRId64
+               " tokens of '%s'\n",
+               (int64_t)json_integer_value(json_object_get(src, "rows")),
+               (int64_t)json_integer_value(json_object_get(src, "row_length")),
+               json_string_value(json_object_get(src, "data")) ? json_string_value(
+                                                                     json_object_get(src, "data"))
+                                                               : "?");
 }
 
-static struct lms_keep *per_layer(int64_t L)
+static void print_width(json_t *rep, const char *key, const char *label, const char *scores_from)
 {
-    return lms_calloc((size_t)L, sizeof(struct lms_keep));
+    json_t *o = json_object_get(rep, key);
+    printf("  %-20s %" PRId64 " -> %" PRId64, label,
+           (int64_t)json_integer_value(json_object_get(o, "from")),
+           (int64_t)json_integer_value(json_object_get(o, "to")));
+    const char *s = json_string_value(json_object_get(o, "scores"));
+    if (s)
+        printf(" (ranked by %s)",
+               !strcmp(s, "weight-magnitude") ? "weight magnitude" : scores_from);
+    printf("\n");
 }
 
-/* Width part of the plan from the scores. */
-static enum lms_status plan_width(const struct prune_args *a, const struct lms_arch *ar,
-                                  const struct lms_importance *imp, struct lms_prune_plan *plan,
-                                  struct lms_error *err)
+static void print_summary(const struct prune_args *a, json_t *rep, const struct lms_model *in,
+                          const struct lms_model *out, const char *scores_from)
 {
-    int64_t L = ar->n_layers;
-    enum lms_status rc = LMS_OK;
-    if (a->target_hidden && a->target_hidden < ar->hidden)
-        rc = lms_rank_keep(imp->hidden_s, ar->hidden, a->target_hidden, &plan->hidden, err);
-    if (!rc && a->target_ffn && a->target_ffn < ar->ffn) {
-        if (!(plan->ffn = per_layer(L)))
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        for (int64_t l = 0; l < L && !rc; l++)
-            rc = lms_rank_keep(imp->ffn_s + l * ar->ffn, ar->ffn, a->target_ffn, &plan->ffn[l],
-                               err);
-    }
-    int64_t ng = a->target_groups ? a->target_groups : ar->n_groups;
-    int64_t r = ar->n_heads / ar->n_groups;
-    if (!rc && ng < ar->n_groups) {
-        if (!(plan->groups = per_layer(L)))
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        for (int64_t l = 0; l < L && !rc; l++)
-            rc = lms_rank_keep(imp->groups + l * ar->n_groups, ar->n_groups, ng, &plan->groups[l],
-                               err);
-    }
-    int64_t rk = a->target_heads ? a->target_heads / ng : r;
-    if (!rc && rk < r) {
-        /* group-local ranking (§3.2): the best rk heads inside every kept group */
-        if (!(plan->heads = per_layer(L)))
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        for (int64_t l = 0; l < L && !rc; l++) {
-            struct lms_keep *h = &plan->heads[l];
-            if (!(h->index = lms_malloc((size_t)(ng * rk) * sizeof(int64_t))))
-                return lms_error_set(err, LMS_ENOMEM, "out of memory");
-            h->n = 0;
-            for (int64_t gi = 0; gi < ng && !rc; gi++) {
-                int64_t g = plan->groups ? plan->groups[l].index[gi] : gi;
-                struct lms_keep in_group;
-                rc = lms_rank_keep(imp->heads + l * ar->n_heads + g * r, r, rk, &in_group, err);
-                for (int64_t j = 0; !rc && j < rk; j++)
-                    h->index[h->n++] = g * r + in_group.index[j];
-                if (!rc)
-                    lms_free(in_group.index);
-            }
-        }
-    }
-    return rc;
-}
-
-static enum lms_status check_targets(const struct prune_args *a, const struct lms_arch *ar,
-                                     struct lms_error *err)
-{
-    const struct {
-        const char *flag;
-        int64_t target, current;
-    } t[] = {
-        {"--target-num-layers", a->target_layers, ar->n_layers},
-        {"--target-ffn-hidden-size", a->target_ffn, ar->ffn},
-        {"--target-hidden-size", a->target_hidden, ar->hidden},
-        {"--target-num-attention-heads", a->target_heads, ar->n_heads},
-        {"--target-num-query-groups", a->target_groups, ar->n_groups},
-    };
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        if (t[i].target < 0)
-            return lms_error_set(err, LMS_EINVAL, "%s must be at least 1", t[i].flag);
-        if (t[i].target > t[i].current)
-            return lms_error_set(err, LMS_EINVAL, "%s %lld is larger than the current %lld",
-                                 t[i].flag, (long long)t[i].target, (long long)t[i].current);
-    }
-    int64_t ng = a->target_groups ? a->target_groups : ar->n_groups;
-    int64_t nh = a->target_heads ? a->target_heads : (ar->n_heads / ar->n_groups) * ng;
-    if (nh % ng)
-        return lms_error_set(err, LMS_EINVAL,
-                             "--target-num-attention-heads %lld is not a multiple of the %lld query "
-                             "groups (every group keeps the same number of heads)",
-                             (long long)nh, (long long)ng);
-    if (nh / ng > ar->n_heads / ar->n_groups)
-        return lms_error_set(err, LMS_EINVAL,
-                             "%lld heads over %lld query groups is more than the %lld heads per "
-                             "group the model has",
-                             (long long)nh, (long long)ng, (long long)(ar->n_heads / ar->n_groups));
-    return LMS_OK;
-}
-
-static json_t *keep_summary(const struct lms_prune_plan *p, const struct lms_model *in,
-                            const struct lms_model *out)
-{
-    json_t *o = json_object();
-    if (p->layers.index) {
-        json_t *kept = json_array();
-        for (int64_t i = 0; i < p->layers.n; i++)
-            json_array_append_new(kept, json_integer(p->layers.index[i]));
-        json_object_set_new(o, "kept_layers", kept);
-    }
-    json_object_set_new(o, "layers", json_pack("[I,I]", (json_int_t)in->arch.n_layers,
-                                               (json_int_t)out->arch.n_layers));
-    json_object_set_new(o, "hidden_size", json_pack("[I,I]", (json_int_t)in->arch.hidden,
-                                                    (json_int_t)out->arch.hidden));
-    json_object_set_new(o, "ffn_hidden_size", json_pack("[I,I]", (json_int_t)in->arch.ffn,
-                                                        (json_int_t)out->arch.ffn));
-    json_object_set_new(o, "num_attention_heads", json_pack("[I,I]", (json_int_t)in->arch.n_heads,
-                                                            (json_int_t)out->arch.n_heads));
-    json_object_set_new(o, "num_query_groups", json_pack("[I,I]", (json_int_t)in->arch.n_groups,
-                                                         (json_int_t)out->arch.n_groups));
-    return o;
-}
-
-static void print_summary(const struct prune_args *a, const struct lms_prune_plan *p,
-                          const struct lms_model *in, const struct lms_model *out,
-                          const char *scores, const char *depth_how)
-{
-    const struct lms_arch *x = &in->arch, *y = &out->arch;
     char b1[32], b2[32];
     cli_format_bytes(lms_model_nbytes(in), b1, sizeof(b1));
     cli_format_bytes(lms_model_nbytes(out), b2, sizeof(b2));
     printf("%s '%s' -> '%s'\n", a->dry_run ? "would prune" : "pruned", a->in, a->out);
-    printf("  layers               %" PRId64 " -> %" PRId64, x->n_layers, y->n_layers);
-    if (p->layers.index) {
-        printf(" (%s; kept, 1-based:", depth_how);
-        for (int64_t i = 0; i < p->layers.n; i++)
-            printf(" %" PRId64, p->layers.index[i] + 1);
-        printf(")");
-    }
-    printf("\n  hidden_size          %" PRId64 " -> %" PRId64 "\n", x->hidden, y->hidden);
-    printf("  intermediate_size    %" PRId64 " -> %" PRId64 "\n", x->ffn, y->ffn);
-    printf("  num_attention_heads  %" PRId64 " -> %" PRId64 "\n", x->n_heads, y->n_heads);
-    printf("  num_key_value_heads  %" PRId64 " -> %" PRId64 "\n", x->n_groups, y->n_groups);
-    printf("  head_dim             %" PRId64 " (unchanged, written explicitly)\n", y->head_dim);
+    printf("  layers               %" PRId64 " -> %" PRId64, in->arch.n_layers, out->arch.n_layers);
+    json_t *d = json_object_get(rep, "layers");
+    if (json_object_get(d, "kept"))
+        print_depth(d);
+    else
+        printf("\n");
+    print_width(rep, "hidden_size", "hidden_size", scores_from);
+    print_width(rep, "ffn_hidden_size", "intermediate_size", scores_from);
+    print_width(rep, "num_attention_heads", "num_attention_heads", scores_from);
+    print_width(rep, "num_query_groups", "num_key_value_heads", scores_from);
+    printf("  head_dim             %" PRId64 " (unchanged, written explicitly)\n",
+           out->arch.head_dim);
     printf("  parameters           %" PRId64 " -> %" PRId64 " (%.1f%%)\n", lms_model_n_params(in),
            lms_model_n_params(out),
            100.0 * (double)lms_model_n_params(out) / (double)lms_model_n_params(in));
     printf("  tensor bytes         %s -> %s\n", b1, b2);
-    printf("  channel scores       %s\n", scores);
+}
+
+static json_t *candidates_json(const struct lms_candidate *c, int64_t n, int64_t chosen)
+{
+    json_t *arr = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(
+            arr, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:b}", "num_layers",
+                           (json_int_t)c[i].n_layers, "ffn_hidden_size", (json_int_t)c[i].ffn,
+                           "hidden_size", (json_int_t)c[i].hidden, "num_attention_heads",
+                           (json_int_t)c[i].n_heads, "num_query_groups",
+                           (json_int_t)c[i].n_groups, "n_params", (json_int_t)c[i].n_params,
+                           "loss", isfinite(c[i].loss) ? json_real(c[i].loss) : json_null(),
+                           "chosen", i == chosen));
+    return arr;
+}
+
+static void print_candidates(const struct prune_args *a, const struct lms_candidate *c,
+                             int64_t n, int64_t n_fit, int64_t chosen, bool ranked)
+{
+    printf("parameter budget %" PRId64 ": %" PRId64 " shapes fit; the %" PRId64 " largest, %s\n",
+           a->target_params, n_fit, n,
+           ranked ? "ranked by LM loss on held-out calibration windows (no training)"
+                  : "ranked by size (no --data-paths to rank them by loss)");
+    printf("  %4s %6s %6s %6s %6s %6s %14s %9s\n", "rank", "layers", "ffn", "hidden", "heads",
+           "groups", "parameters", "loss");
+    for (int64_t i = 0; i < n; i++) {
+        char loss[32] = "-";
+        if (isfinite(c[i].loss))
+            snprintf(loss, sizeof loss, "%.4f", c[i].loss);
+        printf("  %4" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64
+               " %14" PRId64 " %9s%s\n",
+               i + 1, c[i].n_layers, c[i].ffn, c[i].hidden, c[i].n_heads, c[i].n_groups,
+               c[i].n_params, loss, i == chosen ? "  <- pruned to" : "");
+    }
+}
+
+/* The former summary shape: [before, after] per dimension and the kept layers. */
+static json_t *shape_json(json_t *rep, const struct lms_model *in, const struct lms_model *out)
+{
+    json_t *o = json_pack(
+        "{s:[I,I],s:[I,I],s:[I,I],s:[I,I],s:[I,I]}", "layers", (json_int_t)in->arch.n_layers,
+        (json_int_t)out->arch.n_layers, "hidden_size", (json_int_t)in->arch.hidden,
+        (json_int_t)out->arch.hidden, "ffn_hidden_size", (json_int_t)in->arch.ffn,
+        (json_int_t)out->arch.ffn, "num_attention_heads", (json_int_t)in->arch.n_heads,
+        (json_int_t)out->arch.n_heads, "num_query_groups", (json_int_t)in->arch.n_groups,
+        (json_int_t)out->arch.n_groups);
+    json_t *kept = json_object_get(json_object_get(rep, "layers"), "kept");
+    if (kept)
+        json_object_set(o, "kept_layers", kept);
+    return o;
+}
+
+/* Which scores ranked the width axes, in words (given: the source of the scores, or ""). */
+static void describe_scores(json_t *rep, const char *given, char *dst, size_t cap)
+{
+    static const char *const keys[] = {"hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                       "num_query_groups"};
+    bool any = false, magnitude = false;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *s = json_string_value(json_object_get(json_object_get(rep, keys[i]), "scores"));
+        any |= s != NULL;
+        magnitude |= s && !strcmp(s, "weight-magnitude");
+    }
+    if (!any)
+        snprintf(dst, cap, "%s", given[0] ? given : "none needed");
+    else if (!given[0])
+        snprintf(dst, cap, "weight magnitude (no --importance or --data-paths given)");
+    else
+        snprintf(dst, cap, "%s%s", given, magnitude ? " + weight magnitude for axes they lack" : "");
+}
+
+/* ---- the run ------------------------------------------------------------------------------ */
+
+static int cmp_loss(const void *x, const void *y)
+{
+    const struct lms_candidate *a = x, *b = y;
+    bool an = !isfinite(a->loss), bn = !isfinite(b->loss);
+    if (an != bn)
+        return an ? 1 : -1;
+    if (!an && a->loss != b->loss)
+        return a->loss < b->loss ? -1 : 1;
+    return (a->n_params < b->n_params) - (a->n_params > b->n_params);
+}
+
+static void targets_of(const struct lms_candidate *c, struct lms_prune_targets *t)
+{
+    t->n_layers = c->n_layers;
+    t->ffn = c->ffn;
+    t->hidden = c->hidden;
+    t->n_heads = c->n_heads;
+    t->n_groups = c->n_groups;
+}
+
+/* The budget search: candidates, each pruned and evaluated when data is given, ranked; t gets
+ * the chosen shape. OUT: *table (JSON) and the table printed unless quiet/json. */
+static enum lms_status search(struct prune_args *a, const struct lms_model *in,
+                              const struct lms_importance *imp, struct prune_calib *cal,
+                              json_t **table, struct lms_error *err)
+{
+    struct lms_candidate *c;
+    int64_t n, n_fit;
+    a->so.target_params = a->target_params;
+    a->so.max_candidates = a->n_candidates;
+    enum lms_status rc = lms_search_candidates(&in->arch, &a->so, &c, &n, &n_fit, err);
+    if (rc)
+        return rc;
+    bool ranked = cal != NULL;
+    for (int64_t i = 0; ranked && i < n && !rc; i++) {
+        struct lms_prune_targets t = a->t;
+        targets_of(&c[i], &t);
+        struct lms_prune_plan plan;
+        struct lms_model pm;
+        struct lms_importance view;
+        rc = prune_calib_scores_for(cal, in, imp, c[i].n_layers, &view, err);
+        if (!rc)
+            rc = lms_prune_plan_make(in, &t, &view, &plan, NULL, err);
+        if (!rc && !(rc = lms_prune_apply(in, &plan, &pm, err))) {
+            lms_assert(lms_model_n_params(&pm) == c[i].n_params);
+            rc = prune_calib_eval(cal, &pm, &c[i].loss, err);
+            lms_model_release(&pm);
+        }
+        lms_prune_plan_release(&plan);
+        if (!a->co.quiet && !a->co.json)
+            fprintf(stderr, "candidate %" PRId64 "/%" PRId64 ": loss %.4f\n", i + 1, n,
+                    c[i].loss);
+    }
+    if (ranked && !rc)
+        qsort(c, (size_t)n, sizeof(*c), cmp_loss);
+    int64_t chosen = a->candidate ? a->candidate - 1 : 0;
+    if (!rc && chosen >= n)
+        rc = lms_error_set(err, LMS_EINVAL, "--candidate %lld: the table has %lld row%s",
+                           (long long)a->candidate, (long long)n, n == 1 ? "" : "s");
+    if (!rc) {
+        targets_of(&c[chosen], &a->t);
+        a->t.drop_layers = a->t.keep_layers = NULL;
+        *table = json_pack("{s:I,s:I,s:b,s:o}", "target_params", (json_int_t)a->target_params,
+                           "n_fitting", (json_int_t)n_fit, "ranked_by_loss", ranked,
+                           "candidates", candidates_json(c, n, chosen));
+        if (!a->co.quiet && !a->co.json)
+            print_candidates(a, c, n, n_fit, chosen, ranked);
+    }
+    lms_free(c);
+    return rc;
 }
 
 static int run(struct prune_args *a)
@@ -290,56 +375,83 @@ static int run(struct prune_args *a)
     lms_error_clear(&err);
     struct cli_common *co = &a->co;
     if (!a->dry_run && lms_path_check_not_input(a->out, a->in, &err))
-        return cli_fail("prune", co, &err);
+        return cli_fail(cmd, co, &err);
+    if (a->selection && !lms_layer_selection_parse(a->selection, &a->t.selection))
+        return cli_usage_error(cmd, "unknown --layer-selection '%s' (bi, block-bi, ppl, "
+                               "contiguous, contiguous-last, last, importance, explicit)",
+                               a->selection);
+    if (lms_layer_selection_needs_data(a->t.selection) && !a->cal.data && !a->importance)
+        return cli_usage_error(cmd, "--layer-selection %s needs calibration data (--data-paths) "
+                               "or an --importance file scored with that layer metric",
+                               a->selection);
+    if (a->cal.data && a->importance)
+        return cli_usage_error(cmd, "--data-paths and --importance exclude each other (calibrate "
+                               "or read scores, not both)");
+    if (a->target_params && (a->t.ffn || a->t.hidden || a->t.n_heads || a->t.n_layers ||
+                             a->t.n_groups || a->t.drop_layers || a->t.keep_layers))
+        return cli_usage_error(cmd, "--target-params searches the shape: give no other target "
+                               "(bound the search with the --search-* ranges instead)");
+    if ((a->candidate || a->n_candidates) && !a->target_params)
+        return cli_usage_error(cmd, "--candidate and --num-candidates need --target-params");
+    if (a->candidate && a->n_candidates && a->candidate > a->n_candidates)
+        return cli_usage_error(cmd, "--candidate %lld is beyond --num-candidates %lld",
+                               (long long)a->candidate, (long long)a->n_candidates);
     const struct lms_format *src = lms_format_detect(a->in, &err);
     if (!src)
-        return cli_fail("prune", co, &err);
+        return cli_fail(cmd, co, &err);
     const struct lms_format *dst = a->to ? lms_format_find(a->to) : src;
     if (!dst)
-        return cli_usage_error("prune", "unknown --to '%s'", a->to);
+        return cli_usage_error(cmd, "unknown --to '%s'", a->to);
     struct lms_model in, out;
     struct lms_read_opts ro = {0};
     if (src->read(a->in, &ro, &in, &err))
-        return cli_fail("prune", co, &err);
+        return cli_fail(cmd, co, &err);
     int code = CLI_EXIT_OK;
     struct lms_importance imp;
     lms_importance_init(&imp, &in.arch);
     struct lms_prune_plan plan;
     lms_prune_plan_init(&plan, in.arch.n_layers);
-    const char *depth_how = "";
-    enum lms_status rc = check_targets(a, &in.arch, &err);
+    struct prune_calib *cal = NULL;
+    json_t *report = NULL, *table = NULL;
+    bool have_out = false;
+    char scores_from[512] = "";
+    enum lms_status rc = lms_prune_targets_check(&a->t, &in.arch, &err);
     if (!rc && a->importance) {
         lms_importance_release(&imp);
         rc = lms_importance_read(a->importance, &imp, &err);
         if (!rc)
             rc = lms_importance_check(&imp, &in.arch, a->importance, &err);
+        snprintf(scores_from, sizeof scores_from, "%s scores of '%s'",
+                 imp.method ? imp.method : "the", a->importance);
     }
-    /* width axes without scores fall back to weight magnitudes */
-    unsigned need = (a->target_hidden && a->target_hidden < in.arch.hidden ? LMS_AXIS_HIDDEN : 0) |
-                    (a->target_ffn && a->target_ffn < in.arch.ffn ? LMS_AXIS_FFN : 0) |
-                    (a->target_heads ? LMS_AXIS_HEADS : 0) |
-                    (a->target_groups && a->target_groups < in.arch.n_groups ? LMS_AXIS_GROUPS : 0);
-    unsigned missing = need & ~lms_importance_axes(&imp);
-    if (!rc && missing)
-        rc = lms_importance_magnitude(&in, missing, &imp, &err);
-    char scores[160];
-    snprintf(scores, sizeof(scores), "%s%s",
-             !need ? "none needed"
-             : a->importance ? a->importance
-                             : "weight magnitude (no --importance given)",
-             a->importance && missing ? " + weight magnitude for axes it lacks" : "");
-    if (!rc)
-        rc = plan_layers(a, &in, a->importance ? &imp : NULL, &plan, &depth_how, &err);
-    if (!rc)
-        rc = plan_width(a, &in.arch, &imp, &plan, &err);
-    if (!rc)
-        rc = lms_prune_apply(&in, &plan, &out, &err);
-    if (rc) {
-        code = cli_fail("prune", co, &err);
-        goto done;
+    if (!rc && a->cal.data) {
+        /* the depth target decides which block length the block metrics need */
+        a->cal.n_drop = a->t.n_layers ? in.arch.n_layers - a->t.n_layers : 0;
+        a->cal.selection = a->t.selection;
+        a->cal.budget = a->target_params != 0;
+        a->cal.width_axes =
+            (a->cal.budget || a->t.hidden ? LMS_AXIS_HIDDEN : 0) |
+            (a->cal.budget || a->t.ffn ? LMS_AXIS_FFN : 0) |
+            (a->cal.budget || a->t.n_heads || a->t.n_groups ? LMS_AXIS_HEADS : 0) |
+            (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
+        a->cal.json = co->json;
+        a->cal.quiet = co->quiet;
+        rc = prune_calib_run(&in, &a->cal, &cal, &imp, &err);
+        if (!rc && prune_calib_describe(cal))
+            snprintf(scores_from, sizeof scores_from, "activations on %s",
+                     prune_calib_describe(cal));
     }
+    if (!rc && a->target_params)
+        rc = search(a, &in, &imp, cal, &table, &err);
+    struct lms_importance view = imp;
+    if (!rc && cal)
+        rc = prune_calib_scores_for(cal, &in, &imp, a->t.n_layers, &view, &err);
+    if (!rc)
+        rc = lms_prune_plan_make(&in, &a->t, &view, &plan, &report, &err);
+    if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
+        have_out = true;
     struct lms_write_result res = {0};
-    if (!a->dry_run) {
+    if (!rc && !a->dry_run) {
         struct cli_progress bar;
         cli_progress_begin(&bar, "pruning", lms_model_nbytes(&out), true, co->quiet);
         a->wo.progress = cli_progress_cb;
@@ -351,20 +463,30 @@ static int run(struct prune_args *a)
             fputc('\n', stderr);
     }
     if (rc) {
-        code = cli_fail("prune", co, &err);
+        code = cli_fail(cmd, co, &err);
     } else if (co->json) {
-        json_t *o = json_pack("{s:b,s:b,s:s,s:s,s:o,s:I,s:I,s:I,s:s}", "ok", 1, "dry_run",
-                              a->dry_run, "input", a->in, "output", a->out, "shape",
-                              keep_summary(&plan, &in, &out), "n_params_before",
-                              (json_int_t)lms_model_n_params(&in), "n_params_after",
-                              (json_int_t)lms_model_n_params(&out), "tensor_bytes",
-                              (json_int_t)lms_model_nbytes(&out), "scores", scores);
+        json_t *o = json_pack("{s:b,s:b,s:s,s:s,s:O,s:I,s:I,s:I}", "ok", 1, "dry_run",
+                              a->dry_run, "input", a->in, "output", a->out, "plan", report,
+                              "n_params_before", (json_int_t)lms_model_n_params(&in),
+                              "n_params_after", (json_int_t)lms_model_n_params(&out),
+                              "tensor_bytes", (json_int_t)lms_model_nbytes(&out));
+        char words[600];
+        describe_scores(report, scores_from, words, sizeof words);
+        json_object_set_new(o, "scores", json_string(words));
+        json_object_set_new(o, "shape", shape_json(report, &in, &out));
+        if (cal)
+            json_object_set_new(o, "calibration", prune_calib_json(cal));
+        if (table)
+            json_object_set_new(o, "search", json_incref(table));
         cli_print_json(o);
     } else if (!co->quiet) {
-        print_summary(a, &plan, &in, &out, scores, depth_how);
+        print_summary(a, report, &in, &out, scores_from[0] ? scores_from : "the given scores");
     }
-    lms_model_release(&out);
-done:
+    if (have_out)
+        lms_model_release(&out);
+    json_decref(report);
+    json_decref(table);
+    prune_calib_free(cal);
     lms_prune_plan_release(&plan);
     lms_importance_release(&imp);
     lms_model_release(&in);
@@ -373,13 +495,16 @@ done:
 
 int cmd_prune(int argc, char **argv)
 {
-    enum { O_DROP = 256, O_KEEP, O_TL, O_SEL, O_TF, O_TH, O_TA, O_TG, O_IMP, O_DRY, O_TO,
-           O_DTYPE, O_SHARD, O_RESTORE, O_SAVE };
+    enum { O_DROP = 256, O_KEEP, O_TL, O_TF, O_TH, O_TA, O_TG, O_SEL, O_IMP, O_DRY, O_TO,
+           O_DTYPE, O_SHARD, O_RESTORE, O_SAVE, O_DATA, O_NS, O_SEQ, O_MBS, O_SEED, O_DEV,
+           O_THREADS, O_DEVICES, O_TP, O_PP, O_LEGACY, O_PARAMS, O_CAND, O_NCAND, O_EVALN,
+           O_SL, O_SF, O_SH, O_SA, O_PREC };
     static const struct option opts[] = {
         {"drop-layers", required_argument, NULL, O_DROP},
         {"keep-layers", required_argument, NULL, O_KEEP},
         {"target-num-layers", required_argument, NULL, O_TL},
         {"layer-selection", required_argument, NULL, O_SEL},
+        {"layer-metric", required_argument, NULL, O_SEL},
         {"target-ffn-hidden-size", required_argument, NULL, O_TF},
         {"target-hidden-size", required_argument, NULL, O_TH},
         {"target-num-attention-heads", required_argument, NULL, O_TA},
@@ -391,26 +516,52 @@ int cmd_prune(int argc, char **argv)
         {"max-shard-size", required_argument, NULL, O_SHARD},
         {"restore-path", required_argument, NULL, O_RESTORE},
         {"save-path", required_argument, NULL, O_SAVE},
+        {"data-paths", required_argument, NULL, O_DATA},
+        {"data", required_argument, NULL, O_DATA},
+        {"num-train-samples", required_argument, NULL, O_NS},
+        {"num-samples", required_argument, NULL, O_NS},
+        {"seq-length", required_argument, NULL, O_SEQ},
+        {"mbs", required_argument, NULL, O_MBS},
+        {"micro-batch-size", required_argument, NULL, O_MBS},
+        {"seed", required_argument, NULL, O_SEED},
+        {"device", required_argument, NULL, O_DEV},
+        {"precision", required_argument, NULL, O_PREC},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"devices", required_argument, NULL, O_DEVICES},
+        {"tp-size", required_argument, NULL, O_TP},
+        {"pp-size", required_argument, NULL, O_PP},
+        {"legacy-ckpt", no_argument, NULL, O_LEGACY},
+        {"target-params", required_argument, NULL, O_PARAMS},
+        {"candidate", required_argument, NULL, O_CAND},
+        {"num-candidates", required_argument, NULL, O_NCAND},
+        {"eval-samples", required_argument, NULL, O_EVALN},
+        {"search-num-layers", required_argument, NULL, O_SL},
+        {"search-ffn-hidden-size", required_argument, NULL, O_SF},
+        {"search-hidden-size", required_argument, NULL, O_SH},
+        {"search-num-attention-heads", required_argument, NULL, O_SA},
         {"force", no_argument, NULL, 'f'},
         {"json", no_argument, NULL, 'j'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct prune_args a = {.wo = {.dtype = LMS_DTYPE_COUNT}};
-    int64_t *counts[] = {[O_TL - O_TL] = &a.target_layers, [O_TF - O_TL] = &a.target_ffn,
-                         [O_TH - O_TL] = &a.target_hidden, [O_TA - O_TL] = &a.target_heads,
-                         [O_TG - O_TL] = &a.target_groups};
+    struct prune_args a = {.wo = {.dtype = LMS_DTYPE_COUNT}, .t = {.selection = LMS_LAYERS_AUTO}};
+    prune_calib_defaults(&a.cal);
+    int64_t *counts[] = {[O_TL - O_TL] = &a.t.n_layers, [O_TF - O_TL] = &a.t.ffn,
+                         [O_TH - O_TL] = &a.t.hidden, [O_TA - O_TL] = &a.t.n_heads,
+                         [O_TG - O_TL] = &a.t.n_groups};
+    int64_t ignored;
+    struct lms_search_axis *axes[] = {&a.so.layers, &a.so.ffn, &a.so.hidden, &a.so.heads};
     int c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "hfq", opts, NULL)) != -1) {
         switch (c) {
         case O_DROP:
-            a.drop_layers = optarg;
+            a.t.drop_layers = optarg;
             break;
         case O_KEEP:
-            a.keep_layers = optarg;
+            a.t.keep_layers = optarg;
             break;
         case O_SEL:
             a.selection = optarg;
@@ -421,7 +572,7 @@ int cmd_prune(int argc, char **argv)
         case O_TA:
         case O_TG:
             if (!cli_parse_count(optarg, counts[c - O_TL]) || *counts[c - O_TL] > (INT64_C(1) << 40))
-                return cli_usage_error("prune", "a --target option needs a positive integer, got '%s'",
+                return cli_usage_error(cmd, "a --target option needs a positive integer, got '%s'",
                                        optarg);
             break;
         case O_IMP:
@@ -435,17 +586,88 @@ int cmd_prune(int argc, char **argv)
             break;
         case O_DTYPE:
             if (!lms_dtype_parse_user(optarg, &a.wo.dtype) || !lms_dtype_is_castable(a.wo.dtype))
-                return cli_usage_error("prune", "unknown --dtype '%s' (bf16, f16, f32)", optarg);
+                return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", optarg);
             break;
         case O_SHARD:
             if (!cli_parse_size(optarg, &a.wo.max_shard_size) || a.wo.max_shard_size == 0)
-                return cli_usage_error("prune", "invalid --max-shard-size '%s'", optarg);
+                return cli_usage_error(cmd, "invalid --max-shard-size '%s'", optarg);
             break;
         case O_RESTORE:
             a.in = optarg;
             break;
         case O_SAVE:
             a.out = optarg;
+            break;
+        case O_DATA:
+            a.cal.data = optarg;
+            break;
+        case O_NS:
+            if (!cli_parse_count(optarg, &a.cal.n_samples) || a.cal.n_samples > (INT64_C(1) << 32))
+                return cli_usage_error(cmd, "--num-train-samples needs a positive integer, got "
+                                       "'%s'", optarg);
+            break;
+        case O_SEQ:
+            if (!cli_parse_count(optarg, &a.cal.seq_len) || a.cal.seq_len < 2 ||
+                a.cal.seq_len > (1 << 20))
+                return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 1048576)", optarg);
+            break;
+        case O_MBS:
+            if (!cli_parse_count(optarg, &a.cal.mbs) || a.cal.mbs > 4096)
+                return cli_usage_error(cmd, "invalid --mbs '%s' (1 to 4096)", optarg);
+            break;
+        case O_SEED: {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (end == optarg || *end || optarg[0] == '-')
+                return cli_usage_error(cmd, "invalid --seed '%s'", optarg);
+            a.cal.seed = v;
+            break;
+        }
+        case O_DEV:
+            a.cal.device = optarg;
+            break;
+        case O_PREC: {
+            struct lms_error perr;
+            if (lms_precision_parse(optarg, &a.cal.precision, &perr))
+                return cli_usage_error(cmd, "%s", perr.msg);
+            break;
+        }
+        case O_THREADS:
+            if (!cli_parse_count(optarg, &a.cal.threads) || a.cal.threads > 4096)
+                return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
+            break;
+        case O_DEVICES:
+        case O_TP:
+        case O_PP:
+            if (!cli_parse_count(optarg, &ignored) || ignored > 65536)
+                return cli_usage_error(cmd, "%s needs a positive integer, got '%s'",
+                                       argv[optind - 1], optarg);
+            break;
+        case O_LEGACY:
+            break;
+        case O_PARAMS:
+            if (!cli_parse_param_count(optarg, &a.target_params))
+                return cli_usage_error(cmd, "invalid --target-params '%s' (e.g. 6B, 1.5M, "
+                                       "11148288)", optarg);
+            break;
+        case O_CAND:
+        case O_NCAND:
+            if (!cli_parse_count(optarg, c == O_CAND ? &a.candidate : &a.n_candidates) ||
+                (c == O_CAND ? a.candidate : a.n_candidates) > 10000)
+                return cli_usage_error(cmd, "invalid %s '%s' (1 to 10000)",
+                                       c == O_CAND ? "--candidate" : "--num-candidates", optarg);
+            break;
+        case O_EVALN:
+            if (!cli_parse_count(optarg, &a.cal.eval_samples) || a.cal.eval_samples > 1000000)
+                return cli_usage_error(cmd, "invalid --eval-samples '%s'", optarg);
+            break;
+        case O_SL:
+        case O_SF:
+        case O_SH:
+        case O_SA:
+            if (!parse_range(optarg, axes[c - O_SL]))
+                return cli_usage_error(cmd, "invalid search range '%s' (MIN:MAX[:STEP])",
+                                       optarg);
             break;
         case 'f':
             a.wo.force = true;
@@ -458,9 +680,11 @@ int cmd_prune(int argc, char **argv)
             break;
         case 'h':
             fputs(usage_text, stdout);
+            fputs(usage_data, stdout);
+            fputs(usage_search, stdout);
             return CLI_EXIT_OK;
         default:
-            return cli_usage_error("prune", "unknown or incomplete option '%s'", argv[optind - 1]);
+            return cli_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
     int npos = argc - optind;
@@ -469,7 +693,7 @@ int cmd_prune(int argc, char **argv)
     if (!a.out && npos > 0)
         a.out = argv[optind++], npos--;
     if (!a.in || npos > 0 || (!a.out && !a.dry_run))
-        return cli_usage_error("prune", "expected IN and OUT");
+        return cli_usage_error(cmd, "expected IN and OUT");
     if (!a.out)
         a.out = "(dry run)";
     return run(&a);

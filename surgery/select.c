@@ -1,4 +1,5 @@
-/* From scores to kept index sets: ranking (§3.7) and the data-free depth selectors (§3.6). */
+/* From scores to kept index sets: ranking (higher first, ties to the lower index), the depth
+ * selectors by per-layer or per-block scores, the data-free ones, and layer lists. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,8 +61,15 @@ enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers
     if (n_keep < 1 || n_keep > n_layers)
         return lms_error_set(err, LMS_EINVAL, "cannot keep %lld of %lld layers",
                              (long long)n_keep, (long long)n_layers);
-    if (sel == LMS_LAYERS_IMPORTANCE)
+    if (sel == LMS_LAYERS_IMPORTANCE || sel == LMS_LAYERS_BI || sel == LMS_LAYERS_PPL) {
+        if (!scores)
+            return lms_error_set(err, LMS_EINVAL, "layer selection '%s' needs per-layer scores",
+                                 lms_layer_selection_name(sel));
         return lms_rank_keep(scores, n_layers, n_keep, keep, err);
+    }
+    if (sel != LMS_LAYERS_LAST && sel != LMS_LAYERS_CONTIGUOUS_LAST)
+        return lms_error_set(err, LMS_EINVAL, "layer selection '%s' is not a per-layer selector",
+                             lms_layer_selection_name(sel));
     int64_t *idx = lms_malloc((size_t)n_keep * sizeof(int64_t));
     if (!idx)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
@@ -78,5 +86,98 @@ enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers
     lms_assert(k == n_keep);
     keep->n = k;
     keep->index = idx;
+    return LMS_OK;
+}
+
+enum lms_status lms_select_block(int64_t n_layers, int64_t n_keep, const double *block_scores,
+                                 struct lms_keep *keep, int64_t *start, struct lms_error *err)
+{
+    if (n_keep < 1 || n_keep > n_layers)
+        return lms_error_set(err, LMS_EINVAL, "cannot keep %lld of %lld layers",
+                             (long long)n_keep, (long long)n_layers);
+    int64_t n_drop = n_layers - n_keep, best = 0;
+    /* lowest score wins, ties to the earlier block; NaN never wins over a number */
+    for (int64_t s = 1; s <= n_keep; s++) {
+        double x = block_scores[s], b = block_scores[best];
+        if ((x == x && !(b == b)) || x < b)
+            best = s;
+    }
+    int64_t *idx = lms_malloc((size_t)n_keep * sizeof(int64_t)), k = 0;
+    if (!idx)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < n_layers; l++)
+        if (l < best || l >= best + n_drop)
+            idx[k++] = l;
+    keep->n = k;
+    keep->index = idx;
+    *start = best;
+    return LMS_OK;
+}
+
+static const char *const selection_names[] = {
+    [LMS_LAYERS_CONTIGUOUS_LAST] = "contiguous-last",
+    [LMS_LAYERS_LAST] = "last",
+    [LMS_LAYERS_IMPORTANCE] = "importance",
+    [LMS_LAYERS_BI] = "bi",
+    [LMS_LAYERS_BLOCK_BI] = "block-bi",
+    [LMS_LAYERS_PPL] = "ppl",
+    [LMS_LAYERS_CONTIGUOUS] = "contiguous",
+    [LMS_LAYERS_EXPLICIT] = "explicit",
+    [LMS_LAYERS_AUTO] = "auto",
+};
+
+const char *lms_layer_selection_name(enum lms_layer_selection sel)
+{
+    size_t n = sizeof(selection_names) / sizeof(selection_names[0]);
+    return (size_t)sel < n ? selection_names[sel] : "?";
+}
+
+bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel)
+{
+    for (size_t i = 0; i < sizeof(selection_names) / sizeof(selection_names[0]); i++)
+        if (!strcmp(name, selection_names[i])) {
+            *sel = (enum lms_layer_selection)i;
+            return true;
+        }
+    return false;
+}
+
+bool lms_layer_selection_needs_data(enum lms_layer_selection sel)
+{
+    return sel == LMS_LAYERS_BI || sel == LMS_LAYERS_BLOCK_BI || sel == LMS_LAYERS_PPL ||
+           sel == LMS_LAYERS_CONTIGUOUS;
+}
+
+enum lms_status lms_parse_layer_list(const char *list, int64_t n_layers, bool *member,
+                                     struct lms_error *err)
+{
+    const char *p = list;
+    if (!*p)
+        return lms_error_set(err, LMS_EINVAL, "empty layer list");
+    while (*p) {
+        char *end;
+        long long a = strtoll(p, &end, 10), b;
+        if (end == p)
+            return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", list);
+        b = a;
+        p = end;
+        if (*p == '-') {
+            b = strtoll(p + 1, &end, 10);
+            if (end == p + 1)
+                return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", list);
+            p = end;
+        }
+        if (a < 1 || b > n_layers || a > b)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "layer range %lld-%lld is outside 1..%lld (layers are numbered "
+                                 "from 1)",
+                                 a, b, (long long)n_layers);
+        for (long long l = a; l <= b; l++)
+            member[l - 1] = true;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return lms_error_set(err, LMS_EINVAL, "bad layer list '%s'", list);
+    }
     return LMS_OK;
 }

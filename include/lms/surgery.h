@@ -10,6 +10,7 @@
 #ifndef LMS_SURGERY_H
 #define LMS_SURGERY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "lms/error.h"
@@ -47,15 +48,118 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
 enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct lms_keep *keep,
                               struct lms_error *err);
 
-/* Depth selectors that need no calibration data (§3.6, Minitron practice paper). */
+/* Depth selectors (which layers a depth cut removes). The data-free ones need no scores; the
+ * others read the layer metric of an importance (include/lms/importance.h: layer_metric,
+ * layers[] per layer, blocks[] per contiguous block of block_size layers; higher = keep). */
 enum lms_layer_selection {
+    LMS_LAYERS_AUTO,            /* the default (zero): see lms_prune_plan_make */
     LMS_LAYERS_CONTIGUOUS_LAST, /* drop one block ending just before the last layer */
     LMS_LAYERS_LAST,            /* drop the last layers */
-    LMS_LAYERS_IMPORTANCE,      /* drop the lowest-scoring layers individually */
+    LMS_LAYERS_IMPORTANCE,      /* drop the lowest per-layer scores of an importance file */
+    LMS_LAYERS_BI,              /* drop the lowest Block Influence layers individually */
+    LMS_LAYERS_BLOCK_BI,        /* drop the contiguous block of lowest block Block Influence */
+    LMS_LAYERS_PPL,             /* drop the layers whose lone removal costs the least LM loss */
+    LMS_LAYERS_CONTIGUOUS,      /* drop the contiguous block whose removal costs the least loss */
+    LMS_LAYERS_EXPLICIT,        /* a user list (targets.drop_layers / keep_layers) */
 };
-/* Fills keep with n_keep of n_layers layers chosen by sel (scores only for IMPORTANCE). */
+/* "contiguous-last", "last", "importance", "bi", "block-bi", "ppl", "contiguous", "explicit",
+ * "auto". */
+const char *lms_layer_selection_name(enum lms_layer_selection sel);
+/* Parses a name above; false when unknown. */
+bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel);
+/* True for the selectors that need calibration data (bi, block-bi, ppl, contiguous). */
+bool lms_layer_selection_needs_data(enum lms_layer_selection sel);
+
+/* Fills keep with n_keep of n_layers layers chosen by a data-free selector or by per-layer
+ * scores (IMPORTANCE, BI, PPL: the highest-scoring layers are kept). */
 enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers, int64_t n_keep,
                                   const double *scores, struct lms_keep *keep,
                                   struct lms_error *err);
+/* Keeps every layer but the block [s, s + n_layers - n_keep) whose block_scores[s] is lowest
+ * (the least important; ties to the lower s); block_scores has n_keep + 1 entries (one per
+ * start). OUT: keep, *start. */
+enum lms_status lms_select_block(int64_t n_layers, int64_t n_keep, const double *block_scores,
+                                 struct lms_keep *keep, int64_t *start, struct lms_error *err);
+
+/* Parses a 1-based layer list ("24-31,33": inclusive ranges) into member[0..n_layers). */
+enum lms_status lms_parse_layer_list(const char *list, int64_t n_layers, bool *member,
+                                     struct lms_error *err);
+
+/* ---- planning: one call from (model, targets, scores) to a plan ------------------------- */
+
+/* The shape to prune to. Zero (or the current value) leaves an axis whole. */
+struct lms_prune_targets {
+    int64_t n_layers; /* L' (with selection) */
+    int64_t ffn;      /* F' per layer */
+    int64_t hidden;   /* H' */
+    int64_t n_heads;  /* n_h' (the same number in every kept group) */
+    int64_t n_groups; /* n_g' (whole groups with their heads) */
+    const char *drop_layers, *keep_layers; /* 1-based lists; at most one, not with n_layers */
+    enum lms_layer_selection selection;    /* for n_layers; 0 = LMS_LAYERS_AUTO */
+};
+
+struct lms_importance;
+struct json_t;
+
+/* Checks the targets against the model (positive, not larger than the model, heads a multiple
+ * of the groups and at most the heads per group the model has). LMS_EINVAL names the flag. */
+enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
+                                        const struct lms_arch *a, struct lms_error *err);
+
+/* Builds the plan for t:
+ *   depth: an explicit list; else n_layers chosen by t->selection: bi and block-bi need imp's
+ *          layer metric to be BI (or BLOCK_BI, which carries the per-layer BI too) or BLOCK_BI
+ *          with block_size = L - n_layers, ppl and contiguous likewise; importance uses
+ *          whatever metric imp holds. LMS_LAYERS_AUTO: imp's metric when it has one, else
+ *          importance when imp has layer scores, else contiguous-last.
+ *   width: each layer keeps its own best F' neurons, the best n_g' groups and inside every kept
+ *          group its best n_h'/n_g' heads; hidden channels are one global set. Scores come from
+ *          imp (NULL: none); axes it lacks are scored by weight magnitude, read from m.
+ * OUT: plan (initialised here; release it), *report (may be NULL): a JSON object saying which
+ * scores chose what, per axis ({"layers": {"selection", "metric", "scores", "kept", "dropped"},
+ * "ffn_hidden_size": {"from", "to", "scores"}, ...}). */
+enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_prune_targets *t,
+                                    const struct lms_importance *imp,
+                                    struct lms_prune_plan *plan, struct json_t **report,
+                                    struct lms_error *err);
+
+/* The selector a calibrating prune uses when none is asked for (see README for the
+ * measurements behind the choice). */
+#define LMS_LAYERS_DEFAULT_DATA LMS_LAYERS_BI
+
+/* ---- parameter-budget search ----------------------------------------------------------- */
+
+/* One searched axis: candidates min, min+step, ... up to max, plus max itself. 0 = default. */
+struct lms_search_axis {
+    int64_t min, max, step;
+};
+
+struct lms_search_opts {
+    int64_t target_params;           /* P budget: candidates with P <= target */
+    struct lms_search_axis layers;   /* default: 80%..100% of L, even counts */
+    struct lms_search_axis ffn;      /* default: 60%..100% of F, step F/16 as a power of 2 <= 512 */
+    struct lms_search_axis hidden;   /* default: 60%..100% of H, step H/16 as a power of 2 <= 256 */
+    struct lms_search_axis heads;    /* query heads; default 60%..100%, multiples of n_g */
+    int64_t max_candidates;          /* K kept (largest P first); 0 = 10 */
+};
+
+/* A candidate shape (query groups are never searched: n_groups stays). */
+struct lms_candidate {
+    int64_t n_layers, ffn, hidden, n_heads, n_groups;
+    int64_t n_params; /* exact: lms_arch_n_params of the pruned config */
+    double loss;      /* LM loss after pruning, filled by the caller; NAN until then */
+};
+
+/* The config a is pruned to c (dimensions only; everything else unchanged). */
+void lms_candidate_arch(const struct lms_arch *a, const struct lms_candidate *c,
+                        struct lms_arch *out);
+/* Enumerates the grid (at most LMS_SEARCH_GRID_CAP shapes, else LMS_EINVAL asking for narrower
+ * bounds), keeps the shapes with P <= target, sorts them by P descending (ties: more layers,
+ * then wider FFN, hidden, heads) and returns the first max_candidates. OUT: *out (lms_free),
+ * *n_out, *n_fit (how many fitted before the cut). LMS_EINVAL when none fits. */
+enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms_search_opts *o,
+                                      struct lms_candidate **out, int64_t *n_out, int64_t *n_fit,
+                                      struct lms_error *err);
+#define LMS_SEARCH_GRID_CAP 100000
 
 #endif

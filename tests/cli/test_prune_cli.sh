@@ -42,6 +42,52 @@ expect 2 "expected IN and OUT" "$t"
 expect 3 "format" "$t" "$work/out" --target-ffn-hidden-size 512 --importance "$fix/teacher/config.json"
 expect 4 "does not exist" "$work/missing" "$work/out" --target-num-layers 2
 
+# calibration and the parameter budget: refused before any work, nothing written
+d="$fix/corpus/val.ids.u16"
+head -c 2048 "$d" >"$work/small.u16" # 1024 ids: 2 windows of 512
+cat >"$work/blocks.json" <<'EOF'
+{"format": "lmsurgeon-importance", "version": 2, "method": "activation",
+ "model": {"num_layers": 12, "hidden_size": 256, "ffn_hidden_size": 768,
+           "num_attention_heads": 8, "num_query_groups": 2},
+ "layer_metric": "block-bi", "block_size": 4,
+ "layers": [0.7, 0.1, 0.06, 0.13, 0.1, 0.07, 0.07, 0.06, 0.06, 0.06, 0.07, 0.09],
+ "blocks": [0.9, 0.5, 0.3, 0.2, 0.25, 0.2, 0.22, 0.4, 0.6]}
+EOF
+expect 2 "needs calibration data" "$t" "$work/out" --target-num-layers 8 --layer-selection ppl
+expect 2 "exclude each other" "$t" "$work/out" --data-paths "$d" --importance "$work/x.json" --target-num-layers 8
+expect 2 "positive integer" "$t" "$work/out" --data_paths "$d" --num_train_samples 0 --target_num_layers 8
+expect 2 "invalid --seq-length" "$t" "$work/out" --data_paths "$d" --seq_length 1 --target_num_layers 8
+expect 2 "rows of 512 tokens" "$t" "$work/out" --data_paths "$work/small.u16" --num_train_samples 4 --seq_length 512 --target_num_layers 8
+expect 4 "no '$work/missing.idx'" "$t" "$work/out" --data_paths "$work/missing" --target_num_layers 8
+expect 2 "blocks of" "$t" "$work/out" --importance "$work/blocks.json" --target-num-layers 9 --layer-selection block-bi
+expect 2 "invalid --target-params" "$t" "$work/out" --target-params 6Q
+expect 2 "no shape" "$t" "$work/out" --target-params 1M
+expect 2 "give no other target" "$t" "$work/out" --target-params 9M --target-ffn-hidden-size 512
+expect 2 "need --target-params" "$t" "$work/out" --candidate 2
+expect 2 "beyond --num-candidates" "$t" "$work/out" --target-params 9M --num-candidates 3 --candidate 5
+expect 2 "the table has 1 row" "$t" "$work/out" --target-params 10M --search-num-layers 12 --search-ffn-hidden-size 576:576 --search-hidden-size 256:256 --search-num-attention-heads 8:8 --candidate 2
+expect 2 "invalid search range" "$t" "$work/out" --target-params 9M --search-num-layers 8:4
+expect 2 "more than 100000" "$t" "$work/out" --target-params 9M --search-num-layers 1:12:1 --search-ffn-hidden-size 1:768:1
+expect 2 "held out" "$t" "$work/out" --target-params 9M --data-paths "$work/small.u16" --num-train-samples 2 --seq-length 512
+
+# --target-params --dry-run lists the candidates (largest first without data) and writes nothing
+"$lms" prune "$t" "$work/out" --dry-run --target-params 9M --num-candidates 4 >"$work/stdout" 2>"$work/stderr"
+if [ $? -ne 0 ] || [ -e "$work/out" ] || [ "$(grep -c '^ *[0-9] ' "$work/stdout")" -ne 4 ] \
+    || ! grep -q "8985600 .*<- pruned to" "$work/stdout"; then
+    echo "FAIL: --target-params --dry-run: $(cat "$work/stdout" "$work/stderr")"; fails=$((fails + 1))
+else
+    passes=$((passes + 1))
+fi
+# --candidate K prunes to the K-th row: 12 layers, FFN 672, hidden 224, 8 heads (8980704)
+"$lms" prune "$t" "$work/out" --target-params 9M --candidate 2 --quiet
+if [ $? -ne 0 ] || ! grep -q '"intermediate_size": 672' "$work/out/config.json" \
+    || ! grep -q '"hidden_size": 224' "$work/out/config.json"; then
+    echo "FAIL: --candidate 2"; fails=$((fails + 1))
+else
+    passes=$((passes + 1))
+fi
+rm -rf "$work/out"
+
 # --dry-run writes nothing, also with an output path given
 "$lms" prune "$t" "$work/out" --dry-run --target_num_layers 8 --target_ffn_hidden_size 512 \
     >"$work/stdout" 2>"$work/stderr"

@@ -1,0 +1,243 @@
+/* prune's calibration glue (see prune_calib.h): the score engine on the user's data, and LM loss
+ * of candidate shapes on held-out windows.
+ *
+ * Rows: calibration reads rows [0, N) of the score engine's row order (include/lms/score.h);
+ * the budget search evaluates candidates on the next rows [N, N + E), so that no candidate is
+ * judged on the windows its channels were ranked by. */
+#include "cli/prune_calib.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+
+#include "cli/cli.h"
+#include "lms/alloc.h"
+#include "lms/backend.h"
+#include "lms/dataset.h"
+#include "lms/engine.h"
+#include "lms/score.h"
+
+#define MAX_BLOCK_RUNS 64
+
+struct prune_calib {
+    struct prune_calib_opts o;
+    struct lms_dataset *ds;
+    struct lms_backend *be;
+    struct lms_sampler *smp;     /* held-out rows (budget search) */
+    enum lms_layer_metric metric; /* of the calibration run; NONE when no depth metric ran */
+    double seconds;
+    /* layer metrics of a block selector recomputed for other block lengths (budget search) */
+    struct lms_importance blocks[MAX_BLOCK_RUNS];
+    int n_blocks;
+    char describe[600];
+};
+
+void prune_calib_defaults(struct prune_calib_opts *o)
+{
+    *o = (struct prune_calib_opts){.n_samples = 1024, .seq_len = 4096, .mbs = 4, .seed = 1234,
+                                   .device = "cpu", .eval_samples = 16};
+}
+
+/* The layer metric the score engine computes for a selector (NONE: the selector needs none). */
+static enum lms_layer_metric metric_for(enum lms_layer_selection sel)
+{
+    switch (sel) {
+    case LMS_LAYERS_AUTO:
+        return metric_for(LMS_LAYERS_DEFAULT_DATA);
+    case LMS_LAYERS_BI:
+        return LMS_LAYER_METRIC_BI;
+    case LMS_LAYERS_BLOCK_BI:
+        return LMS_LAYER_METRIC_BLOCK_BI;
+    case LMS_LAYERS_PPL:
+        return LMS_LAYER_METRIC_PPL;
+    case LMS_LAYERS_CONTIGUOUS:
+        return LMS_LAYER_METRIC_CONTIGUOUS;
+    default:
+        return LMS_LAYER_METRIC_NONE;
+    }
+}
+
+static bool is_block(enum lms_layer_metric m)
+{
+    return m == LMS_LAYER_METRIC_BLOCK_BI || m == LMS_LAYER_METRIC_CONTIGUOUS;
+}
+
+static enum lms_status score(struct prune_calib *c, const struct lms_model *m, unsigned axes,
+                             enum lms_layer_metric metric, int64_t block, const char *label,
+                             struct lms_importance *imp, struct lms_error *err)
+{
+    struct lms_score_opts so;
+    lms_score_opts_default(&so);
+    so.row_begin = 0;
+    so.row_end = c->o.n_samples;
+    so.seq_len = c->o.seq_len;
+    so.micro_batch = c->o.mbs;
+    so.seed = c->o.seed;
+    so.axes = axes | (metric != LMS_LAYER_METRIC_NONE ? LMS_AXIS_LAYERS : 0);
+    so.layer_metric = metric;
+    so.block_size = block;
+    so.data_name = c->o.data;
+    struct cli_progress bar;
+    cli_progress_begin(&bar, label, 0, false, c->o.quiet || c->o.json);
+    so.progress = cli_progress_cb;
+    so.progress_ctx = &bar;
+    double t0 = cli_now();
+    enum lms_status rc = lms_score_run(m, c->be, c->ds, &so, imp, err);
+    if (!rc)
+        cli_progress_end(&bar);
+    else if (bar.enabled)
+        fputc('\n', stderr);
+    c->seconds += cli_now() - t0;
+    return rc;
+}
+
+enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_calib_opts *o,
+                                struct prune_calib **out, struct lms_importance *imp,
+                                struct lms_error *err)
+{
+    *out = NULL;
+    struct prune_calib *c = lms_calloc(1, sizeof(*c));
+    if (!c)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    c->o = *o;
+    snprintf(c->describe, sizeof c->describe, "%lld windows x %lld tokens of '%s'",
+             (long long)o->n_samples, (long long)o->seq_len, o->data);
+    struct lms_backend_opts bo = {.n_threads = (int)o->threads, .precision = o->precision};
+    enum lms_status rc = lms_data_open(o->data, &c->ds, err);
+    if (!rc && o->budget) {
+        int64_t avail = lms_score_rows_available(c->ds, o->seq_len);
+        if (o->n_samples + o->eval_samples > avail)
+            rc = lms_error_set(err, LMS_EINVAL,
+                               "dataset '%s' holds %lld windows of %lld tokens: the budget search "
+                               "needs %lld for calibration and %lld more held out "
+                               "(--num-train-samples, --eval-samples)",
+                               o->data, (long long)avail, (long long)o->seq_len,
+                               (long long)o->n_samples, (long long)o->eval_samples);
+    }
+    if (!rc)
+        rc = lms_backend_open_name(o->device, &bo, &c->be, err);
+    /* depth metric: the selector's; a block metric needs the block length, known here only
+     * for a fixed depth target (the budget search computes it per candidate length) */
+    c->metric = o->n_drop > 0 || o->budget ? metric_for(o->selection) : LMS_LAYER_METRIC_NONE;
+    int64_t block = 0;
+    if (is_block(c->metric)) {
+        if (o->n_drop > 0)
+            block = o->n_drop;
+        else
+            c->metric = LMS_LAYER_METRIC_NONE;
+    }
+    /* only what the targets need: a data-free depth cut with no width target runs nothing */
+    if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE)) {
+        lms_importance_release(imp);
+        rc = score(c, m, o->width_axes, c->metric, block, "calibrating", imp, err);
+    } else if (!rc) {
+        c->describe[0] = '\0';
+    }
+    if (!rc && o->budget) {
+        struct lms_sampler_opts so = {
+            .n_windows = lms_score_rows_available(c->ds, o->seq_len), .seq_len = o->seq_len,
+            .stride = o->seq_len, .seed = o->seed, .shuffle_docs = true, .shuffle_windows = true,
+        };
+        rc = lms_sampler_new(c->ds, &so, &c->smp, err);
+    }
+    if (rc) {
+        prune_calib_free(c);
+        return rc;
+    }
+    *out = c;
+    return LMS_OK;
+}
+
+enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_model *m,
+                                       const struct lms_importance *imp, int64_t n_keep,
+                                       struct lms_importance *view, struct lms_error *err)
+{
+    *view = *imp;
+    enum lms_layer_metric want = metric_for(c->o.selection);
+    int64_t n_drop = n_keep ? m->arch.n_layers - n_keep : 0;
+    if (!is_block(want) || n_drop <= 0 ||
+        (imp->layer_metric == want && imp->block_size == n_drop))
+        return LMS_OK;
+    int i = 0;
+    while (i < c->n_blocks && c->blocks[i].block_size != n_drop)
+        i++;
+    if (i == c->n_blocks) {
+        if (c->n_blocks == MAX_BLOCK_RUNS)
+            return lms_error_set(err, LMS_EINVAL, "more than %d depth targets to score",
+                                 MAX_BLOCK_RUNS);
+        char label[64];
+        snprintf(label, sizeof label, "scoring blocks of %lld", (long long)n_drop);
+        enum lms_status rc = score(c, m, 0, want, n_drop, label, &c->blocks[i], err);
+        if (rc)
+            return rc;
+        c->n_blocks++;
+    }
+    const struct lms_importance *b = &c->blocks[i];
+    view->layer_metric = b->layer_metric;
+    view->layers = b->layers;
+    view->blocks = b->blocks;
+    view->block_size = b->block_size;
+    return LMS_OK;
+}
+
+enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *m, double *loss,
+                                 struct lms_error *err)
+{
+    int64_t B = c->o.mbs, S = c->o.seq_len, n = c->o.eval_samples;
+    struct lms_engine *e = NULL;
+    struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
+    int32_t *ids = lms_malloc((size_t)(B * S) * sizeof(int32_t));
+    int32_t *tgt = lms_malloc((size_t)(B * S) * sizeof(int32_t));
+    enum lms_status rc = !ids || !tgt ? lms_error_set(err, LMS_ENOMEM, "out of memory")
+                                      : lms_engine_new(m, c->be, &eo, &e, err);
+    double sum = 0;
+    int64_t scored = 0;
+    for (int64_t r0 = 0; !rc && r0 < n; r0 += B) {
+        int64_t nb = n - r0 < B ? n - r0 : B;
+        for (int64_t i = 0; !rc && i < nb; i++)
+            rc = lms_sampler_window(c->smp, c->o.n_samples + r0 + i, ids + i * S, (size_t)S,
+                                    err);
+        for (int64_t i = 0; i < nb * S; i++)
+            tgt[i] = i % S == S - 1 ? -1 : ids[i + 1];
+        struct lms_forward f = {.ids = ids, .batch = nb, .seq = S, .targets = tgt};
+        if (!rc)
+            rc = lms_engine_forward(e, &f, err);
+        sum += f.loss_sum;
+        scored += f.n_scored;
+    }
+    *loss = !rc && scored ? sum / (double)scored : NAN;
+    lms_engine_free(e);
+    lms_free(ids);
+    lms_free(tgt);
+    return rc;
+}
+
+const char *prune_calib_describe(const struct prune_calib *c)
+{
+    return c->describe[0] ? c->describe : NULL;
+}
+
+json_t *prune_calib_json(const struct prune_calib *c)
+{
+    json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:s,s:f}", "data", c->o.data, "num_samples",
+                          (json_int_t)c->o.n_samples, "seq_length", (json_int_t)c->o.seq_len,
+                          "micro_batch", (json_int_t)c->o.mbs, "seed", (json_int_t)c->o.seed,
+                          "device", lms_backend_name(c->be), "seconds", c->seconds);
+    if (c->metric != LMS_LAYER_METRIC_NONE)
+        json_object_set_new(o, "layer_metric", json_string(lms_layer_metric_name(c->metric)));
+    if (c->o.budget)
+        json_object_set_new(o, "held_out_samples", json_integer(c->o.eval_samples));
+    return o;
+}
+
+void prune_calib_free(struct prune_calib *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < c->n_blocks; i++)
+        lms_importance_release(&c->blocks[i]);
+    lms_sampler_free(c->smp);
+    lms_backend_free(c->be);
+    lms_dataset_free(c->ds);
+    lms_free(c);
+}

@@ -1,0 +1,148 @@
+/* Parameter-budget search: the homogeneous shapes (layers, FFN, hidden, query heads) on a grid
+ * that fit a parameter budget, largest first. Parameters are counted exactly from the pruned
+ * config (lms_arch_n_params, the same arithmetic the IR's tensors give), so a candidate's count
+ * is the count of the checkpoint prune writes for it. Ranking by LM loss is the caller's job
+ * (it needs the engine and data). */
+#include <math.h>
+#include <stdlib.h>
+
+#include "lms/alloc.h"
+#include "lms/surgery.h"
+
+void lms_candidate_arch(const struct lms_arch *a, const struct lms_candidate *c,
+                        struct lms_arch *out)
+{
+    *out = *a;
+    out->n_layers = c->n_layers;
+    out->ffn = c->ffn;
+    out->hidden = c->hidden;
+    out->n_heads = c->n_heads;
+    out->n_groups = c->n_groups;
+}
+
+/* Largest power of two <= x / 16, at most cap, at least 1. */
+static int64_t default_step(int64_t x, int64_t cap)
+{
+    int64_t s = 1;
+    while (s * 2 <= x / 16 && s * 2 <= cap)
+        s *= 2;
+    return s;
+}
+
+/* Values of one axis: multiples of step in [min, max], plus max (the current value, or the
+ * user's maximum) itself. Fills v (capacity cap) and returns the count. */
+static int64_t axis_values(const char *name, struct lms_search_axis ax, int64_t current,
+                           double min_fraction, int64_t def_step, int64_t unit, int64_t *v,
+                           int64_t cap, struct lms_error *err, enum lms_status *rc)
+{
+    int64_t lo = ax.min ? ax.min : (int64_t)ceil(min_fraction * (double)current);
+    int64_t hi = ax.max ? ax.max : current;
+    int64_t step = ax.step ? ax.step : def_step;
+    if (lo < 1 || hi > current || lo > hi || step < 1) {
+        *rc = lms_error_set(err, LMS_EINVAL,
+                            "search range of %s %lld:%lld (step %lld) is not inside 1..%lld",
+                            name, (long long)lo, (long long)hi, (long long)step,
+                            (long long)current);
+        return 0;
+    }
+    int64_t n = 0;
+    for (int64_t x = ((lo + step - 1) / step) * step; x < hi && n < cap; x += step)
+        if (x % unit == 0)
+            v[n++] = x;
+    if (n < cap && hi % unit == 0)
+        v[n++] = hi;
+    if (n == 0)
+        *rc = lms_error_set(err, LMS_EINVAL, "search range of %s %lld:%lld has no value that is a "
+                                             "multiple of %lld",
+                            name, (long long)lo, (long long)hi, (long long)unit);
+    return n;
+}
+
+static int cmp_candidate(const void *x, const void *y)
+{
+    const struct lms_candidate *a = x, *b = y;
+    if (a->n_params != b->n_params)
+        return a->n_params > b->n_params ? -1 : 1;
+    if (a->n_layers != b->n_layers)
+        return a->n_layers > b->n_layers ? -1 : 1;
+    if (a->ffn != b->ffn)
+        return a->ffn > b->ffn ? -1 : 1;
+    if (a->hidden != b->hidden)
+        return a->hidden > b->hidden ? -1 : 1;
+    return (a->n_heads < b->n_heads) - (a->n_heads > b->n_heads);
+}
+
+#define AXIS_CAP 4096
+
+enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms_search_opts *o,
+                                      struct lms_candidate **out, int64_t *n_out, int64_t *n_fit,
+                                      struct lms_error *err)
+{
+    *out = NULL;
+    *n_out = *n_fit = 0;
+    if (o->target_params < 1)
+        return lms_error_set(err, LMS_EINVAL, "the parameter budget must be positive");
+    enum lms_status rc = LMS_OK;
+    int64_t *vl = lms_malloc(4 * AXIS_CAP * sizeof(int64_t));
+    if (!vl)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    int64_t *vf = vl + AXIS_CAP, *vh = vf + AXIS_CAP, *va = vh + AXIS_CAP;
+    /* depth: even layer counts (as the reference recipes use); width: 40% at most by default */
+    int64_t nl = axis_values("layers", o->layers, a->n_layers, 0.8, 2, 1, vl, AXIS_CAP, err, &rc);
+    int64_t nf = rc ? 0
+                    : axis_values("ffn_hidden_size", o->ffn, a->ffn, 0.6,
+                                  default_step(a->ffn, 512), 1, vf, AXIS_CAP, err, &rc);
+    int64_t nh = rc ? 0
+                    : axis_values("hidden_size", o->hidden, a->hidden, 0.6,
+                                  default_step(a->hidden, 256), 1, vh, AXIS_CAP, err, &rc);
+    int64_t na = rc ? 0
+                    : axis_values("num_attention_heads", o->heads, a->n_heads, 0.6, a->n_groups,
+                                  a->n_groups, va, AXIS_CAP, err, &rc);
+    if (rc) {
+        lms_free(vl);
+        return rc;
+    }
+    double grid = (double)nl * (double)nf * (double)nh * (double)na;
+    if (grid > LMS_SEARCH_GRID_CAP) {
+        lms_free(vl);
+        return lms_error_set(err, LMS_EINVAL,
+                             "the search grid has %.0f shapes (%lld layer counts x %lld FFN x "
+                             "%lld hidden x %lld head counts), more than %d: narrow the ranges "
+                             "or coarsen the steps",
+                             grid, (long long)nl, (long long)nf, (long long)nh, (long long)na,
+                             LMS_SEARCH_GRID_CAP);
+    }
+    struct lms_candidate *c = lms_malloc((size_t)grid * sizeof(*c) + 1);
+    if (!c) {
+        lms_free(vl);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    int64_t n = 0;
+    for (int64_t i = 0; i < nl; i++)
+        for (int64_t j = 0; j < nf; j++)
+            for (int64_t k = 0; k < nh; k++)
+                for (int64_t h = 0; h < na; h++) {
+                    struct lms_candidate x = {.n_layers = vl[i], .ffn = vf[j], .hidden = vh[k],
+                                              .n_heads = va[h], .n_groups = a->n_groups,
+                                              .loss = NAN};
+                    struct lms_arch pa;
+                    lms_candidate_arch(a, &x, &pa);
+                    x.n_params = lms_arch_n_params(&pa);
+                    if (x.n_params <= o->target_params)
+                        c[n++] = x;
+                }
+    lms_free(vl);
+    if (n == 0) {
+        lms_free(c);
+        return lms_error_set(err, LMS_EINVAL,
+                             "no shape in the search ranges fits %lld parameters (widen the "
+                             "ranges with the --search-* options)",
+                             (long long)o->target_params);
+    }
+    qsort(c, (size_t)n, sizeof(*c), cmp_candidate);
+    int64_t k = o->max_candidates > 0 ? o->max_candidates : 10;
+    *n_fit = n;
+    *n_out = n < k ? n : k;
+    *out = c;
+    return LMS_OK;
+}
