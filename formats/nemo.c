@@ -1781,11 +1781,17 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
     if (!hf) {
         json_t *fields = NULL;
         char cls[128];
-        if (!join(p, sizeof(p), dir, "run_config.yaml") || !is_file(p))
-            return lms_error_set(err, LMS_EUNSUPPORTED,
-                                 "'%s': no hf_config.json or run_config.yaml to take the model "
-                                 "config from", dir);
-        rc = run_config_fields(p, &fields, cls, sizeof(cls), err);
+        if (join(p, sizeof(p), dir, "run_config.yaml") && is_file(p)) {
+            rc = run_config_fields(p, &fields, cls, sizeof(cls), err);
+        } else { /* a plain Megatron-LM save: its command-line args in the common state */
+            join(p, sizeof(p), dir, "common.pt");
+            rc = is_file(p) ? lms__megatron_args_fields(p, &fields, cls, sizeof(cls), err)
+                            : LMS_OK;
+            if (!rc && !fields)
+                return lms_error_set(err, LMS_EUNSUPPORTED,
+                                     "'%s': no hf_config.json, run_config.yaml or Megatron-LM "
+                                     "args in common.pt to take the model config from", dir);
+        }
         if (!rc)
             rc = lms__nemo_class_defaults(fields, cls, p, err);
         if (rc) {

@@ -37,6 +37,11 @@ json_t *lms__nemo_preset_fields(const char *cls);
  * where: from). */
 enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char *from,
                                          struct lms_error *err);
+/* The config fields of a plain Megatron-LM save from the "args" Namespace in its common.pt
+ * (megatron_args.c); *out is NULL when common.pt has no args. cls gets the family's base class.
+ * OUT: *out (one reference). */
+enum lms_status lms__megatron_args_fields(const char *common_pt, json_t **out, char *cls,
+                                          size_t cls_cap, struct lms_error *err);
 /* Writes the torch_dist checkpoint of m with key prefix (NeMo 1: "model.") as a data file at
  * offset base of fd, the small files in memory (lms_dcp_write_data). */
 enum lms_status lms__nemo_write_weights_fd(const struct lms_model *m, int fd, const char *path,
