@@ -219,6 +219,48 @@ def reference_logits(src, ids=None):
         return ids, m(ids).logits
 
 
+@dataclasses.dataclass
+class Qwen3ConfigLmsTiny(llm.Qwen3Config):
+    """A preset config class the way NeMo's own are written (values as class defaults, built
+    without arguments), with qwen3-tiny's shape."""
+    num_layers: int = 4
+    hidden_size: int = 64
+    ffn_hidden_size: int = 160
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    kv_channels: int = 32
+    vocab_size: int = 512
+    share_embeddings_and_output_weights: bool = False
+
+
+def test_preset_class_saved_by_nemo(work):
+    """Qwen3Model(<preset>()) as NeMo's recipes build it: io.json's config object has no items;
+    the tool reads the values from model.yaml. Without model.yaml, the class (not one of NeMo's
+    presets) is named in a one-line error, exit code 3, and nothing is written. It runs first:
+    once a strategy has been set up in the process, NeMo records every field of a new config
+    object in io.json."""
+    base, src, ours = work
+    model, trainer = llm.Qwen3Model(Qwen3ConfigLmsTiny()), cpu_trainer()
+    saved = base / "nemo-saved-preset"
+    # dumped before the strategy writes the parallel sizes into the config (after that, NeMo's
+    # io.json lists every field of the config object)
+    TrainerContext(model=model, trainer=trainer, extra={}).io_dump(saved / "context",
+                                                                  yaml_attrs=["model"])
+    restore(model, ours["qwen3-tiny"], trainer)
+    trainer.strategy.save_checkpoint({}, saved)
+    io_json = json.load(open(saved / "context" / "io.json"))
+    cfg = [o for o in io_json["objects"].values() if "<root>.model.config" in o.get("paths", [])]
+    assert len(cfg) == 1 and cfg[0]["items"] == []
+    back = base / "back-preset"
+    run("convert", str(saved), str(back), "--to", "hf", "--quiet")
+    check_same_hf(src["qwen3-tiny"], str(back))
+    os.remove(saved / "context" / "model.yaml")
+    p = run("convert", str(saved), str(base / "never"), "--to", "hf", ok=False)
+    assert p.returncode == 3, p.stderr
+    assert "Qwen3ConfigLmsTiny" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (base / "never").exists()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_load_context(work, name):
     _, src, ours = work
@@ -278,46 +320,6 @@ def test_nemo_save_converts_exactly(work, name):
     back = base / f"back-{name}"
     run("convert", str(saved), str(back), "--to", "hf", "--quiet")
     check_same_hf(src[name], str(back), norms_f32=True)
-
-
-@dataclasses.dataclass
-class Qwen3ConfigLmsTiny(llm.Qwen3Config):
-    """A preset config class the way NeMo's own are written (values as class defaults, built
-    without arguments), with qwen3-tiny's shape."""
-    num_layers: int = 4
-    hidden_size: int = 64
-    ffn_hidden_size: int = 160
-    num_attention_heads: int = 4
-    num_query_groups: int = 2
-    kv_channels: int = 32
-    vocab_size: int = 512
-    share_embeddings_and_output_weights: bool = False
-
-
-def test_preset_class_saved_by_nemo(work):
-    """Qwen3Model(<preset>()) as NeMo's recipes build it: io.json's config object has no items;
-    the tool reads the values from model.yaml. Without model.yaml, the class (not one of NeMo's
-    presets) is named in a one-line error, exit code 3, and nothing is written."""
-    base, src, ours = work
-    model, trainer = llm.Qwen3Model(Qwen3ConfigLmsTiny()), cpu_trainer()
-    saved = base / "nemo-saved-preset"
-    # dumped before the strategy writes the parallel sizes into the config (after that, NeMo's
-    # io.json lists every field of the config object)
-    TrainerContext(model=model, trainer=trainer, extra={}).io_dump(saved / "context",
-                                                                  yaml_attrs=["model"])
-    restore(model, ours["qwen3-tiny"], trainer)
-    trainer.strategy.save_checkpoint({}, saved)
-    io_json = json.load(open(saved / "context" / "io.json"))
-    cfg = [o for o in io_json["objects"].values() if "<root>.model.config" in o.get("paths", [])]
-    assert len(cfg) == 1 and cfg[0]["items"] == []
-    back = base / "back-preset"
-    run("convert", str(saved), str(back), "--to", "hf", "--quiet")
-    check_same_hf(src["qwen3-tiny"], str(back))
-    os.remove(saved / "context" / "model.yaml")
-    p = run("convert", str(saved), str(base / "never"), "--to", "hf", ok=False)
-    assert p.returncode == 3, p.stderr
-    assert "Qwen3ConfigLmsTiny" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert not (base / "never").exists()
 
 
 @pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny"])
