@@ -1396,24 +1396,22 @@ static int nemo_probe(const char *path)
     return 0;
 }
 
-/* The model config of a NeMo 2 checkpoint without our hf_config.json, where NeMo keeps it: the
- * items of the config object in io.json (what the caller passed; NeMo builds the model from
- * these), then model.yaml's config section (every field, defaults expanded), then the class
- * defaults (a preset class such as Qwen3Config600M() has no items). OUT: *hf. */
-static enum lms_status nemo_context_hf(const char *path, const char *weights, json_t **hf,
-                                       struct lms_error *err)
+enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char *cls,
+                                        size_t cls_cap, struct lms_error *err)
 {
-    char p[PATH_MAX], cls[128], ycls[128];
+    char p[PATH_MAX], ycls[128];
     json_t *io, *fields = NULL;
-    join(p, sizeof(p), path, "context/io.json");
+    *out = NULL;
+    if (!join(p, sizeof(p), context, "io.json"))
+        return lms_error_set(err, LMS_EINVAL, "path too long");
     enum lms_status rc = lms_json_load_file(p, JSON_MAX_BYTES, &io, err);
     if (rc)
         return rc;
-    rc = io_json_fields(io, &fields, cls, sizeof(cls), err);
+    rc = io_json_fields(io, &fields, cls, cls_cap, err);
     json_decref(io);
     if (rc)
         return lms_error_wrap(err, "'%s': ", p);
-    join(p, sizeof(p), path, "context/model.yaml");
+    join(p, sizeof(p), context, "model.yaml");
     if (is_file(p)) {
         struct lms_storage *y;
         json_t *yf = NULL;
@@ -1426,19 +1424,36 @@ static enum lms_status nemo_context_hf(const char *path, const char *weights, js
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
         json_decref(yf);
         if (!rc && !cls[0])
-            snprintf(cls, sizeof(cls), "%s", ycls);
+            snprintf(cls, cls_cap, "%s", ycls);
     } else {
-        join(p, sizeof(p), path, "context/io.json");
+        join(p, sizeof(p), context, "io.json");
     }
     if (!rc)
         rc = lms__nemo_class_defaults(fields, cls, p, err);
+    if (rc)
+        json_decref(fields);
+    else
+        *out = fields;
+    return rc;
+}
+
+/* The model config of a NeMo 2 checkpoint without our hf_config.json, as an HF config object.
+ * OUT: *hf. */
+static enum lms_status nemo_context_hf(const char *path, const char *weights, json_t **hf,
+                                       struct lms_error *err)
+{
+    char ctx[PATH_MAX], cls[128];
+    json_t *fields;
+    if (!join(ctx, sizeof(ctx), path, "context"))
+        return lms_error_set(err, LMS_EINVAL, "path too long");
+    enum lms_status rc = lms__nemo_context_fields(ctx, &fields, cls, sizeof(cls), err);
+    if (rc)
+        return rc;
     struct lms_dcp d;
-    if (!rc) {
-        rc = lms_dcp_open(weights, &d, err);
-        if (!rc)
-            rc = lms__nemo_hf_from_fields(fields, cls, &d, hf, err);
-        lms_dcp_release(&d);
-    }
+    rc = lms_dcp_open(weights, &d, err);
+    if (!rc)
+        rc = lms__nemo_hf_from_fields(fields, cls, &d, hf, err);
+    lms_dcp_release(&d);
     json_decref(fields);
     return rc;
 }

@@ -37,6 +37,13 @@ json_t *lms__nemo_preset_fields(const char *cls);
  * where: from). */
 enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char *from,
                                          struct lms_error *err);
+/* The model-config fields of a NeMo 2 context/ folder, where NeMo keeps them: the items of the
+ * config object in io.json (what the caller passed; NeMo builds the model from these), then
+ * model.yaml's config section (every field, defaults expanded), then the class defaults (a
+ * preset class such as Qwen3Config600M() has no items). cls gets the config class name.
+ * OUT: *out (one reference). */
+enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char *cls,
+                                        size_t cls_cap, struct lms_error *err);
 /* The config fields of a plain Megatron-LM save from the "args" Namespace in its common.pt
  * (megatron_args.c); *out is NULL when common.pt has no args. cls gets the family's base class.
  * OUT: *out (one reference). */
