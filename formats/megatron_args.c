@@ -4,7 +4,7 @@
  * pickle.c: allow-listed globals become symbols, nothing is called), and the Namespace's
  * attributes are mapped to the NeMo/Megatron config field names the rest of the reader uses.
  * Megatron-LM has no model-family name: Qwen3 is recognised by its q/k layer norms, Qwen2 by its
- * QKV bias, anything else is read as Llama. */
+ * QKV bias, anything else is read as Llama; the sizes must all come from args. */
 #include <string.h>
 
 #include "lms/pickle.h"
@@ -70,8 +70,14 @@ static enum lms_status map_args(const struct lms_pkl *st, json_t *f, char *cls, 
     enum lms_status rc = LMS_OK;
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]) && !rc; i++)
         rc = copy_int(st, ints[i].arg, f, ints[i].field, err);
+    static const char *const required[] = {"num_layers", "hidden_size", "num_attention_heads"};
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]) && !rc; i++)
+        if (!json_object_get(f, required[i]))
+            rc = lms_error_set(err, LMS_EFORMAT, "args.%s is missing", required[i]);
     if (!rc && arg_true(st, "group_query_attention"))
         rc = copy_int(st, "num_query_groups", f, "num_query_groups", err);
+    if (!rc && !json_object_get(f, "num_query_groups")) /* no GQA: one group per head */
+        json_object_set(f, "num_query_groups", json_object_get(f, "num_attention_heads"));
     if (!rc)
         rc = copy_float(st, "norm_epsilon", f, "layernorm_epsilon", err);
     if (!rc)
@@ -107,7 +113,10 @@ static enum lms_status map_args(const struct lms_pkl *st, json_t *f, char *cls, 
     char dtn[64];
     snprintf(dtn, sizeof(dtn), "torch.%s", tn ? tn : "float32");
     json_object_set_new(f, "params_dtype", json_string(dtn));
-    snprintf(cls, cls_cap, "%s", qk ? "Qwen3Config" : qkv_bias ? "Qwen2Config" : "LlamaConfig");
+    /* not a NeMo class name: only the family's conventions fill what args lack, never sizes */
+    snprintf(cls, cls_cap, "%s", qk         ? "Qwen3 (Megatron-LM args)"
+                                 : qkv_bias ? "Qwen2 (Megatron-LM args)"
+                                            : "Llama (Megatron-LM args)");
     return LMS_OK;
 }
 

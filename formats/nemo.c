@@ -1153,8 +1153,17 @@ enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char 
                                      from, cls[0] ? cls : "(none)", sizes[i],
                                      strstr(from, "run_config") ? "value in run_config.yaml"
                                                                 : "value in io.json or model.yaml");
+        /* a class NeMo does not define (a Bridge provider, a user's subclass): only the family's
+         * conventions (norm epsilon, RoPE base, head size, biases), never its sizes */
         const char *base = family_base_class(cls);
         d = base ? lms__nemo_preset_fields(base) : NULL;
+        static const char *const own_sizes[] = {
+            "num_layers",       "hidden_size", "ffn_hidden_size",
+            "num_query_groups", "vocab_size",  "share_embeddings_and_output_weights",
+            "seq_length",       "max_position_embeddings",
+        };
+        for (size_t i = 0; d && i < sizeof(own_sizes) / sizeof(own_sizes[0]); i++)
+            json_object_del(d, own_sizes[i]);
     }
     if (d && json_object_update_missing(f, d) != 0) {
         json_decref(d);

@@ -45,7 +45,8 @@ enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char 
 enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char *cls,
                                         size_t cls_cap, struct lms_error *err);
 /* The config fields of a plain Megatron-LM save from the "args" Namespace in its common.pt
- * (megatron_args.c); *out is NULL when common.pt has no args. cls gets the family's base class.
+ * (megatron_args.c); *out is NULL when common.pt has no args. cls gets a label starting with
+ * the family's name ("Qwen3 (Megatron-LM args)").
  * OUT: *out (one reference). */
 enum lms_status lms__megatron_args_fields(const char *common_pt, json_t **out, char *cls,
                                           size_t cls_cap, struct lms_error *err);
