@@ -44,8 +44,9 @@ import subprocess
 import sys
 import warnings
 
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-os.environ["CUDA_HOME"] = os.path.join(os.sep, "nonexistent-cuda")
+if not os.path.exists(os.path.join(os.sep, "dev", "nvidia0")):  # no GPU: see above
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ["CUDA_HOME"] = os.path.join(os.sep, "nonexistent-cuda")
 warnings.filterwarnings("ignore")
 
 import pytest  # noqa: E402
@@ -87,6 +88,8 @@ GPU_ONLY_FUSIONS = ["apply_rope_fusion", "persist_layer_norm", "bias_activation_
 
 
 def cpu_stubs():
+    if torch.cuda.is_available():
+        return
     import nemo.lightning.io.pl as nemo_io_pl
     torch.cuda.synchronize = lambda *args, **kwargs: None
     torch.cuda.current_device = lambda: "cpu"
