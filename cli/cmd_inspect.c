@@ -23,28 +23,38 @@ static const char usage_text[] =
     "  --quiet     print nothing on success (exit code only)\n"
     "  -h, --help  show this help\n";
 
-/* Sum of the sizes of the regular files directly inside dir (or of the file itself). */
-static uint64_t bytes_on_disk(const char *path)
+/* Sum of the sizes of the regular files under path, at any depth (NeMo 2 and Megatron keep
+ * their weights in subdirectories, and DCP's ".metadata" is a dot file), or of the file itself.
+ * Symbolic links are followed (Hugging Face cache snapshots link to their blobs); the depth limit
+ * stops a link cycle. */
+static uint64_t bytes_on_disk_at(const char *path, int depth)
 {
     struct stat sb;
     if (stat(path, &sb) != 0)
         return 0;
     if (!S_ISDIR(sb.st_mode))
-        return (uint64_t)sb.st_size;
+        return S_ISREG(sb.st_mode) ? (uint64_t)sb.st_size : 0;
+    if (depth >= 16)
+        return 0;
     uint64_t total = 0;
     DIR *d = opendir(path);
     struct dirent *e;
     while (d && (e = readdir(d))) {
         char p[PATH_MAX];
-        if (e->d_name[0] == '.')
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
-        if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode))
-            total += (uint64_t)sb.st_size;
+        int n = snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+        if (n > 0 && (size_t)n < sizeof(p))
+            total += bytes_on_disk_at(p, depth + 1);
     }
     if (d)
         closedir(d);
     return total;
+}
+
+static uint64_t bytes_on_disk(const char *path)
+{
+    return bytes_on_disk_at(path, 0);
 }
 
 static const char *rope_name(enum lms_rope_type t)

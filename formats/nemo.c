@@ -826,9 +826,12 @@ static json_t *config_fields(const struct lms_arch *a)
     return c;
 }
 
+/* ---- io.json: the fiddle serialization NeMo's io_dump writes ------------------------------ */
+
 struct fiddle {
-    json_t *objects;  /* name -> object node (borrowed from the root) */
-    int counter;
+    json_t *objects;   /* name -> object node (borrowed from the root) */
+    json_t *refcounts; /* name -> 1 (borrowed from the root) */
+    int n_tuple, n_dict, n_meta;
 };
 
 static json_t *pyref(const char *module, const char *name)
@@ -846,71 +849,120 @@ static json_t *leaf(json_t *value, const char *path)
     return json_pack("{s:s,s:o,s:[s]}", "type", "leaf", "value", value, "paths", path);
 }
 
-/* Adds a builtins container object (tuple/dict) and returns its name (static buffer). */
-static void add_obj(struct fiddle *f, const char *name, json_t *node)
+/* An empty builtins.tuple, written inline (not as a named object), as fiddle does. */
+static json_t *empty_tuple(void)
+{
+    return json_pack("{s:o,s:[],s:n}", "type", pyref("builtins", "tuple"), "items", "metadata");
+}
+
+static void add_named(struct fiddle *f, const char *name, json_t *node)
 {
     json_object_set_new(f->objects, name, node);
+    json_object_set_new(f->refcounts, name, json_integer(1));
 }
 
-/* A fiddle Config of module.cls with the given (name, node) items; returns the object name. */
-static void add_config(struct fiddle *f, const char *obj_name, const char *module,
-                       const char *cls, json_t *items, const char *path)
+/* A new empty builtins.dict object (its metadata: the empty tuple of its keys); OUT: name. */
+static void add_empty_dict(struct fiddle *f, const char *path, char *name, size_t cap)
 {
-    char meta[96], names[96], tags[96], hist[96];
-    int n = ++f->counter;
-    snprintf(meta, sizeof(meta), "buildable_traverser_metadata_%d", n);
-    snprintf(names, sizeof(names), "tuple_%d", n);
-    snprintf(tags, sizeof(tags), "dict_%d", 2 * n);
-    snprintf(hist, sizeof(hist), "dict_%d", 2 * n + 1);
-    json_t *tuple_items = json_array();
-    for (size_t i = 0; i < json_array_size(items); i++) {
-        const char *attr = json_string_value(json_array_get(json_array_get(items, i), 0));
-        char idx[48], argname[128];
-        snprintf(idx, sizeof(idx), "Index(index=%zu)", i);
-        /* "Attr(name='x')" -> x */
-        snprintf(argname, sizeof(argname), "%.*s", (int)strlen(attr) - 13, attr + 11);
-        char p[512];
-        snprintf(p, sizeof(p), "%s.__argument_names__[%zu]", path, i);
-        json_array_append_new(tuple_items, json_pack("[s,o]", idx, leaf(json_string(argname), p)));
-    }
-    add_obj(f, names, json_pack("{s:o,s:o,s:n,s:[]}", "type", pyref("builtins", "tuple"), "items",
-                                tuple_items, "metadata", "paths"));
-    add_obj(f, tags, json_pack("{s:o,s:[],s:o,s:[]}", "type", pyref("builtins", "dict"), "items",
-                               "metadata", json_pack("{s:o,s:[],s:n,s:[]}", "type",
-                                                     pyref("builtins", "tuple"), "items",
-                                                     "metadata", "paths"),
-                               "paths"));
-    add_obj(f, hist, json_pack("{s:o,s:[],s:o,s:[]}", "type", pyref("builtins", "dict"), "items",
-                               "metadata", json_pack("{s:o,s:[],s:n,s:[]}", "type",
-                                                     pyref("builtins", "tuple"), "items",
-                                                     "metadata", "paths"),
-                               "paths"));
-    add_obj(f, meta,
-            json_pack("{s:o,s:[[s,o],[s,o],[s,o],[s,o]],s:n,s:[]}", "type",
-                      pyref("fiddle._src.config", "BuildableTraverserMetadata"), "items",
-                      "Attr(name='fn_or_cls')", pyref(module, cls), "Attr(name='argument_names')",
-                      ref(names), "Attr(name='argument_tags')", ref(tags),
-                      "Attr(name='argument_history')", ref(hist), "metadata", "paths"));
-    add_obj(f, obj_name,
-            json_pack("{s:o,s:o,s:o,s:[s]}", "type", pyref("fiddle._src.config", "Config"),
-                      "items", items, "metadata", ref(meta), "paths", path));
+    snprintf(name, cap, "dict_%d", ++f->n_dict);
+    json_t *d = json_pack("{s:o,s:[],s:o}", "type", pyref("builtins", "dict"), "items",
+                          "metadata", empty_tuple());
+    if (path)
+        json_object_set_new(d, "paths", json_pack("[s]", path));
+    add_named(f, name, d);
 }
 
-/* io.json for m (§1.3): TrainerContext(model=<Model>(config=<Config>(...), tokenizer=
- * AutoTokenizer('nemo_tokenizer'))). */
-static json_t *build_io_json(const struct lms_arch *a)
+/* "Qwen3Config600M" -> "qwen3_config600_m" (fiddle's object names: snake case plus "_<n>"). */
+static void snake_case(const char *cls, char *dst, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; cls[i] && o + 2 < cap; i++) {
+        char c = cls[i];
+        if (c >= 'A' && c <= 'Z') {
+            char prev = i ? cls[i - 1] : 0;
+            if ((prev >= 'a' && prev <= 'z') || (prev >= '0' && prev <= '9'))
+                dst[o++] = '_';
+            c = (char)(c - 'A' + 'a');
+        }
+        dst[o++] = c;
+    }
+    dst[o] = 0;
+}
+
+/* A fiddle Config of module.cls with the given ["Attr(name='x')", node] items (consumed): the
+ * argument-name tuple, the two empty dicts and the BuildableTraverserMetadata it refers to, then
+ * the Config object itself, named "<snake_case(cls)>_1". OUT: name. */
+static void add_config(struct fiddle *f, const char *module, const char *cls, json_t *items,
+                       const char *path, char *name, size_t cap)
+{
+    json_t *names;
+    size_t n = json_array_size(items);
+    if (n == 0) {
+        names = empty_tuple();
+    } else {
+        json_t *tuple_items = json_array();
+        for (size_t i = 0; i < n; i++) {
+            const char *attr = json_string_value(json_array_get(json_array_get(items, i), 0));
+            char idx[48], argname[128];
+            snprintf(idx, sizeof(idx), "Index(index=%zu)", i);
+            /* "Attr(name='x')" -> x */
+            snprintf(argname, sizeof(argname), "%.*s", (int)strlen(attr) - 13, attr + 11);
+            json_array_append_new(tuple_items, json_pack("[s,s]", idx, argname));
+        }
+        char tname[32];
+        snprintf(tname, sizeof(tname), "tuple_%d", ++f->n_tuple);
+        add_named(f, tname,
+                  json_pack("{s:o,s:o,s:n}", "type", pyref("builtins", "tuple"), "items",
+                            tuple_items, "metadata"));
+        names = ref(tname);
+    }
+    char tags[32], hist[32], meta[64];
+    add_empty_dict(f, NULL, tags, sizeof(tags));
+    add_empty_dict(f, NULL, hist, sizeof(hist));
+    snprintf(meta, sizeof(meta), "buildable_traverser_metadata_%d", ++f->n_meta);
+    add_named(f, meta,
+              json_pack("{s:o,s:[[s,o],[s,o],[s,o],[s,o]],s:o}", "type",
+                        pyref("fiddle._src.config", "BuildableTraverserMetadata"), "items",
+                        "Attr(name='fn_or_cls')", pyref(module, cls),
+                        "Attr(name='argument_names')", names, "Attr(name='argument_tags')",
+                        ref(tags), "Attr(name='argument_history')", ref(hist), "metadata",
+                        pyref("fiddle._src.config", "BuildableTraverserMetadata")));
+    char snake[128];
+    snake_case(cls, snake, sizeof(snake));
+    snprintf(name, cap, "%s_1", snake);
+    add_named(f, name,
+              json_pack("{s:o,s:o,s:o,s:[s]}", "type", pyref("fiddle._src.config", "Config"),
+                        "items", items, "metadata", ref(meta), "paths", path));
+}
+
+/* The NeMo model and config classes of an arch. */
+static void nemo_class_of(const struct lms_arch *a, const char **module, const char **model_cls,
+                          const char **config_cls)
 {
     size_t k = 0;
-    for (; k < sizeof(nemo_classes) / sizeof(nemo_classes[0]); k++)
-        if (nemo_classes[k].family == a->family)
-            break;
-    const char *config_cls = nemo_classes[k].config_cls;
-    if (a->family == LMS_FAMILY_LLAMA && a->rope.type == LMS_ROPE_LLAMA3)
-        config_cls = "Llama31Config";
-    struct fiddle f = {.objects = json_object()};
-    json_t *root = json_pack("{s:o,s:O,s:o,s:s}", "root", ref("trainer_context_1"), "objects",
-                             f.objects, "refcounts", json_object(), "version", "0.0.1");
+    while (k + 1 < sizeof(nemo_classes) / sizeof(nemo_classes[0]) &&
+           nemo_classes[k].family != a->family)
+        k++;
+    *module = nemo_classes[k].module;
+    *model_cls = nemo_classes[k].model_cls;
+    *config_cls = a->family == LMS_FAMILY_LLAMA && a->rope.type == LMS_ROPE_LLAMA3
+                      ? "Llama31Config"
+                      : nemo_classes[k].config_cls;
+}
+
+/* io.json for m: what NeMo's trainer writes into context/ when it saves, TrainerContext(
+ * model=<Model>(config=<Config>(...), tokenizer=AutoTokenizer('nemo_tokenizer')),
+ * trainer=Trainer(accelerator='auto', strategy=MegatronStrategy(), devices=1), extra={}).
+ * Without tokenizer files the model gets no tokenizer argument (NeMo then takes none). */
+static json_t *build_io_json(const struct lms_arch *a, bool with_tokenizer)
+{
+    const char *module, *model_cls, *config_cls;
+    nemo_class_of(a, &module, &model_cls, &config_cls);
+    struct fiddle f = {.objects = json_object(), .refcounts = json_object()};
+    json_t *root = json_pack("{s:o,s:O,s:O,s:s}", "root", ref("trainer_context_1"), "objects",
+                             f.objects, "refcounts", f.refcounts, "version", "0.0.1");
     json_decref(f.objects);
+    json_decref(f.refcounts);
     json_t *fields = config_fields(a);
     json_t *items = json_array();
     const char *key;
@@ -927,38 +979,39 @@ static json_t *build_io_json(const struct lms_arch *a)
             char mod[128];
             snprintf(mod, sizeof(mod), "%.*s", (int)(colon - pr), pr);
             node = pyref(mod, colon + 1);
+            json_object_set_new(node, "paths", json_pack("[s]", path));
         } else {
             node = leaf(json_incref(val), path);
         }
         json_array_append_new(items, json_pack("[s,o]", attr, node));
     }
     json_decref(fields);
-    char cfg_name[64], model_name[64];
-    snprintf(cfg_name, sizeof(cfg_name), "%s_1", a->family == LMS_FAMILY_QWEN3   ? "qwen3_config"
-                                                 : a->family == LMS_FAMILY_QWEN2 ? "qwen2_config"
-                                                 : a->family == LMS_FAMILY_MISTRAL
-                                                     ? "mistral_config"
-                                                     : "llama_config");
-    snprintf(model_name, sizeof(model_name), "%s_1", a->family == LMS_FAMILY_QWEN3 ? "qwen3_model"
-                                                     : a->family == LMS_FAMILY_QWEN2
-                                                         ? "qwen2_model"
-                                                     : a->family == LMS_FAMILY_MISTRAL
-                                                         ? "mistral_model"
-                                                         : "llama_model");
-    add_config(&f, cfg_name, nemo_classes[k].module, config_cls, items, "<root>.model.config");
-    json_t *tok_items = json_pack(
-        "[[s,o]]", "Attr(name='pretrained_model_name')",
-        leaf(json_string("nemo_tokenizer"), "<root>.model.tokenizer.pretrained_model_name"));
-    add_config(&f, "auto_tokenizer_1",
-               "nemo.collections.common.tokenizers.huggingface.auto_tokenizer", "AutoTokenizer",
-               tok_items, "<root>.model.tokenizer");
-    json_t *model_items = json_pack("[[s,o],[s,o]]", "Attr(name='config')", ref(cfg_name),
-                                    "Attr(name='tokenizer')", ref("auto_tokenizer_1"));
-    add_config(&f, model_name, nemo_classes[k].module, nemo_classes[k].model_cls, model_items,
-               "<root>.model");
-    json_t *tc_items = json_pack("[[s,o]]", "Attr(name='model')", ref(model_name));
-    add_config(&f, "trainer_context_1", "nemo.lightning.io.pl", "TrainerContext", tc_items,
-               "<root>");
+    char cfg[128], tok[128], model[128], strategy[128], trainer[128], extra[32], tc[128];
+    add_config(&f, module, config_cls, items, "<root>.model.config", cfg, sizeof(cfg));
+    json_t *model_items = json_pack("[[s,o]]", "Attr(name='config')", ref(cfg));
+    if (with_tokenizer) {
+        add_config(&f, "nemo.collections.common.tokenizers.huggingface.auto_tokenizer",
+                   "AutoTokenizer",
+                   json_pack("[[s,o]]", "Attr(name='pretrained_model_name')",
+                             leaf(json_string("nemo_tokenizer"),
+                                  "<root>.model.tokenizer.pretrained_model_name")),
+                   "<root>.model.tokenizer", tok, sizeof(tok));
+        json_array_append_new(model_items, json_pack("[s,o]", "Attr(name='tokenizer')", ref(tok)));
+    }
+    add_config(&f, module, model_cls, model_items, "<root>.model", model, sizeof(model));
+    add_config(&f, "nemo.lightning.pytorch.strategies.megatron_strategy", "MegatronStrategy",
+               json_array(), "<root>.trainer.strategy", strategy, sizeof(strategy));
+    add_config(&f, "nemo.lightning.pytorch.trainer", "Trainer",
+               json_pack("[[s,o],[s,o],[s,o]]", "Attr(name='accelerator')",
+                         leaf(json_string("auto"), "<root>.trainer.accelerator"),
+                         "Attr(name='strategy')", ref(strategy), "Attr(name='devices')",
+                         leaf(json_integer(1), "<root>.trainer.devices")),
+               "<root>.trainer", trainer, sizeof(trainer));
+    add_empty_dict(&f, "<root>.extra", extra, sizeof(extra));
+    add_config(&f, "nemo.lightning.io.pl", "TrainerContext",
+               json_pack("[[s,o],[s,o],[s,o]]", "Attr(name='model')", ref(model),
+                         "Attr(name='trainer')", ref(trainer), "Attr(name='extra')", ref(extra)),
+               "<root>", tc, sizeof(tc));
     return root;
 }
 
@@ -1070,6 +1123,56 @@ static enum lms_status io_json_fields(const json_t *io, json_t **fields, char *c
     return LMS_OK;
 }
 
+/* The base config class of the family a NeMo class or Bridge provider name belongs to. */
+static const char *family_base_class(const char *cls)
+{
+    static const struct {
+        const char *prefix, *base;
+    } bases[] = {
+        {"Qwen3", "Qwen3Config"},     {"Qwen2", "Qwen2Config"},     {"Llama31", "Llama31Config"},
+        {"Llama32", "Llama31Config"}, {"Llama3", "Llama3Config"},   {"Llama", "LlamaConfig"},
+        {"CodeLlama", "LlamaConfig"}, {"Mistral", "MistralConfig7B"},
+    };
+    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
+        if (strncmp(cls, bases[i].prefix, strlen(bases[i].prefix)) == 0)
+            return bases[i].base;
+    return NULL;
+}
+
+enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char *from,
+                                         struct lms_error *err)
+{
+    json_t *d = lms__nemo_preset_fields(cls);
+    if (!d) {
+        static const char *const sizes[] = {"num_layers", "hidden_size", "num_attention_heads"};
+        for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+            if (json_integer_value(json_object_get(f, sizes[i])) <= 0)
+                return lms_error_set(err, LMS_EFORMAT,
+                                     "'%s': model config class '%s' is not a preset this tool "
+                                     "knows, and %s is not given (no %s)",
+                                     from, cls[0] ? cls : "(none)", sizes[i],
+                                     strstr(from, "run_config") ? "value in run_config.yaml"
+                                                                : "value in io.json or model.yaml");
+        /* a class NeMo does not define (a Bridge provider, a user's subclass): only the family's
+         * conventions (norm epsilon, RoPE base, head size, biases), never its sizes */
+        const char *base = family_base_class(cls);
+        d = base ? lms__nemo_preset_fields(base) : NULL;
+        static const char *const own_sizes[] = {
+            "num_layers",       "hidden_size", "ffn_hidden_size",
+            "num_query_groups", "vocab_size",  "share_embeddings_and_output_weights",
+            "seq_length",       "max_position_embeddings",
+        };
+        for (size_t i = 0; d && i < sizeof(own_sizes) / sizeof(own_sizes[0]); i++)
+            json_object_del(d, own_sizes[i]);
+    }
+    if (d && json_object_update_missing(f, d) != 0) {
+        json_decref(d);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    json_decref(d);
+    return LMS_OK;
+}
+
 /* Megatron/NeMo config fields -> a Hugging Face config.json object, so that one parser (the HF
  * one) turns every source into an arch. Absent fields take the class defaults of §4.4. */
 enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
@@ -1083,7 +1186,7 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
         fam = LMS_FAMILY_QWEN2;
     else if (strncmp(cls, "Mistral", 7) == 0)
         fam = LMS_FAMILY_MISTRAL;
-    else if (strncmp(cls, "Llama", 5) == 0 || cls[0] == 0)
+    else if (strncmp(cls, "Llama", 5) == 0 || strncmp(cls, "CodeLlama", 9) == 0 || cls[0] == 0)
         fam = LMS_FAMILY_LLAMA;
     else
         return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported model config class '%s'", cls);
@@ -1154,6 +1257,10 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
                                                                  : 8192));
         json_object_set_new(c, "rope_scaling", rs);
     }
+    const json_t *ws = json_object_get(f, "window_size"); /* [left, right]: Mistral's window */
+    if (json_is_array(ws) && json_integer_value(json_array_get(ws, 0)) > 0)
+        json_object_set_new(c, "sliding_window",
+                            json_integer(json_integer_value(json_array_get(ws, 0))));
     const char *pd = json_string_value(json_object_get(f, "params_dtype"));
     json_object_set_new(c, "torch_dtype",
                         json_string(pd && strncmp(pd, "torch.", 6) == 0 ? pd + 6 : "bfloat16"));
@@ -1298,6 +1405,68 @@ static int nemo_probe(const char *path)
     return 0;
 }
 
+enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char *cls,
+                                        size_t cls_cap, struct lms_error *err)
+{
+    char p[PATH_MAX], ycls[128];
+    json_t *io, *fields = NULL;
+    *out = NULL;
+    if (!join(p, sizeof(p), context, "io.json"))
+        return lms_error_set(err, LMS_EINVAL, "path too long");
+    enum lms_status rc = lms_json_load_file(p, JSON_MAX_BYTES, &io, err);
+    if (rc)
+        return rc;
+    rc = io_json_fields(io, &fields, cls, cls_cap, err);
+    json_decref(io);
+    if (rc)
+        return lms_error_wrap(err, "'%s': ", p);
+    join(p, sizeof(p), context, "model.yaml");
+    if (is_file(p)) {
+        struct lms_storage *y;
+        json_t *yf = NULL;
+        rc = lms_storage_map_file(p, &y, err);
+        if (!rc) {
+            rc = lms__nemo_yaml_fields(y->base, y->size, "config", &yf, ycls, sizeof(ycls), err);
+            lms_storage_release(y);
+        }
+        if (!rc && json_object_update_missing(fields, yf) != 0)
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+        json_decref(yf);
+        if (!rc && !cls[0])
+            snprintf(cls, cls_cap, "%s", ycls);
+    } else {
+        join(p, sizeof(p), context, "io.json");
+    }
+    if (!rc)
+        rc = lms__nemo_class_defaults(fields, cls, p, err);
+    if (rc)
+        json_decref(fields);
+    else
+        *out = fields;
+    return rc;
+}
+
+/* The model config of a NeMo 2 checkpoint without our hf_config.json, as an HF config object.
+ * OUT: *hf. */
+static enum lms_status nemo_context_hf(const char *path, const char *weights, json_t **hf,
+                                       struct lms_error *err)
+{
+    char ctx[PATH_MAX], cls[128];
+    json_t *fields;
+    if (!join(ctx, sizeof(ctx), path, "context"))
+        return lms_error_set(err, LMS_EINVAL, "path too long");
+    enum lms_status rc = lms__nemo_context_fields(ctx, &fields, cls, sizeof(cls), err);
+    if (rc)
+        return rc;
+    struct lms_dcp d;
+    rc = lms_dcp_open(weights, &d, err);
+    if (!rc)
+        rc = lms__nemo_hf_from_fields(fields, cls, &d, hf, err);
+    lms_dcp_release(&d);
+    json_decref(fields);
+    return rc;
+}
+
 static enum lms_status nemo_read(const char *path, const struct lms_read_opts *opts,
                                  struct lms_model *m, struct lms_error *err)
 {
@@ -1315,22 +1484,7 @@ static enum lms_status nemo_read(const char *path, const struct lms_read_opts *o
     if (rc)
         return rc;
     if (!hf) {
-        json_t *io, *fields = NULL;
-        char cls[128];
-        join(p, sizeof(p), path, "context/io.json");
-        rc = lms_json_load_file(p, JSON_MAX_BYTES, &io, err);
-        if (rc)
-            return rc;
-        rc = io_json_fields(io, &fields, cls, sizeof(cls), err);
-        json_decref(io);
-        if (rc)
-            return lms_error_wrap(err, "'%s': ", p);
-        struct lms_dcp d;
-        rc = lms_dcp_open(weights, &d, err);
-        if (!rc)
-            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
-        lms_dcp_release(&d);
-        json_decref(fields);
+        rc = nemo_context_hf(path, weights, &hf, err);
         if (rc)
             return rc;
     }
@@ -1340,6 +1494,18 @@ static enum lms_status nemo_read(const char *path, const struct lms_read_opts *o
     if (rc)
         lms_model_release(m);
     return rc;
+}
+
+/* True when m carries tokenizer files (NeMo's AutoTokenizer can load the folder). */
+static bool has_tokenizer(const struct lms_model *m)
+{
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json",
+                                        "tokenizer.model", "vocab.json"};
+    for (size_t i = 0; i < m->n_aux_files; i++)
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+            if (strcmp(lms_path_basename(m->aux_files[i]), names[k]) == 0)
+                return true;
+    return false;
 }
 
 static enum lms_status nemo_write(const struct lms_model *m, const char *path,
@@ -1369,7 +1535,7 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
     if (!rc)
         rc = write_weights(m, p, "module.", false, o, &r, err);
     if (!rc) {
-        json_t *io = build_io_json(&a);
+        json_t *io = build_io_json(&a, has_tokenizer(m));
         rc = lms_outdir_path(&od, "context/io.json", p, sizeof(p), err);
         if (!rc)
             rc = write_json_file(p, io, LMS_JSON_INDENT2, err);
@@ -1377,18 +1543,13 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
     }
     if (!rc) {
         struct lms_buf_str y = {0};
-        size_t k = 0;
-        while (nemo_classes[k].family != a.family)
-            k++;
-        rc = lms_buf_str_printf(&y, err, "_target_: %s.%s\nconfig:\n  _target_: %s.%s\n",
-                                nemo_classes[k].module, nemo_classes[k].model_cls,
-                                nemo_classes[k].module,
-                                a.family == LMS_FAMILY_LLAMA && a.rope.type == LMS_ROPE_LLAMA3
-                                    ? "Llama31Config"
-                                    : nemo_classes[k].config_cls);
+        const char *module, *model_cls, *config_cls;
+        nemo_class_of(&a, &module, &model_cls, &config_cls);
+        rc = lms_buf_str_printf(&y, err, "_target_: %s.%s\nconfig:\n  _target_: %s.%s\n", module,
+                                model_cls, module, config_cls);
         if (!rc)
             rc = yaml_fields(&a, "  ", &y, err);
-        if (!rc)
+        if (!rc && has_tokenizer(m))
             rc = lms_buf_str_printf(&y, err, "tokenizer:\n  _target_: nemo.collections.common."
                                     "tokenizers.huggingface.auto_tokenizer.AutoTokenizer\n"
                                     "  pretrained_model_name: nemo_tokenizer\n");
@@ -1468,10 +1629,31 @@ static int megatron_probe(const char *path)
     return 0;
 }
 
-/* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings). */
+/* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings,
+ * and flow lists of those: "[4096, 0]"). */
 static json_t *yaml_scalar(const char *v)
 {
     size_t n = strlen(v);
+    if (n >= 2 && v[0] == '[' && v[n - 1] == ']') {
+        json_t *a = json_array();
+        char item[256];
+        for (size_t at = 1; a && at < n - 1;) {
+            size_t e = at;
+            while (e < n - 1 && v[e] != ',')
+                e++;
+            size_t s0 = at, s1 = e;
+            while (s0 < s1 && v[s0] == ' ')
+                s0++;
+            while (s1 > s0 && v[s1 - 1] == ' ')
+                s1--;
+            if (s1 > s0) {
+                snprintf(item, sizeof(item), "%.*s", (int)(s1 - s0), v + s0);
+                json_array_append_new(a, yaml_scalar(item));
+            }
+            at = e + 1;
+        }
+        return a;
+    }
     if (n >= 2 && (v[0] == '\'' || v[0] == '"') && v[n - 1] == v[0])
         return json_stringn(v + 1, n - 2);
     if (strcmp(v, "true") == 0 || strcmp(v, "True") == 0)
@@ -1489,6 +1671,29 @@ static json_t *yaml_scalar(const char *v)
     return end != v && !*end ? json_real(dv) : json_string(v);
 }
 
+/* A "key:" line opening a nested block: what the block turns out to hold. */
+struct yaml_pending {
+    char key[128];      /* "" when no block is open */
+    char target[256];   /* its "_target_" */
+    bool call;          /* "_call_: true": an object built by a call, not a symbol */
+    json_t *list;       /* its "- item" lines */
+};
+
+/* Closes the open block: a list of scalars becomes an array; a "{_target_: x, _call_: false}"
+ * block (how NeMo and Bridge write dtypes and functions, e.g. params_dtype: torch.float32)
+ * becomes the string "x"; any other block is skipped. */
+static enum lms_status yaml_flush(struct yaml_pending *pb, json_t *o, struct lms_error *err)
+{
+    int rc = 0;
+    if (pb->key[0] && pb->list)
+        rc = json_object_set(o, pb->key, pb->list);
+    else if (pb->key[0] && pb->target[0] && !pb->call)
+        rc = json_object_set_new(o, pb->key, json_string(pb->target));
+    json_decref(pb->list);
+    memset(pb, 0, sizeof(*pb));
+    return rc ? lms_error_set(err, LMS_ENOMEM, "out of memory") : LMS_OK;
+}
+
 enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *section,
                                       json_t **out, char *cls, size_t cls_cap,
                                       struct lms_error *err)
@@ -1498,42 +1703,72 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     size_t indent = section ? 2 : 0;
     bool in_section = !section;
+    struct yaml_pending pb = {0};
+    enum lms_status rc = LMS_OK;
     cls[0] = 0;
     char line[1024];
-    for (size_t at = 0; at < len;) {
+    for (size_t at = 0; at < len && !rc;) {
         const char *nl = memchr(text + at, '\n', len - at);
         size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
         snprintf(line, sizeof(line), "%.*s", (int)(ll < sizeof(line) ? ll : sizeof(line) - 1),
                  text + at);
         at += ll + 1;
         line[strcspn(line, "\r")] = 0;
-        if (section && line[0] && line[0] != ' ' && line[0] != '#') {
+        size_t sp = strspn(line, " ");
+        if (!line[sp] || line[sp] == '#')
+            continue;
+        if (section && sp == 0) {
+            rc = yaml_flush(&pb, o, err);
             char want[128];
             snprintf(want, sizeof(want), "%s:", section);
             in_section = strcmp(line, want) == 0;
             continue;
         }
-        size_t sp = strspn(line, " ");
-        if (!in_section || sp != indent || line[sp] == '#' || line[sp] == '-' || !line[sp])
+        if (!in_section || sp < indent)
             continue;
+        if (pb.key[0] && sp == indent && line[sp] == '-') { /* "- item" of the open key */
+            if (!pb.list)
+                pb.list = json_array();
+            const char *v = line + sp + 1;
+            v += strspn(v, " ");
+            json_array_append_new(pb.list, yaml_scalar(v));
+            continue;
+        }
         char *colon = strchr(line + sp, ':');
         if (!colon || (colon[1] != ' ' && colon[1] != 0))
             continue;
         *colon = 0;
         const char *k = line + sp, *v = colon[1] ? colon + 2 : colon + 1;
         v += strspn(v, " ");
-        if (!*v)
-            continue; /* a nested block */
+        if (sp > indent) { /* inside the open block: only its own _target_/_call_ matter */
+            if (pb.key[0] && sp == indent + 2 && strcmp(k, "_target_") == 0)
+                snprintf(pb.target, sizeof(pb.target), "%s", v);
+            else if (pb.key[0] && sp == indent + 2 && strcmp(k, "_call_") == 0)
+                pb.call = strcmp(v, "true") == 0 || strcmp(v, "True") == 0;
+            continue;
+        }
+        rc = yaml_flush(&pb, o, err);
+        if (rc)
+            break;
+        if (!*v) { /* a nested block or a block list follows */
+            snprintf(pb.key, sizeof(pb.key), "%s", k);
+            continue;
+        }
         if (strcmp(k, "_target_") == 0) {
             const char *dot = strrchr(v, '.');
             snprintf(cls, cls_cap, "%s", dot ? dot + 1 : v);
             continue;
         }
         json_t *val = yaml_scalar(v);
-        if (!val || json_object_set_new(o, k, val) != 0) {
-            json_decref(o);
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        }
+        if (!val || json_object_set_new(o, k, val) != 0)
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    if (!rc)
+        rc = yaml_flush(&pb, o, err);
+    json_decref(pb.list);
+    if (rc) {
+        json_decref(o);
+        return rc;
     }
     *out = o;
     return LMS_OK;
@@ -1570,13 +1805,23 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
     if (!hf) {
         json_t *fields = NULL;
         char cls[128];
-        if (!join(p, sizeof(p), dir, "run_config.yaml") || !is_file(p))
-            return lms_error_set(err, LMS_EUNSUPPORTED,
-                                 "'%s': no hf_config.json or run_config.yaml to take the model "
-                                 "config from", dir);
-        rc = run_config_fields(p, &fields, cls, sizeof(cls), err);
-        if (rc)
+        if (join(p, sizeof(p), dir, "run_config.yaml") && is_file(p)) {
+            rc = run_config_fields(p, &fields, cls, sizeof(cls), err);
+        } else { /* a plain Megatron-LM save: its command-line args in the common state */
+            join(p, sizeof(p), dir, "common.pt");
+            rc = is_file(p) ? lms__megatron_args_fields(p, &fields, cls, sizeof(cls), err)
+                            : LMS_OK;
+            if (!rc && !fields)
+                return lms_error_set(err, LMS_EUNSUPPORTED,
+                                     "'%s': no hf_config.json, run_config.yaml or Megatron-LM "
+                                     "args in common.pt to take the model config from", dir);
+        }
+        if (!rc)
+            rc = lms__nemo_class_defaults(fields, cls, p, err);
+        if (rc) {
+            json_decref(fields);
             return rc;
+        }
         struct lms_dcp d;
         rc = lms_dcp_open(dir, &d, err);
         if (!rc)

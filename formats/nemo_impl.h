@@ -28,6 +28,28 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
 enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *section,
                                       json_t **out, char *cls, size_t cls_cap,
                                       struct lms_error *err);
+/* The default field values of a NeMo 2 model-config class (Qwen3Config600M, Llama31Config8B,
+ * ...; nemo_presets.c), or NULL when the class is not in the table. OUT: a new JSON object. */
+json_t *lms__nemo_preset_fields(const char *cls);
+/* Completes the config fields f of class cls (io.json / model.yaml / run_config.yaml) with the
+ * class defaults: a known preset's values, otherwise those of the family's base class, once f
+ * holds the structural sizes itself (an unknown class without them is an error naming it and
+ * where: from). */
+enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char *from,
+                                         struct lms_error *err);
+/* The model-config fields of a NeMo 2 context/ folder, where NeMo keeps them: the items of the
+ * config object in io.json (what the caller passed; NeMo builds the model from these), then
+ * model.yaml's config section (every field, defaults expanded), then the class defaults (a
+ * preset class such as Qwen3Config600M() has no items). cls gets the config class name.
+ * OUT: *out (one reference). */
+enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char *cls,
+                                        size_t cls_cap, struct lms_error *err);
+/* The config fields of a plain Megatron-LM save from the "args" Namespace in its common.pt
+ * (megatron_args.c); *out is NULL when common.pt has no args. cls gets a label starting with
+ * the family's name ("Qwen3 (Megatron-LM args)").
+ * OUT: *out (one reference). */
+enum lms_status lms__megatron_args_fields(const char *common_pt, json_t **out, char *cls,
+                                          size_t cls_cap, struct lms_error *err);
 /* Writes the torch_dist checkpoint of m with key prefix (NeMo 1: "model.") as a data file at
  * offset base of fd, the small files in memory (lms_dcp_write_data). */
 enum lms_status lms__nemo_write_weights_fd(const struct lms_model *m, int fd, const char *path,

@@ -114,6 +114,9 @@ static const char *const allowed_globals[] = {
     "pathlib._local.PosixPath",
     "pathlib._local.PurePosixPath",
     "argparse.Namespace",
+    /* enum members in Megatron-LM's saved args (symbols only; never called) */
+    "megatron.core.transformer.enums.AttnBackend",
+    "megatron.core.enums.ModelType",
 };
 
 bool lms_pkl_global_allowed(const char *module, const char *name)

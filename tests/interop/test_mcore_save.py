@@ -18,7 +18,11 @@ backend) from a gloo process group on 127.0.0.1:
   the rank's slice of gate and of up (swiglu sharding), linear_proj and fc2 row-parallel (split
   along the input dim), embedding and output layer vocab-parallel, norms replicated.
 
-`lmsurgeon convert --to hf` of either gives the HF fixture's tensors bit for bit and its config
+- TP=2, two processes, as plain Megatron-LM saves: the model under "model", the command-line
+  arguments as an argparse.Namespace under "args" in the common state, RNG state objects, no
+  run_config.yaml (the config comes from args).
+
+`lmsurgeon convert --to hf` of each gives the HF fixture's tensors bit for bit and its config
 fields.
 """
 import json
@@ -120,6 +124,44 @@ def rank_state(src, prefix, r, T, ShardedTensor, ShardedObject, swiglu):
     return sd
 
 
+def megatron_lm_state(src, model, r, T, ShardedObject):
+    """What Megatron-LM's save_checkpoint hands to dist_checkpointing.save: the model under
+    "model", its command-line arguments as an argparse.Namespace under "args" (the only config it
+    keeps), the checkpoint version, iteration and FLOP count, and the RNG state of every rank as
+    a ShardedObject."""
+    import argparse
+    from megatron.core.transformer.enums import AttnBackend
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        cfg.get("dtype") or cfg.get("torch_dtype"), torch.float32)
+    theta = cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)
+    args = argparse.Namespace(
+        num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+        ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=cfg["num_attention_heads"],
+        group_query_attention=cfg["num_key_value_heads"] != cfg["num_attention_heads"],
+        num_query_groups=cfg["num_key_value_heads"],
+        kv_channels=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+        max_position_embeddings=cfg["max_position_embeddings"], seq_length=4096,
+        position_embedding_type="rope", rotary_base=int(theta), rotary_percent=1.0,
+        use_rope_scaling=False, normalization="RMSNorm", norm_epsilon=cfg["rms_norm_eps"],
+        swiglu=True, untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings"),
+        add_bias_linear=False, add_qkv_bias=cfg["model_type"] == "qwen2",
+        qk_layernorm=cfg["model_type"] == "qwen3", vocab_size=None,
+        padded_vocab_size=cfg["vocab_size"], make_vocab_size_divisible_by=128,
+        tensor_model_parallel_size=T, pipeline_model_parallel_size=1, bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16, params_dtype=dtype, attention_backend=AttnBackend.auto,
+        transformer_impl="transformer_engine", tokenizer_type="HuggingFaceTokenizer",
+        tokenizer_model=None, data_path=["corpus_text_document"], lr=3e-4, iteration=10,
+        save="checkpoints", load=None, seed=1234)
+    rng = {"random_rng_state": [3, tuple(range(8)), None],
+           "np_rng_state": ("MT19937", [0] * 4, 0, 0, 0.0),
+           "torch_rng_state": torch.zeros(16, dtype=torch.uint8), "cuda_rng_state": None,
+           "rng_tracker_states": {}}
+    return {"model": model, "args": args, "checkpoint_version": 3.0, "iteration": 10,
+            "num_floating_point_operations_so_far": 0,
+            "rng_state": [ShardedObject("rng_state", [rng], (1, T), (0, r), replica_id=0)]}
+
+
 def worker(r, T, port, jobs):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=T)
     if not torch.cuda.is_available():
@@ -134,6 +176,8 @@ def worker(r, T, port, jobs):
     for src, out, prefix, common in jobs:
         sd = rank_state(src, prefix, r, T, ShardedTensor, ShardedObject,
                         apply_swiglu_sharded_factory)
+        if common.pop("megatron_lm_args", False):
+            sd = megatron_lm_state(src, sd, r, T, ShardedObject)
         sd.update(common)
         dc.save(sd, out, content_metadata={} if prefix else None)
         dist.barrier()
@@ -226,6 +270,13 @@ def tp2_megatron(tmp_path_factory):
         jobs.append([os.path.join(FIX, model), it, "", {"checkpoint_version": 3.0,
                                                         "iteration": 0}])
         out[model] = theirs
+        # the same weights saved as Megatron-LM saves them: args in common.pt, iteration 10
+        lm = base / f"megatron_lm{i}"
+        (lm / "iter_0000010").mkdir(parents=True)
+        (lm / "latest_checkpointed_iteration.txt").write_text("10")
+        jobs.append([os.path.join(FIX, model), lm / "iter_0000010", "",
+                     {"megatron_lm_args": True}])
+        out["megatron-lm:" + model] = lm
     mcore_save(base, 2, jobs)
     return out
 
@@ -261,4 +312,15 @@ def test_mcore_save_tp2_megatron(tmp_path, tp2_megatron, model):
     assert torch.load(it / "common.pt", weights_only=True)["checkpoint_version"] == 3.0
     back = tmp_path / "back"
     run("convert", str(tp2_megatron[model]), str(back), "--to", "hf", "--quiet")
+    check_hf(os.path.join(FIX, model), back)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_megatron_lm_save(tmp_path, tp2_megatron, model):
+    """A save laid out as Megatron-LM's save_checkpoint writes it (no run_config.yaml, no
+    tokenizer, the config only in the pickled args) converts to HF exactly."""
+    lm = tp2_megatron["megatron-lm:" + model]
+    assert not (lm / "iter_0000010" / "run_config.yaml").exists()
+    back = tmp_path / "back"
+    run("convert", str(lm), str(back), "--to", "hf", "--quiet")
     check_hf(os.path.join(FIX, model), back)

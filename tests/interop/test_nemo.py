@@ -410,3 +410,161 @@ def test_megatron_core_loads_what_we_write(tmp_path):
     assert sorted(got) == sorted("module." + k for k in want)
     for k, v in want.items():
         assert torch.equal(got["module." + k], v), k
+
+
+# ---- configs from every place NeMo and Megatron keep them; sizes on disk -----------------------
+
+def expect_one_line_error(path, tmp_path, needles, code=3):
+    out = tmp_path / "out"
+    p = run("convert", str(path), str(out), "--to", "hf", "--quiet", ok=False)
+    assert p.returncode == code, (p.returncode, p.stderr)
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    for n in needles:
+        assert n in p.stderr, p.stderr
+    assert not out.exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".out")]
+
+
+@pytest.mark.parametrize("model,dtype", [("models/qwen3-tiny", "float32"),
+                                         ("models/qwen3-tiny-bf16-sharded", "bfloat16")])
+@pytest.mark.parametrize("fmt", ["megatron", "nemo"])
+def test_params_dtype_without_hf_config(tmp_path, model, dtype, fmt):
+    """Without our hf_config.json the dtype comes from params_dtype (a nested
+    {_target_: torch.float32, _call_: false} block in run_config.yaml, a pyref in io.json)."""
+    mid, back = tmp_path / "mid", tmp_path / "back"
+    run("convert", os.path.join(FIX, model), str(mid), "--to", fmt, "--quiet")
+    os.remove(mid / ("iter_0000000" if fmt == "megatron" else "context") / "hf_config.json")
+    run("convert", str(mid), str(back), "--to", "hf", "--quiet")
+    c = json.load(open(back / "config.json"))
+    assert (c.get("torch_dtype") or c.get("dtype")) == dtype
+
+
+def test_io_json_has_nemos_structure(tmp_path):
+    """Our io.json has the object kinds NeMo's io_dump writes (compared with a context NeMo
+    2.7.3 wrote, fixtures/nemo/contexts/): every BuildableTraverserMetadata's own metadata is a
+    pyref to its class, argument-name tuples hold plain strings, and the root TrainerContext has
+    model, trainer (with a MegatronStrategy) and extra."""
+    out = tmp_path / "q"
+    run("convert", os.path.join(FIX, "models/qwen3-tiny"), str(out), "--to", "nemo", "--quiet")
+    ours = json.load(open(out / "context" / "io.json"))
+    theirs = json.load(open(os.path.join(FIX, "nemo/contexts/explicit-qwen3-teacher-shape/io.json")))
+    for io_json in (ours, theirs):
+        objs = io_json["objects"]
+        assert io_json["version"] == "0.0.1" and io_json["root"] == {"type": "ref",
+                                                                      "key": "trainer_context_1"}
+        assert set(io_json["refcounts"]) == set(objs)
+        kinds = {}
+        for name, o in objs.items():
+            kinds.setdefault((o["type"]["module"], o["type"]["name"]), []).append(o)
+        for m in kinds[("fiddle._src.config", "BuildableTraverserMetadata")]:
+            assert m["metadata"] == {"type": "pyref", "module": "fiddle._src.config",
+                                     "name": "BuildableTraverserMetadata"}
+        for t in kinds[("builtins", "tuple")]:
+            assert t["metadata"] is None
+            assert all(isinstance(v, str) for _, v in t["items"])
+        root = objs["trainer_context_1"]
+        assert [a for a, _ in root["items"]] == ["Attr(name='model')", "Attr(name='trainer')",
+                                                  "Attr(name='extra')"]
+        trainer = objs[dict(root["items"])["Attr(name='trainer')"]["key"]]
+        strat = objs[dict(trainer["items"])["Attr(name='strategy')"]["key"]]
+        meta = objs[strat["metadata"]["key"]]
+        assert dict(meta["items"])["Attr(name='fn_or_cls')"]["name"] == "MegatronStrategy"
+
+
+def nemo_context_checkpoint(tmp_path, context):
+    """qwen3-tiny's weights under a context/ NeMo wrote (model.yaml kept or not)."""
+    d = tmp_path / "ckpt"
+    run("convert", os.path.join(FIX, "models/qwen3-tiny"), str(d), "--to", "nemo", "--quiet")
+    shutil.rmtree(d / "context")
+    shutil.copytree(os.path.join(FIX, "nemo/contexts", context), d / "context")
+    return d
+
+
+def test_preset_class_read_from_nemo_context(tmp_path):
+    """A context NeMo wrote for Qwen3Model(Qwen3Config600M()): its config object has no items;
+    model.yaml, or without it the preset's class defaults, give Qwen3-0.6B's shape, which the
+    tool reads and checks against the weights (qwen3-tiny's, so the shapes disagree)."""
+    d = nemo_context_checkpoint(tmp_path, "preset-qwen3-600m")
+    expect_one_line_error(d, tmp_path, ["checkpoint has 4 layers, config says 28"])
+    os.remove(d / "context" / "model.yaml")
+    expect_one_line_error(d, tmp_path, ["checkpoint has 4 layers, config says 28"])
+
+
+def test_unknown_preset_class(tmp_path):
+    d = nemo_context_checkpoint(tmp_path, "preset-qwen3-600m")
+    os.remove(d / "context" / "model.yaml")
+    text = (d / "context" / "io.json").read_text()
+    (d / "context" / "io.json").write_text(text.replace("Qwen3Config600M", "Qwen3Config900M"))
+    expect_one_line_error(d, tmp_path, ["'Qwen3Config900M'", "io.json", "num_layers"])
+
+
+def test_nemo_written_context_with_our_weights(tmp_path):
+    """The context NeMo wrote for an explicit Qwen3Config with the teacher's shape, over the
+    teacher's weights: the config comes from io.json and converts to the teacher exactly."""
+    d = tmp_path / "ckpt"
+    run("convert", os.path.join(FIX, "teacher"), str(d), "--to", "nemo", "--quiet")
+    shutil.rmtree(d / "context")
+    shutil.copytree(os.path.join(FIX, "nemo/contexts/explicit-qwen3-teacher-shape"),
+                    d / "context")
+    back = tmp_path / "back"
+    run("convert", str(d), str(back), "--to", "hf", "--quiet")
+    a, b = hf_tensors(os.path.join(FIX, "teacher")), hf_tensors(str(back))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    c, o = json.load(open(back / "config.json")), json.load(open(os.path.join(FIX, "teacher",
+                                                                                "config.json")))
+    for k in ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
+              "rms_norm_eps"]:
+        assert c.get(k) == o.get(k), k
+    # NeMo was given seq_length only: Qwen3Config's max_position_embeddings (40960) stands, and
+    # NeMo's own HF exporter writes that value too
+    assert c["max_position_embeddings"] == 40960
+    assert (c.get("torch_dtype") or c.get("dtype")) == "bfloat16"
+
+
+def megatron_lm_like(tmp_path, args_value):
+    """qwen3-tiny in the Megatron layout with only a common.pt holding args_value as 'args' (as
+    Megatron-LM writes it: no run_config.yaml, no hf_config.json)."""
+    d = tmp_path / "lm"
+    run("convert", os.path.join(FIX, "models/qwen3-tiny"), str(d), "--to", "megatron",
+        "--quiet")
+    it = d / "iter_0000000"
+    for f in ["run_config.yaml", "hf_config.json"]:
+        os.remove(it / f)
+    torch.save({"args": args_value, "checkpoint_version": 3.0, "iteration": 0},
+               it / "common.pt")
+    return d
+
+
+def test_megatron_lm_args_not_a_namespace(tmp_path):
+    d = megatron_lm_like(tmp_path, {"num_layers": 4})
+    expect_one_line_error(d, tmp_path, ["common.pt", "not an argparse.Namespace"])
+
+
+def test_megatron_lm_args_disallowed_global(tmp_path):
+    import argparse
+    d = megatron_lm_like(tmp_path, argparse.Namespace(num_layers=4, init_method=os.system))
+    expect_one_line_error(d, tmp_path, ["common.pt", "system' is not allowed"])
+
+
+def test_megatron_lm_args_bad_value(tmp_path):
+    import argparse
+    d = megatron_lm_like(tmp_path, argparse.Namespace(num_layers="4", swiglu=True))
+    expect_one_line_error(d, tmp_path, ["common.pt", "args.num_layers is not a positive integer"])
+
+
+def test_megatron_lm_no_config_anywhere(tmp_path):
+    d = megatron_lm_like(tmp_path, None)
+    torch.save({"checkpoint_version": 3.0}, d / "iter_0000000" / "common.pt")
+    expect_one_line_error(d, tmp_path, ["no hf_config.json, run_config.yaml or Megatron-LM args"])
+
+
+@pytest.mark.parametrize("fmt", ["nemo", "megatron", "hf"])
+def test_inspect_bytes_on_disk(tmp_path, fmt):
+    """inspect counts every file under the checkpoint (weights/ and iter_N/ are subdirectories;
+    DCP's .metadata is a dot file)."""
+    out = tmp_path / "c"
+    run("convert", os.path.join(FIX, "teacher"), str(out), "--to", fmt, "--quiet")
+    total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
+    got = json.loads(run("inspect", "--json", str(out)).stdout)
+    assert got["bytes_on_disk"] == total
