@@ -171,7 +171,10 @@ struct lms_train_batch {
     int64_t batch, seq;       /* B <= max_batch, S <= max_seq */
     const int32_t *targets;   /* (B, S) next-token targets, < 0 not scored; NULL: no CE */
     const uint8_t *kd_mask;   /* (B, S) 1 = position counts in the KD mean; NULL: all */
-    /* The teacher: exactly one of these (teacher_logits for tests and precomputed logits). */
+    /* The teacher: at most one of these (teacher_logits for tests and precomputed logits).
+     * Without a teacher no KD is computed: micro-steps then accept only the weighted
+     * combination with kd_weight 0 (cross-entropy alone, e.g. correcting a teacher), and eval
+     * reports the cross-entropy alone (validation loss). */
     const float *teacher_logits;   /* host (B, S, V) */
     struct lms_engine *teacher;    /* forward-only engine on the same backend, same V */
 };

@@ -208,6 +208,20 @@ static void golden_losses_and_grads(bool recompute)
     check_rel(lp.total, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce");
     check_grads(&g, "ce");
 
+    /* no teacher: cross-entropy alone trains, and eval reports it (a validation loss) */
+    struct lms_error err;
+    struct lms_train_batch nt = {.ids = g.ids, .batch = g.B, .seq = g.S, .targets = g.targets};
+    ck_assert_int_eq(lms_trainer_zero_grads(g.tr, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(g.tr, &nt, &lo, 1.0, &lp, &err) == LMS_OK, "%s",
+                  err.msg);
+    check_rel(lp.total, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce without a teacher");
+    check_grads(&g, "ce");
+    lms_loss_opts_default(&lo);
+    ck_assert_int_eq(lms_trainer_eval(g.tr, &nt, &lo, &lp, &err), LMS_OK);
+    check_rel(lp.ce, ref_scalar(&g.ref, "loss.ce"), 1e-5, "eval ce without a teacher");
+    ck_assert_int_eq(lms_trainer_micro_step(g.tr, &nt, &lo, 1.0, &lp, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "needs a teacher"));
+
     lms_loss_opts_default(&lo);
     lo.ce_weight = 0.5;
     micro(&g, &lo, &lp);
