@@ -147,7 +147,7 @@ enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, f
         float *dg = dgate + r * d_stride, *du = dup + r * d_stride;
         for (int64_t j = 0; j < f; j++) {
             float x = g[j], uj = u[j], o = go[j];
-            float sig = 1.0f / (1.0f + expf(-x));
+            float sig = 1.0f / (1.0f + lms__expf(-x));
             float silu = x * sig;
             dg[j] = o * uj * sig * (1.0f + x * (1.0f - sig));
             du[j] = o * silu;
