@@ -420,15 +420,30 @@ enum lms_status lms__cpu_hidden_loss(struct lms_backend *be, float *loss, float 
 
 /* ---- optimiser ------------------------------------------------------------------------------ */
 
+/* Partial sums over fixed chunks, added in chunk order: the result does not depend on thread
+ * timing, so a resumed run reproduces an uninterrupted one bit for bit. */
 enum lms_status lms__cpu_sum_squares(struct lms_backend *be, float *out, const float *x,
                                      int64_t n, struct lms_error *err)
 {
     struct lms_cpu_ctx *cx = be->impl;
+    const int64_t chunk = 16384;
+    int64_t n_chunks = (n + chunk - 1) / chunk;
+    double stack[64], *part = n_chunks <= 64 ? stack : lms_malloc((size_t)n_chunks * 8);
+    if (!part)
+        return lms_error_set(err, LMS_ENOMEM, "sum of squares: out of memory");
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_chunks > 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        int64_t i1 = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+        double acc = 0;
+        for (int64_t i = c * chunk; i < i1; i++)
+            acc += (double)x[i] * x[i];
+        part[c] = acc;
+    }
     double acc = 0;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) reduction(+ : acc) \
-    if (n > LMS_CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        acc += (double)x[i] * x[i];
+    for (int64_t c = 0; c < n_chunks; c++)
+        acc += part[c];
+    if (part != stack)
+        lms_free(part);
     *out += (float)acc;
     return LMS_OK;
 }
