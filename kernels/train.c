@@ -983,6 +983,12 @@ static enum lms_status run_teacher(struct lms_trainer *tr, struct step *st,
                              "trainer: the teacher's hidden size %lld exceeds the %lld planned "
                              "(lms_train_opts.teacher_hidden)",
                              (long long)ta->hidden, (long long)tr->plan.Ht);
+    if (st->lo->n_pairs && ta->hidden != (tr->has_map ? tr->plan.Ht : tr->a.hidden))
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: intermediate losses compare the teacher's %lld channels "
+                             "with a planned width of %lld (lms_train_opts.teacher_hidden)",
+                             (long long)ta->hidden,
+                             (long long)(tr->has_map ? tr->plan.Ht : tr->a.hidden));
     tr->teacher_H = ta->hidden;
     struct teacher_ctx tc = {tr, st->lo};
     unsigned mask = 1u << LMS_HOOK_FINAL_NORM_OUT;

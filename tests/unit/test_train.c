@@ -643,6 +643,15 @@ START_TEST(hidden_scaled_rule)
     free_grads(&h, gc);
     free_grads(&h, gh);
     free_grads(&h, gs);
+    /* a trainer planned without the map cannot compare 48 channels with the teacher's 64 */
+    struct lms_error err;
+    struct lms_trainer *plain;
+    struct lms_train_opts to = {.max_batch = 2, .max_seq = 9, .max_hidden_pairs = 3};
+    ck_assert_int_eq(lms_trainer_new(&h.student, h.be, &to, &plain, &err), LMS_OK);
+    struct lms_train_batch b = {.ids = h.ids, .batch = 2, .seq = 9, .teacher = h.te};
+    ck_assert_int_eq(lms_trainer_micro_step(plain, &b, &hid, 1.0, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "hidden size 64 exceeds the 48 planned"));
+    lms_trainer_free(plain);
     hidden_close(&h);
 }
 END_TEST
