@@ -296,34 +296,38 @@ static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *
             ll->ce_loss[r] = (float)ce_val;
         return;
     }
+    bool reverse = ll->kd_kind == LMS_KD_REVERSE_KL;
+    bool fused = g != NULL && !reverse; /* forward KL summed in the gradient pass */
     if (kd) {
-        lse_s = row_lse(s, V, (float)inv_t, ms_raw * inv_t);
+        lse_s = inv_t == 1.0 && ce ? lse_s1 : row_lse(s, V, (float)inv_t, ms_raw * inv_t);
         lse_t = row_lse(t, V, (float)inv_t, row_max(t, V) * inv_t);
-        /* forward and reverse KL from per-element terms (no cancellation between lse terms) */
-        for (int64_t j = 0; j < V; j++) {
+        /* KL from per-element terms (no cancellation between the log-sum-exps) */
+        for (int64_t j = 0; !fused && j < V; j++) {
             double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
-            if (ll->kd_kind == LMS_KD_REVERSE_KL)
-                kd_val += exp(lq) * (lq - lp);
-            else
-                kd_val += exp(lp) * (lp - lq);
+            kd_val += reverse ? exp(lq) * (lq - lp) : exp(lp) * (lp - lq);
         }
         kl_rev = kd_val;
     }
     if (ce)
         ce_val = lse_s1 - s[tgt];
+    /* at T = 1 the CE softmax is q: one exp per element fewer */
+    bool ce_is_q = kd && inv_t == 1.0;
     if (g && (kd || ce)) {
         for (int64_t j = 0; j < V; j++) {
-            double gj = 0;
+            double gj = 0, q = 0;
             if (kd) {
                 double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
-                double q = exp(lq);
-                if (ll->kd_kind == LMS_KD_REVERSE_KL)
+                q = exp(lq);
+                if (reverse) {
                     gj = kg * q * (lq - lp - kl_rev) * inv_t;
-                else
-                    gj = kg * (q - exp(lp)) * inv_t;
+                } else {
+                    double p = exp(lp);
+                    kd_val += p * (lp - lq);
+                    gj = kg * (q - p) * inv_t;
+                }
             }
             if (ce)
-                gj += cg * (exp(s[j] - lse_s1) - (j == tgt ? 1.0 : 0.0));
+                gj += cg * ((ce_is_q ? q : exp(s[j] - lse_s1)) - (j == tgt ? 1.0 : 0.0));
             g[j] = (float)gj;
         }
     } else if (g) {
