@@ -16,6 +16,7 @@ static const struct {
     {"eval", cmd_eval, "mean next-token cross-entropy and perplexity over a token dataset"},
     {"generate", cmd_generate, "greedy continuation of a prompt (a sanity check of a model)"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
+    {"distill", cmd_distill, "train a pruned student to match its teacher (logit distillation)"},
 };
 
 static void usage(FILE *f)

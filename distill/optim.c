@@ -1,27 +1,31 @@
-/* Optimiser settings around the engine's AdamW update: presets, which parameters decay, and the
- * global-norm clipping factor (include/lms/distill.h). */
-#include <math.h>
+/* The optimiser presets the distill command offers (include/lms/distill.h), on top of the
+ * engine's AdamW settings (include/lms/train.h). */
 #include <string.h>
 
 #include "lms/distill.h"
+#include "lms/train.h"
 
-static const struct {
-    const char *name;
-    struct lms_adamw_opts o;
-} presets[LMS_OPTIM_PRESET_COUNT] = {
-    [LMS_OPTIM_PARITY] = {"parity", {0.9, 0.999, 1e-8, 0.01, 1.0}},
-    [LMS_OPTIM_GPT] = {"gpt", {0.9, 0.95, 1e-8, 0.1, 1.0}},
+static const char *const names[LMS_OPTIM_PRESET_COUNT] = {
+    [LMS_OPTIM_PARITY] = "parity",
+    [LMS_OPTIM_MEGATRON] = "megatron",
+    [LMS_OPTIM_GPT] = "gpt",
 };
 
-void lms_adamw_preset(enum lms_optim_preset p, struct lms_adamw_opts *o)
+void lms_optim_preset_apply(enum lms_optim_preset p, struct lms_adamw_opts *o)
 {
-    *o = presets[p].o;
+    if (p == LMS_OPTIM_PARITY) {
+        lms_adamw_defaults(o);
+        return;
+    }
+    lms_adamw_megatron(o);
+    if (p == LMS_OPTIM_GPT)
+        o->eps = 1e-8; /* PyTorch's AdamW default, what the GPT recipe ran with */
 }
 
 bool lms_optim_preset_parse(const char *s, enum lms_optim_preset *out)
 {
     for (int i = 0; i < LMS_OPTIM_PRESET_COUNT; i++) {
-        if (!strcmp(s, presets[i].name)) {
+        if (!strcmp(s, names[i])) {
             *out = (enum lms_optim_preset)i;
             return true;
         }
@@ -31,33 +35,5 @@ bool lms_optim_preset_parse(const char *s, enum lms_optim_preset *out)
 
 const char *lms_optim_preset_name(enum lms_optim_preset p)
 {
-    return presets[p].name;
-}
-
-bool lms_param_decays(enum lms_role role, int ndim)
-{
-    switch (role) {
-    case LMS_ROLE_Q_BIAS:
-    case LMS_ROLE_K_BIAS:
-    case LMS_ROLE_V_BIAS:
-    case LMS_ROLE_O_BIAS:
-    case LMS_ROLE_ATTN_NORM:
-    case LMS_ROLE_MLP_NORM:
-    case LMS_ROLE_Q_NORM:
-    case LMS_ROLE_K_NORM:
-    case LMS_ROLE_FINAL_NORM:
-        return false;
-    default:
-        /* anything else (the learned map of intermediate losses included): matrices decay,
-         * vectors do not */
-        return ndim >= 2;
-    }
-}
-
-double lms_clip_factor(double sq_norm, double clip_norm)
-{
-    if (!(clip_norm > 0))
-        return 1.0;
-    double f = clip_norm / (sqrt(sq_norm) + 1e-6);
-    return f < 1.0 ? f : 1.0;
+    return names[p];
 }

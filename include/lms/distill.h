@@ -14,6 +14,8 @@
 #include "lms/dataset.h"
 #include "lms/error.h"
 #include "lms/ir.h"
+#include "lms/json.h"
+#include "lms/safetensors.h"
 
 /* ---- learning-rate schedule ---------------------------------------------------------------- */
 
@@ -32,35 +34,25 @@ struct lms_lr_schedule {
 
 double lms_lr_at(const struct lms_lr_schedule *s, int64_t step);
 
-/* ---- optimiser ----------------------------------------------------------------------------- */
+/* ---- optimiser presets ------------------------------------------------------------------ */
 
-struct lms_adamw_opts {
-    double beta1, beta2, eps;
-    double weight_decay; /* decoupled: p -= lr * wd * p, on decayed parameters only */
-    double clip_norm;    /* global L2 gradient norm limit; 0 = no clipping */
-};
-
+/* The engine (include/lms/train.h) applies AdamW with decay grouping and global-norm clipping;
+ * these are the named settings the command offers. */
 enum lms_optim_preset {
-    LMS_OPTIM_PARITY, /* the single-script NeMo 2 defaults: betas 0.9/0.999, eps 1e-8, wd 0.01 */
-    LMS_OPTIM_GPT,    /* the GPT pretraining recipe (the shipped teacher's and its distillation
-                       * baselines'): betas 0.9/0.95, eps 1e-8, wd 0.1 */
+    LMS_OPTIM_PARITY,   /* the single-script NeMo 2 defaults: betas 0.9/0.999, eps 1e-8, weight
+                         * decay 0.01 */
+    LMS_OPTIM_MEGATRON, /* Megatron-family recipes: betas 0.9/0.95, eps 1e-5, weight decay 0.1 */
+    LMS_OPTIM_GPT,      /* the GPT recipe the shipped teacher and its distillation baselines were
+                         * trained with (PyTorch AdamW): betas 0.9/0.95, eps 1e-8, wd 0.1 */
     LMS_OPTIM_PRESET_COUNT
 };
 
-/* Fills o with a preset (clip 1.0 in both). */
-void lms_adamw_preset(enum lms_optim_preset p, struct lms_adamw_opts *o);
-/* Parses "parity" or "gpt"; false otherwise. */
+struct lms_adamw_opts;
+/* Fills o with a preset (clip 1.0 in all; lr and step left 0). */
+void lms_optim_preset_apply(enum lms_optim_preset p, struct lms_adamw_opts *o);
+/* Parses "parity", "megatron" or "gpt"; false otherwise. */
 bool lms_optim_preset_parse(const char *s, enum lms_optim_preset *out);
 const char *lms_optim_preset_name(enum lms_optim_preset p);
-
-/* Weight decay applies to matrices (embedding, projections, LM head) and never to biases or 1-D
- * norm weights (the usual Megatron grouping): true when a parameter of this role and rank
- * decays. */
-bool lms_param_decays(enum lms_role role, int ndim);
-
-/* Global-norm clipping factor from the squared L2 norm of every gradient together:
- * min(1, clip / (norm + 1e-6)), 1 when clip == 0 (PyTorch's clip_grad_norm_ and Megatron agree). */
-double lms_clip_factor(double sq_norm, double clip_norm);
 
 /* ---- token data: a weighted blend of indexed datasets ------------------------------------ */
 
@@ -116,19 +108,77 @@ int lms_blend_row_source(const struct lms_blend *b, int64_t k);
 
 /* Bytes a run needs, decided before the first step. */
 struct lms_distill_memory {
-    uint64_t weights;     /* student weights in the device's dtype */
-    uint64_t master;      /* fp32 master copy (0 when the weights already are fp32) */
+    uint64_t weights;     /* student fp32 master weights (what the steps compute with) */
     uint64_t moments;     /* AdamW first and second moments, fp32 */
     uint64_t gradients;   /* fp32 gradient accumulators */
-    uint64_t activations; /* student activations kept for backward, one micro-batch */
+    uint64_t activations; /* student activations kept for backward, logits chunks and their
+                           * gradient, one micro-batch */
+    uint64_t save;        /* host copy of the student in the output dtype, while saving */
     uint64_t teacher;     /* teacher weights plus its forward workspace */
     uint64_t data;        /* token rows of one micro-batch and the loaders' plans */
     uint64_t total;
     uint64_t available;   /* what the machine offers (0 = unknown) */
 };
 
+struct lms_train_plan;
+/* The plan of a run: the trainer's own plan (from lms_train_plan_make), the teacher's weights
+ * and forward workspace at micro-batch mbs x seq (weights held as teacher_weight_bytes per
+ * parameter on the device), a host copy of the student in out_bytes per parameter while saving,
+ * and the data loaders' row tables (n_rows_planned rows). */
+struct lms_distill_shape {
+    const struct lms_train_plan *trainer;
+    const struct lms_arch *teacher;
+    int64_t teacher_params;
+    size_t teacher_weight_bytes;
+    size_t out_bytes;
+    int64_t mbs, seq;
+    int64_t n_rows_planned;
+};
+enum lms_status lms_distill_memory_plan(const struct lms_distill_shape *s,
+                                        struct lms_distill_memory *out, struct lms_error *err);
+
 /* Bytes of memory this process may still use: the smaller of MemAvailable and the cgroup's
  * memory.max minus memory.current; 0 when neither can be read. */
 uint64_t lms_memory_available(void);
+
+/* ---- resumable training state ---------------------------------------------------------- */
+
+/* A directory written atomically (lms_outdir, replacing the previous one) holding:
+ *   trainer_state.json      {"format": "lmsurgeon-train-state", "version": 1, "step": k, ...}:
+ *                           the finished step count, data position, seed, the configuration
+ *                           that must not change on resume, metrics so far (the caller's JSON)
+ *   optimizer.safetensors   fp32 tensors: for every trained parameter NAME its master weights
+ *                           "NAME", and AdamW moments "NAME.exp_avg", "NAME.exp_avg_sq"
+ * Everything a resumed run needs, so that it continues bit for bit; the student checkpoint
+ * written beside it is not read back. */
+struct lms_state_tensor {
+    char name[256];
+    int ndim;
+    int64_t shape[LMS_MAX_DIMS];
+    const float *data; /* host memory, numel(shape) floats */
+};
+
+/* Writes dir (replacing an existing one atomically). meta is written as trainer_state.json
+ * (indent 2); it must hold "format" and "version" (the caller's). */
+enum lms_status lms_train_state_write(const char *dir, const json_t *meta,
+                                      const struct lms_state_tensor *t, size_t n,
+                                      struct lms_error *err);
+
+struct lms_train_state {
+    json_t *meta;           /* trainer_state.json; owned */
+    struct lms_st_file st;  /* optimizer.safetensors, mapped */
+    bool have_st;
+};
+/* Reads dir/trainer_state.json (checking format and version) and maps optimizer.safetensors. */
+enum lms_status lms_train_state_read(const char *dir, struct lms_train_state *s,
+                                     struct lms_error *err);
+/* Copies tensor name (fp32, exactly shape) into dst. Errors name the tensor and the state. */
+enum lms_status lms_train_state_get(const struct lms_train_state *s, const char *dir,
+                                    const char *name, int ndim, const int64_t *shape, float *dst,
+                                    struct lms_error *err);
+void lms_train_state_release(struct lms_train_state *s);
+
+#define LMS_TRAIN_STATE_FORMAT "lmsurgeon-train-state"
+#define LMS_TRAIN_STATE_VERSION 1
 
 #endif
