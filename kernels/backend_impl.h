@@ -26,7 +26,7 @@
 #include "lms/dtype.h"
 #include "lms/error.h"
 
-#define LMS_BACKEND_OPS_VERSION 1
+#define LMS_BACKEND_OPS_VERSION 2
 
 enum {
     LMS_CAP_BF16_WEIGHTS = 1u << 0, /* matmul/embedding accept bf16 weights directly */
@@ -70,6 +70,66 @@ struct lms_attention {
     int64_t out_stride;
     float scale;           /* softmax scale, usually 1/sqrt(d) */
     int64_t window;        /* sliding window in tokens; 0 = none */
+    float *lse;            /* (B, n_h, S) log-sum-exp of each row's scaled scores, written when
+                            * not NULL (for the backward; a backend that fills the
+                            * attention_backward slot must honour it) */
+};
+
+/* ---- argument structs of the training slots ---- */
+
+/* Backward of struct lms_attention, flash style: per (query block, key tile) the scores are
+ * recomputed from q, k and the saved lse; (S, S) is never formed. Shapes and strides as in the
+ * forward; the gradients are written (not accumulated): dq like q, dk and dv like k and v
+ * (n_g heads; the r = n_h / n_g query heads of a group sum into their key/value head). */
+struct lms_attention_backward {
+    struct lms_attention fwd; /* q, k, v, out and lse of the forward (lse required) */
+    const float *dout;        /* (B*S, dout_stride), heads at [0, n_h*d) */
+    int64_t dout_stride;
+    float *dq;                /* (B*S, dq_stride) */
+    int64_t dq_stride;
+    float *dk, *dv;           /* (B*S, dkv_stride) each */
+    int64_t dkv_stride;
+};
+
+/* Logit losses over one chunk of R token rows, in one pass over the vocabulary per row (online
+ * max / log-sum-exp; the probability tensors are never stored). Per row r with student logits
+ * s, teacher logits t and temperature T:
+ *   kd_loss[r] = kd_mul * KL(p || q) (forward), KL(q || p) (reverse), or the forward KL over the
+ *                teacher's top-K entries renormalised on both sides; p = softmax(t/T),
+ *                q = softmax(s/T); 0 when kd_valid[r] == 0;
+ *   ce_loss[r] = logsumexp(s) - s[target[r]], 0 for target[r] < 0.
+ * grad (may equal student) gets kd_grad_scale * d kd_loss[r]/ds + ce_grad_scale * d ce/ds
+ * (the forward-KL gradient is kd_mul (q - p) / T); NULL: losses only. */
+struct lms_logit_loss {
+    int64_t n_rows, vocab;
+    const float *student;      /* (R, V) row stride ld */
+    const float *teacher;      /* (R, V) row stride ld, or NULL (no KD) */
+    int64_t ld;
+    const int32_t *target;     /* (R) or NULL (no CE) */
+    const uint8_t *kd_valid;   /* (R) or NULL (all rows) */
+    int kd_kind;               /* enum lms_kd_kind (include/lms/train.h) */
+    int64_t top_k;
+    float temperature;
+    float kd_mul;              /* T^2 or 1 */
+    float *kd_loss, *ce_loss;  /* (R) each, or NULL */
+    float *grad;               /* (R, V) row stride ld, or NULL */
+    float kd_grad_scale, ce_grad_scale;
+};
+
+/* One tensor's AdamW update (decoupled weight decay, bias-corrected moments):
+ *   g' = g * grad_scale; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+ *   w -= lr * weight_decay * w; w -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps) */
+struct lms_adamw {
+    float *w;
+    const float *g;
+    float *m, *v;
+    int64_t n;
+    float weight_decay;
+};
+struct lms_adamw_hyper {
+    float lr, beta1, beta2, eps;
+    float grad_scale;  /* clipping factor */
+    int64_t step;      /* >= 1 */
 };
 
 struct lms_backend_ops {
@@ -145,6 +205,61 @@ struct lms_backend_ops {
 
     /* ---- appended slots go below (version 2+): activation statistics for importance
      * scoring (§2.1 channel |x| sums, §3.6 cosine per row), backward ops, KL loss, AdamW ---- */
+
+    /* ==== training slots (version 2). Optional: NULL where a backend has no training support;
+     * the trainer (kernels/train.c) checks them when it is created. Gradients named d<x> have
+     * the shape of <x>. "+=" marks outputs that are accumulated, others are overwritten. The
+     * matmul backward is the matmul slot with transposes. ==== */
+    /* dtable (V, H) += rows of dout (n, H) scattered to ids (n); ids checked < V. */
+    enum lms_status (*embedding_backward)(struct lms_backend *be, float *dtable,
+                                          const float *dout, const int32_t *ids, int64_t n,
+                                          int64_t vocab, int64_t hidden, struct lms_error *err);
+    /* Backward of rmsnorm with the same row layout: from dy, x, w and the forward's rstd,
+     * dx = rstd * (w*dy - x * rstd^2 * mean(w*dy*x)) (written, or added when dx_add), and
+     * dw (C) += sum over rows of dy * x * rstd. dx may equal dy when !dx_add. */
+    enum lms_status (*rmsnorm_backward)(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                        bool dx_add, float *dw, const float *dy,
+                                        int64_t dy_stride, const float *x, int64_t x_stride,
+                                        const float *w, const float *rstd, int64_t n_rows,
+                                        int64_t n_heads, int64_t c, struct lms_error *err);
+    /* Backward of rope in place on the gradient (the transposed rotation); arguments as rope. */
+    enum lms_status (*rope_backward)(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                     int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                     const int32_t *pos, const float *cos, const float *sin,
+                                     int64_t n_pos, struct lms_error *err);
+    enum lms_status (*attention_backward)(struct lms_backend *be,
+                                          const struct lms_attention_backward *ab,
+                                          struct lms_error *err);
+    /* Backward of swiglu: dgate, dup (rows at d_stride) from dout (rows at dout_stride) and the
+     * forward's gate, up (rows at in_stride). Written. */
+    enum lms_status (*swiglu_backward)(struct lms_backend *be, float *dgate, float *dup,
+                                       int64_t d_stride, const float *dout, int64_t dout_stride,
+                                       const float *gate, const float *up, int64_t in_stride,
+                                       int64_t n_rows, int64_t f, struct lms_error *err);
+    /* dbias (n) += column sums of dy (n_rows, n), row stride ld. */
+    enum lms_status (*bias_backward)(struct lms_backend *be, float *dbias, const float *dy,
+                                     int64_t ld, int64_t n_rows, int64_t n,
+                                     struct lms_error *err);
+    enum lms_status (*logit_loss)(struct lms_backend *be, const struct lms_logit_loss *ll,
+                                  struct lms_error *err);
+    /* Intermediate loss per row between student rows s and teacher rows t (n_rows, c),
+     * kind 0 = 1 - cos(s, t), 1 = mean over c of (s - t)^2: loss[r] written; ds (may be NULL)
+     * += grad_scale * d loss[r] / ds. Rows at stride ld. */
+    enum lms_status (*hidden_loss)(struct lms_backend *be, float *loss, float *ds,
+                                   const float *s, const float *t, int64_t ld, int64_t n_rows,
+                                   int64_t c, int kind, float grad_scale,
+                                   struct lms_error *err);
+    /* *out (one float on the device) += sum of x[i]^2 over n elements. */
+    enum lms_status (*sum_squares)(struct lms_backend *be, float *out, const float *x,
+                                   int64_t n, struct lms_error *err);
+    /* The AdamW update of n_tensors tensors (host array of device pointers). */
+    enum lms_status (*adamw)(struct lms_backend *be, const struct lms_adamw *tensors,
+                             int64_t n_tensors, const struct lms_adamw_hyper *h,
+                             struct lms_error *err);
+    /* x (n) *= s (scales gradients and zeroes them with s = 0: NaN-free, x is overwritten). */
+    enum lms_status (*scale)(struct lms_backend *be, float *x, float s, int64_t n,
+                             struct lms_error *err);
+    /* ==== end of training slots ==== */
 };
 
 /* The handle behind include/lms/backend.h. */
