@@ -95,6 +95,9 @@ static const char usage_text2[] =
     "  --threads N                    CPU threads (default: all cores)\n"
     "  --max-memory SIZE              plan against SIZE instead of the memory available\n"
     "  --dry-run                      print the memory plan and the run, train nothing\n"
+    "  --dump-rows FILE               write every training row this process reads (int32,\n"
+    "                                 seq_length + 1 ids each, in step order), to reproduce\n"
+    "                                 the run with another trainer\n"
     "  --json, --quiet, -h/--help\n"
     "Reference workflow flags, accepted as written:\n"
     "  --devices N, --num-nodes N, --tp-size N, --pp-size N\n"
@@ -107,7 +110,8 @@ static const char usage_text2[] =
     "SIGINT (Ctrl-C) saves the training state at the last finished step and exits with 130.\n";
 
 struct distill_args {
-    const char *student, *teacher, *out, *to, *name, *log_dir, *split, *device, *dtype_name;
+    const char *student, *teacher, *out, *to, *name, *log_dir, *split, *device, *dtype_name,
+        *dump_rows;
     char **data_args;
     int n_data_args;
     int64_t gbs, mbs, max_steps, warmup, seq, log_interval, val_interval, val_batches,
@@ -178,7 +182,7 @@ enum {
     OPT_PRESET, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_WD, OPT_CLIP, OPT_TEMP, OPT_LOG_INTERVAL,
     OPT_VAL_INTERVAL, OPT_VAL_BATCHES, OPT_SAVE_INTERVAL, OPT_RESUME, OPT_FORCE, OPT_DEVICE,
     OPT_THREADS, OPT_MAX_MEMORY, OPT_DRY_RUN, OPT_JSON, OPT_DEVICES, OPT_NUM_NODES, OPT_TP,
-    OPT_PP, OPT_LEGACY, OPT_KD_LOSS, OPT_TOP_K, OPT_LM_SCALE, OPT_KD_SCALE, OPT_RECOMPUTE,
+    OPT_PP, OPT_LEGACY, OPT_DUMP_ROWS, OPT_KD_LOSS, OPT_TOP_K, OPT_LM_SCALE, OPT_KD_SCALE, OPT_RECOMPUTE,
 };
 
 static int parse_args(int argc, char **argv, struct distill_args *a)
@@ -216,6 +220,7 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         {"lm-loss-scale", required_argument, NULL, OPT_LM_SCALE},
         {"kd-loss-scale", required_argument, NULL, OPT_KD_SCALE},
         {"recompute", no_argument, NULL, OPT_RECOMPUTE},
+        {"dump-rows", required_argument, NULL, OPT_DUMP_ROWS},
         {"log-interval", required_argument, NULL, OPT_LOG_INTERVAL},
         {"val-check-interval", required_argument, NULL, OPT_VAL_INTERVAL},
         {"limit-val-batches", required_argument, NULL, OPT_VAL_BATCHES},
@@ -249,6 +254,7 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         case OPT_OUT: a->out = optarg; break;
         case OPT_TO: a->to = optarg; break;
         case OPT_DTYPE: a->dtype_name = optarg; break;
+        case OPT_DUMP_ROWS: a->dump_rows = optarg; break;
         case OPT_NAME: a->name = optarg; break;
         case OPT_LOG_DIR: a->log_dir = optarg; break;
         case OPT_SPLIT: a->split = optarg; break;
@@ -454,6 +460,7 @@ struct run {
     int64_t saved_step; /* last step whose state is on disk */
     double last_loss, last_lm_loss, last_grad_norm, last_val_loss, last_val_lm_loss;
     FILE *metrics;
+    FILE *dump; /* --dump-rows */
     struct cli_progress bar;
 };
 
@@ -532,6 +539,9 @@ static enum lms_status load_rows(struct run *r, const struct lms_blend *b, int64
         enum lms_status st = lms_blend_row(b, first + i, r->row, (size_t)(S + 1), err);
         if (st)
             return st;
+        if (r->dump && b == r->train &&
+            fwrite(r->row, sizeof(int32_t), (size_t)(S + 1), r->dump) != (size_t)(S + 1))
+            return lms_error_set(err, LMS_EIO, "writing --dump-rows '%s' failed", r->a->dump_rows);
         memcpy(r->ids + i * S, r->row, (size_t)S * sizeof(int32_t));
         memcpy(r->tgt + i * S, r->row + 1, (size_t)S * sizeof(int32_t));
     }
@@ -827,6 +837,8 @@ static void run_release(struct run *r)
 {
     if (r->metrics)
         fclose(r->metrics);
+    if (r->dump)
+        fclose(r->dump);
     lms_free(r->row);
     lms_free(r->ids);
     lms_free(r->tgt);
@@ -1097,6 +1109,12 @@ int cmd_distill(int argc, char **argv)
     r.metrics = fopen(r.metrics_path, have_state || a.resume ? "a" : "w");
     if (!r.metrics) {
         st = lms_error_set(&err, LMS_EIO, "opening '%s': %s", r.metrics_path, strerror(errno));
+        goto fail;
+    }
+
+    if (a.dump_rows && !(r.dump = fopen(a.dump_rows, "wb"))) {
+        st = lms_error_set(&err, LMS_EIO, "opening --dump-rows '%s': %s", a.dump_rows,
+                           strerror(errno));
         goto fail;
     }
 
