@@ -434,6 +434,17 @@ size_t lms_engine_weight_bytes(const struct lms_engine *e)
     return e->weight_bytes;
 }
 
+const struct lms_arch *lms_engine_arch(const struct lms_engine *e)
+{
+    return &e->a;
+}
+
+const void *lms_engine_lm_head(const struct lms_engine *e, enum lms_dtype *dtype)
+{
+    *dtype = e->wdt;
+    return e->lm_head;
+}
+
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* y (rows, n) = x (rows, k) . W^T with W (n, k) in the weight dtype; beta 1 accumulates into y

@@ -135,5 +135,9 @@ enum lms_status lms_engine_forward(struct lms_engine *e, struct lms_forward *f,
 const struct lms_fwd_plan *lms_engine_plan(const struct lms_engine *e);
 int64_t lms_engine_logits_cols(const struct lms_engine *e); /* V */
 size_t lms_engine_weight_bytes(const struct lms_engine *e);   /* device bytes of weights */
+const struct lms_arch *lms_engine_arch(const struct lms_engine *e);
+/* The LM head on the device, (V, H) in *dtype (the embedding when tied), for callers that run the
+ * head themselves on captured final-norm outputs (distillation's chunked teacher logits). */
+const void *lms_engine_lm_head(const struct lms_engine *e, enum lms_dtype *dtype);
 
 #endif

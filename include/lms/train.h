@@ -102,9 +102,10 @@ struct lms_train_opts {
     bool recompute;        /* keep only each layer's input and recompute the layer's other
                             * activations during the backward (less memory, ~1/3 more compute) */
     bool rope_bf16;        /* as lms_engine_opts.rope_bf16 */
-    int64_t teacher_hidden; /* H of the teacher when intermediate losses will be used and the
-                             * widths differ: a learned (H_teacher, H) map with a bias is added
-                             * to the trainable parameters; 0 or H: none */
+    int64_t teacher_hidden; /* H of the teacher engine micro-steps will use (0 = the student's
+                             * H): sizes the capture of the teacher's final-norm output. When it
+                             * differs from H and max_hidden_pairs > 0, a learned
+                             * (H_teacher, H) map with a bias joins the trainable parameters */
     size_t max_hidden_pairs; /* most intermediate-loss pairs a step will use (activation space
                               * for teacher and student norm outputs); 0: none */
 };

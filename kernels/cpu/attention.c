@@ -222,6 +222,8 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
             const float *a = acc + row * d;
             for (int64_t c = 0; c < d; c++)
                 o[c] = a[c] * inv;
+            if (at->lse)
+                at->lse[(b * at->n_heads + h) * S + q0 + qi] = m[row] + logf(l[row]);
         }
     }
 }

@@ -110,6 +110,18 @@ static const struct lms_backend_ops cpu_ops = {
     .log_softmax = lms__cpu_log_softmax,
     .cross_entropy = lms__cpu_cross_entropy,
     .cast = lms__cpu_cast,
+    /* training slots */
+    .embedding_backward = lms__cpu_embedding_backward,
+    .rmsnorm_backward = lms__cpu_rmsnorm_backward,
+    .rope_backward = lms__cpu_rope_backward,
+    .attention_backward = lms__cpu_attention_backward,
+    .swiglu_backward = lms__cpu_swiglu_backward,
+    .bias_backward = lms__cpu_bias_backward,
+    .logit_loss = lms__cpu_logit_loss,
+    .hidden_loss = lms__cpu_hidden_loss,
+    .sum_squares = lms__cpu_sum_squares,
+    .adamw = lms__cpu_adamw,
+    .scale = lms__cpu_scale,
 };
 
 const struct lms_backend_ops *lms__backend_cpu_ops(void)

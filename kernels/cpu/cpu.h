@@ -61,6 +61,45 @@ enum lms_status lms__cpu_cast(struct lms_backend *be, void *dst, enum lms_dtype 
                               const void *src, enum lms_dtype st, int64_t n,
                               struct lms_error *err);
 
+/* training slots (attention_backward.c, train_ops.c) */
+enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
+                                            const struct lms_attention_backward *ab,
+                                            struct lms_error *err);
+enum lms_status lms__cpu_embedding_backward(struct lms_backend *be, float *dtable,
+                                            const float *dout, const int32_t *ids, int64_t n,
+                                            int64_t vocab, int64_t hidden,
+                                            struct lms_error *err);
+enum lms_status lms__cpu_rmsnorm_backward(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                          bool dx_add, float *dw, const float *dy,
+                                          int64_t dy_stride, const float *x, int64_t x_stride,
+                                          const float *w, const float *rstd, int64_t n_rows,
+                                          int64_t n_heads, int64_t c, struct lms_error *err);
+enum lms_status lms__cpu_rope_backward(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                       int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                       const int32_t *pos, const float *cos, const float *sin,
+                                       int64_t n_pos, struct lms_error *err);
+enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, float *dup,
+                                         int64_t d_stride, const float *dout,
+                                         int64_t dout_stride, const float *gate, const float *up,
+                                         int64_t in_stride, int64_t n_rows, int64_t f,
+                                         struct lms_error *err);
+enum lms_status lms__cpu_bias_backward(struct lms_backend *be, float *dbias, const float *dy,
+                                       int64_t ld, int64_t n_rows, int64_t n,
+                                       struct lms_error *err);
+enum lms_status lms__cpu_logit_loss(struct lms_backend *be, const struct lms_logit_loss *ll,
+                                    struct lms_error *err);
+enum lms_status lms__cpu_hidden_loss(struct lms_backend *be, float *loss, float *ds,
+                                     const float *s, const float *t, int64_t ld, int64_t n_rows,
+                                     int64_t c, int kind, float grad_scale,
+                                     struct lms_error *err);
+enum lms_status lms__cpu_sum_squares(struct lms_backend *be, float *out, const float *x,
+                                     int64_t n, struct lms_error *err);
+enum lms_status lms__cpu_adamw(struct lms_backend *be, const struct lms_adamw *tensors,
+                               int64_t n_tensors, const struct lms_adamw_hyper *h,
+                               struct lms_error *err);
+enum lms_status lms__cpu_scale(struct lms_backend *be, float *x, float s, int64_t n,
+                               struct lms_error *err);
+
 /* expf for x in any range, within 2 ulp of the correctly rounded value for |x| < 87 (Cephes
  * polynomial after range reduction by ln 2); results below 2^-126 flush to about 1e-38, x above
  * 88 gives about 1.6e38. Written without branches so loops calling it vectorise. */

@@ -1,0 +1,480 @@
+/* CPU training ops: backward of embedding, RMSNorm, RoPE, SwiGLU and biases; the logit losses
+ * (KD and cross-entropy with their gradient, over the vocabulary in passes of one row, never
+ * storing probabilities); the intermediate hidden-state losses; sum of squares, AdamW and scale.
+ * Reductions over channels and rows run in double so the CPU stays the numerical reference.
+ * Argument shapes are documented at the slots in kernels/backend_impl.h. */
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/cpu/cpu.h"
+#include "lms/alloc.h"
+#include "lms/train.h"
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---- embedding, norms, rope, swiglu, bias --------------------------------------------------- */
+
+enum lms_status lms__cpu_embedding_backward(struct lms_backend *be, float *dtable,
+                                            const float *dout, const int32_t *ids, int64_t n,
+                                            int64_t vocab, int64_t hidden,
+                                            struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "embedding backward: token id %ld at position %lld is outside "
+                                 "[0, %lld)",
+                                 (long)ids[i], (long long)i, (long long)vocab);
+    /* threads own column ranges, so repeated ids never race */
+    int64_t chunk = 64, n_chunks = (hidden + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n * hidden > LMS_CPU_PAR_MIN)
+    for (int64_t ck = 0; ck < n_chunks; ck++) {
+        int64_t c0 = ck * chunk, c1 = c0 + chunk < hidden ? c0 + chunk : hidden;
+        for (int64_t i = 0; i < n; i++) {
+            float *dst = dtable + (int64_t)ids[i] * hidden;
+            const float *src = dout + i * hidden;
+            for (int64_t c = c0; c < c1; c++)
+                dst[c] += src[c];
+        }
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms__cpu_rmsnorm_backward(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                          bool dx_add, float *dw, const float *dy,
+                                          int64_t dy_stride, const float *x, int64_t x_stride,
+                                          const float *w, const float *rstd, int64_t n_rows,
+                                          int64_t n_heads, int64_t c, struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    int64_t total = n_rows * n_heads;
+    int nt = total * c > LMS_CPU_PAR_MIN ? cx->n_threads : 1;
+    /* per-thread dw partials in double, plus one row of dx staging (dx may alias dy) */
+    double *part = lms_calloc((size_t)nt * (size_t)c, sizeof(double));
+    float *stage = lms_malloc((size_t)nt * (size_t)c * sizeof(float));
+    if (!part || !stage) {
+        lms_free(part);
+        lms_free(stage);
+        return lms_error_set(err, LMS_ENOMEM, "rmsnorm backward: out of memory");
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = thread_id();
+        double *pw = part + (size_t)tid * (size_t)c;
+        float *st = stage + (size_t)tid * (size_t)c;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < total; i++) {
+            int64_t rr = i / n_heads, h = i % n_heads;
+            const float *xr = x + rr * x_stride + h * c, *gr = dy + rr * dy_stride + h * c;
+            float *dr = dx + rr * dx_stride + h * c;
+            double s = rstd[i], dot = 0;
+            for (int64_t j = 0; j < c; j++) {
+                dot += (double)w[j] * gr[j] * xr[j];
+                pw[j] += (double)gr[j] * xr[j] * s;
+            }
+            double k = s * s * s * dot / (double)c;
+            for (int64_t j = 0; j < c; j++)
+                st[j] = (float)(s * w[j] * gr[j] - xr[j] * k);
+            for (int64_t j = 0; j < c; j++)
+                dr[j] = dx_add ? dr[j] + st[j] : st[j];
+        }
+    }
+    for (int64_t j = 0; j < c; j++) {
+        double acc = 0;
+        for (int t = 0; t < nt; t++)
+            acc += part[(size_t)t * (size_t)c + (size_t)j];
+        dw[j] += (float)acc;
+    }
+    lms_free(part);
+    lms_free(stage);
+    return LMS_OK;
+}
+
+enum lms_status lms__cpu_rope_backward(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                       int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                       const int32_t *pos, const float *cos, const float *sin,
+                                       int64_t n_pos, struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    if (head_dim % 2)
+        return lms_error_set(err, LMS_EINVAL, "rope backward: head dim %lld is odd",
+                             (long long)head_dim);
+    for (int64_t r = 0; r < n_rows; r++)
+        if (pos[r] < 0 || pos[r] >= n_pos)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "rope backward: position %ld outside the table [0, %lld)",
+                                 (long)pos[r], (long long)n_pos);
+    int64_t half = head_dim / 2;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * n_heads * head_dim > LMS_CPU_PAR_MIN)
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *cs = cos + (int64_t)pos[r] * half, *sn = sin + (int64_t)pos[r] * half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *a = dx + r * dx_stride + h * head_dim, *b = a + half;
+            for (int64_t i = 0; i < half; i++) {
+                float ga = a[i], gb = b[i];
+                a[i] = ga * cs[i] + gb * sn[i];
+                b[i] = gb * cs[i] - ga * sn[i];
+            }
+        }
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, float *dup,
+                                         int64_t d_stride, const float *dout,
+                                         int64_t dout_stride, const float *gate, const float *up,
+                                         int64_t in_stride, int64_t n_rows, int64_t f,
+                                         struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * f > LMS_CPU_PAR_MIN)
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *g = gate + r * in_stride, *u = up + r * in_stride;
+        const float *go = dout + r * dout_stride;
+        float *dg = dgate + r * d_stride, *du = dup + r * d_stride;
+        for (int64_t j = 0; j < f; j++) {
+            float x = g[j], uj = u[j], o = go[j];
+            float sig = 1.0f / (1.0f + expf(-x));
+            float silu = x * sig;
+            dg[j] = o * uj * sig * (1.0f + x * (1.0f - sig));
+            du[j] = o * silu;
+        }
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms__cpu_bias_backward(struct lms_backend *be, float *dbias, const float *dy,
+                                       int64_t ld, int64_t n_rows, int64_t n,
+                                       struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    int64_t chunk = 64, n_chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * n > LMS_CPU_PAR_MIN)
+    for (int64_t ck = 0; ck < n_chunks; ck++) {
+        int64_t c0 = ck * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+        double acc[64] = {0};
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t c = c0; c < c1; c++)
+                acc[c - c0] += dy[r * ld + c];
+        for (int64_t c = c0; c < c1; c++)
+            dbias[c] += (float)acc[c - c0];
+    }
+    return LMS_OK;
+}
+
+/* ---- logit losses --------------------------------------------------------------------------- */
+
+/* max over x[0..v) of x * inv_t */
+static float row_max(const float *x, int64_t v)
+{
+    float m = -INFINITY;
+    for (int64_t j = 0; j < v; j++)
+        m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* log sum exp(x * inv_t) given m = max(x) (scaled by inv_t by the caller) */
+static double row_lse(const float *x, int64_t v, float inv_t, double m)
+{
+    double sum = 0;
+    for (int64_t j = 0; j < v; j++)
+        sum += exp((double)x[j] * inv_t - m);
+    return m + log(sum);
+}
+
+/* Is entry a ranked below entry b (smaller value; on ties, the larger index)? */
+static inline bool ranks_below(const float *x, int64_t a, int64_t b)
+{
+    return x[a] < x[b] || (x[a] == x[b] && a > b);
+}
+
+/* Indices of the k largest entries of x (v) into idx (k), in no particular order: a min-heap of
+ * the best k seen, O(v log k). */
+static void top_k(const float *x, int64_t v, int64_t k, int64_t *idx)
+{
+    int64_t n = 0;
+    for (int64_t j = 0; j < v; j++) {
+        int64_t at;
+        if (n < k) {
+            at = n++;
+            while (at > 0 && ranks_below(x, j, idx[(at - 1) / 2])) {
+                idx[at] = idx[(at - 1) / 2];
+                at = (at - 1) / 2;
+            }
+            idx[at] = j;
+            continue;
+        }
+        if (!ranks_below(x, idx[0], j))
+            continue;
+        at = 0; /* replace the root and sift down */
+        for (;;) {
+            int64_t c = 2 * at + 1;
+            if (c >= n)
+                break;
+            if (c + 1 < n && ranks_below(x, idx[c + 1], idx[c]))
+                c++;
+            if (!ranks_below(x, idx[c], j))
+                break;
+            idx[at] = idx[c];
+            at = c;
+        }
+        idx[at] = j;
+    }
+}
+
+/* One row of struct lms_logit_loss. tk_idx (k) and tk_s (k) scratch for top-K. */
+static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *tk_idx,
+                           float *tk_s)
+{
+    const int64_t V = ll->vocab;
+    const float *s = ll->student + r * ll->ld;
+    const float *t = ll->teacher ? ll->teacher + r * ll->ld : NULL;
+    float *g = ll->grad ? ll->grad + r * ll->ld : NULL;
+    const double inv_t = 1.0 / (ll->temperature > 0 ? ll->temperature : 1.0f);
+    bool kd = t && (!ll->kd_valid || ll->kd_valid[r]);
+    int32_t tgt = ll->target ? ll->target[r] : -1;
+    bool ce = tgt >= 0;
+    double kd_val = 0, ce_val = 0;
+    double lse_s1 = 0; /* logsumexp(s) at T = 1 for CE */
+    double ms_raw = ce || kd ? row_max(s, V) : 0;
+    if (ce)
+        lse_s1 = row_lse(s, V, 1.0f, ms_raw);
+    double lse_s = 0, lse_t = 0, kl_rev = 0;
+    float kg = ll->kd_grad_scale * ll->kd_mul, cg = ll->ce_grad_scale;
+
+    if (kd && ll->kd_kind == LMS_KD_TOP_K) {
+        int64_t K = ll->top_k < V ? ll->top_k : V;
+        top_k(t, V, K, tk_idx);
+        double mt = -INFINITY, ms = -INFINITY;
+        for (int64_t a = 0; a < K; a++) {
+            tk_s[a] = s[tk_idx[a]];
+            mt = fmax(mt, t[tk_idx[a]] * inv_t);
+            ms = fmax(ms, tk_s[a] * inv_t);
+        }
+        double zt = 0, zs = 0;
+        for (int64_t a = 0; a < K; a++) {
+            zt += exp(t[tk_idx[a]] * inv_t - mt);
+            zs += exp(tk_s[a] * inv_t - ms);
+        }
+        lse_t = mt + log(zt);
+        lse_s = ms + log(zs);
+        for (int64_t a = 0; a < K; a++) {
+            double lp = t[tk_idx[a]] * inv_t - lse_t, lq = tk_s[a] * inv_t - lse_s;
+            kd_val += exp(lp) * (lp - lq);
+        }
+        if (g) {
+            /* gradient outside the K entries is the CE part only */
+            for (int64_t j = 0; j < V; j++) {
+                double gj = 0;
+                if (ce)
+                    gj = cg * (exp(s[j] - lse_s1) - (j == tgt ? 1.0 : 0.0));
+                g[j] = (float)gj;
+            }
+            for (int64_t a = 0; a < K; a++) {
+                double lp = t[tk_idx[a]] * inv_t - lse_t, lq = tk_s[a] * inv_t - lse_s;
+                g[tk_idx[a]] += (float)(kg * (exp(lq) - exp(lp)) * inv_t);
+            }
+        }
+        ce_val = ce ? lse_s1 - s[tgt] : 0;
+        if (ll->kd_loss)
+            ll->kd_loss[r] = (float)(ll->kd_mul * kd_val);
+        if (ll->ce_loss)
+            ll->ce_loss[r] = (float)ce_val;
+        return;
+    }
+    if (kd) {
+        lse_s = row_lse(s, V, (float)inv_t, ms_raw * inv_t);
+        lse_t = row_lse(t, V, (float)inv_t, row_max(t, V) * inv_t);
+        /* forward and reverse KL from per-element terms (no cancellation between lse terms) */
+        for (int64_t j = 0; j < V; j++) {
+            double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
+            if (ll->kd_kind == LMS_KD_REVERSE_KL)
+                kd_val += exp(lq) * (lq - lp);
+            else
+                kd_val += exp(lp) * (lp - lq);
+        }
+        kl_rev = kd_val;
+    }
+    if (ce)
+        ce_val = lse_s1 - s[tgt];
+    if (g && (kd || ce)) {
+        for (int64_t j = 0; j < V; j++) {
+            double gj = 0;
+            if (kd) {
+                double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
+                double q = exp(lq);
+                if (ll->kd_kind == LMS_KD_REVERSE_KL)
+                    gj = kg * q * (lq - lp - kl_rev) * inv_t;
+                else
+                    gj = kg * (q - exp(lp)) * inv_t;
+            }
+            if (ce)
+                gj += cg * (exp(s[j] - lse_s1) - (j == tgt ? 1.0 : 0.0));
+            g[j] = (float)gj;
+        }
+    } else if (g) {
+        memset(g, 0, (size_t)V * sizeof(float));
+    }
+    if (ll->kd_loss)
+        ll->kd_loss[r] = (float)(ll->kd_mul * kd_val);
+    if (ll->ce_loss)
+        ll->ce_loss[r] = (float)ce_val;
+}
+
+enum lms_status lms__cpu_logit_loss(struct lms_backend *be, const struct lms_logit_loss *ll,
+                                    struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    const int64_t R = ll->n_rows, V = ll->vocab;
+    if (ll->target)
+        for (int64_t r = 0; r < R; r++)
+            if (ll->target[r] >= V)
+                return lms_error_set(err, LMS_EINVAL,
+                                     "logit loss: target %ld at row %lld is outside [0, %lld)",
+                                     (long)ll->target[r], (long long)r, (long long)V);
+    bool topk = ll->teacher && ll->kd_kind == LMS_KD_TOP_K;
+    if (topk && ll->top_k < 1)
+        return lms_error_set(err, LMS_EINVAL, "logit loss: top-K with K = %lld",
+                             (long long)ll->top_k);
+    int nt = R * V > LMS_CPU_PAR_MIN ? cx->n_threads : 1;
+    int64_t K = topk ? (ll->top_k < V ? ll->top_k : V) : 0;
+    size_t per = (size_t)K;
+    int64_t *iscratch = NULL;
+    float *fscratch = NULL;
+    if (topk) {
+        iscratch = lms_malloc((size_t)nt * per * sizeof(int64_t));
+        fscratch = lms_malloc((size_t)nt * (size_t)K * sizeof(float));
+        if (!iscratch || !fscratch) {
+            lms_free(iscratch);
+            lms_free(fscratch);
+            return lms_error_set(err, LMS_ENOMEM, "logit loss: out of memory for top-K");
+        }
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t r = 0; r < R; r++) {
+        int tid = thread_id();
+        int64_t *is = topk ? iscratch + (size_t)tid * per : NULL;
+        logit_loss_row(ll, r, is, topk ? fscratch + (size_t)tid * (size_t)K : NULL);
+    }
+    lms_free(iscratch);
+    lms_free(fscratch);
+    return LMS_OK;
+}
+
+/* ---- hidden-state losses -------------------------------------------------------------------- */
+
+enum lms_status lms__cpu_hidden_loss(struct lms_backend *be, float *loss, float *ds,
+                                     const float *s, const float *t, int64_t ld, int64_t n_rows,
+                                     int64_t c, int kind, float grad_scale,
+                                     struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    if (kind != LMS_HIDDEN_COSINE && kind != LMS_HIDDEN_MSE)
+        return lms_error_set(err, LMS_EINVAL, "hidden loss: kind %d", kind);
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (n_rows * c > LMS_CPU_PAR_MIN)
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *sr = s + r * ld, *tr = t + r * ld;
+        float *gr = ds ? ds + r * ld : NULL;
+        if (kind == LMS_HIDDEN_MSE) {
+            double acc = 0;
+            for (int64_t j = 0; j < c; j++) {
+                double e = (double)sr[j] - tr[j];
+                acc += e * e;
+                if (gr)
+                    gr[j] += (float)(grad_scale * 2.0 * e / (double)c);
+            }
+            loss[r] = (float)(acc / (double)c);
+            continue;
+        }
+        /* 1 - cos, each norm clamped at 1e-8 as torch's cosine_similarity does */
+        double dot = 0, ss = 0, tt = 0;
+        for (int64_t j = 0; j < c; j++) {
+            dot += (double)sr[j] * tr[j];
+            ss += (double)sr[j] * sr[j];
+            tt += (double)tr[j] * tr[j];
+        }
+        double ns = fmax(sqrt(ss), 1e-8), nt = fmax(sqrt(tt), 1e-8);
+        double cosv = dot / (ns * nt);
+        loss[r] = (float)(1.0 - cosv);
+        if (gr)
+            for (int64_t j = 0; j < c; j++)
+                gr[j] += (float)(-grad_scale * (tr[j] / (ns * nt) - cosv * sr[j] / (ns * ns)));
+    }
+    return LMS_OK;
+}
+
+/* ---- optimiser ------------------------------------------------------------------------------ */
+
+enum lms_status lms__cpu_sum_squares(struct lms_backend *be, float *out, const float *x,
+                                     int64_t n, struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    double acc = 0;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) reduction(+ : acc) \
+    if (n > LMS_CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        acc += (double)x[i] * x[i];
+    *out += (float)acc;
+    return LMS_OK;
+}
+
+/* The arithmetic of torch.optim.AdamW's single-tensor path, in fp32. */
+enum lms_status lms__cpu_adamw(struct lms_backend *be, const struct lms_adamw *tensors,
+                               int64_t n_tensors, const struct lms_adamw_hyper *h,
+                               struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    if (h->step < 1)
+        return lms_error_set(err, LMS_EINVAL, "adamw: step %lld (counted from 1)",
+                             (long long)h->step);
+    double bc1 = 1.0 - pow(h->beta1, (double)h->step);
+    double bc2 = 1.0 - pow(h->beta2, (double)h->step);
+    float step_size = (float)(h->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
+    for (int64_t k = 0; k < n_tensors; k++) {
+        const struct lms_adamw *t = &tensors[k];
+        float decay = 1.0f - h->lr * t->weight_decay;
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
+    if (t->n > LMS_CPU_PAR_MIN)
+        for (int64_t i = 0; i < t->n; i++) {
+            float g = t->g[i] * gs;
+            float w = t->w[i] * decay;
+            float m = t->m[i] + (1.0f - b1) * (g - t->m[i]);
+            float v = t->v[i] * b2 + (1.0f - b2) * g * g;
+            float denom = sqrtf(v) / bc2_sqrt + eps;
+            t->m[i] = m;
+            t->v[i] = v;
+            t->w[i] = w - step_size * (m / denom);
+        }
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms__cpu_scale(struct lms_backend *be, float *x, float s, int64_t n,
+                               struct lms_error *err)
+{
+    struct lms_cpu_ctx *cx = be->impl;
+    if (s == 0.0f) {
+        memset(x, 0, (size_t)n * sizeof(float));
+        return LMS_OK;
+    }
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n > LMS_CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+    return LMS_OK;
+}
