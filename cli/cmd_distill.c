@@ -89,6 +89,8 @@ static const char usage_text2[] =
     "  --resume                       continue from DIR.state/ exactly where it stopped; the\n"
     "                                 result is bit-identical to an uninterrupted run. Refused\n"
     "                                 when any option that shapes the run has changed\n"
+    "  --exit-interval N              save and exit (status 0) after a step that is a multiple\n"
+    "                                 of N, to split a run into jobs; continue with --resume\n"
     "  --force                        replace an existing DIR (and DIR.state/) without --resume\n"
     "Machine:\n"
     "  --device DEV                   cpu (default) or cuda[:N]\n"
@@ -115,7 +117,7 @@ struct distill_args {
     char **data_args;
     int n_data_args;
     int64_t gbs, mbs, max_steps, warmup, seq, log_interval, val_interval, val_batches,
-        save_interval, threads;
+        save_interval, exit_interval, threads;
     uint64_t seed, max_memory;
     double lr, min_lr, temperature, lm_loss_scale, kd_loss_scale;
     int64_t top_k;
@@ -182,7 +184,7 @@ enum {
     OPT_PRESET, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_WD, OPT_CLIP, OPT_TEMP, OPT_LOG_INTERVAL,
     OPT_VAL_INTERVAL, OPT_VAL_BATCHES, OPT_SAVE_INTERVAL, OPT_RESUME, OPT_FORCE, OPT_DEVICE,
     OPT_THREADS, OPT_MAX_MEMORY, OPT_DRY_RUN, OPT_JSON, OPT_DEVICES, OPT_NUM_NODES, OPT_TP,
-    OPT_PP, OPT_LEGACY, OPT_DUMP_ROWS, OPT_KD_LOSS, OPT_TOP_K, OPT_LM_SCALE, OPT_KD_SCALE, OPT_RECOMPUTE,
+    OPT_PP, OPT_LEGACY, OPT_DUMP_ROWS, OPT_EXIT_INTERVAL, OPT_KD_LOSS, OPT_TOP_K, OPT_LM_SCALE, OPT_KD_SCALE, OPT_RECOMPUTE,
 };
 
 static int parse_args(int argc, char **argv, struct distill_args *a)
@@ -221,6 +223,7 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         {"kd-loss-scale", required_argument, NULL, OPT_KD_SCALE},
         {"recompute", no_argument, NULL, OPT_RECOMPUTE},
         {"dump-rows", required_argument, NULL, OPT_DUMP_ROWS},
+        {"exit-interval", required_argument, NULL, OPT_EXIT_INTERVAL},
         {"log-interval", required_argument, NULL, OPT_LOG_INTERVAL},
         {"val-check-interval", required_argument, NULL, OPT_VAL_INTERVAL},
         {"limit-val-batches", required_argument, NULL, OPT_VAL_BATCHES},
@@ -365,6 +368,10 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         case OPT_SAVE_INTERVAL:
             if (!parse_count0(optarg, &a->save_interval))
                 return cli_usage_error(cmd, "invalid --save-interval '%s'", optarg);
+            break;
+        case OPT_EXIT_INTERVAL:
+            if (!cli_parse_count(optarg, &a->exit_interval))
+                return cli_usage_error(cmd, "invalid --exit-interval '%s'", optarg);
             break;
         case OPT_THREADS:
             if (!cli_parse_count(optarg, &a->threads) || a->threads > 4096)
@@ -1167,6 +1174,8 @@ int cmd_distill(int argc, char **argv)
             (st = validate(&r, &err)))
             break;
         if (!last && a.save_interval && r.step % a.save_interval == 0 && (st = save(&r, &err)))
+            break;
+        if (!last && a.exit_interval && r.step % a.exit_interval == 0)
             break;
     }
     if (!st)
