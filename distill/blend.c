@@ -22,7 +22,8 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err)
+/* A dataset prefix, or a raw id file ending in .u16 / .i32. */
+static enum lms_status data_open(const char *path, struct lms_dataset **ds, struct lms_error *err)
 {
     char idx[4096];
     struct stat st;
@@ -163,7 +164,7 @@ enum lms_status lms_blend_open(const struct lms_blend_source *src, int n_src,
     double wsum = 0;
     for (int i = 0; i < n_src; i++) {
         struct blend_part *p = &b->parts[i];
-        if ((st = lms_data_open(src[i].path, &p->ds, err)))
+        if ((st = data_open(src[i].path, &p->ds, err)))
             goto fail;
         int64_t db[LMS_SPLIT_COUNT], de[LMS_SPLIT_COUNT];
         if ((st = lms_split_parse(o->split, lms_dataset_n_docs(p->ds), db, de, err))) {

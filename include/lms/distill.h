@@ -72,9 +72,6 @@ enum lms_status lms_blend_sources_parse(char *const *args, int n_args,
                                         struct lms_error *err);
 void lms_blend_sources_free(struct lms_blend_source *s, int n);
 
-/* Opens a dataset by prefix, or a raw id file ending in .u16 / .i32. */
-enum lms_status lms_data_open(const char *path, struct lms_dataset **out, struct lms_error *err);
-
 struct lms_blend_opts {
     int64_t row_len;     /* tokens per row: seq_length + 1 (inputs plus the shifted labels) */
     int64_t stride;      /* distance between row starts in a dataset: seq_length */

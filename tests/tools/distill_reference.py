@@ -49,6 +49,57 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0):
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warmup=0,
+          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None):
+    """Trains and returns the per-step record; rows: int array (steps * gbs, seq + 1)."""
+    S = seq
+    rows = np.asarray(rows)
+    assert rows.size == steps * gbs * (S + 1), "rows do not hold steps x gbs rows"
+    rows = torch.from_numpy(rows.astype(np.int64)).reshape(steps, gbs, S + 1)
+    student, teacher = load(student_dir).train(), load(teacher_dir).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(beta1, beta2), eps=eps)
+    n_micro = gbs // mbs
+    rec = {"loss": [], "lm_loss": [], "grad_norm": [], "lr": []}
+    t0 = time.perf_counter()
+    for s in range(steps):
+        lr_s = lr_at(s, lr, min_lr, warmup, steps)
+        for g in opt.param_groups:
+            g["lr"] = lr_s
+        opt.zero_grad(set_to_none=True)
+        loss_sum = lm_sum = 0.0
+        for i in range(n_micro):
+            batch = rows[s, i * mbs:(i + 1) * mbs]
+            ids, tgt = batch[:, :S], batch[:, 1:]
+            with torch.no_grad():
+                t_logits = teacher(ids).logits
+            s_logits = student(ids).logits
+            loss = kd_loss(s_logits, t_logits)
+            (loss / n_micro).backward()
+            with torch.no_grad():
+                lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
+            loss_sum += loss.item()
+            lm_sum += lm.item()
+        norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
+                                              clip if clip > 0 else float("inf"))
+        opt.step()
+        rec["loss"].append(loss_sum / n_micro)
+        rec["lm_loss"].append(lm_sum / n_micro)
+        rec["grad_norm"].append(float(norm))
+        rec["lr"].append(lr_s)
+    secs = time.perf_counter() - t0
+    rec["seconds"] = secs
+    rec["tokens_per_second"] = steps * gbs * S / secs
+    if out:
+        student.save_pretrained(out)
+    return rec
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--student", required=True)
@@ -71,53 +122,10 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    S = a.seq
     rows = np.fromfile(a.rows, dtype="<i4")
-    assert rows.size == a.steps * a.gbs * (S + 1), "rows file does not hold steps x gbs rows"
-    rows = torch.from_numpy(rows.astype(np.int64)).reshape(a.steps, a.gbs, S + 1)
-
-    student, teacher = load(a.student).train(), load(a.teacher).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps)
-    n_micro = a.gbs // a.mbs
-    out = {"loss": [], "lm_loss": [], "grad_norm": [], "lr": []}
-    t0 = time.perf_counter()
-    for s in range(a.steps):
-        lr = lr_at(s, a.lr, a.min_lr, a.warmup, a.steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss_sum = lm_sum = 0.0
-        for i in range(n_micro):
-            batch = rows[s, i * a.mbs:(i + 1) * a.mbs]
-            ids, tgt = batch[:, :S], batch[:, 1:]
-            with torch.no_grad():
-                t_logits = teacher(ids).logits
-            s_logits = student(ids).logits
-            loss = kd_loss(s_logits, t_logits)
-            (loss / n_micro).backward()
-            with torch.no_grad():
-                lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
-            loss_sum += loss.item()
-            lm_sum += lm.item()
-        norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
-                                              a.clip if a.clip > 0 else float("inf"))
-        opt.step()
-        out["loss"].append(loss_sum / n_micro)
-        out["lm_loss"].append(lm_sum / n_micro)
-        out["grad_norm"].append(float(norm))
-        out["lr"].append(lr)
-    secs = time.perf_counter() - t0
-    out["seconds"] = secs
-    out["tokens_per_second"] = a.steps * a.gbs * S / secs
-    if a.out:
-        student.save_pretrained(a.out)
-    print(json.dumps(out))
+    rec = train(a.student, a.teacher, rows, a.seq, a.gbs, a.mbs, a.steps, a.lr, a.min_lr,
+                a.warmup, a.beta1, a.beta2, a.eps, a.wd, a.clip, a.out)
+    print(json.dumps(rec))
 
 
 if __name__ == "__main__":
