@@ -140,8 +140,9 @@ static int take_data_paths(int *argc, char **argv, struct distill_args *a)
             break;
         }
         if (!strcmp(argv[i], "--data-paths") || !strncmp(argv[i], "--data-paths=", 13)) {
-            if (a->data_args)
-                return cli_usage_error(cmd, "--data-paths given twice");
+            /* given again: the last one counts, as with every other option */
+            lms_free(a->data_args);
+            a->n_data_args = 0;
             a->data_args = lms_calloc((size_t)*argc, sizeof(char *));
             if (!a->data_args)
                 return cli_usage_error(cmd, "out of memory");
@@ -988,7 +989,9 @@ int cmd_distill(int argc, char **argv)
         bo.which = LMS_SPLIT_VALID;
         bo.shuffle = false;
         if ((st = lms_blend_open(r.src, r.n_src, &bo, &r.val, &err))) {
-            lms_error_wrap(&err, "(--limit-val-batches 0 turns validation off) ");
+            size_t len = strlen(err.msg);
+            snprintf(err.msg + len, sizeof err.msg - len, " (--limit-val-batches 0 turns "
+                     "validation off)");
             goto fail;
         }
     }

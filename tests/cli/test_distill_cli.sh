@@ -28,8 +28,10 @@ fail() {
     n_fail=$((n_fail + 1))
 }
 
-# ids below the tiny models' 512-entry vocabulary: held-out text ids folded into range, as a raw
-# int32 id file (one document) and as a two-document indexed dataset for the split
+# ids below the tiny models' 512-entry vocabulary: held-out text ids folded into range, as a
+# Megatron indexed dataset of 20 documents of 2000 ids (written here by the layout's definition:
+# magic, version, dtype 4 = int32, counts, lengths, pointers, document index) and as a short raw
+# int32 id file
 python3 - "$FIXTURES/corpus/val.ids.u16" "$TMP" <<'EOF'
 import array, struct, sys
 src, out = sys.argv[1], sys.argv[2]
@@ -37,16 +39,22 @@ ids = array.array("H")
 with open(src, "rb") as f:
     ids.frombytes(f.read(2 * 40000))
 ids = array.array("i", (i % 512 for i in ids))
-with open(out + "/data.i32", "wb") as f:
+n, size = 20, 2000
+with open(out + "/data.bin", "wb") as f:
     ids.tofile(f)
+with open(out + "/data.idx", "wb") as f:
+    f.write(b"MMIDIDX\0\0" + struct.pack("<QBQQ", 1, 4, n, n + 1))
+    f.write(struct.pack(f"<{n}i", *[size] * n))
+    f.write(struct.pack(f"<{n}q", *[4 * size * i for i in range(n)]))
+    f.write(struct.pack(f"<{n + 1}q", *range(n + 1)))
 with open(out + "/short.i32", "wb") as f:
     ids[:100].tofile(f)
 EOF
-DATA=$TMP/data.i32
+DATA=$TMP/data
 # the small run every check starts from: 4 steps of 4 rows x 32 tokens
 RUN=(--student "$STUDENT" --teacher "$TEACHER" --data-paths "$DATA" --split 1 --seq-length 32
      --gbs 4 --mbs 2 --max-steps 4 --warmup-steps 1 --lr 1e-3 --min-lr 1e-4 --optim-preset gpt
-     --limit-val-batches 0 --threads 2 --log-dir "$TMP/logs")
+     --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs")
 
 # expect CODE PATTERN ARGS...: exit code CODE, stderr one line matching PATTERN, stdout empty
 expect() {
@@ -138,7 +146,7 @@ grep -q '"event":"validation"' "$TMP/ref-run.metrics.jsonl" || fail "no validati
 IDS=$FIXTURES/corpus/val.ids.u16
 SIG=(--student "$TMP/student8" --teacher "$BIG" --data-paths "$IDS" --split 1 --seq-length 64
      --gbs 4 --mbs 2 --max-steps 12 --warmup-steps 2 --lr 5e-4 --min-lr 5e-5 --optim-preset gpt
-     --limit-val-batches 0 --threads 2 --log-dir "$TMP/logs" --dtype f32)
+     --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs" --dtype f32)
 n_checks=$((n_checks + 1))
 "$LMSURGEON" distill "${SIG[@]}" --out "$TMP/s" >"$TMP/s.out" 2>"$TMP/s.err" &
 pid=$!
@@ -171,7 +179,7 @@ fi
 n_checks=$((n_checks + 1))
 MNT=$TMP/mnt
 mkdir -p "$MNT"
-if mount -t tmpfs -o size=1800k tmpfs "$MNT" 2>/dev/null; then
+if mount -t tmpfs -o size=4000k tmpfs "$MNT" 2>/dev/null; then
     "$LMSURGEON" distill "${RUN[@]}" --out "$MNT/full" --save-interval 2 --dtype f32 --quiet \
         >/dev/null 2>"$TMP/err"
     rc=$?
