@@ -567,7 +567,7 @@ static void bar_clear(struct run *r)
 static void metrics_write(struct run *r, json_t *o)
 {
     if (r->metrics) {
-        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17));
         if (s) {
             fprintf(r->metrics, "%s\n", s);
             fflush(r->metrics);

@@ -39,7 +39,7 @@ def test_steps_match_pytorch(tmp_path):
                     "--warmup-steps", "1", "--lr", "1e-3", "--min-lr", "1e-4",
                     "--optim-preset", "gpt", "--limit-val-batches", "0", "--dtype", "f32",
                     "--log-dir", str(tmp_path), "--out", str(out), "--dump-rows", str(rows),
-                    "--threads", "2", "--quiet"], check=True)
+                    "--threads", "1", "--quiet"], check=True)
     got = [json.loads(line) for line in open(tmp_path / "out.metrics.jsonl")]
     got = [g for g in got if g["event"] == "train"]
     want = ref.train(student, teacher, np.fromfile(rows, dtype="<i4"), seq, gbs, mbs, steps,
