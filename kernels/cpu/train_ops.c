@@ -276,6 +276,7 @@ static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *
             double lp = t[tk_idx[a]] * inv_t - lse_t, lq = tk_s[a] * inv_t - lse_s;
             kd_val += exp(lp) * (lp - lq);
         }
+        ce_val = ce ? lse_s1 - s[tgt] : 0; /* before g, which may overwrite s */
         if (g) {
             /* gradient outside the K entries is the CE part only */
             for (int64_t j = 0; j < V; j++) {
@@ -289,7 +290,6 @@ static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *
                 g[tk_idx[a]] += (float)(kg * (exp(lq) - exp(lp)) * inv_t);
             }
         }
-        ce_val = ce ? lse_s1 - s[tgt] : 0;
         if (ll->kd_loss)
             ll->kd_loss[r] = (float)(ll->kd_mul * kd_val);
         if (ll->ce_loss)

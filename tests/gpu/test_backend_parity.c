@@ -233,7 +233,7 @@ static void attn_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, i
     for (int64_t i = 0; i < N * os; i++)
         want[i] = 0;
     struct lms_attention at = {B, S, nh, ng, d, qkv, qkv + nh * d, qkv + (nh + ng) * d, qs, qs,
-                               want, os, 1.0f / sqrtf((float)d), W};
+                               want, os, 1.0f / sqrtf((float)d), W, NULL};
     ck_assert_msg(cpu->ops->attention(cpu, &at, &err) == LMS_OK, "%s", err.msg);
     struct lms_backend *be = bf16 ? gpu16 : gpu;
     struct dbuf dq, dout;

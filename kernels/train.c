@@ -1,0 +1,1284 @@
+/* The training engine: the student's forward with saved activations, its backward, the
+ * distillation losses and AdamW, written once against the backend op table
+ * (kernels/backend_impl.h). Legend as in include/lms/engine.h.
+ *
+ * Parameters live in four device allocations of one layout: fp32 master weights, gradients and
+ * the two AdamW moments; tensor i sits at the same offset in each. Parts of one fused projection
+ * (q | k | v and their biases, gate | up) are placed back to back, so the forward runs one GEMM
+ * per projection as the inference engine does, while each part stays its own parameter.
+ *
+ * Activations live in one workspace planned by lms_train_plan_make. Every layer saves what its
+ * backward needs (norm inputs and rstd, the pre-norm and rotated q | k | v, the attention output
+ * and log-sum-exp, gate | up, the SwiGLU output); with recomputation only the residual stream
+ * entering each layer is kept and the layer's activations are recomputed into one slot just
+ * before its backward. The LM head and the losses run in chunks of R token rows: the student's
+ * chunk of logits is overwritten by its own gradient, and the teacher's chunk is computed from
+ * its captured final-norm output with its own head, so no (N, V) tensor ever exists. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/backend_impl.h"
+#include "lms/alloc.h"
+#include "lms/train.h"
+
+#define LOGITS_AUTO_BYTES ((int64_t)64 << 20)
+#define STAGING_ELEMS ((int64_t)1 << 20)
+
+/* ---- plan --------------------------------------------------------------------------------- */
+
+/* Activations of one layer. Offsets in bytes into the workspace. */
+struct slot_off {
+    size_t xn1, rstd1, qkv_pre, rstd_q, rstd_k, qkv, ctx, lse, x_mid, xn2, rstd2, gu, act;
+};
+
+struct plan {
+    struct lms_train_plan pub;
+    int64_t N, QKV, nq, R, V, Ht;
+    int64_t n_slots;          /* L, or 1 with recomputation */
+    size_t off_ids, off_pos, off_tgt, off_kdv, off_cos, off_sin;
+    size_t off_res;           /* (L + 1) x (N, H) residual stream entering each layer, and out */
+    size_t off_xnf, off_rstdf;
+    size_t off_logits, off_tlogits, off_kdl, off_cel;
+    size_t off_dx, off_dxn, off_dctx, off_dqkv, off_dgu, off_dact;
+    size_t off_tfinal;        /* (N, Ht) teacher final-norm output */
+    size_t off_tpairs;        /* n_pairs x (N, Ht) teacher norm outputs */
+    size_t off_hmap, off_dhmap, off_hloss; /* (N, Ht) mapped student, its gradient; (N) loss */
+    size_t off_scalar;        /* one float */
+    struct slot_off *slots;   /* n_slots */
+    size_t ws_bytes;
+};
+
+static bool mul_ok(int64_t a, int64_t b, int64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out) && *out >= 0;
+}
+
+static bool reserve(size_t *cursor, int64_t n, size_t esize, size_t *off)
+{
+    size_t bytes, at = (*cursor + 63) & ~(size_t)63;
+    if (at < *cursor || n < 0 || __builtin_mul_overflow((size_t)n, esize, &bytes) ||
+        __builtin_add_overflow(at, bytes, cursor))
+        return false;
+    *off = at;
+    return true;
+}
+
+/* Trainable elements of the student (and the hidden map). */
+static int64_t count_params(const struct lms_arch *a, int64_t V, int64_t Ht, bool map)
+{
+    int64_t H = a->hidden, d = a->head_dim, nq = a->n_heads * d, nkv = a->n_groups * d;
+    int64_t per = (nq + 2 * nkv) * H + nq * H + 2 * H + 3 * a->ffn * H;
+    if (a->qkv_bias)
+        per += nq + 2 * nkv;
+    if (a->qk_norm)
+        per += 2 * d;
+    if (a->o_bias)
+        per += H;
+    int64_t n = per * a->n_layers + V * H + H;
+    if (!a->tie_embeddings)
+        n += V * H;
+    if (map)
+        n += Ht * H + Ht;
+    return n;
+}
+
+/* Fills p (slots allocated by the caller when slots_out, else only sizes). */
+static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
+                                 const struct lms_train_opts *o, struct plan *p,
+                                 struct lms_error *err)
+{
+    int64_t N, t, H = a->hidden, F = a->ffn, d = a->head_dim, L = a->n_layers;
+    struct lms_train_plan *pub = &p->pub;
+    if (o->max_batch <= 0 || o->max_seq <= 0 || o->logits_rows < 0 || V <= 0 || H <= 0 ||
+        L <= 0 || o->teacher_hidden < 0)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: batch %lld x sequence %lld (or a model dimension) is not "
+                             "positive",
+                             (long long)o->max_batch, (long long)o->max_seq);
+    if (!mul_ok(o->max_batch, o->max_seq, &N) || N > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "trainer: batch %lld x sequence %lld is too large",
+                             (long long)o->max_batch, (long long)o->max_seq);
+    p->N = N;
+    p->nq = a->n_heads * d;
+    p->QKV = (a->n_heads + 2 * a->n_groups) * d;
+    p->V = V;
+    p->Ht = o->teacher_hidden > 0 ? o->teacher_hidden : H;
+    int64_t R = o->logits_rows;
+    if (R == 0)
+        R = LOGITS_AUTO_BYTES / (V * 4) > 0 ? LOGITS_AUTO_BYTES / (V * 4) : 1;
+    if (R > N)
+        R = N;
+    p->R = R;
+    pub->logits_rows = R;
+    p->n_slots = o->recompute ? 1 : L;
+    bool map = p->Ht != H && o->max_hidden_pairs > 0;
+    pub->n_params = count_params(a, V, p->Ht, map);
+    if (pub->n_params <= 0 || pub->n_params > INT64_MAX / 64)
+        return lms_error_set(err, LMS_EINVAL, "trainer: parameter count overflows");
+    pub->weights = pub->grads = (size_t)pub->n_params * 4 + 64 * 32 * (size_t)(L + 2);
+    pub->moments = 2 * pub->weights;
+
+    size_t cur = 0;
+    bool ok = reserve(&cur, N, 4, &p->off_ids) && reserve(&cur, N, 4, &p->off_pos) &&
+              reserve(&cur, N, 4, &p->off_tgt) && reserve(&cur, N, 1, &p->off_kdv) &&
+              mul_ok(o->max_seq, d / 2, &t) && reserve(&cur, t, 4, &p->off_cos) &&
+              reserve(&cur, t, 4, &p->off_sin) && reserve(&cur, 1, 4, &p->off_scalar);
+    size_t fixed = cur;
+    int64_t NH;
+    ok = ok && mul_ok(N, H, &NH) && mul_ok(NH, L + 1, &t) && reserve(&cur, t, 4, &p->off_res) &&
+         reserve(&cur, NH, 4, &p->off_xnf) && reserve(&cur, N, 4, &p->off_rstdf);
+    for (int64_t s = 0; ok && s < p->n_slots; s++) {
+        struct slot_off so, *sp = p->slots ? &p->slots[s] : &so;
+        ok = reserve(&cur, NH, 4, &sp->xn1) && reserve(&cur, N, 4, &sp->rstd1) &&
+             mul_ok(N, p->QKV, &t) && reserve(&cur, a->qk_norm ? t : 0, 4, &sp->qkv_pre) &&
+             reserve(&cur, t, 4, &sp->qkv) && mul_ok(N, a->n_heads, &t) &&
+             reserve(&cur, t, 4, &sp->rstd_q) && reserve(&cur, t, 4, &sp->lse) &&
+             mul_ok(N, a->n_groups, &t) && reserve(&cur, t, 4, &sp->rstd_k) &&
+             mul_ok(N, p->nq, &t) && reserve(&cur, t, 4, &sp->ctx) &&
+             reserve(&cur, NH, 4, &sp->x_mid) && reserve(&cur, NH, 4, &sp->xn2) &&
+             reserve(&cur, N, 4, &sp->rstd2) && mul_ok(N, 2 * F, &t) &&
+             reserve(&cur, t, 4, &sp->gu) && mul_ok(N, F, &t) && reserve(&cur, t, 4, &sp->act);
+    }
+    size_t acts = cur - fixed;
+    size_t c0 = cur;
+    ok = ok && mul_ok(R, V, &t) && reserve(&cur, t, 4, &p->off_logits) &&
+         reserve(&cur, t, 4, &p->off_tlogits) && reserve(&cur, R, 4, &p->off_kdl) &&
+         reserve(&cur, R, 4, &p->off_cel);
+    pub->logits = cur - c0;
+    c0 = cur;
+    ok = ok && reserve(&cur, NH, 4, &p->off_dx) && reserve(&cur, NH, 4, &p->off_dxn) &&
+         mul_ok(N, p->nq, &t) && reserve(&cur, t, 4, &p->off_dctx) && mul_ok(N, p->QKV, &t) &&
+         reserve(&cur, t, 4, &p->off_dqkv) && mul_ok(N, 2 * F, &t) &&
+         reserve(&cur, t, 4, &p->off_dgu) && mul_ok(N, F, &t) &&
+         reserve(&cur, t, 4, &p->off_dact);
+    acts += cur - c0;
+    c0 = cur;
+    int64_t NHt;
+    size_t np = o->max_hidden_pairs;
+    ok = ok && mul_ok(N, p->Ht, &NHt) && reserve(&cur, NHt, 4, &p->off_tfinal) &&
+         np < (size_t)INT32_MAX && mul_ok(NHt, (int64_t)np, &t) &&
+         reserve(&cur, t, 4, &p->off_tpairs) && reserve(&cur, np ? NHt : 0, 4, &p->off_hmap) &&
+         reserve(&cur, np ? NHt : 0, 4, &p->off_dhmap) && reserve(&cur, N, 4, &p->off_hloss);
+    pub->hidden = cur - c0;
+    if (!ok)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: memory plan for batch %lld x sequence %lld overflows",
+                             (long long)o->max_batch, (long long)o->max_seq);
+    p->ws_bytes = (cur + 63) & ~(size_t)63;
+    pub->activations = acts + fixed;
+    pub->total = pub->weights + pub->grads + pub->moments + p->ws_bytes;
+    return LMS_OK;
+}
+
+enum lms_status lms_train_plan_make(const struct lms_arch *a, int64_t logits_cols,
+                                    const struct lms_train_opts *opts,
+                                    struct lms_train_plan *plan, struct lms_error *err)
+{
+    struct plan p;
+    memset(&p, 0, sizeof p);
+    enum lms_status rc = plan_make(a, logits_cols, opts, &p, err);
+    *plan = p.pub;
+    return rc;
+}
+
+/* ---- trainer ------------------------------------------------------------------------------ */
+
+struct layer_p {
+    size_t qkv, qkv_bias, q_norm, k_norm, o, o_bias, attn_norm, mlp_norm, gu, down; /* floats;
+                                                                    SIZE_MAX when absent */
+};
+
+struct lms_trainer {
+    const struct lms_model *student;
+    struct lms_backend *be;
+    const struct lms_backend_ops *ops;
+    struct lms_arch a;
+    struct lms_train_opts opts;
+    struct plan plan;
+    int64_t vocab_in, V;
+    bool has_map;
+    struct lms_buf bw, bg, bm, bv, ws;
+    float *W, *G, *M, *Vm;     /* base addresses */
+    size_t n_floats;
+    struct lms_train_param *params;
+    char **names;              /* owned names of params */
+    size_t n_params;
+    size_t embed, lm_head, final_norm, map_w, map_b; /* float offsets */
+    struct layer_p *layers;
+    int32_t *host_pos;
+    float *host_rows;          /* (R) staging for per-row losses */
+    float *host_stage;         /* STAGING_ELEMS */
+    /* teacher captures of the current micro-step */
+    const struct lms_hidden_pair *pairs;
+    size_t n_pairs;
+    int64_t teacher_H;
+};
+
+#define ABSENT SIZE_MAX
+
+static char *ws_at(const struct lms_trainer *tr, size_t off)
+{
+    return (char *)tr->ws.ptr + off;
+}
+static float *wsf(const struct lms_trainer *tr, size_t off)
+{
+    return (float *)ws_at(tr, off);
+}
+static float *Wp(const struct lms_trainer *tr, size_t off)
+{
+    return off == ABSENT ? NULL : tr->W + off;
+}
+static float *Gp(const struct lms_trainer *tr, size_t off)
+{
+    return off == ABSENT ? NULL : tr->G + off;
+}
+
+/* Lists parameters in layout order. With list == NULL only counts and places (cursor in
+ * floats). Fused parts follow each other without padding; groups start 16-float aligned. */
+struct param_src {
+    const struct lms_tensor *t; /* NULL for the hidden map */
+    size_t off;
+};
+
+static size_t place(size_t *cur, int64_t n, bool group_start)
+{
+    if (group_start)
+        *cur = (*cur + 15) & ~(size_t)15;
+    size_t at = *cur;
+    *cur += (size_t)n;
+    return at;
+}
+
+static enum lms_status build_params(struct lms_trainer *tr, struct lms_error *err)
+{
+    const struct lms_model *m = tr->student;
+    const struct lms_arch *a = &tr->a;
+    size_t cap = 4 + 16 * (size_t)a->n_layers, n = 0, cur = 0;
+    tr->params = lms_calloc(cap, sizeof *tr->params);
+    tr->names = lms_calloc(cap, sizeof *tr->names);
+    tr->layers = lms_calloc((size_t)a->n_layers, sizeof *tr->layers);
+    if (!tr->params || !tr->names || !tr->layers)
+        return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+#define ADD(role_, layer_, start_, dst_)                                                      \
+    do {                                                                                     \
+        const struct lms_tensor *t_ = lms_model_find(m, (role_), (layer_));                  \
+        struct lms_train_param *p_ = &tr->params[n];                                         \
+        tr->names[n] = lms_strdup(t_->name);                                                 \
+        if (!tr->names[n])                                                                   \
+            return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");                 \
+        p_->name = tr->names[n];                                                             \
+        p_->role = (role_);                                                                  \
+        p_->layer = (layer_);                                                                \
+        p_->ndim = t_->view->ndim;                                                           \
+        p_->shape[0] = t_->view->shape[0];                                                   \
+        p_->shape[1] = t_->view->ndim > 1 ? t_->view->shape[1] : 1;                          \
+        p_->numel = lms_view_numel(t_->view);                                                \
+        size_t off_ = place(&cur, p_->numel, (start_));                                      \
+        p_->w = (float *)(uintptr_t)off_; /* offsets until the buffers exist */              \
+        p_->decay = p_->ndim >= 2;                                                           \
+        if ((dst_) != NULL)                                                                  \
+            *(size_t *)(dst_) = off_;                                                        \
+        n++;                                                                                 \
+    } while (0)
+    ADD(LMS_ROLE_EMBED, -1, true, &tr->embed);
+    if (!a->tie_embeddings)
+        ADD(LMS_ROLE_LM_HEAD, -1, true, &tr->lm_head);
+    ADD(LMS_ROLE_FINAL_NORM, -1, true, &tr->final_norm);
+    for (int64_t l = 0; l < a->n_layers; l++) {
+        struct layer_p *lp = &tr->layers[l];
+        lp->qkv_bias = lp->q_norm = lp->k_norm = lp->o_bias = ABSENT;
+        ADD(LMS_ROLE_Q, l, true, &lp->qkv);
+        ADD(LMS_ROLE_K, l, false, NULL);
+        ADD(LMS_ROLE_V, l, false, NULL);
+        if (a->qkv_bias) {
+            ADD(LMS_ROLE_Q_BIAS, l, true, &lp->qkv_bias);
+            ADD(LMS_ROLE_K_BIAS, l, false, NULL);
+            ADD(LMS_ROLE_V_BIAS, l, false, NULL);
+        }
+        if (a->qk_norm) {
+            ADD(LMS_ROLE_Q_NORM, l, true, &lp->q_norm);
+            ADD(LMS_ROLE_K_NORM, l, true, &lp->k_norm);
+        }
+        ADD(LMS_ROLE_O, l, true, &lp->o);
+        if (a->o_bias)
+            ADD(LMS_ROLE_O_BIAS, l, true, &lp->o_bias);
+        ADD(LMS_ROLE_ATTN_NORM, l, true, &lp->attn_norm);
+        ADD(LMS_ROLE_MLP_NORM, l, true, &lp->mlp_norm);
+        ADD(LMS_ROLE_GATE, l, true, &lp->gu);
+        ADD(LMS_ROLE_UP, l, false, NULL);
+        ADD(LMS_ROLE_DOWN, l, true, &lp->down);
+    }
+#undef ADD
+    tr->map_w = tr->map_b = ABSENT;
+    if (tr->has_map) {
+        int64_t Ht = tr->plan.Ht, H = a->hidden;
+        static const char *const map_names[2] = {"distill.hidden_map.weight",
+                                                 "distill.hidden_map.bias"};
+        for (int k = 0; k < 2; k++) {
+            struct lms_train_param *p = &tr->params[n];
+            p->name = map_names[k];
+            p->role = LMS_ROLE_OTHER;
+            p->layer = -1;
+            p->ndim = k == 0 ? 2 : 1;
+            p->shape[0] = Ht;
+            p->shape[1] = k == 0 ? H : 1;
+            p->numel = k == 0 ? Ht * H : Ht;
+            size_t off = place(&cur, p->numel, true);
+            p->w = (float *)(uintptr_t)off;
+            p->decay = k == 0;
+            *(k == 0 ? &tr->map_w : &tr->map_b) = off;
+            n++;
+        }
+    }
+    tr->n_params = n;
+    tr->n_floats = (cur + 15) & ~(size_t)15;
+    return LMS_OK;
+}
+
+/* Uploads the student's weights (and the hidden map: identity-like init, see below), zeroes
+ * gradients and moments. */
+static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *err)
+{
+    size_t bytes = tr->n_floats * sizeof(float);
+    enum lms_status rc = lms_buf_alloc(tr->be, bytes, &tr->bw, err);
+    if (!rc)
+        rc = lms_buf_alloc(tr->be, bytes, &tr->bg, err);
+    if (!rc)
+        rc = lms_buf_alloc(tr->be, bytes, &tr->bm, err);
+    if (!rc)
+        rc = lms_buf_alloc(tr->be, bytes, &tr->bv, err);
+    if (rc)
+        return lms_error_wrap(err, "trainer: %zu bytes of parameters: ", bytes);
+    tr->W = tr->bw.ptr;
+    tr->G = tr->bg.ptr;
+    tr->M = tr->bm.ptr;
+    tr->Vm = tr->bv.ptr;
+    int64_t nf = (int64_t)tr->n_floats;
+    rc = tr->ops->scale(tr->be, tr->W, 0.0f, nf, err);
+    if (!rc)
+        rc = tr->ops->scale(tr->be, tr->G, 0.0f, nf, err);
+    if (!rc)
+        rc = tr->ops->scale(tr->be, tr->M, 0.0f, nf, err);
+    if (!rc)
+        rc = tr->ops->scale(tr->be, tr->Vm, 0.0f, nf, err);
+    for (size_t i = 0; !rc && i < tr->n_params; i++) {
+        struct lms_train_param *p = &tr->params[i];
+        size_t off = (size_t)(uintptr_t)p->w;
+        p->w = tr->W + off;
+        p->g = tr->G + off;
+        p->m = tr->M + off;
+        p->v = tr->Vm + off;
+        if (p->role == LMS_ROLE_OTHER) {
+            /* hidden map W (Ht, H): ones on the diagonal, so that at the start the student's
+             * channel c is compared with the teacher's channel c (the pruned student keeps a
+             * subset of the teacher's channels in order); bias 0 */
+            if (p->ndim == 2)
+                for (int64_t r = 0; r < p->shape[0] && r < p->shape[1] && !rc; r++) {
+                    float one = 1.0f;
+                    rc = lms_buf_upload(tr->be, p->w + r * p->shape[1] + r, &one, sizeof one,
+                                        err);
+                }
+            continue;
+        }
+        const struct lms_tensor *t = lms_model_find(tr->student, p->role, p->layer);
+        for (int64_t e0 = 0; !rc && e0 < p->numel; e0 += STAGING_ELEMS) {
+            int64_t k = p->numel - e0 < STAGING_ELEMS ? p->numel - e0 : STAGING_ELEMS;
+            rc = lms_view_read_as(t->view, e0, k, LMS_DTYPE_F32, tr->host_stage, err);
+            if (!rc)
+                rc = lms_buf_upload(tr->be, p->w + e0, tr->host_stage, (size_t)k * 4, err);
+        }
+        if (rc)
+            lms_error_wrap(err, "trainer: uploading %s: ", p->name);
+    }
+    return rc;
+}
+
+void lms_loss_opts_default(struct lms_loss_opts *lo)
+{
+    memset(lo, 0, sizeof *lo);
+    lo->kd = LMS_KD_FORWARD_KL;
+    lo->kd_weight = 1.0;
+    lo->temperature = 1.0;
+}
+
+void lms_adamw_defaults(struct lms_adamw_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->weight_decay = 0.01;
+    o->clip_norm = 1.0;
+}
+
+void lms_adamw_megatron(struct lms_adamw_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->beta1 = 0.9;
+    o->beta2 = 0.95;
+    o->eps = 1e-5;
+    o->weight_decay = 0.1;
+    o->clip_norm = 1.0;
+}
+
+enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_backend *be,
+                                const struct lms_train_opts *opts, struct lms_trainer **out,
+                                struct lms_error *err)
+{
+    enum lms_status rc;
+    *out = NULL;
+    const struct lms_backend_ops *ops = be->ops;
+    if (ops->version < 2 || !ops->embedding_backward || !ops->rmsnorm_backward ||
+        !ops->rope_backward || !ops->attention_backward || !ops->swiglu_backward ||
+        !ops->bias_backward || !ops->logit_loss || !ops->hidden_loss || !ops->sum_squares ||
+        !ops->adamw || !ops->scale)
+        return lms_error_set(err, LMS_EUNSUPPORTED,
+                             "trainer: the %s backend has no training support yet",
+                             lms_backend_name(be));
+    rc = lms_model_validate(student, err);
+    if (rc)
+        return lms_error_wrap(err, "trainer: ");
+    float inv[1024], scale;
+    rc = lms_rope_inv_freq(&student->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
+    if (rc)
+        return lms_error_wrap(err, "trainer: ");
+    const struct lms_tensor *emb = lms_model_find(student, LMS_ROLE_EMBED, -1);
+    const struct lms_tensor *head = student->arch.tie_embeddings
+                                        ? emb
+                                        : lms_model_find(student, LMS_ROLE_LM_HEAD, -1);
+    if (!emb || !head)
+        return lms_error_set(err, LMS_EFORMAT, "trainer: the student has no %s",
+                             emb ? "lm_head" : "embedding");
+    struct lms_trainer *tr = lms_calloc(1, sizeof *tr);
+    if (!tr)
+        return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+    tr->student = student;
+    tr->be = be;
+    tr->ops = ops;
+    tr->a = student->arch;
+    tr->opts = *opts;
+    tr->vocab_in = emb->view->shape[0];
+    tr->V = head->view->shape[0];
+    rc = plan_make(&tr->a, tr->V, opts, &tr->plan, err);
+    if (rc)
+        goto fail;
+    tr->plan.slots = lms_calloc((size_t)tr->plan.n_slots, sizeof *tr->plan.slots);
+    if (!tr->plan.slots) {
+        rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+        goto fail;
+    }
+    rc = plan_make(&tr->a, tr->V, opts, &tr->plan, err);
+    if (rc)
+        goto fail;
+    tr->has_map = tr->plan.Ht != tr->a.hidden && opts->max_hidden_pairs > 0;
+    tr->host_pos = lms_malloc((size_t)tr->plan.N * sizeof(int32_t));
+    tr->host_rows = lms_malloc((size_t)tr->plan.N * sizeof(float));
+    tr->host_stage = lms_malloc((size_t)STAGING_ELEMS * sizeof(float));
+    if (!tr->host_pos || !tr->host_rows || !tr->host_stage) {
+        rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+        goto fail;
+    }
+    rc = build_params(tr, err);
+    if (!rc)
+        rc = init_buffers(tr, err);
+    if (rc)
+        goto fail;
+    rc = lms_buf_alloc(be, tr->plan.ws_bytes, &tr->ws, err);
+    if (rc) {
+        lms_error_wrap(err, "trainer: workspace of %zu bytes: ", tr->plan.ws_bytes);
+        goto fail;
+    }
+    int64_t tab = opts->max_seq * (tr->a.head_dim / 2);
+    float *host = lms_malloc((size_t)tab * 2 * sizeof(float));
+    if (!host) {
+        rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory for the rope table");
+        goto fail;
+    }
+    rc = lms_rope_table(&tr->a, opts->max_seq, opts->rope_bf16, host, host + tab, err);
+    if (!rc)
+        rc = lms_buf_upload(be, ws_at(tr, tr->plan.off_cos), host, (size_t)tab * 4, err);
+    if (!rc)
+        rc = lms_buf_upload(be, ws_at(tr, tr->plan.off_sin), host + tab, (size_t)tab * 4, err);
+    lms_free(host);
+    if (rc)
+        goto fail;
+    *out = tr;
+    return LMS_OK;
+fail:
+    lms_trainer_free(tr);
+    return rc;
+}
+
+void lms_trainer_free(struct lms_trainer *tr)
+{
+    if (!tr)
+        return;
+    lms_buf_free(tr->be, &tr->ws);
+    lms_buf_free(tr->be, &tr->bw);
+    lms_buf_free(tr->be, &tr->bg);
+    lms_buf_free(tr->be, &tr->bm);
+    lms_buf_free(tr->be, &tr->bv);
+    if (tr->names)
+        for (size_t i = 0; i < tr->n_params; i++)
+            if (tr->params[i].role != LMS_ROLE_OTHER)
+                lms_free(tr->names[i]);
+    lms_free(tr->names);
+    lms_free(tr->params);
+    lms_free(tr->layers);
+    lms_free(tr->plan.slots);
+    lms_free(tr->host_pos);
+    lms_free(tr->host_rows);
+    lms_free(tr->host_stage);
+    lms_free(tr);
+}
+
+const struct lms_train_plan *lms_trainer_plan(const struct lms_trainer *tr)
+{
+    return &tr->plan.pub;
+}
+
+int64_t lms_trainer_logits_cols(const struct lms_trainer *tr)
+{
+    return tr->V;
+}
+
+size_t lms_trainer_n_params(const struct lms_trainer *tr)
+{
+    return tr->n_params;
+}
+
+const struct lms_train_param *lms_trainer_param(const struct lms_trainer *tr, size_t i)
+{
+    return i < tr->n_params ? &tr->params[i] : NULL;
+}
+
+enum lms_status lms_trainer_zero_grads(struct lms_trainer *tr, struct lms_error *err)
+{
+    return tr->ops->scale(tr->be, tr->G, 0.0f, (int64_t)tr->n_floats, err);
+}
+
+/* ---- building blocks ---------------------------------------------------------------------- */
+
+/* C (m, n) = alpha op(A) op(B) + beta C, all fp32 row-major. */
+static enum lms_status gemm(struct lms_trainer *tr, bool ta, bool tb, int64_t m, int64_t n,
+                            int64_t k, const float *A, int64_t lda, const void *B,
+                            enum lms_dtype bdt, int64_t ldb, float *C, int64_t ldc, float beta,
+                            const float *bias, struct lms_error *err)
+{
+    struct lms_matmul mm = {
+        .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .a = A, .lda = lda, .b = B,
+        .b_dtype = bdt, .ldb = ldb, .c = C, .ldc = ldc, .batch = 1, .alpha = 1.0f,
+        .beta = beta, .bias = bias,
+    };
+    return tr->ops->matmul(tr->be, &mm, err);
+}
+
+/* y (rows, n) = x (rows, k) W^T (+ bias), W (n, k) fp32 master. */
+static enum lms_status linear(struct lms_trainer *tr, float *y, int64_t ldy, const float *x,
+                              int64_t ldx, size_t w, size_t bias, int64_t rows, int64_t n,
+                              int64_t k, float beta, struct lms_error *err)
+{
+    return gemm(tr, false, true, rows, n, k, x, ldx, Wp(tr, w), LMS_DTYPE_F32, k, y, ldy, beta,
+                Wp(tr, bias), err);
+}
+
+/* Backward of linear: dx (rows, k) = dy W (beta: 0 writes, 1 adds); dW (n, k) += dy^T x;
+ * dbias (n) += column sums of dy. */
+static enum lms_status linear_backward(struct lms_trainer *tr, float *dx, int64_t lddx,
+                                       float dx_beta, const float *dy, int64_t lddy,
+                                       const float *x, int64_t ldx, size_t w, size_t bias,
+                                       int64_t rows, int64_t n, int64_t k, struct lms_error *err)
+{
+    enum lms_status rc = LMS_OK;
+    if (dx)
+        rc = gemm(tr, false, false, rows, k, n, dy, lddy, Wp(tr, w), LMS_DTYPE_F32, k, dx, lddx,
+                  dx_beta, NULL, err);
+    if (!rc)
+        rc = gemm(tr, true, false, n, k, rows, dy, lddy, x, LMS_DTYPE_F32, ldx, Gp(tr, w), k,
+                  1.0f, NULL, err);
+    if (!rc && bias != ABSENT)
+        rc = tr->ops->bias_backward(tr->be, Gp(tr, bias), dy, lddy, rows, n, err);
+    return rc;
+}
+
+static enum lms_status copy(struct lms_trainer *tr, float *dst, const float *src, int64_t n,
+                            struct lms_error *err)
+{
+    return tr->ops->cast(tr->be, dst, LMS_DTYPE_F32, src, LMS_DTYPE_F32, n, err);
+}
+
+/* ---- per-step state ----------------------------------------------------------------------- */
+
+struct step {
+    const struct lms_train_batch *b;
+    const struct lms_loss_opts *lo;
+    int64_t B, S, N;
+    bool grads;
+    /* loss sums (values) */
+    double kd_sum, ce_sum, hid_sum;
+    int64_t n_kd, n_ce;
+    /* gradient coefficients of the mean losses */
+    float c_kd, c_ce, c_hid;
+    float grad_scale;
+};
+
+/* Student points a pair hooks: returns the pair's index or -1. */
+static bool pair_at(const struct step *st, size_t k, enum lms_hook_point p, int64_t layer)
+{
+    const struct lms_hidden_pair *hp = &st->lo->pairs[k];
+    if (hp->student_point != p)
+        return false;
+    return p == LMS_HOOK_EMBED_OUT || p == LMS_HOOK_FINAL_NORM_OUT || hp->student_layer == layer;
+}
+
+/* The hidden losses of the pairs at student point (p, layer) on the student rows h (N, H):
+ * the loss values are added to st->hid_sum; with dh != NULL, the gradient (times c_hid / pairs /
+ * N) is added into dh (N, H). */
+static enum lms_status hidden_pairs(struct lms_trainer *tr, struct step *st,
+                                    enum lms_hook_point p, int64_t layer, const float *h,
+                                    float *dh, struct lms_error *err)
+{
+    const struct lms_loss_opts *lo = st->lo;
+    const struct plan *pl = &tr->plan;
+    int64_t N = st->N, H = tr->a.hidden, Ht = tr->teacher_H;
+    enum lms_status rc = LMS_OK;
+    for (size_t k = 0; !rc && k < lo->n_pairs; k++) {
+        if (!pair_at(st, k, p, layer))
+            continue;
+        const float *t = wsf(tr, pl->off_tpairs) + (size_t)k * (size_t)(pl->N * pl->Ht);
+        float *loss = wsf(tr, pl->off_hloss);
+        float gs = dh ? st->c_hid / (float)lo->n_pairs / (float)N : 0.0f;
+        const float *s = h;
+        float *mapped = NULL, *dmapped = NULL;
+        if (tr->has_map) {
+            mapped = wsf(tr, pl->off_hmap);
+            dmapped = wsf(tr, pl->off_dhmap);
+            rc = linear(tr, mapped, Ht, h, H, tr->map_w, tr->map_b, N, Ht, H, 0.0f, err);
+            s = mapped;
+            if (!rc && dh)
+                rc = tr->ops->scale(tr->be, dmapped, 0.0f, N * Ht, err);
+        }
+        if (!rc)
+            rc = tr->ops->hidden_loss(tr->be, loss, dh ? (tr->has_map ? dmapped : dh) : NULL, s,
+                                      t, Ht, N, Ht, (int)lo->hidden_kind, gs, err);
+        if (!rc && dh && tr->has_map)
+            rc = linear_backward(tr, dh, H, 1.0f, dmapped, Ht, h, H, tr->map_w, tr->map_b, N,
+                                 Ht, H, err);
+        if (!rc && !dh) {
+            rc = lms_buf_download(tr->be, tr->host_rows, (size_t)pl->N * 4, loss,
+                                  (size_t)N * 4, err);
+            double sum = 0;
+            for (int64_t r = 0; r < N; r++)
+                sum += tr->host_rows[r];
+            st->hid_sum += sum / (double)N;
+        }
+    }
+    return rc;
+}
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+static enum lms_status layer_forward(struct lms_trainer *tr, struct step *st, int64_t l,
+                                     const struct slot_off *so, bool losses,
+                                     struct lms_error *err)
+{
+    const struct lms_arch *a = &tr->a;
+    const struct plan *p = &tr->plan;
+    const struct lms_backend_ops *ops = tr->ops;
+    struct lms_backend *be = tr->be;
+    const struct layer_p *w = &tr->layers[l];
+    int64_t N = st->N, H = a->hidden, F = a->ffn, d = a->head_dim, QKV = p->QKV, nq = p->nq;
+    float eps = (float)a->norm_eps;
+    float *x_in = wsf(tr, p->off_res) + l * p->N * H, *x_out = x_in + p->N * H;
+    float *xn1 = wsf(tr, so->xn1), *qkv = wsf(tr, so->qkv), *ctx = wsf(tr, so->ctx);
+    float *x_mid = wsf(tr, so->x_mid), *xn2 = wsf(tr, so->xn2), *gu = wsf(tr, so->gu);
+    float *act = wsf(tr, so->act);
+    const int32_t *pos = (const int32_t *)ws_at(tr, p->off_pos);
+    const float *cs = wsf(tr, p->off_cos), *sn = wsf(tr, p->off_sin);
+    enum lms_status rc;
+
+    rc = ops->rmsnorm(be, xn1, H, x_in, H, Wp(tr, w->attn_norm), wsf(tr, so->rstd1), N, 1, H,
+                      eps, err);
+    if (!rc && losses)
+        rc = hidden_pairs(tr, st, LMS_HOOK_ATTN_NORM_OUT, l, xn1, NULL, err);
+    if (!rc && a->qk_norm) {
+        float *pre = wsf(tr, so->qkv_pre);
+        rc = linear(tr, pre, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV, H, 0.0f, err);
+        if (!rc)
+            rc = copy(tr, qkv, pre, N * QKV, err);
+        if (!rc)
+            rc = ops->rmsnorm(be, qkv, QKV, pre, QKV, Wp(tr, w->q_norm), wsf(tr, so->rstd_q), N,
+                              a->n_heads, d, eps, err);
+        if (!rc)
+            rc = ops->rmsnorm(be, qkv + nq, QKV, pre + nq, QKV, Wp(tr, w->k_norm),
+                              wsf(tr, so->rstd_k), N, a->n_groups, d, eps, err);
+    } else if (!rc) {
+        rc = linear(tr, qkv, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV, H, 0.0f, err);
+    }
+    if (!rc)
+        rc = ops->rope(be, qkv, QKV, N, a->n_heads, d, pos, cs, sn, tr->opts.max_seq, err);
+    if (!rc)
+        rc = ops->rope(be, qkv + nq, QKV, N, a->n_groups, d, pos, cs, sn, tr->opts.max_seq,
+                       err);
+    if (rc)
+        return rc;
+    int64_t nkv = a->n_groups * d;
+    struct lms_attention at = {
+        .batch = st->B, .seq = st->S, .n_heads = a->n_heads, .n_groups = a->n_groups,
+        .head_dim = d, .q = qkv, .k = qkv + nq, .v = qkv + nq + nkv, .q_stride = QKV,
+        .kv_stride = QKV, .out = ctx, .out_stride = nq, .scale = 1.0f / sqrtf((float)d),
+        .window = a->sliding_window, .lse = wsf(tr, so->lse),
+    };
+    rc = ops->attention(be, &at, err);
+    if (!rc)
+        rc = copy(tr, x_mid, x_in, N * H, err);
+    if (!rc)
+        rc = linear(tr, x_mid, H, ctx, nq, w->o, w->o_bias, N, H, nq, 1.0f, err);
+    if (!rc)
+        rc = ops->rmsnorm(be, xn2, H, x_mid, H, Wp(tr, w->mlp_norm), wsf(tr, so->rstd2), N, 1,
+                          H, eps, err);
+    if (!rc && losses)
+        rc = hidden_pairs(tr, st, LMS_HOOK_MLP_NORM_OUT, l, xn2, NULL, err);
+    if (!rc)
+        rc = linear(tr, gu, 2 * F, xn2, H, w->gu, ABSENT, N, 2 * F, H, 0.0f, err);
+    if (!rc)
+        rc = ops->swiglu(be, act, F, gu, gu + F, 2 * F, N, F, err);
+    if (!rc)
+        rc = copy(tr, x_out, x_mid, N * H, err);
+    if (!rc)
+        rc = linear(tr, x_out, H, act, F, w->down, ABSENT, N, H, F, 1.0f, err);
+    return rc;
+}
+
+/* ---- backward ----------------------------------------------------------------------------- */
+
+/* dx holds dL/d(layer output) on entry and dL/d(layer input) on return. */
+static enum lms_status layer_backward(struct lms_trainer *tr, struct step *st, int64_t l,
+                                      const struct slot_off *so, struct lms_error *err)
+{
+    const struct lms_arch *a = &tr->a;
+    const struct plan *p = &tr->plan;
+    const struct lms_backend_ops *ops = tr->ops;
+    struct lms_backend *be = tr->be;
+    const struct layer_p *w = &tr->layers[l];
+    int64_t N = st->N, H = a->hidden, F = a->ffn, d = a->head_dim, QKV = p->QKV, nq = p->nq;
+    int64_t nkv = a->n_groups * d;
+    float *x_in = wsf(tr, p->off_res) + l * p->N * H;
+    float *xn1 = wsf(tr, so->xn1), *qkv = wsf(tr, so->qkv), *ctx = wsf(tr, so->ctx);
+    float *x_mid = wsf(tr, so->x_mid), *xn2 = wsf(tr, so->xn2), *gu = wsf(tr, so->gu);
+    float *act = wsf(tr, so->act);
+    float *dx = wsf(tr, p->off_dx), *dxn = wsf(tr, p->off_dxn), *dctx = wsf(tr, p->off_dctx);
+    float *dqkv = wsf(tr, p->off_dqkv), *dgu = wsf(tr, p->off_dgu), *dact = wsf(tr, p->off_dact);
+    const int32_t *pos = (const int32_t *)ws_at(tr, p->off_pos);
+    const float *cs = wsf(tr, p->off_cos), *sn = wsf(tr, p->off_sin);
+    enum lms_status rc;
+
+    /* MLP: x_out = x_mid + down(swiglu(gu(norm(x_mid)))) */
+    rc = linear_backward(tr, dact, F, 0.0f, dx, H, act, F, w->down, ABSENT, N, H, F, err);
+    if (!rc)
+        rc = ops->swiglu_backward(be, dgu, dgu + F, 2 * F, dact, F, gu, gu + F, 2 * F, N, F,
+                                  err);
+    if (!rc)
+        rc = linear_backward(tr, dxn, H, 0.0f, dgu, 2 * F, xn2, H, w->gu, ABSENT, N, 2 * F, H,
+                             err);
+    if (!rc)
+        rc = hidden_pairs(tr, st, LMS_HOOK_MLP_NORM_OUT, l, xn2, dxn, err);
+    if (!rc)
+        rc = ops->rmsnorm_backward(be, dx, H, true, Gp(tr, w->mlp_norm), dxn, H, x_mid, H,
+                                   Wp(tr, w->mlp_norm), wsf(tr, so->rstd2), N, 1, H, err);
+    /* attention: x_mid = x_in + o(attn(rope(norm_qk(qkv(norm(x_in)))))) */
+    if (!rc)
+        rc = linear_backward(tr, dctx, nq, 0.0f, dx, H, ctx, nq, w->o, w->o_bias, N, H, nq, err);
+    if (rc)
+        return rc;
+    struct lms_attention_backward ab = {
+        .fwd = {
+            .batch = st->B, .seq = st->S, .n_heads = a->n_heads, .n_groups = a->n_groups,
+            .head_dim = d, .q = qkv, .k = qkv + nq, .v = qkv + nq + nkv, .q_stride = QKV,
+            .kv_stride = QKV, .out = ctx, .out_stride = nq, .scale = 1.0f / sqrtf((float)d),
+            .window = a->sliding_window, .lse = wsf(tr, so->lse),
+        },
+        .dout = dctx, .dout_stride = nq, .dq = dqkv, .dq_stride = QKV, .dk = dqkv + nq,
+        .dv = dqkv + nq + nkv, .dkv_stride = QKV,
+    };
+    rc = ops->attention_backward(be, &ab, err);
+    if (!rc)
+        rc = ops->rope_backward(be, dqkv, QKV, N, a->n_heads, d, pos, cs, sn, tr->opts.max_seq,
+                                err);
+    if (!rc)
+        rc = ops->rope_backward(be, dqkv + nq, QKV, N, a->n_groups, d, pos, cs, sn,
+                                tr->opts.max_seq, err);
+    if (!rc && a->qk_norm) {
+        const float *pre = wsf(tr, so->qkv_pre);
+        rc = ops->rmsnorm_backward(be, dqkv, QKV, false, Gp(tr, w->q_norm), dqkv, QKV, pre, QKV,
+                                   Wp(tr, w->q_norm), wsf(tr, so->rstd_q), N, a->n_heads, d,
+                                   err);
+        if (!rc)
+            rc = ops->rmsnorm_backward(be, dqkv + nq, QKV, false, Gp(tr, w->k_norm), dqkv + nq,
+                                       QKV, pre + nq, QKV, Wp(tr, w->k_norm),
+                                       wsf(tr, so->rstd_k), N, a->n_groups, d, err);
+    }
+    if (!rc)
+        rc = linear_backward(tr, dxn, H, 0.0f, dqkv, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV,
+                             H, err);
+    if (!rc)
+        rc = hidden_pairs(tr, st, LMS_HOOK_ATTN_NORM_OUT, l, xn1, dxn, err);
+    if (!rc)
+        rc = ops->rmsnorm_backward(be, dx, H, true, Gp(tr, w->attn_norm), dxn, H, x_in, H,
+                                   Wp(tr, w->attn_norm), wsf(tr, so->rstd1), N, 1, H, err);
+    return rc;
+}
+
+/* ---- head and losses ---------------------------------------------------------------------- */
+
+/* Teacher logits of rows [r0, r0 + nr) into the teacher chunk. */
+static enum lms_status teacher_chunk(struct lms_trainer *tr, struct step *st, int64_t r0,
+                                     int64_t nr, struct lms_error *err)
+{
+    const struct plan *p = &tr->plan;
+    float *tl = wsf(tr, p->off_tlogits);
+    int64_t V = tr->V;
+    if (st->b->teacher_logits)
+        return lms_buf_upload(tr->be, tl, st->b->teacher_logits + r0 * V,
+                              (size_t)(nr * V) * sizeof(float), err);
+    enum lms_dtype hdt;
+    const void *head = lms_engine_lm_head(st->b->teacher, &hdt);
+    int64_t Ht = tr->teacher_H;
+    return gemm(tr, false, true, nr, V, Ht, wsf(tr, p->off_tfinal) + r0 * Ht, Ht, head, hdt, Ht,
+                tl, V, 0.0f, NULL, err);
+}
+
+/* One pass over the head in chunks: losses (sums into st) and, with grads, the gradient of the
+ * combined loss into dxn_f (N, H) and the head weight. */
+static enum lms_status head_pass(struct lms_trainer *tr, struct step *st, bool grads,
+                                 struct lms_error *err)
+{
+    const struct plan *p = &tr->plan;
+    const struct lms_loss_opts *lo = st->lo;
+    struct lms_backend *be = tr->be;
+    int64_t N = st->N, H = tr->a.hidden, V = tr->V, R = p->R;
+    float *xnf = wsf(tr, p->off_xnf), *logits = wsf(tr, p->off_logits);
+    float *dxn = wsf(tr, p->off_dxn);
+    float *kdl = wsf(tr, p->off_kdl), *cel = wsf(tr, p->off_cel);
+    size_t head = tr->a.tie_embeddings ? tr->embed : tr->lm_head;
+    bool want_kd = lo->kd_weight != 0 || lo->combine == LMS_COMBINE_SCALED;
+    bool has_tgt = st->b->targets != NULL;
+    double T = lo->temperature > 0 ? lo->temperature : 1.0;
+    enum lms_status rc = LMS_OK;
+    st->kd_sum = st->ce_sum = 0;
+    for (int64_t r0 = 0; !rc && r0 < N; r0 += R) {
+        int64_t nr = N - r0 < R ? N - r0 : R;
+        rc = linear(tr, logits, V, xnf + r0 * H, H, head, ABSENT, nr, V, H, 0.0f, err);
+        if (!rc && want_kd)
+            rc = teacher_chunk(tr, st, r0, nr, err);
+        if (rc)
+            break;
+        struct lms_logit_loss ll = {
+            .n_rows = nr, .vocab = V, .student = logits,
+            .teacher = want_kd ? wsf(tr, p->off_tlogits) : NULL, .ld = V,
+            .target = has_tgt ? (const int32_t *)ws_at(tr, p->off_tgt) + r0 : NULL,
+            .kd_valid = st->b->kd_mask ? (const uint8_t *)ws_at(tr, p->off_kdv) + r0 : NULL,
+            .kd_kind = (int)lo->kd, .top_k = lo->top_k, .temperature = (float)T,
+            .kd_mul = lo->t2_scale ? (float)(T * T) : 1.0f, .kd_loss = kdl, .ce_loss = cel,
+            .grad = grads ? logits : NULL,
+            .kd_grad_scale = st->n_kd ? st->c_kd / (float)st->n_kd : 0.0f,
+            .ce_grad_scale = st->n_ce ? st->c_ce / (float)st->n_ce : 0.0f,
+        };
+        rc = tr->ops->logit_loss(be, &ll, err);
+        if (!rc)
+            rc = lms_buf_download(be, tr->host_rows, (size_t)p->N * 4, kdl, (size_t)nr * 4, err);
+        for (int64_t r = 0; !rc && r < nr; r++)
+            st->kd_sum += tr->host_rows[r];
+        if (!rc && has_tgt)
+            rc = lms_buf_download(be, tr->host_rows, (size_t)p->N * 4, cel, (size_t)nr * 4, err);
+        for (int64_t r = 0; !rc && has_tgt && r < nr; r++)
+            st->ce_sum += tr->host_rows[r];
+        if (!rc && grads)
+            rc = linear_backward(tr, dxn + r0 * H, H, 0.0f, logits, V, xnf + r0 * H, H, head,
+                                 ABSENT, nr, V, H, err);
+    }
+    return rc;
+}
+
+/* Gradient coefficients of the mean losses from the combine rule (values known when needed). */
+static void coefficients(struct step *st, double kd, double ce, double hid)
+{
+    const struct lms_loss_opts *lo = st->lo;
+    bool ce_on = lo->ce_weight != 0 && st->b->targets;
+    if (lo->combine == LMS_COMBINE_WEIGHTED) {
+        st->c_kd = (float)lo->kd_weight;
+        st->c_ce = ce_on ? (float)lo->ce_weight : 0.0f;
+        st->c_hid = (float)lo->hidden_weight;
+        return;
+    }
+    double c_int = hid > 0 ? kd / hid : 0.0; /* L_int' = L_int * (L_logits / L_int) */
+    double lam = lo->kd_weight;
+    if (!ce_on) {
+        st->c_kd = 1.0f;
+        st->c_ce = 0.0f;
+        st->c_hid = (float)c_int;
+        return;
+    }
+    double sum = kd + (lo->n_pairs ? kd : 0.0); /* L_logits + L_int' */
+    double r = sum > 0 ? ce / sum : 0.0;
+    st->c_kd = (float)(lam * r);
+    st->c_hid = (float)(lam * r * c_int);
+    st->c_ce = 1.0f;
+}
+
+static double combined_total(const struct step *st, double kd, double ce, double hid)
+{
+    const struct lms_loss_opts *lo = st->lo;
+    bool ce_on = lo->ce_weight != 0 && st->b->targets;
+    if (lo->combine == LMS_COMBINE_WEIGHTED)
+        return lo->kd_weight * kd + (ce_on ? lo->ce_weight * ce : 0.0) +
+               lo->hidden_weight * hid;
+    double hid_s = hid > 0 ? kd : 0.0;
+    if (!ce_on)
+        return kd + hid_s;
+    return ce + lo->kd_weight * ce; /* L_kd has the value of L_ce by construction */
+}
+
+/* ---- teacher ------------------------------------------------------------------------------ */
+
+struct teacher_ctx {
+    struct lms_trainer *tr;
+    const struct lms_loss_opts *lo;
+};
+
+static enum lms_status teacher_hook(void *ctx, struct lms_backend *be,
+                                    const struct lms_activation *act, struct lms_error *err)
+{
+    struct teacher_ctx *tc = ctx;
+    struct lms_trainer *tr = tc->tr;
+    const struct plan *p = &tr->plan;
+    int64_t n = act->batch * act->seq * act->cols;
+    enum lms_status rc = LMS_OK;
+    if (act->point == LMS_HOOK_FINAL_NORM_OUT)
+        rc = copy(tr, wsf(tr, p->off_tfinal), act->data, n, err);
+    for (size_t k = 0; !rc && k < tc->lo->n_pairs; k++) {
+        const struct lms_hidden_pair *hp = &tc->lo->pairs[k];
+        bool global = hp->teacher_point == LMS_HOOK_EMBED_OUT ||
+                      hp->teacher_point == LMS_HOOK_FINAL_NORM_OUT;
+        if (hp->teacher_point == act->point && (global || hp->teacher_layer == act->layer))
+            rc = copy(tr, wsf(tr, p->off_tpairs) + (size_t)k * (size_t)(p->N * p->Ht),
+                      act->data, n, err);
+    }
+    return rc;
+}
+
+static enum lms_status run_teacher(struct lms_trainer *tr, struct step *st,
+                                   struct lms_error *err)
+{
+    struct lms_engine *te = st->b->teacher;
+    const struct lms_arch *ta = lms_engine_arch(te);
+    if (lms_engine_logits_cols(te) != tr->V)
+        return lms_error_set(err, LMS_EINVAL,
+                             "distill: the teacher has %lld logits per token and the student "
+                             "%lld; the vocabularies must be equal",
+                             (long long)lms_engine_logits_cols(te), (long long)tr->V);
+    if (ta->hidden > tr->plan.Ht)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: the teacher's hidden size %lld exceeds the %lld planned "
+                             "(lms_train_opts.teacher_hidden)",
+                             (long long)ta->hidden, (long long)tr->plan.Ht);
+    tr->teacher_H = ta->hidden;
+    struct teacher_ctx tc = {tr, st->lo};
+    unsigned mask = 1u << LMS_HOOK_FINAL_NORM_OUT;
+    for (size_t k = 0; k < st->lo->n_pairs; k++)
+        mask |= 1u << st->lo->pairs[k].teacher_point;
+    struct lms_forward f = {
+        .ids = st->b->ids, .batch = st->B, .seq = st->S, .hook = teacher_hook, .hook_ctx = &tc,
+        .hook_mask = mask,
+    };
+    return lms_engine_forward(te, &f, err);
+}
+
+/* ---- the step ----------------------------------------------------------------------------- */
+
+static enum lms_status check_batch(struct lms_trainer *tr, const struct lms_train_batch *b,
+                                   const struct lms_loss_opts *lo, struct lms_error *err)
+{
+    if (b->batch <= 0 || b->seq <= 0 || b->batch > tr->opts.max_batch ||
+        b->seq > tr->opts.max_seq)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: batch %lld x sequence %lld outside the planned %lld x %lld",
+                             (long long)b->batch, (long long)b->seq,
+                             (long long)tr->opts.max_batch, (long long)tr->opts.max_seq);
+    if (!!b->teacher_logits == !!b->teacher)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: give the teacher as logits or as an engine (exactly one)");
+    if (lo->n_pairs > tr->opts.max_hidden_pairs)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: %zu intermediate-loss pairs, %zu planned", lo->n_pairs,
+                             tr->opts.max_hidden_pairs);
+    if (lo->n_pairs && !b->teacher)
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: intermediate losses need a teacher engine");
+    if (lo->kd == LMS_KD_TOP_K && lo->top_k < 1)
+        return lms_error_set(err, LMS_EINVAL, "trainer: top-K loss with K = %lld",
+                             (long long)lo->top_k);
+    if (lo->temperature < 0)
+        return lms_error_set(err, LMS_EINVAL, "trainer: temperature %g", lo->temperature);
+    for (size_t k = 0; k < lo->n_pairs; k++) {
+        const struct lms_hidden_pair *hp = &lo->pairs[k];
+        enum lms_hook_point pts[2] = {hp->student_point, hp->teacher_point};
+        for (int s = 0; s < 2; s++)
+            if (pts[s] != LMS_HOOK_EMBED_OUT && pts[s] != LMS_HOOK_ATTN_NORM_OUT &&
+                pts[s] != LMS_HOOK_MLP_NORM_OUT && pts[s] != LMS_HOOK_FINAL_NORM_OUT)
+                return lms_error_set(err, LMS_EINVAL,
+                                     "trainer: intermediate pair %zu: point %d is not a "
+                                     "normalisation output or the embedding output",
+                                     k, (int)pts[s]);
+        if (hp->student_layer >= tr->a.n_layers)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "trainer: intermediate pair %zu: student layer %lld of %lld", k,
+                                 (long long)hp->student_layer, (long long)tr->a.n_layers);
+    }
+    int64_t N = b->batch * b->seq;
+    for (int64_t i = 0; i < N; i++) {
+        if (b->ids[i] < 0 || b->ids[i] >= tr->vocab_in)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "trainer: token id %ld at position %lld is outside the "
+                                 "vocabulary [0, %lld)",
+                                 (long)b->ids[i], (long long)i, (long long)tr->vocab_in);
+        if (b->targets && b->targets[i] >= tr->V)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "trainer: target %ld at position %lld is outside [0, %lld)",
+                                 (long)b->targets[i], (long long)i, (long long)tr->V);
+    }
+    return LMS_OK;
+}
+
+static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_batch *b,
+                                const struct lms_loss_opts *lo, bool grads, double grad_scale,
+                                struct lms_loss_parts *parts, struct lms_error *err)
+{
+    const struct plan *p = &tr->plan;
+    const struct lms_backend_ops *ops = tr->ops;
+    struct lms_backend *be = tr->be;
+    enum lms_status rc = check_batch(tr, b, lo, err);
+    if (rc)
+        return rc;
+    struct step st = {.b = b, .lo = lo, .B = b->batch, .S = b->seq, .grads = grads,
+                      .grad_scale = (float)grad_scale};
+    int64_t N = st.N = b->batch * b->seq, H = tr->a.hidden, L = tr->a.n_layers;
+    float eps = (float)tr->a.norm_eps;
+    for (int64_t i = 0; i < N; i++) {
+        tr->host_pos[i] = (int32_t)(i % b->seq);
+        if (!b->kd_mask || b->kd_mask[i])
+            st.n_kd++;
+        if (b->targets && b->targets[i] >= 0)
+            st.n_ce++;
+    }
+    tr->teacher_H = tr->a.hidden;
+    size_t nb = (size_t)N * sizeof(int32_t);
+    rc = lms_buf_upload(be, ws_at(tr, p->off_ids), b->ids, nb, err);
+    if (!rc)
+        rc = lms_buf_upload(be, ws_at(tr, p->off_pos), tr->host_pos, nb, err);
+    if (!rc && b->targets)
+        rc = lms_buf_upload(be, ws_at(tr, p->off_tgt), b->targets, nb, err);
+    if (!rc && b->kd_mask)
+        rc = lms_buf_upload(be, ws_at(tr, p->off_kdv), b->kd_mask, (size_t)N, err);
+    if (!rc && b->teacher)
+        rc = run_teacher(tr, &st, err);
+    if (rc)
+        return rc;
+
+    /* forward: residual stream res[0..L], activations per slot */
+    float *res = wsf(tr, p->off_res), *xnf = wsf(tr, p->off_xnf);
+    rc = ops->embedding(be, res, (const int32_t *)ws_at(tr, p->off_ids), N, Wp(tr, tr->embed),
+                        LMS_DTYPE_F32, tr->vocab_in, H, err);
+    if (!rc)
+        rc = hidden_pairs(tr, &st, LMS_HOOK_EMBED_OUT, -1, res, NULL, err);
+    for (int64_t l = 0; !rc && l < L; l++)
+        rc = layer_forward(tr, &st, l, &p->slots[tr->opts.recompute ? 0 : l], true, err);
+    float *x_last = res + L * p->N * H;
+    if (!rc)
+        rc = ops->rmsnorm(be, xnf, H, x_last, H, Wp(tr, tr->final_norm), wsf(tr, p->off_rstdf), N,
+                          1, H, eps, err);
+    if (!rc)
+        rc = hidden_pairs(tr, &st, LMS_HOOK_FINAL_NORM_OUT, -1, xnf, NULL, err);
+    if (rc)
+        return rc;
+    double hid = lo->n_pairs ? st.hid_sum / (double)lo->n_pairs : 0.0;
+
+    /* losses: the scaled rule needs the loss values before any gradient */
+    bool two_pass = grads && lo->combine == LMS_COMBINE_SCALED &&
+                    ((lo->ce_weight != 0 && b->targets) || lo->n_pairs);
+    if (two_pass || !grads) {
+        rc = head_pass(tr, &st, false, err);
+        if (rc)
+            return rc;
+    }
+    double kd = st.n_kd ? st.kd_sum / (double)st.n_kd : 0.0;
+    double ce = st.n_ce ? st.ce_sum / (double)st.n_ce : 0.0;
+    if (grads) {
+        /* single pass: WEIGHTED, or SCALED with the logit loss alone; neither reads values */
+        coefficients(&st, kd, ce, hid);
+        st.c_kd *= st.grad_scale;
+        st.c_ce *= st.grad_scale;
+        st.c_hid *= st.grad_scale;
+        rc = head_pass(tr, &st, true, err);
+        if (rc)
+            return rc;
+        kd = st.n_kd ? st.kd_sum / (double)st.n_kd : 0.0;
+        ce = st.n_ce ? st.ce_sum / (double)st.n_ce : 0.0;
+        float *dx = wsf(tr, p->off_dx), *dxn = wsf(tr, p->off_dxn);
+        rc = hidden_pairs(tr, &st, LMS_HOOK_FINAL_NORM_OUT, -1, xnf, dxn, err);
+        if (!rc)
+            rc = ops->rmsnorm_backward(be, dx, H, false, Gp(tr, tr->final_norm), dxn, H, x_last,
+                                       H, Wp(tr, tr->final_norm), wsf(tr, p->off_rstdf), N, 1, H,
+                                       err);
+        for (int64_t l = L - 1; !rc && l >= 0; l--) {
+            const struct slot_off *so = &p->slots[tr->opts.recompute ? 0 : l];
+            if (tr->opts.recompute)
+                rc = layer_forward(tr, &st, l, so, false, err);
+            if (!rc)
+                rc = layer_backward(tr, &st, l, so, err);
+        }
+        if (!rc)
+            rc = hidden_pairs(tr, &st, LMS_HOOK_EMBED_OUT, -1, res, dx, err);
+        if (!rc)
+            rc = ops->embedding_backward(be, Gp(tr, tr->embed), dx,
+                                         (const int32_t *)ws_at(tr, p->off_ids), N, tr->vocab_in,
+                                         H, err);
+    }
+    if (!rc)
+        rc = lms_backend_sync(be, err);
+    if (rc)
+        return rc;
+    if (parts) {
+        parts->kd = kd;
+        parts->ce = ce;
+        parts->hidden = hid;
+        parts->n_kd = st.n_kd;
+        parts->n_ce = st.n_ce;
+        parts->total = combined_total(&st, kd, ce, hid);
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms_trainer_micro_step(struct lms_trainer *tr, const struct lms_train_batch *b,
+                                       const struct lms_loss_opts *lo, double grad_scale,
+                                       struct lms_loss_parts *parts, struct lms_error *err)
+{
+    return run_step(tr, b, lo, true, grad_scale, parts, err);
+}
+
+enum lms_status lms_trainer_eval(struct lms_trainer *tr, const struct lms_train_batch *b,
+                                 const struct lms_loss_opts *lo, struct lms_loss_parts *parts,
+                                 struct lms_error *err)
+{
+    return run_step(tr, b, lo, false, 0.0, parts, err);
+}
+
+/* ---- optimiser ---------------------------------------------------------------------------- */
+
+enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
+                                      struct lms_error *err)
+{
+    float *acc = wsf(tr, tr->plan.off_scalar);
+    double total = 0;
+    for (size_t i = 0; i < tr->n_params; i++) {
+        float zero = 0, v;
+        enum lms_status rc = lms_buf_upload(tr->be, acc, &zero, sizeof zero, err);
+        if (!rc)
+            rc = tr->ops->sum_squares(tr->be, acc, tr->params[i].g, tr->params[i].numel, err);
+        if (!rc)
+            rc = lms_buf_download(tr->be, &v, sizeof v, acc, sizeof v, err);
+        if (rc)
+            return rc;
+        total += v;
+    }
+    *norm = sqrt(total);
+    return LMS_OK;
+}
+
+enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw_opts *o,
+                                  double *grad_norm, struct lms_error *err)
+{
+    if (o->step < 1 || !(o->lr >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) ||
+        !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps >= 0) || !(o->weight_decay >= 0))
+        return lms_error_set(err, LMS_EINVAL,
+                             "adamw: step %lld, lr %g, betas %g/%g, eps %g, weight decay %g out "
+                             "of range",
+                             (long long)o->step, o->lr, o->beta1, o->beta2, o->eps,
+                             o->weight_decay);
+    double norm = 0;
+    enum lms_status rc = LMS_OK;
+    if (grad_norm || o->clip_norm > 0)
+        rc = lms_trainer_grad_norm(tr, &norm, err);
+    if (rc)
+        return rc;
+    if (grad_norm)
+        *grad_norm = norm;
+    if (!isfinite(norm))
+        return lms_error_set(err, LMS_EINVAL,
+                             "adamw: the gradient norm is not finite (%g); step skipped", norm);
+    struct lms_adamw *list = lms_calloc(tr->n_params, sizeof *list);
+    if (!list)
+        return lms_error_set(err, LMS_ENOMEM, "adamw: out of memory");
+    for (size_t i = 0; i < tr->n_params; i++) {
+        const struct lms_train_param *p = &tr->params[i];
+        list[i] = (struct lms_adamw){p->w, p->g, p->m, p->v, p->numel,
+                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f};
+    }
+    /* torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6), applied when < 1 */
+    double clip = 1.0;
+    if (o->clip_norm > 0) {
+        double c = o->clip_norm / (norm + 1e-6);
+        clip = c < 1.0 ? c : 1.0;
+    }
+    struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                                (float)clip, o->step};
+    rc = tr->ops->adamw(tr->be, list, (int64_t)tr->n_params, &h, err);
+    lms_free(list);
+    if (!rc)
+        rc = lms_backend_sync(tr->be, err);
+    return rc;
+}
+
+/* ---- export ------------------------------------------------------------------------------- */
+
+enum lms_status lms_trainer_export(struct lms_trainer *tr, enum lms_dtype dt,
+                                   struct lms_model *out, struct lms_error *err)
+{
+    if (dt != LMS_DTYPE_F32 && dt != LMS_DTYPE_BF16 && dt != LMS_DTYPE_F16)
+        return lms_error_set(err, LMS_EINVAL, "trainer export: dtype %s (F32, BF16 or F16)",
+                             lms_dtype_name(dt));
+    enum lms_status rc = lms_model_clone(tr->student, out, err);
+    if (rc)
+        return rc;
+    out->arch.dtype = dt;
+    size_t es = lms_dtype_size(dt);
+    for (size_t i = 0; !rc && i < tr->n_params; i++) {
+        const struct lms_train_param *p = &tr->params[i];
+        if (p->role == LMS_ROLE_OTHER)
+            continue;
+        struct lms_tensor *t = lms_model_find(out, p->role, p->layer);
+        struct lms_storage *s = NULL;
+        struct lms_view *v = NULL;
+        rc = lms_storage_new_host((size_t)p->numel * es, &s, err);
+        for (int64_t e0 = 0; !rc && e0 < p->numel; e0 += STAGING_ELEMS) {
+            int64_t k = p->numel - e0 < STAGING_ELEMS ? p->numel - e0 : STAGING_ELEMS;
+            rc = lms_buf_download(tr->be, tr->host_stage, (size_t)STAGING_ELEMS * 4, p->w + e0,
+                                  (size_t)k * 4, err);
+            if (!rc)
+                lms_cast((char *)s->base + (size_t)e0 * es, dt, tr->host_stage, LMS_DTYPE_F32,
+                         (size_t)k);
+        }
+        if (!rc)
+            rc = lms_view_new_storage(s, 0, dt, t->view->ndim, t->view->shape, &v, err);
+        lms_storage_release(s);
+        if (!rc) {
+            lms_view_release(t->view);
+            t->view = v;
+        }
+    }
+    /* tensors the trainer does not train (none in the modelled families) keep their views, cast
+     * lazily by the writers */
+    if (rc)
+        lms_model_release(out);
+    return rc;
+}

@@ -1,0 +1,563 @@
+/* The training engine against PyTorch's own numbers and against finite differences of itself at
+ * the model level.
+ *
+ * Golden (fixtures/models/qwen3-tiny-distill-reference, written by PyTorch autograd in fp32):
+ * the losses kd_T1, kd_T2 (KL times T^2), ce and kd_T1 + 0.5 ce within 1e-5 relative, every
+ * parameter gradient within 1e-4 x max |g| of that loss, and the weights after one AdamW step
+ * (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on every tensor, no clipping) within
+ * 1e-6. The teacher is given both as its logits and as a forward engine on the bf16 teacher.
+ * Model level: central differences of the trainer's own loss for the tied-embedding GQA llama
+ * and the qkv-bias qwen2 fixtures; recomputation and gradient accumulation change nothing. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_main.h"
+#include "lms/format.h"
+#include "lms/safetensors.h"
+#include "lms/train.h"
+
+#define REF_DIR "models/qwen3-tiny-distill-reference"
+
+static struct lms_backend *open_cpu(void)
+{
+    struct lms_error err;
+    struct lms_backend *be = NULL;
+    struct lms_backend_opts bo = {.n_threads = 2};
+    ck_assert_msg(lms_backend_open_name("cpu", &bo, &be, &err) == LMS_OK, "%s", err.msg);
+    return be;
+}
+
+static void read_model(const char *rel, struct lms_model *m)
+{
+    struct lms_error err;
+    char path[4096];
+    ck_assert_msg(lms_checkpoint_read(fixture_path(rel, path, sizeof path), m, &err) == LMS_OK,
+                  "%s: %s", rel, err.msg);
+}
+
+/* Tensor name of f as fp32 (int64 ids as int32 when ids). NULL when absent. */
+static void *read_ref(const struct lms_st_file *f, const char *name, bool ids, int64_t *n)
+{
+    struct lms_error err;
+    for (size_t i = 0; i < f->hdr.n_entries; i++) {
+        if (strcmp(f->hdr.entries[i].name, name))
+            continue;
+        struct lms_view *v;
+        ck_assert_msg(lms_st_entry_view(f, i, &v, &err) == LMS_OK, "%s", err.msg);
+        *n = lms_view_numel(v);
+        void *out;
+        if (ids) {
+            int64_t *tmp = malloc((size_t)*n * 8);
+            int32_t *o = malloc((size_t)*n * 4);
+            ck_assert_int_eq(lms_view_read(v, 0, *n, tmp, &err), LMS_OK);
+            for (int64_t k = 0; k < *n; k++)
+                o[k] = (int32_t)tmp[k];
+            free(tmp);
+            out = o;
+        } else {
+            out = malloc((size_t)*n * 4);
+            ck_assert_msg(lms_view_read_as(v, 0, *n, LMS_DTYPE_F32, out, &err) == LMS_OK, "%s",
+                          err.msg);
+        }
+        lms_view_release(v);
+        return out;
+    }
+    return NULL;
+}
+
+struct golden {
+    struct lms_st_file ref;
+    struct lms_model student;
+    struct lms_backend *be;
+    struct lms_trainer *tr;
+    int32_t *ids, *targets;
+    float *teacher_logits;
+    int64_t B, S;
+};
+
+static void golden_open(struct golden *g, bool recompute)
+{
+    struct lms_error err;
+    char path[4096];
+    memset(g, 0, sizeof *g);
+    ck_assert_msg(lms_st_open(fixture_path(REF_DIR "/reference.safetensors", path, sizeof path),
+                              &g->ref, &err) == LMS_OK,
+                  "%s", err.msg);
+    int64_t n;
+    g->ids = read_ref(&g->ref, "input_ids", true, &n);
+    ck_assert_ptr_nonnull(g->ids);
+    g->B = 2;
+    g->S = 24;
+    ck_assert_int_eq(n, g->B * g->S);
+    g->teacher_logits = read_ref(&g->ref, "teacher_logits", false, &n);
+    ck_assert_int_eq(n, g->B * g->S * 512);
+    g->targets = malloc((size_t)n * 4);
+    for (int64_t b = 0; b < g->B; b++)
+        for (int64_t t = 0; t < g->S; t++)
+            g->targets[b * g->S + t] = t + 1 < g->S ? g->ids[b * g->S + t + 1] : -1;
+    read_model(REF_DIR "/student", &g->student);
+    g->be = open_cpu();
+    struct lms_train_opts to = {.max_batch = 2, .max_seq = 24, .logits_rows = 7,
+                                .recompute = recompute};
+    ck_assert_msg(lms_trainer_new(&g->student, g->be, &to, &g->tr, &err) == LMS_OK, "%s",
+                  err.msg);
+}
+
+static void golden_close(struct golden *g)
+{
+    lms_trainer_free(g->tr);
+    lms_backend_free(g->be);
+    lms_model_release(&g->student);
+    lms_st_close(&g->ref);
+    free(g->ids);
+    free(g->targets);
+    free(g->teacher_logits);
+}
+
+static double ref_scalar(const struct lms_st_file *f, const char *name)
+{
+    int64_t n;
+    float *v = read_ref(f, name, false, &n);
+    ck_assert_msg(v != NULL, "%s missing", name);
+    double x = v[0];
+    free(v);
+    return x;
+}
+
+static void check_rel(double got, double want, double tol, const char *what)
+{
+    ck_assert_msg(fabs(got - want) <= tol * fabs(want), "%s: %.9g, PyTorch %.9g", what, got,
+                  want);
+}
+
+/* Every parameter's gradient against grad.<loss>.<name>. */
+static void check_grads_tol(struct golden *g, const char *loss, double tol)
+{
+    for (size_t i = 0; i < lms_trainer_n_params(g->tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(g->tr, i);
+        char name[512];
+        snprintf(name, sizeof name, "grad.%s.%s", loss, p->name);
+        int64_t n;
+        float *want = read_ref(&g->ref, name, false, &n);
+        ck_assert_msg(want != NULL, "%s missing", name);
+        ck_assert_int_eq(n, p->numel);
+        const float *got = p->g; /* CPU backend: host addresses */
+        double mx = 0, worst = 0;
+        int64_t at = 0;
+        for (int64_t k = 0; k < n; k++)
+            mx = fmax(mx, fabs(want[k]));
+        for (int64_t k = 0; k < n; k++)
+            if (fabs(got[k] - want[k]) > worst) {
+                worst = fabs(got[k] - want[k]);
+                at = k;
+            }
+        ck_assert_msg(worst <= tol * mx + 1e-12,
+                      "%s: element %lld is %.8g, PyTorch %.8g (max |g| %.3g)", name,
+                      (long long)at, got[at], want[at], mx);
+        free(want);
+    }
+}
+
+static void check_grads(struct golden *g, const char *loss)
+{
+    check_grads_tol(g, loss, 1e-4);
+}
+
+static void micro(struct golden *g, const struct lms_loss_opts *lo, struct lms_loss_parts *lp)
+{
+    struct lms_error err;
+    struct lms_train_batch b = {.ids = g->ids, .batch = g->B, .seq = g->S,
+                                .targets = g->targets, .teacher_logits = g->teacher_logits};
+    ck_assert_msg(lms_trainer_zero_grads(g->tr, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_trainer_micro_step(g->tr, &b, lo, 1.0, lp, &err) == LMS_OK, "%s",
+                  err.msg);
+}
+
+static void golden_losses_and_grads(bool recompute)
+{
+    struct golden g;
+    golden_open(&g, recompute);
+    struct lms_loss_opts lo;
+    struct lms_loss_parts lp;
+
+    lms_loss_opts_default(&lo);
+    lo.t2_scale = true;
+    micro(&g, &lo, &lp);
+    check_rel(lp.kd, ref_scalar(&g.ref, "loss.kd_T1"), 1e-5, "kd_T1");
+    check_rel(lp.ce, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce (reported)");
+    check_rel(lp.total, lp.kd, 1e-12, "total of kd alone");
+    ck_assert_int_eq(lp.n_kd, 48);
+    ck_assert_int_eq(lp.n_ce, 46);
+    check_grads(&g, "kd_T1");
+
+    lo.temperature = 2.0;
+    micro(&g, &lo, &lp);
+    check_rel(lp.kd, ref_scalar(&g.ref, "loss.kd_T2"), 1e-5, "kd_T2");
+
+    lms_loss_opts_default(&lo);
+    lo.kd_weight = 0;
+    lo.ce_weight = 1;
+    micro(&g, &lo, &lp);
+    check_rel(lp.total, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce");
+    check_grads(&g, "ce");
+
+    lms_loss_opts_default(&lo);
+    lo.ce_weight = 0.5;
+    micro(&g, &lo, &lp);
+    check_rel(lp.total, ref_scalar(&g.ref, "loss.kd_T1_plus_half_ce"), 1e-5,
+              "kd_T1_plus_half_ce");
+    check_grads(&g, "kd_T1_plus_half_ce");
+    golden_close(&g);
+}
+
+START_TEST(golden_losses_gradients)
+{
+    golden_losses_and_grads(false);
+}
+END_TEST
+
+START_TEST(golden_recompute)
+{
+    golden_losses_and_grads(true);
+}
+END_TEST
+
+/* One AdamW step against PyTorch's weights. With PyTorch's own gradients loaded into the
+ * trainer, every weight within 1e-6 (the optimiser's arithmetic). With the trainer's gradients,
+ * the same where |g| >= 1e-5: a step-1 update is lr g / (|g| + eps), which for |g| near eps
+ * (1e-8) turns a gradient difference far below the gradient tolerance into a visible weight
+ * difference; there the update only has to stay within the step size lr. */
+static void adamw_against_torch(struct golden *g, bool own_grads)
+{
+    struct lms_error err;
+    char path[4096];
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    micro(g, &lo, NULL);
+    float **ref_g = calloc(lms_trainer_n_params(g->tr), sizeof *ref_g);
+    for (size_t i = 0; i < lms_trainer_n_params(g->tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(g->tr, i);
+        char name[512];
+        int64_t n;
+        snprintf(name, sizeof name, "grad.kd_T1.%s", p->name);
+        ref_g[i] = read_ref(&g->ref, name, false, &n);
+        ck_assert_ptr_nonnull(ref_g[i]);
+        if (!own_grads)
+            memcpy(p->g, ref_g[i], (size_t)n * 4);
+    }
+    struct lms_adamw_opts ao;
+    lms_adamw_megatron(&ao);
+    ao.lr = 1e-3;
+    ao.eps = 1e-8;
+    ao.decay_all = true;
+    ao.clip_norm = 0;
+    ao.step = 1;
+    double norm = -1;
+    ck_assert_msg(lms_trainer_adamw(g->tr, &ao, &norm, &err) == LMS_OK, "%s", err.msg);
+    ck_assert(norm > 0);
+    struct lms_st_file after;
+    ck_assert_msg(lms_st_open(fixture_path(REF_DIR "/after_one_adamw_step.safetensors", path,
+                                           sizeof path),
+                              &after, &err) == LMS_OK,
+                  "%s", err.msg);
+    for (size_t i = 0; i < lms_trainer_n_params(g->tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(g->tr, i);
+        int64_t n;
+        float *want = read_ref(&after, p->name, false, &n);
+        ck_assert_msg(want != NULL, "%s missing", p->name);
+        ck_assert_int_eq(n, p->numel);
+        for (int64_t k = 0; k < n; k++) {
+            double tol = !own_grads || fabs(ref_g[i][k]) >= 1e-5 ? 1e-6 : ao.lr;
+            ck_assert_msg(fabs(p->w[k] - want[k]) <= tol, "%s[%lld]: %.9g, PyTorch %.9g",
+                          p->name, (long long)k, p->w[k], want[k]);
+        }
+        free(want);
+        free(ref_g[i]);
+    }
+    free(ref_g);
+    lms_st_close(&after);
+}
+
+START_TEST(golden_adamw_step)
+{
+    struct golden g;
+    struct lms_error err;
+    golden_open(&g, false);
+    adamw_against_torch(&g, false);
+    golden_close(&g);
+    golden_open(&g, false);
+    adamw_against_torch(&g, true);
+    /* export: the same numbers in an IR model, in F32 and rounded to BF16 */
+    struct lms_model out;
+    ck_assert_msg(lms_trainer_export(g.tr, LMS_DTYPE_F32, &out, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_model_validate(&out, &err) == LMS_OK, "%s", err.msg);
+    for (size_t i = 0; i < lms_trainer_n_params(g.tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(g.tr, i);
+        struct lms_tensor *t = lms_model_find_name(&out, p->name);
+        ck_assert_ptr_nonnull(t);
+        float *v = malloc((size_t)p->numel * 4);
+        ck_assert_int_eq(lms_view_read_as(t->view, 0, p->numel, LMS_DTYPE_F32, v, &err),
+                         LMS_OK);
+        ck_assert_int_eq(memcmp(v, p->w, (size_t)p->numel * 4), 0);
+        free(v);
+    }
+    lms_model_release(&out);
+    ck_assert_msg(lms_trainer_export(g.tr, LMS_DTYPE_BF16, &out, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_int_eq(out.arch.dtype, LMS_DTYPE_BF16);
+    ck_assert_int_eq(out.tensors[0].view->dtype, LMS_DTYPE_BF16);
+    lms_model_release(&out);
+    ck_assert_int_eq(lms_trainer_export(g.tr, LMS_DTYPE_I32, &out, &err), LMS_EINVAL);
+    golden_close(&g);
+}
+END_TEST
+
+/* The teacher as a forward engine (bf16 checkpoint upcast on the CPU) gives the same KD loss and
+ * gradients as its logits. */
+START_TEST(golden_teacher_engine)
+{
+    struct golden g;
+    struct lms_error err;
+    golden_open(&g, false);
+    struct lms_model tm;
+    read_model("models/qwen3-tiny-bf16-sharded", &tm);
+    struct lms_engine *te;
+    struct lms_engine_opts eo = {.max_batch = 2, .max_seq = 24};
+    ck_assert_msg(lms_engine_new(&tm, g.be, &eo, &te, &err) == LMS_OK, "%s", err.msg);
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    struct lms_loss_parts lp;
+    struct lms_train_batch b = {.ids = g.ids, .batch = g.B, .seq = g.S, .teacher = te};
+    ck_assert_int_eq(lms_trainer_zero_grads(g.tr, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(g.tr, &b, &lo, 1.0, &lp, &err) == LMS_OK, "%s",
+                  err.msg);
+    /* the engine's teacher logits match PyTorch's within the forward's 1e-4 x max |logit|,
+     * which moves the KD gradient by up to a few 1e-4 of its largest entry */
+    check_rel(lp.kd, ref_scalar(&g.ref, "loss.kd_T1"), 1e-5, "kd_T1 (teacher engine)");
+    check_grads_tol(&g, "kd_T1", 1e-3);
+    /* both teachers at once, or none, is refused */
+    b.teacher_logits = g.teacher_logits;
+    ck_assert_int_eq(lms_trainer_micro_step(g.tr, &b, &lo, 1.0, &lp, &err), LMS_EINVAL);
+    lms_engine_free(te);
+    lms_model_release(&tm);
+    golden_close(&g);
+}
+END_TEST
+
+/* ---- model-level finite differences --------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+/* For fixture rel: random ids (B x S), targets and random teacher logits; the trainer's gradient
+ * of kd + 0.7 ce (T = 1.5, T^2 scaled) against central differences of its own eval loss at the
+ * largest-gradient element of every parameter (and a random one); fp32 arithmetic, so the
+ * tolerance is 2 % of the element plus 1e-3 of the tensor's max. */
+static void fd_model(const char *rel, int64_t B, int64_t S, enum lms_kd_kind kind)
+{
+    struct lms_error err;
+    struct lms_model m;
+    read_model(rel, &m);
+    struct lms_backend *be = open_cpu();
+    struct lms_trainer *tr;
+    struct lms_train_opts to = {.max_batch = B, .max_seq = S, .logits_rows = 5};
+    ck_assert_msg(lms_trainer_new(&m, be, &to, &tr, &err) == LMS_OK, "%s", err.msg);
+    int64_t N = B * S, V = lms_trainer_logits_cols(tr);
+    int32_t *ids = malloc((size_t)N * 4), *tgt = malloc((size_t)N * 4);
+    float *tl = malloc((size_t)(N * V) * 4);
+    for (int64_t i = 0; i < N; i++) {
+        ids[i] = (int32_t)(urand() * 40); /* few distinct ids: repeated rows in the embedding */
+        tgt[i] = i % S == S - 1 ? -1 : (int32_t)(urand() * V);
+    }
+    for (int64_t i = 0; i < N * V; i++)
+        tl[i] = (float)(urand() * 6 - 3);
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    lo.kd = kind;
+    lo.top_k = 37;
+    lo.temperature = 1.5;
+    lo.t2_scale = true;
+    lo.ce_weight = 0.7;
+    struct lms_train_batch b = {.ids = ids, .batch = B, .seq = S, .targets = tgt,
+                                .teacher_logits = tl};
+    struct lms_loss_parts lp;
+    ck_assert_int_eq(lms_trainer_zero_grads(tr, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(tr, &b, &lo, 1.0, &lp, &err) == LMS_OK, "%s", err.msg);
+    for (size_t i = 0; i < lms_trainer_n_params(tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(tr, i);
+        int64_t best = 0;
+        double mx = 0;
+        for (int64_t k = 0; k < p->numel; k++)
+            if (fabs(p->g[k]) > mx) {
+                mx = fabs(p->g[k]);
+                best = k;
+            }
+        int64_t picks[2] = {best, (int64_t)(urand() * p->numel)};
+        for (int j = 0; j < 2; j++) {
+            int64_t k = picks[j];
+            float w0 = p->w[k];
+            double h = fmax(1e-2 * fabs(w0), 2e-3);
+            struct lms_loss_parts a, c;
+            p->w[k] = (float)(w0 + h);
+            ck_assert_int_eq(lms_trainer_eval(tr, &b, &lo, &a, &err), LMS_OK);
+            p->w[k] = (float)(w0 - h);
+            ck_assert_int_eq(lms_trainer_eval(tr, &b, &lo, &c, &err), LMS_OK);
+            p->w[k] = w0;
+            double fd = (a.total - c.total) / (2 * h);
+            ck_assert_msg(fabs(fd - p->g[k]) <= 0.02 * fabs(fd) + 1e-3 * mx + 2e-5,
+                          "%s %s[%lld]: gradient %.6g, central difference %.6g (max %.3g)", rel,
+                          p->name, (long long)k, p->g[k], fd, mx);
+        }
+    }
+    lms_trainer_free(tr);
+    lms_backend_free(be);
+    lms_model_release(&m);
+    free(ids);
+    free(tgt);
+    free(tl);
+}
+
+START_TEST(fd_llama_tied_gqa)
+{
+    fd_model("models/llama-tiny", 2, 7, LMS_KD_FORWARD_KL);
+}
+END_TEST
+
+START_TEST(fd_qwen2_bias_reverse_kl)
+{
+    fd_model("models/qwen2-tiny", 1, 33, LMS_KD_REVERSE_KL);
+}
+END_TEST
+
+START_TEST(fd_qwen3_top_k)
+{
+    fd_model("models/qwen3-tiny", 3, 5, LMS_KD_TOP_K);
+}
+END_TEST
+
+/* Two micro-steps at grad_scale 0.5 on the same batch give the gradient of one at 1. */
+START_TEST(accumulation)
+{
+    struct golden g;
+    struct lms_error err;
+    golden_open(&g, false);
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    struct lms_train_batch b = {.ids = g.ids, .batch = g.B, .seq = g.S,
+                                .teacher_logits = g.teacher_logits};
+    ck_assert_int_eq(lms_trainer_zero_grads(g.tr, &err), LMS_OK);
+    ck_assert_int_eq(lms_trainer_micro_step(g.tr, &b, &lo, 0.5, NULL, &err), LMS_OK);
+    ck_assert_int_eq(lms_trainer_micro_step(g.tr, &b, &lo, 0.5, NULL, &err), LMS_OK);
+    check_grads(&g, "kd_T1");
+    /* one row of the two, with kd_mask, scores 24 positions */
+    uint8_t mask[48];
+    for (int i = 0; i < 48; i++)
+        mask[i] = i < 24;
+    b.kd_mask = mask;
+    struct lms_loss_parts lp;
+    ck_assert_int_eq(lms_trainer_eval(g.tr, &b, &lo, &lp, &err), LMS_OK);
+    ck_assert_int_eq(lp.n_kd, 24);
+    golden_close(&g);
+}
+END_TEST
+
+START_TEST(plan_and_errors)
+{
+    struct lms_error err;
+    struct lms_model m;
+    read_model("models/qwen3-tiny", &m);
+    struct lms_train_plan p, pr;
+    struct lms_train_opts to = {.max_batch = 4, .max_seq = 64};
+    ck_assert_int_eq(lms_train_plan_make(&m.arch, 512, &to, &p, &err), LMS_OK);
+    ck_assert_int_eq(p.n_params, lms_arch_n_params(&m.arch));
+    ck_assert(p.weights >= (size_t)p.n_params * 4);
+    ck_assert_int_eq(p.moments, 2 * p.weights);
+    to.recompute = true;
+    ck_assert_int_eq(lms_train_plan_make(&m.arch, 512, &to, &pr, &err), LMS_OK);
+    ck_assert(pr.activations < p.activations);
+    to.max_batch = 0;
+    ck_assert_int_eq(lms_train_plan_make(&m.arch, 512, &to, &p, &err), LMS_EINVAL);
+    to.max_batch = INT64_MAX / 2;
+    ck_assert_int_eq(lms_train_plan_make(&m.arch, 512, &to, &p, &err), LMS_EINVAL);
+
+    struct lms_backend *be = open_cpu();
+    struct lms_trainer *tr;
+    to = (struct lms_train_opts){.max_batch = 1, .max_seq = 8};
+    ck_assert_int_eq(lms_trainer_new(&m, be, &to, &tr, &err), LMS_OK);
+    int32_t ids[16] = {0};
+    float *tl = calloc(16 * 512, 4);
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    struct lms_train_batch b = {.ids = ids, .batch = 2, .seq = 8, .teacher_logits = tl};
+    ck_assert_int_eq(lms_trainer_micro_step(tr, &b, &lo, 1.0, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "outside the planned"));
+    b.batch = 1;
+    ids[3] = 512;
+    ck_assert_int_eq(lms_trainer_micro_step(tr, &b, &lo, 1.0, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "token id 512"));
+    ids[3] = 0;
+    lo.kd = LMS_KD_TOP_K;
+    lo.top_k = 0;
+    ck_assert_int_eq(lms_trainer_micro_step(tr, &b, &lo, 1.0, NULL, &err), LMS_EINVAL);
+    struct lms_adamw_opts ao;
+    lms_adamw_defaults(&ao);
+    ao.lr = 1e-3;
+    ck_assert_int_eq(lms_trainer_adamw(tr, &ao, NULL, &err), LMS_EINVAL); /* step 0 */
+    /* the decay grouping: 2-D weights decay, 1-D norms do not */
+    for (size_t i = 0; i < lms_trainer_n_params(tr); i++) {
+        const struct lms_train_param *q = lms_trainer_param(tr, i);
+        ck_assert_int_eq(q->decay, q->ndim == 2);
+    }
+    /* a teacher with another vocabulary: the student's first 256 rows of embedding and head */
+    struct lms_model tm;
+    ck_assert_int_eq(lms_model_clone(&m, &tm, &err), LMS_OK);
+    tm.arch.vocab = tm.arch.padded_vocab = 256;
+    for (size_t i = 0; i < tm.n_tensors; i++) {
+        struct lms_tensor *t = &tm.tensors[i];
+        if (t->role != LMS_ROLE_EMBED && t->role != LMS_ROLE_LM_HEAD)
+            continue;
+        struct lms_view *v;
+        ck_assert_int_eq(lms_view_new_range(t->view, 0, 0, 256, &v, &err), LMS_OK);
+        lms_view_release(t->view);
+        t->view = v;
+    }
+    struct lms_engine *te;
+    struct lms_engine_opts eo = {.max_batch = 1, .max_seq = 8};
+    ck_assert_msg(lms_engine_new(&tm, be, &eo, &te, &err) == LMS_OK, "%s", err.msg);
+    b.teacher_logits = NULL;
+    b.teacher = te;
+    lo.kd = LMS_KD_FORWARD_KL;
+    ck_assert_int_eq(lms_trainer_micro_step(tr, &b, &lo, 1.0, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "vocabularies must be equal"));
+    lms_engine_free(te);
+    lms_model_release(&tm);
+    free(tl);
+    lms_trainer_free(tr);
+    lms_backend_free(be);
+    lms_model_release(&m);
+}
+END_TEST
+
+Suite *suite(void)
+{
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, golden_losses_gradients);
+    tcase_add_test(tc, golden_recompute);
+    tcase_add_test(tc, golden_adamw_step);
+    tcase_add_test(tc, golden_teacher_engine);
+    tcase_add_test(tc, fd_llama_tied_gqa);
+    tcase_add_test(tc, fd_qwen2_bias_reverse_kl);
+    tcase_add_test(tc, fd_qwen3_top_k);
+    tcase_add_test(tc, accumulation);
+    tcase_add_test(tc, plan_and_errors);
+    suite_add_tcase(s, tc);
+    return s;
+}
