@@ -1203,8 +1203,13 @@ int cmd_distill(int argc, char **argv)
     if (a.co.json) {
         summary_json(&r, secs, false);
     } else if (!a.co.quiet) {
-        printf("distilled %lld steps (%lld tokens) in %.1f s: loss %.5f", (long long)r.step,
-               (long long)(r.step * a.gbs * a.seq), secs, r.last_loss);
+        if (r.step < a.max_steps)
+            printf("stopped after step %lld of %lld (--exit-interval; continue with --resume): ",
+                   (long long)r.step, (long long)a.max_steps);
+        printf("distilled %lld steps (%lld tokens) in %.1f s", (long long)r.step,
+               (long long)(r.step * a.gbs * a.seq), secs);
+        if (r.step > r.start_step)
+            printf(": loss %.5f", r.last_loss);
         if (isfinite(r.last_val_loss))
             printf(", validation loss %.5f", r.last_val_loss);
         printf("; student written to '%s' (%s, %s), state in '%s', metrics in '%s'\n", r.out,
