@@ -1190,8 +1190,12 @@ int cmd_distill(int argc, char **argv)
         sigaction(SIGINT, &old_sa, NULL);
         if (s2)
             goto fail;
-        lms_error_set(&err, LMS_EINTERRUPTED, "interrupted: the state after step %lld is in '%s' "
-                      "(continue with --resume)", (long long)r.step, r.state_dir);
+        if (r.step == 0)
+            lms_error_set(&err, LMS_EINTERRUPTED, "interrupted before the first step finished: "
+                          "nothing saved");
+        else
+            lms_error_set(&err, LMS_EINTERRUPTED, "interrupted: the state after step %lld is in "
+                          "'%s' (continue with --resume)", (long long)r.step, r.state_dir);
         goto fail;
     }
     if (!st)
