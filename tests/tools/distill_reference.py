@@ -66,7 +66,7 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
                             lr=lr, betas=(beta1, beta2), eps=eps)
     n_micro = gbs // mbs
     rec = {"loss": [], "lm_loss": [], "grad_norm": [], "lr": []}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for s in range(steps):
         lr_s = lr_at(s, lr, min_lr, warmup, steps)
         for g in opt.param_groups:
@@ -92,9 +92,11 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
         rec["lm_loss"].append(lm_sum / n_micro)
         rec["grad_norm"].append(float(norm))
         rec["lr"].append(lr_s)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec["seconds"] = secs
+    rec["cpu_seconds"] = cpu
     rec["tokens_per_second"] = steps * gbs * S / secs
+    rec["tokens_per_cpu_second"] = steps * gbs * S / cpu
     if out:
         student.save_pretrained(out)
     return rec
