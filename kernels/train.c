@@ -861,7 +861,8 @@ static enum lms_status head_pass(struct lms_trainer *tr, struct step *st, bool g
     float *dxn = wsf(tr, p->off_dxn);
     float *kdl = wsf(tr, p->off_kdl), *cel = wsf(tr, p->off_cel);
     size_t head = tr->a.tie_embeddings ? tr->embed : tr->lm_head;
-    bool want_kd = lo->kd_weight != 0 || lo->combine == LMS_COMBINE_SCALED;
+    bool want_kd = (st->b->teacher || st->b->teacher_logits) &&
+                   (lo->kd_weight != 0 || lo->combine == LMS_COMBINE_SCALED || !grads);
     bool has_tgt = st->b->targets != NULL;
     double T = lo->temperature > 0 ? lo->temperature : 1.0;
     enum lms_status rc = LMS_OK;
@@ -982,6 +983,12 @@ static enum lms_status run_teacher(struct lms_trainer *tr, struct step *st,
                              "trainer: the teacher's hidden size %lld exceeds the %lld planned "
                              "(lms_train_opts.teacher_hidden)",
                              (long long)ta->hidden, (long long)tr->plan.Ht);
+    if (st->lo->n_pairs && ta->hidden != (tr->has_map ? tr->plan.Ht : tr->a.hidden))
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: intermediate losses compare the teacher's %lld channels "
+                             "with a planned width of %lld (lms_train_opts.teacher_hidden)",
+                             (long long)ta->hidden,
+                             (long long)(tr->has_map ? tr->plan.Ht : tr->a.hidden));
     tr->teacher_H = ta->hidden;
     struct teacher_ctx tc = {tr, st->lo};
     unsigned mask = 1u << LMS_HOOK_FINAL_NORM_OUT;
@@ -997,7 +1004,8 @@ static enum lms_status run_teacher(struct lms_trainer *tr, struct step *st,
 /* ---- the step ----------------------------------------------------------------------------- */
 
 static enum lms_status check_batch(struct lms_trainer *tr, const struct lms_train_batch *b,
-                                   const struct lms_loss_opts *lo, struct lms_error *err)
+                                   const struct lms_loss_opts *lo, bool grads,
+                                   struct lms_error *err)
 {
     if (b->batch <= 0 || b->seq <= 0 || b->batch > tr->opts.max_batch ||
         b->seq > tr->opts.max_seq)
@@ -1005,9 +1013,13 @@ static enum lms_status check_batch(struct lms_trainer *tr, const struct lms_trai
                              "trainer: batch %lld x sequence %lld outside the planned %lld x %lld",
                              (long long)b->batch, (long long)b->seq,
                              (long long)tr->opts.max_batch, (long long)tr->opts.max_seq);
-    if (!!b->teacher_logits == !!b->teacher)
+    if (b->teacher_logits && b->teacher)
         return lms_error_set(err, LMS_EINVAL,
-                             "trainer: give the teacher as logits or as an engine (exactly one)");
+                             "trainer: give the teacher as logits or as an engine, not both");
+    if (!b->teacher_logits && !b->teacher && grads &&
+        (lo->kd_weight != 0 || lo->combine == LMS_COMBINE_SCALED))
+        return lms_error_set(err, LMS_EINVAL,
+                             "trainer: the distillation loss needs a teacher (logits or engine)");
     if (lo->n_pairs > tr->opts.max_hidden_pairs)
         return lms_error_set(err, LMS_EINVAL,
                              "trainer: %zu intermediate-loss pairs, %zu planned", lo->n_pairs,
@@ -1057,7 +1069,7 @@ static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_b
     const struct plan *p = &tr->plan;
     const struct lms_backend_ops *ops = tr->ops;
     struct lms_backend *be = tr->be;
-    enum lms_status rc = check_batch(tr, b, lo, err);
+    enum lms_status rc = check_batch(tr, b, lo, grads, err);
     if (rc)
         return rc;
     struct step st = {.b = b, .lo = lo, .B = b->batch, .S = b->seq, .grads = grads,

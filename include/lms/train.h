@@ -54,7 +54,8 @@ struct lms_hidden_pair {
 /* How the loss parts combine. Losses are means over valid token positions of the micro-batch:
  *   L_logits: the KD loss (kind, temperature T; times T^2 when t2_scale);
  *   L_ce:     cross-entropy on the targets (positions with target < 0 are not scored);
- *   L_int:    the mean over pairs of the hidden loss (only with a teacher engine).
+ *   L_int:    the mean over pairs of the hidden loss, each a mean over all B*S positions
+ *             (only with a teacher engine).
  * LMS_COMBINE_WEIGHTED: L = kd_weight L_logits + ce_weight L_ce + hidden_weight L_int.
  * LMS_COMBINE_SCALED (the Minitron rule; ratios use values with gradients stopped):
  *   L_int' = L_int (L_logits / L_int);
@@ -170,7 +171,10 @@ struct lms_train_batch {
     int64_t batch, seq;       /* B <= max_batch, S <= max_seq */
     const int32_t *targets;   /* (B, S) next-token targets, < 0 not scored; NULL: no CE */
     const uint8_t *kd_mask;   /* (B, S) 1 = position counts in the KD mean; NULL: all */
-    /* The teacher: exactly one of these (teacher_logits for tests and precomputed logits). */
+    /* The teacher: at most one of these (teacher_logits for tests and precomputed logits).
+     * Without a teacher no KD is computed: micro-steps then accept only the weighted
+     * combination with kd_weight 0 (cross-entropy alone, e.g. correcting a teacher), and eval
+     * reports the cross-entropy alone (validation loss). */
     const float *teacher_logits;   /* host (B, S, V) */
     struct lms_engine *teacher;    /* forward-only engine on the same backend, same V */
 };
@@ -206,6 +210,7 @@ void lms_adamw_defaults(struct lms_adamw_opts *o);
 void lms_adamw_megatron(struct lms_adamw_opts *o);
 
 /* One AdamW update of every parameter from its gradient (gradients are left as they are).
+ * A gradient norm that is not finite (NaN / Inf) is LMS_EINVAL and nothing is updated.
  * OUT: *grad_norm (may be NULL): the global norm before clipping. */
 enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw_opts *o,
                                   double *grad_norm, struct lms_error *err);

@@ -20,25 +20,33 @@
 #define TQ 64 /* query rows per tile */
 #define TK 64 /* keys per tile */
 
-/* Is key j visible to query i? */
-static inline bool visible(int64_t i, int64_t j, int64_t window)
-{
-    return j <= i && (window == 0 || i - j < window);
-}
-
 /* Probabilities p (nq, TK) and ds (nq, TK) of the tile: query rows [i0, i0+nq) of head h
  * against keys [j0, j0+nk), from s = scale q k^T (already in p), the lse and D of each row,
  * and dp = dout v^T (already in ds). Invisible pairs get 0. */
+LMS_CPU_CLONES
 static void tile_probs(float *p, float *ds, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
                        const float *lse, const float *D, int64_t window)
 {
     for (int64_t a = 0; a < nq; a++) {
         float l = lse[a], dd = D[a];
-        for (int64_t c = 0; c < nk; c++) {
-            float pv = visible(i0 + a, j0 + c, window) ? expf(p[a * TK + c] - l) : 0.0f;
-            p[a * TK + c] = pv;
-            ds[a * TK + c] = pv * (ds[a * TK + c] - dd);
+        float *pr = p + a * TK, *dr = ds + a * TK;
+        /* visible columns: j0 + c <= i and (window == 0 or i - (j0 + c) < window) */
+        int64_t i = i0 + a, hi = i - j0 + 1 < nk ? i - j0 + 1 : nk, lo = 0;
+        if (window > 0 && i - window + 1 - j0 > 0)
+            lo = i - window + 1 - j0;
+        if (hi < 0)
+            hi = 0;
+        if (lo > hi)
+            lo = hi;
+        for (int64_t c = 0; c < lo; c++)
+            pr[c] = dr[c] = 0.0f;
+        for (int64_t c = lo; c < hi; c++) {
+            float pv = lms__expf(pr[c] - l);
+            pr[c] = pv;
+            dr[c] = pv * (dr[c] - dd);
         }
+        for (int64_t c = hi; c < nk; c++)
+            pr[c] = dr[c] = 0.0f;
     }
 }
 

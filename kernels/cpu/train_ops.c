@@ -147,7 +147,7 @@ enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, f
         float *dg = dgate + r * d_stride, *du = dup + r * d_stride;
         for (int64_t j = 0; j < f; j++) {
             float x = g[j], uj = u[j], o = go[j];
-            float sig = 1.0f / (1.0f + expf(-x));
+            float sig = 1.0f / (1.0f + lms__expf(-x));
             float silu = x * sig;
             dg[j] = o * uj * sig * (1.0f + x * (1.0f - sig));
             du[j] = o * silu;
@@ -296,34 +296,38 @@ static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *
             ll->ce_loss[r] = (float)ce_val;
         return;
     }
+    bool reverse = ll->kd_kind == LMS_KD_REVERSE_KL;
+    bool fused = g != NULL && !reverse; /* forward KL summed in the gradient pass */
     if (kd) {
-        lse_s = row_lse(s, V, (float)inv_t, ms_raw * inv_t);
+        lse_s = inv_t == 1.0 && ce ? lse_s1 : row_lse(s, V, (float)inv_t, ms_raw * inv_t);
         lse_t = row_lse(t, V, (float)inv_t, row_max(t, V) * inv_t);
-        /* forward and reverse KL from per-element terms (no cancellation between lse terms) */
-        for (int64_t j = 0; j < V; j++) {
+        /* KL from per-element terms (no cancellation between the log-sum-exps) */
+        for (int64_t j = 0; !fused && j < V; j++) {
             double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
-            if (ll->kd_kind == LMS_KD_REVERSE_KL)
-                kd_val += exp(lq) * (lq - lp);
-            else
-                kd_val += exp(lp) * (lp - lq);
+            kd_val += reverse ? exp(lq) * (lq - lp) : exp(lp) * (lp - lq);
         }
         kl_rev = kd_val;
     }
     if (ce)
         ce_val = lse_s1 - s[tgt];
+    /* at T = 1 the CE softmax is q: one exp per element fewer */
+    bool ce_is_q = kd && inv_t == 1.0;
     if (g && (kd || ce)) {
         for (int64_t j = 0; j < V; j++) {
-            double gj = 0;
+            double gj = 0, q = 0;
             if (kd) {
                 double lp = t[j] * inv_t - lse_t, lq = s[j] * inv_t - lse_s;
-                double q = exp(lq);
-                if (ll->kd_kind == LMS_KD_REVERSE_KL)
+                q = exp(lq);
+                if (reverse) {
                     gj = kg * q * (lq - lp - kl_rev) * inv_t;
-                else
-                    gj = kg * (q - exp(lp)) * inv_t;
+                } else {
+                    double p = exp(lp);
+                    kd_val += p * (lp - lq);
+                    gj = kg * (q - p) * inv_t;
+                }
             }
             if (ce)
-                gj += cg * (exp(s[j] - lse_s1) - (j == tgt ? 1.0 : 0.0));
+                gj += cg * ((ce_is_q ? q : exp(s[j] - lse_s1)) - (j == tgt ? 1.0 : 0.0));
             g[j] = (float)gj;
         }
     } else if (g) {
@@ -420,17 +424,49 @@ enum lms_status lms__cpu_hidden_loss(struct lms_backend *be, float *loss, float 
 
 /* ---- optimiser ------------------------------------------------------------------------------ */
 
+/* Partial sums over fixed chunks, added in chunk order: the result does not depend on thread
+ * timing, so a resumed run reproduces an uninterrupted one bit for bit. */
 enum lms_status lms__cpu_sum_squares(struct lms_backend *be, float *out, const float *x,
                                      int64_t n, struct lms_error *err)
 {
     struct lms_cpu_ctx *cx = be->impl;
+    const int64_t chunk = 16384;
+    int64_t n_chunks = (n + chunk - 1) / chunk;
+    double stack[64], *part = n_chunks <= 64 ? stack : lms_malloc((size_t)n_chunks * 8);
+    if (!part)
+        return lms_error_set(err, LMS_ENOMEM, "sum of squares: out of memory");
+#pragma omp parallel for num_threads(cx->n_threads) schedule(static) if (n_chunks > 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        int64_t i1 = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+        double acc = 0;
+        for (int64_t i = c * chunk; i < i1; i++)
+            acc += (double)x[i] * x[i];
+        part[c] = acc;
+    }
     double acc = 0;
-#pragma omp parallel for num_threads(cx->n_threads) schedule(static) reduction(+ : acc) \
-    if (n > LMS_CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        acc += (double)x[i] * x[i];
+    for (int64_t c = 0; c < n_chunks; c++)
+        acc += part[c];
+    if (part != stack)
+        lms_free(part);
     *out += (float)acc;
     return LMS_OK;
+}
+
+/* One span of an AdamW update; restrict pointers so the loop vectorises. */
+LMS_CPU_CLONES
+static void adamw_span(float *restrict w, const float *restrict g, float *restrict m,
+                       float *restrict v, int64_t n, float decay, float gs, float b1, float b2,
+                       float eps, float step_size, float bc2_sqrt)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        float mi = m[i] + (1.0f - b1) * (gi - m[i]);
+        float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] * decay - step_size * (mi / denom);
+    }
 }
 
 /* The arithmetic of torch.optim.AdamW's single-tensor path, in fp32. */
@@ -445,21 +481,17 @@ enum lms_status lms__cpu_adamw(struct lms_backend *be, const struct lms_adamw *t
     double bc1 = 1.0 - pow(h->beta1, (double)h->step);
     double bc2 = 1.0 - pow(h->beta2, (double)h->step);
     float step_size = (float)(h->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
+    const int64_t chunk = 8192;
     for (int64_t k = 0; k < n_tensors; k++) {
         const struct lms_adamw *t = &tensors[k];
         float decay = 1.0f - h->lr * t->weight_decay;
+        int64_t n_chunks = (t->n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
     if (t->n > LMS_CPU_PAR_MIN)
-        for (int64_t i = 0; i < t->n; i++) {
-            float g = t->g[i] * gs;
-            float w = t->w[i] * decay;
-            float m = t->m[i] + (1.0f - b1) * (g - t->m[i]);
-            float v = t->v[i] * b2 + (1.0f - b2) * g * g;
-            float denom = sqrtf(v) / bc2_sqrt + eps;
-            t->m[i] = m;
-            t->v[i] = v;
-            t->w[i] = w - step_size * (m / denom);
+        for (int64_t c = 0; c < n_chunks; c++) {
+            int64_t i0 = c * chunk, n = t->n - i0 < chunk ? t->n - i0 : chunk;
+            adamw_span(t->w + i0, t->g + i0, t->m + i0, t->v + i0, n, decay, h->grad_scale,
+                       h->beta1, h->beta2, h->eps, step_size, bc2_sqrt);
         }
     }
     return LMS_OK;

@@ -15,15 +15,21 @@
 #include "check_main.h"
 #include "lms/format.h"
 #include "lms/safetensors.h"
+#include "lms/surgery.h"
 #include "lms/train.h"
 
 #define REF_DIR "models/qwen3-tiny-distill-reference"
+
+/* One thread: these models are tiny, and on a loaded machine every OpenMP barrier of a tiny op
+ * can cost a scheduler slice. The threaded paths of the ops are covered by test_train_ops, and
+ * the AdamW golden test runs the whole step on two threads. */
+static int n_threads = 1;
 
 static struct lms_backend *open_cpu(void)
 {
     struct lms_error err;
     struct lms_backend *be = NULL;
-    struct lms_backend_opts bo = {.n_threads = 2};
+    struct lms_backend_opts bo = {.n_threads = n_threads};
     ck_assert_msg(lms_backend_open_name("cpu", &bo, &be, &err) == LMS_OK, "%s", err.msg);
     return be;
 }
@@ -202,6 +208,20 @@ static void golden_losses_and_grads(bool recompute)
     check_rel(lp.total, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce");
     check_grads(&g, "ce");
 
+    /* no teacher: cross-entropy alone trains, and eval reports it (a validation loss) */
+    struct lms_error err;
+    struct lms_train_batch nt = {.ids = g.ids, .batch = g.B, .seq = g.S, .targets = g.targets};
+    ck_assert_int_eq(lms_trainer_zero_grads(g.tr, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(g.tr, &nt, &lo, 1.0, &lp, &err) == LMS_OK, "%s",
+                  err.msg);
+    check_rel(lp.total, ref_scalar(&g.ref, "loss.ce"), 1e-5, "ce without a teacher");
+    check_grads(&g, "ce");
+    lms_loss_opts_default(&lo);
+    ck_assert_int_eq(lms_trainer_eval(g.tr, &nt, &lo, &lp, &err), LMS_OK);
+    check_rel(lp.ce, ref_scalar(&g.ref, "loss.ce"), 1e-5, "eval ce without a teacher");
+    ck_assert_int_eq(lms_trainer_micro_step(g.tr, &nt, &lo, 1.0, &lp, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "needs a teacher"));
+
     lms_loss_opts_default(&lo);
     lo.ce_weight = 0.5;
     micro(&g, &lo, &lp);
@@ -283,6 +303,7 @@ START_TEST(golden_adamw_step)
 {
     struct golden g;
     struct lms_error err;
+    n_threads = 2;
     golden_open(&g, false);
     adamw_against_torch(&g, false);
     golden_close(&g);
@@ -309,6 +330,7 @@ START_TEST(golden_adamw_step)
     lms_model_release(&out);
     ck_assert_int_eq(lms_trainer_export(g.tr, LMS_DTYPE_I32, &out, &err), LMS_EINVAL);
     golden_close(&g);
+    n_threads = 1;
 }
 END_TEST
 
@@ -441,6 +463,199 @@ START_TEST(fd_qwen3_top_k)
 }
 END_TEST
 
+/* ---- intermediate losses ------------------------------------------------------------------ */
+
+/* A student 48 channels wide (every fourth hidden channel of qwen3-tiny dropped) of layers 0 and
+ * 2, against the full qwen3-tiny as a teacher engine: the learned 64 x 48 map is trained. */
+struct hidden_setup {
+    struct lms_model teacher, student;
+    struct lms_backend *be;
+    struct lms_engine *te;
+    struct lms_trainer *tr;
+    int32_t ids[2 * 9], tgt[2 * 9];
+};
+
+static const struct lms_hidden_pair hidden_pairs[3] = {
+    {LMS_HOOK_EMBED_OUT, -1, LMS_HOOK_EMBED_OUT, -1},
+    {LMS_HOOK_MLP_NORM_OUT, 1, LMS_HOOK_MLP_NORM_OUT, 2},
+    {LMS_HOOK_FINAL_NORM_OUT, -1, LMS_HOOK_FINAL_NORM_OUT, -1},
+};
+
+static void hidden_open(struct hidden_setup *h)
+{
+    struct lms_error err;
+    read_model("models/qwen3-tiny", &h->teacher);
+    struct lms_prune_plan pp;
+    lms_prune_plan_init(&pp, 4);
+    pp.hidden.n = 48;
+    pp.hidden.index = malloc(48 * sizeof(int64_t));
+    for (int64_t i = 0, k = 0; i < 64; i++)
+        if (i % 4 != 1)
+            pp.hidden.index[k++] = i;
+    pp.layers.n = 2;
+    pp.layers.index = malloc(2 * sizeof(int64_t));
+    pp.layers.index[0] = 0;
+    pp.layers.index[1] = 2;
+    ck_assert_msg(lms_prune_apply(&h->teacher, &pp, &h->student, &err) == LMS_OK, "%s", err.msg);
+    lms_prune_plan_release(&pp);
+    h->be = open_cpu();
+    struct lms_engine_opts eo = {.max_batch = 2, .max_seq = 9};
+    ck_assert_msg(lms_engine_new(&h->teacher, h->be, &eo, &h->te, &err) == LMS_OK, "%s",
+                  err.msg);
+    struct lms_train_opts to = {.max_batch = 2, .max_seq = 9, .logits_rows = 4,
+                                .teacher_hidden = 64, .max_hidden_pairs = 3};
+    ck_assert_msg(lms_trainer_new(&h->student, h->be, &to, &h->tr, &err) == LMS_OK, "%s",
+                  err.msg);
+    for (int i = 0; i < 18; i++) {
+        h->ids[i] = (int32_t)(urand() * 512);
+        h->tgt[i] = i % 9 == 8 ? -1 : (int32_t)(urand() * 512);
+    }
+}
+
+static void hidden_close(struct hidden_setup *h)
+{
+    lms_trainer_free(h->tr);
+    lms_engine_free(h->te);
+    lms_backend_free(h->be);
+    lms_model_release(&h->student);
+    lms_model_release(&h->teacher);
+}
+
+/* Gradients of lo into a fresh host copy (one array per parameter). */
+static float **grads_of(struct hidden_setup *h, const struct lms_loss_opts *lo,
+                        struct lms_loss_parts *lp)
+{
+    struct lms_error err;
+    struct lms_train_batch b = {.ids = h->ids, .batch = 2, .seq = 9, .targets = h->tgt,
+                                .teacher = h->te};
+    ck_assert_int_eq(lms_trainer_zero_grads(h->tr, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(h->tr, &b, lo, 1.0, lp, &err) == LMS_OK, "%s", err.msg);
+    size_t n = lms_trainer_n_params(h->tr);
+    float **g = calloc(n, sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        const struct lms_train_param *p = lms_trainer_param(h->tr, i);
+        g[i] = malloc((size_t)p->numel * 4);
+        memcpy(g[i], p->g, (size_t)p->numel * 4);
+    }
+    return g;
+}
+
+static void free_grads(struct hidden_setup *h, float **g)
+{
+    for (size_t i = 0; i < lms_trainer_n_params(h->tr); i++)
+        free(g[i]);
+    free(g);
+}
+
+/* Weighted cosine loss on three pairs through the learned map: central differences. */
+START_TEST(hidden_loss_fd)
+{
+    struct lms_error err;
+    struct hidden_setup h;
+    hidden_open(&h);
+    size_t np = lms_trainer_n_params(h.tr);
+    const struct lms_train_param *map = lms_trainer_param(h.tr, np - 2);
+    ck_assert_str_eq(map->name, "distill.hidden_map.weight");
+    ck_assert_int_eq(map->shape[0], 64);
+    ck_assert_int_eq(map->shape[1], 48);
+    for (int kind = 0; kind < 2; kind++) {
+        struct lms_loss_opts lo;
+        lms_loss_opts_default(&lo);
+        lo.ce_weight = 0.3;
+        lo.hidden_weight = kind ? 0.05 : 2.0;
+        lo.hidden_kind = kind ? LMS_HIDDEN_MSE : LMS_HIDDEN_COSINE;
+        lo.pairs = hidden_pairs;
+        lo.n_pairs = 3;
+        struct lms_loss_parts lp;
+        float **g = grads_of(&h, &lo, &lp);
+        ck_assert(lp.hidden > 0);
+        struct lms_train_batch b = {.ids = h.ids, .batch = 2, .seq = 9, .targets = h.tgt,
+                                    .teacher = h.te};
+        for (size_t i = 0; i < np; i++) {
+            const struct lms_train_param *p = lms_trainer_param(h.tr, i);
+            int64_t best = 0;
+            double mx = 0;
+            for (int64_t k = 0; k < p->numel; k++)
+                if (fabs(g[i][k]) > mx) {
+                    mx = fabs(g[i][k]);
+                    best = k;
+                }
+            float w0 = p->w[best];
+            double step = fmax(1e-2 * fabs(w0), 2e-3);
+            struct lms_loss_parts a, c;
+            p->w[best] = (float)(w0 + step);
+            ck_assert_int_eq(lms_trainer_eval(h.tr, &b, &lo, &a, &err), LMS_OK);
+            p->w[best] = (float)(w0 - step);
+            ck_assert_int_eq(lms_trainer_eval(h.tr, &b, &lo, &c, &err), LMS_OK);
+            p->w[best] = w0;
+            double fd = (a.total - c.total) / (2 * step);
+            ck_assert_msg(fabs(fd - g[i][best]) <= 0.02 * fabs(fd) + 2e-5,
+                          "hidden kind %d %s[%lld]: gradient %.6g, central difference %.6g",
+                          kind, p->name, (long long)best, g[i][best], fd);
+        }
+        free_grads(&h, g);
+    }
+    hidden_close(&h);
+}
+END_TEST
+
+/* The scaled combination is, by definition, a fixed linear combination of the three gradients
+ * with coefficients from the loss values: L_int' = L_int (L_logits / L_int), then with CE on
+ * L = L_ce + lambda (L_logits + L_int') (L_ce / (L_logits + L_int')). */
+START_TEST(hidden_scaled_rule)
+{
+    struct hidden_setup h;
+    hidden_open(&h);
+    struct lms_loss_opts base;
+    lms_loss_opts_default(&base);
+    base.pairs = hidden_pairs;
+    base.n_pairs = 3;
+    base.hidden_kind = LMS_HIDDEN_MSE;
+    struct lms_loss_opts kd = base, ce = base, hid = base, sc = base;
+    kd.kd_weight = 1;
+    ce.kd_weight = 0;
+    ce.ce_weight = 1;
+    hid.kd_weight = 0;
+    hid.hidden_weight = 1;
+    sc.combine = LMS_COMBINE_SCALED;
+    sc.kd_weight = 0.7; /* lambda */
+    sc.ce_weight = 1;
+    struct lms_loss_parts lk, lc, lh, ls;
+    float **gk = grads_of(&h, &kd, &lk), **gc = grads_of(&h, &ce, &lc);
+    float **gh = grads_of(&h, &hid, &lh), **gs = grads_of(&h, &sc, &ls);
+    double Ll = lk.kd, Lc = lc.ce, Li = lh.hidden;
+    ck_assert(Ll > 0 && Lc > 0 && Li > 0);
+    double r = Lc / (Ll + Ll), ak = 0.7 * r, ah = 0.7 * r * Ll / Li;
+    check_rel(ls.total, Lc + 0.7 * Lc, 1e-6, "scaled total");
+    for (size_t i = 0; i < lms_trainer_n_params(h.tr); i++) {
+        const struct lms_train_param *p = lms_trainer_param(h.tr, i);
+        double mx = 0;
+        for (int64_t k = 0; k < p->numel; k++)
+            mx = fmax(mx, fabs(gs[i][k]));
+        for (int64_t k = 0; k < p->numel; k++) {
+            double want = ak * gk[i][k] + gc[i][k] + ah * gh[i][k];
+            ck_assert_msg(fabs(gs[i][k] - want) <= 1e-4 * mx + 1e-9,
+                          "%s[%lld]: %.8g, combination %.8g", p->name, (long long)k, gs[i][k],
+                          want);
+        }
+    }
+    free_grads(&h, gk);
+    free_grads(&h, gc);
+    free_grads(&h, gh);
+    free_grads(&h, gs);
+    /* a trainer planned without the map cannot compare 48 channels with the teacher's 64 */
+    struct lms_error err;
+    struct lms_trainer *plain;
+    struct lms_train_opts to = {.max_batch = 2, .max_seq = 9, .max_hidden_pairs = 3};
+    ck_assert_int_eq(lms_trainer_new(&h.student, h.be, &to, &plain, &err), LMS_OK);
+    struct lms_train_batch b = {.ids = h.ids, .batch = 2, .seq = 9, .teacher = h.te};
+    ck_assert_int_eq(lms_trainer_micro_step(plain, &b, &hid, 1.0, NULL, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "hidden size 64 exceeds the 48 planned"));
+    lms_trainer_free(plain);
+    hidden_close(&h);
+}
+END_TEST
+
 /* Two micro-steps at grad_scale 0.5 on the same batch give the gradient of one at 1. */
 START_TEST(accumulation)
 {
@@ -464,6 +679,43 @@ START_TEST(accumulation)
     ck_assert_int_eq(lms_trainer_eval(g.tr, &b, &lo, &lp, &err), LMS_OK);
     ck_assert_int_eq(lp.n_kd, 24);
     golden_close(&g);
+}
+END_TEST
+
+/* Two runs of the same steps on two threads, one of them recomputing activations, give
+ * bit-identical weights and moments (what resuming relies on): no reduction depends on thread
+ * timing, and a recomputed layer is the layer. */
+START_TEST(deterministic)
+{
+    struct lms_error err;
+    struct golden g[2];
+    n_threads = 2;
+    for (int k = 0; k < 2; k++) {
+        golden_open(&g[k], k == 1);
+        struct lms_loss_opts lo;
+        lms_loss_opts_default(&lo);
+        lo.ce_weight = 0.25;
+        struct lms_adamw_opts ao;
+        lms_adamw_defaults(&ao);
+        ao.lr = 1e-3;
+        ao.clip_norm = 0.5;
+        for (int step = 1; step <= 2; step++) {
+            micro(&g[k], &lo, NULL);
+            ao.step = step;
+            ck_assert_int_eq(lms_trainer_adamw(g[k].tr, &ao, NULL, &err), LMS_OK);
+        }
+    }
+    for (size_t i = 0; i < lms_trainer_n_params(g[0].tr); i++) {
+        const struct lms_train_param *a = lms_trainer_param(g[0].tr, i);
+        const struct lms_train_param *b = lms_trainer_param(g[1].tr, i);
+        size_t bytes = (size_t)a->numel * 4;
+        ck_assert_msg(!memcmp(a->w, b->w, bytes) && !memcmp(a->m, b->m, bytes) &&
+                          !memcmp(a->v, b->v, bytes),
+                      "%s differs between two identical runs", a->name);
+    }
+    golden_close(&g[0]);
+    golden_close(&g[1]);
+    n_threads = 1;
 }
 END_TEST
 
@@ -556,7 +808,10 @@ Suite *suite(void)
     tcase_add_test(tc, fd_llama_tied_gqa);
     tcase_add_test(tc, fd_qwen2_bias_reverse_kl);
     tcase_add_test(tc, fd_qwen3_top_k);
+    tcase_add_test(tc, hidden_loss_fd);
+    tcase_add_test(tc, hidden_scaled_rule);
     tcase_add_test(tc, accumulation);
+    tcase_add_test(tc, deterministic);
     tcase_add_test(tc, plan_and_errors);
     suite_add_tcase(s, tc);
     return s;

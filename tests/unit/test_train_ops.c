@@ -108,7 +108,7 @@ static double norm_f(void *ctx, const double *unused)
     return f;
 }
 
-static void rmsnorm_case(int64_t rows, int64_t heads, int64_t c)
+static void rmsnorm_case(int64_t rows, int64_t heads, int64_t c, int64_t fd_stride)
 {
     struct lms_error err;
     struct norm_case k = {rows, heads, c, heads * c + 3, heads * c + 1, 1e-6, NULL, NULL, NULL};
@@ -138,7 +138,7 @@ static void rmsnorm_case(int64_t rows, int64_t heads, int64_t c)
             dx[r * k.xs + j] = 0;
     for (int64_t j = 0; j < c; j++)
         dw[j] -= dw0[j];
-    check_fd("rmsnorm dx", norm_f, &k, k.x, dx, nx, 1);
+    check_fd("rmsnorm dx", norm_f, &k, k.x, dx, nx, fd_stride);
     check_fd("rmsnorm dw", norm_f, &k, k.w, dw, c, 1);
     /* in place: dx written over dy (same stride) */
     {
@@ -172,10 +172,11 @@ static void rmsnorm_case(int64_t rows, int64_t heads, int64_t c)
 
 START_TEST(rmsnorm_backward)
 {
-    rmsnorm_case(1, 1, 64);
-    rmsnorm_case(7, 1, 13);
-    rmsnorm_case(5, 3, 10); /* per-head q/k norm layout */
-    rmsnorm_case(33, 2, 6);
+    rmsnorm_case(1, 1, 64, 1);
+    rmsnorm_case(7, 1, 13, 1);
+    rmsnorm_case(5, 3, 10, 1); /* per-head q/k norm layout */
+    rmsnorm_case(33, 2, 6, 1);
+    rmsnorm_case(600, 1, 40, 97); /* large enough to run on both threads */
 }
 END_TEST
 
@@ -508,7 +509,8 @@ static double loss_f(void *ctx, const double *s)
     return f;
 }
 
-static void logit_loss_case(int kind, int64_t R, int64_t V, double T, bool t2, bool alias)
+static void logit_loss_case(int kind, int64_t R, int64_t V, double T, bool t2, bool alias,
+                            int64_t fd_stride)
 {
     struct lms_error err;
     int64_t ld = V + 3, n = R * ld;
@@ -551,7 +553,7 @@ static void logit_loss_case(int kind, int64_t R, int64_t V, double T, bool t2, b
         memcpy(gu + r * V, gp + r * ld, (size_t)V * 4);
     char what[64];
     snprintf(what, sizeof what, "logit loss kind %d T %.2g%s", kind, T, alias ? " in place" : "");
-    check_fd(what, loss_f, &k, sd, gu, R * V, 1);
+    check_fd(what, loss_f, &k, sd, gu, R * V, fd_stride);
     free(s);
     free(t);
     free(g);
@@ -564,12 +566,15 @@ static void logit_loss_case(int kind, int64_t R, int64_t V, double T, bool t2, b
 
 START_TEST(logit_losses)
 {
-    logit_loss_case(LMS_KD_FORWARD_KL, 1, 37, 1.0, false, false);
-    logit_loss_case(LMS_KD_FORWARD_KL, 9, 37, 1.7, true, true);
-    logit_loss_case(LMS_KD_REVERSE_KL, 9, 41, 2.0, true, false);
-    logit_loss_case(LMS_KD_REVERSE_KL, 5, 23, 0.5, false, true);
-    logit_loss_case(LMS_KD_TOP_K, 9, 37, 1.3, true, false);
-    logit_loss_case(LMS_KD_TOP_K, 4, 50, 1.0, false, true);
+    logit_loss_case(LMS_KD_FORWARD_KL, 1, 37, 1.0, false, false, 1);
+    logit_loss_case(LMS_KD_FORWARD_KL, 9, 37, 1.7, true, true, 1);
+    logit_loss_case(LMS_KD_REVERSE_KL, 9, 41, 2.0, true, false, 1);
+    logit_loss_case(LMS_KD_REVERSE_KL, 5, 23, 0.5, false, true, 1);
+    logit_loss_case(LMS_KD_TOP_K, 9, 37, 1.3, true, false, 1);
+    logit_loss_case(LMS_KD_TOP_K, 4, 50, 1.0, false, true, 1);
+    /* rows on both threads */
+    logit_loss_case(LMS_KD_FORWARD_KL, 9, 2001, 1.0, false, true, 31);
+    logit_loss_case(LMS_KD_TOP_K, 9, 2001, 1.0, true, false, 31);
 }
 END_TEST
 
