@@ -39,7 +39,7 @@ static enum lms_status data_open(const char *path, struct lms_dataset **ds, stru
                          path);
 }
 
-/* ---- --data-paths ---------------------------------------------------------------------------- */
+/* ---- --data-paths ------------------------------------------------------------------------ */
 
 static bool parse_weight(const char *s, double *w)
 {
@@ -107,7 +107,7 @@ enum lms_status lms_blend_sources_parse(char *const *args, int n_args,
     return LMS_OK;
 }
 
-/* ---- the blend -------------------------------------------------------------------------------- */
+/* ---- the blend ---------------------------------------------------------------------------- */
 
 struct blend_part {
     struct lms_dataset *ds;

@@ -1,7 +1,7 @@
 /* Distillation around the engine: the learning-rate schedule against the published table of the
- * seed command (max_steps 40, warm-up 1, lr 1e-4 -> 1e-5), the optimiser presets,
- * --data-paths parsing, and the blend: rows of seq_length + 1 tokens at stride seq_length, the Megatron blending rule worked
- * by hand, disjoint train and validation documents. */
+ * seed command (max_steps 40, warm-up 1, lr 1e-4 -> 1e-5), the optimiser presets, --data-paths
+ * parsing, and the blend: rows of seq_length + 1 tokens at stride seq_length, the Megatron
+ * blending rule worked by hand, disjoint train and validation documents. */
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
