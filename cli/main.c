@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "lms/backend.h"
 
 static const struct {
     const char *name;
@@ -32,6 +33,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    lms_blas_select_core(argv);
     if (argc < 2) {
         usage(stderr);
         return CLI_EXIT_USAGE;

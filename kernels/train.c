@@ -613,7 +613,6 @@ struct step {
     const struct lms_train_batch *b;
     const struct lms_loss_opts *lo;
     int64_t B, S, N;
-    bool grads;
     /* loss sums (values) */
     double kd_sum, ce_sum, hid_sum;
     int64_t n_kd, n_ce;
@@ -622,7 +621,7 @@ struct step {
     float grad_scale;
 };
 
-/* Student points a pair hooks: returns the pair's index or -1. */
+/* Does pair k take its student side at point p of layer? */
 static bool pair_at(const struct step *st, size_t k, enum lms_hook_point p, int64_t layer)
 {
     const struct lms_hidden_pair *hp = &st->lo->pairs[k];
@@ -1072,7 +1071,7 @@ static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_b
     enum lms_status rc = check_batch(tr, b, lo, grads, err);
     if (rc)
         return rc;
-    struct step st = {.b = b, .lo = lo, .B = b->batch, .S = b->seq, .grads = grads,
+    struct step st = {.b = b, .lo = lo, .B = b->batch, .S = b->seq,
                       .grad_scale = (float)grad_scale};
     int64_t N = st.N = b->batch * b->seq, H = tr->a.hidden, L = tr->a.n_layers;
     float eps = (float)tr->a.norm_eps;

@@ -59,6 +59,12 @@ struct lms_backend_opts {
 enum lms_status lms_precision_parse(const char *s, enum lms_precision *out,
                                     struct lms_error *err);
 
+/* Makes OpenBLAS use the kernels this CPU can run when it did not recognise the model and fell
+ * back to its slowest x86-64 ones (and OPENBLAS_CORETYPE is not set): sets OPENBLAS_CORETYPE and
+ * executes the program again with the same argv. Returns when there is nothing to do or the
+ * re-execution failed. Programs call it first thing in main, before any thread exists. */
+void lms_blas_select_core(char **argv);
+
 /* Opens the backend for dev. Errors: LMS_EDEVICE when the kind is not compiled into this build
  * or the device is not present ("device 'cuda:1': only 1 CUDA device present"), LMS_ENOMEM.
  * opts may be NULL (defaults). OUT: *out, close with lms_backend_free. */

@@ -33,8 +33,10 @@ static bool device_opens(const char *dev)
     return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    lms_blas_select_core(argv);
     const char *dev = getenv("LMS_TEST_DEVICE");
     if (dev && strcmp(dev, "cpu") && !device_opens(dev))
         return 77;
