@@ -80,5 +80,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_score(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const struct {
     {"generate", cmd_generate, "greedy continuation of a prompt (a sanity check of a model)"},
     {"score", cmd_score, "activation importance of a model on calibration data"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
+    {"distill", cmd_distill, "train a pruned student to match its teacher (logit distillation)"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,134 @@
+"""A PyTorch logit-distillation trainer, the reference `lmsurgeon distill` is checked against.
+
+Independent of lmsurgeon: transformers models in fp32 (eager attention), forward
+KL(teacher || student) summed over the vocabulary and averaged over positions, gradient
+accumulation over micro-batches, torch.nn.utils.clip_grad_norm_, torch.optim.AdamW with weight
+decay on matrices only (biases and 1-D norm weights in a group without decay), and the learning
+rate set each step from the schedule: linear warm-up lr (s+1)/(W+1) for s <= W, then cosine to
+min_lr at s = M. The token rows are read from a file (int32, seq + 1 ids each, in step order;
+`lmsurgeon distill --dump-rows` writes it), so both trainers see the same batches.
+
+    python distill_reference.py --student S --teacher T --rows FILE --seq 64 --gbs 4 --mbs 2 \
+        --steps 3 --lr 1e-3 --min-lr 1e-4 --warmup 1 --beta2 0.95 --eps 1e-8 --wd 0.1 \
+        [--clip 1.0] [--threads 2] [--out DIR]
+
+Prints one JSON object: per-step loss, lm loss (cross-entropy of the student on the next
+tokens, not trained on), gradient norm (before clipping), lr, and training tokens/s; --out saves
+the trained student with save_pretrained (fp32).
+"""
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+
+def lr_at(s, lr, min_lr, warmup, max_steps):
+    if warmup > 0 and s <= warmup:
+        return lr * (s + 1) / (warmup + 1)
+    if s > max_steps or max_steps <= warmup:
+        return min_lr
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (max_steps - warmup)))
+
+
+def load(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager")
+
+
+def kd_loss(student_logits, teacher_logits, temperature=1.0):
+    """Forward KL(p_teacher || q_student) per position, summed over the vocabulary, averaged
+    over positions."""
+    V = student_logits.shape[-1]
+    log_q = F.log_softmax(student_logits.reshape(-1, V) / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.reshape(-1, V) / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warmup=0,
+          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None):
+    """Trains and returns the per-step record; rows: int array (steps * gbs, seq + 1)."""
+    S = seq
+    rows = np.asarray(rows)
+    assert rows.size == steps * gbs * (S + 1), "rows do not hold steps x gbs rows"
+    rows = torch.from_numpy(rows.astype(np.int64)).reshape(steps, gbs, S + 1)
+    student, teacher = load(student_dir).train(), load(teacher_dir).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(beta1, beta2), eps=eps)
+    n_micro = gbs // mbs
+    rec = {"loss": [], "lm_loss": [], "grad_norm": [], "lr": []}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in range(steps):
+        lr_s = lr_at(s, lr, min_lr, warmup, steps)
+        for g in opt.param_groups:
+            g["lr"] = lr_s
+        opt.zero_grad(set_to_none=True)
+        loss_sum = lm_sum = 0.0
+        for i in range(n_micro):
+            batch = rows[s, i * mbs:(i + 1) * mbs]
+            ids, tgt = batch[:, :S], batch[:, 1:]
+            with torch.no_grad():
+                t_logits = teacher(ids).logits
+            s_logits = student(ids).logits
+            loss = kd_loss(s_logits, t_logits)
+            (loss / n_micro).backward()
+            with torch.no_grad():
+                lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
+            loss_sum += loss.item()
+            lm_sum += lm.item()
+        norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
+                                              clip if clip > 0 else float("inf"))
+        opt.step()
+        rec["loss"].append(loss_sum / n_micro)
+        rec["lm_loss"].append(lm_sum / n_micro)
+        rec["grad_norm"].append(float(norm))
+        rec["lr"].append(lr_s)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rec["seconds"] = secs
+    rec["cpu_seconds"] = cpu
+    rec["tokens_per_second"] = steps * gbs * S / secs
+    rec["tokens_per_cpu_second"] = steps * gbs * S / cpu
+    if out:
+        student.save_pretrained(out)
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--rows", required=True)
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--gbs", type=int, required=True)
+    ap.add_argument("--mbs", type=int, required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--lr", type=float, required=True)
+    ap.add_argument("--min-lr", type=float, required=True)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--beta1", type=float, default=0.9)
+    ap.add_argument("--beta2", type=float, default=0.999)
+    ap.add_argument("--eps", type=float, default=1e-8)
+    ap.add_argument("--wd", type=float, default=0.01)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows = np.fromfile(a.rows, dtype="<i4")
+    rec = train(a.student, a.teacher, rows, a.seq, a.gbs, a.mbs, a.steps, a.lr, a.min_lr,
+                a.warmup, a.beta1, a.beta2, a.eps, a.wd, a.clip, a.out)
+    print(json.dumps(rec))
+
+
+if __name__ == "__main__":
+    main()
