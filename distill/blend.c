@@ -11,33 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "lms/alloc.h"
 #include "lms/distill.h"
-
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
-/* A dataset prefix, or a raw id file ending in .u16 / .i32. */
-static enum lms_status data_open(const char *path, struct lms_dataset **ds, struct lms_error *err)
-{
-    char idx[4096];
-    struct stat st;
-    int n = snprintf(idx, sizeof idx, "%s.idx", path);
-    if (n > 0 && (size_t)n < sizeof idx && stat(idx, &st) == 0)
-        return lms_dataset_open(path, ds, err);
-    if (ends_with(path, ".u16"))
-        return lms_dataset_open_raw(path, LMS_INDEX_U16, ds, err);
-    if (ends_with(path, ".i32"))
-        return lms_dataset_open_raw(path, LMS_INDEX_I32, ds, err);
-    return lms_error_set(err, LMS_EIO,
-                         "dataset '%s': no '%s.idx' (and not a raw .u16/.i32 id file)", path,
-                         path);
-}
 
 /* ---- --data-paths ------------------------------------------------------------------------ */
 
@@ -164,7 +140,7 @@ enum lms_status lms_blend_open(const struct lms_blend_source *src, int n_src,
     double wsum = 0;
     for (int i = 0; i < n_src; i++) {
         struct blend_part *p = &b->parts[i];
-        if ((st = data_open(src[i].path, &p->ds, err)))
+        if ((st = lms_data_open(src[i].path, &p->ds, err)))
             goto fail;
         int64_t db[LMS_SPLIT_COUNT], de[LMS_SPLIT_COUNT];
         if ((st = lms_split_parse(o->split, lms_dataset_n_docs(p->ds), db, de, err))) {

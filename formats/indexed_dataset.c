@@ -662,3 +662,25 @@ void lms_dataset_writer_free(struct lms_dataset_writer *w)
     lms_free(w->doc_idx);
     lms_free(w);
 }
+
+static bool has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err)
+{
+    char idx[4096];
+    struct stat st;
+    int n = snprintf(idx, sizeof idx, "%s.idx", path);
+    if (n > 0 && (size_t)n < sizeof idx && stat(idx, &st) == 0)
+        return lms_dataset_open(path, ds, err);
+    if (has_suffix(path, ".u16"))
+        return lms_dataset_open_raw(path, LMS_INDEX_U16, ds, err);
+    if (has_suffix(path, ".i32"))
+        return lms_dataset_open_raw(path, LMS_INDEX_I32, ds, err);
+    return lms_error_set(err, LMS_EIO,
+                         "dataset '%s': no '%s.idx' (and not a raw .u16/.i32 id file)", path,
+                         path);
+}

@@ -16,7 +16,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "kernels/backend_impl.h"
 #include "lms/alloc.h"
@@ -34,28 +33,6 @@ void lms_score_opts_default(struct lms_score_opts *o)
     o->seed = 1234;
     o->axes = LMS_AXIS_LAYERS | LMS_AXIS_HIDDEN | LMS_AXIS_FFN | LMS_AXIS_HEADS;
     o->layer_metric = LMS_LAYER_METRIC_BI;
-}
-
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
-enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err)
-{
-    char idx[4096];
-    struct stat st;
-    int n = snprintf(idx, sizeof idx, "%s.idx", path);
-    if (n > 0 && (size_t)n < sizeof idx && stat(idx, &st) == 0)
-        return lms_dataset_open(path, ds, err);
-    if (ends_with(path, ".u16"))
-        return lms_dataset_open_raw(path, LMS_INDEX_U16, ds, err);
-    if (ends_with(path, ".i32"))
-        return lms_dataset_open_raw(path, LMS_INDEX_I32, ds, err);
-    return lms_error_set(err, LMS_EIO,
-                         "dataset '%s': no '%s.idx' (and not a raw .u16/.i32 id file)", path,
-                         path);
 }
 
 int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len)

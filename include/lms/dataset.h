@@ -62,6 +62,9 @@ enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
  * (LMS_INDEX_U16, LMS_INDEX_I32, ...); the file size must be a multiple of its size. */
 enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code,
                                      struct lms_dataset **out, struct lms_error *err);
+/* Opens the data a user names: PREFIX of a Megatron indexed dataset (PREFIX.bin/.idx), or a raw
+ * id file ending in .u16 or .i32 (ids back to back, little-endian). OUT: *ds. */
+enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err);
 /* Unmaps and frees. NULL does nothing. */
 void lms_dataset_free(struct lms_dataset *ds);
 

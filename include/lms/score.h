@@ -40,10 +40,6 @@
 #include "lms/importance.h"
 #include "lms/ir.h"
 
-/* Opens the data a user names: PREFIX of a Megatron indexed dataset (PREFIX.bin/.idx), or a raw
- * id file ending in .u16 or .i32 (ids back to back, little-endian). OUT: *ds. */
-enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err);
-
 /* Whole non-overlapping windows of seq_len tokens the dataset holds (rows available). */
 int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len);
 
