@@ -77,5 +77,6 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
+int cmd_score(int argc, char **argv);
 
 #endif

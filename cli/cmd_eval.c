@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
@@ -13,6 +12,7 @@
 #include "lms/engine.h"
 #include "lms/format.h"
 #include "lms/json.h"
+#include "lms/score.h"
 
 static const char usage_text[] =
     "usage: lmsurgeon eval MODEL --data PREFIX [--seq-length 512] [--num-samples N | --all]\n"
@@ -40,29 +40,6 @@ static const char usage_text[] =
     "  -h, --help           show this help\n";
 
 static const char *cmd = "eval";
-
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
-/* PREFIX.idx present: indexed dataset; else a raw .u16/.i32 id file. */
-static enum lms_status open_data(const char *path, struct lms_dataset **ds, struct lms_error *err)
-{
-    char idx[4096];
-    struct stat st;
-    int n = snprintf(idx, sizeof idx, "%s.idx", path);
-    if (n > 0 && (size_t)n < sizeof idx && stat(idx, &st) == 0)
-        return lms_dataset_open(path, ds, err);
-    if (ends_with(path, ".u16"))
-        return lms_dataset_open_raw(path, LMS_INDEX_U16, ds, err);
-    if (ends_with(path, ".i32"))
-        return lms_dataset_open_raw(path, LMS_INDEX_I32, ds, err);
-    return lms_error_set(err, LMS_EIO,
-                         "dataset '%s': no '%s.idx' (and not a raw .u16/.i32 id file)", path,
-                         path);
-}
 
 int cmd_eval(int argc, char **argv)
 {
@@ -157,7 +134,7 @@ int cmd_eval(int argc, char **argv)
     int32_t *ids = NULL, *tgt = NULL;
     bool have_model = false;
 
-    if (open_data(data, &ds, &err))
+    if (lms_data_open(data, &ds, &err))
         goto fail;
     int64_t avail = lms_dataset_n_tokens(ds) / S;
     if (all)

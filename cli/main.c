@@ -15,6 +15,7 @@ static const struct {
     {"preprocess", cmd_preprocess, "tokenize JSONL/text into a Megatron indexed dataset"},
     {"eval", cmd_eval, "mean next-token cross-entropy and perplexity over a token dataset"},
     {"generate", cmd_generate, "greedy continuation of a prompt (a sanity check of a model)"},
+    {"score", cmd_score, "activation importance of a model on calibration data"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
 };
 

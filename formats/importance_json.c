@@ -32,6 +32,14 @@ void lms_importance_release(struct lms_importance *imp)
     lms_free(imp->ffn_s);
     lms_free(imp->heads);
     lms_free(imp->groups);
+    lms_free(imp->blocks);
+    lms_free(imp->raw.hidden_sq);
+    lms_free(imp->raw.ffn_sq);
+    lms_free(imp->raw.head_sq);
+    lms_free(imp->raw.layer_cos);
+    lms_free(imp->raw.block_cos);
+    lms_free(imp->raw.layer_loss);
+    lms_free(imp->raw.block_loss);
     lms_free(imp->method);
     if (imp->source)
         json_decref(imp->source);
@@ -99,6 +107,121 @@ static enum lms_status read_axis(const json_t *root, const char *key, int64_t ro
     return LMS_OK;
 }
 
+/* "layer_metric", "block_size" and "blocks" (version 2). */
+static enum lms_status read_layer_metric(const json_t *root, struct lms_importance *imp,
+                                         struct lms_error *err)
+{
+    const json_t *m = json_object_get(root, "layer_metric");
+    const json_t *n = json_object_get(root, "block_size");
+    if (m && !json_is_null(m)) {
+        if (!json_is_string(m))
+            return lms_error_set(err, LMS_EFORMAT, "'layer_metric' is not a string");
+        if (lms_layer_metric_parse(json_string_value(m), &imp->layer_metric, NULL))
+            return lms_error_set(err, LMS_EFORMAT,
+                                 "'layer_metric' is not bi, block-bi, ppl or contiguous");
+    }
+    if (n && !json_is_null(n)) {
+        if (!json_is_integer(n) || json_integer_value(n) < 1 ||
+            json_integer_value(n) >= imp->n_layers)
+            return lms_error_set(err, LMS_EFORMAT,
+                                 "'block_size' must be an integer from 1 to %lld",
+                                 (long long)(imp->n_layers - 1));
+        imp->block_size = json_integer_value(n);
+    }
+    bool block_metric = imp->layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
+                        imp->layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
+    if (block_metric != (imp->block_size > 0))
+        return lms_error_set(err, LMS_EFORMAT, "'block_size' %s with layer metric '%s'",
+                             block_metric ? "is required" : "does not belong",
+                             lms_layer_metric_name(imp->layer_metric));
+    if (!imp->block_size) {
+        if (json_object_get(root, "blocks"))
+            return lms_error_set(err, LMS_EFORMAT, "'blocks' without 'block_size'");
+        return LMS_OK;
+    }
+    return read_axis(root, "blocks", 0, imp->n_layers - imp->block_size + 1, &imp->blocks, err);
+}
+
+static enum lms_status read_count(const json_t *o, const char *key, int64_t *out,
+                                  struct lms_error *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return lms_error_set(err, LMS_EFORMAT, "'raw.%s' is missing or not a count", key);
+    *out = json_integer_value(v);
+    return LMS_OK;
+}
+
+/* Sums of squares must be >= 0 (their square roots are the scores). */
+static enum lms_status check_nonneg(const double *v, int64_t n, const char *key,
+                                    struct lms_error *err)
+{
+    for (int64_t i = 0; v && i < n; i++)
+        if (v[i] < 0)
+            return lms_error_set(err, LMS_EFORMAT, "'raw.%s' entry %lld is negative", key,
+                                 (long long)i);
+    return LMS_OK;
+}
+
+/* The additive calibration sums (version 2, optional). */
+static enum lms_status read_raw(const json_t *root, struct lms_importance *imp,
+                                struct lms_error *err)
+{
+    const json_t *r = json_object_get(root, "raw");
+    if (!r || json_is_null(r))
+        return LMS_OK;
+    if (!json_is_object(r))
+        return lms_error_set(err, LMS_EFORMAT, "'raw' is not an object");
+    struct lms_importance_raw *x = &imp->raw;
+    int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
+    x->present = true;
+    enum lms_status rc = read_count(r, "rows", &x->n_rows, err);
+    if (!rc)
+        rc = read_count(r, "row_length", &x->seq_len, err);
+    if (!rc)
+        rc = read_count(r, "cos_rows", &x->n_cos_rows, err);
+    if (!rc)
+        rc = read_count(r, "loss_tokens", &x->n_loss_tokens, err);
+    const json_t *bl = json_object_get(r, "base_loss");
+    if (!rc && (!json_is_number(bl) || !isfinite(json_number_value(bl))))
+        rc = lms_error_set(err, LMS_EFORMAT, "'raw.base_loss' is missing or not a number");
+    if (!rc)
+        x->base_loss = json_number_value(bl);
+    if (!rc)
+        rc = read_axis(r, "hidden_sq", 2 * L, imp->hidden, &x->hidden_sq, err);
+    if (!rc)
+        rc = read_axis(r, "ffn_sq", L, imp->ffn, &x->ffn_sq, err);
+    if (!rc)
+        rc = read_axis(r, "head_sq", L, imp->n_heads, &x->head_sq, err);
+    if (!rc)
+        rc = read_axis(r, "layer_cos", 0, L, &x->layer_cos, err);
+    if (!rc)
+        rc = read_axis(r, "layer_loss", 0, L, &x->layer_loss, err);
+    if (!rc && n_starts)
+        rc = read_axis(r, "block_cos", 0, n_starts, &x->block_cos, err);
+    if (!rc && n_starts)
+        rc = read_axis(r, "block_loss", 0, n_starts, &x->block_loss, err);
+    if (!rc && !n_starts && (json_object_get(r, "block_cos") || json_object_get(r, "block_loss")))
+        rc = lms_error_set(err, LMS_EFORMAT, "'raw' has block sums without 'block_size'");
+    if (!rc)
+        rc = check_nonneg(x->hidden_sq, 2 * L * imp->hidden, "hidden_sq", err);
+    if (!rc)
+        rc = check_nonneg(x->ffn_sq, L * imp->ffn, "ffn_sq", err);
+    if (!rc)
+        rc = check_nonneg(x->head_sq, L * imp->n_heads, "head_sq", err);
+    if (!rc && (x->layer_cos || x->block_cos) && x->n_cos_rows == 0)
+        rc = lms_error_set(err, LMS_EFORMAT, "'raw.cos_rows' is 0 but cosine sums are present");
+    if (!rc && (x->layer_loss || x->block_loss) && x->n_loss_tokens == 0)
+        rc = lms_error_set(err, LMS_EFORMAT,
+                           "'raw.loss_tokens' is 0 but loss sums are present");
+    if (!rc && (x->n_rows == 0 || x->seq_len < 2))
+        rc = lms_error_set(err, LMS_EFORMAT, "'raw.rows' or 'raw.row_length' is too small");
+    if (!rc && imp->n_heads % imp->n_groups)
+        rc = lms_error_set(err, LMS_EFORMAT, "'model.num_attention_heads' is not a multiple of "
+                           "'model.num_query_groups'");
+    return rc;
+}
+
 enum lms_status lms_importance_read(const char *path, struct lms_importance *imp,
                                     struct lms_error *err)
 {
@@ -113,8 +236,9 @@ enum lms_status lms_importance_read(const char *path, struct lms_importance *imp
     if (!json_is_object(root) || !json_is_string(fmt) ||
         strcmp(json_string_value(fmt), "lmsurgeon-importance") != 0) {
         rc = lms_error_set(err, LMS_EFORMAT, "'format' is not \"lmsurgeon-importance\"");
-    } else if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
-        rc = lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'version' (expected 1)");
+    } else if (!json_is_integer(ver) || json_integer_value(ver) < 1 ||
+               json_integer_value(ver) > 2) {
+        rc = lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'version' (expected 1 or 2)");
     } else if (!json_is_object(model)) {
         rc = lms_error_set(err, LMS_EFORMAT, "'model' is missing or not an object");
     }
@@ -138,6 +262,10 @@ enum lms_status lms_importance_read(const char *path, struct lms_importance *imp
         rc = read_axis(root, "heads", imp->n_layers, imp->n_heads, &imp->heads, err);
     if (!rc)
         rc = read_axis(root, "query_groups", imp->n_layers, imp->n_groups, &imp->groups, err);
+    if (!rc)
+        rc = read_layer_metric(root, imp, err);
+    if (!rc)
+        rc = read_raw(root, imp, err);
     const json_t *method = json_object_get(root, "method");
     if (!rc) {
         imp->method = lms_strdup(json_is_string(method) ? json_string_value(method) : "unknown");
@@ -191,7 +319,7 @@ enum lms_status lms_importance_write(const struct lms_importance *imp, const cha
                                      struct lms_error *err)
 {
     json_t *root = json_pack(
-        "{s:s,s:i,s:s,s:{s:I,s:I,s:I,s:I,s:I}}", "format", "lmsurgeon-importance", "version", 1,
+        "{s:s,s:i,s:s,s:{s:I,s:I,s:I,s:I,s:I}}", "format", "lmsurgeon-importance", "version", 2,
         "method", imp->method ? imp->method : "unknown", "model", "num_layers",
         (json_int_t)imp->n_layers, "hidden_size", (json_int_t)imp->hidden, "ffn_hidden_size",
         (json_int_t)imp->ffn, "num_attention_heads", (json_int_t)imp->n_heads, "num_query_groups",
@@ -200,8 +328,16 @@ enum lms_status lms_importance_write(const struct lms_importance *imp, const cha
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     if (imp->source)
         json_object_set(root, "source", imp->source);
+    int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
+    if (imp->layer_metric != LMS_LAYER_METRIC_NONE)
+        json_object_set_new(root, "layer_metric",
+                            json_string(lms_layer_metric_name(imp->layer_metric)));
+    if (imp->block_size)
+        json_object_set_new(root, "block_size", json_integer((json_int_t)imp->block_size));
     if (imp->layers)
         json_object_set_new(root, "layers", vec_json(imp->layers, imp->n_layers));
+    if (imp->blocks)
+        json_object_set_new(root, "blocks", vec_json(imp->blocks, n_starts));
     if (imp->hidden_s)
         json_object_set_new(root, "hidden", vec_json(imp->hidden_s, imp->hidden));
     if (imp->ffn_s)
@@ -211,6 +347,28 @@ enum lms_status lms_importance_write(const struct lms_importance *imp, const cha
     if (imp->groups)
         json_object_set_new(root, "query_groups",
                             mat_json(imp->groups, imp->n_layers, imp->n_groups));
+    if (imp->raw.present) {
+        const struct lms_importance_raw *x = &imp->raw;
+        json_t *r = json_pack("{s:I,s:I,s:I,s:I,s:f}", "rows", (json_int_t)x->n_rows,
+                              "row_length", (json_int_t)x->seq_len, "cos_rows",
+                              (json_int_t)x->n_cos_rows, "loss_tokens",
+                              (json_int_t)x->n_loss_tokens, "base_loss", x->base_loss);
+        if (x->hidden_sq)
+            json_object_set_new(r, "hidden_sq", mat_json(x->hidden_sq, 2 * L, imp->hidden));
+        if (x->ffn_sq)
+            json_object_set_new(r, "ffn_sq", mat_json(x->ffn_sq, L, imp->ffn));
+        if (x->head_sq)
+            json_object_set_new(r, "head_sq", mat_json(x->head_sq, L, imp->n_heads));
+        if (x->layer_cos)
+            json_object_set_new(r, "layer_cos", vec_json(x->layer_cos, L));
+        if (x->block_cos)
+            json_object_set_new(r, "block_cos", vec_json(x->block_cos, n_starts));
+        if (x->layer_loss)
+            json_object_set_new(r, "layer_loss", vec_json(x->layer_loss, L));
+        if (x->block_loss)
+            json_object_set_new(r, "block_loss", vec_json(x->block_loss, n_starts));
+        json_object_set_new(root, "raw", r);
+    }
     struct lms_buf_str text = {0};
     enum lms_status rc = lms_json_dump(root, LMS_JSON_COMPACT, &text, err);
     json_decref(root);

@@ -26,7 +26,7 @@
 #include "lms/dtype.h"
 #include "lms/error.h"
 
-#define LMS_BACKEND_OPS_VERSION 1
+#define LMS_BACKEND_OPS_VERSION 2
 
 enum {
     LMS_CAP_BF16_WEIGHTS = 1u << 0, /* matmul/embedding accept bf16 weights directly */
@@ -143,8 +143,20 @@ struct lms_backend_ops {
                             const void *src, enum lms_dtype st, int64_t n,
                             struct lms_error *err);
 
-    /* ---- appended slots go below (version 2+): activation statistics for importance
-     * scoring (§2.1 channel |x| sums, §3.6 cosine per row), backward ops, KL loss, AdamW ---- */
+    /* ---- version 2: activation statistics for importance scoring ---- */
+    /* Sequence mean of magnitudes per row and channel, one pass over x:
+     *   out[b * c + j] = (1/seq) * sum_{t < seq} |x[(b*seq + t) * ld + j]|,  b < batch, j < c.
+     * Sums in fp32 or better. x (batch*seq, ld), out (batch, c). */
+    enum lms_status (*abs_mean)(struct lms_backend *be, float *out, const float *x, int64_t ld,
+                                int64_t batch, int64_t seq, int64_t c, struct lms_error *err);
+    /* Cosine similarity per row: out[r] = <a_r, b_r> / (|a_r| |b_r|), 0 when a norm is 0.
+     * a (n_rows, lda), b (n_rows, ldb), c channels, out (n_rows); dot and norms in fp32 or
+     * better. */
+    enum lms_status (*row_cosine)(struct lms_backend *be, float *out, const float *a,
+                                  int64_t lda, const float *b, int64_t ldb, int64_t n_rows,
+                                  int64_t c, struct lms_error *err);
+
+    /* ---- appended slots go below (version 3+): backward ops, KL loss, AdamW ---- */
 };
 
 /* The handle behind include/lms/backend.h. */

@@ -631,7 +631,8 @@ enum lms_status lms_engine_forward(struct lms_engine *e, struct lms_forward *f,
     if (!rc)
         rc = hook(e, f, LMS_HOOK_EMBED_OUT, -1, x, H, err);
     for (int64_t l = 0; !rc && l < e->a.n_layers; l++)
-        rc = run_layer(e, f, l, err);
+        if (!f->skip_layers || !f->skip_layers[l])
+            rc = run_layer(e, f, l, err);
     if (!rc)
         rc = be->ops->rmsnorm(be, xn, H, x, H, e->final_norm, NULL, N, 1, H,
                               (float)e->a.norm_eps, err);

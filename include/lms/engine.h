@@ -115,6 +115,9 @@ struct lms_forward {
     lms_hook_fn hook;       /* NULL: no hooks */
     void *hook_ctx;
     unsigned hook_mask;     /* bit (1u << point) per requested point */
+    const bool *skip_layers; /* NULL: run every layer; else L flags, true = the layer is not run
+                              * (its input passes straight on): a depth-pruned model on the
+                              * weights already uploaded. Skipped layers fire no hooks. */
     /* OUT */
     double loss_sum;        /* sum of per-token cross-entropy over scored positions (nats) */
     int64_t n_scored;       /* scored positions */

@@ -1,23 +1,28 @@
 /* lmsurgeon: importance scores, the contract between scoring and surgery.
  *
  * Scores are per axis (higher = more important): one per layer (depth), per hidden channel, per
- * FFN neuron per layer, per attention head per layer, per query group per layer. Any axis may be
- * absent. They are produced from calibration activations (the importance issue) or, as a
- * fallback, from weight magnitudes (lms_importance_magnitude), and stored as an importance file:
+ * FFN neuron per layer, per attention head per layer, per query group per layer, and for block
+ * layer metrics one per contiguous block of n layers. Any axis may be absent. They are produced
+ * from calibration activations (include/lms/score.h) or, as a fallback, from weight magnitudes
+ * (lms_importance_magnitude), and stored as an importance file (README: "Importance file"):
  *
- *   {"format": "lmsurgeon-importance", "version": 1,
+ *   {"format": "lmsurgeon-importance", "version": 2,
  *    "method": "activation" | "weight-magnitude" | free text,
  *    "model": {"num_layers": L, "hidden_size": H, "ffn_hidden_size": F,
  *              "num_attention_heads": n_h, "num_query_groups": n_g},
  *    "source": {...free-form provenance: data, rows, row length, seed...},
- *    "layers": [L], "hidden": [H], "ffn": [[F] x L], "heads": [[n_h] x L],
- *    "query_groups": [[n_g] x L]}
+ *    "layer_metric": "bi" | "block-bi" | "ppl" | "contiguous", "block_size": n,
+ *    "layers": [L], "blocks": [L-n+1], "hidden": [H], "ffn": [[F] x L], "heads": [[n_h] x L],
+ *    "query_groups": [[n_g] x L],
+ *    "raw": {...the additive sums of struct lms_importance_raw...}}
  *
- * Numbers are JSON numbers (finite). Layer entries follow the model's 0-based layer order. */
+ * Version 1 files (no raw, no blocks, no layer_metric) still read. Numbers are JSON numbers
+ * (finite). Layer entries follow the model's 0-based layer order. */
 #ifndef LMS_IMPORTANCE_H
 #define LMS_IMPORTANCE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "lms/error.h"
@@ -31,8 +36,44 @@ enum lms_axis {
     LMS_AXIS_GROUPS = 1 << 4,
 };
 
+/* How layer (depth) scores were made. */
+enum lms_layer_metric {
+    LMS_LAYER_METRIC_NONE = 0,   /* not from calibration (or unknown): layers[] only */
+    LMS_LAYER_METRIC_BI,         /* Block Influence per layer: layers[] */
+    LMS_LAYER_METRIC_BLOCK_BI,   /* Block Influence of each block of n: blocks[], + layers[] BI */
+    LMS_LAYER_METRIC_PPL,        /* LM loss increase with one layer skipped: layers[] */
+    LMS_LAYER_METRIC_CONTIGUOUS, /* LM loss increase with a block of n skipped: blocks[] */
+};
+/* "bi", "block-bi", "ppl", "contiguous" ("none" for NONE). */
+const char *lms_layer_metric_name(enum lms_layer_metric m);
+/* Parses a name above; LMS_EINVAL naming the spelling otherwise. */
+enum lms_status lms_layer_metric_parse(const char *s, enum lms_layer_metric *out,
+                                       struct lms_error *err);
+
+/* Additive calibration sums (double): two runs over disjoint rows add field by field. All
+ * arrays NULL when absent; owned. */
+struct lms_importance_raw {
+    bool present;         /* the file / run carried raw sums (version 2 activation scores) */
+    int64_t n_rows;       /* calibration rows (windows) summed */
+    int64_t seq_len;      /* S of every row (runs with different S do not merge) */
+    double *hidden_sq;    /* [L][2][H]: Q at the pre-attention and pre-MLP norm outputs */
+    double *ffn_sq;       /* [L][F]: Q at the down-projection input */
+    double *head_sq;      /* [L][n_h]: sum of Q over each head's d context channels */
+    double *layer_cos;    /* [L]: sum over token rows of cos(layer input, layer output) */
+    double *block_cos;    /* [L-n+1]: sum of cos(input of s, output of s+n-1) */
+    int64_t n_cos_rows;   /* token rows summed into the cosine sums */
+    double *layer_loss;   /* [L]: loss sum (nats) over scored tokens with layer l skipped */
+    double *block_loss;   /* [L-n+1]: loss sum with layers s..s+n-1 skipped */
+    double base_loss;     /* loss sum of the full model over the same tokens */
+    int64_t n_loss_tokens; /* scored tokens of each loss sum */
+};
+
 struct lms_importance {
     int64_t n_layers, hidden, ffn, n_heads, n_groups; /* dims of the model scored */
+    enum lms_layer_metric layer_metric;               /* what layers[] / blocks[] mean */
+    int64_t block_size; /* n of blocks[] (block metrics); 0 otherwise */
+    double *blocks;     /* [L-n+1] score of block s..s+n-1 (higher = keep it), or NULL; owned */
+    struct lms_importance_raw raw;
     double *layers;  /* [L] or NULL; owned */
     double *hidden_s; /* [H] or NULL; owned */
     double *ffn_s;   /* [L][F] row-major or NULL; owned */
@@ -53,6 +94,22 @@ enum lms_status lms_importance_read(const char *path, struct lms_importance *imp
 /* Checks that the file was made for a model of arch's dimensions. */
 enum lms_status lms_importance_check(const struct lms_importance *imp, const struct lms_arch *a,
                                      const char *path, struct lms_error *err);
+/* Adds b's raw sums into a (same dims, same layer metric and block size, same row length,
+ * both with raw sums; LMS_ESHAPE / LMS_EINVAL naming what differs otherwise), then re-derives
+ * a's scores. Provenance: a's source gets b's rows added ("rows" summed, "parts" listed). */
+enum lms_status lms_importance_merge(struct lms_importance *a, const struct lms_importance *b,
+                                     struct lms_error *err);
+/* Recomputes the scores (layers, blocks, hidden, ffn, heads, groups) from imp->raw for the
+ * axes whose sums are present. groups are derived only when want_groups. */
+enum lms_status lms_importance_derive(struct lms_importance *imp, bool want_groups,
+                                      struct lms_error *err);
+/* Kept layers for n_keep of L by the file's layer scores: block metrics keep everything but
+ * the lowest-scoring block of L - n_keep layers (needs block_size == L - n_keep, else
+ * LMS_EINVAL saying which block size the file holds); per-layer metrics drop the lowest
+ * layers individually (ties: lower index kept). OUT: keep_mask[L] (true = kept). */
+enum lms_status lms_importance_keep_layers(const struct lms_importance *imp, int64_t n_keep,
+                                           bool *keep_mask, struct lms_error *err);
+
 /* Writes imp atomically (temporary file beside path, fsync, rename). */
 enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
                                      struct lms_error *err);

@@ -110,6 +110,8 @@ static const struct lms_backend_ops cpu_ops = {
     .log_softmax = lms__cpu_log_softmax,
     .cross_entropy = lms__cpu_cross_entropy,
     .cast = lms__cpu_cast,
+    .abs_mean = lms__cpu_abs_mean,
+    .row_cosine = lms__cpu_row_cosine,
 };
 
 const struct lms_backend_ops *lms__backend_cpu_ops(void)

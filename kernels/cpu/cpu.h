@@ -61,6 +61,12 @@ enum lms_status lms__cpu_cast(struct lms_backend *be, void *dst, enum lms_dtype 
                               const void *src, enum lms_dtype st, int64_t n,
                               struct lms_error *err);
 
+enum lms_status lms__cpu_abs_mean(struct lms_backend *be, float *out, const float *x, int64_t ld,
+                                  int64_t batch, int64_t seq, int64_t c, struct lms_error *err);
+enum lms_status lms__cpu_row_cosine(struct lms_backend *be, float *out, const float *a,
+                                    int64_t lda, const float *b, int64_t ldb, int64_t n_rows,
+                                    int64_t c, struct lms_error *err);
+
 /* expf for x in any range, within 2 ulp of the correctly rounded value for |x| < 87 (Cephes
  * polynomial after range reduction by ln 2); results below 2^-126 flush to about 1e-38, x above
  * 88 gives about 1.6e38. Written without branches so loops calling it vectorise. */

@@ -702,6 +702,37 @@ static enum lms_status cuda_cast(struct lms_backend *be, void *dst, enum lms_dty
     return LMS_OK;
 }
 
+static enum lms_status cuda_abs_mean(struct lms_backend *be, float *out, const float *x,
+                                     int64_t ld, int64_t batch, int64_t seq, int64_t c,
+                                     struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (batch < 0 || seq < 0 || c < 0 || ld < c || batch * ((c + 31) / 32) > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "%s: abs_mean: shape %lld x %lld x %lld (ld %lld)",
+                             be->name, (long long)batch, (long long)seq, (long long)c,
+                             (long long)ld);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_abs_mean(cx->stream, out, x, ld, batch, seq, c), "abs_mean");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_row_cosine(struct lms_backend *be, float *out, const float *a,
+                                       int64_t lda, const float *b, int64_t ldb, int64_t n_rows,
+                                       int64_t c, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n_rows < 0 || c < 0 || lda < c || ldb < c)
+        return lms_error_set(err, LMS_EINVAL, "%s: row_cosine: shape %lld x %lld", be->name,
+                             (long long)n_rows, (long long)c);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_row_cosine(cx->stream, out, a, lda, b, ldb, n_rows, c), "row_cosine");
+    return LMS_OK;
+}
+
 static const struct lms_backend_ops cuda_ops = {
     .version = LMS_BACKEND_OPS_VERSION,
     .kind = "cuda",
@@ -724,6 +755,8 @@ static const struct lms_backend_ops cuda_ops = {
     .log_softmax = cuda_log_softmax,
     .cross_entropy = cuda_cross_entropy,
     .cast = cuda_cast,
+    .abs_mean = cuda_abs_mean,
+    .row_cosine = cuda_row_cosine,
 };
 
 const struct lms_backend_ops *lms__backend_cuda_ops(void)

@@ -84,6 +84,13 @@ cudaError_t lms_cuda_gemm_ref(cudaStream_t st, int trans_a, int trans_b, int64_t
                               const void *b, enum lms_cuda_dt dt, int64_t ldb, int64_t stride_b,
                               float *c, int64_t ldc, int64_t stride_c, int64_t batch, float alpha,
                               float beta);
+/* out (batch, c) = per row b and channel j the mean over seq tokens of |x|; x rows at stride ld
+ * (row b*seq + t). Sums in double. */
+cudaError_t lms_cuda_abs_mean(cudaStream_t st, float *out, const float *x, int64_t ld,
+                              int64_t batch, int64_t seq, int64_t c);
+/* out[r] = cos(a_r, b_r) over c channels (0 when a norm is 0), one warp per row, double sums. */
+cudaError_t lms_cuda_row_cosine(cudaStream_t st, float *out, const float *a, int64_t lda,
+                                const float *b, int64_t ldb, int64_t n_rows, int64_t c);
 /* Causal GQA attention, the kernel and launch chosen by lms__cuda_attn_plan (launch.h).
  * Arguments as struct lms_attention. The kernel's dynamic shared-memory limit must have been
  * raised once with lms_cuda_attention_setup. */

@@ -525,3 +525,84 @@ extern "C" cudaError_t lms_cuda_fill_f32(cudaStream_t st, float *dst, int64_t n,
     fill_f32_kernel<<<lms__cuda_ew_blocks(n), EW, 0, st>>>(dst, n, value);
     return cudaGetLastError();
 }
+
+/* ---- activation statistics for importance scoring ---- */
+
+/* One block per (batch row, 32-channel tile): threadIdx.x walks the channels (coalesced loads),
+ * threadIdx.y splits the tokens; partial sums in double meet in shared memory. */
+#define STATS_TY 8
+__global__ void abs_mean_kernel(float *out, const float *x, int64_t ld, int64_t seq, int64_t c,
+                                int64_t tiles)
+{
+    __shared__ double part[STATS_TY][32];
+    int64_t b = blockIdx.x / tiles, j = (blockIdx.x % tiles) * 32 + threadIdx.x;
+    double acc = 0.0;
+    if (j < c) {
+        const float *xb = x + b * seq * ld + j;
+        for (int64_t t = threadIdx.y; t < seq; t += STATS_TY)
+            acc += fabsf(xb[t * ld]);
+    }
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < c) {
+        double s = 0.0;
+        for (int k = 0; k < STATS_TY; k++)
+            s += part[k][threadIdx.x];
+        out[b * c + j] = (float)(s / (double)seq);
+    }
+}
+
+extern "C" cudaError_t lms_cuda_abs_mean(cudaStream_t st, float *out, const float *x, int64_t ld,
+                                         int64_t batch, int64_t seq, int64_t c)
+{
+    if (batch <= 0 || seq <= 0 || c <= 0)
+        return cudaSuccess;
+    int64_t tiles = (c + 31) / 32;
+    dim3 block(32, STATS_TY);
+    abs_mean_kernel<<<(unsigned)(batch * tiles), block, 0, st>>>(out, x, ld, seq, c, tiles);
+    return cudaGetLastError();
+}
+
+__device__ __forceinline__ double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One warp per row: dot product and both squared norms in double. */
+__global__ void row_cosine_kernel(float *out, const float *a, int64_t lda, const float *b,
+                                  int64_t ldb, int64_t n_rows, int64_t c)
+{
+    int lane = threadIdx.x & 31;
+    int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < n_rows;
+         r += warps) {
+        const float *ar = a + r * lda, *br = b + r * ldb;
+        double ab = 0.0, aa = 0.0, bb = 0.0;
+        for (int64_t j = lane; j < c; j += 32) {
+            double x = ar[j], y = br[j];
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        ab = warp_sum_d(ab);
+        aa = warp_sum_d(aa);
+        bb = warp_sum_d(bb);
+        if (lane == 0)
+            out[r] = aa > 0.0 && bb > 0.0 ? (float)(ab / (sqrt(aa) * sqrt(bb))) : 0.0f;
+    }
+}
+
+extern "C" cudaError_t lms_cuda_row_cosine(cudaStream_t st, float *out, const float *a,
+                                           int64_t lda, const float *b, int64_t ldb,
+                                           int64_t n_rows, int64_t c)
+{
+    if (n_rows <= 0 || c <= 0)
+        return cudaSuccess;
+    int64_t blocks = (n_rows + 7) / 8;
+    if (blocks > (int64_t)LMS_CUDA_EW_MAX_BLOCKS)
+        blocks = LMS_CUDA_EW_MAX_BLOCKS;
+    row_cosine_kernel<<<(unsigned)blocks, 256, 0, st>>>(out, a, lda, b, ldb, n_rows, c);
+    return cudaGetLastError();
+}

@@ -518,6 +518,60 @@ START_TEST(device_errors)
 }
 END_TEST
 
+/* ---- activation statistics ---- */
+
+/* abs_mean and row_cosine: the CUDA sums run in double like the CPU's, so both agree to fp32
+ * rounding; shapes past the 32-channel tile, strided rows, long sequences, zero rows. */
+START_TEST(activation_stats_parity)
+{
+    struct lms_error err;
+    static const int64_t shapes[][3] = {{1, 1, 1}, {2, 7, 33}, {3, 517, 300}, {4, 4096, 64},
+                                        {1, 64, 12288}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t B = shapes[k][0], S = shapes[k][1], C = shapes[k][2], ld = C + 3;
+        float *x = rand_buf(B * S * ld, 4.0f), *want = malloc((size_t)(B * C) * 4);
+        ck_assert_int_eq(cpu->ops->abs_mean(cpu, want, x, ld, B, S, C, &err), LMS_OK);
+        struct dbuf dx, dout;
+        void *gx = dev_copy(gpu, &dx, x, (size_t)(B * S * ld) * 4);
+        float *gout = dev_copy(gpu, &dout, NULL, (size_t)(B * C) * 4);
+        ck_assert_msg(gpu->ops->abs_mean(gpu, gout, gx, ld, B, S, C, &err) == LMS_OK, "%s",
+                      err.msg);
+        float *got = dev_get(&dout, (size_t)(B * C));
+        check_close("abs_mean", got, want, B * C, 1e-6);
+        free(got);
+        dev_free(&dx);
+        dev_free(&dout);
+        free(x);
+        free(want);
+    }
+    static const int64_t cshapes[][2] = {{1, 1}, {37, 259}, {4096, 256}, {16, 4096}};
+    for (size_t k = 0; k < sizeof cshapes / sizeof cshapes[0]; k++) {
+        int64_t n = cshapes[k][0], C = cshapes[k][1];
+        float *a = rand_buf(n * (C + 1), 1.0f), *b = rand_buf(n * C, 3.0f);
+        float *want = malloc((size_t)n * 4);
+        for (int64_t c = 0; c < C; c++)
+            a[c] = 0; /* row 0 of a is zero: cosine 0 */
+        ck_assert_int_eq(cpu->ops->row_cosine(cpu, want, a, C + 1, b, C, n, C, &err), LMS_OK);
+        struct dbuf da, db, dout;
+        void *ga = dev_copy(gpu, &da, a, (size_t)(n * (C + 1)) * 4);
+        void *gb = dev_copy(gpu, &db, b, (size_t)(n * C) * 4);
+        float *gout = dev_copy(gpu, &dout, NULL, (size_t)n * 4);
+        ck_assert_msg(gpu->ops->row_cosine(gpu, gout, ga, C + 1, gb, C, n, C, &err) == LMS_OK,
+                      "%s", err.msg);
+        float *got = dev_get(&dout, (size_t)n);
+        check_close("row_cosine", got, want, n, 1e-6);
+        ck_assert(got[0] == 0.0f);
+        free(got);
+        dev_free(&da);
+        dev_free(&db);
+        dev_free(&dout);
+        free(a);
+        free(b);
+        free(want);
+    }
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("backend_parity");
@@ -530,6 +584,7 @@ Suite *suite(void)
     tcase_add_test(tc, embedding_and_cast);
     tcase_add_test(tc, softmax_and_cross_entropy);
     tcase_add_test(tc, device_errors);
+    tcase_add_test(tc, activation_stats_parity);
     suite_add_tcase(s, tc);
     return s;
 }

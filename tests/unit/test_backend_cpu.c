@@ -488,6 +488,57 @@ START_TEST(softmax_ce)
 }
 END_TEST
 
+/* Activation statistics: per-row sequence mean of |x| (strided rows, sizes that are not a
+ * multiple of the CPU's channel chunk) and the cosine per row (zero rows give 0). */
+START_TEST(activation_stats)
+{
+    struct lms_error err;
+    static const int64_t shapes[][3] = {{1, 1, 1}, {2, 7, 300}, {3, 33, 513}, {1, 64, 256}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t B = shapes[k][0], S = shapes[k][1], C = shapes[k][2], ld = C + 5;
+        float *x = rand_buf(B * S * ld, 3.0f), *out = rand_buf(B * C, 1.0f);
+        double *want = malloc((size_t)(B * C) * sizeof(double));
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t c = 0; c < C; c++) {
+                double s = 0;
+                for (int64_t t = 0; t < S; t++)
+                    s += fabs((double)x[(b * S + t) * ld + c]);
+                want[b * C + c] = s / (double)S;
+            }
+        ck_assert_int_eq(be->ops->abs_mean(be, out, x, ld, B, S, C, &err), LMS_OK);
+        check_close("abs_mean", out, want, B * C, 1e-6);
+        free(x);
+        free(out);
+        free(want);
+    }
+    int64_t n = 37, C = 259;
+    float *a = rand_buf(n * (C + 3), 1.0f), *b = rand_buf(n * C, 2.0f), *cs = rand_buf(n, 1.0f);
+    double *want = malloc((size_t)n * sizeof(double));
+    for (int64_t c = 0; c < C; c++)
+        a[5 * (C + 3) + c] = 0; /* a zero row */
+    for (int64_t r = 0; r < 3; r++) /* b_r = 2 a_r: cosine 1; a_r vs -a_r: -1 */
+        for (int64_t c = 0; c < C; c++)
+            b[r * C + c] = (r == 2 ? -2.0f : 2.0f) * a[r * (C + 3) + c];
+    for (int64_t r = 0; r < n; r++) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int64_t c = 0; c < C; c++) {
+            double u = a[r * (C + 3) + c], v = b[r * C + c];
+            ab += u * v;
+            aa += u * u;
+            bb += v * v;
+        }
+        want[r] = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0;
+    }
+    ck_assert(fabs(want[0] - 1) < 1e-12 && fabs(want[2] + 1) < 1e-12 && want[5] == 0);
+    ck_assert_int_eq(be->ops->row_cosine(be, cs, a, C + 3, b, C, n, C, &err), LMS_OK);
+    check_close("row_cosine", cs, want, n, 1e-6);
+    free(a);
+    free(b);
+    free(cs);
+    free(want);
+}
+END_TEST
+
 START_TEST(embedding_cast)
 {
     struct lms_error err;
@@ -543,6 +594,7 @@ Suite *suite(void)
     tcase_add_test(tc, swiglu_add);
     tcase_add_test(tc, softmax_ce);
     tcase_add_test(tc, embedding_cast);
+    tcase_add_test(tc, activation_stats);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,463 @@
+/* lmsurgeon score: activation importance of a model on calibration data (include/lms/score.h),
+ * written as an importance file that `prune --importance` reads; `--merge` adds the raw sums of
+ * files scored over disjoint rows into one. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "lms/alloc.h"
+#include "lms/format.h"
+#include "lms/json.h"
+#include "lms/score.h"
+
+static const char usage_text[] =
+    "usage: lmsurgeon score MODEL --data PREFIX -o FILE [--num-samples 1024 | --rows FROM:TO]\n"
+    "                       [--seq-length 4096] [--micro-batch-size 4] [--seed 1234]\n"
+    "                       [--sequential] [--layer-metric bi|block-bi|ppl|contiguous]\n"
+    "                       [--target-num-layers N | --block-size N] [--axes LIST]\n"
+    "                       [--device cpu|cuda[:N]] [--threads N] [--precision fp32|bf16|auto]\n"
+    "                       [--force] [--json] [--quiet]\n"
+    "       lmsurgeon score --merge A.json B.json ... -o FILE [--force] [--json] [--quiet]\n"
+    "\n"
+    "Runs MODEL forward over calibration rows and writes the activation importance of every\n"
+    "layer, FFN neuron, attention head and hidden channel (README: \"Importance file\"), with\n"
+    "the raw sums they are made of, so that files scored over disjoint rows merge exactly.\n"
+    "\n"
+    "Rows: the data's token stream is cut into non-overlapping windows of S tokens (only whole\n"
+    "windows, one pass); with a seed the documents and then the windows are shuffled by the\n"
+    "sampler (deterministic), with --sequential they stay in stream order. Row r is the r-th\n"
+    "window of that order; a run reads rows [FROM, TO) (--num-samples N = rows 0:N).\n"
+    "\n"
+    "  --data PREFIX          Megatron indexed dataset PREFIX.bin/.idx, or a raw id file ending\n"
+    "                         in .u16 or .i32 (--data_paths is accepted as well)\n"
+    "  -o, --output FILE      the importance file to write (atomically)\n"
+    "  --num-samples N        rows 0..N-1 (default 1024; --num_train_samples accepted)\n"
+    "  --rows FROM:TO         rows FROM..TO-1 instead, to split a calibration across processes\n"
+    "  --seq-length S         tokens per row (default 4096)\n"
+    "  --micro-batch-size B   rows per forward pass (default 4; --mbs accepted)\n"
+    "  --seed N               sampler seed (default 1234)\n"
+    "  --sequential           rows in stream order, no shuffling (the eval command's windows)\n"
+    "  --layer-metric M       depth score: bi (Block Influence per layer, default), block-bi\n"
+    "                         (Block Influence of every block of n layers), ppl (LM loss with\n"
+    "                         each layer skipped: L more passes), contiguous (LM loss with each\n"
+    "                         block of n layers skipped: L-n+1 more passes)\n"
+    "  --target-num-layers N  for block metrics: blocks of n = L - N layers\n"
+    "  --block-size n         the same, given as n\n"
+    "  --axes LIST            comma list of layers,hidden,ffn,heads,groups (default\n"
+    "                         layers,hidden,ffn,heads; groups = legacy query-group scores)\n"
+    "  --device DEV           cpu (default), cuda or cuda:N\n"
+    "  --threads N            CPU threads (default: all cores)\n"
+    "  --precision P          GEMM and attention arithmetic: auto (default: the device's\n"
+    "                         own, fp32 on the CPU, bf16 on CUDA as the reference workflow\n"
+    "                         runs), fp32 or bf16; the statistics are fp32 or better always\n"
+    "  --merge FILE...        add the raw sums of importance files of the same model\n"
+    "  --force                overwrite an existing output file\n"
+    "  --json                 print one JSON object on stdout\n"
+    "  --quiet                no progress bar, no summary\n"
+    "  -h, --help             show this help\n";
+
+static const char *cmd = "score";
+
+enum {
+    O_DATA = 256, O_NUM, O_ROWS, O_SEQ, O_MBS, O_SEED, O_SEQUENTIAL, O_METRIC, O_TARGET,
+    O_BLOCK, O_AXES, O_DEVICE, O_THREADS, O_PRECISION, O_MERGE, O_FORCE, O_JSON,
+};
+
+static bool parse_rows(const char *s, int64_t *from, int64_t *to)
+{
+    char *end;
+    long long a = strtoll(s, &end, 10);
+    if (end == s || *end != ':' || a < 0)
+        return false;
+    const char *t = end + 1;
+    long long b = strtoll(t, &end, 10);
+    if (end == t || *end || b <= a)
+        return false;
+    *from = a;
+    *to = b;
+    return true;
+}
+
+static bool parse_axes(const char *s, unsigned *mask)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {{"layers", LMS_AXIS_LAYERS}, {"hidden", LMS_AXIS_HIDDEN},
+                 {"ffn", LMS_AXIS_FFN},       {"heads", LMS_AXIS_HEADS},
+                 {"groups", LMS_AXIS_GROUPS}};
+    *mask = 0;
+    while (*s) {
+        size_t n = strcspn(s, ",");
+        bool found = false;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i].name) == n && !strncmp(s, names[i].name, n)) {
+                *mask |= names[i].bit;
+                found = true;
+            }
+        if (!found)
+            return false;
+        s += n;
+        if (*s == ',')
+            s++;
+    }
+    return *mask != 0;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static void print_summary(const struct lms_importance *imp, const char *out, double secs,
+                          const char *what)
+{
+    printf("score: wrote '%s' (%s", out, what);
+    if (imp->raw.present)
+        printf(", %lld rows x %lld tokens", (long long)imp->raw.n_rows,
+               (long long)imp->raw.seq_len);
+    printf(", %.2f s)\n", secs);
+    if (imp->layers) {
+        printf("  layers (%s):", lms_layer_metric_name(imp->layer_metric));
+        for (int64_t l = 0; l < imp->n_layers; l++)
+            printf(" %.4f", imp->layers[l]);
+        printf("\n");
+    }
+    if (imp->blocks) {
+        int64_t best = 0, n = imp->n_layers - imp->block_size + 1;
+        for (int64_t s = 1; s < n; s++)
+            if (imp->blocks[s] < imp->blocks[best])
+                best = s;
+        printf("  blocks of %lld layers: least important %lld-%lld (0-based; score %.4f)\n",
+               (long long)imp->block_size, (long long)best,
+               (long long)(best + imp->block_size - 1), imp->blocks[best]);
+    }
+    unsigned axes = lms_importance_axes(imp);
+    printf("  axes:%s%s%s%s%s\n", axes & LMS_AXIS_LAYERS ? " layers" : "",
+           axes & LMS_AXIS_HIDDEN ? " hidden" : "", axes & LMS_AXIS_FFN ? " ffn" : "",
+           axes & LMS_AXIS_HEADS ? " heads" : "", axes & LMS_AXIS_GROUPS ? " query_groups" : "");
+}
+
+static json_t *result_json(const struct lms_importance *imp, const char *out, double secs,
+                           double tokens_per_s)
+{
+    json_t *o = json_pack("{s:b,s:s,s:s,s:f}", "ok", 1, "output", out, "method",
+                          imp->method ? imp->method : "", "seconds", secs);
+    if (imp->raw.present) {
+        json_object_set_new(o, "rows", json_integer((json_int_t)imp->raw.n_rows));
+        json_object_set_new(o, "row_length", json_integer((json_int_t)imp->raw.seq_len));
+    }
+    if (tokens_per_s > 0)
+        json_object_set_new(o, "tokens_per_second", json_real(tokens_per_s));
+    if (imp->layer_metric)
+        json_object_set_new(o, "layer_metric",
+                            json_string(lms_layer_metric_name(imp->layer_metric)));
+    if (imp->layers) {
+        json_t *a = json_array();
+        for (int64_t l = 0; l < imp->n_layers; l++)
+            json_array_append_new(a, json_real(imp->layers[l]));
+        json_object_set_new(o, "layers", a);
+    }
+    if (imp->blocks) {
+        json_t *a = json_array();
+        for (int64_t s = 0; s < imp->n_layers - imp->block_size + 1; s++)
+            json_array_append_new(a, json_real(imp->blocks[s]));
+        json_object_set_new(o, "blocks", a);
+        json_object_set_new(o, "block_size", json_integer((json_int_t)imp->block_size));
+    }
+    return o;
+}
+
+static int run_merge(struct cli_common *co, char **files, int n, const char *out)
+{
+    struct lms_error err;
+    lms_error_clear(&err);
+    struct lms_importance acc, next;
+    lms_importance_init(&acc, NULL);
+    lms_importance_init(&next, NULL);
+    double t0 = cli_now();
+    enum lms_status rc = lms_importance_read(files[0], &acc, &err);
+    for (int i = 1; !rc && i < n; i++) {
+        rc = lms_importance_read(files[i], &next, &err);
+        if (!rc && (rc = lms_importance_merge(&acc, &next, &err)))
+            lms_error_wrap(&err, "merging '%s' into '%s': ", files[i], files[0]);
+        lms_importance_release(&next);
+    }
+    if (!rc)
+        rc = lms_importance_write(&acc, out, &err);
+    int code;
+    if (rc) {
+        code = cli_fail(cmd, co, &err);
+    } else {
+        code = CLI_EXIT_OK;
+        if (co->json)
+            cli_print_json(result_json(&acc, out, cli_now() - t0, 0));
+        else if (!co->quiet)
+            print_summary(&acc, out, cli_now() - t0, "merged");
+    }
+    lms_importance_release(&acc);
+    return code;
+}
+
+int cmd_score(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data", required_argument, NULL, O_DATA},
+        {"data-paths", required_argument, NULL, O_DATA},
+        {"output", required_argument, NULL, 'o'},
+        {"num-samples", required_argument, NULL, O_NUM},
+        {"num-train-samples", required_argument, NULL, O_NUM},
+        {"rows", required_argument, NULL, O_ROWS},
+        {"seq-length", required_argument, NULL, O_SEQ},
+        {"micro-batch-size", required_argument, NULL, O_MBS},
+        {"mbs", required_argument, NULL, O_MBS},
+        {"seed", required_argument, NULL, O_SEED},
+        {"sequential", no_argument, NULL, O_SEQUENTIAL},
+        {"layer-metric", required_argument, NULL, O_METRIC},
+        {"target-num-layers", required_argument, NULL, O_TARGET},
+        {"block-size", required_argument, NULL, O_BLOCK},
+        {"axes", required_argument, NULL, O_AXES},
+        {"device", required_argument, NULL, O_DEVICE},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"precision", required_argument, NULL, O_PRECISION},
+        {"merge", no_argument, NULL, O_MERGE},
+        {"force", no_argument, NULL, O_FORCE},
+        {"json", no_argument, NULL, O_JSON},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli_common co = {0};
+    struct lms_score_opts so;
+    lms_score_opts_default(&so);
+    const char *data = NULL, *out = NULL, *device = "cpu", *precision = "auto";
+    int64_t n_rows = 1024, threads = 0, target_layers = 0, block = 0, seed = 1234;
+    bool have_rows = false, have_n = false, merge = false, force = false, have_seed = false;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "ho:q", opts, NULL)) != -1) {
+        switch (c) {
+        case O_DATA:
+            data = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case O_NUM:
+            if (!cli_parse_count(optarg, &n_rows))
+                return cli_usage_error(cmd, "invalid --num-samples '%s' (a positive count)",
+                                       optarg);
+            have_n = true;
+            break;
+        case O_ROWS:
+            if (!parse_rows(optarg, &so.row_begin, &so.row_end))
+                return cli_usage_error(cmd, "invalid --rows '%s' (FROM:TO with 0 <= FROM < TO)",
+                                       optarg);
+            have_rows = true;
+            break;
+        case O_SEQ:
+            if (!cli_parse_count(optarg, &so.seq_len) || so.seq_len < 2 || so.seq_len > (1 << 24))
+                return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 16777216)", optarg);
+            break;
+        case O_MBS:
+            if (!cli_parse_count(optarg, &so.micro_batch) || so.micro_batch > 65536)
+                return cli_usage_error(cmd, "invalid --micro-batch-size '%s' (1 to 65536)",
+                                       optarg);
+            break;
+        case O_SEED: {
+            char *end;
+            long long v = strtoll(optarg, &end, 10);
+            if (end == optarg || *end || v < 0)
+                return cli_usage_error(cmd, "invalid --seed '%s'", optarg);
+            seed = v;
+            have_seed = true;
+            break;
+        }
+        case O_SEQUENTIAL:
+            so.sequential = true;
+            break;
+        case O_METRIC: {
+            struct lms_error e;
+            if (lms_layer_metric_parse(optarg, &so.layer_metric, &e))
+                return cli_usage_error(cmd, "%s", e.msg);
+            break;
+        }
+        case O_TARGET:
+            if (!cli_parse_count(optarg, &target_layers))
+                return cli_usage_error(cmd, "invalid --target-num-layers '%s'", optarg);
+            break;
+        case O_BLOCK:
+            if (!cli_parse_count(optarg, &block))
+                return cli_usage_error(cmd, "invalid --block-size '%s'", optarg);
+            break;
+        case O_AXES:
+            if (!parse_axes(optarg, &so.axes))
+                return cli_usage_error(cmd, "invalid --axes '%s' (comma list of layers, hidden, "
+                                       "ffn, heads, groups)", optarg);
+            break;
+        case O_DEVICE:
+            device = optarg;
+            break;
+        case O_THREADS:
+            if (!cli_parse_count(optarg, &threads) || threads > 4096)
+                return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
+            break;
+        case O_PRECISION:
+            precision = optarg;
+            break;
+        case O_MERGE:
+            merge = true;
+            break;
+        case O_FORCE:
+            force = true;
+            break;
+        case O_JSON:
+            co.json = true;
+            break;
+        case 'q':
+            co.quiet = true;
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return CLI_EXIT_OK;
+        default:
+            return cli_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!out)
+        return cli_usage_error(cmd, "-o FILE is required");
+    if (exists(out) && !force)
+        return cli_usage_error(cmd, "'%s' exists (use --force to overwrite it)", out);
+    if (merge) {
+        if (argc - optind < 2)
+            return cli_usage_error(cmd, "--merge needs at least two importance files");
+        for (int i = optind; i < argc; i++)
+            if (!strcmp(argv[i], out))
+                return cli_usage_error(cmd, "the output '%s' is one of the inputs", out);
+        return run_merge(&co, argv + optind, argc - optind, out);
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cmd, "expected one MODEL");
+    const char *model_path = argv[optind];
+    if (!data)
+        return cli_usage_error(cmd, "--data PREFIX is required");
+    if (have_rows && have_n)
+        return cli_usage_error(cmd, "--rows and --num-samples exclude each other");
+    if (so.sequential && have_seed)
+        return cli_usage_error(cmd, "--sequential reads rows in stream order; --seed does not "
+                               "apply");
+    if (target_layers && block)
+        return cli_usage_error(cmd, "--target-num-layers and --block-size exclude each other");
+    if (!have_rows) {
+        so.row_begin = 0;
+        so.row_end = n_rows;
+    }
+    so.seed = (uint64_t)seed;
+    so.data_name = data;
+    if (so.micro_batch > so.row_end - so.row_begin)
+        so.micro_batch = so.row_end - so.row_begin;
+
+    struct lms_error err;
+    lms_error_clear(&err);
+    struct lms_device dev;
+    if (lms_device_parse(device, &dev, &err))
+        return cli_usage_error(cmd, "%s", err.msg);
+    enum lms_precision prec;
+    if (lms_precision_parse(precision, &prec, &err))
+        return cli_usage_error(cmd, "%s", err.msg);
+
+    int rc = CLI_EXIT_OK;
+    struct lms_dataset *ds = NULL;
+    struct lms_backend *be = NULL;
+    struct lms_model m;
+    struct lms_importance imp;
+    lms_importance_init(&imp, NULL);
+    bool have_model = false;
+    if (lms_checkpoint_read(model_path, &m, &err))
+        goto fail;
+    have_model = true;
+    bool block_metric = so.layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
+                        so.layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
+    if (target_layers) {
+        if (target_layers >= m.arch.n_layers) {
+            rc = cli_usage_error(cmd, "--target-num-layers %lld: the model has %lld layers",
+                                 (long long)target_layers, (long long)m.arch.n_layers);
+            goto out;
+        }
+        block = m.arch.n_layers - target_layers;
+    }
+    if (block_metric && !block) {
+        rc = cli_usage_error(cmd, "--layer-metric %s needs --target-num-layers N or "
+                             "--block-size n", lms_layer_metric_name(so.layer_metric));
+        goto out;
+    }
+    so.block_size = block_metric ? block : 0;
+    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
+    if (lms_backend_open(&dev, &bo, &be, &err))
+        goto fail;
+    /* the memory plan is refused before the data is read or anything is allocated */
+    uint64_t need, avail_mem = lms_score_memory_available(be);
+    if (lms_score_memory_plan(&m, be, &so, &need, &err))
+        goto fail;
+    if (avail_mem && need > avail_mem) {
+        lms_error_set(&err, LMS_ENOMEM,
+                      "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
+                      "(weights, activations, statistics); %s has %.2f GB available",
+                      model_path, (long long)so.micro_batch, (long long)so.seq_len,
+                      (double)need / 1e9, lms_backend_name(be), (double)avail_mem / 1e9);
+        goto fail;
+    }
+    if (lms_data_open(data, &ds, &err))
+        goto fail;
+    int64_t avail = lms_score_rows_available(ds, so.seq_len);
+    if (so.row_end > avail) {
+        lms_error_set(&err, LMS_EINVAL,
+                      "dataset '%s' has %lld tokens: %lld rows of %lld tokens, rows [%lld, %lld) "
+                      "requested",
+                      data, (long long)lms_dataset_n_tokens(ds), (long long)avail,
+                      (long long)so.seq_len, (long long)so.row_begin, (long long)so.row_end);
+        goto fail;
+    }
+    struct cli_progress bar;
+    cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
+    so.progress = cli_progress_cb;
+    so.progress_ctx = &bar;
+    double t0 = cli_now();
+    if (lms_score_run(&m, be, ds, &so, &imp, &err)) {
+        if (bar.enabled)
+            fputc('\n', stderr);
+        goto fail;
+    }
+    cli_progress_end(&bar);
+    double secs = cli_now() - t0;
+    if (lms_importance_write(&imp, out, &err))
+        goto fail;
+    double tps = secs > 0 ? (double)((so.row_end - so.row_begin) * so.seq_len) / secs : 0;
+    if (co.json) {
+        json_t *o = result_json(&imp, out, secs, tps);
+        json_object_set_new(o, "device", json_string(lms_backend_name(be)));
+        json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(be)));
+        json_object_set_new(o, "precision", json_string(precision));
+        cli_print_json(o);
+    } else if (!co.quiet) {
+        char what[160];
+        snprintf(what, sizeof what, "%s on %s, %d threads, %.0f tokens/s",
+                 lms_backend_name(be), data, lms_backend_n_threads(be), tps);
+        print_summary(&imp, out, secs, what);
+    }
+    goto out;
+fail:
+    rc = cli_fail(cmd, &co, &err);
+out:
+    lms_importance_release(&imp);
+    lms_backend_free(be);
+    if (have_model)
+        lms_model_release(&m);
+    lms_dataset_free(ds);
+    return rc;
+}

@@ -1,0 +1,90 @@
+/* lmsurgeon: activation importance on calibration data (the scoring engine behind
+ * `lmsurgeon score` and `lmsurgeon prune --data_paths`).
+ *
+ * One forward pass of the unpruned model over calibration rows gathers, at the engine's hook
+ * points (include/lms/engine.h), the raw sums every activation score is made of:
+ *
+ *   channel statistic (per hook point, per channel c, over rows b of S tokens):
+ *       m[b,c] = (1/S) sum_t |x[b,t,c]|,   Q[c] += sum_b m[b,c]^2   (A[c] = sqrt(Q[c]))
+ *   FFN neuron j of layer l:  A at the down-projection input
+ *   head h of layer l:        sqrt(sum over the head's d channels of Q) at the attention context
+ *                             (ranked inside its query group by the planner)
+ *   query group g of layer l: sqrt(sum of its heads' squared scores)
+ *   hidden channel c:         sum over both norm outputs of every layer of A[c]
+ *   Block Influence (bi):     1 - mean over token rows of cos(layer input, layer output)
+ *   block-bi (n layers):      1 - mean cos(input of layer s, output of layer s+n-1), per start s
+ *   ppl:                      LM loss with layer l skipped (minus the full model's loss)
+ *   contiguous (n layers):    LM loss with layers s..s+n-1 skipped (minus the full loss)
+ *
+ * Sums are kept in double on the host (struct lms_importance_raw), so runs over disjoint rows
+ * add exactly (lms_importance_merge) and scores are derived from the sums afterwards
+ * (lms_importance_derive). Depth-pruned variants for ppl/contiguous are run by the same engine
+ * with layers skipped: nothing is uploaded or copied again.
+ *
+ * Rows: the calibration rows are the windows of S tokens of the dataset's token stream, cut
+ * without overlap (window k is stream positions [k S, (k+1) S)) and, unless sequential,
+ * visited in the order of the window sampler (include/lms/dataset.h: documents shuffled, then
+ * windows shuffled, seeded). Row r of a run is window order[r]; a run reads rows
+ * [row_begin, row_end). Only whole windows of one pass over the data are used, so asking for
+ * more rows than the data holds is an error, never a silent repeat. */
+#ifndef LMS_SCORE_H
+#define LMS_SCORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lms/backend.h"
+#include "lms/dataset.h"
+#include "lms/error.h"
+#include "lms/format.h"
+#include "lms/importance.h"
+#include "lms/ir.h"
+
+/* Opens the data a user names: PREFIX of a Megatron indexed dataset (PREFIX.bin/.idx), or a raw
+ * id file ending in .u16 or .i32 (ids back to back, little-endian). OUT: *ds. */
+enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err);
+
+/* Whole non-overlapping windows of seq_len tokens the dataset holds (rows available). */
+int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len);
+
+struct lms_score_opts {
+    int64_t row_begin, row_end; /* calibration rows [row_begin, row_end) (see above) */
+    int64_t seq_len;            /* S tokens per row (> 1) */
+    int64_t micro_batch;        /* rows per forward pass (> 0) */
+    uint64_t seed;              /* sampler seed (1234 is the command's default) */
+    bool sequential;            /* rows are the windows in stream order (no shuffling) */
+    unsigned axes;              /* enum lms_axis mask: what to gather (LAYERS = layer_metric) */
+    enum lms_layer_metric layer_metric; /* with LMS_AXIS_LAYERS; NONE = BI */
+    int64_t block_size;         /* n layers removed, for block-bi and contiguous (1..L-1) */
+    lms_progress_fn progress;   /* (rows done, rows total) of all passes; NULL: none */
+    void *progress_ctx;
+    /* Refuse before allocating when the engine's weights + workspace + accumulators exceed
+     * this many bytes; 0 = the device's available memory (host: MemAvailable). */
+    uint64_t memory_limit;
+    const char *data_name;      /* provenance written to imp->source (may be NULL) */
+};
+
+/* Default options: rows [0, 1024), S 4096, micro-batch 4, seed 1234, shuffled, axes
+ * LAYERS|HIDDEN|FFN|HEADS, metric BI, block_size 0. */
+void lms_score_opts_default(struct lms_score_opts *o);
+
+/* Bytes the run would allocate (engine weights + workspace + scoring buffers) for m on be with
+ * o; LMS_EINVAL when the sizes overflow. */
+enum lms_status lms_score_memory_plan(const struct lms_model *m, const struct lms_backend *be,
+                                      const struct lms_score_opts *o, uint64_t *bytes,
+                                      struct lms_error *err);
+
+/* Bytes the device can give a run: MemAvailable on the CPU; 0 (unknown: allocation failures
+ * report) on devices without a query. */
+uint64_t lms_score_memory_available(const struct lms_backend *be);
+
+/* Runs calibration of m on be over rows of ds. Checks up front: rows available, ids inside
+ * the vocabulary (checked per batch before its forward), memory plan within the limit.
+ * OUT: *imp initialised for m's dims with the raw sums and the derived scores of the requested
+ * axes, method "activation", source = provenance (data, rows, row length, seed, order, device).
+ * On error *imp is released (empty). */
+enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
+                              const struct lms_dataset *ds, const struct lms_score_opts *o,
+                              struct lms_importance *imp, struct lms_error *err);
+
+#endif

@@ -1,0 +1,160 @@
+/* Importance scores from raw calibration sums: the derivation formulas on hand-computed sums,
+ * the kept-layer choice of every layer metric (individual drops with ties to the lower index,
+ * the lowest block for block metrics), merging (sums add, mismatches refused with a untouched),
+ * and the version 2 file round trip (every double back bit for bit). */
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_main.h"
+#include "lms/alloc.h"
+#include "lms/importance.h"
+
+/* L 3, H 2, F 2, n_h 4, n_g 2 */
+static void make(struct lms_importance *imp, double scale)
+{
+    lms_importance_init(imp, NULL);
+    imp->n_layers = 3;
+    imp->hidden = 2;
+    imp->ffn = 2;
+    imp->n_heads = 4;
+    imp->n_groups = 2;
+    imp->layer_metric = LMS_LAYER_METRIC_BI;
+    struct lms_importance_raw *r = &imp->raw;
+    r->present = true;
+    r->n_rows = 2;
+    r->seq_len = 8;
+    r->n_cos_rows = 16;
+    r->hidden_sq = lms_calloc(12, sizeof(double));
+    r->ffn_sq = lms_calloc(6, sizeof(double));
+    r->head_sq = lms_calloc(12, sizeof(double));
+    r->layer_cos = lms_calloc(3, sizeof(double));
+    for (int i = 0; i < 12; i++) {
+        r->hidden_sq[i] = scale * (i % 2 ? 4.0 : 1.0); /* sqrt: 1 for channel 0, 2 for 1 */
+        r->head_sq[i] = scale * (double)(i + 1);
+    }
+    for (int i = 0; i < 6; i++)
+        r->ffn_sq[i] = scale * 9.0 * (i + 1) * (i + 1);
+    r->layer_cos[0] = 8.0 * scale; /* BI 0.5, 0.75, 0.25 with 16 rows */
+    r->layer_cos[1] = 4.0 * scale;
+    r->layer_cos[2] = 12.0 * scale;
+    r->n_cos_rows = (int64_t)(16 * scale);
+}
+
+START_TEST(derive_formulas)
+{
+    struct lms_importance imp;
+    struct lms_error err;
+    make(&imp, 1.0);
+    ck_assert_int_eq(lms_importance_derive(&imp, true, &err), LMS_OK);
+    /* hidden: 6 hook points (3 layers x 2 norms) of sqrt(1) and sqrt(4) */
+    ck_assert(imp.hidden_s[0] == 6.0 && imp.hidden_s[1] == 12.0);
+    for (int i = 0; i < 6; i++)
+        ck_assert(imp.ffn_s[i] == 3.0 * (i + 1));
+    for (int i = 0; i < 12; i++)
+        ck_assert(fabs(imp.heads[i] - sqrt(i + 1.0)) < 1e-15);
+    /* group g of layer l: heads 2g, 2g+1: sqrt(head_sq sum) */
+    ck_assert(fabs(imp.groups[0] - sqrt(1.0 + 2.0)) < 1e-15);
+    ck_assert(fabs(imp.groups[5] - sqrt(11.0 + 12.0)) < 1e-15);
+    ck_assert(imp.layers[0] == 0.5 && imp.layers[1] == 0.75 && imp.layers[2] == 0.25);
+    lms_importance_release(&imp);
+}
+END_TEST
+
+START_TEST(keep_layers)
+{
+    struct lms_importance imp;
+    struct lms_error err;
+    bool keep[6];
+    lms_importance_init(&imp, NULL);
+    imp.n_layers = 6;
+    imp.layer_metric = LMS_LAYER_METRIC_BI;
+    double s[6] = {0.9, 0.1, 0.3, 0.1, 0.5, 0.8};
+    imp.layers = lms_malloc(sizeof s);
+    memcpy(imp.layers, s, sizeof s);
+    /* drop 2: the two 0.1 layers; drop 1: of the tie, the higher index (3) goes */
+    ck_assert_int_eq(lms_importance_keep_layers(&imp, 4, keep, &err), LMS_OK);
+    ck_assert(keep[0] && !keep[1] && keep[2] && !keep[3] && keep[4] && keep[5]);
+    ck_assert_int_eq(lms_importance_keep_layers(&imp, 5, keep, &err), LMS_OK);
+    ck_assert(keep[1] && !keep[3]);
+    ck_assert_int_eq(lms_importance_keep_layers(&imp, 0, keep, &err), LMS_EINVAL);
+    /* block metric: blocks of 2 starting at 0..4; the lowest is block 2 (layers 2, 3) */
+    imp.layer_metric = LMS_LAYER_METRIC_CONTIGUOUS;
+    imp.block_size = 2;
+    double b[5] = {0.4, 0.3, 0.05, 0.05, 0.2};
+    imp.blocks = lms_malloc(sizeof b);
+    memcpy(imp.blocks, b, sizeof b);
+    ck_assert_int_eq(lms_importance_keep_layers(&imp, 4, keep, &err), LMS_OK);
+    ck_assert(keep[0] && keep[1] && !keep[2] && !keep[3] && keep[4] && keep[5]);
+    /* a file scoring blocks of 2 cannot choose a cut of 3 */
+    ck_assert_int_eq(lms_importance_keep_layers(&imp, 3, keep, &err), LMS_EINVAL);
+    ck_assert_msg(strstr(err.msg, "blocks of 2"), "%s", err.msg);
+    lms_importance_release(&imp);
+}
+END_TEST
+
+START_TEST(merge_sums)
+{
+    struct lms_importance a, b;
+    struct lms_error err;
+    make(&a, 1.0);
+    make(&b, 3.0);
+    ck_assert_int_eq(lms_importance_merge(&a, &b, &err), LMS_OK);
+    ck_assert_int_eq(a.raw.n_rows, 4);
+    ck_assert_int_eq(a.raw.n_cos_rows, 64);
+    ck_assert(a.raw.ffn_sq[5] == 4.0 * 9.0 * 36.0);
+    ck_assert(a.ffn_s[5] == sqrt(4.0 * 9.0 * 36.0));
+    ck_assert(a.layers[2] == 1.0 - 48.0 / 64.0);
+    /* refused merges leave a untouched */
+    b.raw.seq_len = 16;
+    ck_assert_int_eq(lms_importance_merge(&a, &b, &err), LMS_ESHAPE);
+    ck_assert_msg(strstr(err.msg, "16"), "%s", err.msg);
+    b.raw.seq_len = 8;
+    lms_free(b.raw.ffn_sq);
+    b.raw.ffn_sq = NULL;
+    ck_assert_int_eq(lms_importance_merge(&a, &b, &err), LMS_ESHAPE);
+    ck_assert_int_eq(a.raw.n_rows, 4);
+    b.hidden = 3;
+    ck_assert_int_eq(lms_importance_merge(&a, &b, &err), LMS_ESHAPE);
+    lms_importance_release(&a);
+    lms_importance_release(&b);
+}
+END_TEST
+
+START_TEST(file_round_trip)
+{
+    struct lms_importance a, b;
+    struct lms_error err;
+    make(&a, 1.0 / 3.0);
+    a.raw.n_cos_rows = 16;
+    ck_assert_int_eq(lms_importance_derive(&a, false, &err), LMS_OK);
+    char path[] = "/tmp/lms-test-importance-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert(fd >= 0);
+    close(fd);
+    ck_assert_msg(lms_importance_write(&a, path, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_importance_read(path, &b, &err) == LMS_OK, "%s", err.msg);
+    unlink(path);
+    ck_assert(b.raw.present && b.raw.n_rows == 2 && b.raw.seq_len == 8);
+    ck_assert(b.layer_metric == LMS_LAYER_METRIC_BI && b.block_size == 0);
+    ck_assert(!memcmp(a.raw.head_sq, b.raw.head_sq, 12 * sizeof(double)));
+    ck_assert(!memcmp(a.raw.hidden_sq, b.raw.hidden_sq, 12 * sizeof(double)));
+    ck_assert(!memcmp(a.raw.layer_cos, b.raw.layer_cos, 3 * sizeof(double)));
+    ck_assert(!memcmp(a.heads, b.heads, 12 * sizeof(double)));
+    ck_assert(b.groups == NULL && b.raw.ffn_sq != NULL);
+    lms_importance_release(&a);
+    lms_importance_release(&b);
+}
+END_TEST
+
+Suite *suite(void)
+{
+    Suite *s = suite_create("importance");
+    TCase *tc = tcase_create("raw_sums");
+    tcase_add_test(tc, derive_formulas);
+    tcase_add_test(tc, keep_layers);
+    tcase_add_test(tc, merge_sums);
+    tcase_add_test(tc, file_round_trip);
+    suite_add_tcase(s, tc);
+    return s;
+}
