@@ -1327,8 +1327,8 @@ static enum lms_status nemo_read(const char *path, const struct lms_read_opts *o
             return lms_error_wrap(err, "'%s': ", p);
         struct lms_dcp d;
         rc = lms_dcp_open(weights, &d, err);
-        if (!rc)
-            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
+        if (!rc && (rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err)))
+            lms_error_wrap(err, "'%s': ", p); /* name the config file at fault */
         lms_dcp_release(&d);
         json_decref(fields);
         if (rc)
@@ -1579,8 +1579,8 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
             return rc;
         struct lms_dcp d;
         rc = lms_dcp_open(dir, &d, err);
-        if (!rc)
-            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
+        if (!rc && (rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err)))
+            lms_error_wrap(err, "'%s': ", p); /* name the config file at fault */
         lms_dcp_release(&d);
         json_decref(fields);
         if (rc)
