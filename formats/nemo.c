@@ -1092,6 +1092,9 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     if (nh <= 0)
         return lms_error_set(err, LMS_EFORMAT, "model config lacks num_attention_heads");
     int64_t H = GETI("hidden_size"), ng = GETI("num_query_groups") ? GETI("num_query_groups") : nh;
+    if (H < 0 || H > (INT64_C(1) << 40)) /* before 4 * H below; the HF parser bounds it later */
+        return lms_error_set(err, LMS_EFORMAT, "model config: hidden_size %lld is out of range",
+                             (long long)H);
     int64_t hd = GETI("kv_channels");
     if (!hd)
         hd = fam == LMS_FAMILY_QWEN3 ? 128 : (H / nh);
