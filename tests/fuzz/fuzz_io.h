@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Replaces the contents of the target's memory file with data; returns its path or NULL. */
@@ -36,29 +37,39 @@ static inline const char *fuzz_memfd_path(const uint8_t *data, size_t size)
 
 static char fuzz_tmp_dir_path[256];
 
-/* Removes the files (one level of subdirectories) of the temporary directory, then it. */
+/* Removes the temporary directory: its files, links (never followed) and the files of its
+ * subdirectories (one level). */
 static inline void fuzz_tmp_dir_remove(void)
 {
     if (!fuzz_tmp_dir_path[0])
         return;
-    char cmd_dir[512];
-    const char *subs[] = {"", "/context", "/weights"};
-    for (int s = 2; s >= 0; s--) {
-        snprintf(cmd_dir, sizeof(cmd_dir), "%s%s", fuzz_tmp_dir_path, subs[s]);
-        DIR *d = opendir(cmd_dir);
-        if (!d)
+    DIR *top = opendir(fuzz_tmp_dir_path);
+    struct dirent *e;
+    while (top && (e = readdir(top))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
             continue;
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                char p[800];
-                snprintf(p, sizeof(p), "%s/%s", cmd_dir, e->d_name);
-                if (unlink(p) != 0)
-                    rmdir(p);
-            }
-        closedir(d);
-        rmdir(cmd_dir);
+        char p[800];
+        snprintf(p, sizeof(p), "%s/%s", fuzz_tmp_dir_path, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            DIR *sub = opendir(p);
+            struct dirent *f;
+            while (sub && (f = readdir(sub)))
+                if (strcmp(f->d_name, ".") && strcmp(f->d_name, "..")) {
+                    char q[1200];
+                    snprintf(q, sizeof(q), "%s/%s", p, f->d_name);
+                    unlink(q);
+                }
+            if (sub)
+                closedir(sub);
+            rmdir(p);
+        } else {
+            unlink(p);
+        }
     }
+    if (top)
+        closedir(top);
+    rmdir(fuzz_tmp_dir_path);
 }
 
 /* A private temporary directory for this process (created once, removed at exit). */

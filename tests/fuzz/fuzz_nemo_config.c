@@ -1,16 +1,24 @@
 /* libFuzzer target: the NeMo / Megatron model-config readers. The first input byte chooses the
  * file, the rest is its text:
- *   0  context/io.json of a NeMo 2 checkpoint (read through the "nemo" format, from a temporary
- *      checkpoint folder whose weights/ is empty, so reading stops after the config);
+ *   0  context/io.json of a NeMo 2 checkpoint, read through the "nemo" format from a temporary
+ *      checkpoint folder whose weights/ links to a valid tiny torch_dist checkpoint (the one of
+ *      tests/bad/cases/nemo_io_json_invalid, path passed in by the build), so the fields are
+ *      translated, checked against the weights and the model is assembled;
  *   1  run_config.yaml of a Megatron checkpoint (the fields under "model:");
  *   2  model_config.yaml of a NeMo 1 tarball (the top-level fields).
  * The YAML fields are translated to a Hugging Face config (with an empty weight table) and that
  * is parsed and validated, as reading such a checkpoint does. */
 #include "fuzz_io.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef LMS_FUZZ_NEMO_WEIGHTS
+#error "the build passes LMS_FUZZ_NEMO_WEIGHTS, a valid tiny torch_dist checkpoint folder"
+#endif
 
 #include "formats/nemo_impl.h"
 #include "lms/dcp.h"
@@ -28,7 +36,8 @@ static void read_io_json(const uint8_t *data, size_t size)
     snprintf(p, sizeof(p), "%s/context", dir);
     mkdir(p, 0700);
     snprintf(p, sizeof(p), "%s/weights", dir);
-    mkdir(p, 0700);
+    if (symlink(LMS_FUZZ_NEMO_WEIGHTS, p) != 0 && errno != EEXIST)
+        return;
     if (!fuzz_tmp_file("context/io.json", data, size))
         return;
     struct lms_error err;
