@@ -11,6 +11,7 @@ report (data-formats.md §1.4, §1.6), chosen by hand, not copied from the tool'
 
   python3 tests/bad/make_corpus.py            # rewrites tests/bad/cases, expected.tsv, README.md
 """
+import atexit
 import gzip
 import io
 import json
@@ -367,6 +368,7 @@ def converted(fmt):
     """Path of the base checkpoint converted to fmt ("nemo", "megatron", "nemo1"), made once."""
     if fmt not in _converted:
         tmp = tempfile.mkdtemp(prefix="lms-bad-base-")
+        atexit.register(shutil.rmtree, tmp, True)
         base = os.path.join(tmp, "base")
         single(base)
         out = os.path.join(tmp, "out.nemo" if fmt == "nemo1" else "out")
