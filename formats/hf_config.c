@@ -180,6 +180,9 @@ enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct 
     rc = get_int(c, "head_dim", false, a->hidden / a->n_heads, &a->head_dim, err);
     if (!rc)
         rc = get_int(c, "max_position_embeddings", false, 0, &a->max_position, err);
+    if (!rc && a->max_position < 0)
+        rc = lms_error_set(err, LMS_EFORMAT, "max_position_embeddings is %lld (expected >= 0)",
+                           (long long)a->max_position);
     if (!rc)
         rc = get_num(c, "rms_norm_eps", 1e-6, &a->norm_eps, err);
     if (!rc)
@@ -199,6 +202,9 @@ enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct 
         rc = get_bool(c, "use_sliding_window", false, &use_sw, err);
     if (!rc && use_sw)
         rc = get_int(c, "sliding_window", false, 0, &a->sliding_window, err);
+    if (!rc && a->sliding_window < 0)
+        rc = lms_error_set(err, LMS_EFORMAT, "sliding_window is %lld (expected >= 0)",
+                           (long long)a->sliding_window);
     if (!rc)
         rc = parse_rope(c, &a->rope, err);
     if (rc)

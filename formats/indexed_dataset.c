@@ -302,6 +302,8 @@ enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, in
     if (n > dst_cap)
         return lms_error_set(err, LMS_EINVAL, "token range of %zu ids exceeds the buffer of %zu",
                              n, dst_cap);
+    if (n == 0)
+        return LMS_OK; /* an empty .bin is mapped as NULL: no pointer arithmetic on it */
     const unsigned char *src = (const unsigned char *)ds->bin_map->base +
                                (size_t)begin * ds->idx.itemsize;
     switch (ds->idx.code) {

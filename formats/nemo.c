@@ -1195,6 +1195,9 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     if (nh <= 0)
         return lms_error_set(err, LMS_EFORMAT, "model config lacks num_attention_heads");
     int64_t H = GETI("hidden_size"), ng = GETI("num_query_groups") ? GETI("num_query_groups") : nh;
+    if (H < 0 || H > (INT64_C(1) << 40)) /* before 4 * H below; the HF parser bounds it later */
+        return lms_error_set(err, LMS_EFORMAT, "model config: hidden_size %lld is out of range",
+                             (long long)H);
     int64_t hd = GETI("kv_channels");
     if (!hd)
         hd = fam == LMS_FAMILY_QWEN3 ? 128 : (H / nh);
@@ -1460,8 +1463,8 @@ static enum lms_status nemo_context_hf(const char *path, const char *weights, js
         return rc;
     struct lms_dcp d;
     rc = lms_dcp_open(weights, &d, err);
-    if (!rc)
-        rc = lms__nemo_hf_from_fields(fields, cls, &d, hf, err);
+    if (!rc && (rc = lms__nemo_hf_from_fields(fields, cls, &d, hf, err)))
+        lms_error_wrap(err, "'%s/io.json': ", ctx); /* name the config at fault */
     lms_dcp_release(&d);
     json_decref(fields);
     return rc;
@@ -1824,8 +1827,8 @@ static enum lms_status megatron_read(const char *path, const struct lms_read_opt
         }
         struct lms_dcp d;
         rc = lms_dcp_open(dir, &d, err);
-        if (!rc)
-            rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err);
+        if (!rc && (rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, err)))
+            lms_error_wrap(err, "'%s': ", p); /* name the config file at fault */
         lms_dcp_release(&d);
         json_decref(fields);
         if (rc)

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
-"""Generates the bad-input corpus in tests/bad/ (pure standard library, deterministic).
+"""Generates the bad-input corpus in tests/bad/ (standard library, deterministic).
 
 Each case is a small checkpoint directory (config.json + safetensors [+ index]) derived
-from one valid tiny Qwen3 checkpoint with exactly one defect, or a single file. The table
+from one valid tiny Qwen3 checkpoint with exactly one defect, or a single file. The NeMo 2,
+Megatron and NeMo 1 cases start from that checkpoint converted by the tool itself (LMSURGEON,
+default build/cli/lmsurgeon), then get their one defect. The table
 CASES below is the single source of truth: it also writes expected.tsv (read by
 tests/cli/test_bad_inputs.sh) and README.md. Expectations are what a correct reader must
 report (data-formats.md §1.4, §1.6), chosen by hand, not copied from the tool's output.
 
   python3 tests/bad/make_corpus.py            # rewrites tests/bad/cases, expected.tsv, README.md
 """
+import atexit
+import gzip
+import io
 import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
+import tarfile
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES_DIR = os.path.join(HERE, "cases")
@@ -350,6 +358,165 @@ def case_file_not_checkpoint(path):
     write(path, "this is not a checkpoint\n")
 
 
+# ---- NeMo 2, Megatron and NeMo 1 cases: the base converted by the tool, then one defect --
+
+ROOT = os.path.dirname(os.path.dirname(HERE))
+_converted = {}
+
+
+def converted(fmt):
+    """Path of the base checkpoint converted to fmt ("nemo", "megatron", "nemo1"), made once."""
+    if fmt not in _converted:
+        tmp = tempfile.mkdtemp(prefix="lms-bad-base-")
+        atexit.register(shutil.rmtree, tmp, True)
+        base = os.path.join(tmp, "base")
+        single(base)
+        out = os.path.join(tmp, "out.nemo" if fmt == "nemo1" else "out")
+        exe = os.environ.get("LMSURGEON", os.path.join(ROOT, "build", "cli", "lmsurgeon"))
+        subprocess.run([exe, "convert", base, out, "--to", fmt, "--quiet"], check=True)
+        _converted[fmt] = out
+    return _converted[fmt]
+
+
+def copy_of(fmt, d):
+    src = converted(fmt)
+    if os.path.isdir(src):
+        shutil.copytree(src, d)
+    else:
+        shutil.copyfile(src, d)
+
+
+def nemo_case(edit, fmt="nemo"):
+    """A copy of the converted checkpoint, then edit(d) changes it."""
+    def build(d):
+        copy_of(fmt, d)
+        edit(d)
+    return build
+
+
+def rm(*rel):
+    def edit(d):
+        for r in rel:
+            p = os.path.join(d, r)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    return edit
+
+
+def put(rel, content, also_rm=()):
+    def edit(d):
+        for r in also_rm:
+            os.remove(os.path.join(d, r))
+        write(os.path.join(d, rel), content)
+    return edit
+
+
+def truncate_file(rel, keep):
+    def edit(d):
+        p = os.path.join(d, rel)
+        with open(p, "rb") as f:
+            content = f.read()
+        write(p, content[:keep] if keep >= 0 else content[:keep])
+    return edit
+
+
+def edit_text(rel, old, new, also_rm=()):
+    def edit(d):
+        for r in also_rm:
+            os.remove(os.path.join(d, r))
+        p = os.path.join(d, rel)
+        with open(p) as f:
+            text = f.read()
+        assert old in text, (rel, old)
+        write(p, text.replace(old, new, 1))
+    return edit
+
+
+def edit_json(rel, fn, also_rm=()):
+    def edit(d):
+        for r in also_rm:
+            os.remove(os.path.join(d, r))
+        p = os.path.join(d, rel)
+        with open(p) as f:
+            obj = json.load(f)
+        obj = fn(obj)
+        write(p, json.dumps(obj, indent=2) + "\n")
+    return edit
+
+
+def io_json_drop_config(io_obj):
+    """io.json without the object at <root>.model.config."""
+    for k, v in list(io_obj["objects"].items()):
+        if "<root>.model.config" in v.get("paths", []):
+            v["paths"] = [p for p in v["paths"] if p != "<root>.model.config"]
+    return io_obj
+
+
+def io_json_heads(value):
+    def fn(io_obj):
+        for v in io_obj["objects"].values():
+            if "<root>.model.config" in v.get("paths", []):
+                for it in v["items"]:
+                    if it[0] == "Attr(name='num_attention_heads')":
+                        it[1]["value"] = value
+        return io_obj
+    return fn
+
+
+def nemo1_tar(members, compress=False):
+    """A .nemo tarball from (name, bytes) members (ustar, as NeMo writes them)."""
+    def build(path):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            for name, data in members(path):
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                ti.mtime = 0
+                tf.addfile(ti, io.BytesIO(data))
+        data = buf.getvalue()
+        write(path, gzip.compress(data, mtime=0) if compress else data)
+    return build
+
+
+def nemo1_members(drop=(), replace=None):
+    """The members of the converted .nemo, without drop, with replace {name: bytes}."""
+    def members(_path):
+        out = []
+        with tarfile.open(converted("nemo1")) as tf:
+            for ti in tf.getmembers():
+                if not ti.isfile():
+                    continue
+                name = ti.name[2:] if ti.name.startswith("./") else ti.name
+                if name in drop:
+                    continue
+                data = tf.extractfile(ti).read()
+                if replace and name in replace:
+                    data = replace[name](data) if callable(replace[name]) else replace[name]
+                out.append(("./" + name, data))
+        return out
+    return members
+
+
+def nemo1_truncated(keep):
+    def build(path):
+        with open(converted("nemo1"), "rb") as f:
+            data = f.read()
+        write(path, data[:keep])
+    return build
+
+
+def nemo1_traversal(path):
+    members = nemo1_members()(path)
+    members.append(("../escape.txt", b"x"))
+    nemo1_tar(lambda _p: members)(path)
+
+
+W = "weights"
+MEG = "iter_0000000"
+IO = "context/io.json"
+HFC = "context/hf_config.json"
+MEGHF = MEG + "/hf_config.json"
+RUNCFG = MEG + "/run_config.yaml"
+
 MS = "model.safetensors"
 CFG = "config.json"
 IDX = "model.safetensors.index.json"
@@ -489,13 +656,254 @@ CASES = [
      "not a checkpoint"),
 ]
 
+# Cases added for the other readers and more safetensors / config.json defects. Expectations
+# are filled in NEW_EXPECT below (by name) so the table stays readable.
+NEW_CASES = [
+    # -- safetensors
+    ("st_header_len_zero", lambda d: single(d, raw=struct.pack("<Q", 0)),
+     "header length 0 (no JSON at all)"),
+    ("st_nan_in_header", raw_header(b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}}'),
+     "NaN in the header (not JSON)"),
+    ("st_offsets_negative", mutate(set_field("data_offsets", [-2, 1022])),
+     "data_offsets start at -2"),
+    ("st_offsets_past_end", mutate(set_field("data_offsets", [0, 1 << 40])),
+     "data_offsets end 2^40 bytes in"),
+    ("st_too_many_dims", mutate(set_field("shape", [1] * 20)), "shape of 20 dimensions"),
+    ("st_empty_header", raw_header(b"{}"), "no tensors at all"),
+    ("st_metadata_nested", mutate(lambda h, b: h["__metadata__"].update(nested={"a": "b"})),
+     "__metadata__ value is an object"),
+    ("st_offsets_not_array", mutate(set_field("data_offsets", "0-1024")),
+     "data_offsets is a string"),
+    ("st_dim_too_large_for_json", raw_header(
+        b'{"a":{"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,4]}}'),
+     "dimension larger than 2^64"),
+    ("st_nul_in_name", mutate(lambda h, b: h.__setitem__("a\u0000b", h.pop(first(h))) or None),
+     "tensor name with a NUL character"),
+    # -- config.json
+    ("cfg_zero_kv_heads", cfg_with(num_key_value_heads=0), "num_key_value_heads 0"),
+    ("cfg_vocab_zero", cfg_with(vocab_size=0), "vocab_size 0"),
+    ("cfg_head_dim_zero", cfg_with(head_dim=0), "head_dim 0"),
+    ("cfg_ffn_negative", cfg_with(intermediate_size=-32), "intermediate_size -32"),
+    ("cfg_layers_fraction", cfg_with(num_hidden_layers=1.5), "num_hidden_layers 1.5"),
+    ("cfg_eps_string", cfg_with(rms_norm_eps="1e-6"), "rms_norm_eps is a string"),
+    ("cfg_eps_negative", cfg_with(rms_norm_eps=-1e-6), "rms_norm_eps negative"),
+    ("cfg_rope_theta_zero", cfg_with(rope_parameters={"rope_theta": 0.0,
+                                                      "rope_type": "default"}),
+     "rope_theta 0"),
+    ("cfg_rope_type_unknown", cfg_with(rope_parameters={"rope_theta": 10000.0,
+                                                        "rope_type": "frobnicate"}),
+     "rope_type 'frobnicate'"),
+    ("cfg_max_pos_negative", cfg_with(max_position_embeddings=-1),
+     "max_position_embeddings -1"),
+    ("cfg_duplicate_key", lambda d: single(d) or write_config(
+        d, raw=json.dumps(BASE_CONFIG)[:-1] + ', "hidden_size": 32}\n'),
+     "hidden_size twice (duplicate key)"),
+    ("cfg_bad_utf8", lambda d: single(d) or write_config(
+        d, raw=json.dumps(BASE_CONFIG).encode()[:-1] + b', "name": "\xff"}\n'),
+     "invalid UTF-8 in config.json"),
+    ("cfg_empty_file", lambda d: single(d) or write_config(d, raw=""), "config.json is empty"),
+    ("cfg_arch_not_list", cfg_with(architectures="Qwen3ForCausalLM", model_type=KeyError),
+     "architectures is a string, no model_type"),
+    # -- sharded index
+    ("idx_not_object", lambda d: sharded(d, lambda ix: "[1, 2]\n"), "index is a JSON array"),
+    ("idx_absolute_path", lambda d: sharded(d, lambda ix: ix["weight_map"].update(
+        {"model.extra.weight": "/etc/passwd"}) or ix), "index names the shard '/etc/passwd'"),
+    ("idx_empty_weight_map", lambda d: sharded(d, lambda ix: ix.update(weight_map={}) or ix),
+     "weight_map is empty"),
+    # -- checkpoint vs config
+    ("model_embed_wrong_vocab", lambda d: single(d, ts=tensors(
+        [(n, [V + 1, H] if n == "model.embed_tokens.weight" else s) for n, s in base_shapes()])),
+     "embedding has 33 rows for vocab_size 32 (lm_head 32)"),
+    # -- NeMo 2 checkpoint directory
+    ("nemo_io_json_invalid", nemo_case(put(IO, '{"root": ', also_rm=[HFC])),
+     "context/io.json is truncated JSON (no hf_config.json)"),
+    ("nemo_io_json_no_config", nemo_case(edit_json(IO, io_json_drop_config, also_rm=[HFC])),
+     "io.json has no object at <root>.model.config"),
+    ("nemo_io_json_zero_heads", nemo_case(edit_json(IO, io_json_heads(0), also_rm=[HFC])),
+     "io.json num_attention_heads 0"),
+    ("nemo_hf_config_invalid", nemo_case(put(HFC, "{")), "context/hf_config.json is truncated"),
+    ("nemo_metadata_json_missing", nemo_case(rm(W + "/metadata.json")),
+     "weights/metadata.json is missing"),
+    ("nemo_backend_zarr", nemo_case(put(W + "/metadata.json",
+                                        '{"sharded_backend": "zarr"}\n')),
+     "sharded_backend zarr"),
+    ("nemo_metadata_truncated", nemo_case(truncate_file(W + "/.metadata", 200)),
+     "weights/.metadata cut to 200 bytes"),
+    ("nemo_metadata_missing", nemo_case(rm(W + "/.metadata")), "weights/.metadata is missing"),
+    ("nemo_distcp_truncated", nemo_case(truncate_file(W + "/__0_0.distcp", 1000)),
+     "weights/__0_0.distcp cut to 1000 bytes"),
+    ("nemo_distcp_missing", nemo_case(rm(W + "/__0_0.distcp")),
+     "weights/__0_0.distcp is missing"),
+    ("nemo_metadata_not_pickle", nemo_case(put(W + "/.metadata", "not a pickle\n")),
+     "weights/.metadata is text"),
+    # -- Megatron checkpoint directory
+    ("meg_no_config", nemo_case(rm(MEGHF, RUNCFG), "megatron"),
+     "neither hf_config.json nor run_config.yaml"),
+    ("meg_run_config_no_heads", nemo_case(edit_text(RUNCFG, "  num_attention_heads: 2\n", "",
+                                                    also_rm=[MEGHF]), "megatron"),
+     "run_config.yaml without num_attention_heads"),
+    ("meg_run_config_unknown_class", nemo_case(edit_text(
+        RUNCFG, "Qwen3ModelProvider", "GPTOSSModelProvider", also_rm=[MEGHF]), "megatron"),
+     "run_config.yaml model class GPTOSSModelProvider"),
+    ("meg_latest_garbage", nemo_case(put("latest_checkpointed_iteration.txt", "abc\n"),
+                                     "megatron"),
+     "latest_checkpointed_iteration.txt says 'abc'"),
+    ("meg_iter_missing", nemo_case(put("latest_checkpointed_iteration.txt", "7\n"), "megatron"),
+     "latest iteration 7 has no iter_0000007"),
+    ("meg_distcp_truncated", nemo_case(truncate_file(MEG + "/__0_0.distcp", 100), "megatron"),
+     "iter_0000000/__0_0.distcp cut to 100 bytes"),
+    # -- NeMo 1 .nemo tarball
+    ("nemo1_truncated.nemo", nemo1_truncated(20000), "tarball cut to 20000 bytes"),
+    ("nemo1_no_model_config.nemo", nemo1_tar(nemo1_members(drop=("model_config.yaml",))),
+     "no model_config.yaml"),
+    ("nemo1_path_traversal.nemo", nemo1_traversal, "a member named ../escape.txt"),
+    ("nemo1_gzip_truncated.nemo", lambda p: write(p, gzip.compress(
+        open(converted("nemo1"), "rb").read(), mtime=0)[:3000]), "gzip tarball cut short"),
+    ("nemo1_no_weights.nemo", nemo1_tar(nemo1_members(drop=(
+        "model_weights/__0_0.distcp", "model_weights/.metadata", "model_weights/common.pt",
+        "model_weights/metadata.json"))), "no model_weights"),
+    ("nemo1_yaml_zero_heads.nemo", nemo1_tar(nemo1_members(
+        drop=("hf_config.json",), replace={"model_config.yaml": lambda b: b.replace(
+            b"num_attention_heads: 2", b"num_attention_heads: 0")})),
+     "model_config.yaml num_attention_heads 0 (no hf_config.json)"),
+    ("nemo1_metadata_truncated.nemo", nemo1_tar(nemo1_members(
+        replace={"model_weights/.metadata": lambda b: b[:300]})),
+     "model_weights/.metadata cut to 300 bytes"),
+]
+
+
+def new_cases():
+    rows = []
+    for name, build, what in NEW_CASES:
+        code, names, sub = NEW_EXPECT[name]
+        rows.append((name, build, what, code, names, sub))
+    return rows
+
+
+# Importance files for `prune --importance` on fixtures/models/qwen3-tiny (L=4, H=64, F=160,
+# n_h=4, n_g=2), written to tests/bad/importance/ and run by tests/cli/test_data_bad_inputs.sh.
+IMP_HEAD = '"format": "lmsurgeon-importance", "version": %d'
+IMP_MODEL = ('"model": {"num_layers": %d, "hidden_size": 64, "ffn_hidden_size": 160, '
+             '"num_attention_heads": 4, "num_query_groups": %d}')
+
+
+def imp(version=1, layers=4, groups=2, rest=""):
+    return "{" + IMP_HEAD % version + ", " + IMP_MODEL % (layers, groups) + rest + "}\n"
+
+
+# name, content, what is wrong, exit code, message fragment
+IMPORTANCE_CASES = [
+    ("not_object", "[]\n", "a JSON array", 3, "'format' is not \"lmsurgeon-importance\""),
+    ("empty", "", "empty file", 3, "invalid JSON"),
+    ("truncated", imp()[:60], "JSON cut short", 3, "invalid JSON"),
+    ("other_format", '{"format": "other", "version": 1}\n', "format 'other'", 3,
+     "'format' is not \"lmsurgeon-importance\""),
+    ("version_3", imp(version=3), "version 3", 3, "unsupported 'version' (expected 1 or 2)"),
+    ("zero_layers", imp(layers=0), "model.num_layers 0", 3,
+     "'model.num_layers' is missing or not a positive integer"),
+    ("other_model", imp(layers=5), "scores a 5-layer model", 3, "scores a model of L=5"),
+    ("layers_short", imp(rest=', "layers": [1, 2, 3]'), "3 layer scores for 4 layers", 3,
+     "'layers' must be an array of 4 numbers"),
+    ("layers_string", imp(rest=', "layers": [1, "x", 3, 4]'), "a layer score is a string", 3,
+     "'layers' entry 1 is not a finite number"),
+    ("layers_overflow", imp(rest=', "layers": [1e999, 1, 1, 1]'), "a score of 1e999", 3,
+     "real number overflow"),
+    ("ffn_ragged", imp(rest=', "ffn": [[1, 2], [3]]'), "ffn rows for 2 of 4 layers", 3,
+     "'ffn' must hold one array per layer (4)"),
+    ("metric_unknown", imp(version=2, rest=', "layer_metric": "magic"'),
+     "layer_metric 'magic'", 3, "'layer_metric' is not bi, block-bi, ppl or contiguous"),
+    ("raw_no_counts", imp(version=2, rest=', "raw": {"rows": 0, "row_length": 16}'),
+     "raw sums without their row counts", 3, "'raw.cos_rows' is missing or not a count"),
+]
+
+
+def write_importance():
+    d = os.path.join(HERE, "importance")
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    lines = ["# case\texit\tmessage substring (generated by make_corpus.py)"]
+    table = ["# Bad importance files", "",
+             "Generated by `make_corpus.py`. `tests/cli/test_data_bad_inputs.sh` runs",
+             "`lmsurgeon prune fixtures/models/qwen3-tiny OUT --importance NAME.json",
+             "--target-ffn-hidden-size 16` on each and expects the exit code and a one-line error",
+             "naming the file and containing the fragment:", "",
+             "| case | defect | exit | message contains |", "|---|---|---|---|"]
+    for name, content, what, code, frag in IMPORTANCE_CASES:
+        write(os.path.join(d, name + ".json"), content)
+        lines.append("%s\t%d\t%s" % (name, code, frag))
+        table.append("| `%s` | %s | %d | `%s` |" % (name, what, code, frag))
+    write(os.path.join(d, "expected.tsv"), "\n".join(lines) + "\n")
+    write(os.path.join(d, "README.md"), "\n".join(table) + "\n")
+
+
+# name: (exit code, file the message names, text it contains)
+NEW_EXPECT = {
+    "st_header_len_zero": (3, MS, "not valid JSON"),
+    "st_nan_in_header": (3, MS, "not valid JSON"),
+    "st_offsets_negative": (3, MS, "not a non-negative integer"),
+    "st_offsets_past_end": (3, MS, "expected to start at 1099511627776"),
+    "st_too_many_dims": (3, MS, "has 20 entries (at most 8)"),
+    "st_empty_header": (3, ".", "model.embed_tokens.weight' is missing"),
+    "st_metadata_nested": (3, MS, "'__metadata__' value of 'nested' is not a string"),
+    "st_offsets_not_array": (3, MS, "'data_offsets' is not an array"),
+    "st_dim_too_large_for_json": (3, MS, "too big integer"),
+    "st_nul_in_name": (3, MS, "NUL byte"),
+    "cfg_zero_kv_heads": (3, CFG, "num_key_value_heads is 0"),
+    "cfg_vocab_zero": (3, CFG, "vocab_size is 0"),
+    "cfg_head_dim_zero": (3, CFG, "head_dim is 0"),
+    "cfg_ffn_negative": (3, CFG, "intermediate_size is -32"),
+    "cfg_layers_fraction": (3, CFG, "'num_hidden_layers' is not an integer"),
+    "cfg_eps_string": (3, CFG, "'rms_norm_eps' is not a number"),
+    "cfg_eps_negative": (3, CFG, "rms_norm_eps -1e-06 is not in (0, 1)"),
+    "cfg_rope_theta_zero": (3, CFG, "rope_theta 0 is not positive"),
+    "cfg_rope_type_unknown": (3, CFG, "unsupported rope type 'frobnicate'"),
+    "cfg_max_pos_negative": (3, CFG, "max_position_embeddings is -1"),
+    "cfg_duplicate_key": (3, CFG, "duplicate object key"),
+    "cfg_bad_utf8": (3, CFG, "invalid JSON"),
+    "cfg_empty_file": (3, CFG, "invalid JSON"),
+    "cfg_arch_not_list": (3, CFG, "neither 'architectures' nor 'model_type'"),
+    "idx_not_object": (3, IDX, "'weight_map' is missing or not an object"),
+    "idx_absolute_path": (3, IDX, "invalid shard file name '/etc/passwd'"),
+    "idx_empty_weight_map": (3, ".", "model.embed_tokens.weight' is missing"),
+    "model_embed_wrong_vocab": (3, ".", "has shape [33, 16], the config implies [32, 16]"),
+    "nemo_io_json_invalid": (3, IO, "invalid JSON"),
+    "nemo_io_json_no_config": (3, IO, "no object at '<root>.model.config'"),
+    "nemo_io_json_zero_heads": (3, IO, "num_attention_heads"),
+    "nemo_hf_config_invalid": (3, HFC, "invalid JSON"),
+    "nemo_metadata_json_missing": (3, W + "/metadata.json", "No such file"),
+    "nemo_backend_zarr": (3, W + "/metadata.json", "sharded_backend 'zarr'"),
+    "nemo_metadata_truncated": (3, W + "/.metadata", "past the end"),
+    "nemo_metadata_missing": (3, W + "/.metadata", "No such file"),
+    "nemo_distcp_truncated": (3, W, "past the end of '__0_0.distcp' (1000 bytes)"),
+    "nemo_distcp_missing": (4, W + "/__0_0.distcp", "No such file"),
+    "nemo_metadata_not_pickle": (3, W + "/.metadata", "opcode 0x6e at byte 0"),
+    "meg_no_config": (3, MEG, "no hf_config.json or run_config.yaml"),
+    "meg_run_config_no_heads": (3, RUNCFG, "lacks num_attention_heads"),
+    "meg_run_config_unknown_class": (3, RUNCFG, "unsupported model config class "
+                                                "'GPTOSSModelProvider'"),
+    "meg_latest_garbage": (3, "latest_checkpointed_iteration.txt", "'abc' is not a number"),
+    "meg_iter_missing": (3, ".", "no directory for iteration 7"),
+    "meg_distcp_truncated": (3, MEG, "past the end of '__0_0.distcp' (100 bytes)"),
+    "nemo1_truncated.nemo": (3, ".", "Truncated input file"),
+    "nemo1_no_model_config.nemo": (3, ".", "no model_config.yaml"),
+    "nemo1_path_traversal.nemo": (3, ".", "member name '../escape.txt' escapes the archive"),
+    "nemo1_gzip_truncated.nemo": (3, ".", "truncated gzip input"),
+    "nemo1_no_weights.nemo": (3, ".", "neither model_weights/ nor model_weights.ckpt"),
+    "nemo1_yaml_zero_heads.nemo": (3, ".", "model_config.yaml': model config lacks "
+                                           "num_attention_heads"),
+    "nemo1_metadata_truncated.nemo": (3, ".", "model_weights/.metadata': opcode"),
+}
+
 
 def readme(rows):
     out = ["# Bad-input corpus",
            "",
-           "Generated by `make_corpus.py` (pure standard library; rerun it after editing the",
-           "table there, then commit `cases/`, `expected.tsv` and this file). Every case is a tiny",
-           "Qwen3 checkpoint (1 layer, hidden 16) with exactly one defect, or a single file.",
+           "Generated by `make_corpus.py` (standard library and the built tool; rerun it after",
+           "editing the table there, then commit `cases/`, `expected.tsv` and this file). Every",
+           "case is a tiny Qwen3 checkpoint (1 layer, hidden 16) with exactly one defect, as a",
+           "Hugging Face folder, or converted by the tool to NeMo 2, Megatron or NeMo 1 first; or",
+           "a single file.",
            "`tests/cli/test_bad_inputs.sh` runs `lmsurgeon inspect` and `lmsurgeon convert` on each",
            "and expects: the exit code below (3 = malformed or unsupported input), exactly one line",
            "on stderr naming the offending file (`.` = the case path itself) and containing the",
@@ -516,13 +924,14 @@ def main():
     os.makedirs(CASES_DIR)
     seen = set()
     lines = ["# case\texit\tnames\tmessage substring (generated by make_corpus.py)"]
-    for name, build, what, code, names, sub in CASES:
+    for name, build, what, code, names, sub in CASES + new_cases():
         assert name not in seen, name
         seen.add(name)
         build(os.path.join(CASES_DIR, name))
         lines.append("%s\t%d\t%s\t%s" % (name, code, names, sub))
     write(os.path.join(HERE, "expected.tsv"), "\n".join(lines) + "\n")
-    write(os.path.join(HERE, "README.md"), readme(CASES))
+    write(os.path.join(HERE, "README.md"), readme(CASES + new_cases()))
+    write_importance()
     return 0
 
 

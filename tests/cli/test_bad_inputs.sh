@@ -109,7 +109,7 @@ while IFS=$'\t' read -r name code named sub; do
         convert --json --force --dtype f32 "$path" "$out"
     check "$name: convert --force left output behind" no_output_left "$out"
 done <"$BAD/expected.tsv"
-check "corpus has at least 30 cases (found $n_cases)" [ "$n_cases" -ge 30 ]
+check "corpus has at least 100 cases (found $n_cases)" [ "$n_cases" -ge 100 ]
 check "convert wrote into the corpus" [ -z "$(find "$BAD/cases" -name '.*lms-*' -print -quit)" ]
 
 # ---- paths that do not exist or cannot be read -------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Bad datasets and tokenizers: exit 3 with a message naming the defect, never a crash; bad JSONL
-# lines reported with their line number; --skip-bad-lines continues. Files: tests/bad/*/README.md.
+# Bad datasets, tokenizers and importance files: exit 3 with a message naming the defect, never a
+# crash; bad JSONL lines reported with their line number; --skip-bad-lines continues. Files:
+# tests/bad/*/README.md.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 bad=$here/../bad
@@ -42,4 +43,17 @@ want=$(printf '%s 0\n%s 0' "$("$LMSURGEON" tokenize --tokenizer "$tok" --text he
     "$("$LMSURGEON" tokenize --tokenizer "$tok" --text world)")
 [ "$out" = "$want" ] || { echo "FAIL: skipped-lines dataset: '$out' != '$want'"; fail=1; }
 expect 2 "already exists" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --skip-bad-lines
+# importance files (prune --importance): the error names the file and the defect, nothing written
+model=${LMS_FIXTURES:-$here/../../fixtures}/models/qwen3-tiny
+n_imp=0
+while IFS=$'\t' read -r name code frag; do
+    case $name in '#'* | '') continue ;; esac
+    n_imp=$((n_imp + 1))
+    for want in "$frag" "$name.json'"; do
+        expect "$code" "$want" "$LMSURGEON" prune "$model" "$tmp/imp_out" \
+            --importance "$bad/importance/$name.json" --target-ffn-hidden-size 16
+    done
+    [ ! -e "$tmp/imp_out" ] || { echo "FAIL: $name: prune wrote output"; fail=1; }
+done <"$bad/importance/expected.tsv"
+[ "$n_imp" -ge 10 ] || { echo "FAIL: only $n_imp importance cases"; fail=1; }
 exit $fail

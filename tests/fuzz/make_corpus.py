@@ -1,17 +1,26 @@
 #!/usr/bin/env python3
 """Regenerates the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/) from the real
 Python stack: pickles CPython and torch.distributed.checkpoint write, torch.save zips, safetensors
-files, plus truncated and bit-flipped variants of each. The files are checked in; the replay
-tests run them. Deterministic: fixed seeds and names (torch.save adds a random serialization id, so bytes may differ between runs).
+files, Hugging Face configs and tokenizers, Megatron .idx files, importance files, NeMo / Megatron
+configs and NeMo 1 tarballs, plus truncated and bit-flipped variants of each; also the fixed
+tokenizers of fuzz_tokenize_encode (tests/fuzz/tokenizers/). The files are checked in; the replay
+tests run them. Deterministic: fixed seeds and names (torch.save adds a random serialization id,
+so bytes may differ between runs). The NeMo and Megatron configs are written by the tool itself
+(LMSURGEON, default build/cli/lmsurgeon) converting the tiny fixture models.
 
-    python tests/fuzz/make_corpus.py
+    python tests/fuzz/make_corpus.py [TARGET...]     # all corpora, or only these ("idx", ...)
 """
 import collections
 import io
 import os
 import pickle
+import json
 import random
 import shutil
+import struct
+import subprocess
+import sys
+import tarfile
 import tempfile
 
 import torch
@@ -19,7 +28,9 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save as st_save
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 OUT = os.path.join(HERE, "corpus")
+FIX = os.path.join(ROOT, "fixtures")
 
 
 def emit(target, name, data):
@@ -47,8 +58,9 @@ def torch_bytes(obj):
     return buf.getvalue()
 
 
-def main():
-    shutil.rmtree(OUT, ignore_errors=True)
+def old_targets():
+    for t in ("pickle", "zip", "safetensors"):
+        shutil.rmtree(os.path.join(OUT, t), ignore_errors=True)
     rnd = random.Random(1234)
     torch.manual_seed(0)
     # ---- pickle
@@ -103,5 +115,281 @@ def main():
          b'"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}' + b"\0" * 6)
 
 
+# ---- the newer targets ------------------------------------------------------------------------
+
+def jbytes(obj, indent=None):
+    return json.dumps(obj, indent=indent).encode()
+
+
+def json_variants(target, name, data, rnd):
+    """variants() plus a few edits that keep the JSON valid."""
+    variants(target, name, data, rnd)
+    obj = json.loads(data)
+    if isinstance(obj, dict) and obj:
+        keys = sorted(obj)
+        for i, v in enumerate((-1, 0, 2 ** 40, "x", None, 1.5)):
+            o = dict(obj)
+            o[keys[rnd.randrange(len(keys))]] = v
+            emit(target, f"{name}.edit{i}", jbytes(o))
+
+
+def st_file(tensors, metadata=None):
+    return st_save(tensors, metadata=metadata)
+
+
+def safetensors_struct(rnd):
+    sts = {
+        "two": {"a": torch.zeros(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)},
+        "mixed": {"i": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+                  "h": torch.zeros(3, dtype=torch.float16), "u": torch.ones(5, dtype=torch.uint8),
+                  "z": torch.zeros(0, 2), "s": torch.tensor(2.0)},
+        "bool_f8": {"m": torch.ones(3, dtype=torch.bool),
+                    "f8": torch.zeros(4, dtype=torch.float8_e4m3fn)},
+        "empty": {},
+    }
+    for k, v in sts.items():
+        emit("safetensors_struct", k, st_file(v, {"format": "pt"} if v else None))
+    # hand-made: sub-byte dtype, padding, unsorted offsets
+    hdr = b'{"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},' \
+          b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}   '
+    emit("safetensors_struct", "unsorted_padded", len(hdr).to_bytes(8, "little") + hdr + bytes(8))
+    hdr = b'{"q":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}}'
+    emit("safetensors_struct", "f4", len(hdr).to_bytes(8, "little") + hdr + bytes(3))
+
+
+def hf_config(rnd):
+    for d in sorted(os.listdir(os.path.join(FIX, "models"))):
+        p = os.path.join(FIX, "models", d, "config.json")
+        if os.path.exists(p):
+            json_variants("hf_config", d, open(p, "rb").read(), rnd)
+    base = json.load(open(os.path.join(FIX, "models", "llama-tiny", "config.json")))
+    for k, v in {"rope31": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 8192}},
+                 "rope_params": {"rope_parameters": {"rope_type": "default",
+                                                     "rope_theta": 10000.0}},
+                 "mistral": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
+                             "sliding_window": 4096},
+                 "layer_types": {"layer_types": ["full_attention"] * 2},
+                 "dtype": {"dtype": "float32"}}.items():
+        o = dict(base)
+        o.update(v)
+        emit("hf_config", k, jbytes(o, 2))
+
+
+def small_tokenizer(kind):
+    """The fixture tokenizer cut to its first 1024 ids, with the pre-tokenizer of kind."""
+    t = json.load(open(os.path.join(FIX, "tokenizer", "tokenizer.json")))
+    vocab = {k: v for k, v in t["model"]["vocab"].items() if v < 1024}
+    t["model"]["vocab"] = vocab
+    t["model"]["merges"] = [m for m in t["model"]["merges"]
+                            if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    split = t["pre_tokenizer"]["pretokenizers"][0]
+    if kind == "llama3":
+        split["pattern"]["Regex"] = split["pattern"]["Regex"].replace("\\p{N}|", "\\p{N}{1,3}|")
+        t["normalizer"] = None
+        t["post_processor"] = {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+             "use_regex": True},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [], "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                                             "tokens": ["<|im_start|>"]}}}]}
+    elif kind == "gpt2":
+        t["normalizer"] = None
+        t["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
+                              "trim_offsets": True, "use_regex": True}
+    return t
+
+
+def tokenizers(rnd):
+    d = os.path.join(HERE, "tokenizers")
+    os.makedirs(d, exist_ok=True)
+    for kind in ("qwen2", "llama3", "gpt2"):
+        data = jbytes(small_tokenizer(kind))
+        with open(os.path.join(d, kind + ".json"), "wb") as f:
+            f.write(data)
+    # loader seeds: the same shapes cut further (256 ids), with and without a config
+    cfg = open(os.path.join(FIX, "tokenizer", "tokenizer_config.json"), "rb").read()
+    for kind in ("qwen2", "llama3", "gpt2"):
+        t = small_tokenizer(kind)
+        t["model"]["vocab"] = {k: v for k, v in t["model"]["vocab"].items() if v < 300}
+        vocab = t["model"]["vocab"]
+        t["model"]["merges"] = [m for m in t["model"]["merges"]
+                                if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+        data = jbytes(t)
+        variants("tokenizer", kind, data, rnd)
+        emit("tokenizer", kind + ".with_config", data + b"\0\0" + cfg)
+        t2 = json.loads(data)
+        t2["model"]["merges"] = [" ".join(m) for m in t2["model"]["merges"]]
+        emit("tokenizer", kind + ".string_merges", jbytes(t2))
+    # encode seeds: selector byte (0 qwen2, 1 llama3, 2 gpt2) + text
+    texts = [json.loads(l)["text"] for l in open(os.path.join(FIX, "tokenizer",
+                                                                   "encode_cases.jsonl"))]
+    texts = sorted(set(texts), key=lambda x: (len(x), x))[::3][:40]
+    for i, tx in enumerate(texts):
+        emit("tokenize_encode", f"case{i:02d}", bytes([i % 3]) + tx.encode())
+    for i, raw in enumerate([b"\xff\xfe", b"a\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                             b"\xc0\xaf", b"<|endoftext|>x<|im_end|>", b"\r\n\r\n  \t 123456"]):
+        emit("tokenize_encode", f"bytes{i}", bytes([i % 3]) + raw)
+
+
+def idx_file(lengths, docs, code=4, version=1):
+    n = len(lengths)
+    item = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 8: 2}[code]
+    ptrs, at = [], 0
+    for l in lengths:
+        ptrs.append(at)
+        at += l * item
+    return (b"MMIDIDX\0\0" + struct.pack("<QBQQ", version, code, n, len(docs)) +
+            struct.pack(f"<{n}i", *lengths) + struct.pack(f"<{n}q", *ptrs) +
+            struct.pack(f"<{len(docs)}q", *docs))
+
+
+def idx(rnd):
+    for f in sorted(os.listdir(os.path.join(ROOT, "tests", "bad", "dataset"))):
+        if f.endswith(".idx"):
+            emit("idx", "bad_" + f, open(os.path.join(ROOT, "tests", "bad", "dataset", f),
+                                          "rb").read())
+    cases = {"one": ([5], [0, 1], 4), "three_docs": ([3, 0, 7, 2], [0, 1, 2, 4], 8),
+             "u16": ([10, 20], [0, 2], 8), "u8": ([4, 4, 4], [0, 3], 1),
+             "i64": ([2, 2], [0, 1, 2], 5), "empty": ([], [0], 4)}
+    for k, (lengths, docs, code) in cases.items():
+        variants("idx", k, idx_file(lengths, docs, code), rnd)
+    emit("idx", "trailing", idx_file([2], [0, 1]) + b"\1\2\3")
+    emit("idx", "version2", idx_file([2], [0, 1], version=2))
+    emit("idx", "doc_backwards", idx_file([1, 1], [0, 2, 1, 2]))
+
+
+def importance(rnd):
+    g = random.Random(7)
+    L, H, F, nh, ng = 3, 8, 12, 4, 2
+    r = lambda n: [round(g.random(), 6) for _ in range(n)]
+    model = {"num_layers": L, "hidden_size": H, "ffn_hidden_size": F, "num_attention_heads": nh,
+             "num_query_groups": ng}
+    v1 = {"format": "lmsurgeon-importance", "version": 1, "method": "test", "model": model,
+          "layers": r(L), "hidden": r(H), "ffn": [r(F) for _ in range(L)],
+          "heads": [r(nh) for _ in range(L)], "query_groups": [r(ng) for _ in range(L)]}
+    json_variants("importance", "v1", jbytes(v1), rnd)
+    emit("importance", "v1_layers_only", jbytes({"format": "lmsurgeon-importance", "version": 1,
+                                                  "model": model, "layers": r(L)}))
+    raw = {"rows": 4, "row_length": 16, "cos_rows": 60, "loss_tokens": 56, "base_loss": 120.5,
+           "hidden_sq": [r(H) for _ in range(2 * L)], "ffn_sq": [r(F) for _ in range(L)],
+           "head_sq": [r(nh) for _ in range(L)], "layer_cos": r(L), "block_cos": r(L - 1),
+           "layer_loss": [130.0 + x for x in r(L)], "block_loss": [140.0 + x for x in r(L - 1)]}
+    for metric, bs in (("bi", 0), ("block-bi", 2), ("ppl", 0), ("contiguous", 2)):
+        v2 = {"format": "lmsurgeon-importance", "version": 2, "method": "activation",
+              "model": model, "source": {"data": "d", "rows": 4, "row_begin": 0, "row_end": 4,
+                                         "row_length": 16, "order": "sequential"},
+              "layer_metric": metric, "layers": r(L), "hidden": r(H),
+              "ffn": [r(F) for _ in range(L)], "heads": [r(nh) for _ in range(L)],
+              "raw": dict(raw)}
+        if bs:
+            v2["block_size"] = bs
+            v2["blocks"] = r(L - bs + 1)
+        else:
+            del v2["raw"]["block_cos"], v2["raw"]["block_loss"]
+        json_variants("importance", "v2_" + metric, jbytes(v2), rnd)
+
+
+def run_tool(args):
+    exe = os.environ.get("LMSURGEON", os.path.join(ROOT, "build", "cli", "lmsurgeon"))
+    subprocess.run([exe] + args, check=True, stdout=subprocess.DEVNULL)
+
+
+def nemo_config(rnd):
+    with tempfile.TemporaryDirectory() as d:
+        for m in ("qwen3-tiny", "llama-tiny", "qwen2-tiny"):
+            src = os.path.join(FIX, "models", m)
+            run_tool(["convert", src, os.path.join(d, m + ".nemo2"), "--to", "nemo", "--quiet"])
+            run_tool(["convert", src, os.path.join(d, m + ".meg"), "--to", "megatron", "--quiet"])
+            io_json = open(os.path.join(d, m + ".nemo2", "context", "io.json"), "rb").read()
+            if m == "qwen3-tiny":  # io.json is large: corrupted copies of one model only
+                variants("nemo_config", m + ".io_json", b"\0" + io_json, rnd)
+            else:
+                emit("nemo_config", m + ".io_json", b"\0" + io_json)
+            run_cfg = open(os.path.join(d, m + ".meg", "iter_0000000", "run_config.yaml"),
+                           "rb").read()
+            variants("nemo_config", m + ".run_config", b"\1" + run_cfg, rnd)
+            model_yaml = open(os.path.join(d, m + ".nemo2", "context", "model.yaml"), "rb").read()
+            emit("nemo_config", m + ".model_yaml", b"\2" + model_yaml)
+            run_tool(["convert", src, os.path.join(d, m + ".nemo"), "--to", "nemo1", "--quiet"])
+            with tarfile.open(os.path.join(d, m + ".nemo")) as tf:
+                y = tf.extractfile("./model_config.yaml") or tf.extractfile("model_config.yaml")
+                variants("nemo_config", m + ".model_config", b"\2" + y.read(), rnd)
+
+
+def nemo1(rnd):
+    """Small .nemo tarballs: a torch_dist weights folder of two tensors, the YAML and HF config,
+    in the tar dialects Python writes, compressed and not."""
+    cfg = json.load(open(os.path.join(FIX, "models", "llama-tiny", "config.json")))
+    yaml = (b"mcore_gpt: true\nnum_layers: 1\nhidden_size: 8\nffn_hidden_size: 16\n"
+            b"num_attention_heads: 2\nnum_query_groups: 1\nkv_channels: 4\n"
+            b"padded_vocab_size: 4\nencoder_seq_length: 64\n"
+            b"target: nemo.collections.nlp.models.language_modeling.megatron_gpt_model."
+            b"MegatronGPTModel\n")
+    with tempfile.TemporaryDirectory() as d:
+        w = os.path.join(d, "model_weights")
+        dcp.save({"model.embedding.word_embeddings.weight": torch.zeros(4, 8),
+                  "model.decoder.final_layernorm.weight": torch.ones(8)}, checkpoint_id=w)
+        with open(os.path.join(w, "metadata.json"), "w") as f:
+            json.dump({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+                       "common_backend": "torch", "common_backend_version": 1}, f)
+        with open(os.path.join(d, "model_config.yaml"), "wb") as f:
+            f.write(yaml)
+        with open(os.path.join(d, "hf_config.json"), "w") as f:
+            json.dump(cfg, f)
+
+        def tar(name, fmt, mode="w", members=("model_config.yaml", "hf_config.json",
+                                              "model_weights")):
+            p = os.path.join(d, name)
+            with tarfile.open(p, mode, format=fmt) as tf:
+                for m in members:
+                    tf.add(os.path.join(d, m), arcname="./" + m)
+            return open(p, "rb").read()
+
+        variants("nemo1", "ustar", tar("a.tar", tarfile.USTAR_FORMAT), rnd)
+        emit("nemo1", "gnu", tar("b.tar", tarfile.GNU_FORMAT))
+        emit("nemo1", "pax", tar("c.tar", tarfile.PAX_FORMAT))
+        variants("nemo1", "gzip", tar("d.tgz", tarfile.GNU_FORMAT, "w:gz"), rnd)
+        emit("nemo1", "yaml_only", tar("e.tar", tarfile.USTAR_FORMAT,
+                                       members=("model_config.yaml",)))
+
+
+def dcp_metadata(rnd):
+    sds = {
+        "floats": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+                   "b": torch.zeros(2, dtype=torch.bfloat16)},
+        "mixed": {"e": torch.zeros(4, 2, dtype=torch.float16), "i": torch.arange(3),
+                  "obj": io.BytesIO(b"extra"), "s": torch.tensor(1.0)},
+        "megatron": {"embedding.word_embeddings.weight": torch.zeros(8, 4),
+                     "decoder.layers.self_attention.linear_qkv.weight": torch.zeros(2, 8, 4),
+                     "output_layer.weight": torch.zeros(8, 4)},
+    }
+    for k, sd in sds.items():
+        with tempfile.TemporaryDirectory() as d:
+            dcp.save(sd, checkpoint_id=d)
+            variants("dcp_metadata", k, open(os.path.join(d, ".metadata"), "rb").read(), rnd)
+
+
+NEW = {"safetensors_struct": safetensors_struct, "hf_config": hf_config,
+       "tokenizer": tokenizers, "idx": idx, "importance": importance,
+       "nemo_config": nemo_config, "nemo1": nemo1, "dcp_metadata": dcp_metadata}
+
+
+def main(only):
+    if not only:
+        old_targets()
+    for name, fn in NEW.items():
+        if only and name not in only:
+            continue
+        shutil.rmtree(os.path.join(OUT, name), ignore_errors=True)
+        if name == "tokenizer":
+            shutil.rmtree(os.path.join(OUT, "tokenize_encode"), ignore_errors=True)
+        torch.manual_seed(0)
+        fn(random.Random(name))
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
