@@ -878,8 +878,8 @@ NEW_EXPECT = {
     "nemo_distcp_truncated": (3, W, "past the end of '__0_0.distcp' (1000 bytes)"),
     "nemo_distcp_missing": (4, W + "/__0_0.distcp", "No such file"),
     "nemo_metadata_not_pickle": (3, W + "/.metadata", "opcode 0x6e at byte 0"),
-    "meg_no_config": (3, MEG, "no hf_config.json or run_config.yaml"),
-    "meg_run_config_no_heads": (3, RUNCFG, "lacks num_attention_heads"),
+    "meg_no_config": (3, MEG, "no hf_config.json, run_config.yaml or Megatron-LM args in common.pt"),
+    "meg_run_config_no_heads": (3, RUNCFG, "num_attention_heads is not given"),
     "meg_run_config_unknown_class": (3, RUNCFG, "unsupported model config class "
                                                 "'GPTOSSModelProvider'"),
     "meg_latest_garbage": (3, "latest_checkpointed_iteration.txt", "'abc' is not a number"),
