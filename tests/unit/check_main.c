@@ -9,6 +9,9 @@
 
 #include "check_main.h"
 #include "lms/backend.h"
+#include "lms/dtype.h"
+#include "lms/ir.h"
+#include "lms/safetensors.h"
 
 /* Whether dev opens, tried in a child process: CUDA must not be initialised in a process that
  * forks afterwards (Check runs each test in a forked child). Prints the reason when it does not. */
@@ -45,4 +48,33 @@ int main(int argc, char **argv)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+void *read_ref(const struct lms_st_file *f, const char *name, bool ids, int64_t *n)
+{
+    struct lms_error err;
+    for (size_t i = 0; i < f->hdr.n_entries; i++) {
+        if (strcmp(f->hdr.entries[i].name, name))
+            continue;
+        struct lms_view *v;
+        ck_assert_msg(lms_st_entry_view(f, i, &v, &err) == LMS_OK, "%s", err.msg);
+        *n = lms_view_numel(v);
+        void *out;
+        if (ids) {
+            int64_t *tmp = malloc((size_t)*n * 8);
+            int32_t *o = malloc((size_t)*n * 4);
+            ck_assert_int_eq(lms_view_read(v, 0, *n, tmp, &err), LMS_OK);
+            for (int64_t k = 0; k < *n; k++)
+                o[k] = (int32_t)tmp[k];
+            free(tmp);
+            out = o;
+        } else {
+            out = malloc((size_t)*n * 4);
+            ck_assert_msg(lms_view_read_as(v, 0, *n, LMS_DTYPE_F32, out, &err) == LMS_OK, "%s",
+                          err.msg);
+        }
+        lms_view_release(v);
+        return out;
+    }
+    return NULL;
 }

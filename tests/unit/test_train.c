@@ -43,34 +43,6 @@ static void read_model(const char *rel, struct lms_model *m)
 }
 
 /* Tensor name of f as fp32 (int64 ids as int32 when ids). NULL when absent. */
-static void *read_ref(const struct lms_st_file *f, const char *name, bool ids, int64_t *n)
-{
-    struct lms_error err;
-    for (size_t i = 0; i < f->hdr.n_entries; i++) {
-        if (strcmp(f->hdr.entries[i].name, name))
-            continue;
-        struct lms_view *v;
-        ck_assert_msg(lms_st_entry_view(f, i, &v, &err) == LMS_OK, "%s", err.msg);
-        *n = lms_view_numel(v);
-        void *out;
-        if (ids) {
-            int64_t *tmp = malloc((size_t)*n * 8);
-            int32_t *o = malloc((size_t)*n * 4);
-            ck_assert_int_eq(lms_view_read(v, 0, *n, tmp, &err), LMS_OK);
-            for (int64_t k = 0; k < *n; k++)
-                o[k] = (int32_t)tmp[k];
-            free(tmp);
-            out = o;
-        } else {
-            out = malloc((size_t)*n * 4);
-            ck_assert_msg(lms_view_read_as(v, 0, *n, LMS_DTYPE_F32, out, &err) == LMS_OK, "%s",
-                          err.msg);
-        }
-        lms_view_release(v);
-        return out;
-    }
-    return NULL;
-}
 
 struct golden {
     struct lms_st_file ref;
