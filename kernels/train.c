@@ -117,6 +117,7 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
         return lms_error_set(err, LMS_EINVAL, "trainer: parameter count overflows");
     pub->weights = pub->grads = (size_t)pub->n_params * 4 + 64 * 32 * (size_t)(L + 2);
     pub->moments = 2 * pub->weights;
+    pub->working = o->bf16_working ? (size_t)pub->n_params * 2 + 64 * 32 * (size_t)(L + 2) : 0;
 
     size_t cur = 0;
     bool ok = reserve(&cur, N, 4, &p->off_ids) && reserve(&cur, N, 4, &p->off_pos) &&
@@ -166,7 +167,7 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
                              (long long)o->max_batch, (long long)o->max_seq);
     p->ws_bytes = (cur + 63) & ~(size_t)63;
     pub->activations = acts + fixed;
-    pub->total = pub->weights + pub->grads + pub->moments + p->ws_bytes;
+    pub->total = pub->weights + pub->working + pub->grads + pub->moments + p->ws_bytes;
     return LMS_OK;
 }
 
@@ -197,8 +198,13 @@ struct lms_trainer {
     struct plan plan;
     int64_t vocab_in, V;
     bool has_map;
-    struct lms_buf bw, bg, bm, bv, ws;
+    struct lms_buf bw, bg, bm, bv, ws, bw16;
+    struct lms_buf norm_parts; /* (n_params) per-tensor sums of squares of the gradients */
+    float *host_norm_parts;    /* (n_params) their host copy */
     float *W, *G, *M, *Vm;     /* base addresses */
+    uint16_t *W16;             /* bf16 working copy of W that GEMMs read, on backends that
+                                * compute in bf16 (lms__backend_weight_dtype gives BF16 for a
+                                * BF16 checkpoint); NULL: GEMMs read the fp32 W itself */
     size_t n_floats;
     struct lms_train_param *params;
     char **names;              /* owned names of params */
@@ -231,6 +237,12 @@ static float *Wp(const struct lms_trainer *tr, size_t off)
 static float *Gp(const struct lms_trainer *tr, size_t off)
 {
     return off == ABSENT ? NULL : tr->G + off;
+}
+/* The weight at off as a GEMM operand: the bf16 working copy where there is one. */
+static const void *Wmm(const struct lms_trainer *tr, size_t off, enum lms_dtype *dt)
+{
+    *dt = tr->W16 ? LMS_DTYPE_BF16 : LMS_DTYPE_F32;
+    return tr->W16 ? (const void *)(tr->W16 + off) : (const void *)(tr->W + off);
 }
 
 /* Lists parameters in layout order. With list == NULL only counts and places (cursor in
@@ -335,6 +347,13 @@ static enum lms_status build_params(struct lms_trainer *tr, struct lms_error *er
     return LMS_OK;
 }
 
+/* W16 = W rounded to bf16 (nearest even), in one pass over every parameter. */
+static enum lms_status refresh_working_copy(struct lms_trainer *tr, struct lms_error *err)
+{
+    return tr->ops->cast(tr->be, tr->W16, LMS_DTYPE_BF16, tr->W, LMS_DTYPE_F32,
+                         (int64_t)tr->n_floats, err);
+}
+
 /* Uploads the student's weights (and the hidden map: identity-like init, see below), zeroes
  * gradients and moments. */
 static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *err)
@@ -389,6 +408,17 @@ static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *er
         }
         if (rc)
             lms_error_wrap(err, "trainer: uploading %s: ", p->name);
+    }
+    if (!rc)
+        rc = lms_buf_alloc(tr->be, tr->n_params * sizeof(float), &tr->norm_parts, err);
+    if (!rc && !(tr->host_norm_parts = lms_calloc(tr->n_params, sizeof(float))))
+        rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+    if (!rc && tr->opts.bf16_working) {
+        rc = lms_buf_alloc(tr->be, tr->n_floats * sizeof(uint16_t), &tr->bw16, err);
+        if (rc)
+            return lms_error_wrap(err, "trainer: the bf16 working copy: ");
+        tr->W16 = tr->bw16.ptr;
+        rc = refresh_working_copy(tr, err);
     }
     return rc;
 }
@@ -457,9 +487,10 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
     tr->ops = ops;
     tr->a = student->arch;
     tr->opts = *opts;
+    tr->opts.bf16_working = lms__backend_weight_dtype(be, LMS_DTYPE_BF16) == LMS_DTYPE_BF16;
     tr->vocab_in = emb->view->shape[0];
     tr->V = head->view->shape[0];
-    rc = plan_make(&tr->a, tr->V, opts, &tr->plan, err);
+    rc = plan_make(&tr->a, tr->V, &tr->opts, &tr->plan, err);
     if (rc)
         goto fail;
     tr->plan.slots = lms_calloc((size_t)tr->plan.n_slots, sizeof *tr->plan.slots);
@@ -467,7 +498,7 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
         rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
         goto fail;
     }
-    rc = plan_make(&tr->a, tr->V, opts, &tr->plan, err);
+    rc = plan_make(&tr->a, tr->V, &tr->opts, &tr->plan, err);
     if (rc)
         goto fail;
     tr->has_map = tr->plan.Ht != tr->a.hidden && opts->max_hidden_pairs > 0;
@@ -515,6 +546,9 @@ void lms_trainer_free(struct lms_trainer *tr)
         return;
     lms_buf_free(tr->be, &tr->ws);
     lms_buf_free(tr->be, &tr->bw);
+    lms_buf_free(tr->be, &tr->bw16);
+    lms_buf_free(tr->be, &tr->norm_parts);
+    lms_free(tr->host_norm_parts);
     lms_buf_free(tr->be, &tr->bg);
     lms_buf_free(tr->be, &tr->bm);
     lms_buf_free(tr->be, &tr->bv);
@@ -578,8 +612,9 @@ static enum lms_status linear(struct lms_trainer *tr, float *y, int64_t ldy, con
                               int64_t ldx, size_t w, size_t bias, int64_t rows, int64_t n,
                               int64_t k, float beta, struct lms_error *err)
 {
-    return gemm(tr, false, true, rows, n, k, x, ldx, Wp(tr, w), LMS_DTYPE_F32, k, y, ldy, beta,
-                Wp(tr, bias), err);
+    enum lms_dtype wdt;
+    const void *wp = Wmm(tr, w, &wdt);
+    return gemm(tr, false, true, rows, n, k, x, ldx, wp, wdt, k, y, ldy, beta, Wp(tr, bias), err);
 }
 
 /* Backward of linear: dx (rows, k) = dy W (beta: 0 writes, 1 adds); dW (n, k) += dy^T x;
@@ -590,9 +625,11 @@ static enum lms_status linear_backward(struct lms_trainer *tr, float *dx, int64_
                                        int64_t rows, int64_t n, int64_t k, struct lms_error *err)
 {
     enum lms_status rc = LMS_OK;
+    enum lms_dtype wdt;
+    const void *wp = Wmm(tr, w, &wdt);
     if (dx)
-        rc = gemm(tr, false, false, rows, k, n, dy, lddy, Wp(tr, w), LMS_DTYPE_F32, k, dx, lddx,
-                  dx_beta, NULL, err);
+        rc = gemm(tr, false, false, rows, k, n, dy, lddy, wp, wdt, k, dx, lddx, dx_beta, NULL,
+                  err);
     if (!rc)
         rc = gemm(tr, true, false, n, k, rows, dy, lddy, x, LMS_DTYPE_F32, ldx, Gp(tr, w), k,
                   1.0f, NULL, err);
@@ -1189,19 +1226,21 @@ enum lms_status lms_trainer_eval(struct lms_trainer *tr, const struct lms_train_
 enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
                                       struct lms_error *err)
 {
-    float *acc = wsf(tr, tr->plan.off_scalar);
+    /* one fp32 sum per tensor on the device, one download for all of them, summed in double
+     * on the host: the same arithmetic as a per-tensor loop without a round trip per tensor */
+    float *acc = tr->norm_parts.ptr;
+    int64_t n = (int64_t)tr->n_params;
+    enum lms_status rc = tr->ops->scale(tr->be, acc, 0.0f, n, err);
+    for (int64_t i = 0; !rc && i < n; i++)
+        rc = tr->ops->sum_squares(tr->be, acc + i, tr->params[i].g, tr->params[i].numel, err);
+    if (!rc)
+        rc = lms_buf_download(tr->be, tr->host_norm_parts, (size_t)n * sizeof(float), acc,
+                              (size_t)n * sizeof(float), err);
+    if (rc)
+        return rc;
     double total = 0;
-    for (size_t i = 0; i < tr->n_params; i++) {
-        float zero = 0, v;
-        enum lms_status rc = lms_buf_upload(tr->be, acc, &zero, sizeof zero, err);
-        if (!rc)
-            rc = tr->ops->sum_squares(tr->be, acc, tr->params[i].g, tr->params[i].numel, err);
-        if (!rc)
-            rc = lms_buf_download(tr->be, &v, sizeof v, acc, sizeof v, err);
-        if (rc)
-            return rc;
-        total += v;
-    }
+    for (int64_t i = 0; i < n; i++)
+        total += tr->host_norm_parts[i];
     *norm = sqrt(total);
     return LMS_OK;
 }
@@ -1245,6 +1284,8 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
                                 (float)clip, o->step};
     rc = tr->ops->adamw(tr->be, list, (int64_t)tr->n_params, &h, err);
     lms_free(list);
+    if (!rc && tr->W16)
+        rc = refresh_working_copy(tr, err);
     if (!rc)
         rc = lms_backend_sync(tr->be, err);
     return rc;

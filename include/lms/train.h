@@ -109,12 +109,16 @@ struct lms_train_opts {
                              * (H_teacher, H) map with a bias joins the trainable parameters */
     size_t max_hidden_pairs; /* most intermediate-loss pairs a step will use (activation space
                               * for teacher and student norm outputs); 0: none */
+    bool bf16_working;     /* plan a bf16 working copy of the weights, which the GEMMs read
+                            * (lms_trainer_new sets it from the backend: on where the backend
+                            * computes in bf16, as CUDA outside its fp32 precision) */
 };
 
 /* Device memory of a trainer, in bytes, for printing a plan and refusing what cannot fit. */
 struct lms_train_plan {
     int64_t n_params;          /* trainable elements (including the hidden map) */
     size_t weights;            /* fp32 master weights */
+    size_t working;            /* bf16 working copy of the weights (0 without) */
     size_t grads;              /* fp32 gradients */
     size_t moments;            /* AdamW m and v, fp32 */
     size_t activations;        /* saved forward activations and backward scratch */

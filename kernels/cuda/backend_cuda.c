@@ -408,6 +408,7 @@ static uint32_t operand_align(const void *p, int64_t ld, int64_t stride, int64_t
  * offers nothing for these alignments, so that the caller falls back. */
 static enum lms_status lt_matmul(struct lms_backend *be, const struct lms_matmul *mm,
                                  const void *a_op, int64_t lda, int64_t stride_a,
+                                 const void *b_op, int64_t ldb, int64_t stride_b,
                                  cudaDataType_t ab_type, size_t ab_size, bool *no_algo,
                                  struct lms_error *err)
 {
@@ -417,8 +418,8 @@ static enum lms_status lt_matmul(struct lms_backend *be, const struct lms_matmul
     cublasStatus_t s;
     const char *what = "cublasLtMatmulDescCreate";
     *no_algo = false;
-    lms__cuda_gemm_map(mm->trans_a, mm->trans_b, mm->m, mm->n, mm->k, lda, stride_a, mm->ldb,
-                       mm->stride_b, mm->ldc, mm->stride_c, &map);
+    lms__cuda_gemm_map(mm->trans_a, mm->trans_b, mm->m, mm->n, mm->k, lda, stride_a, ldb,
+                       stride_b, mm->ldc, mm->stride_c, &map);
     s = cublasLtMatmulDescCreate(&c.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     if (s == CUBLAS_STATUS_SUCCESS) {
         cublasOperation_t ta = map.a.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -439,7 +440,7 @@ static enum lms_status lt_matmul(struct lms_backend *be, const struct lms_matmul
     }
     if (s == CUBLAS_STATUS_SUCCESS) {
         uint64_t ws = LT_WORKSPACE;
-        uint32_t al_a = operand_align(mm->b, mm->ldb, mm->stride_b, mm->batch, ab_size);
+        uint32_t al_a = operand_align(b_op, ldb, stride_b, mm->batch, ab_size);
         uint32_t al_b = operand_align(a_op, lda, stride_a, mm->batch, ab_size);
         uint32_t al_c = operand_align(mm->c, mm->ldc, mm->stride_c, mm->batch, 4);
         what = "setting the preferences";
@@ -473,7 +474,7 @@ static enum lms_status lt_matmul(struct lms_backend *be, const struct lms_matmul
         *no_algo = true;
         goto out;
     }
-    s = cublasLtMatmul(cx->lt, c.desc, &mm->alpha, mm->b, c.la, a_op, c.lb, &mm->beta, mm->c,
+    s = cublasLtMatmul(cx->lt, c.desc, &mm->alpha, b_op, c.la, a_op, c.lb, &mm->beta, mm->c,
                        c.lc, mm->c, c.lc, &res.algo, cx->lt_ws, LT_WORKSPACE, cx->stream);
     if (s == CUBLAS_STATUS_NOT_SUPPORTED)
         *no_algo = true;
@@ -506,27 +507,50 @@ static enum lms_status cuda_matmul(struct lms_backend *be, const struct lms_matm
         return rc;
     bool no_algo = true;
     if (mm->k > 0) {
-        if (bdt == LMS_CUDA_F32) {
-            rc = lt_matmul(be, mm, mm->a, mm->lda, mm->stride_a, CUDA_R_32F, 4, &no_algo, err);
+        /* fp32 x fp32 runs in fp32 in exact mode; otherwise both operands are rounded to bf16
+         * (the training GEMMs of weight gradients, whose operands are both activations), so
+         * every GEMM outside the exact mode runs on tensor cores */
+        enum lms_cuda_dt pdt = bdt;
+        if (bdt == LMS_CUDA_F32 && !cx->exact)
+            pdt = LMS_CUDA_BF16;
+        if (pdt == LMS_CUDA_F32) {
+            rc = lt_matmul(be, mm, mm->a, mm->lda, mm->stride_a, mm->b, mm->ldb, mm->stride_b,
+                           CUDA_R_32F, 4, &no_algo, err);
         } else {
-            /* the activation operand rounded to the weights' dtype, packed (row stride = its
-             * stored column count) */
+            /* the fp32 operands rounded to pdt, packed (row stride = their stored column
+             * count): A first, then B when it is fp32, at a 256-byte boundary */
             int64_t rows = mm->trans_a ? mm->k : mm->m, cols = mm->trans_a ? mm->m : mm->k;
-            int64_t per, total;
-            size_t bytes;
+            int64_t b_rows = mm->trans_b ? mm->n : mm->k, b_cols = mm->trans_b ? mm->k : mm->n;
+            int64_t per, total, b_per = 0, b_total = 0;
+            size_t bytes, b_bytes = 0, b_at;
             if (__builtin_mul_overflow(rows, cols, &per) ||
                 __builtin_mul_overflow(per, mm->batch, &total) ||
-                __builtin_mul_overflow((size_t)total, (size_t)2, &bytes))
+                __builtin_mul_overflow((size_t)total, (size_t)2, &bytes) ||
+                (pdt != bdt && (__builtin_mul_overflow(b_rows, b_cols, &b_per) ||
+                                __builtin_mul_overflow(b_per, mm->batch, &b_total) ||
+                                __builtin_mul_overflow((size_t)b_total, (size_t)2, &b_bytes))) ||
+                bytes > SIZE_MAX - 512 - b_bytes)
                 return lms_error_set(err, LMS_EINVAL, "%s: matmul: operand size overflows",
                                      be->name);
-            rc = grow_pack(be, bytes, err);
+            b_at = (bytes + 255) & ~(size_t)255;
+            rc = grow_pack(be, b_at + b_bytes, err);
             if (rc)
                 return rc;
-            CK(lms_cuda_pack(cx->stream, cx->pack, bdt, mm->a, mm->lda, mm->stride_a, mm->batch,
+            CK(lms_cuda_pack(cx->stream, cx->pack, pdt, mm->a, mm->lda, mm->stride_a, mm->batch,
                              rows, cols),
                "matmul: packing the activation operand");
-            rc = lt_matmul(be, mm, cx->pack, cols, per,
-                           bdt == LMS_CUDA_BF16 ? CUDA_R_16BF : CUDA_R_16F, 2, &no_algo, err);
+            const void *b_op = mm->b;
+            int64_t ldb = mm->ldb, stride_b = mm->stride_b;
+            if (pdt != bdt) {
+                b_op = (char *)cx->pack + b_at;
+                CK(lms_cuda_pack(cx->stream, (char *)cx->pack + b_at, pdt, (const float *)mm->b,
+                                 mm->ldb, mm->stride_b, mm->batch, b_rows, b_cols),
+                   "matmul: packing the second fp32 operand");
+                ldb = b_cols;
+                stride_b = b_per;
+            }
+            rc = lt_matmul(be, mm, cx->pack, cols, per, b_op, ldb, stride_b,
+                           pdt == LMS_CUDA_F16 ? CUDA_R_16F : CUDA_R_16BF, 2, &no_algo, err);
         }
         if (rc)
             return rc;
