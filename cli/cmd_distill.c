@@ -94,8 +94,14 @@ static const char usage_text2[] =
     "  --force                        replace an existing DIR (and DIR.state/) without --resume\n"
     "Machine:\n"
     "  --device DEV                   cpu (default) or cuda[:N]\n"
+    "  --precision P                  auto (default), fp32 or bf16. On cuda, auto and bf16 keep a\n"
+    "                                 bf16 working copy of the weights and run every GEMM in bf16\n"
+    "                                 with fp32 accumulation (master weights, moments, gradients,\n"
+    "                                 norms, softmax and the losses stay fp32); fp32 is the exact\n"
+    "                                 mode that matches the CPU. The CPU always computes in fp32\n"
     "  --threads N                    CPU threads (default: all cores)\n"
-    "  --max-memory SIZE              plan against SIZE instead of the memory available\n"
+    "  --max-memory SIZE              plan against SIZE instead of the memory available (on\n"
+    "                                 cuda: instead of the device's total memory)\n"
     "  --dry-run                      print the memory plan and the run, train nothing\n"
     "  --dump-rows FILE               write every training row this process reads (int32,\n"
     "                                 seq_length + 1 ids each, in step order), to reproduce\n"
@@ -119,6 +125,7 @@ struct distill_args {
     int64_t gbs, mbs, max_steps, warmup, seq, log_interval, val_interval, val_batches,
         save_interval, exit_interval, threads;
     uint64_t seed, max_memory;
+    enum lms_precision precision;
     double lr, min_lr, temperature, lm_loss_scale, kd_loss_scale;
     int64_t top_k;
     enum lms_kd_kind kd_kind;
@@ -186,7 +193,7 @@ enum {
     OPT_VAL_INTERVAL, OPT_VAL_BATCHES, OPT_SAVE_INTERVAL, OPT_RESUME, OPT_FORCE, OPT_DEVICE,
     OPT_THREADS, OPT_MAX_MEMORY, OPT_DRY_RUN, OPT_JSON, OPT_DEVICES, OPT_NUM_NODES, OPT_TP,
     OPT_PP, OPT_LEGACY, OPT_DUMP_ROWS, OPT_EXIT_INTERVAL, OPT_KD_LOSS, OPT_TOP_K, OPT_LM_SCALE,
-    OPT_KD_SCALE, OPT_RECOMPUTE,
+    OPT_KD_SCALE, OPT_RECOMPUTE, OPT_PRECISION,
 };
 
 static int parse_args(int argc, char **argv, struct distill_args *a)
@@ -233,6 +240,7 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         {"resume", no_argument, NULL, OPT_RESUME},
         {"force", no_argument, NULL, OPT_FORCE},
         {"device", required_argument, NULL, OPT_DEVICE},
+        {"precision", required_argument, NULL, OPT_PRECISION},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
         {"dry-run", no_argument, NULL, OPT_DRY_RUN},
@@ -264,6 +272,11 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
         case OPT_LOG_DIR: a->log_dir = optarg; break;
         case OPT_SPLIT: a->split = optarg; break;
         case OPT_DEVICE: a->device = optarg; break;
+        case OPT_PRECISION:
+            if (lms_precision_parse(optarg, &a->precision, NULL))
+                return cli_usage_error(cmd, "invalid --precision '%s' (auto, fp32 or bf16)",
+                                       optarg);
+            break;
         case OPT_SEQ:
             if (!cli_parse_count(optarg, &a->seq) || a->seq > (1 << 20))
                 return cli_usage_error(cmd, "invalid --seq-length '%s' (1 to 1048576)", optarg);
@@ -701,7 +714,7 @@ static enum lms_status restore(struct run *r, const struct lms_train_state *s,
         }
         lms_free(host);
     }
-    return st;
+    return st ? st : lms_trainer_weights_updated(r->tr, err);
 }
 
 /* Keeps the metrics lines of steps up to the resumed one (a run killed after its last save
@@ -739,8 +752,10 @@ static void print_plan(const struct run *r, const struct lms_train_plan *tp,
     char b[32];
     FILE *f = r->a->co.json ? stderr : stdout;
     int64_t P = tp->n_params;
-    fprintf(f, "memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters):\n",
-            r->a->device, (long long)r->a->mbs, (long long)r->a->seq, (long long)P);
+    bool dev = m->runtime > 0;
+    fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters):\n",
+            dev ? "device" : "host", r->a->device, (long long)r->a->mbs, (long long)r->a->seq,
+            (long long)P);
 #define LINE(label, v, ...)                                                                       \
     do {                                                                                          \
         cli_format_bytes(v, b, sizeof b);                                                         \
@@ -748,24 +763,42 @@ static void print_plan(const struct run *r, const struct lms_train_plan *tp,
         fprintf(f, __VA_ARGS__);                                                                  \
         fputc('\n', f);                                                                           \
     } while (0)
-    LINE("student weights (fp32)", m->weights, "%lld x 4 B, the master copy the steps update",
-         (long long)P);
+    if (tp->working)
+        LINE("student weights", m->weights, "%lld x (4 + 2) B: the fp32 master copy the steps "
+             "update and the bf16 copy the GEMMs read", (long long)P);
+    else
+        LINE("student weights (fp32)", m->weights, "%lld x 4 B, the master copy the steps update",
+             (long long)P);
     LINE("AdamW moments", m->moments, "2 x %lld x 4 B", (long long)P);
     LINE("gradients", m->gradients, "%lld x 4 B", (long long)P);
     LINE("activations", m->activations, "saved for backward%s, logits chunks of %lld rows",
          r->a->recompute ? " (recomputed per layer)" : "", (long long)tp->logits_rows);
     LINE("teacher", m->teacher, "%lld parameters + forward workspace",
          (long long)lms_model_n_params(&r->teacher));
-    LINE("saving", m->save, "%lld x %zu B (%s)", (long long)P, lms_dtype_size(r->out_dtype),
-         lms_dtype_name(r->out_dtype));
-    LINE("data", m->data, "one micro-batch of ids + the row order of %lld steps",
-         (long long)r->a->max_steps);
+    if (dev) {
+        LINE("runtime and GEMM scratch", m->runtime, "CUDA context, cuBLASLt workspace, bf16 "
+             "operands of the largest GEMM");
+    } else {
+        LINE("saving", m->save, "%lld x %zu B (%s)", (long long)P, lms_dtype_size(r->out_dtype),
+             lms_dtype_name(r->out_dtype));
+        LINE("data", m->data, "one micro-batch of ids + the row order of %lld steps",
+             (long long)r->a->max_steps);
+    }
     cli_format_bytes(m->total, b, sizeof b);
     char av[32];
     cli_format_bytes(limit, av, sizeof av);
-    fprintf(f, "  %-26s %12s  of %s %s: %s\n", "total", b, av,
-            r->a->max_memory ? "allowed (--max-memory)" : "available",
-            !limit || m->total <= limit ? "fits" : "does NOT fit");
+    if (limit)
+        fprintf(f, "  %-26s %12s  of %s %s: %s\n", "total", b, av,
+                r->a->max_memory ? "allowed (--max-memory)"
+                                 : dev ? "on the device" : "available",
+                m->total <= limit ? "fits" : "does NOT fit");
+    else
+        fprintf(f, "  %-26s %12s  (no device to compare with: give --max-memory)\n", "total", b);
+    if (dev) {
+        cli_format_bytes(m->host, b, sizeof b);
+        fprintf(f, "  %-26s %12s  saving (%s) and data, in host memory\n", "host", b,
+                lms_dtype_name(r->out_dtype));
+    }
 #undef LINE
 }
 
@@ -1028,26 +1061,44 @@ int cmd_distill(int argc, char **argv)
     }
 
     /* ---- memory plan ---- */
-    struct lms_train_opts to = {.max_batch = a.mbs, .max_seq = a.seq, .recompute = a.recompute};
-    struct lms_train_plan tp;
-    if ((st = lms_train_plan_make(&r.student.arch, r.student.arch.padded_vocab, &to, &tp, &err)))
-        goto fail;
     struct lms_device dev;
     if (lms_device_parse(a.device, &dev, &err)) {
         rc = cli_usage_error(cmd, "%s", err.msg);
         goto out_state;
     }
-    size_t twb = dev.kind == LMS_DEVICE_CPU ? 4 : lms_dtype_size(r.teacher.arch.dtype);
+    bool on_gpu = dev.kind != LMS_DEVICE_CPU;
+    bool bf16 = on_gpu && a.precision != LMS_PRECISION_FP32;
+    struct lms_train_opts to = {.max_batch = a.mbs, .max_seq = a.seq, .recompute = a.recompute,
+                                .bf16_working = bf16};
+    struct lms_train_plan tp;
+    if ((st = lms_train_plan_make(&r.student.arch, r.student.arch.padded_vocab, &to, &tp, &err)))
+        goto fail;
+    size_t twb = bf16 ? lms_dtype_size(r.teacher.arch.dtype) : 4;
     struct lms_distill_shape shape = {.trainer = &tp, .teacher = &r.teacher.arch,
                                       .teacher_params = lms_model_n_params(&r.teacher),
                                       .teacher_weight_bytes = twb,
                                       .out_bytes = lms_dtype_size(r.out_dtype), .mbs = a.mbs,
-                                      .seq = a.seq, .n_rows_planned = n_train + n_val};
+                                      .seq = a.seq, .n_rows_planned = n_train + n_val,
+                                      .device = on_gpu};
     struct lms_distill_memory mem;
     if ((st = lms_distill_memory_plan(&shape, &mem, &err)))
         goto fail;
-    /* on a GPU the plan is device memory: the CUDA backend reports what it cannot allocate */
-    uint64_t limit = a.max_memory ? a.max_memory : dev.kind == LMS_DEVICE_CPU ? mem.available : 0;
+    /* on a GPU the plan is device memory, checked against the device's total (other processes
+     * may hold some of it: the allocations then report what they could not get) */
+    struct lms_backend_opts bko = {.n_threads = (int)a.threads, .precision = a.precision};
+    if (on_gpu && !a.max_memory) {
+        struct lms_error derr = {0};
+        uint64_t dfree, dtotal;
+        if (!lms_backend_open(&dev, &bko, &r.be, &derr) &&
+            !lms_backend_memory(r.be, &dfree, &dtotal, &derr))
+            mem.available = dtotal;
+        else if (!a.dry_run) {
+            err = derr;
+            st = err.status ? err.status : LMS_EDEVICE;
+            goto fail;
+        }
+    }
+    uint64_t limit = a.max_memory ? a.max_memory : mem.available;
     if (a.dry_run || !a.co.quiet)
         print_plan(&r, &tp, &mem, limit);
     if (limit && mem.total > limit) {
@@ -1077,8 +1128,7 @@ int cmd_distill(int argc, char **argv)
     }
 
     /* ---- engine ---- */
-    struct lms_backend_opts bko = {.n_threads = (int)a.threads, .precision = LMS_PRECISION_FP32};
-    if ((st = lms_backend_open(&dev, &bko, &r.be, &err)))
+    if (!r.be && (st = lms_backend_open(&dev, &bko, &r.be, &err)))
         goto fail;
     if ((st = lms_trainer_new(&r.student, r.be, &to, &r.tr, &err))) {
         lms_error_wrap(&err, "student '%s': ", a.student);

@@ -48,7 +48,7 @@ enum lms_status lms_distill_memory_plan(const struct lms_distill_shape *s,
 {
     memset(m, 0, sizeof *m);
     const struct lms_train_plan *tp = s->trainer;
-    m->weights = tp->weights;
+    m->weights = tp->weights + tp->working;
     m->moments = tp->moments;
     m->gradients = tp->grads;
     m->activations = tp->activations + tp->logits + tp->hidden;
@@ -60,6 +60,20 @@ enum lms_status lms_distill_memory_plan(const struct lms_distill_shape *s,
     m->save = (uint64_t)tp->n_params * s->out_bytes;
     m->data = 2 * (uint64_t)s->mbs * (uint64_t)(s->seq + 1) * sizeof(int32_t) +
               (uint64_t)s->n_rows_planned * (sizeof(uint16_t) + sizeof(int64_t));
+    if (s->device) {
+        /* the CUDA context (~0.5 GiB), cuBLASLt's 32 MiB workspace, and the scratch where both
+         * operands of the largest training GEMM are rounded to bf16: the weight gradient of the
+         * gate|up projection reads the (N, 2F) gradient and the (N, H) norm output */
+        const struct lms_arch *t = s->teacher;
+        uint64_t N = (uint64_t)s->mbs * (uint64_t)s->seq;
+        uint64_t widest = 2 * (uint64_t)t->ffn + (uint64_t)t->hidden;
+        m->runtime = ((uint64_t)512 << 20) + ((uint64_t)32 << 20) + N * widest * 2 + 512;
+        m->total = m->weights + m->moments + m->gradients + m->activations + m->teacher +
+                   m->runtime;
+        m->host = m->save + m->data;
+        m->available = 0; /* the caller asks the device */
+        return LMS_OK;
+    }
     m->total = m->weights + m->moments + m->gradients + m->activations + m->save + m->teacher +
                m->data;
     m->available = lms_memory_available();

@@ -245,3 +245,12 @@ enum lms_status lms_backend_sync(struct lms_backend *be, struct lms_error *err)
 {
     return be->ops->sync(be, err);
 }
+
+enum lms_status lms_backend_memory(struct lms_backend *be, uint64_t *free_bytes,
+                                   uint64_t *total_bytes, struct lms_error *err)
+{
+    if (be->ops->version < 4 || !be->ops->mem_info)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "%s: the backend uses host memory",
+                             be->name);
+    return be->ops->mem_info(be, free_bytes, total_bytes, err);
+}

@@ -26,7 +26,7 @@
 #include "lms/dtype.h"
 #include "lms/error.h"
 
-#define LMS_BACKEND_OPS_VERSION 3
+#define LMS_BACKEND_OPS_VERSION 4
 
 enum {
     LMS_CAP_BF16_WEIGHTS = 1u << 0, /* matmul/embedding accept bf16 weights directly */
@@ -271,7 +271,13 @@ struct lms_backend_ops {
                              struct lms_error *err);
     /* ==== end of training slots ==== */
 
-    /* ---- appended slots go below (version 4+) ---- */
+    /* ---- version 4 ---- */
+    /* The device's free and total memory in bytes, for memory plans. Optional: NULL where the
+     * backend shares host memory (the CPU; callers then ask the operating system). */
+    enum lms_status (*mem_info)(struct lms_backend *be, uint64_t *free_bytes,
+                                uint64_t *total_bytes, struct lms_error *err);
+
+    /* ---- appended slots go below (version 5+) ---- */
 };
 
 /* The handle behind include/lms/backend.h. */

@@ -586,6 +586,11 @@ const struct lms_train_param *lms_trainer_param(const struct lms_trainer *tr, si
     return i < tr->n_params ? &tr->params[i] : NULL;
 }
 
+enum lms_status lms_trainer_weights_updated(struct lms_trainer *tr, struct lms_error *err)
+{
+    return tr->W16 ? refresh_working_copy(tr, err) : LMS_OK;
+}
+
 enum lms_status lms_trainer_zero_grads(struct lms_trainer *tr, struct lms_error *err)
 {
     return tr->ops->scale(tr->be, tr->G, 0.0f, (int64_t)tr->n_floats, err);

@@ -101,5 +101,9 @@ enum lms_status lms_buf_download(struct lms_backend *be, void *dst, size_t dst_c
                                  const void *src, size_t src_len, struct lms_error *err);
 /* Waits until every queued op has finished; reports deferred device errors. */
 enum lms_status lms_backend_sync(struct lms_backend *be, struct lms_error *err);
+/* The device memory free and in total, in bytes. LMS_EUNSUPPORTED on backends that use host
+ * memory (the CPU): ask lms_memory_available (include/lms/distill.h) there. */
+enum lms_status lms_backend_memory(struct lms_backend *be, uint64_t *free_bytes,
+                                   uint64_t *total_bytes, struct lms_error *err);
 
 #endif

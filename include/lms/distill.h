@@ -113,8 +113,12 @@ struct lms_distill_memory {
     uint64_t save;        /* host copy of the student in the output dtype, while saving */
     uint64_t teacher;     /* teacher weights plus its forward workspace */
     uint64_t data;        /* token rows of one micro-batch and the loaders' plans */
-    uint64_t total;
-    uint64_t available;   /* what the machine offers (0 = unknown) */
+    uint64_t runtime;     /* on a device: the runtime's context, GEMM workspace and the bf16
+                           * operand scratch of the largest GEMM (0 on the CPU) */
+    uint64_t total;       /* what must fit: on the CPU everything above; on a device the
+                           * device-resident parts (not save and data, which stay on the host) */
+    uint64_t host;        /* on a device: save + data, held in host memory */
+    uint64_t available;   /* what the machine (or device) offers (0 = unknown) */
 };
 
 struct lms_train_plan;
@@ -130,6 +134,7 @@ struct lms_distill_shape {
     size_t out_bytes;
     int64_t mbs, seq;
     int64_t n_rows_planned;
+    bool device;          /* the run is on a GPU: plan device memory (see lms_distill_memory) */
 };
 enum lms_status lms_distill_memory_plan(const struct lms_distill_shape *s,
                                         struct lms_distill_memory *out, struct lms_error *err);

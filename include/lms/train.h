@@ -166,6 +166,11 @@ struct lms_train_param {
 size_t lms_trainer_n_params(const struct lms_trainer *tr);
 const struct lms_train_param *lms_trainer_param(const struct lms_trainer *tr, size_t i);
 
+/* Tells the trainer that master weights were written directly through lms_train_param.w (a
+ * resumed state, an all-gather of shards, weights generated on the device): it refreshes what it
+ * derives from them (the bf16 working copy). */
+enum lms_status lms_trainer_weights_updated(struct lms_trainer *tr, struct lms_error *err);
+
 /* Sets every gradient to zero. */
 enum lms_status lms_trainer_zero_grads(struct lms_trainer *tr, struct lms_error *err);
 

@@ -336,6 +336,19 @@ static enum lms_dtype cuda_weight_dtype(const struct lms_backend *be, enum lms_d
     return LMS_DTYPE_F32;
 }
 
+static enum lms_status cuda_mem_info(struct lms_backend *be, uint64_t *free_bytes,
+                                     uint64_t *total_bytes, struct lms_error *err)
+{
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    size_t free_b = 0, total_b = 0;
+    CK(cudaMemGetInfo(&free_b, &total_b), "reading the free device memory");
+    *free_bytes = free_b;
+    *total_bytes = total_b;
+    return LMS_OK;
+}
+
 /* ---- matmul ---- */
 
 static enum lms_status grow_pack(struct lms_backend *be, size_t bytes, struct lms_error *err)
@@ -781,6 +794,7 @@ static const struct lms_backend_ops cuda_ops = {
     .cast = cuda_cast,
     .abs_mean = cuda_abs_mean,
     .row_cosine = cuda_row_cosine,
+    .mem_info = cuda_mem_info,
 };
 
 const struct lms_backend_ops *lms__backend_cuda_ops(void)

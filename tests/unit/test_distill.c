@@ -190,6 +190,53 @@ START_TEST(blend_rows)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
 }
+
+/* The reference workflow's case on one 141 GB H200: the Qwen3-8B teacher (bf16) and its
+ * 24-layer student, micro-batch 1 x 4096 tokens, bf16 working weights. The student's parameter
+ * count is worked out by hand from the architecture (per layer: q|k|v 48 x 128 x 4096, o
+ * 4096 x 4096, gate|up|down 3 x 12288 x 4096, two norms of 4096, q/k norms of 128 each; plus
+ * embedding and LM head 151936 x 4096 each and the final norm). Without recomputation the saved
+ * activations do not fit beside 18 bytes per parameter of weights, moments and gradients; with
+ * per-layer recomputation they do. */
+START_TEST(plan_qwen3_8b_to_6b_on_h200)
+{
+    struct lms_arch t = {.family = LMS_FAMILY_QWEN3, .n_layers = 36, .hidden = 4096,
+                         .ffn = 12288, .n_heads = 32, .n_groups = 8, .head_dim = 128,
+                         .vocab = 151936, .padded_vocab = 151936, .max_position = 40960,
+                         .norm_eps = 1e-6, .qk_norm = true, .dtype = LMS_DTYPE_BF16};
+    t.rope.theta = 1e6;
+    struct lms_arch st = t;
+    st.n_layers = 24;
+    const int64_t per_layer = 48 * 128 * 4096 + 4096 * 4096 + 3 * 12288 * 4096 + 2 * 4096 +
+                              2 * 128;
+    const int64_t P = 24 * per_layer + 2 * (int64_t)151936 * 4096 + 4096;
+    ck_assert_int_eq(P, 5875378176);
+    const uint64_t h200 = 141000000000ull;
+    for (int recompute = 0; recompute < 2; recompute++) {
+        struct lms_train_opts to = {.max_batch = 1, .max_seq = 4096, .recompute = recompute,
+                                    .bf16_working = true};
+        struct lms_train_plan tp;
+        struct lms_error err = {0};
+        ck_assert_int_eq(lms_train_plan_make(&st, st.padded_vocab, &to, &tp, &err), LMS_OK);
+        ck_assert_int_eq(tp.n_params, P);
+        ck_assert_uint_ge(tp.weights, (uint64_t)P * 4);
+        ck_assert_uint_ge(tp.working, (uint64_t)P * 2);
+        struct lms_distill_shape sh = {.trainer = &tp, .teacher = &t,
+                                       .teacher_params = lms_arch_n_params(&t),
+                                       .teacher_weight_bytes = 2, .out_bytes = 2, .mbs = 1,
+                                       .seq = 4096, .n_rows_planned = 1000, .device = true};
+        struct lms_distill_memory m;
+        ck_assert_int_eq(lms_distill_memory_plan(&sh, &m, &err), LMS_OK);
+        /* the fixed part: 18 B per student parameter and the teacher's bf16 weights */
+        uint64_t fixed = (uint64_t)P * 18 + (uint64_t)lms_arch_n_params(&t) * 2;
+        ck_assert_uint_ge(m.total, fixed);
+        if (recompute)
+            ck_assert_uint_le(m.total, h200);
+        else
+            ck_assert_uint_gt(m.total, h200);
+    }
+}
+END_TEST
 END_TEST
 
 Suite *suite(void)
@@ -200,6 +247,7 @@ Suite *suite(void)
     tcase_add_test(tc, optimiser_presets);
     tcase_add_test(tc, data_paths_parse);
     tcase_add_test(tc, blend_rows);
+    tcase_add_test(tc, plan_qwen3_8b_to_6b_on_h200);
     suite_add_tcase(s, tc);
     return s;
 }
