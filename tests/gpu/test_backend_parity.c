@@ -139,16 +139,19 @@ static void check_rel_norm(const char *what, const float *got, const float *want
 /* ---- matmul ---- */
 
 /* One GEMM case: row-major op(A) (m, k), op(B) (k, n), padded leading dimensions, batches. */
+/* mode 0: fp32 in the exact precision; 1: bf16 weights (B) in AUTO, the activation operand
+ * rounded to bf16; 2: fp32 B in AUTO, both operands rounded to bf16 (weight-gradient GEMMs). */
 static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch,
-                      bool bias, float beta, bool bf16)
+                      bool bias, float beta, int mode)
 {
+    bool bf16 = mode != 0;
     struct lms_error err;
     char what[160];
     snprintf(what, sizeof what, "matmul %s ta=%d tb=%d m=%lld n=%lld k=%lld batch=%lld bias=%d "
-             "beta=%g", bf16 ? "bf16" : "fp32", ta, tb, (long long)m, (long long)n,
+             "beta=%g", mode == 2 ? "fp32-as-bf16" : bf16 ? "bf16" : "fp32", ta, tb, (long long)m, (long long)n,
              (long long)k, (long long)batch, bias, (double)beta);
     int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    int64_t lda = ac + (m % 3), ldb = bc + (bf16 ? 0 : (n % 2)), ldc = n + 1;
+    int64_t lda = ac + (m % 3), ldb = bc + (mode == 1 ? 0 : (n % 2)), ldc = n + 1;
     int64_t sa = ar * lda + 5, sb = br * ldb + 3, sc = m * ldc + 7;
     float *a = rand_buf(sa * batch, 1.0f), *b = rand_buf(sb * batch, 1.0f);
     float *c0 = rand_buf(sc * batch, 1.0f), *bv = rand_buf(n, 1.0f);
@@ -170,9 +173,9 @@ static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t
     struct lms_backend *be = bf16 ? gpu16 : gpu;
     struct dbuf da, db, dc, dbias;
     mm.a = dev_copy(be, &da, a, (size_t)(sa * batch) * 4);
-    mm.b = bf16 ? dev_copy(be, &db, b16, (size_t)(sb * batch) * 2)
-                : dev_copy(be, &db, b, (size_t)(sb * batch) * 4);
-    mm.b_dtype = bf16 ? LMS_DTYPE_BF16 : LMS_DTYPE_F32;
+    mm.b = mode == 1 ? dev_copy(be, &db, b16, (size_t)(sb * batch) * 2)
+                     : dev_copy(be, &db, b, (size_t)(sb * batch) * 4);
+    mm.b_dtype = mode == 1 ? LMS_DTYPE_BF16 : LMS_DTYPE_F32;
     /* beta 0: C may hold NaN and must not be read */
     mm.c = dev_copy(be, &dc, beta == 0.0f ? NULL : c0, (size_t)(sc * batch) * 4);
     mm.bias = bias ? dev_copy(be, &dbias, bv, (size_t)n * 4) : NULL;
@@ -202,15 +205,17 @@ START_TEST(matmul_parity)
 {
     static const int64_t shapes[][3] = {{1, 1, 1},   {1, 7, 5},    {37, 53, 29},
                                         {64, 128, 96}, {129, 65, 257}, {8, 520, 64}};
-    for (int bf = 0; bf < 2; bf++)
+    for (int bf = 0; bf < 3; bf++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (int t = 0; t < 4; t++)
                 gemm_case(t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2],
                           s % 2 ? 3 : 1, s % 3 == 1, (s + (size_t)t) % 2 ? 1.0f : 0.0f, bf);
     /* the forward's shapes: y = x W^T, K multiple of 8 (tensor-core path) */
-    gemm_case(false, true, 300, 384, 256, 1, false, 0.0f, true);
-    gemm_case(false, true, 300, 256, 768, 1, false, 1.0f, true);
-    gemm_case(false, true, 300, 384, 256, 1, true, 0.0f, false);
+    gemm_case(false, true, 300, 384, 256, 1, false, 0.0f, 1);
+    gemm_case(false, true, 300, 256, 768, 1, false, 1.0f, 1);
+    gemm_case(false, true, 300, 384, 256, 1, true, 0.0f, 0);
+    /* the trainer's weight gradient dW (n, k) += dy^T x, both fp32 operands, beta 1 */
+    gemm_case(true, false, 384, 256, 300, 1, false, 1.0f, 2);
 }
 END_TEST
 
@@ -583,8 +588,14 @@ Suite *suite(void)
     tcase_add_test(tc, rmsnorm_rope_swiglu_add);
     tcase_add_test(tc, embedding_and_cast);
     tcase_add_test(tc, softmax_and_cross_entropy);
-    tcase_add_test(tc, device_errors);
     tcase_add_test(tc, activation_stats_parity);
     suite_add_tcase(s, tc);
+    /* deliberate failures (an allocation larger than the device): apart from the parity case,
+     * which compute-sanitizer runs and would report the failing API calls of */
+    TCase *te = tcase_create("cuda_errors");
+    tcase_add_checked_fixture(te, setup, teardown);
+    tcase_set_timeout(te, 240);
+    tcase_add_test(te, device_errors);
+    suite_add_tcase(s, te);
     return s;
 }

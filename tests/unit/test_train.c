@@ -34,6 +34,34 @@ static struct lms_backend *open_cpu(void)
     return be;
 }
 
+/* The backend of the golden tests: LMS_TEST_DEVICE (default "cpu") in LMS_TEST_PRECISION
+ * (default "fp32"). The gpu suite runs the "golden" case again on cuda (tests/gpu/meson.build);
+ * those tests reach parameters only through lms_buf_download / lms_buf_upload. */
+static struct lms_backend *open_test_backend(void)
+{
+    const char *dev = getenv("LMS_TEST_DEVICE"), *prec = getenv("LMS_TEST_PRECISION");
+    if (!dev || !strcmp(dev, "cpu"))
+        return open_cpu();
+    struct lms_error err;
+    struct lms_backend *be = NULL;
+    struct lms_backend_opts bo = {.n_threads = n_threads};
+    ck_assert_msg(lms_precision_parse(prec ? prec : "fp32", &bo.precision, &err) == LMS_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lms_backend_open_name(dev, &bo, &be, &err) == LMS_OK, "%s", err.msg);
+    return be;
+}
+
+/* A host copy of n floats at a backend address (malloc'd). */
+static float *host_copy(struct lms_backend *be, const float *src, int64_t n)
+{
+    struct lms_error err;
+    float *h = malloc((size_t)(n ? n : 1) * 4);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_msg(lms_buf_download(be, h, (size_t)n * 4, src, (size_t)n * 4, &err) == LMS_OK,
+                  "%s", err.msg);
+    return h;
+}
+
 static void read_model(const char *rel, struct lms_model *m)
 {
     struct lms_error err;
@@ -75,7 +103,7 @@ static void golden_open(struct golden *g, bool recompute)
         for (int64_t t = 0; t < g->S; t++)
             g->targets[b * g->S + t] = t + 1 < g->S ? g->ids[b * g->S + t + 1] : -1;
     read_model(REF_DIR "/student", &g->student);
-    g->be = open_cpu();
+    g->be = open_test_backend();
     struct lms_train_opts to = {.max_batch = 2, .max_seq = 24, .logits_rows = 7,
                                 .recompute = recompute};
     ck_assert_msg(lms_trainer_new(&g->student, g->be, &to, &g->tr, &err) == LMS_OK, "%s",
@@ -120,7 +148,7 @@ static void check_grads_tol(struct golden *g, const char *loss, double tol)
         float *want = read_ref(&g->ref, name, false, &n);
         ck_assert_msg(want != NULL, "%s missing", name);
         ck_assert_int_eq(n, p->numel);
-        const float *got = p->g; /* CPU backend: host addresses */
+        float *got = host_copy(g->be, p->g, p->numel);
         double mx = 0, worst = 0;
         int64_t at = 0;
         for (int64_t k = 0; k < n; k++)
@@ -134,6 +162,7 @@ static void check_grads_tol(struct golden *g, const char *loss, double tol)
                       "%s: element %lld is %.8g, PyTorch %.8g (max |g| %.3g)", name,
                       (long long)at, got[at], want[at], mx);
         free(want);
+        free(got);
     }
 }
 
@@ -236,7 +265,8 @@ static void adamw_against_torch(struct golden *g, bool own_grads)
         ref_g[i] = read_ref(&g->ref, name, false, &n);
         ck_assert_ptr_nonnull(ref_g[i]);
         if (!own_grads)
-            memcpy(p->g, ref_g[i], (size_t)n * 4);
+            ck_assert_msg(lms_buf_upload(g->be, p->g, ref_g[i], (size_t)n * 4, &err) == LMS_OK,
+                          "%s", err.msg);
     }
     struct lms_adamw_opts ao;
     lms_adamw_megatron(&ao);
@@ -259,11 +289,13 @@ static void adamw_against_torch(struct golden *g, bool own_grads)
         float *want = read_ref(&after, p->name, false, &n);
         ck_assert_msg(want != NULL, "%s missing", p->name);
         ck_assert_int_eq(n, p->numel);
+        float *w = host_copy(g->be, p->w, n);
         for (int64_t k = 0; k < n; k++) {
             double tol = !own_grads || fabs(ref_g[i][k]) >= 1e-5 ? 1e-6 : ao.lr;
-            ck_assert_msg(fabs(p->w[k] - want[k]) <= tol, "%s[%lld]: %.9g, PyTorch %.9g",
-                          p->name, (long long)k, p->w[k], want[k]);
+            ck_assert_msg(fabs(w[k] - want[k]) <= tol, "%s[%lld]: %.9g, PyTorch %.9g",
+                          p->name, (long long)k, w[k], want[k]);
         }
+        free(w);
         free(want);
         free(ref_g[i]);
     }
@@ -292,7 +324,9 @@ START_TEST(golden_adamw_step)
         float *v = malloc((size_t)p->numel * 4);
         ck_assert_int_eq(lms_view_read_as(t->view, 0, p->numel, LMS_DTYPE_F32, v, &err),
                          LMS_OK);
-        ck_assert_int_eq(memcmp(v, p->w, (size_t)p->numel * 4), 0);
+        float *w = host_copy(g.be, p->w, p->numel);
+        ck_assert_int_eq(memcmp(v, w, (size_t)p->numel * 4), 0);
+        free(w);
         free(v);
     }
     lms_model_release(&out);
@@ -777,12 +811,16 @@ END_TEST
 Suite *suite(void)
 {
     Suite *s = suite_create("train");
+    /* against PyTorch's golden losses, gradients and AdamW step; device-parametrised */
+    TCase *gc = tcase_create("golden");
+    tcase_set_timeout(gc, 120);
+    tcase_add_test(gc, golden_losses_gradients);
+    tcase_add_test(gc, golden_recompute);
+    tcase_add_test(gc, golden_adamw_step);
+    tcase_add_test(gc, golden_teacher_engine);
+    suite_add_tcase(s, gc);
     TCase *tc = tcase_create("train");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, golden_losses_gradients);
-    tcase_add_test(tc, golden_recompute);
-    tcase_add_test(tc, golden_adamw_step);
-    tcase_add_test(tc, golden_teacher_engine);
     tcase_add_test(tc, fd_llama_tied_gqa);
     tcase_add_test(tc, fd_qwen2_bias_reverse_kl);
     tcase_add_test(tc, fd_qwen3_top_k);
