@@ -16,6 +16,10 @@
  *     into log2 e), P goes back as bf16, P V (WMMA) lands in the same scratch and is folded
  *     into the output rows each lane keeps in registers (its row, half of the channels).
  *
+ * Both write, when given a non-NULL lse, each row's log-sum-exp of its scaled scores (natural
+ * log, the CPU's units) for the backward (attention_backward.cu): max + log(sum) of the online
+ * softmax.
+ *
  * Path to Hopper speed (not done yet; the correctness reference is this version):
  *   1. K/V sharing across the n_h / n_g heads of a group (one block per group and query tile),
  *      and bf16 Q/K/V produced by the QKV GEMM epilogue instead of converted here.
