@@ -16,6 +16,10 @@
  *     into log2 e), P goes back as bf16, P V (WMMA) lands in the same scratch and is folded
  *     into the output rows each lane keeps in registers (its row, half of the channels).
  *
+ * Both write, when given a non-NULL lse, each row's log-sum-exp of its scaled scores (natural
+ * log, the CPU's units) for the backward (attention_backward.cu): max + log(sum) of the online
+ * softmax.
+ *
  * Path to Hopper speed (not done yet; the correctness reference is this version):
  *   1. K/V sharing across the n_h / n_g heads of a group (one block per group and query tile),
  *      and bf16 Q/K/V produced by the QKV GEMM epilogue instead of converted here.
@@ -44,7 +48,7 @@ using namespace nvcuda;
 __global__ void __launch_bounds__(32 * NW)
     attn_f32_kernel(int64_t S, int64_t n_heads, int64_t n_groups, int64_t d, const float *q,
                     const float *k, const float *v, int64_t q_stride, int64_t kv_stride,
-                    float *out, int64_t out_stride, float scale, int64_t W)
+                    float *out, int64_t out_stride, float scale, int64_t W, float *lse)
 {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int BK = LMS_CUDA_F32_BK, BQ = LMS_CUDA_F32_BQ;
@@ -134,6 +138,8 @@ __global__ void __launch_bounds__(32 * NW)
             continue;
         float inv = 1.0f / l[rr];
         float *o = out + (b * S + i) * out_stride + h * d;
+        if (lse && lane == 0) /* m is in units of the scaled scores (sQ holds scale * q) */
+            lse[(b * n_heads + h) * S + i] = m[rr] + logf(l[rr]);
 #pragma unroll
         for (int e = 0; e < F32_CPL; e++) {
             int64_t c = lane + 32 * e;
@@ -149,7 +155,8 @@ template <int D>
 __global__ void __launch_bounds__(32 * NW)
     attn_tc_kernel(struct lms_cuda_tc_layout lay, int64_t S, int64_t n_heads, int64_t n_groups,
                    const float *q, const float *k, const float *v, int64_t q_stride,
-                   int64_t kv_stride, float *out, int64_t out_stride, float scale, int64_t W)
+                   int64_t kv_stride, float *out, int64_t out_stride, float scale, int64_t W,
+                   float *lse)
 {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     constexpr int BQ = LMS_CUDA_TC_BQ, BK = LMS_CUDA_TC_BK, HALF = D / 2, CPL = BK / 2;
@@ -283,6 +290,8 @@ __global__ void __launch_bounds__(32 * NW)
     }
     if (i < S) {
         float inv = 1.0f / l;
+        if (lse && hf == 0) /* m is in log2 units (scores times scale * log2 e) */
+            lse[(b * n_heads + h) * S + i] = m * 0.6931471805599453f + logf(l);
         float *orow = out + (b * S + i) * out_stride + h * D + hf * HALF;
 #pragma unroll
         for (int e = 0; e < HALF; e++)
@@ -301,6 +310,8 @@ extern "C" cudaError_t lms_cuda_attention_setup(size_t max_smem)
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(attn_tc_kernel<128>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)max_smem);
+    if (e == cudaSuccess)
+        e = lms_cuda_attention_backward_setup(max_smem);
     return e;
 }
 
@@ -310,7 +321,7 @@ extern "C" cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_ki
                                           int64_t head_dim, const float *q, const float *k,
                                           const float *v, int64_t q_stride, int64_t kv_stride,
                                           float *out, int64_t out_stride, float scale,
-                                          int64_t window)
+                                          int64_t window, float *lse)
 {
     if (batch <= 0 || seq <= 0)
         return cudaSuccess;
@@ -321,17 +332,17 @@ extern "C" cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_ki
         if (head_dim == 128)
             attn_tc_kernel<128><<<grid, l->block, l->smem, st>>>(
                 lay, seq, n_heads, n_groups, q, k, v, q_stride, kv_stride, out, out_stride,
-                scale, window);
+                scale, window, lse);
         else if (head_dim == 64)
             attn_tc_kernel<64><<<grid, l->block, l->smem, st>>>(
                 lay, seq, n_heads, n_groups, q, k, v, q_stride, kv_stride, out, out_stride,
-                scale, window);
+                scale, window, lse);
         else
             return cudaErrorInvalidValue;
     } else {
         attn_f32_kernel<<<grid, l->block, l->smem, st>>>(seq, n_heads, n_groups, head_dim, q, k,
                                                          v, q_stride, kv_stride, out, out_stride,
-                                                         scale, window);
+                                                         scale, window, lse);
     }
     return cudaGetLastError();
 }

@@ -665,7 +665,7 @@ static enum lms_status cuda_attention(struct lms_backend *be, const struct lms_a
         return rc;
     CK(lms_cuda_attention(cx->stream, kind, &l, at->batch, at->seq, at->n_heads, at->n_groups,
                           at->head_dim, at->q, at->k, at->v, at->q_stride, at->kv_stride,
-                          at->out, at->out_stride, at->scale, at->window),
+                          at->out, at->out_stride, at->scale, at->window, at->lse),
        kind == LMS_CUDA_ATTN_TC ? "attention (tensor-core kernel)" : "attention (fp32 kernel)");
     return LMS_OK;
 }
@@ -770,6 +770,46 @@ static enum lms_status cuda_row_cosine(struct lms_backend *be, float *out, const
     return LMS_OK;
 }
 
+/* fp32 in both precisions (the forward's lse is fp32 either way); see attention_backward.cu. */
+static enum lms_status cuda_attention_backward(struct lms_backend *be,
+                                               const struct lms_attention_backward *ab,
+                                               struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    const struct lms_attention *at = &ab->fwd;
+    const int64_t d = at->head_dim, hw = at->n_heads * d, gw = at->n_groups * d;
+    if (at->n_groups <= 0 || at->n_heads <= 0 || at->n_heads % at->n_groups || d <= 0 ||
+        at->batch < 0 || at->seq < 0 || at->window < 0 || !at->lse || at->q_stride < hw ||
+        at->kv_stride < gw || at->out_stride < hw || ab->dout_stride < hw ||
+        ab->dq_stride < hw || ab->dkv_stride < gw)
+        return lms_error_set(err, LMS_EINVAL,
+                             "%s: attention backward: bad shape (heads %lld, groups %lld, head "
+                             "dim %lld), row strides narrower than the heads, or no saved "
+                             "log-sum-exp",
+                             be->name, (long long)at->n_heads, (long long)at->n_groups,
+                             (long long)d);
+    if (at->batch == 0 || at->seq == 0)
+        return LMS_OK;
+    struct lms_cuda_launch l_dkv, l_dq;
+    const char *why = "";
+    if (!lms__cuda_attn_bwd_plan(at->batch, at->seq, at->n_heads, at->n_groups, d, cx->max_smem,
+                                 &l_dkv, &l_dq, &why))
+        return lms_error_set(err, LMS_EUNSUPPORTED,
+                             "%s: attention backward: batch %lld, %lld heads, head dim %lld: %s",
+                             be->name, (long long)at->batch, (long long)at->n_heads,
+                             (long long)d, why);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_attention_backward(cx->stream, &l_dkv, &l_dq, at->batch, at->seq, at->n_heads,
+                                   at->n_groups, d, at->q, at->k, at->v, at->q_stride,
+                                   at->kv_stride, at->out, at->out_stride, at->lse, ab->dout,
+                                   ab->dout_stride, ab->dq, ab->dq_stride, ab->dk, ab->dv,
+                                   ab->dkv_stride, at->scale, at->window),
+       "attention backward (fp32 kernels)");
+    return LMS_OK;
+}
+
 static const struct lms_backend_ops cuda_ops = {
     .version = LMS_BACKEND_OPS_VERSION,
     .kind = "cuda",
@@ -794,6 +834,7 @@ static const struct lms_backend_ops cuda_ops = {
     .cast = cuda_cast,
     .abs_mean = cuda_abs_mean,
     .row_cosine = cuda_row_cosine,
+    .attention_backward = cuda_attention_backward,
     .mem_info = cuda_mem_info,
 };
 

@@ -74,6 +74,43 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
     return true;
 }
 
+size_t lms__cuda_attn_bwd_smem(int d, bool dkv)
+{
+    size_t t = LMS_CUDA_BWD_T, dd = (size_t)d;
+    return (4 * t * (dd + 1) + (dkv ? 2 : 1) * t * dd + 2 * t * (t + 1) + 2 * t) * sizeof(float);
+}
+
+bool lms__cuda_attn_bwd_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t n_groups,
+                             int64_t head_dim, size_t max_smem, struct lms_cuda_launch *dkv,
+                             struct lms_cuda_launch *dq, const char **why)
+{
+    if (batch > 65535 || n_heads > 65535 || n_groups > 65535) {
+        *why = "batch or head count over the grid limit of 65535";
+        return false;
+    }
+    if (head_dim <= 0 || head_dim > LMS_CUDA_ATTN_F32_MAX_D) {
+        *why = "head dim over 256";
+        return false;
+    }
+    dkv->smem = lms__cuda_attn_bwd_smem((int)head_dim, true);
+    dq->smem = lms__cuda_attn_bwd_smem((int)head_dim, false);
+    if (dkv->smem > max_smem || dq->smem > max_smem) {
+        *why = "shared memory over the device limit";
+        return false;
+    }
+    int64_t nt = (seq + LMS_CUDA_BWD_T - 1) / LMS_CUDA_BWD_T;
+    if (nt > 0x7fffffff) {
+        *why = "sequence over the grid limit";
+        return false;
+    }
+    dkv->grid[0] = dq->grid[0] = (unsigned)(nt > 0 ? nt : 1);
+    dkv->grid[1] = (unsigned)(n_groups > 0 ? n_groups : 1);
+    dq->grid[1] = (unsigned)(n_heads > 0 ? n_heads : 1);
+    dkv->grid[2] = dq->grid[2] = (unsigned)(batch > 0 ? batch : 1);
+    dkv->block = dq->block = LMS_CUDA_BWD_THREADS;
+    return true;
+}
+
 unsigned lms__cuda_ew_blocks(int64_t n)
 {
     if (n <= 0)

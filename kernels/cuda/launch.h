@@ -73,6 +73,27 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
                          bool tensor_cores, size_t max_smem, enum lms_cuda_attn_kind *kind,
                          struct lms_cuda_launch *l, const char **why);
 
+/* ---- attention backward -------------------------------------------------------------------
+ * fp32 on CUDA cores (kernels/cuda/attention_backward.cu), flash style: tiles of
+ * LMS_CUDA_BWD_T query rows x LMS_CUDA_BWD_T keys, scores recomputed from q, k and the forward's
+ * log-sum-exp. Two kernels, so that every output element has one writer (no atomics):
+ *   DKV: a block per (key tile, key/value head, batch row) walks the query tiles that see its keys
+ *        over the r = n_h / n_g query heads of the group, dk and dv accumulated in shared memory;
+ *   DQ:  a block per (query tile, query head, batch row) walks the key tiles its rows see, dq
+ *        accumulated in shared memory.
+ * Shared memory (fp32): Q, dO, K and V tiles (T, d + 1) (padded against bank conflicts), the
+ * accumulators (T, d) (two for DKV, one for DQ), P and dS (T, T + 1), lse and D (T). */
+#define LMS_CUDA_BWD_T 32
+#define LMS_CUDA_BWD_THREADS 128
+size_t lms__cuda_attn_bwd_smem(int d, bool dkv);
+
+/* Launches of the two backward kernels: grid x = sequence tiles, y = n_g (DKV) or n_h (DQ),
+ * z = B. False with *why set when d is out of (0, 256], a grid dimension is over its limit or the
+ * shared memory over max_smem bytes. */
+bool lms__cuda_attn_bwd_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t n_groups,
+                             int64_t head_dim, size_t max_smem, struct lms_cuda_launch *dkv,
+                             struct lms_cuda_launch *dq, const char **why);
+
 /* One thread per element (or per 4 elements): blocks of 256 threads, grid x capped so that
  * kernels loop grid-stride over the rest. */
 #define LMS_CUDA_EW_THREADS 256

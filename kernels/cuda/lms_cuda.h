@@ -99,9 +99,9 @@ cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_kind kind,
                                int64_t n_heads, int64_t n_groups, int64_t head_dim,
                                const float *q, const float *k, const float *v, int64_t q_stride,
                                int64_t kv_stride, float *out, int64_t out_stride, float scale,
-                               int64_t window);
-/* Raises the dynamic shared-memory limit of the attention kernels to max_smem (bytes);
- * called once per device at open. */
+                               int64_t window, float *lse);
+/* Raises the dynamic shared-memory limit of the attention kernels (forward and backward) to
+ * max_smem (bytes); called once per device at open. */
 cudaError_t lms_cuda_attention_setup(size_t max_smem);
 /* Fills n bf16 values at dst with uniform(-scale, scale) from a counter hash of (seed, index):
  * random weights generated on the device (bench/forward_gpu.c). */
@@ -109,6 +109,20 @@ cudaError_t lms_cuda_fill_uniform_bf16(cudaStream_t st, uint16_t *dst, int64_t n
                                        uint64_t seed, float scale);
 /* Fills n fp32 values with value. */
 cudaError_t lms_cuda_fill_f32(cudaStream_t st, float *dst, int64_t n, float value);
+
+/* Backward of lms_cuda_attention (struct lms_attention_backward), fp32, the launches from
+ * lms__cuda_attn_bwd_plan (launch.h); lse (B, n_h, S) from the forward. dq, dk, dv written. */
+cudaError_t lms_cuda_attention_backward(cudaStream_t st, const struct lms_cuda_launch *l_dkv,
+                                        const struct lms_cuda_launch *l_dq, int64_t batch,
+                                        int64_t seq, int64_t n_heads, int64_t n_groups,
+                                        int64_t head_dim, const float *q, const float *k,
+                                        const float *v, int64_t q_stride, int64_t kv_stride,
+                                        const float *out, int64_t out_stride, const float *lse,
+                                        const float *dout, int64_t dout_stride, float *dq,
+                                        int64_t dq_stride, float *dk, float *dv,
+                                        int64_t dkv_stride, float scale, int64_t window);
+/* Raises the backward kernels' dynamic shared-memory limit (from lms_cuda_attention_setup). */
+cudaError_t lms_cuda_attention_backward_setup(size_t max_smem);
 
 struct lms_backend;
 /* The stream every op of a CUDA backend is queued on (backend_cuda.c): for code that launches

@@ -96,6 +96,34 @@ START_TEST(attention_plans)
 }
 END_TEST
 
+START_TEST(attention_backward_plans)
+{
+    struct lms_cuda_launch dkv, dq;
+    const char *why = NULL;
+    /* the carving of attention_backward.cu: Q, dO, K, V (T, d + 1), accumulators (T, d),
+     * P and dS (T, T + 1), lse and D (T) */
+    ck_assert_uint_eq(lms__cuda_attn_bwd_smem(8, true),
+                      (4 * 32 * 9 + 2 * 32 * 8 + 2 * 32 * 33 + 2 * 32) * 4);
+    ck_assert_uint_eq(lms__cuda_attn_bwd_smem(8, false),
+                      (4 * 32 * 9 + 32 * 8 + 2 * 32 * 33 + 2 * 32) * 4);
+    ck_assert_uint_le(lms__cuda_attn_bwd_smem(LMS_CUDA_ATTN_F32_MAX_D, true), H200_OPTIN_SMEM);
+    ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert_uint_eq(dkv.grid[0], 10);
+    ck_assert_uint_eq(dkv.grid[1], 8);
+    ck_assert_uint_eq(dq.grid[1], 32);
+    ck_assert_uint_eq(dkv.grid[2], 2);
+    ck_assert_uint_eq(dq.grid[2], 2);
+    ck_assert_uint_eq(dq.block, LMS_CUDA_BWD_THREADS);
+    ck_assert(lms__cuda_attn_bwd_plan(1, 1, 1, 1, 256, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert_uint_eq(dq.grid[0], 1);
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 257, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert_ptr_nonnull(strstr(why, "head dim"));
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 70000, 1, 64, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 256, 48 * 1024, &dkv, &dq, &why));
+    ck_assert_ptr_nonnull(strstr(why, "shared memory"));
+}
+END_TEST
+
 START_TEST(elementwise_grid)
 {
     ck_assert_uint_eq(lms__cuda_ew_blocks(0), 1);
@@ -191,6 +219,7 @@ Suite *suite(void)
     TCase *tc = tcase_create("host");
     tcase_add_test(tc, tc_layout_rules);
     tcase_add_test(tc, attention_plans);
+    tcase_add_test(tc, attention_backward_plans);
     tcase_add_test(tc, elementwise_grid);
     tcase_add_test(tc, align_for_cublaslt);
     tcase_add_test(tc, gemm_mapping);

@@ -1,0 +1,233 @@
+/* CUDA backward of causal grouped-query attention, fp32 on CUDA cores, flash style: the (S, S)
+ * matrices never exist. Tiles of T = LMS_CUDA_BWD_T query rows x T keys; per tile the scores are
+ * recomputed from q, k and the forward's log-sum-exp (launch.h owns the geometry and the
+ * shared-memory size; the carving below follows lms__cuda_attn_bwd_smem).
+ *
+ * With s_ij = scale q_i.k_j, p_ij = exp(s_ij - lse_i), D_i = dout_i . out_i:
+ *   dv_j = sum_i p_ij dout_i,  dp_ij = dout_i . v_j,  ds_ij = p_ij (dp_ij - D_i),
+ *   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i.
+ * Two kernels, so that each output element has exactly one writer (deterministic, no atomics,
+ * nothing to zero beforehand):
+ *   attn_bwd_dkv_kernel: a block per (key tile, key/value head g, batch row) walks, for each of
+ *     the r = n_h / n_g query heads of the group, the query tiles that see its keys (from the
+ *     diagonal tile to the end of the window) and accumulates dk and dv in shared memory;
+ *   attn_bwd_dq_kernel: a block per (query tile, head, batch row) walks the key tiles its rows
+ *     see and accumulates dq in shared memory.
+ * D is recomputed per query tile (a warp per row): it costs one extra read of out, against a
+ * scratch buffer and a pre-kernel. A tensor-core variant (WMMA, then Hopper wgmma with TMA) is
+ * the next step; this one is the exact reference on the device. */
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/cuda/lms_cuda.h"
+
+#define BT LMS_CUDA_BWD_T
+#define LDT (BT + 1)
+#define NTH LMS_CUDA_BWD_THREADS
+
+/* Rows [i0, i0 + nq) of head h: lse and D = dout . out into sL, sD (0 past nq). A warp per row. */
+__device__ __forceinline__ void rows_lse_d(float *sL, float *sD, int64_t S, int64_t n_heads,
+                                           int d, int64_t b, int64_t h, int64_t i0, int nq,
+                                           const float *out, int64_t out_stride,
+                                           const float *dout, int64_t dout_stride,
+                                           const float *lse)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int a = warp; a < BT; a += NTH / 32) { /* uniform per warp */
+        float t = 0.0f;
+        if (a < nq) {
+            const float *o = out + (b * S + i0 + a) * out_stride + h * d;
+            const float *g = dout + (b * S + i0 + a) * dout_stride + h * d;
+            for (int x = lane; x < d; x += 32)
+                t += o[x] * g[x];
+        }
+        for (int off = 16; off > 0; off >>= 1)
+            t += __shfl_xor_sync(0xffffffffu, t, off);
+        if (lane == 0) {
+            sD[a] = t;
+            sL[a] = a < nq ? lse[(b * n_heads + h) * S + i0 + a] : 0.0f;
+        }
+    }
+}
+
+/* rows (T, d + 1) of sdst = rows [r0, r0 + n) of src at stride ld, column offset col; zeros past
+ * n (so that tile products never read stale values). */
+__device__ __forceinline__ void load_tile(float *sdst, const float *src, int64_t ld, int64_t col,
+                                          int64_t r0, int n, int d)
+{
+    for (int idx = threadIdx.x; idx < BT * d; idx += NTH) {
+        int a = idx / d, x = idx - a * d;
+        sdst[a * (d + 1) + x] = a < n ? src[(r0 + a) * ld + col + x] : 0.0f;
+    }
+}
+
+/* P and dS (T, LDT) of query rows i0 + a (a < nq) against keys j0 + c (c < nk) from the tiles
+ * sQ, sG (dout), sK, sV (T, d + 1); 0 where the pair is invisible or out of range. Thread idx
+ * owns entry (idx / T, idx % T): a warp shares its query row (broadcast reads) and spans the
+ * keys (the d + 1 padding spreads them over the banks). */
+__device__ __forceinline__ void tile_p_ds(float *sP, float *sS, const float *sQ, const float *sG,
+                                          const float *sK, const float *sV, const float *sL,
+                                          const float *sD, int d, int64_t i0, int nq, int64_t j0,
+                                          int nk, float scale, int64_t W)
+{
+    for (int idx = threadIdx.x; idx < BT * BT; idx += NTH) {
+        int a = idx / BT, c = idx - a * BT;
+        int64_t i = i0 + a, j = j0 + c;
+        float p = 0.0f, ds = 0.0f;
+        if (a < nq && c < nk && j <= i && (W == 0 || i - j < W)) {
+            const float *qr = sQ + a * (d + 1), *gr = sG + a * (d + 1);
+            const float *kr = sK + c * (d + 1), *vr = sV + c * (d + 1);
+            float s = 0.0f, dp = 0.0f;
+            for (int x = 0; x < d; x++) {
+                s += qr[x] * kr[x];
+                dp += gr[x] * vr[x];
+            }
+            p = expf(scale * s - sL[a]);
+            ds = p * (dp - sD[a]);
+        }
+        sP[a * LDT + c] = p;
+        sS[a * LDT + c] = ds;
+    }
+}
+
+__global__ void __launch_bounds__(NTH)
+    attn_bwd_dkv_kernel(int64_t S, int64_t n_heads, int64_t n_groups, int d, const float *q,
+                        const float *k, const float *v, int64_t q_stride, int64_t kv_stride,
+                        const float *out, int64_t out_stride, const float *lse,
+                        const float *dout, int64_t dout_stride, float *dk, float *dv,
+                        int64_t dkv_stride, float scale, int64_t W)
+{
+    extern __shared__ __align__(16) float smem[];
+    const int ld = d + 1;
+    float *sK = smem, *sV = sK + BT * ld, *sQ = sV + BT * ld, *sG = sQ + BT * ld;
+    float *sdK = sG + BT * ld, *sdV = sdK + BT * d;
+    float *sP = sdV + BT * d, *sS = sP + BT * LDT, *sL = sS + BT * LDT, *sD = sL + BT;
+    const int64_t b = blockIdx.z, g = blockIdx.y, j0 = (int64_t)blockIdx.x * BT;
+    const int nk = (int)(S - j0 < BT ? S - j0 : BT);
+    const int64_t r = n_heads / n_groups;
+
+    load_tile(sK, k, kv_stride, g * d, b * S + j0, nk, d);
+    load_tile(sV, v, kv_stride, g * d, b * S + j0, nk, d);
+    for (int idx = threadIdx.x; idx < BT * d; idx += NTH)
+        sdK[idx] = sdV[idx] = 0.0f;
+
+    for (int64_t hh = 0; hh < r; hh++) {
+        const int64_t h = g * r + hh;
+        /* query tiles start at the diagonal one (j0 is a multiple of T) and end once even the
+         * first row of a tile is past the window of the tile's last key */
+        for (int64_t i0 = j0; i0 < S; i0 += BT) {
+            if (W > 0 && i0 - (j0 + nk - 1) >= W)
+                break; /* uniform */
+            const int nq = (int)(S - i0 < BT ? S - i0 : BT);
+            __syncthreads(); /* the previous tile's sQ, sG, sP, sS are no longer read */
+            load_tile(sQ, q, q_stride, h * d, b * S + i0, nq, d);
+            load_tile(sG, dout, dout_stride, h * d, b * S + i0, nq, d);
+            rows_lse_d(sL, sD, S, n_heads, d, b, h, i0, nq, out, out_stride, dout, dout_stride,
+                       lse);
+            __syncthreads();
+            tile_p_ds(sP, sS, sQ, sG, sK, sV, sL, sD, d, i0, nq, j0, nk, scale, W);
+            __syncthreads();
+            /* dv[c, x] += sum_a P[a, c] dout[a, x];  dk[c, x] += sum_a dS[a, c] q[a, x] */
+            for (int idx = threadIdx.x; idx < BT * d; idx += NTH) {
+                int c = idx / d, x = idx - c * d;
+                float av = 0.0f, ak = 0.0f;
+                for (int a = 0; a < nq; a++) {
+                    av += sP[a * LDT + c] * sG[a * ld + x];
+                    ak += sS[a * LDT + c] * sQ[a * ld + x];
+                }
+                sdV[idx] += av;
+                sdK[idx] += ak;
+            }
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nk * d; idx += NTH) {
+        int c = idx / d, x = idx - c * d;
+        int64_t row = (b * S + j0 + c) * dkv_stride + g * d + x;
+        dk[row] = scale * sdK[idx];
+        dv[row] = sdV[idx];
+    }
+}
+
+__global__ void __launch_bounds__(NTH)
+    attn_bwd_dq_kernel(int64_t S, int64_t n_heads, int64_t n_groups, int d, const float *q,
+                       const float *k, const float *v, int64_t q_stride, int64_t kv_stride,
+                       const float *out, int64_t out_stride, const float *lse,
+                       const float *dout, int64_t dout_stride, float *dq, int64_t dq_stride,
+                       float scale, int64_t W)
+{
+    extern __shared__ __align__(16) float smem[];
+    const int ld = d + 1;
+    float *sK = smem, *sV = sK + BT * ld, *sQ = sV + BT * ld, *sG = sQ + BT * ld;
+    float *sdQ = sG + BT * ld;
+    float *sP = sdQ + BT * d, *sS = sP + BT * LDT, *sL = sS + BT * LDT, *sD = sL + BT;
+    const int64_t b = blockIdx.z, h = blockIdx.y;
+    const int64_t i0 = ((int64_t)gridDim.x - 1 - blockIdx.x) * BT; /* longest rows first */
+    const int nq = (int)(S - i0 < BT ? S - i0 : BT);
+    const int64_t g = h / (n_heads / n_groups);
+
+    load_tile(sQ, q, q_stride, h * d, b * S + i0, nq, d);
+    load_tile(sG, dout, dout_stride, h * d, b * S + i0, nq, d);
+    rows_lse_d(sL, sD, S, n_heads, d, b, h, i0, nq, out, out_stride, dout, dout_stride, lse);
+    for (int idx = threadIdx.x; idx < BT * d; idx += NTH)
+        sdQ[idx] = 0.0f;
+
+    const int64_t j_begin = (W > 0 && i0 - W + 1 > 0) ? i0 - W + 1 : 0;
+    for (int64_t j0 = j_begin; j0 < i0 + nq; j0 += BT) {
+        const int nk = (int)(S - j0 < BT ? S - j0 : BT);
+        __syncthreads(); /* sK, sV, sS of the previous tile are no longer read; sQ.. are written */
+        load_tile(sK, k, kv_stride, g * d, b * S + j0, nk, d);
+        load_tile(sV, v, kv_stride, g * d, b * S + j0, nk, d);
+        __syncthreads();
+        tile_p_ds(sP, sS, sQ, sG, sK, sV, sL, sD, d, i0, nq, j0, nk, scale, W);
+        __syncthreads();
+        /* dq[a, x] += sum_c dS[a, c] k[c, x] */
+        for (int idx = threadIdx.x; idx < BT * d; idx += NTH) {
+            int a = idx / d, x = idx - a * d;
+            float acc = 0.0f;
+            for (int c = 0; c < nk; c++)
+                acc += sS[a * LDT + c] * sK[c * ld + x];
+            sdQ[idx] += acc;
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nq * d; idx += NTH) {
+        int a = idx / d, x = idx - a * d;
+        dq[(b * S + i0 + a) * dq_stride + h * d + x] = scale * sdQ[idx];
+    }
+}
+
+extern "C" cudaError_t lms_cuda_attention_backward_setup(size_t max_smem)
+{
+    cudaError_t e = cudaFuncSetAttribute(attn_bwd_dkv_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)max_smem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(attn_bwd_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)max_smem);
+    return e;
+}
+
+extern "C" cudaError_t lms_cuda_attention_backward(
+    cudaStream_t st, const struct lms_cuda_launch *l_dkv, const struct lms_cuda_launch *l_dq,
+    int64_t batch, int64_t seq, int64_t n_heads, int64_t n_groups, int64_t head_dim,
+    const float *q, const float *k, const float *v, int64_t q_stride, int64_t kv_stride,
+    const float *out, int64_t out_stride, const float *lse, const float *dout,
+    int64_t dout_stride, float *dq, int64_t dq_stride, float *dk, float *dv, int64_t dkv_stride,
+    float scale, int64_t window)
+{
+    if (batch <= 0 || seq <= 0)
+        return cudaSuccess;
+    dim3 g1(l_dkv->grid[0], l_dkv->grid[1], l_dkv->grid[2]);
+    attn_bwd_dkv_kernel<<<g1, l_dkv->block, l_dkv->smem, st>>>(
+        seq, n_heads, n_groups, (int)head_dim, q, k, v, q_stride, kv_stride, out, out_stride, lse,
+        dout, dout_stride, dk, dv, dkv_stride, scale, window);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        return e;
+    dim3 g2(l_dq->grid[0], l_dq->grid[1], l_dq->grid[2]);
+    attn_bwd_dq_kernel<<<g2, l_dq->block, l_dq->smem, st>>>(
+        seq, n_heads, n_groups, (int)head_dim, q, k, v, q_stride, kv_stride, out, out_stride, lse,
+        dout, dout_stride, dq, dq_stride, scale, window);
+    return cudaGetLastError();
+}
