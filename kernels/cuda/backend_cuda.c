@@ -27,6 +27,7 @@
 #include "kernels/cuda/lms_cuda.h"
 #include "lms/alloc.h"
 #include "lms/dtype.h"
+#include "lms/train.h"
 
 #define LT_WORKSPACE ((size_t)32 << 20) /* cuBLASLt workspace (Hopper: 32 MiB advised) */
 #define STAGE_BYTES ((size_t)8 << 20)   /* each of the two pinned staging buffers */
@@ -810,6 +811,51 @@ static enum lms_status cuda_attention_backward(struct lms_backend *be,
     return LMS_OK;
 }
 
+/* Validated here like the CPU's (shapes, K >= 1 for top-K); targets past the vocabulary are found
+ * by the kernel and reported at the next sync as cross-entropy reports them. */
+static enum lms_status cuda_logit_loss(struct lms_backend *be, const struct lms_logit_loss *ll,
+                                       struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (ll->n_rows < 0 || ll->n_rows > INT32_MAX || ll->vocab < 1 || ll->ld < ll->vocab ||
+        !ll->student)
+        return lms_error_set(err, LMS_EINVAL, "%s: logit loss: shape %lld x %lld (ld %lld)",
+                             be->name, (long long)ll->n_rows, (long long)ll->vocab,
+                             (long long)ll->ld);
+    bool topk = ll->teacher && ll->kd_kind == LMS_KD_TOP_K;
+    if (topk && ll->top_k < 1)
+        return lms_error_set(err, LMS_EINVAL, "logit loss: top-K with K = %lld",
+                             (long long)ll->top_k);
+    if (ll->n_rows == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    uintptr_t align = (uintptr_t)ll->student | (uintptr_t)ll->teacher | (uintptr_t)ll->grad;
+    struct lms_cuda_logit_loss_args a = {
+        .n_rows = ll->n_rows,
+        .vocab = ll->vocab,
+        .ld = ll->ld,
+        .top_k = topk ? ll->top_k : 0,
+        .student = ll->student,
+        .teacher = ll->teacher,
+        .target = ll->target,
+        .kd_valid = ll->kd_valid,
+        .kd_loss = ll->kd_loss,
+        .ce_loss = ll->ce_loss,
+        .grad = ll->grad,
+        .kd_kind = ll->kd_kind,
+        .vec = ll->ld % 4 == 0 && align % 16 == 0,
+        .inv_t = 1.0 / (ll->temperature > 0 ? ll->temperature : 1.0f),
+        .kd_mul = ll->kd_mul,
+        .kd_grad_scale = ll->kd_grad_scale,
+        .ce_grad_scale = ll->ce_grad_scale,
+    };
+    cx->chk_c = ll->vocab;
+    CK(lms_cuda_logit_loss(cx->stream, &a, cx->errw), "logit loss");
+    return LMS_OK;
+}
+
 static const struct lms_backend_ops cuda_ops = {
     .version = LMS_BACKEND_OPS_VERSION,
     .kind = "cuda",
@@ -836,6 +882,7 @@ static const struct lms_backend_ops cuda_ops = {
     .row_cosine = cuda_row_cosine,
     .attention_backward = cuda_attention_backward,
     .mem_info = cuda_mem_info,
+    .logit_loss = cuda_logit_loss,
 };
 
 const struct lms_backend_ops *lms__backend_cuda_ops(void)

@@ -129,6 +129,26 @@ struct lms_backend;
  * its own kernels between ops (bench/forward_gpu.c). */
 cudaStream_t lms__cuda_stream(struct lms_backend *be);
 
+/* Fused KD / cross-entropy loss and gradient over n_rows rows of the vocabulary
+ * (kernels/cuda/logit_loss.cu), the fields of struct lms_logit_loss (kernels/backend_impl.h)
+ * with inv_t = 1 / temperature (1 when temperature <= 0) computed as the CPU does, top_k >= 1
+ * when kd_kind is top-K, and vec set when ld is a multiple of 4 and student, teacher and grad
+ * (those present) are 16-byte aligned (float4 loads and stores). Target ids >= vocab are recorded
+ * in errw[LMS_CUDA_ERRW_CE] (that row's CE skipped, its loss 0). One block per row. */
+struct lms_cuda_logit_loss_args {
+    int64_t n_rows, vocab, ld, top_k;
+    const float *student, *teacher; /* teacher NULL: no KD */
+    const int32_t *target;          /* NULL: no CE */
+    const uint8_t *kd_valid;        /* NULL: all rows */
+    float *kd_loss, *ce_loss, *grad;
+    int kd_kind;
+    int vec;
+    double inv_t;
+    float kd_mul, kd_grad_scale, ce_grad_scale;
+};
+cudaError_t lms_cuda_logit_loss(cudaStream_t st, const struct lms_cuda_logit_loss_args *a,
+                                unsigned long long *errw);
+
 #ifdef __cplusplus
 }
 #endif

@@ -687,6 +687,38 @@ START_TEST(adamw_sum_squares_scale)
 }
 END_TEST
 
+/* Top-K ties: the teacher's K-th value is shared by several entries (-0 and +0 among them, equal
+ * as floats); the entries of lower index are taken. Pins the set the CUDA kernel must match:
+ * with no CE, only the set gets a gradient, and the loss is the KL over the renormalised set. */
+START_TEST(logit_loss_top_k_ties)
+{
+    struct lms_error err;
+    const float t[6] = {-0.0f, 3.0f, +0.0f, 0.0f, -1.0f, 3.0f};
+    const float s[6] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f};
+    float g[6], kd;
+    struct lms_logit_loss ll = {
+        .n_rows = 1, .vocab = 6, .student = s, .teacher = t, .ld = 6,
+        .kd_kind = LMS_KD_TOP_K, .top_k = 3, .temperature = 1.0f, .kd_mul = 1.0f,
+        .kd_loss = &kd, .grad = g, .kd_grad_scale = 1.0f, .ce_grad_scale = 1.0f,
+    };
+    ck_assert_int_eq(be->ops->logit_loss(be, &ll, &err), LMS_OK);
+    static const int set[3] = {1, 5, 0};
+    double zt = 0, zs = 0, kl = 0;
+    for (int a = 0; a < 3; a++) {
+        zt += exp(t[set[a]]);
+        zs += exp(s[set[a]]);
+    }
+    for (int a = 0; a < 3; a++) {
+        double lp = t[set[a]] - log(zt), lq = s[set[a]] - log(zs);
+        kl += exp(lp) * (lp - lq);
+        ck_assert_msg(fabs(g[set[a]] - (exp(lq) - exp(lp))) < 1e-6, "entry %d: %g", set[a],
+                      (double)g[set[a]]);
+    }
+    ck_assert_msg(fabs(kd - kl) < 1e-6, "kd %g, want %g", (double)kd, kl);
+    ck_assert(g[2] == 0.0f && g[3] == 0.0f && g[4] == 0.0f);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("train_ops");
@@ -700,6 +732,7 @@ Suite *suite(void)
     tcase_add_test(tc, attention_backward);
     tcase_add_test(tc, attention_backward_needs_lse);
     tcase_add_test(tc, logit_losses);
+    tcase_add_test(tc, logit_loss_top_k_ties);
     tcase_add_test(tc, hidden_losses);
     tcase_add_test(tc, adamw_sum_squares_scale);
     suite_add_tcase(s, tc);
