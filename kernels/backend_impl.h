@@ -125,6 +125,8 @@ struct lms_adamw {
     float *m, *v;
     int64_t n;
     float weight_decay;
+    uint16_t *w_bf16; /* when not NULL: the updated w rounded to bf16 (nearest even) is written
+                       * here too (the bf16 working copy of a master weight) */
 };
 struct lms_adamw_hyper {
     float lr, beta1, beta2, eps;

@@ -1233,7 +1233,8 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     for (size_t i = 0; i < tr->n_params; i++) {
         const struct lms_train_param *p = &tr->params[i];
         list[i] = (struct lms_adamw){p->w, p->g, p->m, p->v, p->numel,
-                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f};
+                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
+                                     NULL};
     }
     /* torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6), applied when < 1 */
     double clip = 1.0;
