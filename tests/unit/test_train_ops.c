@@ -738,8 +738,9 @@ START_TEST(adamw_bf16_copy)
         ck_assert(memcmp(w, w_ref, (size_t)n * 4) == 0);
         ck_assert(memcmp(m, m_ref, (size_t)n * 4) == 0 && memcmp(v, v_ref, (size_t)n * 4) == 0);
         for (int64_t i = 0; i < n; i++)
-            ck_assert_msg(wb[i] == bf16_nearest(w[i]), "step %lld [%lld]: %a -> 0x%04x, want 0x%04x",
-                          (long long)step, (long long)i, (double)w[i], wb[i], bf16_nearest(w[i]));
+            ck_assert_msg(wb[i] == bf16_nearest(w[i]),
+                          "step %lld [%lld]: %a -> 0x%04x, want 0x%04x", (long long)step,
+                          (long long)i, (double)w[i], wb[i], bf16_nearest(w[i]));
     }
     /* exact ties, signs, huge values and inf: lr = 0 and zero gradients leave w unchanged */
     static const uint32_t bits[] = {0x3F808000u, 0x3F818000u, 0xBF808000u, 0x3F80C000u,
