@@ -51,12 +51,12 @@ struct cuda_ctx {
     bool stage_used[2];
     int stage_next;
     /* training ops */
-    double *red;                        /* reduction partials (column sums, sum of squares) */
-    size_t red_cap;                     /* bytes */
+    double *red;                         /* reduction partials (column sums, sum of squares) */
+    size_t red_cap;                      /* bytes */
     struct lms_cuda_adamw_desc *aw_host; /* pinned: AdamW descriptors on their way up */
     struct lms_cuda_adamw_desc *aw_dev;  /* device copy read by the AdamW kernel */
-    int64_t aw_cap;                     /* descriptors both hold */
-    cudaEvent_t aw_ev;                  /* completion of the last copy out of aw_host */
+    int64_t aw_cap;                      /* descriptors each of the two holds */
+    cudaEvent_t aw_ev;                   /* completion of the last copy out of aw_host */
     bool aw_used;
 };
 
