@@ -125,6 +125,8 @@ struct lms_adamw {
     float *m, *v;
     int64_t n;
     float weight_decay;
+    uint16_t *w_bf16; /* when not NULL: the updated w rounded to bf16 (nearest even) is written
+                       * here too (the bf16 working copy of a master weight) */
 };
 struct lms_adamw_hyper {
     float lr, beta1, beta2, eps;
@@ -220,7 +222,8 @@ struct lms_backend_ops {
      * the trainer (kernels/train.c) checks them when it is created. Gradients named d<x> have
      * the shape of <x>. "+=" marks outputs that are accumulated, others are overwritten. The
      * matmul backward is the matmul slot with transposes. ==== */
-    /* dtable (V, H) += rows of dout (n, H) scattered to ids (n); ids checked < V. */
+    /* dtable (V, H) += rows of dout (n, H) scattered to ids (n); ids checked < V. The order in
+     * which repeated ids are summed is unspecified (CUDA uses atomics): not bit-reproducible. */
     enum lms_status (*embedding_backward)(struct lms_backend *be, float *dtable,
                                           const float *dout, const int32_t *ids, int64_t n,
                                           int64_t vocab, int64_t hidden, struct lms_error *err);

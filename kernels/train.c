@@ -1277,7 +1277,8 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     for (size_t i = 0; i < tr->n_params; i++) {
         const struct lms_train_param *p = &tr->params[i];
         list[i] = (struct lms_adamw){p->w, p->g, p->m, p->v, p->numel,
-                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f};
+                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
+                                     tr->W16 ? tr->W16 + (p->w - tr->W) : NULL};
     }
     /* torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6), applied when < 1 */
     double clip = 1.0;
@@ -1288,9 +1289,7 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                 (float)clip, o->step};
     rc = tr->ops->adamw(tr->be, list, (int64_t)tr->n_params, &h, err);
-    lms_free(list);
-    if (!rc && tr->W16)
-        rc = refresh_working_copy(tr, err);
+    lms_free(list); /* the update also wrote the bf16 working copy (w_bf16) */
     if (!rc)
         rc = lms_backend_sync(tr->be, err);
     return rc;

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/cpu.h"
 #include "lms/alloc.h"
+#include "lms/dtype.h"
 #include "lms/train.h"
 
 static int thread_id(void)
@@ -456,7 +457,7 @@ enum lms_status lms__cpu_sum_squares(struct lms_backend *be, float *out, const f
 LMS_CPU_CLONES
 static void adamw_span(float *restrict w, const float *restrict g, float *restrict m,
                        float *restrict v, int64_t n, float decay, float gs, float b1, float b2,
-                       float eps, float step_size, float bc2_sqrt)
+                       float eps, float step_size, float bc2_sqrt, uint16_t *restrict w_bf16)
 {
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i] * gs;
@@ -467,6 +468,9 @@ static void adamw_span(float *restrict w, const float *restrict g, float *restri
         v[i] = vi;
         w[i] = w[i] * decay - step_size * (mi / denom);
     }
+    if (w_bf16) /* a second pass over the span while it is still in cache */
+        for (int64_t i = 0; i < n; i++)
+            w_bf16[i] = lms_f32_to_bf16(w[i]);
 }
 
 /* The arithmetic of torch.optim.AdamW's single-tensor path, in fp32. */
@@ -491,7 +495,8 @@ enum lms_status lms__cpu_adamw(struct lms_backend *be, const struct lms_adamw *t
         for (int64_t c = 0; c < n_chunks; c++) {
             int64_t i0 = c * chunk, n = t->n - i0 < chunk ? t->n - i0 : chunk;
             adamw_span(t->w + i0, t->g + i0, t->m + i0, t->v + i0, n, decay, h->grad_scale,
-                       h->beta1, h->beta2, h->eps, step_size, bc2_sqrt);
+                       h->beta1, h->beta2, h->eps, step_size, bc2_sqrt,
+                       t->w_bf16 ? t->w_bf16 + i0 : NULL);
         }
     }
     return LMS_OK;

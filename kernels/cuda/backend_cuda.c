@@ -20,6 +20,7 @@
  * tensor cores. */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,6 +51,14 @@ struct cuda_ctx {
     cudaEvent_t stage_ev[2];    /* completion of the last copy out of stage[i] */
     bool stage_used[2];
     int stage_next;
+    /* training ops */
+    double *red;                         /* reduction partials (column sums, sum of squares) */
+    size_t red_cap;                      /* bytes */
+    struct lms_cuda_adamw_desc *aw_host; /* pinned: AdamW descriptors on their way up */
+    struct lms_cuda_adamw_desc *aw_dev;  /* device copy read by the AdamW kernel */
+    int64_t aw_cap;                      /* descriptors each of the two holds */
+    cudaEvent_t aw_ev;                   /* completion of the last copy out of aw_host */
+    bool aw_used;
 };
 
 /* ---- error helpers ---- */
@@ -156,6 +165,14 @@ static void cuda_close(struct lms_backend *be)
         if (cx->stage[i])
             cudaFreeHost(cx->stage[i]);
     }
+    if (cx->aw_ev)
+        cudaEventDestroy(cx->aw_ev);
+    if (cx->aw_host)
+        cudaFreeHost(cx->aw_host);
+    if (cx->aw_dev)
+        cudaFree(cx->aw_dev);
+    if (cx->red)
+        cudaFree(cx->red);
     if (cx->errw_h)
         cudaFreeHost(cx->errw_h);
     if (cx->errw)
@@ -856,6 +873,303 @@ static enum lms_status cuda_logit_loss(struct lms_backend *be, const struct lms_
     return LMS_OK;
 }
 
+/* ---- training slots ----
+ * Reductions go through cx->red, a double scratch buffer grown on demand to the largest shape
+ * seen (the first training step sizes it). The RMSNorm dw and bias column sums are written as
+ * per-chunk partials by one kernel and added in chunk order by a second small one, instead of
+ * atomicAdd of partials: results are then reproducible run to run, so a resumed run retraces an
+ * interrupted one, as on the CPU. Only embedding_backward sums with atomics (repeated token ids
+ * land in the same row in an unspecified order: deterministic up to fp32 rounding only). */
+
+static enum lms_status grow_red(struct lms_backend *be, size_t bytes, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (bytes <= cx->red_cap)
+        return LMS_OK;
+    if (cx->red) {
+        CK(cudaStreamSynchronize(cx->stream), "synchronising before growing reduction scratch");
+        cudaFree(cx->red);
+        cx->red = NULL;
+        cx->red_cap = 0;
+    }
+    CK(cudaMalloc((void **)&cx->red, bytes), "allocating reduction scratch");
+    cx->red_cap = bytes;
+    return LMS_OK;
+}
+
+/* Scratch for the column sums of a (rows, c) operand. */
+static enum lms_status colsum_scratch(struct lms_backend *be, int64_t rows, int64_t c,
+                                      const char *what, struct lms_error *err)
+{
+    int64_t chunks, rpc, n;
+    lms_cuda_colsum_plan(rows, c, &chunks, &rpc);
+    if (__builtin_mul_overflow(chunks, c, &n) || n > INT64_MAX / 8)
+        return lms_error_set(err, LMS_EINVAL, "%s: %s: %lld channels out of range", be->name,
+                             what, (long long)c);
+    return grow_red(be, (size_t)n * sizeof(double), err);
+}
+
+static enum lms_status cuda_embedding_backward(struct lms_backend *be, float *dtable,
+                                               const float *dout, const int32_t *ids, int64_t n,
+                                               int64_t vocab, int64_t hidden,
+                                               struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n < 0 || n > INT32_MAX || vocab < 0 || hidden < 0)
+        return lms_error_set(err, LMS_EINVAL,
+                             "%s: embedding backward: %lld ids, vocabulary %lld, hidden %lld",
+                             be->name, (long long)n, (long long)vocab, (long long)hidden);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    cx->chk_vocab = vocab;
+    CK(lms_cuda_embedding_backward(cx->stream, dtable, dout, ids, n, vocab, hidden, cx->errw),
+       "embedding backward");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_rmsnorm_backward(struct lms_backend *be, float *dx,
+                                             int64_t dx_stride, bool dx_add, float *dw,
+                                             const float *dy, int64_t dy_stride, const float *x,
+                                             int64_t x_stride, const float *w, const float *rstd,
+                                             int64_t n_rows, int64_t n_heads, int64_t c,
+                                             struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    int64_t total;
+    if (n_rows < 0 || n_heads < 1 || c < 0 || __builtin_mul_overflow(n_rows, n_heads, &total))
+        return lms_error_set(err, LMS_EINVAL,
+                             "%s: rmsnorm backward: %lld rows x %lld heads x %lld channels",
+                             be->name, (long long)n_rows, (long long)n_heads, (long long)c);
+    if (total == 0 || c == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (!rc)
+        rc = colsum_scratch(be, total, c, "rmsnorm backward", err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_rmsnorm_backward(cx->stream, dx, dx_stride, dx_add, dw, dy, dy_stride, x,
+                                 x_stride, w, rstd, n_rows, n_heads, c, cx->red),
+       "rmsnorm backward");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_rope_backward(struct lms_backend *be, float *dx, int64_t dx_stride,
+                                          int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                          const int32_t *pos, const float *cos, const float *sin,
+                                          int64_t n_pos, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (head_dim % 2)
+        return lms_error_set(err, LMS_EINVAL, "rope backward: head dim %lld is odd",
+                             (long long)head_dim);
+    if (n_rows < 0 || n_rows > INT32_MAX || n_heads < 0 || head_dim < 0)
+        return lms_error_set(err, LMS_EINVAL, "%s: rope backward: %lld rows, %lld heads",
+                             be->name, (long long)n_rows, (long long)n_heads);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    cx->chk_npos = n_pos;
+    CK(lms_cuda_rope_backward(cx->stream, dx, dx_stride, n_rows, n_heads, head_dim, pos, cos,
+                              sin, n_pos, cx->errw),
+       "rope backward");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_swiglu_backward(struct lms_backend *be, float *dgate, float *dup,
+                                            int64_t d_stride, const float *dout,
+                                            int64_t dout_stride, const float *gate,
+                                            const float *up, int64_t in_stride, int64_t n_rows,
+                                            int64_t f, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n_rows < 0 || f < 0)
+        return lms_error_set(err, LMS_EINVAL, "%s: swiglu backward: %lld rows x %lld", be->name,
+                             (long long)n_rows, (long long)f);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_swiglu_backward(cx->stream, dgate, dup, d_stride, dout, dout_stride, gate, up,
+                                in_stride, n_rows, f),
+       "swiglu backward");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_bias_backward(struct lms_backend *be, float *dbias, const float *dy,
+                                          int64_t ld, int64_t n_rows, int64_t n,
+                                          struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n_rows < 0 || n < 0)
+        return lms_error_set(err, LMS_EINVAL, "%s: bias backward: %lld rows x %lld", be->name,
+                             (long long)n_rows, (long long)n);
+    if (n_rows == 0 || n == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (!rc)
+        rc = colsum_scratch(be, n_rows, n, "bias backward", err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_bias_backward(cx->stream, dbias, dy, ld, n_rows, n, cx->red), "bias backward");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_hidden_loss(struct lms_backend *be, float *loss, float *ds,
+                                        const float *s, const float *t, int64_t ld,
+                                        int64_t n_rows, int64_t c, int kind, float grad_scale,
+                                        struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (kind != LMS_CUDA_HIDDEN_COSINE && kind != LMS_CUDA_HIDDEN_MSE)
+        return lms_error_set(err, LMS_EINVAL, "hidden loss: kind %d", kind);
+    if (n_rows < 0 || c < 0 || ld < c)
+        return lms_error_set(err, LMS_EINVAL, "%s: hidden loss: shape %lld x %lld (ld %lld)",
+                             be->name, (long long)n_rows, (long long)c, (long long)ld);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_hidden_loss(cx->stream, loss, ds, s, t, ld, n_rows, c, kind, grad_scale),
+       "hidden loss");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_sum_squares(struct lms_backend *be, float *out, const float *x,
+                                        int64_t n, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n < 0)
+        return lms_error_set(err, LMS_EINVAL, "%s: sum of squares: %lld elements", be->name,
+                             (long long)n);
+    if (n == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (!rc)
+        rc = grow_red(be, LMS_CUDA_SUMSQ_PARTS * sizeof(double), err);
+    if (rc)
+        return rc;
+    CK(lms_cuda_sum_squares(cx->stream, out, x, n, cx->red), "sum of squares");
+    return LMS_OK;
+}
+
+static enum lms_status cuda_scale(struct lms_backend *be, float *x, float s, int64_t n,
+                                  struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n < 0)
+        return lms_error_set(err, LMS_EINVAL, "%s: scale: %lld elements", be->name,
+                             (long long)n);
+    if (n == 0)
+        return LMS_OK;
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    if (s == 0.0f) /* a memset, not x * 0: NaN and Inf become 0 as on the CPU */
+        CK(cudaMemsetAsync(x, 0, (size_t)n * sizeof(float), cx->stream), "scale");
+    else
+        CK(lms_cuda_scale(cx->stream, x, s, n), "scale");
+    return LMS_OK;
+}
+
+/* Room for n descriptors in both the pinned and the device list. Called after the previous copy
+ * out of aw_host completed; the device list is replaced only after the stream drained (the last
+ * AdamW kernel may still read it). */
+static enum lms_status grow_adamw_list(struct lms_backend *be, int64_t n, struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (n <= cx->aw_cap)
+        return LMS_OK;
+    int64_t cap = cx->aw_cap * 2 > n ? cx->aw_cap * 2 : n;
+    cap = cap < 64 ? 64 : cap;
+    CK(cudaStreamSynchronize(cx->stream), "adamw: synchronising before growing the list");
+    if (cx->aw_host)
+        cudaFreeHost(cx->aw_host);
+    if (cx->aw_dev)
+        cudaFree(cx->aw_dev);
+    cx->aw_host = NULL;
+    cx->aw_dev = NULL;
+    cx->aw_cap = 0;
+    size_t bytes = (size_t)cap * sizeof *cx->aw_host;
+    CK(cudaMallocHost((void **)&cx->aw_host, bytes), "adamw: allocating the pinned list");
+    CK(cudaMalloc((void **)&cx->aw_dev, bytes), "adamw: allocating the device list");
+    cx->aw_cap = cap;
+    return LMS_OK;
+}
+
+/* One launch for every tensor of the list: the host list (freed by the caller on return) is
+ * copied into context-owned pinned memory, uploaded asynchronously, and the kernel reads the
+ * device copy. The pinned list is rewritten only after the event of its previous upload. */
+static enum lms_status cuda_adamw(struct lms_backend *be, const struct lms_adamw *tensors,
+                                  int64_t n_tensors, const struct lms_adamw_hyper *h,
+                                  struct lms_error *err)
+{
+    struct cuda_ctx *cx = be->impl;
+    if (h->step < 1)
+        return lms_error_set(err, LMS_EINVAL, "adamw: step %lld (counted from 1)",
+                             (long long)h->step);
+    if (n_tensors < 0)
+        return lms_error_set(err, LMS_EINVAL, "adamw: %lld tensors", (long long)n_tensors);
+    int64_t n_desc = 0, total_chunks = 0;
+    for (int64_t k = 0; k < n_tensors; k++) {
+        const struct lms_adamw *t = &tensors[k];
+        if (t->n < 0 || (t->n > 0 && (!t->w || !t->g || !t->m || !t->v)))
+            return lms_error_set(err, LMS_EINVAL, "adamw: tensor %lld of %lld elements",
+                                 (long long)k, (long long)t->n);
+        if (t->n == 0)
+            continue;
+        n_desc++;
+        total_chunks += (t->n + LMS_CUDA_ADAMW_CHUNK - 1) / LMS_CUDA_ADAMW_CHUNK;
+    }
+    if (n_desc == 0)
+        return LMS_OK;
+    if (n_desc > INT32_MAX)
+        return lms_error_set(err, LMS_EINVAL, "adamw: %lld tensors", (long long)n_desc);
+    enum lms_status rc = use(be, err);
+    if (rc)
+        return rc;
+    if (!cx->aw_ev)
+        CK(cudaEventCreateWithFlags(&cx->aw_ev, cudaEventDisableTiming), "adamw: an event");
+    if (cx->aw_used)
+        CK(cudaEventSynchronize(cx->aw_ev), "adamw: waiting for the previous list upload");
+    rc = grow_adamw_list(be, n_desc, err);
+    if (rc)
+        return rc;
+    /* the scalars exactly as the CPU computes them (kernels/cpu/train_ops.c) */
+    double bc1 = 1.0 - pow(h->beta1, (double)h->step);
+    double bc2 = 1.0 - pow(h->beta2, (double)h->step);
+    struct lms_cuda_adamw_scalars ks = {
+        .grad_scale = h->grad_scale,
+        .beta1 = h->beta1,
+        .beta2 = h->beta2,
+        .eps = h->eps,
+        .step_size = (float)(h->lr / bc1),
+        .bc2_sqrt = (float)sqrt(bc2),
+    };
+    int64_t chunk0 = 0, at = 0;
+    for (int64_t k = 0; k < n_tensors; k++) {
+        const struct lms_adamw *t = &tensors[k];
+        if (t->n == 0)
+            continue;
+        cx->aw_host[at++] = (struct lms_cuda_adamw_desc){
+            .w = t->w,
+            .g = t->g,
+            .m = t->m,
+            .v = t->v,
+            .w_bf16 = t->w_bf16,
+            .n = t->n,
+            .chunk0 = chunk0,
+            .decay = 1.0f - h->lr * t->weight_decay,
+        };
+        chunk0 += (t->n + LMS_CUDA_ADAMW_CHUNK - 1) / LMS_CUDA_ADAMW_CHUNK;
+    }
+    CK(cudaMemcpyAsync(cx->aw_dev, cx->aw_host, (size_t)n_desc * sizeof *cx->aw_host,
+                       cudaMemcpyHostToDevice, cx->stream),
+       "adamw: uploading the tensor list");
+    CK(cudaEventRecord(cx->aw_ev, cx->stream), "adamw: recording an event");
+    cx->aw_used = true;
+    CK(lms_cuda_adamw(cx->stream, cx->aw_dev, (int)n_desc, total_chunks, &ks), "adamw");
+    return LMS_OK;
+}
+
 static const struct lms_backend_ops cuda_ops = {
     .version = LMS_BACKEND_OPS_VERSION,
     .kind = "cuda",
@@ -883,6 +1197,15 @@ static const struct lms_backend_ops cuda_ops = {
     .attention_backward = cuda_attention_backward,
     .mem_info = cuda_mem_info,
     .logit_loss = cuda_logit_loss,
+    .embedding_backward = cuda_embedding_backward,
+    .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rope_backward = cuda_rope_backward,
+    .swiglu_backward = cuda_swiglu_backward,
+    .bias_backward = cuda_bias_backward,
+    .hidden_loss = cuda_hidden_loss,
+    .sum_squares = cuda_sum_squares,
+    .adamw = cuda_adamw,
+    .scale = cuda_scale,
 };
 
 const struct lms_backend_ops *lms__backend_cuda_ops(void)

@@ -148,6 +148,72 @@ struct lms_cuda_logit_loss_args {
 };
 cudaError_t lms_cuda_logit_loss(cudaStream_t st, const struct lms_cuda_logit_loss_args *a,
                                 unsigned long long *errw);
+/* ---- training ops (kernels/cuda/train_ops.cu) ----
+ * Column sums (RMSNorm dw, bias gradients) and the sum of squares are deterministic two-level
+ * reductions through a double scratch buffer the backend owns: lms_cuda_colsum_plan gives the
+ * number of row chunks, and the scratch needs chunks * c doubles; the sum of squares needs
+ * LMS_CUDA_SUMSQ_PARTS doubles. */
+#define LMS_CUDA_SUMSQ_PARTS 1024
+void lms_cuda_colsum_plan(int64_t rows, int64_t c, int64_t *chunks, int64_t *rows_per_chunk);
+/* dtable (vocab, hidden) += dout rows scattered to ids with fp32 atomicAdd (the order in which
+ * repeated ids are summed is not deterministic); a bad id is skipped and recorded in
+ * errw[LMS_CUDA_ERRW_EMBED]. */
+cudaError_t lms_cuda_embedding_backward(cudaStream_t st, float *dtable, const float *dout,
+                                        const int32_t *ids, int64_t n, int64_t vocab,
+                                        int64_t hidden, unsigned long long *errw);
+/* dx written (or added when dx_add; dx may equal dy when !dx_add), dw += column sums of
+ * dy * x * rstd; part: scratch of the column sums. */
+cudaError_t lms_cuda_rmsnorm_backward(cudaStream_t st, float *dx, int64_t dx_stride, int dx_add,
+                                      float *dw, const float *dy, int64_t dy_stride,
+                                      const float *x, int64_t x_stride, const float *w,
+                                      const float *rstd, int64_t n_rows, int64_t n_heads,
+                                      int64_t c, double *part);
+/* The transposed rotation of lms_cuda_rope, in place; bad positions recorded like rope's. */
+cudaError_t lms_cuda_rope_backward(cudaStream_t st, float *dx, int64_t dx_stride, int64_t n_rows,
+                                   int64_t n_heads, int64_t head_dim, const int32_t *pos,
+                                   const float *cos, const float *sin, int64_t n_pos,
+                                   unsigned long long *errw);
+cudaError_t lms_cuda_swiglu_backward(cudaStream_t st, float *dgate, float *dup, int64_t d_stride,
+                                     const float *dout, int64_t dout_stride, const float *gate,
+                                     const float *up, int64_t in_stride, int64_t n_rows,
+                                     int64_t f);
+/* dbias (n) += column sums of dy (n_rows, n) at row stride ld; part: scratch. */
+cudaError_t lms_cuda_bias_backward(cudaStream_t st, float *dbias, const float *dy, int64_t ld,
+                                   int64_t n_rows, int64_t n, double *part);
+enum {
+    LMS_CUDA_HIDDEN_COSINE = 0, /* the values of enum lms_hidden_kind (include/lms/train.h) */
+    LMS_CUDA_HIDDEN_MSE = 1,
+};
+cudaError_t lms_cuda_hidden_loss(cudaStream_t st, float *loss, float *ds, const float *s,
+                                 const float *t, int64_t ld, int64_t n_rows, int64_t c, int kind,
+                                 float grad_scale);
+/* out[0] += sum of x^2 (double partials in part, LMS_CUDA_SUMSQ_PARTS of them at most). */
+cudaError_t lms_cuda_sum_squares(cudaStream_t st, float *out, const float *x, int64_t n,
+                                 double *part);
+/* x *= s for s != 0 (s == 0 is a memset in the backend: NaN and Inf become 0 too). */
+cudaError_t lms_cuda_scale(cudaStream_t st, float *x, float s, int64_t n);
+
+/* Multi-tensor AdamW: one launch over all tensors. Each tensor is cut into chunks of
+ * LMS_CUDA_ADAMW_CHUNK elements; chunk0 is the global index of its first chunk (a prefix sum
+ * over the tensors in list order, computed on the host), so block b finds its tensor by binary
+ * search. Tensors with n == 0 are left out of the list. desc is device memory. */
+#define LMS_CUDA_ADAMW_CHUNK 2048
+#define LMS_CUDA_ADAMW_THREADS 256
+struct lms_cuda_adamw_desc {
+    float *w;
+    const float *g;
+    float *m, *v;
+    uint16_t *w_bf16; /* or NULL */
+    int64_t n;
+    int64_t chunk0;
+    float decay;      /* 1 - lr * weight_decay, computed on the host as the CPU does */
+    float pad_;
+};
+struct lms_cuda_adamw_scalars {
+    float grad_scale, beta1, beta2, eps, step_size, bc2_sqrt;
+};
+cudaError_t lms_cuda_adamw(cudaStream_t st, const struct lms_cuda_adamw_desc *desc, int n_desc,
+                           int64_t total_chunks, const struct lms_cuda_adamw_scalars *k);
 
 #ifdef __cplusplus
 }

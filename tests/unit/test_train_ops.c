@@ -645,7 +645,8 @@ START_TEST(adamw_sum_squares_scale)
     double *wd = to_d(w, n), *md = calloc((size_t)n, 8), *vd = calloc((size_t)n, 8);
     double lr = 3e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wdc = 0.1, gs = 0.5;
     for (int64_t step = 1; step <= 3; step++) {
-        struct lms_adamw t[2] = {{w, g, m, v, n, (float)wdc}, {w2, g2, m2, v2, 5, 0.0f}};
+        struct lms_adamw t[2] = {{w, g, m, v, n, (float)wdc, NULL},
+                                 {w2, g2, m2, v2, 5, 0.0f, NULL}};
         struct lms_adamw_hyper h = {(float)lr, (float)b1, (float)b2, (float)eps, (float)gs, step};
         ck_assert_int_eq(be->ops->adamw(be, t, 2, &h, &err), LMS_OK);
         for (int64_t i = 0; i < n; i++) {
@@ -719,6 +720,90 @@ START_TEST(logit_loss_top_k_ties)
 }
 END_TEST
 
+/* bf16 of x rounded to nearest, ties to even, found from the two bf16 neighbours of x (the
+ * truncation toward zero and the next one away from zero) rather than by bit tricks; NaN as one
+ * canonical quiet NaN. */
+static uint16_t bf16_nearest(float x)
+{
+    if (isnan(x))
+        return 0x7FC0;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t lo = u & 0xFFFF0000u, hi = lo + 0x10000u;
+    float flo, fhi;
+    memcpy(&flo, &lo, 4);
+    memcpy(&fhi, &hi, 4); /* past the largest finite value this is inf */
+    if ((lo & 0x7F800000u) == 0x7F800000u) /* x is +-inf */
+        return (uint16_t)(lo >> 16);
+    if (isinf(fhi)) {
+        /* past the largest bf16 value: x rounds to inf from the midpoint between it and 2^128
+         * on (that value is odd, so the tie goes to inf) */
+        double big = fabs((double)flo), mid = big + (ldexp(1.0, 128) - big) / 2;
+        return (uint16_t)((fabs((double)x) >= mid ? hi : lo) >> 16);
+    }
+    double dlo = fabs((double)x - flo), dhi = fabs((double)fhi - x);
+    if (dlo < dhi)
+        return (uint16_t)(lo >> 16);
+    if (dhi < dlo)
+        return (uint16_t)(hi >> 16);
+    return (uint16_t)(((lo >> 16) & 1u) ? hi >> 16 : lo >> 16);
+}
+
+/* The bf16 working copy written next to the fp32 master weights: identical fp32 results to a
+ * run without it, and each bf16 value the nearest-even rounding of the updated weight. */
+START_TEST(adamw_bf16_copy)
+{
+    struct lms_error err;
+    int64_t n = 20001; /* several 8192-element spans and a tail */
+    float *w = rnd(n, 1.0), *g = rnd(n, 0.1), *m = calloc((size_t)n, 4), *v = calloc((size_t)n, 4);
+    float *w_ref = malloc((size_t)n * 4), *m_ref = calloc((size_t)n, 4);
+    float *v_ref = calloc((size_t)n, 4);
+    uint16_t *wb = malloc((size_t)n * 2);
+    memcpy(w_ref, w, (size_t)n * 4);
+    for (int64_t step = 1; step <= 3; step++) {
+        struct lms_adamw_hyper h = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.7f, step};
+        struct lms_adamw a = {w, g, m, v, n, 0.1f, wb};
+        struct lms_adamw b = {w_ref, g, m_ref, v_ref, n, 0.1f, NULL};
+        memset(wb, 0xAB, (size_t)n * 2);
+        ck_assert_int_eq(be->ops->adamw(be, &a, 1, &h, &err), LMS_OK);
+        ck_assert_int_eq(be->ops->adamw(be, &b, 1, &h, &err), LMS_OK);
+        ck_assert(memcmp(w, w_ref, (size_t)n * 4) == 0);
+        ck_assert(memcmp(m, m_ref, (size_t)n * 4) == 0 && memcmp(v, v_ref, (size_t)n * 4) == 0);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(wb[i] == bf16_nearest(w[i]),
+                          "step %lld [%lld]: %a -> 0x%04x, want 0x%04x", (long long)step,
+                          (long long)i, (double)w[i], wb[i], bf16_nearest(w[i]));
+    }
+    /* exact ties, signs, huge values and inf: lr = 0 and zero gradients leave w unchanged */
+    static const uint32_t bits[] = {0x3F808000u, 0x3F818000u, 0xBF808000u, 0x3F80C000u,
+                                    0x7F7FFFFFu, 0x7F7F8000u, 0x7F7F7FFFu, 0xFF800000u,
+                                    0x00000001u, 0x80000000u, 0x3F807FFFu};
+    enum { NB = sizeof bits / sizeof bits[0] };
+    float tw[NB], tg[NB] = {0}, tm[NB] = {0}, tv[NB] = {0};
+    uint16_t tb[NB];
+    memcpy(tw, bits, sizeof tw);
+    struct lms_adamw a = {tw, tg, tm, tv, NB, 0.0f, tb};
+    struct lms_adamw_hyper h = {0.0f, 0.9f, 0.95f, 1e-8f, 1.0f, 1};
+    ck_assert_int_eq(be->ops->adamw(be, &a, 1, &h, &err), LMS_OK);
+    ck_assert(memcmp(tw, bits, sizeof tw) == 0);
+    static const uint16_t want[NB] = {0x3F80, 0x3F82, 0xBF80, 0x3F81, 0x7F80,
+                                      0x7F80, 0x7F7F, 0xFF80, 0x0000, 0x8000, 0x3F80};
+    for (int i = 0; i < NB; i++) {
+        ck_assert_msg(tb[i] == want[i], "%a -> 0x%04x, want 0x%04x", (double)tw[i], tb[i],
+                      want[i]);
+        ck_assert_int_eq(tb[i], bf16_nearest(tw[i]));
+    }
+    free(w);
+    free(g);
+    free(m);
+    free(v);
+    free(w_ref);
+    free(m_ref);
+    free(v_ref);
+    free(wb);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("train_ops");
@@ -735,6 +820,7 @@ Suite *suite(void)
     tcase_add_test(tc, logit_loss_top_k_ties);
     tcase_add_test(tc, hidden_losses);
     tcase_add_test(tc, adamw_sum_squares_scale);
+    tcase_add_test(tc, adamw_bf16_copy);
     suite_add_tcase(s, tc);
     return s;
 }
