@@ -64,6 +64,7 @@ static void build_model(struct lms_model *m, int64_t L)
                                 .vocab = V, .padded_vocab = V, .max_position = 40960,
                                 .norm_eps = 1e-6, .qk_norm = true, .dtype = LMS_DTYPE_BF16};
     m->arch.rope.theta = 1e6;
+    m->arch.rope.factor = 1.0;
     struct lms_storage *s;
     if (lms_storage_new_host((size_t)V * H * 2, &s, &err))
         die("allocating the host model", &err);

@@ -21,7 +21,11 @@
 #include "lms/alloc.h"
 #include "lms/train.h"
 
+/* Automatic logits chunk: 64 MiB on the CPU; 1 GiB where the GEMMs run in bf16 (a GPU), so that
+ * the LM-head GEMMs have enough rows to fill the tensor cores (about 1,766 rows at V = 151,936)
+ * and the head is not split into hundreds of small launches. */
 #define LOGITS_AUTO_BYTES ((int64_t)64 << 20)
+#define LOGITS_AUTO_BYTES_BF16 ((int64_t)1 << 30)
 #define STAGING_ELEMS ((int64_t)1 << 20)
 
 /* ---- plan --------------------------------------------------------------------------------- */
@@ -104,8 +108,10 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
     p->V = V;
     p->Ht = o->teacher_hidden > 0 ? o->teacher_hidden : H;
     int64_t R = o->logits_rows;
-    if (R == 0)
-        R = LOGITS_AUTO_BYTES / (V * 4) > 0 ? LOGITS_AUTO_BYTES / (V * 4) : 1;
+    if (R == 0) {
+        int64_t chunk = o->bf16_working ? LOGITS_AUTO_BYTES_BF16 : LOGITS_AUTO_BYTES;
+        R = chunk / (V * 4) > 0 ? chunk / (V * 4) : 1;
+    }
     if (R > N)
         R = N;
     p->R = R;

@@ -99,7 +99,8 @@ struct lms_loss_parts {
 struct lms_train_opts {
     int64_t max_batch;     /* B: most rows per micro-batch (> 0) */
     int64_t max_seq;       /* S: most tokens per row (> 0) */
-    int64_t logits_rows;   /* token rows per logits / loss chunk; 0 = automatic (<= 64 MiB) */
+    int64_t logits_rows;   /* token rows per logits / loss chunk; 0 = automatic (<= 64 MiB,
+                            * or <= 1 GiB with bf16_working) */
     bool recompute;        /* keep only each layer's input and recompute the layer's other
                             * activations during the backward (less memory, ~1/3 more compute) */
     bool rope_bf16;        /* as lms_engine_opts.rope_bf16 */

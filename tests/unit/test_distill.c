@@ -205,6 +205,7 @@ START_TEST(plan_qwen3_8b_to_6b_on_h200)
                          .vocab = 151936, .padded_vocab = 151936, .max_position = 40960,
                          .norm_eps = 1e-6, .qk_norm = true, .dtype = LMS_DTYPE_BF16};
     t.rope.theta = 1e6;
+    t.rope.factor = 1.0;
     struct lms_arch st = t;
     st.n_layers = 24;
     const int64_t per_layer = 48 * 128 * 4096 + 4096 * 4096 + 3 * 12288 * 4096 + 2 * 4096 +
