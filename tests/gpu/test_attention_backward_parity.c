@@ -15,6 +15,14 @@
  *     different order of additions, each about 4e-7 (relative to the largest gradient) from a
  *     double-precision evaluation on these cases, so 2e-5 leaves a wide margin while an
  *     indexing or masking error (an O(1) difference) cannot pass.
+ *   dq, dk, dv on the AUTO backend (bf16 tensor-core kernels, d = 64/128) 2e-2 x max |want| (no
+ *     floor of 1) on bf16-rounded q, k, v: S and dP are then exact products summed in fp32, but
+ *     dO is rounded to bf16 on the device (8 significant bits, relative error up to 2^-9 ~ 2e-3)
+ *     and so are P (for dV) and dS (for dK, dQ): every product of the three final sums carries
+ *     up to ~4e-3 of its own size, and dS = P (dP - D) also inherits dP's error through the
+ *     difference, which can cancel. The rounding errors have random signs, so relative to the
+ *     largest gradient they stay well under 1e-2; 2e-2 leaves headroom while a wrong tile,
+ *     mask or transpose (an O(1) relative error) cannot pass.
  * Every CUDA output is poisoned with NaN first, so an element not written fails. Needs a GPU:
  * check_main.c skips (77) where no CUDA device opens. */
 #include <math.h>
@@ -112,11 +120,12 @@ static void dev_free(struct dbuf *d)
 }
 
 /* Columns [c0, c0 + w) of rows (n_rows, ld) of got and want: max |got - want| <= tol *
- * max(1, max |want|), no NaN. */
-static void check_cols(const char *what, const float *got, const float *want, int64_t n_rows,
-                       int64_t ld, int64_t c0, int64_t w, double tol)
+ * max(floor, max |want|), no NaN. */
+static void check_cols_floor(const char *what, const float *got, const float *want,
+                             int64_t n_rows, int64_t ld, int64_t c0, int64_t w, double tol,
+                             double floor)
 {
-    double mx = 1, worst = 0;
+    double mx = floor, worst = 0;
     int64_t at = c0;
     for (int64_t r = 0; r < n_rows; r++)
         for (int64_t c = c0; c < c0 + w; c++)
@@ -134,6 +143,12 @@ static void check_cols(const char *what, const float *got, const float *want, in
                   "%s: row %lld column %lld: got %.9g want %.9g (tol %g x %g)", what,
                   (long long)(at / ld), (long long)(at % ld), (double)got[at], (double)want[at],
                   tol, mx);
+}
+
+static void check_cols(const char *what, const float *got, const float *want, int64_t n_rows,
+                       int64_t ld, int64_t c0, int64_t w, double tol)
+{
+    check_cols_floor(what, got, want, n_rows, ld, c0, w, tol, 1.0);
 }
 
 /* ---- one case ---- */
@@ -237,6 +252,76 @@ static void bwd_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, in
     free(dqkv);
 }
 
+/* The AUTO backend's backward (bf16 tensor cores for d = 64/128) against the CPU on
+ * bf16-rounded q, k, v, from the CPU forward's out and lse. */
+static void bwd16_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, int64_t W)
+{
+    struct lms_error err;
+    char what[200], msg[260];
+    snprintf(what, sizeof what, "auto B=%lld S=%lld heads=%lld groups=%lld d=%lld window=%lld",
+             (long long)B, (long long)S, (long long)nh, (long long)ng, (long long)d,
+             (long long)W);
+    const int64_t N = B * S, qs = (nh + 2 * ng) * d, os = nh * d + 3, gs = nh * d + 5;
+    const int64_t n_lse = B * nh * S;
+    float *qkv = rand_buf(N * qs, 1.0f), *dout = rand_buf(N * gs, 1.0f);
+    float *out = nan_buf(N * os), *lse = nan_buf(n_lse), *dqkv = nan_buf(N * qs);
+    for (int64_t i = 0; i < N * qs; i++)
+        qkv[i] = lms_bf16_to_f32(lms_f32_to_bf16(qkv[i]));
+
+    struct lms_attention at = {B, S, nh, ng, d, qkv, qkv + nh * d, qkv + (nh + ng) * d, qs, qs,
+                               out, os, 1.0f / sqrtf((float)d), W, lse};
+    ck_assert_msg(cpu->ops->attention(cpu, &at, &err) == LMS_OK, "%s", err.msg);
+    struct lms_attention_backward ab = {at, dout, gs, dqkv, qs, dqkv + nh * d,
+                                        dqkv + (nh + ng) * d, qs};
+    ck_assert_msg(cpu->ops->attention_backward(cpu, &ab, &err) == LMS_OK, "%s", err.msg);
+
+    struct dbuf b_qkv, b_out, b_lse, b_dout, b_dqkv;
+    float *g_qkv = dev_copy(gpu16, &b_qkv, qkv, N * qs);
+    struct lms_attention_backward gb = ab;
+    gb.fwd.q = g_qkv;
+    gb.fwd.k = g_qkv + nh * d;
+    gb.fwd.v = g_qkv + (nh + ng) * d;
+    gb.fwd.out = dev_copy(gpu16, &b_out, out, N * os);
+    gb.fwd.lse = dev_copy(gpu16, &b_lse, lse, n_lse);
+    gb.dout = dev_copy(gpu16, &b_dout, dout, N * gs);
+    float *g_dqkv = dev_copy(gpu16, &b_dqkv, NULL, N * qs);
+    gb.dq = g_dqkv;
+    gb.dk = g_dqkv + nh * d;
+    gb.dv = g_dqkv + (nh + ng) * d;
+    ck_assert_msg(gpu16->ops->attention_backward(gpu16, &gb, &err) == LMS_OK, "%s: %s", what,
+                  err.msg);
+    float *got = dev_get(&b_dqkv, N * qs);
+    snprintf(msg, sizeof msg, "dq %s", what);
+    check_cols_floor(msg, got, dqkv, N, qs, 0, nh * d, 2e-2, 1e-30);
+    snprintf(msg, sizeof msg, "dk %s", what);
+    check_cols_floor(msg, got, dqkv, N, qs, nh * d, ng * d, 2e-2, 1e-30);
+    snprintf(msg, sizeof msg, "dv %s", what);
+    check_cols_floor(msg, got, dqkv, N, qs, (nh + ng) * d, ng * d, 2e-2, 1e-30);
+    free(got);
+
+    dev_free(&b_qkv);
+    dev_free(&b_out);
+    dev_free(&b_lse);
+    dev_free(&b_dout);
+    dev_free(&b_dqkv);
+    free(qkv);
+    free(dout);
+    free(out);
+    free(lse);
+    free(dqkv);
+}
+
+START_TEST(attention_backward_parity_tensor_cores)
+{
+    bwd16_case(1, 1, 2, 2, 64, 0);
+    bwd16_case(1, 130, 4, 2, 64, 0);
+    bwd16_case(2, 200, 8, 2, 128, 0);
+    bwd16_case(1, 257, 4, 1, 128, 31);
+    bwd16_case(1, 300, 6, 3, 64, 100); /* a window wider than one tile */
+    bwd16_case(1, 96, 8, 8, 40, 0);    /* d outside 64/128: the fp32 kernels on AUTO */
+}
+END_TEST
+
 START_TEST(attention_backward_parity)
 {
     bwd_case(1, 1, 1, 1, 8, 0);
@@ -267,6 +352,7 @@ Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, attention_backward_parity);
+    tcase_add_test(tc, attention_backward_parity_tensor_cores);
     tcase_add_test(tc, attention_backward_needs_lse);
     suite_add_tcase(s, tc);
     return s;
