@@ -1,21 +1,50 @@
-/* CUDA backward of causal grouped-query attention, fp32 on CUDA cores, flash style: the (S, S)
- * matrices never exist. Tiles of T = LMS_CUDA_BWD_T query rows x T keys; per tile the scores are
- * recomputed from q, k and the forward's log-sum-exp (launch.h owns the geometry and the
- * shared-memory size; the carving below follows lms__cuda_attn_bwd_smem).
+/* CUDA backward of causal grouped-query attention, flash style: the (S, S) matrices never exist;
+ * per tile the scores are recomputed from q, k and the forward's log-sum-exp. Two kinds of
+ * kernels, chosen by lms__cuda_attn_bwd_plan (launch.h, which also owns the geometry and the
+ * shared-memory layouts; the carving below follows it):
  *
  * With s_ij = scale q_i.k_j, p_ij = exp(s_ij - lse_i), D_i = dout_i . out_i:
  *   dv_j = sum_i p_ij dout_i,  dp_ij = dout_i . v_j,  ds_ij = p_ij (dp_ij - D_i),
  *   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i.
- * Two kernels, so that each output element has exactly one writer (deterministic, no atomics,
- * nothing to zero beforehand):
- *   attn_bwd_dkv_kernel: a block per (key tile, key/value head g, batch row) walks, for each of
- *     the r = n_h / n_g query heads of the group, the query tiles that see its keys (from the
- *     diagonal tile to the end of the window) and accumulates dk and dv in shared memory;
- *   attn_bwd_dq_kernel: a block per (query tile, head, batch row) walks the key tiles its rows
- *     see and accumulates dq in shared memory.
- * D is recomputed per query tile (a warp per row): it costs one extra read of out, against a
- * scratch buffer and a pre-kernel. A tensor-core variant (WMMA, then Hopper wgmma with TMA) is
- * the next step; this one is the exact reference on the device. */
+ * Each kind is two kernels, so that each output element has exactly one writer (deterministic,
+ * no atomics, nothing to zero beforehand):
+ *   dk/dv: a block per (key tile, key/value head g, batch row) walks, for each of the
+ *     r = n_h / n_g query heads of the group, the query tiles that see its keys (from the
+ *     diagonal tile to the end of the window) and accumulates dk and dv;
+ *   dq: a block per (query tile, head, batch row) walks the key tiles its rows see and
+ *     accumulates dq.
+ * D is recomputed per query tile (a warp per row, fp32 from fp32 out and dout): it costs one
+ * extra read of out, against a scratch buffer and a pre-kernel.
+ *
+ *   F32 (attn_bwd_dkv_kernel, attn_bwd_dq_kernel): fp32 on CUDA cores, any d <= 256, tiles of
+ *     T = LMS_CUDA_BWD_T; the exact reference on the device (used in the fp32 precision and for
+ *     head dims the tensor-core kernels do not cover).
+ *
+ *   TC (attn_bwd_tc_dkv_kernel<D>, attn_bwd_tc_dq_kernel<D>, D = 64 or 128): bf16 tensor cores
+ *     through WMMA (16x16x16, fp32 accumulation), tiles of 64 query rows x 64 keys, 4 warps.
+ *     Q, dO, K and V tiles are converted to bf16 into shared memory (rows past S zeroed). Each
+ *     warp computes a 16-row strip of S = Q K^T and dP = dO V^T into fp32 scratch, forms
+ *     P = exp(scale S - lse) and dS = P (dP - D) there in fp32 (0 where masked) and writes both
+ *     as bf16. dk/dv: after a block barrier, warp w owns keys 16w..16w+15 and accumulates
+ *     dV += P^T dO and dK += dS^T Q (the transposes are col-major views of the row-major P and
+ *     dS tiles) in WMMA accumulator fragments across all query tiles and heads of the group;
+ *     dq: warp w owns query rows 16w.. and accumulates dQ += dS K in fragments, needing no
+ *     barrier between its strip's products (it skips key tiles its strip cannot see). The
+ *     fragments go out through the warp's fp32 staging (the S/dP scratch) times scale.
+ *     Shared memory (launch.h, lms__cuda_tc_bwd_layout): 121 KB at d = 128, 89 KB at d = 64,
+ *     so one or two blocks per SM; registers: 2 x D/16 accumulator fragments in dk/dv.
+ *
+ * Path to Hopper speed (not done yet; the correctness reference is this version):
+ *   1. Keep S, dP, P and dS in registers: mma.sync m16n8k16 with the documented fragment
+ *      layouts (FlashAttention-2's backward), where the accumulator of S = Q K^T is reused as
+ *      the A operand of dV += P^T dO without a shared-memory round trip; bf16 Q/K/V/dO from the
+ *      producers' epilogues instead of conversions here; cp.async double buffering of the next
+ *      Q/dO tile.
+ *   2. sm_90a: wgmma (warpgroup MMA, 64 x N x 16) with the tiles brought in by TMA
+ *      (cp.async.bulk.tensor on mbarriers, 2 stages), dK/dV accumulators in registers of two
+ *      consumer warpgroups, a producer warp (setmaxnreg), and dQ either from its own kernel as
+ *      here or accumulated in fp32 with a deterministic reduction (FlashAttention-3).
+ *   3. Causal load balance: a persistent grid walking the longest tiles first. */
 #include <cuda_bf16.h>
 #include <math.h>
 #include <mma.h>
