@@ -31,7 +31,7 @@
  *     dq: warp w owns query rows 16w.. and accumulates dQ += dS K in fragments, needing no
  *     barrier between its strip's products (it skips key tiles its strip cannot see). The
  *     fragments go out through the warp's fp32 staging (the S/dP scratch) times scale.
- *     Shared memory (launch.h, lms__cuda_tc_bwd_layout): 121 KB at d = 128, 89 KB at d = 64,
+ *     Shared memory (launch.h, lms__cuda_tc_bwd_layout): 120.5 KiB at d = 128, 88.5 KiB at d = 64,
  *     so one or two blocks per SM; registers: 2 x D/16 accumulator fragments in dk/dv.
  *
  * Path to Hopper speed (not done yet; the correctness reference is this version):
