@@ -788,7 +788,8 @@ static enum lms_status cuda_row_cosine(struct lms_backend *be, float *out, const
     return LMS_OK;
 }
 
-/* fp32 in both precisions (the forward's lse is fp32 either way); see attention_backward.cu. */
+/* bf16 tensor cores outside the exact precision for d = 64/128 (like the forward), fp32 kernels
+ * otherwise; see attention_backward.cu. */
 static enum lms_status cuda_attention_backward(struct lms_backend *be,
                                                const struct lms_attention_backward *ab,
                                                struct lms_error *err)
@@ -809,9 +810,10 @@ static enum lms_status cuda_attention_backward(struct lms_backend *be,
     if (at->batch == 0 || at->seq == 0)
         return LMS_OK;
     struct lms_cuda_launch l_dkv, l_dq;
+    enum lms_cuda_attn_kind kind;
     const char *why = "";
-    if (!lms__cuda_attn_bwd_plan(at->batch, at->seq, at->n_heads, at->n_groups, d, cx->max_smem,
-                                 &l_dkv, &l_dq, &why))
+    if (!lms__cuda_attn_bwd_plan(at->batch, at->seq, at->n_heads, at->n_groups, d, !cx->exact,
+                                 cx->max_smem, &kind, &l_dkv, &l_dq, &why))
         return lms_error_set(err, LMS_EUNSUPPORTED,
                              "%s: attention backward: batch %lld, %lld heads, head dim %lld: %s",
                              be->name, (long long)at->batch, (long long)at->n_heads,
@@ -819,12 +821,13 @@ static enum lms_status cuda_attention_backward(struct lms_backend *be,
     enum lms_status rc = use(be, err);
     if (rc)
         return rc;
-    CK(lms_cuda_attention_backward(cx->stream, &l_dkv, &l_dq, at->batch, at->seq, at->n_heads,
-                                   at->n_groups, d, at->q, at->k, at->v, at->q_stride,
+    CK(lms_cuda_attention_backward(cx->stream, kind, &l_dkv, &l_dq, at->batch, at->seq,
+                                   at->n_heads, at->n_groups, d, at->q, at->k, at->v, at->q_stride,
                                    at->kv_stride, at->out, at->out_stride, at->lse, ab->dout,
                                    ab->dout_stride, ab->dq, ab->dq_stride, ab->dk, ab->dv,
                                    ab->dkv_stride, at->scale, at->window),
-       "attention backward (fp32 kernels)");
+       kind == LMS_CUDA_ATTN_TC ? "attention backward (tensor-core kernels)"
+                                : "attention backward (fp32 kernels)");
     return LMS_OK;
 }
 

@@ -87,11 +87,40 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
 #define LMS_CUDA_BWD_THREADS 128
 size_t lms__cuda_attn_bwd_smem(int d, bool dkv);
 
-/* Launches of the two backward kernels: grid x = sequence tiles, y = n_g (DKV) or n_h (DQ),
- * z = B. False with *why set when d is out of (0, 256], a grid dimension is over its limit or the
- * shared memory over max_smem bytes. */
+/* Tensor-core variant (TC, d = 64 or 128, outside the exact precision): the same two kernels on
+ * bf16 WMMA (16x16x16, fp32 accumulation) with tiles of LMS_CUDA_TC_BWD_T query rows x
+ * LMS_CUDA_TC_BWD_T keys and LMS_CUDA_BWD_THREADS threads (4 warps, a 16-row strip each).
+ * S = Q K^T and dP = dO V^T land in fp32 scratch, P and dS are formed there in fp32 and rounded
+ * to bf16 for dV += P^T dO, dK += dS^T Q (DKV, each warp owning 16 keys) and dQ += dS K (DQ,
+ * each warp owning 16 query rows); the accumulators are WMMA fragments. One layout serves both
+ * kernels (DQ leaves the P tile unused). */
+#define LMS_CUDA_TC_BWD_T 64
+struct lms_cuda_tc_bwd_layout {
+    int ldt;        /* bf16 row stride of the Q, dO, K and V tiles: d + 8 */
+    int lds;        /* fp32 row stride of the S and dP scratch: T + 4 */
+    int ldp;        /* bf16 row stride of the P and dS tiles: T + 8 */
+    int ldo;        /* fp32 row stride of a warp's output staging (16, d + 4), inside S/dP */
+    size_t off_q;   /* (T, ldt) bf16 each, byte offsets 128-aligned */
+    size_t off_g;
+    size_t off_k;
+    size_t off_v;
+    size_t off_s;   /* (T, lds) fp32; S, then the output staging of all warps */
+    size_t off_dp;  /* (T, lds) fp32, right after S */
+    size_t off_p;   /* (T, ldp) bf16 */
+    size_t off_ds;  /* (T, ldp) bf16 */
+    size_t off_l;   /* lse (T) fp32 */
+    size_t off_d;   /* D = dout . out (T) fp32 */
+    size_t bytes;
+};
+void lms__cuda_tc_bwd_layout(int d, struct lms_cuda_tc_bwd_layout *l);
+
+/* Launches of the two backward kernels: TC when tensor_cores is requested and d is 64 or 128,
+ * else F32; grid x = sequence tiles, y = n_g (DKV) or n_h (DQ), z = B. False with *why set when
+ * d is out of (0, 256], a grid dimension is over its limit or the shared memory over max_smem
+ * bytes. */
 bool lms__cuda_attn_bwd_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t n_groups,
-                             int64_t head_dim, size_t max_smem, struct lms_cuda_launch *dkv,
+                             int64_t head_dim, bool tensor_cores, size_t max_smem,
+                             enum lms_cuda_attn_kind *kind, struct lms_cuda_launch *dkv,
                              struct lms_cuda_launch *dq, const char **why);
 
 /* One thread per element (or per 4 elements): blocks of 256 threads, grid x capped so that

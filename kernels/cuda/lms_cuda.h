@@ -110,9 +110,11 @@ cudaError_t lms_cuda_fill_uniform_bf16(cudaStream_t st, uint16_t *dst, int64_t n
 /* Fills n fp32 values with value. */
 cudaError_t lms_cuda_fill_f32(cudaStream_t st, float *dst, int64_t n, float value);
 
-/* Backward of lms_cuda_attention (struct lms_attention_backward), fp32, the launches from
- * lms__cuda_attn_bwd_plan (launch.h); lse (B, n_h, S) from the forward. dq, dk, dv written. */
-cudaError_t lms_cuda_attention_backward(cudaStream_t st, const struct lms_cuda_launch *l_dkv,
+/* Backward of lms_cuda_attention (struct lms_attention_backward): the kernels of kind (fp32, or
+ * bf16 tensor cores for d = 64/128) with the launches from lms__cuda_attn_bwd_plan (launch.h);
+ * lse (B, n_h, S) from the forward. dq, dk, dv written. */
+cudaError_t lms_cuda_attention_backward(cudaStream_t st, enum lms_cuda_attn_kind kind,
+                                        const struct lms_cuda_launch *l_dkv,
                                         const struct lms_cuda_launch *l_dq, int64_t batch,
                                         int64_t seq, int64_t n_heads, int64_t n_groups,
                                         int64_t head_dim, const float *q, const float *k,

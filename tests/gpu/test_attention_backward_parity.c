@@ -15,6 +15,17 @@
  *     different order of additions, each about 4e-7 (relative to the largest gradient) from a
  *     double-precision evaluation on these cases, so 2e-5 leaves a wide margin while an
  *     indexing or masking error (an O(1) difference) cannot pass.
+ *   dq, dk, dv on the AUTO backend (bf16 tensor-core kernels, d = 64/128) 2e-2 on bf16-rounded
+ *     q, k, v: S and dP are then exact products summed in fp32, but dO is rounded to bf16 on the
+ *     device (8 significant bits, relative error up to 2^-9 ~ 2e-3) and so are P (for dV) and
+ *     dS (for dK, dQ); every product of the final sums carries up to ~4e-3 of its own size,
+ *     with random signs. dS = P (dP - D) also inherits dO's rounding through dP, at the size of
+ *     dP rather than of dS: where dP - D cancels (one token: dq = dk = 0 exactly) the error
+ *     stays at ~1e-3 absolute, hence the floor of 1 (|dP| is of order 1 with these inputs).
+ *     A model of the kernels' rounding (bf16 operands, fp32 sums) against double precision on
+ *     these shapes gave at most 5e-3 absolute with gradients of size 0.2 to 5, so 2e-2 leaves a
+ *     4x margin while a wrong tile, mask or transpose (an error the size of the gradient, 0.2
+ *     and up) cannot pass.
  * Every CUDA output is poisoned with NaN first, so an element not written fails. Needs a GPU:
  * check_main.c skips (77) where no CUDA device opens. */
 #include <math.h>
@@ -237,6 +248,76 @@ static void bwd_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, in
     free(dqkv);
 }
 
+/* The AUTO backend's backward (bf16 tensor cores for d = 64/128) against the CPU on
+ * bf16-rounded q, k, v, from the CPU forward's out and lse. */
+static void bwd16_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, int64_t W)
+{
+    struct lms_error err;
+    char what[200], msg[260];
+    snprintf(what, sizeof what, "auto B=%lld S=%lld heads=%lld groups=%lld d=%lld window=%lld",
+             (long long)B, (long long)S, (long long)nh, (long long)ng, (long long)d,
+             (long long)W);
+    const int64_t N = B * S, qs = (nh + 2 * ng) * d, os = nh * d + 3, gs = nh * d + 5;
+    const int64_t n_lse = B * nh * S;
+    float *qkv = rand_buf(N * qs, 1.0f), *dout = rand_buf(N * gs, 1.0f);
+    float *out = nan_buf(N * os), *lse = nan_buf(n_lse), *dqkv = nan_buf(N * qs);
+    for (int64_t i = 0; i < N * qs; i++)
+        qkv[i] = lms_bf16_to_f32(lms_f32_to_bf16(qkv[i]));
+
+    struct lms_attention at = {B, S, nh, ng, d, qkv, qkv + nh * d, qkv + (nh + ng) * d, qs, qs,
+                               out, os, 1.0f / sqrtf((float)d), W, lse};
+    ck_assert_msg(cpu->ops->attention(cpu, &at, &err) == LMS_OK, "%s", err.msg);
+    struct lms_attention_backward ab = {at, dout, gs, dqkv, qs, dqkv + nh * d,
+                                        dqkv + (nh + ng) * d, qs};
+    ck_assert_msg(cpu->ops->attention_backward(cpu, &ab, &err) == LMS_OK, "%s", err.msg);
+
+    struct dbuf b_qkv, b_out, b_lse, b_dout, b_dqkv;
+    float *g_qkv = dev_copy(gpu16, &b_qkv, qkv, N * qs);
+    struct lms_attention_backward gb = ab;
+    gb.fwd.q = g_qkv;
+    gb.fwd.k = g_qkv + nh * d;
+    gb.fwd.v = g_qkv + (nh + ng) * d;
+    gb.fwd.out = dev_copy(gpu16, &b_out, out, N * os);
+    gb.fwd.lse = dev_copy(gpu16, &b_lse, lse, n_lse);
+    gb.dout = dev_copy(gpu16, &b_dout, dout, N * gs);
+    float *g_dqkv = dev_copy(gpu16, &b_dqkv, NULL, N * qs);
+    gb.dq = g_dqkv;
+    gb.dk = g_dqkv + nh * d;
+    gb.dv = g_dqkv + (nh + ng) * d;
+    ck_assert_msg(gpu16->ops->attention_backward(gpu16, &gb, &err) == LMS_OK, "%s: %s", what,
+                  err.msg);
+    float *got = dev_get(&b_dqkv, N * qs);
+    snprintf(msg, sizeof msg, "dq %s", what);
+    check_cols(msg, got, dqkv, N, qs, 0, nh * d, 2e-2);
+    snprintf(msg, sizeof msg, "dk %s", what);
+    check_cols(msg, got, dqkv, N, qs, nh * d, ng * d, 2e-2);
+    snprintf(msg, sizeof msg, "dv %s", what);
+    check_cols(msg, got, dqkv, N, qs, (nh + ng) * d, ng * d, 2e-2);
+    free(got);
+
+    dev_free(&b_qkv);
+    dev_free(&b_out);
+    dev_free(&b_lse);
+    dev_free(&b_dout);
+    dev_free(&b_dqkv);
+    free(qkv);
+    free(dout);
+    free(out);
+    free(lse);
+    free(dqkv);
+}
+
+START_TEST(attention_backward_parity_tensor_cores)
+{
+    bwd16_case(1, 1, 2, 2, 64, 0);
+    bwd16_case(1, 130, 4, 2, 64, 0);
+    bwd16_case(2, 200, 8, 2, 128, 0);
+    bwd16_case(1, 257, 4, 1, 128, 31);
+    bwd16_case(1, 300, 6, 3, 64, 100); /* a window wider than one tile */
+    bwd16_case(1, 96, 8, 8, 40, 0);    /* d outside 64/128: the fp32 kernels on AUTO */
+}
+END_TEST
+
 START_TEST(attention_backward_parity)
 {
     bwd_case(1, 1, 1, 1, 8, 0);
@@ -267,6 +348,7 @@ Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, attention_backward_parity);
+    tcase_add_test(tc, attention_backward_parity_tensor_cores);
     tcase_add_test(tc, attention_backward_needs_lse);
     suite_add_tcase(s, tc);
     return s;

@@ -99,6 +99,7 @@ END_TEST
 START_TEST(attention_backward_plans)
 {
     struct lms_cuda_launch dkv, dq;
+    enum lms_cuda_attn_kind k;
     const char *why = NULL;
     /* the carving of attention_backward.cu: Q, dO, K, V (T, d + 1), accumulators (T, d),
      * P and dS (T, T + 1), lse and D (T) */
@@ -107,19 +108,87 @@ START_TEST(attention_backward_plans)
     ck_assert_uint_eq(lms__cuda_attn_bwd_smem(8, false),
                       (4 * 32 * 9 + 32 * 8 + 2 * 32 * 33 + 2 * 32) * 4);
     ck_assert_uint_le(lms__cuda_attn_bwd_smem(LMS_CUDA_ATTN_F32_MAX_D, true), H200_OPTIN_SMEM);
-    ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, false, H200_OPTIN_SMEM,
+                                      &k, &dkv, &dq, &why));
     ck_assert_uint_eq(dkv.grid[0], 10);
     ck_assert_uint_eq(dkv.grid[1], 8);
     ck_assert_uint_eq(dq.grid[1], 32);
     ck_assert_uint_eq(dkv.grid[2], 2);
     ck_assert_uint_eq(dq.grid[2], 2);
     ck_assert_uint_eq(dq.block, LMS_CUDA_BWD_THREADS);
-    ck_assert(lms__cuda_attn_bwd_plan(1, 1, 1, 1, 256, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert(lms__cuda_attn_bwd_plan(1, 1, 1, 1, 256, false, H200_OPTIN_SMEM,
+                                      &k, &dkv, &dq, &why));
     ck_assert_uint_eq(dq.grid[0], 1);
-    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 257, H200_OPTIN_SMEM, &dkv, &dq, &why));
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 257, false, H200_OPTIN_SMEM,
+                                       &k, &dkv, &dq, &why));
     ck_assert_ptr_nonnull(strstr(why, "head dim"));
-    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 70000, 1, 64, H200_OPTIN_SMEM, &dkv, &dq, &why));
-    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 256, 48 * 1024, &dkv, &dq, &why));
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 70000, 1, 64, false, H200_OPTIN_SMEM,
+                                       &k, &dkv, &dq, &why));
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 256, false, 48 * 1024, &k, &dkv, &dq, &why));
+    ck_assert_ptr_nonnull(strstr(why, "shared memory"));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_F32);
+}
+END_TEST
+
+START_TEST(attention_backward_tc_plans)
+{
+    struct lms_cuda_launch dkv, dq;
+    enum lms_cuda_attn_kind k;
+    const char *why = NULL;
+    struct lms_cuda_tc_bwd_layout lay;
+    /* d = 128: Q, dO, K, V bf16 (64, 136); S and dP fp32 (64, 68) (holding the (64, 132) fp32
+     * output staging); P and dS bf16 (64, 72); lse and D (64) */
+    lms__cuda_tc_bwd_layout(128, &lay);
+    ck_assert_int_eq(lay.ldt, 136);
+    ck_assert_int_eq(lay.lds, 68);
+    ck_assert_int_eq(lay.ldp, 72);
+    ck_assert_int_eq(lay.ldo, 132);
+    ck_assert_uint_eq(lay.off_g - lay.off_q, 64 * 136 * 2);
+    ck_assert_uint_eq(lay.off_s - lay.off_v, 64 * 136 * 2);
+    ck_assert_uint_eq(lay.off_dp - lay.off_s, 64 * 68 * 4);
+    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 132 * 4);
+    ck_assert_uint_ge(lay.off_p - lay.off_dp, 64 * 68 * 4);
+    ck_assert_uint_eq(lay.off_ds - lay.off_p, 64 * 72 * 2);
+    ck_assert_uint_ge(lay.off_l - lay.off_ds, 64 * 72 * 2);
+    ck_assert_uint_ge(lay.off_d - lay.off_l, 64 * 4);
+    ck_assert_uint_ge(lay.bytes - lay.off_d, 64 * 4);
+    ck_assert_uint_eq(lay.bytes, 4 * 64 * 136 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
+    /* every tile WMMA loads or stores from starts 32-byte aligned (128 here) */
+    size_t offs[] = {lay.off_q, lay.off_g, lay.off_k, lay.off_v, lay.off_s,
+                     lay.off_dp, lay.off_p, lay.off_ds, lay.off_l, lay.off_d};
+    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++)
+        ck_assert_uint_eq(offs[i] % 128, 0);
+    lms__cuda_tc_bwd_layout(64, &lay);
+    ck_assert_int_eq(lay.ldt, 72);
+    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 68 * 4);
+    ck_assert_uint_eq(lay.bytes, 4 * 64 * 72 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
+
+    ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, true, H200_OPTIN_SMEM, &k, &dkv, &dq,
+                                      &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    lms__cuda_tc_bwd_layout(128, &lay);
+    ck_assert_uint_eq(dkv.smem, lay.bytes);
+    ck_assert_uint_eq(dq.smem, lay.bytes);
+    ck_assert_uint_le(dkv.smem, H200_OPTIN_SMEM);
+    ck_assert_uint_eq(dkv.grid[0], 5); /* 300 / 64 rounded up */
+    ck_assert_uint_eq(dq.grid[0], 5);
+    ck_assert_uint_eq(dkv.grid[1], 8);
+    ck_assert_uint_eq(dq.grid[1], 32);
+    ck_assert_uint_eq(dkv.grid[2], 2);
+    ck_assert_uint_eq(dkv.block, 32 * 4);
+    ck_assert(lms__cuda_attn_bwd_plan(1, 1, 2, 2, 64, true, H200_OPTIN_SMEM, &k, &dkv, &dq, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    ck_assert_uint_eq(dq.grid[0], 1);
+    /* other head dims, or the exact precision, keep the fp32 kernels */
+    ck_assert(lms__cuda_attn_bwd_plan(1, 65, 4, 2, 96, true, H200_OPTIN_SMEM, &k, &dkv, &dq,
+                                      &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_F32);
+    ck_assert_uint_eq(dkv.grid[0], 3);
+    ck_assert(lms__cuda_attn_bwd_plan(1, 65, 4, 2, 128, false, H200_OPTIN_SMEM, &k, &dkv, &dq,
+                                      &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_F32);
+    /* the TC layout needs the opt-in shared memory */
+    ck_assert(!lms__cuda_attn_bwd_plan(1, 8, 4, 2, 128, true, 48 * 1024, &k, &dkv, &dq, &why));
     ck_assert_ptr_nonnull(strstr(why, "shared memory"));
 }
 END_TEST
@@ -220,6 +289,7 @@ Suite *suite(void)
     tcase_add_test(tc, tc_layout_rules);
     tcase_add_test(tc, attention_plans);
     tcase_add_test(tc, attention_backward_plans);
+    tcase_add_test(tc, attention_backward_tc_plans);
     tcase_add_test(tc, elementwise_grid);
     tcase_add_test(tc, align_for_cublaslt);
     tcase_add_test(tc, gemm_mapping);
