@@ -15,7 +15,8 @@
  *   matmul    = 2 N L H ((n_h + 2 n_g) d + n_h d + 2F + F)
  *   attention = 4 L B n_h d S (S + 1) / 2   (QK^T and PV over the causal half, diagonal kept)
  * Timing: CUDA events on the backend stream around each forward after one warm-up; the median
- * of --iters runs. Prints one JSON object on stdout. */
+ * of --iters runs. One more forward is a profile (time per op category, "profile_ms"). Prints
+ * one JSON object on stdout. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -182,8 +183,31 @@ int main(int argc, char **argv)
         if (call)                                                                            \
             die(what, &err);                                                                 \
     } while (0)
+/* The last pass is a profile: each op between two events, waited for, its time added to its
+ * category (the launch gaps this adds are not counted). */
+    enum { C_GEMM, C_ATTN, C_NORM, C_ROPE, C_SWIGLU, C_EMBED, C_N };
+    static const char *const cat_name[C_N] = {"gemm", "attention", "rmsnorm", "rope", "swiglu",
+                                              "embedding"};
+    double cat_ms[C_N] = {0};
+    bool prof = false;
+    cudaEvent_t p0, p1;
+    ck(cudaEventCreate(&p0), "event");
+    ck(cudaEventCreate(&p1), "event");
+#define TIMED(cat, stmt)                                                                      \
+    do {                                                                                     \
+        if (prof)                                                                            \
+            ck(cudaEventRecord(p0, st), "event");                                            \
+        stmt;                                                                                \
+        if (prof) {                                                                          \
+            float t_;                                                                        \
+            ck(cudaEventRecord(p1, st), "event");                                            \
+            ck(cudaEventSynchronize(p1), "event");                                           \
+            ck(cudaEventElapsedTime(&t_, p0, p1), "event time");                             \
+            cat_ms[cat] += t_;                                                               \
+        }                                                                                    \
+    } while (0)
 #define LINEAR(y, ldy, xin, ldx, w, rows, n_out, n_in, beta)                                \
-    OP(linear(be, y, ldy, xin, ldx, w, rows, n_out, n_in, beta, &err), "matmul")
+    TIMED(C_GEMM, OP(linear(be, y, ldy, xin, ldx, w, rows, n_out, n_in, beta, &err), "matmul"))
 
     int64_t runs = iters + 1;
     float *ms = calloc((size_t)runs, sizeof *ms);
@@ -191,36 +215,44 @@ int main(int argc, char **argv)
     ck(cudaEventCreate(&e0), "event");
     ck(cudaEventCreate(&e1), "event");
     float eps = 1e-6f;
-    for (int64_t it = 0; it < runs; it++) {
+    for (int64_t it = 0; it <= runs; it++) {
+        prof = it == runs;
         ck(cudaEventRecord(e0, st), "event");
-        OP(ops->embedding(be, x, ids, N, embed, LMS_DTYPE_BF16, V, H, &err), "embedding");
+        TIMED(C_EMBED,
+              OP(ops->embedding(be, x, ids, N, embed, LMS_DTYPE_BF16, V, H, &err), "embedding"));
         for (int64_t l = 0; l < L; l++) {
             const struct layer *w = &ly[l];
-            OP(ops->rmsnorm(be, xn, H, x, H, w->attn_norm, NULL, N, 1, H, eps, &err), "rmsnorm");
+            TIMED(C_NORM, OP(ops->rmsnorm(be, xn, H, x, H, w->attn_norm, NULL, N, 1, H, eps, &err),
+                             "rmsnorm"));
             LINEAR(qkv, QKV, xn, H, w->qkv, N, QKV, H, 0.0f);
-            OP(ops->rmsnorm(be, qkv, QKV, qkv, QKV, w->q_norm, NULL, N, NH, D, eps, &err),
-               "q norm");
-            OP(ops->rmsnorm(be, qkv + NQ, QKV, qkv + NQ, QKV, w->k_norm, NULL, N, NG, D, eps,
-                            &err),
-               "k norm");
-            OP(ops->rope(be, qkv, QKV, N, NH, D, pos, cs, sn, S, &err), "rope q");
-            OP(ops->rope(be, qkv + NQ, QKV, N, NG, D, pos, cs, sn, S, &err), "rope k");
+            TIMED(C_NORM, OP(ops->rmsnorm(be, qkv, QKV, qkv, QKV, w->q_norm, NULL, N, NH, D, eps,
+                                          &err),
+                             "q norm"));
+            TIMED(C_NORM, OP(ops->rmsnorm(be, qkv + NQ, QKV, qkv + NQ, QKV, w->k_norm, NULL, N,
+                                          NG, D, eps, &err),
+                             "k norm"));
+            TIMED(C_ROPE, OP(ops->rope(be, qkv, QKV, N, NH, D, pos, cs, sn, S, &err), "rope q"));
+            TIMED(C_ROPE,
+                  OP(ops->rope(be, qkv + NQ, QKV, N, NG, D, pos, cs, sn, S, &err), "rope k"));
             struct lms_attention at = {
                 .batch = B, .seq = S, .n_heads = NH, .n_groups = NG, .head_dim = D, .q = qkv,
                 .k = qkv + NQ, .v = qkv + NQ + NKV, .q_stride = QKV, .kv_stride = QKV,
                 .out = ctx, .out_stride = NQ, .scale = 1.0f / sqrtf((float)D), .window = 0,
             };
-            OP(ops->attention(be, &at, &err), "attention");
+            TIMED(C_ATTN, OP(ops->attention(be, &at, &err), "attention"));
             LINEAR(x, H, ctx, NQ, w->o, N, H, NQ, 1.0f);
-            OP(ops->rmsnorm(be, xn, H, x, H, w->mlp_norm, NULL, N, 1, H, eps, &err), "rmsnorm");
+            TIMED(C_NORM, OP(ops->rmsnorm(be, xn, H, x, H, w->mlp_norm, NULL, N, 1, H, eps, &err),
+                             "rmsnorm"));
             LINEAR(gu, 2 * F, xn, H, w->gu, N, 2 * F, H, 0.0f);
-            OP(ops->swiglu(be, act, F, gu, gu + F, 2 * F, N, F, &err), "swiglu");
+            TIMED(C_SWIGLU, OP(ops->swiglu(be, act, F, gu, gu + F, 2 * F, N, F, &err), "swiglu"));
             LINEAR(x, H, act, F, w->down, N, H, F, 1.0f);
         }
-        OP(ops->rmsnorm(be, xn, H, x, H, final_norm, NULL, N, 1, H, eps, &err), "final norm");
+        TIMED(C_NORM, OP(ops->rmsnorm(be, xn, H, x, H, final_norm, NULL, N, 1, H, eps, &err),
+                         "final norm"));
         ck(cudaEventRecord(e1, st), "event");
         OP(lms_backend_sync(be, &err), "forward");
-        ck(cudaEventElapsedTime(&ms[it], e0, e1), "event time");
+        if (!prof)
+            ck(cudaEventElapsedTime(&ms[it], e0, e1), "event time");
     }
     /* a sanity value: the final norm output must be finite */
     float probe[8];
@@ -236,10 +268,15 @@ int main(int argc, char **argv)
     printf("{\"impl\":\"lmsurgeon\",\"device\":\"%s\",\"batch\":%lld,\"seq\":%lld,\"layers\":%lld,"
            "\"iters\":%lld,\"seconds_median\":%.6f,\"seconds_warmup\":%.6f,"
            "\"tokens_per_second\":%.1f,\"matmul_tflops\":%.2f,\"total_tflops\":%.2f,"
-           "\"output_finite\":%s}\n",
+           "\"output_finite\":%s,\"profile_ms\":{",
            lms_backend_name(be), (long long)B, (long long)S, (long long)L, (long long)iters, med,
            ms[0] / 1e3, (double)N / med, mm_flops / med / 1e12,
            (mm_flops + at_flops) / med / 1e12, finite ? "true" : "false");
+    for (int ci = 0; ci < C_N; ci++)
+        printf("%s\"%s\":%.2f", ci ? "," : "", cat_name[ci], cat_ms[ci]);
+    printf("}}\n");
+    cudaEventDestroy(p0);
+    cudaEventDestroy(p1);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     lms_buf_free(be, &ws);
