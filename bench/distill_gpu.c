@@ -74,7 +74,8 @@ static void build_model(struct lms_model *m, int64_t L)
         int64_t shape[2];
         bool per_layer = lms_role_is_per_layer((enum lms_role)r);
         for (int64_t l = 0; l < (per_layer ? L : 1); l++) {
-            if (!lms_role_shape((enum lms_role)r, &m->arch, &ndim, shape))
+            if (!lms_role_expected((enum lms_role)r, &m->arch) ||
+                !lms_role_shape((enum lms_role)r, &m->arch, &ndim, shape))
                 continue;
             char name[128];
             struct lms_view *v;
@@ -124,12 +125,12 @@ int main(int argc, char **argv)
         }
     }
     struct lms_error err;
+    struct lms_model model;
+    build_model(&model, L);
     struct lms_backend *be;
     struct lms_backend_opts bo = {.precision = LMS_PRECISION_AUTO};
     if (lms_backend_open_name(device, &bo, &be, &err))
         die("opening the device", &err);
-    struct lms_model model;
-    build_model(&model, L);
     struct lms_train_opts to = {.max_batch = B, .max_seq = S, .recompute = recompute};
     struct lms_trainer *tr;
     double t0 = now();

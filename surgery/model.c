@@ -225,8 +225,7 @@ bool lms_role_shape(enum lms_role r, const struct lms_arch *a, int *ndim, int64_
     }
 }
 
-/* Whether the arch expects a tensor with this role (per layer or global). */
-static bool role_expected(enum lms_role r, const struct lms_arch *a)
+bool lms_role_expected(enum lms_role r, const struct lms_arch *a)
 {
     switch (r) {
     case LMS_ROLE_OTHER:
@@ -412,7 +411,7 @@ enum lms_status lms_model_validate(const struct lms_model *m, struct lms_error *
         const struct lms_tensor *t = &m->tensors[i];
         if (t->role == LMS_ROLE_OTHER)
             continue;
-        if (!role_expected(t->role, a))
+        if (!lms_role_expected(t->role, a))
             return lms_error_set(err, LMS_EFORMAT, "tensor '%s' is not expected by the config",
                                  t->name);
         if (lms_role_is_per_layer(t->role) && (t->layer < 0 || t->layer >= a->n_layers))
@@ -438,7 +437,7 @@ enum lms_status lms_model_validate(const struct lms_model *m, struct lms_error *
                                      m->tensors[j].name, t->name);
     }
     for (int r = 1; r < LMS_ROLE_COUNT; r++) {
-        if (!role_expected((enum lms_role)r, a))
+        if (!lms_role_expected((enum lms_role)r, a))
             continue;
         int64_t n_layers = lms_role_is_per_layer((enum lms_role)r) ? a->n_layers : 1;
         for (int64_t l = 0; l < n_layers; l++) {

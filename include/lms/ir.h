@@ -188,6 +188,9 @@ bool lms_role_hf_name(enum lms_role r, int64_t layer, char *dst, size_t dst_cap)
 bool lms_role_from_hf_name(const char *name, enum lms_role *role, int64_t *layer);
 /* Expected shape of a role under arch; false for LMS_ROLE_OTHER. */
 bool lms_role_shape(enum lms_role r, const struct lms_arch *a, int *ndim, int64_t *shape);
+/* Whether arch a has a tensor of role r (biases, q/k norms and an untied LM head depend on it);
+ * false for LMS_ROLE_OTHER. */
+bool lms_role_expected(enum lms_role r, const struct lms_arch *a);
 
 struct lms_tensor {
     char *name;            /* checkpoint name in the source format; owned */
