@@ -92,6 +92,19 @@ for part in "student weights" "AdamW moments" gradients activations teacher tota
 done
 [ -e "$TMP/dry" ] && fail "--dry-run wrote its output"
 
+# --dry-run on a GPU: the device plan (bf16 working copy, runtime scratch; save and data on the
+# host), checked against --max-memory without opening a device; --precision is checked
+n_checks=$((n_checks + 1))
+if ! "$LMSURGEON" distill "${RUN[@]}" --out "$TMP/dry" --dry-run --device cuda --max-memory 64G \
+    >"$TMP/out" 2>"$TMP/err"; then
+    fail "--dry-run --device cuda failed"; cat "$TMP/err" >&2
+fi
+for part in "device memory plan" "x (4 + 2) B" "runtime and GEMM scratch" "host" "fits"; do
+    grep -q "$part" "$TMP/out" || fail "--dry-run --device cuda does not print '$part'"
+done
+expect 5 "lower --mbs" "${RUN[@]}" --out "$TMP/x" --device cuda --max-memory 100kB --quiet
+expect 2 "invalid --precision" "${RUN[@]}" --out "$TMP/x" --precision fp8
+
 # the uninterrupted reference run, with --json
 n_checks=$((n_checks + 1))
 if ! "$LMSURGEON" distill "${RUN[@]}" --out "$TMP/a" --json >"$TMP/a.json" 2>"$TMP/err"; then
