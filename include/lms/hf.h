@@ -23,7 +23,7 @@ enum lms_status lms_hf_config_parse(const json_t *config, struct lms_arch *arch,
 enum lms_status lms_hf_config_build(const struct lms_arch *arch, const json_t *base,
                                     json_t **out, struct lms_error *err);
 
-/* The "hf" format (formats/hf_checkpoint.c). */
+/* The "hf" format (formats/layouts/hf_checkpoint.c). */
 extern const struct lms_format lms_format_hf;
 
 /* Names of the files copied along with a checkpoint when present. NULL-terminated. */

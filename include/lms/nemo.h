@@ -17,7 +17,7 @@
 
 extern const struct lms_format lms_format_nemo;
 extern const struct lms_format lms_format_megatron;
-/* "nemo1": NeMo 1.x .nemo tarballs (checkpoint-formats.md §1.6), formats/nemo1.c */
+/* "nemo1": NeMo 1.x .nemo tarballs (checkpoint-formats.md §1.6), formats/layouts/nemo1.c */
 extern const struct lms_format lms_format_nemo1;
 
 #endif

@@ -5,8 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lms/dcp.h"
-#include "lms/pickle.h"
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/pickle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

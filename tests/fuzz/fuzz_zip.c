@@ -5,8 +5,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "lms/dcp.h"
-#include "lms/zip.h"
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/zip.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "check_main.h"
-#include "formats/dataset_impl.h"
+#include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/dataset.h"
 

@@ -8,7 +8,7 @@
 
 #include "check_main.h"
 #include "lms/alloc.h"
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 #include "lms/outdir.h"
 
 /* A [R, C] f32 host view with value 1000*r + c. */

@@ -5,7 +5,7 @@
 
 #include "check_main.h"
 #include "lms/alloc.h"
-#include "lms/pickle.h"
+#include "formats/codecs/pickle.h"
 
 /* {"a": [1, 2.5, None, True], "big": -2**40, "s": "h\u00e9", "t": (1, 2, 3)}, protocol 4 */
 static const unsigned char p4[] = {

@@ -1,7 +1,7 @@
 /* Megatron-Core torch_dist checkpoints: the .metadata interpreter, the chunk-tiling assembly into
  * lazy views, the torch.save tensor decoder and the one-rank writer (include/lms/dcp.h,
  * checkpoint-formats.md §2-§3). */
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 
 #include <errno.h>
 #include <fcntl.h>

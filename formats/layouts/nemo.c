@@ -21,14 +21,14 @@
 #include <sys/stat.h>
 
 #include "lms/alloc.h"
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 #include "lms/format.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
 
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 
 #define JSON_MAX_BYTES (64u << 20)
 

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "formats/unicode.h"
+#include "formats/text/unicode.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
 

@@ -1,4 +1,4 @@
-/* Internal view of a parsed .idx (formats/indexed_dataset.c), shared with the data loader and
+/* Internal view of a parsed .idx (formats/datasets/indexed_dataset.c), shared with the data loader and
  * the fuzz/unit tests. The arrays point into the mapped file and are unaligned: read them with
  * memcpy. */
 #ifndef LMS_FORMATS_DATASET_IMPL_H

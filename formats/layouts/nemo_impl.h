@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 #include "lms/format.h"
 #include "lms/ir.h"
 

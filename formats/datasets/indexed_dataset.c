@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "formats/dataset_impl.h"
+#include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/outdir.h"
 #include "lms/storage.h"

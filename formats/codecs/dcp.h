@@ -21,8 +21,8 @@
 
 #include "lms/error.h"
 #include "lms/ir.h"
-#include "lms/pickle.h"
-#include "lms/zip.h"
+#include "formats/codecs/pickle.h"
+#include "formats/codecs/zip.h"
 
 struct lms_dcp_chunk {
     int64_t offsets[LMS_MAX_DIMS]; /* position in the global tensor */

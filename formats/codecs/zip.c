@@ -1,7 +1,7 @@
 /* The torch.save zip container: a validating reader over bytes in memory and a streaming writer
- * (include/lms/zip.h, checkpoint-formats.md §3.1). Stored entries only, one disk, zip64 when a
+ * (zip.h, checkpoint-formats.md §3.1). Stored entries only, one disk, zip64 when a
  * size or offset does not fit 32 bits. */
-#include "lms/zip.h"
+#include "formats/codecs/zip.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* Unicode support for the tokenizer: code point classes (general categories of Unicode 16.0,
  * data-formats.md §3.5), canonical combining classes and NFC restricted to Unicode 9.0 (§3.4),
  * and UTF-8 decoding. The tables are generated at build time by scripts/gen-unicode-tables.py
- * from formats/unicode/unicode-data.txt. */
+ * from formats/text/unicode/unicode-data.txt. */
 #ifndef LMS_FORMATS_UNICODE_H
 #define LMS_FORMATS_UNICODE_H
 

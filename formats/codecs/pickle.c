@@ -1,10 +1,10 @@
-/* Data-only pickle reader and protocol-2 writer (include/lms/pickle.h).
+/* Data-only pickle reader and protocol-2 writer (pickle.h).
  *
  * The reader is a stack machine over the opcodes of checkpoint-formats.md §2.4.3 (plus the few
  * other protocol 2-5 opcodes Python emits for plain data). It never executes anything: globals
  * are checked against a fixed allow-list and become symbolic nodes, calls become OBJ nodes. All
  * memory comes from an arena whose ceiling is a multiple of the input length. */
-#include "lms/pickle.h"
+#include "formats/codecs/pickle.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -34,14 +34,14 @@
 #include <unistd.h>
 
 #include "lms/alloc.h"
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 #include "lms/format.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
 
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 
 #define TAR_BLOCK 512
 #define TAR_RECORD 10240                /* 20 blocks: what GNU tar and Python pad archives to */
