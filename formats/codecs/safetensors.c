@@ -1,5 +1,4 @@
-/* safetensors parsing, validation and canonical headers (include/lms/safetensors.h,
- * data-formats.md §1). */
+/* safetensors parsing, validation and canonical headers (include/lms/safetensors.h). */
 #include "lms/safetensors.h"
 
 #include <stdlib.h>
@@ -135,7 +134,7 @@ static int cmp_by_begin(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* §1.4 rules 7 and 8: contiguous offsets, sizes consistent with shape x dtype. */
+/* contiguous offsets, sizes consistent with shape x dtype. */
 static enum lms_status check_layout(struct lms_st_header *hdr, uint64_t *data_len,
                                     struct lms_error *err)
 {
@@ -318,7 +317,7 @@ enum lms_status lms_st_header_build(struct lms_st_out *outs, size_t n, const jso
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     enum lms_status rc = LMS_OK;
     if (metadata) {
-        /* keys in ascending byte order (§1.5) */
+        /* keys in ascending byte order */
         json_t *meta = json_object();
         size_t nk = json_object_size(metadata), k = 0;
         const char **keys = lms_malloc((nk ? nk : 1) * sizeof(*keys));

@@ -1,7 +1,7 @@
-/* Legacy NeMo 1.x ".nemo" tarballs (checkpoint-formats.md §1.6), the "nemo1" format.
+/* Legacy NeMo 1.x ".nemo" tarballs, the "nemo1" format.
  *
  *   ./model_config.yaml           OmegaConf YAML of the MegatronGPTModel config (top-level keys)
- *   ./model_weights/              an mcore torch_dist checkpoint, keys prefixed "model." (§2), or
+ *   ./model_weights/              an mcore torch_dist checkpoint, keys prefixed "model.", or
  *   ./model_weights.ckpt          one torch.save state dict, keys "model.decoder.layers.N...."
  *                                 (or pre-mcore "model.language_model.encoder.layers.N....")
  *   ./hf_config.json              this tool's own artifact: the HF config.json, for exact round trips
@@ -35,6 +35,7 @@
 
 #include "lms/alloc.h"
 #include "formats/codecs/dcp.h"
+#include "formats/codecs/torch_save.h"
 #include "lms/format.h"
 #include "lms/hf.h"
 #include "lms/json.h"

@@ -9,6 +9,7 @@
 #include "check_main.h"
 #include "lms/alloc.h"
 #include "formats/codecs/dcp.h"
+#include "formats/codecs/torch_save.h"
 #include "lms/outdir.h"
 
 /* A [R, C] f32 host view with value 1000*r + c. */
