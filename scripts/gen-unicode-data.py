@@ -3,7 +3,7 @@
 tables are built from at build time (scripts/gen-unicode-tables.py). Development tool only: the
 build uses the committed output and needs neither of the sources below.
 
-Sources (data-formats.md §3.4, §3.5, §3.10):
+Sources:
   * general categories, Unicode 16.0.0 (what tokenizers 0.23.x / Oniguruma use for \\p{L},
     \\p{N}, \\s): the PyPI package unicodedata2==16.0.0;
   * normalization (NFC), restricted to code points with Age <= 9.0 (the reference NFC uses

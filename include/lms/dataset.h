@@ -1,7 +1,7 @@
 /* lmsurgeon: Megatron/NeMo indexed token datasets (.bin + .idx) and the data loader.
  *
- * Implements data-formats.md §2. A dataset is addressed by a path prefix; the files are
- * PREFIX.bin (token ids of every sequence, back to back, no header) and PREFIX.idx:
+ * A dataset is addressed by a path prefix; the files are PREFIX.bin (token ids of every sequence,
+ * back to back, no header) and PREFIX.idx:
  *
  *   offset      size  field
  *   0           9     magic "MMIDIDX\0\0"
@@ -13,7 +13,7 @@
  *   34+4S       8*S   int64 sequence pointers (byte offsets into .bin)
  *   34+12S      8*D   int64 document index (sequence boundaries)
  *
- * The reader maps both files and validates every invariant of §2.5 before returning (magic,
+ * The reader maps both files and validates every invariant before returning (magic,
  * version, dtype, counts against the file size, pointers contiguous and inside .bin, .bin size,
  * document index monotone from 0 to S). After a successful open nothing is checked again.
  *
@@ -33,7 +33,7 @@
 
 #include "lms/error.h"
 
-/* Token dtype codes of the .idx header (data-formats.md §2.3). */
+/* Token dtype codes of the .idx header. */
 enum lms_index_dtype {
     LMS_INDEX_U8 = 1,
     LMS_INDEX_I8 = 2,

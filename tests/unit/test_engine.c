@@ -193,9 +193,9 @@ START_TEST(fixture_teacher)
 }
 END_TEST
 
-/* The evaluation protocol of the engine issue: first 256 non-overlapping windows of 512 ids of
- * corpus/val.ids.u16, positions 0..510 predicting 1..511, fp32. transformers (fp32 eager):
- * 1.9141. */
+/* The evaluation protocol the README states for eval: first 256 non-overlapping windows of 512
+ * ids of corpus/val.ids.u16, positions 0..510 predicting 1..511, fp32. transformers (fp32
+ * eager): 1.9141. */
 START_TEST(teacher_eval)
 {
     char path[4096];
