@@ -41,6 +41,7 @@
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
+#include "lms/scratch.h"
 
 #include "formats/layouts/nemo_impl.h"
 
