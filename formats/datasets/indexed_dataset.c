@@ -269,16 +269,6 @@ static int64_t seq_begin(const struct lms_dataset *ds, int64_t k)
     return rd_i64(ds->idx.pointers + 8 * (size_t)k) / (int64_t)ds->idx.itemsize;
 }
 
-bool lms_dataset_seq_range(const struct lms_dataset *ds, int64_t k, int64_t *begin,
-                           int64_t *end)
-{
-    if (k < 0 || k >= ds->idx.n_seq)
-        return false;
-    *begin = seq_begin(ds, k);
-    *end = *begin + rd_i32(ds->idx.lengths + 4 * (size_t)k);
-    return true;
-}
-
 bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *begin,
                            int64_t *end)
 {

@@ -162,10 +162,8 @@ out:
     return rc;
 }
 
-static enum lms_status hf_read(const char *path, const struct lms_read_opts *opts,
-                               struct lms_model *m, struct lms_error *err)
+static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     char p[PATH_MAX];
     enum lms_status rc;

@@ -85,10 +85,8 @@ static enum lms_status run_config_fields(const char *path, json_t **out, char *c
     return rc;
 }
 
-static enum lms_status megatron_read(const char *path, const struct lms_read_opts *opts,
-                                     struct lms_model *m, struct lms_error *err)
+static enum lms_status megatron_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     char dir[PATH_MAX], p[PATH_MAX];
     enum lms_status rc = iter_dir(path, dir, sizeof(dir), err);

@@ -471,10 +471,8 @@ static enum lms_status open_weights(const struct tarball *tb, struct lms_dcp *d,
                          "model_weights.ckpt in the archive", tb->path);
 }
 
-static enum lms_status nemo1_read(const char *path, const struct lms_read_opts *opts,
-                                  struct lms_model *m, struct lms_error *err)
+static enum lms_status nemo1_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     struct tarball tb;
     struct lms_dcp d = {0};

@@ -47,10 +47,8 @@ static enum lms_status nemo_context_hf(const char *path, const char *weights, js
     return rc;
 }
 
-static enum lms_status nemo_read(const char *path, const struct lms_read_opts *opts,
-                                 struct lms_model *m, struct lms_error *err)
+static enum lms_status nemo_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     char p[PATH_MAX], weights[PATH_MAX];
     json_t *hf = NULL;

@@ -106,7 +106,6 @@ struct lms_tokenizer {
     int32_t *tmpl_prefix, *tmpl_suffix; /* post-processor single template ids */
     size_t n_prefix, n_suffix;
     int32_t eos_id, bos_id, pad_id;
-    const char *family;
     uint8_t ascii_cls[128];      /* pre-tokenizer class bits of ASCII code points */
 };
 
@@ -266,12 +265,6 @@ static enum lms_status parse_pre_tokenizer(struct lms_tokenizer *tk, json_t *p,
     if (!saw)
         return lms_error_set(err, LMS_EUNSUPPORTED, "pre_tokenizer: no ByteLevel step (only "
                              "byte-level BPE is supported)");
-    tk->family = "gpt-2";
-    for (int i = 0; i < tk->n_steps; i++)
-        if (tk->steps[i].split && tk->steps[i].pat != PAT_GPT2) {
-            tk->family = tk->steps[i].pat == PAT_QWEN ? "qwen2" : "llama-bpe";
-            break;
-        }
     return LMS_OK;
 }
 
@@ -698,11 +691,6 @@ int32_t lms_tokenizer_pad_id(const struct lms_tokenizer *tk)
     return tk->pad_id;
 }
 
-const char *lms_tokenizer_family(const struct lms_tokenizer *tk)
-{
-    return tk->family;
-}
-
 int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *token,
                                   size_t token_len)
 {
@@ -710,14 +698,6 @@ int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *to
         if (tk->added[i].len == token_len && memcmp(tk->added[i].content, token, token_len) == 0)
             return tk->added[i].id;
     return vocab_find(tk, token, token_len);
-}
-
-const char *lms_tokenizer_id_to_token(const struct lms_tokenizer *tk, int32_t id, size_t *len)
-{
-    if (id < 0 || id >= tk->n_tokens || !tk->tokens[id].s)
-        return NULL;
-    *len = tk->tokens[id].len;
-    return tk->tokens[id].s;
 }
 
 void lms_ids_release(struct lms_ids *ids)

@@ -77,9 +77,6 @@ int64_t lms_dataset_n_tokens(const struct lms_dataset *ds);    /* length of the 
  * contiguous in the stream. Returns false if d is out of range. */
 bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *begin,
                            int64_t *end);
-/* Token range of sequence k (0 <= k < n_sequences). */
-bool lms_dataset_seq_range(const struct lms_dataset *ds, int64_t k, int64_t *begin,
-                           int64_t *end);
 
 /* Copies stream positions [begin, end) to dst as int32 (end - begin entries; dst_cap is the
  * capacity of dst in entries). LMS_EINVAL when the range is outside the stream or does not fit

@@ -53,11 +53,6 @@ int32_t lms_tokenizer_pad_id(const struct lms_tokenizer *tk);
 /* Id of a token string (vocab key or added-token content); -1 if unknown. */
 int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *token,
                                   size_t token_len);
-/* Token string of id (vocab key in the ByteLevel alphabet, or added-token content), with its
- * length in *len; NULL if the id is unknown. The pointer lives as long as tk. */
-const char *lms_tokenizer_id_to_token(const struct lms_tokenizer *tk, int32_t id, size_t *len);
-/* Name of the pre-tokenizer family recognised at load: "qwen2", "llama-bpe", "gpt-2". */
-const char *lms_tokenizer_family(const struct lms_tokenizer *tk);
 
 /* Per-thread state. OUT: *out. The tokenizer must outlive it. */
 enum lms_status lms_tokenizer_ctx_new(const struct lms_tokenizer *tk,

@@ -42,7 +42,7 @@ static void read_io_json(const uint8_t *data, size_t size)
         return;
     struct lms_error err;
     struct lms_model m;
-    if (lms_format_nemo.read(dir, &(struct lms_read_opts){0}, &m, &err) == LMS_OK)
+    if (lms_format_nemo.read(dir, &m, &err) == LMS_OK)
         lms_model_release(&m);
 }
 
