@@ -212,7 +212,10 @@ enum lms_status lms_st_parse(const void *head, size_t head_len, uint64_t file_si
     if (bad != n)
         return lms_error_set(err, LMS_EFORMAT, "header is not valid UTF-8 (byte %zu)", bad);
     json_error_t je;
+    long failed = lms_alloc_failures();
     json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &je);
+    if (!root && lms_alloc_failures() != failed) /* jansson reports it as a syntax error */
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
     if (!root) {
         if (strstr(je.text, "duplicate"))
             return lms_error_set(err, LMS_EFORMAT, "header has a duplicate tensor name: %s", je.text);
