@@ -19,9 +19,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "formats/codecs/pickle.h"
 #include "lms/error.h"
 #include "lms/ir.h"
-#include "formats/codecs/pickle.h"
 
 struct lms_dcp_chunk {
     int64_t offsets[LMS_MAX_DIMS]; /* position in the global tensor */

@@ -6,8 +6,8 @@
 
 #include <string.h>
 
-#include "lms/alloc.h"
 #include "formats/codecs/dcp_impl.h"
+#include "lms/alloc.h"
 
 /* The instance dict of a dataclass object (BUILD state), or NULL. */
 static const struct lms_pkl *obj_state(const struct lms_pkl *o)

@@ -11,10 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lms/alloc.h"
-#include "lms/json.h"
 #include "formats/codecs/dcp_impl.h"
 #include "formats/codecs/torch_save.h"
+#include "lms/alloc.h"
+#include "lms/json.h"
 
 #define META_MAX_BYTES (1u << 30) /* .metadata ceiling: 1 GiB */
 

@@ -10,10 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lms/alloc.h"
-#include "lms/outdir.h"
 #include "formats/codecs/dcp_impl.h"
 #include "formats/codecs/torch_save.h"
+#include "lms/alloc.h"
+#include "lms/outdir.h"
 
 static const char *meta_mod = LMS_DCP_METADATA_MODULE;
 static const char *dcp_fs_mod = "torch.distributed.checkpoint.filesystem";

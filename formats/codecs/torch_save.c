@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "lms/alloc.h"
 #include "formats/codecs/dcp.h"
 #include "formats/codecs/pickle.h"
+#include "lms/alloc.h"
 
 /* Decodes one _rebuild_tensor_v2 call against the zip's records. */
 static enum lms_status tensor_from_call(const struct lms_pkl *call, const struct lms_zip *z,

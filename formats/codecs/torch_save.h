@@ -7,10 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/codecs/zip.h"
 #include "lms/error.h"
 #include "lms/ir.h"
 #include "lms/storage.h"
-#include "formats/codecs/zip.h"
 
 struct lms_dcp;
 

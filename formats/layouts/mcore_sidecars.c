@@ -7,12 +7,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "formats/layouts/nemo_impl.h"
+#include "formats/layouts/paths.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/outdir.h"
-#include "formats/layouts/nemo_impl.h"
-#include "formats/layouts/paths.h"
 
 /* Adds the known HF side files found in dir to m, in lms_hf_aux_files order. */
 enum lms_status lms__nemo_add_aux_from(struct lms_model *m, const char *dir, struct lms_error *err)

@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "formats/layouts/nemo_impl.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
-#include "formats/layouts/nemo_impl.h"
 
 /* Layer l of a stacked global view, without the leading axis. Uses the chunk directly when the
  * assembled view is a concatenation of one-layer slabs. */

@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "formats/layouts/nemo_impl.h"
 #include "lms/alloc.h"
 #include "lms/format.h"
-#include "formats/layouts/nemo_impl.h"
 
 struct plan {
     struct lms_dcp_w_tensor *t; /* owned array */

@@ -14,14 +14,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "formats/codecs/torch_save.h"
+#include "formats/layouts/nemo_impl.h"
+#include "formats/layouts/paths.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
-#include "formats/codecs/torch_save.h"
-#include "formats/layouts/nemo_impl.h"
-#include "formats/layouts/paths.h"
 
 /* The iteration directory of a save dir (via latest_checkpointed_iteration.txt), or path itself
  * when it is an iteration directory. */

@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "formats/codecs/pickle.h"
-#include "lms/storage.h"
 #include "formats/codecs/zip.h"
+#include "lms/storage.h"
 
 #include "formats/layouts/nemo_impl.h"
 

@@ -33,9 +33,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lms/alloc.h"
 #include "formats/codecs/dcp.h"
 #include "formats/codecs/torch_save.h"
+#include "lms/alloc.h"
 #include "lms/format.h"
 #include "lms/hf.h"
 #include "lms/json.h"

@@ -9,13 +9,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "formats/layouts/nemo_impl.h"
+#include "formats/layouts/paths.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
-#include "formats/layouts/nemo_impl.h"
-#include "formats/layouts/paths.h"
 
 static int nemo_probe(const char *path)
 {

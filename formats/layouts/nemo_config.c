@@ -6,11 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "formats/layouts/nemo_impl.h"
+#include "formats/layouts/paths.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/json.h"
-#include "formats/layouts/nemo_impl.h"
-#include "formats/layouts/paths.h"
 
 static const struct {
     enum lms_family family;

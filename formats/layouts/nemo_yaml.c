@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/layouts/nemo_impl.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
-#include "formats/layouts/nemo_impl.h"
 
 /* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings,
  * and flow lists of those: "[4096, 0]"). */

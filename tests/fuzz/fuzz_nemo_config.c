@@ -20,8 +20,8 @@
 #error "the build passes LMS_FUZZ_NEMO_WEIGHTS, a valid tiny torch_dist checkpoint folder"
 #endif
 
-#include "formats/layouts/nemo_impl.h"
 #include "formats/codecs/dcp.h"
+#include "formats/layouts/nemo_impl.h"
 #include "lms/hf.h"
 #include "lms/nemo.h"
 
