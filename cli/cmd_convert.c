@@ -106,8 +106,7 @@ int cmd_convert(int argc, char **argv)
 
     double t0 = cli_now();
     struct lms_model m;
-    struct lms_read_opts ro = {0};
-    if (src->read(in, &ro, &m, &err))
+    if (src->read(in, &m, &err))
         return cli_fail("convert", &co, &err);
     struct cli_progress bar;
     cli_progress_begin(&bar, "converting", lms_model_nbytes(&m), true, co.quiet);

@@ -234,8 +234,7 @@ int cmd_inspect(int argc, char **argv)
     if (!f)
         return cli_fail("inspect", &co, &err);
     struct lms_model m;
-    struct lms_read_opts ro = {0};
-    if (f->read(path, &ro, &m, &err))
+    if (f->read(path, &m, &err))
         return cli_fail("inspect", &co, &err);
     uint64_t disk = bytes_on_disk(path);
     if (co.json) {

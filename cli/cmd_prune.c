@@ -403,8 +403,7 @@ static int run(struct prune_args *a)
     if (!dst)
         return cli_usage_error(cmd, "unknown --to '%s'", a->to);
     struct lms_model in, out;
-    struct lms_read_opts ro = {0};
-    if (src->read(a->in, &ro, &in, &err))
+    if (src->read(a->in, &in, &err))
         return cli_fail(cmd, co, &err);
     int code = CLI_EXIT_OK;
     struct lms_importance imp;

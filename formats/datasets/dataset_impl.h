@@ -1,4 +1,4 @@
-/* Internal view of a parsed .idx (formats/indexed_dataset.c), shared with the data loader and
+/* Internal view of a parsed .idx (formats/datasets/indexed_dataset.c), shared with the data loader and
  * the fuzz/unit tests. The arrays point into the mapped file and are unaligned: read them with
  * memcpy. */
 #ifndef LMS_FORMATS_DATASET_IMPL_H
@@ -21,8 +21,9 @@ struct lms__idx {
     int64_t n_tokens;             /* .bin size / itemsize */
 };
 
-/* Pure parser: validates an .idx image of idx_len bytes against a .bin of bin_len bytes
- * (data-formats.md §2.2-2.5). Messages do not name the file; the caller prefixes it. */
+/* Pure parser: validates an .idx image of idx_len bytes against a .bin of bin_len bytes,
+ * checking every invariant listed in include/lms/dataset.h. Messages do not name the file; the
+ * caller prefixes it. */
 enum lms_status lms__idx_parse(const void *idx, size_t idx_len, uint64_t bin_len,
                                struct lms__idx *out, struct lms_error *err);
 

@@ -7,11 +7,11 @@
  * QKV bias, anything else is read as Llama; the sizes must all come from args. */
 #include <string.h>
 
-#include "lms/pickle.h"
+#include "formats/codecs/pickle.h"
+#include "formats/codecs/zip.h"
 #include "lms/storage.h"
-#include "lms/zip.h"
 
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 
 /* Attribute value of the Namespace state (a dict), or NULL. */
 static const struct lms_pkl *arg(const struct lms_pkl *state, const char *name)

@@ -1,7 +1,7 @@
-/* Unicode support for the tokenizer: code point classes (general categories of Unicode 16.0,
- * data-formats.md §3.5), canonical combining classes and NFC restricted to Unicode 9.0 (§3.4),
- * and UTF-8 decoding. The tables are generated at build time by scripts/gen-unicode-tables.py
- * from formats/unicode/unicode-data.txt. */
+/* Unicode support for the tokenizer: code point classes (general categories of Unicode 16.0, as
+ * the tokenizers library sees them), canonical combining classes and NFC restricted to Unicode
+ * 9.0, and UTF-8 decoding. The tables are generated at build time by
+ * scripts/gen-unicode-tables.py from formats/text/unicode/unicode-data.txt. */
 #ifndef LMS_FORMATS_UNICODE_H
 #define LMS_FORMATS_UNICODE_H
 
@@ -88,8 +88,8 @@ size_t lms__utf8_check(const unsigned char *s, size_t n);
 /* True when s[0..n) (valid UTF-8) is certainly already in NFC (every code point NFC-stable). */
 bool lms__nfc_quick(const unsigned char *s, size_t n);
 
-/* NFC (Unicode 9.0 data, §3.4) of valid UTF-8 s[0..n), appended to *dst (grown with
- * lms_realloc; *dst_len and *dst_cap updated). */
+/* NFC (Unicode 9.0 data, as the tokenizers library applies it) of valid UTF-8 s[0..n), appended
+ * to *dst (grown with lms_realloc; *dst_len and *dst_cap updated). */
 enum lms_status lms__nfc(const unsigned char *s, size_t n, unsigned char **dst, size_t *dst_len,
                          size_t *dst_cap, struct lms_error *err);
 

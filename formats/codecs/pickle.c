@@ -1,10 +1,10 @@
-/* Data-only pickle reader and protocol-2 writer (include/lms/pickle.h).
+/* Data-only pickle reader and protocol-2 writer (pickle.h).
  *
- * The reader is a stack machine over the opcodes of checkpoint-formats.md §2.4.3 (plus the few
- * other protocol 2-5 opcodes Python emits for plain data). It never executes anything: globals
- * are checked against a fixed allow-list and become symbolic nodes, calls become OBJ nodes. All
+ * The reader is a stack machine over the protocol-2 opcodes torch writes (plus the few other
+ * protocol 2-5 opcodes Python emits for plain data). It never executes anything: globals are
+ * checked against a fixed allow-list and become symbolic nodes, calls become OBJ nodes. All
  * memory comes from an arena whose ceiling is a multiple of the input length. */
-#include "lms/pickle.h"
+#include "formats/codecs/pickle.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -60,7 +60,7 @@ void lms_pkl_doc_release(struct lms_pkl_doc *doc)
 /* ---- allow-list -------------------------------------------------------------------------- */
 
 static const char *const allowed_globals[] = {
-    /* DCP metadata (§2.4.1) and what other producers put beside it */
+    /* DCP metadata and what other producers put beside it */
     "torch.distributed.checkpoint.metadata.Metadata",
     "torch.distributed.checkpoint.metadata.TensorStorageMetadata",
     "torch.distributed.checkpoint.metadata.ChunkStorageMetadata",
@@ -76,7 +76,7 @@ static const char *const allowed_globals[] = {
     "torch.distributed.checkpoint.planner.TensorWriteData",
     "megatron.core.dist_checkpointing.strategies.torch.MCoreMetadata",
     "megatron.core.dist_checkpointing.strategies.torch.MCoreSavePlan",
-    /* torch.save (§3.2) */
+    /* torch.save */
     "torch.Size",
     "torch.device",
     "torch._utils._rebuild_tensor_v2",
@@ -769,7 +769,7 @@ int lms_pkl_int_tuple(const struct lms_pkl *v, int64_t *dst, int dst_cap)
     return (int)v->u.seq.n;
 }
 
-/* torch dtype name, storage class and our dtype (§2.4.2, §3.2). */
+/* torch dtype name, storage class and our dtype. */
 static const struct {
     const char *dtype, *storage;
     enum lms_dtype dt;

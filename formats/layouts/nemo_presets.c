@@ -8,7 +8,7 @@
  * hidden / heads, query groups = heads, vocabulary from the tokenizer). */
 #include <string.h>
 
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 
 static const struct {
     const char *cls;

@@ -1,4 +1,4 @@
-/* lmsurgeon: the torch.save zip container (checkpoint-formats.md §3.1).
+/* lmsurgeon: the torch.save zip container.
  *
  *   [local header 30 B | name | extra: zip64 (0x0001) when a record reaches 4 GiB, then "FB"
  *    padding so the data starts at a multiple of 64 from the zip start | data]*   stored only
@@ -89,12 +89,5 @@ enum lms_status lms_zip_w_add_view(struct lms_zip_writer *w, const char *rel,
 enum lms_status lms_zip_w_finish(struct lms_zip_writer *w, uint64_t *total,
                                  struct lms_error *err);
 void lms_zip_w_release(struct lms_zip_writer *w);
-
-/* Writes the torch.save record set of §3.1 (data.pkl, byteorder, the data records, version,
- * .data/serialization_id) for a pickle that references n tensors as storage keys "0".."n-1".
- * views[i] converted to dt (LMS_DTYPE_COUNT: keep) becomes data/i. */
-enum lms_status lms_torch_save_write(struct lms_zip_writer *w, const void *pkl, size_t pkl_len,
-                                     struct lms_view *const *views, size_t n, enum lms_dtype dt,
-                                     void *buf, size_t buf_cap, struct lms_error *err);
 
 #endif

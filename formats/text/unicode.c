@@ -1,7 +1,7 @@
-/* UTF-8 helpers and NFC normalization with Unicode 9.0 data (formats/unicode.h,
- * data-formats.md §3.4). NFC = full canonical decomposition, canonical ordering, canonical
- * composition (UAX #15), with Hangul handled algorithmically. */
-#include "formats/unicode.h"
+/* UTF-8 helpers and NFC normalization with Unicode 9.0 data (formats/text/unicode.h). NFC = full
+ * canonical decomposition, canonical ordering, canonical composition (UAX #15), with Hangul
+ * handled algorithmically. */
+#include "formats/text/unicode.h"
 
 #include <string.h>
 

@@ -1,7 +1,7 @@
 /* The torch.save zip container: a validating reader over bytes in memory and a streaming writer
- * (include/lms/zip.h, checkpoint-formats.md §3.1). Stored entries only, one disk, zip64 when a
+ * (zip.h). Stored entries only, one disk, zip64 when a
  * size or offset does not fit 32 bits. */
-#include "lms/zip.h"
+#include "formats/codecs/zip.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -469,25 +469,5 @@ enum lms_status lms_zip_w_finish(struct lms_zip_writer *w, uint64_t *total,
     if (!rc && total)
         *total = w->pos;
     lms_zip_w_release(w);
-    return rc;
-}
-
-enum lms_status lms_torch_save_write(struct lms_zip_writer *w, const void *pkl, size_t pkl_len,
-                                     struct lms_view *const *views, size_t n, enum lms_dtype dt,
-                                     void *buf, size_t buf_cap, struct lms_error *err)
-{
-    enum lms_status rc = lms_zip_w_add(w, "data.pkl", pkl, pkl_len, err);
-    if (!rc)
-        rc = lms_zip_w_add(w, "byteorder", "little", 6, err);
-    for (size_t i = 0; i < n && !rc; i++) {
-        char rel[32];
-        snprintf(rel, sizeof(rel), "data/%zu", i);
-        rc = lms_zip_w_add_view(w, rel, views[i], dt, buf, buf_cap, err);
-    }
-    if (!rc)
-        rc = lms_zip_w_add(w, "version", "3\n", 2, err);
-    if (!rc) /* fixed id: output stays deterministic */
-        rc = lms_zip_w_add(w, ".data/serialization_id",
-                           "0000000000000000000000000000000000000000", 40, err);
     return rc;
 }

@@ -1,5 +1,5 @@
-/* lmsurgeon: a data-only pickle reader and a small pickle writer (checkpoint-formats.md §2.4,
- * §3.2, §3.3).
+/* lmsurgeon: a data-only pickle reader and a small pickle writer, for torch DCP .metadata files,
+ * torch.save data.pkl records and Megatron common.pt dicts.
  *
  * The reader is a subset of Python's pickle machine for protocols 2-5 that builds a tree of
  * values and never calls or imports anything. GLOBAL / STACK_GLOBAL may only name symbols on a
@@ -15,8 +15,8 @@
  * DAG (and may be cyclic: walk it with a depth limit). Every allocation is bounded by a multiple
  * of the input length, so hostile input cannot exhaust memory.
  *
- * The writer appends opcodes to a growable buffer (protocol 2, no memo, the opcode patterns of
- * §2.4.2), which stock torch >= 2.6 accepts under weights_only. */
+ * The writer appends opcodes to a growable buffer (protocol 2, no memo, the opcode patterns
+ * torch itself emits for these objects), which stock torch >= 2.6 accepts under weights_only. */
 #ifndef LMS_PICKLE_H
 #define LMS_PICKLE_H
 
@@ -147,7 +147,7 @@ void lms_pkl_w_float(struct lms_pkl_writer *w, double v);
 void lms_pkl_w_size(struct lms_pkl_writer *w, int ndim, const int64_t *shape);
 /* A torch dtype global (torch.bfloat16); false when torch has no name for dt. */
 bool lms_pkl_w_dtype(struct lms_pkl_writer *w, enum lms_dtype dt);
-/* The _rebuild_tensor_v2 call of §3.2 for a contiguous tensor in storage record "key" (without
+/* The torch._utils._rebuild_tensor_v2 call for a contiguous tensor in storage record "key" (without
  * PROTO/STOP); false when dt has no torch storage class. */
 bool lms_pkl_w_tensor(struct lms_pkl_writer *w, enum lms_dtype dt, const char *key, int ndim,
                       const int64_t *shape);

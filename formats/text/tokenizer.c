@@ -1,11 +1,10 @@
-/* Byte-level BPE tokenizer compatible with Hugging Face tokenizer.json (include/lms/tokenizer.h,
- * data-formats.md §3).
+/* Byte-level BPE tokenizer compatible with Hugging Face tokenizer.json (include/lms/tokenizer.h).
  *
- * Pipeline per input (§3.2): added-token split on the raw text -> NFC of each piece (Unicode
- * 9.0) -> split on normalized added tokens -> pre-tokenizer steps (Split patterns of §3.5 and
- * ByteLevel's GPT-2 pattern, each implemented as a hand-written code point walker) -> BPE of
- * each pre-token over its bytes (the ByteLevel alphabet is only needed to read the vocabulary
- * and for ignore_merges lookups) -> post-processor template.
+ * Pipeline per input: added-token split on the raw text -> NFC of each piece (Unicode 9.0) -> split
+ * on normalized added tokens -> pre-tokenizer steps (the Split patterns of the supported families
+ * and ByteLevel's GPT-2 pattern, each implemented as a hand-written code point walker) -> BPE of
+ * each pre-token over its bytes (the ByteLevel alphabet is only needed to read the vocabulary and
+ * for ignore_merges lookups) -> post-processor template.
  *
  * BPE follows the reference's Word::merge_all: a min-heap of (rank, position) over adjacent
  * pairs, stale entries skipped, so ties go to the leftmost pair. Results per word are cached in
@@ -18,7 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "formats/unicode.h"
+#include "formats/text/unicode.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
 
@@ -68,7 +67,7 @@ struct pre_step {
 struct added_token {
     char *content;          /* owned */
     size_t len;             /* bytes */
-    int32_t id;             /* assigned id (§3.3) */
+    int32_t id;             /* assigned id */
     bool special, lstrip, rstrip, single_word, normalized;
 };
 
@@ -94,7 +93,7 @@ struct lms_tokenizer {
     struct merge_slot *merges;   /* open addressing */
     size_t merge_mask;
     int32_t byte_id[256];        /* id of the single ByteLevel char for each byte, -1 if none */
-    uint16_t byte_char[256];     /* ByteLevel code point of each byte (§3.6) */
+    uint16_t byte_char[256];     /* ByteLevel code point of each byte */
     int byte_of_char[0x144];     /* inverse for code points < 0x144; -1 otherwise */
     bool ignore_merges;
     bool nfc;
@@ -107,13 +106,12 @@ struct lms_tokenizer {
     int32_t *tmpl_prefix, *tmpl_suffix; /* post-processor single template ids */
     size_t n_prefix, n_suffix;
     int32_t eos_id, bos_id, pad_id;
-    const char *family;
     uint8_t ascii_cls[128];      /* pre-tokenizer class bits of ASCII code points */
 };
 
 static void build_byte_alphabet(struct lms_tokenizer *tk)
 {
-    /* §3.6: printable bytes map to themselves, the other 68 in order to U+0100.. */
+    /* printable bytes map to themselves, the other 68 in order to U+0100.. */
     int next = 0x100;
     for (int i = 0; i < 0x144; i++)
         tk->byte_of_char[i] = -1;
@@ -267,12 +265,6 @@ static enum lms_status parse_pre_tokenizer(struct lms_tokenizer *tk, json_t *p,
     if (!saw)
         return lms_error_set(err, LMS_EUNSUPPORTED, "pre_tokenizer: no ByteLevel step (only "
                              "byte-level BPE is supported)");
-    tk->family = "gpt-2";
-    for (int i = 0; i < tk->n_steps; i++)
-        if (tk->steps[i].split && tk->steps[i].pat != PAT_GPT2) {
-            tk->family = tk->steps[i].pat == PAT_QWEN ? "qwen2" : "llama-bpe";
-            break;
-        }
     return LMS_OK;
 }
 
@@ -283,7 +275,7 @@ static enum lms_status merges_insert(struct lms_tokenizer *tk, int32_t a, int32_
     size_t i = hash_u64(key) & tk->merge_mask;
     while (tk->merges[i].key != UINT64_MAX && tk->merges[i].key != key)
         i = (i + 1) & tk->merge_mask;
-    tk->merges[i] = (struct merge_slot){key, rank, id}; /* a later duplicate wins (§3.1) */
+    tk->merges[i] = (struct merge_slot){key, rank, id}; /* a later duplicate wins */
     return LMS_OK;
 }
 
@@ -330,7 +322,7 @@ static enum lms_status parse_model(struct lms_tokenizer *tk, json_t *model, json
             max_id = id;
         arena_len += strlen(key) + 1;
     }
-    /* added tokens: assigned ids (§3.3) */
+    /* added tokens: assigned ids */
     size_t n_added = json_is_array(added) ? json_array_size(added) : 0;
     if (added && !json_is_array(added))
         return lms_error_set(err, LMS_EFORMAT, "added_tokens: not an array");
@@ -413,7 +405,7 @@ static enum lms_status parse_model(struct lms_tokenizer *tk, json_t *model, json
         size_t n = lms__utf8_encode(tk->byte_char[b], u);
         tk->byte_id[b] = vocab_find(tk, (const char *)u, n);
     }
-    /* merges (§3.1): "A B" strings or ["A", "B"] pairs; rank = index after skipping */
+    /* merges: "A B" strings or ["A", "B"] pairs; rank = index after skipping */
     size_t n_merges = json_array_size(merges);
     slots = 16;
     while (slots < 2 * n_merges)
@@ -699,11 +691,6 @@ int32_t lms_tokenizer_pad_id(const struct lms_tokenizer *tk)
     return tk->pad_id;
 }
 
-const char *lms_tokenizer_family(const struct lms_tokenizer *tk)
-{
-    return tk->family;
-}
-
 int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *token,
                                   size_t token_len)
 {
@@ -711,14 +698,6 @@ int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *to
         if (tk->added[i].len == token_len && memcmp(tk->added[i].content, token, token_len) == 0)
             return tk->added[i].id;
     return vocab_find(tk, token, token_len);
-}
-
-const char *lms_tokenizer_id_to_token(const struct lms_tokenizer *tk, int32_t id, size_t *len)
-{
-    if (id < 0 || id >= tk->n_tokens || !tk->tokens[id].s)
-        return NULL;
-    *len = tk->tokens[id].len;
-    return tk->tokens[id].s;
 }
 
 void lms_ids_release(struct lms_ids *ids)
@@ -869,7 +848,7 @@ static struct heap_item heap_pop(struct heap_item *h, size_t *n)
     return top;
 }
 
-/* BPE of one pre-token's bytes (§3.7); appends ids to out. */
+/* BPE of one pre-token's bytes; appends ids to out. */
 static enum lms_status bpe_word(struct lms_tokenizer_ctx *c, const unsigned char *w, size_t n,
                                 struct lms_ids *out, struct lms_error *err)
 {
@@ -1002,7 +981,7 @@ static enum lms_status emit_word(struct lms_tokenizer_ctx *c, const unsigned cha
     return LMS_OK;
 }
 
-/* ---- pre-tokenizer walkers (§3.5) ------------------------------------------------------ */
+/* ---- pre-tokenizer walkers ------------------------------------------------------ */
 
 
 static uint32_t fold(uint32_t cp)

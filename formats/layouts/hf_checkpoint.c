@@ -1,5 +1,4 @@
-/* Hugging Face checkpoint directories: read into the IR, stream the IR out (include/lms/hf.h,
- * data-formats.md §1.5-§1.6).
+/* Hugging Face checkpoint directories: read into the IR, stream the IR out (include/lms/hf.h).
  *
  * Reading maps every shard and builds one storage view per tensor: no tensor byte is copied.
  * Writing plans shards in state-dict order, renders each shard's canonical header, then streams
@@ -20,6 +19,8 @@
 #include "lms/outdir.h"
 #include "lms/safetensors.h"
 
+#include "formats/layouts/paths.h"
+
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 #define CONFIG_MAX_BYTES (16u << 20)
@@ -32,18 +33,6 @@ const char *const lms_hf_aux_files[] = {
     "vocab.json",           "merges.txt",            "tokenizer.model",
     "added_tokens.json",    NULL,
 };
-
-static bool is_file(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-static bool join(char *dst, size_t cap, const char *dir, const char *name)
-{
-    int n = snprintf(dst, cap, "%s/%s", dir, name);
-    return n > 0 && (size_t)n < cap;
-}
 
 static int hf_probe(const char *path)
 {
@@ -173,10 +162,8 @@ out:
     return rc;
 }
 
-static enum lms_status hf_read(const char *path, const struct lms_read_opts *opts,
-                               struct lms_model *m, struct lms_error *err)
+static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     char p[PATH_MAX];
     enum lms_status rc;
@@ -346,7 +333,7 @@ static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_
 }
 
 /* Assigns shards: a new shard starts when the next tensor would push the current one past the
- * limit; a tensor larger than the limit gets a shard of its own (data-formats.md §1.6). */
+ * limit; a tensor larger than the limit gets a shard of its own. */
 static int plan_shards(struct out_tensor *outs, size_t n, uint64_t max)
 {
     int shard = 0;

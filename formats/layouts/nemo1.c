@@ -1,7 +1,7 @@
-/* Legacy NeMo 1.x ".nemo" tarballs (checkpoint-formats.md §1.6), the "nemo1" format.
+/* Legacy NeMo 1.x ".nemo" tarballs, the "nemo1" format.
  *
  *   ./model_config.yaml           OmegaConf YAML of the MegatronGPTModel config (top-level keys)
- *   ./model_weights/              an mcore torch_dist checkpoint, keys prefixed "model." (§2), or
+ *   ./model_weights/              an mcore torch_dist checkpoint, keys prefixed "model.", or
  *   ./model_weights.ckpt          one torch.save state dict, keys "model.decoder.layers.N...."
  *                                 (or pre-mcore "model.language_model.encoder.layers.N....")
  *   ./hf_config.json              this tool's own artifact: the HF config.json, for exact round trips
@@ -33,15 +33,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/torch_save.h"
 #include "lms/alloc.h"
-#include "lms/dcp.h"
 #include "lms/format.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/nemo.h"
 #include "lms/outdir.h"
+#include "lms/scratch.h"
 
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 
 #define TAR_BLOCK 512
 #define TAR_RECORD 10240                /* 20 blocks: what GNU tar and Python pad archives to */
@@ -469,10 +471,8 @@ static enum lms_status open_weights(const struct tarball *tb, struct lms_dcp *d,
                          "model_weights.ckpt in the archive", tb->path);
 }
 
-static enum lms_status nemo1_read(const char *path, const struct lms_read_opts *opts,
-                                  struct lms_model *m, struct lms_error *err)
+static enum lms_status nemo1_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
-    (void)opts;
     lms_model_init(m);
     struct tarball tb;
     struct lms_dcp d = {0};

@@ -1,10 +1,10 @@
 /* Megatron MMIDIDX indexed datasets: validated mmap reader and atomic writer
- * (include/lms/dataset.h, data-formats.md §2).
+ * (include/lms/dataset.h).
  *
- * The .idx arrays are not aligned (they start at byte 34), so every element is read with
- * memcpy. Validation follows §2.5 and the order of the header: magic, version, dtype, counts
- * against the file size, then lengths, pointers (contiguous from 0, matching the .bin size) and
- * the document index (0 .. S, non-decreasing). */
+ * The .idx arrays are not aligned (they start at byte 34), so every element is read with memcpy.
+ * Validation follows the order of the header: magic, version, dtype, counts against the file
+ * size, then lengths, pointers (contiguous from 0, matching the .bin size) and the document
+ * index (0 .. S, non-decreasing). */
 #include "lms/dataset.h"
 
 #include <errno.h>
@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "formats/dataset_impl.h"
+#include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/outdir.h"
 #include "lms/storage.h"
@@ -26,7 +26,7 @@ static const unsigned char idx_magic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0,
 
 enum lms_index_dtype lms_index_dtype_for_vocab(int64_t n_vocab)
 {
-    return n_vocab < 65500 ? LMS_INDEX_U16 : LMS_INDEX_I32; /* §2.3 writer choice */
+    return n_vocab < 65500 ? LMS_INDEX_U16 : LMS_INDEX_I32; /* Megatron's choice */
 }
 
 size_t lms_index_dtype_size(int code)
@@ -109,7 +109,7 @@ enum lms_status lms__idx_parse(const void *idx, size_t idx_len, uint64_t bin_len
     out->lengths = p + IDX_HEADER;
     out->pointers = p + IDX_HEADER + 4 * n_seq;
     out->doc_idx = p + IDX_HEADER + 12 * n_seq;
-    /* §2.5: lengths >= 0, pointers contiguous from 0 */
+    /* lengths >= 0, pointers contiguous from 0 */
     uint64_t expect = 0;
     for (uint64_t k = 0; k < n_seq; k++) {
         int32_t len = rd_i32(out->lengths + 4 * k);
@@ -267,16 +267,6 @@ static int64_t seq_begin(const struct lms_dataset *ds, int64_t k)
     if (k >= ds->idx.n_seq)
         return ds->idx.n_tokens;
     return rd_i64(ds->idx.pointers + 8 * (size_t)k) / (int64_t)ds->idx.itemsize;
-}
-
-bool lms_dataset_seq_range(const struct lms_dataset *ds, int64_t k, int64_t *begin,
-                           int64_t *end)
-{
-    if (k < 0 || k >= ds->idx.n_seq)
-        return false;
-    *begin = seq_begin(ds, k);
-    *end = *begin + rd_i32(ds->idx.lengths + 4 * (size_t)k);
-    return true;
 }
 
 bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *begin,

@@ -1,12 +1,12 @@
-/* lmsurgeon: Megatron-Core "torch_dist" distributed checkpoints (checkpoint-formats.md §2).
+/* lmsurgeon: Megatron-Core "torch_dist" distributed checkpoints.
  *
  *   metadata.json   {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
  *                    "common_backend": "torch", "common_backend_version": 1}
- *   common.pt       torch.save of a dict of plain values (§2.3)
+ *   common.pt       torch.save of a dict of plain values
  *   .metadata       pickled torch.distributed.checkpoint Metadata: key -> global size, dtype and
  *                   chunks (offsets, sizes); (key, chunk offsets) -> (file, byte offset, length)
  *   __R_K.distcp    concatenated items: each tensor chunk is a whole torch.save zip, each bytes
- *                   item raw bytes (§2.5)
+ *                   item raw bytes
  *
  * lms_dcp_metadata_parse is the pure parser of .metadata (fuzzable): it checks that every chunk
  * lies inside its tensor, that the chunks tile the tensor exactly (no gap, no overlap) and that
@@ -19,10 +19,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "formats/codecs/pickle.h"
 #include "lms/error.h"
 #include "lms/ir.h"
-#include "lms/pickle.h"
-#include "lms/zip.h"
 
 struct lms_dcp_chunk {
     int64_t offsets[LMS_MAX_DIMS]; /* position in the global tensor */
@@ -94,22 +93,6 @@ const struct lms_dcp_member *lms_dcp_source_find(const struct lms_dcp_source *sr
 void lms_dcp_release(struct lms_dcp *d);
 const struct lms_dcp_tensor *lms_dcp_find(const struct lms_dcp *d, const char *key);
 
-/* The tensor that a torch.save zip in src[0..src_len) holds at its top level (or, with
- * list_index >= 0, as element list_index of a top-level list), as a view over storage s whose
- * byte base_off is the zip's first byte. Checks dtype, contiguity and bounds. */
-enum lms_status lms_torch_tensor_view(const void *src, size_t src_len, struct lms_storage *s,
-                                      uint64_t base_off, int list_index, struct lms_view **out,
-                                      struct lms_error *err);
-
-/* Reads a torch.save state dict (a dict of tensors, or a Lightning checkpoint holding one under
- * "state_dict") from the zip at bytes [base, base + len) of storage s, as d->tensors with whole
- * views and no chunks; values that are not tensors (_extra_state, None) are skipped. Pre-mcore
- * names (language_model.encoder.layers.N.self_attention.query_key_value.weight, ...) are renamed
- * to their Megatron-Core keys (decoder.layers.N.self_attention.linear_qkv.weight). OUT: d
- * (release it, also on failure). */
-enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, uint64_t len,
-                                          struct lms_dcp *d, struct lms_error *err);
-
 /* ---- writer ------------------------------------------------------------------------------ */
 
 struct lms_dcp_w_chunk {
@@ -147,7 +130,7 @@ enum lms_status lms_dcp_write(const char *dir, const struct lms_dcp_w_tensor *te
                               void *progress_ctx, struct lms_dcp_w_stats *stats,
                               struct lms_error *err);
 
-/* metadata.json of a torch_dist checkpoint, as Megatron writes it (§2.2). */
+/* metadata.json of a torch_dist checkpoint, as Megatron writes it. */
 #define LMS_DCP_METADATA_JSON                                                                   \
     "{\"sharded_backend\": \"torch_dist\", \"sharded_backend_version\": 1, "                     \
     "\"common_backend\": \"torch\", \"common_backend_version\": 1}"
@@ -174,7 +157,7 @@ enum lms_status lms_dcp_write_data(int fd, const char *path, uint64_t base,
                                    struct lms_error *err);
 void lms_dcp_w_files_release(struct lms_dcp_w_files *files);
 
-/* torch.save([uint8 tensor 80 02 4E 2E]): the recommended _extra_state payload (§2.7), built
+/* torch.save([uint8 tensor 80 02 4E 2E]): the recommended _extra_state payload, built
  * in memory. OUT: *dst (lms_free it), *dst_len. */
 enum lms_status lms_dcp_extra_state_payload(unsigned char **dst, size_t *dst_len,
                                             struct lms_error *err);

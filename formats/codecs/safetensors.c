@@ -1,5 +1,4 @@
-/* safetensors parsing, validation and canonical headers (include/lms/safetensors.h,
- * data-formats.md §1). */
+/* safetensors parsing, validation and canonical headers (include/lms/safetensors.h). */
 #include "lms/safetensors.h"
 
 #include <stdlib.h>
@@ -135,7 +134,7 @@ static int cmp_by_begin(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* §1.4 rules 7 and 8: contiguous offsets, sizes consistent with shape x dtype. */
+/* contiguous offsets, sizes consistent with shape x dtype. */
 static enum lms_status check_layout(struct lms_st_header *hdr, uint64_t *data_len,
                                     struct lms_error *err)
 {
@@ -213,7 +212,10 @@ enum lms_status lms_st_parse(const void *head, size_t head_len, uint64_t file_si
     if (bad != n)
         return lms_error_set(err, LMS_EFORMAT, "header is not valid UTF-8 (byte %zu)", bad);
     json_error_t je;
+    long failed = lms_alloc_failures();
     json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &je);
+    if (!root && lms_alloc_failures() != failed) /* jansson reports it as a syntax error */
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
     if (!root) {
         if (strstr(je.text, "duplicate"))
             return lms_error_set(err, LMS_EFORMAT, "header has a duplicate tensor name: %s", je.text);
@@ -318,7 +320,7 @@ enum lms_status lms_st_header_build(struct lms_st_out *outs, size_t n, const jso
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     enum lms_status rc = LMS_OK;
     if (metadata) {
-        /* keys in ascending byte order (§1.5) */
+        /* keys in ascending byte order */
         json_t *meta = json_object();
         size_t nk = json_object_size(metadata), k = 0;
         const char **keys = lms_malloc((nk ? nk : 1) * sizeof(*keys));
