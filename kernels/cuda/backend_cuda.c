@@ -42,7 +42,8 @@ struct cuda_ctx {
     cudaStream_t stream;        /* every op */
     cublasLtHandle_t lt;
     void *lt_ws;                /* LT_WORKSPACE bytes */
-    void *pack;                 /* 16-bit A operands of GEMMs; grown on demand */
+    void *pack;                 /* 16-bit operands of GEMMs and of the tensor-core attention;
+                                 * grown on demand */
     size_t pack_cap;            /* bytes */
     unsigned long long *errw;   /* device, LMS_CUDA_ERRW words (UINT64_MAX = clear) */
     unsigned long long *errw_h; /* pinned host copy */
@@ -377,12 +378,12 @@ static enum lms_status grow_pack(struct lms_backend *be, size_t bytes, struct lm
     /* grows to the largest operand seen, once per shape: the first forward step allocates it,
      * later steps reuse it */
     if (cx->pack) {
-        CK(cudaStreamSynchronize(cx->stream), "matmul: synchronising before growing scratch");
+        CK(cudaStreamSynchronize(cx->stream), "synchronising before growing the operand scratch");
         cudaFree(cx->pack);
         cx->pack = NULL;
         cx->pack_cap = 0;
     }
-    CK(cudaMalloc(&cx->pack, bytes), "matmul: allocating the operand scratch");
+    CK(cudaMalloc(&cx->pack, bytes), "allocating the operand scratch");
     cx->pack_cap = bytes;
     return LMS_OK;
 }
@@ -681,9 +682,20 @@ static enum lms_status cuda_attention(struct lms_backend *be, const struct lms_a
     enum lms_status rc = use(be, err);
     if (rc)
         return rc;
+    void *scratch = NULL;
+    if (kind == LMS_CUDA_ATTN_TC) {
+        /* the bf16 copies of q, k, v share the GEMMs' operand scratch: every op runs on one
+         * stream, so no two users of it overlap */
+        rc = grow_pack(be, lms__cuda_attn_scratch_bytes(at->batch, at->seq, at->n_heads,
+                                                        at->n_groups, at->head_dim),
+                       err);
+        if (rc)
+            return rc;
+        scratch = cx->pack;
+    }
     CK(lms_cuda_attention(cx->stream, kind, &l, at->batch, at->seq, at->n_heads, at->n_groups,
                           at->head_dim, at->q, at->k, at->v, at->q_stride, at->kv_stride,
-                          at->out, at->out_stride, at->scale, at->window, at->lse),
+                          at->out, at->out_stride, at->scale, at->window, at->lse, scratch),
        kind == LMS_CUDA_ATTN_TC ? "attention (tensor-core kernel)" : "attention (fp32 kernel)");
     return LMS_OK;
 }
