@@ -3,7 +3,7 @@
  * C11 on the CUDA runtime and cuBLASLt C APIs; the kernels live in *.cu files behind
  * kernels/cuda/lms_cuda.h. All state is in struct cuda_ctx (no globals): the device ordinal, one
  * non-blocking stream every op is queued on, a cuBLASLt handle with its workspace, a scratch
- * buffer for 16-bit GEMM operands, pinned staging buffers for transfers, and the deferred-error
+ * buffer for 16-bit GEMM and attention operands, pinned staging buffers for transfers, and the deferred-error
  * words the kernels write (lms_cuda.h). Every entry point selects the context's device first, so
  * backends on several devices can coexist in one thread (NCCL data parallelism later).
  *
@@ -17,7 +17,7 @@
  * CUBLAS_COMPUTE_32F without TF32, the fp32 attention kernel) and matches the CPU reference;
  * AUTO/BF16 keeps 16-bit weights in their dtype, rounds the fp32 activation operand of each GEMM
  * to that dtype into the scratch buffer (fp32 accumulation and output) and runs attention on
- * tensor cores. */
+ * tensor cores (q, k, v rounded to bf16 into the same scratch). */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
