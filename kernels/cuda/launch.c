@@ -7,24 +7,21 @@ static size_t align128(size_t x)
     return (x + 127) & ~(size_t)127;
 }
 
-void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l)
+size_t lms__cuda_tc_attn_smem(int d)
 {
-    int bk = LMS_CUDA_TC_BK;
-    l->ldq = d + 8;
-    l->lds = (bk > d ? bk : d) + 4;
-    l->ldp = bk + 8;
-    size_t at = 0;
-    l->off_q = at;
-    at = align128(at + (size_t)LMS_CUDA_TC_BQ * (size_t)l->ldq * 2);
-    l->off_k = at;
-    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
-    l->off_v = at;
-    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
-    l->off_s = at;
-    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->lds * 4);
-    l->off_p = at;
-    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->ldp * 2);
-    l->bytes = at;
+    return (size_t)(LMS_CUDA_TC_BQ + 4 * LMS_CUDA_TC_BK) * (size_t)(d + LMS_CUDA_TC_PAD) * 2;
+}
+
+int64_t lms__cuda_attn_padded_seq(int64_t seq)
+{
+    return (seq + LMS_CUDA_TC_BQ - 1) / LMS_CUDA_TC_BQ * LMS_CUDA_TC_BQ;
+}
+
+size_t lms__cuda_attn_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                    int64_t n_groups, int64_t head_dim)
+{
+    return (size_t)batch * (size_t)(n_heads + 2 * n_groups) *
+           (size_t)lms__cuda_attn_padded_seq(seq) * (size_t)head_dim * 2;
 }
 
 size_t lms__cuda_f32_attn_smem(int d)
@@ -48,10 +45,8 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
     }
     int64_t bq;
     if (tensor_cores && (head_dim == 64 || head_dim == 128)) {
-        struct lms_cuda_tc_layout lay;
-        lms__cuda_tc_layout((int)head_dim, &lay);
         *kind = LMS_CUDA_ATTN_TC;
-        l->smem = lay.bytes;
+        l->smem = lms__cuda_tc_attn_smem((int)head_dim);
         bq = LMS_CUDA_TC_BQ;
     } else {
         *kind = LMS_CUDA_ATTN_F32;

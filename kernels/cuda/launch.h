@@ -24,32 +24,28 @@ extern "C" {
  *        LMS_CUDA_ATTN_WARPS warps owns LMS_CUDA_F32_BQ query rows of one head (each warp
  *        LMS_CUDA_F32_BQ / warps rows); K/V tiles of LMS_CUDA_F32_BK keys (one per lane) are
  *        staged in shared memory; online softmax per row.
- *   TC:  tensor cores (WMMA bf16 16x16x16, fp32 accumulation), d = 64 or 128. A block owns
- *        LMS_CUDA_TC_BQ query rows of one head, 16 per warp; K/V tiles of LMS_CUDA_TC_BK keys are
- *        converted to bf16 into shared memory; each warp computes its 16 x BK scores with WMMA,
- *        stores them to its shared scratch, runs the online softmax with two lanes per row
- *        (row = lane / 2, half of the columns each), writes P as bf16, multiplies P V with WMMA
- *        into the same scratch and folds it into its output rows held in registers. */
+ *   TC:  tensor cores (mma.sync m16n8k16 bf16, fp32 accumulation; FlashAttention-2 style),
+ *        d = 64 or 128. A pre-pass rounds q, k, v to bf16 into a scratch buffer of
+ *        lms__cuda_attn_scratch_bytes bytes, per head and contiguous, the sequence padded with
+ *        zero rows to a multiple of the tile. A block owns LMS_CUDA_TC_BQ query rows of one head,
+ *        16 per warp; K/V tiles of LMS_CUDA_TC_BK keys are double-buffered in shared memory
+ *        (cp.async); scores, probabilities and the output stay in registers. */
 #define LMS_CUDA_ATTN_WARPS 4
 #define LMS_CUDA_F32_BQ 16
 #define LMS_CUDA_F32_BK 32
 #define LMS_CUDA_ATTN_F32_MAX_D 256
 #define LMS_CUDA_TC_BQ 64
 #define LMS_CUDA_TC_BK 64
+#define LMS_CUDA_TC_PAD 8 /* bf16 row padding of the shared tiles: ldmatrix without conflicts */
 
-/* Shared-memory layout of the TC kernel for head dim d (elements; byte offsets 128-aligned). */
-struct lms_cuda_tc_layout {
-    int ldq;        /* bf16 row stride of the Q, K and V tiles: d + 8 (multiple of 8, 16 B pad) */
-    int lds;        /* fp32 row stride of a warp's score / PV scratch: max(BK, d) + 4 */
-    int ldp;        /* bf16 row stride of a warp's P tile: BK + 8 */
-    size_t off_q;   /* (BQ, ldq) bf16 */
-    size_t off_k;   /* (BK, ldq) bf16 */
-    size_t off_v;   /* (BK, ldq) bf16 */
-    size_t off_s;   /* warps x (16, lds) fp32 */
-    size_t off_p;   /* warps x (16, ldp) bf16 */
-    size_t bytes;   /* total dynamic shared memory */
-};
-void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l);
+/* Dynamic shared memory of the TC kernel for head dim d: the Q tile (BQ rows) and two K and
+ * two V tiles (BK rows), bf16 rows of d + LMS_CUDA_TC_PAD, in that order. */
+size_t lms__cuda_tc_attn_smem(int d);
+/* The sequence length rounded up to the TC tile (rows of the bf16 scratch per head). */
+int64_t lms__cuda_attn_padded_seq(int64_t seq);
+/* Bytes of the TC kernel's bf16 scratch: Q (B, n_h, Sp, d), K and V (B, n_g, Sp, d) each. */
+size_t lms__cuda_attn_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                    int64_t n_groups, int64_t head_dim);
 /* Dynamic shared memory of the F32 kernel: K tile (BK, d+1) (padded against bank conflicts),
  * V tile (BK, d), scaled Q rows (BQ, d), all fp32. */
 size_t lms__cuda_f32_attn_smem(int d);

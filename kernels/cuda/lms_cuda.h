@@ -93,13 +93,15 @@ cudaError_t lms_cuda_row_cosine(cudaStream_t st, float *out, const float *a, int
                                 const float *b, int64_t ldb, int64_t n_rows, int64_t c);
 /* Causal GQA attention, the kernel and launch chosen by lms__cuda_attn_plan (launch.h).
  * Arguments as struct lms_attention. The kernel's dynamic shared-memory limit must have been
- * raised once with lms_cuda_attention_setup. */
+ * raised once with lms_cuda_attention_setup. scratch: device memory of
+ * lms__cuda_attn_scratch_bytes bytes (256-byte aligned) for the TC kind (its bf16 copies of
+ * q, k, v), unused (may be NULL) for F32. */
 cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_kind kind,
                                const struct lms_cuda_launch *l, int64_t batch, int64_t seq,
                                int64_t n_heads, int64_t n_groups, int64_t head_dim,
                                const float *q, const float *k, const float *v, int64_t q_stride,
                                int64_t kv_stride, float *out, int64_t out_stride, float scale,
-                               int64_t window, float *lse);
+                               int64_t window, float *lse, void *scratch);
 /* Raises the dynamic shared-memory limit of the attention kernels (forward and backward) to
  * max_smem (bytes); called once per device at open. */
 cudaError_t lms_cuda_attention_setup(size_t max_smem);

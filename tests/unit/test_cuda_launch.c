@@ -1,11 +1,12 @@
 /* Host-side arithmetic of the CUDA backend (kernels/cuda/launch.c), checked without a GPU: the
- * attention kernels' shared-memory layouts (alignment rules of WMMA loads and stores: 32-byte
- * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; no overlapping regions; within the
- * H100/H200 opt-in limit of 227 KiB), kernel choice and grids, element-wise grid sizes, the
- * alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul onto cuBLASLt's
- * column-major operands, executed here by a textbook column-major GEMM with cuBLAS semantics and
- * compared with the row-major product computed directly, for every transpose combination with
- * padded leading dimensions and batches. */
+ * attention kernels' shared-memory layouts (WMMA loads and stores of the backward: 32-byte
+ * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; cp.async / ldmatrix rows of the
+ * forward: 16-byte multiples, conflict-free pitch; no overlapping regions; within the H100/H200
+ * opt-in limit of 227 KiB), kernel choice and grids, the forward's bf16 scratch, element-wise
+ * grid sizes, the alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul
+ * onto cuBLASLt's column-major operands, executed here by a textbook column-major GEMM with
+ * cuBLAS semantics and compared with the row-major product computed directly, for every
+ * transpose combination with padded leading dimensions and batches. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,48 +18,29 @@
 
 START_TEST(tc_layout_rules)
 {
+    /* Q tile + two K and two V tiles of bf16 rows padded by 8 elements: the row pitch stays a
+     * multiple of 16 bytes (cp.async and ldmatrix rows) and is an odd multiple of 16 bytes, so
+     * ldmatrix's 8 row addresses (consecutive rows, same column) fall in 8 distinct 16-byte bank
+     * groups */
     static const int dims[] = {64, 128};
     for (int t = 0; t < 2; t++) {
         int d = dims[t];
-        struct lms_cuda_tc_layout l;
-        lms__cuda_tc_layout(d, &l);
-        ck_assert_int_eq(l.ldq % 8, 0);
-        ck_assert_int_eq(l.ldp % 8, 0);
-        ck_assert_int_eq(l.lds % 4, 0);
-        ck_assert_int_ge(l.ldq, d);
-        ck_assert_int_ge(l.lds, d);
-        ck_assert_int_ge(l.lds, LMS_CUDA_TC_BK);
-        ck_assert_int_ge(l.ldp, LMS_CUDA_TC_BK);
-        size_t offs[] = {l.off_q, l.off_k, l.off_v, l.off_s, l.off_p, l.bytes};
-        size_t sizes[] = {(size_t)LMS_CUDA_TC_BQ * l.ldq * 2, (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
-                          (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
-                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.lds * 4,
-                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.ldp * 2};
-        for (int i = 0; i < 5; i++) {
-            ck_assert_uint_eq(offs[i] % 128, 0);
-            ck_assert_uint_le(offs[i] + sizes[i], offs[i + 1]); /* ordered, disjoint */
-        }
-        ck_assert_uint_le(l.bytes, H200_OPTIN_SMEM);
-        /* every WMMA pointer the kernel forms is 32-byte aligned */
-        for (int w = 0; w < LMS_CUDA_ATTN_WARPS; w++) {
-            size_t s_base = l.off_s + (size_t)w * 16 * l.lds * 4;
-            size_t p_base = l.off_p + (size_t)w * 16 * l.ldp * 2;
-            for (int kk = 0; kk < d / 16; kk++) {
-                ck_assert_uint_eq((l.off_q + ((size_t)(w * 16) * l.ldq + kk * 16) * 2) % 32, 0);
-                for (int nt = 0; nt < LMS_CUDA_TC_BK / 16; nt++)
-                    ck_assert_uint_eq((l.off_k + ((size_t)(nt * 16) * l.ldq + kk * 16) * 2) % 32,
-                                      0);
-            }
-            for (int nt = 0; nt < (d > LMS_CUDA_TC_BK ? d : LMS_CUDA_TC_BK) / 16; nt++)
-                ck_assert_uint_eq((s_base + (size_t)nt * 16 * 4) % 32, 0);
-            for (int kk = 0; kk < LMS_CUDA_TC_BK / 16; kk++) {
-                ck_assert_uint_eq((p_base + (size_t)kk * 16 * 2) % 32, 0);
-                for (int nt = 0; nt < d / 16; nt++)
-                    ck_assert_uint_eq((l.off_v + ((size_t)(kk * 16) * l.ldq + nt * 16) * 2) % 32,
-                                      0);
-            }
-        }
+        size_t pitch = (size_t)(d + LMS_CUDA_TC_PAD) * 2;
+        ck_assert_uint_eq(pitch % 16, 0);
+        ck_assert_uint_eq((pitch / 16) % 2, 1);
+        ck_assert_uint_eq(lms__cuda_tc_attn_smem(d),
+                          (size_t)(LMS_CUDA_TC_BQ + 4 * LMS_CUDA_TC_BK) * pitch);
+        ck_assert_uint_le(lms__cuda_tc_attn_smem(d), H200_OPTIN_SMEM);
     }
+    ck_assert_uint_eq(lms__cuda_tc_attn_smem(128), 320 * 136 * 2);
+    ck_assert_uint_eq(lms__cuda_tc_attn_smem(64), 320 * 72 * 2);
+    /* the scratch: sequences padded to whole tiles, Q then K and V per head */
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(1), 64);
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(64), 64);
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(65), 128);
+    ck_assert_uint_eq(lms__cuda_attn_scratch_bytes(2, 4096, 32, 8, 128),
+                      (size_t)2 * 48 * 4096 * 128 * 2);
+    ck_assert_uint_eq(lms__cuda_attn_scratch_bytes(1, 130, 4, 4, 64), (size_t)12 * 192 * 64 * 2);
     ck_assert_uint_le(lms__cuda_f32_attn_smem(LMS_CUDA_ATTN_F32_MAX_D), H200_OPTIN_SMEM);
     ck_assert_uint_eq(lms__cuda_f32_attn_smem(32), (32 * 33 + 32 * 32 + 16 * 32) * 4);
 }
@@ -93,6 +75,10 @@ START_TEST(attention_plans)
     ck_assert(!lms__cuda_attn_plan(70000, 8, 4, 64, false, H200_OPTIN_SMEM, &k, &l, &why));
     ck_assert(!lms__cuda_attn_plan(1, 8, 4, 128, true, 48 * 1024, &k, &l, &why));
     ck_assert_ptr_nonnull(strstr(why, "shared memory"));
+    /* d = 64 fits the default 48 KiB; d = 128 needs the opt-in */
+    ck_assert(lms__cuda_attn_plan(1, 8, 4, 64, true, 48 * 1024, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    ck_assert_uint_eq(l.smem, lms__cuda_tc_attn_smem(64));
 }
 END_TEST
 
