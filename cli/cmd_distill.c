@@ -913,6 +913,8 @@ static void summary_json(struct run *r, double secs, bool dry)
                           "state", r->state_dir, "metrics", r->metrics_path);
     if (dry)
         json_object_set_new(o, "dry_run", json_true());
+    json_object_set_new(o, "ranks", json_integer(r->world));
+    json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
     if (r->step > r->start_step) {
         double tps = secs > 0 ? (double)((r->step - r->start_step) * r->a->gbs * r->a->seq) / secs
                               : 0;
