@@ -23,6 +23,8 @@ STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 COMPARE=$ROOT/tests/tools/compare_states.py
 # containers run tests as root, which OpenMPI refuses unless told
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# sanitizer builds: OpenMPI's own allocations live until exit
+export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$ROOT/tests/cli/lsan-mpi.supp"
 # two processes on a small machine: no core binding, TCP/shared memory only, quiet about a
 # missing high-speed network
 MPI=("$MPIRUN" --oversubscribe --bind-to none --mca btl self,vader,tcp --mca btl_base_warn_component_unused 0)

@@ -19,6 +19,8 @@ STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 COMPARE=$ROOT/tests/tools/compare_states.py
 LMSURGEON=$(cd "$(dirname "$LMSURGEON")" && pwd)/$(basename "$LMSURGEON")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# sanitizer builds: OpenMPI's own allocations live until exit
+export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$ROOT/tests/cli/lsan-mpi.supp"
 
 NS_A=lms-a-$$
 NS_B=lms-b-$$
