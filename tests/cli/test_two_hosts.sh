@@ -19,8 +19,11 @@ STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 COMPARE=$ROOT/tests/tools/compare_states.py
 LMSURGEON=$(cd "$(dirname "$LMSURGEON")" && pwd)/$(basename "$LMSURGEON")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# sanitizer builds: OpenMPI's own allocations live until exit
+# sanitizer builds: OpenMPI's own allocations live until exit (its plugins stay loaded, so that
+# LeakSanitizer can name them and the suppressions apply)
 export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$ROOT/tests/cli/lsan-mpi.supp"
+export OMPI_MCA_mca_base_component_disable_dlclose=1
+[ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
 
 NS_A=lms-a-$$
 NS_B=lms-b-$$
