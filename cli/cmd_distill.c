@@ -1202,8 +1202,8 @@ int cmd_distill(int argc, char **argv)
             fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n",
                     r.world, lms_comm_backend(r.comm), (long long)(a.gbs / a.mbs / r.world));
         if (r.rank == 0) {
-            fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of %lld), "
-                    "lr %g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing "
+            fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of "
+                    "%lld), lr %g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing "
                     "trained\n",
                     (long long)a.max_steps, (long long)a.gbs, (long long)a.seq,
                     (long long)(a.gbs / a.mbs), (long long)a.mbs, a.lr, a.min_lr,

@@ -3,8 +3,9 @@
  * (kernels/backend_impl.h). Legend as in include/lms/engine.h.
  *
  * Parameters live in four device allocations of one layout: fp32 master weights, gradients and
- * the two AdamW moments; tensor i sits at the same offset in each. Parts of one fused projection
- * (q | k | v and their biases, gate | up) are placed back to back, so the forward runs one GEMM
+ * the two AdamW moments; tensor i sits at the same offset in each (with a communicator the
+ * moments hold only this rank's chunk of the layout: "data parallelism" at the end). Parts of
+ * one fused projection (q | k | v and their biases, gate | up) are placed back to back, so the forward runs one GEMM
  * per projection as the inference engine does, while each part stays its own parameter.
  *
  * Activations live in one workspace planned by lms_train_plan_make. Every layer saves what its
@@ -1266,7 +1267,7 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     return rc;
 }
 
-/* ---- data parallelism (ZeRO stage 1, include/lms/train.h) -------------------------------------- */
+/* ---- data parallelism (ZeRO stage 1, include/lms/train.h) --------------------------------- */
 
 /* The part [lo, hi) (elements of the tensor) of parameter p inside this rank's chunk; false
  * when none. */
