@@ -42,7 +42,11 @@ struct lms_comm; /* opaque */
 
 /* Opens the communicator when a launcher started this process (MPI_Init), NULL otherwise
  * (*out = NULL, LMS_OK): a single process computes as it always did. LMS_EUNSUPPORTED when a
- * launcher is detected but this build has no MPI. Call once per process. */
+ * launcher is detected but this build has no MPI. Call once per process.
+ * Without a launcher, LMS_COMM_SELF=1 in the environment opens a communicator of this process
+ * alone, without MPI: the data-parallel code paths (sharded optimiser step, NCCL once a CUDA
+ * backend is attached) run over one rank, which is how they are checked on one GPU of a
+ * machine that has no MPI. */
 enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err);
 
 /* Moves the fp32 collectives to the device of be: nothing for the CPU; NCCL for CUDA (loaded
@@ -61,7 +65,8 @@ void lms_comm_abort(struct lms_comm *c, int exit_code);
 
 int lms_comm_rank(const struct lms_comm *c);  /* 0 for NULL */
 int lms_comm_world(const struct lms_comm *c); /* 1 for NULL */
-/* "mpi" or "nccl" (the fp32 collectives), "none" for NULL. */
+/* "mpi" or "nccl" (the fp32 collectives), "self" (LMS_COMM_SELF without NCCL), "none" for
+ * NULL. */
 const char *lms_comm_backend(const struct lms_comm *c);
 
 /* In place over world x chunk floats: afterwards chunk r of rank r holds the sum over ranks of

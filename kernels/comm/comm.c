@@ -82,7 +82,9 @@ enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err)
     *out = NULL;
     struct lms_launch l;
     lms_launch_detect(&l);
-    if (!l.launched)
+    const char *self = getenv("LMS_COMM_SELF");
+    bool alone = !l.launched && self && !strcmp(self, "1");
+    if (!l.launched && !alone)
         return LMS_OK;
     struct lms_comm *c = lms_calloc(1, sizeof *c);
     if (!c)
@@ -102,6 +104,10 @@ enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err)
         }
         c->timeout_s = v;
     }
+    if (alone) { /* one rank, no MPI: host collectives are identities */
+        *out = c;
+        return LMS_OK;
+    }
     enum lms_status rc = comm_mpi_init(c, err);
     if (rc) {
         lms_free(c);
@@ -115,6 +121,7 @@ enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err)
         lms_free(c);
         return rc;
     }
+    c->mpi = true;
     *out = c;
     return LMS_OK;
 }
@@ -141,7 +148,8 @@ void lms_comm_close(struct lms_comm *c)
     if (!c)
         return;
     comm_nccl_close(c->nccl, false);
-    comm_mpi_finalize(c);
+    if (c->mpi)
+        comm_mpi_finalize(c);
     lms_free(c);
 }
 
@@ -150,7 +158,8 @@ void lms_comm_abort(struct lms_comm *c, int exit_code)
     if (!c)
         exit(exit_code);
     comm_nccl_close(c->nccl, true);
-    comm_mpi_abort(c, exit_code);
+    if (c->mpi)
+        comm_mpi_abort(c, exit_code);
     exit(exit_code);
 }
 
@@ -166,7 +175,7 @@ int lms_comm_world(const struct lms_comm *c)
 
 const char *lms_comm_backend(const struct lms_comm *c)
 {
-    return !c ? "none" : c->nccl ? "nccl" : "mpi";
+    return !c ? "none" : c->nccl ? "nccl" : c->mpi ? "mpi" : "self";
 }
 
 int64_t lms_comm_chunk(int64_t n, int world)
@@ -182,7 +191,7 @@ enum lms_status lms_comm_reduce_scatter(struct lms_comm *c, float *buf, int64_t 
 {
     /* one rank still goes through the library (a copy in place), so that a one-process launch
      * runs the same calls as a large one */
-    if (!c)
+    if (!c || (!c->nccl && !c->mpi))
         return LMS_OK;
     return c->nccl ? comm_nccl_reduce_scatter(c, buf, chunk, err)
                    : comm_mpi_reduce_scatter(c, buf, chunk, err);
@@ -191,7 +200,7 @@ enum lms_status lms_comm_reduce_scatter(struct lms_comm *c, float *buf, int64_t 
 enum lms_status lms_comm_all_gather(struct lms_comm *c, float *buf, int64_t chunk,
                                     struct lms_error *err)
 {
-    if (!c)
+    if (!c || (!c->nccl && !c->mpi))
         return LMS_OK;
     return c->nccl ? comm_nccl_all_gather(c, buf, chunk, err)
                    : comm_mpi_all_gather(c, buf, chunk, err);

@@ -16,6 +16,7 @@ struct lms_comm {
     struct lms_launch launch;
     int rank, world;
     double timeout_s;        /* most seconds one collective may wait ($LMS_COMM_TIMEOUT) */
+    bool mpi;                /* MPI is initialised (false: LMS_COMM_SELF, one rank alone) */
     struct comm_nccl *nccl;  /* NULL: the fp32 collectives run over MPI */
 };
 

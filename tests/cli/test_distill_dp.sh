@@ -3,7 +3,8 @@
 # one-process run it must reproduce:
 #   - 2 ranks against 1 rank with twice the gradient accumulation (the same --gbs): losses and
 #     final weights and moments within fp32 reduction-order rounding;
-#   - 1 rank under mpirun (the sharded optimiser path) bit for bit equal to no launcher;
+#   - 1 rank under mpirun, and one rank without MPI (LMS_COMM_SELF=1), both through the sharded
+#     optimiser path, bit for bit equal to no launcher;
 #   - a 2-rank run stopped and resumed on 1 rank, and the reverse, against an uninterrupted run;
 #   - --devices checked against the launcher's world, --gbs against mbs x ranks; --dry-run's
 #     plan counts the moments per rank;
@@ -101,6 +102,12 @@ n_checks=$((n_checks + 1))
     { fail "the 1-rank mpirun failed"; cat "$TMP/err" >&2; }
 cmp -s "$TMP/one.state/optimizer.safetensors" "$TMP/m1.state/optimizer.safetensors" ||
     fail "1 rank under mpirun differs from no launcher"
+# the same path with no MPI at all (LMS_COMM_SELF, how one GPU checks NCCL)
+LMS_COMM_SELF=1 "$LMSURGEON" distill "${RUN[@]}" --out "$TMP/self" >"$TMP/self.json" 2>"$TMP/err" ||
+    { fail "LMS_COMM_SELF=1 failed"; cat "$TMP/err" >&2; }
+grep -q '"ranks":1,"comm":"self"' "$TMP/self.json" || fail "LMS_COMM_SELF=1 did not open a communicator"
+cmp -s "$TMP/one.state/optimizer.safetensors" "$TMP/self.state/optimizer.safetensors" ||
+    fail "LMS_COMM_SELF=1 differs from no launcher"
 
 # ---- resume with another number of ranks ----
 n_checks=$((n_checks + 1))

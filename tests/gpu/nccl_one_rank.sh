@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
 # GPU check of the NCCL path of data-parallel distillation (scripts/gpu-check step "nccl"):
-# `mpirun -np 1 lmsurgeon distill --device cuda` (one rank: the sharded optimiser step with its
-# NCCL reduce-scatter and all-gather, NCCL bootstrapped over MPI) against the same run with no
-# launcher. The CUDA kernels' own run-to-run determinism is measured first (two runs with no
+#  1. COMM_TEST (the test_comm_nccl executable), when given: NCCL loaded, joined and run in
+#     place on device buffers by a one-rank communicator;
+#  2. `mpirun -np 1 lmsurgeon distill --device cuda` (or, where there is no mpirun, the same run
+#     with LMS_COMM_SELF=1: one rank without MPI) - the sharded optimiser step with its NCCL
+#     reduce-scatter and all-gather - against the same run with no launcher. The CUDA kernels' own run-to-run determinism is measured first (two runs with no
 # launcher): when those agree bit for bit the NCCL run must too, else it must agree as closely
 # as they do (relative 1e-5). Several GPUs cannot be tested on one; the CPU tests
 # (tests/cli/test_distill_dp.sh) cover the same code paths with MPI.
-# Skips (77) without mpirun, libnccl.so.2, an MPI build, or CUDA training support.
-#   LMSURGEON=build-gpu/cli/lmsurgeon tests/gpu/nccl_one_rank.sh
+# Skips (77) without libnccl.so.2 or CUDA training support (step 2; step 1 still counts).
+#   LMSURGEON=build-gpu/cli/lmsurgeon COMM_TEST=build-gpu/tests/gpu/test_comm_nccl \
+#       tests/gpu/nccl_one_rank.sh
 set -u
 : "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
 ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 MPIRUN=${MPIRUN:-$(command -v mpirun)}
-[ -n "$MPIRUN" ] || { echo "SKIP: no mpirun"; exit 77; }
-# NCCL from the system, else from the interop venv's nvidia-nccl wheel
+# NCCL from the system, else from the Python environment's nvidia-nccl wheel
 if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then
-    lib=$(find "${VENV:-$HOME/.cache/lmsurgeon/venv}" -name libnccl.so.2 2>/dev/null | head -1)
-    [ -n "$lib" ] || { echo "SKIP: no libnccl.so.2"; exit 77; }
-    export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+    [ -n "$lib" ] && [ -e "$lib/libnccl.so.2" ] ||
+        lib=$(dirname "$(find "${VENV:-$HOME/.cache/lmsurgeon/venv}" -name libnccl.so.2 2>/dev/null | head -1)")
+    [ -e "$lib/libnccl.so.2" ] || { echo "SKIP: no libnccl.so.2"; exit 77; }
+    export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "libnccl.so.2 from $lib"
+fi
+if [ -n "${COMM_TEST:-}" ]; then
+    LMS_TEST_DEVICE=cuda "$COMM_TEST"
+    rc=$?
+    [ "$rc" = 77 ] && { echo "SKIP: no CUDA device"; exit 77; }
+    [ "$rc" = 0 ] || { echo "FAIL: $COMM_TEST"; exit 1; }
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-nccl.XXXXXX")
@@ -39,7 +50,11 @@ if [ "$rc" != 0 ]; then
     echo "FAIL: the run without launcher failed: $(cat "$TMP/err")"; exit 1
 fi
 "$LMSURGEON" "${RUN[@]}" --out "$TMP/b" >"$TMP/b.json" 2>"$TMP/err" || { echo "FAIL: second run: $(cat "$TMP/err")"; exit 1; }
-"$MPIRUN" -np 1 --bind-to none "$LMSURGEON" "${RUN[@]}" --out "$TMP/n" >"$TMP/n.json" 2>"$TMP/err"
+if [ -n "$MPIRUN" ]; then
+    "$MPIRUN" -np 1 --bind-to none "$LMSURGEON" "${RUN[@]}" --out "$TMP/n" >"$TMP/n.json" 2>"$TMP/err"
+else
+    LMS_COMM_SELF=1 "$LMSURGEON" "${RUN[@]}" --out "$TMP/n" >"$TMP/n.json" 2>"$TMP/err"
+fi
 rc=$?
 if [ "$rc" != 0 ]; then
     grep -q "has no MPI" "$TMP/err" && { echo "SKIP: this build has no MPI"; exit 77; }
