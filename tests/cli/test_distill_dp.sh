@@ -67,6 +67,17 @@ RUN=(--student "$STUDENT" --teacher "$TEACHER" --data-paths "$DATA" --split 90,1
      --optim-preset gpt --limit-val-batches 1 --val-check-interval 2 --threads 1 --dtype f32
      --log-dir "$TMP/logs" --quiet --json)
 
+# rank_pid LAUNCHER RANK: the process of that rank among the launcher's children (from /proc)
+rank_pid() {
+    local d ppid
+    for d in /proc/[0-9]*; do
+        ppid=$(awk '{print $4}' "$d/stat" 2>/dev/null)
+        [ "$ppid" = "$1" ] || continue
+        tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" &&
+            { echo "${d#/proc/}"; return; }
+    done
+}
+
 # same_losses A.json B.json: step losses and the validation loss within 1e-6 relative
 same_losses() {
     python3 - "$1" "$2" <<'PY'
@@ -180,10 +191,7 @@ for _ in $(seq 200); do
     [ -f "$TMP/k.state/trainer_state.json" ] && break
     sleep 0.1
 done
-victim=
-for p in $(pgrep -P "$launcher"); do
-    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && victim=$p
-done
+victim=$(rank_pid "$launcher" 1)
 if [ -z "$victim" ]; then
     fail "kill: no rank 1 process found under mpirun"
     kill "$launcher" 2>/dev/null
@@ -221,10 +229,7 @@ for _ in $(seq 200); do
     [ -f "$TMP/k.state/trainer_state.json" ] && break
     sleep 0.1
 done
-victim=
-for p in $(pgrep -P "$launcher"); do
-    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && victim=$p
-done
+victim=$(rank_pid "$launcher" 1)
 if [ -z "$victim" ]; then
     fail "stop: no rank 1 process found under mpirun"
     kill "$launcher" 2>/dev/null
