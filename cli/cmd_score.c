@@ -96,7 +96,9 @@ static const char usage_text[] =
     "  --force                overwrite an existing output file\n"
     "  --json                 print one JSON object on stdout\n"
     "  --quiet                no progress bar, no summary\n"
-    "  -h, --help             show this help\n";
+    "  -h, --help             show this help\n"
+    "Several processes (mpirun -np N, srun): each rank scores its share of the rows, the sums\n"
+    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n";
 
 static const char *cmd = "score";
 
