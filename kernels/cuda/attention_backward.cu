@@ -13,37 +13,46 @@
  *     diagonal tile to the end of the window) and accumulates dk and dv;
  *   dq: a block per (query tile, head, batch row) walks the key tiles its rows see and
  *     accumulates dq.
- * D is recomputed per query tile (a warp per row, fp32 from fp32 out and dout): it costs one
- * extra read of out, against a scratch buffer and a pre-kernel.
+ * F32 recomputes D per query tile (a warp per row, fp32 from fp32 out and dout): one extra read
+ * of out, against a scratch buffer and a pre-kernel; TC computes it once in its pre-pass.
  *
  *   F32 (attn_bwd_dkv_kernel, attn_bwd_dq_kernel): fp32 on CUDA cores, any d <= 256, tiles of
  *     T = LMS_CUDA_BWD_T; the exact reference on the device (used in the fp32 precision and for
  *     head dims the tensor-core kernels do not cover).
  *
- *   TC (attn_bwd_tc_dkv_kernel<D>, attn_bwd_tc_dq_kernel<D>, D = 64 or 128): bf16 tensor cores
- *     through WMMA (16x16x16, fp32 accumulation), tiles of 64 query rows x 64 keys, 4 warps.
- *     Q, dO, K and V tiles are converted to bf16 into shared memory (rows past S zeroed). Each
- *     warp computes a 16-row strip of S = Q K^T and dP = dO V^T into fp32 scratch, forms
- *     P = exp(scale S - lse) and dS = P (dP - D) there in fp32 (0 where masked) and writes both
- *     as bf16. dk/dv: after a block barrier, warp w owns keys 16w..16w+15 and accumulates
- *     dV += P^T dO and dK += dS^T Q (the transposes are col-major views of the row-major P and
- *     dS tiles) in WMMA accumulator fragments across all query tiles and heads of the group;
- *     dq: warp w owns query rows 16w.. and accumulates dQ += dS K in fragments, needing no
- *     barrier between its strip's products (it skips key tiles its strip cannot see). The
- *     fragments go out through the warp's fp32 staging (the S/dP scratch) times scale.
- *     Shared memory (launch.h, lms__cuda_tc_bwd_layout): 120.5 KiB at d = 128, 88.5 KiB at d = 64,
- *     so one or two blocks per SM; registers: 2 x D/16 accumulator fragments in dk/dv.
+ *   TC (attn_bwd_mma_dkv_kernel<D>, attn_bwd_mma_dq_kernel<D>, D = 64 or 128, outside the
+ *     exact precision): bf16 tensor cores through mma.sync m16n8k16 (fp32 accumulation),
+ *     FlashAttention-2 style, with the forward's device helpers (mma_sync.cuh). Pre-pass: the
+ *     forward's pack rounds q, k, v to bf16 into the scratch (per head, contiguous, rows padded
+ *     with zeros to Sp = S rounded up to 64), and attn_bwd_prep_kernel adds dout in bf16 the same
+ *     way plus, per (b, h, row), lse in log2 units (+inf on padded rows: their P is 0) and
+ *     D = dout . out in fp32 from the fp32 inputs. Tiles of 64 query rows x 64 keys, 4 warps of
+ *     16 rows; tiles come in by 16-byte cp.async into bf16 rows padded by 16 bytes (ldmatrix
+ *     without bank conflicts).
+ *     dk/dv: a block per (key tile, kv head, batch row), warp w owning keys 16w..16w+15; K and V
+ *     stay in shared memory, and the (Q, dO, lse, D) tiles of every (query head of the group,
+ *     query tile from the diagonal to the window's end) pair are double-buffered. Per pair:
+ *     S^T = K Q^T and dP^T = V dO^T in accumulators (the keys are the A rows, the row-major Q
+ *     and dO tiles read by plain ldmatrix are B fragments), P^T = exp2(S^T scale log2 e - lse)
+ *     and dS^T = P^T (dP^T - D) on the registers (masked only on diagonal, window-edge and
+ *     last tiles), then both rounded to bf16 straight into A fragments (the accumulators of
+ *     n-tiles 2j and 2j + 1 are the A fragment of query slice j) for dV += P^T dO and
+ *     dK += dS^T Q (dO, Q through ldmatrix.trans). dK, dV (16 x D per warp) stay in registers
+ *     across all pairs; dK is scaled once at the end.
+ *     dq: a block per (query tile, head, batch row), warp w owning rows 16w..; Q and dO tiles
+ *     loaded once, the visible K, V tiles double-buffered; S = Q K^T, dP = dO V^T, P and dS in
+ *     registers as above, dQ += dS K (K through ldmatrix.trans) in registers, scaled at the end.
+ *     Shared memory (launch.h, lms__cuda_tc_bwd_smem): six bf16 tiles (64, D + 8) and 1 KiB of
+ *     lse / D: 103 KiB at D = 128, 55 KiB at D = 64. Registers (sm_90, no spills): dk/dv 255 at
+ *     D = 128 (dK, dV, S, dP: 192 accumulators), dq 226.
  *
  * Path to Hopper speed (not done yet; the correctness reference is this version):
- *   1. Keep S, dP, P and dS in registers: mma.sync m16n8k16 with the documented fragment
- *      layouts (FlashAttention-2's backward), where the accumulator of S = Q K^T is reused as
- *      the A operand of dV += P^T dO without a shared-memory round trip; bf16 Q/K/V/dO from the
- *      producers' epilogues instead of conversions here; cp.async double buffering of the next
- *      Q/dO tile.
- *   2. sm_90a: wgmma (warpgroup MMA, 64 x N x 16) with the tiles brought in by TMA
+ *   1. sm_90a: wgmma (warpgroup MMA, 64 x N x 16) with the tiles brought in by TMA
  *      (cp.async.bulk.tensor on mbarriers, 2 stages), dK/dV accumulators in registers of two
  *      consumer warpgroups, a producer warp (setmaxnreg), and dQ either from its own kernel as
  *      here or accumulated in fp32 with a deterministic reduction (FlashAttention-3).
+ *   2. bf16 Q/K/V/dO from the producers' epilogues instead of the pre-pass here; 128-key tiles
+ *      (8 warps) to halve the Q/dO traffic per key.
  *   3. Causal load balance: a persistent grid walking the longest tiles first. */
 #include <cuda_bf16.h>
 #include <math.h>

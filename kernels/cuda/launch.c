@@ -2,11 +2,6 @@
  * configuration (see launch.h) so that the unit tests check it without a GPU. */
 #include "kernels/cuda/launch.h"
 
-static size_t align128(size_t x)
-{
-    return (x + 127) & ~(size_t)127;
-}
-
 size_t lms__cuda_tc_attn_smem(int d)
 {
     return (size_t)(LMS_CUDA_TC_BQ + 4 * LMS_CUDA_TC_BK) * (size_t)(d + LMS_CUDA_TC_PAD) * 2;
