@@ -1,8 +1,7 @@
 /* Host-side arithmetic of the CUDA backend (kernels/cuda/launch.c), checked without a GPU: the
- * attention kernels' shared-memory layouts (WMMA loads and stores of the backward: 32-byte
- * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; cp.async / ldmatrix rows of the
- * forward: 16-byte multiples, conflict-free pitch; no overlapping regions; within the H100/H200
- * opt-in limit of 227 KiB), kernel choice and grids, the forward's bf16 scratch, element-wise
+ * attention kernels' shared-memory sizes (cp.async / ldmatrix rows of the forward and the
+ * backward: 16-byte multiples, conflict-free pitch; within the H100/H200 opt-in limit of
+ * 227 KiB), kernel choice and grids, the bf16 scratch of the forward and backward, element-wise
  * grid sizes, the alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul
  * onto cuBLASLt's column-major operands, executed here by a textbook column-major GEMM with
  * cuBLAS semantics and compared with the row-major product computed directly, for every
