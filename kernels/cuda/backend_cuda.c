@@ -833,11 +833,22 @@ static enum lms_status cuda_attention_backward(struct lms_backend *be,
     enum lms_status rc = use(be, err);
     if (rc)
         return rc;
+    void *scratch = NULL;
+    if (kind == LMS_CUDA_ATTN_TC) {
+        /* the bf16 operands and lse / D share the operand scratch, as the forward's (one
+         * stream) */
+        rc = grow_pack(be, lms__cuda_attn_bwd_scratch_bytes(at->batch, at->seq, at->n_heads,
+                                                            at->n_groups, d),
+                       err);
+        if (rc)
+            return rc;
+        scratch = cx->pack;
+    }
     CK(lms_cuda_attention_backward(cx->stream, kind, &l_dkv, &l_dq, at->batch, at->seq,
                                    at->n_heads, at->n_groups, d, at->q, at->k, at->v, at->q_stride,
                                    at->kv_stride, at->out, at->out_stride, at->lse, ab->dout,
                                    ab->dout_stride, ab->dq, ab->dq_stride, ab->dk, ab->dv,
-                                   ab->dkv_stride, at->scale, at->window),
+                                   ab->dkv_stride, at->scale, at->window, scratch),
        kind == LMS_CUDA_ATTN_TC ? "attention backward (tensor-core kernels)"
                                 : "attention backward (fp32 kernels)");
     return LMS_OK;

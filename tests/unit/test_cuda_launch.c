@@ -1,8 +1,7 @@
 /* Host-side arithmetic of the CUDA backend (kernels/cuda/launch.c), checked without a GPU: the
- * attention kernels' shared-memory layouts (WMMA loads and stores of the backward: 32-byte
- * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; cp.async / ldmatrix rows of the
- * forward: 16-byte multiples, conflict-free pitch; no overlapping regions; within the H100/H200
- * opt-in limit of 227 KiB), kernel choice and grids, the forward's bf16 scratch, element-wise
+ * attention kernels' shared-memory sizes (cp.async / ldmatrix rows of the forward and the
+ * backward: 16-byte multiples, conflict-free pitch; within the H100/H200 opt-in limit of
+ * 227 KiB), kernel choice and grids, the bf16 scratch of the forward and backward, element-wise
  * grid sizes, the alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul
  * onto cuBLASLt's column-major operands, executed here by a textbook column-major GEMM with
  * cuBLAS semantics and compared with the row-major product computed directly, for every
@@ -121,40 +120,22 @@ START_TEST(attention_backward_tc_plans)
     struct lms_cuda_launch dkv, dq;
     enum lms_cuda_attn_kind k;
     const char *why = NULL;
-    struct lms_cuda_tc_bwd_layout lay;
-    /* d = 128: Q, dO, K, V bf16 (64, 136); S and dP fp32 (64, 68) (holding the (64, 132) fp32
-     * output staging); P and dS bf16 (64, 72); lse and D (64) */
-    lms__cuda_tc_bwd_layout(128, &lay);
-    ck_assert_int_eq(lay.ldt, 136);
-    ck_assert_int_eq(lay.lds, 68);
-    ck_assert_int_eq(lay.ldp, 72);
-    ck_assert_int_eq(lay.ldo, 132);
-    ck_assert_uint_eq(lay.off_g - lay.off_q, 64 * 136 * 2);
-    ck_assert_uint_eq(lay.off_s - lay.off_v, 64 * 136 * 2);
-    ck_assert_uint_eq(lay.off_dp - lay.off_s, 64 * 68 * 4);
-    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 132 * 4);
-    ck_assert_uint_ge(lay.off_p - lay.off_dp, 64 * 68 * 4);
-    ck_assert_uint_eq(lay.off_ds - lay.off_p, 64 * 72 * 2);
-    ck_assert_uint_ge(lay.off_l - lay.off_ds, 64 * 72 * 2);
-    ck_assert_uint_ge(lay.off_d - lay.off_l, 64 * 4);
-    ck_assert_uint_ge(lay.bytes - lay.off_d, 64 * 4);
-    ck_assert_uint_eq(lay.bytes, 4 * 64 * 136 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
-    /* every tile WMMA loads or stores from starts 32-byte aligned (128 here) */
-    size_t offs[] = {lay.off_q, lay.off_g, lay.off_k, lay.off_v, lay.off_s,
-                     lay.off_dp, lay.off_p, lay.off_ds, lay.off_l, lay.off_d};
-    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++)
-        ck_assert_uint_eq(offs[i] % 128, 0);
-    lms__cuda_tc_bwd_layout(64, &lay);
-    ck_assert_int_eq(lay.ldt, 72);
-    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 68 * 4);
-    ck_assert_uint_eq(lay.bytes, 4 * 64 * 72 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
+    /* six bf16 tiles of 64 rows of d + 8 (K, V and two Q, two dO for dk/dv; Q, dO and two K,
+     * two V for dq) and two (lse, D) pairs of 64 fp32 */
+    ck_assert_uint_eq(lms__cuda_tc_bwd_smem(128), 6 * 64 * 136 * 2 + 4 * 64 * 4);
+    ck_assert_uint_eq(lms__cuda_tc_bwd_smem(64), 6 * 64 * 72 * 2 + 4 * 64 * 4);
+    /* the forward's bf16 Q, K, V, then dO bf16 and lse, D fp32, rows padded to 64: S = 300 -> 320 */
+    ck_assert_uint_eq(lms__cuda_attn_bwd_scratch_bytes(2, 300, 32, 8, 128),
+                      (size_t)2 * (32 + 2 * 8) * 320 * 128 * 2 + (size_t)2 * 32 * 320 * 128 * 2 +
+                          (size_t)2 * 2 * 32 * 320 * 4);
+    ck_assert_uint_eq(lms__cuda_attn_bwd_scratch_bytes(1, 1, 2, 1, 64),
+                      (size_t)(2 + 2) * 64 * 64 * 2 + (size_t)2 * 64 * 64 * 2 + (size_t)2 * 2 * 64 * 4);
 
     ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, true, H200_OPTIN_SMEM, &k, &dkv, &dq,
                                       &why));
     ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
-    lms__cuda_tc_bwd_layout(128, &lay);
-    ck_assert_uint_eq(dkv.smem, lay.bytes);
-    ck_assert_uint_eq(dq.smem, lay.bytes);
+    ck_assert_uint_eq(dkv.smem, lms__cuda_tc_bwd_smem(128));
+    ck_assert_uint_eq(dq.smem, lms__cuda_tc_bwd_smem(128));
     ck_assert_uint_le(dkv.smem, H200_OPTIN_SMEM);
     ck_assert_uint_eq(dkv.grid[0], 5); /* 300 / 64 rounded up */
     ck_assert_uint_eq(dq.grid[0], 5);
