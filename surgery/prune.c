@@ -169,6 +169,41 @@ struct cut {
     int64_t n_cols;
 };
 
+/* What selects along a tensor axis: nothing (kept whole), the kept hidden channels, the kept FFN
+ * neurons of the layer, or the rows of its kept heads or query groups (d rows each). */
+enum prune_axis { AXIS_WHOLE, AXIS_HIDDEN, AXIS_FFN, AXIS_HEADS, AXIS_GROUPS, AXIS_COUNT };
+
+/* The slicing table of the file comment as data: which axis selects the rows (dim 0) and the
+ * columns (dim 1, 2-d tensors only) of each role. q_norm and k_norm run over d: never pruned. */
+static const struct {
+    enum prune_axis rows, cols;
+} slicing[LMS_ROLE_COUNT] = {
+    [LMS_ROLE_EMBED] = {AXIS_WHOLE, AXIS_HIDDEN},
+    [LMS_ROLE_LM_HEAD] = {AXIS_WHOLE, AXIS_HIDDEN},
+    [LMS_ROLE_ATTN_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_MLP_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_FINAL_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_O_BIAS] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_Q] = {AXIS_HEADS, AXIS_HIDDEN},
+    [LMS_ROLE_Q_BIAS] = {AXIS_HEADS, AXIS_WHOLE},
+    [LMS_ROLE_K] = {AXIS_GROUPS, AXIS_HIDDEN},
+    [LMS_ROLE_V] = {AXIS_GROUPS, AXIS_HIDDEN},
+    [LMS_ROLE_K_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
+    [LMS_ROLE_V_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
+    [LMS_ROLE_O] = {AXIS_HIDDEN, AXIS_HEADS},
+    [LMS_ROLE_GATE] = {AXIS_FFN, AXIS_HIDDEN},
+    [LMS_ROLE_UP] = {AXIS_FFN, AXIS_HIDDEN},
+    [LMS_ROLE_DOWN] = {AXIS_HIDDEN, AXIS_FFN},
+    [LMS_ROLE_Q_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
+    [LMS_ROLE_K_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
+};
+
+/* The kept indices of one axis for the tensor at hand (index NULL = keep all). */
+struct axis_keep {
+    const int64_t *index;
+    int64_t n;
+};
+
 static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lms_view **out,
                                    struct lms_error *err)
 {
@@ -308,47 +343,15 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         }
         bool heads_cut = s && s->heads.n != a->n_heads;
         bool groups_cut = s && s->groups.n != a->n_groups;
-        const int64_t *KF = s && s->ffn ? s->ffn->index : NULL;
-        int64_t nF = s && s->ffn ? s->ffn->n : 0;
-        struct cut c = {0};
-        switch (t->role) {
-        case LMS_ROLE_EMBED:
-        case LMS_ROLE_LM_HEAD:
-            c = (struct cut){NULL, 0, KH, nH};
-            break;
-        case LMS_ROLE_ATTN_NORM:
-        case LMS_ROLE_MLP_NORM:
-        case LMS_ROLE_FINAL_NORM:
-        case LMS_ROLE_O_BIAS:
-            c = (struct cut){KH, nH, NULL, 0};
-            break;
-        case LMS_ROLE_Q:
-            c = (struct cut){heads_cut ? head_rows : NULL, s->heads.n * d, KH, nH};
-            break;
-        case LMS_ROLE_Q_BIAS:
-            c = (struct cut){heads_cut ? head_rows : NULL, s->heads.n * d, NULL, 0};
-            break;
-        case LMS_ROLE_K:
-        case LMS_ROLE_V:
-            c = (struct cut){groups_cut ? group_rows : NULL, s->groups.n * d, KH, nH};
-            break;
-        case LMS_ROLE_K_BIAS:
-        case LMS_ROLE_V_BIAS:
-            c = (struct cut){groups_cut ? group_rows : NULL, s->groups.n * d, NULL, 0};
-            break;
-        case LMS_ROLE_O:
-            c = (struct cut){KH, nH, heads_cut ? head_rows : NULL, s->heads.n * d};
-            break;
-        case LMS_ROLE_GATE:
-        case LMS_ROLE_UP:
-            c = (struct cut){KF, nF, KH, nH};
-            break;
-        case LMS_ROLE_DOWN:
-            c = (struct cut){KH, nH, KF, nF};
-            break;
-        default: /* q_norm, k_norm: over d, never pruned */
-            break;
-        }
+        struct axis_keep keeps[AXIS_COUNT] = {
+            [AXIS_WHOLE] = {NULL, 0},
+            [AXIS_HIDDEN] = {KH, nH},
+            [AXIS_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
+            [AXIS_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
+            [AXIS_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
+        };
+        struct axis_keep rk = keeps[slicing[t->role].rows], ck = keeps[slicing[t->role].cols];
+        struct cut c = {rk.index, rk.n, ck.index, ck.n};
         struct lms_view *v;
         rc = sliced_view(t->view, c, &v, err);
         if (!rc) {
