@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "lms/alloc.h"
+#include "lms/hf.h"
 #include "lms/surgery.h"
 
 void lms_prune_plan_init(struct lms_prune_plan *p, int64_t n_layers)
@@ -221,25 +222,26 @@ static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lm
     return LMS_OK;
 }
 
-/* Slices the per-layer lists of the kept config (transformers 5 layer_types) and pins
- * head_dim, which after pruning is no longer hidden / heads. */
-static enum lms_status rewrite_config(struct lms_model *out, const struct lms_prune_plan *p,
-                                      int64_t n_layers_in, struct lms_error *err)
+/* Records the kept-layer map in out and derives the carried config from it through the HF config
+ * writer, the one owner of the keys that follow from a cut (layer_types, head_dim). */
+static enum lms_status record_cut(const struct lms_model *in, const int64_t *new_index,
+                                  struct lms_model *out, struct lms_error *err)
 {
-    json_t *c = out->hf_config;
-    if (!c)
+    out->layer_src = lms_malloc((size_t)out->arch.n_layers * sizeof(int64_t));
+    if (!out->layer_src)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < in->arch.n_layers; l++)
+        if (new_index[l] >= 0)
+            out->layer_src[new_index[l]] = l;
+    out->n_layers_src = in->arch.n_layers;
+    if (!in->hf_config)
         return LMS_OK;
-    json_object_set_new(c, "head_dim", json_integer(out->arch.head_dim));
-    json_t *lt = json_object_get(c, "layer_types");
-    if (p->layers.index && json_is_array(lt) && (int64_t)json_array_size(lt) == n_layers_in) {
-        json_t *kept = json_array();
-        if (!kept)
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        for (int64_t i = 0; i < p->layers.n; i++)
-            json_array_append(kept, json_array_get(lt, (size_t)p->layers.index[i]));
-        json_object_set_new(c, "layer_types", kept);
-    }
-    return LMS_OK;
+    json_t *c;
+    out->hf_config = json_incref(in->hf_config); /* read only: the result is a new object */
+    enum lms_status rc = lms_hf_config_of_model(out, &out->arch, &c, err);
+    json_decref(out->hf_config);
+    out->hf_config = rc ? NULL : c;
+    return rc;
 }
 
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *p,
@@ -305,10 +307,7 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
     out->arch.ffn = F2;
     out->arch.n_groups = g2;
     out->arch.n_heads = r2 * g2;
-    if (in->hf_config && !(out->hf_config = json_deep_copy(in->hf_config))) {
-        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
-        goto out_model;
-    }
+    rc = record_cut(in, new_index, out, err);
     for (size_t i = 0; i < in->n_aux_files && !rc; i++)
         rc = lms_model_add_aux_file(out, in->aux_files[i], err);
     if (!rc && in->source_format && !(out->source_format = lms_strdup(in->source_format)))
@@ -365,8 +364,6 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         lms_free(head_rows);
         lms_free(group_rows);
     }
-    if (!rc)
-        rc = rewrite_config(out, p, a->n_layers, err);
     if (!rc)
         rc = lms_model_validate(out, err);
 out_model:

@@ -759,7 +759,7 @@ static enum lms_status write_members(const struct lms_model *m, const struct lms
         rc = tar_add(w, "model_config.yaml", '0', text.data, text.len, err);
     lms_buf_str_release(&text);
     if (!rc)
-        rc = lms_hf_config_build(a, m->hf_config, &hf, err);
+        rc = lms_hf_config_of_model(m, a, &hf, err);
     if (!rc)
         rc = lms_json_dump(hf, LMS_JSON_INDENT2, &text, err);
     if (!rc)

@@ -7,6 +7,7 @@
 #include "check_main.h"
 #include "lms/alloc.h"
 #include "lms/format.h"
+#include "lms/hf.h"
 #include "lms/surgery.h"
 
 static void load(const char *rel, struct lms_model *m)
@@ -229,6 +230,55 @@ START_TEST(every_role_every_axis)
 }
 END_TEST
 
+/* The kept-layer map is recorded in the IR, carried by clone, and is what the HF config writer
+ * derives per-layer lists from: with mixed layer kinds (which cannot be resized blindly) the
+ * kept layers keep their own kinds, and a cut model states its head_dim. */
+START_TEST(kept_layer_map_drives_the_config)
+{
+    struct lms_model in, out, copy;
+    load("models/qwen3-tiny", &in);
+    json_t *kinds = json_pack("[ssss]", "sliding_attention", "full_attention",
+                              "sliding_attention", "full_attention");
+    json_object_set_new(in.hf_config, "layer_types", kinds);
+    json_object_del(in.hf_config, "head_dim");
+    ck_assert_ptr_null(in.layer_src);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 4);
+    int64_t layers[] = {1, 2};
+    p.layers = keep_of(layers, 2);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_ptr_nonnull(out.layer_src);
+    ck_assert_int_eq(out.n_layers_src, 4);
+    ck_assert(out.layer_src[0] == 1 && out.layer_src[1] == 2);
+    ck_assert_int_eq(lms_model_clone(&out, &copy, NULL), LMS_OK);
+    ck_assert(copy.layer_src != out.layer_src && copy.n_layers_src == 4);
+    ck_assert(copy.layer_src[0] == 1 && copy.layer_src[1] == 2);
+    /* the writer, given the config as read, derives the kept kinds from the map */
+    json_decref(copy.hf_config);
+    copy.hf_config = json_incref(in.hf_config);
+    json_t *c;
+    ck_assert_int_eq(lms_hf_config_of_model(&copy, &copy.arch, &c, NULL), LMS_OK);
+    json_t *want = json_pack("[ss]", "full_attention", "sliding_attention");
+    ck_assert(json_equal(json_object_get(c, "layer_types"), want));
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "num_hidden_layers")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "head_dim")), 32);
+    json_decref(c);
+    /* the config the cut model carries says the same */
+    ck_assert(json_equal(json_object_get(out.hf_config, "layer_types"), want));
+    json_decref(want);
+    /* without the map, mixed kinds cannot be resized */
+    lms_free(copy.layer_src);
+    copy.layer_src = NULL;
+    struct lms_error err;
+    ck_assert_int_eq(lms_hf_config_of_model(&copy, &copy.arch, &c, &err), LMS_EUNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(err.msg, "mixes layer kinds"));
+    lms_model_release(&copy);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
 START_TEST(invalid_plans_are_refused)
 {
     struct lms_model in, out;
@@ -290,6 +340,7 @@ Suite *suite(void)
     tcase_add_test(tc, hidden_tied_llama);
     tcase_add_test(tc, heads_and_groups);
     tcase_add_test(tc, every_role_every_axis);
+    tcase_add_test(tc, kept_layer_map_drives_the_config);
     tcase_add_test(tc, invalid_plans_are_refused);
     tcase_add_test(tc, ranking_and_layer_selection);
     suite_add_tcase(s, tc);
