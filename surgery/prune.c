@@ -364,8 +364,6 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         lms_free(head_rows);
         lms_free(group_rows);
     }
-    if (!rc)
-        rc = lms_model_validate(out, err);
 out_model:
     if (rc)
         lms_model_release(out);
