@@ -368,10 +368,10 @@ static enum lms_status nemo2_fields(json_t *f, const struct lms_dcp *d, char *cl
     bool qk_norm = false, bias = false;
     for (size_t i = 0; i < d->n_tensors; i++) {
         const char *k = d->tensors[i].key;
-        if (strstr(k, "embedding.word_embeddings.weight"))
+        if (strstr(k, LMS_MCORE_EMBED))
             dt = lms_dtype_torch_name(d->tensors[i].dtype);
-        qk_norm |= strstr(k, "self_attention.q_layernorm.weight") != NULL;
-        bias |= strstr(k, "self_attention.linear_qkv.bias") != NULL;
+        qk_norm |= strstr(k, LMS_MCORE_Q_NORM) != NULL;
+        bias |= strstr(k, LMS_MCORE_QKV_BIAS) != NULL;
     }
     char ref[64];
     snprintf(ref, sizeof(ref), "torch.%s", dt ? dt : "bfloat16");
