@@ -265,6 +265,7 @@ void lms_model_release(struct lms_model *m)
         json_decref(m->hf_config);
     lms_free(m->source_format);
     lms_scratch_release(m->scratch);
+    lms_free(m->layer_src);
     memset(m, 0, sizeof(*m));
 }
 
@@ -319,6 +320,16 @@ enum lms_status lms_model_clone(const struct lms_model *src, struct lms_model *d
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
     }
     dst->scratch = lms_scratch_ref(src->scratch);
+    if (!rc && src->layer_src) {
+        size_t bytes = (size_t)src->arch.n_layers * sizeof(*src->layer_src);
+        dst->layer_src = lms_malloc(bytes ? bytes : 1);
+        if (dst->layer_src) {
+            memcpy(dst->layer_src, src->layer_src, bytes);
+            dst->n_layers_src = src->n_layers_src;
+        } else {
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+        }
+    }
     if (!rc && src->source_format) {
         dst->source_format = lms_strdup(src->source_format);
         if (!dst->source_format)

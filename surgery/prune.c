@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "lms/alloc.h"
+#include "lms/hf.h"
 #include "lms/surgery.h"
 
 void lms_prune_plan_init(struct lms_prune_plan *p, int64_t n_layers)
@@ -169,6 +170,41 @@ struct cut {
     int64_t n_cols;
 };
 
+/* What selects along a tensor axis: nothing (kept whole), the kept hidden channels, the kept FFN
+ * neurons of the layer, or the rows of its kept heads or query groups (d rows each). */
+enum prune_axis { AXIS_WHOLE, AXIS_HIDDEN, AXIS_FFN, AXIS_HEADS, AXIS_GROUPS, AXIS_COUNT };
+
+/* The slicing table of the file comment as data: which axis selects the rows (dim 0) and the
+ * columns (dim 1, 2-d tensors only) of each role. q_norm and k_norm run over d: never pruned. */
+static const struct {
+    enum prune_axis rows, cols;
+} slicing[LMS_ROLE_COUNT] = {
+    [LMS_ROLE_EMBED] = {AXIS_WHOLE, AXIS_HIDDEN},
+    [LMS_ROLE_LM_HEAD] = {AXIS_WHOLE, AXIS_HIDDEN},
+    [LMS_ROLE_ATTN_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_MLP_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_FINAL_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_O_BIAS] = {AXIS_HIDDEN, AXIS_WHOLE},
+    [LMS_ROLE_Q] = {AXIS_HEADS, AXIS_HIDDEN},
+    [LMS_ROLE_Q_BIAS] = {AXIS_HEADS, AXIS_WHOLE},
+    [LMS_ROLE_K] = {AXIS_GROUPS, AXIS_HIDDEN},
+    [LMS_ROLE_V] = {AXIS_GROUPS, AXIS_HIDDEN},
+    [LMS_ROLE_K_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
+    [LMS_ROLE_V_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
+    [LMS_ROLE_O] = {AXIS_HIDDEN, AXIS_HEADS},
+    [LMS_ROLE_GATE] = {AXIS_FFN, AXIS_HIDDEN},
+    [LMS_ROLE_UP] = {AXIS_FFN, AXIS_HIDDEN},
+    [LMS_ROLE_DOWN] = {AXIS_HIDDEN, AXIS_FFN},
+    [LMS_ROLE_Q_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
+    [LMS_ROLE_K_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
+};
+
+/* The kept indices of one axis for the tensor at hand (index NULL = keep all). */
+struct axis_keep {
+    const int64_t *index;
+    int64_t n;
+};
+
 static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lms_view **out,
                                    struct lms_error *err)
 {
@@ -186,25 +222,26 @@ static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lm
     return LMS_OK;
 }
 
-/* Slices the per-layer lists of the kept config (transformers 5 layer_types) and pins
- * head_dim, which after pruning is no longer hidden / heads. */
-static enum lms_status rewrite_config(struct lms_model *out, const struct lms_prune_plan *p,
-                                      int64_t n_layers_in, struct lms_error *err)
+/* Records the kept-layer map in out and derives the carried config from it through the HF config
+ * writer, the one owner of the keys that follow from a cut (layer_types, head_dim). */
+static enum lms_status record_cut(const struct lms_model *in, const int64_t *new_index,
+                                  struct lms_model *out, struct lms_error *err)
 {
-    json_t *c = out->hf_config;
-    if (!c)
+    out->layer_src = lms_malloc((size_t)out->arch.n_layers * sizeof(int64_t));
+    if (!out->layer_src)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < in->arch.n_layers; l++)
+        if (new_index[l] >= 0)
+            out->layer_src[new_index[l]] = l;
+    out->n_layers_src = in->arch.n_layers;
+    if (!in->hf_config)
         return LMS_OK;
-    json_object_set_new(c, "head_dim", json_integer(out->arch.head_dim));
-    json_t *lt = json_object_get(c, "layer_types");
-    if (p->layers.index && json_is_array(lt) && (int64_t)json_array_size(lt) == n_layers_in) {
-        json_t *kept = json_array();
-        if (!kept)
-            return lms_error_set(err, LMS_ENOMEM, "out of memory");
-        for (int64_t i = 0; i < p->layers.n; i++)
-            json_array_append(kept, json_array_get(lt, (size_t)p->layers.index[i]));
-        json_object_set_new(c, "layer_types", kept);
-    }
-    return LMS_OK;
+    json_t *c;
+    out->hf_config = json_incref(in->hf_config); /* read only: the result is a new object */
+    enum lms_status rc = lms_hf_config_of_model(out, &out->arch, &c, err);
+    json_decref(out->hf_config);
+    out->hf_config = rc ? NULL : c;
+    return rc;
 }
 
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *p,
@@ -270,10 +307,7 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
     out->arch.ffn = F2;
     out->arch.n_groups = g2;
     out->arch.n_heads = r2 * g2;
-    if (in->hf_config && !(out->hf_config = json_deep_copy(in->hf_config))) {
-        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
-        goto out_model;
-    }
+    rc = record_cut(in, new_index, out, err);
     for (size_t i = 0; i < in->n_aux_files && !rc; i++)
         rc = lms_model_add_aux_file(out, in->aux_files[i], err);
     if (!rc && in->source_format && !(out->source_format = lms_strdup(in->source_format)))
@@ -308,47 +342,15 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         }
         bool heads_cut = s && s->heads.n != a->n_heads;
         bool groups_cut = s && s->groups.n != a->n_groups;
-        const int64_t *KF = s && s->ffn ? s->ffn->index : NULL;
-        int64_t nF = s && s->ffn ? s->ffn->n : 0;
-        struct cut c = {0};
-        switch (t->role) {
-        case LMS_ROLE_EMBED:
-        case LMS_ROLE_LM_HEAD:
-            c = (struct cut){NULL, 0, KH, nH};
-            break;
-        case LMS_ROLE_ATTN_NORM:
-        case LMS_ROLE_MLP_NORM:
-        case LMS_ROLE_FINAL_NORM:
-        case LMS_ROLE_O_BIAS:
-            c = (struct cut){KH, nH, NULL, 0};
-            break;
-        case LMS_ROLE_Q:
-            c = (struct cut){heads_cut ? head_rows : NULL, s->heads.n * d, KH, nH};
-            break;
-        case LMS_ROLE_Q_BIAS:
-            c = (struct cut){heads_cut ? head_rows : NULL, s->heads.n * d, NULL, 0};
-            break;
-        case LMS_ROLE_K:
-        case LMS_ROLE_V:
-            c = (struct cut){groups_cut ? group_rows : NULL, s->groups.n * d, KH, nH};
-            break;
-        case LMS_ROLE_K_BIAS:
-        case LMS_ROLE_V_BIAS:
-            c = (struct cut){groups_cut ? group_rows : NULL, s->groups.n * d, NULL, 0};
-            break;
-        case LMS_ROLE_O:
-            c = (struct cut){KH, nH, heads_cut ? head_rows : NULL, s->heads.n * d};
-            break;
-        case LMS_ROLE_GATE:
-        case LMS_ROLE_UP:
-            c = (struct cut){KF, nF, KH, nH};
-            break;
-        case LMS_ROLE_DOWN:
-            c = (struct cut){KH, nH, KF, nF};
-            break;
-        default: /* q_norm, k_norm: over d, never pruned */
-            break;
-        }
+        struct axis_keep keeps[AXIS_COUNT] = {
+            [AXIS_WHOLE] = {NULL, 0},
+            [AXIS_HIDDEN] = {KH, nH},
+            [AXIS_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
+            [AXIS_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
+            [AXIS_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
+        };
+        struct axis_keep rk = keeps[slicing[t->role].rows], ck = keeps[slicing[t->role].cols];
+        struct cut c = {rk.index, rk.n, ck.index, ck.n};
         struct lms_view *v;
         rc = sliced_view(t->view, c, &v, err);
         if (!rc) {
@@ -362,10 +364,6 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         lms_free(head_rows);
         lms_free(group_rows);
     }
-    if (!rc)
-        rc = rewrite_config(out, p, a->n_layers, err);
-    if (!rc)
-        rc = lms_model_validate(out, err);
 out_model:
     if (rc)
         lms_model_release(out);

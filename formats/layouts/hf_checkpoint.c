@@ -576,7 +576,7 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
         if (o->dtype != LMS_DTYPE_COUNT)
             arch.dtype = o->dtype;
         json_t *config;
-        rc = lms_hf_config_build(&arch, m->hf_config, &config, err);
+        rc = lms_hf_config_of_model(m, &arch, &config, err);
         if (!rc) {
             rc = write_json(&od, "config.json", config, err);
             json_decref(config);

@@ -223,20 +223,38 @@ static int set_int(json_t *c, const char *key, int64_t v)
     return json_object_set_new(c, key, json_integer(v));
 }
 
-/* Rewrites layer_types (transformers 5 lists one entry per layer) to n entries; only possible
- * when every entry is the same, since the writer does not know which layers were kept. */
-static enum lms_status fix_layer_types(json_t *c, int64_t n, struct lms_error *err)
+/* Rewrites layer_types (transformers 5 lists one entry per layer) to the n layers of the model.
+ * A list that already has n entries is kept. A list with one entry per layer of the model a cut
+ * was taken from (layer_src, n_src) keeps the entries of the kept layers. Otherwise the list can
+ * only be resized when every entry is the same. */
+static enum lms_status fix_layer_types(json_t *c, int64_t n, const int64_t *layer_src,
+                                       int64_t n_src, struct lms_error *err)
 {
     json_t *lt = json_object_get(c, "layer_types");
     if (!json_is_array(lt) || (int64_t)json_array_size(lt) == n)
         return LMS_OK;
+    json_t *fresh = json_array();
+    if (!fresh)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    if (layer_src && (int64_t)json_array_size(lt) == n_src) {
+        for (int64_t i = 0; i < n; i++)
+            if (layer_src[i] < 0 || layer_src[i] >= n_src ||
+                json_array_append(fresh, json_array_get(lt, (size_t)layer_src[i]))) {
+                json_decref(fresh);
+                return lms_error_set(err, LMS_EINVAL, "layer %lld has no source layer",
+                                     (long long)i);
+            }
+        json_object_set_new(c, "layer_types", fresh);
+        return LMS_OK;
+    }
     json_t *first = json_array_get(lt, 0);
     for (size_t i = 1; i < json_array_size(lt); i++)
-        if (!json_equal(first, json_array_get(lt, i)))
+        if (!json_equal(first, json_array_get(lt, i))) {
+            json_decref(fresh);
             return lms_error_set(err, LMS_EUNSUPPORTED,
                                  "'layer_types' mixes layer kinds; cannot resize it to %lld layers",
                                  (long long)n);
-    json_t *fresh = json_array();
+        }
     for (int64_t i = 0; i < n; i++)
         json_array_append_new(fresh, first ? json_incref(first) : json_string("full_attention"));
     json_object_set_new(c, "layer_types", fresh);
@@ -249,8 +267,10 @@ static json_t *rope_type_string(enum lms_rope_type t)
     return json_string(names[t]);
 }
 
-enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base, json_t **out,
-                                    struct lms_error *err)
+/* The one place that derives config.json from the IR: the modelled keys from arch, the keys
+ * that depend on what surgery did from the kept-layer map. */
+static enum lms_status build(const struct lms_arch *a, const json_t *base, const int64_t *layer_src,
+                             int64_t n_src, json_t **out, struct lms_error *err)
 {
     json_t *c = base ? json_deep_copy(base) : json_object();
     if (!c)
@@ -264,9 +284,10 @@ enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base
     set_int(c, "num_hidden_layers", a->n_layers);
     set_int(c, "num_attention_heads", a->n_heads);
     set_int(c, "num_key_value_heads", a->n_groups);
-    /* head_dim is written when the input had it or when it is not hidden / heads (Qwen3, and
-     * any model whose hidden size or heads were pruned) */
-    if (json_object_get(c, "head_dim") || a->head_dim * a->n_heads != a->hidden)
+    /* head_dim is written when the input had it, when it is not hidden / heads (Qwen3, and any
+     * model whose hidden size or heads were pruned), and for every cut model (layer_src set),
+     * whose head size no reader should have to infer from the pruned widths */
+    if (json_object_get(c, "head_dim") || a->head_dim * a->n_heads != a->hidden || layer_src)
         set_int(c, "head_dim", a->head_dim);
     set_int(c, "vocab_size", a->vocab); /* the writer drops padding rows */
     if (!json_is_number(json_object_get(c, "rms_norm_eps")) ||
@@ -305,11 +326,23 @@ enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base
             json_object_set_new(c, "rope_scaling", s);
         }
     }
-    enum lms_status rc = fix_layer_types(c, a->n_layers, err);
+    enum lms_status rc = fix_layer_types(c, a->n_layers, layer_src, n_src, err);
     if (rc) {
         json_decref(c);
         return rc;
     }
     *out = c;
     return LMS_OK;
+}
+
+enum lms_status lms_hf_config_build(const struct lms_arch *a, const json_t *base, json_t **out,
+                                    struct lms_error *err)
+{
+    return build(a, base, NULL, 0, out, err);
+}
+
+enum lms_status lms_hf_config_of_model(const struct lms_model *m, const struct lms_arch *a,
+                                       json_t **out, struct lms_error *err)
+{
+    return build(a, m->hf_config, m->layer_src, m->n_layers_src, out, err);
 }

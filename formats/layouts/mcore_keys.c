@@ -1,6 +1,7 @@
 /* The Megatron-Core key table: which torch_dist keys under "decoder.layers." are straight copies
- * of one IR role, and which modules carry an _extra_state item. The fused keys (linear_qkv,
- * linear_fc1) are built by the two view directions, mcore_views_write.c and mcore_views_read.c. */
+ * of one IR role, and which modules carry an _extra_state item. The global and fused key names
+ * (LMS_MCORE_* in nemo_impl.h) are spelled once too; the two view directions, mcore_views_write.c
+ * and mcore_views_read.c, build and split the fused tensors from them. */
 #include "formats/layouts/nemo_impl.h"
 
 const char *const lms__nemo_extra_state_modules[] = {
@@ -11,7 +12,7 @@ const char *const lms__nemo_extra_state_modules[] = {
 
 const struct lms__nemo_layer_key lms__nemo_layer_keys[] = {
     {"self_attention.linear_qkv.layer_norm_weight", LMS_ROLE_ATTN_NORM},
-    {"self_attention.q_layernorm.weight", LMS_ROLE_Q_NORM},
+    {LMS_MCORE_Q_NORM, LMS_ROLE_Q_NORM},
     {"self_attention.k_layernorm.weight", LMS_ROLE_K_NORM},
     {"self_attention.linear_proj.weight", LMS_ROLE_O},
     {"mlp.linear_fc1.layer_norm_weight", LMS_ROLE_MLP_NORM},

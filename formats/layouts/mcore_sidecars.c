@@ -60,7 +60,7 @@ static enum lms_status write_hf_config(const struct lms_model *m, const struct l
                                        const char *path, struct lms_error *err)
 {
     json_t *c;
-    enum lms_status rc = lms_hf_config_build(a, m->hf_config, &c, err);
+    enum lms_status rc = lms_hf_config_of_model(m, a, &c, err);
     if (rc)
         return rc;
     rc = lms__nemo_write_json_file(path, c, LMS_JSON_INDENT2, err);

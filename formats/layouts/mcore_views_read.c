@@ -55,7 +55,7 @@ static enum lms_status get_layer(const struct reader *rd, const char *suffix, in
     char key[512];
     *out = NULL;
     if (rd->stacked) {
-        snprintf(key, sizeof(key), "%sdecoder.layers.%s", rd->prefix, suffix);
+        snprintf(key, sizeof(key), "%s" LMS_MCORE_LAYERS "%s", rd->prefix, suffix);
         const struct lms_dcp_tensor *t = lms_dcp_find(rd->d, key);
         if (!t)
             return LMS_OK;
@@ -64,7 +64,7 @@ static enum lms_status get_layer(const struct reader *rd, const char *suffix, in
                                  t->ndim ? (long long)t->shape[0] : 0LL, (long long)rd->L);
         return layer_of(t->view, l, out, err);
     }
-    snprintf(key, sizeof(key), "%sdecoder.layers.%lld.%s", rd->prefix, (long long)l, suffix);
+    snprintf(key, sizeof(key), "%s" LMS_MCORE_LAYERS "%lld.%s", rd->prefix, (long long)l, suffix);
     const struct lms_dcp_tensor *t = lms_dcp_find(rd->d, key);
     if (t)
         *out = lms_view_ref(t->view);
@@ -132,7 +132,7 @@ static enum lms_status split_qkv(struct lms_model *m, struct lms_view *f, int64_
 static enum lms_status find_prefix(const struct lms_dcp *d, char *dst, size_t dst_cap,
                                    struct lms_error *err)
 {
-    static const char suffix[] = "embedding.word_embeddings.weight";
+    static const char suffix[] = LMS_MCORE_EMBED;
     size_t sl = sizeof(suffix) - 1;
     for (size_t i = 0; i < d->n_tensors; i++) {
         const char *k = d->tensors[i].key;
@@ -144,7 +144,7 @@ static enum lms_status find_prefix(const struct lms_dcp *d, char *dst, size_t ds
             return LMS_OK;
         }
     }
-    return lms_error_set(err, LMS_EFORMAT, "no 'embedding.word_embeddings.weight' tensor");
+    return lms_error_set(err, LMS_EFORMAT, "no '" LMS_MCORE_EMBED "' tensor");
 }
 
 /* Fills m's tensors from the checkpoint; m->arch must already hold the config. The structural
@@ -159,14 +159,14 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
     struct lms_arch *a = &m->arch;
     struct reader rd = {.d = d, .prefix = prefix};
     char key[512];
-    snprintf(key, sizeof(key), "%sdecoder.layers.self_attention.linear_qkv.weight", prefix);
+    snprintf(key, sizeof(key), "%s" LMS_MCORE_LAYERS LMS_MCORE_QKV_WEIGHT, prefix);
     const struct lms_dcp_tensor *qkv = lms_dcp_find(d, key);
     if (qkv && qkv->ndim == 3) {
         rd.stacked = true;
         rd.L = qkv->shape[0];
     } else {
         for (rd.L = 0; rd.L < 100000; rd.L++) {
-            snprintf(key, sizeof(key), "%sdecoder.layers.%lld.self_attention.linear_qkv.weight",
+            snprintf(key, sizeof(key), "%s" LMS_MCORE_LAYERS "%lld." LMS_MCORE_QKV_WEIGHT,
                      prefix, (long long)rd.L);
             if (!lms_dcp_find(d, key))
                 break;
@@ -176,7 +176,7 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
         return lms_error_set(err, LMS_ESHAPE, "checkpoint has %lld layers, config says %lld",
                              (long long)rd.L, (long long)a->n_layers);
     struct lms_view *v;
-    get_global(&rd, "embedding.word_embeddings.weight", &v);
+    get_global(&rd, LMS_MCORE_EMBED, &v);
     if (v->ndim != 2 || v->shape[1] != a->hidden || v->shape[0] < a->vocab) {
         lms_view_release(v);
         return lms_error_set(err, LMS_ESHAPE, "embedding shape does not match the config");
@@ -199,7 +199,7 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
                 rc = add_role(m, lms__nemo_layer_keys[i].role, l, v, err);
             if (rc || lms__nemo_layer_keys[i].role != LMS_ROLE_ATTN_NORM)
                 continue;
-            rc = get_layer(&rd, "self_attention.linear_qkv.weight", l, &v, err);
+            rc = get_layer(&rd, LMS_MCORE_QKV_WEIGHT, l, &v, err);
             if (!rc && !v)
                 rc = lms_error_set(err, LMS_EFORMAT, "layer %lld has no linear_qkv.weight",
                                    (long long)l);
@@ -208,13 +208,13 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
                 lms_view_release(v);
             }
             if (!rc)
-                rc = get_layer(&rd, "self_attention.linear_qkv.bias", l, &v, err);
+                rc = get_layer(&rd, LMS_MCORE_QKV_BIAS, l, &v, err);
             if (!rc && v) {
                 rc = split_qkv(m, v, l, true, err);
                 lms_view_release(v);
             }
             if (!rc)
-                rc = get_layer(&rd, "mlp.linear_fc1.weight", l, &v, err);
+                rc = get_layer(&rd, LMS_MCORE_FC1_WEIGHT, l, &v, err);
             if (!rc && !v)
                 rc = lms_error_set(err, LMS_EFORMAT, "layer %lld has no linear_fc1.weight",
                                    (long long)l);
@@ -239,14 +239,14 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
         }
     }
     if (!rc) {
-        get_global(&rd, "decoder.final_layernorm.weight", &v);
+        get_global(&rd, LMS_MCORE_FINAL_NORM, &v);
         rc = v ? add_role(m, LMS_ROLE_FINAL_NORM, -1, v, err)
-               : lms_error_set(err, LMS_EFORMAT, "no decoder.final_layernorm.weight");
+               : lms_error_set(err, LMS_EFORMAT, "no " LMS_MCORE_FINAL_NORM);
     }
     if (!rc && !a->tie_embeddings) {
-        get_global(&rd, "output_layer.weight", &v);
+        get_global(&rd, LMS_MCORE_OUTPUT, &v);
         if (!v)
-            return lms_error_set(err, LMS_EFORMAT, "untied model without output_layer.weight");
+            return lms_error_set(err, LMS_EFORMAT, "untied model without " LMS_MCORE_OUTPUT);
         if (v->ndim == 2 && v->shape[0] > a->vocab) {
             struct lms_view *t;
             rc = lms_view_new_range(v, 0, 0, a->vocab, &t, err);

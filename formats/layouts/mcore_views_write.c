@@ -209,8 +209,8 @@ static enum lms_status plan_qkv(struct plan *p, const struct lms_model *m, const
     struct lms_dcp_w_tensor *t;
     enum lms_status rc =
         new_key(p, prefix,
-                bias ? "decoder.layers.self_attention.linear_qkv.bias"
-                     : "decoder.layers.self_attention.linear_qkv.weight",
+                bias ? LMS_MCORE_LAYERS LMS_MCORE_QKV_BIAS
+                     : LMS_MCORE_LAYERS LMS_MCORE_QKV_WEIGHT,
                 bias ? 2 : 3, shape, q0->dtype, (size_t)a->n_layers, &t, err);
     for (int64_t l = 0; l < a->n_layers && !rc; l++) {
         struct lms_view *q = need(m, rq, l), *k = need(m, rk, l), *v = need(m, rv, l);
@@ -239,7 +239,7 @@ static enum lms_status plan_fc1(struct plan *p, const struct lms_model *m, const
     if (!g0)
         return lms_error_set(err, LMS_EFORMAT, "no gate tensor for layer 0");
     struct lms_dcp_w_tensor *t;
-    enum lms_status rc = new_key(p, prefix, "decoder.layers.mlp.linear_fc1.weight", 3, shape,
+    enum lms_status rc = new_key(p, prefix, LMS_MCORE_LAYERS LMS_MCORE_FC1_WEIGHT, 3, shape,
                                  g0->dtype, (size_t)(2 * a->n_layers), &t, err);
     for (int64_t l = 0; l < a->n_layers && !rc; l++)
         for (int h = 0; h < 2 && !rc; h++) {
@@ -301,7 +301,7 @@ static enum lms_status plan_extra_state(struct plan *p, const struct lms_model *
         n_mod -= 2;
     for (size_t i = 0; i < n_mod && !rc; i++)
         for (int64_t l = 0; l < m->arch.n_layers && !rc; l++) {
-            snprintf(name, sizeof(name), "%sdecoder.layers.%s._extra_state/shard_%lld_%lld",
+            snprintf(name, sizeof(name), "%s" LMS_MCORE_LAYERS "%s._extra_state/shard_%lld_%lld",
                      prefix, lms__nemo_extra_state_modules[i], (long long)l,
                      (long long)m->arch.n_layers);
             rc = add_bytes(p, name, err);
@@ -324,7 +324,7 @@ static enum lms_status plan_model(struct plan *p, const struct lms_model *m, con
         if (m->tensors[i].role == LMS_ROLE_OTHER)
             return lms_error_set(err, LMS_EUNSUPPORTED,
                                  "tensor '%s' has no Megatron key", m->tensors[i].name);
-    enum lms_status rc = plan_global(p, m, prefix, "embedding.word_embeddings.weight",
+    enum lms_status rc = plan_global(p, m, prefix, LMS_MCORE_EMBED,
                                      LMS_ROLE_EMBED, err);
     for (size_t i = 0; i < LMS_NEMO_N_LAYER_KEYS && !rc; i++) {
         if (!a->qk_norm &&
@@ -332,7 +332,7 @@ static enum lms_status plan_model(struct plan *p, const struct lms_model *m, con
              lms__nemo_layer_keys[i].role == LMS_ROLE_K_NORM))
             continue;
         char key[256];
-        snprintf(key, sizeof(key), "decoder.layers.%s", lms__nemo_layer_keys[i].key);
+        snprintf(key, sizeof(key), LMS_MCORE_LAYERS "%s", lms__nemo_layer_keys[i].key);
         rc = plan_stacked(p, m, prefix, key, lms__nemo_layer_keys[i].role, err);
         if (!rc && lms__nemo_layer_keys[i].role == LMS_ROLE_ATTN_NORM) {
             rc = plan_qkv(p, m, prefix, false, err);
@@ -343,10 +343,10 @@ static enum lms_status plan_model(struct plan *p, const struct lms_model *m, con
             rc = plan_fc1(p, m, prefix, err);
     }
     if (!rc)
-        rc = plan_global(p, m, prefix, "decoder.final_layernorm.weight", LMS_ROLE_FINAL_NORM,
+        rc = plan_global(p, m, prefix, LMS_MCORE_FINAL_NORM, LMS_ROLE_FINAL_NORM,
                          err);
     if (!rc && !a->tie_embeddings)
-        rc = plan_global(p, m, prefix, "output_layer.weight", LMS_ROLE_LM_HEAD, err);
+        rc = plan_global(p, m, prefix, LMS_MCORE_OUTPUT, LMS_ROLE_LM_HEAD, err);
     if (!rc)
         rc = plan_extra_state(p, m, prefix, err);
     return rc;

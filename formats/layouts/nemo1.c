@@ -368,10 +368,10 @@ static enum lms_status nemo2_fields(json_t *f, const struct lms_dcp *d, char *cl
     bool qk_norm = false, bias = false;
     for (size_t i = 0; i < d->n_tensors; i++) {
         const char *k = d->tensors[i].key;
-        if (strstr(k, "embedding.word_embeddings.weight"))
+        if (strstr(k, LMS_MCORE_EMBED))
             dt = lms_dtype_torch_name(d->tensors[i].dtype);
-        qk_norm |= strstr(k, "self_attention.q_layernorm.weight") != NULL;
-        bias |= strstr(k, "self_attention.linear_qkv.bias") != NULL;
+        qk_norm |= strstr(k, LMS_MCORE_Q_NORM) != NULL;
+        bias |= strstr(k, LMS_MCORE_QKV_BIAS) != NULL;
     }
     char ref[64];
     snprintf(ref, sizeof(ref), "torch.%s", dt ? dt : "bfloat16");
@@ -759,7 +759,7 @@ static enum lms_status write_members(const struct lms_model *m, const struct lms
         rc = tar_add(w, "model_config.yaml", '0', text.data, text.len, err);
     lms_buf_str_release(&text);
     if (!rc)
-        rc = lms_hf_config_build(a, m->hf_config, &hf, err);
+        rc = lms_hf_config_of_model(m, a, &hf, err);
     if (!rc)
         rc = lms_json_dump(hf, LMS_JSON_INDENT2, &text, err);
     if (!rc)

@@ -25,6 +25,13 @@ static const struct {
     {LMS_FAMILY_QWEN3, "nemo.collections.llm.gpt.model.qwen3", "Qwen3Model", "Qwen3Config"},
 };
 
+/* Whether key (of length len) ends with suffix. */
+static bool ends_with(const char *key, size_t len, const char *suffix)
+{
+    size_t n = strlen(suffix);
+    return len >= n && strcmp(key + len - n, suffix) == 0;
+}
+
 /* Largest power of two <= 128 dividing v (what NeMo's Llama importer picks as
  * make_vocab_size_divisible_by, so no padding rows are added). */
 static int64_t vocab_divisor(int64_t v)
@@ -484,7 +491,7 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     for (size_t i = 0; i < d->n_tensors; i++) {
         const char *k = d->tensors[i].key;
         size_t kl = strlen(k);
-        if (kl >= 19 && strcmp(k + kl - 19, "output_layer.weight") == 0)
+        if (ends_with(k, kl, LMS_MCORE_OUTPUT))
             snprintf(key, sizeof(key), "%s", k);
     }
     json_object_set_new(c, "tie_word_embeddings", json_boolean(key[0] == 0));
@@ -493,7 +500,7 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
         for (size_t i = 0; i < d->n_tensors; i++) {
             const char *k = d->tensors[i].key;
             size_t kl = strlen(k);
-            if (kl >= 32 && strcmp(k + kl - 32, "embedding.word_embeddings.weight") == 0)
+            if (ends_with(k, kl, LMS_MCORE_EMBED))
                 V = d->tensors[i].shape[0];
         }
     }

@@ -21,6 +21,18 @@
 
 /* ---- the key table (mcore_keys.c) ----------------------------------------------------------- */
 
+/* The Megatron-Core key names, spelled once for both directions (after the checkpoint's key
+ * prefix, "module." for NeMo 2): the global tensors, the per-layer root, and the fused per-layer
+ * keys (after LMS_MCORE_LAYERS) that the view directions split and build. */
+#define LMS_MCORE_EMBED "embedding.word_embeddings.weight"
+#define LMS_MCORE_FINAL_NORM "decoder.final_layernorm.weight"
+#define LMS_MCORE_OUTPUT "output_layer.weight"
+#define LMS_MCORE_LAYERS "decoder.layers."
+#define LMS_MCORE_QKV_WEIGHT "self_attention.linear_qkv.weight"
+#define LMS_MCORE_QKV_BIAS "self_attention.linear_qkv.bias"
+#define LMS_MCORE_FC1_WEIGHT "mlp.linear_fc1.weight"
+#define LMS_MCORE_Q_NORM "self_attention.q_layernorm.weight"
+
 /* A per-layer key (after "decoder.layers.") that is a straight copy of one role. */
 struct lms__nemo_layer_key {
     const char *key;

@@ -22,6 +22,13 @@ enum lms_status lms_hf_config_parse(const json_t *config, struct lms_arch *arch,
  * top-level rope_theta/rope_scaling; dtype or torch_dtype). OUT: *out, one reference. */
 enum lms_status lms_hf_config_build(const struct lms_arch *arch, const json_t *base,
                                     json_t **out, struct lms_error *err);
+/* The config.json object of model m as the writers emit it, with arch a (m's, or a copy with
+ * the output dtype): lms_hf_config_build over m's carried config, plus the keys that follow from
+ * what surgery did (m->layer_src): per-layer lists keep the entries of the kept layers, and
+ * head_dim is written explicitly. The only owner of these keys; surgery calls it too, so that
+ * the config a cut model carries describes it. OUT: *out, one reference. */
+enum lms_status lms_hf_config_of_model(const struct lms_model *m, const struct lms_arch *a,
+                                       json_t **out, struct lms_error *err);
 
 /* The "hf" format (formats/layouts/hf_checkpoint.c). */
 extern const struct lms_format lms_format_hf;

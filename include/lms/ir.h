@@ -214,6 +214,13 @@ struct lms_model {
     size_t n_aux_files;
     char *source_format;        /* name of the format the model was read from; owned */
     struct lms_scratch *scratch; /* where extracted aux files live, or NULL; one reference */
+    /* What surgery did, so that writers derive the config keys that depend on it (per-layer
+     * lists such as layer_types, an explicit head_dim) instead of surgery editing hf_config.
+     * NULL for a model as read; set by lms_prune_apply (also when no layer was dropped): for
+     * each of arch.n_layers layers, the layer of the model it was cut from, whose layer count is
+     * n_layers_src. Owned; lms_model_clone copies it. */
+    int64_t *layer_src;
+    int64_t n_layers_src;
 };
 
 void lms_model_init(struct lms_model *m);
@@ -231,7 +238,12 @@ enum lms_status lms_model_clone(const struct lms_model *src, struct lms_model *d
 struct lms_tensor *lms_model_find(const struct lms_model *m, enum lms_role role, int64_t layer);
 struct lms_tensor *lms_model_find_name(const struct lms_model *m, const char *name);
 /* Checks that every role the arch requires is present once with the expected shape, and that no
- * unexpected role is present. Error names the tensor and the mismatch. */
+ * unexpected role is present. Error names the tensor and the mismatch.
+ * Who calls it: the library checks a model once at each boundary it crosses. Every reader
+ * checks the model it built before returning it (the error names the file); every writer, and
+ * the engine, check the model handed to them before using it (a caller may have built it by
+ * hand). Code inside the library that turns a valid model into another (surgery, clone) makes
+ * it valid by construction and does not check it again. */
 enum lms_status lms_model_validate(const struct lms_model *m, struct lms_error *err);
 /* Sum of element counts of all tensors. */
 int64_t lms_model_n_params(const struct lms_model *m);

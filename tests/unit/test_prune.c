@@ -7,6 +7,7 @@
 #include "check_main.h"
 #include "lms/alloc.h"
 #include "lms/format.h"
+#include "lms/hf.h"
 #include "lms/surgery.h"
 
 static void load(const char *rel, struct lms_model *m)
@@ -174,6 +175,110 @@ START_TEST(heads_and_groups)
 }
 END_TEST
 
+/* Every axis at once on qwen2-tiny (H 64, F 128, 4 heads in 2 groups, d 16, q/k/v biases): each
+ * role's rows and columns follow the slicing table of include/lms/surgery.h, with the index sets
+ * written out here by hand rather than taken from the code under test. */
+START_TEST(every_role_every_axis)
+{
+    struct lms_model in, out;
+    load("models/qwen2-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 3);
+    int64_t layers[] = {0, 2}, hid[32], ffn[] = {0, 3, 64, 127}, grp[] = {1}, hd[] = {2};
+    for (int i = 0; i < 32; i++)
+        hid[i] = 2 * i + 1; /* the odd channels */
+    p.layers = keep_of(layers, 2);
+    p.hidden = keep_of(hid, 32);
+    p.ffn = per_layer(3, ffn, 4);
+    p.groups = per_layer(3, grp, 1);
+    p.heads = per_layer(3, hd, 1);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    int64_t q_rows[16], kv_rows[16];
+    for (int e = 0; e < 16; e++)
+        q_rows[e] = 2 * 16 + e, kv_rows[e] = 16 + e; /* head 2, group 1 */
+    const struct {
+        enum lms_role role;
+        const int64_t *rows, *cols;
+    } want[] = {
+        {LMS_ROLE_ATTN_NORM, hid, NULL}, {LMS_ROLE_MLP_NORM, hid, NULL},
+        {LMS_ROLE_Q, q_rows, hid},       {LMS_ROLE_Q_BIAS, q_rows, NULL},
+        {LMS_ROLE_K, kv_rows, hid},      {LMS_ROLE_K_BIAS, kv_rows, NULL},
+        {LMS_ROLE_V, kv_rows, hid},      {LMS_ROLE_V_BIAS, kv_rows, NULL},
+        {LMS_ROLE_O, hid, q_rows},       {LMS_ROLE_GATE, ffn, hid},
+        {LMS_ROLE_UP, ffn, hid},         {LMS_ROLE_DOWN, hid, ffn},
+    };
+    for (int64_t nl = 0; nl < 2; nl++)
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+            const struct lms_tensor *a = lms_model_find(&in, want[i].role, layers[nl]);
+            const struct lms_tensor *b = lms_model_find(&out, want[i].role, nl);
+            ck_assert_ptr_nonnull(a);
+            ck_assert_ptr_nonnull(b);
+            assert_sliced(a->view, b->view, want[i].rows, want[i].cols);
+        }
+    assert_sliced(lms_model_find(&in, LMS_ROLE_EMBED, -1)->view,
+                  lms_model_find(&out, LMS_ROLE_EMBED, -1)->view, NULL, hid);
+    assert_sliced(lms_model_find(&in, LMS_ROLE_FINAL_NORM, -1)->view,
+                  lms_model_find(&out, LMS_ROLE_FINAL_NORM, -1)->view, hid, NULL);
+    if (!in.arch.tie_embeddings)
+        assert_sliced(lms_model_find(&in, LMS_ROLE_LM_HEAD, -1)->view,
+                      lms_model_find(&out, LMS_ROLE_LM_HEAD, -1)->view, NULL, hid);
+    ck_assert_int_eq(out.n_tensors, in.n_tensors - 12 /* one layer's tensors */);
+    ck_assert_int_eq(lms_model_validate(&out, NULL), LMS_OK);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+/* The kept-layer map is recorded in the IR, carried by clone, and is what the HF config writer
+ * derives per-layer lists from: with mixed layer kinds (which cannot be resized blindly) the
+ * kept layers keep their own kinds, and a cut model states its head_dim. */
+START_TEST(kept_layer_map_drives_the_config)
+{
+    struct lms_model in, out, copy;
+    load("models/qwen3-tiny", &in);
+    json_t *kinds = json_pack("[ssss]", "sliding_attention", "full_attention",
+                              "sliding_attention", "full_attention");
+    json_object_set_new(in.hf_config, "layer_types", kinds);
+    json_object_del(in.hf_config, "head_dim");
+    ck_assert_ptr_null(in.layer_src);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 4);
+    int64_t layers[] = {1, 2};
+    p.layers = keep_of(layers, 2);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    ck_assert_ptr_nonnull(out.layer_src);
+    ck_assert_int_eq(out.n_layers_src, 4);
+    ck_assert(out.layer_src[0] == 1 && out.layer_src[1] == 2);
+    ck_assert_int_eq(lms_model_clone(&out, &copy, NULL), LMS_OK);
+    ck_assert(copy.layer_src != out.layer_src && copy.n_layers_src == 4);
+    ck_assert(copy.layer_src[0] == 1 && copy.layer_src[1] == 2);
+    /* the writer, given the config as read, derives the kept kinds from the map */
+    json_decref(copy.hf_config);
+    copy.hf_config = json_incref(in.hf_config);
+    json_t *c;
+    ck_assert_int_eq(lms_hf_config_of_model(&copy, &copy.arch, &c, NULL), LMS_OK);
+    json_t *want = json_pack("[ss]", "full_attention", "sliding_attention");
+    ck_assert(json_equal(json_object_get(c, "layer_types"), want));
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "num_hidden_layers")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "head_dim")), 32);
+    json_decref(c);
+    /* the config the cut model carries says the same */
+    ck_assert(json_equal(json_object_get(out.hf_config, "layer_types"), want));
+    json_decref(want);
+    /* without the map, mixed kinds cannot be resized */
+    lms_free(copy.layer_src);
+    copy.layer_src = NULL;
+    struct lms_error err;
+    ck_assert_int_eq(lms_hf_config_of_model(&copy, &copy.arch, &c, &err), LMS_EUNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(err.msg, "mixes layer kinds"));
+    lms_model_release(&copy);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
 START_TEST(invalid_plans_are_refused)
 {
     struct lms_model in, out;
@@ -234,6 +339,8 @@ Suite *suite(void)
     tcase_add_test(tc, ffn_and_depth_qwen3);
     tcase_add_test(tc, hidden_tied_llama);
     tcase_add_test(tc, heads_and_groups);
+    tcase_add_test(tc, every_role_every_axis);
+    tcase_add_test(tc, kept_layer_map_drives_the_config);
     tcase_add_test(tc, invalid_plans_are_refused);
     tcase_add_test(tc, ranking_and_layer_selection);
     suite_add_tcase(s, tc);
