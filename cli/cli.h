@@ -110,13 +110,17 @@ struct cli_opt {
     enum cli_opt_kind kind;
     size_t field;          /* offsetof the destination in the command's argument struct */
     int64_t min, max;      /* CLI_OPT_COUNT: accepted range */
-    const char *bad;       /* CLI_OPT_COUNT: the usage error, with one %s for the value */
+    const char *bad;       /* CLI_OPT_COUNT: the usage error, with one %s for the value;
+                            * CLI_OPT_STRING: the usage error when the option is missing
+                            * (NULL: optional) */
     int id;                /* CLI_OPT_CALL: handed back to on_option */
 };
 
 /* Table rows: T is the command's argument struct, f its field. */
 #define CLI_FLAG(n, T, f) {.name = (n), .kind = CLI_OPT_FLAG, .field = offsetof(T, f)}
 #define CLI_STRING(n, T, f) {.name = (n), .kind = CLI_OPT_STRING, .field = offsetof(T, f)}
+#define CLI_REQUIRED(n, T, f, msg)                                                             \
+    {.name = (n), .kind = CLI_OPT_STRING, .field = offsetof(T, f), .bad = (msg)}
 #define CLI_COUNT(n, T, f, lo, hi, msg)                                                        \
     {.name = (n), .kind = CLI_OPT_COUNT, .field = offsetof(T, f), .min = (lo), .max = (hi),    \
      .bad = (msg)}
@@ -140,7 +144,7 @@ enum cli_positional {
 
 struct cli_spec {
     const char *name;                /* the command, as messages name it */
-    const char *const *help;         /* --help text, in pieces, NULL-ended */
+    const char *help[4];             /* --help text, in pieces (unused ones NULL) */
     const char *shorts;              /* short options taken, of "h", "f" (force), "q" (quiet) */
     unsigned groups;                 /* CLI_FORCE | CLI_WRITE | CLI_RUN | CLI_PRECISION */
     enum cli_positional positional;
@@ -151,14 +155,20 @@ struct cli_spec {
     /* CLI_OPT_CALL rows: 0 when stored, else the exit code of the usage error it printed.
      * word is argv's last word read (the value, or "--name=value"). */
     int (*on_option)(void *args, int id, const char *value, const char *word);
+    /* The command's checks of the whole set (exclusions, defaults that depend on others), after
+     * the positionals and the required options: CLI_PARSED, or the exit code it printed. */
+    int (*check)(void *args);
 };
 
 /* Parses argv (argv[0] is the command name) into args, a struct whose first member is a
- * struct cli_args. CLI_PARSED when the command should run; 0 after --help; 2 on a usage error. */
+ * struct cli_args and whose other defaults the caller has set. In order: the options (as argv
+ * gives them), the positionals, the required options, spec->check, then cli_run_check for
+ * CLI_RUN. CLI_PARSED when the command should run; 0 after --help; else the exit code. */
 int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args);
 
 /* Parses a's --device and --precision into a->dev and a->prec. CLI_PARSED, or 2 after a usage
- * error. Commands call it where their order of checks puts it. */
+ * error. cli_parse calls it last for CLI_RUN; a command that takes --device as its own option
+ * may call it where its checks need it. */
 int cli_run_check(const char *cmd, struct cli_args *a);
 
 /* Detects the format of a->in and looks up a->to (default: the input's). CLI_PARSED, or the exit

@@ -29,9 +29,8 @@ static const char usage_text[] =
     "\n"
     "Aliases of the reference workflow: --restore-path/--restore_path (IN), --save-path (OUT).\n";
 
-static const char *const help[] = {usage_text, NULL};
 static const struct cli_spec spec = {
-    .name = "convert", .help = help, .shorts = "hfq", .groups = CLI_FORCE | CLI_WRITE,
+    .name = "convert", .help = {usage_text}, .shorts = "hfq", .groups = CLI_FORCE | CLI_WRITE,
     .positional = CLI_POS_IN_OUT,
 };
 

@@ -45,9 +45,8 @@ struct eval_args {
     bool all;
 };
 
-static const char *const help[] = {usage_text, NULL};
 static const struct cli_opt opts[] = {
-    CLI_STRING("data", struct eval_args, data),
+    CLI_REQUIRED("data", struct eval_args, data, "--data PREFIX is required"),
     CLI_COUNT("seq-length", struct eval_args, S, 2, 1 << 20,
               "invalid --seq-length '%s' (2 to 1048576)"),
     CLI_COUNT("num-samples", struct eval_args, n_win, 1, 0, "invalid --num-samples '%s'"),
@@ -55,26 +54,23 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("batch-size", struct eval_args, B, 1, 4096, "invalid --batch-size '%s' (1 to 4096)"),
     CLI_END,
 };
-static const struct cli_spec spec = {
-    .name = "eval", .help = help, .shorts = "hq", .groups = CLI_RUN | CLI_PRECISION,
-    .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
-};
 static const char *cmd = "eval";
 
-static int parse(int argc, char **argv, struct eval_args *a)
+static int check(void *args)
 {
-    *a = (struct eval_args){.S = 512, .B = 8, .base.precision = "fp32"};
-    int code = cli_parse(&spec, argc, argv, a);
-    if (code != CLI_PARSED)
-        return code;
-    if (!a->data)
-        return cli_usage_error(cmd, "--data PREFIX is required");
+    struct eval_args *a = args;
     if (a->all && a->n_win)
         return cli_usage_error(cmd, "--all and --num-samples exclude each other");
     if (!a->all && !a->n_win)
         a->n_win = 256;
-    return cli_run_check(cmd, &a->base);
+    return CLI_PARSED;
 }
+
+static const struct cli_spec spec = {
+    .name = "eval", .help = {usage_text}, .shorts = "hq", .groups = CLI_RUN | CLI_PRECISION,
+    .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
+    .check = check,
+};
 
 /* Scores the windows [0, n_win) of ds; OUT: *sum (nats) over *n_scored targets. */
 static enum lms_status score_windows(struct lms_engine *e, struct lms_dataset *ds, int64_t n_win,
@@ -174,7 +170,7 @@ out:
 
 int cmd_eval(int argc, char **argv)
 {
-    struct eval_args a;
-    int code = parse(argc, argv, &a);
+    struct eval_args a = {.S = 512, .B = 8, .base.precision = "fp32"};
+    int code = cli_parse(&spec, argc, argv, &a);
     return code == CLI_PARSED ? run(&a) : code;
 }

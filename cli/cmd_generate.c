@@ -45,31 +45,27 @@ struct generate_args {
     int64_t max_new;
 };
 
-static const char *const help[] = {usage_text, NULL};
 static const struct cli_opt opts[] = {
-    CLI_STRING("prompt", struct generate_args, prompt),
+    CLI_REQUIRED("prompt", struct generate_args, prompt, "--prompt TEXT is required"),
     CLI_COUNT("max-new-tokens", struct generate_args, max_new, 1, 1 << 20,
               "invalid --max-new-tokens '%s'"),
     CLI_STRING("tokenizer", struct generate_args, tok_path),
     CLI_END,
 };
-static const struct cli_spec spec = {
-    .name = "generate", .help = help, .shorts = "hq", .groups = CLI_RUN,
-    .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
-};
 
-static int parse(int argc, char **argv, struct generate_args *a)
+static int check(void *args)
 {
-    *a = (struct generate_args){.max_new = 32};
-    int code = cli_parse(&spec, argc, argv, a);
-    if (code != CLI_PARSED)
-        return code;
-    if (!a->prompt)
-        return cli_usage_error(cmd, "--prompt TEXT is required");
+    struct generate_args *a = args;
     if (!a->tok_path)
         a->tok_path = a->base.in;
-    return cli_run_check(cmd, &a->base);
+    return CLI_PARSED;
 }
+
+static const struct cli_spec spec = {
+    .name = "generate", .help = {usage_text}, .shorts = "hq", .groups = CLI_RUN,
+    .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
+    .check = check,
+};
 
 /* Appends greedy tokens to seq[0, *n) until max_seq or the end-of-sequence id. */
 static enum lms_status greedy(struct lms_engine *e, int32_t *seq, int64_t *n, int64_t max_seq,
@@ -176,7 +172,7 @@ out:
 
 int cmd_generate(int argc, char **argv)
 {
-    struct generate_args a;
-    int code = parse(argc, argv, &a);
+    struct generate_args a = {.max_new = 32};
+    int code = cli_parse(&spec, argc, argv, &a);
     return code == CLI_PARSED ? run(&a) : code;
 }

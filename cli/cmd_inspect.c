@@ -199,13 +199,12 @@ struct inspect_args {
     bool tensors;
 };
 
-static const char *const help[] = {usage_text, NULL};
 static const struct cli_opt opts[] = {
     CLI_FLAG("tensors", struct inspect_args, tensors),
     CLI_END,
 };
 static const struct cli_spec spec = {
-    .name = "inspect", .help = help, .shorts = "hq", .positional = CLI_POS_ONE,
+    .name = "inspect", .help = {usage_text}, .shorts = "hq", .positional = CLI_POS_ONE,
     .positional_usage = "expected one PATH, got %d", .opts = opts,
 };
 

@@ -485,7 +485,6 @@ enum { O_SEED, O_PREC, O_IGNORED_COUNT, O_PARAMS, O_SEARCH_LAYERS, O_SEARCH_FFN,
     CLI_COUNT(n, struct prune_args, t.f, 1, INT64_C(1) << 40,                                  \
               "a --target option needs a positive integer, got '%s'")
 
-static const char *const help[] = {usage_text, usage_data, usage_search, NULL};
 static const struct cli_opt opts[] = {
     CLI_STRING("drop-layers", struct prune_args, t.drop_layers),
     CLI_STRING("keep-layers", struct prune_args, t.keep_layers),
@@ -570,19 +569,10 @@ static int on_option(void *args, int id, const char *value, const char *word)
     }
 }
 
-static const struct cli_spec spec = {
-    .name = "prune", .help = help, .shorts = "hfq", .groups = CLI_FORCE | CLI_WRITE,
-    .positional = CLI_POS_IN_OUT, .out_optional = true, .opts = opts, .on_option = on_option,
-};
-
-/* argv into a, with every check that needs no file read. */
-static int parse(int argc, char **argv, struct prune_args *a)
+/* The checks of the whole set, before any file is read. */
+static int check(void *args)
 {
-    *a = (struct prune_args){.t = {.selection = LMS_LAYERS_AUTO}};
-    prune_calib_defaults(&a->cal);
-    int code = cli_parse(&spec, argc, argv, a);
-    if (code != CLI_PARSED)
-        return code;
+    struct prune_args *a = args;
     if (!a->base.out && !a->dry_run)
         return cli_usage_error(cmd, "expected IN and OUT");
     if (!a->base.out)
@@ -614,9 +604,17 @@ static int parse(int argc, char **argv, struct prune_args *a)
     return CLI_PARSED;
 }
 
+static const struct cli_spec spec = {
+    .name = "prune", .help = {usage_text, usage_data, usage_search}, .shorts = "hfq",
+    .groups = CLI_FORCE | CLI_WRITE,
+    .positional = CLI_POS_IN_OUT, .out_optional = true, .opts = opts, .on_option = on_option,
+    .check = check,
+};
+
 int cmd_prune(int argc, char **argv)
 {
-    struct prune_args a;
-    int code = parse(argc, argv, &a);
+    struct prune_args a = {.t = {.selection = LMS_LAYERS_AUTO}};
+    prune_calib_defaults(&a.cal);
+    int code = cli_parse(&spec, argc, argv, &a);
     return code == CLI_PARSED ? run(&a) : code;
 }

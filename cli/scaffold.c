@@ -8,40 +8,88 @@
 #include "lms/engine.h"
 #include "lms/outdir.h"
 
-/* getopt codes of the shared options; a command's own rows are OWN + their index */
-enum {
-    G_JSON = 1000, G_QUIET, G_HELP, G_FORCE, G_TO, G_DTYPE, G_SHARD, G_IN, G_OUT, G_DEVICE,
-    G_THREADS, G_PRECISION, OWN = 2000,
-};
-
 #define MAX_OPTIONS 64
 
-struct group_opt {
+/* The shared groups as table rows: their fields lie in struct cli_args, the first member of
+ * every command's argument struct, so the same offsets serve. */
+enum { WRITE_DTYPE, WRITE_SHARD_SIZE };
+static const struct group_row {
     unsigned group; /* 0: every command */
-    struct option o;
+    struct cli_opt row;
+} group_rows[] = {
+    {0, CLI_FLAG("json", struct cli_args, co.json)},
+    {0, CLI_FLAG("quiet", struct cli_args, co.quiet)},
+    {CLI_FORCE, CLI_FLAG("force", struct cli_args, wo.force)},
+    {CLI_WRITE, CLI_STRING("to", struct cli_args, to)},
+    {CLI_WRITE, CLI_CALL("dtype", WRITE_DTYPE)},
+    {CLI_WRITE, CLI_CALL("max-shard-size", WRITE_SHARD_SIZE)},
+    {CLI_RUN, CLI_STRING("device", struct cli_args, device)},
+    {CLI_RUN, CLI_COUNT("threads", struct cli_args, threads, 1, 4096, "invalid --threads '%s'")},
+    {CLI_PRECISION, CLI_STRING("precision", struct cli_args, precision)},
+};
+/* IN and OUT by name, the reference workflow's spelling (CLI_POS_IN_OUT) */
+static const struct cli_opt in_out_rows[] = {
+    CLI_STRING("restore-path", struct cli_args, in),
+    CLI_STRING("save-path", struct cli_args, out),
 };
 
-static const struct group_opt group_opts[] = {
-    {0, {"json", no_argument, NULL, G_JSON}},
-    {0, {"quiet", no_argument, NULL, G_QUIET}},
-    {0, {"help", no_argument, NULL, G_HELP}},
-    {CLI_FORCE, {"force", no_argument, NULL, G_FORCE}},
-    {CLI_WRITE, {"to", required_argument, NULL, G_TO}},
-    {CLI_WRITE, {"dtype", required_argument, NULL, G_DTYPE}},
-    {CLI_WRITE, {"max-shard-size", required_argument, NULL, G_SHARD}},
-    {CLI_RUN, {"device", required_argument, NULL, G_DEVICE}},
-    {CLI_RUN, {"threads", required_argument, NULL, G_THREADS}},
-    {CLI_PRECISION, {"precision", required_argument, NULL, G_PRECISION}},
+/* The rows one command takes; getopt's code for a row is CODE + its index (above the codes
+ * getopt itself returns: '?', ':' and the short options). */
+#define CODE 256
+struct table {
+    const struct cli_opt *row[MAX_OPTIONS];
+    bool shared[MAX_OPTIONS];
+    struct option getopt[MAX_OPTIONS + 2];
+    int n, help, quiet, force; /* codes of --help, -q, -f */
 };
 
-/* IN and OUT by name: the reference workflow's spelling */
-static const struct option in_out_opts[] = {
-    {"restore-path", required_argument, NULL, G_IN},
-    {"save-path", required_argument, NULL, G_OUT},
-};
+static void add_row(struct table *t, const struct cli_opt *row, bool shared)
+{
+    if (t->n == MAX_OPTIONS)
+        return;
+    t->row[t->n] = row;
+    t->shared[t->n] = shared;
+    t->getopt[t->n] = (struct option){row->name,
+                                      row->kind == CLI_OPT_FLAG ? no_argument : required_argument,
+                                      NULL, CODE + t->n};
+    if (!strcmp(row->name, "quiet") && shared)
+        t->quiet = t->n;
+    if (!strcmp(row->name, "force") && shared)
+        t->force = t->n;
+    t->n++;
+}
 
-static int own_option(const struct cli_spec *spec, const struct cli_opt *row, void *args,
-                      const char *word)
+static void build_table(const struct cli_spec *spec, struct table *t)
+{
+    t->n = 0;
+    t->quiet = t->force = -1;
+    for (size_t i = 0; i < sizeof group_rows / sizeof group_rows[0]; i++)
+        if (!group_rows[i].group || (spec->groups & group_rows[i].group))
+            add_row(t, &group_rows[i].row, true);
+    if (spec->positional == CLI_POS_IN_OUT)
+        for (size_t i = 0; i < sizeof in_out_rows / sizeof in_out_rows[0]; i++)
+            add_row(t, &in_out_rows[i], true);
+    for (int i = 0; spec->opts && spec->opts[i].name; i++)
+        add_row(t, &spec->opts[i], false);
+    t->help = t->n;
+    t->getopt[t->n] = (struct option){"help", no_argument, NULL, CODE + t->n};
+    t->getopt[t->n + 1] = (struct option){NULL, 0, NULL, 0};
+}
+
+/* The write options' values, checked as they are read. */
+static int write_option(const char *cmd, struct cli_args *b, int id, const char *value)
+{
+    if (id == WRITE_DTYPE &&
+        (!lms_dtype_parse_user(value, &b->wo.dtype) || !lms_dtype_is_castable(b->wo.dtype)))
+        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", value);
+    if (id == WRITE_SHARD_SIZE &&
+        (!cli_parse_size(value, &b->wo.max_shard_size) || b->wo.max_shard_size == 0))
+        return cli_usage_error(cmd, "invalid --max-shard-size '%s'", value);
+    return 0;
+}
+
+static int store(const struct cli_spec *spec, const struct cli_opt *row, bool shared, void *args,
+                 const char *value, const char *word)
 {
     char *dst = (char *)args + row->field;
     switch (row->kind) {
@@ -49,43 +97,17 @@ static int own_option(const struct cli_spec *spec, const struct cli_opt *row, vo
         *(bool *)(void *)dst = true;
         return 0;
     case CLI_OPT_STRING:
-        *(const char **)(void *)dst = optarg;
+        *(const char **)(void *)dst = value;
         return 0;
     case CLI_OPT_COUNT: {
         int64_t *v = (int64_t *)(void *)dst;
-        if (!cli_parse_count(optarg, v) || *v < row->min || (row->max && *v > row->max))
-            return cli_usage_error(spec->name, row->bad, optarg);
+        if (!cli_parse_count(value, v) || *v < row->min || (row->max && *v > row->max))
+            return cli_usage_error(spec->name, row->bad, value);
         return 0;
     }
     case CLI_OPT_CALL:
-        return spec->on_option(args, row->id, optarg, word);
-    }
-    return 0;
-}
-
-static int group_option(const struct cli_spec *spec, int code, struct cli_args *b)
-{
-    switch (code) {
-    case G_JSON: b->co.json = true; break;
-    case G_QUIET: b->co.quiet = true; break;
-    case G_FORCE: b->wo.force = true; break;
-    case G_TO: b->to = optarg; break;
-    case G_IN: b->in = optarg; break;
-    case G_OUT: b->out = optarg; break;
-    case G_DEVICE: b->device = optarg; break;
-    case G_PRECISION: b->precision = optarg; break;
-    case G_DTYPE:
-        if (!lms_dtype_parse_user(optarg, &b->wo.dtype) || !lms_dtype_is_castable(b->wo.dtype))
-            return cli_usage_error(spec->name, "unknown --dtype '%s' (bf16, f16, f32)", optarg);
-        break;
-    case G_SHARD:
-        if (!cli_parse_size(optarg, &b->wo.max_shard_size) || b->wo.max_shard_size == 0)
-            return cli_usage_error(spec->name, "invalid --max-shard-size '%s'", optarg);
-        break;
-    case G_THREADS:
-        if (!cli_parse_count(optarg, &b->threads) || b->threads > 4096)
-            return cli_usage_error(spec->name, "invalid --threads '%s'", optarg);
-        break;
+        return shared ? write_option(spec->name, args, row->id, value)
+                      : spec->on_option(args, row->id, value, word);
     }
     return 0;
 }
@@ -115,52 +137,51 @@ static int positionals(const struct cli_spec *spec, int argc, char **argv, struc
     return CLI_PARSED;
 }
 
+/* The required options' usage errors, in table order. */
+static int required(const struct cli_spec *spec, void *args)
+{
+    for (int i = 0; spec->opts && spec->opts[i].name; i++) {
+        const struct cli_opt *row = &spec->opts[i];
+        if (row->kind == CLI_OPT_STRING && row->bad &&
+            !*(const char **)(void *)((char *)args + row->field))
+            return cli_usage_error(spec->name, "%s", row->bad);
+    }
+    return CLI_PARSED;
+}
+
 int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
 {
     struct cli_args *b = args;
     b->wo.dtype = LMS_DTYPE_COUNT;
-    struct option opts[MAX_OPTIONS + 1];
-    int n = 0;
-    for (size_t i = 0; i < sizeof group_opts / sizeof group_opts[0]; i++)
-        if (!group_opts[i].group || (spec->groups & group_opts[i].group))
-            opts[n++] = group_opts[i].o;
-    if (spec->positional == CLI_POS_IN_OUT) {
-        opts[n++] = in_out_opts[0];
-        opts[n++] = in_out_opts[1];
-    }
-    for (int i = 0; spec->opts && spec->opts[i].name && n < MAX_OPTIONS; i++) {
-        const struct cli_opt *row = &spec->opts[i];
-        opts[n++] = (struct option){row->name, row->kind == CLI_OPT_FLAG ? no_argument
-                                                                          : required_argument,
-                                    NULL, OWN + i};
-    }
-    opts[n] = (struct option){NULL, 0, NULL, 0};
-
+    struct table t;
+    build_table(spec, &t);
     int c;
     optind = 1;
     opterr = spec->getopt_reports;
-    while ((c = getopt_long(argc, argv, spec->shorts, opts, NULL)) != -1) {
-        int rc = 0;
-        if (c >= OWN) {
-            rc = own_option(spec, &spec->opts[c - OWN], args, argv[optind - 1]);
-        } else if (c == G_HELP || c == 'h') {
-            for (int i = 0; spec->help[i]; i++)
-                fputs(spec->help[i], stdout);
+    while ((c = getopt_long(argc, argv, spec->shorts, t.getopt, NULL)) != -1) {
+        int i = c == 'q' ? t.quiet : c == 'f' ? t.force : c == 'h' ? t.help : c - CODE;
+        if (i == t.help) {
+            for (size_t k = 0; k < sizeof spec->help / sizeof spec->help[0] && spec->help[k]; k++)
+                fputs(spec->help[k], stdout);
             return CLI_EXIT_OK;
-        } else if (c == 'q' || c == 'f' || c >= G_JSON) {
-            rc = group_option(spec, c == 'q' ? G_QUIET : c == 'f' ? G_FORCE : c, b);
-        } else if (spec->getopt_reports) {
-            return cli_usage_error(spec->name, "unknown option");
-        } else {
-            return cli_usage_error(spec->name, "unknown or incomplete option '%s'",
-                                   argv[optind - 1]);
         }
+        if (i < 0 || i >= t.n)
+            return spec->getopt_reports
+                       ? cli_usage_error(spec->name, "unknown option")
+                       : cli_usage_error(spec->name, "unknown or incomplete option '%s'",
+                                         argv[optind - 1]);
+        int rc = store(spec, t.row[i], t.shared[i], args, optarg, argv[optind - 1]);
         if (rc)
             return rc;
     }
-    if (spec->groups & CLI_RUN && !b->device)
-        b->device = "cpu";
-    return positionals(spec, argc, argv, b);
+    int code = positionals(spec, argc, argv, b);
+    if (code == CLI_PARSED)
+        code = required(spec, args);
+    if (code == CLI_PARSED && spec->check)
+        code = spec->check(args);
+    if (code == CLI_PARSED && spec->groups & CLI_RUN)
+        code = cli_run_check(spec->name, b);
+    return code;
 }
 
 int cli_run_check(const char *cmd, struct cli_args *a)
