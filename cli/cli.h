@@ -114,6 +114,7 @@ struct cli_opt {
                             * CLI_OPT_STRING: the usage error when the option is missing
                             * (NULL: optional) */
     int id;                /* CLI_OPT_CALL: handed back to on_option */
+    char letter;           /* its short option ('o' for -o), when spec.shorts lists it */
 };
 
 /* Table rows: T is the command's argument struct, f its field. */
@@ -145,7 +146,8 @@ enum cli_positional {
 struct cli_spec {
     const char *name;                /* the command, as messages name it */
     const char *help[4];             /* --help text, in pieces (unused ones NULL) */
-    const char *shorts;              /* short options taken, of "h", "f" (force), "q" (quiet) */
+    const char *shorts;              /* getopt's short options: "h" (help), "q" (--quiet), "f"
+                                      * (--force), and the letters of the command's rows */
     unsigned groups;                 /* CLI_FORCE | CLI_WRITE | CLI_RUN | CLI_PRECISION */
     enum cli_positional positional;
     const char *positional_usage;    /* CLI_POS_ONE's usage error */
@@ -193,12 +195,14 @@ struct cli_model {
 struct lms_engine_opts;
 /* Reads the checkpoint at path (format detected) into cm->m. */
 enum lms_status cli_model_read(struct cli_model *cm, const char *path, struct lms_error *err);
-/* Opens the backend of a's device, threads and precision (after cli_run_check) and, when eo is
- * not NULL, an engine for cm->m (errors name path). */
-enum lms_status cli_model_start(struct cli_model *cm, const struct cli_args *a,
-                                const struct lms_engine_opts *eo, const char *path,
-                                struct lms_error *err);
-/* Frees what cli_model_read and cli_model_start opened; the struct may be reused after. */
+/* Opens the backend of a's device, threads and precision (after cli_run_check) into cm->be. */
+enum lms_status cli_model_backend(struct cli_model *cm, const struct cli_args *a,
+                                  struct lms_error *err);
+/* Builds the engine for cm->m on cm->be into cm->e; its errors start with role and the model's
+ * path ("'DIR': ", or "teacher 'DIR': " for role "teacher "). */
+enum lms_status cli_model_engine(struct cli_model *cm, const struct lms_engine_opts *eo,
+                                 const char *role, const char *path, struct lms_error *err);
+/* Frees what cli_model_read, _backend and _engine opened; the struct may be reused after. */
 void cli_model_close(struct cli_model *cm);
 
 /* Subcommands: each returns an exit code. */

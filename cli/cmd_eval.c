@@ -132,8 +132,8 @@ static int run(struct eval_args *a)
     if (B > n_win)
         B = n_win;
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
-    if (cli_model_read(&cm, model_path, &err) ||
-        cli_model_start(&cm, &a->base, &eo, model_path, &err))
+    if (cli_model_read(&cm, model_path, &err) || cli_model_backend(&cm, &a->base, &err) ||
+        cli_model_engine(&cm, &eo, "", model_path, &err))
         goto fail;
 
     double t0 = cli_now(), sum = 0;

@@ -126,7 +126,8 @@ static int run(const struct generate_args *a)
         goto fail;
     }
     struct lms_engine_opts eo = {.max_batch = 1, .max_seq = max_seq};
-    if (cli_model_start(&cm, &a->base, &eo, model_path, &err))
+    if (cli_model_backend(&cm, &a->base, &err) ||
+        cli_model_engine(&cm, &eo, "", model_path, &err))
         goto fail;
     seq = lms_malloc((size_t)max_seq * sizeof(int32_t));
     if (!seq) {

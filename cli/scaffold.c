@@ -18,8 +18,10 @@ static const struct group_row {
     struct cli_opt row;
 } group_rows[] = {
     {0, CLI_FLAG("json", struct cli_args, co.json)},
-    {0, CLI_FLAG("quiet", struct cli_args, co.quiet)},
-    {CLI_FORCE, CLI_FLAG("force", struct cli_args, wo.force)},
+    {0, {.name = "quiet", .kind = CLI_OPT_FLAG, .field = offsetof(struct cli_args, co.quiet),
+         .letter = 'q'}},
+    {CLI_FORCE, {.name = "force", .kind = CLI_OPT_FLAG,
+                 .field = offsetof(struct cli_args, wo.force), .letter = 'f'}},
     {CLI_WRITE, CLI_STRING("to", struct cli_args, to)},
     {CLI_WRITE, CLI_CALL("dtype", WRITE_DTYPE)},
     {CLI_WRITE, CLI_CALL("max-shard-size", WRITE_SHARD_SIZE)},
@@ -40,7 +42,7 @@ struct table {
     const struct cli_opt *row[MAX_OPTIONS];
     bool shared[MAX_OPTIONS];
     struct option getopt[MAX_OPTIONS + 2];
-    int n, help, quiet, force; /* codes of --help, -q, -f */
+    int n, help; /* help: the code of --help */
 };
 
 static void add_row(struct table *t, const struct cli_opt *row, bool shared)
@@ -52,17 +54,23 @@ static void add_row(struct table *t, const struct cli_opt *row, bool shared)
     t->getopt[t->n] = (struct option){row->name,
                                       row->kind == CLI_OPT_FLAG ? no_argument : required_argument,
                                       NULL, CODE + t->n};
-    if (!strcmp(row->name, "quiet") && shared)
-        t->quiet = t->n;
-    if (!strcmp(row->name, "force") && shared)
-        t->force = t->n;
     t->n++;
+}
+
+/* The row a short option stands for (spec.shorts decides which getopt accepts). */
+static int short_row(const struct table *t, int c)
+{
+    if (c == 'h')
+        return t->help;
+    for (int i = 0; i < t->n; i++)
+        if (t->row[i]->letter == c)
+            return i;
+    return -1;
 }
 
 static void build_table(const struct cli_spec *spec, struct table *t)
 {
     t->n = 0;
-    t->quiet = t->force = -1;
     for (size_t i = 0; i < sizeof group_rows / sizeof group_rows[0]; i++)
         if (!group_rows[i].group || (spec->groups & group_rows[i].group))
             add_row(t, &group_rows[i].row, true);
@@ -159,7 +167,7 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
     optind = 1;
     opterr = spec->getopt_reports;
     while ((c = getopt_long(argc, argv, spec->shorts, t.getopt, NULL)) != -1) {
-        int i = c == 'q' ? t.quiet : c == 'f' ? t.force : c == 'h' ? t.help : c - CODE;
+        int i = c >= CODE ? c - CODE : short_row(&t, c);
         if (i == t.help) {
             for (size_t k = 0; k < sizeof spec->help / sizeof spec->help[0] && spec->help[k]; k++)
                 fputs(spec->help[k], stdout);
@@ -235,14 +243,19 @@ enum lms_status cli_model_read(struct cli_model *cm, const char *path, struct lm
     return rc;
 }
 
-enum lms_status cli_model_start(struct cli_model *cm, const struct cli_args *a,
-                                const struct lms_engine_opts *eo, const char *path,
-                                struct lms_error *err)
+enum lms_status cli_model_backend(struct cli_model *cm, const struct cli_args *a,
+                                  struct lms_error *err)
 {
     struct lms_backend_opts bo = {.n_threads = (int)a->threads, .precision = a->prec};
-    enum lms_status rc = lms_backend_open(&a->dev, &bo, &cm->be, err);
-    if (!rc && eo && (rc = lms_engine_new(&cm->m, cm->be, eo, &cm->e, err)))
-        lms_error_wrap(err, "'%s': ", path);
+    return lms_backend_open(&a->dev, &bo, &cm->be, err);
+}
+
+enum lms_status cli_model_engine(struct cli_model *cm, const struct lms_engine_opts *eo,
+                                 const char *role, const char *path, struct lms_error *err)
+{
+    enum lms_status rc = lms_engine_new(&cm->m, cm->be, eo, &cm->e, err);
+    if (rc)
+        lms_error_wrap(err, "%s'%s': ", role, path);
     return rc;
 }
 
