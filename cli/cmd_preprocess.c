@@ -308,9 +308,55 @@ static enum lms_status eod_id_of(const struct preprocess_args *a, struct lms_tok
     return LMS_OK;
 }
 
+struct totals {
+    long n_bad;    /* lines skipped (--skip-bad-lines) */
+    int64_t n_seq; /* sentences written */
+    double secs;
+};
+
+/* Reads, tokenizes and writes the whole input chunk by chunk, then finishes the dataset. */
+static enum lms_status tokenize_all(const struct preprocess_args *a, FILE *in, bool txt,
+                                    const struct job *jb, struct line *ck,
+                                    struct lms_dataset_writer *w, struct totals *tot,
+                                    struct lms_error *err)
+{
+    struct stat sb;
+    uint64_t in_size = fstat(fileno(in), &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    struct cli_progress prog;
+    char label[160] = "preprocess";
+    cli_progress_begin(&prog, label, in_size, true, a->base.co.quiet);
+    uint64_t done_bytes = 0;
+    long lineno = 0;
+    double t0 = cli_now();
+    enum lms_status rc = LMS_OK;
+    for (;;) {
+        size_t n = read_chunk(in, txt, ck, &lineno, &done_bytes);
+        if (n == 0)
+            break;
+        tokenize_chunk(jb, ck, n, a->workers);
+        if ((rc = write_chunk(a, w, ck, n, &tot->n_bad, &tot->n_seq, err)))
+            return rc;
+        double el = cli_now() - t0;
+        if (el > 0)
+            snprintf(label, sizeof(label), "preprocess %lld docs (%.0f docs/s, %.2fM tok/s)",
+                     (long long)lms_dataset_writer_n_docs(w),
+                     (double)lms_dataset_writer_n_docs(w) / el,
+                     (double)lms_dataset_writer_n_tokens(w) / el / 1e6);
+        cli_progress_update(&prog, done_bytes);
+        if (n < CHUNK_LINES)
+            break;
+    }
+    if (ferror(in))
+        return lms_error_set(err, LMS_EIO, "reading '%s': read error", a->input);
+    if ((rc = lms_dataset_writer_finish(w, err)))
+        return rc;
+    cli_progress_end(&prog);
+    tot->secs = cli_now() - t0;
+    return LMS_OK;
+}
+
 static int run(const struct preprocess_args *a)
 {
-    const struct cli_common *co = &a->base.co;
     size_t in_len = strlen(a->input);
     bool txt = in_len > 4 && strcmp(a->input + in_len - 4, ".txt") == 0;
     struct lms_error err = {0};
@@ -320,8 +366,6 @@ static int run(const struct preprocess_args *a)
     struct line *ck = NULL;
     FILE *in = NULL;
     int rc = CLI_EXIT_OK;
-    long n_bad = 0, lineno = 0;
-    int64_t n_seq = 0;
     char out_prefix[4096];
     snprintf(out_prefix, sizeof(out_prefix), "%s_%s_document", a->prefix, a->key);
 
@@ -334,8 +378,6 @@ static int run(const struct preprocess_args *a)
         lms_error_set(&err, LMS_EIO, "opening '%s': %s", a->input, strerror(errno));
         goto fail;
     }
-    struct stat sb;
-    uint64_t in_size = fstat(fileno(in), &sb) == 0 ? (uint64_t)sb.st_size : 0;
     enum lms_index_dtype code = lms_index_dtype_for_vocab(lms_tokenizer_vocab_size(tk));
     if (lms_dataset_writer_new(out_prefix, code, a->base.wo.force, &w, &err))
         goto fail;
@@ -349,41 +391,13 @@ static int run(const struct preprocess_args *a)
         if (lms_tokenizer_ctx_new(tk, &ctx[t], &err))
             goto fail;
     struct job jb = {ctx, a->key, txt, a->no_special ? 0 : LMS_TOK_ADD_SPECIAL, eod_id};
-    struct cli_progress prog;
-    char label[160] = "preprocess";
-    cli_progress_begin(&prog, label, in_size, true, co->quiet);
-    uint64_t done_bytes = 0;
-    double t0 = cli_now();
-    for (;;) {
-        size_t n = read_chunk(in, txt, ck, &lineno, &done_bytes);
-        if (n == 0)
-            break;
-        tokenize_chunk(&jb, ck, n, a->workers);
-        if (write_chunk(a, w, ck, n, &n_bad, &n_seq, &err))
-            break;
-        double el = cli_now() - t0;
-        if (el > 0)
-            snprintf(label, sizeof(label), "preprocess %lld docs (%.0f docs/s, %.2fM tok/s)",
-                     (long long)lms_dataset_writer_n_docs(w),
-                     (double)lms_dataset_writer_n_docs(w) / el,
-                     (double)lms_dataset_writer_n_tokens(w) / el / 1e6);
-        cli_progress_update(&prog, done_bytes);
-        if (n < CHUNK_LINES)
-            break;
-    }
-    if (err.status)
+    struct totals tot = {0};
+    if (tokenize_all(a, in, txt, &jb, ck, w, &tot, &err))
         goto fail;
-    if (ferror(in)) {
-        lms_error_set(&err, LMS_EIO, "reading '%s': read error", a->input);
-        goto fail;
-    }
-    if (lms_dataset_writer_finish(w, &err))
-        goto fail;
-    cli_progress_end(&prog);
-    report(co, out_prefix, w, n_seq, code, n_bad, cli_now() - t0);
+    report(&a->base.co, out_prefix, w, tot.n_seq, code, tot.n_bad, tot.secs);
     goto out;
 fail:
-    rc = cli_fail(cmd, co, &err);
+    rc = cli_fail(cmd, &a->base.co, &err);
 out:
     if (in)
         fclose(in);
