@@ -90,7 +90,7 @@ struct cli_args {
     const char *to;             /* CLI_WRITE: --to FORMAT; NULL = the input's format */
     struct lms_write_opts wo;   /* CLI_WRITE: --dtype (LMS_DTYPE_COUNT: unchanged) and
                                  * --max-shard-size; CLI_FORCE: --force */
-    const char *device;         /* CLI_RUN: --device (default "cpu") */
+    const char *device;         /* CLI_RUN: --device (NULL: the CPU) */
     int64_t threads;            /* CLI_RUN: --threads (0: all cores) */
     const char *precision;      /* CLI_PRECISION: --precision (NULL: the device's default) */
     struct lms_device dev;      /* CLI_RUN: device and precision, parsed by cli_run_check */

@@ -47,8 +47,7 @@ struct table {
 
 static void add_row(struct table *t, const struct cli_opt *row, bool shared)
 {
-    if (t->n == MAX_OPTIONS)
-        return;
+    lms_assert(t->n < MAX_OPTIONS); /* a command's table outgrew the scaffold */
     t->row[t->n] = row;
     t->shared[t->n] = shared;
     t->getopt[t->n] = (struct option){row->name,
