@@ -53,12 +53,14 @@ static void put_escaped(FILE *f, const char *s)
 
 int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err)
 {
+    /* a status set without a message still gets a readable line */
+    const char *msg = err->msg[0] ? err->msg : lms_status_text(err->status);
     fprintf(stderr, "lmsurgeon %s: error: ", cmd);
-    put_escaped(stderr, err->msg);
+    put_escaped(stderr, msg);
     fputc('\n', stderr);
     int code = cli_exit_code(err->status);
     if (co && co->json) {
-        json_t *o = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error", err->msg, "status",
+        json_t *o = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error", msg, "status",
                               lms_status_name(err->status), "exit_code", code);
         cli_print_json(o);
     }

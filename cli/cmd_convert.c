@@ -47,8 +47,7 @@ static int run(const struct cli_args *a)
 
     double t0 = cli_now();
     struct lms_model m;
-    struct lms_read_opts ro = {0};
-    if (src->read(a->in, &ro, &m, &err))
+    if (src->read(a->in, &m, &err))
         return cli_fail(spec.name, &a->co, &err);
     struct lms_write_result res;
     enum lms_status rc = cli_write_checkpoint(a, dst, &m, a->out, "converting", &res, &err);

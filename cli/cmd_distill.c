@@ -14,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
+#include "lms/comm.h"
 #include "lms/distill.h"
 #include "lms/format.h"
 #include "lms/json.h"
@@ -107,11 +108,16 @@ static const char usage_text2[] =
     "                                 seq_length + 1 ids each, in step order), to reproduce\n"
     "                                 the run with another trainer\n"
     "  --json, --quiet, -h/--help\n"
+    "Several processes (data parallelism, started by mpirun or srun): every rank runs its\n"
+    "share of each global batch (--gbs = --mbs x accumulation x ranks), gradients are summed\n"
+    "in fp32, the optimiser state is split over the ranks, rank 0 logs and saves; one GPU per\n"
+    "local rank with --device cuda. E.g. mpirun -np 8 lmsurgeon distill ... --devices 8\n"
     "Reference workflow flags, accepted as written:\n"
     "  --devices N, --num-nodes N, --tp-size N, --pp-size N\n"
-    "                                 this program trains on the one --device; the global batch\n"
-    "                                 (--gbs rows per step) and so every number of the run is the\n"
-    "                                 same as with data or tensor parallelism over N devices\n"
+    "                                 under a launcher, --devices x --num-nodes must equal its\n"
+    "                                 number of processes; without one the run trains on the\n"
+    "                                 one --device. --gbs rows per step, so every number of the\n"
+    "                                 run is the same as with parallelism over N devices\n"
     "  --legacy-ckpt                  no effect: every checkpoint layout is detected on reading\n"
     "  --name, --model_path, --teacher_path, --data_paths, --log_dir ...: underscores work as\n"
     "                                 hyphens\n"
@@ -132,6 +138,7 @@ struct distill_args {
     struct lms_adamw_opts adam;
     enum lms_optim_preset preset;
     bool resume, force, dry_run, recompute;
+    int64_t devices, num_nodes; /* 0: not given */
     struct cli_common co;
 };
 
@@ -397,7 +404,13 @@ static int parse_args(int argc, char **argv, struct distill_args *a)
                 return cli_usage_error(cmd, "invalid --max-memory '%s'", optarg);
             break;
         case OPT_DEVICES:
+            if (!cli_parse_count(optarg, &a->devices))
+                return cli_usage_error(cmd, "invalid --devices '%s'", optarg);
+            break;
         case OPT_NUM_NODES:
+            if (!cli_parse_count(optarg, &a->num_nodes))
+                return cli_usage_error(cmd, "invalid --num-nodes '%s'", optarg);
+            break;
         case OPT_TP:
         case OPT_PP:
             if (!cli_parse_count(optarg, &n))
@@ -484,11 +497,24 @@ struct run {
     FILE *metrics;
     FILE *dump; /* --dump-rows */
     struct cli_progress bar;
+    struct lms_comm *comm; /* NULL: one process */
+    int rank, world;
+    bool agreed; /* every rank knows of the failure being reported (no abort needed) */
 };
 
+/* Micro-batches of one global batch, all ranks together. */
 static int64_t n_micro(const struct run *r)
 {
     return r->a->gbs / r->a->mbs;
+}
+
+/* Every rank's verdict on a phase: the largest flag wins (0 go on, 1 interrupted, 2 failed), so
+ * that all ranks stop together instead of waiting in a collective for one that left. */
+static enum lms_status agree(struct run *r, int64_t *flag, struct lms_error *err)
+{
+    enum lms_status st = lms_comm_max(r->comm, flag, 1, err);
+    r->agreed = !st && *flag != 0;
+    return st;
 }
 
 static json_t *arch_json(const struct lms_model *m)
@@ -596,23 +622,35 @@ static void metrics_write(struct run *r, json_t *o)
 static enum lms_status validate(struct run *r, struct lms_error *err)
 {
     int64_t n_rows = r->a->val_batches * r->a->gbs, mbs = r->a->mbs;
-    double sum = 0, lm = 0;
-    int64_t n = 0;
-    for (int64_t k = 0; k < n_rows; k += mbs) {
-        enum lms_status st = load_rows(r, r->val, k, mbs, err);
-        if (st)
-            return st;
+    /* ranks take micro-batches k / mbs = rank, rank + world, ...; the sums are added */
+    double acc[4] = {0, 0, 0, 0}; /* loss, lm loss, micro-batches, failed */
+    enum lms_status st = LMS_OK;
+    for (int64_t k = (int64_t)r->rank * mbs; k < n_rows && !st; k += (int64_t)r->world * mbs) {
+        if ((st = load_rows(r, r->val, k, mbs, err)))
+            break;
         struct lms_train_batch b = {.ids = r->ids, .batch = mbs, .seq = r->a->seq,
                                     .targets = r->tgt, .teacher = r->te};
         struct lms_loss_parts p;
         if ((st = lms_trainer_eval(r->tr, &b, &r->loss, &p, err)))
-            return lms_error_wrap(err, "validation: ");
-        sum += p.total;
-        lm += p.ce;
-        n++;
+            lms_error_wrap(err, "validation: ");
+        acc[0] += p.total;
+        acc[1] += p.ce;
+        acc[2] += 1;
     }
-    r->last_val_loss = sum / (double)n;
-    r->last_val_lm_loss = lm / (double)n;
+    acc[3] = st != LMS_OK;
+    enum lms_status cst = lms_comm_sum(r->comm, acc, 4, err);
+    if (cst)
+        return cst;
+    r->agreed = st || acc[3] > 0;
+    if (st)
+        return st;
+    if (acc[3] > 0)
+        return lms_error_set(err, LMS_EIO, "validation: another rank failed (its message says "
+                             "why)");
+    r->last_val_loss = acc[0] / acc[2];
+    r->last_val_lm_loss = acc[1] / acc[2];
+    if (r->rank)
+        return LMS_OK;
     bar_clear(r);
     if (!r->a->co.quiet && !r->a->co.json)
         printf("validation at step %lld: loss %.5f, lm loss %.5f (%lld rows)\n",
@@ -624,22 +662,51 @@ static enum lms_status validate(struct run *r, struct lms_error *err)
 }
 
 /* Saves the state, then the student (both atomically; the state alone is enough to resume, so a
- * crash between the two loses nothing). */
+ * crash between the two loses nothing). With several ranks every rank takes part (the moments
+ * are gathered from their shards, one moment at a time through the gradient buffer), rank 0
+ * writes, and all learn whether it succeeded. The state is the same file whatever the number
+ * of ranks, so a run resumes on any other number. */
+static enum lms_status save_rank0(struct run *r, struct lms_error *err);
+
 static enum lms_status save(struct run *r, struct lms_error *err)
 {
+    enum lms_status st = save_rank0(r, err);
+    if (!r->comm)
+        return st;
+    int64_t flag = st ? 2 : 0;
+    enum lms_status cst = agree(r, &flag, err);
+    if (cst || st)
+        return cst ? cst : st;
+    if (flag)
+        return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
+                             "message says why)");
+    r->saved_step = r->step;
+    return LMS_OK;
+}
+
+static enum lms_status save_rank0(struct run *r, struct lms_error *err)
+{
     size_t n = lms_trainer_n_params(r->tr);
+    bool writer = r->rank == 0;
     struct lms_state_tensor *t = lms_calloc(3 * n, sizeof *t);
     float **host = lms_calloc(3 * n, sizeof *host);
     enum lms_status st = LMS_OK;
-    if (!t || !host) {
+    if (!t || !host) /* no early return: the gathers below are collectives */
         st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
-        goto out;
-    }
-    for (size_t i = 0; i < n && !st; i++) {
-        const struct lms_train_param *p = lms_trainer_param(r->tr, i);
-        const float *dev[3] = {p->w, p->m, p->v};
+    /* j = 0 weights, 1 first moment, 2 second moment; sharded moments are gathered first (a
+     * collective: every rank runs this loop, whatever failed on rank 0) */
+    for (int j = 0; j < 3; j++) {
+        if (r->comm && j > 0) {
+            enum lms_status gst = lms_trainer_gather_moment(r->tr, j - 1, err);
+            if (gst) {
+                st = gst; /* the other ranks see it as well */
+                goto out;
+            }
+        }
         static const char *const suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
-        for (int j = 0; j < 3 && !st; j++) {
+        for (size_t i = 0; i < n && !st && writer; i++) {
+            const struct lms_train_param *p = lms_trainer_param(r->tr, i);
+            const float *dev[3] = {p->w, r->comm ? p->g : p->m, r->comm ? p->g : p->v};
             struct lms_state_tensor *x = &t[3 * i + (size_t)j];
             snprintf(x->name, sizeof x->name, "%s%s", p->name, suffix[j]);
             x->ndim = p->ndim;
@@ -653,7 +720,7 @@ static enum lms_status save(struct run *r, struct lms_error *err)
             x->data = host[3 * i + (size_t)j];
         }
     }
-    if (st)
+    if (st || !writer)
         goto out;
     json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
                              LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
@@ -704,13 +771,15 @@ static enum lms_status restore(struct run *r, const struct lms_train_state *s,
         float *host = lms_malloc(bytes ? bytes : 1);
         if (!host)
             return lms_error_set(err, LMS_ENOMEM, "out of memory reading the training state");
-        float *dev[3] = {p->w, p->m, p->v};
         static const char *const suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
         for (int j = 0; j < 3 && !st; j++) {
             char name[300];
             snprintf(name, sizeof name, "%s%s", p->name, suffix[j]);
-            if (!(st = lms_train_state_get(s, r->state_dir, name, p->ndim, p->shape, host, err)))
-                st = lms_buf_upload(r->be, dev[j], host, bytes, err);
+            if ((st = lms_train_state_get(s, r->state_dir, name, p->ndim, p->shape, host, err)))
+                break;
+            /* moments: this rank's shard of them (all without a communicator) */
+            st = j == 0 ? lms_buf_upload(r->be, p->w, host, bytes, err)
+                        : lms_trainer_load_moment(r->tr, i, j - 1, host, err);
         }
         lms_free(host);
     }
@@ -753,9 +822,9 @@ static void print_plan(const struct run *r, const struct lms_train_plan *tp,
     FILE *f = r->a->co.json ? stderr : stdout;
     int64_t P = tp->n_params;
     bool dev = m->runtime > 0;
-    fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters):\n",
+    fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters%s):\n",
             dev ? "device" : "host", r->a->device, (long long)r->a->mbs, (long long)r->a->seq,
-            (long long)P);
+            (long long)P, r->world > 1 ? ", per rank" : "");
 #define LINE(label, v, ...)                                                                       \
     do {                                                                                          \
         cli_format_bytes(v, b, sizeof b);                                                         \
@@ -769,7 +838,11 @@ static void print_plan(const struct run *r, const struct lms_train_plan *tp,
     else
         LINE("student weights (fp32)", m->weights, "%lld x 4 B, the master copy the steps update",
              (long long)P);
-    LINE("AdamW moments", m->moments, "2 x %lld x 4 B", (long long)P);
+    if (r->world > 1)
+        LINE("AdamW moments", m->moments, "2 x %lld x 4 B / %d ranks (ZeRO-1)", (long long)P,
+             r->world);
+    else
+        LINE("AdamW moments", m->moments, "2 x %lld x 4 B", (long long)P);
     LINE("gradients", m->gradients, "%lld x 4 B", (long long)P);
     LINE("activations", m->activations, "saved for backward%s, logits chunks of %lld rows",
          r->a->recompute ? " (recomputed per layer)" : "", (long long)tp->logits_rows);
@@ -814,24 +887,37 @@ static enum lms_status train_step(struct run *r, struct lms_error *err)
 {
     const struct distill_args *a = r->a;
     enum lms_status st = lms_trainer_zero_grads(r->tr, err);
-    double loss = 0, lm = 0;
-    int64_t nm = n_micro(r);
-    for (int64_t i = 0; i < nm && !st; i++) {
+    double sums[4] = {0, 0, 0, 0}; /* loss, lm loss, failed, interrupted (summed over ranks) */
+    int64_t nm = n_micro(r), per_rank = nm / r->world, first = (int64_t)r->rank * per_rank;
+    /* rank k runs micro-batches [k x per_rank, (k + 1) x per_rank) of the global batch; each
+     * gradient counts 1 / nm, so the sum over ranks is the one-process gradient */
+    for (int64_t i = first; i < first + per_rank && !st; i++) {
         if (interrupted)
-            return LMS_EINTERRUPTED;
+            break;
         if ((st = load_rows(r, r->train, r->step * a->gbs + i * a->mbs, a->mbs, err)))
             break;
         struct lms_train_batch b = {.ids = r->ids, .batch = a->mbs, .seq = a->seq,
                                     .targets = r->tgt, .teacher = r->te};
         struct lms_loss_parts p;
         st = lms_trainer_micro_step(r->tr, &b, &r->loss, 1.0 / (double)nm, &p, err);
-        loss += p.total;
-        lm += p.ce;
+        sums[0] += p.total;
+        sums[1] += p.ce;
+    }
+    sums[2] = st != LMS_OK;
+    sums[3] = interrupted != 0;
+    if (r->comm) {
+        enum lms_status cst = lms_comm_sum(r->comm, sums, 4, err);
+        if (cst)
+            return cst;
+        r->agreed = sums[2] > 0;
+        if (!st && sums[2] > 0)
+            st = lms_error_set(err, LMS_EIO, "another rank failed (its message says why)");
     }
     if (st)
         return lms_error_wrap(err, "step %lld: ", (long long)r->step + 1);
-    if (interrupted)
+    if (sums[3] > 0 || interrupted)
         return LMS_EINTERRUPTED;
+    double loss = sums[0], lm = sums[1];
     struct lms_adamw_opts o = a->adam;
     o.lr = lms_lr_at(&r->sched, r->step);
     o.step = r->step + 1;
@@ -859,6 +945,8 @@ static void summary_json(struct run *r, double secs, bool dry)
                           "state", r->state_dir, "metrics", r->metrics_path);
     if (dry)
         json_object_set_new(o, "dry_run", json_true());
+    json_object_set_new(o, "ranks", json_integer(r->world));
+    json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
     if (r->step > r->start_step) {
         double tps = secs > 0 ? (double)((r->step - r->start_step) * r->a->gbs * r->a->seq) / secs
                               : 0;
@@ -886,6 +974,7 @@ static void run_release(struct run *r)
     lms_free(r->tgt);
     lms_trainer_free(r->tr);
     lms_engine_free(r->te);
+    lms_comm_close(r->comm);
     lms_backend_free(r->be);
     lms_blend_free(r->train);
     lms_blend_free(r->val);
@@ -917,13 +1006,50 @@ int cmd_distill(int argc, char **argv)
         lms_free(a.data_args);
         return rc;
     }
-    struct run r = {.a = &a, .last_val_loss = NAN};
+    struct run r = {.a = &a, .last_val_loss = NAN, .world = 1};
     struct lms_error err;
     lms_error_clear(&err);
     char out_buf[4096], tmp[4096];
     enum lms_status st = LMS_OK;
     rc = CLI_EXIT_OK;
     double t0 = cli_now();
+
+    /* ---- ranks: a launcher's processes, or this one alone ---- */
+    if ((st = lms_comm_open(&r.comm, &err))) {
+        lms_free(a.data_args);
+        return cli_fail(cmd, &a.co, &err);
+    }
+    r.rank = lms_comm_rank(r.comm);
+    r.world = lms_comm_world(r.comm);
+    int64_t expect = (a.devices ? a.devices : 1) * (a.num_nodes ? a.num_nodes : 1);
+    if (r.comm && (a.devices || a.num_nodes) && expect != r.world) {
+        rc = cli_usage_error(cmd, "--devices %lld x --num-nodes %lld = %lld processes, but the "
+                             "launcher started %d (e.g. mpirun -np %lld, or srun --ntasks %lld)",
+                             (long long)(a.devices ? a.devices : 1),
+                             (long long)(a.num_nodes ? a.num_nodes : 1), (long long)expect,
+                             r.world, (long long)expect, (long long)expect);
+        lms_free(a.data_args);
+        lms_comm_close(r.comm);
+        return rc;
+    }
+    if (a.gbs % (a.mbs * r.world)) {
+        rc = cli_usage_error(cmd, "--gbs %lld is not a multiple of --mbs %lld x %d ranks",
+                             (long long)a.gbs, (long long)a.mbs, r.world);
+        lms_free(a.data_args);
+        lms_comm_close(r.comm);
+        return rc;
+    }
+    if (r.world > 1 && a.dump_rows) {
+        rc = cli_usage_error(cmd, "--dump-rows needs a single process (each rank reads its "
+                             "own rows)");
+        lms_free(a.data_args);
+        lms_comm_close(r.comm);
+        return rc;
+    }
+    if (r.rank > 0) { /* logs come from rank 0; the others speak only to report an error */
+        a.co.quiet = true;
+        a.co.json = false;
+    }
 
     /* ---- names: OUT, NAME, the state beside OUT, the metrics in LOG_DIR ---- */
     if (a.out) {
@@ -1066,10 +1192,15 @@ int cmd_distill(int argc, char **argv)
         rc = cli_usage_error(cmd, "%s", err.msg);
         goto out_state;
     }
+    if (r.comm && dev.kind != LMS_DEVICE_CPU && !strchr(a.device, ':')) {
+        struct lms_launch launch; /* one GPU per process of a host */
+        lms_launch_detect(&launch);
+        dev.index = launch.local_rank;
+    }
     bool on_gpu = dev.kind != LMS_DEVICE_CPU;
     bool bf16 = on_gpu && a.precision != LMS_PRECISION_FP32;
     struct lms_train_opts to = {.max_batch = a.mbs, .max_seq = a.seq, .recompute = a.recompute,
-                                .bf16_working = bf16};
+                                .bf16_working = bf16, .comm = r.comm};
     struct lms_train_plan tp;
     if ((st = lms_train_plan_make(&r.student.arch, r.student.arch.padded_vocab, &to, &tp, &err)))
         goto fail;
@@ -1099,7 +1230,7 @@ int cmd_distill(int argc, char **argv)
         }
     }
     uint64_t limit = a.max_memory ? a.max_memory : mem.available;
-    if (a.dry_run || !a.co.quiet)
+    if ((a.dry_run && r.rank == 0) || !a.co.quiet)
         print_plan(&r, &tp, &mem, limit);
     if (limit && mem.total > limit) {
         char need[32], have[32], act[32];
@@ -1116,12 +1247,17 @@ int cmd_distill(int argc, char **argv)
     }
     if (a.dry_run) {
         FILE *f = a.co.json ? stderr : stdout;
-        fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of %lld), "
-                "lr %g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing "
-                "trained\n",
-                (long long)a.max_steps, (long long)a.gbs, (long long)a.seq,
-                (long long)(a.gbs / a.mbs), (long long)a.mbs, a.lr, a.min_lr,
-                (long long)a.warmup, r.out, r.out_fmt->name, lms_dtype_name(r.out_dtype));
+        if (r.world > 1 && r.rank == 0)
+            fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n",
+                    r.world, lms_comm_backend(r.comm), (long long)(a.gbs / a.mbs / r.world));
+        if (r.rank == 0) {
+            fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of "
+                    "%lld), lr %g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing "
+                    "trained\n",
+                    (long long)a.max_steps, (long long)a.gbs, (long long)a.seq,
+                    (long long)(a.gbs / a.mbs), (long long)a.mbs, a.lr, a.min_lr,
+                    (long long)a.warmup, r.out, r.out_fmt->name, lms_dtype_name(r.out_dtype));
+        }
         if (a.co.json)
             summary_json(&r, cli_now() - t0, true);
         goto out_state;
@@ -1129,6 +1265,8 @@ int cmd_distill(int argc, char **argv)
 
     /* ---- engine ---- */
     if (!r.be && (st = lms_backend_open(&dev, &bko, &r.be, &err)))
+        goto fail;
+    if ((st = lms_comm_attach_device(r.comm, r.be, &err)))
         goto fail;
     if ((st = lms_trainer_new(&r.student, r.be, &to, &r.tr, &err))) {
         lms_error_wrap(&err, "student '%s': ", a.student);
@@ -1160,15 +1298,16 @@ int cmd_distill(int argc, char **argv)
             goto fail;
         lms_train_state_release(&state);
         have_state = false;
-        metrics_truncate(r.metrics_path, r.step);
+        if (r.rank == 0)
+            metrics_truncate(r.metrics_path, r.step);
     }
     snprintf(tmp, sizeof tmp, "%s", a.log_dir);
     if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
         st = lms_error_set(&err, LMS_EIO, "creating --log-dir '%s': %s", tmp, strerror(errno));
         goto fail;
     }
-    r.metrics = fopen(r.metrics_path, have_state || a.resume ? "a" : "w");
-    if (!r.metrics) {
+    r.metrics = r.rank ? NULL : fopen(r.metrics_path, have_state || a.resume ? "a" : "w");
+    if (!r.metrics && r.rank == 0) {
         st = lms_error_set(&err, LMS_EIO, "opening '%s': %s", r.metrics_path, strerror(errno));
         goto fail;
     }
@@ -1247,6 +1386,7 @@ int cmd_distill(int argc, char **argv)
         else
             lms_error_set(&err, LMS_EINTERRUPTED, "interrupted: the state after step %lld is in "
                           "'%s' (continue with --resume)", (long long)r.step, r.state_dir);
+        r.agreed = true; /* every rank stopped at the same step */
         goto fail;
     }
     if (!st)
@@ -1272,7 +1412,14 @@ int cmd_distill(int argc, char **argv)
     }
     goto out_state;
 fail:
+    if (r.world > 1)
+        lms_error_wrap(&err, "rank %d of %d: ", r.rank, r.world);
     rc = cli_fail(cmd, &a.co, &err);
+    if (r.world > 1 && !r.agreed) {
+        /* the other ranks do not know and may wait in a collective: end them all */
+        fflush(NULL);
+        lms_comm_abort(r.comm, rc);
+    }
 out_state:
     if (have_state)
         lms_train_state_release(&state);

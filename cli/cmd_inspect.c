@@ -217,8 +217,7 @@ static int run(const struct inspect_args *a)
     if (!f)
         return cli_fail(spec.name, &a->base.co, &err);
     struct lms_model m;
-    struct lms_read_opts ro = {0};
-    if (f->read(path, &ro, &m, &err))
+    if (f->read(path, &m, &err))
         return cli_fail(spec.name, &a->base.co, &err);
     uint64_t disk = bytes_on_disk(path);
     if (a->base.co.json)

@@ -1,5 +1,5 @@
 /* lmsurgeon preprocess: JSONL or text -> Megatron indexed dataset (PREFIX_KEY_document.bin/.idx),
- * compatible with Megatron's tools/preprocess_data.py (data-formats.md §2.6).
+ * compatible with Megatron's tools/preprocess_data.py.
  *
  * The input is read in chunks of lines; each chunk is tokenized in parallel over documents
  * (OpenMP, one tokenizer context per thread) and then written in input order, so the output
@@ -126,7 +126,7 @@ static void process_line(const struct job *jb, struct lms_tokenizer_ctx *ctx, ch
             set_bad(r, "%s", err.msg);
             break;
         }
-        if (r->ids.len > before) /* §2.6 step 1: sentences without ids are dropped */
+        if (r->ids.len > before) /* sentences without ids are dropped */
             r->seq_len[r->n_seq++] = r->ids.len - before;
     }
     json_decref(root);

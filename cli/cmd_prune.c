@@ -435,8 +435,7 @@ static int run(struct prune_args *a)
     if (code != CLI_PARSED)
         return code;
     struct lms_model in, out;
-    struct lms_read_opts ro = {0};
-    if (src->read(a->base.in, &ro, &in, &err))
+    if (src->read(a->base.in, &in, &err))
         return cli_fail(cmd, &a->base.co, &err);
     struct lms_importance imp;
     lms_importance_init(&imp, &in.arch);

@@ -9,9 +9,48 @@
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
+#include "lms/comm.h"
 #include "lms/format.h"
 #include "lms/json.h"
 #include "lms/score.h"
+
+/* Several processes (mpirun / srun): rank k scores its share of the rows, the raw sums are added
+ * over the ranks (they are additive, as for --merge), and rank 0 derives and writes the file
+ * of the whole row range. */
+static enum lms_status sum_over_ranks(struct lms_comm *c, struct lms_importance *imp,
+                                      const struct lms_score_opts *whole, struct lms_error *err)
+{
+    struct lms_importance_raw *x = &imp->raw;
+    int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
+    struct {
+        double *p;
+        int64_t n;
+    } arrays[] = {{x->hidden_sq, L * 2 * imp->hidden}, {x->ffn_sq, L * imp->ffn},
+                  {x->head_sq, L * imp->n_heads},      {x->layer_cos, L},
+                  {x->block_cos, n_starts},            {x->layer_loss, L},
+                  {x->block_loss, n_starts}};
+    enum lms_status rc = LMS_OK;
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0] && !rc; i++)
+        if (arrays[i].p) /* the same on every rank: the options are */
+            rc = lms_comm_sum(c, arrays[i].p, arrays[i].n, err);
+    double counts[4] = {(double)x->n_rows, (double)x->n_cos_rows, (double)x->n_loss_tokens,
+                        x->base_loss};
+    if (!rc)
+        rc = lms_comm_sum(c, counts, 4, err);
+    if (rc)
+        return rc;
+    x->n_rows = (int64_t)counts[0];
+    x->n_cos_rows = (int64_t)counts[1];
+    x->n_loss_tokens = (int64_t)counts[2];
+    x->base_loss = counts[3];
+    if (imp->source) {
+        json_object_set_new(imp->source, "rows", json_integer(x->n_rows));
+        json_object_set_new(imp->source, "row_begin", json_integer(whole->row_begin));
+        json_object_set_new(imp->source, "row_end", json_integer(whole->row_end));
+        json_object_set_new(imp->source, "ranks", json_integer(lms_comm_world(c)));
+    }
+    return lms_importance_derive(imp, imp->groups != NULL, err);
+}
 
 static const char usage_text[] =
     "usage: lmsurgeon score MODEL --data PREFIX -o FILE [--num-samples 1024 | --rows FROM:TO]\n"
@@ -57,7 +96,9 @@ static const char usage_text[] =
     "  --force                overwrite an existing output file\n"
     "  --json                 print one JSON object on stdout\n"
     "  --quiet                no progress bar, no summary\n"
-    "  -h, --help             show this help\n";
+    "  -h, --help             show this help\n"
+    "Several processes (mpirun -np N, srun): each rank scores its share of the rows, the sums\n"
+    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n";
 
 static const char *cmd = "score";
 
@@ -370,6 +411,33 @@ int cmd_score(int argc, char **argv)
     enum lms_precision prec;
     if (lms_precision_parse(precision, &prec, &err))
         return cli_usage_error(cmd, "%s", err.msg);
+    struct lms_comm *comm = NULL;
+    if (lms_comm_open(&comm, &err))
+        return cli_fail(cmd, &co, &err);
+    int rank = lms_comm_rank(comm), world = lms_comm_world(comm);
+    struct lms_score_opts whole = so;
+    if (comm) {
+        int64_t n = so.row_end - so.row_begin;
+        if (n < world) {
+            lms_comm_close(comm);
+            return cli_usage_error(cmd, "%lld rows cannot be shared by %d ranks", (long long)n,
+                                   world);
+        }
+        /* rank k: rows [begin + n k / world, begin + n (k + 1) / world) */
+        so.row_begin = whole.row_begin + n * rank / world;
+        so.row_end = whole.row_begin + n * (rank + 1) / world;
+        if (so.micro_batch > so.row_end - so.row_begin)
+            so.micro_batch = so.row_end - so.row_begin;
+        if (dev.kind != LMS_DEVICE_CPU && !strchr(device, ':')) {
+            struct lms_launch launch; /* one GPU per process of a host */
+            lms_launch_detect(&launch);
+            dev.index = launch.local_rank;
+        }
+        if (rank > 0) { /* rank 0 reports */
+            co.quiet = true;
+            co.json = false;
+        }
+    }
 
     int rc = CLI_EXIT_OK;
     struct lms_dataset *ds = NULL;
@@ -377,7 +445,7 @@ int cmd_score(int argc, char **argv)
     struct lms_model m;
     struct lms_importance imp;
     lms_importance_init(&imp, NULL);
-    bool have_model = false;
+    bool have_model = false, agreed = false;
     if (lms_checkpoint_read(model_path, &m, &err))
         goto fail;
     have_model = true;
@@ -428,15 +496,27 @@ int cmd_score(int argc, char **argv)
     so.progress = cli_progress_cb;
     so.progress_ctx = &bar;
     double t0 = cli_now();
-    if (lms_score_run(&m, be, ds, &so, &imp, &err)) {
+    enum lms_status sst = lms_score_run(&m, be, ds, &so, &imp, &err);
+    if (comm) { /* every rank learns whether all scored, then the sums are added */
+        int64_t failed = sst != LMS_OK;
+        if (lms_comm_max(comm, &failed, 1, &err))
+            goto fail_abort;
+        agreed = true;
+        if (!sst && failed)
+            sst = lms_error_set(&err, LMS_EIO, "another rank failed (its message says why)");
+        if (!sst && sum_over_ranks(comm, &imp, &whole, &err))
+            goto fail_abort;
+        so = whole;
+    }
+    if (sst) {
         if (bar.enabled)
             fputc('\n', stderr);
         goto fail;
     }
     cli_progress_end(&bar);
     double secs = cli_now() - t0;
-    if (lms_importance_write(&imp, out, &err))
-        goto fail;
+    if (rank == 0 && lms_importance_write(&imp, out, &err))
+        goto fail_abort; /* the others are done: ending them is harmless */
     double tps = secs > 0 ? (double)((so.row_end - so.row_begin) * so.seq_len) / secs : 0;
     if (co.json) {
         json_t *o = result_json(&imp, out, secs, tps);
@@ -451,10 +531,20 @@ int cmd_score(int argc, char **argv)
         print_summary(&imp, out, secs, what);
     }
     goto out;
+fail_abort:
+    agreed = false;
 fail:
+    if (world > 1)
+        lms_error_wrap(&err, "rank %d of %d: ", rank, world);
     rc = cli_fail(cmd, &co, &err);
+    if (world > 1 && !agreed) {
+        /* the other ranks may wait in a collective: end them all */
+        fflush(NULL);
+        lms_comm_abort(comm, rc);
+    }
 out:
     lms_importance_release(&imp);
+    lms_comm_close(comm);
     lms_backend_free(be);
     if (have_model)
         lms_model_release(&m);

@@ -328,7 +328,10 @@ enum lms_status lms_json_load_buffer(const char *label, const char *data, size_t
                                      json_t **out, struct lms_error *err)
 {
     json_error_t je;
+    long failed = lms_alloc_failures();
     json_t *v = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+    if (!v && lms_alloc_failures() != failed) /* jansson words it as a syntax error, or not at all */
+        return lms_error_set(err, LMS_ENOMEM, "%s: out of memory", label);
     if (!v)
         return lms_error_set(err, LMS_EFORMAT, "%s: invalid JSON at line %d column %d: %s",
                              label, je.line, je.column, je.text);

@@ -3,7 +3,7 @@
  *
  * Rows are assigned to sources by the Megatron blending rule: row k goes to the source whose
  * count so far lags its share of max(k, 1) rows the most (ties to the first source), and is that
- * source's next row. Each source's rows come from the window sampler of formats/data_loader.c,
+ * source's next row. Each source's rows come from the window sampler of formats/datasets/data_loader.c,
  * so the whole order is a pure function of the sources, the split, the row count and the seed,
  * and the data position of a run is just the number of rows it has consumed. */
 #include <errno.h>

@@ -51,6 +51,5 @@ enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m, struc
     const struct lms_format *f = lms_format_detect(path, err);
     if (!f)
         return err ? err->status : LMS_EFORMAT;
-    struct lms_read_opts opts = {0};
-    return f->read(path, &opts, m, err);
+    return f->read(path, m, err);
 }

@@ -3,7 +3,8 @@
  *   hidden channel c: column c of embed, q, k, v, gate, up, lm_head; row c of o, down
  *   FFN neuron j:     row j of gate and up, column j of down
  *   head h:           rows h*d..h*d+d-1 of q, the same columns of o
- *   query group g:    L2 norm of the scores of its heads (pruning-and-distillation.md §3.4) */
+ *   query group g:    L2 norm of the scores of its heads (a group is kept or removed as a
+ *                     whole, so it weighs what its heads weigh together) */
 #include <math.h>
 #include <string.h>
 

@@ -7,7 +7,7 @@
  * it runs on. Slots are only ever appended: a new op gets a new slot at the end and bumps
  * LMS_BACKEND_OPS_VERSION; a backend that does not implement an optional slot leaves it NULL and
  * callers check the slot before use (e.g. the activation-statistics hooks of importance scoring,
- * pruning-and-distillation.md §2.1, and the backward ops and KD loss of §6 go at the end).
+ * and the backward ops and KD loss of distillation go at the end).
  *
  * Conventions for every op:
  *   - pointers are device addresses inside lms_buf allocations of the same backend;
@@ -54,7 +54,7 @@ struct lms_matmul {
 };
 
 /* Causal grouped-query attention, never materialising (S, S). Query head h uses key/value
- * head h / (n_h / n_g) (contiguous heads per group, pruning-and-distillation.md §1).
+ * head h / (n_h / n_g) (contiguous heads per group).
  * Row (b, t) of q is at q + (b*S + t) * q_stride; head h at column h*d. Same for k, v, out.
  * Key j is visible to query i when j <= i and (window == 0 or i - j < window). */
 struct lms_attention {

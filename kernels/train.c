@@ -122,7 +122,8 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
     if (pub->n_params <= 0 || pub->n_params > INT64_MAX / 64)
         return lms_error_set(err, LMS_EINVAL, "trainer: parameter count overflows");
     pub->weights = pub->grads = (size_t)pub->n_params * 4 + 64 * 32 * (size_t)(L + 2);
-    pub->moments = 2 * pub->weights;
+    int shards = o->shards > 0 ? o->shards : lms_comm_world(o->comm);
+    pub->moments = 2 * ((pub->weights + (size_t)shards - 1) / (size_t)shards); /* ZeRO-1 */
     pub->working = o->bf16_working ? (size_t)pub->n_params * 2 + 64 * 32 * (size_t)(L + 2) : 0;
 
     size_t cur = 0;
@@ -224,6 +225,9 @@ struct lms_trainer {
     const struct lms_hidden_pair *pairs;
     size_t n_pairs;
     int64_t teacher_H;
+    /* data parallelism: this rank's chunk [shard0, shard0 + chunk) of the layout (floats) */
+    struct lms_comm *comm;
+    int64_t chunk, shard0;
 };
 
 #define ABSENT SIZE_MAX
@@ -350,6 +354,11 @@ static enum lms_status build_params(struct lms_trainer *tr, struct lms_error *er
     }
     tr->n_params = n;
     tr->n_floats = (cur + 15) & ~(size_t)15;
+    if (tr->comm) { /* world equal chunks, as the collectives want them */
+        tr->chunk = lms_comm_chunk((int64_t)cur, lms_comm_world(tr->comm));
+        tr->shard0 = tr->chunk * lms_comm_rank(tr->comm);
+        tr->n_floats = (size_t)(tr->chunk * lms_comm_world(tr->comm));
+    }
     return LMS_OK;
 }
 
@@ -365,13 +374,14 @@ static enum lms_status refresh_working_copy(struct lms_trainer *tr, struct lms_e
 static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *err)
 {
     size_t bytes = tr->n_floats * sizeof(float);
+    size_t m_floats = tr->comm ? (size_t)tr->chunk : tr->n_floats; /* sharded moments */
     enum lms_status rc = lms_buf_alloc(tr->be, bytes, &tr->bw, err);
     if (!rc)
         rc = lms_buf_alloc(tr->be, bytes, &tr->bg, err);
     if (!rc)
-        rc = lms_buf_alloc(tr->be, bytes, &tr->bm, err);
+        rc = lms_buf_alloc(tr->be, m_floats * sizeof(float), &tr->bm, err);
     if (!rc)
-        rc = lms_buf_alloc(tr->be, bytes, &tr->bv, err);
+        rc = lms_buf_alloc(tr->be, m_floats * sizeof(float), &tr->bv, err);
     if (rc)
         return lms_error_wrap(err, "trainer: %zu bytes of parameters: ", bytes);
     tr->W = tr->bw.ptr;
@@ -383,16 +393,16 @@ static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *er
     if (!rc)
         rc = tr->ops->scale(tr->be, tr->G, 0.0f, nf, err);
     if (!rc)
-        rc = tr->ops->scale(tr->be, tr->M, 0.0f, nf, err);
+        rc = tr->ops->scale(tr->be, tr->M, 0.0f, (int64_t)m_floats, err);
     if (!rc)
-        rc = tr->ops->scale(tr->be, tr->Vm, 0.0f, nf, err);
+        rc = tr->ops->scale(tr->be, tr->Vm, 0.0f, (int64_t)m_floats, err);
     for (size_t i = 0; !rc && i < tr->n_params; i++) {
         struct lms_train_param *p = &tr->params[i];
         size_t off = (size_t)(uintptr_t)p->w;
         p->w = tr->W + off;
         p->g = tr->G + off;
-        p->m = tr->M + off;
-        p->v = tr->Vm + off;
+        p->m = tr->comm ? NULL : tr->M + off;
+        p->v = tr->comm ? NULL : tr->Vm + off;
         if (p->role == LMS_ROLE_OTHER) {
             /* hidden map W (Ht, H): ones on the diagonal, so that at the start the student's
              * channel c is compared with the teacher's channel c (the pruned student keeps a
@@ -494,6 +504,7 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
     tr->a = student->arch;
     tr->opts = *opts;
     tr->opts.bf16_working = lms__backend_weight_dtype(be, LMS_DTYPE_BF16) == LMS_DTYPE_BF16;
+    tr->comm = opts->comm;
     tr->vocab_in = emb->view->shape[0];
     tr->V = head->view->shape[0];
     rc = plan_make(&tr->a, tr->V, &tr->opts, &tr->plan, err);
@@ -1256,6 +1267,9 @@ enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
     return LMS_OK;
 }
 
+static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_adamw_opts *o,
+                                     double *grad_norm, struct lms_error *err);
+
 enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw_opts *o,
                                   double *grad_norm, struct lms_error *err)
 {
@@ -1266,6 +1280,8 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
                              "of range",
                              (long long)o->step, o->lr, o->beta1, o->beta2, o->eps,
                              o->weight_decay);
+    if (tr->comm)
+        return adamw_sharded(tr, o, grad_norm, err);
     double norm = 0;
     enum lms_status rc = LMS_OK;
     if (grad_norm || o->clip_norm > 0)
@@ -1299,6 +1315,114 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     if (!rc)
         rc = lms_backend_sync(tr->be, err);
     return rc;
+}
+
+/* ---- data parallelism (ZeRO stage 1, include/lms/train.h) --------------------------------- */
+
+/* The part [lo, hi) (elements of the tensor) of parameter p inside this rank's chunk; false
+ * when none. */
+static bool shard_part(const struct lms_trainer *tr, const struct lms_train_param *p, int64_t *lo,
+                       int64_t *hi)
+{
+    int64_t off = p->w - tr->W, a = tr->shard0 - off, b = tr->shard0 + tr->chunk - off;
+    *lo = a > 0 ? a : 0;
+    *hi = b < p->numel ? b : p->numel;
+    return *lo < *hi;
+}
+
+/* The optimiser step of a data-parallel run: reduce-scatter, norm, update of this rank's
+ * chunk, all-gather. Every rank makes the same calls in the same order. */
+static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_adamw_opts *o,
+                                     double *grad_norm, struct lms_error *err)
+{
+    enum lms_status rc = lms_backend_sync(tr->be, err);
+    if (!rc)
+        rc = lms_comm_reduce_scatter(tr->comm, tr->G, tr->chunk, err);
+    if (rc)
+        return rc;
+    struct lms_adamw *list = lms_calloc(tr->n_params, sizeof *list);
+    if (!list)
+        return lms_error_set(err, LMS_ENOMEM, "adamw: out of memory");
+    /* the clipping norm: this chunk's sum of squares per tensor part (one device sum each, one
+     * download for all), summed over ranks */
+    float *acc = tr->norm_parts.ptr;
+    bool want_norm = grad_norm || o->clip_norm > 0;
+    double total = 0;
+    size_t n = 0;
+    if (want_norm)
+        rc = tr->ops->scale(tr->be, acc, 0.0f, (int64_t)tr->n_params, err);
+    for (size_t i = 0; !rc && i < tr->n_params; i++) {
+        const struct lms_train_param *p = &tr->params[i];
+        int64_t lo, hi;
+        if (!shard_part(tr, p, &lo, &hi))
+            continue;
+        size_t m_off = (size_t)(p->w - tr->W + lo - tr->shard0);
+        list[n] = (struct lms_adamw){p->w + lo, p->g + lo, tr->M + m_off, tr->Vm + m_off,
+                                     hi - lo,
+                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
+                                     NULL};
+        if (want_norm)
+            rc = tr->ops->sum_squares(tr->be, acc + n, p->g + lo, hi - lo, err);
+        n++;
+    }
+    if (!rc && want_norm && n)
+        rc = lms_buf_download(tr->be, tr->host_norm_parts, n * sizeof(float), acc,
+                              n * sizeof(float), err);
+    for (size_t i = 0; !rc && want_norm && i < n; i++)
+        total += tr->host_norm_parts[i];
+    if (!rc)
+        rc = lms_comm_sum(tr->comm, &total, 1, err);
+    double norm = sqrt(total);
+    if (!rc && grad_norm)
+        *grad_norm = norm;
+    if (!rc && !isfinite(norm)) /* the same on every rank: all skip together */
+        rc = lms_error_set(err, LMS_EINVAL,
+                           "adamw: the gradient norm is not finite (%g); step skipped", norm);
+    double clip = 1.0;
+    if (o->clip_norm > 0) {
+        double c = o->clip_norm / (norm + 1e-6);
+        clip = c < 1.0 ? c : 1.0;
+    }
+    struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                                (float)clip, o->step};
+    if (!rc && n)
+        rc = tr->ops->adamw(tr->be, list, (int64_t)n, &h, err);
+    lms_free(list);
+    if (!rc)
+        rc = lms_backend_sync(tr->be, err);
+    if (!rc)
+        rc = lms_comm_all_gather(tr->comm, tr->W, tr->chunk, err);
+    if (!rc && tr->W16) /* every rank now holds all updated master weights */
+        rc = refresh_working_copy(tr, err);
+    return rc;
+}
+
+enum lms_status lms_trainer_gather_moment(struct lms_trainer *tr, int which,
+                                          struct lms_error *err)
+{
+    const float *src = which ? tr->Vm : tr->M;
+    size_t n = tr->comm ? (size_t)tr->chunk : tr->n_floats;
+    float *dst = tr->comm ? tr->G + tr->shard0 : tr->G;
+    enum lms_status rc = copy(tr, dst, src, (int64_t)n, err);
+    if (!rc)
+        rc = lms_backend_sync(tr->be, err);
+    if (!rc && tr->comm)
+        rc = lms_comm_all_gather(tr->comm, tr->G, tr->chunk, err);
+    return rc;
+}
+
+enum lms_status lms_trainer_load_moment(struct lms_trainer *tr, size_t i, int which,
+                                        const float *host, struct lms_error *err)
+{
+    const struct lms_train_param *p = &tr->params[i];
+    float *base = which ? tr->Vm : tr->M;
+    if (!tr->comm)
+        return lms_buf_upload(tr->be, base + (p->w - tr->W), host, (size_t)p->numel * 4, err);
+    int64_t lo, hi;
+    if (!shard_part(tr, p, &lo, &hi))
+        return LMS_OK;
+    return lms_buf_upload(tr->be, base + (p->w - tr->W + lo - tr->shard0), host + lo,
+                          (size_t)(hi - lo) * sizeof(float), err);
 }
 
 /* ---- export ------------------------------------------------------------------------------- */

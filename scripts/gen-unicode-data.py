@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerates formats/unicode/unicode-data.txt, the compact Unicode data the tokenizer's tables
-are built from at build time (scripts/gen-unicode-tables.py). Development tool only: the build
-uses the committed output and needs neither of the sources below.
+"""Regenerates formats/text/unicode/unicode-data.txt, the compact Unicode data the tokenizer's
+tables are built from at build time (scripts/gen-unicode-tables.py). Development tool only: the
+build uses the committed output and needs neither of the sources below.
 
-Sources (data-formats.md §3.4, §3.5, §3.10):
+Sources:
   * general categories, Unicode 16.0.0 (what tokenizers 0.23.x / Oniguruma use for \\p{L},
     \\p{N}, \\s): the PyPI package unicodedata2==16.0.0;
   * normalization (NFC), restricted to code points with Age <= 9.0 (the reference NFC uses
@@ -13,7 +13,7 @@ Sources (data-formats.md §3.4, §3.5, §3.10):
 Usage:
   pip install unicodedata2==16.0.0
   apt-get download unicode-data && dpkg-deb -x unicode-data_*.deb ucd
-  python3 scripts/gen-unicode-data.py ucd/usr/share/unicode > formats/unicode/unicode-data.txt
+  python3 scripts/gen-unicode-data.py ucd/usr/share/unicode > formats/text/unicode/unicode-data.txt
 """
 import os
 import sys

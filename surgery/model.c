@@ -1,15 +1,13 @@
 /* The model IR: architecture config, roles and the tensor list (include/lms/ir.h). */
-#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "lms/alloc.h"
 #include "lms/ir.h"
-#include "lms/outdir.h"
+#include "lms/scratch.h"
 
 static const struct {
     const char *name;
@@ -268,50 +266,6 @@ void lms_model_release(struct lms_model *m)
     lms_free(m->source_format);
     lms_scratch_release(m->scratch);
     memset(m, 0, sizeof(*m));
-}
-
-enum lms_status lms_scratch_new(const char *prefix, struct lms_scratch **out,
-                                struct lms_error *err)
-{
-    const char *tmp = getenv("TMPDIR");
-    char path[4096];
-    if (!tmp || !*tmp)
-        tmp = "/tmp";
-    if ((size_t)snprintf(path, sizeof(path), "%s/%sXXXXXX", tmp, prefix) >= sizeof(path))
-        return lms_error_set(err, LMS_EINVAL, "temporary directory path too long");
-    struct lms_scratch *s = lms_calloc(1, sizeof(*s));
-    if (!s)
-        return lms_error_set(err, LMS_ENOMEM, "out of memory");
-    if (!mkdtemp(path)) {
-        lms_free(s);
-        return lms_error_set(err, LMS_EIO, "creating a temporary directory in '%s': %s", tmp,
-                             strerror(errno));
-    }
-    s->path = lms_strdup(path);
-    if (!s->path) {
-        rmdir(path);
-        lms_free(s);
-        return lms_error_set(err, LMS_ENOMEM, "out of memory");
-    }
-    s->refs = 1;
-    *out = s;
-    return LMS_OK;
-}
-
-struct lms_scratch *lms_scratch_ref(struct lms_scratch *s)
-{
-    if (s)
-        s->refs++;
-    return s;
-}
-
-void lms_scratch_release(struct lms_scratch *s)
-{
-    if (!s || --s->refs > 0)
-        return;
-    lms_remove_tree(s->path);
-    lms_free(s->path);
-    lms_free(s);
 }
 
 enum lms_status lms_model_add(struct lms_model *m, const char *name, enum lms_role role,

@@ -1,5 +1,5 @@
 /* Applying a prune plan: views and config, no arithmetic on weights
- * (pruning-and-distillation.md §5; include/lms/surgery.h).
+ * (include/lms/surgery.h).
  *
  * Slicing table (K_H hidden, K_F neurons, E(.) heads/groups expanded to their d rows):
  *   embed, lm_head [V, H]      cols K_H          norms [H]          K_H
@@ -233,7 +233,8 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
     for (int64_t i = 0; p->layers.index && i < p->layers.n; i++)
         new_index[p->layers.index[i]] = i;
 
-    /* per kept layer: check homogeneity (same F', n_g', r' everywhere, §1) */
+    /* per kept layer: check homogeneity (same F', n_g', r' everywhere: the IR has one shape per
+     * role for all layers) */
     int64_t F2 = -1, r2 = -1, g2 = -1;
     rc = LMS_OK;
     for (int64_t l = 0; l < a->n_layers && !rc; l++) {

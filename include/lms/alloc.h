@@ -15,6 +15,11 @@ void lms_free(void *p); /* lms_free(NULL) does nothing */
 char *lms_strdup(const char *s);
 char *lms_strndup(const char *s, size_t n);
 
+/* How many allocations have returned NULL since the program started (injected failures and real
+ * ones). Code that calls a library which reports an allocation failure like any other error
+ * (jansson's parser) compares it before and after the call to tell LMS_ENOMEM apart. */
+long lms_alloc_failures(void);
+
 /* Test hook: the next k allocations succeed, the (k+1)-th and later ones fail, until reset with
  * k < 0. Returns the number of allocations made since the last call. */
 long lms_alloc_fail_after(long k);

@@ -1,7 +1,7 @@
 /* lmsurgeon: Megatron/NeMo indexed token datasets (.bin + .idx) and the data loader.
  *
- * Implements data-formats.md §2. A dataset is addressed by a path prefix; the files are
- * PREFIX.bin (token ids of every sequence, back to back, no header) and PREFIX.idx:
+ * A dataset is addressed by a path prefix; the files are PREFIX.bin (token ids of every sequence,
+ * back to back, no header) and PREFIX.idx:
  *
  *   offset      size  field
  *   0           9     magic "MMIDIDX\0\0"
@@ -13,7 +13,7 @@
  *   34+4S       8*S   int64 sequence pointers (byte offsets into .bin)
  *   34+12S      8*D   int64 document index (sequence boundaries)
  *
- * The reader maps both files and validates every invariant of §2.5 before returning (magic,
+ * The reader maps both files and validates every invariant before returning (magic,
  * version, dtype, counts against the file size, pointers contiguous and inside .bin, .bin size,
  * document index monotone from 0 to S). After a successful open nothing is checked again.
  *
@@ -33,7 +33,7 @@
 
 #include "lms/error.h"
 
-/* Token dtype codes of the .idx header (data-formats.md §2.3). */
+/* Token dtype codes of the .idx header. */
 enum lms_index_dtype {
     LMS_INDEX_U8 = 1,
     LMS_INDEX_I8 = 2,
@@ -76,9 +76,6 @@ int64_t lms_dataset_n_tokens(const struct lms_dataset *ds);    /* length of the 
 /* Token range of document d (0 <= d < n_docs) in the stream: [*begin, *end). Documents are
  * contiguous in the stream. Returns false if d is out of range. */
 bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *begin,
-                           int64_t *end);
-/* Token range of sequence k (0 <= k < n_sequences). */
-bool lms_dataset_seq_range(const struct lms_dataset *ds, int64_t k, int64_t *begin,
                            int64_t *end);
 
 /* Copies stream positions [begin, end) to dst as int32 (end - begin entries; dst_cap is the

@@ -1,6 +1,6 @@
 /* lmsurgeon: element types of checkpoint tensors and conversions between them.
  *
- * The enum order is the safetensors "alignment order" (data-formats.md §1.3): rank 0 = BOOL ...
+ * The enum order is the safetensors "alignment order": rank 0 = BOOL ...
  * rank 21 = U64, which the canonical writer sorts by. Sub-byte types (F4, F6_*) and FP8 types
  * are carried through untouched; only the float types F64/F32/F16/BF16 are cast. */
 #ifndef LMS_DTYPE_H

@@ -1,9 +1,9 @@
 /* lmsurgeon: the forward engine. Runs a Llama / Mistral / Qwen2 / Qwen3 model from the IR on a
  * compute backend (include/lms/backend.h), for eval, importance scoring and distillation.
  *
- * Legend (pruning-and-distillation.md §1): B batch rows, S tokens per row, N = B*S token rows,
- * L layers, H hidden, F FFN width, n_h query heads, n_g key/value heads, d head dim, V logits
- * width (rows of the LM head, or of the embedding when tied).
+ * Legend: B batch rows, S tokens per row, N = B*S token rows, L layers, H hidden, F FFN width, n_h
+ * query heads, n_g key/value heads, d head dim, V logits width (rows of the LM head, or of the
+ * embedding when tied).
  *
  * lms_engine_new uploads the weights once (in the backend's weight dtype) and allocates one
  * workspace sized by lms_fwd_plan_make for the largest batch it will see; lms_engine_forward then
@@ -17,7 +17,7 @@
  *
  * Hooks observe activations on the device at the points listed in enum lms_hook_point (layer
  * outputs for tests and depth importance; norm outputs, attention context and down-projection
- * input for the activation statistics of pruning-and-distillation.md §2-3). */
+ * input for the activation statistics of importance scoring). */
 #ifndef LMS_ENGINE_H
 #define LMS_ENGINE_H
 

@@ -15,10 +15,6 @@
 /* Progress callback: done and total in bytes of tensor data. May be NULL. */
 typedef void (*lms_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
-struct lms_read_opts {
-    int reserved; /* no options yet; zero-initialise */
-};
-
 struct lms_write_opts {
     enum lms_dtype dtype;    /* cast float tensors to this; LMS_DTYPE_COUNT keeps each dtype */
     uint64_t max_shard_size; /* bytes of tensor data per shard; 0 = default 5 GB */
@@ -39,8 +35,7 @@ struct lms_format {
     const char *description;
     /* 0..100 confidence that path is in this format; never fails. */
     int (*probe)(const char *path);
-    enum lms_status (*read)(const char *path, const struct lms_read_opts *opts,
-                            struct lms_model *out, struct lms_error *err);
+    enum lms_status (*read)(const char *path, struct lms_model *out, struct lms_error *err);
     enum lms_status (*write)(const struct lms_model *m, const char *path,
                              const struct lms_write_opts *opts, struct lms_write_result *res,
                              struct lms_error *err);

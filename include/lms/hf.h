@@ -1,9 +1,9 @@
 /* lmsurgeon: Hugging Face checkpoints (config.json + safetensors, single file or sharded).
  *
  * A checkpoint directory holds config.json, either model.safetensors or
- * model-0000K-of-0000N.safetensors shards with model.safetensors.index.json (data-formats.md
- * §1.6), and files that travel with the model (tokenizer, generation config, chat template),
- * which are copied unchanged. */
+ * model-0000K-of-0000N.safetensors shards with model.safetensors.index.json (its weight_map
+ * names the shard of every tensor), and files that travel with the model (tokenizer, generation
+ * config, chat template), which are copied unchanged. */
 #ifndef LMS_HF_H
 #define LMS_HF_H
 
@@ -23,7 +23,7 @@ enum lms_status lms_hf_config_parse(const json_t *config, struct lms_arch *arch,
 enum lms_status lms_hf_config_build(const struct lms_arch *arch, const json_t *base,
                                     json_t **out, struct lms_error *err);
 
-/* The "hf" format (formats/hf_checkpoint.c). */
+/* The "hf" format (formats/layouts/hf_checkpoint.c). */
 extern const struct lms_format lms_format_hf;
 
 /* Names of the files copied along with a checkpoint when present. NULL-terminated. */

@@ -1,7 +1,7 @@
 /* lmsurgeon: the model IR, one in-memory representation for every checkpoint format.
  *
- * Legend (pruning-and-distillation.md §1): L layers, H hidden, F FFN width, n_h query heads,
- * n_g query groups (KV heads), d head dim, V vocabulary. Weights are stored [out, in].
+ * Legend: L layers, H hidden, F FFN width, n_h query heads, n_g query groups (KV heads), d head
+ * dim, V vocabulary. Weights are stored [out, in].
  *
  * A model is a typed config (struct lms_arch, every dimension explicit) plus tensors addressed by
  * canonical role and layer. Each tensor is a view: storage bytes (a mapped file range or host
@@ -37,7 +37,7 @@ enum lms_family {
 enum lms_rope_type {
     LMS_ROPE_DEFAULT, /* inv_freq[k] = theta^(-2k/d) */
     LMS_ROPE_LINEAR,  /* positions divided by factor */
-    LMS_ROPE_LLAMA3,  /* Llama-3.1 frequency smoothing (data-formats.md §4.6) */
+    LMS_ROPE_LLAMA3,  /* Llama-3.1 frequency smoothing */
     LMS_ROPE_YARN,    /* parsed and carried; the engine rejects it */
     LMS_ROPE_DYNAMIC, /* parsed and carried; the engine rejects it */
 };
@@ -201,19 +201,7 @@ struct lms_tensor {
 
 struct json_t; /* jansson */
 
-/* A temporary directory holding side files a reader extracted from an archive (a .nemo
- * tarball's tokenizer files), shared by the models that list files in it and removed with its
- * contents when the last of them is released. */
-struct lms_scratch {
-    int refs;   /* models holding it */
-    char *path; /* the directory; owned */
-};
-
-/* Creates a directory "<$TMPDIR or /tmp>/<prefix>XXXXXX". OUT: *out holds one reference. */
-enum lms_status lms_scratch_new(const char *prefix, struct lms_scratch **out,
-                                struct lms_error *err);
-struct lms_scratch *lms_scratch_ref(struct lms_scratch *s); /* NULL allowed */
-void lms_scratch_release(struct lms_scratch *s);            /* NULL allowed; last removes it */
+struct lms_scratch; /* lms/scratch.h */
 
 struct lms_model {
     struct lms_arch arch;

@@ -1,5 +1,5 @@
-/* lmsurgeon: NeMo 2 and Megatron-Bridge / Megatron-LM checkpoint formats
- * (checkpoint-formats.md §1, §4, §5), built on the torch_dist checkpoint of lms/dcp.h.
+/* lmsurgeon: NeMo 2 and Megatron-Bridge / Megatron-LM checkpoint formats, built on the torch_dist
+ * checkpoint codec (formats/codecs/dcp.h).
  *
  *   "nemo"      <ckpt>/context/{io.json, model.yaml, hf_config.json, nemo_tokenizer/}
  *               <ckpt>/weights/  torch_dist, keys prefixed "module."
@@ -17,7 +17,7 @@
 
 extern const struct lms_format lms_format_nemo;
 extern const struct lms_format lms_format_megatron;
-/* "nemo1": NeMo 1.x .nemo tarballs (checkpoint-formats.md §1.6), formats/nemo1.c */
+/* "nemo1": NeMo 1.x .nemo tarballs, formats/layouts/nemo1.c */
 extern const struct lms_format lms_format_nemo1;
 
 #endif

@@ -1,4 +1,4 @@
-/* lmsurgeon: safetensors files (data-formats.md §1).
+/* lmsurgeon: safetensors files.
  *
  *   offset 0      u64 N, little-endian: header length
  *   offset 8      N bytes of UTF-8 JSON: {"__metadata__": {str: str}, name: {"dtype", "shape",
@@ -6,8 +6,8 @@
  *   offset 8 + N  the data buffer: tensors packed back to back, no gaps, nothing after the last
  *
  * lms_st_parse is a pure parser (bytes in memory to header struct; no I/O, fuzzable) applying
- * every validation rule of §1.4 in the reference's order. lms_st_open maps a file and parses it.
- * lms_st_header_build produces the canonical header of §1.5 (byte-identical to the reference
+ * every validation rule of the reference reader, in its order. lms_st_open maps a file and
+ * parses it. lms_st_header_build produces the canonical header (byte-identical to the reference
  * writer) for a list of tensors. */
 #ifndef LMS_SAFETENSORS_H
 #define LMS_SAFETENSORS_H
@@ -21,7 +21,7 @@
 #include "lms/json.h"
 #include "lms/storage.h"
 
-#define LMS_ST_MAX_HEADER 100000000u /* §1.4 rule 2 */
+#define LMS_ST_MAX_HEADER 100000000u /* the reference reader refuses larger headers */
 
 struct lms_st_entry {
     char *name;                  /* owned */
@@ -37,7 +37,7 @@ struct lms_st_header {
     json_t *metadata;             /* __metadata__ object (string values) or NULL; owned */
     uint64_t header_len;          /* N */
     uint64_t data_start;          /* 8 + N */
-    int n_ignored_fields;         /* unknown fields inside tensor entries (ignored, §1.4) */
+    int n_ignored_fields;         /* unknown fields inside tensor entries (ignored) */
 };
 
 /* Parses and validates the header of a safetensors file whose first head_len bytes are at head
@@ -69,7 +69,7 @@ struct lms_st_out {
     size_t tag;          /* the caller's, carried through the sort (e.g. its own index) */
 };
 
-/* Sorts outs into canonical order (§1.5: dtype rank descending, then name), assigns offsets and
+/* Sorts outs into canonical order (dtype rank descending, then name), assigns offsets and
  * renders the padded header (with metadata, a string->string object or NULL) into hdr_out,
  * including the 8-byte length prefix. */
 enum lms_status lms_st_header_build(struct lms_st_out *outs, size_t n, const json_t *metadata,

@@ -1,4 +1,4 @@
-/* lmsurgeon: structured pruning surgery on the IR (pruning-and-distillation.md §3.7, §5).
+/* lmsurgeon: structured pruning surgery on the IR.
  *
  * A prune plan is data: for each axis, the kept indices in ascending original order (per layer
  * for FFN neurons, heads and query groups; global for hidden channels; a layer list for depth).

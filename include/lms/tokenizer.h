@@ -1,11 +1,11 @@
 /* lmsurgeon: byte-level BPE tokenizer compatible with Hugging Face tokenizer.json.
  *
- * Implements data-formats.md §3 for the Qwen2/Qwen2.5/Qwen3, Llama-3.x and GPT-2 families:
- * added-token split, NFC (Unicode 9.0), the Split pre-tokenizer patterns of §3.5 (recognised by
- * their exact text; no general regex engine), ByteLevel mapping, BPE with merge ranks and
- * ignore_merges, TemplateProcessing post-processor, ByteLevel decode. Ids are identical to the
- * reference `tokenizers` library. Anything outside the supported subset (§3.1) is refused at
- * load time with an error naming the field.
+ * Covers the Qwen2/Qwen2.5/Qwen3, Llama-3.x and GPT-2 families: added-token split, NFC (Unicode
+ * 9.0), the Split pre-tokenizer patterns of those families (recognised by their exact text; no
+ * general regex engine), ByteLevel mapping, BPE with merge ranks and ignore_merges,
+ * TemplateProcessing post-processor, ByteLevel decode. Ids are identical to the reference
+ * `tokenizers` library. Anything outside the supported subset is refused at load time with an error
+ * naming the field.
  *
  * A loaded tokenizer is immutable and may be shared by threads; each thread encodes through its
  * own struct lms_tokenizer_ctx (scratch buffers and a word cache). */
@@ -33,7 +33,7 @@ void lms_ids_release(struct lms_ids *ids); /* frees data, zeroes the struct */
  * optionally tokenizer_config.json, read for eos/bos/pad token names). OUT: *out, free with
  * lms_tokenizer_free. Errors: LMS_EIO (unreadable), LMS_EFORMAT (bad JSON, bad merges,
  * inconsistent vocab), LMS_EUNSUPPORTED (model type, normalizer, pre-tokenizer, pattern,
- * post-processor or decoder outside §3.1), each naming the field. */
+ * post-processor or decoder outside the supported subset), each naming the field. */
 enum lms_status lms_tokenizer_load(const char *path, struct lms_tokenizer **out,
                                    struct lms_error *err);
 /* Same from the text of a tokenizer.json (label names it in messages) and, optionally, the text
@@ -53,11 +53,6 @@ int32_t lms_tokenizer_pad_id(const struct lms_tokenizer *tk);
 /* Id of a token string (vocab key or added-token content); -1 if unknown. */
 int32_t lms_tokenizer_token_to_id(const struct lms_tokenizer *tk, const char *token,
                                   size_t token_len);
-/* Token string of id (vocab key in the ByteLevel alphabet, or added-token content), with its
- * length in *len; NULL if the id is unknown. The pointer lives as long as tk. */
-const char *lms_tokenizer_id_to_token(const struct lms_tokenizer *tk, int32_t id, size_t *len);
-/* Name of the pre-tokenizer family recognised at load: "qwen2", "llama-bpe", "gpt-2". */
-const char *lms_tokenizer_family(const struct lms_tokenizer *tk);
 
 /* Per-thread state. OUT: *out. The tokenizer must outlive it. */
 enum lms_status lms_tokenizer_ctx_new(const struct lms_tokenizer *tk,
@@ -74,7 +69,7 @@ enum lms_status lms_tokenizer_encode(struct lms_tokenizer_ctx *ctx, const char *
                                      size_t text_len, unsigned flags, struct lms_ids *out,
                                      struct lms_error *err);
 
-/* Decodes ids (§3.9) into *out (NUL-terminated, lms_malloc'd; caller lms_frees) of length
+/* Decodes ids into *out (NUL-terminated, lms_malloc'd; caller lms_frees) of length
  * *out_len. Invalid UTF-8 in the byte stream becomes U+FFFD as in the reference; special added
  * tokens are dropped when skip_special. LMS_EINVAL for an unknown id. */
 enum lms_status lms_tokenizer_decode(const struct lms_tokenizer *tk, const int32_t *ids,

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "lms/backend.h"
+#include "lms/comm.h"
 #include "lms/engine.h"
 #include "lms/error.h"
 #include "lms/ir.h"
@@ -113,6 +114,11 @@ struct lms_train_opts {
     bool bf16_working;     /* plan a bf16 working copy of the weights, which the GEMMs read
                             * (lms_trainer_new sets it from the backend: on where the backend
                             * computes in bf16, as CUDA outside its fp32 precision) */
+    /* Data parallelism, ZeRO stage 1 (see "data parallelism" below). comm NULL: one process,
+     * as always. shards: ranks the optimiser state is split over, for the plan alone (a dry run
+     * has no communicator); 0 = lms_comm_world(comm). */
+    struct lms_comm *comm;
+    int shards;
 };
 
 /* Device memory of a trainer, in bytes, for printing a plan and refusing what cannot fit. */
@@ -121,7 +127,7 @@ struct lms_train_plan {
     size_t weights;            /* fp32 master weights */
     size_t working;            /* bf16 working copy of the weights (0 without) */
     size_t grads;              /* fp32 gradients */
-    size_t moments;            /* AdamW m and v, fp32 */
+    size_t moments;            /* AdamW m and v, fp32 (this rank's shard of them) */
     size_t activations;        /* saved forward activations and backward scratch */
     size_t logits;             /* student and teacher logits chunks and their gradient */
     size_t hidden;             /* intermediate-loss captures */
@@ -159,7 +165,8 @@ struct lms_train_param {
     int64_t numel;
     float *w;             /* fp32 master weight */
     float *g;             /* fp32 gradient (accumulated by micro-steps) */
-    float *m, *v;         /* AdamW first and second moments */
+    float *m, *v;         /* AdamW first and second moments; NULL with a communicator (the
+                           * moments are sharded: lms_trainer_gather_moment) */
     bool decay;           /* weight decay applies by the usual grouping: false for biases and
                            * 1-D norm weights */
 };
@@ -224,6 +231,28 @@ void lms_adamw_megatron(struct lms_adamw_opts *o);
  * OUT: *grad_norm (may be NULL): the global norm before clipping. */
 enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw_opts *o,
                                   double *grad_norm, struct lms_error *err);
+
+/* ---- data parallelism (ZeRO stage 1) ----------------------------------------------------
+ * With opts.comm every rank holds the whole fp32 weights and gradients, laid out in one buffer
+ * of world x chunk floats, and the AdamW moments of its own chunk only. Each rank runs its own
+ * micro-batches (grad_scale = 1 / micro-batches of the whole global batch), then
+ * lms_trainer_adamw, called by every rank, reduce-scatters the gradients (fp32 sums), takes the
+ * clipping norm over all chunks (sum of squares per rank, summed over ranks in double), updates
+ * its chunk of the weights and moments, and all-gathers the weights. With one rank the result
+ * is bit for bit that of a run without a communicator. */
+
+/* All ranks (a collective): assembles the whole first (which 0) or second (which 1) AdamW
+ * moment in the gradient buffer, so that afterwards parameter i's moment is at params[i].g
+ * (the gradients are overwritten: call between steps). Without a communicator it copies the
+ * moment there. */
+enum lms_status lms_trainer_gather_moment(struct lms_trainer *tr, int which,
+                                          struct lms_error *err);
+
+/* This rank's part of parameter i's moment which (0 first, 1 second) from host, the whole
+ * tensor (numel floats): the elements of the tensor that lie in this rank's chunk (all of them
+ * without a communicator). A state saved by any number of ranks loads on any other number. */
+enum lms_status lms_trainer_load_moment(struct lms_trainer *tr, size_t i, int which,
+                                        const float *host, struct lms_error *err);
 
 /* Writes the current master weights into out (initialised here): the student's config,
  * metadata and tensor names, each tensor in host memory storage, in dtype dt (F32, BF16 or F16;

@@ -3,7 +3,7 @@
  * C11 on the CUDA runtime and cuBLASLt C APIs; the kernels live in *.cu files behind
  * kernels/cuda/lms_cuda.h. All state is in struct cuda_ctx (no globals): the device ordinal, one
  * non-blocking stream every op is queued on, a cuBLASLt handle with its workspace, a scratch
- * buffer for 16-bit GEMM operands, pinned staging buffers for transfers, and the deferred-error
+ * buffer for 16-bit GEMM and attention operands, pinned staging buffers for transfers, and the deferred-error
  * words the kernels write (lms_cuda.h). Every entry point selects the context's device first, so
  * backends on several devices can coexist in one thread (NCCL data parallelism later).
  *
@@ -17,7 +17,7 @@
  * CUBLAS_COMPUTE_32F without TF32, the fp32 attention kernel) and matches the CPU reference;
  * AUTO/BF16 keeps 16-bit weights in their dtype, rounds the fp32 activation operand of each GEMM
  * to that dtype into the scratch buffer (fp32 accumulation and output) and runs attention on
- * tensor cores. */
+ * tensor cores (q, k, v rounded to bf16 into the same scratch). */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -42,7 +42,8 @@ struct cuda_ctx {
     cudaStream_t stream;        /* every op */
     cublasLtHandle_t lt;
     void *lt_ws;                /* LT_WORKSPACE bytes */
-    void *pack;                 /* 16-bit A operands of GEMMs; grown on demand */
+    void *pack;                 /* 16-bit operands of GEMMs and of the tensor-core attention;
+                                 * grown on demand */
     size_t pack_cap;            /* bytes */
     unsigned long long *errw;   /* device, LMS_CUDA_ERRW words (UINT64_MAX = clear) */
     unsigned long long *errw_h; /* pinned host copy */
@@ -377,12 +378,12 @@ static enum lms_status grow_pack(struct lms_backend *be, size_t bytes, struct lm
     /* grows to the largest operand seen, once per shape: the first forward step allocates it,
      * later steps reuse it */
     if (cx->pack) {
-        CK(cudaStreamSynchronize(cx->stream), "matmul: synchronising before growing scratch");
+        CK(cudaStreamSynchronize(cx->stream), "synchronising before growing the operand scratch");
         cudaFree(cx->pack);
         cx->pack = NULL;
         cx->pack_cap = 0;
     }
-    CK(cudaMalloc(&cx->pack, bytes), "matmul: allocating the operand scratch");
+    CK(cudaMalloc(&cx->pack, bytes), "allocating the operand scratch");
     cx->pack_cap = bytes;
     return LMS_OK;
 }
@@ -681,9 +682,20 @@ static enum lms_status cuda_attention(struct lms_backend *be, const struct lms_a
     enum lms_status rc = use(be, err);
     if (rc)
         return rc;
+    void *scratch = NULL;
+    if (kind == LMS_CUDA_ATTN_TC) {
+        /* the bf16 copies of q, k, v share the GEMMs' operand scratch: every op runs on one
+         * stream, so no two users of it overlap */
+        rc = grow_pack(be, lms__cuda_attn_scratch_bytes(at->batch, at->seq, at->n_heads,
+                                                        at->n_groups, at->head_dim),
+                       err);
+        if (rc)
+            return rc;
+        scratch = cx->pack;
+    }
     CK(lms_cuda_attention(cx->stream, kind, &l, at->batch, at->seq, at->n_heads, at->n_groups,
                           at->head_dim, at->q, at->k, at->v, at->q_stride, at->kv_stride,
-                          at->out, at->out_stride, at->scale, at->window, at->lse),
+                          at->out, at->out_stride, at->scale, at->window, at->lse, scratch),
        kind == LMS_CUDA_ATTN_TC ? "attention (tensor-core kernel)" : "attention (fp32 kernel)");
     return LMS_OK;
 }
@@ -821,11 +833,22 @@ static enum lms_status cuda_attention_backward(struct lms_backend *be,
     enum lms_status rc = use(be, err);
     if (rc)
         return rc;
+    void *scratch = NULL;
+    if (kind == LMS_CUDA_ATTN_TC) {
+        /* the bf16 operands and lse / D share the operand scratch, as the forward's (one
+         * stream) */
+        rc = grow_pack(be, lms__cuda_attn_bwd_scratch_bytes(at->batch, at->seq, at->n_heads,
+                                                            at->n_groups, d),
+                       err);
+        if (rc)
+            return rc;
+        scratch = cx->pack;
+    }
     CK(lms_cuda_attention_backward(cx->stream, kind, &l_dkv, &l_dq, at->batch, at->seq,
                                    at->n_heads, at->n_groups, d, at->q, at->k, at->v, at->q_stride,
                                    at->kv_stride, at->out, at->out_stride, at->lse, ab->dout,
                                    ab->dout_stride, ab->dq, ab->dq_stride, ab->dk, ab->dv,
-                                   ab->dkv_stride, at->scale, at->window),
+                                   ab->dkv_stride, at->scale, at->window, scratch),
        kind == LMS_CUDA_ATTN_TC ? "attention backward (tensor-core kernels)"
                                 : "attention backward (fp32 kernels)");
     return LMS_OK;

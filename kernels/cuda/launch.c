@@ -2,29 +2,21 @@
  * configuration (see launch.h) so that the unit tests check it without a GPU. */
 #include "kernels/cuda/launch.h"
 
-static size_t align128(size_t x)
+size_t lms__cuda_tc_attn_smem(int d)
 {
-    return (x + 127) & ~(size_t)127;
+    return (size_t)(LMS_CUDA_TC_BQ + 4 * LMS_CUDA_TC_BK) * (size_t)(d + LMS_CUDA_TC_PAD) * 2;
 }
 
-void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l)
+int64_t lms__cuda_attn_padded_seq(int64_t seq)
 {
-    int bk = LMS_CUDA_TC_BK;
-    l->ldq = d + 8;
-    l->lds = (bk > d ? bk : d) + 4;
-    l->ldp = bk + 8;
-    size_t at = 0;
-    l->off_q = at;
-    at = align128(at + (size_t)LMS_CUDA_TC_BQ * (size_t)l->ldq * 2);
-    l->off_k = at;
-    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
-    l->off_v = at;
-    at = align128(at + (size_t)bk * (size_t)l->ldq * 2);
-    l->off_s = at;
-    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->lds * 4);
-    l->off_p = at;
-    at = align128(at + (size_t)LMS_CUDA_ATTN_WARPS * 16 * (size_t)l->ldp * 2);
-    l->bytes = at;
+    return (seq + LMS_CUDA_TC_BQ - 1) / LMS_CUDA_TC_BQ * LMS_CUDA_TC_BQ;
+}
+
+size_t lms__cuda_attn_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                    int64_t n_groups, int64_t head_dim)
+{
+    return (size_t)batch * (size_t)(n_heads + 2 * n_groups) *
+           (size_t)lms__cuda_attn_padded_seq(seq) * (size_t)head_dim * 2;
 }
 
 size_t lms__cuda_f32_attn_smem(int d)
@@ -48,10 +40,8 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
     }
     int64_t bq;
     if (tensor_cores && (head_dim == 64 || head_dim == 128)) {
-        struct lms_cuda_tc_layout lay;
-        lms__cuda_tc_layout((int)head_dim, &lay);
         *kind = LMS_CUDA_ATTN_TC;
-        l->smem = lay.bytes;
+        l->smem = lms__cuda_tc_attn_smem((int)head_dim);
         bq = LMS_CUDA_TC_BQ;
     } else {
         *kind = LMS_CUDA_ATTN_F32;
@@ -80,28 +70,18 @@ size_t lms__cuda_attn_bwd_smem(int d, bool dkv)
     return (4 * t * (dd + 1) + (dkv ? 2 : 1) * t * dd + 2 * t * (t + 1) + 2 * t) * sizeof(float);
 }
 
-void lms__cuda_tc_bwd_layout(int d, struct lms_cuda_tc_bwd_layout *l)
+size_t lms__cuda_tc_bwd_smem(int d)
 {
     size_t t = LMS_CUDA_TC_BWD_T;
-    l->ldt = d + 8;
-    l->lds = (int)t + 4;
-    l->ldp = (int)t + 8;
-    l->ldo = d + 4;
-    size_t tile = align128(t * (size_t)l->ldt * 2), at = 0;
-    l->off_q = at;
-    l->off_g = at += tile;
-    l->off_k = at += tile;
-    l->off_v = at += tile;
-    l->off_s = at += tile;
-    size_t scores = t * (size_t)l->lds * 4, staging = t * (size_t)l->ldo * 4;
-    l->off_dp = at + scores;
-    /* S and dP together also hold the (T, d + 4) output staging at the end */
-    at = align128(at + (2 * scores > staging ? 2 * scores : staging));
-    l->off_p = at;
-    l->off_ds = at = align128(at + t * (size_t)l->ldp * 2);
-    l->off_l = at = align128(at + t * (size_t)l->ldp * 2);
-    l->off_d = at = align128(at + t * 4);
-    l->bytes = align128(at + t * 4);
+    return 6 * t * (size_t)(d + LMS_CUDA_TC_PAD) * 2 + 4 * t * sizeof(float);
+}
+
+size_t lms__cuda_attn_bwd_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                        int64_t n_groups, int64_t head_dim)
+{
+    size_t rows = (size_t)batch * (size_t)n_heads * (size_t)lms__cuda_attn_padded_seq(seq);
+    return lms__cuda_attn_scratch_bytes(batch, seq, n_heads, n_groups, head_dim) +
+           rows * (size_t)head_dim * 2 + 2 * rows * sizeof(float);
 }
 
 bool lms__cuda_attn_bwd_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t n_groups,
@@ -119,10 +99,8 @@ bool lms__cuda_attn_bwd_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_
     }
     int64_t tile;
     if (tensor_cores && (head_dim == 64 || head_dim == 128)) {
-        struct lms_cuda_tc_bwd_layout lay;
-        lms__cuda_tc_bwd_layout((int)head_dim, &lay);
         *kind = LMS_CUDA_ATTN_TC;
-        dkv->smem = dq->smem = lay.bytes;
+        dkv->smem = dq->smem = lms__cuda_tc_bwd_smem((int)head_dim);
         tile = LMS_CUDA_TC_BWD_T;
     } else {
         *kind = LMS_CUDA_ATTN_F32;

@@ -24,32 +24,28 @@ extern "C" {
  *        LMS_CUDA_ATTN_WARPS warps owns LMS_CUDA_F32_BQ query rows of one head (each warp
  *        LMS_CUDA_F32_BQ / warps rows); K/V tiles of LMS_CUDA_F32_BK keys (one per lane) are
  *        staged in shared memory; online softmax per row.
- *   TC:  tensor cores (WMMA bf16 16x16x16, fp32 accumulation), d = 64 or 128. A block owns
- *        LMS_CUDA_TC_BQ query rows of one head, 16 per warp; K/V tiles of LMS_CUDA_TC_BK keys are
- *        converted to bf16 into shared memory; each warp computes its 16 x BK scores with WMMA,
- *        stores them to its shared scratch, runs the online softmax with two lanes per row
- *        (row = lane / 2, half of the columns each), writes P as bf16, multiplies P V with WMMA
- *        into the same scratch and folds it into its output rows held in registers. */
+ *   TC:  tensor cores (mma.sync m16n8k16 bf16, fp32 accumulation; FlashAttention-2 style),
+ *        d = 64 or 128. A pre-pass rounds q, k, v to bf16 into a scratch buffer of
+ *        lms__cuda_attn_scratch_bytes bytes, per head and contiguous, the sequence padded with
+ *        zero rows to a multiple of the tile. A block owns LMS_CUDA_TC_BQ query rows of one head,
+ *        16 per warp; K/V tiles of LMS_CUDA_TC_BK keys are double-buffered in shared memory
+ *        (cp.async); scores, probabilities and the output stay in registers. */
 #define LMS_CUDA_ATTN_WARPS 4
 #define LMS_CUDA_F32_BQ 16
 #define LMS_CUDA_F32_BK 32
 #define LMS_CUDA_ATTN_F32_MAX_D 256
 #define LMS_CUDA_TC_BQ 64
 #define LMS_CUDA_TC_BK 64
+#define LMS_CUDA_TC_PAD 8 /* bf16 row padding of the shared tiles: ldmatrix without conflicts */
 
-/* Shared-memory layout of the TC kernel for head dim d (elements; byte offsets 128-aligned). */
-struct lms_cuda_tc_layout {
-    int ldq;        /* bf16 row stride of the Q, K and V tiles: d + 8 (multiple of 8, 16 B pad) */
-    int lds;        /* fp32 row stride of a warp's score / PV scratch: max(BK, d) + 4 */
-    int ldp;        /* bf16 row stride of a warp's P tile: BK + 8 */
-    size_t off_q;   /* (BQ, ldq) bf16 */
-    size_t off_k;   /* (BK, ldq) bf16 */
-    size_t off_v;   /* (BK, ldq) bf16 */
-    size_t off_s;   /* warps x (16, lds) fp32 */
-    size_t off_p;   /* warps x (16, ldp) bf16 */
-    size_t bytes;   /* total dynamic shared memory */
-};
-void lms__cuda_tc_layout(int d, struct lms_cuda_tc_layout *l);
+/* Dynamic shared memory of the TC kernel for head dim d: the Q tile (BQ rows) and two K and
+ * two V tiles (BK rows), bf16 rows of d + LMS_CUDA_TC_PAD, in that order. */
+size_t lms__cuda_tc_attn_smem(int d);
+/* The sequence length rounded up to the TC tile (rows of the bf16 scratch per head). */
+int64_t lms__cuda_attn_padded_seq(int64_t seq);
+/* Bytes of the TC kernel's bf16 scratch: Q (B, n_h, Sp, d), K and V (B, n_g, Sp, d) each. */
+size_t lms__cuda_attn_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                    int64_t n_groups, int64_t head_dim);
 /* Dynamic shared memory of the F32 kernel: K tile (BK, d+1) (padded against bank conflicts),
  * V tile (BK, d), scaled Q rows (BQ, d), all fp32. */
 size_t lms__cuda_f32_attn_smem(int d);
@@ -87,32 +83,21 @@ bool lms__cuda_attn_plan(int64_t batch, int64_t seq, int64_t n_heads, int64_t he
 #define LMS_CUDA_BWD_THREADS 128
 size_t lms__cuda_attn_bwd_smem(int d, bool dkv);
 
-/* Tensor-core variant (TC, d = 64 or 128, outside the exact precision): the same two kernels on
- * bf16 WMMA (16x16x16, fp32 accumulation) with tiles of LMS_CUDA_TC_BWD_T query rows x
- * LMS_CUDA_TC_BWD_T keys and LMS_CUDA_BWD_THREADS threads (4 warps, a 16-row strip each).
- * S = Q K^T and dP = dO V^T land in fp32 scratch, P and dS are formed there in fp32 and rounded
- * to bf16 for dV += P^T dO, dK += dS^T Q (DKV, each warp owning 16 keys) and dQ += dS K (DQ,
- * each warp owning 16 query rows); the accumulators are WMMA fragments. One layout serves both
- * kernels (DQ leaves the P tile unused). */
+/* Tensor-core variant (TC, d = 64 or 128, outside the exact precision), FlashAttention-2 style
+ * on mma.sync m16n8k16 (bf16, fp32 accumulation): the forward's bf16 pre-pack of q, k, v plus
+ * dout (bf16), lse (log2 units) and D = dout . out (fp32) per (b, h, row) in a scratch of
+ * lms__cuda_attn_bwd_scratch_bytes bytes, rows padded to LMS_CUDA_TC_BWD_T; tiles of
+ * LMS_CUDA_TC_BWD_T query rows x LMS_CUDA_TC_BWD_T keys, 4 warps of 16 rows (DQ: query rows,
+ * DKV: keys); S, dP, P, dS and the dQ / dK / dV accumulators stay in registers.
+ * Shared memory (lms__cuda_tc_bwd_smem), bf16 rows of d + LMS_CUDA_TC_PAD:
+ *   DKV: K, V tiles, then two Q and two dO tiles, then two (lse, D) pairs of T fp32 each;
+ *   DQ:  Q, dO tiles, then two K and two V tiles (the same size, less the lse/D pairs). */
 #define LMS_CUDA_TC_BWD_T 64
-struct lms_cuda_tc_bwd_layout {
-    int ldt;        /* bf16 row stride of the Q, dO, K and V tiles: d + 8 */
-    int lds;        /* fp32 row stride of the S and dP scratch: T + 4 */
-    int ldp;        /* bf16 row stride of the P and dS tiles: T + 8 */
-    int ldo;        /* fp32 row stride of a warp's output staging (16, d + 4), inside S/dP */
-    size_t off_q;   /* (T, ldt) bf16 each, byte offsets 128-aligned */
-    size_t off_g;
-    size_t off_k;
-    size_t off_v;
-    size_t off_s;   /* (T, lds) fp32; S, then the output staging of all warps */
-    size_t off_dp;  /* (T, lds) fp32, right after S */
-    size_t off_p;   /* (T, ldp) bf16 */
-    size_t off_ds;  /* (T, ldp) bf16 */
-    size_t off_l;   /* lse (T) fp32 */
-    size_t off_d;   /* D = dout . out (T) fp32 */
-    size_t bytes;
-};
-void lms__cuda_tc_bwd_layout(int d, struct lms_cuda_tc_bwd_layout *l);
+size_t lms__cuda_tc_bwd_smem(int d);
+/* Bytes of the TC scratch: the forward's lms__cuda_attn_scratch_bytes (Q, K, V bf16), then dO
+ * (B, n_h, Sp, d) bf16, lse and D (B, n_h, Sp) fp32 each. */
+size_t lms__cuda_attn_bwd_scratch_bytes(int64_t batch, int64_t seq, int64_t n_heads,
+                                        int64_t n_groups, int64_t head_dim);
 
 /* Launches of the two backward kernels: TC when tensor_cores is requested and d is 64 or 128,
  * else F32; grid x = sequence tiles, y = n_g (DKV) or n_h (DQ), z = B. False with *why set when

@@ -93,13 +93,21 @@ cudaError_t lms_cuda_row_cosine(cudaStream_t st, float *out, const float *a, int
                                 const float *b, int64_t ldb, int64_t n_rows, int64_t c);
 /* Causal GQA attention, the kernel and launch chosen by lms__cuda_attn_plan (launch.h).
  * Arguments as struct lms_attention. The kernel's dynamic shared-memory limit must have been
- * raised once with lms_cuda_attention_setup. */
+ * raised once with lms_cuda_attention_setup. scratch: device memory of
+ * lms__cuda_attn_scratch_bytes bytes (256-byte aligned) for the TC kind (its bf16 copies of
+ * q, k, v), unused (may be NULL) for F32. */
 cudaError_t lms_cuda_attention(cudaStream_t st, enum lms_cuda_attn_kind kind,
                                const struct lms_cuda_launch *l, int64_t batch, int64_t seq,
                                int64_t n_heads, int64_t n_groups, int64_t head_dim,
                                const float *q, const float *k, const float *v, int64_t q_stride,
                                int64_t kv_stride, float *out, int64_t out_stride, float scale,
-                               int64_t window, float *lse);
+                               int64_t window, float *lse, void *scratch);
+/* The TC pre-pass: q, k, v rounded to bf16 into scratch (lms__cuda_attn_scratch_bytes), per head
+ * and contiguous, rows padded with zeros to lms__cuda_attn_padded_seq (shared by the forward and
+ * the backward). d = 64 or 128. */
+void lms_cuda_attention_pack(cudaStream_t st, int64_t batch, int64_t seq, int64_t n_heads,
+                             int64_t n_groups, int64_t head_dim, const float *q, const float *k,
+                             const float *v, int64_t q_stride, int64_t kv_stride, void *scratch);
 /* Raises the dynamic shared-memory limit of the attention kernels (forward and backward) to
  * max_smem (bytes); called once per device at open. */
 cudaError_t lms_cuda_attention_setup(size_t max_smem);
@@ -112,7 +120,9 @@ cudaError_t lms_cuda_fill_f32(cudaStream_t st, float *dst, int64_t n, float valu
 
 /* Backward of lms_cuda_attention (struct lms_attention_backward): the kernels of kind (fp32, or
  * bf16 tensor cores for d = 64/128) with the launches from lms__cuda_attn_bwd_plan (launch.h);
- * lse (B, n_h, S) from the forward. dq, dk, dv written. */
+ * lse (B, n_h, S) from the forward. dq, dk, dv written. scratch: device memory of
+ * lms__cuda_attn_bwd_scratch_bytes bytes (256-byte aligned) for the TC kind, unused (may be
+ * NULL) for F32. */
 cudaError_t lms_cuda_attention_backward(cudaStream_t st, enum lms_cuda_attn_kind kind,
                                         const struct lms_cuda_launch *l_dkv,
                                         const struct lms_cuda_launch *l_dq, int64_t batch,
@@ -122,7 +132,8 @@ cudaError_t lms_cuda_attention_backward(cudaStream_t st, enum lms_cuda_attn_kind
                                         const float *out, int64_t out_stride, const float *lse,
                                         const float *dout, int64_t dout_stride, float *dq,
                                         int64_t dq_stride, float *dk, float *dv,
-                                        int64_t dkv_stride, float scale, int64_t window);
+                                        int64_t dkv_stride, float scale, int64_t window,
+                                        void *scratch);
 /* Raises the backward kernels' dynamic shared-memory limit (from lms_cuda_attention_setup). */
 cudaError_t lms_cuda_attention_backward_setup(size_t max_smem);
 

@@ -7,7 +7,7 @@ Megatron and NeMo 1 cases start from that checkpoint converted by the tool itsel
 default build/cli/lmsurgeon), then get their one defect. The table
 CASES below is the single source of truth: it also writes expected.tsv (read by
 tests/cli/test_bad_inputs.sh) and README.md. Expectations are what a correct reader must
-report (data-formats.md §1.4, §1.6), chosen by hand, not copied from the tool's output.
+report, chosen by hand, not copied from the tool's output.
 
   python3 tests/bad/make_corpus.py            # rewrites tests/bad/cases, expected.tsv, README.md
 """
@@ -524,7 +524,7 @@ IDX = "model.safetensors.index.json"
 # name, builder, what is wrong, exit code, file that the message must name ("." = the case
 # itself), substring the message must contain
 CASES = [
-    # -- safetensors framing (§1.4 rules 1-3)
+    # -- safetensors framing
     ("st_short", lambda d: single(d, raw=b"\x10\0\0\0\0"), "file of 5 bytes, shorter than the 8-byte length prefix",
      3, MS, "shorter than the 8-byte"),
     ("st_empty", lambda d: single(d, raw=b""), "empty file", 3, MS, "shorter than the 8-byte"),

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
 #include "lms/ir.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

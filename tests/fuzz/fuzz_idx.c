@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/dataset_impl.h"
+#include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/dataset.h"
 

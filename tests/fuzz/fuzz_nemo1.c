@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lms_format_nemo1.probe(path);
     struct lms_error err;
     struct lms_model m;
-    if (lms_format_nemo1.read(path, &(struct lms_read_opts){0}, &m, &err) == LMS_OK)
+    if (lms_format_nemo1.read(path, &m, &err) == LMS_OK)
         lms_model_release(&m);
     return 0;
 }

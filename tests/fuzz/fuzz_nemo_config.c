@@ -20,8 +20,8 @@
 #error "the build passes LMS_FUZZ_NEMO_WEIGHTS, a valid tiny torch_dist checkpoint folder"
 #endif
 
-#include "formats/nemo_impl.h"
-#include "lms/dcp.h"
+#include "formats/codecs/dcp.h"
+#include "formats/layouts/nemo_impl.h"
 #include "lms/hf.h"
 #include "lms/nemo.h"
 
@@ -42,7 +42,7 @@ static void read_io_json(const uint8_t *data, size_t size)
         return;
     struct lms_error err;
     struct lms_model m;
-    if (lms_format_nemo.read(dir, &(struct lms_read_opts){0}, &m, &err) == LMS_OK)
+    if (lms_format_nemo.read(dir, &m, &err) == LMS_OK)
         lms_model_release(&m);
 }
 

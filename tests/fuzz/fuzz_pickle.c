@@ -1,12 +1,12 @@
 /* libFuzzer target: the data-only pickle reader (lms_pkl_parse) and, on what it accepts, the DCP
- * .metadata interpreter (lms_dcp_metadata_parse), both pure parsers over bytes in memory
- * (checkpoint-formats.md §2.4). Any input must end in LMS_OK or an error, never a crash, a leak
- * or an out-of-bounds access; run under ASan/UBSan. */
+ * .metadata interpreter (lms_dcp_metadata_parse), both pure parsers over bytes in memory. Any
+ * input must end in LMS_OK or an error, never a crash, a leak or an out-of-bounds access; run
+ * under ASan/UBSan. */
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lms/dcp.h"
-#include "lms/pickle.h"
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/pickle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /* libFuzzer target: the safetensors header parser (lms_st_parse), given the input as a whole
- * file and as a truncated head of a larger one (data-formats.md §1.4). */
+ * file and as a truncated head of a larger one. */
 #include <stddef.h>
 #include <stdint.h>
 

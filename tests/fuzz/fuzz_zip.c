@@ -1,12 +1,13 @@
 /* libFuzzer target: the torch.save zip reader (lms_zip_parse, CRC check) and the torch.save
  * decoders built on it (one tensor, a list element, a whole state dict) over a host copy of the
- * input (checkpoint-formats.md §3). Any input must end in LMS_OK or an error. */
+ * input. Any input must end in LMS_OK or an error. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "lms/dcp.h"
-#include "lms/zip.h"
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/torch_save.h"
+#include "formats/codecs/zip.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -314,6 +314,8 @@ START_TEST(attention_backward_parity_tensor_cores)
     bwd16_case(2, 200, 8, 2, 128, 0);
     bwd16_case(1, 257, 4, 1, 128, 31);
     bwd16_case(1, 300, 6, 3, 64, 100); /* a window wider than one tile */
+    bwd16_case(1, 1000, 4, 2, 128, 0);  /* many tiles: the double-buffered pipelines */
+    bwd16_case(2, 513, 8, 2, 64, 100);  /* one row past a tile, window over tile edges */
     bwd16_case(1, 96, 8, 8, 40, 0);    /* d outside 64/128: the fp32 kernels on AUTO */
 }
 END_TEST

@@ -234,19 +234,20 @@ static void attn_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, i
     if (bf16)
         for (int64_t i = 0; i < N * qs; i++)
             qkv[i] = round_bf16(qkv[i]);
-    float *want = malloc((size_t)(N * os) * 4);
+    float *want = malloc((size_t)(N * os) * 4), *want_lse = malloc((size_t)(N * nh) * 4);
     for (int64_t i = 0; i < N * os; i++)
         want[i] = 0;
     struct lms_attention at = {B, S, nh, ng, d, qkv, qkv + nh * d, qkv + (nh + ng) * d, qs, qs,
-                               want, os, 1.0f / sqrtf((float)d), W, NULL};
+                               want, os, 1.0f / sqrtf((float)d), W, want_lse};
     ck_assert_msg(cpu->ops->attention(cpu, &at, &err) == LMS_OK, "%s", err.msg);
     struct lms_backend *be = bf16 ? gpu16 : gpu;
-    struct dbuf dq, dout;
+    struct dbuf dq, dout, dlse;
     float *dqkv = dev_copy(be, &dq, qkv, (size_t)(N * qs) * 4);
     at.q = dqkv;
     at.k = dqkv + nh * d;
     at.v = dqkv + (nh + ng) * d;
     at.out = dev_copy(be, &dout, NULL, (size_t)(N * os) * 4);
+    at.lse = dev_copy(be, &dlse, NULL, (size_t)(N * nh) * 4);
     ck_assert_msg(be->ops->attention(be, &at, &err) == LMS_OK, "%s: %s", what, err.msg);
     float *got = dev_get(&dout, (size_t)(N * os));
     float *g = malloc((size_t)(N * nh * d) * 4), *w = malloc((size_t)(N * nh * d) * 4);
@@ -258,6 +259,14 @@ static void attn_case(int64_t B, int64_t S, int64_t nh, int64_t ng, int64_t d, i
         check_rel_norm(what, g, w, N * nh * d, 1.5e-2); /* P is rounded to bf16 */
     else
         check_close(what, g, w, N * nh * d, 2e-5);
+    /* lse: the same scores on both sides (inputs already bf16 for the tensor cores), only the
+     * order of the fp32 sums differs */
+    float *got_lse = dev_get(&dlse, (size_t)(N * nh));
+    snprintf(what + strlen(what), sizeof what - strlen(what), " lse");
+    check_close(what, got_lse, want_lse, N * nh, 1e-4);
+    free(got_lse);
+    dev_free(&dlse);
+    free(want_lse);
     free(g);
     free(w);
     free(got);
@@ -282,6 +291,12 @@ START_TEST(attention_parity)
         attn_case(1, 40, 2, 1, 256, 0, bf);
     }
     attn_case(2, 1024, 8, 2, 128, 0, true);
+    /* the tensor-core kernel's edges: many key tiles, a window over several tiles, B = 2 with
+     * n_g = n_h, sequences one past a tile */
+    attn_case(1, 1000, 4, 2, 128, 0, true);
+    attn_case(2, 513, 8, 8, 64, 100, true);
+    attn_case(1, 257, 8, 2, 64, 64, true);
+    attn_case(2, 64, 4, 1, 128, 0, true);
 }
 END_TEST
 

@@ -1,4 +1,4 @@
-"""Indexed dataset interop with megatron-core (data-formats.md §2).
+"""Indexed dataset interop with megatron-core.
 
 A dataset written by `lmsurgeon preprocess` is read back identically by megatron-core's
 IndexedDataset (ids equal to the reference `tokenizers` encoding + EOD), and datasets written by

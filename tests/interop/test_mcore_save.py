@@ -1,5 +1,4 @@
-"""Checkpoints written by megatron-core's own dist_checkpointing.save are read by the tool
-(checkpoint-formats.md §6.2, issue 4).
+"""Checkpoints written by megatron-core's own dist_checkpointing.save are read by the tool.
 
 The state dict is built here from the HF fixture the way megatron-core's GPT model builds its
 sharded state dict: per-layer ShardedTensors stacked along a prepended layer axis

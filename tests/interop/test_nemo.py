@@ -1,10 +1,10 @@
-"""NeMo 2 / Megatron torch_dist checkpoints against stock PyTorch (checkpoint-formats.md §6.2).
+"""NeMo 2 / Megatron torch_dist checkpoints against stock PyTorch.
 
 - HF -> NeMo -> HF and HF -> Megatron -> HF are bit-exact for every fixture (tensors, config,
   tokenizer and generation files).
 - torch.distributed.checkpoint loads the weights/ the tool writes into empty tensors built from
   the stored metadata, on CPU without a process group, and the values equal the HF fixture after
-  the §4.2 transforms computed here, independently of the tool.
+  the HF -> Megatron transforms computed here, independently of the tool.
 - torch.load(weights_only=True) reads common.pt and every _extra_state payload.
 - A checkpoint written by torch's own dcp.save (Megatron keys and layout built here from the HF
   fixture) is read by the tool and converts to HF bit-exactly.
@@ -96,7 +96,8 @@ def load_dcp(d):
 
 
 def megatron_state(src):
-    """The §4.1/§4.2 Megatron tensors of an HF checkpoint, computed here."""
+    """The Megatron tensors of an HF checkpoint (keys, stacked layers, fused QKV and fc1),
+    computed here."""
     cfg = json.load(open(os.path.join(src, "config.json")))
     t = hf_tensors(src)
     L = cfg["num_hidden_layers"]
@@ -160,7 +161,7 @@ def test_torch_dcp_reads_what_we_write(tmp_path, model):
     for k, v in want.items():
         assert got["module." + k].dtype == v.dtype, k
         assert torch.equal(got["module." + k], v), k
-    # every chunk's byte range is a loadable torch.save zip of the chunk's shape (§6.2 step 1)
+    # every chunk's byte range is a loadable torch.save zip of the chunk's shape
     md = dcp.FileSystemReader(w).read_metadata()
     blob = open(os.path.join(w, "__0_0.distcp"), "rb").read()
     n_extra = 0
@@ -194,7 +195,7 @@ def test_megatron_layout(tmp_path):
     for k, v in want.items():
         assert torch.equal(got[k], v), k
     assert os.path.exists(os.path.join(it, "tokenizer", "generation_config.json"))
-    # §5.1: the TrainState of iteration 0, in both places Bridge looks, readable in torch's
+    # the TrainState of iteration 0, in both places Bridge looks, readable in torch's
     # restricted mode, with the dtypes Bridge's TrainState.state_dict produces
     for f in [out / "latest_train_state.pt", out / "iter_0000000" / "train_state.pt"]:
         ts = torch.load(f, weights_only=True)

@@ -1,4 +1,4 @@
-"""NeMo 1 .nemo tarballs (checkpoint-formats.md §1.6) against Python's tarfile and torch.
+"""NeMo 1 .nemo tarballs against Python's tarfile and torch.
 
 - A .nemo built here the way NeMo 1 saves one (tarfile, members under ./, model_config.yaml in
   NeMo 1 names, no file of this tool) with weights as model_weights.ckpt (torch.save of a state
@@ -8,7 +8,7 @@
   from_pretrained gives the same logits as the fixture.
 - The .nemo the tool writes (--to nemo1) is read by tarfile, its common.pt and every chunk by
   torch.load(weights_only=True), its weights by torch.distributed.checkpoint with the values of
-  the §4.2 transforms computed here; HF -> nemo1 -> HF is bit-exact.
+  the HF -> Megatron transforms computed here; HF -> nemo1 -> HF is bit-exact.
 """
 import io
 import json
@@ -78,7 +78,7 @@ LEGACY = {  # mcore suffix -> pre-mcore (language_model.encoder) suffix
 
 
 def state_dict(src, legacy=False):
-    """NeMo 1's model_weights.ckpt: per-layer keys, "model." prefix (§4.1), plus the
+    """NeMo 1's model_weights.ckpt: per-layer keys, "model." prefix, plus the
     _extra_state values (io.BytesIO) Transformer Engine modules put in a state dict."""
     want, L, _ = megatron_state(src)
     sd = {}

@@ -1,4 +1,4 @@
-"""Tokenizer interop with the reference `tokenizers` library (data-formats.md §3).
+"""Tokenizer interop with the reference `tokenizers` library.
 
 Randomized and adversarial texts (all Unicode planes, combining marks, NFC cases, whitespace
 runs, digits, contractions, special tokens inline) must give the ids of

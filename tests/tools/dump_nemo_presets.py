@@ -4,7 +4,7 @@ nemo_toolkit 2.7.3 defines them. Run it in the NeMo environment (scripts/setup-v
 
     $(scripts/setup-venv-nemo)/bin/python tests/tools/dump_nemo_presets.py > fixtures/nemo/presets.json
 
-tests/unit/test_nemo_config.c checks formats/nemo_presets.c against this file."""
+tests/unit/test_nemo_config.c checks formats/layouts/nemo_presets.c against this file."""
 import os
 
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # see tests/interop/test_nemo_client.py

@@ -1,5 +1,5 @@
 """A small PyTorch oracle for structured pruning: slices a Hugging Face model with given kept
-indices (pruning-and-distillation.md §5) independently of lmsurgeon, and computes the reference
+indices independently of lmsurgeon, and computes the reference
 rankings (importance file scores, or weight magnitudes) the same way the spec defines them.
 Used by tests/interop/test_prune_interop.py."""
 import copy

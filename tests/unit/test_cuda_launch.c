@@ -1,11 +1,11 @@
 /* Host-side arithmetic of the CUDA backend (kernels/cuda/launch.c), checked without a GPU: the
- * attention kernels' shared-memory layouts (alignment rules of WMMA loads and stores: 32-byte
- * aligned pointers, ldm a multiple of 8 bf16 or 4 floats; no overlapping regions; within the
- * H100/H200 opt-in limit of 227 KiB), kernel choice and grids, element-wise grid sizes, the
- * alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul onto cuBLASLt's
- * column-major operands, executed here by a textbook column-major GEMM with cuBLAS semantics and
- * compared with the row-major product computed directly, for every transpose combination with
- * padded leading dimensions and batches. */
+ * attention kernels' shared-memory sizes (cp.async / ldmatrix rows of the forward and the
+ * backward: 16-byte multiples, conflict-free pitch; within the H100/H200 opt-in limit of
+ * 227 KiB), kernel choice and grids, the bf16 scratch of the forward and backward, element-wise
+ * grid sizes, the alignment told to cuBLASLt, and the mapping of a row-major struct lms_matmul
+ * onto cuBLASLt's column-major operands, executed here by a textbook column-major GEMM with
+ * cuBLAS semantics and compared with the row-major product computed directly, for every
+ * transpose combination with padded leading dimensions and batches. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,48 +17,29 @@
 
 START_TEST(tc_layout_rules)
 {
+    /* Q tile + two K and two V tiles of bf16 rows padded by 8 elements: the row pitch stays a
+     * multiple of 16 bytes (cp.async and ldmatrix rows) and is an odd multiple of 16 bytes, so
+     * ldmatrix's 8 row addresses (consecutive rows, same column) fall in 8 distinct 16-byte bank
+     * groups */
     static const int dims[] = {64, 128};
     for (int t = 0; t < 2; t++) {
         int d = dims[t];
-        struct lms_cuda_tc_layout l;
-        lms__cuda_tc_layout(d, &l);
-        ck_assert_int_eq(l.ldq % 8, 0);
-        ck_assert_int_eq(l.ldp % 8, 0);
-        ck_assert_int_eq(l.lds % 4, 0);
-        ck_assert_int_ge(l.ldq, d);
-        ck_assert_int_ge(l.lds, d);
-        ck_assert_int_ge(l.lds, LMS_CUDA_TC_BK);
-        ck_assert_int_ge(l.ldp, LMS_CUDA_TC_BK);
-        size_t offs[] = {l.off_q, l.off_k, l.off_v, l.off_s, l.off_p, l.bytes};
-        size_t sizes[] = {(size_t)LMS_CUDA_TC_BQ * l.ldq * 2, (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
-                          (size_t)LMS_CUDA_TC_BK * l.ldq * 2,
-                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.lds * 4,
-                          (size_t)LMS_CUDA_ATTN_WARPS * 16 * l.ldp * 2};
-        for (int i = 0; i < 5; i++) {
-            ck_assert_uint_eq(offs[i] % 128, 0);
-            ck_assert_uint_le(offs[i] + sizes[i], offs[i + 1]); /* ordered, disjoint */
-        }
-        ck_assert_uint_le(l.bytes, H200_OPTIN_SMEM);
-        /* every WMMA pointer the kernel forms is 32-byte aligned */
-        for (int w = 0; w < LMS_CUDA_ATTN_WARPS; w++) {
-            size_t s_base = l.off_s + (size_t)w * 16 * l.lds * 4;
-            size_t p_base = l.off_p + (size_t)w * 16 * l.ldp * 2;
-            for (int kk = 0; kk < d / 16; kk++) {
-                ck_assert_uint_eq((l.off_q + ((size_t)(w * 16) * l.ldq + kk * 16) * 2) % 32, 0);
-                for (int nt = 0; nt < LMS_CUDA_TC_BK / 16; nt++)
-                    ck_assert_uint_eq((l.off_k + ((size_t)(nt * 16) * l.ldq + kk * 16) * 2) % 32,
-                                      0);
-            }
-            for (int nt = 0; nt < (d > LMS_CUDA_TC_BK ? d : LMS_CUDA_TC_BK) / 16; nt++)
-                ck_assert_uint_eq((s_base + (size_t)nt * 16 * 4) % 32, 0);
-            for (int kk = 0; kk < LMS_CUDA_TC_BK / 16; kk++) {
-                ck_assert_uint_eq((p_base + (size_t)kk * 16 * 2) % 32, 0);
-                for (int nt = 0; nt < d / 16; nt++)
-                    ck_assert_uint_eq((l.off_v + ((size_t)(kk * 16) * l.ldq + nt * 16) * 2) % 32,
-                                      0);
-            }
-        }
+        size_t pitch = (size_t)(d + LMS_CUDA_TC_PAD) * 2;
+        ck_assert_uint_eq(pitch % 16, 0);
+        ck_assert_uint_eq((pitch / 16) % 2, 1);
+        ck_assert_uint_eq(lms__cuda_tc_attn_smem(d),
+                          (size_t)(LMS_CUDA_TC_BQ + 4 * LMS_CUDA_TC_BK) * pitch);
+        ck_assert_uint_le(lms__cuda_tc_attn_smem(d), H200_OPTIN_SMEM);
     }
+    ck_assert_uint_eq(lms__cuda_tc_attn_smem(128), 320 * 136 * 2);
+    ck_assert_uint_eq(lms__cuda_tc_attn_smem(64), 320 * 72 * 2);
+    /* the scratch: sequences padded to whole tiles, Q then K and V per head */
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(1), 64);
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(64), 64);
+    ck_assert_int_eq(lms__cuda_attn_padded_seq(65), 128);
+    ck_assert_uint_eq(lms__cuda_attn_scratch_bytes(2, 4096, 32, 8, 128),
+                      (size_t)2 * 48 * 4096 * 128 * 2);
+    ck_assert_uint_eq(lms__cuda_attn_scratch_bytes(1, 130, 4, 4, 64), (size_t)12 * 192 * 64 * 2);
     ck_assert_uint_le(lms__cuda_f32_attn_smem(LMS_CUDA_ATTN_F32_MAX_D), H200_OPTIN_SMEM);
     ck_assert_uint_eq(lms__cuda_f32_attn_smem(32), (32 * 33 + 32 * 32 + 16 * 32) * 4);
 }
@@ -93,6 +74,10 @@ START_TEST(attention_plans)
     ck_assert(!lms__cuda_attn_plan(70000, 8, 4, 64, false, H200_OPTIN_SMEM, &k, &l, &why));
     ck_assert(!lms__cuda_attn_plan(1, 8, 4, 128, true, 48 * 1024, &k, &l, &why));
     ck_assert_ptr_nonnull(strstr(why, "shared memory"));
+    /* d = 64 fits the default 48 KiB; d = 128 needs the opt-in */
+    ck_assert(lms__cuda_attn_plan(1, 8, 4, 64, true, 48 * 1024, &k, &l, &why));
+    ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
+    ck_assert_uint_eq(l.smem, lms__cuda_tc_attn_smem(64));
 }
 END_TEST
 
@@ -135,40 +120,22 @@ START_TEST(attention_backward_tc_plans)
     struct lms_cuda_launch dkv, dq;
     enum lms_cuda_attn_kind k;
     const char *why = NULL;
-    struct lms_cuda_tc_bwd_layout lay;
-    /* d = 128: Q, dO, K, V bf16 (64, 136); S and dP fp32 (64, 68) (holding the (64, 132) fp32
-     * output staging); P and dS bf16 (64, 72); lse and D (64) */
-    lms__cuda_tc_bwd_layout(128, &lay);
-    ck_assert_int_eq(lay.ldt, 136);
-    ck_assert_int_eq(lay.lds, 68);
-    ck_assert_int_eq(lay.ldp, 72);
-    ck_assert_int_eq(lay.ldo, 132);
-    ck_assert_uint_eq(lay.off_g - lay.off_q, 64 * 136 * 2);
-    ck_assert_uint_eq(lay.off_s - lay.off_v, 64 * 136 * 2);
-    ck_assert_uint_eq(lay.off_dp - lay.off_s, 64 * 68 * 4);
-    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 132 * 4);
-    ck_assert_uint_ge(lay.off_p - lay.off_dp, 64 * 68 * 4);
-    ck_assert_uint_eq(lay.off_ds - lay.off_p, 64 * 72 * 2);
-    ck_assert_uint_ge(lay.off_l - lay.off_ds, 64 * 72 * 2);
-    ck_assert_uint_ge(lay.off_d - lay.off_l, 64 * 4);
-    ck_assert_uint_ge(lay.bytes - lay.off_d, 64 * 4);
-    ck_assert_uint_eq(lay.bytes, 4 * 64 * 136 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
-    /* every tile WMMA loads or stores from starts 32-byte aligned (128 here) */
-    size_t offs[] = {lay.off_q, lay.off_g, lay.off_k, lay.off_v, lay.off_s,
-                     lay.off_dp, lay.off_p, lay.off_ds, lay.off_l, lay.off_d};
-    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++)
-        ck_assert_uint_eq(offs[i] % 128, 0);
-    lms__cuda_tc_bwd_layout(64, &lay);
-    ck_assert_int_eq(lay.ldt, 72);
-    ck_assert_uint_ge(lay.off_p - lay.off_s, 64 * 68 * 4);
-    ck_assert_uint_eq(lay.bytes, 4 * 64 * 72 * 2 + 2 * 64 * 68 * 4 + 2 * 64 * 72 * 2 + 2 * 256);
+    /* six bf16 tiles of 64 rows of d + 8 (K, V and two Q, two dO for dk/dv; Q, dO and two K,
+     * two V for dq) and two (lse, D) pairs of 64 fp32 */
+    ck_assert_uint_eq(lms__cuda_tc_bwd_smem(128), 6 * 64 * 136 * 2 + 4 * 64 * 4);
+    ck_assert_uint_eq(lms__cuda_tc_bwd_smem(64), 6 * 64 * 72 * 2 + 4 * 64 * 4);
+    /* the forward's bf16 Q, K, V, then dO bf16 and lse, D fp32, rows padded to 64: S = 300 -> 320 */
+    ck_assert_uint_eq(lms__cuda_attn_bwd_scratch_bytes(2, 300, 32, 8, 128),
+                      (size_t)2 * (32 + 2 * 8) * 320 * 128 * 2 + (size_t)2 * 32 * 320 * 128 * 2 +
+                          (size_t)2 * 2 * 32 * 320 * 4);
+    ck_assert_uint_eq(lms__cuda_attn_bwd_scratch_bytes(1, 1, 2, 1, 64),
+                      (size_t)(2 + 2) * 64 * 64 * 2 + (size_t)2 * 64 * 64 * 2 + (size_t)2 * 2 * 64 * 4);
 
     ck_assert(lms__cuda_attn_bwd_plan(2, 300, 32, 8, 128, true, H200_OPTIN_SMEM, &k, &dkv, &dq,
                                       &why));
     ck_assert_int_eq(k, LMS_CUDA_ATTN_TC);
-    lms__cuda_tc_bwd_layout(128, &lay);
-    ck_assert_uint_eq(dkv.smem, lay.bytes);
-    ck_assert_uint_eq(dq.smem, lay.bytes);
+    ck_assert_uint_eq(dkv.smem, lms__cuda_tc_bwd_smem(128));
+    ck_assert_uint_eq(dq.smem, lms__cuda_tc_bwd_smem(128));
     ck_assert_uint_le(dkv.smem, H200_OPTIN_SMEM);
     ck_assert_uint_eq(dkv.grid[0], 5); /* 300 / 64 rounded up */
     ck_assert_uint_eq(dq.grid[0], 5);

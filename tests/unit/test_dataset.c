@@ -1,13 +1,13 @@
-/* Indexed datasets (data-formats.md §2): the writer's .idx bytes equal the layout of §2.2 built
- * by hand here; the reader returns what was written, rejects each defect of §2.5 with a message
- * naming it; the raw id reader sees fixtures/corpus/val.ids.u16; the split matches megatron-core's
+/* Indexed datasets: the writer's .idx bytes equal the layout of include/lms/dataset.h built by
+ * hand here; the reader returns what was written, rejects each defect with a message naming it;
+ * the raw id reader sees fixtures/corpus/val.ids.u16; the split matches megatron-core's
  * _get_split_indices arithmetic; the sampler is deterministic and covers the data. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "check_main.h"
-#include "formats/dataset_impl.h"
+#include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/dataset.h"
 
@@ -55,7 +55,7 @@ START_TEST(write_read_roundtrip)
     ck_assert_int_eq(lms_dataset_writer_finish(w, &err), LMS_OK);
     lms_dataset_writer_free(w);
 
-    /* §2.2 by hand: S = 3 sequences (3, 2, 1 tokens), D = 4 */
+    /* by hand: S = 3 sequences (3, 2, 1 tokens), D = 4 */
     unsigned char want[128], *p = want;
     uint64_t ver = 1, S = 3, D = 4;
     int32_t len[3] = {3, 2, 1};

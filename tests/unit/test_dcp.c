@@ -7,8 +7,9 @@
 #include <unistd.h>
 
 #include "check_main.h"
+#include "formats/codecs/dcp.h"
+#include "formats/codecs/torch_save.h"
 #include "lms/alloc.h"
-#include "lms/dcp.h"
 #include "lms/outdir.h"
 
 /* A [R, C] f32 host view with value 1000*r + c. */

@@ -193,9 +193,9 @@ START_TEST(fixture_teacher)
 }
 END_TEST
 
-/* The evaluation protocol of the engine issue: first 256 non-overlapping windows of 512 ids of
- * corpus/val.ids.u16, positions 0..510 predicting 1..511, fp32. transformers (fp32 eager):
- * 1.9141. */
+/* The evaluation protocol the README states for eval: first 256 non-overlapping windows of 512
+ * ids of corpus/val.ids.u16, positions 0..510 predicting 1..511, fp32. transformers (fp32
+ * eager): 1.9141. */
 START_TEST(teacher_eval)
 {
     char path[4096];
@@ -272,6 +272,24 @@ START_TEST(plan_and_checks)
     struct lms_engine *e;
     eo.max_batch = 2;
     ck_assert_int_eq(lms_engine_new(&m, be, &eo, &e, &err), LMS_OK);
+    /* memory: the engine allocates the workspace its opts plan, whatever the layer count, and
+     * one copy of the weights, 2 to 4 bytes per parameter (bf16 matrices up to all fp32) plus
+     * at most 64 bytes of alignment per tensor */
+    struct lms_fwd_plan want;
+    ck_assert_int_eq(lms_fwd_plan_make(&m.arch, lms_engine_logits_cols(e), &eo, &want, &err),
+                     LMS_OK);
+    ck_assert_uint_eq(lms_engine_plan(e)->bytes, want.bytes);
+    ck_assert_int_eq(lms_engine_plan(e)->max_tokens, 20);
+    struct lms_arch deeper = m.arch;
+    deeper.n_layers *= 4;
+    ck_assert_int_eq(lms_fwd_plan_make(&deeper, lms_engine_logits_cols(e), &eo, &want, &err),
+                     LMS_OK);
+    ck_assert_uint_eq(lms_engine_plan(e)->bytes, want.bytes);
+    uint64_t params = 0;
+    for (size_t i = 0; i < m.n_tensors; i++)
+        params += (uint64_t)lms_view_numel(m.tensors[i].view);
+    ck_assert_uint_ge(lms_engine_weight_bytes(e), 2 * params);
+    ck_assert_uint_le(lms_engine_weight_bytes(e), 4 * params + 64 * (m.n_tensors + 1));
     int32_t ids[20] = {0};
     struct lms_forward f = {.ids = ids, .batch = 3, .seq = 10};
     ck_assert_int_eq(lms_engine_forward(e, &f, &err), LMS_EINVAL);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "lms/alloc.h"
 #include "lms/json.h"
 
 START_TEST(python_float_repr)
@@ -61,6 +62,31 @@ START_TEST(rejects_duplicates_and_bad_utf8)
 }
 END_TEST
 
+/* jansson allocates through lms_malloc: failing its k-th allocation makes parsing report
+ * LMS_ENOMEM (never a format error), without leaks (ASan build), until k covers them all. */
+START_TEST(parse_survives_allocation_failures)
+{
+    static const char src[] = "{\"a\": [1, 2.5, \"x\"], \"b\": {\"c\": null, \"d\": true}}";
+    struct lms_error err;
+    json_t *v = NULL;
+    lms_alloc_fail_after(0);
+    enum lms_status rc = lms_json_load_buffer("oom", src, strlen(src), &v, &err);
+    lms_alloc_fail_after(-1);
+    ck_assert_int_eq(rc, LMS_ENOMEM);
+    ck_assert_ptr_null(v);
+    for (long k = 1;; k++) {
+        lms_alloc_fail_after(k);
+        rc = lms_json_load_buffer("oom", src, strlen(src), &v, &err);
+        lms_alloc_fail_after(-1);
+        if (rc == LMS_OK)
+            break;
+        ck_assert_msg(rc == LMS_ENOMEM, "k=%ld: %s", k, err.msg);
+    }
+    ck_assert(json_is_object(v));
+    json_decref(v);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("json");
@@ -68,6 +94,7 @@ Suite *suite(void)
     tcase_add_test(tc, python_float_repr);
     tcase_add_test(tc, python_dumps_indent_ascii);
     tcase_add_test(tc, rejects_duplicates_and_bad_utf8);
+    tcase_add_test(tc, parse_survives_allocation_failures);
     suite_add_tcase(s, tc);
     return s;
 }

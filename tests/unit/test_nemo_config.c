@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "check_main.h"
-#include "formats/nemo_impl.h"
+#include "formats/layouts/nemo_impl.h"
 #include "lms/json.h"
 #include "lms/outdir.h"
 

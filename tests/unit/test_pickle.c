@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "formats/codecs/pickle.h"
 #include "lms/alloc.h"
-#include "lms/pickle.h"
 
 /* {"a": [1, 2.5, None, True], "big": -2**40, "s": "h\u00e9", "t": (1, 2, 3)}, protocol 4 */
 static const unsigned char p4[] = {

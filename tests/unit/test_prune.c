@@ -1,6 +1,6 @@
 /* Surgery on the tiny fixtures: every axis moves exactly the rows and columns the slicing table
- * of pruning-and-distillation.md §5 names (checked element by element against the input read
- * directly), the config follows, and invalid plans are refused. */
+ * of include/lms/surgery.h names (checked element by element against the input read directly),
+ * the config follows, and invalid plans are refused. */
 #include <jansson.h>
 #include <string.h>
 

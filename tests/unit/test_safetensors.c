@@ -1,4 +1,4 @@
-/* safetensors: every validation rule of data-formats.md §1.4 on crafted headers, and the
+/* safetensors: every validation rule of the reference reader on crafted headers, and the
  * canonical writer reproducing, byte for byte, headers written by the reference writer (the
  * fixture files were written by safetensors 0.8.0 via transformers). */
 #include <stdint.h>

@@ -1,8 +1,8 @@
 /* Tokenizer against golden files made by the reference `tokenizers` library: every case of
  * fixtures/tokenizer/encode_cases.jsonl encodes to its ids and decodes to its text, and the
  * held-out corpus fixtures/corpus/val.jsonl encodes to fixtures/corpus/val.ids.u16 (each
- * document followed by <|endoftext|>). Plus NFC conformance examples of data-formats.md §3.4
- * and malformed tokenizer.json files rejected with the field named. */
+ * document followed by <|endoftext|>). Plus NFC conformance examples (Unicode 9.0) and malformed
+ * tokenizer.json files rejected with the field named. */
 #include <jansson.h>
 #include <string.h>
 
@@ -141,7 +141,8 @@ START_TEST(malformed)
 }
 END_TEST
 
-/* data-formats.md §3.7: merges [b c, a b] on abc give a|bc; [a a, aa a] give aaa and aa|aa. */
+/* BPE applies the lowest-ranked merge first: merges [b c, a b] on abc give a|bc; [a a, aa a]
+ * give aaa and aa|aa. */
 START_TEST(bpe_rules)
 {
     static const char json[] =

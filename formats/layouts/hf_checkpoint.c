@@ -1,0 +1,615 @@
+/* Hugging Face checkpoint directories: read into the IR, stream the IR out (include/lms/hf.h).
+ *
+ * Reading maps every shard and builds one storage view per tensor: no tensor byte is copied.
+ * Writing plans shards in state-dict order, renders each shard's canonical header, then streams
+ * the tensors: plain same-dtype tensors are copied file to file by the kernel
+ * (copy_file_range), everything else (casts, sliced or fused views) through one bounded buffer. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lms/alloc.h"
+#include "lms/hf.h"
+#include "lms/json.h"
+#include "lms/outdir.h"
+#include "lms/safetensors.h"
+
+#include "formats/layouts/paths.h"
+
+#define INDEX_NAME "model.safetensors.index.json"
+#define SINGLE_NAME "model.safetensors"
+#define CONFIG_MAX_BYTES (16u << 20)
+#define INDEX_MAX_BYTES (256u << 20)
+#define STREAM_CHUNK (8u << 20) /* bytes of the write buffer */
+
+const char *const lms_hf_aux_files[] = {
+    "tokenizer.json",       "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json", "chat_template.jinja", "chat_template.json",
+    "vocab.json",           "merges.txt",            "tokenizer.model",
+    "added_tokens.json",    NULL,
+};
+
+static int hf_probe(const char *path)
+{
+    char p[PATH_MAX];
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return 0;
+    bool config = join(p, sizeof(p), path, "config.json") && is_file(p);
+    bool weights = (join(p, sizeof(p), path, INDEX_NAME) && is_file(p)) ||
+                   (join(p, sizeof(p), path, SINGLE_NAME) && is_file(p));
+    if (config && weights)
+        return 90;
+    /* only one of the two: still ours, the read explains what is missing */
+    return config ? 20 : weights ? 10 : 0;
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+/* Adds every tensor of one opened shard to the model, checking it against the index. */
+static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_st_file *f,
+                                         const char *shard, const json_t *weight_map,
+                                         struct lms_error *err)
+{
+    const char *shard_path = f->storage->path;
+    for (size_t i = 0; i < f->hdr.n_entries; i++) {
+        const struct lms_st_entry *e = &f->hdr.entries[i];
+        if (weight_map) {
+            const json_t *where = json_object_get(weight_map, e->name);
+            if (!where)
+                return lms_error_set(err, LMS_EFORMAT,
+                                     "reading '%s': holds tensor '%s', which the index does not list",
+                                     shard_path, e->name);
+            if (strcmp(json_string_value(where), shard) != 0)
+                return lms_error_set(err, LMS_EFORMAT,
+                                     "reading '%s': holds tensor '%s', which the index places in '%s'",
+                                     shard_path, e->name, json_string_value(where));
+        }
+        /* no duplicate check needed: a shard's own names are unique (the parser rejects
+         * duplicates) and the index places each name in exactly one shard */
+        enum lms_role role = LMS_ROLE_OTHER;
+        int64_t layer = -1;
+        lms_role_from_hf_name(e->name, &role, &layer);
+        struct lms_view *v;
+        enum lms_status rc = lms_st_entry_view(f, i, &v, err);
+        if (rc)
+            return lms_error_wrap(err, "reading '%s': tensor '%s': ", shard_path, e->name);
+        rc = lms_model_add(m, e->name, role, layer, v, err);
+        lms_view_release(v);
+        if (rc)
+            return rc;
+    }
+    return LMS_OK;
+}
+
+/* Opens one shard named by the index (a plain file name inside dir). */
+static enum lms_status read_shard(struct lms_model *m, const char *dir, const char *index_path,
+                                  const char *shard, const json_t *weight_map,
+                                  struct lms_error *err)
+{
+    if (!*shard || strchr(shard, '/') || strcmp(shard, "..") == 0 || strcmp(shard, ".") == 0)
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': invalid shard file name '%s'",
+                             index_path, shard);
+    char p[PATH_MAX];
+    if (!join(p, sizeof(p), dir, shard))
+        return lms_error_set(err, LMS_EINVAL, "path of shard '%s' is too long", shard);
+    if (!is_file(p))
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': shard '%s' does not exist",
+                             index_path, shard);
+    struct lms_st_file f;
+    enum lms_status rc = lms_st_open(p, &f, err);
+    if (rc)
+        return rc;
+    rc = add_shard_tensors(m, &f, shard, weight_map, err);
+    lms_st_close(&f);
+    return rc;
+}
+
+static enum lms_status read_sharded(struct lms_model *m, const char *dir, const char *index_path,
+                                    struct lms_error *err)
+{
+    json_t *index;
+    enum lms_status rc = lms_json_load_file(index_path, INDEX_MAX_BYTES, &index, err);
+    if (rc)
+        return rc;
+    const json_t *wm = json_object_get(index, "weight_map");
+    if (!json_is_object(index) || !json_is_object(wm)) {
+        json_decref(index);
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': 'weight_map' is missing or not an object",
+                             index_path);
+    }
+    /* distinct shard names, in first-seen order */
+    json_t *shards = json_object();
+    const char *name;
+    json_t *where;
+    json_object_foreach((json_t *)wm, name, where)
+    {
+        if (!json_is_string(where)) {
+            rc = lms_error_set(err, LMS_EFORMAT, "reading '%s': weight_map entry '%s' is not a string",
+                               index_path, name);
+            goto out;
+        }
+        json_object_set_new(shards, json_string_value(where), json_true());
+    }
+    json_t *unused;
+    json_object_foreach(shards, name, unused)
+    {
+        rc = read_shard(m, dir, index_path, name, wm, err);
+        if (rc)
+            goto out;
+    }
+    /* every index entry must exist in its shard: since every shard tensor was found in the
+     * index, equal counts prove it; look for the missing one only on failure */
+    if (m->n_tensors == json_object_size(wm))
+        goto out;
+    json_object_foreach((json_t *)wm, name, where)
+    {
+        if (!lms_model_find_name(m, name)) {
+            rc = lms_error_set(err, LMS_EFORMAT,
+                               "reading '%s': lists tensor '%s', which shard '%s' does not hold",
+                               index_path, name, json_string_value(where));
+            goto out;
+        }
+    }
+out:
+    json_decref(shards);
+    json_decref(index);
+    return rc;
+}
+
+static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms_error *err)
+{
+    lms_model_init(m);
+    char p[PATH_MAX];
+    enum lms_status rc;
+    if (!join(p, sizeof(p), path, "config.json"))
+        return lms_error_set(err, LMS_EINVAL, "path '%s' is too long", path);
+    if (!is_file(p))
+        return lms_error_set(err, LMS_EFORMAT,
+                             "reading '%s': no config.json (a Hugging Face checkpoint needs one)",
+                             path);
+    rc = lms_json_load_file(p, CONFIG_MAX_BYTES, &m->hf_config, err);
+    if (rc)
+        goto fail;
+    rc = lms_hf_config_parse(m->hf_config, &m->arch, err);
+    if (rc) {
+        lms_error_wrap(err, "reading '%s': ", p);
+        goto fail;
+    }
+    char index_path[PATH_MAX];
+    join(index_path, sizeof(index_path), path, INDEX_NAME);
+    join(p, sizeof(p), path, SINGLE_NAME);
+    if (is_file(index_path)) {
+        rc = read_sharded(m, path, index_path, err);
+    } else if (is_file(p)) {
+        struct lms_st_file f;
+        rc = lms_st_open(p, &f, err);
+        if (!rc) {
+            rc = add_shard_tensors(m, &f, SINGLE_NAME, NULL, err);
+            lms_st_close(&f);
+        }
+    } else {
+        rc = lms_error_set(err, LMS_EFORMAT, "reading '%s': no %s or %s", path, SINGLE_NAME,
+                           INDEX_NAME);
+    }
+    if (rc)
+        goto fail;
+    for (int i = 0; lms_hf_aux_files[i]; i++) {
+        if (join(p, sizeof(p), path, lms_hf_aux_files[i]) && is_file(p)) {
+            rc = lms_model_add_aux_file(m, p, err);
+            if (rc)
+                goto fail;
+        }
+    }
+    rc = lms_model_validate(m, err);
+    if (rc) {
+        lms_error_wrap(err, "reading '%s': ", path);
+        goto fail;
+    }
+    m->source_format = lms_strdup("hf");
+    if (!m->source_format) {
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+        goto fail;
+    }
+    return LMS_OK;
+fail:
+    lms_model_release(m);
+    return rc;
+}
+
+/* ---- writing ---------------------------------------------------------------------------- */
+
+/* One tensor to write: its HF name, the view to stream, and the dtype it is written in. */
+struct out_tensor {
+    char *name;
+    struct lms_view *view; /* one reference */
+    enum lms_dtype dtype;
+    uint64_t nbytes;
+    int shard;             /* 0-based */
+};
+
+/* Position of a role inside a layer in PyTorch state-dict order (module definition order). */
+static int role_rank(enum lms_role r)
+{
+    static const enum lms_role order[] = {
+        LMS_ROLE_EMBED,  LMS_ROLE_Q,      LMS_ROLE_Q_BIAS,   LMS_ROLE_K,        LMS_ROLE_K_BIAS,
+        LMS_ROLE_V,      LMS_ROLE_V_BIAS, LMS_ROLE_O,        LMS_ROLE_O_BIAS,   LMS_ROLE_Q_NORM,
+        LMS_ROLE_K_NORM, LMS_ROLE_GATE,   LMS_ROLE_UP,       LMS_ROLE_DOWN,     LMS_ROLE_ATTN_NORM,
+        LMS_ROLE_MLP_NORM, LMS_ROLE_FINAL_NORM, LMS_ROLE_LM_HEAD, LMS_ROLE_OTHER,
+    };
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        if (order[i] == r)
+            return (int)i;
+    return 99;
+}
+
+struct order_key {
+    const struct lms_tensor *t;
+    size_t input_pos;
+};
+
+static int cmp_state_dict(const void *a, const void *b)
+{
+    const struct order_key *x = a, *y = b;
+    /* group: 0 embedding, 1 layers, 2 final norm / head, 3 unmodelled tensors */
+    int gx = x->t->role == LMS_ROLE_EMBED ? 0 : x->t->role == LMS_ROLE_OTHER ? 3
+                                              : x->t->layer >= 0                ? 1
+                                                                                 : 2;
+    int gy = y->t->role == LMS_ROLE_EMBED ? 0 : y->t->role == LMS_ROLE_OTHER ? 3
+                                              : y->t->layer >= 0                ? 1
+                                                                                 : 2;
+    if (gx != gy)
+        return gx - gy;
+    if (gx == 3)
+        return x->input_pos < y->input_pos ? -1 : 1;
+    if (x->t->layer != y->t->layer)
+        return x->t->layer < y->t->layer ? -1 : 1;
+    return role_rank(x->t->role) - role_rank(y->t->role);
+}
+
+static void free_outs(struct out_tensor *outs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        lms_free(outs[i].name);
+        lms_view_release(outs[i].view);
+    }
+    lms_free(outs);
+}
+
+/* Builds the list of tensors to write, in state-dict order, with names, output dtypes and the
+ * vocabulary padding rows dropped. */
+static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_write_opts *o,
+                                    struct out_tensor **outs_out, struct lms_error *err)
+{
+    size_t n = m->n_tensors;
+    struct order_key *keys = lms_malloc((n ? n : 1) * sizeof(*keys));
+    struct out_tensor *outs = lms_calloc(n ? n : 1, sizeof(*outs));
+    if (!keys || !outs) {
+        lms_free(keys);
+        lms_free(outs);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++)
+        keys[i] = (struct order_key){&m->tensors[i], i};
+    qsort(keys, n, sizeof(*keys), cmp_state_dict);
+    enum lms_status rc = LMS_OK;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const struct lms_tensor *t = keys[i].t;
+        char name[512];
+        if (t->role == LMS_ROLE_OTHER)
+            snprintf(name, sizeof(name), "%s", t->name);
+        else
+            lms_role_hf_name(t->role, t->layer, name, sizeof(name));
+        outs[i].name = lms_strdup(name);
+        if (!outs[i].name) {
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+            break;
+        }
+        bool vocab_rows = t->role == LMS_ROLE_EMBED || t->role == LMS_ROLE_LM_HEAD;
+        if (vocab_rows && m->arch.padded_vocab > m->arch.vocab)
+            rc = lms_view_new_range(t->view, 0, 0, m->arch.vocab, &outs[i].view, err);
+        else
+            outs[i].view = lms_view_ref(t->view);
+        if (rc)
+            break;
+        enum lms_dtype src = t->view->dtype;
+        outs[i].dtype = o->dtype != LMS_DTYPE_COUNT && lms_dtype_is_castable(src) ? o->dtype : src;
+        outs[i].nbytes = (uint64_t)lms_view_numel(outs[i].view) * lms_dtype_bits(outs[i].dtype) / 8;
+        if (lms_dtype_bits(outs[i].dtype) % 8)
+            outs[i].nbytes = lms_view_nbytes(outs[i].view);
+    }
+    lms_free(keys);
+    if (rc) {
+        free_outs(outs, n);
+        return rc;
+    }
+    *outs_out = outs;
+    return LMS_OK;
+}
+
+/* Assigns shards: a new shard starts when the next tensor would push the current one past the
+ * limit; a tensor larger than the limit gets a shard of its own. */
+static int plan_shards(struct out_tensor *outs, size_t n, uint64_t max)
+{
+    int shard = 0;
+    uint64_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (used > 0 && used + outs[i].nbytes > max) {
+            shard++;
+            used = 0;
+        }
+        outs[i].shard = shard;
+        used += outs[i].nbytes;
+    }
+    return n ? shard + 1 : 1;
+}
+
+/* Streaming state shared by the shards of one write. */
+struct stream {
+    char *buf;             /* STREAM_CHUNK bytes */
+    int src_fd;            /* open source file for copy_file_range, or -1 */
+    const struct lms_storage *src_storage;
+    uint64_t done, total;  /* bytes, for progress */
+    const struct lms_write_opts *opts;
+};
+
+static void report(struct stream *s, uint64_t n)
+{
+    s->done += n;
+    if (s->opts->progress)
+        s->opts->progress(s->opts->progress_ctx, s->done, s->total);
+}
+
+/* Kernel-side copy of a direct view's bytes; falls back to writing from the mapping. */
+static enum lms_status copy_direct(struct stream *s, const struct lms_view *v, int fd,
+                                   const char *path, struct lms_error *err)
+{
+    const struct lms_storage *st = v->u.st.storage;
+    uint64_t len = lms_view_nbytes(v);
+    loff_t off = (loff_t)v->u.st.offset;
+    if (st->kind == LMS_STORAGE_FILE_MAP && st->path) {
+        if (s->src_storage != st) {
+            if (s->src_fd >= 0)
+                close(s->src_fd);
+            s->src_fd = open(st->path, O_RDONLY | O_CLOEXEC);
+            s->src_storage = st;
+        }
+        while (s->src_fd >= 0 && len > 0) {
+            size_t step = len < (64u << 20) ? (size_t)len : (64u << 20);
+            ssize_t w = copy_file_range(s->src_fd, &off, fd, NULL, step, 0);
+            if (w <= 0) {
+                if (w < 0 && errno == EINTR)
+                    continue;
+                break; /* unsupported here (EXDEV, ENOSYS, EINVAL): write from the mapping */
+            }
+            len -= (uint64_t)w;
+            report(s, (uint64_t)w);
+        }
+    }
+    const char *base = (const char *)st->base;
+    while (len > 0) {
+        size_t step = len < STREAM_CHUNK ? (size_t)len : STREAM_CHUNK;
+        enum lms_status rc = lms_write_all(fd, base + off, step, path, err);
+        if (rc)
+            return rc;
+        off += (loff_t)step;
+        len -= step;
+        report(s, step);
+    }
+    return LMS_OK;
+}
+
+/* Materialises a view chunk by chunk (gathering and casting) and writes it. */
+static enum lms_status copy_chunked(struct stream *s, const struct out_tensor *o, int fd,
+                                    const char *path, struct lms_error *err)
+{
+    size_t es = lms_dtype_size(o->dtype);
+    if (es == 0) /* sub-byte types are only ever written whole from direct views */
+        return lms_error_set(err, LMS_EUNSUPPORTED, "tensor '%s': cannot rewrite %s data", o->name,
+                             lms_dtype_name(o->dtype));
+    int64_t per_chunk = (int64_t)(STREAM_CHUNK / es);
+    int64_t numel = lms_view_numel(o->view);
+    for (int64_t e = 0; e < numel; e += per_chunk) {
+        int64_t n = numel - e < per_chunk ? numel - e : per_chunk;
+        enum lms_status rc = lms_view_read_as(o->view, e, n, o->dtype, s->buf, err);
+        if (!rc)
+            rc = lms_write_all(fd, s->buf, (size_t)n * es, path, err);
+        if (rc)
+            return lms_error_wrap(err, "tensor '%s': ", o->name);
+        if (numel > per_chunk)
+            lms_view_drop_pages(o->view); /* keep the resident set at one chunk's worth */
+        report(s, (uint64_t)n * es);
+    }
+    return LMS_OK;
+}
+
+static void shard_name(char *dst, size_t cap, int shard, int n_shards)
+{
+    if (n_shards == 1)
+        snprintf(dst, cap, SINGLE_NAME);
+    else
+        snprintf(dst, cap, "model-%05d-of-%05d.safetensors", shard + 1, n_shards);
+}
+
+static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od,
+                                   struct out_tensor *outs, size_t n, int shard, int n_shards,
+                                   struct lms_error *err)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        count += outs[i].shard == shard;
+    struct lms_st_out *hdr_outs = lms_calloc(count ? count : 1, sizeof(*hdr_outs));
+    const struct out_tensor **by_pos = lms_calloc(count ? count : 1, sizeof(*by_pos));
+    if (!hdr_outs || !by_pos) {
+        lms_free(hdr_outs);
+        lms_free(by_pos);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (outs[i].shard == shard)
+            hdr_outs[k++] = (struct lms_st_out){.name = outs[i].name,
+                                                .dtype = outs[i].dtype,
+                                                .ndim = outs[i].view->ndim,
+                                                .shape = outs[i].view->shape,
+                                                .tag = i};
+    json_t *meta = json_pack("{s:s}", "format", "pt");
+    struct lms_buf_str hdr = {0};
+    char name[64], path[PATH_MAX];
+    int fd = -1;
+    enum lms_status rc = lms_st_header_build(hdr_outs, count, meta, &hdr, err);
+    json_decref(meta);
+    if (rc)
+        goto out;
+    /* header order is canonical; the tag leads back to each entry's source tensor */
+    for (size_t j = 0; j < count; j++)
+        by_pos[j] = &outs[hdr_outs[j].tag];
+    shard_name(name, sizeof(name), shard, n_shards);
+    rc = lms_outdir_path(od, name, path, sizeof(path), err);
+    if (rc)
+        goto out;
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = lms_error_set(err, LMS_EIO, "creating '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    rc = lms_write_all(fd, hdr.data, hdr.len, path, err);
+    for (size_t j = 0; j < count && !rc; j++) {
+        const struct out_tensor *o = by_pos[j];
+        if (lms_view_is_direct(o->view) && o->view->dtype == o->dtype)
+            rc = copy_direct(s, o->view, fd, path, err);
+        else
+            rc = copy_chunked(s, o, fd, path, err);
+        lms_view_drop_pages(o->view);
+    }
+    /* no fsync here: lms_outdir_commit fsyncs every file before the rename, and leaving the
+     * write-back to the kernel until then measured faster than starting it per shard */
+out:
+    if (fd >= 0 && close(fd) != 0 && !rc)
+        rc = lms_error_set(err, LMS_EIO, "closing '%s': %s", path, strerror(errno));
+    lms_buf_str_release(&hdr);
+    lms_free(hdr_outs);
+    lms_free(by_pos);
+    return rc;
+}
+
+static enum lms_status write_json(const struct lms_outdir *od, const char *name, const json_t *v,
+                                  struct lms_error *err)
+{
+    struct lms_buf_str text = {0};
+    char path[PATH_MAX];
+    /* json.dumps(obj, indent=2, sort_keys=True) + "\n", as transformers writes both files */
+    enum lms_status rc =
+        lms_json_dump(v, LMS_JSON_INDENT2 | LMS_JSON_ASCII | LMS_JSON_SORT_KEYS, &text, err);
+    if (!rc)
+        rc = lms_buf_str_append(&text, "\n", 1, err);
+    if (!rc)
+        rc = lms_outdir_path(od, name, path, sizeof(path), err);
+    if (!rc)
+        rc = lms_write_file(path, text.data, text.len, err);
+    lms_buf_str_release(&text);
+    return rc;
+}
+
+static enum lms_status write_index(const struct lms_outdir *od, const struct out_tensor *outs,
+                                   size_t n, int n_shards, const struct lms_model *m,
+                                   struct lms_error *err)
+{
+    uint64_t total = 0;
+    json_t *wm = json_object();
+    for (size_t i = 0; i < n; i++) {
+        char name[64];
+        shard_name(name, sizeof(name), outs[i].shard, n_shards);
+        json_object_set_new(wm, outs[i].name, json_string(name));
+        total += outs[i].nbytes;
+    }
+    int64_t params = 0;
+    for (size_t i = 0; i < n; i++)
+        params += lms_view_numel(outs[i].view);
+    (void)m;
+    json_t *index = json_pack("{s:{s:I,s:I},s:o}", "metadata", "total_parameters",
+                              (json_int_t)params, "total_size", (json_int_t)total, "weight_map", wm);
+    if (!index)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    enum lms_status rc = write_json(od, INDEX_NAME, index, err);
+    json_decref(index);
+    return rc;
+}
+
+static enum lms_status hf_write(const struct lms_model *m, const char *path,
+                                const struct lms_write_opts *o, struct lms_write_result *res,
+                                struct lms_error *err)
+{
+    struct lms_write_result r = {0};
+    enum lms_status rc = lms_model_validate(m, err);
+    if (rc)
+        return rc;
+    struct out_tensor *outs = NULL;
+    rc = plan_tensors(m, o, &outs, err);
+    if (rc)
+        return rc;
+    size_t n = m->n_tensors;
+    int n_shards = plan_shards(outs, n, o->max_shard_size ? o->max_shard_size : LMS_DEFAULT_SHARD_SIZE);
+    struct lms_outdir od;
+    rc = lms_outdir_begin(path, o->force, &od, err);
+    if (rc) {
+        free_outs(outs, n);
+        return rc;
+    }
+    struct stream s = {.src_fd = -1, .opts = o};
+    for (size_t i = 0; i < n; i++)
+        s.total += outs[i].nbytes;
+    s.buf = lms_malloc(STREAM_CHUNK);
+    if (!s.buf)
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int sh = 0; sh < n_shards && !rc; sh++)
+        rc = write_shard(&s, &od, outs, n, sh, n_shards, err);
+    if (!rc && n_shards > 1)
+        rc = write_index(&od, outs, n, n_shards, m, err);
+    if (!rc) {
+        struct lms_arch arch = m->arch;
+        if (o->dtype != LMS_DTYPE_COUNT)
+            arch.dtype = o->dtype;
+        json_t *config;
+        rc = lms_hf_config_build(&arch, m->hf_config, &config, err);
+        if (!rc) {
+            rc = write_json(&od, "config.json", config, err);
+            json_decref(config);
+        }
+    }
+    for (size_t i = 0; i < m->n_aux_files && !rc; i++) {
+        char dst[PATH_MAX];
+        rc = lms_outdir_path(&od, lms_path_basename(m->aux_files[i]), dst, sizeof(dst), err);
+        if (!rc)
+            rc = lms_copy_file(m->aux_files[i], dst, err);
+        r.n_aux_files++;
+    }
+    if (s.src_fd >= 0)
+        close(s.src_fd);
+    lms_free(s.buf);
+    if (rc)
+        lms_outdir_abort(&od);
+    else
+        rc = lms_outdir_commit(&od, err);
+    if (!rc && res) {
+        r.n_shards = n_shards;
+        r.bytes = s.total;
+        r.n_tensors = (int)n;
+        *res = r;
+    }
+    free_outs(outs, n);
+    return rc;
+}
+
+const struct lms_format lms_format_hf = {
+    .name = "hf",
+    .description = "Hugging Face safetensors checkpoint directory",
+    .probe = hf_probe,
+    .read = hf_read,
+    .write = hf_write,
+};

@@ -1,0 +1,155 @@
+/* The YAML subset the NeMo 2 and Megatron-Bridge configs need: flat "key: value" scalars (and
+ * flow lists of scalars) under one top-level section, nested blocks skipped. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/layouts/nemo_impl.h"
+#include "lms/alloc.h"
+#include "lms/json.h"
+
+/* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings,
+ * and flow lists of those: "[4096, 0]"). */
+static json_t *yaml_scalar(const char *v)
+{
+    size_t n = strlen(v);
+    if (n >= 2 && v[0] == '[' && v[n - 1] == ']') {
+        json_t *a = json_array();
+        char item[256];
+        for (size_t at = 1; a && at < n - 1;) {
+            size_t e = at;
+            while (e < n - 1 && v[e] != ',')
+                e++;
+            size_t s0 = at, s1 = e;
+            while (s0 < s1 && v[s0] == ' ')
+                s0++;
+            while (s1 > s0 && v[s1 - 1] == ' ')
+                s1--;
+            if (s1 > s0) {
+                snprintf(item, sizeof(item), "%.*s", (int)(s1 - s0), v + s0);
+                json_array_append_new(a, yaml_scalar(item));
+            }
+            at = e + 1;
+        }
+        return a;
+    }
+    if (n >= 2 && (v[0] == '\'' || v[0] == '"') && v[n - 1] == v[0])
+        return json_stringn(v + 1, n - 2);
+    if (strcmp(v, "true") == 0 || strcmp(v, "True") == 0)
+        return json_true();
+    if (strcmp(v, "false") == 0 || strcmp(v, "False") == 0)
+        return json_false();
+    if (strcmp(v, "null") == 0 || strcmp(v, "~") == 0 || n == 0)
+        return json_null();
+    char *end;
+    errno = 0;
+    long long i = strtoll(v, &end, 10);
+    if (end != v && !*end && !errno)
+        return json_integer(i);
+    double dv = strtod(v, &end);
+    return end != v && !*end ? json_real(dv) : json_string(v);
+}
+
+/* A "key:" line opening a nested block: what the block turns out to hold. */
+struct yaml_pending {
+    char key[128];      /* "" when no block is open */
+    char target[256];   /* its "_target_" */
+    bool call;          /* "_call_: true": an object built by a call, not a symbol */
+    json_t *list;       /* its "- item" lines */
+};
+
+/* Closes the open block: a list of scalars becomes an array; a "{_target_: x, _call_: false}"
+ * block (how NeMo and Bridge write dtypes and functions, e.g. params_dtype: torch.float32)
+ * becomes the string "x"; any other block is skipped. */
+static enum lms_status yaml_flush(struct yaml_pending *pb, json_t *o, struct lms_error *err)
+{
+    int rc = 0;
+    if (pb->key[0] && pb->list)
+        rc = json_object_set(o, pb->key, pb->list);
+    else if (pb->key[0] && pb->target[0] && !pb->call)
+        rc = json_object_set_new(o, pb->key, json_string(pb->target));
+    json_decref(pb->list);
+    memset(pb, 0, sizeof(*pb));
+    return rc ? lms_error_set(err, LMS_ENOMEM, "out of memory") : LMS_OK;
+}
+
+enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *section,
+                                      json_t **out, char *cls, size_t cls_cap,
+                                      struct lms_error *err)
+{
+    json_t *o = json_object();
+    if (!o)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    size_t indent = section ? 2 : 0;
+    bool in_section = !section;
+    struct yaml_pending pb = {0};
+    enum lms_status rc = LMS_OK;
+    cls[0] = 0;
+    char line[1024];
+    for (size_t at = 0; at < len && !rc;) {
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
+        snprintf(line, sizeof(line), "%.*s", (int)(ll < sizeof(line) ? ll : sizeof(line) - 1),
+                 text + at);
+        at += ll + 1;
+        line[strcspn(line, "\r")] = 0;
+        size_t sp = strspn(line, " ");
+        if (!line[sp] || line[sp] == '#')
+            continue;
+        if (section && sp == 0) {
+            rc = yaml_flush(&pb, o, err);
+            char want[128];
+            snprintf(want, sizeof(want), "%s:", section);
+            in_section = strcmp(line, want) == 0;
+            continue;
+        }
+        if (!in_section || sp < indent)
+            continue;
+        if (pb.key[0] && sp == indent && line[sp] == '-') { /* "- item" of the open key */
+            if (!pb.list)
+                pb.list = json_array();
+            const char *v = line + sp + 1;
+            v += strspn(v, " ");
+            json_array_append_new(pb.list, yaml_scalar(v));
+            continue;
+        }
+        char *colon = strchr(line + sp, ':');
+        if (!colon || (colon[1] != ' ' && colon[1] != 0))
+            continue;
+        *colon = 0;
+        const char *k = line + sp, *v = colon[1] ? colon + 2 : colon + 1;
+        v += strspn(v, " ");
+        if (sp > indent) { /* inside the open block: only its own _target_/_call_ matter */
+            if (pb.key[0] && sp == indent + 2 && strcmp(k, "_target_") == 0)
+                snprintf(pb.target, sizeof(pb.target), "%s", v);
+            else if (pb.key[0] && sp == indent + 2 && strcmp(k, "_call_") == 0)
+                pb.call = strcmp(v, "true") == 0 || strcmp(v, "True") == 0;
+            continue;
+        }
+        rc = yaml_flush(&pb, o, err);
+        if (rc)
+            break;
+        if (!*v) { /* a nested block or a block list follows */
+            snprintf(pb.key, sizeof(pb.key), "%s", k);
+            continue;
+        }
+        if (strcmp(k, "_target_") == 0) {
+            const char *dot = strrchr(v, '.');
+            snprintf(cls, cls_cap, "%s", dot ? dot + 1 : v);
+            continue;
+        }
+        json_t *val = yaml_scalar(v);
+        if (!val || json_object_set_new(o, k, val) != 0)
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    if (!rc)
+        rc = yaml_flush(&pb, o, err);
+    json_decref(pb.list);
+    if (rc) {
+        json_decref(o);
+        return rc;
+    }
+    *out = o;
+    return LMS_OK;
+}
