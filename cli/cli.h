@@ -8,10 +8,13 @@
 #define LMS_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
+#include "lms/backend.h"
 #include "lms/error.h"
+#include "lms/format.h"
 
 enum cli_exit {
     CLI_EXIT_OK = 0,
@@ -70,6 +73,137 @@ void cli_progress_end(struct cli_progress *p);
 /* Adapter for library callbacks: ctx is a struct cli_progress. */
 void cli_progress_cb(void *ctx, uint64_t done, uint64_t total);
 double cli_now(void);
+
+/* ---- The command scaffold (cli/scaffold.c) ----------------------------------------------
+ * A command is a parse step and a run step. Parse turns argv into the command's argument
+ * struct (whose first member is a struct cli_args) from a table of its own options plus the
+ * shared groups it asks for, and does every check that needs no file: a usage error prints one
+ * line and exits 2 before anything is read. Run does the work with the arguments as given. */
+
+/* cli_parse's answer when the command should go on to run (any other value is an exit code). */
+#define CLI_PARSED (-1)
+
+/* Arguments every command has; the first member of each command's argument struct. */
+struct cli_args {
+    struct cli_common co;       /* --json, --quiet (and --help, answered by cli_parse) */
+    const char *in, *out;       /* positionals (CLI_POS_ONE fills in only) */
+    const char *to;             /* CLI_WRITE: --to FORMAT; NULL = the input's format */
+    struct lms_write_opts wo;   /* CLI_WRITE: --dtype (LMS_DTYPE_COUNT: unchanged) and
+                                 * --max-shard-size; CLI_FORCE: --force */
+    const char *device;         /* CLI_RUN: --device (NULL: the CPU) */
+    int64_t threads;            /* CLI_RUN: --threads (0: all cores) */
+    const char *precision;      /* CLI_PRECISION: --precision (NULL: the device's default) */
+    struct lms_device dev;      /* CLI_RUN: device and precision, parsed by cli_run_check */
+    enum lms_precision prec;
+};
+
+/* What a table row stores into the command's argument struct at `field`. */
+enum cli_opt_kind {
+    CLI_OPT_FLAG,   /* bool: true when given */
+    CLI_OPT_STRING, /* const char *: the value */
+    CLI_OPT_COUNT,  /* int64_t: a whole number in [min (at least 1), max (0: no limit)] */
+    CLI_OPT_CALL,   /* the command's on_option(args, id, value, word) checks and stores it */
+};
+
+struct cli_opt {
+    const char *name;      /* long name without "--"; NULL ends the table */
+    enum cli_opt_kind kind;
+    size_t field;          /* offsetof the destination in the command's argument struct */
+    int64_t min, max;      /* CLI_OPT_COUNT: accepted range */
+    const char *bad;       /* CLI_OPT_COUNT: the usage error, with one %s for the value;
+                            * CLI_OPT_STRING: the usage error when the option is missing
+                            * (NULL: optional) */
+    int id;                /* CLI_OPT_CALL: handed back to on_option */
+    char letter;           /* its short option ('o' for -o), when spec.shorts lists it */
+};
+
+/* Table rows: T is the command's argument struct, f its field. */
+#define CLI_FLAG(n, T, f) {.name = (n), .kind = CLI_OPT_FLAG, .field = offsetof(T, f)}
+#define CLI_STRING(n, T, f) {.name = (n), .kind = CLI_OPT_STRING, .field = offsetof(T, f)}
+#define CLI_REQUIRED(n, T, f, msg)                                                             \
+    {.name = (n), .kind = CLI_OPT_STRING, .field = offsetof(T, f), .bad = (msg)}
+#define CLI_COUNT(n, T, f, lo, hi, msg)                                                        \
+    {.name = (n), .kind = CLI_OPT_COUNT, .field = offsetof(T, f), .min = (lo), .max = (hi),    \
+     .bad = (msg)}
+#define CLI_CALL(n, i) {.name = (n), .kind = CLI_OPT_CALL, .id = (i)}
+#define CLI_END {.name = NULL}
+
+/* Shared option groups a command takes (cli_spec.groups). */
+enum {
+    CLI_FORCE = 1,     /* --force: wo.force */
+    CLI_WRITE = 2,     /* --to, --dtype, --max-shard-size (the write options) */
+    CLI_RUN = 4,       /* --device, --threads (checked by cli_run_check) */
+    CLI_PRECISION = 8, /* --precision (checked by cli_run_check) */
+};
+
+/* What stands after the options. */
+enum cli_positional {
+    CLI_POS_NONE,   /* nothing: "unexpected argument 'X'" */
+    CLI_POS_ONE,    /* one path into in; otherwise spec.positional_usage (may use %d: the count) */
+    CLI_POS_IN_OUT, /* IN OUT, also as --restore-path/--save-path; "expected IN and OUT" */
+};
+
+struct cli_spec {
+    const char *name;                /* the command, as messages name it */
+    const char *help[4];             /* --help text, in pieces (unused ones NULL) */
+    const char *shorts;              /* getopt's short options: "h" (help), "q" (--quiet), "f"
+                                      * (--force), and the letters of the command's rows */
+    unsigned groups;                 /* CLI_FORCE | CLI_WRITE | CLI_RUN | CLI_PRECISION */
+    enum cli_positional positional;
+    const char *positional_usage;    /* CLI_POS_ONE's usage error */
+    bool out_optional;               /* CLI_POS_IN_OUT: the command checks OUT itself */
+    bool getopt_reports;             /* getopt names a bad option on stderr; "unknown option" */
+    const struct cli_opt *opts;      /* the command's own options */
+    /* CLI_OPT_CALL rows: 0 when stored, else the exit code of the usage error it printed.
+     * word is argv's last word read (the value, or "--name=value"). */
+    int (*on_option)(void *args, int id, const char *value, const char *word);
+    /* The command's checks of the whole set (exclusions, defaults that depend on others), after
+     * the positionals and the required options: CLI_PARSED, or the exit code it printed. */
+    int (*check)(void *args);
+};
+
+/* Parses argv (argv[0] is the command name) into args, a struct whose first member is a
+ * struct cli_args and whose other defaults the caller has set. In order: the options (as argv
+ * gives them), the positionals, the required options, spec->check, then cli_run_check for
+ * CLI_RUN. CLI_PARSED when the command should run; 0 after --help; else the exit code. */
+int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args);
+
+/* Parses a's --device and --precision into a->dev and a->prec. CLI_PARSED, or 2 after a usage
+ * error. cli_parse calls it last for CLI_RUN; a command that takes --device as its own option
+ * may call it where its checks need it. */
+int cli_run_check(const char *cmd, struct cli_args *a);
+
+/* Detects the format of a->in and looks up a->to (default: the input's). CLI_PARSED, or the exit
+ * code of the error it printed. */
+int cli_formats(const char *cmd, const struct cli_args *a, const struct lms_format **src,
+                const struct lms_format **dst);
+/* Writes m to out in format dst with a->wo, drawing a progress bar labelled label (the shared
+ * tail of the commands that write a checkpoint). */
+enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_format *dst,
+                                     const struct lms_model *m, const char *out,
+                                     const char *label, struct lms_write_result *res,
+                                     struct lms_error *err);
+
+/* A model opened to run: the checkpoint, a backend and, when asked for, one engine. Zero it,
+ * open it step by step (the commands check things in between), close it once. */
+struct cli_model {
+    struct lms_model m;
+    bool have_model;
+    struct lms_backend *be;
+    struct lms_engine *e;
+};
+struct lms_engine_opts;
+/* Reads the checkpoint at path (format detected) into cm->m. */
+enum lms_status cli_model_read(struct cli_model *cm, const char *path, struct lms_error *err);
+/* Opens the backend of a's device, threads and precision (after cli_run_check) into cm->be. */
+enum lms_status cli_model_backend(struct cli_model *cm, const struct cli_args *a,
+                                  struct lms_error *err);
+/* Builds the engine for cm->m on cm->be into cm->e; its errors start with role and the model's
+ * path ("'DIR': ", or "teacher 'DIR': " for role "teacher "). */
+enum lms_status cli_model_engine(struct cli_model *cm, const struct lms_engine_opts *eo,
+                                 const char *role, const char *path, struct lms_error *err);
+/* Frees what cli_model_read, _backend and _engine opened; the struct may be reused after. */
+void cli_model_close(struct cli_model *cm);
 
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);

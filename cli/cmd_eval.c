@@ -1,7 +1,6 @@
 /* lmsurgeon eval: mean next-token cross-entropy and perplexity of a checkpoint over the first N
  * non-overlapping windows of a token dataset (the evaluation protocol every quality figure
  * uses): window k is stream positions [k*S, (k+1)*S), positions 0..S-2 predict 1..S-1, fp32. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,181 +38,139 @@ static const char usage_text[] =
     "  --quiet              no progress bar, no summary\n"
     "  -h, --help           show this help\n";
 
+struct eval_args {
+    struct cli_args base;
+    const char *data;
+    int64_t S, n_win, B; /* n_win 0: not given */
+    bool all;
+};
+
+static const struct cli_opt opts[] = {
+    CLI_REQUIRED("data", struct eval_args, data, "--data PREFIX is required"),
+    CLI_COUNT("seq-length", struct eval_args, S, 2, 1 << 20,
+              "invalid --seq-length '%s' (2 to 1048576)"),
+    CLI_COUNT("num-samples", struct eval_args, n_win, 1, 0, "invalid --num-samples '%s'"),
+    CLI_FLAG("all", struct eval_args, all),
+    CLI_COUNT("batch-size", struct eval_args, B, 1, 4096, "invalid --batch-size '%s' (1 to 4096)"),
+    CLI_END,
+};
 static const char *cmd = "eval";
 
-int cmd_eval(int argc, char **argv)
+static int check(void *args)
 {
-    static const struct option opts[] = {
-        {"data", required_argument, NULL, 'D'},
-        {"seq-length", required_argument, NULL, 'S'},
-        {"num-samples", required_argument, NULL, 'n'},
-        {"all", no_argument, NULL, 'a'},
-        {"batch-size", required_argument, NULL, 'b'},
-        {"device", required_argument, NULL, 'd'},
-        {"threads", required_argument, NULL, 't'},
-        {"precision", required_argument, NULL, 'P'},
-        {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct cli_common co = {0};
-    const char *data = NULL, *device = "cpu", *model_path = NULL, *precision = "fp32";
-    int64_t S = 512, n_win = 256, B = 8, threads = 0;
-    bool all = false, have_n = false;
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
-        switch (c) {
-        case 'D':
-            data = optarg;
-            break;
-        case 'S':
-            if (!cli_parse_count(optarg, &S) || S < 2 || S > (1 << 20))
-                return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 1048576)", optarg);
-            break;
-        case 'n':
-            if (!cli_parse_count(optarg, &n_win))
-                return cli_usage_error(cmd, "invalid --num-samples '%s'", optarg);
-            have_n = true;
-            break;
-        case 'a':
-            all = true;
-            break;
-        case 'b':
-            if (!cli_parse_count(optarg, &B) || B > 4096)
-                return cli_usage_error(cmd, "invalid --batch-size '%s' (1 to 4096)", optarg);
-            break;
-        case 'd':
-            device = optarg;
-            break;
-        case 't':
-            if (!cli_parse_count(optarg, &threads) || threads > 4096)
-                return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
-            break;
-        case 'P':
-            precision = optarg;
-            break;
-        case 'j':
-            co.json = true;
-            break;
-        case 'q':
-            co.quiet = true;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+    struct eval_args *a = args;
+    if (a->all && a->n_win)
+        return cli_usage_error(cmd, "--all and --num-samples exclude each other");
+    if (!a->all && !a->n_win)
+        a->n_win = 256;
+    return CLI_PARSED;
+}
+
+static const struct cli_spec spec = {
+    .name = "eval", .help = {usage_text}, .shorts = "hq", .groups = CLI_RUN | CLI_PRECISION,
+    .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
+    .check = check,
+};
+
+/* Scores the windows [0, n_win) of ds; OUT: *sum (nats) over *n_scored targets. */
+static enum lms_status score_windows(struct lms_engine *e, struct lms_dataset *ds, int64_t n_win,
+                                     int64_t B, int64_t S, bool quiet, double *sum,
+                                     int64_t *n_scored, struct lms_error *err)
+{
+    int32_t *ids = lms_malloc((size_t)(B * S) * sizeof(int32_t));
+    int32_t *tgt = lms_malloc((size_t)(B * S) * sizeof(int32_t));
+    enum lms_status rc = LMS_OK;
+    if (!ids || !tgt)
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory for %lld x %lld ids", (long long)B,
+                           (long long)S);
+    struct cli_progress bar;
+    if (!rc)
+        cli_progress_begin(&bar, "evaluating", (uint64_t)(n_win * S), false, quiet);
+    for (int64_t w0 = 0; !rc && w0 < n_win; w0 += B) {
+        int64_t nb = n_win - w0 < B ? n_win - w0 : B;
+        rc = lms_dataset_read(ds, w0 * S, (w0 + nb) * S, ids, (size_t)(B * S), err);
+        for (int64_t i = 0; !rc && i < nb * S; i++)
+            tgt[i] = i % S == S - 1 ? -1 : ids[i + 1];
+        struct lms_forward f = {.ids = ids, .batch = nb, .seq = S, .targets = tgt};
+        if (!rc && !(rc = lms_engine_forward(e, &f, err))) {
+            *sum += f.loss_sum;
+            *n_scored += f.n_scored;
+            cli_progress_update(&bar, (uint64_t)((w0 + nb) * S));
         }
     }
-    if (optind < argc)
-        model_path = argv[optind++];
-    if (!model_path || optind < argc)
-        return cli_usage_error(cmd, "expected one MODEL");
-    if (!data)
-        return cli_usage_error(cmd, "--data PREFIX is required");
-    if (all && have_n)
-        return cli_usage_error(cmd, "--all and --num-samples exclude each other");
+    if (!rc)
+        cli_progress_end(&bar);
+    else if (ids && tgt && bar.enabled)
+        fputc('\n', stderr);
+    lms_free(ids);
+    lms_free(tgt);
+    return rc;
+}
 
+static int run(struct eval_args *a)
+{
+    const char *model_path = a->base.in;
+    int64_t S = a->S, B = a->B, n_win = a->n_win;
     struct lms_error err;
     lms_error_clear(&err);
-    struct lms_device dev;
-    if (lms_device_parse(device, &dev, &err))
-        return cli_usage_error(cmd, "%s", err.msg);
-    enum lms_precision prec;
-    if (lms_precision_parse(precision, &prec, &err))
-        return cli_usage_error(cmd, "%s", err.msg);
-
     int rc = CLI_EXIT_OK;
     struct lms_dataset *ds = NULL;
-    struct lms_backend *be = NULL;
-    struct lms_engine *e = NULL;
-    struct lms_model m;
-    int32_t *ids = NULL, *tgt = NULL;
-    bool have_model = false;
+    struct cli_model cm = {0};
 
-    if (lms_data_open(data, &ds, &err))
+    if (lms_data_open(a->data, &ds, &err))
         goto fail;
     int64_t avail = lms_dataset_n_tokens(ds) / S;
-    if (all)
+    if (a->all)
         n_win = avail;
     if (n_win > avail || n_win == 0) {
         rc = cli_usage_error(cmd, "dataset '%s' has %lld tokens: %lld full windows of %lld, "
                              "%lld requested",
-                             data, (long long)lms_dataset_n_tokens(ds), (long long)avail,
+                             a->data, (long long)lms_dataset_n_tokens(ds), (long long)avail,
                              (long long)S, (long long)n_win);
         goto out;
     }
     if (B > n_win)
         B = n_win;
-    if (lms_checkpoint_read(model_path, &m, &err))
-        goto fail;
-    have_model = true;
-    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
-    if (lms_backend_open(&dev, &bo, &be, &err))
-        goto fail;
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
-    if (lms_engine_new(&m, be, &eo, &e, &err)) {
-        lms_error_wrap(&err, "'%s': ", model_path);
+    if (cli_model_read(&cm, model_path, &err) || cli_model_backend(&cm, &a->base, &err) ||
+        cli_model_engine(&cm, &eo, "", model_path, &err))
         goto fail;
-    }
-    ids = lms_malloc((size_t)(B * S) * sizeof(int32_t));
-    tgt = lms_malloc((size_t)(B * S) * sizeof(int32_t));
-    if (!ids || !tgt) {
-        lms_error_set(&err, LMS_ENOMEM, "out of memory for %lld x %lld ids", (long long)B,
-                      (long long)S);
-        goto fail;
-    }
 
-    struct cli_progress bar;
-    cli_progress_begin(&bar, "evaluating", (uint64_t)(n_win * S), false, co.quiet || co.json);
     double t0 = cli_now(), sum = 0;
     int64_t n_scored = 0;
-    for (int64_t w0 = 0; w0 < n_win; w0 += B) {
-        int64_t nb = n_win - w0 < B ? n_win - w0 : B;
-        if (lms_dataset_read(ds, w0 * S, (w0 + nb) * S, ids, (size_t)(B * S), &err))
-            goto fail_bar;
-        for (int64_t i = 0; i < nb * S; i++)
-            tgt[i] = i % S == S - 1 ? -1 : ids[i + 1];
-        struct lms_forward f = {.ids = ids, .batch = nb, .seq = S, .targets = tgt};
-        if (lms_engine_forward(e, &f, &err))
-            goto fail_bar;
-        sum += f.loss_sum;
-        n_scored += f.n_scored;
-        cli_progress_update(&bar, (uint64_t)((w0 + nb) * S));
-    }
-    cli_progress_end(&bar);
+    if (score_windows(cm.e, ds, n_win, B, S, a->base.co.quiet || a->base.co.json, &sum,
+                      &n_scored, &err))
+        goto fail;
     double secs = cli_now() - t0;
     double loss = sum / (double)n_scored, tps = secs > 0 ? (double)(n_win * S) / secs : 0;
-    if (co.json) {
+    if (a->base.co.json) {
         json_t *o = json_pack("{s:b,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:i,s:s}", "ok", 1,
-                              "model", model_path, "data", data, "n_windows", (json_int_t)n_win,
-                              "seq_length", (json_int_t)S, "n_scored", (json_int_t)n_scored,
-                              "loss", loss, "perplexity", exp(loss), "tokens_per_second", tps,
-                              "seconds", secs, "device", lms_backend_name(be), "n_threads",
-                              lms_backend_n_threads(be), "precision", precision);
+                              "model", model_path, "data", a->data, "n_windows",
+                              (json_int_t)n_win, "seq_length", (json_int_t)S, "n_scored",
+                              (json_int_t)n_scored, "loss", loss, "perplexity", exp(loss),
+                              "tokens_per_second", tps, "seconds", secs, "device",
+                              lms_backend_name(cm.be), "n_threads", lms_backend_n_threads(cm.be),
+                              "precision", a->base.precision);
         cli_print_json(o);
-    } else if (!co.quiet) {
+    } else if (!a->base.co.quiet) {
         printf("eval '%s' on '%s': %lld windows x %lld tokens, loss %.5f nats/token, "
                "perplexity %.4f (%lld scored tokens; %s, %d threads, %.2f s, %.0f tokens/s)\n",
-               model_path, data, (long long)n_win, (long long)S, loss, exp(loss),
-               (long long)n_scored, lms_backend_name(be), lms_backend_n_threads(be), secs, tps);
+               model_path, a->data, (long long)n_win, (long long)S, loss, exp(loss),
+               (long long)n_scored, lms_backend_name(cm.be), lms_backend_n_threads(cm.be), secs,
+               tps);
     }
     goto out;
-fail_bar:
-    if (bar.enabled)
-        fputc('\n', stderr);
 fail:
-    rc = cli_fail(cmd, &co, &err);
+    rc = cli_fail(cmd, &a->base.co, &err);
 out:
-    lms_free(ids);
-    lms_free(tgt);
-    lms_engine_free(e);
-    lms_backend_free(be);
-    if (have_model)
-        lms_model_release(&m);
+    cli_model_close(&cm);
     lms_dataset_free(ds);
     return rc;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    struct eval_args a = {.S = 512, .B = 8, .base.precision = "fp32"};
+    int code = cli_parse(&spec, argc, argv, &a);
+    return code == CLI_PARSED ? run(&a) : code;
 }

@@ -1,6 +1,5 @@
 /* lmsurgeon inspect: what a checkpoint is, for people (--json for scripts). */
 #include <dirent.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -195,54 +194,43 @@ static json_t *model_json(const char *path, const struct lms_model *m, uint64_t 
     return o;
 }
 
-int cmd_inspect(int argc, char **argv)
+struct inspect_args {
+    struct cli_args base;
+    bool tensors;
+};
+
+static const struct cli_opt opts[] = {
+    CLI_FLAG("tensors", struct inspect_args, tensors),
+    CLI_END,
+};
+static const struct cli_spec spec = {
+    .name = "inspect", .help = {usage_text}, .shorts = "hq", .positional = CLI_POS_ONE,
+    .positional_usage = "expected one PATH, got %d", .opts = opts,
+};
+
+static int run(const struct inspect_args *a)
 {
-    static const struct option opts[] = {
-        {"tensors", no_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},   {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct cli_common co = {0};
-    bool tensors = false;
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
-        switch (c) {
-        case 't':
-            tensors = true;
-            break;
-        case 'j':
-            co.json = true;
-            break;
-        case 'q':
-            co.quiet = true;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_usage_error("inspect", "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-    }
-    if (argc - optind != 1)
-        return cli_usage_error("inspect", "expected one PATH, got %d", argc - optind);
-    const char *path = argv[optind];
+    const char *path = a->base.in;
     struct lms_error err;
     lms_error_clear(&err);
     const struct lms_format *f = lms_format_detect(path, &err);
     if (!f)
-        return cli_fail("inspect", &co, &err);
+        return cli_fail(spec.name, &a->base.co, &err);
     struct lms_model m;
     if (f->read(path, &m, &err))
-        return cli_fail("inspect", &co, &err);
+        return cli_fail(spec.name, &a->base.co, &err);
     uint64_t disk = bytes_on_disk(path);
-    if (co.json) {
-        json_t *o = model_json(path, &m, disk, tensors);
-        cli_print_json(o);
-    } else if (!co.quiet) {
-        print_text(path, &m, f->description, disk, tensors);
-    }
+    if (a->base.co.json)
+        cli_print_json(model_json(path, &m, disk, a->tensors));
+    else if (!a->base.co.quiet)
+        print_text(path, &m, f->description, disk, a->tensors);
     lms_model_release(&m);
     return CLI_EXIT_OK;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    struct inspect_args a = {0};
+    int code = cli_parse(&spec, argc, argv, &a);
+    return code == CLI_PARSED ? run(&a) : code;
 }

@@ -5,7 +5,6 @@
  * (OpenMP, one tokenizer context per thread) and then written in input order, so the output
  * does not depend on the number of workers. */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,191 +145,197 @@ static void process_line(const struct job *jb, struct lms_tokenizer_ctx *ctx, ch
     }
 }
 
-int cmd_preprocess(int argc, char **argv)
+struct preprocess_args {
+    struct cli_args base; /* --force, --json, --quiet */
+    const char *input, *tok_path, *prefix, *key;
+    bool eod, skip_empty, skip_bad, no_special;
+    int64_t workers;
+};
+
+#define REQUIRED(n, f)                                                                         \
+    CLI_REQUIRED(n, struct preprocess_args, f,                                                 \
+                 "--input, --tokenizer and --output-prefix are required")
+static const struct cli_opt opts[] = {
+    REQUIRED("input", input),
+    CLI_STRING("json-key", struct preprocess_args, key),
+    CLI_STRING("json-keys", struct preprocess_args, key),
+    REQUIRED("tokenizer", tok_path),
+    REQUIRED("output-prefix", prefix),
+    CLI_FLAG("append-eod", struct preprocess_args, eod),
+    CLI_FLAG("no-special-tokens", struct preprocess_args, no_special),
+    CLI_FLAG("skip-empty-docs", struct preprocess_args, skip_empty),
+    CLI_FLAG("skip-bad-lines", struct preprocess_args, skip_bad),
+    CLI_COUNT("workers", struct preprocess_args, workers, 1, 1024,
+              "--workers: '%s' is not a count in 1..1024"),
+    CLI_END,
+};
+static const struct cli_spec spec = {
+    .name = "preprocess", .help = {usage_text}, .shorts = "h", .groups = CLI_FORCE,
+    .positional = CLI_POS_NONE, .getopt_reports = true, .opts = opts,
+};
+
+/* One input line of a chunk and its result; a chunk is an array of CHUNK_LINES. */
+struct line {
+    char *text; /* getline's buffer, reused from chunk to chunk */
+    size_t len, cap;
+    long no;    /* 1-based line number in the input */
+    struct doc_result res;
+};
+
+static void chunk_free(struct line *ck)
 {
-    enum { O_NO_SPECIAL = 256, O_SKIP_EMPTY, O_SKIP_BAD, O_JSON_KEY, O_OUT, O_EOD };
-    static const struct option opts[] = {
-        {"input", required_argument, NULL, 'i'},
-        {"json-key", required_argument, NULL, O_JSON_KEY},
-        {"json-keys", required_argument, NULL, O_JSON_KEY},
-        {"tokenizer", required_argument, NULL, 't'},
-        {"output-prefix", required_argument, NULL, O_OUT},
-        {"append-eod", no_argument, NULL, O_EOD},
-        {"no-special-tokens", no_argument, NULL, O_NO_SPECIAL},
-        {"skip-empty-docs", no_argument, NULL, O_SKIP_EMPTY},
-        {"skip-bad-lines", no_argument, NULL, O_SKIP_BAD},
-        {"workers", required_argument, NULL, 'w'},
-        {"force", no_argument, NULL, 'f'},
-        {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct cli_common co = {0};
-    const char *input = NULL, *tok_path = NULL, *prefix = NULL, *key = "text";
-    bool eod = false, skip_empty = false, skip_bad = false, force = false;
-    unsigned flags = LMS_TOK_ADD_SPECIAL;
-    long workers = sysconf(_SC_NPROCESSORS_ONLN);
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'i': input = optarg; break;
-        case O_JSON_KEY: key = optarg; break;
-        case 't': tok_path = optarg; break;
-        case O_OUT: prefix = optarg; break;
-        case O_EOD: eod = true; break;
-        case O_NO_SPECIAL: flags &= ~(unsigned)LMS_TOK_ADD_SPECIAL; break;
-        case O_SKIP_EMPTY: skip_empty = true; break;
-        case O_SKIP_BAD: skip_bad = true; break;
-        case 'w': {
-            char *end;
-            workers = strtol(optarg, &end, 10);
-            if (*end || workers < 1 || workers > 1024)
-                return cli_usage_error(cmd, "--workers: '%s' is not a count in 1..1024", optarg);
-            break;
-        }
-        case 'f': force = true; break;
-        case 'j': co.json = true; break;
-        case 'q': co.quiet = true; break;
-        case 'h': fputs(usage_text, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error(cmd, "unknown option");
-        }
+    for (size_t i = 0; ck && i < CHUNK_LINES; i++) {
+        free(ck[i].text);
+        lms_ids_release(&ck[i].res.ids);
+        lms_free(ck[i].res.seq_len);
     }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!input || !tok_path || !prefix)
-        return cli_usage_error(cmd, "--input, --tokenizer and --output-prefix are required");
-    if (workers < 1)
-        workers = 1;
-    size_t in_len = strlen(input);
-    bool txt = in_len > 4 && strcmp(input + in_len - 4, ".txt") == 0;
+    lms_free(ck);
+}
 
-    struct lms_error err = {0};
-    struct lms_tokenizer *tk = NULL;
-    struct lms_dataset_writer *w = NULL;
-    struct lms_tokenizer_ctx **ctx = NULL;
-    struct doc_result *res = NULL;
-    char **lines = NULL;
-    size_t *line_len = NULL;
-    long *line_no = NULL;
-    FILE *in = NULL;
-    int rc = CLI_EXIT_OK;
-    long n_bad = 0, lineno = 0;
-    int64_t n_seq_total = 0;
-    char out_prefix[4096];
-    snprintf(out_prefix, sizeof(out_prefix), "%s_%s_document", prefix, key);
-
-    json_object_seed(0); /* before threads: jansson seeds its hash once */
-    if (lms_tokenizer_load(tok_path, &tk, &err))
-        goto fail;
-    int32_t eod_id = -1;
-    if (eod) {
-        eod_id = lms_tokenizer_eos_id(tk);
-        if (eod_id < 0) {
-            lms_error_set(&err, LMS_EFORMAT, "--append-eod: tokenizer '%s' has no eos_token in "
-                          "tokenizer_config.json", tok_path);
-            goto fail;
-        }
-    }
-    in = fopen(input, "rb");
-    if (!in) {
-        lms_error_set(&err, LMS_EIO, "opening '%s': %s", input, strerror(errno));
-        goto fail;
-    }
-    struct stat sb;
-    uint64_t in_size = fstat(fileno(in), &sb) == 0 ? (uint64_t)sb.st_size : 0;
-    enum lms_index_dtype code = lms_index_dtype_for_vocab(lms_tokenizer_vocab_size(tk));
-    if (lms_dataset_writer_new(out_prefix, code, force, &w, &err))
-        goto fail;
-    ctx = lms_calloc((size_t)workers, sizeof(*ctx));
-    res = lms_calloc(CHUNK_LINES, sizeof(*res));
-    lines = lms_calloc(CHUNK_LINES, sizeof(*lines));
-    line_len = lms_calloc(CHUNK_LINES, sizeof(*line_len));
-    line_no = lms_calloc(CHUNK_LINES, sizeof(*line_no));
-    size_t *line_cap = lms_calloc(CHUNK_LINES, sizeof(size_t));
-    if (!ctx || !res || !lines || !line_len || !line_no || !line_cap) {
-        lms_free(line_cap);
-        lms_error_set(&err, LMS_ENOMEM, "out of memory");
-        goto fail;
-    }
-    for (long t = 0; t < workers; t++)
-        if (lms_tokenizer_ctx_new(tk, &ctx[t], &err)) {
-            lms_free(line_cap);
-            goto fail;
-        }
-    struct job jb = {ctx, key, txt, flags, eod_id};
-    struct cli_progress prog;
-    char label[160] = "preprocess";
-    cli_progress_begin(&prog, label, in_size, true, co.quiet);
-    uint64_t done_bytes = 0;
-    double t0 = cli_now();
-    bool stop = false;
-    while (!stop) {
-        size_t n = 0;
-        while (n < CHUNK_LINES) {
-            ssize_t k = getline(&lines[n], &line_cap[n], in);
-            if (k < 0)
-                break;
-            done_bytes += (uint64_t)k;
-            if (k > 0 && lines[n][k - 1] == '\n')
-                k--;
-            if (k > 0 && lines[n][k - 1] == '\r' && !txt)
-                k--;
-            line_len[n] = (size_t)k;
-            lineno++;
-            if (!txt && k == 0) /* blank JSONL line: not a document */
-                continue;
-            line_no[n] = lineno;
-            res[n].bad = false;
-            res[n].ids.len = 0;
-            res[n].n_seq = 0;
-            lms_free(res[n].seq_len);
-            res[n].seq_len = NULL;
-            n++;
-        }
-        if (n == 0)
+/* Reads up to CHUNK_LINES documents (a JSONL file's blank lines are none); returns how many. */
+static size_t read_chunk(FILE *in, bool txt, struct line *ck, long *lineno, uint64_t *bytes)
+{
+    size_t n = 0;
+    while (n < CHUNK_LINES) {
+        struct line *l = &ck[n];
+        ssize_t k = getline(&l->text, &l->cap, in);
+        if (k < 0)
             break;
+        *bytes += (uint64_t)k;
+        if (k > 0 && l->text[k - 1] == '\n')
+            k--;
+        if (k > 0 && l->text[k - 1] == '\r' && !txt)
+            k--;
+        l->len = (size_t)k;
+        ++*lineno;
+        if (!txt && k == 0)
+            continue;
+        l->no = *lineno;
+        l->res.bad = false;
+        l->res.ids.len = 0;
+        l->res.n_seq = 0;
+        lms_free(l->res.seq_len);
+        l->res.seq_len = NULL;
+        n++;
+    }
+    return n;
+}
+
+/* Tokenizes the chunk's n documents in parallel, one tokenizer context per thread. */
+static void tokenize_chunk(const struct job *jb, struct line *ck, size_t n, int64_t workers)
+{
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 16) num_threads(workers)
 #endif
-        for (long i = 0; i < (long)n; i++) {
+    for (long i = 0; i < (long)n; i++) {
 #ifdef _OPENMP
-            int t = omp_get_thread_num();
+        int t = omp_get_thread_num();
 #else
-            int t = 0;
+        int t = 0;
 #endif
-            process_line(&jb, ctx[t], lines[i], line_len[i], &res[i]);
+        process_line(jb, jb->ctx[t], ck[i].text, ck[i].len, &ck[i].res);
+    }
+}
+
+/* Writes the chunk's documents in input order; a bad line stops the run unless --skip-bad-lines.
+ * Counts skipped lines in *n_bad and sentences in *n_seq. */
+static enum lms_status write_chunk(const struct preprocess_args *a, struct lms_dataset_writer *w,
+                                   const struct line *ck, size_t n, long *n_bad, int64_t *n_seq,
+                                   struct lms_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct doc_result *r = &ck[i].res;
+        if (r->bad) {
+            if (!a->skip_bad)
+                return lms_error_set(err, LMS_EFORMAT, "'%s' line %ld: %s", a->input,
+                                     ck[i].no, r->msg);
+            if (!a->base.co.quiet)
+                fprintf(stderr, "lmsurgeon %s: warning: skipping '%s' line %ld: %s\n", cmd,
+                        a->input, ck[i].no, r->msg);
+            ++*n_bad;
+            continue;
         }
-        for (size_t i = 0; i < n && !stop; i++) {
-            struct doc_result *r = &res[i];
-            if (r->bad) {
-                long ln = line_no[i];
-                if (!skip_bad) {
-                    lms_error_set(&err, LMS_EFORMAT, "'%s' line %ld: %s", input, ln, r->msg);
-                    stop = true;
-                    break;
-                }
-                if (!co.quiet)
-                    fprintf(stderr, "lmsurgeon %s: warning: skipping '%s' line %ld: %s\n", cmd,
-                            input, ln, r->msg);
-                n_bad++;
-                continue;
-            }
-            if (skip_empty && r->n_seq == 0)
-                continue;
-            size_t off = 0;
-            for (size_t s = 0; s < r->n_seq; s++) {
-                if (lms_dataset_writer_add(w, r->ids.data + off, r->seq_len[s], &err)) {
-                    stop = true;
-                    break;
-                }
-                off += r->seq_len[s];
-                n_seq_total++;
-            }
-            if (!stop && lms_dataset_writer_end_doc(w, &err))
-                stop = true;
+        if (a->skip_empty && r->n_seq == 0)
+            continue;
+        size_t off = 0;
+        for (size_t k = 0; k < r->n_seq; k++) {
+            enum lms_status rc = lms_dataset_writer_add(w, r->ids.data + off, r->seq_len[k], err);
+            if (rc)
+                return rc;
+            off += r->seq_len[k];
+            ++*n_seq;
         }
+        enum lms_status rc = lms_dataset_writer_end_doc(w, err);
+        if (rc)
+            return rc;
+    }
+    return LMS_OK;
+}
+
+static void report(const struct cli_common *co, const char *out_prefix,
+                   struct lms_dataset_writer *w, int64_t n_seq, enum lms_index_dtype code,
+                   long n_bad, double secs)
+{
+    int64_t docs = lms_dataset_writer_n_docs(w), toks = lms_dataset_writer_n_tokens(w);
+    if (co->json) {
+        printf("{\"ok\":true,\"output_prefix\":");
+        json_t *s = json_string(out_prefix);
+        struct lms_buf_str b = {0};
+        if (s && lms_json_dump(s, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
+            fputs(b.data, stdout);
+        lms_buf_str_release(&b);
+        json_decref(s);
+        printf(",\"documents\":%lld,\"sequences\":%lld,\"tokens\":%lld,\"dtype\":\"%s\","
+               "\"skipped_lines\":%ld,\"seconds\":%.3f}\n",
+               (long long)docs, (long long)n_seq, (long long)toks,
+               code == LMS_INDEX_U16 ? "uint16" : "int32", n_bad, secs);
+    } else if (!co->quiet) {
+        fprintf(stderr, "wrote %s.bin/.idx: %lld documents, %lld tokens (%s) in %.2f s "
+                "(%.2fM tokens/s)%s\n", out_prefix, (long long)docs, (long long)toks,
+                code == LMS_INDEX_U16 ? "uint16" : "int32", secs,
+                secs > 0 ? (double)toks / secs / 1e6 : 0.0, n_bad ? ", some lines skipped" : "");
+    }
+}
+
+/* The end-of-document id for --append-eod (-1 without). */
+static enum lms_status eod_id_of(const struct preprocess_args *a, struct lms_tokenizer *tk,
+                                 int32_t *eod, struct lms_error *err)
+{
+    *eod = a->eod ? lms_tokenizer_eos_id(tk) : -1;
+    if (a->eod && *eod < 0)
+        return lms_error_set(err, LMS_EFORMAT, "--append-eod: tokenizer '%s' has no eos_token "
+                             "in tokenizer_config.json", a->tok_path);
+    return LMS_OK;
+}
+
+struct totals {
+    long n_bad;    /* lines skipped (--skip-bad-lines) */
+    int64_t n_seq; /* sentences written */
+    double secs;
+};
+
+/* Reads, tokenizes and writes the whole input chunk by chunk, then finishes the dataset. */
+static enum lms_status tokenize_all(const struct preprocess_args *a, FILE *in, bool txt,
+                                    const struct job *jb, struct line *ck,
+                                    struct lms_dataset_writer *w, struct totals *tot,
+                                    struct lms_error *err)
+{
+    struct stat sb;
+    uint64_t in_size = fstat(fileno(in), &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    struct cli_progress prog;
+    char label[160] = "preprocess";
+    cli_progress_begin(&prog, label, in_size, true, a->base.co.quiet);
+    uint64_t done_bytes = 0;
+    long lineno = 0;
+    double t0 = cli_now();
+    enum lms_status rc = LMS_OK;
+    for (;;) {
+        size_t n = read_chunk(in, txt, ck, &lineno, &done_bytes);
+        if (n == 0)
+            break;
+        tokenize_chunk(jb, ck, n, a->workers);
+        if ((rc = write_chunk(a, w, ck, n, &tot->n_bad, &tot->n_seq, err)))
+            return rc;
         double el = cli_now() - t0;
         if (el > 0)
             snprintf(label, sizeof(label), "preprocess %lld docs (%.0f docs/s, %.2fM tok/s)",
@@ -341,58 +346,76 @@ int cmd_preprocess(int argc, char **argv)
         if (n < CHUNK_LINES)
             break;
     }
-    for (size_t i = 0; i < CHUNK_LINES; i++)
-        free(lines[i]);
-    lms_free(line_cap);
-    if (err.status)
-        goto fail;
-    if (ferror(in)) {
-        lms_error_set(&err, LMS_EIO, "reading '%s': read error", input);
-        goto fail;
-    }
-    if (lms_dataset_writer_finish(w, &err))
-        goto fail;
+    if (ferror(in))
+        return lms_error_set(err, LMS_EIO, "reading '%s': read error", a->input);
+    if ((rc = lms_dataset_writer_finish(w, err)))
+        return rc;
     cli_progress_end(&prog);
-    double secs = cli_now() - t0;
-    int64_t docs = lms_dataset_writer_n_docs(w), toks = lms_dataset_writer_n_tokens(w);
-    if (co.json) {
-        printf("{\"ok\":true,\"output_prefix\":");
-        json_t *s = json_string(out_prefix);
-        struct lms_buf_str b = {0};
-        if (s && lms_json_dump(s, LMS_JSON_COMPACT, &b, NULL) == LMS_OK)
-            fputs(b.data, stdout);
-        lms_buf_str_release(&b);
-        json_decref(s);
-        printf(",\"documents\":%lld,\"sequences\":%lld,\"tokens\":%lld,\"dtype\":\"%s\","
-               "\"skipped_lines\":%ld,\"seconds\":%.3f}\n",
-               (long long)docs, (long long)n_seq_total, (long long)toks,
-               code == LMS_INDEX_U16 ? "uint16" : "int32", n_bad, secs);
-    } else if (!co.quiet) {
-        fprintf(stderr, "wrote %s.bin/.idx: %lld documents, %lld tokens (%s) in %.2f s "
-                "(%.2fM tokens/s)%s\n", out_prefix, (long long)docs, (long long)toks,
-                code == LMS_INDEX_U16 ? "uint16" : "int32", secs,
-                secs > 0 ? (double)toks / secs / 1e6 : 0.0, n_bad ? ", some lines skipped" : "");
+    tot->secs = cli_now() - t0;
+    return LMS_OK;
+}
+
+static int run(const struct preprocess_args *a)
+{
+    size_t in_len = strlen(a->input);
+    bool txt = in_len > 4 && strcmp(a->input + in_len - 4, ".txt") == 0;
+    struct lms_error err = {0};
+    struct lms_tokenizer *tk = NULL;
+    struct lms_dataset_writer *w = NULL;
+    struct lms_tokenizer_ctx **ctx = NULL;
+    struct line *ck = NULL;
+    FILE *in = NULL;
+    int rc = CLI_EXIT_OK;
+    char out_prefix[4096];
+    snprintf(out_prefix, sizeof(out_prefix), "%s_%s_document", a->prefix, a->key);
+
+    json_object_seed(0); /* before threads: jansson seeds its hash once */
+    int32_t eod_id;
+    if (lms_tokenizer_load(a->tok_path, &tk, &err) || eod_id_of(a, tk, &eod_id, &err))
+        goto fail;
+    in = fopen(a->input, "rb");
+    if (!in) {
+        lms_error_set(&err, LMS_EIO, "opening '%s': %s", a->input, strerror(errno));
+        goto fail;
     }
+    enum lms_index_dtype code = lms_index_dtype_for_vocab(lms_tokenizer_vocab_size(tk));
+    if (lms_dataset_writer_new(out_prefix, code, a->base.wo.force, &w, &err))
+        goto fail;
+    ctx = lms_calloc((size_t)a->workers, sizeof(*ctx));
+    ck = lms_calloc(CHUNK_LINES, sizeof(*ck));
+    if (!ck || !ctx) {
+        lms_error_set(&err, LMS_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int64_t t = 0; t < a->workers; t++)
+        if (lms_tokenizer_ctx_new(tk, &ctx[t], &err))
+            goto fail;
+    struct job jb = {ctx, a->key, txt, a->no_special ? 0 : LMS_TOK_ADD_SPECIAL, eod_id};
+    struct totals tot = {0};
+    if (tokenize_all(a, in, txt, &jb, ck, w, &tot, &err))
+        goto fail;
+    report(&a->base.co, out_prefix, w, tot.n_seq, code, tot.n_bad, tot.secs);
     goto out;
 fail:
-    rc = cli_fail(cmd, &co, &err);
+    rc = cli_fail(cmd, &a->base.co, &err);
 out:
     if (in)
         fclose(in);
-    if (res)
-        for (size_t i = 0; i < CHUNK_LINES; i++) {
-            lms_ids_release(&res[i].ids);
-            lms_free(res[i].seq_len);
-        }
-    lms_free(res);
-    lms_free(lines);
-    lms_free(line_len);
-    lms_free(line_no);
+    chunk_free(ck);
     if (ctx)
-        for (long t = 0; t < workers; t++)
+        for (int64_t t = 0; t < a->workers; t++)
             lms_tokenizer_ctx_free(ctx[t]);
     lms_free(ctx);
     lms_dataset_writer_free(w);
     lms_tokenizer_free(tk);
     return rc;
+}
+
+int cmd_preprocess(int argc, char **argv)
+{
+    struct preprocess_args a = {.key = "text", .workers = sysconf(_SC_NPROCESSORS_ONLN)};
+    if (a.workers < 1)
+        a.workers = 1;
+    int code = cli_parse(&spec, argc, argv, &a);
+    return code == CLI_PARSED ? run(&a) : code;
 }

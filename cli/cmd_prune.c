@@ -2,7 +2,6 @@
  * complete checkpoint. Scores come from calibration data (--data-paths: the model runs over it
  * first, as the reference workflow does), from an importance file, or from weight magnitudes.
  * Planning is the library's (lms_prune_plan_make); this file parses, calls and writes. */
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -96,14 +95,13 @@ static const char usage_search[] =
     "      --num_train_samples 1024 --mbs 4 --data_paths PREFIX --target_num_layers 24\n";
 
 struct prune_args {
-    const char *in, *out, *importance, *to, *selection;
+    struct cli_args base; /* IN, OUT, --to, the write options, --json, --quiet */
+    const char *importance, *selection;
     struct lms_prune_targets t;
-    bool dry_run;
+    bool dry_run, legacy_ckpt;
     struct prune_calib_opts cal;
     int64_t target_params, candidate, n_candidates;
     struct lms_search_opts so;
-    struct cli_common co;
-    struct lms_write_opts wo;
 };
 
 static const char *cmd = "prune";
@@ -206,7 +204,7 @@ static void print_summary(const struct prune_args *a, json_t *rep, const struct 
     char b1[32], b2[32];
     cli_format_bytes(lms_model_nbytes(in), b1, sizeof(b1));
     cli_format_bytes(lms_model_nbytes(out), b2, sizeof(b2));
-    printf("%s '%s' -> '%s'\n", a->dry_run ? "would prune" : "pruned", a->in, a->out);
+    printf("%s '%s' -> '%s'\n", a->dry_run ? "would prune" : "pruned", a->base.in, a->base.out);
     printf("  layers               %" PRId64 " -> %" PRId64, in->arch.n_layers, out->arch.n_layers);
     json_t *d = json_object_get(rep, "layers");
     if (json_object_get(d, "kept"))
@@ -346,7 +344,7 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
             lms_model_release(&pm);
         }
         lms_prune_plan_release(&plan);
-        if (!a->co.quiet && !a->co.json)
+        if (!a->base.co.quiet && !a->base.co.json)
             fprintf(stderr, "candidate %" PRId64 "/%" PRId64 ": loss %.4f\n", i + 1, n,
                     c[i].loss);
     }
@@ -362,20 +360,226 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
         *table = json_pack("{s:I,s:I,s:b,s:o}", "target_params", (json_int_t)a->target_params,
                            "n_fitting", (json_int_t)n_fit, "ranked_by_loss", ranked,
                            "candidates", candidates_json(c, n, chosen));
-        if (!a->co.quiet && !a->co.json)
+        if (!a->base.co.quiet && !a->base.co.json)
             print_candidates(a, c, n, n_fit, chosen, ranked);
     }
     lms_free(c);
     return rc;
 }
 
+/* The scores the plan ranks by: an importance file's, or the model's activations on the
+ * calibration data (*cal keeps the run for the depth metrics and the budget search). OUT:
+ * scores_from says where they came from, in words ("" for none). */
+static enum lms_status gather_scores(struct prune_args *a, const struct lms_model *in,
+                                     struct lms_importance *imp, struct prune_calib **cal,
+                                     char *scores_from, size_t cap, struct lms_error *err)
+{
+    enum lms_status rc = LMS_OK;
+    if (a->importance) {
+        lms_importance_release(imp);
+        rc = lms_importance_read(a->importance, imp, err);
+        if (!rc)
+            rc = lms_importance_check(imp, &in->arch, a->importance, err);
+        snprintf(scores_from, cap, "%s scores of '%s'", imp->method ? imp->method : "the",
+                 a->importance);
+    }
+    if (!rc && a->cal.data) {
+        /* the depth target decides which block length the block metrics need */
+        a->cal.n_drop = a->t.n_layers ? in->arch.n_layers - a->t.n_layers : 0;
+        a->cal.selection = a->t.selection;
+        a->cal.budget = a->target_params != 0;
+        a->cal.width_axes =
+            (a->cal.budget || a->t.hidden ? LMS_AXIS_HIDDEN : 0) |
+            (a->cal.budget || a->t.ffn ? LMS_AXIS_FFN : 0) |
+            (a->cal.budget || a->t.n_heads || a->t.n_groups ? LMS_AXIS_HEADS : 0) |
+            (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
+        a->cal.json = a->base.co.json;
+        a->cal.quiet = a->base.co.quiet;
+        rc = prune_calib_run(in, &a->cal, cal, imp, err);
+        if (!rc && prune_calib_describe(*cal))
+            snprintf(scores_from, cap, "activations on %s", prune_calib_describe(*cal));
+    }
+    return rc;
+}
+
+static void print_result(const struct prune_args *a, json_t *report, const struct lms_model *in,
+                         const struct lms_model *out, const struct prune_calib *cal,
+                         json_t *table, const char *scores_from)
+{
+    if (a->base.co.json) {
+        json_t *o = json_pack("{s:b,s:b,s:s,s:s,s:O,s:I,s:I,s:I}", "ok", 1, "dry_run",
+                              a->dry_run, "input", a->base.in, "output", a->base.out, "plan",
+                              report, "n_params_before", (json_int_t)lms_model_n_params(in),
+                              "n_params_after", (json_int_t)lms_model_n_params(out),
+                              "tensor_bytes", (json_int_t)lms_model_nbytes(out));
+        char words[600];
+        describe_scores(report, scores_from, words, sizeof words);
+        json_object_set_new(o, "scores", json_string(words));
+        json_object_set_new(o, "shape", shape_json(report, in, out));
+        if (cal)
+            json_object_set_new(o, "calibration", prune_calib_json(cal));
+        if (table)
+            json_object_set_new(o, "search", json_incref(table));
+        cli_print_json(o);
+    } else if (!a->base.co.quiet) {
+        print_summary(a, report, in, out, scores_from[0] ? scores_from : "the given scores");
+    }
+}
+
 static int run(struct prune_args *a)
 {
     struct lms_error err;
     lms_error_clear(&err);
-    struct cli_common *co = &a->co;
-    if (!a->dry_run && lms_path_check_not_input(a->out, a->in, &err))
-        return cli_fail(cmd, co, &err);
+    const struct lms_format *src, *dst;
+    int code = cli_formats(cmd, &a->base, &src, &dst);
+    if (code != CLI_PARSED)
+        return code;
+    struct lms_model in, out;
+    if (src->read(a->base.in, &in, &err))
+        return cli_fail(cmd, &a->base.co, &err);
+    struct lms_importance imp;
+    lms_importance_init(&imp, &in.arch);
+    struct lms_prune_plan plan;
+    lms_prune_plan_init(&plan, in.arch.n_layers);
+    struct prune_calib *cal = NULL;
+    json_t *report = NULL, *table = NULL;
+    bool have_out = false;
+    char scores_from[512] = "";
+    enum lms_status rc = lms_prune_targets_check(&a->t, &in.arch, &err);
+    if (!rc)
+        rc = gather_scores(a, &in, &imp, &cal, scores_from, sizeof scores_from, &err);
+    if (!rc && a->target_params)
+        rc = search(a, &in, &imp, cal, &table, &err);
+    struct lms_importance view = imp;
+    if (!rc && cal)
+        rc = prune_calib_scores_for(cal, &in, &imp, a->t.n_layers, &view, &err);
+    if (!rc)
+        rc = lms_prune_plan_make(&in, &a->t, &view, &plan, &report, &err);
+    if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
+        have_out = true;
+    struct lms_write_result res = {0};
+    if (!rc && !a->dry_run)
+        rc = cli_write_checkpoint(&a->base, dst, &out, a->base.out, "pruning", &res, &err);
+    if (rc)
+        code = cli_fail(cmd, &a->base.co, &err);
+    else
+        print_result(a, report, &in, &out, cal, table, scores_from), code = CLI_EXIT_OK;
+    if (have_out)
+        lms_model_release(&out);
+    json_decref(report);
+    json_decref(table);
+    prune_calib_free(cal);
+    lms_prune_plan_release(&plan);
+    lms_importance_release(&imp);
+    lms_model_release(&in);
+    return code;
+}
+
+/* ---- the arguments ------------------------------------------------------------------------ */
+
+enum { O_SEED, O_PREC, O_IGNORED_COUNT, O_PARAMS, O_SEARCH_LAYERS, O_SEARCH_FFN,
+       O_SEARCH_HIDDEN, O_SEARCH_HEADS };
+
+#define TARGET(n, f)                                                                           \
+    CLI_COUNT(n, struct prune_args, t.f, 1, INT64_C(1) << 40,                                  \
+              "a --target option needs a positive integer, got '%s'")
+
+static const struct cli_opt opts[] = {
+    CLI_STRING("drop-layers", struct prune_args, t.drop_layers),
+    CLI_STRING("keep-layers", struct prune_args, t.keep_layers),
+    TARGET("target-num-layers", n_layers),
+    CLI_STRING("layer-selection", struct prune_args, selection),
+    CLI_STRING("layer-metric", struct prune_args, selection),
+    TARGET("target-ffn-hidden-size", ffn),
+    TARGET("target-hidden-size", hidden),
+    TARGET("target-num-attention-heads", n_heads),
+    TARGET("target-num-query-groups", n_groups),
+    CLI_STRING("importance", struct prune_args, importance),
+    CLI_FLAG("dry-run", struct prune_args, dry_run),
+    CLI_STRING("data-paths", struct prune_args, cal.data),
+    CLI_STRING("data", struct prune_args, cal.data),
+    CLI_COUNT("num-train-samples", struct prune_args, cal.n_samples, 1, INT64_C(1) << 32,
+              "--num-train-samples needs a positive integer, got '%s'"),
+    CLI_COUNT("num-samples", struct prune_args, cal.n_samples, 1, INT64_C(1) << 32,
+              "--num-train-samples needs a positive integer, got '%s'"),
+    CLI_COUNT("seq-length", struct prune_args, cal.seq_len, 2, 1 << 20,
+              "invalid --seq-length '%s' (2 to 1048576)"),
+    CLI_COUNT("mbs", struct prune_args, cal.mbs, 1, 4096, "invalid --mbs '%s' (1 to 4096)"),
+    CLI_COUNT("micro-batch-size", struct prune_args, cal.mbs, 1, 4096,
+              "invalid --mbs '%s' (1 to 4096)"),
+    CLI_CALL("seed", O_SEED),
+    CLI_STRING("device", struct prune_args, cal.device),
+    CLI_CALL("precision", O_PREC),
+    CLI_COUNT("threads", struct prune_args, cal.threads, 1, 4096, "invalid --threads '%s'"),
+    CLI_CALL("devices", O_IGNORED_COUNT),
+    CLI_CALL("tp-size", O_IGNORED_COUNT),
+    CLI_CALL("pp-size", O_IGNORED_COUNT),
+    CLI_FLAG("legacy-ckpt", struct prune_args, legacy_ckpt),
+    CLI_CALL("target-params", O_PARAMS),
+    CLI_COUNT("candidate", struct prune_args, candidate, 1, 10000,
+              "invalid --candidate '%s' (1 to 10000)"),
+    CLI_COUNT("num-candidates", struct prune_args, n_candidates, 1, 10000,
+              "invalid --num-candidates '%s' (1 to 10000)"),
+    CLI_COUNT("eval-samples", struct prune_args, cal.eval_samples, 1, 1000000,
+              "invalid --eval-samples '%s'"),
+    CLI_CALL("search-num-layers", O_SEARCH_LAYERS),
+    CLI_CALL("search-ffn-hidden-size", O_SEARCH_FFN),
+    CLI_CALL("search-hidden-size", O_SEARCH_HIDDEN),
+    CLI_CALL("search-num-attention-heads", O_SEARCH_HEADS),
+    CLI_END,
+};
+
+static int on_option(void *args, int id, const char *value, const char *word)
+{
+    struct prune_args *a = args;
+    switch (id) {
+    case O_SEED: {
+        char *end;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (end == value || *end || value[0] == '-')
+            return cli_usage_error(cmd, "invalid --seed '%s'", value);
+        a->cal.seed = v;
+        return 0;
+    }
+    case O_PREC: {
+        struct lms_error perr;
+        if (lms_precision_parse(value, &a->cal.precision, &perr))
+            return cli_usage_error(cmd, "%s", perr.msg);
+        return 0;
+    }
+    case O_IGNORED_COUNT: {
+        int64_t ignored;
+        if (!cli_parse_count(value, &ignored) || ignored > 65536)
+            return cli_usage_error(cmd, "%s needs a positive integer, got '%s'", word, value);
+        return 0;
+    }
+    case O_PARAMS:
+        if (!cli_parse_param_count(value, &a->target_params))
+            return cli_usage_error(cmd, "invalid --target-params '%s' (e.g. 6B, 1.5M, "
+                                   "11148288)", value);
+        return 0;
+    default: {
+        struct lms_search_axis *axes[] = {&a->so.layers, &a->so.ffn, &a->so.hidden,
+                                          &a->so.heads};
+        if (!parse_range(value, axes[id - O_SEARCH_LAYERS]))
+            return cli_usage_error(cmd, "invalid search range '%s' (MIN:MAX[:STEP])", value);
+        return 0;
+    }
+    }
+}
+
+/* The checks of the whole set, before any file is read. */
+static int check(void *args)
+{
+    struct prune_args *a = args;
+    if (!a->base.out && !a->dry_run)
+        return cli_usage_error(cmd, "expected IN and OUT");
+    if (!a->base.out)
+        a->base.out = "(dry run)";
+    struct lms_error err;
+    lms_error_clear(&err);
+    if (!a->dry_run && lms_path_check_not_input(a->base.out, a->base.in, &err))
+        return cli_fail(cmd, &a->base.co, &err);
     if (a->selection && !lms_layer_selection_parse(a->selection, &a->t.selection))
         return cli_usage_error(cmd, "unknown --layer-selection '%s' (bi, block-bi, ppl, "
                                "contiguous, contiguous-last, last, importance, explicit)",
@@ -396,304 +600,20 @@ static int run(struct prune_args *a)
     if (a->candidate && a->n_candidates && a->candidate > a->n_candidates)
         return cli_usage_error(cmd, "--candidate %lld is beyond --num-candidates %lld",
                                (long long)a->candidate, (long long)a->n_candidates);
-    const struct lms_format *src = lms_format_detect(a->in, &err);
-    if (!src)
-        return cli_fail(cmd, co, &err);
-    const struct lms_format *dst = a->to ? lms_format_find(a->to) : src;
-    if (!dst)
-        return cli_usage_error(cmd, "unknown --to '%s'", a->to);
-    struct lms_model in, out;
-    if (src->read(a->in, &in, &err))
-        return cli_fail(cmd, co, &err);
-    int code = CLI_EXIT_OK;
-    struct lms_importance imp;
-    lms_importance_init(&imp, &in.arch);
-    struct lms_prune_plan plan;
-    lms_prune_plan_init(&plan, in.arch.n_layers);
-    struct prune_calib *cal = NULL;
-    json_t *report = NULL, *table = NULL;
-    bool have_out = false;
-    char scores_from[512] = "";
-    enum lms_status rc = lms_prune_targets_check(&a->t, &in.arch, &err);
-    if (!rc && a->importance) {
-        lms_importance_release(&imp);
-        rc = lms_importance_read(a->importance, &imp, &err);
-        if (!rc)
-            rc = lms_importance_check(&imp, &in.arch, a->importance, &err);
-        snprintf(scores_from, sizeof scores_from, "%s scores of '%s'",
-                 imp.method ? imp.method : "the", a->importance);
-    }
-    if (!rc && a->cal.data) {
-        /* the depth target decides which block length the block metrics need */
-        a->cal.n_drop = a->t.n_layers ? in.arch.n_layers - a->t.n_layers : 0;
-        a->cal.selection = a->t.selection;
-        a->cal.budget = a->target_params != 0;
-        a->cal.width_axes =
-            (a->cal.budget || a->t.hidden ? LMS_AXIS_HIDDEN : 0) |
-            (a->cal.budget || a->t.ffn ? LMS_AXIS_FFN : 0) |
-            (a->cal.budget || a->t.n_heads || a->t.n_groups ? LMS_AXIS_HEADS : 0) |
-            (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
-        a->cal.json = co->json;
-        a->cal.quiet = co->quiet;
-        rc = prune_calib_run(&in, &a->cal, &cal, &imp, &err);
-        if (!rc && prune_calib_describe(cal))
-            snprintf(scores_from, sizeof scores_from, "activations on %s",
-                     prune_calib_describe(cal));
-    }
-    if (!rc && a->target_params)
-        rc = search(a, &in, &imp, cal, &table, &err);
-    struct lms_importance view = imp;
-    if (!rc && cal)
-        rc = prune_calib_scores_for(cal, &in, &imp, a->t.n_layers, &view, &err);
-    if (!rc)
-        rc = lms_prune_plan_make(&in, &a->t, &view, &plan, &report, &err);
-    if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
-        have_out = true;
-    struct lms_write_result res = {0};
-    if (!rc && !a->dry_run) {
-        struct cli_progress bar;
-        cli_progress_begin(&bar, "pruning", lms_model_nbytes(&out), true, co->quiet);
-        a->wo.progress = cli_progress_cb;
-        a->wo.progress_ctx = &bar;
-        rc = dst->write(&out, a->out, &a->wo, &res, &err);
-        if (!rc)
-            cli_progress_end(&bar);
-        else if (bar.enabled)
-            fputc('\n', stderr);
-    }
-    if (rc) {
-        code = cli_fail(cmd, co, &err);
-    } else if (co->json) {
-        json_t *o = json_pack("{s:b,s:b,s:s,s:s,s:O,s:I,s:I,s:I}", "ok", 1, "dry_run",
-                              a->dry_run, "input", a->in, "output", a->out, "plan", report,
-                              "n_params_before", (json_int_t)lms_model_n_params(&in),
-                              "n_params_after", (json_int_t)lms_model_n_params(&out),
-                              "tensor_bytes", (json_int_t)lms_model_nbytes(&out));
-        char words[600];
-        describe_scores(report, scores_from, words, sizeof words);
-        json_object_set_new(o, "scores", json_string(words));
-        json_object_set_new(o, "shape", shape_json(report, &in, &out));
-        if (cal)
-            json_object_set_new(o, "calibration", prune_calib_json(cal));
-        if (table)
-            json_object_set_new(o, "search", json_incref(table));
-        cli_print_json(o);
-    } else if (!co->quiet) {
-        print_summary(a, report, &in, &out, scores_from[0] ? scores_from : "the given scores");
-    }
-    if (have_out)
-        lms_model_release(&out);
-    json_decref(report);
-    json_decref(table);
-    prune_calib_free(cal);
-    lms_prune_plan_release(&plan);
-    lms_importance_release(&imp);
-    lms_model_release(&in);
-    return code;
+    return CLI_PARSED;
 }
+
+static const struct cli_spec spec = {
+    .name = "prune", .help = {usage_text, usage_data, usage_search}, .shorts = "hfq",
+    .groups = CLI_FORCE | CLI_WRITE,
+    .positional = CLI_POS_IN_OUT, .out_optional = true, .opts = opts, .on_option = on_option,
+    .check = check,
+};
 
 int cmd_prune(int argc, char **argv)
 {
-    enum { O_DROP = 256, O_KEEP, O_TL, O_TF, O_TH, O_TA, O_TG, O_SEL, O_IMP, O_DRY, O_TO,
-           O_DTYPE, O_SHARD, O_RESTORE, O_SAVE, O_DATA, O_NS, O_SEQ, O_MBS, O_SEED, O_DEV,
-           O_THREADS, O_DEVICES, O_TP, O_PP, O_LEGACY, O_PARAMS, O_CAND, O_NCAND, O_EVALN,
-           O_SL, O_SF, O_SH, O_SA, O_PREC };
-    static const struct option opts[] = {
-        {"drop-layers", required_argument, NULL, O_DROP},
-        {"keep-layers", required_argument, NULL, O_KEEP},
-        {"target-num-layers", required_argument, NULL, O_TL},
-        {"layer-selection", required_argument, NULL, O_SEL},
-        {"layer-metric", required_argument, NULL, O_SEL},
-        {"target-ffn-hidden-size", required_argument, NULL, O_TF},
-        {"target-hidden-size", required_argument, NULL, O_TH},
-        {"target-num-attention-heads", required_argument, NULL, O_TA},
-        {"target-num-query-groups", required_argument, NULL, O_TG},
-        {"importance", required_argument, NULL, O_IMP},
-        {"dry-run", no_argument, NULL, O_DRY},
-        {"to", required_argument, NULL, O_TO},
-        {"dtype", required_argument, NULL, O_DTYPE},
-        {"max-shard-size", required_argument, NULL, O_SHARD},
-        {"restore-path", required_argument, NULL, O_RESTORE},
-        {"save-path", required_argument, NULL, O_SAVE},
-        {"data-paths", required_argument, NULL, O_DATA},
-        {"data", required_argument, NULL, O_DATA},
-        {"num-train-samples", required_argument, NULL, O_NS},
-        {"num-samples", required_argument, NULL, O_NS},
-        {"seq-length", required_argument, NULL, O_SEQ},
-        {"mbs", required_argument, NULL, O_MBS},
-        {"micro-batch-size", required_argument, NULL, O_MBS},
-        {"seed", required_argument, NULL, O_SEED},
-        {"device", required_argument, NULL, O_DEV},
-        {"precision", required_argument, NULL, O_PREC},
-        {"threads", required_argument, NULL, O_THREADS},
-        {"devices", required_argument, NULL, O_DEVICES},
-        {"tp-size", required_argument, NULL, O_TP},
-        {"pp-size", required_argument, NULL, O_PP},
-        {"legacy-ckpt", no_argument, NULL, O_LEGACY},
-        {"target-params", required_argument, NULL, O_PARAMS},
-        {"candidate", required_argument, NULL, O_CAND},
-        {"num-candidates", required_argument, NULL, O_NCAND},
-        {"eval-samples", required_argument, NULL, O_EVALN},
-        {"search-num-layers", required_argument, NULL, O_SL},
-        {"search-ffn-hidden-size", required_argument, NULL, O_SF},
-        {"search-hidden-size", required_argument, NULL, O_SH},
-        {"search-num-attention-heads", required_argument, NULL, O_SA},
-        {"force", no_argument, NULL, 'f'},
-        {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct prune_args a = {.wo = {.dtype = LMS_DTYPE_COUNT}, .t = {.selection = LMS_LAYERS_AUTO}};
+    struct prune_args a = {.t = {.selection = LMS_LAYERS_AUTO}};
     prune_calib_defaults(&a.cal);
-    int64_t *counts[] = {[O_TL - O_TL] = &a.t.n_layers, [O_TF - O_TL] = &a.t.ffn,
-                         [O_TH - O_TL] = &a.t.hidden, [O_TA - O_TL] = &a.t.n_heads,
-                         [O_TG - O_TL] = &a.t.n_groups};
-    int64_t ignored;
-    struct lms_search_axis *axes[] = {&a.so.layers, &a.so.ffn, &a.so.hidden, &a.so.heads};
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "hfq", opts, NULL)) != -1) {
-        switch (c) {
-        case O_DROP:
-            a.t.drop_layers = optarg;
-            break;
-        case O_KEEP:
-            a.t.keep_layers = optarg;
-            break;
-        case O_SEL:
-            a.selection = optarg;
-            break;
-        case O_TL:
-        case O_TF:
-        case O_TH:
-        case O_TA:
-        case O_TG:
-            if (!cli_parse_count(optarg, counts[c - O_TL]) || *counts[c - O_TL] > (INT64_C(1) << 40))
-                return cli_usage_error(cmd, "a --target option needs a positive integer, got '%s'",
-                                       optarg);
-            break;
-        case O_IMP:
-            a.importance = optarg;
-            break;
-        case O_DRY:
-            a.dry_run = true;
-            break;
-        case O_TO:
-            a.to = optarg;
-            break;
-        case O_DTYPE:
-            if (!lms_dtype_parse_user(optarg, &a.wo.dtype) || !lms_dtype_is_castable(a.wo.dtype))
-                return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", optarg);
-            break;
-        case O_SHARD:
-            if (!cli_parse_size(optarg, &a.wo.max_shard_size) || a.wo.max_shard_size == 0)
-                return cli_usage_error(cmd, "invalid --max-shard-size '%s'", optarg);
-            break;
-        case O_RESTORE:
-            a.in = optarg;
-            break;
-        case O_SAVE:
-            a.out = optarg;
-            break;
-        case O_DATA:
-            a.cal.data = optarg;
-            break;
-        case O_NS:
-            if (!cli_parse_count(optarg, &a.cal.n_samples) || a.cal.n_samples > (INT64_C(1) << 32))
-                return cli_usage_error(cmd, "--num-train-samples needs a positive integer, got "
-                                       "'%s'", optarg);
-            break;
-        case O_SEQ:
-            if (!cli_parse_count(optarg, &a.cal.seq_len) || a.cal.seq_len < 2 ||
-                a.cal.seq_len > (1 << 20))
-                return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 1048576)", optarg);
-            break;
-        case O_MBS:
-            if (!cli_parse_count(optarg, &a.cal.mbs) || a.cal.mbs > 4096)
-                return cli_usage_error(cmd, "invalid --mbs '%s' (1 to 4096)", optarg);
-            break;
-        case O_SEED: {
-            char *end;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (end == optarg || *end || optarg[0] == '-')
-                return cli_usage_error(cmd, "invalid --seed '%s'", optarg);
-            a.cal.seed = v;
-            break;
-        }
-        case O_DEV:
-            a.cal.device = optarg;
-            break;
-        case O_PREC: {
-            struct lms_error perr;
-            if (lms_precision_parse(optarg, &a.cal.precision, &perr))
-                return cli_usage_error(cmd, "%s", perr.msg);
-            break;
-        }
-        case O_THREADS:
-            if (!cli_parse_count(optarg, &a.cal.threads) || a.cal.threads > 4096)
-                return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
-            break;
-        case O_DEVICES:
-        case O_TP:
-        case O_PP:
-            if (!cli_parse_count(optarg, &ignored) || ignored > 65536)
-                return cli_usage_error(cmd, "%s needs a positive integer, got '%s'",
-                                       argv[optind - 1], optarg);
-            break;
-        case O_LEGACY:
-            break;
-        case O_PARAMS:
-            if (!cli_parse_param_count(optarg, &a.target_params))
-                return cli_usage_error(cmd, "invalid --target-params '%s' (e.g. 6B, 1.5M, "
-                                       "11148288)", optarg);
-            break;
-        case O_CAND:
-        case O_NCAND:
-            if (!cli_parse_count(optarg, c == O_CAND ? &a.candidate : &a.n_candidates) ||
-                (c == O_CAND ? a.candidate : a.n_candidates) > 10000)
-                return cli_usage_error(cmd, "invalid %s '%s' (1 to 10000)",
-                                       c == O_CAND ? "--candidate" : "--num-candidates", optarg);
-            break;
-        case O_EVALN:
-            if (!cli_parse_count(optarg, &a.cal.eval_samples) || a.cal.eval_samples > 1000000)
-                return cli_usage_error(cmd, "invalid --eval-samples '%s'", optarg);
-            break;
-        case O_SL:
-        case O_SF:
-        case O_SH:
-        case O_SA:
-            if (!parse_range(optarg, axes[c - O_SL]))
-                return cli_usage_error(cmd, "invalid search range '%s' (MIN:MAX[:STEP])",
-                                       optarg);
-            break;
-        case 'f':
-            a.wo.force = true;
-            break;
-        case 'j':
-            a.co.json = true;
-            break;
-        case 'q':
-            a.co.quiet = true;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            fputs(usage_data, stdout);
-            fputs(usage_search, stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-    }
-    int npos = argc - optind;
-    if (!a.in && npos > 0)
-        a.in = argv[optind++], npos--;
-    if (!a.out && npos > 0)
-        a.out = argv[optind++], npos--;
-    if (!a.in || npos > 0 || (!a.out && !a.dry_run))
-        return cli_usage_error(cmd, "expected IN and OUT");
-    if (!a.out)
-        a.out = "(dry run)";
-    return run(&a);
+    int code = cli_parse(&spec, argc, argv, &a);
+    return code == CLI_PARSED ? run(&a) : code;
 }

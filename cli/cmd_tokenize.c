@@ -4,7 +4,6 @@
  * per stdin line, one output line per input line). Ids are printed space-separated, or as a
  * JSON array with --json. */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,99 +244,63 @@ static int jsonl_mode(struct lms_tokenizer_ctx *ctx, const char *key, unsigned f
     return rc;
 }
 
-int cmd_tokenize(int argc, char **argv)
-{
-    enum { O_NO_SPECIAL = 256, O_SKIP_SPECIAL, O_JSON_KEY, O_DATASET, O_DOC };
-    static const struct option opts[] = {
-        {"tokenizer", required_argument, NULL, 't'},
-        {"text", required_argument, NULL, 'x'},
-        {"jsonl", no_argument, NULL, 'l'},
-        {"json-key", required_argument, NULL, O_JSON_KEY},
-        {"no-special-tokens", no_argument, NULL, O_NO_SPECIAL},
-        {"decode", no_argument, NULL, 'd'},
-        {"dataset", required_argument, NULL, O_DATASET},
-        {"doc", required_argument, NULL, O_DOC},
-        {"skip-special-tokens", no_argument, NULL, O_SKIP_SPECIAL},
-        {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct cli_common co = {0};
-    const char *tok_path = NULL, *text = NULL, *key = "text", *dataset = NULL;
-    long doc = -1;
-    bool jsonl = false, decode = false, skip = false;
-    unsigned flags = LMS_TOK_ADD_SPECIAL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': tok_path = optarg; break;
-        case 'x': text = optarg; break;
-        case 'l': jsonl = true; break;
-        case O_JSON_KEY: key = optarg; break;
-        case O_NO_SPECIAL: flags &= ~(unsigned)LMS_TOK_ADD_SPECIAL; break;
-        case 'd': decode = true; break;
-        case O_DATASET: dataset = optarg; break;
-        case O_DOC: {
-            char *end;
-            doc = strtol(optarg, &end, 10);
-            if (*end || doc < 0)
-                return cli_usage_error(cmd, "--doc: '%s' is not a document number", optarg);
-            break;
-        }
-        case O_SKIP_SPECIAL: skip = true; break;
-        case 'j': co.json = true; break;
-        case 'q': co.quiet = true; break;
-        case 'h': fputs(usage_text, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error(cmd, "unknown option");
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!tok_path && !(dataset && !decode))
-        return cli_usage_error(cmd, "--tokenizer is required");
-    if (jsonl && (text || decode))
-        return cli_usage_error(cmd, "--jsonl cannot be combined with --text or --decode");
+struct tokenize_args {
+    struct cli_args base;
+    const char *tok_path, *text, *key, *dataset;
+    long doc; /* -1: every document */
+    bool jsonl, decode, skip, no_special;
+};
 
+enum { O_DOC };
+static const struct cli_opt opts[] = {
+    CLI_STRING("tokenizer", struct tokenize_args, tok_path),
+    CLI_STRING("text", struct tokenize_args, text),
+    CLI_FLAG("jsonl", struct tokenize_args, jsonl),
+    CLI_STRING("json-key", struct tokenize_args, key),
+    CLI_FLAG("no-special-tokens", struct tokenize_args, no_special),
+    CLI_FLAG("decode", struct tokenize_args, decode),
+    CLI_STRING("dataset", struct tokenize_args, dataset),
+    CLI_CALL("doc", O_DOC),
+    CLI_FLAG("skip-special-tokens", struct tokenize_args, skip),
+    CLI_END,
+};
+
+static int on_option(void *args, int id, const char *value, const char *word)
+{
+    struct tokenize_args *a = args;
+    char *end;
+    a->doc = strtol(value, &end, 10);
+    if (*end || a->doc < 0)
+        return cli_usage_error(cmd, "--doc: '%s' is not a document number", value);
+    return 0;
+}
+
+static int check(void *args)
+{
+    const struct tokenize_args *a = args;
+    if (!a->tok_path && !(a->dataset && !a->decode))
+        return cli_usage_error(cmd, "--tokenizer is required");
+    if (a->jsonl && (a->text || a->decode))
+        return cli_usage_error(cmd, "--jsonl cannot be combined with --text or --decode");
+    return CLI_PARSED;
+}
+
+static const struct cli_spec spec = {
+    .name = "tokenize", .help = {usage_text}, .shorts = "h", .positional = CLI_POS_NONE,
+    .getopt_reports = true, .opts = opts, .on_option = on_option, .check = check,
+};
+
+/* Encodes the text (--text, or all of stdin) and prints its ids. */
+static int encode_mode(struct lms_tokenizer_ctx *ctx, const char *src, size_t len,
+                       unsigned flags, const struct cli_common *co)
+{
     struct lms_error err = {0};
-    struct lms_tokenizer *tk = NULL;
-    struct lms_tokenizer_ctx *ctx = NULL;
-    char *input = NULL;
-    size_t input_len = 0;
-    int rc;
-    if (tok_path &&
-        (lms_tokenizer_load(tok_path, &tk, &err) || lms_tokenizer_ctx_new(tk, &ctx, &err))) {
-        rc = cli_fail(cmd, &co, &err);
-        goto out;
-    }
-    if (dataset) {
-        rc = dataset_mode(dataset, tk, doc, decode, skip, &co);
-        goto out;
-    }
-    if (jsonl) {
-        rc = jsonl_mode(ctx, key, flags, &co);
-        goto out;
-    }
-    if (text) {
-        input_len = strlen(text);
-    } else if (read_all(stdin, &input, &input_len) != 0) {
-        lms_error_set(&err, LMS_ENOMEM, "reading stdin: out of memory");
-        rc = cli_fail(cmd, &co, &err);
-        goto out;
-    }
-    const char *src = text ? text : input;
-    if (decode) {
-        rc = decode_mode(tk, src, input_len, skip, &co);
-        goto out;
-    }
     struct lms_ids ids = {0};
-    if (lms_tokenizer_encode(ctx, src, input_len, flags, &ids, &err)) {
+    if (lms_tokenizer_encode(ctx, src, len, flags, &ids, &err)) {
         lms_ids_release(&ids);
-        rc = cli_fail(cmd, &co, &err);
-        goto out;
+        return cli_fail(cmd, co, &err);
     }
-    if (co.json) {
+    if (co->json) {
         printf("{\"ok\":true,\"n_tokens\":%zu,\"ids\":", ids.len);
         print_ids(&ids, true);
         printf("}\n");
@@ -346,10 +309,44 @@ int cmd_tokenize(int argc, char **argv)
         fputc('\n', stdout);
     }
     lms_ids_release(&ids);
-    rc = CLI_EXIT_OK;
-out:
+    return CLI_EXIT_OK;
+}
+
+static int run(const struct tokenize_args *a)
+{
+    const struct cli_common *co = &a->base.co;
+    unsigned flags = a->no_special ? 0 : LMS_TOK_ADD_SPECIAL;
+    struct lms_error err = {0};
+    struct lms_tokenizer *tk = NULL;
+    struct lms_tokenizer_ctx *ctx = NULL;
+    char *input = NULL;
+    size_t input_len = 0;
+    int rc;
+    if (a->tok_path &&
+        (lms_tokenizer_load(a->tok_path, &tk, &err) || lms_tokenizer_ctx_new(tk, &ctx, &err)))
+        rc = cli_fail(cmd, co, &err);
+    else if (a->dataset)
+        rc = dataset_mode(a->dataset, tk, a->doc, a->decode, a->skip, co);
+    else if (a->jsonl)
+        rc = jsonl_mode(ctx, a->key, flags, co);
+    else if (!a->text && read_all(stdin, &input, &input_len) != 0) {
+        lms_error_set(&err, LMS_ENOMEM, "reading stdin: out of memory");
+        rc = cli_fail(cmd, co, &err);
+    } else {
+        const char *src = a->text ? a->text : input;
+        size_t len = a->text ? strlen(a->text) : input_len;
+        rc = a->decode ? decode_mode(tk, src, len, a->skip, co)
+                       : encode_mode(ctx, src, len, flags, co);
+    }
     lms_free(input);
     lms_tokenizer_ctx_free(ctx);
     lms_tokenizer_free(tk);
     return rc;
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    struct tokenize_args a = {.key = "text", .doc = -1};
+    int code = cli_parse(&spec, argc, argv, &a);
+    return code == CLI_PARSED ? run(&a) : code;
 }

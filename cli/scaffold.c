@@ -1,0 +1,268 @@
+/* The command scaffold (cli/cli.h): one option parser driven by each command's table, the
+ * shared option groups, the write tail and the model a command runs. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "lms/engine.h"
+#include "lms/outdir.h"
+
+#define MAX_OPTIONS 64
+
+/* The shared groups as table rows: their fields lie in struct cli_args, the first member of
+ * every command's argument struct, so the same offsets serve. */
+enum { WRITE_DTYPE, WRITE_SHARD_SIZE };
+static const struct group_row {
+    unsigned group; /* 0: every command */
+    struct cli_opt row;
+} group_rows[] = {
+    {0, CLI_FLAG("json", struct cli_args, co.json)},
+    {0, {.name = "quiet", .kind = CLI_OPT_FLAG, .field = offsetof(struct cli_args, co.quiet),
+         .letter = 'q'}},
+    {CLI_FORCE, {.name = "force", .kind = CLI_OPT_FLAG,
+                 .field = offsetof(struct cli_args, wo.force), .letter = 'f'}},
+    {CLI_WRITE, CLI_STRING("to", struct cli_args, to)},
+    {CLI_WRITE, CLI_CALL("dtype", WRITE_DTYPE)},
+    {CLI_WRITE, CLI_CALL("max-shard-size", WRITE_SHARD_SIZE)},
+    {CLI_RUN, CLI_STRING("device", struct cli_args, device)},
+    {CLI_RUN, CLI_COUNT("threads", struct cli_args, threads, 1, 4096, "invalid --threads '%s'")},
+    {CLI_PRECISION, CLI_STRING("precision", struct cli_args, precision)},
+};
+/* IN and OUT by name, the reference workflow's spelling (CLI_POS_IN_OUT) */
+static const struct cli_opt in_out_rows[] = {
+    CLI_STRING("restore-path", struct cli_args, in),
+    CLI_STRING("save-path", struct cli_args, out),
+};
+
+/* The rows one command takes; getopt's code for a row is CODE + its index (above the codes
+ * getopt itself returns: '?', ':' and the short options). */
+#define CODE 256
+struct table {
+    const struct cli_opt *row[MAX_OPTIONS];
+    bool shared[MAX_OPTIONS];
+    struct option getopt[MAX_OPTIONS + 2];
+    int n, help; /* help: the code of --help */
+};
+
+static void add_row(struct table *t, const struct cli_opt *row, bool shared)
+{
+    lms_assert(t->n < MAX_OPTIONS); /* a command's table outgrew the scaffold */
+    t->row[t->n] = row;
+    t->shared[t->n] = shared;
+    t->getopt[t->n] = (struct option){row->name,
+                                      row->kind == CLI_OPT_FLAG ? no_argument : required_argument,
+                                      NULL, CODE + t->n};
+    t->n++;
+}
+
+/* The row a short option stands for (spec.shorts decides which getopt accepts). */
+static int short_row(const struct table *t, int c)
+{
+    if (c == 'h')
+        return t->help;
+    for (int i = 0; i < t->n; i++)
+        if (t->row[i]->letter == c)
+            return i;
+    return -1;
+}
+
+static void build_table(const struct cli_spec *spec, struct table *t)
+{
+    t->n = 0;
+    for (size_t i = 0; i < sizeof group_rows / sizeof group_rows[0]; i++)
+        if (!group_rows[i].group || (spec->groups & group_rows[i].group))
+            add_row(t, &group_rows[i].row, true);
+    if (spec->positional == CLI_POS_IN_OUT)
+        for (size_t i = 0; i < sizeof in_out_rows / sizeof in_out_rows[0]; i++)
+            add_row(t, &in_out_rows[i], true);
+    for (int i = 0; spec->opts && spec->opts[i].name; i++)
+        add_row(t, &spec->opts[i], false);
+    t->help = t->n;
+    t->getopt[t->n] = (struct option){"help", no_argument, NULL, CODE + t->n};
+    t->getopt[t->n + 1] = (struct option){NULL, 0, NULL, 0};
+}
+
+/* The write options' values, checked as they are read. */
+static int write_option(const char *cmd, struct cli_args *b, int id, const char *value)
+{
+    if (id == WRITE_DTYPE &&
+        (!lms_dtype_parse_user(value, &b->wo.dtype) || !lms_dtype_is_castable(b->wo.dtype)))
+        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", value);
+    if (id == WRITE_SHARD_SIZE &&
+        (!cli_parse_size(value, &b->wo.max_shard_size) || b->wo.max_shard_size == 0))
+        return cli_usage_error(cmd, "invalid --max-shard-size '%s'", value);
+    return 0;
+}
+
+static int store(const struct cli_spec *spec, const struct cli_opt *row, bool shared, void *args,
+                 const char *value, const char *word)
+{
+    char *dst = (char *)args + row->field;
+    switch (row->kind) {
+    case CLI_OPT_FLAG:
+        *(bool *)(void *)dst = true;
+        return 0;
+    case CLI_OPT_STRING:
+        *(const char **)(void *)dst = value;
+        return 0;
+    case CLI_OPT_COUNT: {
+        int64_t *v = (int64_t *)(void *)dst;
+        if (!cli_parse_count(value, v) || *v < row->min || (row->max && *v > row->max))
+            return cli_usage_error(spec->name, row->bad, value);
+        return 0;
+    }
+    case CLI_OPT_CALL:
+        return shared ? write_option(spec->name, args, row->id, value)
+                      : spec->on_option(args, row->id, value, word);
+    }
+    return 0;
+}
+
+static int positionals(const struct cli_spec *spec, int argc, char **argv, struct cli_args *b)
+{
+    int npos = argc - optind;
+    switch (spec->positional) {
+    case CLI_POS_NONE:
+        if (npos > 0)
+            return cli_usage_error(spec->name, "unexpected argument '%s'", argv[optind]);
+        break;
+    case CLI_POS_ONE:
+        if (npos != 1)
+            return cli_usage_error(spec->name, spec->positional_usage, npos);
+        b->in = argv[optind];
+        break;
+    case CLI_POS_IN_OUT:
+        if (!b->in && npos > 0)
+            b->in = argv[optind++], npos--;
+        if (!b->out && npos > 0)
+            b->out = argv[optind++], npos--;
+        if (!b->in || npos > 0 || (!b->out && !spec->out_optional))
+            return cli_usage_error(spec->name, "expected IN and OUT");
+        break;
+    }
+    return CLI_PARSED;
+}
+
+/* The required options' usage errors, in table order. */
+static int required(const struct cli_spec *spec, void *args)
+{
+    for (int i = 0; spec->opts && spec->opts[i].name; i++) {
+        const struct cli_opt *row = &spec->opts[i];
+        if (row->kind == CLI_OPT_STRING && row->bad &&
+            !*(const char **)(void *)((char *)args + row->field))
+            return cli_usage_error(spec->name, "%s", row->bad);
+    }
+    return CLI_PARSED;
+}
+
+int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
+{
+    struct cli_args *b = args;
+    b->wo.dtype = LMS_DTYPE_COUNT;
+    struct table t;
+    build_table(spec, &t);
+    int c;
+    optind = 1;
+    opterr = spec->getopt_reports;
+    while ((c = getopt_long(argc, argv, spec->shorts, t.getopt, NULL)) != -1) {
+        int i = c >= CODE ? c - CODE : short_row(&t, c);
+        if (i == t.help) {
+            for (size_t k = 0; k < sizeof spec->help / sizeof spec->help[0] && spec->help[k]; k++)
+                fputs(spec->help[k], stdout);
+            return CLI_EXIT_OK;
+        }
+        if (i < 0 || i >= t.n)
+            return spec->getopt_reports
+                       ? cli_usage_error(spec->name, "unknown option")
+                       : cli_usage_error(spec->name, "unknown or incomplete option '%s'",
+                                         argv[optind - 1]);
+        int rc = store(spec, t.row[i], t.shared[i], args, optarg, argv[optind - 1]);
+        if (rc)
+            return rc;
+    }
+    int code = positionals(spec, argc, argv, b);
+    if (code == CLI_PARSED)
+        code = required(spec, args);
+    if (code == CLI_PARSED && spec->check)
+        code = spec->check(args);
+    if (code == CLI_PARSED && spec->groups & CLI_RUN)
+        code = cli_run_check(spec->name, b);
+    return code;
+}
+
+int cli_run_check(const char *cmd, struct cli_args *a)
+{
+    struct lms_error err;
+    lms_error_clear(&err);
+    if (lms_device_parse(a->device ? a->device : "cpu", &a->dev, &err))
+        return cli_usage_error(cmd, "%s", err.msg);
+    a->prec = LMS_PRECISION_AUTO;
+    if (a->precision && lms_precision_parse(a->precision, &a->prec, &err))
+        return cli_usage_error(cmd, "%s", err.msg);
+    return CLI_PARSED;
+}
+
+int cli_formats(const char *cmd, const struct cli_args *a, const struct lms_format **src,
+                const struct lms_format **dst)
+{
+    struct lms_error err;
+    lms_error_clear(&err);
+    *src = lms_format_detect(a->in, &err);
+    if (!*src)
+        return cli_fail(cmd, &a->co, &err);
+    *dst = a->to ? lms_format_find(a->to) : *src;
+    if (!*dst)
+        return cli_usage_error(cmd, "unknown --to '%s'", a->to);
+    return CLI_PARSED;
+}
+
+enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_format *dst,
+                                     const struct lms_model *m, const char *out,
+                                     const char *label, struct lms_write_result *res,
+                                     struct lms_error *err)
+{
+    struct cli_progress bar;
+    cli_progress_begin(&bar, label, lms_model_nbytes(m), true, a->co.quiet);
+    struct lms_write_opts wo = a->wo;
+    wo.progress = cli_progress_cb;
+    wo.progress_ctx = &bar;
+    enum lms_status rc = dst->write(m, out, &wo, res, err);
+    if (!rc)
+        cli_progress_end(&bar);
+    else if (bar.enabled)
+        fputc('\n', stderr); /* the error goes on its own line, not after the bar */
+    return rc;
+}
+
+enum lms_status cli_model_read(struct cli_model *cm, const char *path, struct lms_error *err)
+{
+    enum lms_status rc = lms_checkpoint_read(path, &cm->m, err);
+    cm->have_model = rc == LMS_OK;
+    return rc;
+}
+
+enum lms_status cli_model_backend(struct cli_model *cm, const struct cli_args *a,
+                                  struct lms_error *err)
+{
+    struct lms_backend_opts bo = {.n_threads = (int)a->threads, .precision = a->prec};
+    return lms_backend_open(&a->dev, &bo, &cm->be, err);
+}
+
+enum lms_status cli_model_engine(struct cli_model *cm, const struct lms_engine_opts *eo,
+                                 const char *role, const char *path, struct lms_error *err)
+{
+    enum lms_status rc = lms_engine_new(&cm->m, cm->be, eo, &cm->e, err);
+    if (rc)
+        lms_error_wrap(err, "%s'%s': ", role, path);
+    return rc;
+}
+
+void cli_model_close(struct cli_model *cm)
+{
+    lms_engine_free(cm->e);
+    lms_backend_free(cm->be);
+    if (cm->have_model)
+        lms_model_release(&cm->m);
+    memset(cm, 0, sizeof *cm);
+}
