@@ -95,6 +95,8 @@ struct cli_args {
     const char *precision;      /* CLI_PRECISION: --precision (NULL: the device's default) */
     struct lms_device dev;      /* CLI_RUN: device and precision, parsed by cli_run_check */
     enum lms_precision prec;
+    char **rest;                /* CLI_POS_REST: the words after the options, n_rest of them */
+    int n_rest;
 };
 
 /* What a table row stores into the command's argument struct at `field`. */
@@ -141,6 +143,7 @@ enum cli_positional {
     CLI_POS_NONE,   /* nothing: "unexpected argument 'X'" */
     CLI_POS_ONE,    /* one path into in; otherwise spec.positional_usage (may use %d: the count) */
     CLI_POS_IN_OUT, /* IN OUT, also as --restore-path/--save-path; "expected IN and OUT" */
+    CLI_POS_REST,   /* any number into rest/n_rest: the command's check judges them */
 };
 
 struct cli_spec {

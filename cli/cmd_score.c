@@ -1,7 +1,6 @@
 /* lmsurgeon score: activation importance of a model on calibration data (include/lms/score.h),
  * written as an importance file that `prune --importance` reads; `--merge` adds the raw sums of
  * files scored over disjoint rows into one. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,10 +101,6 @@ static const char usage_text[] =
 
 static const char *cmd = "score";
 
-enum {
-    O_DATA = 256, O_NUM, O_ROWS, O_SEQ, O_MBS, O_SEED, O_SEQUENTIAL, O_METRIC, O_TARGET,
-    O_BLOCK, O_AXES, O_DEVICE, O_THREADS, O_PRECISION, O_MERGE, O_FORCE, O_JSON,
-};
 
 static bool parse_rows(const char *s, int64_t *from, int64_t *to)
 {
@@ -119,6 +114,16 @@ static bool parse_rows(const char *s, int64_t *from, int64_t *to)
         return false;
     *from = a;
     *to = b;
+    return true;
+}
+
+static bool parse_seed(const char *s, int64_t *seed)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || v < 0)
+        return false;
+    *seed = v;
     return true;
 }
 
@@ -244,173 +249,127 @@ static int run_merge(struct cli_common *co, char **files, int n, const char *out
     return code;
 }
 
-int cmd_score(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"data", required_argument, NULL, O_DATA},
-        {"data-paths", required_argument, NULL, O_DATA},
-        {"output", required_argument, NULL, 'o'},
-        {"num-samples", required_argument, NULL, O_NUM},
-        {"num-train-samples", required_argument, NULL, O_NUM},
-        {"rows", required_argument, NULL, O_ROWS},
-        {"seq-length", required_argument, NULL, O_SEQ},
-        {"micro-batch-size", required_argument, NULL, O_MBS},
-        {"mbs", required_argument, NULL, O_MBS},
-        {"seed", required_argument, NULL, O_SEED},
-        {"sequential", no_argument, NULL, O_SEQUENTIAL},
-        {"layer-metric", required_argument, NULL, O_METRIC},
-        {"target-num-layers", required_argument, NULL, O_TARGET},
-        {"block-size", required_argument, NULL, O_BLOCK},
-        {"axes", required_argument, NULL, O_AXES},
-        {"device", required_argument, NULL, O_DEVICE},
-        {"threads", required_argument, NULL, O_THREADS},
-        {"precision", required_argument, NULL, O_PRECISION},
-        {"merge", no_argument, NULL, O_MERGE},
-        {"force", no_argument, NULL, O_FORCE},
-        {"json", no_argument, NULL, O_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct cli_common co = {0};
+struct score_args {
+    struct cli_args base;
+    const char *data, *out;
     struct lms_score_opts so;
-    lms_score_opts_default(&so);
-    const char *data = NULL, *out = NULL, *device = "cpu", *precision = "auto";
-    int64_t n_rows = 1024, threads = 0, target_layers = 0, block = 0, seed = 1234;
-    bool have_rows = false, have_n = false, merge = false, force = false, have_seed = false;
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "ho:q", opts, NULL)) != -1) {
-        switch (c) {
-        case O_DATA:
-            data = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case O_NUM:
-            if (!cli_parse_count(optarg, &n_rows))
-                return cli_usage_error(cmd, "invalid --num-samples '%s' (a positive count)",
-                                       optarg);
-            have_n = true;
-            break;
-        case O_ROWS:
-            if (!parse_rows(optarg, &so.row_begin, &so.row_end))
-                return cli_usage_error(cmd, "invalid --rows '%s' (FROM:TO with 0 <= FROM < TO)",
-                                       optarg);
-            have_rows = true;
-            break;
-        case O_SEQ:
-            if (!cli_parse_count(optarg, &so.seq_len) || so.seq_len < 2 || so.seq_len > (1 << 24))
-                return cli_usage_error(cmd, "invalid --seq-length '%s' (2 to 16777216)", optarg);
-            break;
-        case O_MBS:
-            if (!cli_parse_count(optarg, &so.micro_batch) || so.micro_batch > 65536)
-                return cli_usage_error(cmd, "invalid --micro-batch-size '%s' (1 to 65536)",
-                                       optarg);
-            break;
-        case O_SEED: {
-            char *end;
-            long long v = strtoll(optarg, &end, 10);
-            if (end == optarg || *end || v < 0)
-                return cli_usage_error(cmd, "invalid --seed '%s'", optarg);
-            seed = v;
-            have_seed = true;
-            break;
-        }
-        case O_SEQUENTIAL:
-            so.sequential = true;
-            break;
-        case O_METRIC: {
-            struct lms_error e;
-            if (lms_layer_metric_parse(optarg, &so.layer_metric, &e))
-                return cli_usage_error(cmd, "%s", e.msg);
-            break;
-        }
-        case O_TARGET:
-            if (!cli_parse_count(optarg, &target_layers))
-                return cli_usage_error(cmd, "invalid --target-num-layers '%s'", optarg);
-            break;
-        case O_BLOCK:
-            if (!cli_parse_count(optarg, &block))
-                return cli_usage_error(cmd, "invalid --block-size '%s'", optarg);
-            break;
-        case O_AXES:
-            if (!parse_axes(optarg, &so.axes))
-                return cli_usage_error(cmd, "invalid --axes '%s' (comma list of layers, hidden, "
-                                       "ffn, heads, groups)", optarg);
-            break;
-        case O_DEVICE:
-            device = optarg;
-            break;
-        case O_THREADS:
-            if (!cli_parse_count(optarg, &threads) || threads > 4096)
-                return cli_usage_error(cmd, "invalid --threads '%s'", optarg);
-            break;
-        case O_PRECISION:
-            precision = optarg;
-            break;
-        case O_MERGE:
-            merge = true;
-            break;
-        case O_FORCE:
-            force = true;
-            break;
-        case O_JSON:
-            co.json = true;
-            break;
-        case 'q':
-            co.quiet = true;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
+    int64_t n_rows, target_layers, block, seed; /* n_rows 0: --num-samples not given */
+    bool have_rows, have_seed, merge;
+};
+
+enum { O_ROWS, O_SEED, O_METRIC, O_AXES };
+
+static const struct cli_opt opts[] = {
+    CLI_STRING("data", struct score_args, data),
+    CLI_STRING("data-paths", struct score_args, data),
+    {.name = "output", .kind = CLI_OPT_STRING, .field = offsetof(struct score_args, out),
+     .letter = 'o'},
+    CLI_COUNT("num-samples", struct score_args, n_rows, 1, 0,
+              "invalid --num-samples '%s' (a positive count)"),
+    CLI_COUNT("num-train-samples", struct score_args, n_rows, 1, 0,
+              "invalid --num-samples '%s' (a positive count)"),
+    CLI_CALL("rows", O_ROWS),
+    CLI_COUNT("seq-length", struct score_args, so.seq_len, 2, 1 << 24,
+              "invalid --seq-length '%s' (2 to 16777216)"),
+    CLI_COUNT("micro-batch-size", struct score_args, so.micro_batch, 1, 65536,
+              "invalid --micro-batch-size '%s' (1 to 65536)"),
+    CLI_COUNT("mbs", struct score_args, so.micro_batch, 1, 65536,
+              "invalid --micro-batch-size '%s' (1 to 65536)"),
+    CLI_CALL("seed", O_SEED),
+    CLI_FLAG("sequential", struct score_args, so.sequential),
+    CLI_CALL("layer-metric", O_METRIC),
+    CLI_COUNT("target-num-layers", struct score_args, target_layers, 1, 0,
+              "invalid --target-num-layers '%s'"),
+    CLI_COUNT("block-size", struct score_args, block, 1, 0, "invalid --block-size '%s'"),
+    CLI_CALL("axes", O_AXES),
+    CLI_FLAG("merge", struct score_args, merge),
+    CLI_END,
+};
+
+static int on_option(void *args, int id, const char *value, const char *word)
+{
+    (void)word;
+    struct score_args *a = args;
+    switch (id) {
+    case O_ROWS:
+        if (!parse_rows(value, &a->so.row_begin, &a->so.row_end))
+            return cli_usage_error(cmd, "invalid --rows '%s' (FROM:TO with 0 <= FROM < TO)",
+                                   value);
+        a->have_rows = true;
+        return 0;
+    case O_SEED:
+        if (!parse_seed(value, &a->seed))
+            return cli_usage_error(cmd, "invalid --seed '%s'", value);
+        a->have_seed = true;
+        return 0;
+    case O_METRIC: {
+        struct lms_error e;
+        if (lms_layer_metric_parse(value, &a->so.layer_metric, &e))
+            return cli_usage_error(cmd, "%s", e.msg);
+        return 0;
     }
-    if (!out)
+    case O_AXES:
+        if (!parse_axes(value, &a->so.axes))
+            return cli_usage_error(cmd, "invalid --axes '%s' (comma list of layers, hidden, "
+                                   "ffn, heads, groups)", value);
+        return 0;
+    }
+    return 0;
+}
+
+static int check(void *args)
+{
+    struct score_args *a = args;
+    struct lms_score_opts *so = &a->so;
+    if (!a->out)
         return cli_usage_error(cmd, "-o FILE is required");
-    if (exists(out) && !force)
-        return cli_usage_error(cmd, "'%s' exists (use --force to overwrite it)", out);
-    if (merge) {
-        if (argc - optind < 2)
+    if (exists(a->out) && !a->base.wo.force)
+        return cli_usage_error(cmd, "'%s' exists (use --force to overwrite it)", a->out);
+    if (a->merge) {
+        if (a->base.n_rest < 2)
             return cli_usage_error(cmd, "--merge needs at least two importance files");
-        for (int i = optind; i < argc; i++)
-            if (!strcmp(argv[i], out))
-                return cli_usage_error(cmd, "the output '%s' is one of the inputs", out);
-        return run_merge(&co, argv + optind, argc - optind, out);
+        for (int i = 0; i < a->base.n_rest; i++)
+            if (!strcmp(a->base.rest[i], a->out))
+                return cli_usage_error(cmd, "the output '%s' is one of the inputs", a->out);
+        a->base.device = a->base.precision = NULL; /* a merge runs no model */
+        return CLI_PARSED;
     }
-    if (optind + 1 != argc)
+    if (a->base.n_rest != 1)
         return cli_usage_error(cmd, "expected one MODEL");
-    const char *model_path = argv[optind];
-    if (!data)
+    a->base.in = a->base.rest[0];
+    if (!a->data)
         return cli_usage_error(cmd, "--data PREFIX is required");
-    if (have_rows && have_n)
+    if (a->have_rows && a->n_rows)
         return cli_usage_error(cmd, "--rows and --num-samples exclude each other");
-    if (so.sequential && have_seed)
+    if (so->sequential && a->have_seed)
         return cli_usage_error(cmd, "--sequential reads rows in stream order; --seed does not "
                                "apply");
-    if (target_layers && block)
+    if (a->target_layers && a->block)
         return cli_usage_error(cmd, "--target-num-layers and --block-size exclude each other");
-    if (!have_rows) {
-        so.row_begin = 0;
-        so.row_end = n_rows;
+    if (!a->have_rows) {
+        so->row_begin = 0;
+        so->row_end = a->n_rows ? a->n_rows : 1024;
     }
-    so.seed = (uint64_t)seed;
-    so.data_name = data;
-    if (so.micro_batch > so.row_end - so.row_begin)
-        so.micro_batch = so.row_end - so.row_begin;
+    so->seed = (uint64_t)a->seed;
+    so->data_name = a->data;
+    if (so->micro_batch > so->row_end - so->row_begin)
+        so->micro_batch = so->row_end - so->row_begin;
+    return CLI_PARSED;
+}
 
+static const struct cli_spec spec = {
+    .name = "score", .help = {usage_text}, .shorts = "ho:q",
+    .groups = CLI_FORCE | CLI_RUN | CLI_PRECISION, .positional = CLI_POS_REST, .opts = opts,
+    .on_option = on_option, .check = check,
+};
+
+static int run_score(struct score_args *a)
+{
+    struct cli_common co = a->base.co;
+    struct lms_score_opts so = a->so;
+    const char *model_path = a->base.in, *data = a->data, *out = a->out;
     struct lms_error err;
     lms_error_clear(&err);
-    struct lms_device dev;
-    if (lms_device_parse(device, &dev, &err))
-        return cli_usage_error(cmd, "%s", err.msg);
-    enum lms_precision prec;
-    if (lms_precision_parse(precision, &prec, &err))
-        return cli_usage_error(cmd, "%s", err.msg);
     struct lms_comm *comm = NULL;
     if (lms_comm_open(&comm, &err))
         return cli_fail(cmd, &co, &err);
@@ -428,10 +387,10 @@ int cmd_score(int argc, char **argv)
         so.row_end = whole.row_begin + n * (rank + 1) / world;
         if (so.micro_batch > so.row_end - so.row_begin)
             so.micro_batch = so.row_end - so.row_begin;
-        if (dev.kind != LMS_DEVICE_CPU && !strchr(device, ':')) {
+        if (a->base.dev.kind != LMS_DEVICE_CPU && !strchr(a->base.device, ':')) {
             struct lms_launch launch; /* one GPU per process of a host */
             lms_launch_detect(&launch);
-            dev.index = launch.local_rank;
+            a->base.dev.index = launch.local_rank;
         }
         if (rank > 0) { /* rank 0 reports */
             co.quiet = true;
@@ -441,23 +400,22 @@ int cmd_score(int argc, char **argv)
 
     int rc = CLI_EXIT_OK;
     struct lms_dataset *ds = NULL;
-    struct lms_backend *be = NULL;
-    struct lms_model m;
+    struct cli_model cm = {0};
     struct lms_importance imp;
     lms_importance_init(&imp, NULL);
-    bool have_model = false, agreed = false;
-    if (lms_checkpoint_read(model_path, &m, &err))
+    bool agreed = false;
+    if (cli_model_read(&cm, model_path, &err))
         goto fail;
-    have_model = true;
+    int64_t n_layers = cm.m.arch.n_layers, block = a->block;
     bool block_metric = so.layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
                         so.layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
-    if (target_layers) {
-        if (target_layers >= m.arch.n_layers) {
+    if (a->target_layers) {
+        if (a->target_layers >= n_layers) {
             rc = cli_usage_error(cmd, "--target-num-layers %lld: the model has %lld layers",
-                                 (long long)target_layers, (long long)m.arch.n_layers);
+                                 (long long)a->target_layers, (long long)n_layers);
             goto out;
         }
-        block = m.arch.n_layers - target_layers;
+        block = n_layers - a->target_layers;
     }
     if (block_metric && !block) {
         rc = cli_usage_error(cmd, "--layer-metric %s needs --target-num-layers N or "
@@ -465,19 +423,18 @@ int cmd_score(int argc, char **argv)
         goto out;
     }
     so.block_size = block_metric ? block : 0;
-    struct lms_backend_opts bo = {.n_threads = (int)threads, .precision = prec};
-    if (lms_backend_open(&dev, &bo, &be, &err))
+    if (cli_model_backend(&cm, &a->base, &err))
         goto fail;
     /* the memory plan is refused before the data is read or anything is allocated */
-    uint64_t need, avail_mem = lms_score_memory_available(be);
-    if (lms_score_memory_plan(&m, be, &so, &need, &err))
+    uint64_t need, avail_mem = lms_score_memory_available(cm.be);
+    if (lms_score_memory_plan(&cm.m, cm.be, &so, &need, &err))
         goto fail;
     if (avail_mem && need > avail_mem) {
         lms_error_set(&err, LMS_ENOMEM,
                       "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
                       "(weights, activations, statistics); %s has %.2f GB available",
                       model_path, (long long)so.micro_batch, (long long)so.seq_len,
-                      (double)need / 1e9, lms_backend_name(be), (double)avail_mem / 1e9);
+                      (double)need / 1e9, lms_backend_name(cm.be), (double)avail_mem / 1e9);
         goto fail;
     }
     if (lms_data_open(data, &ds, &err))
@@ -496,7 +453,7 @@ int cmd_score(int argc, char **argv)
     so.progress = cli_progress_cb;
     so.progress_ctx = &bar;
     double t0 = cli_now();
-    enum lms_status sst = lms_score_run(&m, be, ds, &so, &imp, &err);
+    enum lms_status sst = lms_score_run(&cm.m, cm.be, ds, &so, &imp, &err);
     if (comm) { /* every rank learns whether all scored, then the sums are added */
         int64_t failed = sst != LMS_OK;
         if (lms_comm_max(comm, &failed, 1, &err))
@@ -520,14 +477,14 @@ int cmd_score(int argc, char **argv)
     double tps = secs > 0 ? (double)((so.row_end - so.row_begin) * so.seq_len) / secs : 0;
     if (co.json) {
         json_t *o = result_json(&imp, out, secs, tps);
-        json_object_set_new(o, "device", json_string(lms_backend_name(be)));
-        json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(be)));
-        json_object_set_new(o, "precision", json_string(precision));
+        json_object_set_new(o, "device", json_string(lms_backend_name(cm.be)));
+        json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(cm.be)));
+        json_object_set_new(o, "precision", json_string(a->base.precision));
         cli_print_json(o);
     } else if (!co.quiet) {
         char what[160];
         snprintf(what, sizeof what, "%s on %s, %d threads, %.0f tokens/s",
-                 lms_backend_name(be), data, lms_backend_n_threads(be), tps);
+                 lms_backend_name(cm.be), data, lms_backend_n_threads(cm.be), tps);
         print_summary(&imp, out, secs, what);
     }
     goto out;
@@ -545,9 +502,19 @@ fail:
 out:
     lms_importance_release(&imp);
     lms_comm_close(comm);
-    lms_backend_free(be);
-    if (have_model)
-        lms_model_release(&m);
+    cli_model_close(&cm);
     lms_dataset_free(ds);
     return rc;
+}
+
+int cmd_score(int argc, char **argv)
+{
+    struct score_args a = {.base.precision = "auto", .seed = 1234};
+    lms_score_opts_default(&a.so);
+    int code = cli_parse(&spec, argc, argv, &a);
+    if (code != CLI_PARSED)
+        return code;
+    if (a.merge)
+        return run_merge(&a.base.co, a.base.rest, a.base.n_rest, a.out);
+    return run_score(&a);
 }

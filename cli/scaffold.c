@@ -45,14 +45,29 @@ struct table {
     int n, help; /* help: the code of --help */
 };
 
+/* Two names of one option: rows that store the same way. */
+static bool same_option(const struct cli_opt *x, const struct cli_opt *y)
+{
+    return x->kind == y->kind && x->field == y->field && x->id == y->id && x->min == y->min &&
+           x->max == y->max && (x->bad == y->bad || (x->bad && y->bad && !strcmp(x->bad, y->bad)));
+}
+
 static void add_row(struct table *t, const struct cli_opt *row, bool shared)
 {
     lms_assert(t->n < MAX_OPTIONS); /* a command's table outgrew the scaffold */
+    /* the names of one option share their code, so that getopt takes an abbreviation of
+     * both (--dat for --data and --data-paths) as that option rather than as ambiguous */
+    int code = CODE + t->n;
+    for (int i = 0; i < t->n; i++)
+        if (t->shared[i] == shared && same_option(t->row[i], row)) {
+            code = CODE + i;
+            break;
+        }
     t->row[t->n] = row;
     t->shared[t->n] = shared;
     t->getopt[t->n] = (struct option){row->name,
                                       row->kind == CLI_OPT_FLAG ? no_argument : required_argument,
-                                      NULL, CODE + t->n};
+                                      NULL, code};
     t->n++;
 }
 
@@ -139,6 +154,10 @@ static int positionals(const struct cli_spec *spec, int argc, char **argv, struc
             b->out = argv[optind++], npos--;
         if (!b->in || npos > 0 || (!b->out && !spec->out_optional))
             return cli_usage_error(spec->name, "expected IN and OUT");
+        break;
+    case CLI_POS_REST:
+        b->rest = argv + optind;
+        b->n_rest = npos;
         break;
     }
     return CLI_PARSED;
