@@ -1245,26 +1245,63 @@ enum lms_status lms_trainer_eval(struct lms_trainer *tr, const struct lms_train_
 
 /* ---- optimiser ---------------------------------------------------------------------------- */
 
+/* *total = the sum of squares of the gradients of parts[0..n) (at most n_params of them): one
+ * fp32 sum per part on the device, one download for all of them, summed in double on the host
+ * (the arithmetic of a per-tensor loop without a round trip per tensor). */
+static enum lms_status grad_squares(struct lms_trainer *tr, const struct lms_adamw *parts,
+                                    size_t n, double *total, struct lms_error *err)
+{
+    float *acc = tr->norm_parts.ptr;
+    *total = 0;
+    if (!n)
+        return LMS_OK;
+    enum lms_status rc = tr->ops->scale(tr->be, acc, 0.0f, (int64_t)n, err);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = tr->ops->sum_squares(tr->be, acc + i, parts[i].g, parts[i].n, err);
+    if (!rc)
+        rc = lms_buf_download(tr->be, tr->host_norm_parts, n * sizeof(float), acc,
+                              n * sizeof(float), err);
+    for (size_t i = 0; !rc && i < n; i++)
+        *total += tr->host_norm_parts[i];
+    return rc;
+}
+
+/* The AdamW list of every parameter (decay as o says; the bf16 working copy where there is
+ * one). Caller frees. */
+static struct lms_adamw *adamw_list(const struct lms_trainer *tr, const struct lms_adamw_opts *o)
+{
+    struct lms_adamw *list = lms_calloc(tr->n_params, sizeof *list);
+    for (size_t i = 0; list && i < tr->n_params; i++) {
+        const struct lms_train_param *p = &tr->params[i];
+        list[i] = (struct lms_adamw){p->w, p->g, p->m, p->v, p->numel,
+                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
+                                     tr->W16 ? tr->W16 + (p->w - tr->W) : NULL};
+    }
+    return list;
+}
+
+/* torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6), applied when < 1 */
+static float clip_factor(const struct lms_adamw_opts *o, double norm)
+{
+    if (o->clip_norm <= 0)
+        return 1.0f;
+    double c = o->clip_norm / (norm + 1e-6);
+    return c < 1.0 ? (float)c : 1.0f;
+}
+
 enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
                                       struct lms_error *err)
 {
-    /* one fp32 sum per tensor on the device, one download for all of them, summed in double
-     * on the host: the same arithmetic as a per-tensor loop without a round trip per tensor */
-    float *acc = tr->norm_parts.ptr;
-    int64_t n = (int64_t)tr->n_params;
-    enum lms_status rc = tr->ops->scale(tr->be, acc, 0.0f, n, err);
-    for (int64_t i = 0; !rc && i < n; i++)
-        rc = tr->ops->sum_squares(tr->be, acc + i, tr->params[i].g, tr->params[i].numel, err);
+    struct lms_adamw_opts none = {0};
+    struct lms_adamw *list = adamw_list(tr, &none);
+    if (!list)
+        return lms_error_set(err, LMS_ENOMEM, "gradient norm: out of memory");
+    double total;
+    enum lms_status rc = grad_squares(tr, list, tr->n_params, &total, err);
+    lms_free(list);
     if (!rc)
-        rc = lms_buf_download(tr->be, tr->host_norm_parts, (size_t)n * sizeof(float), acc,
-                              (size_t)n * sizeof(float), err);
-    if (rc)
-        return rc;
-    double total = 0;
-    for (int64_t i = 0; i < n; i++)
-        total += tr->host_norm_parts[i];
-    *norm = sqrt(total);
-    return LMS_OK;
+        *norm = sqrt(total);
+    return rc;
 }
 
 static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_adamw_opts *o,
@@ -1282,35 +1319,23 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
                              o->weight_decay);
     if (tr->comm)
         return adamw_sharded(tr, o, grad_norm, err);
-    double norm = 0;
-    enum lms_status rc = LMS_OK;
-    if (grad_norm || o->clip_norm > 0)
-        rc = lms_trainer_grad_norm(tr, &norm, err);
-    if (rc)
-        return rc;
-    if (grad_norm)
-        *grad_norm = norm;
-    if (!isfinite(norm))
-        return lms_error_set(err, LMS_EINVAL,
-                             "adamw: the gradient norm is not finite (%g); step skipped", norm);
-    struct lms_adamw *list = lms_calloc(tr->n_params, sizeof *list);
+    struct lms_adamw *list = adamw_list(tr, o);
     if (!list)
         return lms_error_set(err, LMS_ENOMEM, "adamw: out of memory");
-    for (size_t i = 0; i < tr->n_params; i++) {
-        const struct lms_train_param *p = &tr->params[i];
-        list[i] = (struct lms_adamw){p->w, p->g, p->m, p->v, p->numel,
-                                     o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
-                                     tr->W16 ? tr->W16 + (p->w - tr->W) : NULL};
-    }
-    /* torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6), applied when < 1 */
-    double clip = 1.0;
-    if (o->clip_norm > 0) {
-        double c = o->clip_norm / (norm + 1e-6);
-        clip = c < 1.0 ? c : 1.0;
-    }
+    double total = 0;
+    enum lms_status rc = LMS_OK;
+    if (grad_norm || o->clip_norm > 0)
+        rc = grad_squares(tr, list, tr->n_params, &total, err);
+    double norm = sqrt(total);
+    if (!rc && grad_norm)
+        *grad_norm = norm;
+    if (!rc && !isfinite(norm))
+        rc = lms_error_set(err, LMS_EINVAL,
+                           "adamw: the gradient norm is not finite (%g); step skipped", norm);
     struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                                (float)clip, o->step};
-    rc = tr->ops->adamw(tr->be, list, (int64_t)tr->n_params, &h, err);
+                                clip_factor(o, norm), o->step};
+    if (!rc)
+        rc = tr->ops->adamw(tr->be, list, (int64_t)tr->n_params, &h, err);
     lms_free(list); /* the update also wrote the bf16 working copy (w_bf16) */
     if (!rc)
         rc = lms_backend_sync(tr->be, err);
@@ -1343,15 +1368,10 @@ static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_ad
     struct lms_adamw *list = lms_calloc(tr->n_params, sizeof *list);
     if (!list)
         return lms_error_set(err, LMS_ENOMEM, "adamw: out of memory");
-    /* the clipping norm: this chunk's sum of squares per tensor part (one device sum each, one
-     * download for all), summed over ranks */
-    float *acc = tr->norm_parts.ptr;
-    bool want_norm = grad_norm || o->clip_norm > 0;
+    /* the clipping norm: this chunk's sum of squares per tensor part, summed over ranks */
     double total = 0;
     size_t n = 0;
-    if (want_norm)
-        rc = tr->ops->scale(tr->be, acc, 0.0f, (int64_t)tr->n_params, err);
-    for (size_t i = 0; !rc && i < tr->n_params; i++) {
+    for (size_t i = 0; i < tr->n_params; i++) {
         const struct lms_train_param *p = &tr->params[i];
         int64_t lo, hi;
         if (!shard_part(tr, p, &lo, &hi))
@@ -1361,15 +1381,10 @@ static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_ad
                                      hi - lo,
                                      o->decay_all || p->decay ? (float)o->weight_decay : 0.0f,
                                      NULL};
-        if (want_norm)
-            rc = tr->ops->sum_squares(tr->be, acc + n, p->g + lo, hi - lo, err);
         n++;
     }
-    if (!rc && want_norm && n)
-        rc = lms_buf_download(tr->be, tr->host_norm_parts, n * sizeof(float), acc,
-                              n * sizeof(float), err);
-    for (size_t i = 0; !rc && want_norm && i < n; i++)
-        total += tr->host_norm_parts[i];
+    if (grad_norm || o->clip_norm > 0)
+        rc = grad_squares(tr, list, n, &total, err);
     if (!rc)
         rc = lms_comm_sum(tr->comm, &total, 1, err);
     double norm = sqrt(total);
@@ -1378,13 +1393,8 @@ static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_ad
     if (!rc && !isfinite(norm)) /* the same on every rank: all skip together */
         rc = lms_error_set(err, LMS_EINVAL,
                            "adamw: the gradient norm is not finite (%g); step skipped", norm);
-    double clip = 1.0;
-    if (o->clip_norm > 0) {
-        double c = o->clip_norm / (norm + 1e-6);
-        clip = c < 1.0 ? c : 1.0;
-    }
     struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                                (float)clip, o->step};
+                                clip_factor(o, norm), o->step};
     if (!rc && n)
         rc = tr->ops->adamw(tr->be, list, (int64_t)n, &h, err);
     lms_free(list);

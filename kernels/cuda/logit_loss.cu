@@ -22,18 +22,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/lms_cuda.h"
 
 #define LL_THREADS 512
 #define LL_WARPS (LL_THREADS / 32)
 
 enum { KD_FORWARD = 0, KD_REVERSE = 1, KD_TOP_K = 2 }; /* enum lms_kd_kind */
-
-__device__ __forceinline__ void record_error_ll(unsigned long long *errw, int64_t row, int32_t value)
-{
-    unsigned long long w = ((unsigned long long)(uint64_t)row << 32) | (uint32_t)value;
-    atomicMin(errw + LMS_CUDA_ERRW_CE, w);
-}
 
 /* Online (max, sum of exp(x - max), sum of exp(x - max) * d) accumulator. */
 struct acc {
@@ -256,7 +251,7 @@ __global__ void __launch_bounds__(LL_THREADS)
         const int32_t tgt = a.target ? a.target[r] : -1;
         const bool ce = tgt >= 0 && tgt < V;
         if (tgt >= V && threadIdx.x == 0)
-            record_error_ll(errw, r, tgt);
+            record_error(errw, LMS_CUDA_ERRW_CE, r, tgt);
         const bool topk = kd && topk_kind;
         if (topk)
             select_top_k(t, V, a.top_k < V ? a.top_k : V, a.vec, &st, hist, wcount);

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/lms_cuda.h"
 
 #define EW LMS_CUDA_EW_THREADS
@@ -20,23 +21,6 @@ __device__ __forceinline__ float load_as_f32(const void *p, int dt, int64_t i)
     if (dt == LMS_CUDA_F16)
         return __half2float(((const __half *)p)[i]);
     return ((const float *)p)[i];
-}
-
-__device__ __forceinline__ void record_error(unsigned long long *errw, int slot, int64_t index,
-                                             int32_t value)
-{
-    unsigned long long w = ((unsigned long long)(uint64_t)index << 32) | (uint32_t)value;
-    atomicMin(errw + slot, w);
-}
-
-static __device__ __forceinline__ int64_t gtid(void)
-{
-    return (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-}
-
-static __device__ __forceinline__ int64_t gstride(void)
-{
-    return (int64_t)gridDim.x * blockDim.x;
 }
 
 /* ---- embedding ---- */

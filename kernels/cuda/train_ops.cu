@@ -13,26 +13,10 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/lms_cuda.h"
 
 #define EW LMS_CUDA_EW_THREADS
-
-static __device__ __forceinline__ int64_t t_gtid(void)
-{
-    return (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-}
-
-static __device__ __forceinline__ int64_t t_gstride(void)
-{
-    return (int64_t)gridDim.x * blockDim.x;
-}
-
-static __device__ __forceinline__ void t_record_error(unsigned long long *errw, int slot,
-                                                      int64_t index, int32_t value)
-{
-    unsigned long long w = ((unsigned long long)(uint64_t)index << 32) | (uint32_t)value;
-    atomicMin(errw + slot, w);
-}
 
 static __device__ __forceinline__ double t_warp_sum_d(double v)
 {
@@ -57,12 +41,12 @@ static __global__ void embedding_backward_kernel(float *dtable, const float *dou
                                                  int64_t hidden, unsigned long long *errw)
 {
     int64_t total = n * hidden;
-    for (int64_t i = t_gtid(); i < total; i += t_gstride()) {
+    for (int64_t i = gtid(); i < total; i += gstride()) {
         int64_t r = i / hidden, j = i - r * hidden;
         int32_t id = ids[r];
         if (id < 0 || id >= vocab) {
             if (j == 0)
-                t_record_error(errw, LMS_CUDA_ERRW_EMBED, r, id);
+                record_error(errw, LMS_CUDA_ERRW_EMBED, r, id);
             continue;
         }
         atomicAdd(dtable + (int64_t)id * hidden + j, dout[i]);
@@ -126,7 +110,7 @@ static __global__ void __launch_bounds__(CS_TX *CS_TY)
 static __global__ void colsum_finish_kernel(float *dst, const double *part, int64_t chunks,
                                             int64_t c)
 {
-    for (int64_t j = t_gtid(); j < c; j += t_gstride()) {
+    for (int64_t j = gtid(); j < c; j += gstride()) {
         double s = 0.0;
         for (int64_t k = 0; k < chunks; k++)
             s += part[k * c + j];
@@ -235,13 +219,13 @@ static __global__ void rope_backward_kernel(float *x, int64_t x_stride, int64_t 
                                             unsigned long long *errw)
 {
     int64_t half = d / 2, total = n_rows * n_heads * half;
-    for (int64_t t = t_gtid(); t < total; t += t_gstride()) {
+    for (int64_t t = gtid(); t < total; t += gstride()) {
         int64_t i = t % half, rh = t / half;
         int64_t h = rh % n_heads, r = rh / n_heads;
         int32_t p = pos[r];
         if (p < 0 || p >= n_pos) {
             if (h == 0 && i == 0)
-                t_record_error(errw, LMS_CUDA_ERRW_ROPE, r, p);
+                record_error(errw, LMS_CUDA_ERRW_ROPE, r, p);
             continue;
         }
         float *a = x + r * x_stride + h * d;
@@ -274,7 +258,7 @@ static __global__ void swiglu_backward_kernel(float *dgate, float *dup, int64_t 
                                               int64_t in_stride, int64_t n_rows, int64_t f)
 {
     int64_t total = n_rows * f;
-    for (int64_t t = t_gtid(); t < total; t += t_gstride()) {
+    for (int64_t t = gtid(); t < total; t += gstride()) {
         int64_t r = t / f, j = t - r * f;
         float x = gate[r * in_stride + j], u = up[r * in_stride + j];
         float o = dout[r * dout_stride + j];
@@ -379,7 +363,7 @@ static __global__ void __launch_bounds__(SQ_THREADS)
 {
     __shared__ double sh[SQ_THREADS / 32];
     double acc = 0.0;
-    for (int64_t i = t_gtid(); i < n; i += t_gstride()) {
+    for (int64_t i = gtid(); i < n; i += gstride()) {
         double v = x[i];
         acc += v * v;
     }
@@ -420,7 +404,7 @@ extern "C" cudaError_t lms_cuda_sum_squares(cudaStream_t st, float *out, const f
 
 static __global__ void scale_kernel(float *x, float s, int64_t n)
 {
-    for (int64_t i = t_gtid(); i < n; i += t_gstride())
+    for (int64_t i = gtid(); i < n; i += gstride())
         x[i] *= s;
 }
 
