@@ -113,6 +113,16 @@ bool cli_parse_count(const char *s, int64_t *out)
     return true;
 }
 
+bool cli_parse_real(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !isfinite(v) || !(v >= 0))
+        return false;
+    *out = v;
+    return true;
+}
+
 bool cli_parse_param_count(const char *s, int64_t *out)
 {
     char *end;

@@ -50,6 +50,8 @@ void cli_normalize_flags(int argc, char **argv);
 
 /* Parses a positive decimal integer (the whole string); false for 0, negatives or junk. */
 bool cli_parse_count(const char *s, int64_t *out);
+/* Parses a finite number at least 0 (the whole string): 1e-4, 0.9, 0. */
+bool cli_parse_real(const char *s, double *out);
 /* Parses a parameter count with an optional decimal unit: 6B, 1.5M, 800K, 11148288. */
 bool cli_parse_param_count(const char *s, int64_t *out);
 /* Parses a size with an optional unit: 5GB, 500MB, 2GiB, 1000 (bytes). */
@@ -103,7 +105,8 @@ struct cli_args {
 enum cli_opt_kind {
     CLI_OPT_FLAG,   /* bool: true when given */
     CLI_OPT_STRING, /* const char *: the value */
-    CLI_OPT_COUNT,  /* int64_t: a whole number in [min (at least 1), max (0: no limit)] */
+    CLI_OPT_COUNT,  /* int64_t: a whole number in [min (0 or more), max (0: no limit)] */
+    CLI_OPT_REAL,   /* double: a finite number, at least 0 (min 0) or above 0 (min 1) */
     CLI_OPT_CALL,   /* the command's on_option(args, id, value, word) checks and stores it */
 };
 
@@ -112,7 +115,7 @@ struct cli_opt {
     enum cli_opt_kind kind;
     size_t field;          /* offsetof the destination in the command's argument struct */
     int64_t min, max;      /* CLI_OPT_COUNT: accepted range */
-    const char *bad;       /* CLI_OPT_COUNT: the usage error, with one %s for the value;
+    const char *bad;       /* CLI_OPT_COUNT, _REAL: the usage error, with one %s for the value;
                             * CLI_OPT_STRING: the usage error when the option is missing
                             * (NULL: optional) */
     int id;                /* CLI_OPT_CALL: handed back to on_option */
@@ -127,6 +130,8 @@ struct cli_opt {
 #define CLI_COUNT(n, T, f, lo, hi, msg)                                                        \
     {.name = (n), .kind = CLI_OPT_COUNT, .field = offsetof(T, f), .min = (lo), .max = (hi),    \
      .bad = (msg)}
+#define CLI_REAL(n, T, f, positive, msg)                                                       \
+    {.name = (n), .kind = CLI_OPT_REAL, .field = offsetof(T, f), .min = (positive), .bad = (msg)}
 #define CLI_CALL(n, i) {.name = (n), .kind = CLI_OPT_CALL, .id = (i)}
 #define CLI_END {.name = NULL}
 
@@ -163,6 +168,8 @@ struct cli_spec {
     /* The command's checks of the whole set (exclusions, defaults that depend on others), after
      * the positionals and the required options: CLI_PARSED, or the exit code it printed. */
     int (*check)(void *args);
+    /* The work, with the parsed arguments: the exit code. */
+    int (*run)(void *args);
 };
 
 /* Parses argv (argv[0] is the command name) into args, a struct whose first member is a
@@ -170,6 +177,9 @@ struct cli_spec {
  * gives them), the positionals, the required options, spec->check, then cli_run_check for
  * CLI_RUN. CLI_PARSED when the command should run; 0 after --help; else the exit code. */
 int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args);
+
+/* A command's entry point: cli_parse, then spec->run when parsing says so. The exit code. */
+int cli_main(const struct cli_spec *spec, int argc, char **argv, void *args);
 
 /* Parses a's --device and --precision into a->dev and a->prec. CLI_PARSED, or 2 after a usage
  * error. cli_parse calls it last for CLI_RUN; a command that takes --device as its own option

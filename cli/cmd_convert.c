@@ -29,13 +29,17 @@ static const char usage_text[] =
     "\n"
     "Aliases of the reference workflow: --restore-path/--restore_path (IN), --save-path (OUT).\n";
 
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "convert", .help = {usage_text}, .shorts = "hfq", .groups = CLI_FORCE | CLI_WRITE,
     .positional = CLI_POS_IN_OUT,
+    .run = run,
 };
 
-static int run(const struct cli_args *a)
+static int run(void *args)
 {
+    const struct cli_args *a = args;
     struct lms_error err;
     lms_error_clear(&err);
     if (lms_path_check_not_input(a->out, a->in, &err))
@@ -82,6 +86,5 @@ static int run(const struct cli_args *a)
 int cmd_convert(int argc, char **argv)
 {
     struct cli_args a = {0};
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

@@ -66,10 +66,13 @@ static int check(void *args)
     return CLI_PARSED;
 }
 
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "eval", .help = {usage_text}, .shorts = "hq", .groups = CLI_RUN | CLI_PRECISION,
     .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
     .check = check,
+    .run = run,
 };
 
 /* Scores the windows [0, n_win) of ds; OUT: *sum (nats) over *n_scored targets. */
@@ -107,8 +110,9 @@ static enum lms_status score_windows(struct lms_engine *e, struct lms_dataset *d
     return rc;
 }
 
-static int run(struct eval_args *a)
+static int run(void *args)
 {
+    struct eval_args *a = args;
     const char *model_path = a->base.in;
     int64_t S = a->S, B = a->B, n_win = a->n_win;
     struct lms_error err;
@@ -171,6 +175,5 @@ out:
 int cmd_eval(int argc, char **argv)
 {
     struct eval_args a = {.S = 512, .B = 8, .base.precision = "fp32"};
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

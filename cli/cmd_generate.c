@@ -61,10 +61,13 @@ static int check(void *args)
     return CLI_PARSED;
 }
 
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "generate", .help = {usage_text}, .shorts = "hq", .groups = CLI_RUN,
     .positional = CLI_POS_ONE, .positional_usage = "expected one MODEL", .opts = opts,
     .check = check,
+    .run = run,
 };
 
 /* Appends greedy tokens to seq[0, *n) until max_seq or the end-of-sequence id. */
@@ -93,8 +96,9 @@ static enum lms_status greedy(struct lms_engine *e, int32_t *seq, int64_t *n, in
     return rc;
 }
 
-static int run(const struct generate_args *a)
+static int run(void *args)
 {
+    const struct generate_args *a = args;
     const char *model_path = a->base.in, *prompt = a->prompt;
     const struct cli_common *co = &a->base.co;
     struct lms_error err;
@@ -174,6 +178,5 @@ out:
 int cmd_generate(int argc, char **argv)
 {
     struct generate_args a = {.max_new = 32};
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

@@ -203,13 +203,17 @@ static const struct cli_opt opts[] = {
     CLI_FLAG("tensors", struct inspect_args, tensors),
     CLI_END,
 };
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "inspect", .help = {usage_text}, .shorts = "hq", .positional = CLI_POS_ONE,
     .positional_usage = "expected one PATH, got %d", .opts = opts,
+    .run = run,
 };
 
-static int run(const struct inspect_args *a)
+static int run(void *args)
 {
+    const struct inspect_args *a = args;
     const char *path = a->base.in;
     struct lms_error err;
     lms_error_clear(&err);
@@ -231,6 +235,5 @@ static int run(const struct inspect_args *a)
 int cmd_inspect(int argc, char **argv)
 {
     struct inspect_args a = {0};
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

@@ -169,9 +169,12 @@ static const struct cli_opt opts[] = {
               "--workers: '%s' is not a count in 1..1024"),
     CLI_END,
 };
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "preprocess", .help = {usage_text}, .shorts = "h", .groups = CLI_FORCE,
     .positional = CLI_POS_NONE, .getopt_reports = true, .opts = opts,
+    .run = run,
 };
 
 /* One input line of a chunk and its result; a chunk is an array of CHUNK_LINES. */
@@ -355,8 +358,9 @@ static enum lms_status tokenize_all(const struct preprocess_args *a, FILE *in, b
     return LMS_OK;
 }
 
-static int run(const struct preprocess_args *a)
+static int run(void *args)
 {
+    const struct preprocess_args *a = args;
     size_t in_len = strlen(a->input);
     bool txt = in_len > 4 && strcmp(a->input + in_len - 4, ".txt") == 0;
     struct lms_error err = {0};
@@ -416,6 +420,5 @@ int cmd_preprocess(int argc, char **argv)
     struct preprocess_args a = {.key = "text", .workers = sysconf(_SC_NPROCESSORS_ONLN)};
     if (a.workers < 1)
         a.workers = 1;
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

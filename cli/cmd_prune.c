@@ -426,8 +426,9 @@ static void print_result(const struct prune_args *a, json_t *report, const struc
     }
 }
 
-static int run(struct prune_args *a)
+static int run(void *args)
 {
+    struct prune_args *a = args;
     struct lms_error err;
     lms_error_clear(&err);
     const struct lms_format *src, *dst;
@@ -477,7 +478,7 @@ static int run(struct prune_args *a)
 
 /* ---- the arguments ------------------------------------------------------------------------ */
 
-enum { O_SEED, O_PREC, O_IGNORED_COUNT, O_PARAMS, O_SEARCH_LAYERS, O_SEARCH_FFN,
+enum { O_PREC, O_IGNORED_COUNT, O_PARAMS, O_SEARCH_LAYERS, O_SEARCH_FFN,
        O_SEARCH_HIDDEN, O_SEARCH_HEADS };
 
 #define TARGET(n, f)                                                                           \
@@ -507,7 +508,7 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("mbs", struct prune_args, cal.mbs, 1, 4096, "invalid --mbs '%s' (1 to 4096)"),
     CLI_COUNT("micro-batch-size", struct prune_args, cal.mbs, 1, 4096,
               "invalid --mbs '%s' (1 to 4096)"),
-    CLI_CALL("seed", O_SEED),
+    CLI_COUNT("seed", struct prune_args, cal.seed, 0, 0, "invalid --seed '%s'"),
     CLI_STRING("device", struct prune_args, cal.device),
     CLI_CALL("precision", O_PREC),
     CLI_COUNT("threads", struct prune_args, cal.threads, 1, 4096, "invalid --threads '%s'"),
@@ -533,14 +534,6 @@ static int on_option(void *args, int id, const char *value, const char *word)
 {
     struct prune_args *a = args;
     switch (id) {
-    case O_SEED: {
-        char *end;
-        unsigned long long v = strtoull(value, &end, 10);
-        if (end == value || *end || value[0] == '-')
-            return cli_usage_error(cmd, "invalid --seed '%s'", value);
-        a->cal.seed = v;
-        return 0;
-    }
     case O_PREC: {
         struct lms_error perr;
         if (lms_precision_parse(value, &a->cal.precision, &perr))
@@ -608,12 +601,12 @@ static const struct cli_spec spec = {
     .groups = CLI_FORCE | CLI_WRITE,
     .positional = CLI_POS_IN_OUT, .out_optional = true, .opts = opts, .on_option = on_option,
     .check = check,
+    .run = run,
 };
 
 int cmd_prune(int argc, char **argv)
 {
     struct prune_args a = {.t = {.selection = LMS_LAYERS_AUTO}};
     prune_calib_defaults(&a.cal);
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

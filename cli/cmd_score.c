@@ -117,16 +117,6 @@ static bool parse_rows(const char *s, int64_t *from, int64_t *to)
     return true;
 }
 
-static bool parse_seed(const char *s, int64_t *seed)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v < 0)
-        return false;
-    *seed = v;
-    return true;
-}
-
 static bool parse_axes(const char *s, unsigned *mask)
 {
     static const struct {
@@ -253,11 +243,12 @@ struct score_args {
     struct cli_args base;
     const char *data, *out;
     struct lms_score_opts so;
-    int64_t n_rows, target_layers, block, seed; /* n_rows 0: --num-samples not given */
-    bool have_rows, have_seed, merge;
+    int64_t n_rows, target_layers, block; /* n_rows 0: --num-samples not given */
+    int64_t seed;                         /* -1: not given */
+    bool have_rows, merge;
 };
 
-enum { O_ROWS, O_SEED, O_METRIC, O_AXES };
+enum { O_ROWS, O_METRIC, O_AXES };
 
 static const struct cli_opt opts[] = {
     CLI_STRING("data", struct score_args, data),
@@ -275,7 +266,7 @@ static const struct cli_opt opts[] = {
               "invalid --micro-batch-size '%s' (1 to 65536)"),
     CLI_COUNT("mbs", struct score_args, so.micro_batch, 1, 65536,
               "invalid --micro-batch-size '%s' (1 to 65536)"),
-    CLI_CALL("seed", O_SEED),
+    CLI_COUNT("seed", struct score_args, seed, 0, 0, "invalid --seed '%s'"),
     CLI_FLAG("sequential", struct score_args, so.sequential),
     CLI_CALL("layer-metric", O_METRIC),
     CLI_COUNT("target-num-layers", struct score_args, target_layers, 1, 0,
@@ -296,11 +287,6 @@ static int on_option(void *args, int id, const char *value, const char *word)
             return cli_usage_error(cmd, "invalid --rows '%s' (FROM:TO with 0 <= FROM < TO)",
                                    value);
         a->have_rows = true;
-        return 0;
-    case O_SEED:
-        if (!parse_seed(value, &a->seed))
-            return cli_usage_error(cmd, "invalid --seed '%s'", value);
-        a->have_seed = true;
         return 0;
     case O_METRIC: {
         struct lms_error e;
@@ -341,7 +327,7 @@ static int check(void *args)
         return cli_usage_error(cmd, "--data PREFIX is required");
     if (a->have_rows && a->n_rows)
         return cli_usage_error(cmd, "--rows and --num-samples exclude each other");
-    if (so->sequential && a->have_seed)
+    if (so->sequential && a->seed >= 0)
         return cli_usage_error(cmd, "--sequential reads rows in stream order; --seed does not "
                                "apply");
     if (a->target_layers && a->block)
@@ -350,17 +336,21 @@ static int check(void *args)
         so->row_begin = 0;
         so->row_end = a->n_rows ? a->n_rows : 1024;
     }
-    so->seed = (uint64_t)a->seed;
+    if (a->seed >= 0)
+        so->seed = (uint64_t)a->seed;
     so->data_name = a->data;
     if (so->micro_batch > so->row_end - so->row_begin)
         so->micro_batch = so->row_end - so->row_begin;
     return CLI_PARSED;
 }
 
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "score", .help = {usage_text}, .shorts = "ho:q",
     .groups = CLI_FORCE | CLI_RUN | CLI_PRECISION, .positional = CLI_POS_REST, .opts = opts,
     .on_option = on_option, .check = check,
+    .run = run,
 };
 
 static int run_score(struct score_args *a)
@@ -507,14 +497,18 @@ out:
     return rc;
 }
 
+/* --merge FILE... OUT, or a scoring run. */
+static int run(void *args)
+{
+    struct score_args *a = args;
+    if (a->merge)
+        return run_merge(&a->base.co, a->base.rest, a->base.n_rest, a->out);
+    return run_score(a);
+}
+
 int cmd_score(int argc, char **argv)
 {
-    struct score_args a = {.base.precision = "auto", .seed = 1234};
+    struct score_args a = {.base.precision = "auto", .seed = -1};
     lms_score_opts_default(&a.so);
-    int code = cli_parse(&spec, argc, argv, &a);
-    if (code != CLI_PARSED)
-        return code;
-    if (a.merge)
-        return run_merge(&a.base.co, a.base.rest, a.base.n_rest, a.out);
-    return run_score(&a);
+    return cli_main(&spec, argc, argv, &a);
 }

@@ -285,9 +285,12 @@ static int check(void *args)
     return CLI_PARSED;
 }
 
+static int run(void *args);
+
 static const struct cli_spec spec = {
     .name = "tokenize", .help = {usage_text}, .shorts = "h", .positional = CLI_POS_NONE,
     .getopt_reports = true, .opts = opts, .on_option = on_option, .check = check,
+    .run = run,
 };
 
 /* Encodes the text (--text, or all of stdin) and prints its ids. */
@@ -312,8 +315,9 @@ static int encode_mode(struct lms_tokenizer_ctx *ctx, const char *src, size_t le
     return CLI_EXIT_OK;
 }
 
-static int run(const struct tokenize_args *a)
+static int run(void *args)
 {
+    const struct tokenize_args *a = args;
     const struct cli_common *co = &a->base.co;
     unsigned flags = a->no_special ? 0 : LMS_TOK_ADD_SPECIAL;
     struct lms_error err = {0};
@@ -347,6 +351,5 @@ static int run(const struct tokenize_args *a)
 int cmd_tokenize(int argc, char **argv)
 {
     struct tokenize_args a = {.key = "text", .doc = -1};
-    int code = cli_parse(&spec, argc, argv, &a);
-    return code == CLI_PARSED ? run(&a) : code;
+    return cli_main(&spec, argc, argv, &a);
 }

@@ -72,7 +72,7 @@ static enum lms_status score(struct prune_calib *c, const struct lms_model *m, u
     so.row_end = c->o.n_samples;
     so.seq_len = c->o.seq_len;
     so.micro_batch = c->o.mbs;
-    so.seed = c->o.seed;
+    so.seed = (uint64_t)c->o.seed;
     so.axes = axes | (metric != LMS_LAYER_METRIC_NONE ? LMS_AXIS_LAYERS : 0);
     so.layer_metric = metric;
     so.block_size = block;
@@ -136,7 +136,7 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
     if (!rc && o->budget) {
         struct lms_sampler_opts so = {
             .n_windows = lms_score_rows_available(c->ds, o->seq_len), .seq_len = o->seq_len,
-            .stride = o->seq_len, .seed = o->seed, .shuffle_docs = true, .shuffle_windows = true,
+            .stride = o->seq_len, .seed = (uint64_t)o->seed, .shuffle_docs = true, .shuffle_windows = true,
         };
         rc = lms_sampler_new(c->ds, &so, &c->smp, err);
     }

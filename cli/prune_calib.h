@@ -18,7 +18,7 @@ struct prune_calib_opts {
     int64_t n_samples;     /* calibration windows */
     int64_t seq_len;       /* tokens per window */
     int64_t mbs;           /* windows per forward */
-    uint64_t seed;
+    int64_t seed;
     const char *device;
     enum lms_precision precision; /* 0 = auto */
     int64_t threads;

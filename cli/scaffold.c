@@ -123,7 +123,16 @@ static int store(const struct cli_spec *spec, const struct cli_opt *row, bool sh
         return 0;
     case CLI_OPT_COUNT: {
         int64_t *v = (int64_t *)(void *)dst;
-        if (!cli_parse_count(value, v) || *v < row->min || (row->max && *v > row->max))
+        bool zero = row->min == 0 && !strcmp(value, "0"); /* cli_parse_count takes 1 and up */
+        if (zero)
+            *v = 0;
+        else if (!cli_parse_count(value, v) || *v < row->min || (row->max && *v > row->max))
+            return cli_usage_error(spec->name, row->bad, value);
+        return 0;
+    }
+    case CLI_OPT_REAL: {
+        double *v = (double *)(void *)dst;
+        if (!cli_parse_real(value, v) || (row->min && *v == 0))
             return cli_usage_error(spec->name, row->bad, value);
         return 0;
     }
@@ -208,6 +217,12 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
     if (code == CLI_PARSED && spec->groups & CLI_RUN)
         code = cli_run_check(spec->name, b);
     return code;
+}
+
+int cli_main(const struct cli_spec *spec, int argc, char **argv, void *args)
+{
+    int code = cli_parse(spec, argc, argv, args);
+    return code == CLI_PARSED ? spec->run(args) : code;
 }
 
 int cli_run_check(const char *cmd, struct cli_args *a)
