@@ -218,6 +218,17 @@ enum lms_status cli_model_engine(struct cli_model *cm, const struct lms_engine_o
 /* Frees what cli_model_read, _backend and _engine opened; the struct may be reused after. */
 void cli_model_close(struct cli_model *cm);
 
+/* Several ranks (processes of one launcher, lms_comm_open). */
+struct lms_comm;
+/* One GPU per process of a host: a->dev's index becomes the local rank, unless --device named
+ * one (cuda:N) or the run is on the CPU or alone (comm NULL). */
+void cli_rank_device(struct cli_args *a, const struct lms_comm *comm);
+/* cli_fail with "rank R of W: " before the message when there are several ranks; unless every
+ * rank knows of the failure (agreed), ends them all, since the others may wait for this one in
+ * a collective. Returns the exit code. */
+int cli_fail_ranks(const char *cmd, const struct cli_common *co, struct lms_error *err,
+                   struct lms_comm *comm, bool agreed);
+
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);

@@ -283,18 +283,9 @@ static const struct cli_spec spec = {
 
 /* ---- the run -------------------------------------------------------------------------------- */
 
-/* Reports err (with the rank, when there are several) and returns the exit code. A rank that
- * fails alone ends them all, since the others may wait for it in a collective. */
 static int fail(struct distill_run *r, struct lms_error *err)
 {
-    if (r->world > 1)
-        lms_error_wrap(err, "rank %d of %d: ", r->rank, r->world);
-    int rc = cli_fail(cmd, &r->a->base.co, err);
-    if (r->world > 1 && !r->agreed) {
-        fflush(NULL);
-        lms_comm_abort(r->comm, rc);
-    }
-    return rc;
+    return cli_fail_ranks(cmd, &r->a->base.co, err, r->comm, r->agreed);
 }
 
 /* The launcher's processes, or this one alone, and the checks on their number. */
@@ -324,12 +315,7 @@ static int open_ranks(struct distill_run *r)
         a->base.co.quiet = true;
         a->base.co.json = false;
     }
-    /* one GPU per process of a host, unless --device names one */
-    if (r->comm && a->base.dev.kind != LMS_DEVICE_CPU && !strchr(a->base.device, ':')) {
-        struct lms_launch launch;
-        lms_launch_detect(&launch);
-        a->base.dev.index = launch.local_rank;
-    }
+    cli_rank_device(&a->base, r->comm);
     return CLI_PARSED;
 }
 

@@ -353,91 +353,119 @@ static const struct cli_spec spec = {
     .run = run,
 };
 
+/* With several ranks: this rank's share of the rows, its GPU, and rank 0 alone reporting. */
+static int share_rows(struct score_args *a, struct lms_comm *comm, struct lms_score_opts *so,
+                      struct cli_common *co)
+{
+    int rank = lms_comm_rank(comm), world = lms_comm_world(comm);
+    int64_t n = so->row_end - so->row_begin, begin = so->row_begin;
+    if (n < world)
+        return cli_usage_error(cmd, "%lld rows cannot be shared by %d ranks", (long long)n, world);
+    /* rank k: rows [begin + n k / world, begin + n (k + 1) / world) */
+    so->row_begin = begin + n * rank / world;
+    so->row_end = begin + n * (rank + 1) / world;
+    if (so->micro_batch > so->row_end - so->row_begin)
+        so->micro_batch = so->row_end - so->row_begin;
+    cli_rank_device(&a->base, comm);
+    if (rank > 0) {
+        co->quiet = true;
+        co->json = false;
+    }
+    return CLI_PARSED;
+}
+
+/* The block of consecutive layers a block metric scores: --block-size, or the layers
+ * --target-num-layers drops. */
+static int layer_block(const struct score_args *a, int64_t n_layers, struct lms_score_opts *so)
+{
+    int64_t block = a->block;
+    bool block_metric = so->layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
+                        so->layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
+    if (a->target_layers) {
+        if (a->target_layers >= n_layers)
+            return cli_usage_error(cmd, "--target-num-layers %lld: the model has %lld layers",
+                                   (long long)a->target_layers, (long long)n_layers);
+        block = n_layers - a->target_layers;
+    }
+    if (block_metric && !block)
+        return cli_usage_error(cmd, "--layer-metric %s needs --target-num-layers N or "
+                               "--block-size n", lms_layer_metric_name(so->layer_metric));
+    so->block_size = block_metric ? block : 0;
+    return CLI_PARSED;
+}
+
+/* Refuses a run that does not fit in memory (before the data is read or anything allocated),
+ * then opens the data and checks it holds the rows. */
+static enum lms_status open_data(const struct score_args *a, const struct cli_model *cm,
+                                 const struct lms_score_opts *so, struct lms_dataset **ds,
+                                 struct lms_error *err)
+{
+    uint64_t need, avail_mem = lms_score_memory_available(cm->be);
+    enum lms_status st = lms_score_memory_plan(&cm->m, cm->be, so, &need, err);
+    if (st)
+        return st;
+    if (avail_mem && need > avail_mem)
+        return lms_error_set(err, LMS_ENOMEM,
+                             "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
+                             "(weights, activations, statistics); %s has %.2f GB available",
+                             a->base.in, (long long)so->micro_batch, (long long)so->seq_len,
+                             (double)need / 1e9, lms_backend_name(cm->be),
+                             (double)avail_mem / 1e9);
+    if ((st = lms_data_open(a->data, ds, err)))
+        return st;
+    int64_t avail = lms_score_rows_available(*ds, so->seq_len);
+    if (so->row_end > avail)
+        return lms_error_set(err, LMS_EINVAL,
+                             "dataset '%s' has %lld tokens: %lld rows of %lld tokens, rows "
+                             "[%lld, %lld) requested",
+                             a->data, (long long)lms_dataset_n_tokens(*ds), (long long)avail,
+                             (long long)so->seq_len, (long long)so->row_begin,
+                             (long long)so->row_end);
+    return LMS_OK;
+}
+
+static void report(const struct score_args *a, const struct cli_common *co,
+                   const struct cli_model *cm, const struct lms_importance *imp,
+                   const struct lms_score_opts *so, double secs)
+{
+    double tps = secs > 0 ? (double)((so->row_end - so->row_begin) * so->seq_len) / secs : 0;
+    if (co->json) {
+        json_t *o = result_json(imp, a->out, secs, tps);
+        json_object_set_new(o, "device", json_string(lms_backend_name(cm->be)));
+        json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(cm->be)));
+        json_object_set_new(o, "precision", json_string(a->base.precision));
+        cli_print_json(o);
+    } else if (!co->quiet) {
+        char what[160];
+        snprintf(what, sizeof what, "%s on %s, %d threads, %.0f tokens/s",
+                 lms_backend_name(cm->be), a->data, lms_backend_n_threads(cm->be), tps);
+        print_summary(imp, a->out, secs, what);
+    }
+}
+
 static int run_score(struct score_args *a)
 {
     struct cli_common co = a->base.co;
-    struct lms_score_opts so = a->so;
-    const char *model_path = a->base.in, *data = a->data, *out = a->out;
+    struct lms_score_opts so = a->so, whole = a->so;
     struct lms_error err;
     lms_error_clear(&err);
     struct lms_comm *comm = NULL;
     if (lms_comm_open(&comm, &err))
         return cli_fail(cmd, &co, &err);
-    int rank = lms_comm_rank(comm), world = lms_comm_world(comm);
-    struct lms_score_opts whole = so;
-    if (comm) {
-        int64_t n = so.row_end - so.row_begin;
-        if (n < world) {
-            lms_comm_close(comm);
-            return cli_usage_error(cmd, "%lld rows cannot be shared by %d ranks", (long long)n,
-                                   world);
-        }
-        /* rank k: rows [begin + n k / world, begin + n (k + 1) / world) */
-        so.row_begin = whole.row_begin + n * rank / world;
-        so.row_end = whole.row_begin + n * (rank + 1) / world;
-        if (so.micro_batch > so.row_end - so.row_begin)
-            so.micro_batch = so.row_end - so.row_begin;
-        if (a->base.dev.kind != LMS_DEVICE_CPU && !strchr(a->base.device, ':')) {
-            struct lms_launch launch; /* one GPU per process of a host */
-            lms_launch_detect(&launch);
-            a->base.dev.index = launch.local_rank;
-        }
-        if (rank > 0) { /* rank 0 reports */
-            co.quiet = true;
-            co.json = false;
-        }
-    }
-
-    int rc = CLI_EXIT_OK;
+    int rc = comm ? share_rows(a, comm, &so, &co) : CLI_PARSED;
     struct lms_dataset *ds = NULL;
     struct cli_model cm = {0};
     struct lms_importance imp;
     lms_importance_init(&imp, NULL);
     bool agreed = false;
-    if (cli_model_read(&cm, model_path, &err))
-        goto fail;
-    int64_t n_layers = cm.m.arch.n_layers, block = a->block;
-    bool block_metric = so.layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
-                        so.layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
-    if (a->target_layers) {
-        if (a->target_layers >= n_layers) {
-            rc = cli_usage_error(cmd, "--target-num-layers %lld: the model has %lld layers",
-                                 (long long)a->target_layers, (long long)n_layers);
-            goto out;
-        }
-        block = n_layers - a->target_layers;
-    }
-    if (block_metric && !block) {
-        rc = cli_usage_error(cmd, "--layer-metric %s needs --target-num-layers N or "
-                             "--block-size n", lms_layer_metric_name(so.layer_metric));
+    if (rc != CLI_PARSED)
         goto out;
-    }
-    so.block_size = block_metric ? block : 0;
-    if (cli_model_backend(&cm, &a->base, &err))
+    if (cli_model_read(&cm, a->base.in, &err))
         goto fail;
-    /* the memory plan is refused before the data is read or anything is allocated */
-    uint64_t need, avail_mem = lms_score_memory_available(cm.be);
-    if (lms_score_memory_plan(&cm.m, cm.be, &so, &need, &err))
+    if ((rc = layer_block(a, cm.m.arch.n_layers, &so)) != CLI_PARSED)
+        goto out;
+    if (cli_model_backend(&cm, &a->base, &err) || open_data(a, &cm, &so, &ds, &err))
         goto fail;
-    if (avail_mem && need > avail_mem) {
-        lms_error_set(&err, LMS_ENOMEM,
-                      "'%s' with --micro-batch-size %lld x --seq-length %lld needs %.2f GB "
-                      "(weights, activations, statistics); %s has %.2f GB available",
-                      model_path, (long long)so.micro_batch, (long long)so.seq_len,
-                      (double)need / 1e9, lms_backend_name(cm.be), (double)avail_mem / 1e9);
-        goto fail;
-    }
-    if (lms_data_open(data, &ds, &err))
-        goto fail;
-    int64_t avail = lms_score_rows_available(ds, so.seq_len);
-    if (so.row_end > avail) {
-        lms_error_set(&err, LMS_EINVAL,
-                      "dataset '%s' has %lld tokens: %lld rows of %lld tokens, rows [%lld, %lld) "
-                      "requested",
-                      data, (long long)lms_dataset_n_tokens(ds), (long long)avail,
-                      (long long)so.seq_len, (long long)so.row_begin, (long long)so.row_end);
-        goto fail;
-    }
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;
@@ -447,12 +475,14 @@ static int run_score(struct score_args *a)
     if (comm) { /* every rank learns whether all scored, then the sums are added */
         int64_t failed = sst != LMS_OK;
         if (lms_comm_max(comm, &failed, 1, &err))
-            goto fail_abort;
+            goto fail;
         agreed = true;
         if (!sst && failed)
             sst = lms_error_set(&err, LMS_EIO, "another rank failed (its message says why)");
-        if (!sst && sum_over_ranks(comm, &imp, &whole, &err))
-            goto fail_abort;
+        if (!sst && sum_over_ranks(comm, &imp, &whole, &err)) {
+            agreed = false;
+            goto fail;
+        }
         so = whole;
     }
     if (sst) {
@@ -462,33 +492,15 @@ static int run_score(struct score_args *a)
     }
     cli_progress_end(&bar);
     double secs = cli_now() - t0;
-    if (rank == 0 && lms_importance_write(&imp, out, &err))
-        goto fail_abort; /* the others are done: ending them is harmless */
-    double tps = secs > 0 ? (double)((so.row_end - so.row_begin) * so.seq_len) / secs : 0;
-    if (co.json) {
-        json_t *o = result_json(&imp, out, secs, tps);
-        json_object_set_new(o, "device", json_string(lms_backend_name(cm.be)));
-        json_object_set_new(o, "n_threads", json_integer(lms_backend_n_threads(cm.be)));
-        json_object_set_new(o, "precision", json_string(a->base.precision));
-        cli_print_json(o);
-    } else if (!co.quiet) {
-        char what[160];
-        snprintf(what, sizeof what, "%s on %s, %d threads, %.0f tokens/s",
-                 lms_backend_name(cm.be), data, lms_backend_n_threads(cm.be), tps);
-        print_summary(&imp, out, secs, what);
+    if (lms_comm_rank(comm) == 0 && lms_importance_write(&imp, a->out, &err)) {
+        agreed = false; /* the others are done: ending them is harmless */
+        goto fail;
     }
+    report(a, &co, &cm, &imp, &so, secs);
+    rc = CLI_EXIT_OK;
     goto out;
-fail_abort:
-    agreed = false;
 fail:
-    if (world > 1)
-        lms_error_wrap(&err, "rank %d of %d: ", rank, world);
-    rc = cli_fail(cmd, &co, &err);
-    if (world > 1 && !agreed) {
-        /* the other ranks may wait in a collective: end them all */
-        fflush(NULL);
-        lms_comm_abort(comm, rc);
-    }
+    rc = cli_fail_ranks(cmd, &co, &err, comm, agreed);
 out:
     lms_importance_release(&imp);
     lms_comm_close(comm);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "lms/comm.h"
 #include "lms/engine.h"
 #include "lms/outdir.h"
 
@@ -299,4 +300,27 @@ void cli_model_close(struct cli_model *cm)
     if (cm->have_model)
         lms_model_release(&cm->m);
     memset(cm, 0, sizeof *cm);
+}
+
+void cli_rank_device(struct cli_args *a, const struct lms_comm *comm)
+{
+    if (comm && a->dev.kind != LMS_DEVICE_CPU && a->device && !strchr(a->device, ':')) {
+        struct lms_launch launch;
+        lms_launch_detect(&launch);
+        a->dev.index = launch.local_rank;
+    }
+}
+
+int cli_fail_ranks(const char *cmd, const struct cli_common *co, struct lms_error *err,
+                   struct lms_comm *comm, bool agreed)
+{
+    int world = lms_comm_world(comm);
+    if (world > 1)
+        lms_error_wrap(err, "rank %d of %d: ", lms_comm_rank(comm), world);
+    int rc = cli_fail(cmd, co, err);
+    if (world > 1 && !agreed) {
+        fflush(NULL); /* the message goes out before the launcher ends this process */
+        lms_comm_abort(comm, rc);
+    }
+    return rc;
 }
