@@ -214,6 +214,15 @@ enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err)
     return rc;
 }
 
+enum lms_status lms_outdir_finish(struct lms_outdir *od, enum lms_status rc,
+                                  struct lms_error *err)
+{
+    if (!rc)
+        return lms_outdir_commit(od, err);
+    lms_outdir_abort(od);
+    return rc;
+}
+
 void lms_outdir_abort(struct lms_outdir *od)
 {
     if (od->tmp)

@@ -69,11 +69,7 @@ enum lms_status lms_train_state_write(const char *dir, const json_t *meta,
         !(rc = lms_outdir_path(&od, META_FILE, path, sizeof path, err)))
         rc = lms_write_file(path, text.data, text.len, err);
     lms_buf_str_release(&text);
-    if (rc) {
-        lms_outdir_abort(&od);
-        return lms_error_wrap(err, "saving the training state '%s': ", dir);
-    }
-    if ((rc = lms_outdir_commit(&od, err)))
+    if ((rc = lms_outdir_finish(&od, rc, err)))
         return lms_error_wrap(err, "saving the training state '%s': ", dir);
     return LMS_OK;
 }

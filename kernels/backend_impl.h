@@ -298,6 +298,14 @@ const struct lms_backend_ops *lms__backend_cpu_ops(void);
  * dlopen when a CUDA device is opened (bench/forward_gpu links it directly). */
 const struct lms_backend_ops *lms__backend_cuda_ops(void);
 
+struct lms_arch;
+/* The RoPE cos and sin tables of positions 0..n_pos-1 (lms_rope_table), computed on the host
+ * and uploaded to the device addresses cos_dev and sin_dev (n_pos x head_dim/2 floats each):
+ * the engine's and the trainer's, built the same way. who names the owner in errors. */
+enum lms_status lms__rope_table_upload(struct lms_backend *be, const struct lms_arch *a,
+                                       int64_t n_pos, bool inv_freq_bf16, void *cos_dev,
+                                       void *sin_dev, const char *who, struct lms_error *err);
+
 static inline enum lms_dtype lms__backend_weight_dtype(const struct lms_backend *be,
                                                        enum lms_dtype ckpt)
 {

@@ -198,6 +198,23 @@ enum lms_status lms_rope_table(const struct lms_arch *a, int64_t n_pos, bool inv
     return LMS_OK;
 }
 
+enum lms_status lms__rope_table_upload(struct lms_backend *be, const struct lms_arch *a,
+                                       int64_t n_pos, bool inv_freq_bf16, void *cos_dev,
+                                       void *sin_dev, const char *who, struct lms_error *err)
+{
+    int64_t tab = n_pos * (a->head_dim / 2);
+    float *host = lms_malloc((size_t)tab * 2 * sizeof(float));
+    if (!host)
+        return lms_error_set(err, LMS_ENOMEM, "%s: out of memory for the rope table", who);
+    enum lms_status rc = lms_rope_table(a, n_pos, inv_freq_bf16, host, host + tab, err);
+    if (!rc)
+        rc = lms_buf_upload(be, cos_dev, host, (size_t)tab * sizeof(float), err);
+    if (!rc)
+        rc = lms_buf_upload(be, sin_dev, host + tab, (size_t)tab * sizeof(float), err);
+    lms_free(host);
+    return rc;
+}
+
 /* ---- weights --------------------------------------------------------------------------------- */
 
 static const struct lms_view *find_view(const struct lms_model *m, enum lms_role role,
@@ -385,20 +402,9 @@ enum lms_status lms_engine_new(const struct lms_model *m, struct lms_backend *be
         goto fail;
     }
     /* RoPE table for positions 0..max_seq-1, computed on the host once. */
-    int64_t tab = opts->max_seq * (e->a.head_dim / 2);
-    float *host = lms_malloc((size_t)tab * 2 * sizeof(float));
-    if (!host) {
-        rc = lms_error_set(err, LMS_ENOMEM, "engine: out of memory for the rope table");
-        goto fail;
-    }
-    rc = lms_rope_table(&e->a, opts->max_seq, opts->rope_bf16, host, host + tab, err);
     char *ws = e->ws.ptr;
-    if (!rc)
-        rc = lms_buf_upload(be, ws + e->plan.off_cos, host, (size_t)tab * sizeof(float), err);
-    if (!rc)
-        rc = lms_buf_upload(be, ws + e->plan.off_sin, host + tab, (size_t)tab * sizeof(float),
-                            err);
-    lms_free(host);
+    rc = lms__rope_table_upload(be, &e->a, opts->max_seq, opts->rope_bf16, ws + e->plan.off_cos,
+                                ws + e->plan.off_sin, "engine", err);
     if (rc)
         goto fail;
     *out = e;

@@ -536,18 +536,9 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
         lms_error_wrap(err, "trainer: workspace of %zu bytes: ", tr->plan.ws_bytes);
         goto fail;
     }
-    int64_t tab = opts->max_seq * (tr->a.head_dim / 2);
-    float *host = lms_malloc((size_t)tab * 2 * sizeof(float));
-    if (!host) {
-        rc = lms_error_set(err, LMS_ENOMEM, "trainer: out of memory for the rope table");
-        goto fail;
-    }
-    rc = lms_rope_table(&tr->a, opts->max_seq, opts->rope_bf16, host, host + tab, err);
-    if (!rc)
-        rc = lms_buf_upload(be, ws_at(tr, tr->plan.off_cos), host, (size_t)tab * 4, err);
-    if (!rc)
-        rc = lms_buf_upload(be, ws_at(tr, tr->plan.off_sin), host + tab, (size_t)tab * 4, err);
-    lms_free(host);
+    rc = lms__rope_table_upload(be, &tr->a, opts->max_seq, opts->rope_bf16,
+                                ws_at(tr, tr->plan.off_cos), ws_at(tr, tr->plan.off_sin),
+                                "trainer", err);
     if (rc)
         goto fail;
     *out = tr;

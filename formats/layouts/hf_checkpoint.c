@@ -592,10 +592,7 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
     if (s.src_fd >= 0)
         close(s.src_fd);
     lms_free(s.buf);
-    if (rc)
-        lms_outdir_abort(&od);
-    else
-        rc = lms_outdir_commit(&od, err);
+    rc = lms_outdir_finish(&od, rc, err);
     if (!rc && res) {
         r.n_shards = n_shards;
         r.bytes = s.total;

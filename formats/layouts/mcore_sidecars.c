@@ -70,6 +70,15 @@ static enum lms_status write_hf_config(const struct lms_model *m, const struct l
 
 /* The files every NeMo/Megatron output carries beside the weights: our hf_config.json (exact
  * HF round trips) in config_dir and the tokenizer/generation files in tokenizer_dir. */
+enum lms_status lms__nemo_written_arch(const struct lms_model *m, const struct lms_write_opts *o,
+                                       struct lms_arch *a, struct lms_error *err)
+{
+    *a = m->arch;
+    if (o->dtype != LMS_DTYPE_COUNT)
+        a->dtype = o->dtype;
+    return lms_model_validate(m, err);
+}
+
 enum lms_status lms__nemo_write_sidecars(const struct lms_model *m, const struct lms_arch *a,
                                          const struct lms_outdir *od, const char *config_dir,
                                          const char *tokenizer_dir, struct lms_write_result *r,

@@ -197,10 +197,8 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
                                       struct lms_write_result *res, struct lms_error *err)
 {
     struct lms_write_result r = {0};
-    struct lms_arch a = m->arch;
-    if (o->dtype != LMS_DTYPE_COUNT)
-        a.dtype = o->dtype;
-    enum lms_status rc = lms_model_validate(m, err);
+    struct lms_arch a;
+    enum lms_status rc = lms__nemo_written_arch(m, o, &a, err);
     if (rc)
         return rc;
     struct lms_outdir od;
@@ -269,11 +267,7 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
         rc = lms_outdir_path(&od, "latest_checkpointed_iteration.txt", p, sizeof(p), err);
     if (!rc)
         rc = lms_write_file(p, "0", 1, err);
-    if (rc) {
-        lms_outdir_abort(&od);
-        return rc;
-    }
-    rc = lms_outdir_commit(&od, err);
+    rc = lms_outdir_finish(&od, rc, err);
     if (!rc && res)
         *res = r;
     return rc;

@@ -792,10 +792,8 @@ static enum lms_status nemo1_write(const struct lms_model *m, const char *path,
                                    struct lms_error *err)
 {
     struct lms_write_result r = {0};
-    struct lms_arch a = m->arch;
-    if (o->dtype != LMS_DTYPE_COUNT)
-        a.dtype = o->dtype;
-    enum lms_status rc = lms_model_validate(m, err);
+    struct lms_arch a;
+    enum lms_status rc = lms__nemo_written_arch(m, o, &a, err);
     if (rc)
         return rc;
     struct stat sb;

@@ -91,10 +91,8 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
                                   struct lms_error *err)
 {
     struct lms_write_result r = {0};
-    struct lms_arch a = m->arch;
-    if (o->dtype != LMS_DTYPE_COUNT)
-        a.dtype = o->dtype;
-    enum lms_status rc = lms_model_validate(m, err);
+    struct lms_arch a;
+    enum lms_status rc = lms__nemo_written_arch(m, o, &a, err);
     if (rc)
         return rc;
     struct lms_outdir od;
@@ -139,11 +137,7 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
     }
     if (!rc)
         rc = lms__nemo_write_sidecars(m, &a, &od, "context", "context/nemo_tokenizer", &r, err);
-    if (rc) {
-        lms_outdir_abort(&od);
-        return rc;
-    }
-    rc = lms_outdir_commit(&od, err);
+    rc = lms_outdir_finish(&od, rc, err);
     if (!rc && res)
         *res = r;
     return rc;

@@ -122,6 +122,10 @@ enum lms_status lms__nemo_add_aux_from(struct lms_model *m, const char *dir,
 /* v dumped with style (LMS_JSON_*) and a final newline, written to path. */
 enum lms_status lms__nemo_write_json_file(const char *path, const json_t *v, unsigned style,
                                           struct lms_error *err);
+/* The model's arch as a NeMo/Megatron writer writes it (o->dtype, when given, replaces the
+ * dtype), after checking the model is whole. */
+enum lms_status lms__nemo_written_arch(const struct lms_model *m, const struct lms_write_opts *o,
+                                       struct lms_arch *a, struct lms_error *err);
 /* The files every NeMo/Megatron output carries beside the weights: our hf_config.json (exact
  * HF round trips) in config_dir and the tokenizer/generation files in tokenizer_dir (both
  * relative to the output directory od). */

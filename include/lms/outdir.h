@@ -34,6 +34,10 @@ enum lms_status lms_outdir_path(const struct lms_outdir *od, const char *name, c
 enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err);
 /* Removes the temporary directory and everything in it, frees od. Safe after a failed begin. */
 void lms_outdir_abort(struct lms_outdir *od);
+/* A writer's last step: rc is the status of the writing; aborts and returns rc when it failed,
+ * else commits. */
+enum lms_status lms_outdir_finish(struct lms_outdir *od, enum lms_status rc,
+                                  struct lms_error *err);
 
 /* Refuses dest when it is, contains or lies inside input (after resolving both paths). */
 enum lms_status lms_path_check_not_input(const char *dest, const char *input,
