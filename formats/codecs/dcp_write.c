@@ -39,6 +39,19 @@ struct item_loc {
     uint64_t offset, length;
 };
 
+/* Where one item lies: a _StorageInfo in the one data file. */
+static void storage_info(struct lms_pkl_writer *w, const struct item_loc *loc)
+{
+    open_obj(w, dcp_fs_mod, "_StorageInfo");
+    lms_pkl_w_str(w, "relative_path");
+    lms_pkl_w_str(w, "__0_0.distcp");
+    lms_pkl_w_str(w, "offset");
+    lms_pkl_w_int(w, (int64_t)loc->offset);
+    lms_pkl_w_str(w, "length");
+    lms_pkl_w_int(w, (int64_t)loc->length);
+    close_obj(w);
+}
+
 /* The .metadata pickle (the Metadata dataclass torch.distributed.checkpoint saves). locs: per
  * chunk of every tensor in order, then per bytes. */
 static enum lms_status build_metadata(const struct lms_dcp_w_tensor *tensors, size_t n_tensors,
@@ -115,14 +128,7 @@ static enum lms_status build_metadata(const struct lms_dcp_w_tensor *tensors, si
             lms_pkl_w_str(w, "index");
             lms_pkl_w_int(w, (int64_t)c);
             close_obj(w);
-            open_obj(w, dcp_fs_mod, "_StorageInfo");
-            lms_pkl_w_str(w, "relative_path");
-            lms_pkl_w_str(w, "__0_0.distcp");
-            lms_pkl_w_str(w, "offset");
-            lms_pkl_w_int(w, (int64_t)locs[k].offset);
-            lms_pkl_w_str(w, "length");
-            lms_pkl_w_int(w, (int64_t)locs[k].length);
-            close_obj(w);
+            storage_info(w, &locs[k]);
             lms_pkl_w_op(w, LMS_PKL_OP_SETITEMS);
         }
     for (size_t i = 0; i < n_bytes; i++, k++) {
@@ -132,14 +138,7 @@ static enum lms_status build_metadata(const struct lms_dcp_w_tensor *tensors, si
         lms_pkl_w_str(w, "index");
         lms_pkl_w_none(w);
         close_obj(w);
-        open_obj(w, dcp_fs_mod, "_StorageInfo");
-        lms_pkl_w_str(w, "relative_path");
-        lms_pkl_w_str(w, "__0_0.distcp");
-        lms_pkl_w_str(w, "offset");
-        lms_pkl_w_int(w, (int64_t)locs[k].offset);
-        lms_pkl_w_str(w, "length");
-        lms_pkl_w_int(w, (int64_t)locs[k].length);
-        close_obj(w);
+        storage_info(w, &locs[k]);
         lms_pkl_w_op(w, LMS_PKL_OP_SETITEM);
     }
     lms_pkl_w_str(w, "storage_meta");

@@ -67,28 +67,32 @@ static enum lms_status tensor_from_call(const struct lms_pkl *call, const struct
                                 out, err);
 }
 
+/* The zip archive torch.save writes, and its data.pkl parsed into doc (the caller releases z
+ * and doc whatever the outcome). */
+static enum lms_status open_archive(const void *src, size_t len, struct lms_zip *z,
+                                    struct lms_pkl_doc *doc, struct lms_error *err)
+{
+    enum lms_status rc = lms_zip_parse(src, len, z, err);
+    if (rc)
+        return rc;
+    const struct lms_zip_entry *pk = lms_zip_find(z, "data.pkl");
+    if (!pk)
+        return lms_error_set(err, LMS_EFORMAT, "no data.pkl record");
+    rc = lms_zip_check_crc(src, pk, err);
+    if (!rc)
+        rc = lms_pkl_parse((const unsigned char *)src + pk->data_off, (size_t)pk->size, doc, err);
+    return rc ? lms_error_wrap(err, "data.pkl: ") : LMS_OK;
+}
+
 enum lms_status lms_torch_tensor_view(const void *src, size_t src_len, struct lms_storage *s,
                                       uint64_t base_off, int list_index, struct lms_view **out,
                                       struct lms_error *err)
 {
     struct lms_zip z;
     struct lms_pkl_doc doc = {0};
-    enum lms_status rc = lms_zip_parse(src, src_len, &z, err);
+    enum lms_status rc = open_archive(src, src_len, &z, &doc, err);
     if (rc)
         goto out;
-    const struct lms_zip_entry *pk = lms_zip_find(&z, "data.pkl");
-    if (!pk) {
-        rc = lms_error_set(err, LMS_EFORMAT, "no data.pkl record");
-        goto out;
-    }
-    rc = lms_zip_check_crc(src, pk, err);
-    if (!rc)
-        rc = lms_pkl_parse((const unsigned char *)src + pk->data_off, (size_t)pk->size, &doc,
-                           err);
-    if (rc) {
-        lms_error_wrap(err, "data.pkl: ");
-        goto out;
-    }
     const struct lms_pkl *v = doc.root;
     if (list_index >= 0) {
         if (v->kind != LMS_PKL_LIST || (size_t)list_index >= v->u.seq.n) {
@@ -150,21 +154,9 @@ enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, 
         return lms_error_set(err, LMS_EFORMAT, "state dict past the end of its file");
     const unsigned char *src = (const unsigned char *)s->base + base;
     struct lms_zip z;
-    enum lms_status rc = lms_zip_parse(src, (size_t)len, &z, err);
+    enum lms_status rc = open_archive(src, (size_t)len, &z, &d->doc, err);
     if (rc)
         goto out;
-    const struct lms_zip_entry *pk = lms_zip_find(&z, "data.pkl");
-    if (!pk) {
-        rc = lms_error_set(err, LMS_EFORMAT, "no data.pkl record");
-        goto out;
-    }
-    rc = lms_zip_check_crc(src, pk, err);
-    if (!rc)
-        rc = lms_pkl_parse(src + pk->data_off, (size_t)pk->size, &d->doc, err);
-    if (rc) {
-        lms_error_wrap(err, "data.pkl: ");
-        goto out;
-    }
     const struct lms_pkl *root = d->doc.root, *inner = lms_pkl_dict_get(root, "state_dict");
     if (inner && inner->kind == LMS_PKL_DICT)
         root = inner; /* a Lightning checkpoint: {"state_dict": {...}, ...} */
