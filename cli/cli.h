@@ -160,7 +160,6 @@ struct cli_spec {
     enum cli_positional positional;
     const char *positional_usage;    /* CLI_POS_ONE's usage error */
     bool out_optional;               /* CLI_POS_IN_OUT: the command checks OUT itself */
-    bool getopt_reports;             /* getopt names a bad option on stderr; "unknown option" */
     const struct cli_opt *opts;      /* the command's own options */
     /* CLI_OPT_CALL rows: 0 when stored, else the exit code of the usage error it printed.
      * word is argv's last word read (the value, or "--name=value"). */

@@ -173,7 +173,7 @@ static int run(void *args);
 
 static const struct cli_spec spec = {
     .name = "preprocess", .help = {usage_text}, .shorts = "h", .groups = CLI_FORCE,
-    .positional = CLI_POS_NONE, .getopt_reports = true, .opts = opts,
+    .positional = CLI_POS_NONE, .opts = opts,
     .run = run,
 };
 

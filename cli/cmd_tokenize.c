@@ -289,7 +289,7 @@ static int run(void *args);
 
 static const struct cli_spec spec = {
     .name = "tokenize", .help = {usage_text}, .shorts = "h", .positional = CLI_POS_NONE,
-    .getopt_reports = true, .opts = opts, .on_option = on_option, .check = check,
+    .opts = opts, .on_option = on_option, .check = check,
     .run = run,
 };
 

@@ -193,7 +193,7 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
     build_table(spec, &t);
     int c;
     optind = 1;
-    opterr = spec->getopt_reports;
+    opterr = 0; /* the one usage line below names a bad option, not getopt */
     while ((c = getopt_long(argc, argv, spec->shorts, t.getopt, NULL)) != -1) {
         int i = c >= CODE ? c - CODE : short_row(&t, c);
         if (i == t.help) {
@@ -202,10 +202,8 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
             return CLI_EXIT_OK;
         }
         if (i < 0 || i >= t.n)
-            return spec->getopt_reports
-                       ? cli_usage_error(spec->name, "unknown option")
-                       : cli_usage_error(spec->name, "unknown or incomplete option '%s'",
-                                         argv[optind - 1]);
+            return cli_usage_error(spec->name, "unknown or incomplete option '%s'",
+                                   argv[optind - 1]);
         int rc = store(spec, t.row[i], t.shared[i], args, optarg, argv[optind - 1]);
         if (rc)
             return rc;
