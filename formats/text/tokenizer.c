@@ -326,6 +326,13 @@ static enum lms_status parse_model(struct lms_tokenizer *tk, json_t *model, json
     size_t n_added = json_is_array(added) ? json_array_size(added) : 0;
     if (added && !json_is_array(added))
         return lms_error_set(err, LMS_EFORMAT, "added_tokens: not an array");
+    /* the id -> token table has max_id + 1 entries: ids may leave gaps, but not so many that a
+     * small file asks for gigabytes (real vocabularies number their tokens 0..n-1) */
+    int64_t n_entries = (int64_t)(n_vocab + n_added);
+    if (max_id >= 2 * n_entries + 65536)
+        return lms_error_set(err, LMS_EFORMAT, "model.vocab: id %lld for %lld tokens; ids this "
+                             "sparse are not supported (at most 2 x tokens + 65536)",
+                             (long long)max_id, (long long)n_entries);
     tk->n_vocab = (int64_t)n_vocab;
     tk->added = lms_calloc(n_added ? n_added : 1, sizeof(*tk->added));
     tk->arena = lms_malloc(arena_len ? arena_len : 1);

@@ -28,6 +28,7 @@ expect 4 "no-such" "$LMSURGEON" tokenize --dataset "$bad/dataset/no-such"
 expect 3 "model.type" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unknown-model" --text a
 expect 3 "pre_tokenizer.type" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unknown-pre-tokenizer" --text a
 expect 3 "model.merges[1]" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/bad-merges" --text a
+expect 3 "ids this sparse" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/sparse-ids" --text a
 expect 3 "pre_tokenizer.pretokenizers[0].pattern.Regex" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unsupported-regex" --text a
 expect 2 "--tokenizer is required" "$LMSURGEON" tokenize --text a
 
