@@ -2,13 +2,11 @@
  * student and the training state (and restoring it on --resume), the metrics file and the
  * reports. With several ranks every collective here is reached by every rank, whatever failed
  * on one of them, so that no rank waits for one that left. */
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/distill_run.h"
 #include "lms/alloc.h"
