@@ -109,45 +109,9 @@ out:
     return rc;
 }
 
-/* Renames a pre-mcore NeMo 1 / Megatron-LM key (language_model.encoder.layers.N....) to its
- * Megatron-Core equivalent, into dst; false when key is not a legacy name. */
-static bool legacy_key(const char *key, char *dst, size_t dst_cap)
-{
-    static const struct {
-        const char *from, *to;
-    } map[] = {
-        {"self_attention.query_key_value.weight", "self_attention.linear_qkv.weight"},
-        {"self_attention.query_key_value.bias", "self_attention.linear_qkv.bias"},
-        {"self_attention.dense.weight", "self_attention.linear_proj.weight"},
-        {"input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"},
-        {"post_attention_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"},
-        {"mlp.dense_h_to_4h.weight", "mlp.linear_fc1.weight"},
-        {"mlp.dense_4h_to_h.weight", "mlp.linear_fc2.weight"},
-    };
-    const char *lm = strstr(key, "language_model.");
-    if (!lm)
-        return false;
-    int pl = (int)(lm - key);
-    const char *rest = lm + 15;
-    if (strcmp(rest, "embedding.word_embeddings.weight") == 0 ||
-        strcmp(rest, "output_layer.weight") == 0)
-        return (size_t)snprintf(dst, dst_cap, "%.*s%s", pl, key, rest) < dst_cap;
-    if (strcmp(rest, "encoder.final_layernorm.weight") == 0)
-        return (size_t)snprintf(dst, dst_cap, "%.*sdecoder.final_layernorm.weight", pl, key) <
-               dst_cap;
-    long long l;
-    int used = 0;
-    if (sscanf(rest, "encoder.layers.%lld.%n", &l, &used) != 1 || used == 0)
-        return false;
-    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
-        if (strcmp(rest + used, map[i].from) == 0)
-            return (size_t)snprintf(dst, dst_cap, "%.*sdecoder.layers.%lld.%s", pl, key, l,
-                                    map[i].to) < dst_cap;
-    return false;
-}
-
 enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, uint64_t len,
-                                          struct lms_dcp *d, struct lms_error *err)
+                                          lms_torch_key_map rename, struct lms_dcp *d,
+                                          struct lms_error *err)
 {
     memset(d, 0, sizeof(*d));
     if (base > s->size || len > s->size - base)
@@ -189,8 +153,8 @@ enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, 
         }
         char renamed[512];
         struct lms_dcp_tensor *t = &d->tensors[d->n_tensors];
-        t->key = lms_strdup(legacy_key(k->u.s.data, renamed, sizeof(renamed)) ? renamed
-                                                                                : k->u.s.data);
+        bool mapped = rename && rename(k->u.s.data, renamed, sizeof(renamed));
+        t->key = lms_strdup(mapped ? renamed : k->u.s.data);
         if (!t->key) {
             lms_view_release(view);
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");

@@ -21,14 +21,18 @@ enum lms_status lms_torch_tensor_view(const void *src, size_t src_len, struct lm
                                       uint64_t base_off, int list_index, struct lms_view **out,
                                       struct lms_error *err);
 
+/* A key map for lms_torch_state_dict_open: writes the name key goes by into dst and returns
+ * true, or returns false to keep key. */
+typedef bool (*lms_torch_key_map)(const char *key, char *dst, size_t dst_cap);
+
 /* Reads a torch.save state dict (a dict of tensors, or a Lightning checkpoint holding one under
  * "state_dict") from the zip at bytes [base, base + len) of storage s, as d->tensors with whole
- * views and no chunks; values that are not tensors (_extra_state, None) are skipped. Pre-mcore
- * names (language_model.encoder.layers.N.self_attention.query_key_value.weight, ...) are renamed
- * to their Megatron-Core keys (decoder.layers.N.self_attention.linear_qkv.weight). OUT: d
- * (release it, also on failure). */
+ * views and no chunks; values that are not tensors (_extra_state, None) are skipped. rename
+ * (NULL: none) maps each key first; two tensors may not end up with one name. OUT: d (release
+ * it, also on failure). */
 enum lms_status lms_torch_state_dict_open(struct lms_storage *s, uint64_t base, uint64_t len,
-                                          struct lms_dcp *d, struct lms_error *err);
+                                          lms_torch_key_map rename, struct lms_dcp *d,
+                                          struct lms_error *err);
 
 /* Writes the torch.save record set (data.pkl, byteorder, the data records, version,
  * .data/serialization_id) for a pickle that references n tensors as storage keys "0".."n-1".

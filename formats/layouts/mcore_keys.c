@@ -11,10 +11,10 @@ const char *const lms__nemo_extra_state_modules[] = {
 };
 
 const struct lms__nemo_layer_key lms__nemo_layer_keys[] = {
-    {"self_attention.linear_qkv.layer_norm_weight", LMS_ROLE_ATTN_NORM},
+    {LMS_MCORE_ATTN_NORM, LMS_ROLE_ATTN_NORM},
     {LMS_MCORE_Q_NORM, LMS_ROLE_Q_NORM},
-    {"self_attention.k_layernorm.weight", LMS_ROLE_K_NORM},
-    {"self_attention.linear_proj.weight", LMS_ROLE_O},
-    {"mlp.linear_fc1.layer_norm_weight", LMS_ROLE_MLP_NORM},
-    {"mlp.linear_fc2.weight", LMS_ROLE_DOWN},
+    {LMS_MCORE_K_NORM, LMS_ROLE_K_NORM},
+    {LMS_MCORE_PROJ, LMS_ROLE_O},
+    {LMS_MCORE_MLP_NORM, LMS_ROLE_MLP_NORM},
+    {LMS_MCORE_FC2, LMS_ROLE_DOWN},
 };

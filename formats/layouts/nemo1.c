@@ -437,6 +437,41 @@ static enum lms_status add_aux(const struct tarball *tb, struct lms_model *m,
     return rc;
 }
 
+/* Renames a pre-mcore NeMo 1 / Megatron-LM key (language_model.encoder.layers.N.<old name>) to
+ * its Megatron-Core key, into dst; false when key is not a legacy name. */
+static bool legacy_key(const char *key, char *dst, size_t dst_cap)
+{
+    static const struct {
+        const char *from, *to;
+    } map[] = {
+        {"self_attention.query_key_value.weight", LMS_MCORE_QKV_WEIGHT},
+        {"self_attention.query_key_value.bias", LMS_MCORE_QKV_BIAS},
+        {"self_attention.dense.weight", LMS_MCORE_PROJ},
+        {"input_layernorm.weight", LMS_MCORE_ATTN_NORM},
+        {"post_attention_layernorm.weight", LMS_MCORE_MLP_NORM},
+        {"mlp.dense_h_to_4h.weight", LMS_MCORE_FC1_WEIGHT},
+        {"mlp.dense_4h_to_h.weight", LMS_MCORE_FC2},
+    };
+    const char *lm = strstr(key, "language_model.");
+    if (!lm)
+        return false;
+    int pl = (int)(lm - key);
+    const char *rest = lm + strlen("language_model.");
+    if (strcmp(rest, LMS_MCORE_EMBED) == 0 || strcmp(rest, LMS_MCORE_OUTPUT) == 0)
+        return (size_t)snprintf(dst, dst_cap, "%.*s%s", pl, key, rest) < dst_cap;
+    if (strcmp(rest, "encoder.final_layernorm.weight") == 0)
+        return (size_t)snprintf(dst, dst_cap, "%.*s%s", pl, key, LMS_MCORE_FINAL_NORM) < dst_cap;
+    long long l;
+    int used = 0;
+    if (sscanf(rest, "encoder.layers.%lld.%n", &l, &used) != 1 || used == 0)
+        return false;
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(rest + used, map[i].from) == 0)
+            return (size_t)snprintf(dst, dst_cap, "%.*s%s%lld.%s", pl, key, LMS_MCORE_LAYERS, l,
+                                    map[i].to) < dst_cap;
+    return false;
+}
+
 static enum lms_status open_weights(const struct tarball *tb, struct lms_dcp *d,
                                     struct lms_error *err)
 {
@@ -457,7 +492,7 @@ static enum lms_status open_weights(const struct tarball *tb, struct lms_dcp *d,
         enum lms_status rc = tb_bytes(tb, "model_weights.ckpt", &s, &off, &len, err);
         if (rc)
             return rc;
-        rc = lms_torch_state_dict_open(s, off, len, d, err);
+        rc = lms_torch_state_dict_open(s, off, len, legacy_key, d, err);
         lms_storage_release(s);
         if (rc)
             lms_error_wrap(err, "'%s:model_weights.ckpt': ", tb->path);

@@ -31,7 +31,12 @@
 #define LMS_MCORE_QKV_WEIGHT "self_attention.linear_qkv.weight"
 #define LMS_MCORE_QKV_BIAS "self_attention.linear_qkv.bias"
 #define LMS_MCORE_FC1_WEIGHT "mlp.linear_fc1.weight"
+#define LMS_MCORE_ATTN_NORM "self_attention.linear_qkv.layer_norm_weight"
 #define LMS_MCORE_Q_NORM "self_attention.q_layernorm.weight"
+#define LMS_MCORE_K_NORM "self_attention.k_layernorm.weight"
+#define LMS_MCORE_PROJ "self_attention.linear_proj.weight"
+#define LMS_MCORE_MLP_NORM "mlp.linear_fc1.layer_norm_weight"
+#define LMS_MCORE_FC2 "mlp.linear_fc2.weight"
 
 /* A per-layer key (after "decoder.layers.") that is a straight copy of one role. */
 struct lms__nemo_layer_key {

@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lms_torch_tensor_view(s->base, size, s, 0, 0, &v, &err);
     lms_view_release(v);
     struct lms_dcp d;
-    lms_torch_state_dict_open(s, 0, size, &d, &err);
+    lms_torch_state_dict_open(s, 0, size, NULL, &d, &err);
     lms_dcp_release(&d);
     lms_storage_release(s);
     return 0;
