@@ -114,7 +114,7 @@ struct cli_opt {
     const char *name;      /* long name without "--"; NULL ends the table */
     enum cli_opt_kind kind;
     size_t field;          /* offsetof the destination in the command's argument struct */
-    int64_t min, max;      /* CLI_OPT_COUNT: accepted range */
+    int64_t min, max;      /* CLI_OPT_COUNT: accepted range; CLI_OPT_REAL: min 1 refuses 0 */
     const char *bad;       /* CLI_OPT_COUNT, _REAL: the usage error, with one %s for the value;
                             * CLI_OPT_STRING: the usage error when the option is missing
                             * (NULL: optional) */
