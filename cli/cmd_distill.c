@@ -176,9 +176,9 @@ static const struct cli_opt opts[] = {
     CLI_CALL("optim-preset", O_PRESET),
     CLI_CALL("adam-beta1", O_BETA1),
     CLI_CALL("adam-beta2", O_BETA2),
-    CLI_REAL("adam-eps", T, over[2], true, "invalid --adam-eps '%s'"),
-    CLI_REAL("weight-decay", T, over[3], false, "invalid --weight-decay '%s'"),
-    CLI_REAL("clip-grad", T, over[4], false, "invalid --clip-grad '%s'"),
+    CLI_REAL("adam-eps", T, over.eps, true, "invalid --adam-eps '%s'"),
+    CLI_REAL("weight-decay", T, over.weight_decay, false, "invalid --weight-decay '%s'"),
+    CLI_REAL("clip-grad", T, over.clip_norm, false, "invalid --clip-grad '%s'"),
     CLI_REAL("kd-temperature", T, temperature, true, "invalid --kd-temperature '%s'"),
     CLI_CALL("kd-loss", O_KD_LOSS),
     CLI_COUNT("kd-top-k", T, top_k, 1, 0, "invalid --kd-top-k '%s'"),
@@ -238,7 +238,7 @@ static int on_option(void *args, int id, const char *value, const char *word)
     }
     case O_BETA1:
     case O_BETA2: {
-        double *beta = &a->over[id == O_BETA1 ? 0 : 1];
+        double *beta = id == O_BETA1 ? &a->over.beta1 : &a->over.beta2;
         if (!cli_parse_real(value, beta) || *beta >= 1)
             return cli_usage_error(cmd, "invalid --adam-beta%d '%s' (0 <= beta < 1)",
                                    id == O_BETA1 ? 1 : 2, value);
@@ -264,11 +264,12 @@ static int check(void *args)
     if (a->kd_kind == LMS_KD_TOP_K && !a->top_k)
         return cli_usage_error(cmd, "--kd-loss top-k needs --kd-top-k K");
     lms_optim_preset_apply(a->preset, &a->adam);
-    double *setting[5] = {&a->adam.beta1, &a->adam.beta2, &a->adam.eps, &a->adam.weight_decay,
-                          &a->adam.clip_norm};
-    for (int i = 0; i < 5; i++)
-        if (!isnan(a->over[i]))
-            *setting[i] = a->over[i];
+    const struct lms_adamw_opts *o = &a->over;
+    a->adam.beta1 = isnan(o->beta1) ? a->adam.beta1 : o->beta1;
+    a->adam.beta2 = isnan(o->beta2) ? a->adam.beta2 : o->beta2;
+    a->adam.eps = isnan(o->eps) ? a->adam.eps : o->eps;
+    a->adam.weight_decay = isnan(o->weight_decay) ? a->adam.weight_decay : o->weight_decay;
+    a->adam.clip_norm = isnan(o->clip_norm) ? a->adam.clip_norm : o->clip_norm;
     return CLI_PARSED;
 }
 
@@ -650,7 +651,7 @@ int cmd_distill(int argc, char **argv)
         .gbs = 768, .mbs = 8, .max_steps = 40, .warmup = 1, .seq = 4096, .lr = 1e-4,
         .min_lr = 1e-5, .log_interval = 1, .val_batches = 1, .seed = 1234, .split = "969,30,1",
         .log_dir = ".", .temperature = 1, .kd_loss_scale = 1,
-        .over = {NAN, NAN, NAN, NAN, NAN},
+        .over = {.beta1 = NAN, .beta2 = NAN, .eps = NAN, .weight_decay = NAN, .clip_norm = NAN},
     };
     int rc = take_data_paths(&argc, argv, &a);
     if (rc == CLI_PARSED)

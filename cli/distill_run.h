@@ -27,8 +27,8 @@ struct distill_args {
     enum lms_kd_kind kd_kind;
     enum lms_optim_preset preset;
     struct lms_adamw_opts adam; /* the preset with the overrides applied */
-    double over[5];             /* --adam-beta1, -beta2, -eps, --weight-decay, --clip-grad;
-                                 * NAN: the preset's */
+    struct lms_adamw_opts over; /* --adam-beta1/-beta2/-eps, --weight-decay, --clip-grad as
+                                 * given; NAN: the preset's */
     bool resume, dry_run, recompute, legacy_ckpt;
     int64_t devices, num_nodes, tp_size, pp_size; /* 0: not given */
 };

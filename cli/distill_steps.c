@@ -14,6 +14,10 @@
 #include "lms/format.h"
 #include "lms/outdir.h"
 
+/* A parameter's three tensors in the training state: its master weight, then AdamW's first and
+ * second moment under these suffixes (torch's exp_avg / exp_avg_sq). */
+static const char *const state_suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
+
 static volatile sig_atomic_t interrupted;
 
 static void on_sigint(int sig)
@@ -99,8 +103,8 @@ bool distill_config_diff(const json_t *was, const json_t *now, const char *prefi
 }
 
 /* Reads rows [first, first + n) of blend into ids / targets (n x seq each). */
-static enum lms_status load_rows(struct distill_run *r, const struct lms_blend *b, int64_t first, int64_t n,
-                                 struct lms_error *err)
+static enum lms_status load_rows(struct distill_run *r, const struct lms_blend *b,
+                                 int64_t first, int64_t n, struct lms_error *err)
 {
     int64_t S = r->a->seq;
     for (int64_t i = 0; i < n; i++) {
@@ -223,12 +227,11 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
                 goto out;
             }
         }
-        static const char *const suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
         for (size_t i = 0; i < n && !st && writer; i++) {
             const struct lms_train_param *p = lms_trainer_param(r->tr, i);
             const float *dev[3] = {p->w, r->comm ? p->g : p->m, r->comm ? p->g : p->v};
             struct lms_state_tensor *x = &t[3 * i + (size_t)j];
-            snprintf(x->name, sizeof x->name, "%s%s", p->name, suffix[j]);
+            snprintf(x->name, sizeof x->name, "%s%s", p->name, state_suffix[j]);
             x->ndim = p->ndim;
             memcpy(x->shape, p->shape, sizeof p->shape);
             size_t bytes = (size_t)p->numel * sizeof(float);
@@ -293,10 +296,9 @@ enum lms_status distill_restore(struct distill_run *r, const struct lms_train_st
         float *host = lms_malloc(bytes ? bytes : 1);
         if (!host)
             return lms_error_set(err, LMS_ENOMEM, "out of memory reading the training state");
-        static const char *const suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
         for (int j = 0; j < 3 && !st; j++) {
             char name[300];
-            snprintf(name, sizeof name, "%s%s", p->name, suffix[j]);
+            snprintf(name, sizeof name, "%s%s", p->name, state_suffix[j]);
             if ((st = lms_train_state_get(s, r->state_dir, name, p->ndim, p->shape, host, err)))
                 break;
             /* moments: this rank's shard of them (all without a communicator) */
@@ -345,7 +347,8 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
     int64_t P = tp->n_params;
     bool dev = m->runtime > 0;
     fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters%s):\n",
-            dev ? "device" : "host", r->a->base.device ? r->a->base.device : "cpu", (long long)r->a->mbs, (long long)r->a->seq,
+            dev ? "device" : "host", r->a->base.device ? r->a->base.device : "cpu",
+            (long long)r->a->mbs, (long long)r->a->seq,
             (long long)P, r->world > 1 ? ", per rank" : "");
 #define LINE(label, v, ...)                                                                       \
     do {                                                                                          \

@@ -79,6 +79,25 @@ expect 2 "invalid --max-shard-size '0'" distill "${D[@]}" --data-paths "$IDS" \
 expect 2 "--resume and --force exclude each other" distill "${D[@]}" --data-paths "$IDS" \
     --resume --force
 
+# the optimiser: the preset, then each setting given overrides it. A one-step run saves its
+# configuration; resuming with one setting changed is refused naming exactly that setting, so
+# the value given reached the run (and the others did not move).
+# ids below the tiny model's 512-entry vocabulary, as a raw .u16 id file
+python3 -c 'import array, sys; a = array.array("H", (i * 7919 % 512 for i in range(4096)))
+a.tofile(open(sys.argv[1], "wb"))' "$TMP/small.u16"
+R=(--student "$TINY" --teacher "$TINY" --data-paths "$TMP/small.u16" --split 1 --seq-length 16 --gbs 2
+   --mbs 1 --max-steps 2 --exit-interval 1 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs"
+   --out "$TMP/run" --optim-preset megatron --adam-eps 1e-6 --clip-grad 0 --quiet)
+n_checks=$((n_checks + 1))
+if ! "$LMSURGEON" distill "${R[@]}" >"$TMP/out" 2>"$TMP/err"; then
+    fail "one-step distill run: $(head -c 400 "$TMP/err")"
+fi
+expect 2 "(adamw.eps was 9.9999999999999995e-7, now 0.001)" distill "${R[@]}" --resume \
+    --adam-eps 1e-3
+expect 2 "(adamw.clip_grad was 0.0, now 1.0)" distill "${R[@]}" --resume --clip-grad 1
+expect 2 "(adamw.beta2 was 0.94999999999999996, now 0.999)" distill "${R[@]}" --resume \
+    --optim-preset parity --adam-eps 1e-6 --clip-grad 0 --weight-decay 0.1
+
 # a seed is 0 to 2^63 - 1 in every command that takes one
 for cmd in score prune distill; do
     expect 2 "invalid --seed '-1'" "$cmd" --seed -1
