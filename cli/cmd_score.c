@@ -91,7 +91,9 @@ static const char usage_text[] =
     "  --precision P          GEMM and attention arithmetic: auto (default: the device's\n"
     "                         own, fp32 on the CPU, bf16 on CUDA as the reference workflow\n"
     "                         runs), fp32 or bf16; the statistics are fp32 or better always\n"
-    "  --merge FILE...        add the raw sums of importance files of the same model\n"
+    "  --merge FILE...        add the raw sums of importance files scored over disjoint rows\n"
+    "                         of the same data, model, order, seed and row length (anything\n"
+    "                         else is refused, naming both files)\n"
     "  --force                overwrite an existing output file\n"
     "  --json                 print one JSON object on stdout\n"
     "  --quiet                no progress bar, no summary\n"
@@ -208,21 +210,43 @@ static json_t *result_json(const struct lms_importance *imp, const char *out, do
     return o;
 }
 
+/* Reads every file, refuses any pair that is not disjoint rows of one calibration set (naming
+ * both files) and adds them in order. */
+static enum lms_status merge_files(char **files, int n, struct lms_importance *acc,
+                                   struct lms_error *err)
+{
+    struct lms_importance *imp = lms_calloc((size_t)n, sizeof *imp);
+    if (!imp)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    enum lms_status rc = LMS_OK;
+    int n_read = 0;
+    for (; !rc && n_read < n; n_read++)
+        rc = lms_importance_read(files[n_read], &imp[n_read], err);
+    for (int i = 0; !rc && i < n; i++)
+        for (int j = i + 1; !rc && j < n; j++)
+            if ((rc = lms_importance_mergeable(&imp[i], &imp[j], err)))
+                lms_error_wrap(err, "merging '%s' and '%s': ", files[i], files[j]);
+    for (int i = 1; !rc && i < n; i++)
+        if ((rc = lms_importance_merge(&imp[0], &imp[i], err)))
+            lms_error_wrap(err, "merging '%s' into the files before it: ", files[i]);
+    if (!rc) {
+        *acc = imp[0];
+        lms_importance_init(&imp[0], NULL);
+    }
+    for (int i = 0; i < n_read; i++)
+        lms_importance_release(&imp[i]);
+    lms_free(imp);
+    return rc;
+}
+
 static int run_merge(struct cli_common *co, char **files, int n, const char *out)
 {
     struct lms_error err;
     lms_error_clear(&err);
-    struct lms_importance acc, next;
+    struct lms_importance acc;
     lms_importance_init(&acc, NULL);
-    lms_importance_init(&next, NULL);
     double t0 = cli_now();
-    enum lms_status rc = lms_importance_read(files[0], &acc, &err);
-    for (int i = 1; !rc && i < n; i++) {
-        rc = lms_importance_read(files[i], &next, &err);
-        if (!rc && (rc = lms_importance_merge(&acc, &next, &err)))
-            lms_error_wrap(&err, "merging '%s' into '%s': ", files[i], files[0]);
-        lms_importance_release(&next);
-    }
+    enum lms_status rc = merge_files(files, n, &acc, &err);
     if (!rc)
         rc = lms_importance_write(&acc, out, &err);
     int code;
@@ -339,6 +363,7 @@ static int check(void *args)
     if (a->seed >= 0)
         so->seed = (uint64_t)a->seed;
     so->data_name = a->data;
+    so->model_name = a->base.in;
     if (so->micro_batch > so->row_end - so->row_begin)
         so->micro_batch = so->row_end - so->row_begin;
     return CLI_PARSED;

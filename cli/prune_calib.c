@@ -77,6 +77,7 @@ static enum lms_status score(struct prune_calib *c, const struct lms_model *m, u
     so.layer_metric = metric;
     so.block_size = block;
     so.data_name = c->o.data;
+    so.model_name = c->o.model;
     struct cli_progress bar;
     cli_progress_begin(&bar, label, 0, false, c->o.quiet || c->o.json);
     so.progress = cli_progress_cb;

@@ -15,6 +15,7 @@
 
 struct prune_calib_opts {
     const char *data;      /* dataset prefix or raw id file; NULL = no calibration */
+    const char *model;     /* the model's path, for messages (may be NULL) */
     int64_t n_samples;     /* calibration windows */
     int64_t seq_len;       /* tokens per window */
     int64_t mbs;           /* windows per forward */

@@ -299,25 +299,106 @@ enum lms_status lms_importance_check(const struct lms_importance *imp, const str
     return LMS_OK;
 }
 
-static json_t *vec_json(const double *v, int64_t n)
+/* obj[key] = value (stolen; NULL: out of memory). */
+static enum lms_status put(json_t *obj, const char *key, json_t *value, struct lms_error *err)
 {
-    json_t *a = json_array();
+    if (!value || json_object_set_new(obj, key, value))
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return LMS_OK;
+}
+
+/* A JSON array of the n numbers at v. An entry that is not finite is an error naming what and
+ * the entry: json_real refuses NaN and infinity, and its NULL must never become a dropped entry
+ * (a short array in a file that reads back wrong or not at all). OUT: *out. */
+static enum lms_status vec_json(const double *v, int64_t n, const char *what, json_t **out,
+                                struct lms_error *err)
+{
+    *out = NULL;
     for (int64_t i = 0; i < n; i++)
-        json_array_append_new(a, json_real(v[i]));
-    return a;
+        if (!isfinite(v[i]))
+            return lms_error_set(err, LMS_EFORMAT, "'%s' entry %lld is not finite (%g)", what,
+                                 (long long)i, v[i]);
+    json_t *a = json_array();
+    for (int64_t i = 0; a && i < n; i++)
+        if (json_array_append_new(a, json_real(v[i]))) {
+            json_decref(a);
+            a = NULL;
+        }
+    if (!a)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    *out = a;
+    return LMS_OK;
 }
 
-static json_t *mat_json(const double *v, int64_t rows, int64_t n)
+/* obj[key] = the n numbers at v (vec_json). */
+static enum lms_status put_vec(json_t *obj, const char *key, const double *v, int64_t n,
+                               const char *what, struct lms_error *err)
+{
+    json_t *a;
+    enum lms_status rc = vec_json(v, n, what, &a, err);
+    return rc ? rc : put(obj, key, a, err);
+}
+
+/* obj[key] = rows arrays of n numbers (row l named "what[l]" in errors). */
+static enum lms_status put_mat(json_t *obj, const char *key, const double *v, int64_t rows,
+                               int64_t n, const char *what, struct lms_error *err)
 {
     json_t *a = json_array();
-    for (int64_t l = 0; l < rows; l++)
-        json_array_append_new(a, vec_json(v + l * n, n));
-    return a;
+    enum lms_status rc = a ? LMS_OK : lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int64_t l = 0; !rc && l < rows; l++) {
+        char row[64];
+        snprintf(row, sizeof row, "%s[%lld]", what, (long long)l);
+        json_t *r;
+        rc = vec_json(v + l * n, n, row, &r, err);
+        if (!rc && json_array_append_new(a, r))
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    if (rc) {
+        json_decref(a);
+        return rc;
+    }
+    return put(obj, key, a, err);
 }
 
-enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
-                                     struct lms_error *err)
+/* root["raw"] = imp's additive sums. */
+static enum lms_status put_raw(json_t *root, const struct lms_importance *imp,
+                               struct lms_error *err)
 {
+    const struct lms_importance_raw *x = &imp->raw;
+    int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
+    if (!isfinite(x->base_loss))
+        return lms_error_set(err, LMS_EFORMAT, "'raw.base_loss' is not finite (%g)",
+                             x->base_loss);
+    json_t *r = json_pack("{s:I,s:I,s:I,s:I,s:f}", "rows", (json_int_t)x->n_rows, "row_length",
+                          (json_int_t)x->seq_len, "cos_rows", (json_int_t)x->n_cos_rows,
+                          "loss_tokens", (json_int_t)x->n_loss_tokens, "base_loss", x->base_loss);
+    enum lms_status rc = r ? LMS_OK : lms_error_set(err, LMS_ENOMEM, "out of memory");
+    if (!rc && x->hidden_sq)
+        rc = put_mat(r, "hidden_sq", x->hidden_sq, 2 * L, imp->hidden, "raw.hidden_sq", err);
+    if (!rc && x->ffn_sq)
+        rc = put_mat(r, "ffn_sq", x->ffn_sq, L, imp->ffn, "raw.ffn_sq", err);
+    if (!rc && x->head_sq)
+        rc = put_mat(r, "head_sq", x->head_sq, L, imp->n_heads, "raw.head_sq", err);
+    if (!rc && x->layer_cos)
+        rc = put_vec(r, "layer_cos", x->layer_cos, L, "raw.layer_cos", err);
+    if (!rc && x->block_cos)
+        rc = put_vec(r, "block_cos", x->block_cos, n_starts, "raw.block_cos", err);
+    if (!rc && x->layer_loss)
+        rc = put_vec(r, "layer_loss", x->layer_loss, L, "raw.layer_loss", err);
+    if (!rc && x->block_loss)
+        rc = put_vec(r, "block_loss", x->block_loss, n_starts, "raw.block_loss", err);
+    if (rc) {
+        json_decref(r);
+        return rc;
+    }
+    return put(root, "raw", r, err);
+}
+
+/* The whole file as JSON; every number checked finite. OUT: *out. */
+static enum lms_status importance_json(const struct lms_importance *imp, json_t **out,
+                                       struct lms_error *err)
+{
+    *out = NULL;
     json_t *root = json_pack(
         "{s:s,s:i,s:s,s:{s:I,s:I,s:I,s:I,s:I}}", "format", "lmsurgeon-importance", "version", 2,
         "method", imp->method ? imp->method : "unknown", "model", "num_layers",
@@ -326,51 +407,45 @@ enum lms_status lms_importance_write(const struct lms_importance *imp, const cha
         (json_int_t)imp->n_groups);
     if (!root)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
-    if (imp->source)
-        json_object_set(root, "source", imp->source);
+    enum lms_status rc = LMS_OK;
+    if (imp->source && json_object_set(root, "source", imp->source))
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
     int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
-    if (imp->layer_metric != LMS_LAYER_METRIC_NONE)
-        json_object_set_new(root, "layer_metric",
-                            json_string(lms_layer_metric_name(imp->layer_metric)));
-    if (imp->block_size)
-        json_object_set_new(root, "block_size", json_integer((json_int_t)imp->block_size));
-    if (imp->layers)
-        json_object_set_new(root, "layers", vec_json(imp->layers, imp->n_layers));
-    if (imp->blocks)
-        json_object_set_new(root, "blocks", vec_json(imp->blocks, n_starts));
-    if (imp->hidden_s)
-        json_object_set_new(root, "hidden", vec_json(imp->hidden_s, imp->hidden));
-    if (imp->ffn_s)
-        json_object_set_new(root, "ffn", mat_json(imp->ffn_s, imp->n_layers, imp->ffn));
-    if (imp->heads)
-        json_object_set_new(root, "heads", mat_json(imp->heads, imp->n_layers, imp->n_heads));
-    if (imp->groups)
-        json_object_set_new(root, "query_groups",
-                            mat_json(imp->groups, imp->n_layers, imp->n_groups));
-    if (imp->raw.present) {
-        const struct lms_importance_raw *x = &imp->raw;
-        json_t *r = json_pack("{s:I,s:I,s:I,s:I,s:f}", "rows", (json_int_t)x->n_rows,
-                              "row_length", (json_int_t)x->seq_len, "cos_rows",
-                              (json_int_t)x->n_cos_rows, "loss_tokens",
-                              (json_int_t)x->n_loss_tokens, "base_loss", x->base_loss);
-        if (x->hidden_sq)
-            json_object_set_new(r, "hidden_sq", mat_json(x->hidden_sq, 2 * L, imp->hidden));
-        if (x->ffn_sq)
-            json_object_set_new(r, "ffn_sq", mat_json(x->ffn_sq, L, imp->ffn));
-        if (x->head_sq)
-            json_object_set_new(r, "head_sq", mat_json(x->head_sq, L, imp->n_heads));
-        if (x->layer_cos)
-            json_object_set_new(r, "layer_cos", vec_json(x->layer_cos, L));
-        if (x->block_cos)
-            json_object_set_new(r, "block_cos", vec_json(x->block_cos, n_starts));
-        if (x->layer_loss)
-            json_object_set_new(r, "layer_loss", vec_json(x->layer_loss, L));
-        if (x->block_loss)
-            json_object_set_new(r, "block_loss", vec_json(x->block_loss, n_starts));
-        json_object_set_new(root, "raw", r);
-    }
+    if (!rc && imp->layer_metric != LMS_LAYER_METRIC_NONE)
+        rc = put(root, "layer_metric", json_string(lms_layer_metric_name(imp->layer_metric)),
+                 err);
+    if (!rc && imp->block_size)
+        rc = put(root, "block_size", json_integer((json_int_t)imp->block_size), err);
+    if (!rc && imp->layers)
+        rc = put_vec(root, "layers", imp->layers, L, "layers", err);
+    if (!rc && imp->blocks)
+        rc = put_vec(root, "blocks", imp->blocks, n_starts, "blocks", err);
+    if (!rc && imp->hidden_s)
+        rc = put_vec(root, "hidden", imp->hidden_s, imp->hidden, "hidden", err);
+    if (!rc && imp->ffn_s)
+        rc = put_mat(root, "ffn", imp->ffn_s, L, imp->ffn, "ffn", err);
+    if (!rc && imp->heads)
+        rc = put_mat(root, "heads", imp->heads, L, imp->n_heads, "heads", err);
+    if (!rc && imp->groups)
+        rc = put_mat(root, "query_groups", imp->groups, L, imp->n_groups, "query_groups", err);
+    if (!rc && imp->raw.present)
+        rc = put_raw(root, imp, err);
+    if (rc)
+        json_decref(root);
+    else
+        *out = root;
+    return rc;
+}
+
+enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
+                                     struct lms_error *err)
+{
+    json_t *root;
+    enum lms_status rc = importance_json(imp, &root, err);
+    if (rc)
+        return lms_error_wrap(err, "writing '%s': ", path);
     struct lms_buf_str text = {0};
-    enum lms_status rc = lms_json_dump(root, LMS_JSON_COMPACT, &text, err);
+    rc = lms_json_dump(root, LMS_JSON_COMPACT, &text, err);
     json_decref(root);
     if (!rc)
         rc = lms_buf_str_append(&text, "\n", 1, err);

@@ -1,5 +1,5 @@
-/* Scores from raw calibration sums, merging sums of runs over disjoint rows, and the kept-layer
- * choice of every layer metric (include/lms/importance.h).
+/* Scores from raw calibration sums and the kept-layer choice of every layer metric
+ * (include/lms/importance.h; merging sums is importance/merge.c).
  *
  *   hidden[c]  = sum over layers l and both norms k of sqrt(hidden_sq[l][k][c])
  *   ffn[l][j]  = sqrt(ffn_sq[l][j])
@@ -16,7 +16,6 @@
 
 #include "lms/alloc.h"
 #include "lms/importance.h"
-#include "lms/json.h"
 
 static const char *const metric_names[] = {"none", "bi", "block-bi", "ppl", "contiguous"};
 
@@ -94,89 +93,6 @@ enum lms_status lms_importance_derive(struct lms_importance *imp, bool want_grou
     if (!ok)
         return lms_error_set(err, LMS_ENOMEM, "out of memory deriving scores");
     return LMS_OK;
-}
-
-/* Adds n entries of b into a; both present or both absent, else *what names the sum. */
-static bool add_sums(double *a, const double *b, int64_t n, const char *name, const char **what)
-{
-    if (!a != !b) {
-        *what = name;
-        return false;
-    }
-    for (int64_t i = 0; a && i < n; i++)
-        a[i] += b[i];
-    return true;
-}
-
-enum lms_status lms_importance_merge(struct lms_importance *a, const struct lms_importance *b,
-                                     struct lms_error *err)
-{
-    if (!a->raw.present || !b->raw.present)
-        return lms_error_set(err, LMS_EFORMAT,
-                             "only files with raw calibration sums (version 2, written by "
-                             "'lmsurgeon score') can be merged");
-    if (a->n_layers != b->n_layers || a->hidden != b->hidden || a->ffn != b->ffn ||
-        a->n_heads != b->n_heads || a->n_groups != b->n_groups)
-        return lms_error_set(err, LMS_ESHAPE,
-                             "scores of different models (L=%lld H=%lld F=%lld n_h=%lld n_g=%lld "
-                             "vs L=%lld H=%lld F=%lld n_h=%lld n_g=%lld)",
-                             (long long)a->n_layers, (long long)a->hidden, (long long)a->ffn,
-                             (long long)a->n_heads, (long long)a->n_groups,
-                             (long long)b->n_layers, (long long)b->hidden, (long long)b->ffn,
-                             (long long)b->n_heads, (long long)b->n_groups);
-    if (a->raw.seq_len != b->raw.seq_len)
-        return lms_error_set(err, LMS_ESHAPE, "rows of %lld and %lld tokens do not merge",
-                             (long long)a->raw.seq_len, (long long)b->raw.seq_len);
-    if (a->layer_metric != b->layer_metric || a->block_size != b->block_size)
-        return lms_error_set(err, LMS_ESHAPE,
-                             "layer metrics differ ('%s' blocks of %lld vs '%s' blocks of %lld)",
-                             lms_layer_metric_name(a->layer_metric), (long long)a->block_size,
-                             lms_layer_metric_name(b->layer_metric), (long long)b->block_size);
-    int64_t L = a->n_layers, n_starts = a->block_size ? L - a->block_size + 1 : 0;
-    struct lms_importance_raw *x = &a->raw;
-    const struct lms_importance_raw *y = &b->raw;
-    const char *what = NULL;
-    /* check every pairing first, so a refused merge leaves a untouched */
-    bool same = (!x->hidden_sq == !y->hidden_sq || (what = "hidden", false)) &&
-                (!x->ffn_sq == !y->ffn_sq || (what = "ffn", false)) &&
-                (!x->head_sq == !y->head_sq || (what = "heads", false)) &&
-                (!x->layer_cos == !y->layer_cos || (what = "layer cosines", false)) &&
-                (!x->block_cos == !y->block_cos || (what = "block cosines", false)) &&
-                (!x->layer_loss == !y->layer_loss || (what = "layer losses", false)) &&
-                (!x->block_loss == !y->block_loss || (what = "block losses", false));
-    if (!same)
-        return lms_error_set(err, LMS_ESHAPE, "one file has %s sums and the other not", what);
-    add_sums(x->hidden_sq, y->hidden_sq, L * 2 * a->hidden, "hidden", &what);
-    add_sums(x->ffn_sq, y->ffn_sq, L * a->ffn, "ffn", &what);
-    add_sums(x->head_sq, y->head_sq, L * a->n_heads, "heads", &what);
-    add_sums(x->layer_cos, y->layer_cos, L, "layer cosines", &what);
-    add_sums(x->block_cos, y->block_cos, n_starts, "block cosines", &what);
-    add_sums(x->layer_loss, y->layer_loss, L, "layer losses", &what);
-    add_sums(x->block_loss, y->block_loss, n_starts, "block losses", &what);
-    x->n_rows += y->n_rows;
-    x->n_cos_rows += y->n_cos_rows;
-    x->n_loss_tokens += y->n_loss_tokens;
-    x->base_loss += y->base_loss;
-    if (a->source && json_is_object(a->source)) {
-        json_t *parts = json_object_get(a->source, "parts");
-        if (!json_is_array(parts)) {
-            json_t *first = json_deep_copy(a->source);
-            parts = json_array();
-            json_array_append_new(parts, first);
-            json_object_set_new(a->source, "parts", parts);
-        }
-        if (b->source) {
-            json_t *bp = json_object_get(b->source, "parts");
-            if (json_is_array(bp))
-                json_array_extend(parts, bp);
-            else
-                json_array_append_new(parts, json_deep_copy(b->source));
-        }
-        json_object_set_new(a->source, "rows", json_integer((json_int_t)x->n_rows));
-        json_object_del(a->source, "row_begin");
-        json_object_del(a->source, "row_end");
-    }
-    return lms_importance_derive(a, a->groups != NULL || b->groups != NULL, err);
 }
 
 enum lms_status lms_importance_keep_layers(const struct lms_importance *imp, int64_t n_keep,

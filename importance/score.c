@@ -11,7 +11,13 @@
  * of n layers needs the inputs of the last n layers, so the ring has max(n, 1) slots.
  *
  * The evaluation selectors (ppl, contiguous) run the same engine again with layers skipped
- * (lms_forward.skip_layers), on the weights already uploaded. */
+ * (lms_forward.skip_layers), on the weights already uploaded.
+ *
+ * Non-finite activations (NaN or infinity: a weight that holds one, or arithmetic that
+ * overflows) would poison every sum they touch. The mean |x| of the embedding output and of
+ * every layer output is gathered alongside the statistics (one small op per layer), and each
+ * micro-batch's statistics are checked in forward order before they are added, so the error
+ * names the first layer, hook point and row where a non-finite value appears. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +26,7 @@
 #include "kernels/backend_impl.h"
 #include "lms/alloc.h"
 #include "lms/engine.h"
+#include "lms/hash.h"
 #include "lms/score.h"
 
 
@@ -46,7 +53,7 @@ struct layout {
     bool hidden, ffn, heads, bi, block, loss;
     int64_t n_block;             /* n layers per block; blocks L - n + 1 */
     int64_t n_starts;
-    int64_t off_hidden, off_ffn, off_ctx, stats_floats; /* stats buffer */
+    int64_t off_hidden, off_ffn, off_ctx, off_resid, stats_floats; /* stats buffer */
     int64_t off_cos, off_bcos, cos_floats;               /* cosine buffer */
     int64_t ring_slots;
 };
@@ -101,6 +108,8 @@ static enum lms_status plan_layout(const struct lms_arch *a, const struct lms_sc
     y->off_ctx = cur;
     if (y->heads)
         cur += y->L * y->B * y->C;
+    y->off_resid = cur; /* always: the finiteness check; slot 0 embedding, l + 1 layer l */
+    cur += (y->L + 1) * y->B * y->H;
     y->stats_floats = cur;
     cur = 0;
     y->off_cos = cur;
@@ -170,10 +179,13 @@ uint64_t lms_score_memory_available(const struct lms_backend *be)
 /* ---- the run ------------------------------------------------------------------------------- */
 
 struct run {
+    const struct lms_model *m;
+    const struct lms_score_opts *o;
     const struct lms_arch *a;
     struct lms_backend *be;
     struct layout y;
     int64_t batch;            /* rows of the current micro-batch */
+    int64_t row0;             /* its first calibration row */
     struct lms_buf stats, cos, ring;
     float *h_stats, *h_cos;   /* host copies */
     struct lms_importance_raw *raw;
@@ -205,12 +217,21 @@ static enum lms_status on_hook(void *ctx, struct lms_backend *be, const struct l
     case LMS_HOOK_ATTN_CONTEXT:
         return ops->abs_mean(be, stats + y->off_ctx + l * y->B * y->C, act->data, act->cols, B,
                              S, act->cols, err);
-    case LMS_HOOK_EMBED_OUT:
-        return ops->cast(be, ring_slot(r, 0), LMS_DTYPE_F32, act->data, LMS_DTYPE_F32,
-                         n * y->H, err);
+    case LMS_HOOK_EMBED_OUT: {
+        enum lms_status rc = ops->abs_mean(be, stats + y->off_resid, act->data, y->H, B, S,
+                                           y->H, err);
+        if (!rc && y->bi)
+            rc = ops->cast(be, ring_slot(r, 0), LMS_DTYPE_F32, act->data, LMS_DTYPE_F32,
+                           n * y->H, err);
+        return rc;
+    }
     case LMS_HOOK_LAYER_OUT: {
-        enum lms_status rc = ops->row_cosine(be, cos + y->off_cos + l * y->N, ring_slot(r, l),
-                                             y->H, act->data, y->H, n, y->H, err);
+        enum lms_status rc = ops->abs_mean(be, stats + y->off_resid + (l + 1) * y->B * y->H,
+                                           act->data, y->H, B, S, y->H, err);
+        if (rc || !y->bi)
+            return rc;
+        rc = ops->row_cosine(be, cos + y->off_cos + l * y->N, ring_slot(r, l), y->H, act->data,
+                             y->H, n, y->H, err);
         int64_t s = l - y->n_block + 1;
         if (!rc && y->block && s >= 0)
             rc = ops->row_cosine(be, cos + y->off_bcos + s * y->N, ring_slot(r, s), y->H,
@@ -225,7 +246,102 @@ static enum lms_status on_hook(void *ctx, struct lms_backend *be, const struct l
     }
 }
 
-/* Adds the current micro-batch's statistics into the double sums. */
+/* First row b < nb whose n values at base + b * stride hold a NaN or an infinity; -1: none. */
+static int64_t nonfinite_row(const float *base, int64_t stride, int64_t n, int64_t nb)
+{
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t c = 0; c < n; c++)
+            if (!isfinite(base[b * stride + c]))
+                return b;
+    return -1;
+}
+
+/* "model.layers.2" for layer 2 of m: the name of one of its tensors up to the layer number
+ * (the whole tensor name when it has no such part); the embedding's name for layer -1. */
+static void layer_name(const struct lms_model *m, int64_t layer, char *dst, size_t cap)
+{
+    snprintf(dst, cap, "?");
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const struct lms_tensor *t = &m->tensors[i];
+        if (layer < 0 ? t->role != LMS_ROLE_EMBED : t->layer != layer)
+            continue;
+        char num[32];
+        snprintf(num, sizeof num, ".%lld.", (long long)layer);
+        const char *at = layer < 0 ? NULL : strstr(t->name, num);
+        int len = at ? (int)(at - t->name) + (int)strlen(num) - 1 : (int)strlen(t->name);
+        snprintf(dst, cap, "%.*s", len, t->name);
+        return;
+    }
+}
+
+static enum lms_status nonfinite_error(const struct run *r, int64_t layer, const char *point,
+                                       int64_t b, struct lms_error *err)
+{
+    char name[160], where[200];
+    layer_name(r->m, layer, name, sizeof name);
+    if (layer < 0)
+        snprintf(where, sizeof where, "the embedding (%s)", name);
+    else
+        snprintf(where, sizeof where, "layer %lld (%s)", (long long)layer, name);
+    const char *model = r->o->model_name;
+    return lms_error_set(err, LMS_EFORMAT,
+                         "%s%s%s%s: non-finite activations (NaN or infinity) at the %s on "
+                         "calibration row %lld: the weights hold a non-finite value or the "
+                         "arithmetic overflows",
+                         model ? "'" : "", model ? model : "", model ? "': " : "", where, point,
+                         (long long)(r->row0 + b));
+}
+
+/* Checks the micro-batch's statistics in forward order (the embedding, then per layer its
+ * attention norm output, attention context, MLP norm output, down-projection input, output
+ * and cosines), so the error names where non-finite values first appear. */
+static enum lms_status check_finite(const struct run *r, struct lms_error *err)
+{
+    const struct layout *y = &r->y;
+    const float *hs = r->h_stats, *hc = r->h_cos;
+    int64_t nb = r->batch, b;
+    if ((b = nonfinite_row(hs + y->off_resid, y->H, y->H, nb)) >= 0)
+        return nonfinite_error(r, -1, "embedding output", b, err);
+    for (int64_t l = 0; l < y->L; l++) {
+        if (y->hidden &&
+            (b = nonfinite_row(hs + y->off_hidden + l * 2 * y->B * y->H, y->H, y->H, nb)) >= 0)
+            return nonfinite_error(r, l, "attention norm output", b, err);
+        if (y->heads && (b = nonfinite_row(hs + y->off_ctx + l * y->B * y->C, y->C, y->C, nb)) >= 0)
+            return nonfinite_error(r, l, "attention context", b, err);
+        if (y->hidden && (b = nonfinite_row(hs + y->off_hidden + (l * 2 + 1) * y->B * y->H, y->H,
+                                            y->H, nb)) >= 0)
+            return nonfinite_error(r, l, "MLP norm output", b, err);
+        if (y->ffn && (b = nonfinite_row(hs + y->off_ffn + l * y->B * y->F, y->F, y->F, nb)) >= 0)
+            return nonfinite_error(r, l, "down-projection input", b, err);
+        if ((b = nonfinite_row(hs + y->off_resid + (l + 1) * y->B * y->H, y->H, y->H, nb)) >= 0)
+            return nonfinite_error(r, l, "layer output", b, err);
+        if (y->bi && (b = nonfinite_row(hc + y->off_cos + l * y->N, y->S, y->S, nb)) >= 0)
+            return nonfinite_error(r, l, "cosine of the layer input and output", b, err);
+        int64_t s = l - y->n_block + 1;
+        if (y->block && s >= 0 &&
+            (b = nonfinite_row(hc + y->off_bcos + s * y->N, y->S, y->S, nb)) >= 0)
+            return nonfinite_error(r, l, "cosine of the block input and output", b, err);
+    }
+    return LMS_OK;
+}
+
+/* A loss sum of the micro-batch that is not finite: the final norm or the LM head (or, with
+ * layers skipped, the shortened model) produced NaN or infinity. */
+static enum lms_status check_loss(const struct run *r, double loss, const char *variant,
+                                  struct lms_error *err)
+{
+    if (isfinite(loss))
+        return LMS_OK;
+    const char *model = r->o->model_name;
+    return lms_error_set(err, LMS_EFORMAT,
+                         "%s%s%snon-finite LM loss (NaN or infinity)%s on calibration rows "
+                         "[%lld, %lld): the weights hold a non-finite value or the arithmetic "
+                         "overflows",
+                         model ? "'" : "", model ? model : "", model ? "': " : "", variant,
+                         (long long)r->row0, (long long)(r->row0 + r->batch));
+}
+
+/* Adds the current micro-batch's statistics into the double sums (after check_finite). */
 static enum lms_status accumulate(struct run *r, struct lms_error *err)
 {
     const struct layout *y = &r->y;
@@ -238,6 +354,8 @@ static enum lms_status accumulate(struct run *r, struct lms_error *err)
     if (!rc && y->cos_floats)
         rc = lms_buf_download(r->be, r->h_cos, (size_t)y->cos_floats * 4, r->cos.ptr,
                               (size_t)y->cos_floats * 4, err);
+    if (!rc)
+        rc = check_finite(r, err);
     if (rc)
         return rc;
     const float *hs = r->h_stats;
@@ -296,8 +414,44 @@ static double *zeros(int64_t n, bool *ok)
     return p;
 }
 
+/* Fingerprint of the model scored: FNV-1a 64 over its dimensions and, combined in an order
+ * that does not matter (a sum), one hash per tensor of its role, layer, dtype, shape and first
+ * 64 elements as stored. Cheap (a few hundred bytes per tensor), the same for a checkpoint in
+ * any of its formats, and different for two trainings of one architecture. */
+static enum lms_status model_fingerprint(const struct lms_model *m, char hex[17],
+                                         struct lms_error *err)
+{
+    const struct lms_arch *a = &m->arch;
+    int64_t dims[] = {a->n_layers, a->hidden, a->ffn, a->n_heads, a->n_groups, a->head_dim,
+                      a->vocab};
+    uint64_t h = LMS_FNV1A64_INIT, sum = 0;
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        h = lms_fnv1a64_u64(h, (uint64_t)dims[i]);
+    unsigned char head[64 * 16];
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const struct lms_tensor *t = &m->tensors[i];
+        const struct lms_view *v = t->view;
+        uint64_t th = lms_fnv1a64_u64(LMS_FNV1A64_INIT, (uint64_t)t->role);
+        th = lms_fnv1a64_u64(th, (uint64_t)t->layer);
+        th = lms_fnv1a64_u64(th, (uint64_t)v->dtype);
+        for (int d = 0; d < v->ndim; d++)
+            th = lms_fnv1a64_u64(th, (uint64_t)v->shape[d]);
+        int64_t n = lms_view_numel(v) < 64 ? lms_view_numel(v) : 64;
+        unsigned bits = lms_dtype_bits(v->dtype);
+        if (n > 0 && bits >= 8 && bits <= 128) { /* sub-byte views: shape and dtype only */
+            enum lms_status rc = lms_view_read(v, 0, n, head, err);
+            if (rc)
+                return lms_error_wrap(err, "fingerprinting tensor '%s': ", t->name);
+            th = lms_fnv1a64(th, head, (size_t)n * (bits / 8));
+        }
+        sum += th;
+    }
+    lms_hash_hex(lms_fnv1a64_u64(h, sum), hex);
+    return LMS_OK;
+}
+
 static json_t *provenance(const struct lms_score_opts *o, const struct lms_backend *be,
-                          enum lms_layer_metric lm)
+                          enum lms_layer_metric lm, const char *data_fp, const char *model_fp)
 {
     json_t *s = json_pack("{s:s,s:I,s:I,s:I,s:I,s:s,s:I,s:s}", "data",
                           o->data_name ? o->data_name : "", "rows",
@@ -310,6 +464,11 @@ static json_t *provenance(const struct lms_score_opts *o, const struct lms_backe
         json_object_set_new(s, "seed", json_integer((json_int_t)o->seed));
     if (s && (o->axes & LMS_AXIS_LAYERS))
         json_object_set_new(s, "layer_metric", json_string(lms_layer_metric_name(lm)));
+    if (s && (json_object_set_new(s, "data_fingerprint", json_string(data_fp)) ||
+              json_object_set_new(s, "model_fingerprint", json_string(model_fp)))) {
+        json_decref(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -319,7 +478,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
 {
     const struct lms_arch *a = &m->arch;
     enum lms_layer_metric lm = metric_of(o);
-    struct run r = {.a = a, .be = be};
+    struct run r = {.m = m, .o = o, .a = a, .be = be};
     struct lms_engine *e = NULL;
     struct lms_sampler *smp = NULL;
     int32_t *ids = NULL, *tgt = NULL;
@@ -391,6 +550,12 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
             }
     }
 
+    char data_fp[LMS_DATA_FINGERPRINT_LEN + 1], model_fp[17];
+    lms_data_fingerprint(ds, data_fp);
+    rc = model_fingerprint(m, model_fp, err);
+    if (rc)
+        goto out;
+
     struct lms_engine_opts eo = {.max_batch = y->B, .max_seq = y->S};
     rc = lms_engine_new(m, be, &eo, &e, err);
     if (rc)
@@ -435,15 +600,13 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
 
     int64_t variants = y->loss ? (lm == LMS_LAYER_METRIC_PPL ? y->L : y->n_starts) : 0;
     uint64_t total = (uint64_t)(n_rows * (1 + variants)), done = 0;
-    unsigned mask = 0;
+    unsigned mask = 1u << LMS_HOOK_EMBED_OUT | 1u << LMS_HOOK_LAYER_OUT; /* always: check_finite */
     if (y->hidden)
         mask |= 1u << LMS_HOOK_ATTN_NORM_OUT | 1u << LMS_HOOK_MLP_NORM_OUT;
     if (y->ffn)
         mask |= 1u << LMS_HOOK_DOWN_INPUT;
     if (y->heads)
         mask |= 1u << LMS_HOOK_ATTN_CONTEXT;
-    if (y->bi)
-        mask |= 1u << LMS_HOOK_EMBED_OUT | 1u << LMS_HOOK_LAYER_OUT;
     for (int64_t r0 = o->row_begin; r0 < o->row_end; r0 += y->B) {
         int64_t nb = o->row_end - r0 < y->B ? o->row_end - r0 : y->B;
         for (int64_t b = 0; b < nb; b++) {
@@ -454,12 +617,15 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         for (int64_t i = 0; i < nb * y->S; i++)
             tgt[i] = i % y->S == y->S - 1 ? -1 : ids[i + 1];
         r.batch = nb;
+        r.row0 = r0;
         struct lms_forward f = {.ids = ids, .batch = nb, .seq = y->S, .hook = on_hook,
                                 .hook_ctx = &r, .hook_mask = mask,
                                 .targets = y->loss ? tgt : NULL};
         rc = lms_engine_forward(e, &f, err);
         if (!rc)
             rc = accumulate(&r, err);
+        if (!rc && y->loss)
+            rc = check_loss(&r, f.loss_sum, "", err);
         if (rc)
             goto out;
         if (y->loss) {
@@ -476,6 +642,16 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
             struct lms_forward g = {.ids = ids, .batch = nb, .seq = y->S, .targets = tgt,
                                     .skip_layers = skip};
             rc = lms_engine_forward(e, &g, err);
+            if (!rc) {
+                char variant[96];
+                if (count == 1)
+                    snprintf(variant, sizeof variant, " with layer %lld skipped",
+                             (long long)first);
+                else
+                    snprintf(variant, sizeof variant, " with layers %lld-%lld skipped",
+                             (long long)first, (long long)(first + count - 1));
+                rc = check_loss(&r, g.loss_sum, variant, err);
+            }
             if (rc)
                 goto out;
             (lm == LMS_LAYER_METRIC_PPL ? raw->layer_loss : raw->block_loss)[v] += g.loss_sum;
@@ -486,7 +662,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
     }
     raw->n_rows = n_rows;
     imp->method = lms_strdup("activation");
-    imp->source = provenance(o, be, lm);
+    imp->source = provenance(o, be, lm, data_fp, model_fp);
     if (!imp->method || !imp->source) {
         rc = lms_error_set(err, LMS_ENOMEM, "score: out of memory");
         goto out;

@@ -18,6 +18,7 @@
 
 #include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
+#include "lms/hash.h"
 #include "lms/outdir.h"
 #include "lms/storage.h"
 
@@ -675,4 +676,24 @@ enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct 
     return lms_error_set(err, LMS_EIO,
                          "dataset '%s': no '%s.idx' (and not a raw .u16/.i32 id file)", path,
                          path);
+}
+
+/* ---- identity ------------------------------------------------------------------------------ */
+
+#define FINGERPRINT_END_BYTES ((size_t)1 << 20)
+
+void lms_data_fingerprint(const struct lms_dataset *ds, char hex[LMS_DATA_FINGERPRINT_LEN + 1])
+{
+    uint64_t h = LMS_FNV1A64_INIT;
+    if (ds->idx_map && ds->idx_map->size)
+        h = lms_fnv1a64(h, ds->idx_map->base, ds->idx_map->size);
+    const unsigned char *bin = ds->bin_map ? ds->bin_map->base : NULL;
+    size_t size = ds->bin_map ? ds->bin_map->size : 0;
+    size_t end = size < FINGERPRINT_END_BYTES ? size : FINGERPRINT_END_BYTES;
+    h = lms_fnv1a64_u64(h, (uint64_t)size);
+    if (end) {
+        h = lms_fnv1a64(h, bin, end);
+        h = lms_fnv1a64(h, bin + size - end, end);
+    }
+    lms_hash_hex(h, hex);
 }

@@ -10,14 +10,16 @@
  *    "method": "activation" | "weight-magnitude" | free text,
  *    "model": {"num_layers": L, "hidden_size": H, "ffn_hidden_size": F,
  *              "num_attention_heads": n_h, "num_query_groups": n_g},
- *    "source": {...free-form provenance: data, rows, row length, seed...},
+ *    "source": {...provenance: data, fingerprints, rows, row length, order, seed (README);
+ *               a merged file's lists every run in "parts"...},
  *    "layer_metric": "bi" | "block-bi" | "ppl" | "contiguous", "block_size": n,
  *    "layers": [L], "blocks": [L-n+1], "hidden": [H], "ffn": [[F] x L], "heads": [[n_h] x L],
  *    "query_groups": [[n_g] x L],
  *    "raw": {...the additive sums of struct lms_importance_raw...}}
  *
  * Version 1 files (no raw, no blocks, no layer_metric) still read. Numbers are JSON numbers
- * (finite). Layer entries follow the model's 0-based layer order. */
+ * (finite: the writer refuses NaN and infinity, naming the field). Layer entries follow the
+ * model's 0-based layer order. */
 #ifndef LMS_IMPORTANCE_H
 #define LMS_IMPORTANCE_H
 
@@ -94,9 +96,17 @@ enum lms_status lms_importance_read(const char *path, struct lms_importance *imp
 /* Checks that the file was made for a model of arch's dimensions. */
 enum lms_status lms_importance_check(const struct lms_importance *imp, const struct lms_arch *a,
                                      const char *path, struct lms_error *err);
-/* Adds b's raw sums into a (same dims, same layer metric and block size, same row length,
- * both with raw sums; LMS_ESHAPE / LMS_EINVAL naming what differs otherwise), then re-derives
- * a's scores. Provenance: a's source gets b's rows added ("rows" summed, "parts" listed). */
+/* Whether b's raw sums can be added into a's: both have raw sums of the same dims, layer
+ * metric, block size and row length, and every part of a's provenance and every part of b's
+ * (source, or source.parts of a merged file) are disjoint rows of one calibration set: the same
+ * data and model fingerprints, order, seed and row length, row ranges neither equal nor
+ * overlapping; and no sum overflows. LMS_EFORMAT for missing provenance (older or edited
+ * files) or an overflow, LMS_ESHAPE for a mismatch, naming the field. */
+enum lms_status lms_importance_mergeable(const struct lms_importance *a,
+                                         const struct lms_importance *b, struct lms_error *err);
+/* Adds b's raw sums into a after lms_importance_mergeable, then re-derives a's scores. a's
+ * source becomes {"rows": total, "row_length", "data", "data_fingerprint", "parts": [every
+ * run's source, by first row]}. A refused merge leaves a untouched. */
 enum lms_status lms_importance_merge(struct lms_importance *a, const struct lms_importance *b,
                                      struct lms_error *err);
 /* Recomputes the scores (layers, blocks, hidden, ffn, heads, groups) from imp->raw for the

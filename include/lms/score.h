@@ -58,6 +58,7 @@ struct lms_score_opts {
      * this many bytes; 0 = the device's available memory (host: MemAvailable). */
     uint64_t memory_limit;
     const char *data_name;      /* provenance written to imp->source (may be NULL) */
+    const char *model_name;     /* the model's path, for messages (may be NULL) */
 };
 
 /* Default options: rows [0, 1024), S 4096, micro-batch 4, seed 1234, shuffled, axes
@@ -77,8 +78,11 @@ uint64_t lms_score_memory_available(const struct lms_backend *be);
 /* Runs calibration of m on be over rows of ds. Checks up front: rows available, ids inside
  * the vocabulary (checked per batch before its forward), memory plan within the limit.
  * OUT: *imp initialised for m's dims with the raw sums and the derived scores of the requested
- * axes, method "activation", source = provenance (data, rows, row length, seed, order, device).
- * On error *imp is released (empty). */
+ * axes, method "activation", source = provenance (data, rows, row length, seed, order, device,
+ * data_fingerprint (lms_data_fingerprint), model_fingerprint; README "Importance file").
+ * Activations that are not finite (NaN or infinity) stop the run with LMS_EFORMAT naming the
+ * first layer, hook point and calibration row where they appear (a non-finite LM loss, for the
+ * ppl and contiguous metrics, names the rows). On error *imp is released (empty). */
 enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
                               const struct lms_dataset *ds, const struct lms_score_opts *o,
                               struct lms_importance *imp, struct lms_error *err);

@@ -74,11 +74,10 @@ random.seed(5)
 with open(sys.argv[1] + "/ids.u16", "wb") as f:
     f.write(struct.pack("<%dH" % 512, *[random.randrange(512) for _ in range(512)]))
 PY
-for m in a:"$TINY" b:"$TINY" c:"$LLAMA"; do
-    name=${m%%:*}
-    model=${m#*:}
-    "$LMSURGEON" score "$model" --data "$TMP/ids.u16" --sequential --rows 0:2 --seq-length 32 \
-        -o "$TMP/$name.json" --quiet || fail "scoring $model for the merge checks"
+for m in a:"$TINY":0:2 b:"$TINY":2:4 c:"$LLAMA":0:2; do
+    IFS=: read -r name model from to <<<"$m"
+    "$LMSURGEON" score "$model" --data "$TMP/ids.u16" --sequential --rows "$from:$to" \
+        --seq-length 32 -o "$TMP/$name.json" --quiet || fail "scoring $model for the merge checks"
 done
 n_checks=$((n_checks + 1))
 "$LMSURGEON" score --merge "$TMP/a.json" "$TMP/b.json" -o "$TMP/ab.json" --quiet ||
@@ -102,6 +101,111 @@ json.dump(d, open(sys.argv[1] + "/len64.json", "w"))
 PY
 expect 3 "raw calibration sums" --merge "$TMP/a.json" "$TMP/v1.json" -o "$OUT"
 expect 3 "rows of 32 and 64 tokens" --merge "$TMP/a.json" "$TMP/len64.json" -o "$OUT"
+# --merge takes only disjoint rows of one calibration set: the refusal names both files and
+# what differs (the same part twice, overlapping rows, another seed, order, data or model)
+python3 - "$TMP" <<'PY'
+import random, struct, sys
+random.seed(6)
+with open(sys.argv[1] + "/other.u16", "wb") as f:
+    f.write(struct.pack("<%dH" % 512, *[random.randrange(512) for _ in range(512)]))
+PY
+# patch_weight DIR TENSOR EXPR: a copy of the tiny model whose TENSOR's first weight w becomes
+# EXPR (a Python expression of w)
+patch_weight() {
+    cp -r "$TINY" "$1"
+    python3 - "$1/model.safetensors" "$2" "$3" <<'PY'
+import json, struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+at = 8 + n + json.loads(b[8:8 + n])[sys.argv[2]]["data_offsets"][0]
+w = struct.unpack("<f", b[at:at + 4])[0]
+b[at:at + 4] = struct.pack("<f", eval(sys.argv[3]))
+open(sys.argv[1], "wb").write(b)
+PY
+}
+patch_weight "$TMP/tweaked" model.layers.1.mlp.up_proj.weight "w + 0.25"
+score_part() { # NAME MODEL DATA ARGS...: a part scored for the merge checks
+    local name=$1 model=$2 data=$3
+    shift 3
+    "$LMSURGEON" score "$model" --data "$data" --seq-length 32 --micro-batch-size 2 \
+        -o "$TMP/$name.json" --quiet "$@" || fail "scoring part $name"
+}
+score_part s0_8 "$TINY" "$TMP/ids.u16" --rows 0:8
+score_part s4_12 "$TINY" "$TMP/ids.u16" --rows 4:12
+score_part s8_12 "$TINY" "$TMP/ids.u16" --rows 8:12
+score_part s0_12 "$TINY" "$TMP/ids.u16" --rows 0:12
+score_part seed99 "$TINY" "$TMP/ids.u16" --rows 8:12 --seed 99
+score_part seq8_12 "$TINY" "$TMP/ids.u16" --rows 8:12 --sequential
+score_part other8_12 "$TINY" "$TMP/other.u16" --rows 8:12
+score_part tweaked8_12 "$TMP/tweaked" "$TMP/ids.u16" --rows 8:12
+expect 3 "merging '$TMP/a.json' and '$TMP/a.json': the same rows \[0, 2) twice" --merge "$TMP/a.json" "$TMP/a.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/s4_12.json': rows \[0, 8) and \[4, 12) overlap" --merge "$TMP/s0_8.json" "$TMP/s4_12.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/seed99.json': different seeds (1234 and 99)" --merge "$TMP/s0_8.json" "$TMP/seed99.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/seq8_12.json': different row orders (shuffled and sequential)" --merge "$TMP/s0_8.json" "$TMP/seq8_12.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/other8_12.json': different data: '$TMP/ids.u16' (fingerprint [0-9a-f]*) and '$TMP/other.u16'" --merge "$TMP/s0_8.json" "$TMP/other8_12.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/tweaked8_12.json': different models" --merge "$TMP/s0_8.json" "$TMP/tweaked8_12.json" -o "$OUT"
+# a part that a merged file already holds, and a third file overlapping the first
+n_checks=$((n_checks + 1))
+"$LMSURGEON" score --merge "$TMP/s0_8.json" "$TMP/s8_12.json" -o "$TMP/m0_12.json" --quiet ||
+    fail "merging two disjoint parts"
+expect 3 "merging '$TMP/m0_12.json' and '$TMP/s8_12.json': the same rows \[8, 12) twice" --merge "$TMP/m0_12.json" "$TMP/s8_12.json" -o "$OUT"
+expect 3 "merging '$TMP/s0_8.json' and '$TMP/s4_12.json'" --merge "$TMP/s0_8.json" "$TMP/s8_12.json" "$TMP/s4_12.json" -o "$OUT"
+# the disjoint merge is the whole-range run: the same sums and scores, the parts listed in row
+# order
+n_checks=$((n_checks + 1))
+python3 - "$TMP" <<'PY' || fail "the merge of rows 0:8 and 8:12 differs from the run over 0:12"
+import json, sys
+t = sys.argv[1]
+m = json.load(open(t + "/m0_12.json"))
+w = json.load(open(t + "/s0_12.json"))
+parts = [json.load(open(t + "/s%s.json" % p))["source"] for p in ("0_8", "8_12")]
+assert m["raw"]["rows"] == w["raw"]["rows"] == 12 and m["raw"]["cos_rows"] == w["raw"]["cos_rows"]
+def flat(x):
+    return [v for r in x for v in flat(r)] if isinstance(x, list) else [x]
+def close(a, b, what):
+    a, b = flat(a), flat(b)
+    assert len(a) == len(b) and all(abs(x - y) <= 1e-12 * abs(y) for x, y in zip(a, b)), what
+for key in ("hidden_sq", "ffn_sq", "head_sq", "layer_cos"):
+    close(m["raw"][key], w["raw"][key], key)
+for key in ("layers", "hidden", "ffn", "heads"):
+    close(m[key], w[key], key)
+s = m["source"]
+assert s["parts"] == parts, s
+assert s["rows"] == 12 and s["row_length"] == 32
+assert s["data_fingerprint"] == w["source"]["data_fingerprint"] and len(s["data_fingerprint"]) == 16
+assert "seed" not in s and "row_begin" not in s, s
+PY
+# sums that overflow a double are refused, naming the field; files that do not record their
+# provenance (older versions, edited) do not merge
+python3 - "$TMP" <<'PY'
+import json, sys
+t = sys.argv[1]
+for part in ("s0_8", "s8_12"):
+    d = json.load(open(t + "/%s.json" % part))
+    d["raw"]["ffn_sq"][1][3] = 1.5e308
+    json.dump(d, open(t + "/huge_%s.json" % part, "w"))
+d = json.load(open(t + "/s8_12.json"))
+del d["source"]["data_fingerprint"]
+json.dump(d, open(t + "/nofp.json", "w"))
+PY
+expect 3 "merging '$TMP/huge_s0_8.json' and '$TMP/huge_s8_12.json': the sums of 'raw.ffn_sq' overflow" --merge "$TMP/huge_s0_8.json" "$TMP/huge_s8_12.json" -o "$OUT"
+expect 3 "the second file's 'source' has no valid 'data_fingerprint'" --merge "$TMP/s0_8.json" "$TMP/nofp.json" -o "$OUT"
+
+# non-finite activations (a NaN weight in layer 2's query projection): exit 3 naming the layer,
+# nothing written; prune's calibration refuses the same way
+patch_weight "$TMP/nan" model.layers.2.self_attn.q_proj.weight "float('nan')"
+expect 3 "'$TMP/nan': layer 2 (model.layers.2): non-finite activations (NaN or infinity) at the attention context on calibration row 0" "$TMP/nan" --data "$TMP/ids.u16" --sequential --rows 0:2 --seq-length 32 -o "$OUT"
+expect 3 "'$TMP/nan': layer 2 (model.layers.2): non-finite activations .* at the layer output" "$TMP/nan" --data "$TMP/ids.u16" --rows 0:2 --seq-length 32 --axes layers --layer-metric ppl -o "$OUT"
+n_checks=$((n_checks + 1))
+"$LMSURGEON" prune "$TMP/nan" "$TMP/o/pruned" --data-paths "$TMP/ids.u16" --num-train-samples 2 \
+    --seq-length 32 --target-ffn-hidden-size 128 >"$TMP/out" 2>"$TMP/err"
+rc=$?
+if [ "$rc" != 3 ] || ! grep -q "layer 2 (model.layers.2): non-finite activations" "$TMP/err" ||
+    [ -n "$(ls -A "$TMP/o")" ]; then
+    fail "prune --data-paths on a model with a NaN weight: exit $rc, $(cat "$TMP/err")"
+    rm -rf "$TMP/o"/* "$TMP/o"/.[!.]*
+fi
+
 # a file that already exists is kept unless --force
 cp "$TMP/a.json" "$OUT"
 n_checks=$((n_checks + 1))

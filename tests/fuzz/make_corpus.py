@@ -278,13 +278,20 @@ def importance(rnd):
            "hidden_sq": [r(H) for _ in range(2 * L)], "ffn_sq": [r(F) for _ in range(L)],
            "head_sq": [r(nh) for _ in range(L)], "layer_cos": r(L), "block_cos": r(L - 1),
            "layer_loss": [130.0 + x for x in r(L)], "block_loss": [140.0 + x for x in r(L - 1)]}
-    for metric, bs in (("bi", 0), ("block-bi", 2), ("ppl", 0), ("contiguous", 2)):
+    def part(begin, end):
+        return {"data": "d", "rows": end - begin, "row_begin": begin, "row_end": end,
+                "row_length": 16, "order": "shuffled", "seed": 1234,
+                "data_fingerprint": "0123456789abcdef", "model_fingerprint": "fedcba9876543210"}
+    merged = {"rows": 4, "row_length": 16, "data": "d", "data_fingerprint": "0123456789abcdef",
+              "parts": [part(0, 1), part(1, 4)]}
+    for metric, bs in (("bi", 0), ("block-bi", 2), ("ppl", 0), ("contiguous", 2), ("merged", 0)):
         v2 = {"format": "lmsurgeon-importance", "version": 2, "method": "activation",
-              "model": model, "source": {"data": "d", "rows": 4, "row_begin": 0, "row_end": 4,
-                                         "row_length": 16, "order": "sequential"},
+              "model": model, "source": merged if metric == "merged" else part(0, 4),
               "layer_metric": metric, "layers": r(L), "hidden": r(H),
               "ffn": [r(F) for _ in range(L)], "heads": [r(nh) for _ in range(L)],
               "raw": dict(raw)}
+        if metric == "merged":
+            v2["layer_metric"] = "bi"
         if bs:
             v2["block_size"] = bs
             v2["blocks"] = r(L - bs + 1)

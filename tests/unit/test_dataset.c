@@ -1,7 +1,8 @@
 /* Indexed datasets: the writer's .idx bytes equal the layout of include/lms/dataset.h built by
  * hand here; the reader returns what was written, rejects each defect with a message naming it;
  * the raw id reader sees fixtures/corpus/val.ids.u16; the split matches megatron-core's
- * _get_split_indices arithmetic; the sampler is deterministic and covers the data. */
+ * _get_split_indices arithmetic; the sampler is deterministic and covers the data; the data
+ * fingerprint is FNV-1a 64 (published test vectors) over the bytes include/lms/dataset.h lists. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include "formats/datasets/dataset_impl.h"
 #include "lms/alloc.h"
 #include "lms/dataset.h"
+#include "lms/hash.h"
 
 static char tmpdir[256];
 
@@ -195,6 +197,69 @@ START_TEST(raw_ids)
 }
 END_TEST
 
+/* FNV-1a 64 test vectors of its authors; the raw id file's fingerprint, computed independently
+ * (Python) over its size and first and last MiB; an indexed dataset's covers its .idx. */
+START_TEST(fingerprint)
+{
+    char hex[LMS_DATA_FINGERPRINT_LEN + 1];
+    lms_hash_hex(lms_fnv1a64(LMS_FNV1A64_INIT, "", 0), hex);
+    ck_assert_str_eq(hex, "cbf29ce484222325");
+    lms_hash_hex(lms_fnv1a64(LMS_FNV1A64_INIT, "a", 1), hex);
+    ck_assert_str_eq(hex, "af63dc4c8601ec8c");
+    lms_hash_hex(lms_fnv1a64(LMS_FNV1A64_INIT, "foobar", 6), hex);
+    ck_assert_str_eq(hex, "85944171f73967e8");
+
+    char p[4096];
+    struct lms_dataset *ds;
+    struct lms_error err = {0};
+    ck_assert_int_eq(lms_dataset_open_raw(fixture_path("corpus/val.ids.u16", p, sizeof(p)),
+                                          LMS_INDEX_U16, &ds, &err), LMS_OK);
+    lms_data_fingerprint(ds, hex);
+    ck_assert_str_eq(hex, "6ec1df8b899621a8"); /* 1874602 bytes: both ends are 1 MiB */
+    lms_dataset_free(ds);
+
+    /* two datasets of the same tokens in different documents: the same .bin, another .idx */
+    make_tmp();
+    char prefix[300], other[300], a[LMS_DATA_FINGERPRINT_LEN + 1], b[LMS_DATA_FINGERPRINT_LEN + 1];
+    snprintf(prefix, sizeof prefix, "%s/f", tmpdir);
+    snprintf(other, sizeof other, "%s/g", tmpdir);
+    const int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+    for (int k = 0; k < 2; k++) {
+        struct lms_dataset_writer *w;
+        ck_assert_int_eq(lms_dataset_writer_new(k ? other : prefix, LMS_INDEX_U16, false, &w,
+                                                &err), LMS_OK);
+        ck_assert_int_eq(lms_dataset_writer_add(w, ids, 3 + (size_t)k, &err), LMS_OK);
+        ck_assert_int_eq(lms_dataset_writer_end_doc(w, &err), LMS_OK);
+        ck_assert_int_eq(lms_dataset_writer_add(w, ids + 3 + k, 3 - (size_t)k, &err), LMS_OK);
+        ck_assert_int_eq(lms_dataset_writer_end_doc(w, &err), LMS_OK);
+        ck_assert_int_eq(lms_dataset_writer_finish(w, &err), LMS_OK);
+        lms_dataset_writer_free(w);
+    }
+    unsigned char idx[512], bin[64];
+    char path[320];
+    snprintf(path, sizeof path, "%s.idx", prefix);
+    size_t n_idx = read_file(path, idx, sizeof idx);
+    snprintf(path, sizeof path, "%s.bin", prefix);
+    size_t n_bin = read_file(path, bin, sizeof bin);
+    ck_assert_uint_eq(n_bin, 12);
+    uint64_t h = lms_fnv1a64(LMS_FNV1A64_INIT, idx, n_idx);
+    h = lms_fnv1a64_u64(h, n_bin);
+    h = lms_fnv1a64(lms_fnv1a64(h, bin, n_bin), bin, n_bin);
+    char want[LMS_DATA_FINGERPRINT_LEN + 1];
+    lms_hash_hex(h, want);
+    ck_assert_int_eq(lms_dataset_open(prefix, &ds, &err), LMS_OK);
+    lms_data_fingerprint(ds, a);
+    lms_dataset_free(ds);
+    ck_assert_str_eq(a, want);
+    ck_assert_int_eq(lms_dataset_open(other, &ds, &err), LMS_OK);
+    lms_data_fingerprint(ds, b);
+    lms_dataset_free(ds);
+    ck_assert_str_ne(a, b);
+    snprintf(path, sizeof path, "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(path), 0);
+}
+END_TEST
+
 /* megatron-core _get_split_indices: cumulative int(round(w/sum * n)), last pinned to n. */
 START_TEST(split)
 {
@@ -311,6 +376,7 @@ Suite *suite(void)
     tcase_add_test(tc, write_read_roundtrip);
     tcase_add_test(tc, idx_validation);
     tcase_add_test(tc, raw_ids);
+    tcase_add_test(tc, fingerprint);
     tcase_add_test(tc, split);
     tcase_add_test(tc, sampler);
     suite_add_tcase(s, tc);
