@@ -256,33 +256,35 @@ static int64_t nonfinite_row(const float *base, int64_t stride, int64_t n, int64
     return -1;
 }
 
-/* "model.layers.2" for layer 2 of m: the name of one of its tensors up to the layer number
- * (the whole tensor name when it has no such part); the embedding's name for layer -1. */
-static void layer_name(const struct lms_model *m, int64_t layer, char *dst, size_t cap)
+/* "model.layers.2" for layer 2 of m: the name of one of its tensors up to the layer number;
+ * the embedding's name for layer -1. False when no tensor name shows it (stacked layouts). */
+static bool layer_name(const struct lms_model *m, int64_t layer, char *dst, size_t cap)
 {
-    snprintf(dst, cap, "?");
+    char num[32];
+    snprintf(num, sizeof num, ".%lld.", (long long)layer);
     for (size_t i = 0; i < m->n_tensors; i++) {
         const struct lms_tensor *t = &m->tensors[i];
         if (layer < 0 ? t->role != LMS_ROLE_EMBED : t->layer != layer)
             continue;
-        char num[32];
-        snprintf(num, sizeof num, ".%lld.", (long long)layer);
         const char *at = layer < 0 ? NULL : strstr(t->name, num);
+        if (layer >= 0 && !at)
+            continue;
         int len = at ? (int)(at - t->name) + (int)strlen(num) - 1 : (int)strlen(t->name);
         snprintf(dst, cap, "%.*s", len, t->name);
-        return;
+        return true;
     }
+    return false;
 }
 
 static enum lms_status nonfinite_error(const struct run *r, int64_t layer, const char *point,
                                        int64_t b, struct lms_error *err)
 {
     char name[160], where[200];
-    layer_name(r->m, layer, name, sizeof name);
-    if (layer < 0)
-        snprintf(where, sizeof where, "the embedding (%s)", name);
-    else
-        snprintf(where, sizeof where, "layer %lld (%s)", (long long)layer, name);
+    bool named = layer_name(r->m, layer, name, sizeof name);
+    int n = layer < 0 ? snprintf(where, sizeof where, "the embedding")
+                      : snprintf(where, sizeof where, "layer %lld", (long long)layer);
+    if (named && n > 0 && (size_t)n < sizeof where)
+        snprintf(where + n, sizeof where - (size_t)n, " (%s)", name);
     const char *model = r->o->model_name;
     return lms_error_set(err, LMS_EFORMAT,
                          "%s%s%s%s: non-finite activations (NaN or infinity) at the %s on "
@@ -416,8 +418,9 @@ static double *zeros(int64_t n, bool *ok)
 
 /* Fingerprint of the model scored: FNV-1a 64 over its dimensions and, combined in an order
  * that does not matter (a sum), one hash per tensor of its role, layer, dtype, shape and first
- * 64 elements as stored. Cheap (a few hundred bytes per tensor), the same for a checkpoint in
- * any of its formats, and different for two trainings of one architecture. */
+ * 64 elements (tensors the IR only carries by name are left out). Cheap (a few hundred bytes
+ * per tensor), the same for a checkpoint converted to another format, and different for two
+ * trainings of one architecture. */
 static enum lms_status model_fingerprint(const struct lms_model *m, char hex[17],
                                          struct lms_error *err)
 {
@@ -431,6 +434,8 @@ static enum lms_status model_fingerprint(const struct lms_model *m, char hex[17]
     for (size_t i = 0; i < m->n_tensors; i++) {
         const struct lms_tensor *t = &m->tensors[i];
         const struct lms_view *v = t->view;
+        if (t->role == LMS_ROLE_OTHER) /* carried by name, format-specific, unused by the engine */
+            continue;
         uint64_t th = lms_fnv1a64_u64(LMS_FNV1A64_INIT, (uint64_t)t->role);
         th = lms_fnv1a64_u64(th, (uint64_t)t->layer);
         th = lms_fnv1a64_u64(th, (uint64_t)v->dtype);
