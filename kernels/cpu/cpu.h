@@ -107,7 +107,8 @@ enum lms_status lms__cpu_scale(struct lms_backend *be, float *x, float s, int64_
 
 /* expf for x in any range, within 2 ulp of the correctly rounded value for |x| < 87 (Cephes
  * polynomial after range reduction by ln 2); results below 2^-126 flush to about 1e-38, x above
- * 88 gives about 1.6e38. Written without branches so loops calling it vectorise. */
+ * 88 gives about 1.6e38, NaN gives NaN. Written without branches so loops calling it
+ * vectorise. */
 static inline float lms__expf(float x)
 {
     x = x < -87.0f ? -87.0f : x;
@@ -124,9 +125,9 @@ static inline float lms__expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t ti;
+    uint32_t ti; /* unsigned: a NaN x (kept by the clamps) makes t any bit pattern */
     memcpy(&ti, &t, sizeof ti);
-    int32_t bits = (ti - 0x4B400000 + 127) * (1 << 23);
+    uint32_t bits = (ti - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return y * scale;
