@@ -290,6 +290,8 @@ static int fail(struct distill_run *r, struct lms_error *err)
     return cli_fail_ranks(cmd, &r->a->base.co, err, r->comm, r->agreed);
 }
 
+static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs);
+
 /* The launcher's processes, or this one alone, and the checks on their number. */
 static int open_ranks(struct distill_run *r)
 {
@@ -300,6 +302,9 @@ static int open_ranks(struct distill_run *r)
         return cli_fail(cmd, &a->base.co, &err);
     r->rank = lms_comm_rank(r->comm);
     r->world = lms_comm_world(r->comm);
+    int rc = agree_ranks(r, NULL, false); /* before any check that could part them */
+    if (rc != CLI_PARSED)
+        return rc;
     int64_t devices = a->devices ? a->devices : 1, nodes = a->num_nodes ? a->num_nodes : 1;
     if (r->comm && (a->devices || a->num_nodes) && devices * nodes != r->world)
         return cli_usage_error(cmd, "--devices %lld x --num-nodes %lld = %lld processes, but the "
@@ -489,33 +494,42 @@ static int check_config(struct distill_run *r, const struct lms_train_state *sta
     return CLI_PARSED;
 }
 
-/* What every rank of a run must agree on, keyed by option (cli_ranks_agree): every option that
- * shapes the numbers or the course of the run (which steps validate, save or stop), the
- * inputs by their content fingerprints and, on --resume, the state read (its step and its
- * record). Left out, as each rank's own business: --out, --name and --log-dir (rank 0 alone
- * writes; a resuming rank reads the state beside its own --out, which must hold the same
- * record), --threads, --max-memory, the device's index, --json and --quiet. */
-static json_t *rank_options(const struct distill_run *r, const struct lms_train_state *state)
+/* Adds items to o (a JSON object keyed by option), taking every value; false when one could
+ * not be made or added (o then holds what was added). */
+struct rank_item {
+    const char *name;
+    json_t *value;
+};
+
+static bool put_items(json_t *o, const struct rank_item *items, size_t n)
 {
-    const struct distill_args *a = r->a;
-    json_t *o = json_object();
-    json_t *resumed = json_false();
-    if (state) {
-        char *s = json_dumps(state->meta, JSON_COMPACT | JSON_SORT_KEYS |
-                                              JSON_REAL_PRECISION(17));
-        char hex[LMS_HASH64_HEX] = "";
-        if (s)
-            lms_hash64_hex(lms_hash64(s, strlen(s), 0), hex);
-        free(s);
-        resumed = json_pack("{s:I,s:s}", "step", (json_int_t)r->step, "record", hex);
+    bool ok = o != NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (o && json_object_set_new(o, items[i].name, items[i].value)) /* takes the value */
+            ok = false;
+        else if (!o)
+            json_decref(items[i].value);
     }
-    const struct {
-        const char *name;
-        json_t *value;
-    } items[] = {
-        {"--student", json_string(r->student_fp)},
-        {"--teacher", json_string(r->teacher_fp)},
-        {"--data-paths", json_deep_copy(json_object_get(r->config, "data"))},
+    return ok;
+}
+
+/* What every rank of a run must agree on before it opens anything (cli_ranks_agree): every
+ * option that shapes the numbers or the course of the run (which steps validate, save or
+ * stop), keyed by its name. Left out, as each rank's own business: --out, --name and --log-dir
+ * (rank 0 alone writes; a resuming rank reads the state beside its own --out, whose record
+ * rank_inputs compares), --threads, --max-memory, the device's index, --json and --quiet. */
+static json_t *rank_options(const struct distill_args *a)
+{
+    /* --data-paths by its weights and the number of prefixes (the files, by content, later) */
+    char data[4096] = "";
+    for (int i = 0; i < a->n_data_args; i++) {
+        double w;
+        const char *word = cli_parse_real(a->data_args[i], &w) ? a->data_args[i] : "PREFIX";
+        size_t len = strlen(data);
+        snprintf(data + len, sizeof data - len, "%s%s", i ? " " : "", word);
+    }
+    const struct rank_item items[] = {
+        {"--data-paths", json_string(data)},
         {"--split", json_string(a->split)},
         {"--seq-length", json_integer(a->seq)},
         {"--seed", json_integer(a->seed)},
@@ -542,11 +556,11 @@ static json_t *rank_options(const struct distill_run *r, const struct lms_train_
         {"--limit-val-batches", json_integer(a->val_batches)},
         {"--save-interval", json_integer(a->save_interval)},
         {"--exit-interval", json_integer(a->exit_interval)},
-        {"--resume", resumed},
+        {"--resume", json_boolean(a->resume)},
         {"--dry-run", json_boolean(a->dry_run)},
         {"--force", json_boolean(a->base.wo.force)},
-        {"--to", json_string(r->out_fmt->name)},
-        {"--dtype", json_string(lms_dtype_name(r->out_dtype))},
+        {"--to", json_string(a->base.to ? a->base.to : "")},
+        {"--dtype", json_integer(a->base.wo.dtype)},
         {"--max-shard-size", json_integer((json_int_t)a->base.wo.max_shard_size)},
         {"--device", json_integer(a->base.dev.kind)},
         {"--precision", json_integer(a->base.prec)},
@@ -555,26 +569,50 @@ static json_t *rank_options(const struct distill_run *r, const struct lms_train_
         {"--tp-size", json_integer(a->tp_size)},
         {"--pp-size", json_integer(a->pp_size)},
     };
-    bool ok = o != NULL;
-    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
-        if (o && json_object_set_new(o, items[i].name, items[i].value)) /* takes the value */
-            ok = false;
-        else if (!o)
-            json_decref(items[i].value);
-    }
-    if (!ok) {
+    json_t *o = json_object();
+    if (!put_items(o, items, sizeof items / sizeof items[0])) {
         json_decref(o);
         return NULL;
     }
     return o;
 }
 
-/* Before anything is written or trained: with several ranks, all must run the same thing. */
-static int agree_ranks(struct distill_run *r, const struct lms_train_state *state)
+/* What the ranks must agree on once the inputs are read: the student, the teacher and every
+ * data source by content fingerprint and, on --resume, the state each rank read (its step and
+ * a hash of its record). */
+static json_t *rank_inputs(const struct distill_run *r, const struct lms_train_state *state)
+{
+    json_t *resumed = json_false();
+    if (state) {
+        char *s = json_dumps(state->meta, JSON_COMPACT | JSON_SORT_KEYS |
+                                              JSON_REAL_PRECISION(17));
+        char hex[LMS_HASH64_HEX] = "";
+        if (s)
+            lms_hash64_hex(lms_hash64(s, strlen(s), 0), hex);
+        free(s);
+        resumed = json_pack("{s:I,s:s}", "step", (json_int_t)r->step, "record", hex);
+    }
+    const struct rank_item items[] = {
+        {"--student", json_string(r->student_fp)},
+        {"--teacher", json_string(r->teacher_fp)},
+        {"--data-paths", json_deep_copy(json_object_get(r->config, "data"))},
+        {"--resume (the training state)", resumed},
+    };
+    json_t *o = json_object();
+    if (!put_items(o, items, sizeof items / sizeof items[0])) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* With several ranks, all must run the same thing: the options (inputs NULL), then the inputs
+ * (before anything is written or trained). */
+static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs)
 {
     if (r->world < 2)
         return CLI_PARSED;
-    json_t *o = rank_options(r, state);
+    json_t *o = inputs ? rank_inputs(r, state) : rank_options(r->a);
     if (!o) {
         struct lms_error err;
         lms_error_set(&err, LMS_ENOMEM, "out of memory");
@@ -758,7 +796,7 @@ static int run(void *args)
     if (rc == CLI_PARSED)
         rc = check_config(&r, have_state ? &state : NULL);
     if (rc == CLI_PARSED)
-        rc = agree_ranks(&r, have_state ? &state : NULL);
+        rc = agree_ranks(&r, have_state ? &state : NULL, true);
     if (rc == CLI_PARSED)
         rc = plan_memory(&r);
     if (rc == CLI_PARSED && a->dry_run) {
