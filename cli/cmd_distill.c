@@ -84,7 +84,8 @@ static const char usage_text2[] =
     "                                 (default 0: only at the end)\n"
     "  --resume                       continue from DIR.state/ exactly where it stopped; the\n"
     "                                 result is bit-identical to an uninterrupted run. Refused\n"
-    "                                 when any option that shapes the run has changed\n"
+    "                                 when any option that shapes the run has changed, or the\n"
+    "                                 content of the student, teacher or data (files may move)\n"
     "  --exit-interval N              save and exit (status 0) after a step that is a multiple\n"
     "                                 of N, to split a run into jobs; continue with --resume\n"
     "  --force                        replace an existing DIR (and DIR.state/) without --resume\n"
@@ -102,11 +103,15 @@ static const char usage_text2[] =
     "  --dump-rows FILE               write every training row this process reads (int32,\n"
     "                                 seq_length + 1 ids each, in step order), to reproduce\n"
     "                                 the run with another trainer\n"
-    "  --json, --quiet, -h/--help\n"
+    "  --json, --quiet, -h/--help\n";
+static const char usage_text3[] =
     "Several processes (data parallelism, started by mpirun or srun): every rank runs its\n"
     "share of each global batch (--gbs = --mbs x accumulation x ranks), gradients are summed\n"
     "in fp32, the optimiser state is split over the ranks, rank 0 logs and saves; one GPU per\n"
     "local rank with --device cuda. E.g. mpirun -np 8 lmsurgeon distill ... --devices 8\n"
+    "Every rank must be given the same options and inputs: a difference ends all ranks before\n"
+    "the first step, naming the option (--out, --name, --log-dir, --threads, --max-memory and\n"
+    "the GPU index may differ)\n"
     "Reference workflow flags, accepted as written:\n"
     "  --devices N, --num-nodes N, --tp-size N, --pp-size N\n"
     "                                 under a launcher, --devices x --num-nodes must equal its\n"
@@ -277,7 +282,7 @@ static int check(void *args)
 static int run(void *args);
 
 static const struct cli_spec spec = {
-    .name = "distill", .help = {usage_text, usage_text2}, .shorts = "hq",
+    .name = "distill", .help = {usage_text, usage_text2, usage_text3}, .shorts = "hq",
     .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE, .opts = opts,
     .on_option = on_option, .check = check,
     .run = run,

@@ -97,7 +97,9 @@ static const char usage_text[] =
     "  --quiet                no progress bar, no summary\n"
     "  -h, --help             show this help\n"
     "Several processes (mpirun -np N, srun): each rank scores its share of the rows, the sums\n"
-    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n";
+    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n"
+    "Every rank must be given the same options, model and data: a difference ends all ranks\n"
+    "before any row is scored, naming the option (-o, --threads and the GPU index may differ).\n";
 
 static const char *cmd = "score";
 
