@@ -499,13 +499,14 @@ static int check_config(struct distill_run *r, const struct lms_train_state *sta
     return CLI_PARSED;
 }
 
-/* Adds items to o (a JSON object keyed by option), taking every value; false when one could
- * not be made or added (o then holds what was added). */
+/* One option the ranks compare: its name as the user spells it, and its value. */
 struct rank_item {
     const char *name;
     json_t *value;
 };
 
+/* Adds items to o (a JSON object keyed by option), taking every value; false when one could
+ * not be made or added (o then holds what was added). */
 static bool put_items(json_t *o, const struct rank_item *items, size_t n)
 {
     bool ok = o != NULL;

@@ -1,14 +1,14 @@
 /* The command scaffold (cli/cli.h): one option parser driven by each command's table, the
  * shared option groups, the write tail and the model a command runs. */
 #include <getopt.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "lms/alloc.h"
 #include "lms/comm.h"
 #include "lms/engine.h"
-#include "lms/alloc.h"
 #include "lms/hash.h"
 #include "lms/json.h"
 #include "lms/outdir.h"
@@ -346,16 +346,15 @@ int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_com
         return CLI_PARSED;
     struct lms_error err;
     lms_error_clear(&err);
-    /* entry 0 is the number of options; then each option's hash, and the negations after them:
-     * one maximum over all ranks gives every entry's maximum and minimum */
-    size_t n = json_object_size(opts) + 1;
-    int64_t *v = lms_calloc(2 * n, sizeof *v);
+    /* each option's hash, then their negations: one maximum over all ranks gives every
+     * option's maximum and minimum (the same binary lists the same options everywhere) */
+    size_t n = json_object_size(opts);
+    int64_t *v = lms_calloc(2 * n + 1, sizeof *v);
     if (!v) {
         lms_error_set(&err, LMS_ENOMEM, "out of memory comparing the ranks' options");
         return cli_fail_ranks(cmd, co, &err, comm, false);
     }
-    v[0] = (int64_t)n;
-    size_t i = 1;
+    size_t i = 0;
     const char *key;
     json_t *val;
     json_object_foreach((json_t *)opts, key, val)
@@ -366,8 +365,8 @@ int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_com
         lms_free(v);
         return cli_fail_ranks(cmd, co, &err, comm, false);
     }
-    const char *differs = v[0] != -v[n] ? "set of options" : NULL;
-    i = 1;
+    const char *differs = NULL;
+    i = 0;
     json_object_foreach((json_t *)opts, key, val) {
         if (!differs && v[i] != -v[n + i])
             differs = key;
