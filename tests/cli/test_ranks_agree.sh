@@ -20,7 +20,8 @@ STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$ROOT/tests/cli/lsan-mpi.supp"
 export OMPI_MCA_mca_base_component_disable_dlclose=1
-[ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
+# (full stacks, so that the suppressions see OpenMPI's frames; ignored by builds without ASan)
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 MPI=("$MPIRUN" --oversubscribe --bind-to none --mca btl self,vader,tcp --mca btl_base_warn_component_unused 0)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-ranks.XXXXXX")
