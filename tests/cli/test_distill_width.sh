@@ -3,9 +3,9 @@
 # hidden channels alone (`--target-hidden-size`), on FFN neurons, attention heads and query
 # groups alone, and on all four at once, each distilled one step from its unpruned teacher; the
 # same from a NeMo 2 conversion of the teacher (pruned and distilled as NeMo). The memory plan of
-# a hidden-pruned student (--dry-run --json) against the sizes worked out here from the two
-# shapes, the teacher counted at its own width. A run that fails after opening its metrics file
-# leaves no empty one behind.
+# the student pruned on every axis (--dry-run --json) against the sizes worked out here from the
+# two shapes, the teacher counted at its own widths. A run that fails after opening its metrics
+# file leaves no empty one behind.
 set -u
 
 : "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
@@ -82,26 +82,28 @@ else
     fail "convert to NeMo failed"; cat "$TMP/err" >&2
 fi
 
-# the memory plan of the hidden-pruned student, each part from the shapes (fp32 on the CPU,
-# every buffer of the trainer's and the teacher's workspaces; alignment adds less than 4 KiB):
-# the teacher's final-norm output the trainer keeps for the teacher's logits is as wide as the
-# teacher (N x 256), not the student (N x 224)
+# the memory plan of the student pruned on every axis, each part from the two shapes (fp32 on
+# the CPU, every buffer of the trainer's and the teacher's workspaces; alignment adds less than
+# 4 KiB): the teacher's forward workspace has the teacher's widths, and the final-norm output
+# the trainer keeps for the teacher's logits is as wide as the teacher (N x 256), not the
+# student (N x 192)
 n_checks=$((n_checks + 1))
-if "$LMSURGEON" distill --student "$TMP/hidden" --teacher "$TEACHER" --data-paths "$DATA" \
+if "$LMSURGEON" distill --student "$TMP/all" --teacher "$TEACHER" --data-paths "$DATA" \
     --gbs 2 --mbs 2 --seq-length 512 --max-steps 3 --limit-val-batches 0 --dry-run --json \
     --out "$TMP/dry" >"$TMP/dry.json" 2>"$TMP/err"; then
-    python3 - "$TMP/dry.json" <<'EOF' || fail "the memory plan of a hidden-pruned student is wrong"
+    python3 - "$TMP/dry.json" <<'EOF' || fail "the memory plan of a width-pruned student is wrong"
 import json, sys
 m = json.load(open(sys.argv[1]))["memory"]
-B, S, V, L, d = 2, 512, 4096, 12, 32
+B, S, V, d = 2, 512, 4096, 32
 N = B * S
-def shape(H, F, nh=8, ng=2):
-    return dict(H=H, F=F, nh=nh, ng=ng, nq=nh * d, qkv=(nh + 2 * ng) * d)
-st, te = shape(224, 768), shape(256, 768)
+def shape(L, H, F, nh, ng):
+    return dict(L=L, H=H, F=F, nh=nh, ng=ng, nq=nh * d, qkv=(nh + 2 * ng) * d)
+st, te = shape(10, 192, 512, 4, 1), shape(12, 256, 768, 8, 2)
 def n_params(s):  # q | k | v, o, two norms, gate | up | down, q/k norms; embedding, head, norm
     per = s["qkv"] * s["H"] + s["nq"] * s["H"] + 2 * s["H"] + 3 * s["F"] * s["H"] + 2 * d
-    return L * per + 2 * V * s["H"] + s["H"]
+    return s["L"] * per + 2 * V * s["H"] + s["H"]
 P, PT = n_params(st), n_params(te)
+L = st["L"]
 R = min(N, (64 << 20) // (V * 4))  # logits rows per chunk (64 MiB)
 f = 4
 s = st
@@ -129,7 +131,7 @@ assert m["total"] == sum(m[k] for k in ("weights", "moments", "gradients", "acti
                                         "save", "teacher", "data")), m
 EOF
 else
-    fail "--dry-run of the hidden-pruned student failed"; cat "$TMP/err" >&2
+    fail "--dry-run of the width-pruned student failed"; cat "$TMP/err" >&2
 fi
 
 # a run that fails after opening its metrics file (here --dump-rows cannot be written) leaves
