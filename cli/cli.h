@@ -227,6 +227,15 @@ void cli_rank_device(struct cli_args *a, const struct lms_comm *comm);
  * a collective. Returns the exit code. */
 int cli_fail_ranks(const char *cmd, const struct cli_common *co, struct lms_error *err,
                    struct lms_comm *comm, bool agreed);
+/* Every rank (a collective, before any step or output): compares the ranks' values of opts, a
+ * JSON object with one key per option that shapes the run, named as the user knows it
+ * ("--max-steps"; inputs by their content fingerprints), the same keys in the same order on
+ * every rank. Each value travels as a 63-bit hash: the maximum and the minimum over the ranks
+ * differ exactly where some rank has another value. CLI_PARSED when all agree (and for one
+ * process); otherwise rank 0 prints one line naming the first option that differs and every
+ * rank returns the usage exit code. */
+int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_comm *comm,
+                    const struct json_t *opts);
 
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);

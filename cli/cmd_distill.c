@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -83,7 +84,8 @@ static const char usage_text2[] =
     "                                 (default 0: only at the end)\n"
     "  --resume                       continue from DIR.state/ exactly where it stopped; the\n"
     "                                 result is bit-identical to an uninterrupted run. Refused\n"
-    "                                 when any option that shapes the run has changed\n"
+    "                                 when any option that shapes the run has changed, or the\n"
+    "                                 content of the student, teacher or data (files may move)\n"
     "  --exit-interval N              save and exit (status 0) after a step that is a multiple\n"
     "                                 of N, to split a run into jobs; continue with --resume\n"
     "  --force                        replace an existing DIR (and DIR.state/) without --resume\n"
@@ -101,11 +103,15 @@ static const char usage_text2[] =
     "  --dump-rows FILE               write every training row this process reads (int32,\n"
     "                                 seq_length + 1 ids each, in step order), to reproduce\n"
     "                                 the run with another trainer\n"
-    "  --json, --quiet, -h/--help\n"
+    "  --json, --quiet, -h/--help\n";
+static const char usage_text3[] =
     "Several processes (data parallelism, started by mpirun or srun): every rank runs its\n"
     "share of each global batch (--gbs = --mbs x accumulation x ranks), gradients are summed\n"
     "in fp32, the optimiser state is split over the ranks, rank 0 logs and saves; one GPU per\n"
     "local rank with --device cuda. E.g. mpirun -np 8 lmsurgeon distill ... --devices 8\n"
+    "Every rank must be given the same options and inputs: a difference ends all ranks before\n"
+    "the first step, naming the option (--out, --name, --log-dir, --threads, --max-memory and\n"
+    "the GPU index may differ)\n"
     "Reference workflow flags, accepted as written:\n"
     "  --devices N, --num-nodes N, --tp-size N, --pp-size N\n"
     "                                 under a launcher, --devices x --num-nodes must equal its\n"
@@ -276,7 +282,7 @@ static int check(void *args)
 static int run(void *args);
 
 static const struct cli_spec spec = {
-    .name = "distill", .help = {usage_text, usage_text2}, .shorts = "hq",
+    .name = "distill", .help = {usage_text, usage_text2, usage_text3}, .shorts = "hq",
     .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE, .opts = opts,
     .on_option = on_option, .check = check,
     .run = run,
@@ -289,6 +295,8 @@ static int fail(struct distill_run *r, struct lms_error *err)
     return cli_fail_ranks(cmd, &r->a->base.co, err, r->comm, r->agreed);
 }
 
+static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs);
+
 /* The launcher's processes, or this one alone, and the checks on their number. */
 static int open_ranks(struct distill_run *r)
 {
@@ -299,6 +307,9 @@ static int open_ranks(struct distill_run *r)
         return cli_fail(cmd, &a->base.co, &err);
     r->rank = lms_comm_rank(r->comm);
     r->world = lms_comm_world(r->comm);
+    int rc = agree_ranks(r, NULL, false); /* before any check that could part them */
+    if (rc != CLI_PARSED)
+        return rc;
     int64_t devices = a->devices ? a->devices : 1, nodes = a->num_nodes ? a->num_nodes : 1;
     if (r->comm && (a->devices || a->num_nodes) && devices * nodes != r->world)
         return cli_usage_error(cmd, "--devices %lld x --num-nodes %lld = %lld processes, but the "
@@ -363,6 +374,21 @@ static int name_outputs(struct distill_run *r)
     return CLI_PARSED;
 }
 
+/* The content fingerprints of both models: what the state records and --resume and the ranks
+ * compare. Every weight is read once (seconds for billions of parameters), which a plain
+ * --dry-run, comparing nothing, skips. */
+static enum lms_status fingerprint_models(struct distill_run *r, struct lms_error *err)
+{
+    const struct distill_args *a = r->a;
+    if (a->dry_run && !a->resume)
+        return LMS_OK;
+    if (lms_model_fingerprint(&r->student, r->student_fp, err))
+        return lms_error_wrap(err, "student '%s': ", a->student);
+    if (lms_model_fingerprint(&r->teacher, r->teacher_fp, err))
+        return lms_error_wrap(err, "teacher '%s': ", a->teacher);
+    return LMS_OK;
+}
+
 /* The output format, the student and the teacher (same vocabulary), the output dtype. */
 static int open_models(struct distill_run *r)
 {
@@ -384,6 +410,8 @@ static int open_models(struct distill_run *r)
         return fail(r, &err);
     }
     r->have_teacher = true;
+    if (fingerprint_models(r, &err))
+        return fail(r, &err);
     const struct lms_arch *s = &r->student.arch, *t = &r->teacher.arch;
     if (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab) {
         lms_error_set(&err, LMS_EFORMAT, "student '%s' has a vocabulary of %lld (%lld rows), "
@@ -414,6 +442,14 @@ static int open_data(struct distill_run *r)
                                 .which = LMS_SPLIT_TRAIN, .shuffle = true};
     if (lms_blend_open(r->src, r->n_src, &bo, &r->train, &err))
         return fail(r, &err);
+    r->data_fp = lms_calloc((size_t)r->n_src, sizeof *r->data_fp);
+    if (!r->data_fp) {
+        lms_error_set(&err, LMS_ENOMEM, "out of memory");
+        return fail(r, &err);
+    }
+    for (int i = 0; i < r->n_src; i++)
+        if (lms_data_fingerprint(r->src[i].path, r->data_fp[i], &err))
+            return fail(r, &err);
     if (!n_val)
         return CLI_PARSED;
     bo.n_rows = n_val;
@@ -444,8 +480,7 @@ static int check_config(struct distill_run *r, const struct lms_train_state *sta
         return CLI_PARSED;
     char diff[1024];
     json_t *was = json_object_get(state->meta, "config");
-    if (distill_config_diff(was, r->config, "", diff, sizeof diff) ||
-        distill_config_diff(r->config, was, "", diff, sizeof diff)) {
+    if (distill_config_diff(was, r->config, "", diff, sizeof diff)) {
         lms_error_set(&err, LMS_EINVAL, "--resume: the state '%s' was made with another "
                       "configuration (%s); resume with the same options, or start over with "
                       "--force", r->state_dir, diff);
@@ -464,6 +499,136 @@ static int check_config(struct distill_run *r, const struct lms_train_state *sta
     return CLI_PARSED;
 }
 
+/* One option the ranks compare: its name as the user spells it, and its value. */
+struct rank_item {
+    const char *name;
+    json_t *value;
+};
+
+/* Adds items to o (a JSON object keyed by option), taking every value; false when one could
+ * not be made or added (o then holds what was added). */
+static bool put_items(json_t *o, const struct rank_item *items, size_t n)
+{
+    bool ok = o != NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (o && json_object_set_new(o, items[i].name, items[i].value)) /* takes the value */
+            ok = false;
+        else if (!o)
+            json_decref(items[i].value);
+    }
+    return ok;
+}
+
+/* What every rank of a run must agree on before it opens anything (cli_ranks_agree): every
+ * option that shapes the numbers or the course of the run (which steps validate, save or
+ * stop), keyed by its name. Left out, as each rank's own business: --out, --name and --log-dir
+ * (rank 0 alone writes; a resuming rank reads the state beside its own --out, whose record
+ * rank_inputs compares), --threads, --max-memory, the device's index, --json and --quiet. */
+static json_t *rank_options(const struct distill_args *a)
+{
+    /* --data-paths by its weights and the number of prefixes (the files, by content, later) */
+    char data[4096] = "";
+    for (int i = 0; i < a->n_data_args; i++) {
+        double w;
+        const char *word = cli_parse_real(a->data_args[i], &w) ? a->data_args[i] : "PREFIX";
+        size_t len = strlen(data);
+        snprintf(data + len, sizeof data - len, "%s%s", i ? " " : "", word);
+    }
+    const struct rank_item items[] = {
+        {"--data-paths", json_string(data)},
+        {"--split", json_string(a->split)},
+        {"--seq-length", json_integer(a->seq)},
+        {"--seed", json_integer(a->seed)},
+        {"--gbs", json_integer(a->gbs)},
+        {"--mbs", json_integer(a->mbs)},
+        {"--max-steps", json_integer(a->max_steps)},
+        {"--lr", json_real(a->lr)},
+        {"--min-lr", json_real(a->min_lr)},
+        {"--warmup-steps", json_integer(a->warmup)},
+        {"--optim-preset", json_integer(a->preset)},
+        {"--adam-beta1", json_real(a->adam.beta1)},
+        {"--adam-beta2", json_real(a->adam.beta2)},
+        {"--adam-eps", json_real(a->adam.eps)},
+        {"--weight-decay", json_real(a->adam.weight_decay)},
+        {"--clip-grad", json_real(a->adam.clip_norm)},
+        {"--kd-loss", json_integer(a->kd_kind)},
+        {"--kd-temperature", json_real(a->temperature)},
+        {"--kd-top-k", json_integer(a->top_k)},
+        {"--lm-loss-scale", json_real(a->lm_loss_scale)},
+        {"--kd-loss-scale", json_real(a->kd_loss_scale)},
+        {"--recompute", json_boolean(a->recompute)},
+        {"--log-interval", json_integer(a->log_interval)},
+        {"--val-check-interval", json_integer(a->val_interval)},
+        {"--limit-val-batches", json_integer(a->val_batches)},
+        {"--save-interval", json_integer(a->save_interval)},
+        {"--exit-interval", json_integer(a->exit_interval)},
+        {"--resume", json_boolean(a->resume)},
+        {"--dry-run", json_boolean(a->dry_run)},
+        {"--force", json_boolean(a->base.wo.force)},
+        {"--to", json_string(a->base.to ? a->base.to : "")},
+        {"--dtype", json_integer(a->base.wo.dtype)},
+        {"--max-shard-size", json_integer((json_int_t)a->base.wo.max_shard_size)},
+        {"--device", json_integer(a->base.dev.kind)},
+        {"--precision", json_integer(a->base.prec)},
+        {"--devices", json_integer(a->devices)},
+        {"--num-nodes", json_integer(a->num_nodes)},
+        {"--tp-size", json_integer(a->tp_size)},
+        {"--pp-size", json_integer(a->pp_size)},
+    };
+    json_t *o = json_object();
+    if (!put_items(o, items, sizeof items / sizeof items[0])) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* What the ranks must agree on once the inputs are read: the student, the teacher and every
+ * data source by content fingerprint and, on --resume, the state each rank read (its step and
+ * a hash of its record). */
+static json_t *rank_inputs(const struct distill_run *r, const struct lms_train_state *state)
+{
+    json_t *resumed = json_false();
+    if (state) {
+        char *s = json_dumps(state->meta, JSON_COMPACT | JSON_SORT_KEYS |
+                                              JSON_REAL_PRECISION(17));
+        char hex[LMS_HASH64_HEX] = "";
+        if (s)
+            lms_hash64_hex(lms_hash64(s, strlen(s), 0), hex);
+        free(s);
+        resumed = json_pack("{s:I,s:s}", "step", (json_int_t)r->step, "record", hex);
+    }
+    const struct rank_item items[] = {
+        {"--student", json_string(r->student_fp)},
+        {"--teacher", json_string(r->teacher_fp)},
+        {"--data-paths", json_deep_copy(json_object_get(r->config, "data"))},
+        {"--resume (the training state)", resumed},
+    };
+    json_t *o = json_object();
+    if (!put_items(o, items, sizeof items / sizeof items[0])) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* With several ranks, all must run the same thing: the options (inputs NULL), then the inputs
+ * (before anything is written or trained). */
+static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs)
+{
+    if (r->world < 2)
+        return CLI_PARSED;
+    json_t *o = inputs ? rank_inputs(r, state) : rank_options(r->a);
+    if (!o) {
+        struct lms_error err;
+        lms_error_set(&err, LMS_ENOMEM, "out of memory");
+        return fail(r, &err);
+    }
+    int rc = cli_ranks_agree(cmd, &r->a->base.co, r->comm, o);
+    json_decref(o);
+    return rc;
+}
+
 /* The memory the run needs against what there is (the device's total on a GPU, unless
  * --max-memory), printed as a table; opens the backend on a GPU to ask it. */
 static int plan_memory(struct distill_run *r)
@@ -473,9 +638,11 @@ static int plan_memory(struct distill_run *r)
     lms_error_clear(&err);
     bool on_gpu = a->base.dev.kind != LMS_DEVICE_CPU;
     bool bf16 = on_gpu && a->base.prec != LMS_PRECISION_FP32;
+    /* the trainer keeps the teacher's final-norm output for the teacher's logits: as wide as
+     * the teacher, which a student pruned on hidden channels is not */
     r->to = (struct lms_train_opts){.max_batch = a->mbs, .max_seq = a->seq,
                                     .recompute = a->recompute, .bf16_working = bf16,
-                                    .comm = r->comm};
+                                    .teacher_hidden = r->teacher.arch.hidden, .comm = r->comm};
     struct lms_train_plan tp;
     if (lms_train_plan_make(&r->student.arch, r->student.arch.padded_vocab, &r->to, &tp, &err))
         return fail(r, &err);
@@ -501,6 +668,8 @@ static int plan_memory(struct distill_run *r)
             return fail(r, &err);
     }
     uint64_t limit = a->max_memory ? a->max_memory : mem.available;
+    r->mem = mem;
+    r->mem_limit = limit;
     if ((a->dry_run && r->rank == 0) || !a->base.co.quiet)
         distill_print_plan(r, &tp, &mem, limit);
     if (limit && mem.total > limit) {
@@ -586,6 +755,7 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
         return fail(r, &err);
     }
     r->metrics = r->rank ? NULL : fopen(r->metrics_path, a->resume ? "a" : "w");
+    r->metrics_fresh = r->metrics && !a->resume;
     if (!r->metrics && r->rank == 0) {
         lms_error_set(&err, LMS_EIO, "opening '%s': %s", r->metrics_path, strerror(errno));
         return fail(r, &err);
@@ -596,6 +766,17 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
         return fail(r, &err);
     }
     return CLI_PARSED;
+}
+
+/* A failed run leaves no empty metrics file behind: one it created and wrote nothing into is
+ * removed (a resumed run's file, and lines already logged, stay). */
+static void discard_empty_metrics(struct distill_run *r)
+{
+    if (!r->metrics || !r->metrics_fresh || ftell(r->metrics) != 0)
+        return;
+    fclose(r->metrics);
+    r->metrics = NULL;
+    remove(r->metrics_path);
 }
 
 static int run(void *args)
@@ -621,6 +802,8 @@ static int run(void *args)
     if (rc == CLI_PARSED)
         rc = check_config(&r, have_state ? &state : NULL);
     if (rc == CLI_PARSED)
+        rc = agree_ranks(&r, have_state ? &state : NULL, true);
+    if (rc == CLI_PARSED)
         rc = plan_memory(&r);
     if (rc == CLI_PARSED && a->dry_run) {
         print_dry_run(&r);
@@ -641,6 +824,8 @@ static int run(void *args)
                 distill_summary_text(&r, cli_now() - r.t_train);
         }
     }
+    if (rc != CLI_EXIT_OK)
+        discard_empty_metrics(&r);
     distill_run_release(&r);
     return rc;
 }

@@ -99,7 +99,9 @@ static const char usage_text[] =
     "  --quiet                no progress bar, no summary\n"
     "  -h, --help             show this help\n"
     "Several processes (mpirun -np N, srun): each rank scores its share of the rows, the sums\n"
-    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n";
+    "are added over the ranks and rank 0 writes the file (the same numbers as one process).\n"
+    "Every rank must be given the same options, model and data: a difference ends all ranks\n"
+    "before any row is scored, naming the option (-o, --threads and the GPU index may differ).\n";
 
 static const char *cmd = "score";
 
@@ -449,6 +451,34 @@ static enum lms_status open_data(const struct score_args *a, const struct cli_mo
     return LMS_OK;
 }
 
+/* What every rank of a run must agree on (cli_ranks_agree), keyed by option: the model and the
+ * data by their content fingerprints, and every option that decides the rows and what is
+ * gathered from them (the whole run's rows, before they are shared out). Left out: -o (rank 0
+ * writes), --threads, the device's index, --json and --quiet. */
+static enum lms_status rank_options(const struct score_args *a, const struct lms_model *m,
+                                    const struct lms_score_opts *so, json_t **out,
+                                    struct lms_error *err)
+{
+    char model_fp[LMS_HASH64_HEX], data_fp[LMS_HASH64_HEX];
+    enum lms_status st = lms_model_fingerprint(m, model_fp, err);
+    if (st)
+        return lms_error_wrap(err, "'%s': ", a->base.in);
+    if ((st = lms_data_fingerprint(a->data, data_fp, err)))
+        return st;
+    const struct lms_score_opts *w = &a->so; /* the whole run's rows */
+    *out = json_pack("{s:s,s:s,s:[I,I],s:I,s:I,s:I,s:b,s:i,s:i,s:I,s:i,s:i,s:b}", "MODEL",
+                     model_fp, "--data", data_fp, "--rows", (json_int_t)w->row_begin,
+                     (json_int_t)w->row_end, "--seq-length", (json_int_t)w->seq_len,
+                     "--micro-batch-size", (json_int_t)w->micro_batch, "--seed",
+                     (json_int_t)w->seed, "--sequential", w->sequential, "--layer-metric",
+                     (int)so->layer_metric, "--axes", (int)so->axes, "--block-size",
+                     (json_int_t)so->block_size, "--device", (int)a->base.dev.kind,
+                     "--precision", (int)a->base.prec, "--force", a->base.wo.force);
+    if (!*out)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return LMS_OK;
+}
+
 static void report(const struct score_args *a, const struct cli_common *co,
                    const struct cli_model *cm, const struct lms_importance *imp,
                    const struct lms_score_opts *so, double secs)
@@ -491,6 +521,15 @@ static int run_score(struct score_args *a)
         goto out;
     if (cli_model_backend(&cm, &a->base, &err) || open_data(a, &cm, &so, &ds, &err))
         goto fail;
+    if (comm) { /* before any row is scored, every rank runs the same thing */
+        json_t *ro;
+        if (rank_options(a, &cm.m, &so, &ro, &err))
+            goto fail;
+        rc = cli_ranks_agree(cmd, &co, comm, ro);
+        json_decref(ro);
+        if (rc != CLI_PARSED)
+            goto out;
+    }
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;

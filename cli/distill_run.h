@@ -43,6 +43,11 @@ struct distill_run {
     int n_src;
     struct lms_model student, teacher;
     bool have_student, have_teacher;
+    /* content fingerprints of the inputs (lms_model_fingerprint, lms_data_fingerprint): the
+     * student as given (the run's initial weights), the teacher, each data source; "" for the
+     * models of a --dry-run that resumes nothing (they are not read through) */
+    char student_fp[LMS_HASH64_HEX], teacher_fp[LMS_HASH64_HEX];
+    char (*data_fp)[LMS_HASH64_HEX]; /* n_src entries */
     struct lms_backend *be; /* both models run on it */
     struct lms_engine *te;  /* the teacher's */
     struct lms_blend *train, *val;
@@ -58,6 +63,9 @@ struct distill_run {
     int64_t saved_step; /* last step whose state is on disk */
     double last_loss, last_lm_loss, last_grad_norm, last_val_loss, last_val_lm_loss;
     FILE *metrics;
+    bool metrics_fresh; /* this run created (or emptied) the metrics file */
+    struct lms_distill_memory mem; /* the memory plan, and what it was checked against */
+    uint64_t mem_limit;
     FILE *dump; /* --dump-rows */
     struct cli_progress bar;
     struct lms_comm *comm; /* NULL: one process */
@@ -69,8 +77,9 @@ struct distill_run {
 
 /* Everything that shapes the numbers of a run; --resume refuses a state made with another. */
 json_t *distill_config(const struct distill_run *r);
-/* The first difference between two configurations, "key was X, now Y", into dst; false when
- * every key of now has the same value in was. */
+/* The first difference between two configurations, "key was X, now Y" (nested keys joined by
+ * dots, array items as key[i]; "absent" for a missing key), into dst; false when both hold the
+ * same keys with the same values. */
 bool distill_config_diff(const json_t *was, const json_t *now, const char *prefix, char *dst,
                          size_t cap);
 /* Loads master weights and moments from the state (its configuration checked already). */

@@ -41,31 +41,34 @@ static enum lms_status agree(struct distill_run *r, int64_t *flag, struct lms_er
     return st;
 }
 
-static json_t *arch_json(const struct lms_model *m)
+/* A model's shape and the fingerprint of its weights (its content, not its path). */
+static json_t *model_json(const struct lms_model *m, const char *fingerprint)
 {
     const struct lms_arch *x = &m->arch;
-    return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "family", lms_family_name(x->family),
-                     "num_layers", (json_int_t)x->n_layers, "hidden_size", (json_int_t)x->hidden,
-                     "ffn_hidden_size", (json_int_t)x->ffn, "num_attention_heads",
-                     (json_int_t)x->n_heads, "num_query_groups", (json_int_t)x->n_groups,
-                     "head_dim", (json_int_t)x->head_dim, "padded_vocab",
-                     (json_int_t)x->padded_vocab, "n_params",
-                     (json_int_t)lms_model_n_params(m));
+    return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "family",
+                     lms_family_name(x->family), "num_layers", (json_int_t)x->n_layers,
+                     "hidden_size", (json_int_t)x->hidden, "ffn_hidden_size", (json_int_t)x->ffn,
+                     "num_attention_heads", (json_int_t)x->n_heads, "num_query_groups",
+                     (json_int_t)x->n_groups, "head_dim", (json_int_t)x->head_dim,
+                     "padded_vocab", (json_int_t)x->padded_vocab, "n_params",
+                     (json_int_t)lms_model_n_params(m), "fingerprint", fingerprint);
 }
 
-/* Everything that shapes the numbers of a run; --resume refuses a state made with another. */
+/* Everything that shapes the numbers of a run; --resume refuses a state made with another.
+ * Inputs are named by their content fingerprints, never by their paths, so that moved files
+ * resume and other files with the old names do not. */
 json_t *distill_config(const struct distill_run *r)
 {
     const struct distill_args *a = r->a;
     json_t *data = json_array();
     for (int i = 0; i < r->n_src; i++)
-        json_array_append_new(data, json_pack("{s:s,s:f}", "name",
-                                              lms_path_basename(r->src[i].path), "weight",
-                                              r->src[i].weight));
+        json_array_append_new(data, json_pack("{s:f,s:s}", "weight", r->src[i].weight,
+                                              "fingerprint", r->data_fp[i]));
     return json_pack(
         "{s:o,s:o,s:o,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
         "s:{s:i,s:f,s:I,s:f,s:f}}",
-        "student", arch_json(&r->student), "teacher", arch_json(&r->teacher), "data", data,
+        "student", model_json(&r->student, r->student_fp), "teacher",
+        model_json(&r->teacher, r->teacher_fp), "data", data,
         "split", a->split, "seq_length", (json_int_t)a->seq, "gbs", (json_int_t)a->gbs, "mbs",
         (json_int_t)a->mbs, "max_steps", (json_int_t)a->max_steps, "warmup_steps",
         (json_int_t)a->warmup, "lr", a->lr, "min_lr", a->min_lr, "seed", (json_int_t)a->seed,
@@ -75,28 +78,58 @@ json_t *distill_config(const struct distill_run *r)
         "lm_loss_scale", a->lm_loss_scale, "kd_loss_scale", a->kd_loss_scale);
 }
 
-/* First difference between two configurations, as "key: was X, now Y". */
+/* "key was X, now Y" into dst (X or Y "absent" when NULL). */
+static void say_diff(const char *path, const json_t *was, const json_t *now, char *dst,
+                     size_t cap)
+{
+    char *ws = was ? json_dumps(was, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    char *vs = now ? json_dumps(now, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    snprintf(dst, cap, "%s was %s, now %s", path, was ? (ws ? ws : "?") : "absent",
+             now ? (vs ? vs : "?") : "absent");
+    free(ws);
+    free(vs);
+}
+
+/* Two values under path: objects key by key, arrays of the same length item by item (so that
+ * the message names "data[1].fingerprint"), anything else whole. */
+static bool value_diff(const char *path, const json_t *was, const json_t *now, char *dst,
+                       size_t cap)
+{
+    if (json_is_object(was) && json_is_object(now))
+        return distill_config_diff(was, now, path, dst, cap);
+    if (json_is_array(was) && json_is_array(now) && json_array_size(was) == json_array_size(now)) {
+        for (size_t i = 0; i < json_array_size(now); i++) {
+            char item[256];
+            snprintf(item, sizeof item, "%s[%zu]", path, i);
+            if (value_diff(item, json_array_get(was, i), json_array_get(now, i), dst, cap))
+                return true;
+        }
+        return false;
+    }
+    if (was && now && json_equal(was, now))
+        return false;
+    say_diff(path, was, now, dst, cap);
+    return true;
+}
+
+/* First difference between two configurations, as "key was X, now Y": the keys of now in
+ * order, then a key of was that now lacks. */
 bool distill_config_diff(const json_t *was, const json_t *now, const char *prefix, char *dst,
-                        size_t cap)
+                         size_t cap)
 {
     const char *key;
     json_t *v;
+    char path[256];
     json_object_foreach((json_t *)now, key, v) {
-        json_t *w = json_object_get(was, key);
-        char path[256];
         snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
-        if (json_is_object(v) && json_is_object(w)) {
-            if (distill_config_diff(w, v, path, dst, cap))
-                return true;
+        if (value_diff(path, json_object_get(was, key), v, dst, cap))
+            return true;
+    }
+    json_object_foreach((json_t *)was, key, v) {
+        if (json_object_get(now, key))
             continue;
-        }
-        if (w && json_equal(w, v))
-            continue;
-        char *ws = w ? json_dumps(w, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-        char *vs = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        snprintf(dst, cap, "%s was %s, now %s", path, ws ? ws : "absent", vs ? vs : "?");
-        free(ws);
-        free(vs);
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
+        say_diff(path, v, NULL, dst, cap);
         return true;
     }
     return false;
@@ -565,8 +598,17 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
                           "max_steps", (json_int_t)r->a->max_steps, "tokens",
                           (json_int_t)(r->step * r->a->gbs * r->a->seq), "seconds", secs,
                           "state", r->state_dir, "metrics", r->metrics_path);
-    if (dry)
+    if (dry) {
+        const struct lms_distill_memory *m = &r->mem;
         json_object_set_new(o, "dry_run", json_true());
+        json_object_set_new(o, "memory", json_pack(
+            "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "weights", (json_int_t)m->weights,
+            "moments", (json_int_t)m->moments, "gradients", (json_int_t)m->gradients,
+            "activations", (json_int_t)m->activations, "teacher", (json_int_t)m->teacher,
+            "save", (json_int_t)m->save, "data", (json_int_t)m->data, "runtime",
+            (json_int_t)m->runtime, "total", (json_int_t)m->total, "host", (json_int_t)m->host,
+            "limit", (json_int_t)r->mem_limit));
+    }
     json_object_set_new(o, "ranks", json_integer(r->world));
     json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
     if (r->step > r->start_step) {
@@ -605,6 +647,7 @@ void distill_run_release(struct distill_run *r)
     if (r->have_teacher)
         lms_model_release(&r->teacher);
     lms_blend_sources_free(r->src, r->n_src);
+    lms_free(r->data_fp);
     json_decref(r->config);
     json_decref(r->history);
 }

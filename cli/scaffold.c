@@ -2,11 +2,15 @@
  * shared option groups, the write tail and the model a command runs. */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "lms/alloc.h"
 #include "lms/comm.h"
 #include "lms/engine.h"
+#include "lms/hash.h"
+#include "lms/json.h"
 #include "lms/outdir.h"
 
 #define MAX_OPTIONS 64
@@ -321,4 +325,60 @@ int cli_fail_ranks(const char *cmd, const struct cli_common *co, struct lms_erro
         lms_comm_abort(comm, rc);
     }
     return rc;
+}
+
+/* An option's value as one 63-bit number: the hash of its canonical JSON text (sorted keys,
+ * reals to 17 digits), so that 1e-4 and 0.0001 agree. Non-negative, so that its negation, which
+ * turns the maximum over ranks into the minimum, cannot overflow. */
+static int64_t option_hash(const json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY |
+                                JSON_REAL_PRECISION(17));
+    uint64_t h = s ? lms_hash64(s, strlen(s), 0) : 0;
+    free(s);
+    return (int64_t)(h >> 1);
+}
+
+int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_comm *comm,
+                    const json_t *opts)
+{
+    if (lms_comm_world(comm) < 2)
+        return CLI_PARSED;
+    struct lms_error err;
+    lms_error_clear(&err);
+    /* each option's hash, then their negations: one maximum over all ranks gives every
+     * option's maximum and minimum (the same binary lists the same options everywhere) */
+    size_t n = json_object_size(opts);
+    int64_t *v = lms_calloc(2 * n + 1, sizeof *v);
+    if (!v) {
+        lms_error_set(&err, LMS_ENOMEM, "out of memory comparing the ranks' options");
+        return cli_fail_ranks(cmd, co, &err, comm, false);
+    }
+    size_t i = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)opts, key, val)
+        v[i++] = option_hash(val);
+    for (i = 0; i < n; i++)
+        v[n + i] = -v[i];
+    if (lms_comm_max(comm, v, (int64_t)(2 * n), &err)) {
+        lms_free(v);
+        return cli_fail_ranks(cmd, co, &err, comm, false);
+    }
+    const char *differs = NULL;
+    i = 0;
+    json_object_foreach((json_t *)opts, key, val) {
+        if (!differs && v[i] != -v[n + i])
+            differs = key;
+        i++;
+    }
+    lms_free(v);
+    if (!differs)
+        return CLI_PARSED;
+    /* every rank knows: rank 0 says it once, the others leave with the same status */
+    lms_error_set(&err, LMS_EINVAL, "the ranks were started with different %s; every rank of a "
+                  "run needs the same options and inputs", differs);
+    if (lms_comm_rank(comm) == 0)
+        return cli_fail(cmd, co, &err);
+    return cli_exit_code(err.status);
 }

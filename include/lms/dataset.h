@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "lms/error.h"
+#include "lms/hash.h"
 
 /* Token dtype codes of the .idx header. */
 enum lms_index_dtype {
@@ -67,6 +68,14 @@ enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code
 enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct lms_error *err);
 /* Unmaps and frees. NULL does nothing. */
 void lms_dataset_free(struct lms_dataset *ds);
+/* The content fingerprint of the data lms_data_open would open at path, as 16 hex digits
+ * (LMS_HASH64_HEX bytes with the NUL): XXH64 (lms/hash.h, seed 0) of, for a Megatron prefix,
+ * the .idx's size (8 bytes, little-endian) and every byte, then the .bin's size and its first
+ * and last MiB (the whole file when smaller; the two overlap below 2 MiB); for a raw id file,
+ * its size and its first and last MiB. The path itself is not part of it, so moved files keep
+ * their fingerprint. Errors name the file (LMS_EIO). */
+enum lms_status lms_data_fingerprint(const char *path, char out[LMS_HASH64_HEX],
+                                     struct lms_error *err);
 
 enum lms_index_dtype lms_dataset_dtype(const struct lms_dataset *ds);
 int64_t lms_dataset_n_docs(const struct lms_dataset *ds);      /* D - 1 */

@@ -372,6 +372,112 @@ START_TEST(golden_teacher_engine)
 }
 END_TEST
 
+/* ---- a teacher wider than its student ------------------------------------------------------- */
+
+/* The trainer's gradients, one host array per parameter. */
+static float **download_grads(struct lms_trainer *tr, struct lms_backend *be)
+{
+    struct lms_error err;
+    size_t n = lms_trainer_n_params(tr);
+    float **g = calloc(n, sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        const struct lms_train_param *p = lms_trainer_param(tr, i);
+        size_t bytes = (size_t)p->numel * 4;
+        g[i] = malloc(bytes);
+        ck_assert_int_eq(lms_buf_download(be, g[i], bytes, p->g, bytes, &err), LMS_OK);
+    }
+    return g;
+}
+
+/* A student pruned on every width axis at once (hidden 64 -> 48, FFN 160 -> 96, 2 -> 1 query
+ * groups of 2 heads) learning from its unpruned teacher through the teacher engine, which
+ * runs at the teacher's own width: the loss and every gradient equal those of the same step
+ * given the teacher's logits computed beforehand by the engine alone. Planned without the
+ * teacher's hidden size, the step is refused with a message naming the option. */
+START_TEST(width_pruned_student_teacher_engine)
+{
+    struct lms_error err;
+    struct lms_model tm, sm;
+    read_model("models/qwen3-tiny", &tm);
+    struct lms_prune_targets t = {.hidden = 48, .ffn = 96,
+                                  .n_heads = 2, .n_groups = 1};
+    struct lms_prune_plan plan;
+    ck_assert_msg(lms_prune_plan_make(&tm, &t, NULL, &plan, NULL, &err) == LMS_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lms_prune_apply(&tm, &plan, &sm, &err) == LMS_OK, "%s", err.msg);
+    lms_prune_plan_release(&plan);
+    ck_assert_int_eq(sm.arch.hidden, 48);
+    struct lms_backend *be = open_test_backend();
+    enum { B = 2, S = 12 };
+    struct lms_engine *te;
+    struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
+    ck_assert_msg(lms_engine_new(&tm, be, &eo, &te, &err) == LMS_OK, "%s", err.msg);
+    int64_t V = lms_engine_logits_cols(te);
+    int32_t ids[B * S], tgt[B * S];
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    for (int i = 0; i < 2 * B * S; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        (i < B * S ? ids : tgt)[i % (B * S)] = (int32_t)(x % (uint64_t)V);
+    }
+    float *tl = malloc((size_t)(B * S * V) * 4);
+    struct lms_forward f = {.ids = ids, .batch = B, .seq = S, .logits = tl,
+                            .logits_cap = (size_t)(B * S * V)};
+    ck_assert_msg(lms_engine_forward(te, &f, &err) == LMS_OK, "%s", err.msg);
+
+    struct lms_loss_opts lo;
+    lms_loss_opts_default(&lo);
+    lo.ce_weight = 0.5;
+    struct lms_train_opts to = {.max_batch = B, .max_seq = S, .logits_rows = 7,
+                                .teacher_hidden = tm.arch.hidden};
+    struct lms_trainer *tr_engine, *tr_logits;
+    ck_assert_msg(lms_trainer_new(&sm, be, &to, &tr_engine, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_trainer_new(&sm, be, &to, &tr_logits, &err) == LMS_OK, "%s", err.msg);
+    struct lms_train_batch b = {.ids = ids, .batch = B, .seq = S, .targets = tgt, .teacher = te};
+    struct lms_loss_parts pe, pl;
+    ck_assert_int_eq(lms_trainer_zero_grads(tr_engine, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(tr_engine, &b, &lo, 1.0, &pe, &err) == LMS_OK, "%s",
+                  err.msg);
+    b.teacher = NULL;
+    b.teacher_logits = tl;
+    ck_assert_int_eq(lms_trainer_zero_grads(tr_logits, &err), LMS_OK);
+    ck_assert_msg(lms_trainer_micro_step(tr_logits, &b, &lo, 1.0, &pl, &err) == LMS_OK, "%s",
+                  err.msg);
+    ck_assert(pe.kd > 0.01); /* the pruned student is not its teacher */
+    check_rel(pe.kd, pl.kd, 1e-5, "kd (wider teacher engine)");
+    check_rel(pe.ce, pl.ce, 1e-6, "ce (wider teacher engine)");
+    float **ge = download_grads(tr_engine, be), **gl = download_grads(tr_logits, be);
+    for (size_t i = 0; i < lms_trainer_n_params(tr_engine); i++) {
+        const struct lms_train_param *p = lms_trainer_param(tr_engine, i);
+        double mx = 0;
+        for (int64_t k = 0; k < p->numel; k++)
+            mx = fmax(mx, fabs(gl[i][k]));
+        for (int64_t k = 0; k < p->numel; k++)
+            ck_assert_msg(fabs(ge[i][k] - gl[i][k]) <= 1e-4 * mx + 1e-9,
+                          "%s[%lld]: %g vs %g", p->name, (long long)k, ge[i][k], gl[i][k]);
+        free(ge[i]);
+        free(gl[i]);
+    }
+    free(ge);
+    free(gl);
+    lms_trainer_free(tr_engine);
+    lms_trainer_free(tr_logits);
+
+    /* planned at the student's width, the teacher's wider final-norm output has no room */
+    to.teacher_hidden = 0;
+    ck_assert_int_eq(lms_trainer_new(&sm, be, &to, &tr_engine, &err), LMS_OK);
+    b.teacher = te;
+    b.teacher_logits = NULL;
+    ck_assert_int_eq(lms_trainer_micro_step(tr_engine, &b, &lo, 1.0, &pe, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "teacher_hidden"));
+    lms_trainer_free(tr_engine);
+    free(tl);
+    lms_engine_free(te);
+    lms_backend_free(be);
+    lms_model_release(&sm);
+    lms_model_release(&tm);
+}
+END_TEST
+
 /* ---- model-level finite differences --------------------------------------------------------- */
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -818,6 +924,7 @@ Suite *suite(void)
     tcase_add_test(gc, golden_recompute);
     tcase_add_test(gc, golden_adamw_step);
     tcase_add_test(gc, golden_teacher_engine);
+    tcase_add_test(gc, width_pruned_student_teacher_engine);
     suite_add_tcase(s, gc);
     TCase *tc = tcase_create("train");
     tcase_set_timeout(tc, 120);
