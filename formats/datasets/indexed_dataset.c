@@ -682,18 +682,27 @@ enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct 
 
 #define FINGERPRINT_END_BYTES ((size_t)1 << 20)
 
-void lms_data_fingerprint(const struct lms_dataset *ds, char hex[LMS_DATA_FINGERPRINT_LEN + 1])
+/* The same bytes, in the same order, as lms_data_fingerprint reads from the files, so an open
+ * dataset and its path give one fingerprint. */
+static void hash_mapped(struct lms_hash64 *h, const struct lms_storage *m, bool whole)
 {
-    uint64_t h = LMS_FNV1A64_INIT;
-    if (ds->idx_map && ds->idx_map->size)
-        h = lms_fnv1a64(h, ds->idx_map->base, ds->idx_map->size);
-    const unsigned char *bin = ds->bin_map ? ds->bin_map->base : NULL;
-    size_t size = ds->bin_map ? ds->bin_map->size : 0;
-    size_t end = size < FINGERPRINT_END_BYTES ? size : FINGERPRINT_END_BYTES;
-    h = lms_fnv1a64_u64(h, (uint64_t)size);
-    if (end) {
-        h = lms_fnv1a64(h, bin, end);
-        h = lms_fnv1a64(h, bin + size - end, end);
+    const unsigned char *p = m ? m->base : NULL;
+    size_t size = m ? m->size : 0, edge = size < FINGERPRINT_END_BYTES ? size : FINGERPRINT_END_BYTES;
+    lms_hash64_update_u64(h, (uint64_t)size);
+    if (whole) {
+        lms_hash64_update(h, p, size);
+    } else if (edge) {
+        lms_hash64_update(h, p, edge);
+        lms_hash64_update(h, p + size - edge, edge);
     }
-    lms_hash_hex(h, hex);
+}
+
+void lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX])
+{
+    struct lms_hash64 h;
+    lms_hash64_init(&h, 0);
+    if (ds->idx_map)
+        hash_mapped(&h, ds->idx_map, true);
+    hash_mapped(&h, ds->bin_map, false);
+    lms_hash64_hex(lms_hash64_digest(&h), hex);
 }

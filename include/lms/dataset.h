@@ -99,18 +99,11 @@ enum lms_status lms_dataset_read_doc(const struct lms_dataset *ds, int64_t d, in
 
 /* ---- identity ------------------------------------------------------------------------ */
 
-/* Hex digits of a data fingerprint (without the terminating NUL). */
-#define LMS_DATA_FINGERPRINT_LEN 16
-
-/* A fingerprint of the data behind ds, recorded in provenance (importance files, training
- * state) so that runs over different data are told apart even when the paths differ or
- * coincide. It is FNV-1a 64 (include/lms/hash.h) over, in order: the whole .idx file (nothing
- * for a raw id file), the size in bytes of the .bin (or raw id file) as 8 little-endian bytes,
- * its first min(size, 1 MiB) bytes and its last min(size, 1 MiB) bytes; written as 16
- * lowercase hex digits. The .idx pins every sequence length and offset; the ends of the .bin
- * catch a re-tokenised corpus of the same shape. It reads at most the .idx plus 2 MiB, so it is
- * cheap for any dataset size. OUT: hex (LMS_DATA_FINGERPRINT_LEN + 1 bytes). */
-void lms_data_fingerprint(const struct lms_dataset *ds, char hex[LMS_DATA_FINGERPRINT_LEN + 1]);
+/* The fingerprint of an open dataset: the same value lms_data_fingerprint gives for its path
+ * (computed from the mapped files instead of reading them again). Recorded in provenance
+ * (importance files) so that runs over different data are told apart even when the paths
+ * differ or coincide. OUT: hex (LMS_HASH64_HEX bytes with the NUL). */
+void lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX]);
 
 /* ---- train / validation / test split (Megatron --split) ---------------------------------- */
 
