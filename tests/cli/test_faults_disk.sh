@@ -11,7 +11,7 @@
 #   - leave no temporary (.lms-tmp-*) below D,
 #   - leave D exactly as it was (no output, or the old output of a --force run untouched), or,
 #     when the failing call comes after the output was renamed into place (syncing its parent),
-#     leave the complete output.
+#     that or the complete output.
 # distill (2 steps, a save after each, metrics and --dump-rows in D) must moreover leave either
 # nothing or the whole state of a finished step: resuming from what it left (or starting again
 # when it left nothing) ends with the bytes of the uninterrupted run; the metrics file holds
@@ -22,6 +22,40 @@ source "$(dirname "$0")/faults_lib.sh"
 faults_begin disk
 need_shim
 MAX_POINTS=${FAULTS_MAX_POINTS:-40}
+
+# ---- the shim itself, on programs whose behaviour is known ----
+shim_checks() {
+    local d=$TMP/shim/d e=$TMP/shim/elsewhere
+    mkdir -p "$d" "$e"
+    printf 'abc\n' >"$TMP/shim/src"
+    printf 'abc\n' >"$d/f"
+    case_begin "shim: stdio writes below the directory are fault points (sed -i)"
+    faulty LMS_FAULT_DIR="$d" LMS_FAULT_LOG="$TMP/shim/count" sed -i s/a/b/ "$d/f" ||
+        problem "sed failed under the counting shim"
+    local n
+    n=$(awk '$2 == "write" { print $1; exit }' "$TMP/shim/count")
+    if [ -z "$n" ]; then
+        problem "no write counted: $(tr '\n' '|' <"$TMP/shim/count")"
+    else
+        faulty LMS_FAULT_DIR="$d" LMS_FAULT_AT="$n" sed -i s/b/c/ "$d/f" 2>"$TMP/shim/err" &&
+            problem "sed succeeded with its write failing"
+        grep -q "No space left on device" "$TMP/shim/err" || problem "sed's error: $(cat "$TMP/shim/err")"
+        [ "$(cat "$d/f")" = bbc ] || problem "the file changed: $(cat "$d/f")"
+    fi
+    case_end
+    case_begin "shim: the error asked for (cp, EIO at the first call)"
+    faulty LMS_FAULT_DIR="$d" LMS_FAULT_AT=1 LMS_FAULT_ERRNO=EIO cp "$TMP/shim/src" "$d/x" \
+        2>"$TMP/shim/err" && problem "cp succeeded"
+    grep -q "Input/output error" "$TMP/shim/err" || problem "cp's error: $(cat "$TMP/shim/err")"
+    case_end
+    case_begin "shim: calls outside the directory never fail"
+    faulty LMS_FAULT_DIR="$d" LMS_FAULT_AT=1 LMS_FAULT_STICKY=1 LMS_FAULT_LOG="$TMP/shim/outside" \
+        cp "$d/f" "$e/x" 2>"$TMP/shim/err" || problem "cp failed: $(cat "$TMP/shim/err")"
+    cmp -s "$d/f" "$e/x" || problem "the copy differs"
+    [ ! -s "$TMP/shim/outside" ] || problem "calls counted: $(tr '\n' '|' <"$TMP/shim/outside")"
+    case_end
+}
+shim_checks
 
 make_dataset "$TMP/data"
 head -n 5 "$FIXTURES/corpus/train-sample.jsonl" >"$TMP/docs.jsonl"
@@ -79,7 +113,8 @@ inject() {
         expect_exit "$rc" 4
         expect_one_error "$cmd" "$work/err" "$(errno_text "$e")"
         expect_no_tmp "$D"
-        if [ "$commit" -gt 0 ] && [ "$n" -gt "$commit" ]; then
+        if [ "$commit" -gt 0 ] && [ "$n" -gt "$commit" ] && [ "$(snapshot "$D")" != "$before" ]; then
+            # failing after the commit (syncing the parent): the output stays, complete
             for p in $dests; do
                 expect_same "$p" "$ref/$(basename "$p")"
             done

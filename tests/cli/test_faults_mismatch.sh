@@ -64,7 +64,7 @@ resume_checks() {
     resume_case "teacher (same shape, other weights)" "teacher" D_TEACHER="$TMP/teacher2"
     resume_case "data file of the same name" "data" D_DATA="$TMP/b/data"
     resume_case "student (same shape, other weights)" "student" D_STUDENT="$TMP/student2"
-    resume_case "--lr" "([^a-z_]|^)lr([^a-z_]|$)" D_LR=2e-3
+    resume_case "--lr" "(^|[^A-Za-z_])lr([^A-Za-z_]|$)|learning.rate" D_LR=2e-3
     resume_case "--seed" "seed" D_SEED=7
     resume_case "--gbs" "gbs|global.batch" D_GBS=4
     case_begin "resume with the same options"
@@ -109,12 +109,14 @@ ranks_case() {
     local rc=$?
     [ "$rc" = 124 ] && problem "mpirun still ran after 120 s"
     [ "$rc" != 0 ] || problem "mpirun exited 0"
-    local errors
+    local errors line
     errors=$(grep -c "^lmsurgeon $cmd: error: " "$dir.err")
     if [ "$errors" != 2 ]; then
         problem "$errors error lines from the 2 ranks (want 2): $(grep -v '^[-*]' "$dir.err" | head -4 | cut -c1-200 | tr '\n' '|')"
-    elif [ "$(grep "^lmsurgeon $cmd: error: " "$dir.err" | grep -cE -- "$ere")" != 2 ]; then
-        problem "the errors do not name the option (/$ere/): $(grep "^lmsurgeon $cmd: error: " "$dir.err" | head -2 | cut -c1-200 | tr '\n' '|')"
+    else
+        while read -r line; do
+            names_it "$ere" "$line" || problem "an error does not name the option (/$ere/): ${line:0:200}"
+        done < <(grep "^lmsurgeon $cmd: error: " "$dir.err")
     fi
     grep -q "Segmentation fault\|signal 11\|AddressSanitizer" "$dir.err" && problem "a rank crashed"
     local left
@@ -137,7 +139,7 @@ distill_ranks() {
     ranks_case "distill --$opt $v0 vs $v1" distill "$ere" "$D_DIR" "${a0[@]}" -- "${a1[@]}"
 }
 distill_ranks max-steps D_STEPS 10 12
-distill_ranks lr D_LR 1e-3 2e-3 "([^a-z_]|^)lr([^a-z_]|$)"
+distill_ranks lr D_LR 1e-3 2e-3 "(^|[^A-Za-z_])lr([^A-Za-z_]|$)|learning.rate"
 distill_ranks seed D_SEED 1234 7
 distill_ranks seq-length D_SEQ 16 32
 distill_ranks save-interval D_SAVE 1 2

@@ -132,11 +132,14 @@ for name in convert prune score distill distill-save; do
     reference "$name"
     for sig in INT TERM; do
         signal_case "$name" "$sig" early 0
+        # one point in each of POINTS equal slices of the run (distill: of its steps but the
+        # last few, so that the signal lands mid-run)
+        span=$TOTAL
+        [ "$name" = distill ] && span=$((TOTAL - 10))
+        slice=$(((span + POINTS - 1) / POINTS))
         for k in $(seq "$POINTS"); do
-            # distill: a step before the last few, so that the signal lands mid-run
-            span=$TOTAL
-            [ "$name" = distill ] && span=$((TOTAL - 10))
-            signal_case "$name" "$sig" $((1 + RANDOM % (span > 1 ? span - 1 : 1))) "$k"
+            point=$(((k - 1) * slice + 1 + RANDOM % slice))
+            signal_case "$name" "$sig" $((point < span ? point : span)) "$k"
         done
     done
 done

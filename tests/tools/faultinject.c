@@ -5,8 +5,8 @@
  * point", counted per process in call order (a forked child continues from its parent's count):
  *   create  open/openat/creat with O_CREAT, mkstemp and mkostemp, mkdir, mkdirat, mkdtemp
  *   write   write, pwrite, writev, pwritev, copy_file_range and sendfile into such a file, and
- *           the buffered writes of a stdio stream opened on one (fopen for writing returns a
- *           stream whose writes come through this shim)
+ *           the buffered writes of a stdio stream opened on one (fopen and fdopen for writing
+ *           return a stream whose writes come through this shim)
  *   size    ftruncate, fallocate, posix_fallocate
  *   sync    fsync, fdatasync (of any descriptor below the directory, the directory included)
  *   close   close of a descriptor this shim saw written
@@ -89,6 +89,9 @@ REAL_FN(int, mkdirat, (int, const char *, mode_t));
 REAL_FN(char *, mkdtemp, (char *));
 REAL_FN(int, mkostemp, (char *, int));
 REAL_FN(FILE *, fopen, (const char *, const char *));
+REAL_FN(FILE *, fdopen, (int, const char *));
+REAL_FN(int, fileno, (FILE *));
+REAL_FN(int, fileno_unlocked, (FILE *));
 
 /* dlsym returns void *; going through memcpy keeps -Wpedantic quiet about the conversion */
 #define RESOLVE(name)                                                                             \
@@ -132,6 +135,9 @@ static void init(void)
     RESOLVE(mkdtemp);
     RESOLVE(mkostemp);
     RESOLVE(fopen);
+    RESOLVE(fdopen);
+    RESOLVE(fileno);
+    RESOLVE(fileno_unlocked);
     const char *dir = getenv("LMS_FAULT_DIR");
     if (!dir || !*dir)
         return;
@@ -537,9 +543,50 @@ int mkstemp64(char *tmpl)
     return mkostemp(tmpl, 0);
 }
 
-/* ---- stdio: a stream opened for writing below the directory is a cookie stream over a
- * descriptor, so that its buffered writes reach write() above (glibc's own stdio writes
- * through an internal call a preloaded write never sees) ----------------------------------- */
+/* ---- stdio: a stream opened for writing below the directory (fopen, fdopen) is a cookie
+ * stream over a descriptor, so that its buffered writes reach write() above (glibc's own stdio
+ * writes through an internal call a preloaded write never sees); fileno of such a stream still
+ * answers its descriptor ------------------------------------------------------------------ */
+
+#define MAX_STREAMS 64
+static struct {
+    FILE *f;
+    int fd;
+} streams[MAX_STREAMS];
+static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void stream_remember(FILE *f, int fd)
+{
+    pthread_mutex_lock(&streams_lock);
+    for (int i = 0; i < MAX_STREAMS; i++)
+        if (!streams[i].f) {
+            streams[i].f = f;
+            streams[i].fd = fd;
+            break;
+        }
+    pthread_mutex_unlock(&streams_lock);
+}
+
+static void stream_forget(int fd)
+{
+    pthread_mutex_lock(&streams_lock);
+    for (int i = 0; i < MAX_STREAMS; i++)
+        if (streams[i].f && streams[i].fd == fd)
+            streams[i].f = NULL;
+    pthread_mutex_unlock(&streams_lock);
+}
+
+/* the descriptor under a cookie stream of this shim, or -1 */
+static int stream_fd(FILE *f)
+{
+    int fd = -1;
+    pthread_mutex_lock(&streams_lock);
+    for (int i = 0; i < MAX_STREAMS; i++)
+        if (streams[i].f == f)
+            fd = streams[i].fd;
+    pthread_mutex_unlock(&streams_lock);
+    return fd;
+}
 
 static ssize_t cookie_read(void *c, char *buf, size_t n)
 {
@@ -571,7 +618,24 @@ static int cookie_seek(void *c, off64_t *at, int whence)
 
 static int cookie_close(void *c)
 {
+    stream_forget((int)(intptr_t)c);
     return close((int)(intptr_t)c);
+}
+
+/* A cookie stream over fd (closed when that fails). */
+static FILE *cookie_stream(int fd, const char *mode)
+{
+    cookie_io_functions_t io = {.read = cookie_read, .write = cookie_write, .seek = cookie_seek,
+                                .close = cookie_close};
+    FILE *f = fopencookie((void *)(intptr_t)fd, mode, io);
+    if (!f) {
+        int saved = errno;
+        real_close(fd);
+        errno = saved;
+        return NULL;
+    }
+    stream_remember(f, fd);
+    return f;
 }
 
 /* open(2) flags of an fopen mode that writes; -1 for a read-only mode */
@@ -603,20 +667,33 @@ FILE *fopen(const char *path, const char *mode)
     if (flags < 0 || !name_in_dir(AT_FDCWD, path, abs))
         return real_fopen(path, mode);
     int fd = open_at(AT_FDCWD, path, flags, 0666);
-    if (fd < 0)
-        return NULL;
-    cookie_io_functions_t io = {.read = cookie_read, .write = cookie_write, .seek = cookie_seek,
-                                .close = cookie_close};
-    FILE *f = fopencookie((void *)(intptr_t)fd, mode, io);
-    if (!f) {
-        int saved = errno;
-        real_close(fd);
-        errno = saved;
-    }
-    return f;
+    return fd < 0 ? NULL : cookie_stream(fd, mode);
 }
 
 FILE *fopen64(const char *path, const char *mode)
 {
     return fopen(path, mode);
+}
+
+FILE *fdopen(int fd, const char *mode)
+{
+    ensure_init();
+    char p[PATH_MAX];
+    if (mode_flags(mode) < 0 || !fd_in_dir(fd, p))
+        return real_fdopen(fd, mode);
+    return cookie_stream(fd, mode);
+}
+
+int fileno(FILE *f)
+{
+    ensure_init();
+    int fd = stream_fd(f);
+    return fd >= 0 ? fd : real_fileno(f);
+}
+
+int fileno_unlocked(FILE *f)
+{
+    ensure_init();
+    int fd = stream_fd(f);
+    return fd >= 0 ? fd : real_fileno_unlocked(f);
 }
