@@ -93,6 +93,11 @@ inject() {
         [ -e "$p" ] || problem "no output '${p#"$TMP"/}'"
         cp -a "$p" "$ref/" 2>/dev/null
     done
+    # a checkpoint written under the counting shim reads back
+    if [ "$cmd" != score ] && [ "$cmd" != preprocess ] && [ "$rc" = 0 ]; then
+        "$LMSURGEON" inspect --quiet "$dests" 2>"$work/err" ||
+            problem "the output does not inspect: $(head -c 200 "$work/err")"
+    fi
     case_end
     [ "$rc" = 0 ] || return
     local total commit n i=0 e op
@@ -127,6 +132,12 @@ inject() {
 
 D=$TMP/convert-hf/d
 inject convert-hf convert none "$D/out" -- "$TINY" "$D/out" --to hf
+# HF to HF rewrites the fixture's bytes: the reference the cases compare with is the input
+case_begin "convert-hf: the output of the counting run is the input's bytes"
+for f in config.json generation_config.json model.safetensors; do
+    expect_same "$TMP/convert-hf/ref/out/$f" "$TINY/$f"
+done
+case_end
 D=$TMP/convert-hf-force/d
 inject convert-hf-force convert setup_existing "$D/out" -- "$TINY" "$D/out" --to hf --force
 D=$TMP/convert-nemo/d
