@@ -7,7 +7,7 @@
 #include "cli/cli.h"
 #include "lms/format.h"
 #include "lms/json.h"
-#include "lms/outdir.h"
+#include "lms/paths.h"
 
 static const char usage_text[] =
     "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32] [--max-shard-size SIZE]\n"
@@ -42,7 +42,9 @@ static int run(void *args)
     const struct cli_args *a = args;
     struct lms_error err;
     lms_error_clear(&err);
-    if (lms_path_check_not_input(a->out, a->in, &err))
+    const struct lms_path_role paths[] = {{a->out, NULL, LMS_PATH_WRITE},
+                                          {a->in, NULL, LMS_PATH_READ}};
+    if (lms_paths_check(paths, 2, &err))
         return cli_fail(spec.name, &a->co, &err);
     const struct lms_format *src, *dst;
     int code = cli_formats(spec.name, a, &src, &dst);

@@ -132,7 +132,7 @@ START_TEST(file_round_trip)
     int fd = mkstemp(path);
     ck_assert(fd >= 0);
     close(fd);
-    ck_assert_msg(lms_importance_write(&a, path, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_importance_write(&a, path, true, &err) == LMS_OK, "%s", err.msg);
     ck_assert_msg(lms_importance_read(path, &b, &err) == LMS_OK, "%s", err.msg);
     unlink(path);
     ck_assert(b.raw.present && b.raw.n_rows == 2 && b.raw.seq_len == 8);
