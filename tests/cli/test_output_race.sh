@@ -13,12 +13,15 @@ set -u
 ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 T=$FIXTURES/teacher
-IDS=$FIXTURES/corpus/val.ids.u16
+TINY=$FIXTURES/models/qwen3-tiny
 # an AddressSanitizer build wants its runtime first; the interposed library comes first here
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-race.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+# ids below the tiny model's 512-entry vocabulary, as a raw id file
+IDS=$TMP/ids.u16
+python3 -c 'import array, sys; open(sys.argv[1], "wb").write(array.array("H", [(i * 7919) % 512 for i in range(20000)]).tobytes())' "$IDS"
 n_checks=0
 n_fail=0
 fail() {
@@ -70,13 +73,32 @@ appear dir "$TMP/O" convert "$T" "$TMP/O" --to nemo --dtype f32 --force
     fail "convert --force: exit $RC, or what appeared is still there: $(cat "$TMP/err")"
 ls -a "$TMP" | grep -q 'lms-' && fail "convert --force: left $(ls -a "$TMP" | grep 'lms-')"
 
+# two converts to one new OUT: the first is held at its sync while the second runs to the end;
+# the first then finds OUT taken and keeps its output beside it
+n_checks=$((n_checks + 1))
+rm -rf "$TMP/O" "$TMP"/O.lms-kept-*
+LD_PRELOAD=$LMS_INTERPOSE LMS_SHIM_PAUSE=fsync LMS_SHIM_PAUSE_PATH=.O.lms-tmp- LMS_SHIM_MARK=$TMP/mark \
+    LMS_SHIM_RESUME=$TMP/resume "$LMSURGEON" convert "$T" "$TMP/O" --to nemo --quiet 2>"$TMP/err1" &
+first=$!
+for _ in $(seq 600); do
+    [ -e "$TMP/mark" ] || ! kill -0 "$first" 2>/dev/null && break
+    sleep 0.05
+done
+"$LMSURGEON" convert "$T" "$TMP/O" --to hf --quiet 2>"$TMP/err" || fail "the second convert failed: $(cat "$TMP/err")"
+touch "$TMP/resume"
+wait "$first"
+rc=$?
+[ "$rc" = 2 ] && grep -q "appeared" "$TMP/err1" || fail "the first of two converts: exit $rc (want 2): $(cat "$TMP/err1")"
+[ -f "$TMP/O/config.json" ] && [ ! -e "$TMP/O/context" ] || fail "the second convert's output was replaced"
+ls -a "$TMP" | grep -q 'lms-tmp' && fail "two converts: a temporary was left"
+
 # convert to a NeMo 1 file
 appear file "$TMP/o.nemo" convert "$T" "$TMP/o.nemo" --to nemo1
 refused "convert --to nemo1" file "$TMP/o.nemo" &&
     { "$LMSURGEON" inspect "$KEPT" --quiet 2>/dev/null || fail "convert --to nemo1: the kept file does not inspect"; }
 
 # score -o
-appear file "$TMP/x.json" score "$T" --data "$IDS" --num-samples 2 --seq-length 32 -o "$TMP/x.json"
+appear file "$TMP/x.json" score "$TINY" --data "$IDS" --num-samples 2 --seq-length 32 -o "$TMP/x.json"
 refused "score -o" file "$TMP/x.json" &&
     { grep -q '"lmsurgeon-importance"' "$KEPT" || fail "score -o: the kept file is no importance file"; }
 
@@ -89,7 +111,7 @@ refused "preprocess" file "$TMP/p_text_document.bin"
 
 # distill: the student's directory appears just before the first save renames it into place (the
 # state, saved first, stays)
-DIST=(distill --student "$T" --teacher "$T" --data-paths "$IDS" --split 1 --seq-length 16 --gbs 1
+DIST=(distill --student "$TINY" --teacher "$TINY" --data-paths "$IDS" --split 1 --seq-length 16 --gbs 1
       --mbs 1 --max-steps 1 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs")
 AT=rename appear dir "$TMP/s" "${DIST[@]}" --out "$TMP/s"
 refused "distill" dir "$TMP/s" &&

@@ -9,8 +9,9 @@
  *       hold "x\n". LMS_SHIM_APPEAR_AT=rename: only at the rename.
  *   LMS_SHIM_PAUSE=write|fsync, LMS_SHIM_PAUSE_PATH=SUBSTRING, LMS_SHIM_MARK=FILE
  *       at the first write (write, pwrite, copy_file_range, sendfile) or fsync to a file whose
- *       path contains SUBSTRING, creates FILE and sleeps up to 60 s (a signal ends the sleep),
- *       then carries on: the test signals the process while it is inside that write.
+ *       path contains SUBSTRING, creates FILE and sleeps up to 60 s (a signal that runs a handler
+ *       ends the sleep, and so does the file LMS_SHIM_RESUME appearing), then carries on: the
+ *       test signals the process while it is inside that write, or runs another command then.
  *   LMS_SHIM_FAIL_WRITE=SUBSTRING
  *       every write to a file whose path contains SUBSTRING fails with ENOSPC (a full disk). */
 #undef _FILE_OFFSET_BITS /* define pwrite and pwrite64 each under its own name */
@@ -81,8 +82,15 @@ static void maybe_pause(int fd, const char *what)
         if (m >= 0)
             close(m);
     }
-    struct timespec t = {60, 0};
-    nanosleep(&t, NULL);
+    /* up to 60 s; a signal that runs a handler, or LMS_SHIM_RESUME appearing, ends it sooner */
+    const char *resume = getenv("LMS_SHIM_RESUME");
+    for (int i = 0; i < 6000; i++) {
+        if (resume && access(resume, F_OK) == 0)
+            return;
+        struct timespec t = {0, 10000000};
+        if (nanosleep(&t, NULL) != 0)
+            return;
+    }
 }
 
 static int fail_write(int fd)
