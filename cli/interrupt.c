@@ -15,6 +15,7 @@
  * should stop it cleanly. distill replaces it while it trains with its own, which saves the
  * state first (cli/distill_steps.c) and reports the signal through cli_interrupt_note. */
 #include <signal.h>
+#include <sys/types.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -45,8 +46,18 @@ static void write_all(int fd, const char *s, size_t n)
     }
 }
 
+static pid_t main_tid; /* the thread that runs the command, and writes its outputs */
+
 static void on_signal(int sig)
 {
+    /* A process-wide signal may land on any thread (OpenMP's and OpenBLAS's workers included).
+     * It is passed on to the main thread, so that the removal never races with the writer
+     * creating files in a directory being removed: the main thread runs this handler in its
+     * place, out of whatever it was doing (or as soon as it releases the signals it holds). */
+    if (gettid() != main_tid) {
+        tgkill(getpid(), main_tid, sig);
+        return;
+    }
     lms_temp_remove_all();
     for (int i = 0; i < 2; i++)
         if (msgs[i].sig == sig) {
@@ -60,6 +71,7 @@ static void on_signal(int sig)
 void cli_interrupt_install(const char *cmd)
 {
     /* on a terminal the line first clears a progress bar (or the ^C the terminal echoed) */
+    main_tid = gettid();
     const char *clear = isatty(STDERR_FILENO) ? "\r\033[K" : "";
     for (int i = 0; i < 2; i++) {
         char what[64];

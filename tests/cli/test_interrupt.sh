@@ -40,12 +40,14 @@ snapshot() { (cd "$1" && find . -print0 | sort -z | xargs -0 ls -ld --time-style
 # interrupt SIG POINT SUBSTRING CMD...: runs lmsurgeon CMD in the background, held at its first
 # POINT (write or fsync) to a file whose path contains SUBSTRING, sends SIG there; exit status in
 # $RC (empty when the command never got there), stdout in $TMP/out, stderr in $TMP/err
+CARRY_ON=
+TO_THREAD=
 interrupt() {
     local sig=$1 point=$2 sub=$3
     shift 3
-    rm -f "$TMP/mark"
+    rm -f "$TMP/mark" "$TMP/resume"
     LD_PRELOAD=$LMS_INTERPOSE LMS_SHIM_PAUSE=$point LMS_SHIM_PAUSE_PATH=$sub LMS_SHIM_MARK=$TMP/mark \
-        "$LMSURGEON" "$@" >"$TMP/out" 2>"$TMP/err" </dev/null &
+        LMS_SHIM_RESUME=$TMP/resume "$LMSURGEON" "$@" >"$TMP/out" 2>"$TMP/err" </dev/null &
     PID=$!
     RC=
     local i
@@ -60,7 +62,18 @@ interrupt() {
         PID=
         return
     fi
-    kill "-$sig" "$PID"
+    if [ -n "$TO_THREAD" ]; then # to a thread other than the main one, when there is one
+        local tid
+        tid=$(ls "/proc/$PID/task" | grep -vx "$PID" | head -n 1)
+        [ -n "$tid" ] || { echo "note: no second thread to signal" >&2; tid=$PID; }
+        python3 -c 'import ctypes, signal, sys; sys.exit(ctypes.CDLL(None).tgkill(int(sys.argv[1]), int(sys.argv[2]), getattr(signal, "SIG" + sys.argv[3])))' \
+            "$PID" "$tid" "$sig" || fail "tgkill failed"
+    else
+        kill "-$sig" "$PID"
+    fi
+    # a command that carries on after the signal (distill) finishes the held call: its handler may
+    # have run on another thread than the one held
+    [ -n "$CARRY_ON" ] && touch "$TMP/resume"
     for i in $(seq 400); do
         kill -0 "$PID" 2>/dev/null || break
         sleep 0.05
@@ -91,6 +104,12 @@ stopped() {
 interrupt INT write ".O.lms-tmp-" convert "$T" "$TMP/O" --to nemo --dtype f32 --quiet
 stopped "convert, SIGINT mid-write" 130 "$TMP"
 [ -e "$TMP/O" ] && fail "convert, SIGINT mid-write: '$TMP/O' exists"
+
+# the signal delivered to another thread than the one writing (a worker of the BLAS pool): the
+# handler passes it on to the writer's thread
+TO_THREAD=1 interrupt TERM write ".O.lms-tmp-" convert "$T" "$TMP/O" --to nemo --quiet
+stopped "convert, SIGTERM to another thread" 143 "$TMP"
+[ -e "$TMP/O" ] && fail "convert, SIGTERM to another thread: '$TMP/O' exists"
 
 # convert --force over an existing output, SIGTERM at the sync before the rename
 mkdir -p "$TMP/E/sub"
@@ -138,7 +157,7 @@ ls -a "$TMP" | grep -q "x.json" && fail "score -o, full disk: left $(ls -a "$TMP
 DIST=(distill --student "$TINY" --teacher "$TINY" --data-paths "$IDS" --split 1 --seq-length 16 --gbs 1
       --mbs 1 --max-steps 2 --save-interval 1 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs"
       --out "$TMP/s" --quiet)
-interrupt TERM fsync ".s.state.lms-tmp-" "${DIST[@]}"
+CARRY_ON=1 interrupt TERM fsync ".s.state.lms-tmp-" "${DIST[@]}"
 n_checks=$((n_checks + 1))
 if [ -n "$RC" ]; then
     [ "$RC" = 143 ] && [ "$(wc -l <"$TMP/err")" = 1 ] &&
