@@ -187,8 +187,10 @@ static enum lms_status keep_beside(const char *tmp, const char *dest, bool is_di
             close(fd);
         if (made && rename(tmp, kept) == 0)
             where = kept;
+        else if (made && is_dir)
+            rmdir(kept);
         else if (made)
-            is_dir ? rmdir(kept) : unlink(kept);
+            unlink(kept);
     }
     lms_temp_forget(tmp);
     return lms_error_set(err, LMS_EEXIST, "'%s' appeared while the output was being written; "

@@ -29,7 +29,10 @@ static bool resolve(const char *path, char *dst)
         n--;
     if (n == 0 || n >= PATH_MAX)
         return false;
-    const char *slash = memrchr(path, '/', n);
+    const char *slash = NULL;
+    for (size_t i = n; i-- > 0 && !slash;)
+        if (path[i] == '/')
+            slash = path + i;
     const char *name = slash ? slash + 1 : path;
     size_t name_len = n - (size_t)(name - path);
     char parent[PATH_MAX];
