@@ -320,6 +320,7 @@ static int open_ranks(struct distill_run *r)
     if (r->rank > 0) { /* logs come from rank 0; the others speak only to report an error */
         a->base.co.quiet = true;
         a->base.co.json = false;
+        cli_interrupt_json(false);
     }
     cli_rank_device(&a->base, r->comm);
     return CLI_PARSED;
