@@ -32,7 +32,7 @@ int cli_exit_code(enum lms_status s)
     case LMS_EDEVICE:
         return CLI_EXIT_DEVICE;
     case LMS_EINTERRUPTED:
-        return CLI_EXIT_INTERRUPTED;
+        return cli_interrupt_exit_code();
     }
     return CLI_EXIT_INTERNAL;
 }

@@ -3,7 +3,7 @@
  * Exit codes (documented in README.md):
  *   0 success, 1 internal error, 2 usage error (bad flags, refusing to overwrite),
  *   3 bad input (malformed or unsupported file), 4 I/O failure, 5 out of memory,
- *   6 device error, 130 interrupted. */
+ *   6 device error, 130 interrupted (SIGINT), 143 terminated (SIGTERM). */
 #ifndef LMS_CLI_H
 #define LMS_CLI_H
 
@@ -24,7 +24,8 @@ enum cli_exit {
     CLI_EXIT_IO = 4,
     CLI_EXIT_NOMEM = 5,
     CLI_EXIT_DEVICE = 6,
-    CLI_EXIT_INTERRUPTED = 130,
+    CLI_EXIT_INTERRUPTED = 130, /* 128 + SIGINT */
+    CLI_EXIT_TERMINATED = 143,  /* 128 + SIGTERM */
 };
 
 /* Options every command takes. */
@@ -33,8 +34,21 @@ struct cli_common {
     bool quiet; /* no progress, no human summary */
 };
 
-/* Maps a library status to the documented exit code. */
+/* Maps a library status to the documented exit code (LMS_EINTERRUPTED: 128 + the signal that
+ * cli_interrupt_note recorded, 130 when none). */
 int cli_exit_code(enum lms_status s);
+
+/* Interrupts (cli/interrupt.c). Installs the handler of SIGINT and SIGTERM that removes every
+ * registered temporary (lms/tempfiles.h), prints "lmsurgeon CMD: error: interrupted by SIG..."
+ * and exits with 128 + the signal (130, 143). Called once, before the command runs. */
+void cli_interrupt_install(const char *cmd);
+/* --json was given: the handler prints the JSON error object on stdout as well. */
+void cli_interrupt_json(bool on);
+/* A command that handles the signals itself (distill) records the one that stopped it here;
+ * async-signal-safe. */
+void cli_interrupt_note(int sig);
+/* 128 + the recorded signal, or 130 when none was recorded. */
+int cli_interrupt_exit_code(void);
 /* Prints "lmsurgeon CMD: error: MSG" on stderr (and a JSON error object on stdout with --json)
  * and returns the exit code for err->status. */
 int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err);

@@ -7,7 +7,7 @@
 #include "cli/cli.h"
 #include "lms/format.h"
 #include "lms/json.h"
-#include "lms/outdir.h"
+#include "lms/paths.h"
 
 static const char usage_text[] =
     "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32] [--max-shard-size SIZE]\n"
@@ -15,14 +15,16 @@ static const char usage_text[] =
     "\n"
     "Converts the checkpoint IN (format detected) to OUT. OUT is written beside itself in a\n"
     "temporary directory and renamed into place only when complete; an interrupted run leaves\n"
-    "OUT as it was.\n"
+    "OUT as it was. Without --force, an OUT that appears during the run is left alone (exit 2;\n"
+    "the finished output is kept beside it).\n"
     "\n"
     "  --to FORMAT           output format: hf, nemo (NeMo 2), megatron (Megatron-Bridge\n"
     "                        iter_N layout) or nemo1 (a NeMo 1 .nemo tarball: OUT is one file)\n"
     "                        (default: the input's format)\n"
     "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept)\n"
     "  --max-shard-size SIZE bytes of tensor data per shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
-    "  --force               replace OUT if it exists and is not empty\n"
+    "  --force               replace OUT if it exists and is not empty (whatever is there when\n"
+    "                        the output is complete)\n"
     "  --json                print one JSON object on stdout\n"
     "  --quiet               no progress bar, no summary\n"
     "  -h, --help            show this help\n"
@@ -42,7 +44,9 @@ static int run(void *args)
     const struct cli_args *a = args;
     struct lms_error err;
     lms_error_clear(&err);
-    if (lms_path_check_not_input(a->out, a->in, &err))
+    const struct lms_path_role paths[] = {{a->out, NULL, LMS_PATH_WRITE},
+                                          {a->in, NULL, LMS_PATH_READ}};
+    if (lms_paths_check(paths, 2, &err))
         return cli_fail(spec.name, &a->co, &err);
     const struct lms_format *src, *dst;
     int code = cli_formats(spec.name, a, &src, &dst);

@@ -3,17 +3,20 @@
  * parses and checks the options, opens the ranks, models and data, and plans memory;
  * cli/distill_steps.c runs the steps. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/distill_run.h"
 #include "lms/alloc.h"
 #include "lms/comm.h"
 #include "lms/format.h"
 #include "lms/outdir.h"
+#include "lms/paths.h"
 
 static const char *cmd = "distill";
 
@@ -88,7 +91,8 @@ static const char usage_text2[] =
     "                                 content of the student, teacher or data (files may move)\n"
     "  --exit-interval N              save and exit (status 0) after a step that is a multiple\n"
     "                                 of N, to split a run into jobs; continue with --resume\n"
-    "  --force                        replace an existing DIR (and DIR.state/) without --resume\n"
+    "  --force                        replace an existing DIR (and DIR.state/, the metrics file,\n"
+    "                                 --dump-rows) without --resume\n"
     "Machine:\n"
     "  --device DEV                   cpu (default) or cuda[:N]\n"
     "  --precision P                  auto (default), fp32 or bf16. On cuda, auto and bf16 keep a\n"
@@ -121,7 +125,8 @@ static const char usage_text3[] =
     "  --legacy-ckpt                  no effect: every checkpoint layout is detected on reading\n"
     "  --name, --model_path, --teacher_path, --data_paths, --log_dir ...: underscores work as\n"
     "                                 hyphens\n"
-    "SIGINT (Ctrl-C) saves the training state at the last finished step and exits with 130.\n";
+    "SIGINT (Ctrl-C) saves the training state at the last finished step and exits with 130;\n"
+    "SIGTERM (what Slurm sends before it kills a job) does the same and exits with 143.\n";
 
 /* --data-paths takes every value up to the next option (nargs="+", as the reference scripts
  * declare it), which getopt cannot express: the values are taken out of argv first. */
@@ -326,6 +331,7 @@ static int open_ranks(struct distill_run *r)
     if (r->rank > 0) { /* logs come from rank 0; the others speak only to report an error */
         a->base.co.quiet = true;
         a->base.co.json = false;
+        cli_interrupt_json(false);
     }
     cli_rank_device(&a->base, r->comm);
     return CLI_PARSED;
@@ -337,8 +343,30 @@ static bool path_taken(const char *path)
     return stat(path, &st) == 0; /* a file or any directory entry counts as taken */
 }
 
+/* Every path the run writes (the student, its state, the metrics, --dump-rows) against the
+ * others and against every path it reads (the models and the data). */
+static enum lms_status check_paths(const struct distill_run *r, struct lms_error *err)
+{
+    const struct distill_args *a = r->a;
+    size_t n = 6 + (size_t)r->n_src;
+    struct lms_path_role *p = lms_calloc(n, sizeof *p);
+    if (!p)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    p[0] = (struct lms_path_role){r->out, "--out", LMS_PATH_WRITE};
+    p[1] = (struct lms_path_role){r->state_dir, "the training state", LMS_PATH_WRITE};
+    p[2] = (struct lms_path_role){r->metrics_path, "the metrics file (--log-dir)", LMS_PATH_WRITE};
+    p[3] = (struct lms_path_role){a->dump_rows, "--dump-rows", LMS_PATH_WRITE};
+    p[4] = (struct lms_path_role){a->student, "the student", LMS_PATH_READ};
+    p[5] = (struct lms_path_role){a->teacher, "the teacher", LMS_PATH_READ};
+    for (int i = 0; i < r->n_src; i++)
+        p[6 + i] = (struct lms_path_role){r->src[i].path, "the data", LMS_PATH_READ_DATA};
+    enum lms_status st = lms_paths_check(p, n, err);
+    lms_free(p);
+    return st;
+}
+
 /* OUT, NAME, the state beside OUT, the metrics in LOG_DIR, the data sources; refuses to replace
- * a student or a state without --force or --resume. */
+ * a student, a state, a metrics file or --dump-rows without --force or --resume. */
 static int name_outputs(struct distill_run *r)
 {
     struct distill_args *a = r->a;
@@ -359,8 +387,7 @@ static int name_outputs(struct distill_run *r)
                                                  &err);
     lms_free(a->data_args);
     a->data_args = NULL;
-    if (st || lms_path_check_not_input(r->out, a->student, &err) ||
-        lms_path_check_not_input(r->out, a->teacher, &err))
+    if (st || check_paths(r, &err))
         return cli_usage_error(cmd, "%s", err.msg);
     if (a->resume && !path_taken(r->state_dir))
         return cli_usage_error(cmd, "--resume: no training state '%s'", r->state_dir);
@@ -371,6 +398,12 @@ static int name_outputs(struct distill_run *r)
                                "or start over with --force", r->state_dir);
     if (path_taken(r->out))
         return cli_usage_error(cmd, "refusing to overwrite '%s' (use --force)", r->out);
+    if (path_taken(r->metrics_path))
+        return cli_usage_error(cmd, "refusing to overwrite the metrics file '%s' (use --force, "
+                               "or --resume to continue its run)", r->metrics_path);
+    if (a->dump_rows && path_taken(a->dump_rows))
+        return cli_usage_error(cmd, "refusing to overwrite --dump-rows '%s' (use --force)",
+                               a->dump_rows);
     return CLI_PARSED;
 }
 
@@ -707,6 +740,20 @@ static void print_dry_run(const struct distill_run *r)
         distill_summary_json(r, cli_now() - r->t0, true);
 }
 
+/* A log the run writes as it goes: appended to (--resume), created where nothing is (excl), or
+ * replaced. */
+static FILE *open_log(const char *path, bool append, bool excl)
+{
+    int how = append ? O_APPEND : excl ? O_EXCL : O_TRUNC;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | how, 0666);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, append ? "a" : "w");
+    if (!f)
+        close(fd);
+    return f;
+}
+
 /* The backend, the student's trainer, the teacher's engine, the loss, the schedule, the batch
  * buffers, the metrics file; on --resume the weights and moments from the state. */
 static int open_training(struct distill_run *r, const struct lms_train_state *state)
@@ -754,15 +801,17 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
         lms_error_set(&err, LMS_EIO, "creating --log-dir '%s': %s", a->log_dir, strerror(errno));
         return fail(r, &err);
     }
-    r->metrics = r->rank ? NULL : fopen(r->metrics_path, a->resume ? "a" : "w");
+    bool keep = !a->base.wo.force && !a->resume; /* replace nothing, even what appeared */
+    r->metrics = r->rank ? NULL : open_log(r->metrics_path, a->resume, keep);
     r->metrics_fresh = r->metrics && !a->resume;
     if (!r->metrics && r->rank == 0) {
-        lms_error_set(&err, LMS_EIO, "opening '%s': %s", r->metrics_path, strerror(errno));
+        lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening '%s': %s",
+                      r->metrics_path, strerror(errno));
         return fail(r, &err);
     }
-    if (a->dump_rows && !(r->dump = fopen(a->dump_rows, "wb"))) {
-        lms_error_set(&err, LMS_EIO, "opening --dump-rows '%s': %s", a->dump_rows,
-                      strerror(errno));
+    if (a->dump_rows && !(r->dump = open_log(a->dump_rows, false, keep))) {
+        lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening --dump-rows '%s': "
+                      "%s", a->dump_rows, strerror(errno));
         return fail(r, &err);
     }
     return CLI_PARSED;

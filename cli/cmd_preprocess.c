@@ -19,6 +19,7 @@
 #include "lms/alloc.h"
 #include "lms/dataset.h"
 #include "lms/json.h"
+#include "lms/paths.h"
 #include "lms/tokenizer.h"
 
 static const char usage_text[] =
@@ -373,6 +374,15 @@ static int run(void *args)
     char out_prefix[4096];
     snprintf(out_prefix, sizeof(out_prefix), "%s_%s_document", a->prefix, a->key);
 
+    char out_bin[4200], out_idx[4200];
+    snprintf(out_bin, sizeof out_bin, "%s.bin", out_prefix);
+    snprintf(out_idx, sizeof out_idx, "%s.idx", out_prefix);
+    const struct lms_path_role paths[] = {{out_bin, NULL, LMS_PATH_WRITE},
+                                          {out_idx, NULL, LMS_PATH_WRITE},
+                                          {a->input, NULL, LMS_PATH_READ},
+                                          {a->tok_path, "the tokenizer", LMS_PATH_READ}};
+    if (lms_paths_check(paths, sizeof paths / sizeof paths[0], &err))
+        goto fail;
     json_object_seed(0); /* before threads: jansson seeds its hash once */
     int32_t eod_id;
     if (lms_tokenizer_load(a->tok_path, &tk, &err) || eod_id_of(a, tk, &eod_id, &err))

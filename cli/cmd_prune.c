@@ -13,7 +13,7 @@
 #include "lms/format.h"
 #include "lms/importance.h"
 #include "lms/json.h"
-#include "lms/outdir.h"
+#include "lms/paths.h"
 #include "lms/surgery.h"
 
 static const char usage_text[] =
@@ -572,7 +572,11 @@ static int check(void *args)
         a->base.out = "(dry run)";
     struct lms_error err;
     lms_error_clear(&err);
-    if (!a->dry_run && lms_path_check_not_input(a->base.out, a->base.in, &err))
+    const struct lms_path_role paths[] = {{a->base.out, NULL, LMS_PATH_WRITE},
+                                          {a->base.in, NULL, LMS_PATH_READ},
+                                          {a->cal.data, "the calibration data", LMS_PATH_READ_DATA},
+                                          {a->importance, "the importance file", LMS_PATH_READ}};
+    if (!a->dry_run && lms_paths_check(paths, sizeof paths / sizeof paths[0], &err))
         return cli_fail(cmd, &a->base.co, &err);
     if (a->selection && !lms_layer_selection_parse(a->selection, &a->t.selection))
         return cli_usage_error(cmd, "unknown --layer-selection '%s' (bi, block-bi, ppl, "

@@ -11,6 +11,7 @@
 #include "lms/comm.h"
 #include "lms/format.h"
 #include "lms/json.h"
+#include "lms/paths.h"
 #include "lms/score.h"
 
 /* Several processes (mpirun / srun): rank k scores its share of the rows, the raw sums are added
@@ -241,7 +242,7 @@ static enum lms_status merge_files(char **files, int n, struct lms_importance *a
     return rc;
 }
 
-static int run_merge(struct cli_common *co, char **files, int n, const char *out)
+static int run_merge(struct cli_common *co, char **files, int n, const char *out, bool force)
 {
     struct lms_error err;
     lms_error_clear(&err);
@@ -250,7 +251,7 @@ static int run_merge(struct cli_common *co, char **files, int n, const char *out
     double t0 = cli_now();
     enum lms_status rc = merge_files(files, n, &acc, &err);
     if (!rc)
-        rc = lms_importance_write(&acc, out, &err);
+        rc = lms_importance_write(&acc, out, force, &err);
     int code;
     if (rc) {
         code = cli_fail(cmd, co, &err);
@@ -329,6 +330,28 @@ static int on_option(void *args, int id, const char *value, const char *word)
     return 0;
 }
 
+/* The output against every input: the model and the data, or the files merged. */
+static int check_paths(const struct score_args *a)
+{
+    int n = a->merge ? a->base.n_rest : 2;
+    struct lms_path_role *roles = lms_calloc((size_t)n + 1, sizeof *roles);
+    if (!roles)
+        return cli_usage_error(cmd, "out of memory");
+    roles[0] = (struct lms_path_role){a->out, NULL, LMS_PATH_WRITE};
+    if (a->merge)
+        for (int i = 0; i < n; i++)
+            roles[i + 1] = (struct lms_path_role){a->base.rest[i], "the input", LMS_PATH_READ};
+    else {
+        roles[1] = (struct lms_path_role){a->base.in, "the model", LMS_PATH_READ};
+        roles[2] = (struct lms_path_role){a->data, "the data", LMS_PATH_READ_DATA};
+    }
+    struct lms_error err;
+    lms_error_clear(&err);
+    enum lms_status st = lms_paths_check(roles, (size_t)n + 1, &err);
+    lms_free(roles);
+    return st ? cli_fail(cmd, &a->base.co, &err) : CLI_PARSED;
+}
+
 static int check(void *args)
 {
     struct score_args *a = args;
@@ -344,7 +367,7 @@ static int check(void *args)
             if (!strcmp(a->base.rest[i], a->out))
                 return cli_usage_error(cmd, "the output '%s' is one of the inputs", a->out);
         a->base.device = a->base.precision = NULL; /* a merge runs no model */
-        return CLI_PARSED;
+        return check_paths(a);
     }
     if (a->base.n_rest != 1)
         return cli_usage_error(cmd, "expected one MODEL");
@@ -368,7 +391,7 @@ static int check(void *args)
     so->model_name = a->base.in;
     if (so->micro_batch > so->row_end - so->row_begin)
         so->micro_batch = so->row_end - so->row_begin;
-    return CLI_PARSED;
+    return check_paths(a);
 }
 
 static int run(void *args);
@@ -556,7 +579,7 @@ static int run_score(struct score_args *a)
     }
     cli_progress_end(&bar);
     double secs = cli_now() - t0;
-    if (lms_comm_rank(comm) == 0 && lms_importance_write(&imp, a->out, &err)) {
+    if (lms_comm_rank(comm) == 0 && lms_importance_write(&imp, a->out, a->base.wo.force, &err)) {
         agreed = false; /* the others are done: ending them is harmless */
         goto fail;
     }
@@ -578,7 +601,7 @@ static int run(void *args)
 {
     struct score_args *a = args;
     if (a->merge)
-        return run_merge(&a->base.co, a->base.rest, a->base.n_rest, a->out);
+        return run_merge(&a->base.co, a->base.rest, a->base.n_rest, a->out, a->base.wo.force);
     return run_score(a);
 }
 

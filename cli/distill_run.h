@@ -89,7 +89,8 @@ enum lms_status distill_restore(struct distill_run *r, const struct lms_train_st
  * that the resumed run computes again). */
 void distill_metrics_truncate(const char *path, int64_t step);
 /* Trains from r->step to --max-steps (or the next --exit-interval), validating, logging and
- * saving on the way; saves at the end. LMS_EINTERRUPTED after SIGINT, with the state saved. */
+ * saving on the way; saves at the end. LMS_EINTERRUPTED after SIGINT or SIGTERM, with the state
+ * saved. */
 enum lms_status distill_train(struct distill_run *r, struct lms_error *err);
 /* The memory plan as a table (stdout; stderr with --json). */
 void distill_print_plan(const struct distill_run *r, const struct lms_train_plan *tp,

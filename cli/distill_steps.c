@@ -18,12 +18,14 @@
  * second moment under these suffixes (torch's exp_avg / exp_avg_sq). */
 static const char *const state_suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
 
+/* The signal that asked the run to stop (SIGINT, or SIGTERM: what Slurm sends before it kills a
+ * job); 0 while none has. */
 static volatile sig_atomic_t interrupted;
 
 static void on_sigint(int sig)
 {
-    (void)sig;
-    interrupted = 1;
+    interrupted = sig;
+    cli_interrupt_note(sig); /* the exit code: 128 + sig */
 }
 
 /* Micro-batches of one global batch, all ranks together. */
@@ -291,7 +293,10 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
         st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
         goto out;
     }
-    st = lms_train_state_write(r->state_dir, meta, t, 3 * n, err);
+    /* a save replaces this run's previous save, or what --force or --resume named; the first
+     * save of a new run replaces nothing, not even what appeared during the run */
+    bool replace = r->a->base.wo.force || r->a->resume || r->saved_step > r->start_step;
+    st = lms_train_state_write(r->state_dir, meta, t, 3 * n, replace, err);
     json_decref(meta);
     if (st)
         goto out;
@@ -300,7 +305,7 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
         goto out;
     struct lms_write_opts wo = r->a->base.wo; /* --max-shard-size; the dtype is exported */
     wo.dtype = LMS_DTYPE_COUNT;
-    wo.force = true;
+    wo.force = replace;
     struct lms_write_result res;
     st = r->out_fmt->write(&m, r->out, &wo, &res, err);
     lms_model_release(&m);
@@ -511,26 +516,29 @@ static void log_steps(struct distill_run *r, double lr, double *t_log, int64_t *
     *log_from = r->step;
 }
 
-/* After SIGINT: saves the steps finished since the last save, and says where they are. */
+/* After SIGINT or SIGTERM: saves the steps finished since the last save, and says where they
+ * are. */
 static enum lms_status stop_interrupted(struct distill_run *r, struct lms_error *err)
 {
     enum lms_status st = r->step > r->saved_step ? save(r, err) : LMS_OK;
     if (st)
         return st;
     r->agreed = true; /* every rank stopped at the same step */
+    const char *how = interrupted == SIGTERM ? "interrupted by SIGTERM" : "interrupted";
     if (r->step == 0)
-        return lms_error_set(err, LMS_EINTERRUPTED, "interrupted before the first step finished: "
-                             "nothing saved");
-    return lms_error_set(err, LMS_EINTERRUPTED, "interrupted: the state after step %lld is in "
-                         "'%s' (continue with --resume)", (long long)r->step, r->state_dir);
+        return lms_error_set(err, LMS_EINTERRUPTED, "%s before the first step finished: nothing "
+                             "saved", how);
+    return lms_error_set(err, LMS_EINTERRUPTED, "%s: the state after step %lld is in '%s' "
+                         "(continue with --resume)", how, (long long)r->step, r->state_dir);
 }
 
 enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
 {
     const struct distill_args *a = r->a;
-    struct sigaction sa = {.sa_handler = on_sigint}, old_sa;
+    struct sigaction sa = {.sa_handler = on_sigint}, old_int, old_term;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_sa);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     if (!a->base.co.quiet && !a->base.co.json)
         printf("distilling '%s' from '%s': %lld steps of %lld x %lld tokens%s\n", a->student,
                a->teacher, (long long)a->max_steps, (long long)a->gbs, (long long)a->seq,
@@ -569,7 +577,8 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
         st = stop_interrupted(r, err);
     else if (!st)
         st = save(r, err);
-    sigaction(SIGINT, &old_sa, NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     return st;
 }
 

@@ -29,7 +29,8 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nexit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 I/O failure,\n"
-               "            5 out of memory, 6 device error, 130 interrupted\n");
+               "            5 out of memory, 6 device error, 130 interrupted (SIGINT),\n"
+               "            143 terminated (SIGTERM)\n");
 }
 
 int main(int argc, char **argv)
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(argv[1], commands[i].name) == 0) {
             cli_normalize_flags(argc - 1, argv + 1);
+            cli_interrupt_install(commands[i].name);
             return commands[i].run(argc - 1, argv + 1);
         }
     }

@@ -225,7 +225,10 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
 int cli_main(const struct cli_spec *spec, int argc, char **argv, void *args)
 {
     int code = cli_parse(spec, argc, argv, args);
-    return code == CLI_PARSED ? spec->run(args) : code;
+    if (code != CLI_PARSED)
+        return code;
+    cli_interrupt_json(((const struct cli_args *)args)->co.json);
+    return spec->run(args);
 }
 
 int cli_run_check(const char *cmd, struct cli_args *a)

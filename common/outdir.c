@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "lms/alloc.h"
+#include "lms/tempfiles.h"
 
 const char *lms_path_basename(const char *path)
 {
@@ -69,11 +70,13 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
     if (rc)
         return rc;
     struct stat sb;
+    bool empty_dir = false;
     if (stat(dest, &sb) == 0) {
         if (!S_ISDIR(sb.st_mode) && !force)
             return lms_error_set(err, LMS_EEXIST, "'%s' exists and is not a directory (use --force)",
                                  dest);
-        if (S_ISDIR(sb.st_mode) && !dir_is_empty(dest) && !force)
+        empty_dir = S_ISDIR(sb.st_mode) && dir_is_empty(dest);
+        if (S_ISDIR(sb.st_mode) && !empty_dir && !force)
             return lms_error_set(err, LMS_EEXIST,
                                  "'%s' exists and is not empty (use --force to replace it)", dest);
     }
@@ -94,6 +97,7 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
     od->dest = lms_strdup(dest);
     od->tmp = lms_strdup(tmp);
     od->force = force;
+    od->replace_empty = empty_dir;
     if (!od->dest || !od->tmp) {
         rmdir(tmp);
         lms_free(od->dest);
@@ -101,6 +105,7 @@ enum lms_status lms_outdir_begin(const char *dest, bool force, struct lms_outdir
         memset(od, 0, sizeof(*od));
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     }
+    lms_temp_track(od->tmp);
     return LMS_OK;
 }
 
@@ -159,57 +164,169 @@ static void free_outdir(struct lms_outdir *od)
     memset(od, 0, sizeof(*od));
 }
 
+/* Whether a failed rename into dest failed because something is there now. */
+static bool taken_errno(int e)
+{
+    return e == EEXIST || e == ENOTEMPTY || e == ENOTDIR || e == EISDIR;
+}
+
+/* Moves the finished tmp out of the way of dest, which appeared during the run, to a visible
+ * unique name beside it, and says so in err (LMS_EEXIST). The temporary name is kept when that
+ * fails. Signals are held by the caller. */
+static enum lms_status keep_beside(const char *tmp, const char *dest, bool is_dir,
+                                   struct lms_error *err)
+{
+    char kept[PATH_MAX];
+    const char *where = tmp;
+    int n = snprintf(kept, sizeof kept, "%s.lms-kept-XXXXXX", dest);
+    if (n > 0 && (size_t)n < sizeof kept) {
+        /* a unique name, then an atomic rename over the empty placeholder just made */
+        int fd = -1;
+        bool made = is_dir ? mkdtemp(kept) != NULL : (fd = mkstemp(kept)) >= 0;
+        if (fd >= 0)
+            close(fd);
+        if (made && rename(tmp, kept) == 0)
+            where = kept;
+        else if (made && is_dir)
+            rmdir(kept);
+        else if (made)
+            unlink(kept);
+    }
+    lms_temp_forget(tmp);
+    return lms_error_set(err, LMS_EEXIST, "'%s' appeared while the output was being written; "
+                         "without --force it is left alone, and the finished output is in '%s'",
+                         dest, where);
+}
+
+/* Renames tmp to dest when nothing is at dest, atomically (RENAME_NOREPLACE; on a filesystem
+ * without it, a directory is claimed with mkdir and a file with link first). replace_empty: an
+ * empty directory was at dest when the run began, and a plain rename replaces only an empty
+ * directory. 1 when dest is taken, 0 when renamed, -1 on another error (errno set). */
+static int rename_new(const char *tmp, const char *dest, bool is_dir, bool replace_empty)
+{
+    if (replace_empty && is_dir)
+        return rename(tmp, dest) == 0 ? 0 : taken_errno(errno) ? 1 : -1;
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return 1;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return -1;
+    if (is_dir) {
+        if (mkdir(dest, 0700) != 0)
+            return errno == EEXIST ? 1 : -1;
+        return rename(tmp, dest) == 0 ? 0 : taken_errno(errno) ? 1 : -1;
+    }
+    if (link(tmp, dest) != 0)
+        return errno == EEXIST ? 1 : -1;
+    unlink(tmp);
+    return 0;
+}
+
+static enum lms_status fsync_parent(const char *dest, struct lms_error *err)
+{
+    char parent[PATH_MAX], name[NAME_MAX + 1];
+    enum lms_status rc = split_dest(dest, parent, sizeof(parent), name, sizeof(name), err);
+    return rc ? rc : fsync_path(parent, err);
+}
+
+/* Replaces whatever is at dest by tmp. In one atomic step where the filesystem can exchange
+ * two names (after the exchange tmp names the old destination, removed by the caller); else
+ * the old destination is moved aside to *old first (a crash between the two renames leaves it
+ * in .NAME.lms-old-*). Signals are held by the caller. */
+static enum lms_status replace_dest(const char *tmp, const char *dest, char *old,
+                                    struct lms_error *err)
+{
+    char parent[PATH_MAX], name[NAME_MAX + 1];
+    enum lms_status rc = split_dest(dest, parent, sizeof(parent), name, sizeof(name), err);
+    if (rc)
+        return rc;
+    old[0] = '\0';
+    struct stat sb;
+    if (lstat(dest, &sb) == 0) {
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_EXCHANGE) == 0)
+            return LMS_OK;
+        if (S_ISDIR(sb.st_mode) && dir_is_empty(dest)) {
+            rmdir(dest);
+        } else {
+            snprintf(old, PATH_MAX, "%s/.%s.lms-old-XXXXXX", parent, name);
+            if (!mkdtemp(old)) {
+                old[0] = '\0';
+                return lms_error_set(err, LMS_EIO, "replacing '%s': %s", dest, strerror(errno));
+            }
+            rmdir(old);
+            if (rename(dest, old) != 0) {
+                old[0] = '\0';
+                return lms_error_set(err, LMS_EIO, "moving '%s' aside: %s", dest,
+                                     strerror(errno));
+            }
+            lms_temp_track(old);
+        }
+    }
+    if (rename(tmp, dest) != 0) {
+        rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, dest,
+                           strerror(errno));
+        if (old[0] && rename(old, dest) == 0) /* put the previous destination back */
+            lms_temp_forget(old);
+        old[0] = '\0';
+        return rc;
+    }
+    lms_temp_forget(tmp);
+    return LMS_OK;
+}
+
+/* The rename into place shared by directories and files: with force over whatever is there,
+ * else only where nothing appeared since the run began. Signals are held during the renames, so
+ * that a handler finds either the temporary or the finished output; what the replacement left
+ * to delete stays registered until it is gone. */
+static enum lms_status place(const char *tmp, const char *dest, bool force, bool is_dir,
+                             bool replace_empty, struct lms_error *err)
+{
+    sigset_t mask;
+    lms_temp_hold_signals(&mask);
+    enum lms_status rc = LMS_OK;
+    char old[PATH_MAX];
+    old[0] = '\0';
+    if (force) {
+        rc = replace_dest(tmp, dest, old, err);
+    } else {
+        int r = rename_new(tmp, dest, is_dir, replace_empty);
+        if (r > 0)
+            rc = keep_beside(tmp, dest, is_dir, err);
+        else if (r < 0)
+            rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, dest,
+                               strerror(errno));
+        else
+            lms_temp_forget(tmp);
+    }
+    lms_temp_release_signals(&mask);
+    if (rc == LMS_EEXIST)
+        return rc;
+    if (rc) {
+        lms_remove_tree(tmp);
+        lms_temp_forget(tmp);
+        return rc;
+    }
+    rc = fsync_parent(dest, err);
+    /* after an exchange, tmp names the old destination (still registered); a plain rename left
+     * nothing there */
+    lms_remove_tree(tmp);
+    lms_temp_forget(tmp);
+    if (old[0]) {
+        lms_remove_tree(old);
+        lms_temp_forget(old);
+    }
+    return rc;
+}
+
 enum lms_status lms_outdir_commit(struct lms_outdir *od, struct lms_error *err)
 {
-    char parent[PATH_MAX], name[NAME_MAX + 1], old[PATH_MAX];
-    enum lms_status rc = split_dest(od->dest, parent, sizeof(parent), name, sizeof(name), err);
-    if (!rc)
-        rc = fsync_tree(od->tmp, err);
+    enum lms_status rc = fsync_tree(od->tmp, err);
     if (rc) {
         lms_outdir_abort(od);
         return rc;
     }
-    old[0] = '\0';
-    struct stat sb;
-    if (lstat(od->dest, &sb) == 0) {
-        /* replace in one atomic step: after the exchange od->tmp names the old destination */
-        if (renameat2(AT_FDCWD, od->tmp, AT_FDCWD, od->dest, RENAME_EXCHANGE) == 0) {
-            rc = fsync_path(parent, err);
-            lms_remove_tree(od->tmp);
-            free_outdir(od);
-            return rc;
-        }
-        if (S_ISDIR(sb.st_mode) && dir_is_empty(od->dest)) {
-            rmdir(od->dest);
-        } else {
-            /* no RENAME_EXCHANGE on this filesystem: move the old destination aside, then
-             * rename (a crash between the two leaves it in .NAME.lms-old-*) */
-            snprintf(old, sizeof(old), "%s/.%s.lms-old-XXXXXX", parent, name);
-            if (!mkdtemp(old)) {
-                rc = lms_error_set(err, LMS_EIO, "replacing '%s': %s", od->dest, strerror(errno));
-                lms_outdir_abort(od);
-                return rc;
-            }
-            rmdir(old);
-            if (rename(od->dest, old) != 0) {
-                rc = lms_error_set(err, LMS_EIO, "moving '%s' aside: %s", od->dest,
-                                   strerror(errno));
-                lms_outdir_abort(od);
-                return rc;
-            }
-        }
-    }
-    if (rename(od->tmp, od->dest) != 0) {
-        rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", od->tmp, od->dest,
-                           strerror(errno));
-        if (old[0])
-            rename(old, od->dest); /* put the previous destination back */
-        lms_outdir_abort(od);
-        return rc;
-    }
-    rc = fsync_path(parent, err);
-    if (old[0])
-        lms_remove_tree(old);
+    rc = place(od->tmp, od->dest, od->force, true, od->replace_empty, err);
     free_outdir(od);
     return rc;
 }
@@ -225,8 +342,10 @@ enum lms_status lms_outdir_finish(struct lms_outdir *od, enum lms_status rc,
 
 void lms_outdir_abort(struct lms_outdir *od)
 {
-    if (od->tmp)
+    if (od->tmp) {
         lms_remove_tree(od->tmp);
+        lms_temp_forget(od->tmp);
+    }
     free_outdir(od);
 }
 
@@ -253,38 +372,6 @@ void lms_remove_tree(const char *path)
         closedir(d);
     }
     rmdir(path);
-}
-
-/* realpath of path, or of its parent joined with its name when path does not exist yet. */
-static bool resolve(const char *path, char *dst)
-{
-    if (realpath(path, dst))
-        return true;
-    char parent[PATH_MAX], name[NAME_MAX + 1], rp[PATH_MAX];
-    if (split_dest(path, parent, sizeof(parent), name, sizeof(name), NULL))
-        return false;
-    if (!realpath(parent, rp))
-        return false;
-    int n = snprintf(dst, PATH_MAX, "%s/%s", strcmp(rp, "/") ? rp : "", name);
-    return n > 0 && n < PATH_MAX;
-}
-
-static bool is_within(const char *inner, const char *outer)
-{
-    size_t n = strlen(outer);
-    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
-}
-
-enum lms_status lms_path_check_not_input(const char *dest, const char *input,
-                                         struct lms_error *err)
-{
-    char d[PATH_MAX], i[PATH_MAX];
-    if (!resolve(dest, d) || !resolve(input, i))
-        return LMS_OK; /* unresolvable paths fail later with a precise message */
-    if (is_within(d, i) || is_within(i, d))
-        return lms_error_set(err, LMS_EINVAL, "refusing to write '%s': it overlaps the input '%s'",
-                             dest, input);
-    return LMS_OK;
 }
 
 enum lms_status lms_write_all(int fd, const void *buf, size_t len, const char *path,
@@ -380,4 +467,84 @@ enum lms_status lms_copy_file(const char *src_path, const char *dst_path, struct
         return rc;
     }
     return finish_file(out, dst_path, err);
+}
+
+/* ---- single files ------------------------------------------------------------------------ */
+
+enum lms_status lms_outfile_begin(const char *dest, bool force, struct lms_outfile *of,
+                                  struct lms_error *err)
+{
+    memset(of, 0, sizeof(*of));
+    of->fd = -1;
+    char parent[PATH_MAX], name[NAME_MAX + 1];
+    enum lms_status rc = split_dest(dest, parent, sizeof(parent), name, sizeof(name), err);
+    if (rc)
+        return rc;
+    struct stat sb;
+    if (stat(dest, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode))
+            return lms_error_set(err, LMS_EEXIST, "'%s' is a directory", dest);
+        if (!force)
+            return lms_error_set(err, LMS_EEXIST, "'%s' exists (use --force to replace it)",
+                                 dest);
+    }
+    char tmp[PATH_MAX];
+    int n = snprintf(tmp, sizeof(tmp), "%s/.%s.lms-tmp-XXXXXX", parent, name);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return lms_error_set(err, LMS_EINVAL, "output path '%s' is too long", dest);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return lms_error_set(err, LMS_EIO, "creating a temporary file beside '%s': %s", dest,
+                             strerror(errno));
+    /* mkstemp creates 0600; give the result the permissions of a normal creat */
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+    of->dest = lms_strdup(dest);
+    of->tmp = lms_strdup(tmp);
+    if (!of->dest || !of->tmp) {
+        close(fd);
+        unlink(tmp);
+        lms_free(of->dest);
+        lms_free(of->tmp);
+        memset(of, 0, sizeof(*of));
+        of->fd = -1;
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    of->fd = fd;
+    of->force = force;
+    lms_temp_track(of->tmp);
+    return LMS_OK;
+}
+
+static void free_outfile(struct lms_outfile *of)
+{
+    lms_free(of->dest);
+    lms_free(of->tmp);
+    memset(of, 0, sizeof(*of));
+    of->fd = -1;
+}
+
+enum lms_status lms_outfile_commit(struct lms_outfile *of, struct lms_error *err)
+{
+    enum lms_status rc = finish_file(of->fd, of->tmp, err);
+    of->fd = -1;
+    if (rc) {
+        lms_outfile_abort(of);
+        return rc;
+    }
+    rc = place(of->tmp, of->dest, of->force, false, false, err);
+    free_outfile(of);
+    return rc;
+}
+
+void lms_outfile_abort(struct lms_outfile *of)
+{
+    if (of->fd >= 0)
+        close(of->fd);
+    if (of->tmp) {
+        unlink(of->tmp);
+        lms_temp_forget(of->tmp);
+    }
+    free_outfile(of);
 }

@@ -9,6 +9,7 @@
 
 #include "lms/alloc.h"
 #include "lms/outdir.h"
+#include "lms/tempfiles.h"
 
 enum lms_status lms_scratch_new(const char *prefix, struct lms_scratch **out,
                                 struct lms_error *err)
@@ -34,6 +35,7 @@ enum lms_status lms_scratch_new(const char *prefix, struct lms_scratch **out,
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     }
     s->refs = 1;
+    lms_temp_track(s->path); /* an interrupt removes it too */
     *out = s;
     return LMS_OK;
 }
@@ -50,6 +52,7 @@ void lms_scratch_release(struct lms_scratch *s)
     if (!s || --s->refs > 0)
         return;
     lms_remove_tree(s->path);
+    lms_temp_forget(s->path);
     lms_free(s->path);
     lms_free(s);
 }

@@ -53,11 +53,11 @@ static enum lms_status write_tensors(const char *path, const struct lms_state_te
 }
 
 enum lms_status lms_train_state_write(const char *dir, const json_t *meta,
-                                      const struct lms_state_tensor *t, size_t n,
+                                      const struct lms_state_tensor *t, size_t n, bool replace,
                                       struct lms_error *err)
 {
     struct lms_outdir od;
-    enum lms_status rc = lms_outdir_begin(dir, true, &od, err);
+    enum lms_status rc = lms_outdir_begin(dir, replace, &od, err);
     if (rc)
         return rc;
     char path[PATH_MAX];

@@ -438,7 +438,7 @@ static enum lms_status importance_json(const struct lms_importance *imp, json_t 
 }
 
 enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
-                                     struct lms_error *err)
+                                     bool force, struct lms_error *err)
 {
     json_t *root;
     enum lms_status rc = importance_json(imp, &root, err);
@@ -449,14 +449,12 @@ enum lms_status lms_importance_write(const struct lms_importance *imp, const cha
     json_decref(root);
     if (!rc)
         rc = lms_buf_str_append(&text, "\n", 1, err);
-    char tmp[PATH_MAX];
-    if (!rc && snprintf(tmp, sizeof(tmp), "%s.lms-tmp-%d", path, (int)getpid()) >= (int)sizeof(tmp))
-        rc = lms_error_set(err, LMS_EINVAL, "path '%s' is too long", path);
-    if (!rc)
-        rc = lms_write_file(tmp, text.data, text.len, err);
-    if (!rc && rename(tmp, path) != 0) {
-        rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, path, strerror(errno));
-        unlink(tmp);
+    struct lms_outfile of;
+    if (!rc && !(rc = lms_outfile_begin(path, force, &of, err))) {
+        if ((rc = lms_write_all(of.fd, text.data, text.len, of.tmp, err)))
+            lms_outfile_abort(&of);
+        else
+            rc = lms_outfile_commit(&of, err);
     }
     lms_buf_str_release(&text);
     return rc;

@@ -366,8 +366,8 @@ struct lms_dataset_writer {
     char *prefix;          /* destination prefix; owned */
     char *bin_final;       /* PREFIX.bin; owned */
     char *idx_final;       /* PREFIX.idx; owned */
-    char *bin_tmp;         /* temporary .bin beside it; owned */
-    int bin_fd;            /* open on bin_tmp, -1 after finish */
+    struct lms_outfile bin; /* the temporary .bin beside it (fd -1 after finish) */
+    bool force;            /* replace existing files */
     enum lms_index_dtype code;
     size_t itemsize;
     unsigned char *buf;    /* pending .bin bytes, WBUF_CAP */
@@ -391,24 +391,6 @@ static char *concat(const char *a, const char *b)
     return s;
 }
 
-static enum lms_status make_temp(const char *final, char **tmp_out, int *fd_out,
-                                 struct lms_error *err)
-{
-    char *tmp = concat(final, ".lms-tmp-XXXXXX");
-    if (!tmp)
-        return lms_error_set(err, LMS_ENOMEM, "writing '%s': out of memory", final);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        enum lms_status st = lms_error_set(err, LMS_EIO, "creating a temporary file beside "
-                                           "'%s': %s", final, strerror(errno));
-        lms_free(tmp);
-        return st;
-    }
-    *tmp_out = tmp;
-    *fd_out = fd;
-    return LMS_OK;
-}
-
 enum lms_status lms_dataset_writer_new(const char *prefix, enum lms_index_dtype code, bool force,
                                        struct lms_dataset_writer **out, struct lms_error *err)
 {
@@ -418,7 +400,8 @@ enum lms_status lms_dataset_writer_new(const char *prefix, enum lms_index_dtype 
     struct lms_dataset_writer *w = lms_calloc(1, sizeof(*w));
     if (!w)
         return lms_error_set(err, LMS_ENOMEM, "writing dataset '%s': out of memory", prefix);
-    w->bin_fd = -1;
+    w->bin.fd = -1;
+    w->force = force;
     w->code = code;
     w->itemsize = item;
     enum lms_status st = LMS_OK;
@@ -440,7 +423,7 @@ enum lms_status lms_dataset_writer_new(const char *prefix, enum lms_index_dtype 
                            "replace)", w->bin_final, w->idx_final);
         goto fail;
     }
-    st = make_temp(w->bin_final, &w->bin_tmp, &w->bin_fd, err);
+    st = lms_outfile_begin(w->bin_final, force, &w->bin, err);
     if (st)
         goto fail;
     *out = w;
@@ -452,7 +435,7 @@ fail:
 
 static enum lms_status flush_buf(struct lms_dataset_writer *w, struct lms_error *err)
 {
-    enum lms_status st = lms_write_all(w->bin_fd, w->buf, w->buf_len, w->bin_tmp, err);
+    enum lms_status st = lms_write_all(w->bin.fd, w->buf, w->buf_len, w->bin.tmp, err);
     w->buf_len = 0;
     return st;
 }
@@ -460,7 +443,7 @@ static enum lms_status flush_buf(struct lms_dataset_writer *w, struct lms_error 
 enum lms_status lms_dataset_writer_add(struct lms_dataset_writer *w, const int32_t *ids,
                                        size_t n, struct lms_error *err)
 {
-    if (w->finished || w->bin_fd < 0)
+    if (w->finished || w->bin.fd < 0)
         return lms_error_set(err, LMS_EINVAL, "writing '%s': writer already finished",
                              w->prefix);
     if (n > INT32_MAX)
@@ -590,63 +573,35 @@ enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct l
 {
     if (w->finished)
         return LMS_OK;
-    char *idx_tmp = NULL;
-    int idx_fd = -1;
+    struct lms_outfile idx;
     enum lms_status st = flush_buf(w, err);
-    if (st)
-        goto out;
-    if (fsync(w->bin_fd) != 0) {
-        st = lms_error_set(err, LMS_EIO, "syncing '%s': %s", w->bin_tmp, strerror(errno));
-        goto out;
+    if (!st)
+        st = lms_outfile_begin(w->idx_final, w->force, &idx, err);
+    if (st) {
+        lms_outfile_abort(&w->bin);
+        return st;
     }
-    st = make_temp(w->idx_final, &idx_tmp, &idx_fd, err);
-    if (st)
-        goto out;
-    st = write_idx(w, idx_fd, idx_tmp, err);
-    if (st)
-        goto out;
-    if (fsync(idx_fd) != 0) {
-        st = lms_error_set(err, LMS_EIO, "syncing '%s': %s", idx_tmp, strerror(errno));
-        goto out;
+    if ((st = write_idx(w, idx.fd, idx.tmp, err))) {
+        lms_outfile_abort(&idx);
+        lms_outfile_abort(&w->bin);
+        return st;
     }
-    fchmod(w->bin_fd, 0644);
-    fchmod(idx_fd, 0644);
     /* .bin first: a reader never sees a new .idx next to an old .bin */
-    if (rename(w->bin_tmp, w->bin_final) != 0) {
-        st = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", w->bin_tmp, w->bin_final,
-                           strerror(errno));
-        goto out;
+    if ((st = lms_outfile_commit(&w->bin, err))) {
+        lms_outfile_abort(&idx);
+        return st;
     }
-    w->bin_tmp[0] = '\0';
-    if (rename(idx_tmp, w->idx_final) != 0) {
-        st = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", idx_tmp, w->idx_final,
-                           strerror(errno));
-        goto out;
-    }
-    idx_tmp[0] = '\0';
+    if ((st = lms_outfile_commit(&idx, err)))
+        return st;
     w->finished = true;
-out:
-    if (idx_fd >= 0)
-        close(idx_fd);
-    if (idx_tmp && idx_tmp[0])
-        unlink(idx_tmp);
-    lms_free(idx_tmp);
-    if (w->bin_fd >= 0) {
-        close(w->bin_fd);
-        w->bin_fd = -1;
-    }
-    return st;
+    return LMS_OK;
 }
 
 void lms_dataset_writer_free(struct lms_dataset_writer *w)
 {
     if (!w)
         return;
-    if (w->bin_fd >= 0)
-        close(w->bin_fd);
-    if (w->bin_tmp && w->bin_tmp[0])
-        unlink(w->bin_tmp);
-    lms_free(w->bin_tmp);
+    lms_outfile_abort(&w->bin); /* nothing left to remove after a finish */
     lms_free(w->prefix);
     lms_free(w->bin_final);
     lms_free(w->idx_final);

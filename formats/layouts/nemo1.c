@@ -840,43 +840,22 @@ static enum lms_status nemo1_write(const struct lms_model *m, const char *path,
             return lms_error_set(err, LMS_EEXIST, "'%s' exists (use --force to replace it)",
                                  path);
     }
-    /* temp file beside the destination, renamed into place when complete */
-    char tmp[PATH_MAX], parent[PATH_MAX];
-    const char *base = lms_path_basename(path);
-    size_t pl = (size_t)(base - path);
-    snprintf(parent, sizeof(parent), "%.*s", (int)(pl ? pl : 1), pl ? path : ".");
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%.*s.%s.lms-tmp-XXXXXX", (int)pl, path, base) >=
-        sizeof(tmp))
-        return lms_error_set(err, LMS_EINVAL, "output path '%s' is too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return lms_error_set(err, LMS_EIO, "creating a temporary file beside '%s': %s", path,
-                             strerror(errno));
-    mode_t mask = umask(0);
-    umask(mask);
-    fchmod(fd, 0666 & ~mask);
-    struct tar_writer w = {.fd = fd, .path = tmp};
+    /* a temporary file beside the destination, renamed into place when complete */
+    struct lms_outfile of;
+    if ((rc = lms_outfile_begin(path, o->force, &of, err)))
+        return rc;
+    struct tar_writer w = {.fd = of.fd, .path = of.tmp};
     rc = tar_add(&w, "", '5', NULL, 0, err);
     if (!rc)
         rc = tar_add(&w, "model_weights", '5', NULL, 0, err);
     if (!rc)
         rc = write_members(m, &a, &w, o, &r, err);
-    if (!rc && fsync(fd) != 0)
-        rc = lms_error_set(err, LMS_EIO, "syncing '%s': %s", tmp, strerror(errno));
-    if (close(fd) != 0 && !rc)
-        rc = lms_error_set(err, LMS_EIO, "closing '%s': %s", tmp, strerror(errno));
-    if (!rc && rename(tmp, path) != 0)
-        rc = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, path,
-                           strerror(errno));
     if (rc) {
-        unlink(tmp);
+        lms_outfile_abort(&of);
         return rc;
     }
-    int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    if ((rc = lms_outfile_commit(&of, err)))
+        return rc;
     r.n_shards = 1;
     if (res)
         *res = r;

@@ -160,10 +160,12 @@ struct lms_state_tensor {
     const float *data; /* host memory, numel(shape) floats */
 };
 
-/* Writes dir (replacing an existing one atomically). meta is written as trainer_state.json
- * (indent 2); it must hold "format" and "version" (the caller's). */
+/* Writes dir atomically: with replace over an existing one (the previous save of the run),
+ * without only where nothing is or appears at dir during the write (LMS_EEXIST, see
+ * lms/outdir.h). meta is written as trainer_state.json (indent 2); it must hold "format" and
+ * "version" (the caller's). */
 enum lms_status lms_train_state_write(const char *dir, const json_t *meta,
-                                      const struct lms_state_tensor *t, size_t n,
+                                      const struct lms_state_tensor *t, size_t n, bool replace,
                                       struct lms_error *err);
 
 struct lms_train_state {

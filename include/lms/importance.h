@@ -120,9 +120,10 @@ enum lms_status lms_importance_derive(struct lms_importance *imp, bool want_grou
 enum lms_status lms_importance_keep_layers(const struct lms_importance *imp, int64_t n_keep,
                                            bool *keep_mask, struct lms_error *err);
 
-/* Writes imp atomically (temporary file beside path, fsync, rename). */
+/* Writes imp atomically (temporary file beside path, fsync, rename: lms_outfile). Without force
+ * an existing path is refused, and so is one that appears before the rename (LMS_EEXIST). */
 enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,
-                                     struct lms_error *err);
+                                     bool force, struct lms_error *err);
 
 /* Fills the axes in mask (hidden, FFN, heads, groups; layers have no magnitude score) from
  * weight magnitudes: the L2 norm of every row and column a channel owns. Reads the weights in

@@ -242,16 +242,16 @@ START_TEST(write_refuses_non_finite)
     make(&a, 1.0);
     ck_assert_int_eq(lms_importance_derive(&a, true, &err), LMS_OK);
     a.hidden_s[1] = NAN;
-    ck_assert_int_eq(lms_importance_write(&a, path, &err), LMS_EFORMAT);
+    ck_assert_int_eq(lms_importance_write(&a, path, false, &err), LMS_EFORMAT);
     ck_assert_msg(strstr(err.msg, "'hidden' entry 1 is not finite"), "%s", err.msg);
     ck_assert_msg(strstr(err.msg, path), "%s", err.msg);
     a.hidden_s[1] = 2.0;
     a.raw.ffn_sq[3] = INFINITY;
-    ck_assert_int_eq(lms_importance_write(&a, path, &err), LMS_EFORMAT);
+    ck_assert_int_eq(lms_importance_write(&a, path, false, &err), LMS_EFORMAT);
     ck_assert_msg(strstr(err.msg, "'raw.ffn_sq[1]' entry 1 is not finite"), "%s", err.msg);
     a.raw.ffn_sq[3] = 1.0;
     a.raw.base_loss = NAN;
-    ck_assert_int_eq(lms_importance_write(&a, path, &err), LMS_EFORMAT);
+    ck_assert_int_eq(lms_importance_write(&a, path, false, &err), LMS_EFORMAT);
     ck_assert_msg(strstr(err.msg, "'raw.base_loss' is not finite"), "%s", err.msg);
     ck_assert_int_eq(rmdir(dir), 0); /* empty: nothing written, no temporary file left */
     lms_importance_release(&a);
@@ -269,7 +269,7 @@ START_TEST(file_round_trip)
     int fd = mkstemp(path);
     ck_assert(fd >= 0);
     close(fd);
-    ck_assert_msg(lms_importance_write(&a, path, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_importance_write(&a, path, true, &err) == LMS_OK, "%s", err.msg);
     ck_assert_msg(lms_importance_read(path, &b, &err) == LMS_OK, "%s", err.msg);
     unlink(path);
     ck_assert(b.raw.present && b.raw.n_rows == 2 && b.raw.seq_len == 8);
