@@ -33,6 +33,8 @@ int cli_exit_code(enum lms_status s)
         return CLI_EXIT_DEVICE;
     case LMS_EINTERRUPTED:
         return CLI_EXIT_INTERRUPTED;
+    case LMS_ENONFINITE:
+        return CLI_EXIT_DIVERGED;
     }
     return CLI_EXIT_INTERNAL;
 }

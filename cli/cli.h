@@ -3,7 +3,7 @@
  * Exit codes (documented in README.md):
  *   0 success, 1 internal error, 2 usage error (bad flags, refusing to overwrite),
  *   3 bad input (malformed or unsupported file), 4 I/O failure, 5 out of memory,
- *   6 device error, 130 interrupted. */
+ *   6 device error, 7 training diverged (a loss or gradient not finite), 130 interrupted. */
 #ifndef LMS_CLI_H
 #define LMS_CLI_H
 
@@ -24,6 +24,7 @@ enum cli_exit {
     CLI_EXIT_IO = 4,
     CLI_EXIT_NOMEM = 5,
     CLI_EXIT_DEVICE = 6,
+    CLI_EXIT_DIVERGED = 7,
     CLI_EXIT_INTERRUPTED = 130,
 };
 

@@ -64,6 +64,11 @@ static const char usage_text[] =
     "                                 --kd-loss-scale (default 1)\n"
     "  --recompute                    keep only each layer's input for the backward and\n"
     "                                 recompute the rest (less memory, about 1/3 more time)\n"
+    "  --skip-nonfinite N             skip up to N steps whose loss or gradient norm is not\n"
+    "                                 finite (default 0): such a step updates nothing and\n"
+    "                                 consumes its batch; the schedule and AdamW count only\n"
+    "                                 updates. One more stops the run with exit 7, the state\n"
+    "                                 of the last finished step saved\n"
     ;
 static const char usage_text2[] =
     "Logging, validation, saving:\n"
@@ -185,6 +190,7 @@ static const struct cli_opt opts[] = {
     CLI_REAL("lm-loss-scale", T, lm_loss_scale, false, "invalid --lm-loss-scale '%s'"),
     CLI_REAL("kd-loss-scale", T, kd_loss_scale, true, "invalid --kd-loss-scale '%s'"),
     CLI_FLAG("recompute", T, recompute),
+    CLI_COUNT("skip-nonfinite", T, skip_nonfinite, 0, 0, "invalid --skip-nonfinite '%s'"),
     CLI_COUNT("log-interval", T, log_interval, 1, 0, "invalid --log-interval '%s'"),
     CLI_COUNT("val-check-interval", T, val_interval, 0, 0, "invalid --val-check-interval '%s'"),
     CLI_COUNT("limit-val-batches", T, val_batches, 0, 0, "invalid --limit-val-batches '%s'"),
@@ -578,8 +584,8 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
     if (state) {
         if (distill_restore(r, state, &err))
             return fail(r, &err);
-        if (r->rank == 0)
-            distill_metrics_truncate(r->metrics_path, r->step);
+        if (r->rank == 0 && distill_metrics_truncate(r->metrics_path, r->step, &err))
+            return fail(r, &err);
     }
     if (mkdir(a->log_dir, 0755) != 0 && errno != EEXIST) {
         lms_error_set(&err, LMS_EIO, "creating --log-dir '%s': %s", a->log_dir, strerror(errno));
