@@ -610,6 +610,18 @@ enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct l
     }
     fchmod(w->bin_fd, 0644);
     fchmod(idx_fd, 0644);
+    /* closed, checked, before either name is published */
+    int bin_fd = w->bin_fd, closing = idx_fd;
+    w->bin_fd = idx_fd = -1;
+    if (close(bin_fd) != 0) {
+        st = lms_error_set(err, LMS_EIO, "closing '%s': %s", w->bin_tmp, strerror(errno));
+        close(closing);
+        goto out;
+    }
+    if (close(closing) != 0) {
+        st = lms_error_set(err, LMS_EIO, "closing '%s': %s", idx_tmp, strerror(errno));
+        goto out;
+    }
     /* .bin first: a reader never sees a new .idx next to an old .bin */
     if (rename(w->bin_tmp, w->bin_final) != 0) {
         st = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", w->bin_tmp, w->bin_final,
