@@ -90,6 +90,16 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+void cli_warn_positions(const char *cmd, const struct cli_common *co, const char *path,
+                        const struct lms_arch *a, int64_t positions, const char *what)
+{
+    if (co->quiet || a->max_position <= 0 || positions <= a->max_position)
+        return;
+    fprintf(stderr, "lmsurgeon %s: warning: %s exceeds the %lld positions '%s' was trained "
+            "for (max_position_embeddings): rotary embeddings run past them, but results "
+            "there degrade\n", cmd, what, (long long)a->max_position, path);
+}
+
 void cli_normalize_flags(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {

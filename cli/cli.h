@@ -45,6 +45,14 @@ void cli_print_json(struct json_t *o);
 /* Prints a usage error ("lmsurgeon CMD: MSG; see 'lmsurgeon CMD --help'") and returns 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One warning line on stderr ("lmsurgeon CMD: warning: ..."), unless co->quiet, when a run
+ * feeds the model at path more positions than its max_position_embeddings (0: unknown, no
+ * warning). what names the length ("--seq-length 4096"). Every command follows this one rule:
+ * rotary embeddings compute any position, so the run goes on, but the model was trained on no
+ * more, and its outputs past them degrade. */
+void cli_warn_positions(const char *cmd, const struct cli_common *co, const char *path,
+                        const struct lms_arch *a, int64_t positions, const char *what);
+
 /* Rewrites the reference workflow's underscore flags (--target_num_layers) to their hyphen
  * spelling in place, so getopt_long sees one spelling. Only the flag name before '=' changes. */
 void cli_normalize_flags(int argc, char **argv);

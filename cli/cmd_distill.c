@@ -391,6 +391,13 @@ static int open_models(struct distill_run *r)
     }
     r->have_teacher = true;
     const struct lms_arch *s = &r->student.arch, *t = &r->teacher.arch;
+    if (r->rank == 0) { /* the teacher too: it scores the same rows */
+        char what[64];
+        snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
+        cli_warn_positions(cmd, &a->base.co, a->student, s, a->seq, what);
+        if (strcmp(a->student, a->teacher) != 0)
+            cli_warn_positions(cmd, &a->base.co, a->teacher, t, a->seq, what);
+    }
     if (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab) {
         lms_error_set(&err, LMS_EFORMAT, "student '%s' has a vocabulary of %lld (%lld rows), "
                       "teacher '%s' %lld (%lld rows): distillation compares the two "

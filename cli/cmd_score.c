@@ -462,6 +462,9 @@ static int run_score(struct score_args *a)
         goto out;
     if (cli_model_read(&cm, a->base.in, &err))
         goto fail;
+    char what[64];
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)so.seq_len);
+    cli_warn_positions(cmd, &co, a->base.in, &cm.m.arch, so.seq_len, what);
     if ((rc = layer_block(a, cm.m.arch.n_layers, &so)) != CLI_PARSED)
         goto out;
     if (cli_model_backend(&cm, &a->base, &err) || open_data(a, &cm, &so, &ds, &err))
