@@ -619,12 +619,12 @@ static void nonfinite_cause(const struct distill_run *r, char *dst, size_t cap)
         snprintf(dst, cap, "--kd-temperature %g divides the logits by %g, so the scaled logits, "
                  "the loss or its gradient (which grows as 1/T) overflow fp32; use a "
                  "temperature near 1", a->temperature, a->temperature);
-    else if (r->applied == 0) /* no learning rate has acted on these weights yet */
+    else if (n_updates(r) == 0) /* no learning rate has acted on these weights yet */
         snprintf(dst, cap, "the weights as loaded give logits that are not finite: check the "
                  "student and the teacher");
     else
         snprintf(dst, cap, "the run diverged after %lld updates: lower --lr (now %g) or raise "
-                 "--warmup-steps", (long long)r->applied, a->lr);
+                 "--warmup-steps", (long long)n_updates(r), a->lr);
 }
 
 /* After a step that was not finite with no skip left, or weights that are no longer finite
@@ -660,7 +660,8 @@ static enum lms_status stop_nonfinite(struct distill_run *r, struct lms_error *e
 static enum lms_status close_outputs(struct distill_run *r, struct lms_error *err)
 {
     enum lms_status st = close_checked(&r->metrics, "", r->metrics_path, err);
-    enum lms_status dst = close_checked(&r->dump, "--dump-rows ", r->a->dump_rows, st ? NULL : err);
+    enum lms_status dst = close_checked(&r->dump, "--dump-rows ", r->a->dump_rows,
+                                        st ? NULL : err);
     return st ? st : dst;
 }
 

@@ -32,7 +32,8 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nexit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 I/O failure,\n"
-               "            5 out of memory, 6 device error, 7 training diverged, 130 interrupted\n");
+               "            5 out of memory, 6 device error, 7 training diverged,\n"
+               "            130 interrupted\n");
 }
 
 /* Why the first write to standard output failed (0: none did). stdio keeps only an error

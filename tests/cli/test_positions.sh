@@ -45,7 +45,8 @@ warns() {
         fail "$cmd $*: exit $rc, warnings '$got' (want '$want'), stderr: $(head -c 400 "$TMP/err")"
     fi
 }
-W="exceeds the 8 positions '$SHORT' was trained for (max_position_embeddings): rotary embeddings run past them, but results there degrade"
+W="exceeds the 8 positions '$SHORT' was trained for (max_position_embeddings): rotary"
+W="$W embeddings run past them, but results there degrade"
 
 E=(--data "$IDS" --num-samples 2 --threads 1)
 warns "lmsurgeon eval: warning: --seq-length 16 $W" eval "$SHORT" "${E[@]}" --seq-length 16
