@@ -124,9 +124,9 @@ static inline float lms__expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t ti;
+    uint32_t ti; /* unsigned: a NaN x gives NaN bits here, whose arithmetic must not overflow */
     memcpy(&ti, &t, sizeof ti);
-    int32_t bits = (ti - 0x4B400000 + 127) * (1 << 23);
+    uint32_t bits = (ti - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return y * scale;
