@@ -391,13 +391,6 @@ static int open_models(struct distill_run *r)
     }
     r->have_teacher = true;
     const struct lms_arch *s = &r->student.arch, *t = &r->teacher.arch;
-    if (r->rank == 0) { /* the teacher too: it scores the same rows */
-        char what[64];
-        snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
-        cli_warn_positions(cmd, &a->base.co, a->student, s, a->seq, what);
-        if (strcmp(a->student, a->teacher) != 0)
-            cli_warn_positions(cmd, &a->base.co, a->teacher, t, a->seq, what);
-    }
     if (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab) {
         lms_error_set(&err, LMS_EFORMAT, "student '%s' has a vocabulary of %lld (%lld rows), "
                       "teacher '%s' %lld (%lld rows): distillation compares the two "
@@ -532,6 +525,20 @@ static int plan_memory(struct distill_run *r)
     return CLI_PARSED;
 }
 
+/* Rows longer than the student's or the teacher's positions (which scores the same rows): the
+ * warning every command gives, once the checks have passed and the run is about to start. */
+static void warn_positions(const struct distill_run *r)
+{
+    const struct distill_args *a = r->a;
+    if (r->rank)
+        return;
+    char what[64];
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
+    cli_warn_positions(cmd, &a->base.co, a->student, &r->student.arch, a->seq, what);
+    if (strcmp(a->student, a->teacher) != 0)
+        cli_warn_positions(cmd, &a->base.co, a->teacher, &r->teacher.arch, a->seq, what);
+}
+
 /* --dry-run's account of the run that would be. */
 static void print_dry_run(const struct distill_run *r)
 {
@@ -635,6 +642,8 @@ static int run(void *args)
         rc = check_config(&r, have_state ? &state : NULL);
     if (rc == CLI_PARSED)
         rc = plan_memory(&r);
+    if (rc == CLI_PARSED)
+        warn_positions(&r);
     if (rc == CLI_PARSED && a->dry_run) {
         print_dry_run(&r);
         rc = CLI_EXIT_OK;

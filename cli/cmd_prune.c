@@ -395,9 +395,7 @@ static enum lms_status gather_scores(struct prune_args *a, const struct lms_mode
             (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
         a->cal.json = a->base.co.json;
         a->cal.quiet = a->base.co.quiet;
-        char what[64];
-        snprintf(what, sizeof what, "--seq-length %lld", (long long)a->cal.seq_len);
-        cli_warn_positions(cmd, &a->base.co, a->base.in, &in->arch, a->cal.seq_len, what);
+        a->cal.model = a->base.in;
         rc = prune_calib_run(in, &a->cal, cal, imp, err);
         if (!rc && prune_calib_describe(*cal))
             snprintf(scores_from, cap, "activations on %s", prune_calib_describe(*cal));

@@ -462,13 +462,13 @@ static int run_score(struct score_args *a)
         goto out;
     if (cli_model_read(&cm, a->base.in, &err))
         goto fail;
-    char what[64];
-    snprintf(what, sizeof what, "--seq-length %lld", (long long)so.seq_len);
-    cli_warn_positions(cmd, &co, a->base.in, &cm.m.arch, so.seq_len, what);
     if ((rc = layer_block(a, cm.m.arch.n_layers, &so)) != CLI_PARSED)
         goto out;
     if (cli_model_backend(&cm, &a->base, &err) || open_data(a, &cm, &so, &ds, &err))
         goto fail;
+    char what[64]; /* once every check passed, as the pass starts */
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)so.seq_len);
+    cli_warn_positions(cmd, &co, a->base.in, &cm.m.arch, so.seq_len, what);
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;

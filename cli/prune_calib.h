@@ -29,6 +29,7 @@ struct prune_calib_opts {
     bool budget;           /* the budget search runs: depth metrics for several block lengths */
     unsigned width_axes;   /* enum lms_axis mask of the width scores the targets need */
     bool json, quiet;
+    const char *model;     /* the model's path, as a warning names it */
 };
 
 struct prune_calib;
