@@ -33,6 +33,8 @@ int cli_exit_code(enum lms_status s)
         return CLI_EXIT_DEVICE;
     case LMS_EINTERRUPTED:
         return cli_interrupt_exit_code();
+    case LMS_ENONFINITE:
+        return CLI_EXIT_DIVERGED;
     }
     return CLI_EXIT_INTERNAL;
 }
@@ -86,6 +88,16 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "; see 'lmsurgeon %s --help'\n", cmd);
     return CLI_EXIT_USAGE;
+}
+
+void cli_warn_positions(const char *cmd, const struct cli_common *co, const char *path,
+                        const struct lms_arch *a, int64_t positions, const char *what)
+{
+    if (co->quiet || a->max_position <= 0 || positions <= a->max_position)
+        return;
+    fprintf(stderr, "lmsurgeon %s: warning: %s exceeds the %lld positions '%s' was trained "
+            "for (max_position_embeddings): rotary embeddings run past them, but results "
+            "there degrade\n", cmd, what, (long long)a->max_position, path);
 }
 
 void cli_normalize_flags(int argc, char **argv)

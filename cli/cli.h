@@ -3,7 +3,8 @@
  * Exit codes (documented in README.md):
  *   0 success, 1 internal error, 2 usage error (bad flags, refusing to overwrite),
  *   3 bad input (malformed or unsupported file), 4 I/O failure, 5 out of memory,
- *   6 device error, 130 interrupted (SIGINT), 143 terminated (SIGTERM). */
+ *   6 device error, 7 training diverged (a loss or gradient not finite), 130 interrupted
+ *   (SIGINT), 143 terminated (SIGTERM). */
 #ifndef LMS_CLI_H
 #define LMS_CLI_H
 
@@ -24,6 +25,7 @@ enum cli_exit {
     CLI_EXIT_IO = 4,
     CLI_EXIT_NOMEM = 5,
     CLI_EXIT_DEVICE = 6,
+    CLI_EXIT_DIVERGED = 7,
     CLI_EXIT_INTERRUPTED = 130, /* 128 + SIGINT */
     CLI_EXIT_TERMINATED = 143,  /* 128 + SIGTERM */
 };
@@ -57,6 +59,14 @@ struct json_t;
 void cli_print_json(struct json_t *o);
 /* Prints a usage error ("lmsurgeon CMD: MSG; see 'lmsurgeon CMD --help'") and returns 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One warning line on stderr ("lmsurgeon CMD: warning: ..."), unless co->quiet, when a run
+ * feeds the model at path more positions than its max_position_embeddings (0: unknown, no
+ * warning). what names the length ("--seq-length 4096"). Every command follows this one rule:
+ * rotary embeddings compute any position, so the run goes on, but the model was trained on no
+ * more, and its outputs past them degrade. */
+void cli_warn_positions(const char *cmd, const struct cli_common *co, const char *path,
+                        const struct lms_arch *a, int64_t positions, const char *what);
 
 /* Rewrites the reference workflow's underscore flags (--target_num_layers) to their hyphen
  * spelling in place, so getopt_long sees one spelling. Only the flag name before '=' changes. */

@@ -68,6 +68,11 @@ static const char usage_text[] =
     "                                 --kd-loss-scale (default 1)\n"
     "  --recompute                    keep only each layer's input for the backward and\n"
     "                                 recompute the rest (less memory, about 1/3 more time)\n"
+    "  --skip-nonfinite N             skip up to N steps whose loss or gradient norm is not\n"
+    "                                 finite (default 0): such a step updates nothing and\n"
+    "                                 consumes its batch; the schedule and AdamW count only\n"
+    "                                 updates. One more stops the run with exit 7, the state\n"
+    "                                 of the last finished step saved\n"
     ;
 static const char usage_text2[] =
     "Logging, validation, saving:\n"
@@ -196,6 +201,7 @@ static const struct cli_opt opts[] = {
     CLI_REAL("lm-loss-scale", T, lm_loss_scale, false, "invalid --lm-loss-scale '%s'"),
     CLI_REAL("kd-loss-scale", T, kd_loss_scale, true, "invalid --kd-loss-scale '%s'"),
     CLI_FLAG("recompute", T, recompute),
+    CLI_COUNT("skip-nonfinite", T, skip_nonfinite, 0, 0, "invalid --skip-nonfinite '%s'"),
     CLI_COUNT("log-interval", T, log_interval, 1, 0, "invalid --log-interval '%s'"),
     CLI_COUNT("val-check-interval", T, val_interval, 0, 0, "invalid --val-check-interval '%s'"),
     CLI_COUNT("limit-val-batches", T, val_batches, 0, 0, "invalid --limit-val-batches '%s'"),
@@ -721,6 +727,20 @@ static int plan_memory(struct distill_run *r)
     return CLI_PARSED;
 }
 
+/* Rows longer than the student's or the teacher's positions (which scores the same rows): the
+ * warning every command gives, once the checks have passed and the run is about to start. */
+static void warn_positions(const struct distill_run *r)
+{
+    const struct distill_args *a = r->a;
+    if (r->rank)
+        return;
+    char what[64];
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
+    cli_warn_positions(cmd, &a->base.co, a->student, &r->student.arch, a->seq, what);
+    if (strcmp(a->student, a->teacher) != 0)
+        cli_warn_positions(cmd, &a->base.co, a->teacher, &r->teacher.arch, a->seq, what);
+}
+
 /* --dry-run's account of the run that would be. */
 static void print_dry_run(const struct distill_run *r)
 {
@@ -794,8 +814,8 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
     if (state) {
         if (distill_restore(r, state, &err))
             return fail(r, &err);
-        if (r->rank == 0)
-            distill_metrics_truncate(r->metrics_path, r->step);
+        if (r->rank == 0 && distill_metrics_truncate(r->metrics_path, r->step, &err))
+            return fail(r, &err);
     }
     if (mkdir(a->log_dir, 0755) != 0 && errno != EEXIST) {
         lms_error_set(&err, LMS_EIO, "creating --log-dir '%s': %s", a->log_dir, strerror(errno));
@@ -854,6 +874,8 @@ static int run(void *args)
         rc = agree_ranks(&r, have_state ? &state : NULL, true);
     if (rc == CLI_PARSED)
         rc = plan_memory(&r);
+    if (rc == CLI_PARSED)
+        warn_positions(&r);
     if (rc == CLI_PARSED && a->dry_run) {
         print_dry_run(&r);
         rc = CLI_EXIT_OK;

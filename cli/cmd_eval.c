@@ -136,7 +136,12 @@ static int run(void *args)
     if (B > n_win)
         B = n_win;
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
-    if (cli_model_read(&cm, model_path, &err) || cli_model_backend(&cm, &a->base, &err) ||
+    if (cli_model_read(&cm, model_path, &err))
+        goto fail;
+    char what[64];
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)S);
+    cli_warn_positions(cmd, &a->base.co, model_path, &cm.m.arch, S, what);
+    if (cli_model_backend(&cm, &a->base, &err) ||
         cli_model_engine(&cm, &eo, "", model_path, &err))
         goto fail;
 

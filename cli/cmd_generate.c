@@ -122,13 +122,10 @@ static int run(void *args)
     if (cli_model_read(&cm, model_path, &err))
         goto fail;
     int64_t n_prompt = (int64_t)pids.len, max_seq = n_prompt + a->max_new;
-    if (cm.m.arch.max_position > 0 && max_seq > cm.m.arch.max_position) {
-        lms_error_set(&err, LMS_EINVAL,
-                      "prompt (%lld tokens) + %lld new tokens exceed the model's %lld positions",
-                      (long long)n_prompt, (long long)a->max_new,
-                      (long long)cm.m.arch.max_position);
-        goto fail;
-    }
+    char what[96];
+    snprintf(what, sizeof what, "the prompt (%lld tokens) + --max-new-tokens %lld",
+             (long long)n_prompt, (long long)a->max_new);
+    cli_warn_positions(cmd, co, model_path, &cm.m.arch, max_seq, what);
     struct lms_engine_opts eo = {.max_batch = 1, .max_seq = max_seq};
     if (cli_model_backend(&cm, &a->base, &err) ||
         cli_model_engine(&cm, &eo, "", model_path, &err))

@@ -553,6 +553,9 @@ static int run_score(struct score_args *a)
         if (rc != CLI_PARSED)
             goto out;
     }
+    char what[64]; /* once every check passed, as the pass starts */
+    snprintf(what, sizeof what, "--seq-length %lld", (long long)so.seq_len);
+    cli_warn_positions(cmd, &co, a->base.in, &cm.m.arch, so.seq_len, what);
     struct cli_progress bar;
     cli_progress_begin(&bar, "scoring", 0, false, co.quiet || co.json);
     so.progress = cli_progress_cb;

@@ -28,6 +28,7 @@ static const char usage_text[] =
     "  --json-key KEY         field of each --jsonl object to encode (default: text)\n"
     "  --no-special-tokens    do not add the post-processor's tokens (Llama-3 BOS)\n"
     "  --decode               input is ids (space or comma separated); prints the text\n"
+    "                         (a word that is no id, or an unknown id: exit 3, bad input)\n"
     "  --dataset PREFIX       read an indexed dataset (PREFIX.bin/.idx; validated) instead:\n"
     "                         prints the ids of each document, one line each (the text with\n"
     "                         --decode; a summary object with --json); --tokenizer optional\n"

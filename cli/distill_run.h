@@ -31,6 +31,8 @@ struct distill_args {
                                  * given; NAN: the preset's */
     bool resume, dry_run, recompute, legacy_ckpt;
     int64_t devices, num_nodes, tp_size, pp_size; /* 0: not given */
+    int64_t skip_nonfinite; /* --skip-nonfinite: steps that may be skipped for a loss or a
+                             * gradient norm that is not finite (default 0: stop at the first) */
 };
 
 struct distill_run {
@@ -73,6 +75,10 @@ struct distill_run {
     bool agreed; /* every rank knows of the failure being reported (no abort needed) */
     double t0;      /* when the command started */
     double t_train; /* when the first step of this process started */
+    int64_t skipped;    /* steps skipped as not finite, the whole run (the state keeps it) */
+    int64_t applied;    /* optimiser updates applied by this process */
+    bool step_skipped;  /* the last step was skipped */
+    bool weights_nonfinite; /* a save found weights or moments that are not finite */
 };
 
 /* Everything that shapes the numbers of a run; --resume refuses a state made with another. */
@@ -86,11 +92,13 @@ bool distill_config_diff(const json_t *was, const json_t *now, const char *prefi
 enum lms_status distill_restore(struct distill_run *r, const struct lms_train_state *s,
                                 struct lms_error *err);
 /* Keeps the metrics lines of steps up to step (a run killed after its last save logged steps
- * that the resumed run computes again). */
-void distill_metrics_truncate(const char *path, int64_t step);
+ * that the resumed run computes again), through a temporary file renamed into place. A missing
+ * file is fine; a failed read or write is LMS_EIO. */
+enum lms_status distill_metrics_truncate(const char *path, int64_t step, struct lms_error *err);
 /* Trains from r->step to --max-steps (or the next --exit-interval), validating, logging and
  * saving on the way; saves at the end. LMS_EINTERRUPTED after SIGINT or SIGTERM, with the state
- * saved. */
+ * saved; LMS_ENONFINITE after a step that was not finite beyond --skip-nonfinite, with the state
+ * of the last finished step saved (unless its weights are not finite either). */
 enum lms_status distill_train(struct distill_run *r, struct lms_error *err);
 /* The memory plan as a table (stdout; stderr with --json). */
 void distill_print_plan(const struct distill_run *r, const struct lms_train_plan *tp,
@@ -99,7 +107,7 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
 void distill_summary_json(const struct distill_run *r, double secs, bool dry);
 /* The human summary after training. */
 void distill_summary_text(const struct distill_run *r, double secs);
-/* Frees what the run opened. */
+/* Frees what the run opened (files still open are closed unchecked: the run failed). */
 void distill_run_release(struct distill_run *r);
 
 #endif

@@ -2,6 +2,7 @@
  * student and the training state (and restoring it on --resume), the metrics file and the
  * reports. With several ranks every collective here is reached by every rank, whatever failed
  * on one of them, so that no rank waits for one that left. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -148,7 +149,8 @@ static enum lms_status load_rows(struct distill_run *r, const struct lms_blend *
             return st;
         if (r->dump && b == r->train &&
             fwrite(r->row, sizeof(int32_t), (size_t)(S + 1), r->dump) != (size_t)(S + 1))
-            return lms_error_set(err, LMS_EIO, "writing --dump-rows '%s' failed", r->a->dump_rows);
+            return lms_error_set(err, LMS_EIO, "writing --dump-rows '%s': %s", r->a->dump_rows,
+                                 strerror(errno));
         memcpy(r->ids + i * S, r->row, (size_t)S * sizeof(int32_t));
         memcpy(r->tgt + i * S, r->row + 1, (size_t)S * sizeof(int32_t));
     }
@@ -163,17 +165,40 @@ static void bar_clear(struct distill_run *r)
     }
 }
 
-static void metrics_write(struct distill_run *r, json_t *o)
+/* Appends o (consumed) as one line of the metrics file and flushes it, so that the file can
+ * be followed while the run goes on; a failed write stops the run. */
+static enum lms_status metrics_write(struct distill_run *r, json_t *o, struct lms_error *err)
 {
-    if (r->metrics) {
-        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17));
-        if (s) {
-            fprintf(r->metrics, "%s\n", s);
-            fflush(r->metrics);
-            free(s);
-        }
+    if (!r->metrics) {
+        json_decref(o);
+        return LMS_OK;
     }
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(o);
+    if (!s)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory writing '%s'", r->metrics_path);
+    bool ok = fputs(s, r->metrics) >= 0 && fputc('\n', r->metrics) != EOF &&
+              fflush(r->metrics) == 0 && !ferror(r->metrics);
+    free(s);
+    if (!ok)
+        return lms_error_set(err, LMS_EIO, "writing '%s': %s", r->metrics_path, strerror(errno));
+    return LMS_OK;
+}
+
+/* Closes fp (NULLed) and reports a write that failed on the way or at the close. */
+static enum lms_status close_checked(FILE **fp, const char *what, const char *path,
+                                     struct lms_error *err)
+{
+    FILE *f = *fp;
+    *fp = NULL;
+    if (!f)
+        return LMS_OK;
+    bool earlier = ferror(f) != 0;
+    if (fclose(f) != 0) /* it flushes what is buffered: a full disk shows here */
+        return lms_error_set(err, LMS_EIO, "writing %s'%s': %s", what, path, strerror(errno));
+    if (earlier)
+        return lms_error_set(err, LMS_EIO, "writing %s'%s': a write failed", what, path);
+    return LMS_OK;
 }
 
 /* Validation: the mean loss over limit_val_batches global batches of the validation split (the
@@ -214,10 +239,10 @@ static enum lms_status validate(struct distill_run *r, struct lms_error *err)
     if (!r->a->base.co.quiet && !r->a->base.co.json)
         printf("validation at step %lld: loss %.5f, lm loss %.5f (%lld rows)\n",
                (long long)r->step, r->last_val_loss, r->last_val_lm_loss, (long long)n_rows);
-    metrics_write(r, json_pack("{s:s,s:I,s:f,s:f,s:I}", "event", "validation", "step",
-                               (json_int_t)r->step, "val_loss", r->last_val_loss, "val_lm_loss",
-                               r->last_val_lm_loss, "rows", (json_int_t)n_rows));
-    return LMS_OK;
+    return metrics_write(r, json_pack("{s:s,s:I,s:f,s:f,s:I}", "event", "validation", "step",
+                                      (json_int_t)r->step, "val_loss", r->last_val_loss,
+                                      "val_lm_loss", r->last_val_lm_loss, "rows",
+                                      (json_int_t)n_rows), err);
 }
 
 /* Saves the state, then the student (both atomically; the state alone is enough to resume, so a
@@ -232,14 +257,35 @@ static enum lms_status save(struct distill_run *r, struct lms_error *err)
     enum lms_status st = save_rank0(r, err);
     if (!r->comm)
         return st;
-    int64_t flag = st ? 2 : 0;
+    int64_t flag = st == LMS_ENONFINITE ? 3 : st ? 2 : 0;
     enum lms_status cst = agree(r, &flag, err);
     if (cst || st)
         return cst ? cst : st;
+    if (flag == 3) {
+        r->weights_nonfinite = true;
+        return lms_error_set(err, LMS_ENONFINITE, "the weights after step %lld are not finite "
+                             "(rank 0's message says where)", (long long)r->step);
+    }
     if (flag)
         return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
                              "message says why)");
     r->saved_step = r->step;
+    return LMS_OK;
+}
+
+/* A state must resume: weights or moments that are no longer finite (an update that
+ * overflowed fp32) are LMS_ENONFINITE, and the previous save stays. */
+static enum lms_status check_finite(struct distill_run *r, const struct lms_state_tensor *x,
+                                    int64_t numel, struct lms_error *err)
+{
+    for (int64_t k = 0; k < numel; k++)
+        if (!isfinite(x->data[k])) {
+            r->weights_nonfinite = true;
+            return lms_error_set(err, LMS_ENONFINITE, "the weights after step %lld are not "
+                                 "finite ('%s' holds %g at element %lld)", (long long)r->step,
+                                 x->name, isnan(x->data[k]) ? NAN : (double)x->data[k],
+                                 (long long)k);
+        }
     return LMS_OK;
 }
 
@@ -276,6 +322,8 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
             }
             st = lms_buf_download(r->be, host[3 * i + (size_t)j], bytes, dev[j], bytes, err);
             x->data = host[3 * i + (size_t)j];
+            if (!st)
+                st = check_finite(r, x, p->numel, err);
         }
     }
     if (st || !writer)
@@ -289,6 +337,11 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
                              "consumed samples",
                              "seed", (json_int_t)r->a->seed, "config", r->config, "student",
                              r->a->student, "teacher", r->a->teacher, "history", r->history);
+    if (meta && r->skipped &&
+        json_object_set_new(meta, "skipped_steps", json_integer(r->skipped)) != 0) {
+        json_decref(meta);
+        meta = NULL;
+    }
     if (!meta) {
         st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
         goto out;
@@ -328,6 +381,11 @@ enum lms_status distill_restore(struct distill_run *r, const struct lms_train_st
 {
     size_t n = lms_trainer_n_params(r->tr);
     enum lms_status st = LMS_OK;
+    /* steps skipped before (absent: none), which the schedule and AdamW do not count */
+    json_t *k = json_object_get(s->meta, "skipped_steps");
+    r->skipped = k ? (json_is_integer(k) ? json_integer_value(k) : -1) : 0;
+    if (r->skipped < 0 || r->skipped > r->step)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': bad skipped_steps", r->state_dir);
     for (size_t i = 0; i < n && !st; i++) {
         const struct lms_train_param *p = lms_trainer_param(r->tr, i);
         size_t bytes = (size_t)p->numel * sizeof(float);
@@ -350,31 +408,47 @@ enum lms_status distill_restore(struct distill_run *r, const struct lms_train_st
 
 /* Keeps the metrics lines of steps up to the resumed one (a run killed after its last save
  * logged steps that the resumed run computes again). */
-void distill_metrics_truncate(const char *path, int64_t step)
+enum lms_status distill_metrics_truncate(const char *path, int64_t step, struct lms_error *err)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return;
+        return errno == ENOENT ? LMS_OK
+                               : lms_error_set(err, LMS_EIO, "opening '%s': %s", path,
+                                               strerror(errno));
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *g = fopen(tmp, "w");
     if (!g) {
+        enum lms_status st = lms_error_set(err, LMS_EIO, "creating '%s': %s", tmp,
+                                           strerror(errno));
         fclose(f);
-        return;
+        return st;
     }
     char line[8192];
-    while (fgets(line, sizeof line, f)) {
+    bool ok = true;
+    while (ok && fgets(line, sizeof line, f)) {
         json_t *o = json_loads(line, 0, NULL);
         json_t *s = o ? json_object_get(o, "step") : NULL;
         if (s && json_is_integer(s) && json_integer_value(s) <= step)
-            fputs(line, g);
+            ok = fputs(line, g) >= 0;
         json_decref(o);
     }
+    enum lms_status st = LMS_OK;
+    if (!ok)
+        st = lms_error_set(err, LMS_EIO, "writing '%s': %s", tmp, strerror(errno));
+    else if (ferror(f))
+        st = lms_error_set(err, LMS_EIO, "reading '%s': %s", path, strerror(errno));
     fclose(f);
-    if (fclose(g) == 0)
-        rename(tmp, path);
+    if (!st)
+        st = close_checked(&g, "", tmp, err);
     else
+        fclose(g);
+    if (!st && rename(tmp, path) != 0)
+        st = lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, path,
+                           strerror(errno));
+    if (st)
         remove(tmp);
+    return st;
 }
 
 void distill_print_plan(const struct distill_run *r, const struct lms_train_plan *tp,
@@ -438,8 +512,48 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
 #undef LINE
 }
 
+/* Optimiser updates applied so far: the finished steps less the skipped ones. As in Megatron,
+ * the learning-rate schedule and AdamW's step count (its bias correction) advance only with an
+ * update; a skipped step consumes its batch and nothing else. */
+static int64_t n_updates(const struct distill_run *r)
+{
+    return r->step - r->skipped;
+}
+
+/* A step whose loss or gradient norm is not finite: nothing was updated. While --skip-nonfinite
+ * allows, the step is skipped (its rows are consumed, r->step advances) with a warning and a
+ * metrics record; otherwise LMS_ENONFINITE, the step not counted. Every rank decides alike (the
+ * loss and the norm are sums over all ranks). */
+static enum lms_status skip_nonfinite(struct distill_run *r, double loss, double gn,
+                                      struct lms_error *err)
+{
+    const struct distill_args *a = r->a;
+    long long k = (long long)r->step + 1;
+    bool bad_loss = !isfinite(loss);
+    double v = bad_loss ? loss : gn;
+    v = isnan(v) ? NAN : v; /* NaN's sign means nothing: "nan", never "-nan" */
+    if (r->skipped >= a->skip_nonfinite)
+        return lms_error_set(err, LMS_ENONFINITE, "step %lld: the %s is not finite (%g)", k,
+                             bad_loss ? "loss" : "gradient norm", v);
+    r->skipped++;
+    r->step++;
+    r->step_skipped = true;
+    if (r->rank == 0 && !a->base.co.quiet) {
+        bar_clear(r);
+        fprintf(stderr, "lmsurgeon distill: warning: step %lld: the %s is not finite (%g): "
+                "skipped (%lld of --skip-nonfinite %lld)\n", k,
+                bad_loss ? "loss" : "gradient norm", v,
+                (long long)r->skipped, (long long)a->skip_nonfinite);
+    }
+    return metrics_write(r, json_pack("{s:s,s:I,s:s,s:I}", "event", "skipped", "step",
+                                      (json_int_t)r->step, "reason",
+                                      bad_loss ? "loss not finite" : "gradient norm not finite",
+                                      "skipped_steps", (json_int_t)r->skipped), err);
+}
+
 /* One optimiser step: gbs / mbs micro-batches, then AdamW. Returns LMS_EINTERRUPTED (nothing
- * applied) when SIGINT arrives in between. */
+ * applied) when SIGINT arrives in between; a loss or gradient norm that is not finite applies
+ * nothing and goes to skip_nonfinite. */
 static enum lms_status train_step(struct distill_run *r, struct lms_error *err)
 {
     const struct distill_args *a = r->a;
@@ -474,26 +588,30 @@ static enum lms_status train_step(struct distill_run *r, struct lms_error *err)
         return lms_error_wrap(err, "step %lld: ", (long long)r->step + 1);
     if (sums[3] > 0 || interrupted)
         return LMS_EINTERRUPTED;
-    double loss = sums[0], lm = sums[1];
+    double loss = sums[0] / (double)nm, lm = sums[1] / (double)nm, gn = NAN;
+    r->step_skipped = false;
+    if (!isfinite(loss)) /* its gradient is no better: no update */
+        return skip_nonfinite(r, loss, gn, err);
     struct lms_adamw_opts o = a->adam;
-    o.lr = lms_lr_at(&r->sched, r->step);
-    o.step = r->step + 1;
-    double gn;
-    if ((st = lms_trainer_adamw(r->tr, &o, &gn, err)))
+    o.lr = lms_lr_at(&r->sched, n_updates(r));
+    o.step = n_updates(r) + 1;
+    st = lms_trainer_adamw(r->tr, &o, &gn, err);
+    if (st == LMS_ENONFINITE)
+        return skip_nonfinite(r, loss, gn, err);
+    if (st)
         return lms_error_wrap(err, "step %lld: ", (long long)r->step + 1);
-    r->last_loss = loss / (double)nm;
-    r->last_lm_loss = lm / (double)nm;
+    r->last_loss = loss;
+    r->last_lm_loss = lm;
     r->last_grad_norm = gn;
-    if (!isfinite(r->last_loss) || !isfinite(gn))
-        return lms_error_set(err, LMS_EFORMAT, "step %lld: the loss (%g) or gradient norm (%g) is "
-                             "not finite; lower --lr", (long long)r->step + 1, r->last_loss, gn);
+    r->applied++;
     r->step++;
     return LMS_OK;
 }
 
 /* A log line and a metrics record for the steps since the last one; *t_log and *log_from
  * mark where the next one counts from. */
-static void log_steps(struct distill_run *r, double lr, double *t_log, int64_t *log_from)
+static enum lms_status log_steps(struct distill_run *r, double lr, double *t_log,
+                                 int64_t *log_from, struct lms_error *err)
 {
     const struct distill_args *a = r->a;
     double now = cli_now(), step_tokens = (double)(a->gbs * a->seq);
@@ -507,13 +625,14 @@ static void log_steps(struct distill_run *r, double lr, double *t_log, int64_t *
                (long long)r->step, (long long)a->max_steps, lr, r->last_loss, r->last_lm_loss,
                r->last_grad_norm, tps, (int)eta / 60, (int)eta % 60);
     fflush(stdout);
-    metrics_write(r, json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:f,s:I,s:f}", "event", "train", "step",
-                               (json_int_t)r->step, "lr", lr, "loss", r->last_loss, "lm_loss",
-                               r->last_lm_loss, "grad_norm", r->last_grad_norm,
-                               "tokens_per_second", tps, "consumed_samples",
-                               (json_int_t)(r->step * a->gbs), "elapsed_s", now - r->t_train));
     *t_log = now;
     *log_from = r->step;
+    return metrics_write(r, json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:f,s:I,s:f}", "event", "train",
+                                      "step", (json_int_t)r->step, "lr", lr, "loss",
+                                      r->last_loss, "lm_loss", r->last_lm_loss, "grad_norm",
+                                      r->last_grad_norm, "tokens_per_second", tps,
+                                      "consumed_samples", (json_int_t)(r->step * a->gbs),
+                                      "elapsed_s", now - r->t_train), err);
 }
 
 /* After SIGINT or SIGTERM: saves the steps finished since the last save, and says where they
@@ -530,6 +649,60 @@ static enum lms_status stop_interrupted(struct distill_run *r, struct lms_error 
                              "saved", how);
     return lms_error_set(err, LMS_EINTERRUPTED, "%s: the state after step %lld is in '%s' "
                          "(continue with --resume)", how, (long long)r->step, r->state_dir);
+}
+
+/* What most likely made a step not finite, for the message that stops the run. */
+static void nonfinite_cause(const struct distill_run *r, char *dst, size_t cap)
+{
+    const struct distill_args *a = r->a;
+    if (a->temperature < 1e-3) /* the KD loss divides both models' logits by T */
+        snprintf(dst, cap, "--kd-temperature %g divides the logits by %g, so the scaled logits, "
+                 "the loss or its gradient (which grows as 1/T) overflow fp32; use a "
+                 "temperature near 1", a->temperature, a->temperature);
+    else if (n_updates(r) == 0) /* no learning rate has acted on these weights yet */
+        snprintf(dst, cap, "the weights as loaded give logits that are not finite: check the "
+                 "student and the teacher");
+    else
+        snprintf(dst, cap, "the run diverged after %lld updates: lower --lr (now %g) or raise "
+                 "--warmup-steps", (long long)n_updates(r), a->lr);
+}
+
+/* After a step that was not finite with no skip left, or weights that are no longer finite
+ * at a save: saves the steps finished since the last save (the weights of the last update
+ * applied) unless the weights themselves went bad, and says why the run stopped. */
+static enum lms_status stop_nonfinite(struct distill_run *r, struct lms_error *err)
+{
+    char what[LMS_ERROR_MSG_CAP / 2], cause[320], where[LMS_ERROR_MSG_CAP / 4];
+    snprintf(what, sizeof what, "%s", err->msg);
+    nonfinite_cause(r, cause, sizeof cause);
+    if (!r->weights_nonfinite && r->step > r->saved_step) {
+        enum lms_status st = save(r, err);
+        if (st && st != LMS_ENONFINITE)
+            return st;
+        size_t n = strlen(what);
+        if (st)
+            snprintf(what + n, sizeof what - n, "; %s", err->msg);
+    }
+    r->agreed = true; /* every rank saw the same sums */
+    if (r->weights_nonfinite && r->saved_step > 0)
+        snprintf(where, sizeof where, "the last state saved, after step %lld, is in '%s'",
+                 (long long)r->saved_step, r->state_dir);
+    else if (r->weights_nonfinite || r->step == 0)
+        snprintf(where, sizeof where, "nothing saved");
+    else
+        snprintf(where, sizeof where, "the state after step %lld is in '%s' (%lld steps "
+                 "skipped; --resume with a larger --skip-nonfinite skips such steps)",
+                 (long long)r->step, r->state_dir, (long long)r->skipped);
+    return lms_error_set(err, LMS_ENONFINITE, "%s: %s; %s", what, cause, where);
+}
+
+/* Closes the metrics file and --dump-rows, reporting a write that failed. */
+static enum lms_status close_outputs(struct distill_run *r, struct lms_error *err)
+{
+    enum lms_status st = close_checked(&r->metrics, "", r->metrics_path, err);
+    enum lms_status dst = close_checked(&r->dump, "--dump-rows ", r->a->dump_rows,
+                                        st ? NULL : err);
+    return st ? st : dst;
 }
 
 enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
@@ -552,15 +725,18 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
     int64_t log_from = r->step;
     enum lms_status st = LMS_OK;
     while (r->step < a->max_steps) {
-        double lr = lms_lr_at(&r->sched, r->step);
+        double lr = lms_lr_at(&r->sched, n_updates(r));
         if ((st = train_step(r, err)))
             break;
         cli_progress_update(&r->bar, (uint64_t)(r->step - r->start_step) * step_tokens);
         bool last = r->step == a->max_steps;
-        json_array_append_new(r->history, json_pack("{s:I,s:f,s:f}", "step", (json_int_t)r->step,
-                                                    "loss", r->last_loss, "lr", lr));
-        if (r->step % a->log_interval == 0 || last)
-            log_steps(r, lr, &t_log, &log_from);
+        if (!r->step_skipped)
+            json_array_append_new(r->history, json_pack("{s:I,s:f,s:f}", "step",
+                                                        (json_int_t)r->step, "loss",
+                                                        r->last_loss, "lr", lr));
+        if (!r->step_skipped && (r->step % a->log_interval == 0 || last) &&
+            (st = log_steps(r, lr, &t_log, &log_from, err)))
+            break;
         if (r->val && ((a->val_interval && r->step % a->val_interval == 0) || last) &&
             (st = validate(r, err)))
             break;
@@ -573,10 +749,14 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
         cli_progress_end(&r->bar);
     else
         bar_clear(r);
+    if (!st)
+        st = save(r, err); /* the last step, or --exit-interval */
     if (st == LMS_EINTERRUPTED)
         st = stop_interrupted(r, err);
-    else if (!st)
-        st = save(r, err);
+    else if (st == LMS_ENONFINITE)
+        st = stop_nonfinite(r, err);
+    if (!st)
+        st = close_outputs(r, err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     return st;
@@ -590,8 +770,10 @@ void distill_summary_text(const struct distill_run *r, double secs)
                (long long)r->step, (long long)a->max_steps);
     printf("distilled %lld steps (%lld tokens) in %.1f s", (long long)r->step,
            (long long)(r->step * a->gbs * a->seq), secs);
-    if (r->step > r->start_step)
+    if (r->applied)
         printf(": loss %.5f", r->last_loss);
+    if (r->skipped)
+        printf(" (%lld steps skipped: not finite)", (long long)r->skipped);
     if (isfinite(r->last_val_loss))
         printf(", validation loss %.5f", r->last_val_loss);
     printf("; student written to '%s' (%s, %s), state in '%s', metrics in '%s'\n", r->out,
@@ -620,7 +802,9 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
     }
     json_object_set_new(o, "ranks", json_integer(r->world));
     json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
-    if (r->step > r->start_step) {
+    if (r->skipped)
+        json_object_set_new(o, "skipped_steps", json_integer(r->skipped));
+    if (r->applied) {
         double tps = secs > 0 ? (double)((r->step - r->start_step) * r->a->gbs * r->a->seq) / secs
                               : 0;
         json_object_set_new(o, "loss", json_real(r->last_loss));

@@ -129,6 +129,10 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
     }
     /* only what the targets need: a data-free depth cut with no width target runs nothing */
     if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE)) {
+        char what[64]; /* once the data and the device are open, as the pass starts */
+        snprintf(what, sizeof what, "--seq-length %lld", (long long)o->seq_len);
+        cli_warn_positions("prune", &(struct cli_common){.quiet = o->quiet}, o->model, &m->arch,
+                           o->seq_len, what);
         lms_importance_release(imp);
         rc = score(c, m, o->width_axes, c->metric, block, "calibrating", imp, err);
     } else if (!rc) {

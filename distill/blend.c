@@ -17,14 +17,18 @@
 
 /* ---- --data-paths ------------------------------------------------------------------------ */
 
-static bool parse_weight(const char *s, double *w)
+/* A word that reads as a number (the whole of it), whatever its value: the form of the list
+ * is decided by the words, the weights are judged after. *range: the value under- or overflowed
+ * a double (1e-320, 1e400). */
+static bool parse_weight(const char *s, double *w, bool *range)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || *end || errno)
+    if (end == s || *end)
         return false;
     *w = v;
+    *range = errno == ERANGE;
     return true;
 }
 
@@ -46,7 +50,8 @@ enum lms_status lms_blend_sources_parse(char *const *args, int n_args,
     if (n_args <= 0)
         return lms_error_set(err, LMS_EINVAL, "--data-paths needs at least one dataset prefix");
     double w;
-    bool weighted = parse_weight(args[0], &w);
+    bool range = false;
+    bool weighted = parse_weight(args[0], &w, &range);
     if (weighted && n_args % 2)
         return lms_error_set(err, LMS_EINVAL, "--data-paths: weighted form needs WEIGHT PREFIX "
                              "pairs, got %d values", n_args);
@@ -58,13 +63,14 @@ enum lms_status lms_blend_sources_parse(char *const *args, int n_args,
         const char *path = weighted ? args[2 * i + 1] : args[i];
         s[i].weight = 1.0;
         if (weighted) {
-            if (!parse_weight(args[2 * i], &s[i].weight) || !(s[i].weight > 0) ||
-                !isfinite(s[i].weight)) {
+            if (!parse_weight(args[2 * i], &s[i].weight, &range) || range ||
+                !(s[i].weight > 0) || !isfinite(s[i].weight)) {
                 lms_blend_sources_free(s, n);
                 return lms_error_set(err, LMS_EINVAL, "--data-paths: weight '%s' is not a "
-                                     "positive number", args[2 * i]);
+                                     "positive number%s", args[2 * i],
+                                     range ? " a double can hold (it under- or overflows)" : "");
             }
-        } else if (parse_weight(path, &w)) {
+        } else if (parse_weight(path, &w, &range)) {
             lms_blend_sources_free(s, n);
             return lms_error_set(err, LMS_EINVAL, "--data-paths: '%s' looks like a weight in "
                                  "a list of prefixes (write WEIGHT PREFIX pairs)", path);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -124,6 +125,14 @@ enum lms_status lms_train_state_get(const struct lms_train_state *s, const char 
                                  "dtype or shape than the model's parameter", dir, name);
         memcpy(dst, (const char *)s->st.storage->base + s->st.hdr.data_start + e->begin,
                (size_t)(e->end - e->begin));
+        /* the tool saves only finite weights and moments: anything else would turn every
+         * later step into NaN */
+        int64_t n = numel(ndim, shape);
+        for (int64_t k = 0; k < n; k++)
+            if (!isfinite(dst[k]))
+                return lms_error_set(err, LMS_EFORMAT, "training state '%s': tensor '%s' holds "
+                                     "a value that is not finite (%g at element %lld)", dir,
+                                     name, (double)dst[k], (long long)k);
         return LMS_OK;
     }
     return lms_error_set(err, LMS_EFORMAT, "training state '%s': no tensor '%s'", dir, name);

@@ -1321,8 +1321,8 @@ enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw
     if (!rc && grad_norm)
         *grad_norm = norm;
     if (!rc && !isfinite(norm))
-        rc = lms_error_set(err, LMS_EINVAL,
-                           "adamw: the gradient norm is not finite (%g); step skipped", norm);
+        rc = lms_error_set(err, LMS_ENONFINITE,
+                           "adamw: the gradient norm is not finite (%g); nothing updated", norm);
     struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                 clip_factor(o, norm), o->step};
     if (!rc)
@@ -1382,8 +1382,8 @@ static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_ad
     if (!rc && grad_norm)
         *grad_norm = norm;
     if (!rc && !isfinite(norm)) /* the same on every rank: all skip together */
-        rc = lms_error_set(err, LMS_EINVAL,
-                           "adamw: the gradient norm is not finite (%g); step skipped", norm);
+        rc = lms_error_set(err, LMS_ENONFINITE,
+                           "adamw: the gradient norm is not finite (%g); nothing updated", norm);
     struct lms_adamw_hyper h = {(float)o->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                 clip_factor(o, norm), o->step};
     if (!rc && n)

@@ -82,7 +82,7 @@ static enum lms_status run_config_fields(const char *path, json_t **out, char *c
         return lms_error_set(err, LMS_EFORMAT, "'%s': cannot read", path);
     rc = lms__nemo_yaml_fields(s->base, s->size, "model", out, cls, cls_cap, err);
     lms_storage_release(s);
-    return rc;
+    return rc ? lms_error_wrap(err, "'%s': ", path) : LMS_OK;
 }
 
 static enum lms_status megatron_read(const char *path, struct lms_model *m, struct lms_error *err)

@@ -561,6 +561,8 @@ enum lms_status lms__nemo_context_fields(const char *context, json_t **out, char
         if (!rc) {
             rc = lms__nemo_yaml_fields(y->base, y->size, "config", &yf, ycls, sizeof(ycls), err);
             lms_storage_release(y);
+            if (rc)
+                lms_error_wrap(err, "'%s': ", p);
         }
         if (!rc && json_object_update_missing(fields, yf) != 0)
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");

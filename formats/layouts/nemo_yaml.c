@@ -6,8 +6,22 @@
 #include <string.h>
 
 #include "formats/layouts/nemo_impl.h"
+#include "formats/text/unicode.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
+
+/* Copies src[0, n) into dst (cap bytes, NUL-terminated), cut short where it does not fit at a
+ * character boundary, so that a valid UTF-8 text stays valid (jansson refuses anything else). */
+static void copy_text(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
 
 /* Scalar YAML value text -> JSON (true/false/null, integers, floats, quoted or plain strings,
  * and flow lists of those: "[4096, 0]"). */
@@ -27,8 +41,11 @@ static json_t *yaml_scalar(const char *v)
             while (s1 > s0 && v[s1 - 1] == ' ')
                 s1--;
             if (s1 > s0) {
-                snprintf(item, sizeof(item), "%.*s", (int)(s1 - s0), v + s0);
-                json_array_append_new(a, yaml_scalar(item));
+                copy_text(item, sizeof(item), v + s0, s1 - s0);
+                if (json_array_append_new(a, yaml_scalar(item)) != 0) {
+                    json_decref(a);
+                    return NULL;
+                }
             }
             at = e + 1;
         }
@@ -78,6 +95,15 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
                                       json_t **out, char *cls, size_t cls_cap,
                                       struct lms_error *err)
 {
+    /* YAML is Unicode text; the values become JSON strings, which must be valid UTF-8 */
+    size_t bad = lms__utf8_check((const unsigned char *)text, len);
+    if (bad < len) {
+        size_t line_no = 1;
+        for (size_t i = 0; i < bad; i++)
+            line_no += text[i] == '\n';
+        return lms_error_set(err, LMS_EFORMAT, "line %zu: not valid UTF-8 (byte 0x%02x at offset "
+                             "%zu)", line_no, (unsigned char)text[bad], bad);
+    }
     json_t *o = json_object();
     if (!o)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
@@ -90,8 +116,7 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
     for (size_t at = 0; at < len && !rc;) {
         const char *nl = memchr(text + at, '\n', len - at);
         size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
-        snprintf(line, sizeof(line), "%.*s", (int)(ll < sizeof(line) ? ll : sizeof(line) - 1),
-                 text + at);
+        copy_text(line, sizeof(line), text + at, ll);
         at += ll + 1;
         line[strcspn(line, "\r")] = 0;
         size_t sp = strspn(line, " ");
@@ -111,7 +136,8 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
                 pb.list = json_array();
             const char *v = line + sp + 1;
             v += strspn(v, " ");
-            json_array_append_new(pb.list, yaml_scalar(v));
+            if (!pb.list || json_array_append_new(pb.list, yaml_scalar(v)) != 0)
+                rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
             continue;
         }
         char *colon = strchr(line + sp, ':');
@@ -122,7 +148,7 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
         v += strspn(v, " ");
         if (sp > indent) { /* inside the open block: only its own _target_/_call_ matter */
             if (pb.key[0] && sp == indent + 2 && strcmp(k, "_target_") == 0)
-                snprintf(pb.target, sizeof(pb.target), "%s", v);
+                copy_text(pb.target, sizeof(pb.target), v, strlen(v));
             else if (pb.key[0] && sp == indent + 2 && strcmp(k, "_call_") == 0)
                 pb.call = strcmp(v, "true") == 0 || strcmp(v, "True") == 0;
             continue;
@@ -131,12 +157,12 @@ enum lms_status lms__nemo_yaml_fields(const char *text, size_t len, const char *
         if (rc)
             break;
         if (!*v) { /* a nested block or a block list follows */
-            snprintf(pb.key, sizeof(pb.key), "%s", k);
+            copy_text(pb.key, sizeof(pb.key), k, strlen(k));
             continue;
         }
         if (strcmp(k, "_target_") == 0) {
             const char *dot = strrchr(v, '.');
-            snprintf(cls, cls_cap, "%s", dot ? dot + 1 : v);
+            copy_text(cls, cls_cap, dot ? dot + 1 : v, strlen(dot ? dot + 1 : v));
             continue;
         }
         json_t *val = yaml_scalar(v);

@@ -1410,7 +1410,7 @@ enum lms_status lms_tokenizer_decode(const struct lms_tokenizer *tk, const int32
         int32_t id = ids[k];
         if (id < 0 || id >= tk->n_tokens || !tk->tokens[id].s) {
             lms_free(bytes);
-            return lms_error_set(err, LMS_EINVAL, "decoding: unknown id %d at position %zu", id,
+            return lms_error_set(err, LMS_EFORMAT, "decoding: unknown id %d at position %zu", id,
                                  k);
         }
         const struct token_str *t = &tk->tokens[id];

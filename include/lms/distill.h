@@ -176,7 +176,8 @@ struct lms_train_state {
 /* Reads dir/trainer_state.json (checking format and version) and maps optimizer.safetensors. */
 enum lms_status lms_train_state_read(const char *dir, struct lms_train_state *s,
                                      struct lms_error *err);
-/* Copies tensor name (fp32, exactly shape) into dst. Errors name the tensor and the state. */
+/* Copies tensor name (fp32, exactly shape) into dst. Errors name the tensor and the state; a
+ * value that is not finite (NaN, infinity) is LMS_EFORMAT. */
 enum lms_status lms_train_state_get(const struct lms_train_state *s, const char *dir,
                                     const char *name, int ndim, const int64_t *shape, float *dst,
                                     struct lms_error *err);

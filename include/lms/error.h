@@ -20,7 +20,8 @@
     X(EINVAL, -6, "invalid argument")                                                      \
     X(EDEVICE, -7, "device error")                                                         \
     X(EEXIST, -8, "already exists")                                                        \
-    X(EINTERRUPTED, -9, "interrupted")
+    X(EINTERRUPTED, -9, "interrupted")                                                    \
+    X(ENONFINITE, -10, "not finite")
 
 enum lms_status {
 #define LMS_X(name, value, text) LMS_##name = value,

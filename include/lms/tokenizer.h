@@ -71,7 +71,8 @@ enum lms_status lms_tokenizer_encode(struct lms_tokenizer_ctx *ctx, const char *
 
 /* Decodes ids into *out (NUL-terminated, lms_malloc'd; caller lms_frees) of length
  * *out_len. Invalid UTF-8 in the byte stream becomes U+FFFD as in the reference; special added
- * tokens are dropped when skip_special. LMS_EINVAL for an unknown id. */
+ * tokens are dropped when skip_special. LMS_EFORMAT for an id the tokenizer does not have: ids
+ * are data (read from the user or a dataset), like the text encode takes. */
 enum lms_status lms_tokenizer_decode(const struct lms_tokenizer *tk, const int32_t *ids,
                                      size_t n_ids, bool skip_special, char **out,
                                      size_t *out_len, struct lms_error *err);

@@ -227,7 +227,8 @@ void lms_adamw_defaults(struct lms_adamw_opts *o);
 void lms_adamw_megatron(struct lms_adamw_opts *o);
 
 /* One AdamW update of every parameter from its gradient (gradients are left as they are).
- * A gradient norm that is not finite (NaN / Inf) is LMS_EINVAL and nothing is updated.
+ * A gradient norm that is not finite (NaN / Inf) is LMS_ENONFINITE, *grad_norm holds it and
+ * nothing is updated (the caller may skip the step: the gradients are still there to zero).
  * OUT: *grad_norm (may be NULL): the global norm before clipping. */
 enum lms_status lms_trainer_adamw(struct lms_trainer *tr, const struct lms_adamw_opts *o,
                                   double *grad_norm, struct lms_error *err);

@@ -431,6 +431,19 @@ def edit_text(rel, old, new, also_rm=()):
     return edit
 
 
+def edit_bytes(rel, old, new, also_rm=()):
+    """edit_text on the raw bytes, for defects that are not text (invalid UTF-8)."""
+    def edit(d):
+        for r in also_rm:
+            os.remove(os.path.join(d, r))
+        p = os.path.join(d, rel)
+        with open(p, "rb") as f:
+            data = f.read()
+        assert old in data, (rel, old)
+        write(p, data.replace(old, new, 1))
+    return edit
+
+
 def edit_json(rel, fn, also_rm=()):
     def edit(d):
         for r in also_rm:
@@ -769,6 +782,18 @@ NEW_CASES = [
     ("nemo1_metadata_truncated.nemo", nemo1_tar(nemo1_members(
         replace={"model_weights/.metadata": lambda b: b[:300]})),
      "model_weights/.metadata cut to 300 bytes"),
+    # invalid UTF-8 in a YAML config the fields are read from (not "out of memory")
+    ("nemo_model_yaml_bad_utf8", nemo_case(edit_bytes(
+        "context/model.yaml", b'normalization: "RMSNorm"', b'normalization: "RMS\xffNorm"',
+        also_rm=[HFC])), "context/model.yaml with a 0xff byte in a value (no hf_config.json)"),
+    ("meg_run_config_bad_utf8", nemo_case(edit_bytes(
+        RUNCFG, b'normalization: "RMSNorm"', b'normalization: "RMS\xc0\xafNorm"',
+        also_rm=[MEGHF]), "megatron"),
+     "run_config.yaml with an overlong UTF-8 sequence in a value"),
+    ("nemo1_yaml_bad_utf8.nemo", nemo1_tar(nemo1_members(
+        drop=("hf_config.json",), replace={"model_config.yaml": lambda b: b.replace(
+            b"normalization: rmsnorm", b"normalization: rms\x80norm")})),
+     "model_config.yaml with a stray continuation byte (no hf_config.json)"),
 ]
 
 
@@ -893,6 +918,10 @@ NEW_EXPECT = {
     "nemo1_yaml_zero_heads.nemo": (3, ".", "model_config.yaml': model config lacks "
                                            "num_attention_heads"),
     "nemo1_metadata_truncated.nemo": (3, ".", "model_weights/.metadata': opcode"),
+    "nemo_model_yaml_bad_utf8": (3, "context/model.yaml", "line 10: not valid UTF-8 (byte 0xff"),
+    "meg_run_config_bad_utf8": (3, RUNCFG, "line 9: not valid UTF-8 (byte 0xc0"),
+    "nemo1_yaml_bad_utf8.nemo": (3, ".", "model_config.yaml': line 20: not valid UTF-8 "
+                                         "(byte 0x80"),
 }
 
 

@@ -45,6 +45,21 @@ if [ "$rc" != 3 ] || ! grep -qF "'34x' is not a token id" <<<"$err"; then
     echo "FAIL: malformed id -> exit $rc, stderr: $err"
     fail=1
 fi
+# An id the tokenizer does not have is bad input too (exit 3, as a malformed one), from stdin
+# or --text alike.
+printf '12 999999999' >"$work/unknown"
+err=$("$LMSURGEON" tokenize --tokenizer "$tok" --decode <"$work/unknown" 2>&1 >/dev/null)
+rc=$?
+if [ "$rc" != 3 ] || ! grep -qF "unknown id 999999999 at position 1" <<<"$err"; then
+    echo "FAIL: unknown id on stdin -> exit $rc, stderr: $err"
+    fail=1
+fi
+err=$("$LMSURGEON" tokenize --tokenizer "$tok" --decode --text '999999999' 2>&1 >/dev/null)
+rc=$?
+if [ "$rc" != 3 ] || ! grep -qF "unknown id 999999999 at position 0" <<<"$err"; then
+    echo "FAIL: unknown id in --text -> exit $rc, stderr: $err"
+    fail=1
+fi
 
 if ldd "$LMSURGEON" 2>/dev/null | grep -q libasan; then
     echo "AddressSanitizer build: memcheck step skipped (valgrind cannot run ASan binaries)"

@@ -7,7 +7,9 @@
  *   1  run_config.yaml of a Megatron checkpoint (the fields under "model:");
  *   2  model_config.yaml of a NeMo 1 tarball (the top-level fields).
  * The YAML fields are translated to a Hugging Face config (with an empty weight table) and that
- * is parsed and validated, as reading such a checkpoint does. */
+ * is parsed and validated, as reading such a checkpoint does. Every reader promises that "out of
+ * memory" means an allocation failed: malformed text (invalid UTF-8 above all, which jansson
+ * refuses to hold) must be reported as such. */
 #include "fuzz_io.h"
 
 #include <errno.h>
@@ -22,10 +24,19 @@
 
 #include "formats/codecs/dcp.h"
 #include "formats/layouts/nemo_impl.h"
+#include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/nemo.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* rc of a reader that ran while lms_alloc_failures() went from before: LMS_ENOMEM only when an
+ * allocation failed on the way. */
+static void check_nomem(enum lms_status rc, long before)
+{
+    if (rc == LMS_ENOMEM && lms_alloc_failures() == before)
+        abort();
+}
 
 static void read_io_json(const uint8_t *data, size_t size)
 {
@@ -42,7 +53,10 @@ static void read_io_json(const uint8_t *data, size_t size)
         return;
     struct lms_error err;
     struct lms_model m;
-    if (lms_format_nemo.read(dir, &m, &err) == LMS_OK)
+    long before = lms_alloc_failures();
+    enum lms_status rc = lms_format_nemo.read(dir, &m, &err);
+    check_nomem(rc, before);
+    if (rc == LMS_OK)
         lms_model_release(&m);
 }
 
@@ -60,12 +74,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct lms_error err;
     json_t *fields;
     char cls[128];
-    if (lms__nemo_yaml_fields((const char *)data, size, which == 1 ? "model" : NULL, &fields, cls,
-                              sizeof(cls), &err) != LMS_OK)
+    long before = lms_alloc_failures();
+    enum lms_status rc = lms__nemo_yaml_fields((const char *)data, size,
+                                               which == 1 ? "model" : NULL, &fields, cls,
+                                               sizeof(cls), &err);
+    check_nomem(rc, before);
+    if (rc != LMS_OK)
         return 0;
     struct lms_dcp d = {0};
     json_t *hf;
-    if (lms__nemo_hf_from_fields(fields, cls, &d, &hf, &err) == LMS_OK) {
+    rc = lms__nemo_hf_from_fields(fields, cls, &d, &hf, &err);
+    check_nomem(rc, before);
+    if (rc == LMS_OK) {
         struct lms_arch arch;
         if (lms_hf_config_parse(hf, &arch, &err) == LMS_OK)
             lms_arch_validate(&arch, &err);

@@ -305,6 +305,19 @@ def run_tool(args):
     subprocess.run([exe] + args, check=True, stdout=subprocess.DEVNULL)
 
 
+def utf8_variants(target, name, data):
+    """Invalid UTF-8 in the string value of normalization (a stray 0xff, an overlong '/', a
+    lone continuation byte), the text cut inside a 2-byte character there, and a valid 2-byte
+    character split by the end of the YAML reader's 1023-byte line buffer."""
+    at = data.index(b"normalization: ") + len(b"normalization: ")
+    for tag, junk in (("ff", b"\xff"), ("overlong", b"\xc0\xaf"), ("continuation", b"\x80")):
+        emit(target, f"{name}.utf8-{tag}", data[:at] + junk + data[at:])
+    emit(target, f"{name}.utf8-cut", data[:at] + b"RMS\xc3")
+    col = at - (data.rindex(b"\n", 0, at) + 1)
+    emit(target, f"{name}.utf8-long-line",
+         data[:at] + b"a" * (1022 - col) + b"\xc3\xa9" * 4 + data[at:])
+
+
 def nemo_config(rnd):
     with tempfile.TemporaryDirectory() as d:
         for m in ("qwen3-tiny", "llama-tiny", "qwen2-tiny"):
@@ -321,10 +334,15 @@ def nemo_config(rnd):
             variants("nemo_config", m + ".run_config", b"\1" + run_cfg, rnd)
             model_yaml = open(os.path.join(d, m + ".nemo2", "context", "model.yaml"), "rb").read()
             emit("nemo_config", m + ".model_yaml", b"\2" + model_yaml)
+            if m == "qwen3-tiny":
+                utf8_variants("nemo_config", m + ".run_config", b"\1" + run_cfg)
             run_tool(["convert", src, os.path.join(d, m + ".nemo"), "--to", "nemo1", "--quiet"])
             with tarfile.open(os.path.join(d, m + ".nemo")) as tf:
                 y = tf.extractfile("./model_config.yaml") or tf.extractfile("model_config.yaml")
-                variants("nemo_config", m + ".model_config", b"\2" + y.read(), rnd)
+                model_config = b"\2" + y.read()
+                variants("nemo_config", m + ".model_config", model_config, rnd)
+                if m == "qwen3-tiny":
+                    utf8_variants("nemo_config", m + ".model_config", model_config)
 
 
 def nemo1(rnd):

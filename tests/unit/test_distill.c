@@ -82,6 +82,14 @@ START_TEST(data_paths_parse)
     char *mixed[] = {"a", "0.5"};
     ck_assert_int_eq(lms_blend_sources_parse(mixed, 2, &s, &n, &err), LMS_EINVAL);
     ck_assert_int_eq(lms_blend_sources_parse(one, 0, &s, &n, &err), LMS_EINVAL);
+    /* a weight a double cannot hold is a bad weight, named, not the start of a prefix list */
+    char *tiny[] = {"1e-320", "a", "1", "b"};
+    ck_assert_int_eq(lms_blend_sources_parse(tiny, 4, &s, &n, &err), LMS_EINVAL);
+    ck_assert_msg(strstr(err.msg, "weight '1e-320' is not a positive number a double can hold"),
+                  "%s", err.msg);
+    char *huge[] = {"0.5", "a", "1e400", "b"};
+    ck_assert_int_eq(lms_blend_sources_parse(huge, 4, &s, &n, &err), LMS_EINVAL);
+    ck_assert_msg(strstr(err.msg, "weight '1e400'"), "%s", err.msg);
 }
 END_TEST
 

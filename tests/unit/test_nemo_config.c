@@ -230,6 +230,50 @@ START_TEST(yaml_blocks)
 }
 END_TEST
 
+/* YAML is Unicode text: invalid UTF-8 is malformed input naming the line, never "out of
+ * memory" (jansson refuses such strings); a value cut where it does not fit the reader's line
+ * buffer is cut between characters, so valid text stays valid. */
+START_TEST(yaml_utf8)
+{
+    static const char bad[] = "config:\n  num_layers: 2\n  normalization: \"RMS\xffNorm\"\n";
+    json_t *f = NULL;
+    char cls[128];
+    struct lms_error err;
+    ck_assert_int_eq(lms__nemo_yaml_fields(bad, sizeof(bad) - 1, "config", &f, cls, sizeof(cls),
+                                           &err),
+                     LMS_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "line 3: not valid UTF-8 (byte 0xff"), "%s", err.msg);
+    /* invalid bytes in a section the reader skips are refused as well: the file is not text */
+    static const char skipped[] = "optim:\n  name: \"\xc0\xaf\"\nconfig:\n  num_layers: 2\n";
+    ck_assert_int_eq(lms__nemo_yaml_fields(skipped, sizeof(skipped) - 1, "config", &f, cls,
+                                           sizeof(cls), &err),
+                     LMS_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "line 2:"), "%s", err.msg);
+    /* a 2-byte character across the 1023-byte cut of a long line, and in long keys/targets */
+    char text[4096];
+    size_t n = (size_t)snprintf(text, sizeof text, "config:\n  note: \"");
+    while (n < 8 + 1022)
+        text[n++] = 'a';
+    for (int i = 0; i < 50; i++) {
+        text[n++] = '\xc3';
+        text[n++] = '\xa9';
+    }
+    n += (size_t)snprintf(text + n, sizeof text - n, "\"\n  act:\n    _target_: ");
+    for (int i = 0; i < 200; i++) {
+        text[n++] = '\xc3';
+        text[n++] = '\xa9';
+    }
+    n += (size_t)snprintf(text + n, sizeof text - n, "\n    _call_: false\n  num_layers: 3\n");
+    ck_assert_msg(lms__nemo_yaml_fields(text, n, "config", &f, cls, sizeof(cls), &err) == LMS_OK,
+                  "%s", err.msg);
+    ck_assert_int_eq(geti(f, "num_layers"), 3);
+    const char *target = json_string_value(json_object_get(f, "act"));
+    ck_assert_ptr_nonnull(target);
+    ck_assert_uint_eq(strlen(target), 254); /* 127 whole characters of the 255 bytes that fit */
+    json_decref(f);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("nemo_config");
@@ -239,6 +283,7 @@ Suite *suite(void)
     tcase_add_test(tc, preset_context);
     tcase_add_test(tc, unknown_preset);
     tcase_add_test(tc, yaml_blocks);
+    tcase_add_test(tc, yaml_utf8);
     suite_add_tcase(s, tc);
     return s;
 }

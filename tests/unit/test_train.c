@@ -914,6 +914,54 @@ START_TEST(plan_and_errors)
 }
 END_TEST
 
+/* A gradient that is not finite: LMS_ENONFINITE with the norm reported, and no weight or
+ * moment changed (the caller skips the step). */
+START_TEST(adamw_nonfinite_updates_nothing)
+{
+    struct lms_error err;
+    struct lms_model m;
+    read_model("models/qwen3-tiny", &m);
+    struct lms_backend *be = open_cpu();
+    struct lms_trainer *tr;
+    struct lms_train_opts to = {.max_batch = 1, .max_seq = 8};
+    ck_assert_int_eq(lms_trainer_new(&m, be, &to, &tr, &err), LMS_OK);
+    ck_assert_int_eq(lms_trainer_zero_grads(tr, &err), LMS_OK);
+    size_t n = lms_trainer_n_params(tr);
+    float **before = calloc(n, sizeof *before);
+    for (size_t i = 0; i < n; i++) {
+        const struct lms_train_param *p = lms_trainer_param(tr, i);
+        before[i] = host_copy(be, p->w, p->numel);
+        float *g = calloc((size_t)p->numel, 4);
+        for (int64_t k = 0; k < p->numel; k++)
+            g[k] = 1e-3f;
+        if (i == n / 2)
+            g[p->numel / 2] = NAN;
+        ck_assert(lms_buf_upload(be, p->g, g, (size_t)p->numel * 4, &err) == LMS_OK);
+        free(g);
+    }
+    struct lms_adamw_opts ao;
+    lms_adamw_defaults(&ao);
+    ao.lr = 1e-2;
+    ao.step = 1;
+    double norm = 0;
+    ck_assert_int_eq(lms_trainer_adamw(tr, &ao, &norm, &err), LMS_ENONFINITE);
+    ck_assert(isnan(norm));
+    ck_assert_ptr_nonnull(strstr(err.msg, "not finite"));
+    for (size_t i = 0; i < n; i++) {
+        const struct lms_train_param *p = lms_trainer_param(tr, i);
+        float *after = host_copy(be, p->w, p->numel);
+        ck_assert_msg(memcmp(after, before[i], (size_t)p->numel * 4) == 0, "%s changed",
+                      p->name);
+        free(after);
+        free(before[i]);
+    }
+    free(before);
+    lms_trainer_free(tr);
+    lms_backend_free(be);
+    lms_model_release(&m);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("train");
@@ -936,6 +984,7 @@ Suite *suite(void)
     tcase_add_test(tc, accumulation);
     tcase_add_test(tc, deterministic);
     tcase_add_test(tc, plan_and_errors);
+    tcase_add_test(tc, adamw_nonfinite_updates_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
