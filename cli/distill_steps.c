@@ -63,10 +63,10 @@ json_t *distill_config(const struct distill_run *r)
                                               lms_path_basename(r->src[i].path), "weight",
                                               r->src[i].weight));
     return json_pack(
-        "{s:o,s:o,s:o,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
+        "{s:o,s:o,s:o,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
         "s:{s:i,s:f,s:I,s:f,s:f}}",
         "student", arch_json(&r->student), "teacher", arch_json(&r->teacher), "data", data,
-        "split", a->split, "seq_length", (json_int_t)a->seq, "gbs", (json_int_t)a->gbs, "mbs",
+        "row_order", LMS_SAMPLER_ORDER, "split", a->split, "seq_length", (json_int_t)a->seq, "gbs", (json_int_t)a->gbs, "mbs",
         (json_int_t)a->mbs, "max_steps", (json_int_t)a->max_steps, "warmup_steps",
         (json_int_t)a->warmup, "lr", a->lr, "min_lr", a->min_lr, "seed", (json_int_t)a->seed,
         "adamw", "beta1", a->adam.beta1, "beta2", a->adam.beta2, "eps", a->adam.eps,

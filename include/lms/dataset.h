@@ -132,6 +132,10 @@ struct lms_sampler_opts {
     const char *cache_dir;
 };
 
+/* Names the row order above; another order gets another name (distill records it in its saved
+ * configuration, so --resume refuses a state whose rows came in another order). */
+#define LMS_SAMPLER_ORDER "megatron-gpt-dataset"
+
 /* What a sampler planned (for logs and tests). */
 struct lms_sampler_info {
     int64_t n_epochs;     /* E */

@@ -3,7 +3,8 @@
 # Python version of the documented algorithm: it still writes tests/golden/sampler_order.txt
 # (which the unit tests hold the C sampler to), and the rows `distill --dump-rows` reads equal
 # the ones it computes, for a one-epoch run over many documents, for a run whose final epoch is
-# shuffled apart, and with the index in a cache file beside the data.
+# shuffled apart, and with the index in a cache file beside the data; --resume refuses a
+# training state whose rows came in the old order.
 set -u
 
 : "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
@@ -68,6 +69,24 @@ ls "$TMP"/many.sampler-*.cache >/dev/null 2>&1 && fail "a small index went to a 
 check cached "$TMP/many" 32 8 3 77 969,30,1 LMS_SAMPLER_MEMORY_LIMIT=1
 ls "$TMP"/many.sampler-*.cache >/dev/null 2>&1 || fail "no cache file beside the data"
 cmp -s "$TMP/cached.rows" "$TMP/one-epoch.rows" || fail "the cached index reads other rows"
+
+# a training state saved before the row order changed (no row_order in its configuration) is
+# not resumed onto other rows
+RUN=(--student "$STUDENT" --teacher "$TEACHER" --data-paths "$TMP/many" --seq-length 32 --gbs 4
+     --mbs 4 --max-steps 2 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs"
+     --out "$TMP/r" --quiet)
+"$LMSURGEON" distill "${RUN[@]}" --exit-interval 1 </dev/null || fail "first half of a run failed"
+python3 - "$TMP/r.state/trainer_state.json" <<'EOF'
+import json, sys
+state = json.load(open(sys.argv[1]))
+assert state["config"]["row_order"] == "megatron-gpt-dataset", state["config"]
+del state["config"]["row_order"]
+json.dump(state, open(sys.argv[1], "w"))
+EOF
+"$LMSURGEON" distill "${RUN[@]}" --resume </dev/null 2>"$TMP/err"
+rc=$?
+[ "$rc" = 2 ] && grep -q "row_order was absent" "$TMP/err" ||
+    fail "resuming a state of the old row order: exit $rc, $(cat "$TMP/err")"
 
 if [ "$n_fail" -gt 0 ]; then
     echo "$n_fail check(s) failed" >&2
