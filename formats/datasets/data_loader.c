@@ -178,6 +178,9 @@ static enum lms_status plan_new(const struct lms_dataset *ds, const struct lms_s
         return lms_error_set(err, LMS_EINVAL, "sampler: %lld epochs of %lld documents is too "
                              "many", (long long)E, (long long)p->n_docs);
     p->samples = windows_in(E * T, o->seq_len, p->stride);
+    if (p->samples > ((int64_t)1 << 56)) /* keeps the index's byte count far from overflow */
+        return lms_error_set(err, LMS_EINVAL, "sampler: %lld windows of %lld epochs is too "
+                             "many", (long long)p->samples, (long long)E);
     if (E > 1) {
         /* Megatron: shuffle the final epoch apart when it gives under 80 % of an epoch */
         p->before_final = windows_in((E - 1) * T, o->seq_len, p->stride);

@@ -173,10 +173,9 @@ static uint64_t mtime_ns(const struct stat *sb)
     return (uint64_t)sb->st_mtim.tv_sec * 1000000000u + (uint64_t)sb->st_mtim.tv_nsec;
 }
 
-/* Allocates the handle and opens the token file (kept open: reads are preads on it). OUT: *out,
- * *bin_size. */
-static enum lms_status open_bin(const char *path, const char *bin_path, struct lms_dataset **out,
-                                uint64_t *bin_size, struct lms_error *err)
+/* A handle for the data at path, nothing open yet. */
+static enum lms_status dataset_new(const char *path, const char *bin_path,
+                                   struct lms_dataset **out, struct lms_error *err)
 {
     struct lms_dataset *ds = lms_calloc(1, sizeof(*ds));
     if (!ds)
@@ -188,19 +187,22 @@ static enum lms_status open_bin(const char *path, const char *bin_path, struct l
         lms_dataset_free(ds);
         return lms_error_set(err, LMS_ENOMEM, "opening dataset '%s': out of memory", path);
     }
-    ds->bin_fd = open(bin_path, O_RDONLY | O_CLOEXEC);
+    *out = ds;
+    return LMS_OK;
+}
+
+/* Opens the token file and keeps it open: reads are preads on it. OUT: *bin_size. */
+static enum lms_status open_bin(struct lms_dataset *ds, uint64_t *bin_size,
+                                struct lms_error *err)
+{
+    ds->bin_fd = open(ds->bin_path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
-    if (ds->bin_fd < 0 || fstat(ds->bin_fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        enum lms_status st = lms_error_set(err, LMS_EIO, "opening '%s': %s", bin_path,
-                                           ds->bin_fd < 0 ? strerror(errno)
-                                                          : "not a regular file");
-        lms_dataset_free(ds);
-        return st;
-    }
+    if (ds->bin_fd < 0 || fstat(ds->bin_fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return lms_error_set(err, LMS_EIO, "opening '%s': %s", ds->bin_path,
+                             ds->bin_fd < 0 ? strerror(errno) : "not a regular file");
     ds->stamp[2] = (uint64_t)sb.st_size;
     ds->stamp[3] = mtime_ns(&sb);
     *bin_size = (uint64_t)sb.st_size;
-    *out = ds;
     return LMS_OK;
 }
 
@@ -212,29 +214,27 @@ enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
         return lms_error_set(err, LMS_EINVAL, "dataset prefix too long");
     path_join(ipath, sizeof(ipath), prefix, ".idx");
     path_join(bpath, sizeof(bpath), prefix, ".bin");
-    struct lms_dataset *ds;
-    uint64_t bin_size;
-    enum lms_status st = open_bin(prefix, bpath, &ds, &bin_size, err);
+    struct lms_dataset *ds = NULL;
+    uint64_t bin_size = 0;
+    enum lms_status st = dataset_new(prefix, bpath, &ds, err);
     if (st)
         return st;
-    st = lms_storage_map_file(ipath, &ds->idx_map, err);
-    if (st)
-        goto fail;
     struct stat sb;
-    if (stat(ipath, &sb) == 0) {
+    if (!(st = lms_storage_map_file(ipath, &ds->idx_map, err)) && stat(ipath, &sb) == 0) {
         ds->stamp[0] = (uint64_t)sb.st_size;
         ds->stamp[1] = mtime_ns(&sb);
     }
-    st = lms__idx_parse(ds->idx_map->base, ds->idx_map->size, bin_size, &ds->idx, err);
-    if (st) {
+    if (!st)
+        st = open_bin(ds, &bin_size, err);
+    if (!st && (st = lms__idx_parse(ds->idx_map->base, ds->idx_map->size, bin_size, &ds->idx,
+                                    err)))
         lms_error_wrap(err, "reading '%s': ", ipath);
-        goto fail;
+    if (st) {
+        lms_dataset_free(ds);
+        return st;
     }
     *out = ds;
     return LMS_OK;
-fail:
-    lms_dataset_free(ds);
-    return st;
 }
 
 enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code,
@@ -244,9 +244,11 @@ enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code
     if (!item)
         return lms_error_set(err, LMS_EINVAL, "opening '%s': dtype code %d is not a token "
                              "dtype", path, (int)code);
-    struct lms_dataset *ds;
-    uint64_t size;
-    enum lms_status st = open_bin(path, path, &ds, &size, err);
+    struct lms_dataset *ds = NULL;
+    uint64_t size = 0;
+    enum lms_status st = dataset_new(path, path, &ds, err);
+    if (!st && (st = open_bin(ds, &size, err)))
+        lms_dataset_free(ds);
     if (st)
         return st;
     if (size % item || size / item > INT32_MAX) {
