@@ -88,12 +88,17 @@ struct rng {
     uint64_t state;
 };
 
-static uint64_t rng_next(struct rng *g)
+/* splitmix64's output function (also the checksums' mixer). */
+static uint64_t mix64(uint64_t z)
 {
-    uint64_t z = (g->state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+static uint64_t rng_next(struct rng *g)
+{
+    return mix64(g->state += 0x9E3779B97F4A7C15ull);
 }
 
 static struct rng rng_seeded(uint64_t seed)
@@ -128,13 +133,13 @@ static void rng_shuffle(struct rng *g, int64_t *a, int64_t n)
 /* ---- the plan: Megatron-Core GPTDataset's epochs, samples and final-epoch rule ----------- */
 
 struct plan {
-    int64_t doc_begin, n_docs;       /* documents [doc_begin, doc_begin + n_docs) */
+    int64_t doc_begin, n_docs;          /* documents [doc_begin, doc_begin + n_docs) */
     int64_t stream_begin, epoch_tokens; /* their tokens: stream [stream_begin, + epoch_tokens) */
     int64_t seq_len, stride;
-    int64_t epochs;       /* E */
-    int64_t samples;      /* windows in the E epochs */
-    int64_t before_final; /* windows in the first E - 1 epochs */
-    bool separate;        /* the final epoch is shuffled apart */
+    int64_t epochs;                     /* E */
+    int64_t samples;                    /* windows in the E epochs */
+    int64_t before_final;               /* windows in the first E - 1 epochs */
+    bool separate;                      /* the final epoch is shuffled apart */
     bool shuffle_docs, shuffle_windows;
 };
 
@@ -254,13 +259,6 @@ enum {
 #define CACHE_MAGIC 0x314C504D53534D4Cull /* "LMSSMPL1" */
 #define CACHE_VERSION 1u
 #define DEFAULT_MEMORY_LIMIT (256ull << 20)
-
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* A 64-bit checksum of n words: four interleaved chains, so it reads at memory speed. */
 static uint64_t hash_words(const uint64_t *w, uint64_t n)
