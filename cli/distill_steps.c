@@ -68,10 +68,10 @@ json_t *distill_config(const struct distill_run *r)
         json_array_append_new(data, json_pack("{s:f,s:s}", "weight", r->src[i].weight,
                                               "fingerprint", r->data_fp[i]));
     return json_pack(
-        "{s:o,s:o,s:o,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
+        "{s:o,s:o,s:o,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
         "s:{s:i,s:f,s:I,s:f,s:f}}",
         "student", model_json(&r->student, r->student_fp), "teacher",
-        model_json(&r->teacher, r->teacher_fp), "data", data,
+        model_json(&r->teacher, r->teacher_fp), "data", data, "row_order", LMS_SAMPLER_ORDER,
         "split", a->split, "seq_length", (json_int_t)a->seq, "gbs", (json_int_t)a->gbs, "mbs",
         (json_int_t)a->mbs, "max_steps", (json_int_t)a->max_steps, "warmup_steps",
         (json_int_t)a->warmup, "lr", a->lr, "min_lr", a->min_lr, "seed", (json_int_t)a->seed,

@@ -139,11 +139,8 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
         c->describe[0] = '\0';
     }
     if (!rc && o->budget) {
-        struct lms_sampler_opts so = {
-            .n_windows = lms_score_rows_available(c->ds, o->seq_len), .seq_len = o->seq_len,
-            .stride = o->seq_len, .seed = (uint64_t)o->seed, .shuffle_docs = true, .shuffle_windows = true,
-        };
-        rc = lms_sampler_new(c->ds, &so, &c->smp, err);
+        rc = lms_sampler_new_calibration(c->ds, o->seq_len, (uint64_t)o->seed, true, &c->smp,
+                                         err);
     }
     if (rc) {
         prune_calib_free(c);

@@ -527,11 +527,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
                              (long long)y->B, (long long)y->S, (double)need / 1e9,
                              (double)limit / 1e9);
 
-    struct lms_sampler_opts so = {
-        .n_windows = avail, .seq_len = y->S, .stride = y->S, .seed = o->seed,
-        .shuffle_docs = !o->sequential, .shuffle_windows = !o->sequential,
-    };
-    rc = lms_sampler_new(ds, &so, &smp, err);
+    rc = lms_sampler_new_calibration(ds, y->S, o->seed, !o->sequential, &smp, err);
     if (rc)
         return rc;
     int64_t n_rows = o->row_end - o->row_begin;
@@ -561,8 +557,9 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
     }
 
     char data_fp[LMS_HASH64_HEX], model_fp[LMS_HASH64_HEX];
-    lms_dataset_fingerprint(ds, data_fp);
-    rc = model_fingerprint(m, model_fp, err);
+    rc = lms_dataset_fingerprint(ds, data_fp, err);
+    if (!rc)
+        rc = model_fingerprint(m, model_fp, err);
     if (rc)
         goto out;
 

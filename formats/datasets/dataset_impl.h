@@ -27,4 +27,13 @@ struct lms__idx {
 enum lms_status lms__idx_parse(const void *idx, size_t idx_len, uint64_t bin_len,
                                struct lms__idx *out, struct lms_error *err);
 
+/* Where an open dataset came from, for the caches derived from it (the sampler's index): the
+ * path it was opened with (PREFIX, or the raw id file) and the size and modification time (ns)
+ * of its .idx and .bin at the open (0, 0 for the .idx of a raw file). */
+struct lms__dataset_origin {
+    const char *path;   /* borrowed from the dataset */
+    uint64_t stamp[4];  /* idx size, idx mtime ns, bin size, bin mtime ns */
+};
+void lms__dataset_origin(const struct lms_dataset *ds, struct lms__dataset_origin *out);
+
 #endif

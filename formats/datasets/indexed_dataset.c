@@ -1,5 +1,5 @@
-/* Megatron MMIDIDX indexed datasets: validated mmap reader and atomic writer
- * (include/lms/dataset.h).
+/* Megatron MMIDIDX indexed datasets: validated reader (.idx mapped, .bin read with pread) and
+ * atomic writer (include/lms/dataset.h).
  *
  * The .idx arrays are not aligned (they start at byte 34), so every element is read with memcpy.
  * Validation follows the order of the header: magic, version, dtype, counts against the file
@@ -156,7 +156,10 @@ enum lms_status lms__idx_parse(const void *idx, size_t idx_len, uint64_t bin_len
 
 struct lms_dataset {
     struct lms_storage *idx_map; /* NULL for raw id files */
-    struct lms_storage *bin_map; /* token bytes */
+    int bin_fd;                  /* the token bytes, read with pread; -1 before the open */
+    char *path;                  /* PREFIX, or the raw file; owned */
+    char *bin_path;              /* the file bin_fd reads, for messages; owned */
+    uint64_t stamp[4];           /* lms__dataset_origin */
     struct lms__idx idx;         /* parsed view of idx_map (or of raw_arrays) */
     unsigned char raw_arrays[4 + 8 + 16]; /* lengths[1], pointers[1], doc_idx[2] for raw */
 };
@@ -164,6 +167,44 @@ struct lms_dataset {
 static void path_join(char *dst, size_t cap, const char *prefix, const char *ext)
 {
     snprintf(dst, cap, "%s%s", prefix, ext);
+}
+
+static uint64_t mtime_ns(const struct stat *sb)
+{
+    return (uint64_t)sb->st_mtim.tv_sec * 1000000000u + (uint64_t)sb->st_mtim.tv_nsec;
+}
+
+/* A handle for the data at path, nothing open yet. */
+static enum lms_status dataset_new(const char *path, const char *bin_path,
+                                   struct lms_dataset **out, struct lms_error *err)
+{
+    struct lms_dataset *ds = lms_calloc(1, sizeof(*ds));
+    if (!ds)
+        return lms_error_set(err, LMS_ENOMEM, "opening dataset '%s': out of memory", path);
+    ds->bin_fd = -1;
+    ds->path = lms_strdup(path);
+    ds->bin_path = lms_strdup(bin_path);
+    if (!ds->path || !ds->bin_path) {
+        lms_dataset_free(ds);
+        return lms_error_set(err, LMS_ENOMEM, "opening dataset '%s': out of memory", path);
+    }
+    *out = ds;
+    return LMS_OK;
+}
+
+/* Opens the token file and keeps it open: reads are preads on it. OUT: *bin_size. */
+static enum lms_status open_bin(struct lms_dataset *ds, uint64_t *bin_size,
+                                struct lms_error *err)
+{
+    ds->bin_fd = open(ds->bin_path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (ds->bin_fd < 0 || fstat(ds->bin_fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return lms_error_set(err, LMS_EIO, "opening '%s': %s", ds->bin_path,
+                             ds->bin_fd < 0 ? strerror(errno) : "not a regular file");
+    ds->stamp[2] = (uint64_t)sb.st_size;
+    ds->stamp[3] = mtime_ns(&sb);
+    *bin_size = (uint64_t)sb.st_size;
+    return LMS_OK;
 }
 
 enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
@@ -174,25 +215,27 @@ enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
         return lms_error_set(err, LMS_EINVAL, "dataset prefix too long");
     path_join(ipath, sizeof(ipath), prefix, ".idx");
     path_join(bpath, sizeof(bpath), prefix, ".bin");
-    struct lms_dataset *ds = lms_calloc(1, sizeof(*ds));
-    if (!ds)
-        return lms_error_set(err, LMS_ENOMEM, "opening dataset '%s': out of memory", prefix);
-    enum lms_status st = lms_storage_map_file(ipath, &ds->idx_map, err);
+    struct lms_dataset *ds = NULL;
+    uint64_t bin_size = 0;
+    enum lms_status st = dataset_new(prefix, bpath, &ds, err);
     if (st)
-        goto fail;
-    st = lms_storage_map_file(bpath, &ds->bin_map, err);
-    if (st)
-        goto fail;
-    st = lms__idx_parse(ds->idx_map->base, ds->idx_map->size, ds->bin_map->size, &ds->idx, err);
-    if (st) {
+        return st;
+    struct stat sb;
+    if (!(st = lms_storage_map_file(ipath, &ds->idx_map, err)) && stat(ipath, &sb) == 0) {
+        ds->stamp[0] = (uint64_t)sb.st_size;
+        ds->stamp[1] = mtime_ns(&sb);
+    }
+    if (!st)
+        st = open_bin(ds, &bin_size, err);
+    if (!st && (st = lms__idx_parse(ds->idx_map->base, ds->idx_map->size, bin_size, &ds->idx,
+                                    err)))
         lms_error_wrap(err, "reading '%s': ", ipath);
-        goto fail;
+    if (st) {
+        lms_dataset_free(ds);
+        return st;
     }
     *out = ds;
     return LMS_OK;
-fail:
-    lms_dataset_free(ds);
-    return st;
 }
 
 enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code,
@@ -202,18 +245,21 @@ enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code
     if (!item)
         return lms_error_set(err, LMS_EINVAL, "opening '%s': dtype code %d is not a token "
                              "dtype", path, (int)code);
-    struct lms_dataset *ds = lms_calloc(1, sizeof(*ds));
-    if (!ds)
-        return lms_error_set(err, LMS_ENOMEM, "opening '%s': out of memory", path);
-    enum lms_status st = lms_storage_map_file(path, &ds->bin_map, err);
+    struct lms_dataset *ds = NULL;
+    uint64_t size = 0;
+    enum lms_status st = dataset_new(path, path, &ds, err);
+    if (!st && (st = open_bin(ds, &size, err)))
+        lms_dataset_free(ds);
     if (st)
-        goto fail;
-    if (ds->bin_map->size % item || ds->bin_map->size / item > INT32_MAX) {
-        st = lms_error_set(err, LMS_EFORMAT, "reading '%s': size %zu is not a multiple of %zu "
-                           "or holds more than 2^31-1 ids", path, ds->bin_map->size, item);
-        goto fail;
+        return st;
+    if (size % item || size / item > INT32_MAX) {
+        st = lms_error_set(err, LMS_EFORMAT, "reading '%s': size %llu is not a multiple of %zu "
+                           "or holds more than 2^31-1 ids", path, (unsigned long long)size,
+                           item);
+        lms_dataset_free(ds);
+        return st;
     }
-    int32_t len = (int32_t)(ds->bin_map->size / item);
+    int32_t len = (int32_t)(size / item);
     int64_t zero = 0, one = 1;
     memcpy(ds->raw_arrays, &len, 4);
     memcpy(ds->raw_arrays + 4, &zero, 8);
@@ -229,9 +275,6 @@ enum lms_status lms_dataset_open_raw(const char *path, enum lms_index_dtype code
     ds->idx.n_tokens = len;
     *out = ds;
     return LMS_OK;
-fail:
-    lms_dataset_free(ds);
-    return st;
 }
 
 void lms_dataset_free(struct lms_dataset *ds)
@@ -239,8 +282,17 @@ void lms_dataset_free(struct lms_dataset *ds)
     if (!ds)
         return;
     lms_storage_release(ds->idx_map);
-    lms_storage_release(ds->bin_map);
+    if (ds->bin_fd >= 0)
+        close(ds->bin_fd);
+    lms_free(ds->path);
+    lms_free(ds->bin_path);
     lms_free(ds);
+}
+
+void lms__dataset_origin(const struct lms_dataset *ds, struct lms__dataset_origin *out)
+{
+    out->path = ds->path;
+    memcpy(out->stamp, ds->stamp, sizeof(out->stamp));
 }
 
 enum lms_index_dtype lms_dataset_dtype(const struct lms_dataset *ds)
@@ -282,21 +334,38 @@ bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *beg
     return true;
 }
 
-enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, int64_t end,
-                                 int32_t *dst, size_t dst_cap, struct lms_error *err)
+/* Reads len bytes at byte offset at of the token file. A short read means the file shrank
+ * since the open (its size was checked then): an I/O error naming it, where a mapping would
+ * have raised SIGBUS. */
+static enum lms_status read_bin(const struct lms_dataset *ds, void *dst, size_t len,
+                                uint64_t at, struct lms_error *err)
 {
-    if (begin < 0 || end < begin || end > ds->idx.n_tokens)
-        return lms_error_set(err, LMS_EINVAL, "token range [%lld, %lld) outside the stream of "
-                             "%lld tokens", (long long)begin, (long long)end,
-                             (long long)ds->idx.n_tokens);
-    size_t n = (size_t)(end - begin);
-    if (n > dst_cap)
-        return lms_error_set(err, LMS_EINVAL, "token range of %zu ids exceeds the buffer of %zu",
-                             n, dst_cap);
-    if (n == 0)
-        return LMS_OK; /* an empty .bin is mapped as NULL: no pointer arithmetic on it */
-    const unsigned char *src = (const unsigned char *)ds->bin_map->base +
-                               (size_t)begin * ds->idx.itemsize;
+    unsigned char *p = dst;
+    while (len > 0) {
+        ssize_t n = pread(ds->bin_fd, p, len, (off_t)at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return lms_error_set(err, LMS_EIO, "reading '%s' at byte %llu: %s", ds->bin_path,
+                                 (unsigned long long)at, strerror(errno));
+        if (n == 0) {
+            struct stat sb;
+            long long now = fstat(ds->bin_fd, &sb) == 0 ? (long long)sb.st_size : -1;
+            return lms_error_set(err, LMS_EIO, "reading '%s': the file now has %lld bytes, it "
+                                 "had %llu when opened (truncated while in use?)",
+                                 ds->bin_path, now, (unsigned long long)ds->stamp[2]);
+        }
+        p += n;
+        len -= (size_t)n;
+        at += (uint64_t)n;
+    }
+    return LMS_OK;
+}
+
+/* Widens n ids of the dataset's dtype at src to int32. */
+static enum lms_status widen_ids(const struct lms_dataset *ds, const unsigned char *src,
+                                 size_t n, int64_t first, int32_t *dst, struct lms_error *err)
+{
     switch (ds->idx.code) {
     case LMS_INDEX_U8:
         for (size_t i = 0; i < n; i++)
@@ -328,10 +397,39 @@ enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, in
             int64_t v = rd_i64(src + 8 * i);
             if (v < INT32_MIN || v > INT32_MAX)
                 return lms_error_set(err, LMS_EFORMAT, "token %lld: id %lld does not fit int32",
-                                     (long long)(begin + (int64_t)i), (long long)v);
+                                     (long long)(first + (int64_t)i), (long long)v);
             dst[i] = (int32_t)v;
         }
         break;
+    }
+    return LMS_OK;
+}
+
+enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, int64_t end,
+                                 int32_t *dst, size_t dst_cap, struct lms_error *err)
+{
+    if (begin < 0 || end < begin || end > ds->idx.n_tokens)
+        return lms_error_set(err, LMS_EINVAL, "token range [%lld, %lld) outside the stream of "
+                             "%lld tokens", (long long)begin, (long long)end,
+                             (long long)ds->idx.n_tokens);
+    size_t n = (size_t)(end - begin);
+    if (n > dst_cap)
+        return lms_error_set(err, LMS_EINVAL, "token range of %zu ids exceeds the buffer of %zu",
+                             n, dst_cap);
+    size_t item = ds->idx.itemsize;
+    uint64_t at = (uint64_t)begin * item;
+    if (ds->idx.code == LMS_INDEX_I32)
+        return read_bin(ds, dst, 4 * n, at, err);
+    unsigned char chunk[8192];
+    size_t per = sizeof(chunk) / item;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < per ? n - done : per;
+        enum lms_status st = read_bin(ds, chunk, k * item, at + done * item, err);
+        if (!st)
+            st = widen_ids(ds, chunk, k, begin + (int64_t)done, dst + done, err);
+        if (st)
+            return st;
+        done += k;
     }
     return LMS_OK;
 }
@@ -635,29 +733,10 @@ enum lms_status lms_data_open(const char *path, struct lms_dataset **ds, struct 
 
 /* ---- identity ------------------------------------------------------------------------------ */
 
-#define FINGERPRINT_END_BYTES ((size_t)1 << 20)
-
-/* The same bytes, in the same order, as lms_data_fingerprint reads from the files, so an open
- * dataset and its path give one fingerprint. */
-static void hash_mapped(struct lms_hash64 *h, const struct lms_storage *m, bool whole)
+/* The files again, by the path the dataset was opened from: the .idx and two MiB of the .bin
+ * are cheap to read, and one reader of the bytes keeps the two entry points equal. */
+enum lms_status lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX],
+                                        struct lms_error *err)
 {
-    const unsigned char *p = m ? m->base : NULL;
-    size_t size = m ? m->size : 0, edge = size < FINGERPRINT_END_BYTES ? size : FINGERPRINT_END_BYTES;
-    lms_hash64_update_u64(h, (uint64_t)size);
-    if (whole) {
-        lms_hash64_update(h, p, size);
-    } else if (edge) {
-        lms_hash64_update(h, p, edge);
-        lms_hash64_update(h, p + size - edge, edge);
-    }
-}
-
-void lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX])
-{
-    struct lms_hash64 h;
-    lms_hash64_init(&h, 0);
-    if (ds->idx_map)
-        hash_mapped(&h, ds->idx_map, true);
-    hash_mapped(&h, ds->bin_map, false);
-    lms_hash64_hex(lms_hash64_digest(&h), hex);
+    return lms_data_fingerprint(ds->path, hex, err);
 }

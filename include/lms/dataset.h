@@ -13,9 +13,10 @@
  *   34+4S       8*S   int64 sequence pointers (byte offsets into .bin)
  *   34+12S      8*D   int64 document index (sequence boundaries)
  *
- * The reader maps both files and validates every invariant before returning (magic,
- * version, dtype, counts against the file size, pointers contiguous and inside .bin, .bin size,
- * document index monotone from 0 to S). After a successful open nothing is checked again.
+ * The reader maps the .idx, keeps the .bin open, and validates every invariant before returning
+ * (magic, version, dtype, counts against the file size, pointers contiguous and inside .bin,
+ * .bin size, document index monotone from 0 to S). Token reads use pread on the .bin, so a .bin
+ * truncated while in use gives LMS_EIO naming the file instead of a SIGBUS.
  *
  * The "token stream" of a dataset is the concatenation of all its sequences in file order, i.e.
  * .bin read as ids: stream position p is the p-th id of .bin. With documents written by
@@ -54,7 +55,7 @@ size_t lms_index_dtype_size(int code);
 
 struct lms_dataset; /* opaque; immutable after open */
 
-/* Opens PREFIX.idx and PREFIX.bin (mmap) and validates them. Errors name the file and the field
+/* Opens PREFIX.idx (mmap) and PREFIX.bin and validates them. Errors name the file and the field
  * at fault. OUT: *out, free with lms_dataset_free. */
 enum lms_status lms_dataset_open(const char *prefix, struct lms_dataset **out,
                                  struct lms_error *err);
@@ -89,7 +90,8 @@ bool lms_dataset_doc_range(const struct lms_dataset *ds, int64_t d, int64_t *beg
 
 /* Copies stream positions [begin, end) to dst as int32 (end - begin entries; dst_cap is the
  * capacity of dst in entries). LMS_EINVAL when the range is outside the stream or does not fit
- * in dst, LMS_EFORMAT when a stored id does not fit in int32 (int64 datasets). */
+ * in dst, LMS_EFORMAT when a stored id does not fit in int32 (int64 datasets), LMS_EIO when the
+ * file cannot be read there (e.g. truncated since the open). */
 enum lms_status lms_dataset_read(const struct lms_dataset *ds, int64_t begin, int64_t end,
                                  int32_t *dst, size_t dst_cap, struct lms_error *err);
 /* Convenience: ids of document d, allocated with lms_malloc. OUT: *ids (caller lms_frees),
@@ -100,10 +102,11 @@ enum lms_status lms_dataset_read_doc(const struct lms_dataset *ds, int64_t d, in
 /* ---- identity ------------------------------------------------------------------------ */
 
 /* The fingerprint of an open dataset: the same value lms_data_fingerprint gives for its path
- * (computed from the mapped files instead of reading them again). Recorded in provenance
+ * (read from the files it was opened from; errors name the file). Recorded in provenance
  * (importance files) so that runs over different data are told apart even when the paths
  * differ or coincide. OUT: hex (LMS_HASH64_HEX bytes with the NUL). */
-void lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX]);
+enum lms_status lms_dataset_fingerprint(const struct lms_dataset *ds, char hex[LMS_HASH64_HEX],
+                                        struct lms_error *err);
 
 /* ---- train / validation / test split (Megatron --split) ---------------------------------- */
 
@@ -120,11 +123,15 @@ enum lms_status lms_split_parse(const char *spec, int64_t n_docs,
 
 /* ---- window sampler -------------------------------------------------------------------- */
 
-/* Options of a sampler over documents [doc_begin, doc_end) of a dataset. The documents are
- * shuffled (epoch by epoch, each epoch a fresh permutation) and packed back to back into one
- * virtual stream (document boundaries are whatever the data holds: EOD ids when preprocessed
- * with --append-eod). Window k covers virtual positions [k*stride, k*stride + seq_len); the
- * window order is shuffled too. Everything is a pure function of (dataset, options). */
+/* Options of a sampler over documents [doc_begin, doc_end) of a dataset, in the order of
+ * Megatron-Core's GPTDataset (README "Row order"): E epochs, the fewest whose tokens hold the
+ * N windows; a document index of E copies of the documents, shuffled as one (or, when the final
+ * epoch gives fewer than 80 % of an epoch's windows, the first E - 1 epochs and the final one
+ * shuffled apart), packed back to back into a virtual stream; window j of that stream covers
+ * virtual positions [j*stride, j*stride + seq_len); and a shuffle over every window of the E
+ * epochs (apart for the final epoch in the same case), of which output window k is the k-th.
+ * Randomness is one splitmix64 generator seeded from the seed, so everything is a pure function
+ * of (dataset, options). */
 struct lms_sampler_opts {
     int64_t n_windows; /* N windows wanted (> 0); epochs are added as needed */
     int64_t seq_len;   /* S tokens per window (> 0); use S+1 for inputs plus shifted labels */
@@ -132,20 +139,46 @@ struct lms_sampler_opts {
     uint64_t seed;     /* everything below is deterministic given the seed */
     int64_t doc_begin; /* documents [doc_begin, doc_end) (e.g. a split); both 0 = all */
     int64_t doc_end;
-    bool shuffle_docs;    /* shuffle the document order of every epoch */
+    bool shuffle_docs;    /* shuffle the document index */
     bool shuffle_windows; /* return windows in a shuffled order */
+    /* The planned index (document order, its token offsets, the window shuffle) is held in
+     * memory up to this many bytes; a larger one is built once into a cache file and mapped.
+     * 0 = $LMS_SAMPLER_MEMORY_LIMIT (bytes) if set, else 256 MiB. */
+    uint64_t memory_limit;
+    /* Directory of that cache file; NULL = beside the data. When the file can be neither
+     * found nor written there, $TMPDIR (else /tmp) is tried. */
+    const char *cache_dir;
+};
+
+/* Names the row order above; another order gets another name (distill records it in its saved
+ * configuration, so --resume refuses a state whose rows came in another order). */
+#define LMS_SAMPLER_ORDER "megatron-gpt-dataset"
+
+/* What a sampler planned (for logs and tests). */
+struct lms_sampler_info {
+    int64_t n_epochs;     /* E */
+    int64_t n_samples;    /* windows in the E epochs (>= n_windows) */
+    bool separate_final;  /* the final epoch is shuffled apart */
+    uint64_t index_bytes; /* size of the planned index */
+    const char *cache_path; /* the mapped cache file, NULL when the index is in memory */
 };
 
 struct lms_sampler; /* opaque; immutable after creation, reads may run concurrently */
 
-/* Plans the windows (O(n_docs * epochs) memory, no token is read). LMS_EINVAL for bad options
- * or an empty document range / range without tokens. OUT: *out, free with lms_sampler_free.
- * The dataset must outlive the sampler. */
+/* Plans the windows (no token is read). LMS_EINVAL for bad options or an empty document range /
+ * range without tokens; LMS_EIO when the index needs a cache file that cannot be written. OUT:
+ * *out, free with lms_sampler_free. The dataset must outlive the sampler. */
 enum lms_status lms_sampler_new(const struct lms_dataset *ds, const struct lms_sampler_opts *o,
                                 struct lms_sampler **out, struct lms_error *err);
+/* Calibration rows (score, prune): every non-overlapping window of seq_len tokens of the whole
+ * dataset, shuffled with seed, or in stream order when !shuffle. */
+enum lms_status lms_sampler_new_calibration(const struct lms_dataset *ds, int64_t seq_len,
+                                            uint64_t seed, bool shuffle,
+                                            struct lms_sampler **out, struct lms_error *err);
 void lms_sampler_free(struct lms_sampler *s); /* NULL does nothing */
 int64_t lms_sampler_n_windows(const struct lms_sampler *s);
 int64_t lms_sampler_seq_len(const struct lms_sampler *s);
+void lms_sampler_info(const struct lms_sampler *s, struct lms_sampler_info *info);
 /* Copies the ids of window k (0 <= k < n_windows) to dst (seq_len entries, dst_cap >= seq_len). */
 enum lms_status lms_sampler_window(const struct lms_sampler *s, int64_t k, int32_t *dst,
                                    size_t dst_cap, struct lms_error *err);
