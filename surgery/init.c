@@ -84,7 +84,7 @@ static enum lms_status add_role(struct lms_model *m, enum lms_role r, int64_t la
                              lms_role_name(r));
     double mean, std;
     role_distribution(r, o->init_range, &mean, &std);
-    struct lms_view *v;
+    struct lms_view *v = NULL;
     enum lms_status rc = lms_view_new_generated(o->dtype, ndim, shape, lms_init_key(o->seed, name),
                                                 mean, std, o->n_threads, &v, err);
     if (!rc && r == LMS_ROLE_EMBED && o->pad_row >= 0 && o->pad_row < shape[0])
