@@ -15,10 +15,9 @@
  * chunk starts). Accuracy is a few units in the last place of f32, far below what a random
  * initialisation or a bf16 rounding notices. */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <unistd.h>
 
 #include "lms/alloc.h"
 #include "surgery/generate.h"
@@ -174,25 +173,60 @@ static void generate_task(const struct lms_view *v, int64_t e0, int64_t n, char 
         lms_cast(dst, v->dtype, f, LMS_DTYPE_F32, (size_t)n);
 }
 
+/* A contiguous share of one read, for one thread. */
+struct share {
+    const struct lms_view *v;
+    int64_t e0, n;
+    char *dst;
+};
+
+static void *generate_share(void *arg)
+{
+    const struct share *sh = arg;
+    size_t es = lms_dtype_size(sh->v->dtype);
+    for (int64_t off = 0; off < sh->n; off += TASK) {
+        int64_t m = sh->n - off < TASK ? sh->n - off : TASK;
+        generate_task(sh->v, sh->e0 + off, m, sh->dst + (size_t)off * es);
+    }
+    return NULL;
+}
+
+/* Threads started per read rather than a pool: a read is milliseconds of work, far more than a
+ * thread start, and threads that exist only while there is work never spin or wait for it. */
 enum lms_status lms__view_generate(const struct lms_view *v, int64_t e0, int64_t n, void *dst,
                                    struct lms_error *err)
 {
     (void)err;
+    enum { MAX_THREADS = 256 };
+    int64_t nt = v->u.gen.n_threads > 0 ? v->u.gen.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t most = (n + TASK - 1) / TASK / MIN_TASKS_PER_THREAD;
+    nt = nt < most ? nt : most;
+    nt = nt < MAX_THREADS ? nt : MAX_THREADS;
+    if (nt < 2) {
+        struct share all = {v, e0, n, dst};
+        generate_share(&all);
+        return LMS_OK;
+    }
+    /* shares of whole tasks, the first ones one task longer */
+    struct share sh[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    bool started[MAX_THREADS] = {false};
+    int64_t n_tasks = (n + TASK - 1) / TASK, at = 0;
     size_t es = lms_dtype_size(v->dtype);
-    int64_t n_tasks = (n + TASK - 1) / TASK;
-    int nt = 1;
-#ifdef _OPENMP
-    nt = v->u.gen.n_threads > 0 ? v->u.gen.n_threads : omp_get_num_procs();
-#endif
-    if (n_tasks / MIN_TASKS_PER_THREAD < nt)
-        nt = (int)(n_tasks / MIN_TASKS_PER_THREAD);
-    if (nt < 1)
-        nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < n_tasks; t++) {
-        int64_t off = t * TASK;
-        int64_t m = n - off < TASK ? n - off : TASK;
-        generate_task(v, e0 + off, m, (char *)dst + (size_t)off * es);
+    for (int64_t i = 0; i < nt; i++) {
+        int64_t tasks = n_tasks / nt + (i < n_tasks % nt);
+        int64_t len = tasks * TASK < n - at ? tasks * TASK : n - at;
+        sh[i] = (struct share){v, e0 + at, len, (char *)dst + (size_t)at * es};
+        at += len;
+    }
+    for (int64_t i = 1; i < nt; i++)
+        started[i] = pthread_create(&tid[i], NULL, generate_share, &sh[i]) == 0;
+    generate_share(&sh[0]);
+    for (int64_t i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else /* no thread to be had: the work is done here instead */
+            generate_share(&sh[i]);
     }
     return LMS_OK;
 }
