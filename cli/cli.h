@@ -264,6 +264,7 @@ int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_com
 /* Subcommands: each returns an exit code. */
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

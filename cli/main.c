@@ -15,6 +15,7 @@ static const struct {
 } commands[] = {
     {"inspect", cmd_inspect, "show a checkpoint's format, architecture, size and tensors"},
     {"convert", cmd_convert, "convert or reshard a checkpoint, optionally casting its dtype"},
+    {"init", cmd_init, "write a model of random weights from a preset or a config.json"},
     {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a tokenizer.json"},
     {"preprocess", cmd_preprocess, "tokenize JSONL/text into a Megatron indexed dataset"},
     {"eval", cmd_eval, "mean next-token cross-entropy and perplexity over a token dataset"},

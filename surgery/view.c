@@ -10,6 +10,7 @@
 
 #include "lms/alloc.h"
 #include "lms/ir.h"
+#include "surgery/generate.h"
 
 static struct lms_view *view_alloc(enum lms_view_kind kind, enum lms_dtype dt, int ndim,
                                    const int64_t *shape)
@@ -236,6 +237,8 @@ void lms_view_release(struct lms_view *v)
     case LMS_VIEW_RESHAPE:
         lms_view_release(v->u.reshape.src);
         break;
+    case LMS_VIEW_GENERATED:
+        break;
     }
     lms_free(v);
 }
@@ -381,6 +384,8 @@ enum lms_status lms_view_read(const struct lms_view *v, int64_t e0, int64_t n, v
         return read_concat(v, e0, n, dst, err);
     case LMS_VIEW_RESHAPE:
         return lms_view_read(v->u.reshape.src, e0, n, dst, err);
+    case LMS_VIEW_GENERATED:
+        return lms__view_generate(v, e0, n, dst, err);
     }
     return lms_error_set(err, LMS_EINVAL, "unknown view kind");
 }
@@ -439,6 +444,8 @@ void lms_view_drop_pages(const struct lms_view *v)
         return;
     case LMS_VIEW_RESHAPE:
         lms_view_drop_pages(v->u.reshape.src);
+        return;
+    case LMS_VIEW_GENERATED: /* no pages behind it */
         return;
     }
 }

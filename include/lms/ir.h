@@ -8,7 +8,9 @@
  * memory), or an index selection along one axis of another view, or a concatenation of views
  * along one axis, or a reshape. Readers build views over mapped files without copying; surgery
  * composes views (kept indices, dropped layers); fused layouts such as Megatron's QKV and
- * [gate; up] are views too. Bytes are produced only when a writer or the engine reads a view
+ * [gate; up] are views too. A generated view holds no bytes at all: its elements are a pure
+ * function of a key and their index (random initialisation, surgery/generate.c). Bytes are
+ * produced only when a writer or the engine reads a view
  * (lms_view_read), in chunks, so memory stays bounded by the chunk, whatever the model size.
  *
  * The IR knows nothing of files: it never opens or names a path. */
@@ -87,6 +89,7 @@ enum lms_view_kind {
     LMS_VIEW_SELECT,  /* src with an index list along one axis (kept channels, one layer) */
     LMS_VIEW_CONCAT,  /* parts joined along one axis (fused QKV, [gate; up], stacked layers) */
     LMS_VIEW_RESHAPE, /* src with the same elements in the same order, another shape */
+    LMS_VIEW_GENERATED, /* mean + std x a normal draw keyed by (key, element index) */
 };
 
 struct lms_view {
@@ -113,6 +116,12 @@ struct lms_view {
         struct {
             struct lms_view *src; /* one reference held */
         } reshape;
+        struct {
+            uint64_t key;  /* selects the stream; the same key gives the same elements */
+            double mean;   /* std 0: every element is mean (norm weights 1, biases 0) */
+            double std;
+            int n_threads; /* threads one read may use (0: all cores); never changes a value */
+        } gen;
     } u;
 };
 
@@ -133,6 +142,12 @@ enum lms_status lms_view_new_concat(struct lms_view *const *parts, int n_parts, 
 /* Same elements, new shape (element counts must match). */
 enum lms_status lms_view_new_reshape(struct lms_view *src, int ndim, const int64_t *shape,
                                      struct lms_view **out, struct lms_error *err);
+/* Elements mean + std * z_i, z_i a standard normal draw that depends on key and the element's
+ * row-major index i only, so any range reads the same values whatever the chunking or the
+ * thread count; dt is F32, BF16 or F16 (the f32 value rounded to nearest even). */
+enum lms_status lms_view_new_generated(enum lms_dtype dt, int ndim, const int64_t *shape,
+                                       uint64_t key, double mean, double std, int n_threads,
+                                       struct lms_view **out, struct lms_error *err);
 struct lms_view *lms_view_ref(struct lms_view *v);
 void lms_view_release(struct lms_view *v); /* NULL allowed */
 
