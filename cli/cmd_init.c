@@ -30,8 +30,9 @@ static const char usage_head[] =
     "Nothing is held in memory: each tensor is computed as the writer streams it.\n"
     "\n"
     "  --preset NAME          the architecture of a known model (the list below)\n"
-    "  --config FILE          the architecture of a Hugging Face config.json (kept in the\n"
-    "                         output with the dimensions the options below change)\n"
+    "  --config FILE          the architecture of a Hugging Face config.json, or of the one in\n"
+    "                         the model folder FILE (kept in the output with the dimensions\n"
+    "                         the options below change)\n"
     "  --to FORMAT            hf (default), nemo (NeMo 2), megatron or nemo1 (OUT is one file)\n"
     "  --dtype TYPE           bf16, f16 or f32 (default: bf16 for a preset, the config's dtype)\n"
     "  --seed N               the weights' seed (default 0)\n"
@@ -118,18 +119,32 @@ static const struct cli_spec spec = {
     .check = check, .run = run,
 };
 
+/* The config.json of --config: the file, or the one in the folder it names. */
+static enum lms_status read_config_file(const char *path, json_t **out, struct lms_error *err)
+{
+    char in_dir[PATH_MAX];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        if (snprintf(in_dir, sizeof in_dir, "%s/config.json", path) >= (int)sizeof in_dir)
+            return lms_error_set(err, LMS_EINVAL, "--config '%s': path too long", path);
+        path = in_dir;
+    }
+    enum lms_status rc = lms_json_load_file(path, 1u << 24, out, err);
+    if (!rc && !json_is_object(*out)) {
+        json_decref(*out);
+        rc = lms_error_set(err, LMS_EFORMAT, "'%s': not a JSON object", path);
+    }
+    return rc;
+}
+
 /* The config.json object the model is built from, with the overrides applied. */
 static enum lms_status load_config(const struct init_args *a, json_t **out, struct lms_error *err)
 {
     json_t *c = NULL;
     enum lms_status rc = a->preset ? lms_preset_hf_config(a->preset, &c, err)
-                                   : lms_json_load_file(a->config, 1u << 24, &c, err);
+                                   : read_config_file(a->config, &c, err);
     if (rc)
         return rc;
-    if (!json_is_object(c)) {
-        json_decref(c);
-        return lms_error_set(err, LMS_EFORMAT, "'%s': not a JSON object", a->config);
-    }
     int bad = 0;
     if (a->n_layers)
         bad |= json_object_set_new(c, "num_hidden_layers", json_integer(a->n_layers));

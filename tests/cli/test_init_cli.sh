@@ -93,7 +93,8 @@ check "sharded" "$lms" init "$work/sh" --config "$q" --seed 7 --max-shard-size 2
 check "shards and index" bash -c "[ -f '$work/sh/model.safetensors.index.json' ] &&
     [ \$(ls '$work/sh' | grep -c 'model-.*-of-.*safetensors') -gt 1 ]"
 check "sharded reads back" same_shape "$fix/models/qwen3-tiny" "$work/sh"
-check "2 layers" "$lms" init "$work/l2" --config "$q" --num-layers 2 --quiet
+check "2 layers, config from a folder" "$lms" init "$work/l2" --config "$fix/models/qwen3-tiny" \
+    --num-layers 2 --quiet
 check "2 layers in the config" python3 -c "
 import json; c = json.load(open('$work/l2/config.json'))
 assert c['num_hidden_layers'] == 2 and c['layer_types'] == ['full_attention'] * 2, c"
@@ -144,6 +145,10 @@ echo '{"architectures": ["GPT2LMHeadModel"], "vocab_size": 512}' >"$work/gpt2.js
 expect 3 "unsupported architecture 'GPT2LMHeadModel'" "$work/bad" --config "$work/gpt2.json"
 echo '{"architectures": ' >"$work/broken.json"
 expect 3 "broken.json" "$work/bad" --config "$work/broken.json"
+echo '[1, 2]' >"$work/list.json"
+expect 3 "list.json': not a JSON object" "$work/bad" --config "$work/list.json"
+mkdir -p "$work/empty"
+expect 4 "empty/config.json" "$work/bad" --config "$work/empty"
 mkdir -p "$work/bad" && touch "$work/bad/x"
 "$lms" init "$work/bad" --config "$q" --quiet 2>"$work/stderr"
 rc=$?
