@@ -26,8 +26,8 @@
 #define BLOCK_PAIRS 512
 /* Elements one thread converts per task of a parallel read. */
 #define TASK 4096
-/* Tasks per thread below which a read stays on one thread: a small read costs less than waking
- * the others. */
+/* Tasks per thread below which a read stays on one thread: a small read costs less than
+ * starting another thread. */
 #define MIN_TASKS_PER_THREAD 8
 
 static uint64_t mix64(uint64_t z)
