@@ -223,25 +223,59 @@ static enum lms_status validate(struct distill_run *r, struct lms_error *err)
  * are gathered from their shards, one moment at a time through the gradient buffer), rank 0
  * writes, and all learn whether it succeeded. The state is the same file whatever the number
  * of ranks, so a run resumes on any other number. */
-static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err);
+static enum lms_status save_rank0(struct distill_run *r, bool with_state, struct lms_error *err);
 
-static enum lms_status save(struct distill_run *r, struct lms_error *err)
+/* Whether a save writes the training state (--save-state): every save with interval, only the
+ * last one of the process with end (final: at the end, at --exit-interval, after a signal),
+ * none with never. The same on every rank (the options agree). */
+static bool save_writes_state(const struct distill_run *r, bool final)
 {
-    enum lms_status st = save_rank0(r, err);
-    if (!r->comm)
+    enum distill_save_state m = r->a->save_state;
+    return m == DISTILL_SAVE_STATE_INTERVAL || (m == DISTILL_SAVE_STATE_END && final);
+}
+
+static enum lms_status save(struct distill_run *r, bool final, struct lms_error *err)
+{
+    bool with_state = save_writes_state(r, final);
+    enum lms_status st = save_rank0(r, with_state, err);
+    if (r->comm) {
+        int64_t flag = st ? 2 : 0;
+        enum lms_status cst = agree(r, &flag, err);
+        if (cst || st)
+            return cst ? cst : st;
+        if (flag)
+            return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
+                                 "message says why)");
+    } else if (st) {
         return st;
-    int64_t flag = st ? 2 : 0;
-    enum lms_status cst = agree(r, &flag, err);
-    if (cst || st)
-        return cst ? cst : st;
-    if (flag)
-        return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
-                             "message says why)");
-    r->saved_step = r->step;
+    }
+    /* what a stop would write is on disk: the state (with never, the student alone) */
+    if (with_state || r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        r->saved_step = r->step;
     return LMS_OK;
 }
 
-static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
+/* trainer_state.json and the tensors t[0..n) into DIR.state/, atomically. */
+static enum lms_status write_state(struct distill_run *r, const struct lms_state_tensor *t,
+                                   size_t n, struct lms_error *err)
+{
+    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
+                             LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
+                             (json_int_t)r->step, "consumed_samples",
+                             (json_int_t)(r->step * r->a->gbs), "consumed_tokens",
+                             (json_int_t)(r->step * r->a->gbs * r->a->seq), "rng", "kind",
+                             "every random choice (data order) derives from the seed and the "
+                             "consumed samples",
+                             "seed", (json_int_t)r->a->seed, "config", r->config, "student",
+                             r->a->student, "teacher", r->a->teacher, "history", r->history);
+    if (!meta)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
+    enum lms_status st = lms_train_state_write(r->state_dir, meta, t, n, err);
+    json_decref(meta);
+    return st;
+}
+
+static enum lms_status save_rank0(struct distill_run *r, bool with_state, struct lms_error *err)
 {
     size_t n = lms_trainer_n_params(r->tr);
     bool writer = r->rank == 0;
@@ -252,7 +286,7 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
         st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
     /* j = 0 weights, 1 first moment, 2 second moment; sharded moments are gathered first (a
      * collective: every rank runs this loop, whatever failed on rank 0) */
-    for (int j = 0; j < 3; j++) {
+    for (int j = 0; j < 3 && with_state; j++) {
         if (r->comm && j > 0) {
             enum lms_status gst = lms_trainer_gather_moment(r->tr, j - 1, err);
             if (gst) {
@@ -276,24 +310,7 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
             x->data = host[3 * i + (size_t)j];
         }
     }
-    if (st || !writer)
-        goto out;
-    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
-                             LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
-                             (json_int_t)r->step, "consumed_samples",
-                             (json_int_t)(r->step * r->a->gbs), "consumed_tokens",
-                             (json_int_t)(r->step * r->a->gbs * r->a->seq), "rng", "kind",
-                             "every random choice (data order) derives from the seed and the "
-                             "consumed samples",
-                             "seed", (json_int_t)r->a->seed, "config", r->config, "student",
-                             r->a->student, "teacher", r->a->teacher, "history", r->history);
-    if (!meta) {
-        st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
-        goto out;
-    }
-    st = lms_train_state_write(r->state_dir, meta, t, 3 * n, err);
-    json_decref(meta);
-    if (st)
+    if (st || !writer || (with_state && (st = write_state(r, t, 3 * n, err))))
         goto out;
     struct lms_model m;
     if ((st = lms_trainer_export(r->tr, r->out_dtype, &m, err)))
@@ -306,8 +323,8 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
     lms_model_release(&m);
     if (st)
         lms_error_wrap(err, "saving the student '%s': ", r->out);
-    else
-        r->saved_step = r->step;
+    else if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        lms_remove_tree(r->state_dir); /* an earlier run's (--force), older than this student */
 out:
     if (host)
         for (size_t i = 0; i < 3 * n; i++)
@@ -514,13 +531,17 @@ static void log_steps(struct distill_run *r, double lr, double *t_log, int64_t *
 /* After SIGINT: saves the steps finished since the last save, and says where they are. */
 static enum lms_status stop_interrupted(struct distill_run *r, struct lms_error *err)
 {
-    enum lms_status st = r->step > r->saved_step ? save(r, err) : LMS_OK;
+    enum lms_status st = r->step > r->saved_step ? save(r, true, err) : LMS_OK;
     if (st)
         return st;
     r->agreed = true; /* every rank stopped at the same step */
     if (r->step == 0)
         return lms_error_set(err, LMS_EINTERRUPTED, "interrupted before the first step finished: "
                              "nothing saved");
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        return lms_error_set(err, LMS_EINTERRUPTED, "interrupted: the student after step %lld is "
+                             "in '%s' (--save-state never: no training state to resume from)",
+                             (long long)r->step, r->out);
     return lms_error_set(err, LMS_EINTERRUPTED, "interrupted: the state after step %lld is in "
                          "'%s' (continue with --resume)", (long long)r->step, r->state_dir);
 }
@@ -556,7 +577,8 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
         if (r->val && ((a->val_interval && r->step % a->val_interval == 0) || last) &&
             (st = validate(r, err)))
             break;
-        if (!last && a->save_interval && r->step % a->save_interval == 0 && (st = save(r, err)))
+        if (!last && a->save_interval && r->step % a->save_interval == 0 &&
+            (st = save(r, false, err)))
             break;
         if (!last && a->exit_interval && r->step % a->exit_interval == 0)
             break;
@@ -568,7 +590,7 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
     if (st == LMS_EINTERRUPTED)
         st = stop_interrupted(r, err);
     else if (!st)
-        st = save(r, err);
+        st = save(r, true, err);
     sigaction(SIGINT, &old_sa, NULL);
     return st;
 }
@@ -585,8 +607,13 @@ void distill_summary_text(const struct distill_run *r, double secs)
         printf(": loss %.5f", r->last_loss);
     if (isfinite(r->last_val_loss))
         printf(", validation loss %.5f", r->last_val_loss);
-    printf("; student written to '%s' (%s, %s), state in '%s', metrics in '%s'\n", r->out,
-           r->out_fmt->name, lms_dtype_name(r->out_dtype), r->state_dir, r->metrics_path);
+    printf("; student written to '%s' (%s, %s), ", r->out, r->out_fmt->name,
+           lms_dtype_name(r->out_dtype));
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        printf("no training state (--save-state never)");
+    else
+        printf("state in '%s'", r->state_dir);
+    printf(", metrics in '%s'\n", r->metrics_path);
 }
 
 void distill_summary_json(const struct distill_run *r, double secs, bool dry)
@@ -609,6 +636,8 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
             (json_int_t)m->runtime, "total", (json_int_t)m->total, "host", (json_int_t)m->host,
             "limit", (json_int_t)r->mem_limit));
     }
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER) /* none was written */
+        json_object_set_new(o, "state", json_null());
     json_object_set_new(o, "ranks", json_integer(r->world));
     json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
     if (r->step > r->start_step) {
