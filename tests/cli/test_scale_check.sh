@@ -67,7 +67,9 @@ for p in Qwen3-8B Qwen3-8B-nemo-depth-pruned Qwen3-8B-nemo-width-pruned \
     Qwen3-8B-nemo-depth-pruned-distill Qwen3-8B-depth-distilled-hf Qwen3-8B-width-distilled-hf; do
     [ -e "$TMP/work/$p" ] && fail "'$p' was not removed after its last use"
 done
-ls "$TMP/work" | grep -q '\.state$' && fail "a training state was written"
+for d in "$TMP"/work/*.state; do
+    [ -e "$d" ] && fail "a training state was written: '$d'"
+done
 [ -d "$TMP/work/Qwen3-8B-nemo" ] || fail "the NeMo teacher is gone"
 
 # a later call adds to the records: the reference prune command as written (calibrating)
