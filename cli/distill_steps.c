@@ -219,7 +219,8 @@ static enum lms_status validate(struct distill_run *r, struct lms_error *err)
 }
 
 /* Saves the state, then the student (both atomically; the state alone is enough to resume, so a
- * crash between the two loses nothing). With several ranks every rank takes part (the moments
+ * crash between the two loses nothing); --save-state end or never leaves the state out of some
+ * or all saves (save_writes_state). With several ranks every rank takes part (the moments
  * are gathered from their shards, one moment at a time through the gradient buffer), rank 0
  * writes, and all learn whether it succeeded. The state is the same file whatever the number
  * of ranks, so a run resumes on any other number. */

@@ -145,6 +145,27 @@ else
     fail "--save-state end, SIGINT: exit $rc (want 130)"; cat "$TMP/sig.err" >&2
 fi
 
+# never and SIGINT: the student of the last finished step, no state, exit 130
+n_checks=$((n_checks + 1))
+"$LMSURGEON" distill "${RUN[@]}" "${LONG[@]}" --out "$TMP/sig-never" --save-state never \
+    --quiet 2>"$TMP/sig.err" &
+pid=$!
+for _ in $(seq 600); do
+    grep -q '"step":2' "$TMP/logs/sig-never.metrics.jsonl" 2>/dev/null && break
+    sleep 0.02
+done
+kill -INT "$pid"
+wait "$pid"
+rc=$?
+if [ "$rc" = 130 ]; then
+    grep -q "interrupted: the student after step [0-9]* is in .*--save-state never" "$TMP/sig.err" ||
+        fail "--save-state never, SIGINT: message: $(cat "$TMP/sig.err")"
+    [ -f "$TMP/sig-never/config.json" ] || fail "--save-state never, SIGINT: no student"
+    [ -e "$TMP/sig-never.state" ] && fail "--save-state never, SIGINT: a state was written"
+else
+    fail "--save-state never, SIGINT: exit $rc (want 130)"; cat "$TMP/sig.err" >&2
+fi
+
 # refusals
 expect 2 "unknown --save-state 'always'" "${RUN[@]}" --out "$TMP/x" --save-state always
 expect 2 "exit-interval needs a training state" "${RUN[@]}" --out "$TMP/x" --save-state never \
