@@ -90,6 +90,13 @@ static const char usage_text2[] =
     "                                 (default 1; 0 = no validation)\n"
     "  --save-interval N              save the student and the training state every N steps\n"
     "                                 (default 0: only at the end)\n"
+    "  --save-state WHEN              when the training state DIR.state/ (fp32 master weights\n"
+    "                                 and both AdamW moments: 12 B per student parameter) is\n"
+    "                                 written: interval (default: at every save), end (only\n"
+    "                                 when the run stops: at the end, at --exit-interval, on\n"
+    "                                 SIGINT; the saves in between write the student alone) or\n"
+    "                                 never (the student alone: such a run cannot be resumed,\n"
+    "                                 so --exit-interval and --resume are refused with it)\n"
     "  --resume                       continue from DIR.state/ exactly where it stopped; the\n"
     "                                 result is bit-identical to an uninterrupted run. Refused\n"
     "                                 when any option that shapes the run has changed, or the\n"
@@ -167,7 +174,7 @@ static int take_data_paths(int *argc, char **argv, struct distill_args *a)
 
 /* ---- options -------------------------------------------------------------------------------- */
 
-enum { O_PRECISION, O_MAX_MEMORY, O_PRESET, O_KD_LOSS, O_BETA1, O_BETA2 };
+enum { O_PRECISION, O_MAX_MEMORY, O_PRESET, O_KD_LOSS, O_BETA1, O_BETA2, O_SAVE_STATE };
 #define T struct distill_args
 static const struct cli_opt opts[] = {
     CLI_REQUIRED("student", T, student, "--student (or --model-path) is required"),
@@ -207,6 +214,7 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("limit-val-batches", T, val_batches, 0, 0, "invalid --limit-val-batches '%s'"),
     CLI_COUNT("save-interval", T, save_interval, 0, 0, "invalid --save-interval '%s'"),
     CLI_COUNT("exit-interval", T, exit_interval, 1, 0, "invalid --exit-interval '%s'"),
+    CLI_CALL("save-state", O_SAVE_STATE),
     CLI_FLAG("resume", T, resume),
     CLI_CALL("precision", O_PRECISION),
     CLI_CALL("max-memory", O_MAX_MEMORY),
@@ -253,6 +261,17 @@ static int on_option(void *args, int id, const char *value, const char *word)
         return cli_usage_error(cmd, "unknown --kd-loss '%s' (forward-kl, reverse-kl, top-k)",
                                value);
     }
+    case O_SAVE_STATE: {
+        static const char *const names[] = {"interval", "end", "never"};
+        static const enum distill_save_state modes[] = {
+            DISTILL_SAVE_STATE_INTERVAL, DISTILL_SAVE_STATE_END, DISTILL_SAVE_STATE_NEVER};
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(value, names[i])) {
+                a->save_state = modes[i];
+                return 0;
+            }
+        return cli_usage_error(cmd, "unknown --save-state '%s' (interval, end, never)", value);
+    }
     case O_BETA1:
     case O_BETA2: {
         double *beta = id == O_BETA1 ? &a->over.beta1 : &a->over.beta2;
@@ -280,6 +299,15 @@ static int check(void *args)
         return cli_usage_error(cmd, "--resume and --force exclude each other");
     if (a->kd_kind == LMS_KD_TOP_K && !a->top_k)
         return cli_usage_error(cmd, "--kd-loss top-k needs --kd-top-k K");
+    /* without a training state on disk a stopped run could not go on, and a resumed one would
+     * leave the state it read behind, older than the student */
+    if (a->save_state == DISTILL_SAVE_STATE_NEVER && a->exit_interval)
+        return cli_usage_error(cmd, "--exit-interval needs a training state to continue from: "
+                               "use --save-state end (or interval), not never");
+    if (a->save_state == DISTILL_SAVE_STATE_NEVER && a->resume)
+        return cli_usage_error(cmd, "--resume with --save-state never would leave the state it "
+                               "reads (DIR.state/) behind, older than the student: use "
+                               "--save-state end");
     lms_optim_preset_apply(a->preset, &a->adam);
     const struct lms_adamw_opts *o = &a->over;
     a->adam.beta1 = isnan(o->beta1) ? a->adam.beta1 : o->beta1;
@@ -601,6 +629,7 @@ static json_t *rank_options(const struct distill_args *a)
         {"--limit-val-batches", json_integer(a->val_batches)},
         {"--save-interval", json_integer(a->save_interval)},
         {"--exit-interval", json_integer(a->exit_interval)},
+        {"--save-state", json_integer(a->save_state)},
         {"--resume", json_boolean(a->resume)},
         {"--dry-run", json_boolean(a->dry_run)},
         {"--force", json_boolean(a->base.wo.force)},

@@ -14,6 +14,13 @@
 #include "lms/json.h"
 #include "lms/train.h"
 
+/* --save-state: what a save writes besides the student. */
+enum distill_save_state {
+    DISTILL_SAVE_STATE_INTERVAL, /* the training state at every save (default) */
+    DISTILL_SAVE_STATE_END,      /* the training state only when the process stops */
+    DISTILL_SAVE_STATE_NEVER,    /* never: the student alone, no resume */
+};
+
 struct distill_args {
     struct cli_args base; /* --json, --quiet, --to, --dtype, --max-shard-size, --force, --device,
                            * --threads, --precision */
@@ -26,6 +33,7 @@ struct distill_args {
     double lr, min_lr, temperature, lm_loss_scale, kd_loss_scale;
     enum lms_kd_kind kd_kind;
     enum lms_optim_preset preset;
+    enum distill_save_state save_state;
     struct lms_adamw_opts adam; /* the preset with the overrides applied */
     struct lms_adamw_opts over; /* --adam-beta1/-beta2/-eps, --weight-decay, --clip-grad as
                                  * given; NAN: the preset's */
@@ -65,6 +73,7 @@ struct distill_run {
     int64_t saved_step; /* last step whose state is on disk */
     double last_loss, last_lm_loss, last_grad_norm, last_val_loss, last_val_lm_loss;
     FILE *metrics;
+    bool student_written, state_written; /* by this process: later saves replace them */
     bool metrics_fresh; /* this run created (or emptied) the metrics file */
     struct lms_distill_memory mem; /* the memory plan, and what it was checked against */
     uint64_t mem_limit;

@@ -246,30 +246,45 @@ static enum lms_status validate(struct distill_run *r, struct lms_error *err)
 }
 
 /* Saves the state, then the student (both atomically; the state alone is enough to resume, so a
- * crash between the two loses nothing). With several ranks every rank takes part (the moments
+ * crash between the two loses nothing); --save-state end or never leaves the state out of some
+ * or all saves (save_writes_state). With several ranks every rank takes part (the moments
  * are gathered from their shards, one moment at a time through the gradient buffer), rank 0
  * writes, and all learn whether it succeeded. The state is the same file whatever the number
  * of ranks, so a run resumes on any other number. */
-static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err);
+static enum lms_status save_rank0(struct distill_run *r, bool with_state, struct lms_error *err);
 
-static enum lms_status save(struct distill_run *r, struct lms_error *err)
+/* Whether a save writes the training state (--save-state): every save with interval, only the
+ * last one of the process with end (final: at the end, at --exit-interval, after a signal),
+ * none with never. The same on every rank (the options agree). */
+static bool save_writes_state(const struct distill_run *r, bool final)
 {
-    enum lms_status st = save_rank0(r, err);
-    if (!r->comm)
+    enum distill_save_state m = r->a->save_state;
+    return m == DISTILL_SAVE_STATE_INTERVAL || (m == DISTILL_SAVE_STATE_END && final);
+}
+
+static enum lms_status save(struct distill_run *r, bool final, struct lms_error *err)
+{
+    bool with_state = save_writes_state(r, final);
+    enum lms_status st = save_rank0(r, with_state, err);
+    if (r->comm) {
+        int64_t flag = st == LMS_ENONFINITE ? 3 : st ? 2 : 0;
+        enum lms_status cst = agree(r, &flag, err);
+        if (cst || st)
+            return cst ? cst : st;
+        if (flag == 3) {
+            r->weights_nonfinite = true;
+            return lms_error_set(err, LMS_ENONFINITE, "the weights after step %lld are not "
+                                 "finite (rank 0's message says where)", (long long)r->step);
+        }
+        if (flag)
+            return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
+                                 "message says why)");
+    } else if (st) {
         return st;
-    int64_t flag = st == LMS_ENONFINITE ? 3 : st ? 2 : 0;
-    enum lms_status cst = agree(r, &flag, err);
-    if (cst || st)
-        return cst ? cst : st;
-    if (flag == 3) {
-        r->weights_nonfinite = true;
-        return lms_error_set(err, LMS_ENONFINITE, "the weights after step %lld are not finite "
-                             "(rank 0's message says where)", (long long)r->step);
     }
-    if (flag)
-        return lms_error_set(err, LMS_EIO, "rank 0 could not save the training state (its "
-                             "message says why)");
-    r->saved_step = r->step;
+    /* what a stop would write is on disk: the state (with never, the student alone) */
+    if (with_state || r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        r->saved_step = r->step;
     return LMS_OK;
 }
 
@@ -289,7 +304,37 @@ static enum lms_status check_finite(struct distill_run *r, const struct lms_stat
     return LMS_OK;
 }
 
-static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
+/* trainer_state.json and the tensors t[0..n) into DIR.state/, atomically. It replaces this
+ * process's previous state, or what --force or --resume named; the first state of a new run
+ * replaces nothing, not even what appeared during the run. */
+static enum lms_status write_state(struct distill_run *r, const struct lms_state_tensor *t,
+                                   size_t n, struct lms_error *err)
+{
+    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
+                             LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
+                             (json_int_t)r->step, "consumed_samples",
+                             (json_int_t)(r->step * r->a->gbs), "consumed_tokens",
+                             (json_int_t)(r->step * r->a->gbs * r->a->seq), "rng", "kind",
+                             "every random choice (data order) derives from the seed and the "
+                             "consumed samples",
+                             "seed", (json_int_t)r->a->seed, "config", r->config, "student",
+                             r->a->student, "teacher", r->a->teacher, "history", r->history);
+    if (meta && r->skipped &&
+        json_object_set_new(meta, "skipped_steps", json_integer(r->skipped)) != 0) {
+        json_decref(meta);
+        meta = NULL;
+    }
+    if (!meta)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
+    bool replace = r->a->base.wo.force || r->a->resume || r->state_written;
+    enum lms_status st = lms_train_state_write(r->state_dir, meta, t, n, replace, err);
+    json_decref(meta);
+    if (!st)
+        r->state_written = true;
+    return st;
+}
+
+static enum lms_status save_rank0(struct distill_run *r, bool with_state, struct lms_error *err)
 {
     size_t n = lms_trainer_n_params(r->tr);
     bool writer = r->rank == 0;
@@ -300,7 +345,7 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
         st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
     /* j = 0 weights, 1 first moment, 2 second moment; sharded moments are gathered first (a
      * collective: every rank runs this loop, whatever failed on rank 0) */
-    for (int j = 0; j < 3; j++) {
+    for (int j = 0; j < 3 && with_state; j++) {
         if (r->comm && j > 0) {
             enum lms_status gst = lms_trainer_gather_moment(r->tr, j - 1, err);
             if (gst) {
@@ -326,46 +371,25 @@ static enum lms_status save_rank0(struct distill_run *r, struct lms_error *err)
                 st = check_finite(r, x, p->numel, err);
         }
     }
-    if (st || !writer)
-        goto out;
-    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
-                             LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
-                             (json_int_t)r->step, "consumed_samples",
-                             (json_int_t)(r->step * r->a->gbs), "consumed_tokens",
-                             (json_int_t)(r->step * r->a->gbs * r->a->seq), "rng", "kind",
-                             "every random choice (data order) derives from the seed and the "
-                             "consumed samples",
-                             "seed", (json_int_t)r->a->seed, "config", r->config, "student",
-                             r->a->student, "teacher", r->a->teacher, "history", r->history);
-    if (meta && r->skipped &&
-        json_object_set_new(meta, "skipped_steps", json_integer(r->skipped)) != 0) {
-        json_decref(meta);
-        meta = NULL;
-    }
-    if (!meta) {
-        st = lms_error_set(err, LMS_ENOMEM, "out of memory saving the training state");
-        goto out;
-    }
-    /* a save replaces this run's previous save, or what --force or --resume named; the first
-     * save of a new run replaces nothing, not even what appeared during the run */
-    bool replace = r->a->base.wo.force || r->a->resume || r->saved_step > r->start_step;
-    st = lms_train_state_write(r->state_dir, meta, t, 3 * n, replace, err);
-    json_decref(meta);
-    if (st)
+    if (st || !writer || (with_state && (st = write_state(r, t, 3 * n, err))))
         goto out;
     struct lms_model m;
     if ((st = lms_trainer_export(r->tr, r->out_dtype, &m, err)))
         goto out;
     struct lms_write_opts wo = r->a->base.wo; /* --max-shard-size; the dtype is exported */
     wo.dtype = LMS_DTYPE_COUNT;
-    wo.force = replace;
+    /* like the state: this process's previous student, or what --force or --resume named */
+    wo.force = r->a->base.wo.force || r->a->resume || r->student_written;
     struct lms_write_result res;
     st = r->out_fmt->write(&m, r->out, &wo, &res, err);
     lms_model_release(&m);
-    if (st)
+    if (st) {
         lms_error_wrap(err, "saving the student '%s': ", r->out);
-    else
-        r->saved_step = r->step;
+    } else {
+        r->student_written = true;
+        if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+            lms_remove_tree(r->state_dir); /* an earlier run's (--force), older than this one */
+    }
 out:
     if (host)
         for (size_t i = 0; i < 3 * n; i++)
@@ -639,7 +663,7 @@ static enum lms_status log_steps(struct distill_run *r, double lr, double *t_log
  * are. */
 static enum lms_status stop_interrupted(struct distill_run *r, struct lms_error *err)
 {
-    enum lms_status st = r->step > r->saved_step ? save(r, err) : LMS_OK;
+    enum lms_status st = r->step > r->saved_step ? save(r, true, err) : LMS_OK;
     if (st)
         return st;
     r->agreed = true; /* every rank stopped at the same step */
@@ -647,6 +671,10 @@ static enum lms_status stop_interrupted(struct distill_run *r, struct lms_error 
     if (r->step == 0)
         return lms_error_set(err, LMS_EINTERRUPTED, "%s before the first step finished: nothing "
                              "saved", how);
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        return lms_error_set(err, LMS_EINTERRUPTED, "%s: the student after step %lld is in '%s' "
+                             "(--save-state never: no training state to resume from)", how,
+                             (long long)r->step, r->out);
     return lms_error_set(err, LMS_EINTERRUPTED, "%s: the state after step %lld is in '%s' "
                          "(continue with --resume)", how, (long long)r->step, r->state_dir);
 }
@@ -676,7 +704,7 @@ static enum lms_status stop_nonfinite(struct distill_run *r, struct lms_error *e
     snprintf(what, sizeof what, "%s", err->msg);
     nonfinite_cause(r, cause, sizeof cause);
     if (!r->weights_nonfinite && r->step > r->saved_step) {
-        enum lms_status st = save(r, err);
+        enum lms_status st = save(r, true, err);
         if (st && st != LMS_ENONFINITE)
             return st;
         size_t n = strlen(what);
@@ -740,7 +768,8 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
         if (r->val && ((a->val_interval && r->step % a->val_interval == 0) || last) &&
             (st = validate(r, err)))
             break;
-        if (!last && a->save_interval && r->step % a->save_interval == 0 && (st = save(r, err)))
+        if (!last && a->save_interval && r->step % a->save_interval == 0 &&
+            (st = save(r, false, err)))
             break;
         if (!last && a->exit_interval && r->step % a->exit_interval == 0)
             break;
@@ -750,7 +779,7 @@ enum lms_status distill_train(struct distill_run *r, struct lms_error *err)
     else
         bar_clear(r);
     if (!st)
-        st = save(r, err); /* the last step, or --exit-interval */
+        st = save(r, true, err); /* the last step, or --exit-interval */
     if (st == LMS_EINTERRUPTED)
         st = stop_interrupted(r, err);
     else if (st == LMS_ENONFINITE)
@@ -776,8 +805,13 @@ void distill_summary_text(const struct distill_run *r, double secs)
         printf(" (%lld steps skipped: not finite)", (long long)r->skipped);
     if (isfinite(r->last_val_loss))
         printf(", validation loss %.5f", r->last_val_loss);
-    printf("; student written to '%s' (%s, %s), state in '%s', metrics in '%s'\n", r->out,
-           r->out_fmt->name, lms_dtype_name(r->out_dtype), r->state_dir, r->metrics_path);
+    printf("; student written to '%s' (%s, %s), ", r->out, r->out_fmt->name,
+           lms_dtype_name(r->out_dtype));
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER)
+        printf("no training state (--save-state never)");
+    else
+        printf("state in '%s'", r->state_dir);
+    printf(", metrics in '%s'\n", r->metrics_path);
 }
 
 void distill_summary_json(const struct distill_run *r, double secs, bool dry)
@@ -800,6 +834,8 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
             (json_int_t)m->runtime, "total", (json_int_t)m->total, "host", (json_int_t)m->host,
             "limit", (json_int_t)r->mem_limit));
     }
+    if (r->a->save_state == DISTILL_SAVE_STATE_NEVER) /* none was written */
+        json_object_set_new(o, "state", json_null());
     json_object_set_new(o, "ranks", json_integer(r->world));
     json_object_set_new(o, "comm", json_string(lms_comm_backend(r->comm)));
     if (r->skipped)
