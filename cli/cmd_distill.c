@@ -858,12 +858,37 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
                       r->metrics_path, strerror(errno));
         return fail(r, &err);
     }
-    if (a->dump_rows && !(r->dump = open_log(a->dump_rows, false, keep))) {
-        lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening --dump-rows '%s': "
-                      "%s", a->dump_rows, strerror(errno));
-        return fail(r, &err);
+    if (a->dump_rows) {
+        struct stat sb;
+        bool was_free = !a->resume && lstat(a->dump_rows, &sb) != 0;
+        if (!(r->dump = open_log(a->dump_rows, false, keep))) {
+            lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening --dump-rows "
+                          "'%s': %s", a->dump_rows, strerror(errno));
+            return fail(r, &err);
+        }
+        if (was_free && fstat(fileno(r->dump), &sb) == 0) {
+            r->dump_created = true;
+            r->dump_dev = (uint64_t)sb.st_dev;
+            r->dump_ino = (uint64_t)sb.st_ino;
+        }
     }
     return CLI_PARSED;
+}
+
+/* A failed run leaves no --dump-rows file that it created (rows of a run that did not finish
+ * are no record of one); a file that was there before, or one a --resume wrote, stays. */
+static void discard_created_dump(struct distill_run *r)
+{
+    if (!r->dump_created)
+        return;
+    if (r->dump) {
+        fclose(r->dump);
+        r->dump = NULL;
+    }
+    struct stat sb;
+    if (lstat(r->a->dump_rows, &sb) == 0 && (uint64_t)sb.st_dev == r->dump_dev &&
+        (uint64_t)sb.st_ino == r->dump_ino)
+        unlink(r->a->dump_rows);
 }
 
 /* A failed run leaves no empty metrics file behind: one it created and wrote nothing into is
@@ -924,8 +949,10 @@ static int run(void *args)
                 distill_summary_text(&r, cli_now() - r.t_train);
         }
     }
-    if (rc != CLI_EXIT_OK)
+    if (rc != CLI_EXIT_OK) {
         discard_empty_metrics(&r);
+        discard_created_dump(&r);
+    }
     distill_run_release(&r);
     return rc;
 }

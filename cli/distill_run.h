@@ -78,6 +78,8 @@ struct distill_run {
     struct lms_distill_memory mem; /* the memory plan, and what it was checked against */
     uint64_t mem_limit;
     FILE *dump; /* --dump-rows */
+    bool dump_created;           /* this run created the --dump-rows file (removed on failure) */
+    uint64_t dump_dev, dump_ino; /* ... and which file that is */
     struct cli_progress bar;
     struct lms_comm *comm; /* NULL: one process */
     int rank, world;

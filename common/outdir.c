@@ -198,6 +198,15 @@ static enum lms_status keep_beside(const char *tmp, const char *dest, bool is_di
                          dest, where);
 }
 
+/* Errors of renameat2 that mean the filesystem or kernel lacks the flag asked for; any other
+ * error is a failed rename and is reported, not worked around. */
+static bool rename_flag_unsupported(int e)
+{
+    if (e == ENOTSUP) /* the same value as EOPNOTSUPP on Linux */
+        return true;
+    return e == EINVAL || e == ENOSYS || e == EOPNOTSUPP;
+}
+
 /* Renames tmp to dest when nothing is at dest, atomically (RENAME_NOREPLACE; on a filesystem
  * without it, a directory is claimed with mkdir and a file with link first). replace_empty: an
  * empty directory was at dest when the run began, and a plain rename replaces only an empty
@@ -210,7 +219,7 @@ static int rename_new(const char *tmp, const char *dest, bool is_dir, bool repla
         return 0;
     if (errno == EEXIST)
         return 1;
-    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+    if (!rename_flag_unsupported(errno))
         return -1;
     if (is_dir) {
         if (mkdir(dest, 0700) != 0)
@@ -246,6 +255,9 @@ static enum lms_status replace_dest(const char *tmp, const char *dest, char *old
     if (lstat(dest, &sb) == 0) {
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_EXCHANGE) == 0)
             return LMS_OK;
+        if (!rename_flag_unsupported(errno)) /* a real failure: dest is still as it was */
+            return lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, dest,
+                                 strerror(errno));
         if (S_ISDIR(sb.st_mode) && dir_is_empty(dest)) {
             rmdir(dest);
         } else {

@@ -667,6 +667,14 @@ static enum lms_status write_idx(struct lms_dataset_writer *w, int fd, const cha
     return lms_write_all(fd, w->doc_idx, (size_t)w->n_doc_idx * 8, path, err);
 }
 
+/* Unlinks path when it is still the file identified by id (and not one put there since). */
+static void remove_if_same_file(const char *path, const struct stat *id)
+{
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && sb.st_dev == id->st_dev && sb.st_ino == id->st_ino)
+        unlink(path);
+}
+
 enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct lms_error *err)
 {
     if (w->finished)
@@ -684,13 +692,24 @@ enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct l
         lms_outfile_abort(&w->bin);
         return st;
     }
-    /* .bin first: a reader never sees a new .idx next to an old .bin */
-    if ((st = lms_outfile_commit(&w->bin, err))) {
+    /* .bin first: a reader never sees a new .idx next to an old .bin. When the .bin took a
+     * name that was free, a failure from here on removes it again, so that a failed run leaves
+     * no half dataset. With --force over an existing dataset the old .bin is already gone once
+     * the new one is in place: a failed .idx commit then leaves the new .bin beside the old
+     * .idx, which the reader refuses as inconsistent (sizes disagree) until a rerun. */
+    struct stat bin_id, there;
+    bool bin_was_free = fstat(w->bin.fd, &bin_id) == 0 && lstat(w->bin_final, &there) != 0;
+    st = lms_outfile_commit(&w->bin, err);
+    if (st) {
         lms_outfile_abort(&idx);
+    } else {
+        st = lms_outfile_commit(&idx, err);
+    }
+    if (st) {
+        if (bin_was_free)
+            remove_if_same_file(w->bin_final, &bin_id);
         return st;
     }
-    if ((st = lms_outfile_commit(&idx, err)))
-        return st;
     w->finished = true;
     return LMS_OK;
 }

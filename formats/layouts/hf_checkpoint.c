@@ -365,6 +365,15 @@ static void report(struct stream *s, uint64_t n)
         s->opts->progress(s->opts->progress_ctx, s->done, s->total);
 }
 
+/* Errors of copy_file_range that mean it cannot copy between these two files (another
+ * filesystem, an old kernel, a file type it does not handle), as opposed to a failed write. */
+static bool copy_unsupported(int e)
+{
+    if (e == ENOTSUP) /* the same value as EOPNOTSUPP on Linux */
+        return true;
+    return e == EXDEV || e == ENOSYS || e == EINVAL || e == EOPNOTSUPP || e == EBADF;
+}
+
 /* Kernel-side copy of a direct view's bytes; falls back to writing from the mapping. */
 static enum lms_status copy_direct(struct stream *s, const struct lms_view *v, int fd,
                                    const char *path, struct lms_error *err)
@@ -382,11 +391,12 @@ static enum lms_status copy_direct(struct stream *s, const struct lms_view *v, i
         while (s->src_fd >= 0 && len > 0) {
             size_t step = len < (64u << 20) ? (size_t)len : (64u << 20);
             ssize_t w = copy_file_range(s->src_fd, &off, fd, NULL, step, 0);
-            if (w <= 0) {
-                if (w < 0 && errno == EINTR)
-                    continue;
-                break; /* unsupported here (EXDEV, ENOSYS, EINVAL): write from the mapping */
-            }
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0 && !copy_unsupported(errno))
+                return lms_error_set(err, LMS_EIO, "writing '%s': %s", path, strerror(errno));
+            if (w <= 0)
+                break; /* not possible between these files: write the rest from the mapping */
             len -= (uint64_t)w;
             report(s, (uint64_t)w);
         }

@@ -214,7 +214,7 @@ import json, sys
 for line in open(sys.argv[1]):
     json.loads(line)' "$D/logs/st.metrics.jsonl" 2>/dev/null || problem "the metrics file holds a torn line"
         fi
-        again=()
+        again=(--force) # from scratch: a new run does not overwrite the metrics without it
         if [ -e "$D/st.state" ]; then
             again=(--resume)
         else
@@ -226,7 +226,7 @@ for line in open(sys.argv[1]):
             expect_same "$D/st/model.safetensors" "$work/ref/st/model.safetensors"
             expect_same "$D/st.state/optimizer.safetensors" "$work/ref/st.state/optimizer.safetensors"
         else
-            problem "finishing the run ${again[*]:-from scratch} failed: $(head -c 200 "$work/err2")"
+            problem "finishing the run ${again[*]/--force/from scratch} failed: $(head -c 200 "$work/err2")"
         fi
         case_end
     done

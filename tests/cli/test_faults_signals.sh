@@ -65,7 +65,7 @@ steps_done() { [ -f "$1" ] && [ "$(grep -c '"event":"train"' "$1")" -ge "$2" ]; 
 # finish_distill NAME D REF: what an interrupted distill left in D resumes (or, nothing saved,
 # runs again) to the bytes of the uninterrupted run in REF
 finish_distill() {
-    local name=$1 d=$2 ref=$3 again=()
+    local name=$1 d=$2 ref=$3 again=(--force) # from scratch: replaces the metrics file
     if [ -e "$d/st.state" ]; then
         again=(--resume)
     elif grep -q '"event":"train"' "$d/logs/st.metrics.jsonl" 2>/dev/null; then
@@ -77,7 +77,7 @@ finish_distill() {
         expect_same "$d/st/model.safetensors" "$ref/st/model.safetensors"
         expect_same "$d/st.state/optimizer.safetensors" "$ref/st.state/optimizer.safetensors"
     else
-        problem "finishing the run ${again[*]:-from scratch} failed: $(head -c 200 "$d.err2")"
+        problem "finishing the run ${again[*]/--force/from scratch} failed: $(head -c 200 "$d.err2")"
     fi
 }
 

@@ -93,9 +93,9 @@ full 4 "$STDOUT" distill "${R[@]}" --out "$TMP/d2" --json --quiet
 full 4 "$STDOUT" distill "${R[@]}" --out "$TMP/d3" --dry-run
 
 # --dump-rows on a full disk: the rows (far less than a stdio buffer) only meet the disk when
-# the file is closed
+# the file is closed (--force: /dev/full exists, and a run overwrites nothing without it)
 n_checks=$((n_checks + 1))
-"$LMSURGEON" distill "${R[@]}" --out "$TMP/d4" --quiet --dump-rows /dev/full \
+"$LMSURGEON" distill "${R[@]}" --out "$TMP/d4" --quiet --force --dump-rows /dev/full \
     >"$TMP/out" 2>"$TMP/err"
 rc=$?
 [ "$rc" = 4 ] && [ "$(wc -l <"$TMP/err")" = 1 ] &&
@@ -103,11 +103,12 @@ rc=$?
         "$TMP/err" || fail "--dump-rows /dev/full: exit $rc, stderr: $(cat "$TMP/err")"
 
 # the metrics file on a full disk (NAME.metrics.jsonl is opened by name): the first record
-# fails, and the run stops there
+# fails, and the run stops there (--force: the name exists, and a new run overwrites no metrics
+# file without it)
 mkdir -p "$TMP/full-logs"
 ln -s /dev/full "$TMP/full-logs/d5.metrics.jsonl"
 n_checks=$((n_checks + 1))
-"$LMSURGEON" distill "${R[@]}" --out "$TMP/d5" --quiet --log-dir "$TMP/full-logs" \
+"$LMSURGEON" distill "${R[@]}" --out "$TMP/d5" --quiet --force --log-dir "$TMP/full-logs" \
     >"$TMP/out" 2>"$TMP/err"
 rc=$?
 [ "$rc" = 4 ] && [ "$(wc -l <"$TMP/err")" = 1 ] &&
