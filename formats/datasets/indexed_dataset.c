@@ -667,11 +667,17 @@ static enum lms_status write_idx(struct lms_dataset_writer *w, int fd, const cha
     return lms_write_all(fd, w->doc_idx, (size_t)w->n_doc_idx * 8, path, err);
 }
 
+/* Whether path names the file identified by id. */
+static bool is_same_file(const char *path, const struct stat *id)
+{
+    struct stat sb;
+    return lstat(path, &sb) == 0 && sb.st_dev == id->st_dev && sb.st_ino == id->st_ino;
+}
+
 /* Unlinks path when it is still the file identified by id (and not one put there since). */
 static void remove_if_same_file(const char *path, const struct stat *id)
 {
-    struct stat sb;
-    if (lstat(path, &sb) == 0 && sb.st_dev == id->st_dev && sb.st_ino == id->st_ino)
+    if (is_same_file(path, id))
         unlink(path);
 }
 
@@ -697,19 +703,20 @@ enum lms_status lms_dataset_writer_finish(struct lms_dataset_writer *w, struct l
      * no half dataset. With --force over an existing dataset the old .bin is already gone once
      * the new one is in place: a failed .idx commit then leaves the new .bin beside the old
      * .idx, which the reader refuses as inconsistent (sizes disagree) until a rerun. */
-    struct stat bin_id, there;
+    struct stat bin_id, idx_id, there;
     bool bin_was_free = fstat(w->bin.fd, &bin_id) == 0 && lstat(w->bin_final, &there) != 0;
+    bool idx_known = fstat(idx.fd, &idx_id) == 0;
     st = lms_outfile_commit(&w->bin, err);
     if (st) {
         lms_outfile_abort(&idx);
     } else {
         st = lms_outfile_commit(&idx, err);
     }
-    if (st) {
-        if (bin_was_free)
-            remove_if_same_file(w->bin_final, &bin_id);
+    /* once our .idx is in place the dataset is whole (only syncing its directory failed) */
+    if (st && bin_was_free && !(idx_known && is_same_file(w->idx_final, &idx_id)))
+        remove_if_same_file(w->bin_final, &bin_id);
+    if (st)
         return st;
-    }
     w->finished = true;
     return LMS_OK;
 }
