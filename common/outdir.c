@@ -252,7 +252,21 @@ static enum lms_status replace_dest(const char *tmp, const char *dest, char *old
         return rc;
     old[0] = '\0';
     struct stat sb;
-    if (lstat(dest, &sb) == 0) {
+    bool present = lstat(dest, &sb) == 0;
+    if (!present) {
+        /* nothing there: take the name only if it is still free, so that something appearing
+         * in the meantime is replaced by the exchange below instead of failing the rename */
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) == 0) {
+            lms_temp_forget(tmp);
+            return LMS_OK;
+        }
+        if (errno == EEXIST)
+            present = lstat(dest, &sb) == 0;
+        else if (!rename_flag_unsupported(errno))
+            return lms_error_set(err, LMS_EIO, "renaming '%s' to '%s': %s", tmp, dest,
+                                 strerror(errno));
+    }
+    if (present) {
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_EXCHANGE) == 0)
             return LMS_OK;
         if (!rename_flag_unsupported(errno)) /* a real failure: dest is still as it was */
