@@ -23,6 +23,7 @@
 struct part {
     const json_t *obj;
     const char *data, *data_fp, *model_fp, *order;
+    const char *sampler; /* shuffled order only: the sampler's name for its row order */
     int64_t begin, end, seq_len;
     int64_t seed; /* shuffled order only */
 };
@@ -72,6 +73,8 @@ static enum lms_status parse_part(const json_t *o, const char *where, struct par
         missing = "row_length";
     else if (!strcmp(p->order, "shuffled") && !count_field(o, "seed", &p->seed))
         missing = "seed";
+    else if (!strcmp(p->order, "shuffled") && !(p->sampler = str_field(o, "sampler")))
+        missing = "sampler";
     if (missing)
         return lms_error_set(err, LMS_EFORMAT,
                              "'%s' has no valid '%s': only files whose calibration provenance "
@@ -99,6 +102,10 @@ static enum lms_status check_pair(const struct part *p, const struct part *q,
     if (strcmp(p->order, q->order))
         return lms_error_set(err, LMS_ESHAPE, "different row orders (%s and %s)", p->order,
                              q->order);
+    /* a seed names a draw only for one sampler: another version orders the rows otherwise */
+    if (!strcmp(p->order, "shuffled") && strcmp(p->sampler, q->sampler))
+        return lms_error_set(err, LMS_ESHAPE, "rows drawn in different orders (sampler %s and "
+                             "%s) for the same seed", p->sampler, q->sampler);
     if (!strcmp(p->order, "shuffled") && p->seed != q->seed)
         return lms_error_set(err, LMS_ESHAPE,
                              "different seeds (%" PRId64 " and %" PRId64 "): their rows are "

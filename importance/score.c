@@ -470,8 +470,10 @@ static json_t *provenance(const struct lms_score_opts *o, const struct lms_backe
                           "row_length", (json_int_t)o->seq_len, "order",
                           o->sequential ? "sequential" : "shuffled", "micro_batch_size",
                           (json_int_t)o->micro_batch, "device", lms_backend_name(be));
-    if (s && !o->sequential)
+    if (s && !o->sequential) {
         json_object_set_new(s, "seed", json_integer((json_int_t)o->seed));
+        json_object_set_new(s, "sampler", json_string(LMS_SAMPLER_ORDER));
+    }
     if (s && (o->axes & LMS_AXIS_LAYERS))
         json_object_set_new(s, "layer_metric", json_string(lms_layer_metric_name(lm)));
     if (s && (json_object_set_new(s, "data_fingerprint", json_string(data_fp)) ||

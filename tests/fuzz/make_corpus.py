@@ -281,7 +281,7 @@ def importance(rnd):
     def part(begin, end):
         return {"data": "d", "rows": end - begin, "row_begin": begin, "row_end": end,
                 "row_length": 16, "order": "shuffled", "seed": 1234,
-                "data_fingerprint": "0123456789abcdef", "model_fingerprint": "fedcba9876543210"}
+                "sampler": "megatron-gpt-dataset", "data_fingerprint": "0123456789abcdef", "model_fingerprint": "fedcba9876543210"}
     merged = {"rows": 4, "row_length": 16, "data": "d", "data_fingerprint": "0123456789abcdef",
               "parts": [part(0, 1), part(1, 4)]}
     for metric, bs in (("bi", 0), ("block-bi", 2), ("ppl", 0), ("contiguous", 2), ("merged", 0)):

@@ -16,11 +16,11 @@
 /* The provenance `lmsurgeon score` records for rows [begin, end) (README "Importance file"). */
 static json_t *part(int64_t begin, int64_t end, int64_t seed, const char *data_fp)
 {
-    json_t *s = json_pack("{s:s,s:I,s:I,s:I,s:I,s:s,s:I,s:s,s:s}", "data", "d.u16", "rows",
+    json_t *s = json_pack("{s:s,s:I,s:I,s:I,s:I,s:s,s:I,s:s,s:s,s:s}", "data", "d.u16", "rows",
                           (json_int_t)(end - begin), "row_begin", (json_int_t)begin, "row_end",
                           (json_int_t)end, "row_length", (json_int_t)8, "order", "shuffled",
-                          "seed", (json_int_t)seed, "data_fingerprint", data_fp,
-                          "model_fingerprint", "00000000000000aa");
+                          "seed", (json_int_t)seed, "sampler", "megatron-gpt-dataset",
+                          "data_fingerprint", data_fp, "model_fingerprint", "00000000000000aa");
     ck_assert_ptr_nonnull(s);
     return s;
 }
@@ -173,6 +173,13 @@ START_TEST(merge_provenance)
     json_t *p = part(0, 2, 1234, "0123456789abcdef");
     json_object_set_new(p, "order", json_string("sequential"));
     refused(p, LMS_ESHAPE, "different row orders (shuffled and sequential)");
+    p = part(0, 2, 1234, "0123456789abcdef"); /* the seed of another sampler version */
+    json_object_set_new(p, "sampler", json_string("windows-of-first-epochs"));
+    refused(p, LMS_ESHAPE, "rows drawn in different orders (sampler megatron-gpt-dataset and "
+            "windows-of-first-epochs)");
+    p = part(0, 2, 1234, "0123456789abcdef");
+    json_object_del(p, "sampler");
+    refused(p, LMS_EFORMAT, "the second file's 'source' has no valid 'sampler'");
     p = part(0, 2, 1234, "0123456789abcdef");
     json_object_set_new(p, "model_fingerprint", json_string("00000000000000bb"));
     refused(p, LMS_ESHAPE, "different models");
