@@ -416,50 +416,6 @@ static double *zeros(int64_t n, bool *ok)
     return p;
 }
 
-/* Fingerprint of the model scored: XXH64 (lms/hash.h) over its dimensions and, combined in an
- * order that does not matter (a sum), one hash per tensor of its role, layer, dtype, shape and
- * first 64 elements (tensors the IR only carries by name are left out). Cheap (a few hundred
- * bytes per tensor), the same for a checkpoint converted to another format, and different for
- * two trainings of one architecture. */
-static enum lms_status model_fingerprint(const struct lms_model *m, char hex[LMS_HASH64_HEX],
-                                         struct lms_error *err)
-{
-    const struct lms_arch *a = &m->arch;
-    int64_t dims[] = {a->n_layers, a->hidden, a->ffn, a->n_heads, a->n_groups, a->head_dim,
-                      a->vocab};
-    struct lms_hash64 h;
-    lms_hash64_init(&h, 0);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
-        lms_hash64_update_u64(&h, (uint64_t)dims[i]);
-    unsigned char head[64 * 16];
-    for (size_t i = 0; i < m->n_tensors; i++) {
-        const struct lms_tensor *t = &m->tensors[i];
-        const struct lms_view *v = t->view;
-        if (t->role == LMS_ROLE_OTHER) /* carried by name, format-specific, unused by the engine */
-            continue;
-        struct lms_hash64 th;
-        lms_hash64_init(&th, 0);
-        lms_hash64_update_u64(&th, (uint64_t)t->role);
-        lms_hash64_update_u64(&th, (uint64_t)t->layer);
-        lms_hash64_update_u64(&th, (uint64_t)v->dtype);
-        for (int d = 0; d < v->ndim; d++)
-            lms_hash64_update_u64(&th, (uint64_t)v->shape[d]);
-        int64_t n = lms_view_numel(v) < 64 ? lms_view_numel(v) : 64;
-        unsigned bits = lms_dtype_bits(v->dtype);
-        if (n > 0 && bits >= 8 && bits <= 128) { /* sub-byte views: shape and dtype only */
-            enum lms_status rc = lms_view_read(v, 0, n, head, err);
-            if (rc)
-                return lms_error_wrap(err, "fingerprinting tensor '%s': ", t->name);
-            lms_hash64_update(&th, head, (size_t)n * (bits / 8));
-        }
-        sum += lms_hash64_digest(&th);
-    }
-    lms_hash64_update_u64(&h, sum);
-    lms_hash64_hex(lms_hash64_digest(&h), hex);
-    return LMS_OK;
-}
-
 static json_t *provenance(const struct lms_score_opts *o, const struct lms_backend *be,
                           enum lms_layer_metric lm, const char *data_fp, const char *model_fp)
 {
@@ -561,7 +517,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
     char data_fp[LMS_HASH64_HEX], model_fp[LMS_HASH64_HEX];
     rc = lms_dataset_fingerprint(ds, data_fp, err);
     if (!rc)
-        rc = model_fingerprint(m, model_fp, err);
+        rc = lms_model_fingerprint(m, model_fp, err);
     if (rc)
         goto out;
 

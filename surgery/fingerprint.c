@@ -92,22 +92,26 @@ enum lms_status lms_model_fingerprint(const struct lms_model *m, char out[LMS_HA
     struct keyed *ks = lms_calloc(m->n_tensors ? m->n_tensors : 1, sizeof *ks);
     if (!ks)
         return lms_error_set(err, LMS_ENOMEM, "out of memory fingerprinting the model");
+    /* tensors the IR carries only by name (format bookkeeping such as Megatron's extra state)
+     * are left out: no computation reads them, and a converted checkpoint need not have them */
+    size_t n = 0;
     for (size_t i = 0; i < m->n_tensors; i++) {
         const struct lms_tensor *t = &m->tensors[i];
-        ks[i].t = t;
-        if (t->role == LMS_ROLE_OTHER ||
-            !lms_role_hf_name(t->role, t->layer, ks[i].key, sizeof ks[i].key))
-            snprintf(ks[i].key, sizeof ks[i].key, "%s", t->name);
+        if (t->role == LMS_ROLE_OTHER)
+            continue;
+        if (!lms_role_hf_name(t->role, t->layer, ks[n].key, sizeof ks[n].key))
+            snprintf(ks[n].key, sizeof ks[n].key, "%s", t->name);
+        ks[n++].t = t;
     }
-    qsort(ks, m->n_tensors, sizeof *ks, by_key);
+    qsort(ks, n, sizeof *ks, by_key);
     struct lms_hash64 h;
     lms_hash64_init(&h, 0);
     hash_arch(&h, &m->arch);
-    lms_hash64_update_u64(&h, (uint64_t)m->n_tensors);
+    lms_hash64_update_u64(&h, (uint64_t)n);
     unsigned char *buf = NULL;
     size_t cap = 0;
     enum lms_status rc = LMS_OK;
-    for (size_t i = 0; i < m->n_tensors && !rc; i++)
+    for (size_t i = 0; i < n && !rc; i++)
         rc = hash_tensor(&h, &ks[i], &buf, &cap, err);
     lms_free(buf);
     lms_free(ks);

@@ -266,9 +266,9 @@ int64_t lms_model_n_params(const struct lms_model *m);
 /* Sum of byte sizes of all tensors in their dtypes. */
 uint64_t lms_model_nbytes(const struct lms_model *m);
 /* The content fingerprint of m as 16 hex digits (LMS_HASH64_HEX bytes with the NUL): XXH64
- * (lms/hash.h) of the architecture's fields, then of every tensor in the order of its Hugging
- * Face name (the source name for unmodelled tensors): the name, the dtype's name, the shape and
- * the bytes in the tensor's dtype. The same weights give the same fingerprint whatever the
+ * (lms/hash.h) of the architecture's fields, then of every modelled tensor (those carried only
+ * by name are format bookkeeping and left out) in the order of its Hugging Face name: the
+ * name, the dtype's name, the shape and the bytes in the tensor's dtype. The same weights give the same fingerprint whatever the
  * path, the shards or the format (HF, NeMo, Megatron) they were read from. Reads every byte
  * once, a chunk at a time (memory: one chunk of 4 MiB); errors are the views' read errors. */
 enum lms_status lms_model_fingerprint(const struct lms_model *m, char out[LMS_HASH64_HEX],
