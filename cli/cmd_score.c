@@ -478,15 +478,13 @@ static enum lms_status open_data(const struct score_args *a, const struct cli_mo
  * data by their content fingerprints, and every option that decides the rows and what is
  * gathered from them (the whole run's rows, before they are shared out). Left out: -o (rank 0
  * writes), --threads, the device's index, --json and --quiet. */
-static enum lms_status rank_options(const struct score_args *a, const struct lms_model *m,
+static enum lms_status rank_options(const struct score_args *a, const char *model_fp,
                                     const struct lms_score_opts *so, json_t **out,
                                     struct lms_error *err)
 {
-    char model_fp[LMS_HASH64_HEX], data_fp[LMS_HASH64_HEX];
-    enum lms_status st = lms_model_fingerprint(m, model_fp, err);
+    char data_fp[LMS_HASH64_HEX];
+    enum lms_status st = lms_data_fingerprint(a->data, data_fp, err);
     if (st)
-        return lms_error_wrap(err, "'%s': ", a->base.in);
-    if ((st = lms_data_fingerprint(a->data, data_fp, err)))
         return st;
     const struct lms_score_opts *w = &a->so; /* the whole run's rows */
     *out = json_pack("{s:s,s:s,s:[I,I],s:I,s:I,s:I,s:b,s:i,s:i,s:I,s:i,s:i,s:b}", "MODEL",
@@ -544,9 +542,15 @@ static int run_score(struct score_args *a)
         goto out;
     if (cli_model_backend(&cm, &a->base, &err) || open_data(a, &cm, &so, &ds, &err))
         goto fail;
+    char model_fp[LMS_HASH64_HEX];
     if (comm) { /* before any row is scored, every rank runs the same thing */
         json_t *ro;
-        if (rank_options(a, &cm.m, &so, &ro, &err))
+        if (lms_model_fingerprint(&cm.m, model_fp, &err)) {
+            lms_error_wrap(&err, "'%s': ", a->base.in);
+            goto fail;
+        }
+        so.model_fingerprint = model_fp; /* the provenance records it too: read the weights once */
+        if (rank_options(a, model_fp, &so, &ro, &err))
             goto fail;
         rc = cli_ranks_agree(cmd, &co, comm, ro);
         json_decref(ro);

@@ -516,7 +516,9 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
 
     char data_fp[LMS_HASH64_HEX], model_fp[LMS_HASH64_HEX];
     rc = lms_dataset_fingerprint(ds, data_fp, err);
-    if (!rc)
+    if (!rc && o->model_fingerprint)
+        snprintf(model_fp, sizeof model_fp, "%s", o->model_fingerprint);
+    else if (!rc)
         rc = lms_model_fingerprint(m, model_fp, err);
     if (rc)
         goto out;

@@ -59,6 +59,8 @@ struct lms_score_opts {
     uint64_t memory_limit;
     const char *data_name;      /* provenance written to imp->source (may be NULL) */
     const char *model_name;     /* the model's path, for messages (may be NULL) */
+    const char *model_fingerprint; /* lms_model_fingerprint of the model when the caller has it
+                                    * already (NULL: computed here; it reads every weight) */
 };
 
 /* Default options: rows [0, 1024), S 4096, micro-batch 4, seed 1234, shuffled, axes
