@@ -803,6 +803,25 @@ static FILE *open_log(const char *path, bool append, bool excl)
     return f;
 }
 
+/* Whether nothing is at path, so that a file opened there next is this run's own (a --resume
+ * appends to what is there). */
+static bool path_free(const char *path, bool resume)
+{
+    struct stat sb;
+    return !resume && lstat(path, &sb) != 0;
+}
+
+/* Records f as created by this run when its path was free. */
+static void note_made(FILE *f, bool was_free, struct made_file *m)
+{
+    struct stat sb;
+    m->created = was_free && fstat(fileno(f), &sb) == 0;
+    if (m->created) {
+        m->dev = (uint64_t)sb.st_dev;
+        m->ino = (uint64_t)sb.st_ino;
+    }
+}
+
 /* The backend, the student's trainer, the teacher's engine, the loss, the schedule, the batch
  * buffers, the metrics file; on --resume the weights and moments from the state. */
 static int open_training(struct distill_run *r, const struct lms_train_state *state)
@@ -851,55 +870,46 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
         return fail(r, &err);
     }
     bool keep = !a->base.wo.force && !a->resume; /* replace nothing, even what appeared */
-    r->metrics = r->rank ? NULL : open_log(r->metrics_path, a->resume, keep);
-    r->metrics_fresh = r->metrics && !a->resume;
-    if (!r->metrics && r->rank == 0) {
-        lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening '%s': %s",
-                      r->metrics_path, strerror(errno));
-        return fail(r, &err);
+    if (r->rank == 0) {
+        bool was_free = path_free(r->metrics_path, a->resume);
+        if (!(r->metrics = open_log(r->metrics_path, a->resume, keep))) {
+            lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening '%s': %s",
+                          r->metrics_path, strerror(errno));
+            return fail(r, &err);
+        }
+        note_made(r->metrics, was_free, &r->metrics_made);
     }
     if (a->dump_rows) {
-        struct stat sb;
-        bool was_free = !a->resume && lstat(a->dump_rows, &sb) != 0;
+        bool was_free = path_free(a->dump_rows, a->resume);
         if (!(r->dump = open_log(a->dump_rows, false, keep))) {
             lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening --dump-rows "
                           "'%s': %s", a->dump_rows, strerror(errno));
             return fail(r, &err);
         }
-        if (was_free && fstat(fileno(r->dump), &sb) == 0) {
-            r->dump_created = true;
-            r->dump_dev = (uint64_t)sb.st_dev;
-            r->dump_ino = (uint64_t)sb.st_ino;
-        }
+        note_made(r->dump, was_free, &r->dump_made);
     }
     return CLI_PARSED;
 }
 
-/* A failed run leaves no --dump-rows file that it created (rows of a run that did not finish
- * are no record of one); a file that was there before, or one a --resume wrote, stays. */
-static void discard_created_dump(struct distill_run *r)
+/* A failed run leaves neither an empty metrics file nor a --dump-rows file that it created
+ * (rows of a run that did not finish are no record of one); a file that was there before, one
+ * a --resume wrote to, and metrics lines already logged stay. */
+static void discard_made(FILE **f, const char *path, const struct made_file *m,
+                         bool only_if_empty)
 {
-    if (!r->dump_created)
+    if (!m->created)
         return;
-    if (r->dump) {
-        fclose(r->dump);
-        r->dump = NULL;
+    if (*f) {
+        if (only_if_empty && ftell(*f) != 0)
+            return;
+        fclose(*f);
+        *f = NULL;
+    } else if (only_if_empty) { /* closed already (its close failed): what it holds is unknown */
+        return;
     }
     struct stat sb;
-    if (lstat(r->a->dump_rows, &sb) == 0 && (uint64_t)sb.st_dev == r->dump_dev &&
-        (uint64_t)sb.st_ino == r->dump_ino)
-        unlink(r->a->dump_rows);
-}
-
-/* A failed run leaves no empty metrics file behind: one it created and wrote nothing into is
- * removed (a resumed run's file, and lines already logged, stay). */
-static void discard_empty_metrics(struct distill_run *r)
-{
-    if (!r->metrics || !r->metrics_fresh || ftell(r->metrics) != 0)
-        return;
-    fclose(r->metrics);
-    r->metrics = NULL;
-    remove(r->metrics_path);
+    if (lstat(path, &sb) == 0 && (uint64_t)sb.st_dev == m->dev && (uint64_t)sb.st_ino == m->ino)
+        unlink(path);
 }
 
 static int run(void *args)
@@ -950,8 +960,8 @@ static int run(void *args)
         }
     }
     if (rc != CLI_EXIT_OK) {
-        discard_empty_metrics(&r);
-        discard_created_dump(&r);
+        discard_made(&r.metrics, r.metrics_path, &r.metrics_made, true);
+        discard_made(&r.dump, a->dump_rows, &r.dump_made, false);
     }
     distill_run_release(&r);
     return rc;

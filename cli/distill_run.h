@@ -43,6 +43,13 @@ struct distill_args {
                              * gradient norm that is not finite (default 0: stop at the first) */
 };
 
+/* A file a run created where nothing was (the metrics file, --dump-rows), and which file that
+ * is: a failed run removes it, and only it, never one that was there before. */
+struct made_file {
+    bool created;
+    uint64_t dev, ino;
+};
+
 struct distill_run {
     struct distill_args *a;
     const char *out, *name;
@@ -74,12 +81,10 @@ struct distill_run {
     double last_loss, last_lm_loss, last_grad_norm, last_val_loss, last_val_lm_loss;
     FILE *metrics;
     bool student_written, state_written; /* by this process: later saves replace them */
-    bool metrics_fresh; /* this run created (or emptied) the metrics file */
     struct lms_distill_memory mem; /* the memory plan, and what it was checked against */
     uint64_t mem_limit;
     FILE *dump; /* --dump-rows */
-    bool dump_created;           /* this run created the --dump-rows file (removed on failure) */
-    uint64_t dump_dev, dump_ino; /* ... and which file that is */
+    struct made_file metrics_made, dump_made; /* whether this run created them, and which */
     struct cli_progress bar;
     struct lms_comm *comm; /* NULL: one process */
     int rank, world;
