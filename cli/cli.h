@@ -51,6 +51,9 @@ void cli_interrupt_json(bool on);
 void cli_interrupt_note(int sig);
 /* 128 + the recorded signal, or 130 when none was recorded. */
 int cli_interrupt_exit_code(void);
+/* The command has reported why it ends: a signal from now on still removes the temporaries and
+ * exits with 128 + the signal, but prints nothing. */
+void cli_interrupt_silence(void);
 /* Prints "lmsurgeon CMD: error: MSG" on stderr (and a JSON error object on stdout with --json)
  * and returns the exit code for err->status. */
 int cli_fail(const char *cmd, const struct cli_common *co, const struct lms_error *err);

@@ -26,6 +26,7 @@
 
 static volatile sig_atomic_t noted; /* the signal that stopped a command, 0 if none */
 static volatile sig_atomic_t json;  /* --json: the error object goes to stdout as well */
+static volatile sig_atomic_t silent; /* the command has said why it ends already */
 
 /* The messages, one per signal, formatted while the command starts. */
 static struct {
@@ -59,7 +60,7 @@ static void on_signal(int sig)
         return;
     }
     lms_temp_remove_all();
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2 && !silent; i++)
         if (msgs[i].sig == sig) {
             write_all(STDERR_FILENO, msgs[i].line, msgs[i].line_len);
             if (json)
@@ -96,6 +97,11 @@ void cli_interrupt_install(const char *cmd)
 void cli_interrupt_json(bool on)
 {
     json = on;
+}
+
+void cli_interrupt_silence(void)
+{
+    silent = 1;
 }
 
 void cli_interrupt_note(int sig)

@@ -381,7 +381,12 @@ int cli_ranks_agree(const char *cmd, const struct cli_common *co, struct lms_com
     /* every rank knows: rank 0 says it once, the others leave with the same status */
     lms_error_set(&err, LMS_EINVAL, "the ranks were started with different %s; every rank of a "
                   "run needs the same options and inputs", differs);
-    if (lms_comm_rank(comm) == 0)
-        return cli_fail(cmd, co, &err);
-    return cli_exit_code(err.status);
+    int rc = lms_comm_rank(comm) == 0 ? cli_fail(cmd, co, &err) : cli_exit_code(err.status);
+    /* the reason is said once: a launcher that stops the other ranks when the first one leaves
+     * must not add their interrupt lines to it, and no rank leaves before rank 0 has said it */
+    cli_interrupt_silence();
+    int64_t said = 0;
+    struct lms_error ignored;
+    lms_comm_max(comm, &said, 1, &ignored);
+    return rc;
 }
