@@ -832,7 +832,7 @@ static int open_training(struct distill_run *r, const struct lms_train_state *st
     struct lms_backend_opts bko = {.n_threads = (int)a->base.threads, .precision = a->base.prec};
     if (!r->be && lms_backend_open(&a->base.dev, &bko, &r->be, &err))
         return fail(r, &err);
-    if (lms_comm_attach_device(r->comm, r->be, &err))
+    if (lms_comm_attach_device(r->comm, lms_backend_name(r->be), &err))
         return fail(r, &err);
     if (lms_trainer_new(&r->student, r->be, &r->to, &r->tr, &err)) {
         lms_error_wrap(&err, "student '%s': ", a->student);

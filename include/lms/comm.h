@@ -49,11 +49,12 @@ struct lms_comm; /* opaque */
  * machine that has no MPI. */
 enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err);
 
-/* Moves the fp32 collectives to the device of be: nothing for the CPU; NCCL for CUDA (loaded
- * at run time, one communicator over all ranks, unique id broadcast over MPI). LMS_EUNSUPPORTED
- * when be is a device without a collective library. The buffers given to the fp32 collectives
- * must then be allocations of be. */
-enum lms_status lms_comm_attach_device(struct lms_comm *c, struct lms_backend *be,
+/* Moves the fp32 collectives to the device a backend computes on, named as lms_backend_name
+ * spells it ("cpu...", "cuda:N"): nothing for the CPU; NCCL for CUDA (loaded at run time, one
+ * communicator over all ranks, unique id broadcast over MPI). LMS_EUNSUPPORTED for a device
+ * without a collective library. The buffers given to the fp32 collectives must then be
+ * allocations of that backend. Taking the name, not the backend, keeps comm/ free of kernels/. */
+enum lms_status lms_comm_attach_device(struct lms_comm *c, const char *backend_name,
                                        struct lms_error *err);
 
 /* Ends the run's communication (MPI_Finalize). NULL does nothing. */

@@ -1,4 +1,4 @@
-/* The NCCL backend of the communication layer on one GPU (kernels/comm/comm_nccl.c): a
+/* The NCCL backend of the communication layer on one GPU (comm/comm_nccl.c): a
  * one-rank communicator without MPI (LMS_COMM_SELF=1) attached to the CUDA backend loads
  * libnccl.so.2, makes its unique id, joins, and runs the in-place reduce-scatter and all-gather
  * on device buffers. With one rank both leave the chunk as it was; the floats just past it are
@@ -26,7 +26,7 @@ START_TEST(nccl_one_rank)
     ck_assert_msg(lms_backend_open_name("cuda", NULL, &be, &err) == LMS_OK, "%s", err.msg);
     ck_assert_msg(lms_comm_open(&c, &err) == LMS_OK && c, "%s", err.msg);
     ck_assert_str_eq(lms_comm_backend(c), "self");
-    ck_assert_msg(lms_comm_attach_device(c, be, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_msg(lms_comm_attach_device(c, lms_backend_name(be), &err) == LMS_OK, "%s", err.msg);
     ck_assert_str_eq(lms_comm_backend(c), "nccl");
     ck_assert_int_eq(lms_comm_world(c), 1);
 

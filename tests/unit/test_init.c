@@ -16,7 +16,7 @@
 #include "lms/init.h"
 #include "lms/outdir.h"
 #include "lms/tokenizer.h"
-#include "surgery/generate.h"
+#include "ir/generate.h"
 
 static struct lms_view *generated(enum lms_dtype dt, int64_t rows, int64_t cols, uint64_t key,
                                   double std, int threads)

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "lms/alloc.h"
-#include "surgery/generate.h"
+#include "ir/generate.h"
 
 /* Pairs computed per step (2 x this many floats on the stack). */
 #define BLOCK_PAIRS 512

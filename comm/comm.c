@@ -1,14 +1,15 @@
 /* The communication layer's public calls (include/lms/comm.h): what the launcher says, opening
- * and closing, and the dispatch of the fp32 collectives to MPI or NCCL. The layer lives beside
- * the compute backends (kernels/) because its fp32 collectives work on their device buffers and
- * are chosen by the backend in use; the trainer (kernels/train.c) and the commands call it. */
+ * and closing, and the dispatch of the fp32 collectives to MPI or NCCL. The layer sits beside
+ * the compute backends (kernels/) and calls none of them: the caller names the device its
+ * buffers live on. The files call downwards only: comm.c -> comm_nccl.c -> comm_mpi.c ->
+ * comm_wait.c. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "kernels/comm/comm_impl.h"
+#include "comm/comm_impl.h"
 #include "lms/alloc.h"
 
 /* A non-negative decimal from the environment; -1 when absent or not a number. */
@@ -52,29 +53,6 @@ void lms_launch_detect(struct lms_launch *out)
                                    .local_world = lw >= 1 ? lw : 0};
         return;
     }
-}
-
-double comm_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-void comm_backoff(unsigned polls)
-{
-    long ns = polls < 50 ? 20000L : 1000000L;
-    struct timespec ts = {0, ns};
-    nanosleep(&ts, NULL);
-}
-
-enum lms_status comm_timeout_error(const struct lms_comm *c, const char *what,
-                                   struct lms_error *err)
-{
-    return lms_error_set(err, LMS_EIO,
-                         "rank %d of %d: %s: no answer from the other ranks for %.0f s (a rank "
-                         "has died or stopped; $LMS_COMM_TIMEOUT sets the limit)",
-                         c->rank, c->world, what, c->timeout_s);
 }
 
 enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err)
@@ -126,12 +104,11 @@ enum lms_status lms_comm_open(struct lms_comm **out, struct lms_error *err)
     return LMS_OK;
 }
 
-enum lms_status lms_comm_attach_device(struct lms_comm *c, struct lms_backend *be,
+enum lms_status lms_comm_attach_device(struct lms_comm *c, const char *name,
                                        struct lms_error *err)
 {
     if (!c || c->nccl)
         return LMS_OK;
-    const char *name = lms_backend_name(be);
     if (!strncmp(name, "cpu", 3))
         return LMS_OK;
     int dev = 0;

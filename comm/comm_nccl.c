@@ -1,4 +1,4 @@
-/* The NCCL backend of the communication layer (kernels/comm/comm_impl.h): the fp32 collectives
+/* The NCCL backend of the communication layer (comm/comm_impl.h): the fp32 collectives
  * of the CUDA backend, on device memory.
  *
  * libnccl.so.2 is loaded at run time (dlopen), so that the tool builds without NCCL's headers
@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "kernels/comm/comm_impl.h"
+#include "comm/comm_impl.h"
 #include "lms/alloc.h"
 
 /* ---- NCCL's C API, as documented ----------------------------------------------------------- */
@@ -173,12 +173,12 @@ enum lms_status comm_nccl_open(struct lms_comm *c, int device, struct comm_nccl 
     /* every rank takes part in the broadcast, also when rank 0 failed (it then sends zeros
      * and its error) so that nobody waits for an id that never comes */
     int64_t failed = r != ncclSuccess;
-    if (!(rc = lms_comm_max(c, &failed, 1, err)) && failed)
+    if (!(rc = c->world == 1 ? LMS_OK : comm_mpi_max(c, &failed, 1, err)) && failed)
         rc = c->rank == 0 ? nccl_fail(c, r, "making the unique id", err)
                           : lms_error_set(err, LMS_EIO, "rank %d: rank 0 could not make the "
                                           "NCCL unique id", c->rank);
     if (!rc)
-        rc = lms_comm_broadcast(c, &id, sizeof id, 0, err);
+        rc = c->world == 1 ? LMS_OK : comm_mpi_broadcast(c, &id, sizeof id, 0, err);
     if (!rc && a->SetDevice(device) != cudaSuccess)
         rc = lms_error_set(err, LMS_EDEVICE, "rank %d: selecting cuda:%d", c->rank, device);
     if (!rc && a->StreamCreateWithFlags(&n->stream, cudaStreamNonBlocking) != cudaSuccess)

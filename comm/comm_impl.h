@@ -1,8 +1,9 @@
-/* Internals of the communication layer (include/lms/comm.h), shared by its three files:
- *   comm.c       launcher environment, the public calls, the dispatch between the backends,
- *                the deadline every wait runs under;
+/* Internals of the communication layer (include/lms/comm.h), shared by its four files, each
+ * calling only those below it:
+ *   comm.c       launcher environment, the public calls, the dispatch between the backends;
+ *   comm_nccl.c  NCCL (device memory), loaded at run time;
  *   comm_mpi.c   MPI (host memory; also the bootstrap and the scalars of the NCCL backend);
- *   comm_nccl.c  NCCL (device memory), loaded at run time.
+ *   comm_wait.c  the clock and the deadline every wait runs under.
  * Every collective is issued non-blocking and then waited for with a deadline, so that a rank
  * that died or hangs turns into an error on the others instead of a hang. */
 #ifndef LMS_COMM_IMPL_H

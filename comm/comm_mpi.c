@@ -1,4 +1,4 @@
-/* The MPI backend of the communication layer (kernels/comm/comm_impl.h): host-memory
+/* The MPI backend of the communication layer (comm/comm_impl.h): host-memory
  * collectives for the CPU backend, and the bootstrap and host scalars of the NCCL backend.
  * Every collective is the non-blocking MPI-3 call, waited for with MPI_Test under the run's
  * deadline; errors are returned (MPI_ERRORS_RETURN), never fatal inside the library. MPI counts
@@ -6,7 +6,7 @@
 #include <limits.h>
 #include <string.h>
 
-#include "kernels/comm/comm_impl.h"
+#include "comm/comm_impl.h"
 
 #ifdef LMS_HAVE_MPI
 #include <mpi.h>

@@ -10,7 +10,7 @@
 
 #include "lms/alloc.h"
 #include "lms/ir.h"
-#include "surgery/generate.h"
+#include "ir/generate.h"
 
 static struct lms_view *view_alloc(enum lms_view_kind kind, enum lms_dtype dt, int ndim,
                                    const int64_t *shape)
