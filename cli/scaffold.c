@@ -267,7 +267,7 @@ enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_
     struct lms_write_opts wo = a->wo;
     wo.progress = cli_progress_cb;
     wo.progress_ctx = &bar;
-    enum lms_status rc = dst->write(m, out, &wo, res, err);
+    enum lms_status rc = lms_checkpoint_write(dst, m, out, &wo, res, err);
     if (!rc)
         cli_progress_end(&bar);
     else if (bar.enabled)

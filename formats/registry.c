@@ -53,3 +53,17 @@ enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m, struc
         return err ? err->status : LMS_EFORMAT;
     return f->read(path, m, err);
 }
+
+enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lms_model *m,
+                                     const char *path, const struct lms_write_opts *opts,
+                                     struct lms_write_result *res, struct lms_error *err)
+{
+    static const struct lms_write_opts defaults = {.dtype = LMS_DTYPE_COUNT};
+    if (!opts)
+        opts = &defaults;
+    if (opts->format_opts && (!opts->format_opts_for || strcmp(opts->format_opts_for, f->name)))
+        return lms_error_set(err, LMS_EINVAL, "'%s': options for the %s format given to the %s "
+                             "writer", path, opts->format_opts_for ? opts->format_opts_for
+                                                                    : "(unnamed)", f->name);
+    return f->write(m, path, opts, res, err);
+}

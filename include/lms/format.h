@@ -21,6 +21,12 @@ struct lms_write_opts {
     bool force;              /* replace an existing non-empty destination */
     lms_progress_fn progress;
     void *progress_ctx;
+    /* Options that only one format reads: format_opts points to that format's own struct (its
+     * header names it) and format_opts_for is that format's name, so that options meant for one
+     * writer never reach another (lms_checkpoint_write refuses the mismatch). NULL: the
+     * format's defaults. */
+    const char *format_opts_for;
+    const void *format_opts;
 };
 
 struct lms_write_result {
@@ -48,6 +54,12 @@ const struct lms_format *lms_format_detect(const char *path, struct lms_error *e
 /* Detects the format of path and reads it. OUT: m is initialised (release it). */
 enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m,
                                     struct lms_error *err);
+
+/* Writes m to path in format f (f->write), after checking that opts' format-specific options,
+ * if any, are f's. opts may be NULL (defaults). */
+enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lms_model *m,
+                                     const char *path, const struct lms_write_opts *opts,
+                                     struct lms_write_result *res, struct lms_error *err);
 
 #define LMS_DEFAULT_SHARD_SIZE UINT64_C(5000000000)
 
