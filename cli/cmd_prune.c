@@ -1,19 +1,20 @@
 /* lmsurgeon prune: cut a model to a target shape in one shot (depth and width) and write a
  * complete checkpoint. Scores come from calibration data (--data-paths: the model runs over it
  * first, as the reference workflow does), from an importance file, or from weight magnitudes.
- * Planning is the library's (lms_prune_plan_make); this file parses, calls and writes. */
+ * Calibration (lms_calib_run), the budget search (lms_search_run) and planning
+ * (lms_prune_plan_calibrated) are the library's; this file parses, calls, prints and writes. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
-#include "cli/prune_calib.h"
 #include "lms/alloc.h"
 #include "lms/format.h"
 #include "lms/importance.h"
 #include "lms/json.h"
 #include "lms/paths.h"
+#include "lms/score.h"
 #include "lms/surgery.h"
 
 static const char usage_text[] =
@@ -99,7 +100,7 @@ struct prune_args {
     const char *importance, *selection;
     struct lms_prune_targets t;
     bool dry_run, legacy_ckpt;
-    struct prune_calib_opts cal;
+    struct lms_calib_opts cal; /* data and device options; what to gather is set per run */
     int64_t target_params, candidate, n_candidates;
     struct lms_search_opts so;
 };
@@ -295,84 +296,82 @@ static void describe_scores(json_t *rep, const char *given, char *dst, size_t ca
 
 /* ---- the run ------------------------------------------------------------------------------ */
 
-static int cmp_loss(const void *x, const void *y)
+static void print_candidate(void *ctx, int64_t i, int64_t n, const struct lms_candidate *c)
 {
-    const struct lms_candidate *a = x, *b = y;
-    bool an = !isfinite(a->loss), bn = !isfinite(b->loss);
-    if (an != bn)
-        return an ? 1 : -1;
-    if (!an && a->loss != b->loss)
-        return a->loss < b->loss ? -1 : 1;
-    return (a->n_params < b->n_params) - (a->n_params > b->n_params);
+    (void)ctx;
+    fprintf(stderr, "candidate %" PRId64 "/%" PRId64 ": loss %.4f\n", i + 1, n, c->loss);
 }
 
-static void targets_of(const struct lms_candidate *c, struct lms_prune_targets *t)
-{
-    t->n_layers = c->n_layers;
-    t->ffn = c->ffn;
-    t->hidden = c->hidden;
-    t->n_heads = c->n_heads;
-    t->n_groups = c->n_groups;
-}
-
-/* The budget search: candidates, each pruned and evaluated when data is given, ranked; t gets
- * the chosen shape. OUT: *table (JSON) and the table printed unless quiet/json. */
+/* The budget search (lms_search_run); t gets the chosen shape. OUT: *table (JSON) and the
+ * table printed unless quiet/json. */
 static enum lms_status search(struct prune_args *a, const struct lms_model *in,
-                              const struct lms_importance *imp, struct prune_calib *cal,
+                              const struct lms_importance *imp, struct lms_calib *cal,
                               json_t **table, struct lms_error *err)
 {
-    struct lms_candidate *c;
-    int64_t n, n_fit;
+    struct lms_search_result r;
     a->so.target_params = a->target_params;
     a->so.max_candidates = a->n_candidates;
-    enum lms_status rc = lms_search_candidates(&in->arch, &a->so, &c, &n, &n_fit, err);
+    if (!a->base.co.quiet && !a->base.co.json)
+        a->so.on_candidate = print_candidate;
+    enum lms_status rc = lms_search_run(in, &a->t, &a->so, imp, cal, &r, err);
     if (rc)
         return rc;
-    bool ranked = cal != NULL;
-    for (int64_t i = 0; ranked && i < n && !rc; i++) {
-        struct lms_prune_targets t = a->t;
-        targets_of(&c[i], &t);
-        struct lms_prune_plan plan;
-        struct lms_model pm;
-        struct lms_importance view;
-        rc = prune_calib_scores_for(cal, in, imp, c[i].n_layers, &view, err);
-        if (!rc)
-            rc = lms_prune_plan_make(in, &t, &view, &plan, NULL, err);
-        if (!rc && !(rc = lms_prune_apply(in, &plan, &pm, err))) {
-            lms_assert(lms_model_n_params(&pm) == c[i].n_params);
-            rc = prune_calib_eval(cal, &pm, &c[i].loss, err);
-            lms_model_release(&pm);
-        }
-        lms_prune_plan_release(&plan);
-        if (!a->base.co.quiet && !a->base.co.json)
-            fprintf(stderr, "candidate %" PRId64 "/%" PRId64 ": loss %.4f\n", i + 1, n,
-                    c[i].loss);
-    }
-    if (ranked && !rc)
-        qsort(c, (size_t)n, sizeof(*c), cmp_loss);
     int64_t chosen = a->candidate ? a->candidate - 1 : 0;
-    if (!rc && chosen >= n)
+    if (chosen >= r.n)
         rc = lms_error_set(err, LMS_EINVAL, "--candidate %lld: the table has %lld row%s",
-                           (long long)a->candidate, (long long)n, n == 1 ? "" : "s");
+                           (long long)a->candidate, (long long)r.n, r.n == 1 ? "" : "s");
     if (!rc) {
-        targets_of(&c[chosen], &a->t);
+        lms_candidate_targets(&r.c[chosen], &a->t);
         a->t.drop_layers = a->t.keep_layers = NULL;
         *table = json_pack("{s:I,s:I,s:b,s:o}", "target_params", (json_int_t)a->target_params,
-                           "n_fitting", (json_int_t)n_fit, "ranked_by_loss", ranked,
-                           "candidates", candidates_json(c, n, chosen));
+                           "n_fitting", (json_int_t)r.n_fit, "ranked_by_loss", r.ranked,
+                           "candidates", candidates_json(r.c, r.n, chosen));
         if (!a->base.co.quiet && !a->base.co.json)
-            print_candidates(a, c, n, n_fit, chosen, ranked);
+            print_candidates(a, r.c, r.n, r.n_fit, chosen, r.ranked);
     }
-    lms_free(c);
+    lms_search_result_release(&r);
     return rc;
+}
+
+/* Watches the calibration passes: the positions warning before the first, a progress bar for
+ * each. The bar comes first: cli_progress_cb takes the struct as its bar. */
+struct calib_watch {
+    struct cli_progress bar;
+    bool quiet, hidden, warned;
+    const char *model;
+    const struct lms_arch *arch;
+    int64_t seq_len;
+};
+
+static void calib_begin(void *ctx, const char *label)
+{
+    struct calib_watch *w = ctx;
+    if (!w->warned) {
+        char what[64];
+        snprintf(what, sizeof what, "--seq-length %lld", (long long)w->seq_len);
+        cli_warn_positions(cmd, &(struct cli_common){.quiet = w->quiet}, w->model, w->arch,
+                           w->seq_len, what);
+        w->warned = true;
+    }
+    cli_progress_begin(&w->bar, label, 0, false, w->hidden);
+}
+
+static void calib_end(void *ctx, bool ok)
+{
+    struct calib_watch *w = ctx;
+    if (ok)
+        cli_progress_end(&w->bar);
+    else if (w->bar.enabled)
+        fputc('\n', stderr);
 }
 
 /* The scores the plan ranks by: an importance file's, or the model's activations on the
  * calibration data (*cal keeps the run for the depth metrics and the budget search). OUT:
  * scores_from says where they came from, in words ("" for none). */
 static enum lms_status gather_scores(struct prune_args *a, const struct lms_model *in,
-                                     struct lms_importance *imp, struct prune_calib **cal,
-                                     char *scores_from, size_t cap, struct lms_error *err)
+                                     struct lms_importance *imp, struct lms_calib **cal,
+                                     struct calib_watch *watch, char *scores_from, size_t cap,
+                                     struct lms_error *err)
 {
     enum lms_status rc = LMS_OK;
     if (a->importance) {
@@ -384,27 +383,24 @@ static enum lms_status gather_scores(struct prune_args *a, const struct lms_mode
                  a->importance);
     }
     if (!rc && a->cal.data) {
-        /* the depth target decides which block length the block metrics need */
-        a->cal.n_drop = a->t.n_layers ? in->arch.n_layers - a->t.n_layers : 0;
-        a->cal.selection = a->t.selection;
-        a->cal.budget = a->target_params != 0;
-        a->cal.width_axes =
-            (a->cal.budget || a->t.hidden ? LMS_AXIS_HIDDEN : 0) |
-            (a->cal.budget || a->t.ffn ? LMS_AXIS_FFN : 0) |
-            (a->cal.budget || a->t.n_heads || a->t.n_groups ? LMS_AXIS_HEADS : 0) |
-            (a->t.n_groups ? LMS_AXIS_GROUPS : 0);
-        a->cal.json = a->base.co.json;
-        a->cal.quiet = a->base.co.quiet;
+        lms_prune_calib_setup(&in->arch, &a->t, a->target_params != 0, &a->cal);
+        *watch = (struct calib_watch){.quiet = a->base.co.quiet,
+                                      .hidden = a->base.co.quiet || a->base.co.json,
+                                      .model = a->base.in, .arch = &in->arch,
+                                      .seq_len = a->cal.seq_len};
         a->cal.model = a->base.in;
-        rc = prune_calib_run(in, &a->cal, cal, imp, err);
-        if (!rc && prune_calib_describe(*cal))
-            snprintf(scores_from, cap, "activations on %s", prune_calib_describe(*cal));
+        a->cal.progress = (struct lms_calib_progress){.begin = calib_begin,
+                                                      .step = cli_progress_cb,
+                                                      .end = calib_end, .ctx = watch};
+        rc = lms_calib_run(in, &a->cal, cal, imp, err);
+        if (!rc && lms_calib_describe(*cal))
+            snprintf(scores_from, cap, "activations on %s", lms_calib_describe(*cal));
     }
     return rc;
 }
 
 static void print_result(const struct prune_args *a, json_t *report, const struct lms_model *in,
-                         const struct lms_model *out, const struct prune_calib *cal,
+                         const struct lms_model *out, const struct lms_calib *cal,
                          json_t *table, const char *scores_from)
 {
     if (a->base.co.json) {
@@ -418,7 +414,7 @@ static void print_result(const struct prune_args *a, json_t *report, const struc
         json_object_set_new(o, "scores", json_string(words));
         json_object_set_new(o, "shape", shape_json(report, in, out));
         if (cal)
-            json_object_set_new(o, "calibration", prune_calib_json(cal));
+            json_object_set_new(o, "calibration", lms_calib_json(cal));
         if (table)
             json_object_set_new(o, "search", json_incref(table));
         cli_print_json(o);
@@ -443,20 +439,18 @@ static int run(void *args)
     lms_importance_init(&imp, &in.arch);
     struct lms_prune_plan plan;
     lms_prune_plan_init(&plan, in.arch.n_layers);
-    struct prune_calib *cal = NULL;
+    struct lms_calib *cal = NULL;
+    struct calib_watch watch;
     json_t *report = NULL, *table = NULL;
     bool have_out = false;
     char scores_from[512] = "";
     enum lms_status rc = lms_prune_targets_check(&a->t, &in.arch, &err);
     if (!rc)
-        rc = gather_scores(a, &in, &imp, &cal, scores_from, sizeof scores_from, &err);
+        rc = gather_scores(a, &in, &imp, &cal, &watch, scores_from, sizeof scores_from, &err);
     if (!rc && a->target_params)
         rc = search(a, &in, &imp, cal, &table, &err);
-    struct lms_importance view = imp;
-    if (!rc && cal)
-        rc = prune_calib_scores_for(cal, &in, &imp, a->t.n_layers, &view, &err);
     if (!rc)
-        rc = lms_prune_plan_make(&in, &a->t, &view, &plan, &report, &err);
+        rc = lms_prune_plan_calibrated(&in, &a->t, &imp, cal, &plan, &report, &err);
     if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
         have_out = true;
     struct lms_write_result res = {0};
@@ -470,7 +464,7 @@ static int run(void *args)
         lms_model_release(&out);
     json_decref(report);
     json_decref(table);
-    prune_calib_free(cal);
+    lms_calib_free(cal);
     lms_prune_plan_release(&plan);
     lms_importance_release(&imp);
     lms_model_release(&in);
@@ -578,11 +572,12 @@ static int check(void *args)
                                           {a->importance, "the importance file", LMS_PATH_READ}};
     if (!a->dry_run && lms_paths_check(paths, sizeof paths / sizeof paths[0], &err))
         return cli_fail(cmd, &a->base.co, &err);
-    if (a->selection && !lms_layer_selection_parse(a->selection, &a->t.selection))
+    if (a->selection && !lms_layer_selection_parse(a->selection, &a->t.selection, &a->t.metric))
         return cli_usage_error(cmd, "unknown --layer-selection '%s' (bi, block-bi, ppl, "
                                "contiguous, contiguous-last, last, importance, explicit)",
                                a->selection);
-    if (lms_layer_selection_needs_data(a->t.selection) && !a->cal.data && !a->importance)
+    if (lms_layer_selection_needs_data(a->t.selection, a->t.metric) && !a->cal.data &&
+        !a->importance)
         return cli_usage_error(cmd, "--layer-selection %s needs calibration data (--data-paths) "
                                "or an --importance file scored with that layer metric",
                                a->selection);
@@ -612,6 +607,6 @@ static const struct cli_spec spec = {
 int cmd_prune(int argc, char **argv)
 {
     struct prune_args a = {.t = {.selection = LMS_LAYERS_AUTO}};
-    prune_calib_defaults(&a.cal);
+    lms_calib_opts_default(&a.cal);
     return cli_main(&spec, argc, argv, &a);
 }

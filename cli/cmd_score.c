@@ -429,8 +429,7 @@ static int share_rows(struct score_args *a, struct lms_comm *comm, struct lms_sc
 static int layer_block(const struct score_args *a, int64_t n_layers, struct lms_score_opts *so)
 {
     int64_t block = a->block;
-    bool block_metric = so->layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
-                        so->layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
+    bool block_metric = lms_layer_metric_is_block(so->layer_metric);
     if (a->target_layers) {
         if (a->target_layers >= n_layers)
             return cli_usage_error(cmd, "--target-num-layers %lld: the model has %lld layers",

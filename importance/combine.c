@@ -1,4 +1,4 @@
-/* Scores from raw calibration sums and the kept-layer choice of every layer metric
+/* Scores from raw calibration sums
  * (include/lms/importance.h; merging sums is importance/merge.c).
  *
  *   hidden[c]  = sum over layers l and both norms k of sqrt(hidden_sq[l][k][c])
@@ -10,31 +10,14 @@
  *   blocks[s]  = 1 - block_cos[s] / n_cos_rows                       (block-bi)
  *              = (block_loss[s] - base_loss) / n_loss_tokens          (contiguous)
  * Block Influence is the mean over every token row of the run, so it does not depend on how
- * the rows were cut into micro-batches or runs. */
+ * the rows were cut into micro-batches or runs. The depth scores follow the sums table of
+ * importance/metric.c. */
 #include <math.h>
 #include <string.h>
 
 #include "lms/alloc.h"
+#include "importance/metric.h"
 #include "lms/importance.h"
-
-static const char *const metric_names[] = {"none", "bi", "block-bi", "ppl", "contiguous"};
-
-const char *lms_layer_metric_name(enum lms_layer_metric m)
-{
-    return (unsigned)m < sizeof metric_names / sizeof metric_names[0] ? metric_names[m] : "?";
-}
-
-enum lms_status lms_layer_metric_parse(const char *s, enum lms_layer_metric *out,
-                                       struct lms_error *err)
-{
-    for (int i = 1; i < (int)(sizeof metric_names / sizeof metric_names[0]); i++)
-        if (!strcmp(s, metric_names[i])) {
-            *out = (enum lms_layer_metric)i;
-            return LMS_OK;
-        }
-    return lms_error_set(err, LMS_EINVAL,
-                         "unknown layer metric '%s' (bi, block-bi, ppl or contiguous)", s);
-}
 
 /* Makes *dst an array of n doubles (kept if already there). */
 static bool ensure(double **dst, int64_t n)
@@ -76,62 +59,20 @@ enum lms_status lms_importance_derive(struct lms_importance *imp, bool want_grou
                 imp->groups[l * ng + g] = sqrt(s);
             }
     }
+    /* depth scores: each raw sum present gives layers[] or blocks[] (importance/metric.c) */
     double nc = raw->n_cos_rows > 0 ? (double)raw->n_cos_rows : 1;
     double nl = raw->n_loss_tokens > 0 ? (double)raw->n_loss_tokens : 1;
-    if (ok && raw->layer_cos && (ok = ensure(&imp->layers, L)))
-        for (int64_t l = 0; l < L; l++)
-            imp->layers[l] = 1.0 - raw->layer_cos[l] / nc;
-    if (ok && raw->layer_loss && (ok = ensure(&imp->layers, L)))
-        for (int64_t l = 0; l < L; l++)
-            imp->layers[l] = (raw->layer_loss[l] - raw->base_loss) / nl;
-    if (ok && raw->block_cos && (ok = ensure(&imp->blocks, n_starts)))
-        for (int64_t s = 0; s < n_starts; s++)
-            imp->blocks[s] = 1.0 - raw->block_cos[s] / nc;
-    if (ok && raw->block_loss && (ok = ensure(&imp->blocks, n_starts)))
-        for (int64_t s = 0; s < n_starts; s++)
-            imp->blocks[s] = (raw->block_loss[s] - raw->base_loss) / nl;
+    for (size_t i = 0; ok && i < lms__n_raw_sums; i++) {
+        const struct lms__raw_sum *d = &lms__raw_sums[i];
+        const double *x = lms__raw_sum_get(raw, d);
+        int64_t n = d->per_block ? n_starts : L;
+        double **dst = d->per_block ? &imp->blocks : &imp->layers;
+        if (!x || !(ok = ensure(dst, n)))
+            continue;
+        for (int64_t k = 0; k < n; k++)
+            (*dst)[k] = d->loss ? (x[k] - raw->base_loss) / nl : 1.0 - x[k] / nc;
+    }
     if (!ok)
         return lms_error_set(err, LMS_ENOMEM, "out of memory deriving scores");
-    return LMS_OK;
-}
-
-enum lms_status lms_importance_keep_layers(const struct lms_importance *imp, int64_t n_keep,
-                                           bool *keep_mask, struct lms_error *err)
-{
-    int64_t L = imp->n_layers, n_drop = L - n_keep;
-    if (n_keep < 1 || n_keep > L)
-        return lms_error_set(err, LMS_EINVAL, "cannot keep %lld of %lld layers",
-                             (long long)n_keep, (long long)L);
-    for (int64_t l = 0; l < L; l++)
-        keep_mask[l] = true;
-    if (n_drop == 0)
-        return LMS_OK;
-    bool block = imp->layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
-                 imp->layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
-    if (block) {
-        if (!imp->blocks || imp->block_size != n_drop)
-            return lms_error_set(err, LMS_EINVAL,
-                                 "the importance file scores blocks of %lld layers ('%s'), not "
-                                 "the %lld being removed",
-                                 (long long)imp->block_size,
-                                 lms_layer_metric_name(imp->layer_metric), (long long)n_drop);
-        int64_t best = 0;
-        for (int64_t s = 1; s < L - n_drop + 1; s++)
-            if (imp->blocks[s] < imp->blocks[best])
-                best = s;
-        for (int64_t l = best; l < best + n_drop; l++)
-            keep_mask[l] = false;
-        return LMS_OK;
-    }
-    if (!imp->layers)
-        return lms_error_set(err, LMS_EINVAL, "the importance file has no layer scores");
-    /* drop the n_drop lowest; ties: the higher index goes first (lower index kept) */
-    for (int64_t k = 0; k < n_drop; k++) {
-        int64_t worst = -1;
-        for (int64_t l = 0; l < L; l++)
-            if (keep_mask[l] && (worst < 0 || imp->layers[l] <= imp->layers[worst]))
-                worst = l;
-        keep_mask[worst] = false;
-    }
     return LMS_OK;
 }

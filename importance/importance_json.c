@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "importance/metric.h"
 #include "lms/alloc.h"
 #include "lms/importance.h"
 #include "lms/json.h"
@@ -36,10 +37,8 @@ void lms_importance_release(struct lms_importance *imp)
     lms_free(imp->raw.hidden_sq);
     lms_free(imp->raw.ffn_sq);
     lms_free(imp->raw.head_sq);
-    lms_free(imp->raw.layer_cos);
-    lms_free(imp->raw.block_cos);
-    lms_free(imp->raw.layer_loss);
-    lms_free(imp->raw.block_loss);
+    for (size_t i = 0; i < lms__n_raw_sums; i++)
+        lms_free(*lms__raw_sum_ptr(&imp->raw, &lms__raw_sums[i]));
     lms_free(imp->method);
     if (imp->source)
         json_decref(imp->source);
@@ -128,8 +127,7 @@ static enum lms_status read_layer_metric(const json_t *root, struct lms_importan
                                  (long long)(imp->n_layers - 1));
         imp->block_size = json_integer_value(n);
     }
-    bool block_metric = imp->layer_metric == LMS_LAYER_METRIC_BLOCK_BI ||
-                        imp->layer_metric == LMS_LAYER_METRIC_CONTIGUOUS;
+    bool block_metric = lms_layer_metric_is_block(imp->layer_metric);
     if (block_metric != (imp->block_size > 0))
         return lms_error_set(err, LMS_EFORMAT, "'block_size' %s with layer metric '%s'",
                              block_metric ? "is required" : "does not belong",
@@ -193,15 +191,22 @@ static enum lms_status read_raw(const json_t *root, struct lms_importance *imp,
         rc = read_axis(r, "ffn_sq", L, imp->ffn, &x->ffn_sq, err);
     if (!rc)
         rc = read_axis(r, "head_sq", L, imp->n_heads, &x->head_sq, err);
-    if (!rc)
-        rc = read_axis(r, "layer_cos", 0, L, &x->layer_cos, err);
-    if (!rc)
-        rc = read_axis(r, "layer_loss", 0, L, &x->layer_loss, err);
-    if (!rc && n_starts)
-        rc = read_axis(r, "block_cos", 0, n_starts, &x->block_cos, err);
-    if (!rc && n_starts)
-        rc = read_axis(r, "block_loss", 0, n_starts, &x->block_loss, err);
-    if (!rc && !n_starts && (json_object_get(r, "block_cos") || json_object_get(r, "block_loss")))
+    /* the depth sums: per-layer ones first, then the per-block ones (importance/metric.c) */
+    bool cos = false, loss = false, stray_block = false;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; !rc && i < lms__n_raw_sums; i++) {
+            const struct lms__raw_sum *d = &lms__raw_sums[i];
+            if (d->per_block != (pass == 1))
+                continue;
+            if (d->per_block && !n_starts) {
+                stray_block |= json_object_get(r, d->key) != NULL;
+                continue;
+            }
+            rc = read_axis(r, d->key, 0, lms__raw_sum_len(imp, d), lms__raw_sum_ptr(x, d), err);
+            if (lms__raw_sum_get(x, d))
+                *(d->loss ? &loss : &cos) = true;
+        }
+    if (!rc && stray_block)
         rc = lms_error_set(err, LMS_EFORMAT, "'raw' has block sums without 'block_size'");
     if (!rc)
         rc = check_nonneg(x->hidden_sq, 2 * L * imp->hidden, "hidden_sq", err);
@@ -209,9 +214,9 @@ static enum lms_status read_raw(const json_t *root, struct lms_importance *imp,
         rc = check_nonneg(x->ffn_sq, L * imp->ffn, "ffn_sq", err);
     if (!rc)
         rc = check_nonneg(x->head_sq, L * imp->n_heads, "head_sq", err);
-    if (!rc && (x->layer_cos || x->block_cos) && x->n_cos_rows == 0)
+    if (!rc && cos && x->n_cos_rows == 0)
         rc = lms_error_set(err, LMS_EFORMAT, "'raw.cos_rows' is 0 but cosine sums are present");
-    if (!rc && (x->layer_loss || x->block_loss) && x->n_loss_tokens == 0)
+    if (!rc && loss && x->n_loss_tokens == 0)
         rc = lms_error_set(err, LMS_EFORMAT,
                            "'raw.loss_tokens' is 0 but loss sums are present");
     if (!rc && (x->n_rows == 0 || x->seq_len < 2))
@@ -365,7 +370,7 @@ static enum lms_status put_raw(json_t *root, const struct lms_importance *imp,
                                struct lms_error *err)
 {
     const struct lms_importance_raw *x = &imp->raw;
-    int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
+    int64_t L = imp->n_layers;
     if (!isfinite(x->base_loss))
         return lms_error_set(err, LMS_EFORMAT, "'raw.base_loss' is not finite (%g)",
                              x->base_loss);
@@ -379,14 +384,13 @@ static enum lms_status put_raw(json_t *root, const struct lms_importance *imp,
         rc = put_mat(r, "ffn_sq", x->ffn_sq, L, imp->ffn, "raw.ffn_sq", err);
     if (!rc && x->head_sq)
         rc = put_mat(r, "head_sq", x->head_sq, L, imp->n_heads, "raw.head_sq", err);
-    if (!rc && x->layer_cos)
-        rc = put_vec(r, "layer_cos", x->layer_cos, L, "raw.layer_cos", err);
-    if (!rc && x->block_cos)
-        rc = put_vec(r, "block_cos", x->block_cos, n_starts, "raw.block_cos", err);
-    if (!rc && x->layer_loss)
-        rc = put_vec(r, "layer_loss", x->layer_loss, L, "raw.layer_loss", err);
-    if (!rc && x->block_loss)
-        rc = put_vec(r, "block_loss", x->block_loss, n_starts, "raw.block_loss", err);
+    for (size_t i = 0; !rc && i < lms__n_raw_sums; i++) {
+        const struct lms__raw_sum *d = &lms__raw_sums[i];
+        char label[32];
+        snprintf(label, sizeof label, "raw.%s", d->key);
+        if (lms__raw_sum_get(x, d))
+            rc = put_vec(r, d->key, lms__raw_sum_get(x, d), lms__raw_sum_len(imp, d), label, err);
+    }
     if (rc) {
         json_decref(r);
         return rc;

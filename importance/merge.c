@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "importance/metric.h"
 #include "lms/alloc.h"
 #include "lms/importance.h"
 #include "lms/json.h"
@@ -229,11 +230,10 @@ static enum lms_status check_shapes(const struct lms_importance *a, const struct
     const char *what = !x->hidden_sq != !y->hidden_sq     ? "hidden"
                        : !x->ffn_sq != !y->ffn_sq         ? "ffn"
                        : !x->head_sq != !y->head_sq       ? "heads"
-                       : !x->layer_cos != !y->layer_cos   ? "layer cosines"
-                       : !x->block_cos != !y->block_cos   ? "block cosines"
-                       : !x->layer_loss != !y->layer_loss ? "layer losses"
-                       : !x->block_loss != !y->block_loss ? "block losses"
                                                           : NULL;
+    for (size_t i = 0; !what && i < lms__n_raw_sums; i++)
+        if (!lms__raw_sum_get(x, &lms__raw_sums[i]) != !lms__raw_sum_get(y, &lms__raw_sums[i]))
+            what = lms__raw_sums[i].what;
     if (what)
         return lms_error_set(err, LMS_ESHAPE, "one file has %s sums and the other not", what);
     return LMS_OK;
@@ -243,7 +243,7 @@ static enum lms_status check_sums(const struct lms_importance *a, const struct l
                                   struct lms_error *err)
 {
     const struct lms_importance_raw *x = &a->raw, *y = &b->raw;
-    int64_t L = a->n_layers, n_starts = a->block_size ? L - a->block_size + 1 : 0;
+    int64_t L = a->n_layers;
     enum lms_status rc = check_counts(x, y, err);
     if (!rc)
         rc = check_add(x->hidden_sq, y->hidden_sq, L * 2 * a->hidden, "hidden_sq", err);
@@ -251,14 +251,11 @@ static enum lms_status check_sums(const struct lms_importance *a, const struct l
         rc = check_add(x->ffn_sq, y->ffn_sq, L * a->ffn, "ffn_sq", err);
     if (!rc)
         rc = check_add(x->head_sq, y->head_sq, L * a->n_heads, "head_sq", err);
-    if (!rc)
-        rc = check_add(x->layer_cos, y->layer_cos, L, "layer_cos", err);
-    if (!rc)
-        rc = check_add(x->block_cos, y->block_cos, n_starts, "block_cos", err);
-    if (!rc)
-        rc = check_add(x->layer_loss, y->layer_loss, L, "layer_loss", err);
-    if (!rc)
-        rc = check_add(x->block_loss, y->block_loss, n_starts, "block_loss", err);
+    for (size_t i = 0; !rc && i < lms__n_raw_sums; i++) {
+        const struct lms__raw_sum *d = &lms__raw_sums[i];
+        rc = check_add(lms__raw_sum_get(x, d), lms__raw_sum_get(y, d), lms__raw_sum_len(a, d),
+                       d->key, err);
+    }
     return rc;
 }
 
@@ -344,16 +341,16 @@ enum lms_status lms_importance_merge(struct lms_importance *a, const struct lms_
     json_t *source;
     if ((rc = merged_source(a, b, &source, err)))
         return rc;
-    int64_t L = a->n_layers, n_starts = a->block_size ? L - a->block_size + 1 : 0;
+    int64_t L = a->n_layers;
     struct lms_importance_raw *x = &a->raw;
     const struct lms_importance_raw *y = &b->raw;
     add_sums(x->hidden_sq, y->hidden_sq, L * 2 * a->hidden);
     add_sums(x->ffn_sq, y->ffn_sq, L * a->ffn);
     add_sums(x->head_sq, y->head_sq, L * a->n_heads);
-    add_sums(x->layer_cos, y->layer_cos, L);
-    add_sums(x->block_cos, y->block_cos, n_starts);
-    add_sums(x->layer_loss, y->layer_loss, L);
-    add_sums(x->block_loss, y->block_loss, n_starts);
+    for (size_t i = 0; i < lms__n_raw_sums; i++) {
+        const struct lms__raw_sum *d = &lms__raw_sums[i];
+        add_sums(*lms__raw_sum_ptr(x, d), lms__raw_sum_get(y, d), lms__raw_sum_len(a, d));
+    }
     x->n_rows += y->n_rows;
     x->n_cos_rows += y->n_cos_rows;
     x->n_loss_tokens += y->n_loss_tokens;

@@ -39,7 +39,7 @@ void lms_score_opts_default(struct lms_score_opts *o)
     o->micro_batch = 4;
     o->seed = 1234;
     o->axes = LMS_AXIS_LAYERS | LMS_AXIS_HIDDEN | LMS_AXIS_FFN | LMS_AXIS_HEADS;
-    o->layer_metric = LMS_LAYER_METRIC_BI;
+    o->layer_metric = LMS_LAYER_METRIC_DEFAULT;
 }
 
 int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len)
@@ -51,6 +51,7 @@ int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len)
 struct layout {
     int64_t B, S, N, L, H, F, C; /* C = n_h d */
     bool hidden, ffn, heads, bi, block, loss;
+    bool layer_loss;             /* the loss variants skip one layer each (else one block) */
     int64_t n_block;             /* n layers per block; blocks L - n + 1 */
     int64_t n_starts;
     int64_t off_hidden, off_ffn, off_ctx, off_resid, stats_floats; /* stats buffer */
@@ -58,9 +59,12 @@ struct layout {
     int64_t ring_slots;
 };
 
-static enum lms_layer_metric metric_of(const struct lms_score_opts *o)
+/* The metric's row (NONE asks for the default one). */
+static const struct lms_layer_metric_desc *metric_of(const struct lms_score_opts *o)
 {
-    return o->layer_metric == LMS_LAYER_METRIC_NONE ? LMS_LAYER_METRIC_BI : o->layer_metric;
+    return lms_layer_metric_desc(o->layer_metric == LMS_LAYER_METRIC_NONE
+                                     ? LMS_LAYER_METRIC_DEFAULT
+                                     : o->layer_metric);
 }
 
 static enum lms_status plan_layout(const struct lms_arch *a, const struct lms_score_opts *o,
@@ -81,23 +85,27 @@ static enum lms_status plan_layout(const struct lms_arch *a, const struct lms_sc
     y->hidden = o->axes & LMS_AXIS_HIDDEN;
     y->ffn = o->axes & LMS_AXIS_FFN;
     y->heads = o->axes & (LMS_AXIS_HEADS | LMS_AXIS_GROUPS);
-    enum lms_layer_metric lm = metric_of(o);
-    bool layers = o->axes & LMS_AXIS_LAYERS;
-    y->bi = layers && (lm == LMS_LAYER_METRIC_BI || lm == LMS_LAYER_METRIC_BLOCK_BI);
-    y->block = layers && lm == LMS_LAYER_METRIC_BLOCK_BI;
-    y->loss = layers && (lm == LMS_LAYER_METRIC_PPL || lm == LMS_LAYER_METRIC_CONTIGUOUS);
-    if (layers && (lm == LMS_LAYER_METRIC_BLOCK_BI || lm == LMS_LAYER_METRIC_CONTIGUOUS)) {
+    const struct lms_layer_metric_desc *lm = metric_of(o);
+    if (!lm)
+        return lms_error_set(err, LMS_EINVAL, "score: unknown layer metric %d",
+                             (int)o->layer_metric);
+    /* what the metric's sums need gathered (importance/metric.c) */
+    unsigned sums = o->axes & LMS_AXIS_LAYERS ? lm->sums : 0;
+    y->bi = sums & (LMS_RAW_LAYER_COS | LMS_RAW_BLOCK_COS);
+    y->block = sums & LMS_RAW_BLOCK_COS;
+    y->loss = sums & (LMS_RAW_LAYER_LOSS | LMS_RAW_BLOCK_LOSS);
+    y->layer_loss = sums & LMS_RAW_LAYER_LOSS;
+    if (sums && lm->per_block) {
         if (o->block_size < 1 || o->block_size >= y->L)
             return lms_error_set(err, LMS_EINVAL,
                                  "score: layer metric '%s' needs a block of 1 to %lld layers "
                                  "(the number of layers removed), got %lld",
-                                 lms_layer_metric_name(lm), (long long)(y->L - 1),
-                                 (long long)o->block_size);
+                                 lm->name, (long long)(y->L - 1), (long long)o->block_size);
         y->n_block = o->block_size;
         y->n_starts = y->L - y->n_block + 1;
     }
-    if (layers && lm == LMS_LAYER_METRIC_PPL && y->L < 2)
-        return lms_error_set(err, LMS_EINVAL, "score: 'ppl' needs at least 2 layers");
+    if ((sums & LMS_RAW_LAYER_LOSS) && y->L < 2)
+        return lms_error_set(err, LMS_EINVAL, "score: '%s' needs at least 2 layers", lm->name);
     int64_t cur = 0;
     y->off_hidden = cur;
     if (y->hidden)
@@ -445,7 +453,6 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
                               struct lms_importance *imp, struct lms_error *err)
 {
     const struct lms_arch *a = &m->arch;
-    enum lms_layer_metric lm = metric_of(o);
     struct run r = {.m = m, .o = o, .a = a, .be = be};
     struct lms_engine *e = NULL;
     struct lms_sampler *smp = NULL;
@@ -462,6 +469,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
     if (rc)
         return rc;
     const struct layout *y = &r.y;
+    enum lms_layer_metric lm = metric_of(o)->id;
     int64_t avail = lms_score_rows_available(ds, y->S);
     if (o->row_begin < 0 || o->row_end <= o->row_begin)
         return lms_error_set(err, LMS_EINVAL, "score: rows [%lld, %lld) are empty",
@@ -551,21 +559,20 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         raw->layer_cos = zeros(y->L, &ok);
     if (y->block)
         raw->block_cos = zeros(y->n_starts, &ok);
-    if (y->loss && lm == LMS_LAYER_METRIC_PPL)
+    if (y->loss && y->layer_loss)
         raw->layer_loss = zeros(y->L, &ok);
-    if (y->loss && lm == LMS_LAYER_METRIC_CONTIGUOUS)
+    if (y->loss && !y->layer_loss)
         raw->block_loss = zeros(y->n_starts, &ok);
     if (!ok) {
         rc = lms_error_set(err, LMS_ENOMEM, "score: out of memory for the sums");
         goto out;
     }
     r.raw = raw;
-    if (y->block || lm == LMS_LAYER_METRIC_CONTIGUOUS)
-        imp->block_size = y->n_block;
+    imp->block_size = y->n_block; /* 0 unless a block metric was gathered */
     if (o->axes & LMS_AXIS_LAYERS)
         imp->layer_metric = lm;
 
-    int64_t variants = y->loss ? (lm == LMS_LAYER_METRIC_PPL ? y->L : y->n_starts) : 0;
+    int64_t variants = y->loss ? (y->layer_loss ? y->L : y->n_starts) : 0;
     uint64_t total = (uint64_t)(n_rows * (1 + variants)), done = 0;
     unsigned mask = 1u << LMS_HOOK_EMBED_OUT | 1u << LMS_HOOK_LAYER_OUT; /* always: check_finite */
     if (y->hidden)
@@ -603,7 +610,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         if (o->progress)
             o->progress(o->progress_ctx, done, total);
         for (int64_t v = 0; v < variants; v++) {
-            int64_t first = v, count = lm == LMS_LAYER_METRIC_PPL ? 1 : y->n_block;
+            int64_t first = v, count = y->layer_loss ? 1 : y->n_block;
             for (int64_t l = 0; l < y->L; l++)
                 skip[l] = l >= first && l < first + count;
             struct lms_forward g = {.ids = ids, .batch = nb, .seq = y->S, .targets = tgt,
@@ -621,7 +628,7 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
             }
             if (rc)
                 goto out;
-            (lm == LMS_LAYER_METRIC_PPL ? raw->layer_loss : raw->block_loss)[v] += g.loss_sum;
+            (y->layer_loss ? raw->layer_loss : raw->block_loss)[v] += g.loss_sum;
             done += (uint64_t)nb;
             if (o->progress)
                 o->progress(o->progress_ctx, done, total);

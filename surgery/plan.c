@@ -1,12 +1,14 @@
 /* Prune planning: from the targets (a shape), the importance scores and the depth metrics to a
  * prune plan, and a report of which scores chose what. Every command that prunes (prune, the
- * parameter-budget search, distill's student) plans through lms_prune_plan_make. */
+ * parameter-budget search) plans through lms_prune_plan_make; lms_prune_plan_calibrated adds
+ * the depth rescoring a calibration may need. */
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
 
 #include "lms/alloc.h"
 #include "lms/importance.h"
+#include "lms/score.h"
 #include "lms/surgery.h"
 
 enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
@@ -68,70 +70,49 @@ static json_t *json_indices(const int64_t *x, int64_t n)
     return a;
 }
 
-/* The selector that reads an importance's layer metric. */
-static enum lms_layer_selection selection_of_metric(enum lms_layer_metric m)
+/* The per-layer sums a metric's layers[] come from (importance/metric.c). */
+static unsigned layer_sums(enum lms_layer_metric m)
 {
-    switch (m) {
-    case LMS_LAYER_METRIC_BI:
-        return LMS_LAYERS_BI;
-    case LMS_LAYER_METRIC_BLOCK_BI:
-        return LMS_LAYERS_BLOCK_BI;
-    case LMS_LAYER_METRIC_PPL:
-        return LMS_LAYERS_PPL;
-    case LMS_LAYER_METRIC_CONTIGUOUS:
-        return LMS_LAYERS_CONTIGUOUS;
-    default:
-        return LMS_LAYERS_IMPORTANCE;
-    }
+    const struct lms_layer_metric_desc *d = lms_layer_metric_desc(m);
+    return d ? d->sums & (LMS_RAW_LAYER_COS | LMS_RAW_LAYER_LOSS) : 0;
 }
 
-/* The per-layer scores a selector ranks by (NULL: imp does not hold them). */
-static const double *layer_metric(enum lms_layer_selection sel, const struct lms_importance *imp,
-                                  const char **metric)
+/* The per-layer scores a selector ranks by (NULL: imp does not hold them); *words says what
+ * they are (NULL for the data-free selectors). */
+static const double *layer_scores(enum lms_layer_selection sel, enum lms_layer_metric metric,
+                                  const struct lms_importance *imp, const char **words)
 {
-    enum lms_layer_metric m = imp ? imp->layer_metric : LMS_LAYER_METRIC_NONE;
-    switch (sel) {
-    case LMS_LAYERS_BI:
-        *metric = "block influence, 1 - mean cos(layer input, layer output)";
-        return m == LMS_LAYER_METRIC_BI || m == LMS_LAYER_METRIC_BLOCK_BI ? imp->layers : NULL;
-    case LMS_LAYERS_PPL:
-        *metric = "LM loss increase with only this layer removed";
-        return m == LMS_LAYER_METRIC_PPL ? imp->layers : NULL;
-    case LMS_LAYERS_IMPORTANCE:
-        *metric = "layer scores of the importance file";
+    *words = NULL;
+    if (sel == LMS_LAYERS_IMPORTANCE) {
+        *words = "layer scores of the importance file";
         return imp ? imp->layers : NULL;
-    default:
-        *metric = NULL;
-        return NULL;
     }
-}
-
-/* The per-block scores of a block selector for blocks of n_drop layers (NULL: not held). */
-static const double *block_metric(enum lms_layer_selection sel, const struct lms_importance *imp,
-                                  int64_t n_drop, const char **metric)
-{
-    *metric = sel == LMS_LAYERS_BLOCK_BI
-                  ? "block influence of each contiguous block, 1 - mean cos(block input, block "
-                    "output)"
-                  : "LM loss increase with each contiguous block removed";
-    enum lms_layer_metric want =
-        sel == LMS_LAYERS_BLOCK_BI ? LMS_LAYER_METRIC_BLOCK_BI : LMS_LAYER_METRIC_CONTIGUOUS;
-    if (!imp || imp->layer_metric != want || !imp->blocks || imp->block_size != n_drop)
+    const struct lms_layer_metric_desc *d = lms_layer_metric_desc(metric);
+    if (sel != LMS_LAYERS_METRIC || !d)
         return NULL;
-    return imp->blocks;
+    *words = d->per_layer;
+    /* layers[] of another metric made from the same sums rank the same (block-bi carries bi) */
+    bool same = imp && layer_sums(imp->layer_metric) && layer_sums(imp->layer_metric) ==
+                                                            layer_sums(metric);
+    return same ? imp->layers : NULL;
 }
 
-/* Which selector LMS_LAYERS_AUTO (or IMPORTANCE) means for the scores at hand. */
-static enum lms_layer_selection resolve(enum lms_layer_selection sel,
-                                        const struct lms_importance *imp)
+/* Which selector (and metric) LMS_LAYERS_AUTO or IMPORTANCE means for the scores at hand. */
+static void resolve(const struct lms_prune_targets *t, const struct lms_importance *imp,
+                    enum lms_layer_selection *sel, enum lms_layer_metric *metric)
 {
-    if (sel != LMS_LAYERS_AUTO && sel != LMS_LAYERS_IMPORTANCE)
-        return sel;
-    if (imp && imp->layer_metric != LMS_LAYER_METRIC_NONE)
-        return selection_of_metric(imp->layer_metric);
-    if (imp && imp->layers)
-        return LMS_LAYERS_IMPORTANCE;
-    return sel == LMS_LAYERS_AUTO ? LMS_LAYERS_CONTIGUOUS_LAST : LMS_LAYERS_IMPORTANCE;
+    *sel = t->selection;
+    *metric = t->metric;
+    if (*sel != LMS_LAYERS_AUTO && *sel != LMS_LAYERS_IMPORTANCE)
+        return;
+    if (imp && imp->layer_metric != LMS_LAYER_METRIC_NONE) {
+        *sel = LMS_LAYERS_METRIC;
+        *metric = imp->layer_metric;
+    } else if (imp && imp->layers) {
+        *sel = LMS_LAYERS_IMPORTANCE;
+    } else {
+        *sel = *sel == LMS_LAYERS_AUTO ? LMS_LAYERS_CONTIGUOUS_LAST : LMS_LAYERS_IMPORTANCE;
+    }
 }
 
 static enum lms_status plan_explicit(const struct lms_prune_targets *t, int64_t L,
@@ -176,26 +157,29 @@ static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
         return LMS_OK;
     } else {
         int64_t n_drop = L - t->n_layers;
-        enum lms_layer_selection sel = resolve(t->selection, imp);
-        json_object_set_new(o, "selection", json_string(lms_layer_selection_name(sel)));
+        enum lms_layer_selection sel;
+        enum lms_layer_metric lm;
+        resolve(t, imp, &sel, &lm);
+        const char *name = lms_layer_selection_name(sel, lm);
+        json_object_set_new(o, "selection", json_string(name));
         if (t->selection == LMS_LAYERS_AUTO)
             json_object_set_new(o, "chosen_by", json_string("default"));
         const char *metric = NULL;
-        if (sel == LMS_LAYERS_BLOCK_BI || sel == LMS_LAYERS_CONTIGUOUS) {
-            const double *s = block_metric(sel, imp, n_drop, &metric);
-            if (!s && imp && imp->blocks && imp->layer_metric == (sel == LMS_LAYERS_BLOCK_BI
-                                                                      ? LMS_LAYER_METRIC_BLOCK_BI
-                                                                      : LMS_LAYER_METRIC_CONTIGUOUS))
+        if (sel == LMS_LAYERS_METRIC && lms_layer_metric_is_block(lm)) {
+            bool held = imp && imp->layer_metric == lm && imp->blocks;
+            const double *s = held && imp->block_size == n_drop ? imp->blocks : NULL;
+            metric = lms_layer_metric_desc(lm)->per_block;
+            if (!s && held)
                 return lms_error_set(err, LMS_EINVAL,
                                      "the scores hold '%s' for blocks of %lld layers; removing "
                                      "%lld layers needs them for blocks of %lld",
-                                     lms_layer_selection_name(sel), (long long)imp->block_size,
-                                     (long long)n_drop, (long long)n_drop);
+                                     name, (long long)imp->block_size, (long long)n_drop,
+                                     (long long)n_drop);
             if (!s)
                 return lms_error_set(err, LMS_EINVAL,
                                      "layer selection '%s' needs calibration data (its metric "
                                      "for blocks of %lld layers)",
-                                     lms_layer_selection_name(sel), (long long)n_drop);
+                                     name, (long long)n_drop);
             int64_t start;
             rc = lms_select_block(L, t->n_layers, s, keep, &start, err);
             json_object_set_new(o, "metric", json_string(metric));
@@ -203,16 +187,16 @@ static enum lms_status plan_depth(const struct lms_prune_targets *t, int64_t L,
             json_object_set_new(o, "block_scores", json_doubles(s, L - n_drop + 1));
             json_object_set_new(o, "dropped_block_start", json_integer(start));
         } else {
-            const double *s = layer_metric(sel, imp, &metric);
+            const double *s = layer_scores(sel, lm, imp, &metric);
             if (!s && sel == LMS_LAYERS_IMPORTANCE)
                 return lms_error_set(err, LMS_EINVAL,
                                      "--layer-selection importance needs an --importance file "
                                      "with layer scores");
-            if (!s && metric)
+            if (!s && sel == LMS_LAYERS_METRIC)
                 return lms_error_set(err, LMS_EINVAL,
                                      "layer selection '%s' needs calibration data (its per-layer "
                                      "metric)",
-                                     lms_layer_selection_name(sel));
+                                     name);
             rc = lms_select_layers(sel, L, t->n_layers, s, keep, err);
             if (metric) {
                 json_object_set_new(o, "metric", json_string(metric));
@@ -366,4 +350,46 @@ enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_
     else
         json_decref(rep);
     return LMS_OK;
+}
+
+/* ---- planning with a calibration ------------------------------------------------------- */
+
+enum lms_layer_metric lms_prune_targets_metric(const struct lms_prune_targets *t)
+{
+    if (t->selection == LMS_LAYERS_AUTO)
+        return LMS_LAYER_METRIC_DEFAULT;
+    return t->selection == LMS_LAYERS_METRIC ? t->metric : LMS_LAYER_METRIC_NONE;
+}
+
+void lms_prune_calib_setup(const struct lms_arch *a, const struct lms_prune_targets *t,
+                           bool budget, struct lms_calib_opts *o)
+{
+    /* the depth target decides which block length a block metric needs; the search scores
+     * blocks per candidate depth */
+    o->n_drop = t->n_layers ? a->n_layers - t->n_layers : 0;
+    o->metric = o->n_drop > 0 || budget ? lms_prune_targets_metric(t) : LMS_LAYER_METRIC_NONE;
+    o->held_out = budget;
+    o->width_axes = (budget || t->hidden ? LMS_AXIS_HIDDEN : 0) |
+                    (budget || t->ffn ? LMS_AXIS_FFN : 0) |
+                    (budget || t->n_heads || t->n_groups ? LMS_AXIS_HEADS : 0) |
+                    (t->n_groups ? LMS_AXIS_GROUPS : 0);
+}
+
+enum lms_status lms_prune_plan_calibrated(const struct lms_model *m,
+                                          const struct lms_prune_targets *t,
+                                          const struct lms_importance *imp, struct lms_calib *cal,
+                                          struct lms_prune_plan *plan, struct json_t **report,
+                                          struct lms_error *err)
+{
+    lms_prune_plan_init(plan, m->arch.n_layers);
+    if (report)
+        *report = NULL;
+    struct lms_importance view;
+    if (imp)
+        view = *imp;
+    enum lms_status rc = cal && imp ? lms_calib_scores_for(cal, m, imp, t->n_layers, &view, err)
+                                    : LMS_OK;
+    if (rc)
+        return rc;
+    return lms_prune_plan_make(m, t, imp ? &view : NULL, plan, report, err);
 }

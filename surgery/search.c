@@ -1,12 +1,13 @@
 /* Parameter-budget search: the homogeneous shapes (layers, FFN, hidden, query heads) on a grid
  * that fit a parameter budget, largest first. Parameters are counted exactly from the pruned
  * config (lms_arch_n_params, the same arithmetic the IR's tensors give), so a candidate's count
- * is the count of the checkpoint prune writes for it. Ranking by LM loss is the caller's job
- * (it needs the engine and data). */
+ * is the count of the checkpoint prune writes for it. lms_search_run then ranks them by LM loss
+ * after pruning, on held-out rows of a calibration (include/lms/score.h). */
 #include <math.h>
 #include <stdlib.h>
 
 #include "lms/alloc.h"
+#include "lms/score.h"
 #include "lms/surgery.h"
 
 void lms_candidate_arch(const struct lms_arch *a, const struct lms_candidate *c,
@@ -145,4 +146,77 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
     *n_out = n < k ? n : k;
     *out = c;
     return LMS_OK;
+}
+
+void lms_candidate_targets(const struct lms_candidate *c, struct lms_prune_targets *t)
+{
+    t->n_layers = c->n_layers;
+    t->ffn = c->ffn;
+    t->hidden = c->hidden;
+    t->n_heads = c->n_heads;
+    t->n_groups = c->n_groups;
+}
+
+/* Lower loss first; a candidate without a loss last; equal losses: the larger first. */
+static int cmp_loss(const void *x, const void *y)
+{
+    const struct lms_candidate *a = x, *b = y;
+    bool an = !isfinite(a->loss), bn = !isfinite(b->loss);
+    if (an != bn)
+        return an ? 1 : -1;
+    if (!an && a->loss != b->loss)
+        return a->loss < b->loss ? -1 : 1;
+    return (a->n_params < b->n_params) - (a->n_params > b->n_params);
+}
+
+/* Prunes m to candidate c (depth as t says) and measures its held-out loss into c->loss. */
+static enum lms_status evaluate(const struct lms_model *m, const struct lms_prune_targets *t,
+                                const struct lms_importance *imp, struct lms_calib *cal,
+                                struct lms_candidate *c, struct lms_error *err)
+{
+    struct lms_prune_targets ct = *t;
+    lms_candidate_targets(c, &ct);
+    struct lms_prune_plan plan;
+    struct lms_model pm;
+    enum lms_status rc = lms_prune_plan_calibrated(m, &ct, imp, cal, &plan, NULL, err);
+    if (!rc && !(rc = lms_prune_apply(m, &plan, &pm, err))) {
+        lms_assert(lms_model_n_params(&pm) == c->n_params);
+        rc = lms_calib_eval(cal, &pm, &c->loss, err);
+        lms_model_release(&pm);
+    }
+    lms_prune_plan_release(&plan);
+    return rc;
+}
+
+enum lms_status lms_search_run(const struct lms_model *m, const struct lms_prune_targets *t,
+                               const struct lms_search_opts *o, const struct lms_importance *imp,
+                               struct lms_calib *cal, struct lms_search_result *res,
+                               struct lms_error *err)
+{
+    *res = (struct lms_search_result){0};
+    struct lms_candidate *c;
+    int64_t n, n_fit;
+    enum lms_status rc = lms_search_candidates(&m->arch, o, &c, &n, &n_fit, err);
+    if (rc)
+        return rc;
+    bool ranked = cal != NULL;
+    for (int64_t i = 0; ranked && i < n && !rc; i++) {
+        rc = evaluate(m, t, imp, cal, &c[i], err);
+        if (o->on_candidate)
+            o->on_candidate(o->ctx, i, n, &c[i]);
+    }
+    if (rc) {
+        lms_free(c);
+        return rc;
+    }
+    if (ranked)
+        qsort(c, (size_t)n, sizeof(*c), cmp_loss);
+    *res = (struct lms_search_result){.c = c, .n = n, .n_fit = n_fit, .ranked = ranked};
+    return LMS_OK;
+}
+
+void lms_search_result_release(struct lms_search_result *res)
+{
+    lms_free(res->c);
+    *res = (struct lms_search_result){0};
 }

@@ -61,15 +61,15 @@ enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers
     if (n_keep < 1 || n_keep > n_layers)
         return lms_error_set(err, LMS_EINVAL, "cannot keep %lld of %lld layers",
                              (long long)n_keep, (long long)n_layers);
-    if (sel == LMS_LAYERS_IMPORTANCE || sel == LMS_LAYERS_BI || sel == LMS_LAYERS_PPL) {
+    if (sel == LMS_LAYERS_IMPORTANCE || sel == LMS_LAYERS_METRIC) {
         if (!scores)
-            return lms_error_set(err, LMS_EINVAL, "layer selection '%s' needs per-layer scores",
-                                 lms_layer_selection_name(sel));
+            return lms_error_set(err, LMS_EINVAL, "layer selection by %s needs per-layer scores",
+                                 sel == LMS_LAYERS_METRIC ? "a metric" : "importance");
         return lms_rank_keep(scores, n_layers, n_keep, keep, err);
     }
     if (sel != LMS_LAYERS_LAST && sel != LMS_LAYERS_CONTIGUOUS_LAST)
         return lms_error_set(err, LMS_EINVAL, "layer selection '%s' is not a per-layer selector",
-                             lms_layer_selection_name(sel));
+                             lms_layer_selection_name(sel, LMS_LAYER_METRIC_NONE));
     int64_t *idx = lms_malloc((size_t)n_keep * sizeof(int64_t));
     if (!idx)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
@@ -114,38 +114,42 @@ enum lms_status lms_select_block(int64_t n_layers, int64_t n_keep, const double 
     return LMS_OK;
 }
 
+/* The selectors that are no metric; the metrics' names are importance/metric.c's. */
 static const char *const selection_names[] = {
     [LMS_LAYERS_CONTIGUOUS_LAST] = "contiguous-last",
     [LMS_LAYERS_LAST] = "last",
     [LMS_LAYERS_IMPORTANCE] = "importance",
-    [LMS_LAYERS_BI] = "bi",
-    [LMS_LAYERS_BLOCK_BI] = "block-bi",
-    [LMS_LAYERS_PPL] = "ppl",
-    [LMS_LAYERS_CONTIGUOUS] = "contiguous",
     [LMS_LAYERS_EXPLICIT] = "explicit",
     [LMS_LAYERS_AUTO] = "auto",
 };
 
-const char *lms_layer_selection_name(enum lms_layer_selection sel)
+const char *lms_layer_selection_name(enum lms_layer_selection sel, enum lms_layer_metric metric)
 {
     size_t n = sizeof(selection_names) / sizeof(selection_names[0]);
-    return (size_t)sel < n ? selection_names[sel] : "?";
+    if (sel == LMS_LAYERS_METRIC)
+        return lms_layer_metric_name(metric);
+    return (size_t)sel < n && selection_names[sel] ? selection_names[sel] : "?";
 }
 
-bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel)
+bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel,
+                               enum lms_layer_metric *metric)
 {
+    *metric = LMS_LAYER_METRIC_NONE;
     for (size_t i = 0; i < sizeof(selection_names) / sizeof(selection_names[0]); i++)
-        if (!strcmp(name, selection_names[i])) {
+        if (selection_names[i] && !strcmp(name, selection_names[i])) {
             *sel = (enum lms_layer_selection)i;
             return true;
         }
-    return false;
+    if (lms_layer_metric_parse(name, metric, NULL))
+        return false;
+    *sel = LMS_LAYERS_METRIC;
+    return true;
 }
 
-bool lms_layer_selection_needs_data(enum lms_layer_selection sel)
+bool lms_layer_selection_needs_data(enum lms_layer_selection sel, enum lms_layer_metric metric)
 {
-    return sel == LMS_LAYERS_BI || sel == LMS_LAYERS_BLOCK_BI || sel == LMS_LAYERS_PPL ||
-           sel == LMS_LAYERS_CONTIGUOUS;
+    const struct lms_layer_metric_desc *d = lms_layer_metric_desc(metric);
+    return sel == LMS_LAYERS_METRIC && d && d->needs_data;
 }
 
 enum lms_status lms_parse_layer_list(const char *list, int64_t n_layers, bool *member,

@@ -38,7 +38,9 @@ enum lms_axis {
     LMS_AXIS_GROUPS = 1 << 4,
 };
 
-/* How layer (depth) scores were made. */
+/* How layer (depth) scores were made. Each metric is one row of a descriptor table
+ * (lms_layer_metric_desc, importance/metric.c): adding a metric means adding a row there (and
+ * its gathering in importance/score.c). */
 enum lms_layer_metric {
     LMS_LAYER_METRIC_NONE = 0,   /* not from calibration (or unknown): layers[] only */
     LMS_LAYER_METRIC_BI,         /* Block Influence per layer: layers[] */
@@ -46,11 +48,37 @@ enum lms_layer_metric {
     LMS_LAYER_METRIC_PPL,        /* LM loss increase with one layer skipped: layers[] */
     LMS_LAYER_METRIC_CONTIGUOUS, /* LM loss increase with a block of n skipped: blocks[] */
 };
+/* The metric a calibrating prune ranks layers by when none is asked for (see README for the
+ * measurements behind the choice), and the one lms_score_run gathers for NONE. */
+#define LMS_LAYER_METRIC_DEFAULT LMS_LAYER_METRIC_BI
+
+/* The additive depth sums of struct lms_importance_raw, as bits (a metric's `sums`). */
+enum lms_raw_sum {
+    LMS_RAW_LAYER_COS = 1 << 0,  /* layer_cos over n_cos_rows */
+    LMS_RAW_BLOCK_COS = 1 << 1,  /* block_cos over n_cos_rows */
+    LMS_RAW_LAYER_LOSS = 1 << 2, /* layer_loss, base_loss over n_loss_tokens */
+    LMS_RAW_BLOCK_LOSS = 1 << 3, /* block_loss, base_loss over n_loss_tokens */
+};
+
+/* One row of the metric table. */
+struct lms_layer_metric_desc {
+    enum lms_layer_metric id;
+    const char *name;        /* spelling on the command line and in files: "bi", ... */
+    const char *per_layer;   /* what layers[] means, in words (NULL: the metric fills none) */
+    const char *per_block;   /* what blocks[] means, in words (NULL: not a block metric) */
+    bool needs_data;         /* computed on calibration data (every metric today) */
+    unsigned sums;           /* enum lms_raw_sum: the mergeable raw sums it accumulates; the
+                              * scores follow from them (lms_importance_derive, README) */
+};
+/* The row of m; NULL for NONE or a value outside the table. */
+const struct lms_layer_metric_desc *lms_layer_metric_desc(enum lms_layer_metric m);
 /* "bi", "block-bi", "ppl", "contiguous" ("none" for NONE). */
 const char *lms_layer_metric_name(enum lms_layer_metric m);
 /* Parses a name above; LMS_EINVAL naming the spelling otherwise. */
 enum lms_status lms_layer_metric_parse(const char *s, enum lms_layer_metric *out,
                                        struct lms_error *err);
+/* Whether m scores contiguous blocks of block_size layers (blocks[]) rather than layers. */
+bool lms_layer_metric_is_block(enum lms_layer_metric m);
 
 /* Additive calibration sums (double): two runs over disjoint rows add field by field. All
  * arrays NULL when absent; owned. */
@@ -113,13 +141,6 @@ enum lms_status lms_importance_merge(struct lms_importance *a, const struct lms_
  * axes whose sums are present. groups are derived only when want_groups. */
 enum lms_status lms_importance_derive(struct lms_importance *imp, bool want_groups,
                                       struct lms_error *err);
-/* Kept layers for n_keep of L by the file's layer scores: block metrics keep everything but
- * the lowest-scoring block of L - n_keep layers (needs block_size == L - n_keep, else
- * LMS_EINVAL saying which block size the file holds); per-layer metrics drop the lowest
- * layers individually (ties: lower index kept). OUT: keep_mask[L] (true = kept). */
-enum lms_status lms_importance_keep_layers(const struct lms_importance *imp, int64_t n_keep,
-                                           bool *keep_mask, struct lms_error *err);
-
 /* Writes imp atomically (temporary file beside path, fsync, rename: lms_outfile). Without force
  * an existing path is refused, and so is one that appears before the rename (LMS_EEXIST). */
 enum lms_status lms_importance_write(const struct lms_importance *imp, const char *path,

@@ -89,4 +89,68 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
                               const struct lms_dataset *ds, const struct lms_score_opts *o,
                               struct lms_importance *imp, struct lms_error *err);
 
+/* ---- calibration for pruning (importance/calibrate.c) ----------------------------------
+ * What `prune --data-paths` runs before planning: the score engine over rows [0, n_samples) of
+ * the data for the width axes and the depth metric the targets need, and, for the parameter-
+ * budget search, LM loss of candidate shapes on the held-out rows right after them,
+ * [n_samples, n_samples + eval_samples), so that no candidate is judged on the windows its
+ * channels were ranked by. */
+
+/* Observer of the calibration passes; every member may be NULL. */
+struct lms_calib_progress {
+    void (*begin)(void *ctx, const char *label); /* a pass starts ("calibrating", ...) */
+    lms_progress_fn step;                         /* rows done / total of the pass */
+    void (*end)(void *ctx, bool ok);              /* the pass finished (ok) or failed */
+    void *ctx;
+};
+
+struct lms_calib_opts {
+    const char *data;      /* dataset prefix or raw id file */
+    const char *model;     /* the model's path, for messages and provenance (may be NULL) */
+    int64_t n_samples;     /* calibration windows (rows [0, n_samples)) */
+    int64_t seq_len;       /* tokens per window */
+    int64_t mbs;           /* windows per forward */
+    int64_t seed;          /* sampler seed */
+    const char *device;    /* "cpu", "cuda:N" */
+    enum lms_precision precision; /* 0 = auto */
+    int64_t threads;       /* 0 = all cores */
+    int64_t eval_samples;  /* held-out windows per candidate (with held_out) */
+    /* what to gather (lms_prune_calib_setup in include/lms/surgery.h fills these from targets) */
+    unsigned width_axes;   /* enum lms_axis mask of the width scores */
+    enum lms_layer_metric metric; /* depth metric; NONE: none */
+    int64_t n_drop;        /* block length of a block metric (0: unknown, scored on demand) */
+    bool held_out;         /* keep eval_samples rows after the calibration rows (search) */
+    struct lms_calib_progress progress;
+};
+
+struct lms_calib;
+
+/* Defaults of prune: 1024 windows x 4096 tokens, 4 per forward, seed 1234, cpu, 16 held out;
+ * nothing to gather. */
+void lms_calib_opts_default(struct lms_calib_opts *o);
+/* Opens the data and the device and runs the pass the options ask for (none when no width
+ * axis and no depth metric is wanted). OUT: *out (lms_calib_free), imp (released first) with
+ * the activation scores and the depth metric. With held_out, refuses data too short for the
+ * held-out rows before any pass. */
+enum lms_status lms_calib_run(const struct lms_model *m, const struct lms_calib_opts *o,
+                              struct lms_calib **out, struct lms_importance *imp,
+                              struct lms_error *err);
+/* The scores to plan a cut to n_keep layers with (0: no depth cut): imp's, with a block
+ * metric's scores recomputed (one more pass, kept for the next call) for blocks of
+ * L - n_keep layers when imp's are for another length. OUT: *view, borrowing from imp and c
+ * (never release it). */
+enum lms_status lms_calib_scores_for(struct lms_calib *c, const struct lms_model *m,
+                                     const struct lms_importance *imp, int64_t n_keep,
+                                     struct lms_importance *view, struct lms_error *err);
+/* Mean next-token LM loss of m (a pruned model of the calibrated one) on the held-out rows
+ * (lms_calib_run with held_out). NAN on error. */
+enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, double *loss,
+                               struct lms_error *err);
+/* "N windows x S tokens of DATA"; NULL when no pass ran. */
+const char *lms_calib_describe(const struct lms_calib *c);
+/* {"data", "num_samples", "seq_length", "micro_batch", "seed", "device", "seconds",
+ *  "layer_metric" (when one ran), "held_out_samples" (with held_out)}. */
+struct json_t *lms_calib_json(const struct lms_calib *c);
+void lms_calib_free(struct lms_calib *c);
+
 #endif

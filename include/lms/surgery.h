@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "lms/error.h"
+#include "lms/importance.h"
 #include "lms/ir.h"
 
 /* Kept indices of one axis for one layer (or global): n entries, ascending. */
@@ -52,28 +53,30 @@ enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct
 
 /* Depth selectors (which layers a depth cut removes). The data-free ones need no scores; the
  * others read the layer metric of an importance (include/lms/importance.h: layer_metric,
- * layers[] per layer, blocks[] per contiguous block of block_size layers; higher = keep). */
+ * layers[] per layer, blocks[] per contiguous block of block_size layers; higher = keep).
+ * Selecting by a calibration metric is LMS_LAYERS_METRIC with the metric beside it (one
+ * enum lms_layer_metric, whose table says what each metric is). */
 enum lms_layer_selection {
     LMS_LAYERS_AUTO,            /* the default (zero): see lms_prune_plan_make */
     LMS_LAYERS_CONTIGUOUS_LAST, /* drop one block ending just before the last layer */
     LMS_LAYERS_LAST,            /* drop the last layers */
     LMS_LAYERS_IMPORTANCE,      /* drop the lowest per-layer scores of an importance file */
-    LMS_LAYERS_BI,              /* drop the lowest Block Influence layers individually */
-    LMS_LAYERS_BLOCK_BI,        /* drop the contiguous block of lowest block Block Influence */
-    LMS_LAYERS_PPL,             /* drop the layers whose lone removal costs the least LM loss */
-    LMS_LAYERS_CONTIGUOUS,      /* drop the contiguous block whose removal costs the least loss */
+    LMS_LAYERS_METRIC,          /* by a calibration metric (bi, block-bi, ppl, contiguous) */
     LMS_LAYERS_EXPLICIT,        /* a user list (targets.drop_layers / keep_layers) */
 };
-/* "contiguous-last", "last", "importance", "bi", "block-bi", "ppl", "contiguous", "explicit",
- * "auto". */
-const char *lms_layer_selection_name(enum lms_layer_selection sel);
-/* Parses a name above; false when unknown. */
-bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel);
-/* True for the selectors that need calibration data (bi, block-bi, ppl, contiguous). */
-bool lms_layer_selection_needs_data(enum lms_layer_selection sel);
+/* "contiguous-last", "last", "importance", "explicit", "auto", or for LMS_LAYERS_METRIC the
+ * metric's name. */
+const char *lms_layer_selection_name(enum lms_layer_selection sel, enum lms_layer_metric metric);
+/* Parses a name above (a selector's or a metric's); false when unknown. OUT: *sel, and
+ * *metric for a metric (NONE otherwise). */
+bool lms_layer_selection_parse(const char *name, enum lms_layer_selection *sel,
+                               enum lms_layer_metric *metric);
+/* True for the selections that need calibration data (a metric whose row says so). */
+bool lms_layer_selection_needs_data(enum lms_layer_selection sel, enum lms_layer_metric metric);
 
 /* Fills keep with n_keep of n_layers layers chosen by a data-free selector or by per-layer
- * scores (IMPORTANCE, BI, PPL: the highest-scoring layers are kept). */
+ * scores (IMPORTANCE, or METRIC with a per-layer metric: the highest-scoring layers are
+ * kept). */
 enum lms_status lms_select_layers(enum lms_layer_selection sel, int64_t n_layers, int64_t n_keep,
                                   const double *scores, struct lms_keep *keep,
                                   struct lms_error *err);
@@ -98,9 +101,9 @@ struct lms_prune_targets {
     int64_t n_groups; /* n_g' (whole groups with their heads) */
     const char *drop_layers, *keep_layers; /* 1-based lists; at most one, not with n_layers */
     enum lms_layer_selection selection;    /* for n_layers; 0 = LMS_LAYERS_AUTO */
+    enum lms_layer_metric metric;          /* with LMS_LAYERS_METRIC */
 };
 
-struct lms_importance;
 struct json_t;
 
 /* Checks the targets against the model (positive, not larger than the model, heads a multiple
@@ -109,11 +112,12 @@ enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                                         const struct lms_arch *a, struct lms_error *err);
 
 /* Builds the plan for t:
- *   depth: an explicit list; else n_layers chosen by t->selection: bi and block-bi need imp's
- *          layer metric to be BI (or BLOCK_BI, which carries the per-layer BI too) or BLOCK_BI
- *          with block_size = L - n_layers, ppl and contiguous likewise; importance uses
- *          whatever metric imp holds. LMS_LAYERS_AUTO: imp's metric when it has one, else
- *          importance when imp has layer scores, else contiguous-last.
+ *   depth: an explicit list; else n_layers chosen by t->selection: a per-layer metric needs
+ *          imp's layers[] made from the same per-layer sums (bi: BI, or BLOCK_BI, which
+ *          carries the per-layer BI too), a block metric imp's blocks[] of that metric with
+ *          block_size = L - n_layers; importance uses whatever metric imp holds.
+ *          LMS_LAYERS_AUTO: imp's metric when it has one, else importance when imp has layer
+ *          scores, else contiguous-last.
  *   width: each layer keeps its own best F' neurons, the best n_g' groups and inside every kept
  *          group its best n_h'/n_g' heads; hidden channels are one global set. Scores come from
  *          imp (NULL: none); axes it lacks are scored by weight magnitude, read from m.
@@ -125,11 +129,28 @@ enum lms_status lms_prune_plan_make(const struct lms_model *m, const struct lms_
                                     struct lms_prune_plan *plan, struct json_t **report,
                                     struct lms_error *err);
 
-/* The selector a calibrating prune uses when none is asked for (see README for the
- * measurements behind the choice). */
-#define LMS_LAYERS_DEFAULT_DATA LMS_LAYERS_BI
+struct lms_calib;
+struct lms_calib_opts;
+
+/* The layer metric a calibration for t gathers: t's metric, the default one
+ * (LMS_LAYER_METRIC_DEFAULT) for LMS_LAYERS_AUTO, NONE for the other selectors. */
+enum lms_layer_metric lms_prune_targets_metric(const struct lms_prune_targets *t);
+/* Fills what a calibration for t gathers (o->width_axes, metric, n_drop, held_out) on a model
+ * of arch a; with budget (the shape search runs) every searched width axis and the depth
+ * metric for any length. The data options of o are left as they are. */
+void lms_prune_calib_setup(const struct lms_arch *a, const struct lms_prune_targets *t,
+                           bool budget, struct lms_calib_opts *o);
+/* lms_prune_plan_make with the scores of a calibration: imp (lms_calib_run's) with a block
+ * metric rescored for t's depth when needed (lms_calib_scores_for). cal NULL: imp as it is. */
+enum lms_status lms_prune_plan_calibrated(const struct lms_model *m,
+                                          const struct lms_prune_targets *t,
+                                          const struct lms_importance *imp, struct lms_calib *cal,
+                                          struct lms_prune_plan *plan, struct json_t **report,
+                                          struct lms_error *err);
 
 /* ---- parameter-budget search ----------------------------------------------------------- */
+
+struct lms_candidate;
 
 /* One searched axis: candidates min, min+step, ... up to max, plus max itself. 0 = default. */
 struct lms_search_axis {
@@ -143,6 +164,9 @@ struct lms_search_opts {
     struct lms_search_axis hidden;   /* default: 60%..100% of H, step H/16 as a power of 2 <= 256 */
     struct lms_search_axis heads;    /* query heads; default 60%..100%, multiples of n_g */
     int64_t max_candidates;          /* K kept (largest P first); 0 = 10 */
+    /* lms_search_run: called after each candidate is evaluated (loss NAN when that failed) */
+    void (*on_candidate)(void *ctx, int64_t i, int64_t n, const struct lms_candidate *c);
+    void *ctx;
 };
 
 /* A candidate shape (query groups are never searched: n_groups stays). */
@@ -163,5 +187,25 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
                                       struct lms_candidate **out, int64_t *n_out, int64_t *n_fit,
                                       struct lms_error *err);
 #define LMS_SEARCH_GRID_CAP 100000
+
+/* The targets of shape c (t's other fields unchanged). */
+void lms_candidate_targets(const struct lms_candidate *c, struct lms_prune_targets *t);
+
+struct lms_search_result {
+    struct lms_candidate *c; /* n candidates, best first (owned: lms_search_result_release) */
+    int64_t n, n_fit;        /* rows, and shapes that fitted before the cut */
+    bool ranked;             /* by LM loss on held-out rows (else by size) */
+};
+
+/* The budget search: lms_search_candidates on m's config, then with a calibration (cal, with
+ * held-out rows) each candidate pruned from m as t says for depth (selection, metric) with
+ * lms_prune_plan_calibrated and its LM loss measured (lms_calib_eval); the table is sorted by
+ * loss (ties and failures: larger first). Without cal the candidates stay in size order. The
+ * first error stops the search. OUT: *res (release it). */
+enum lms_status lms_search_run(const struct lms_model *m, const struct lms_prune_targets *t,
+                               const struct lms_search_opts *o, const struct lms_importance *imp,
+                               struct lms_calib *cal, struct lms_search_result *res,
+                               struct lms_error *err);
+void lms_search_result_release(struct lms_search_result *res);
 
 #endif

@@ -88,6 +88,37 @@ else
 fi
 rm -rf "$work/out"
 
+# --target-params with calibration data chooses what tests/golden/prune_search_teacher.json says
+# (the command's --json before the search moved into the library; tests/unit/test_calibrate.c
+# holds the library calls to the same file): the table, its order, the plan of the best
+"$lms" prune "$t" "$work/out" --dry-run --json --target-params 9M --search-num-layers 10:11:1 \
+    --num-candidates 3 --eval-samples 2 --data-paths "$fix/corpus/val.ids.u16" \
+    --num-train-samples 2 --seq-length 64 --mbs 2 --layer-selection block-bi --threads 1 \
+    >"$work/stdout" 2>"$work/stderr"
+if [ $? -ne 0 ] || ! python3 - "$work/stdout" "${LMS_SOURCE_ROOT:?}/tests/golden/prune_search_teacher.json" <<'PY'
+import json, math, sys
+got, want = (json.load(open(p)) for p in sys.argv[1:3])
+def close(a, b):
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
+gs, ws = got["search"], want["search"]
+keys = ("num_layers", "ffn_hidden_size", "hidden_size", "num_attention_heads",
+        "num_query_groups", "n_params", "chosen")
+ok = (gs["n_fitting"] == ws["n_fitting"] and gs["ranked_by_loss"] == ws["ranked_by_loss"]
+      and len(gs["candidates"]) == len(ws["candidates"])
+      and all(all(g[k] == w[k] for k in keys) and close(g["loss"], w["loss"])
+              for g, w in zip(gs["candidates"], ws["candidates"]))
+      and got["plan"]["layers"]["kept"] == want["plan"]["layers"]["kept"]
+      and got["n_params_after"] == want["n_params_after"] and got["shape"] == want["shape"]
+      and got["scores"].split(" of ")[0] == want["scores"].split(" of ")[0])
+sys.exit(0 if ok else 1)
+PY
+then
+    echo "FAIL: --target-params with data differs from the golden: $(cat "$work/stdout" "$work/stderr")"
+    fails=$((fails + 1))
+else
+    passes=$((passes + 1))
+fi
+
 # --dry-run writes nothing, also with an output path given
 "$lms" prune "$t" "$work/out" --dry-run --target_num_layers 8 --target_ffn_hidden_size 512 \
     >"$work/stdout" 2>"$work/stderr"

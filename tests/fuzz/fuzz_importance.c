@@ -9,6 +9,7 @@
 
 #include "lms/alloc.h"
 #include "lms/importance.h"
+#include "lms/surgery.h"
 
 #include "fuzz_io.h"
 
@@ -62,12 +63,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         lms_importance_derive(&imp, true, &err);
     }
-    if (imp.n_layers <= 4096) {
-        bool *keep = lms_malloc((size_t)imp.n_layers * sizeof(bool));
-        for (int64_t n = imp.n_layers; keep && n >= 0; n -= (n > 2 ? n / 2 : 1))
-            lms_importance_keep_layers(&imp, n, keep, &err);
-        lms_free(keep);
-    }
+    /* the depth selectors on whatever scores the file holds */
+    struct lms_keep keep;
+    for (int64_t n = imp.n_layers; imp.layers && n >= 0 && n <= 4096; n -= (n > 2 ? n / 2 : 1))
+        if (lms_select_layers(LMS_LAYERS_IMPORTANCE, imp.n_layers, n, imp.layers, &keep, &err) ==
+            LMS_OK)
+            lms_free(keep.index);
+    int64_t start;
+    if (imp.blocks && imp.block_size > 0 &&
+        lms_select_block(imp.n_layers, imp.n_layers - imp.block_size, imp.blocks, &keep, &start,
+                         &err) == LMS_OK)
+        lms_free(keep.index);
     lms_importance_release(&imp);
     return 0;
 }

@@ -77,38 +77,6 @@ START_TEST(derive_formulas)
 }
 END_TEST
 
-START_TEST(keep_layers)
-{
-    struct lms_importance imp;
-    struct lms_error err;
-    bool keep[6];
-    lms_importance_init(&imp, NULL);
-    imp.n_layers = 6;
-    imp.layer_metric = LMS_LAYER_METRIC_BI;
-    double s[6] = {0.9, 0.1, 0.3, 0.1, 0.5, 0.8};
-    imp.layers = lms_malloc(sizeof s);
-    memcpy(imp.layers, s, sizeof s);
-    /* drop 2: the two 0.1 layers; drop 1: of the tie, the higher index (3) goes */
-    ck_assert_int_eq(lms_importance_keep_layers(&imp, 4, keep, &err), LMS_OK);
-    ck_assert(keep[0] && !keep[1] && keep[2] && !keep[3] && keep[4] && keep[5]);
-    ck_assert_int_eq(lms_importance_keep_layers(&imp, 5, keep, &err), LMS_OK);
-    ck_assert(keep[1] && !keep[3]);
-    ck_assert_int_eq(lms_importance_keep_layers(&imp, 0, keep, &err), LMS_EINVAL);
-    /* block metric: blocks of 2 starting at 0..4; the lowest is block 2 (layers 2, 3) */
-    imp.layer_metric = LMS_LAYER_METRIC_CONTIGUOUS;
-    imp.block_size = 2;
-    double b[5] = {0.4, 0.3, 0.05, 0.05, 0.2};
-    imp.blocks = lms_malloc(sizeof b);
-    memcpy(imp.blocks, b, sizeof b);
-    ck_assert_int_eq(lms_importance_keep_layers(&imp, 4, keep, &err), LMS_OK);
-    ck_assert(keep[0] && keep[1] && !keep[2] && !keep[3] && keep[4] && keep[5]);
-    /* a file scoring blocks of 2 cannot choose a cut of 3 */
-    ck_assert_int_eq(lms_importance_keep_layers(&imp, 3, keep, &err), LMS_EINVAL);
-    ck_assert_msg(strstr(err.msg, "blocks of 2"), "%s", err.msg);
-    lms_importance_release(&imp);
-}
-END_TEST
-
 START_TEST(merge_sums)
 {
     struct lms_importance a, b;
@@ -296,7 +264,6 @@ Suite *suite(void)
     Suite *s = suite_create("importance");
     TCase *tc = tcase_create("raw_sums");
     tcase_add_test(tc, derive_formulas);
-    tcase_add_test(tc, keep_layers);
     tcase_add_test(tc, merge_sums);
     tcase_add_test(tc, merge_provenance);
     tcase_add_test(tc, merge_overflow);

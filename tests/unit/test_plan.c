@@ -88,7 +88,8 @@ START_TEST(depth_by_block_influence)
     ppl[11] = 3.0; /* removing the last layer costs nothing: it goes first */
     struct lms_importance dp;
     depth_scores(&dp, &m, LMS_LAYER_METRIC_PPL, ppl, 0, NULL);
-    t.selection = LMS_LAYERS_PPL;
+    t.selection = LMS_LAYERS_METRIC;
+    t.metric = LMS_LAYER_METRIC_PPL;
     ck_assert_int_eq(lms_prune_plan_make(&m, &t, &dp, &p, NULL, &err), LMS_OK);
     /* the four lowest: 11 (3.0), 9 (3.059), 2 and 7 (3.061); 8 (3.065) stays */
     const int64_t want_ppl[] = {0, 1, 3, 4, 5, 6, 8, 10};
@@ -96,7 +97,8 @@ START_TEST(depth_by_block_influence)
     lms_prune_plan_release(&p);
 
     /* bi asked with only ppl scores, or without any: refused */
-    t.selection = LMS_LAYERS_BI;
+    t.selection = LMS_LAYERS_METRIC;
+    t.metric = LMS_LAYER_METRIC_BI;
     ck_assert_int_eq(lms_prune_plan_make(&m, &t, &dp, &p, NULL, &err), LMS_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "calibration"));
     ck_assert_int_eq(lms_prune_plan_make(&m, &t, NULL, &p, NULL, &err), LMS_EINVAL);
@@ -120,7 +122,8 @@ START_TEST(depth_by_blocks)
     double bbi[9] = {0.9, 0.5, 0.3, 0.2, 0.25, 0.2, 0.22, 0.4, 0.6};
     struct lms_importance d;
     depth_scores(&d, &m, LMS_LAYER_METRIC_BLOCK_BI, teacher_bi, 9, bbi);
-    struct lms_prune_targets t = {.n_layers = 8, .selection = LMS_LAYERS_BLOCK_BI};
+    struct lms_prune_targets t = {.n_layers = 8, .selection = LMS_LAYERS_METRIC,
+                                  .metric = LMS_LAYER_METRIC_BLOCK_BI};
     struct lms_prune_plan p;
     json_t *rep;
     struct lms_error err;
@@ -133,13 +136,15 @@ START_TEST(depth_by_blocks)
     json_decref(rep);
     lms_prune_plan_release(&p);
     /* block-bi scores also carry the per-layer BI: bi works from them */
-    t.selection = LMS_LAYERS_BI;
+    t.selection = LMS_LAYERS_METRIC;
+    t.metric = LMS_LAYER_METRIC_BI;
     ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_OK);
     const int64_t want_bi[] = {0, 1, 3, 4, 5, 6, 10, 11};
     assert_keep(&p.layers, want_bi, 8);
     lms_prune_plan_release(&p);
     /* contiguous needs its own metric */
-    t.selection = LMS_LAYERS_CONTIGUOUS;
+    t.selection = LMS_LAYERS_METRIC;
+    t.metric = LMS_LAYER_METRIC_CONTIGUOUS;
     ck_assert_int_eq(lms_prune_plan_make(&m, &t, &d, &p, NULL, &err), LMS_EINVAL);
     release_scores(&d);
     bbi[8] = 0.1; /* the last block wins: layers 8..11 */
@@ -266,7 +271,8 @@ START_TEST(targets_are_checked)
         {{.drop_layers = "0"}, "outside 1..12"},
         {{.drop_layers = "2", .n_layers = 8}, "only one of"},
         {{.n_layers = 8, .selection = LMS_LAYERS_IMPORTANCE}, "needs an --importance"},
-        {{.n_layers = 8, .selection = LMS_LAYERS_CONTIGUOUS}, "calibration"},
+        {{.n_layers = 8, .selection = LMS_LAYERS_METRIC, .metric = LMS_LAYER_METRIC_CONTIGUOUS},
+         "calibration"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         lms_error_clear(&err);

@@ -329,6 +329,26 @@ START_TEST(ranking_and_layer_selection)
     ck_assert_int_eq(k.index[7], 7);
     lms_free(k.index);
     ck_assert_int_eq(lms_select_layers(LMS_LAYERS_LAST, 12, 0, NULL, &k, NULL), LMS_EINVAL);
+    /* by per-layer metric scores: drop 2 of 6 takes both 0.1 layers; drop 1 takes, of the tie,
+     * the higher index (3), keeping the lower */
+    const double bi[6] = {0.9, 0.1, 0.3, 0.1, 0.5, 0.8};
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_METRIC, 6, 4, bi, &k, NULL), LMS_OK);
+    ck_assert(k.n == 4 && k.index[0] == 0 && k.index[1] == 2 && k.index[2] == 4 &&
+              k.index[3] == 5);
+    lms_free(k.index);
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_METRIC, 6, 5, bi, &k, NULL), LMS_OK);
+    ck_assert(k.n == 5 && k.index[1] == 1 && k.index[2] == 2);
+    lms_free(k.index);
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_METRIC, 6, 0, bi, &k, NULL), LMS_EINVAL);
+    ck_assert_int_eq(lms_select_layers(LMS_LAYERS_METRIC, 6, 4, NULL, &k, NULL), LMS_EINVAL);
+    /* by block scores: blocks of 2 at starts 0..4, the tie 0.05 at 2 and 3 goes to the earlier
+     * block (layers 2, 3) */
+    const double blocks[5] = {0.4, 0.3, 0.05, 0.05, 0.2};
+    int64_t start;
+    ck_assert_int_eq(lms_select_block(6, 4, blocks, &k, &start, NULL), LMS_OK);
+    ck_assert(start == 2 && k.n == 4 && k.index[0] == 0 && k.index[1] == 1 && k.index[2] == 4 &&
+              k.index[3] == 5);
+    lms_free(k.index);
 }
 END_TEST
 

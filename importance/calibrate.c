@@ -1,16 +1,15 @@
-/* prune's calibration glue (see prune_calib.h): the score engine on the user's data, and LM loss
- * of candidate shapes on held-out windows.
+/* Calibration for pruning (include/lms/score.h): the score engine on the user's data for what
+ * the targets need, block metrics rescored per depth on demand, and LM loss of candidate
+ * shapes on held-out windows.
  *
- * Rows: calibration reads rows [0, N) of the score engine's row order (include/lms/score.h);
- * the budget search evaluates candidates on the next rows [N, N + E), so that no candidate is
- * judged on the windows its channels were ranked by. */
-#include "cli/prune_calib.h"
-
+ * Rows: calibration reads rows [0, N) of the score engine's row order; the held-out rows are
+ * the next [N, N + E), so that no candidate is judged on the windows its channels were ranked
+ * by. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <time.h>
 
-#include "cli/cli.h"
 #include "lms/alloc.h"
 #include "lms/backend.h"
 #include "lms/dataset.h"
@@ -19,53 +18,38 @@
 
 #define MAX_BLOCK_RUNS 64
 
-struct prune_calib {
-    struct prune_calib_opts o;
+struct lms_calib {
+    struct lms_calib_opts o;
     struct lms_dataset *ds;
     struct lms_backend *be;
-    struct lms_sampler *smp;     /* held-out rows (budget search) */
-    enum lms_layer_metric metric; /* of the calibration run; NONE when no depth metric ran */
+    struct lms_sampler *smp;      /* held-out rows */
+    enum lms_layer_metric metric; /* of the calibration pass; NONE when no depth metric ran */
     double seconds;
-    /* layer metrics of a block selector recomputed for other block lengths (budget search) */
+    /* a block metric recomputed for other block lengths (the budget search's depths) */
     struct lms_importance blocks[MAX_BLOCK_RUNS];
     int n_blocks;
     char describe[600];
 };
 
-void prune_calib_defaults(struct prune_calib_opts *o)
+void lms_calib_opts_default(struct lms_calib_opts *o)
 {
-    *o = (struct prune_calib_opts){.n_samples = 1024, .seq_len = 4096, .mbs = 4, .seed = 1234,
-                                   .device = "cpu", .eval_samples = 16};
+    *o = (struct lms_calib_opts){.n_samples = 1024, .seq_len = 4096, .mbs = 4, .seed = 1234,
+                                 .device = "cpu", .eval_samples = 16};
 }
 
-/* The layer metric the score engine computes for a selector (NONE: the selector needs none). */
-static enum lms_layer_metric metric_for(enum lms_layer_selection sel)
+static double now(void)
 {
-    switch (sel) {
-    case LMS_LAYERS_AUTO:
-        return metric_for(LMS_LAYERS_DEFAULT_DATA);
-    case LMS_LAYERS_BI:
-        return LMS_LAYER_METRIC_BI;
-    case LMS_LAYERS_BLOCK_BI:
-        return LMS_LAYER_METRIC_BLOCK_BI;
-    case LMS_LAYERS_PPL:
-        return LMS_LAYER_METRIC_PPL;
-    case LMS_LAYERS_CONTIGUOUS:
-        return LMS_LAYER_METRIC_CONTIGUOUS;
-    default:
-        return LMS_LAYER_METRIC_NONE;
-    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static bool is_block(enum lms_layer_metric m)
-{
-    return m == LMS_LAYER_METRIC_BLOCK_BI || m == LMS_LAYER_METRIC_CONTIGUOUS;
-}
-
-static enum lms_status score(struct prune_calib *c, const struct lms_model *m, unsigned axes,
+/* One score pass, reported to the observer as one labelled pass. */
+static enum lms_status score(struct lms_calib *c, const struct lms_model *m, unsigned axes,
                              enum lms_layer_metric metric, int64_t block, const char *label,
                              struct lms_importance *imp, struct lms_error *err)
 {
+    const struct lms_calib_progress *p = &c->o.progress;
     struct lms_score_opts so;
     lms_score_opts_default(&so);
     so.row_begin = 0;
@@ -78,26 +62,39 @@ static enum lms_status score(struct prune_calib *c, const struct lms_model *m, u
     so.block_size = block;
     so.data_name = c->o.data;
     so.model_name = c->o.model;
-    struct cli_progress bar;
-    cli_progress_begin(&bar, label, 0, false, c->o.quiet || c->o.json);
-    so.progress = cli_progress_cb;
-    so.progress_ctx = &bar;
-    double t0 = cli_now();
+    so.progress = p->step;
+    so.progress_ctx = p->ctx;
+    if (p->begin)
+        p->begin(p->ctx, label);
+    double t0 = now();
     enum lms_status rc = lms_score_run(m, c->be, c->ds, &so, imp, err);
-    if (!rc)
-        cli_progress_end(&bar);
-    else if (bar.enabled)
-        fputc('\n', stderr);
-    c->seconds += cli_now() - t0;
+    if (p->end)
+        p->end(p->ctx, rc == LMS_OK);
+    c->seconds += now() - t0;
     return rc;
 }
 
-enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_calib_opts *o,
-                                struct prune_calib **out, struct lms_importance *imp,
-                                struct lms_error *err)
+/* Refuses data too short for the calibration rows plus the held-out rows. */
+static enum lms_status check_held_out(const struct lms_calib *c, struct lms_error *err)
+{
+    const struct lms_calib_opts *o = &c->o;
+    int64_t avail = lms_score_rows_available(c->ds, o->seq_len);
+    if (o->n_samples + o->eval_samples <= avail)
+        return LMS_OK;
+    return lms_error_set(err, LMS_EINVAL,
+                         "dataset '%s' holds %lld windows of %lld tokens: the budget search "
+                         "needs %lld for calibration and %lld more held out "
+                         "(--num-train-samples, --eval-samples)",
+                         o->data, (long long)avail, (long long)o->seq_len,
+                         (long long)o->n_samples, (long long)o->eval_samples);
+}
+
+enum lms_status lms_calib_run(const struct lms_model *m, const struct lms_calib_opts *o,
+                              struct lms_calib **out, struct lms_importance *imp,
+                              struct lms_error *err)
 {
     *out = NULL;
-    struct prune_calib *c = lms_calloc(1, sizeof(*c));
+    struct lms_calib *c = lms_calloc(1, sizeof(*c));
     if (!c)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     c->o = *o;
@@ -105,59 +102,46 @@ enum lms_status prune_calib_run(const struct lms_model *m, const struct prune_ca
              (long long)o->n_samples, (long long)o->seq_len, o->data);
     struct lms_backend_opts bo = {.n_threads = (int)o->threads, .precision = o->precision};
     enum lms_status rc = lms_data_open(o->data, &c->ds, err);
-    if (!rc && o->budget) {
-        int64_t avail = lms_score_rows_available(c->ds, o->seq_len);
-        if (o->n_samples + o->eval_samples > avail)
-            rc = lms_error_set(err, LMS_EINVAL,
-                               "dataset '%s' holds %lld windows of %lld tokens: the budget search "
-                               "needs %lld for calibration and %lld more held out "
-                               "(--num-train-samples, --eval-samples)",
-                               o->data, (long long)avail, (long long)o->seq_len,
-                               (long long)o->n_samples, (long long)o->eval_samples);
-    }
+    if (!rc && o->held_out)
+        rc = check_held_out(c, err);
     if (!rc)
         rc = lms_backend_open_name(o->device, &bo, &c->be, err);
-    /* depth metric: the selector's; a block metric needs the block length, known here only
-     * for a fixed depth target (the budget search computes it per candidate length) */
-    c->metric = o->n_drop > 0 || o->budget ? metric_for(o->selection) : LMS_LAYER_METRIC_NONE;
+    /* a block metric needs its block length; without one (the budget search) the blocks are
+     * scored per candidate depth by lms_calib_scores_for */
+    c->metric = o->metric;
     int64_t block = 0;
-    if (is_block(c->metric)) {
+    if (lms_layer_metric_is_block(c->metric)) {
         if (o->n_drop > 0)
             block = o->n_drop;
         else
             c->metric = LMS_LAYER_METRIC_NONE;
     }
-    /* only what the targets need: a data-free depth cut with no width target runs nothing */
+    /* only what the targets need: no width axis and no depth metric runs nothing */
     if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE)) {
-        char what[64]; /* once the data and the device are open, as the pass starts */
-        snprintf(what, sizeof what, "--seq-length %lld", (long long)o->seq_len);
-        cli_warn_positions("prune", &(struct cli_common){.quiet = o->quiet}, o->model, &m->arch,
-                           o->seq_len, what);
         lms_importance_release(imp);
         rc = score(c, m, o->width_axes, c->metric, block, "calibrating", imp, err);
     } else if (!rc) {
         c->describe[0] = '\0';
     }
-    if (!rc && o->budget) {
+    if (!rc && o->held_out)
         rc = lms_sampler_new_calibration(c->ds, o->seq_len, (uint64_t)o->seed, true, &c->smp,
                                          err);
-    }
     if (rc) {
-        prune_calib_free(c);
+        lms_calib_free(c);
         return rc;
     }
     *out = c;
     return LMS_OK;
 }
 
-enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_model *m,
-                                       const struct lms_importance *imp, int64_t n_keep,
-                                       struct lms_importance *view, struct lms_error *err)
+enum lms_status lms_calib_scores_for(struct lms_calib *c, const struct lms_model *m,
+                                     const struct lms_importance *imp, int64_t n_keep,
+                                     struct lms_importance *view, struct lms_error *err)
 {
     *view = *imp;
-    enum lms_layer_metric want = metric_for(c->o.selection);
+    enum lms_layer_metric want = c->o.metric;
     int64_t n_drop = n_keep ? m->arch.n_layers - n_keep : 0;
-    if (!is_block(want) || n_drop <= 0 ||
+    if (!lms_layer_metric_is_block(want) || n_drop <= 0 ||
         (imp->layer_metric == want && imp->block_size == n_drop))
         return LMS_OK;
     int i = 0;
@@ -182,9 +166,12 @@ enum lms_status prune_calib_scores_for(struct prune_calib *c, const struct lms_m
     return LMS_OK;
 }
 
-enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *m, double *loss,
-                                 struct lms_error *err)
+enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, double *loss,
+                               struct lms_error *err)
 {
+    *loss = NAN;
+    if (!c->smp)
+        return lms_error_set(err, LMS_EINVAL, "calibration ran without held-out rows");
     int64_t B = c->o.mbs, S = c->o.seq_len, n = c->o.eval_samples;
     struct lms_engine *e = NULL;
     struct lms_engine_opts eo = {.max_batch = B, .max_seq = S};
@@ -214,12 +201,12 @@ enum lms_status prune_calib_eval(struct prune_calib *c, const struct lms_model *
     return rc;
 }
 
-const char *prune_calib_describe(const struct prune_calib *c)
+const char *lms_calib_describe(const struct lms_calib *c)
 {
     return c->describe[0] ? c->describe : NULL;
 }
 
-json_t *prune_calib_json(const struct prune_calib *c)
+json_t *lms_calib_json(const struct lms_calib *c)
 {
     json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:s,s:f}", "data", c->o.data, "num_samples",
                           (json_int_t)c->o.n_samples, "seq_length", (json_int_t)c->o.seq_len,
@@ -227,12 +214,12 @@ json_t *prune_calib_json(const struct prune_calib *c)
                           "device", lms_backend_name(c->be), "seconds", c->seconds);
     if (c->metric != LMS_LAYER_METRIC_NONE)
         json_object_set_new(o, "layer_metric", json_string(lms_layer_metric_name(c->metric)));
-    if (c->o.budget)
+    if (c->o.held_out)
         json_object_set_new(o, "held_out_samples", json_integer(c->o.eval_samples));
     return o;
 }
 
-void prune_calib_free(struct prune_calib *c)
+void lms_calib_free(struct lms_calib *c)
 {
     if (!c)
         return;
