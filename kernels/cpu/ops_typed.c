@@ -16,12 +16,18 @@ static bool storage_ok(enum lms_dtype t)
     return t == LMS_DTYPE_F32 || t == LMS_DTYPE_BF16;
 }
 
+static enum lms_status bad_dtype(struct lms_error *err, const char *who, const char *arg,
+                                 enum lms_dtype t, const char *expected)
+{
+    const char *name = lms_dtype_name(t);
+    return lms_error_set(err, LMS_EUNSUPPORTED, "cpu %s: %s dtype %s (expected %s)", who, arg,
+                         name ? name : "unknown", expected);
+}
+
 static enum lms_status bad_storage(struct lms_error *err, const char *who, const char *arg,
                                    enum lms_dtype t)
 {
-    const char *name = lms_dtype_name(t);
-    return lms_error_set(err, LMS_EUNSUPPORTED, "cpu %s: %s dtype %s (expected F32 or BF16)",
-                         who, arg, name ? name : "unknown");
+    return bad_dtype(err, who, arg, t, "F32 or BF16");
 }
 
 /* n floats of the context's widening scratch, kept for the next call. */
@@ -107,7 +113,7 @@ enum lms_status lms__cpu_matmul_typed(struct lms_backend *be, const struct lms_m
     if (!storage_ok(mm->a_dtype))
         return bad_storage(err, "matmul", "A", mm->a_dtype);
     if (!storage_ok(mm->b_dtype) && mm->b_dtype != LMS_DTYPE_F16)
-        return bad_storage(err, "matmul", "B", mm->b_dtype);
+        return bad_dtype(err, "matmul", "B", mm->b_dtype, "F32, BF16 or F16");
     if (!storage_ok(mm->c_dtype))
         return bad_storage(err, "matmul", "C", mm->c_dtype);
     if (mm->m < 0 || mm->n < 0 || mm->k < 0 || mm->batch < 1)

@@ -430,6 +430,15 @@ START_TEST(matmul_typed_errors)
     a = 3, b = 5;
     ck_assert_int_eq(be->ops->matmul_typed(be, &mt, &err), LMS_OK);
     ck_assert(c == 15.0f);
+    /* B may be a 16-bit weight dtype, F16 included; not an integer type */
+    uint16_t b16 = 0x3E00; /* 1.5 in f16 */
+    mt.b = &b16;
+    mt.b_dtype = LMS_DTYPE_F16;
+    ck_assert_int_eq(be->ops->matmul_typed(be, &mt, &err), LMS_OK);
+    ck_assert(c == 4.5f);
+    mt.b_dtype = LMS_DTYPE_I16;
+    ck_assert_int_eq(be->ops->matmul_typed(be, &mt, &err), LMS_EUNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "I16") && strstr(err.msg, "F16"), "%s", err.msg);
 }
 END_TEST
 
