@@ -205,6 +205,11 @@ int lms_backend_n_threads(const struct lms_backend *be)
     return be->n_threads;
 }
 
+enum lms_dtype lms_backend_activation_dtype(const struct lms_backend *be)
+{
+    return lms__backend_activation_dtype(be);
+}
+
 enum lms_status lms_buf_alloc(struct lms_backend *be, size_t size, struct lms_buf *out,
                               struct lms_error *err)
 {

@@ -11,7 +11,10 @@
  *
  * Conventions for every op:
  *   - pointers are device addresses inside lms_buf allocations of the same backend;
- *   - activations are fp32, row-major; a "row stride" is in elements;
+ *   - activations are row-major in the backend's activation dtype (lms__backend_activation_dtype:
+ *     fp32 on every backend today); the slots of versions 1-4 take them as float, the typed
+ *     slots of version 5 take a dtype argument; the dtype class of every operand of every op is
+ *     data (struct lms_op_contract below, kernels/contract.c); a "row stride" is in elements;
  *   - ids, positions and targets are int32;
  *   - ops may run asynchronously; errors of an op are returned by it or by the next sync;
  *   - shapes are listed per argument, N = number of token rows (B*S). */
@@ -26,7 +29,7 @@
 #include "lms/dtype.h"
 #include "lms/error.h"
 
-#define LMS_BACKEND_OPS_VERSION 4
+#define LMS_BACKEND_OPS_VERSION 5
 
 enum {
     LMS_CAP_BF16_WEIGHTS = 1u << 0, /* matmul/embedding accept bf16 weights directly */
@@ -133,6 +136,75 @@ struct lms_adamw_hyper {
     float grad_scale;  /* clipping factor */
     int64_t step;      /* >= 1 */
 };
+
+/* ---- version 5: typed activation storage ----
+ * The typed slots compute in fp32 and accumulate in fp32 (or better) whatever the storage: each
+ * operand in F32 or BF16 is widened exactly, and each stored output is rounded once, to nearest
+ * even (lms_f32_to_bf16), from the value the fp32 op computes on the widened operands. */
+
+/* struct lms_matmul with a dtype per operand: a, b and c each F32 or BF16 (b also the
+ * backend's weight dtype). C = alpha * op(A) . op(B) + beta * C + bias in fp32, C rounded once
+ * when BF16; C is read (as its dtype) only when beta != 0. bias stays fp32. */
+struct lms_matmul_typed {
+    bool trans_a, trans_b;
+    int64_t m, n, k;
+    const void *a;
+    enum lms_dtype a_dtype;
+    int64_t lda, stride_a;
+    const void *b;
+    enum lms_dtype b_dtype;
+    int64_t ldb, stride_b;
+    void *c;
+    enum lms_dtype c_dtype;
+    int64_t ldc, stride_c;
+    int64_t batch;
+    float alpha, beta;
+    const float *bias;
+};
+
+/* ---- the dtype contract of the op table ----
+ * Each operand of each op belongs to one dtype class; lms__slot_dtype resolves a class to the
+ * dtype a backend stores it in. Classes that are always fp32 hold what needs fp32's 24-bit
+ * significand: statistics and scales (RMSNorm's rstd, the RoPE tables, norm weights, biases),
+ * softmax/log-sum-exp, logits and losses, master weights, their gradients and the AdamW
+ * moments. */
+enum lms_slot_class {
+    LMS_SLOT_ACT,    /* activation storage: lms__backend_activation_dtype (F32 or BF16) */
+    LMS_SLOT_WEIGHT, /* a weight matrix in the backend's weight_dtype of the checkpoint */
+    LMS_SLOT_F32,    /* always F32 */
+    LMS_SLOT_BF16,   /* always BF16 (the working copy AdamW writes) */
+    LMS_SLOT_I32,    /* token ids, positions, targets */
+    LMS_SLOT_U8,     /* per-row flags */
+    LMS_SLOT_CALL,   /* named by the call's own dtype argument (cast, typed matmul operands) */
+};
+
+enum lms_slot_dir { LMS_SLOT_IN, LMS_SLOT_OUT, LMS_SLOT_INOUT };
+
+struct lms_op_slot {
+    const char *name; /* the argument's name at the slot ("x", "rstd", "lse") */
+    enum lms_slot_class cls;
+    enum lms_slot_dir dir;
+};
+
+#define LMS_OP_MAX_SLOTS 12
+/* One op of the table (both its float slot and, for ops of version 5, its typed slot). */
+struct lms_op_contract {
+    const char *op;      /* the slot's name in struct lms_backend_ops ("rmsnorm") */
+    const char *typed;   /* its typed slot ("rmsnorm_typed"), or NULL */
+    int n_slots;
+    struct lms_op_slot slots[LMS_OP_MAX_SLOTS];
+};
+
+/* The contract of every op with device operands, in table order; *n gets the count. */
+const struct lms_op_contract *lms__op_contracts(size_t *n);
+/* The contract of op (its slot name or its typed slot's name); NULL when there is none. */
+const struct lms_op_contract *lms__op_contract(const char *op);
+/* The dtype a backend stores class cls in (ckpt: the checkpoint dtype, for LMS_SLOT_WEIGHT);
+ * LMS_DTYPE_COUNT for LMS_SLOT_CALL, which has no dtype of its own. */
+enum lms_dtype lms__slot_dtype(const struct lms_backend *be, enum lms_slot_class cls,
+                               enum lms_dtype ckpt);
+/* The dtype class's name ("activation", "weight", "f32", ...). */
+const char *lms__slot_class_name(enum lms_slot_class cls);
 
 struct lms_backend_ops {
     int version;      /* LMS_BACKEND_OPS_VERSION the table was built against */
@@ -280,7 +352,35 @@ struct lms_backend_ops {
     enum lms_status (*mem_info)(struct lms_backend *be, uint64_t *free_bytes,
                                 uint64_t *total_bytes, struct lms_error *err);
 
-    /* ---- appended slots go below (version 5+) ---- */
+    /* ---- version 5: activation storage dtype and typed slots (all optional) ---- */
+    /* The dtype activations are stored in between ops and for the backward (F32 or BF16).
+     * NULL means F32. */
+    enum lms_dtype (*activation_dtype)(const struct lms_backend *be);
+    /* The ops a bf16-storage path needs, with the activation operands in dtype act (F32 or
+     * BF16; the others as the float slot of the same name): same arguments, shapes and
+     * aliasing rules as matmul, rmsnorm, rope, swiglu and add above. add takes a dtype per
+     * operand so that an fp32 residual stream can take bf16 branch outputs. The fp32<->bf16
+     * cast of a buffer is the cast slot. */
+    enum lms_status (*matmul_typed)(struct lms_backend *be, const struct lms_matmul_typed *mm,
+                                    struct lms_error *err);
+    enum lms_status (*rmsnorm_typed)(struct lms_backend *be, void *out, int64_t out_stride,
+                                     const void *x, int64_t x_stride, enum lms_dtype act,
+                                     const float *w, float *rstd, int64_t n_rows,
+                                     int64_t n_heads, int64_t c, float eps,
+                                     struct lms_error *err);
+    enum lms_status (*rope_typed)(struct lms_backend *be, void *x, int64_t x_stride,
+                                  enum lms_dtype act, int64_t n_rows, int64_t n_heads,
+                                  int64_t head_dim, const int32_t *pos, const float *cos,
+                                  const float *sin, int64_t n_pos, struct lms_error *err);
+    enum lms_status (*swiglu_typed)(struct lms_backend *be, void *out, int64_t out_stride,
+                                    const void *gate, const void *up, int64_t in_stride,
+                                    enum lms_dtype act, int64_t n_rows, int64_t f,
+                                    struct lms_error *err);
+    enum lms_status (*add_typed)(struct lms_backend *be, void *y, enum lms_dtype y_dtype,
+                                 const void *x, enum lms_dtype x_dtype, int64_t n,
+                                 struct lms_error *err);
+
+    /* ---- appended slots go below (version 6+) ---- */
 };
 
 /* The handle behind include/lms/backend.h. */
@@ -310,6 +410,15 @@ static inline enum lms_dtype lms__backend_weight_dtype(const struct lms_backend 
                                                        enum lms_dtype ckpt)
 {
     return be->ops->weight_dtype(be, ckpt);
+}
+
+/* The dtype of LMS_SLOT_ACT operands on this backend (F32 where the table predates version 5 or
+ * leaves the slot NULL). */
+static inline enum lms_dtype lms__backend_activation_dtype(const struct lms_backend *be)
+{
+    if (be->ops->version < 5 || !be->ops->activation_dtype)
+        return LMS_DTYPE_F32;
+    return be->ops->activation_dtype(be);
 }
 
 #endif

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lms/dtype.h"
 #include "lms/error.h"
 
 enum lms_device_kind {
@@ -79,6 +80,10 @@ void lms_backend_free(struct lms_backend *be);
 const char *lms_backend_name(const struct lms_backend *be);
 /* Threads the backend computes with (CPU), 1 on devices where it does not apply. */
 int lms_backend_n_threads(const struct lms_backend *be);
+/* The dtype the backend stores activations in between ops and for the backward: LMS_DTYPE_F32 on
+ * every backend today, LMS_DTYPE_BF16 where a backend keeps bf16 activations (fp32 arithmetic
+ * and accumulation either way; kernels/README.md, "Activation dtype contract"). */
+enum lms_dtype lms_backend_activation_dtype(const struct lms_backend *be);
 
 /* One device allocation, owned by whoever holds the struct. */
 struct lms_buf {

@@ -43,6 +43,7 @@ static void cpu_close(struct lms_backend *be)
     if (!cx)
         return;
     lms_free(cx->scratch);
+    lms_free(cx->wide);
     lms_free(cx);
     be->impl = NULL;
 }
@@ -88,6 +89,13 @@ static enum lms_dtype cpu_weight_dtype(const struct lms_backend *be, enum lms_dt
     return LMS_DTYPE_F32;
 }
 
+/* The CPU keeps fp32 activations: it is the exact reference the 16-bit storage of other
+ * backends is judged against (its typed slots still accept BF16 operands for that purpose). */
+static enum lms_dtype cpu_activation_dtype(const struct lms_backend *be)
+{
+    return LMS_DTYPE_F32;
+}
+
 static const struct lms_backend_ops cpu_ops = {
     .version = LMS_BACKEND_OPS_VERSION,
     .kind = "cpu",
@@ -124,6 +132,13 @@ static const struct lms_backend_ops cpu_ops = {
     .sum_squares = lms__cpu_sum_squares,
     .adamw = lms__cpu_adamw,
     .scale = lms__cpu_scale,
+    /* version 5 */
+    .activation_dtype = cpu_activation_dtype,
+    .matmul_typed = lms__cpu_matmul_typed,
+    .rmsnorm_typed = lms__cpu_rmsnorm_typed,
+    .rope_typed = lms__cpu_rope_typed,
+    .swiglu_typed = lms__cpu_swiglu_typed,
+    .add_typed = lms__cpu_add_typed,
 };
 
 const struct lms_backend_ops *lms__backend_cpu_ops(void)

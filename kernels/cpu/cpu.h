@@ -26,6 +26,8 @@ struct lms_cpu_ctx {
     int n_threads;   /* OpenMP threads per op and OpenBLAS threads */
     float *scratch;  /* attention tiles: n_threads * scratch_per_thread floats; grown on demand */
     size_t scratch_per_thread; /* floats */
+    float *wide;     /* typed ops (ops_typed.c): fp32 copies of 16-bit operands; grown on demand */
+    size_t wide_cap; /* floats */
 };
 
 /* Work below this many elements runs on one thread (thread start-up costs more). */
@@ -104,6 +106,26 @@ enum lms_status lms__cpu_adamw(struct lms_backend *be, const struct lms_adamw *t
                                struct lms_error *err);
 enum lms_status lms__cpu_scale(struct lms_backend *be, float *x, float s, int64_t n,
                                struct lms_error *err);
+
+/* typed slots (version 5, ops_typed.c): 16-bit activation storage, fp32 arithmetic */
+enum lms_status lms__cpu_matmul_typed(struct lms_backend *be, const struct lms_matmul_typed *mm,
+                                      struct lms_error *err);
+enum lms_status lms__cpu_rmsnorm_typed(struct lms_backend *be, void *out, int64_t out_stride,
+                                       const void *x, int64_t x_stride, enum lms_dtype act,
+                                       const float *w, float *rstd, int64_t n_rows,
+                                       int64_t n_heads, int64_t c, float eps,
+                                       struct lms_error *err);
+enum lms_status lms__cpu_rope_typed(struct lms_backend *be, void *x, int64_t x_stride,
+                                    enum lms_dtype act, int64_t n_rows, int64_t n_heads,
+                                    int64_t head_dim, const int32_t *pos, const float *cos,
+                                    const float *sin, int64_t n_pos, struct lms_error *err);
+enum lms_status lms__cpu_swiglu_typed(struct lms_backend *be, void *out, int64_t out_stride,
+                                      const void *gate, const void *up, int64_t in_stride,
+                                      enum lms_dtype act, int64_t n_rows, int64_t f,
+                                      struct lms_error *err);
+enum lms_status lms__cpu_add_typed(struct lms_backend *be, void *y, enum lms_dtype y_dtype,
+                                   const void *x, enum lms_dtype x_dtype, int64_t n,
+                                   struct lms_error *err);
 
 /* expf for x in any range, within 2 ulp of the correctly rounded value for |x| < 87 (Cephes
  * polynomial after range reduction by ln 2); results below 2^-126 flush to about 1e-38, x above

@@ -355,6 +355,13 @@ static enum lms_dtype cuda_weight_dtype(const struct lms_backend *be, enum lms_d
     return LMS_DTYPE_F32;
 }
 
+/* Activations are stored in fp32 between ops for now (the bf16 kernels of the typed slots are
+ * not written yet; the CPU's typed ops are their reference). */
+static enum lms_dtype cuda_activation_dtype(const struct lms_backend *be)
+{
+    return LMS_DTYPE_F32;
+}
+
 static enum lms_status cuda_mem_info(struct lms_backend *be, uint64_t *free_bytes,
                                      uint64_t *total_bytes, struct lms_error *err)
 {
@@ -1232,6 +1239,7 @@ static const struct lms_backend_ops cuda_ops = {
     .sum_squares = cuda_sum_squares,
     .adamw = cuda_adamw,
     .scale = cuda_scale,
+    .activation_dtype = cuda_activation_dtype,
 };
 
 const struct lms_backend_ops *lms__backend_cuda_ops(void)
