@@ -251,16 +251,14 @@ static int on_option(void *args, int id, const char *value, const char *word)
                                    value);
         return 0;
     case O_KD_LOSS: {
-        static const char *const names[] = {"forward-kl", "reverse-kl", "top-k"};
-        static const enum lms_kd_kind kinds[] = {LMS_KD_FORWARD_KL, LMS_KD_REVERSE_KL,
-                                                 LMS_KD_TOP_K};
-        for (int i = 0; i < 3; i++)
-            if (!strcmp(value, names[i])) {
-                a->kd_kind = kinds[i];
-                return 0;
-            }
-        return cli_usage_error(cmd, "unknown --kd-loss '%s' (forward-kl, reverse-kl, top-k)",
-                               value);
+        const struct lms_kd_loss_def *d = lms_kd_loss_find(value);
+        if (d) {
+            a->kd_kind = d->kind;
+            return 0;
+        }
+        char names[256];
+        lms_kd_loss_names(", ", names, sizeof names);
+        return cli_usage_error(cmd, "unknown --kd-loss '%s' (%s)", value, names);
     }
     case O_SAVE_STATE: {
         static const char *const names[] = {"interval", "end", "never"};
@@ -298,8 +296,12 @@ static int check(void *args)
         return cli_usage_error(cmd, "--min-lr %g is above --lr %g", a->min_lr, a->lr);
     if (a->resume && a->base.wo.force)
         return cli_usage_error(cmd, "--resume and --force exclude each other");
-    if (a->kd_kind == LMS_KD_TOP_K && !a->top_k)
-        return cli_usage_error(cmd, "--kd-loss top-k needs --kd-top-k K");
+    struct lms_distill_loss loss = {.kind = a->kd_kind, .temperature = a->temperature,
+                                    .top_k = a->top_k, .lm_loss_scale = a->lm_loss_scale,
+                                    .kd_loss_scale = a->kd_loss_scale};
+    const char *why = lms_kd_loss_of(a->kd_kind)->check(&loss);
+    if (why)
+        return cli_usage_error(cmd, "%s", why);
     /* without a training state on disk a stopped run could not go on, and a resumed one would
      * leave the state it read behind, older than the student */
     if (a->save_state == LMS_DISTILL_SAVE_STATE_NEVER && a->exit_interval)

@@ -137,6 +137,13 @@ bool lms_distill_config_diff(const json_t *was, const json_t *now, const char *p
     return false;
 }
 
+/* The teacher's engine when the run's KD loss reads the teacher (its row in the table says). */
+static struct lms_engine *loss_teacher(const struct lms_distill_run *r)
+{
+    const struct lms_kd_loss_def *d = lms_kd_loss_of(r->o.loss.kind);
+    return d && d->needs_teacher ? r->te : NULL;
+}
+
 /* Reads rows [first, first + n) of blend into ids / targets (n x seq each). */
 static enum lms_status load_rows(struct lms_distill_run *r, const struct lms_blend *b,
                                  int64_t first, int64_t n, struct lms_error *err)
@@ -204,7 +211,7 @@ static enum lms_status validate(struct lms_distill_run *r, struct lms_error *err
         if ((st = load_rows(r, r->val, k, mbs, err)))
             break;
         struct lms_train_batch b = {.ids = r->ids, .batch = mbs, .seq = r->o.seq,
-                                    .targets = r->tgt, .teacher = r->te};
+                                    .targets = r->tgt, .teacher = loss_teacher(r)};
         struct lms_loss_parts p;
         if ((st = lms_trainer_eval(r->tr, &b, &r->loss, &p, err)))
             lms_error_wrap(err, "validation: ");
@@ -541,7 +548,7 @@ static enum lms_status train_step(struct lms_distill_run *r, struct lms_error *e
         if ((st = load_rows(r, r->train, r->step * a->gbs + i * a->mbs, a->mbs, err)))
             break;
         struct lms_train_batch b = {.ids = r->ids, .batch = a->mbs, .seq = a->seq,
-                                    .targets = r->tgt, .teacher = r->te};
+                                    .targets = r->tgt, .teacher = loss_teacher(r)};
         struct lms_loss_parts p;
         st = lms_trainer_micro_step(r->tr, &b, &r->loss, 1.0 / (double)nm, &p, err);
         sums[0] += p.total;
