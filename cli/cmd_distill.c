@@ -263,7 +263,8 @@ static int on_option(void *args, int id, const char *value, const char *word)
     case O_SAVE_STATE: {
         static const char *const names[] = {"interval", "end", "never"};
         static const enum lms_distill_save_state modes[] = {
-            LMS_DISTILL_SAVE_STATE_INTERVAL, LMS_DISTILL_SAVE_STATE_END, LMS_DISTILL_SAVE_STATE_NEVER};
+            LMS_DISTILL_SAVE_STATE_INTERVAL, LMS_DISTILL_SAVE_STATE_END,
+            LMS_DISTILL_SAVE_STATE_NEVER};
         for (int i = 0; i < 3; i++)
             if (!strcmp(value, names[i])) {
                 a->save_state = modes[i];
@@ -690,8 +691,9 @@ static void print_dry_run(const struct distill_run *r)
     if (r->run.rank)
         return;
     if (r->run.world > 1)
-        fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n", r->run.world,
-                lms_comm_backend(r->run.o.comm), (long long)(a->gbs / a->mbs / r->run.world));
+        fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n",
+                r->run.world, lms_comm_backend(r->run.o.comm),
+                (long long)(a->gbs / a->mbs / r->run.world));
     fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of %lld), lr "
             "%g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing trained\n",
             (long long)a->max_steps, (long long)a->gbs, (long long)a->seq,

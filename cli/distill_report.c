@@ -182,7 +182,8 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
     json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:f,s:s,s:s}", "ok", 1,
                           "student", r->a->student, "teacher", r->a->teacher, "out", r->out,
                           "format", r->run.out_fmt->name, "dtype", lms_dtype_name(r->run.out_dtype),
-                          "steps", (json_int_t)r->run.step, "start_step", (json_int_t)r->run.start_step,
+                          "steps", (json_int_t)r->run.step, "start_step",
+                          (json_int_t)r->run.start_step,
                           "max_steps", (json_int_t)r->a->max_steps, "tokens",
                           (json_int_t)(r->run.step * r->a->gbs * r->a->seq), "seconds", secs,
                           "state", r->state_dir, "metrics", r->metrics_path);
@@ -204,8 +205,8 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
     if (r->run.skipped)
         json_object_set_new(o, "skipped_steps", json_integer(r->run.skipped));
     if (r->run.applied) {
-        double tps = secs > 0 ? (double)((r->run.step - r->run.start_step) * r->a->gbs * r->a->seq) / secs
-                              : 0;
+        int64_t tokens = (r->run.step - r->run.start_step) * r->a->gbs * r->a->seq;
+        double tps = secs > 0 ? (double)tokens / secs : 0;
         json_object_set_new(o, "loss", json_real(r->run.last_loss));
         json_object_set_new(o, "lm_loss", json_real(r->run.last_lm_loss));
         json_object_set_new(o, "grad_norm", json_real(r->run.last_grad_norm));

@@ -247,10 +247,11 @@ static enum lms_status validate(struct lms_distill_run *r, struct lms_error *err
  * are gathered from their shards, one moment at a time through the gradient buffer), rank 0
  * writes, and all learn whether it succeeded. The state is the same file whatever the number
  * of ranks, so a run resumes on any other number. */
-static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state, struct lms_error *err);
+static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state,
+                                  struct lms_error *err);
 
 /* Whether a save writes the training state (--save-state): every save with interval, only the
- * last one of the process with end (final: at the end, at --exit-interval, after a signal),
+ * last one of the process with end (final: at the end, at --exit-interval, after a stop),
  * none with never. The same on every rank (the options agree). */
 static bool save_writes_state(const struct lms_distill_run *r, bool final)
 {
@@ -332,7 +333,8 @@ static enum lms_status write_state(struct lms_distill_run *r, const struct lms_s
     return st;
 }
 
-static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state, struct lms_error *err)
+static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state,
+                                  struct lms_error *err)
 {
     size_t n = lms_trainer_n_params(r->tr);
     bool writer = r->rank == 0;
@@ -609,15 +611,15 @@ static enum lms_status log_steps(struct lms_distill_run *r, double *t_log, int64
                                       "elapsed_s", l.elapsed_s), err);
 }
 
-/* After a stop was asked for (SIGINT or SIGTERM in the CLI): saves the steps finished since the last save, and says where they
- * are. */
+/* After a stop was asked for (the command's SIGINT or SIGTERM): saves the steps finished since
+ * the last save, and says where they are. */
 static enum lms_status stop_interrupted(struct lms_distill_run *r, struct lms_error *err)
 {
     enum lms_status st = r->step > r->saved_step ? save(r, true, err) : LMS_OK;
     if (st)
         return st;
     r->agreed = true; /* every rank stopped at the same step */
-    stop_asked(r); /* another rank's signal stops this one too */
+    stop_asked(r); /* another rank's stop stops this one too, as "interrupted" */
     const char *how = r->stop_reason ? r->stop_reason : "interrupted";
     if (r->step == 0)
         return lms_error_set(err, LMS_EINTERRUPTED, "%s before the first step finished: nothing "
