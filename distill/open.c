@@ -37,6 +37,8 @@ static enum lms_status fingerprint_models(struct lms_distill_run *r, struct lms_
 enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_error *err)
 {
     const struct lms_distill_opts *a = &r->o;
+    r->rank = lms_comm_rank(a->comm); /* the options are complete by now */
+    r->world = lms_comm_world(a->comm);
     r->out_fmt = a->out_format ? a->out_format : lms_format_detect(a->student, err);
     if (!r->out_fmt)
         return err->status;

@@ -177,10 +177,12 @@ struct lms_distill_run {
     const char *stop_reason; /* what stop_requested last said (NULL: nothing) */
 };
 
-/* Zeroes r and takes the options (copied; the strings and src stay the caller's). */
+/* Zeroes r and takes the options (copied; the strings and src stay the caller's). A caller may
+ * complete r->o until lms_distill_open_models (the command sets comm as its ranks open, src once
+ * it has parsed the data and device once it knows the rank's GPU). */
 void lms_distill_run_init(struct lms_distill_run *r, const struct lms_distill_opts *o);
-/* The output format, the student and the teacher (same vocabulary), their fingerprints, the
- * output dtype. */
+/* This process' rank and the number of ranks (from o.comm), the output format, the student and
+ * the teacher (same vocabulary), their fingerprints, the output dtype. */
 enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_error *err);
 /* The training and validation rows of the blend and the data fingerprints. */
 enum lms_status lms_distill_open_data(struct lms_distill_run *r, struct lms_error *err);
