@@ -622,19 +622,9 @@ static int plan_memory(struct distill_run *r)
     struct lms_error err;
     lms_error_clear(&err);
     bool on_gpu = a->base.dev.kind != LMS_DEVICE_CPU;
-    bool bf16 = on_gpu && a->base.prec != LMS_PRECISION_FP32;
-    struct lms_train_plan tp; /* of the trainer's options lms_distill_configure chose */
-    if (lms_train_plan_make(&r->run.student.arch, r->run.student.arch.padded_vocab, &r->run.to,
-                            &tp, &err))
-        return fail(r, &err);
-    struct lms_distill_shape shape = {
-        .trainer = &tp, .teacher = &r->run.teacher.arch,
-        .teacher_params = lms_model_n_params(&r->run.teacher),
-        .teacher_weight_bytes = bf16 ? lms_dtype_size(r->run.teacher.arch.dtype) : 4,
-        .out_bytes = lms_dtype_size(r->run.out_dtype), .mbs = a->mbs, .seq = a->seq,
-        .n_rows_planned = (a->max_steps + a->val_batches) * a->gbs, .device = on_gpu};
+    struct lms_train_plan tp;
     struct lms_distill_memory mem;
-    if (lms_distill_memory_plan(&shape, &mem, &err))
+    if (lms_distill_plan(&r->run, &tp, &mem, &err))
         return fail(r, &err);
     /* on a GPU the plan is device memory, checked against the device's total (other processes
      * may hold some of it: the allocations then report what they could not get) */

@@ -131,6 +131,24 @@ enum lms_status lms_distill_configure(struct lms_distill_run *r,
     return LMS_OK;
 }
 
+enum lms_status lms_distill_plan(const struct lms_distill_run *r, struct lms_train_plan *tp,
+                                 struct lms_distill_memory *mem, struct lms_error *err)
+{
+    const struct lms_distill_opts *a = &r->o;
+    enum lms_status st = lms_train_plan_make(&r->student.arch, r->student.arch.padded_vocab,
+                                             &r->to, tp, err);
+    if (st)
+        return st;
+    bool on_gpu = a->device.kind != LMS_DEVICE_CPU;
+    struct lms_distill_shape shape = {
+        .trainer = tp, .teacher = &r->teacher.arch,
+        .teacher_params = lms_model_n_params(&r->teacher),
+        .teacher_weight_bytes = r->to.bf16_working ? lms_dtype_size(r->teacher.arch.dtype) : 4,
+        .out_bytes = lms_dtype_size(r->out_dtype), .mbs = a->mbs, .seq = a->seq,
+        .n_rows_planned = (a->max_steps + a->val_batches) * a->gbs, .device = on_gpu};
+    return lms_distill_memory_plan(&shape, mem, err);
+}
+
 /* A log the run writes as it goes: appended to (resume), created where nothing is (excl), or
  * replaced. */
 static FILE *open_log(const char *path, bool append, bool excl)

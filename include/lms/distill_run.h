@@ -191,6 +191,11 @@ enum lms_status lms_distill_open_data(struct lms_distill_run *r, struct lms_erro
  * history. */
 enum lms_status lms_distill_configure(struct lms_distill_run *r,
                                       const struct lms_train_state *state, struct lms_error *err);
+/* The memory plan of the configured run (lms_distill_memory_plan on the trainer's plan, the
+ * teacher, the output dtype and the data tables); mem->available is the host's on the CPU and
+ * 0 on a device (the caller asks the device, lms_backend_memory). */
+enum lms_status lms_distill_plan(const struct lms_distill_run *r, struct lms_train_plan *tp,
+                                 struct lms_distill_memory *mem, struct lms_error *err);
 /* The backend (unless r->be), trainer, teacher engine, loss, schedule and buffers; with state
  * the weights and moments from it and the metrics file cut back to its step; the metrics file
  * (rank 0) and --dump-rows opened. */
