@@ -8,9 +8,10 @@
  * Shape: V 151936, H 4096, F 12288, n_h 32, n_g 8, d 128, q/k RMSNorm, untied LM head. The
  * step is the trainer's own: zero gradients, forward with saved activations, the LM head and
  * cross-entropy in row chunks, backward, global gradient norm, AdamW on fp32 master weights
- * with the bf16 working copy refreshed (AUTO precision). The model (a host IR whose tensors all
- * view one zero-filled buffer) only gives the trainer its shapes; the weights are then drawn on
- * the device: uniform(-0.02, 0.02) matrices, norm weights 1.
+ * with the bf16 working copy refreshed (AUTO precision), the update through the distillation
+ * run's own (lms_distill_update: the schedule's rate, computed once per step). The model (a
+ * host IR whose tensors all view one zero-filled buffer) only gives the trainer its shapes; the
+ * weights are then drawn on the device: uniform(-0.02, 0.02) matrices, norm weights 1.
  *
  * FLOPs counted per step (N = B S tokens):
  *   matmul    = 6 N (L (H (n_h + 2 n_g) d + n_h d H + 3 F H) + V H)   (forward 2, backward 4)
@@ -26,6 +27,7 @@
 
 #include "kernels/backend_impl.h"
 #include "kernels/cuda/lms_cuda.h"
+#include "lms/distill_run.h"
 #include "lms/storage.h"
 #include "lms/train.h"
 
@@ -176,19 +178,22 @@ int main(int argc, char **argv)
     lo.combine = LMS_COMBINE_WEIGHTED;
     struct lms_adamw_opts ao;
     lms_adamw_megatron(&ao);
-    ao.lr = 1e-5;
+    /* a constant rate through the run's schedule: the update is the distillation run's own */
+    struct lms_lr_schedule sched = {.lr = 1e-5, .min_lr = 1e-5, .warmup = 0,
+                                    .max_steps = iters + 1};
     double *times = calloc((size_t)iters + 1, sizeof *times);
     double *t_opt = calloc((size_t)iters + 1, sizeof *t_opt);
     struct lms_loss_parts parts = {0};
     double first_loss = 0, norm = 0;
     for (int64_t it = 0; it <= iters; it++) {
         double a = now();
-        ao.step = it + 1;
         if (lms_trainer_zero_grads(tr, &err) ||
             lms_trainer_micro_step(tr, &b, &lo, 1.0, &parts, &err) || lms_backend_sync(be, &err))
             die("training step", &err);
         double m = now();
-        if (lms_trainer_adamw(tr, &ao, &norm, &err) || lms_backend_sync(be, &err))
+        double lr;
+        if (lms_distill_update(tr, &sched, &ao, it, &lr, &norm, &err) ||
+            lms_backend_sync(be, &err))
             die("optimiser step", &err);
         times[it] = now() - a;
         t_opt[it] = now() - m;

@@ -1,10 +1,11 @@
 /* lmsurgeon distill: train a pruned student to match its teacher's next-token distribution on a
  * token corpus (logit distillation), with the reference workflow's flags as written. This file
- * parses and checks the options, opens the ranks, models and data, and plans memory;
- * cli/distill_steps.c runs the steps. */
+ * parses and checks the options, opens the ranks, names the outputs and plans memory; the run
+ * itself is the library's (include/lms/distill_run.h), and cli/distill_report.c prints what
+ * it reports. */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,21 +251,20 @@ static int on_option(void *args, int id, const char *value, const char *word)
                                    value);
         return 0;
     case O_KD_LOSS: {
-        static const char *const names[] = {"forward-kl", "reverse-kl", "top-k"};
-        static const enum lms_kd_kind kinds[] = {LMS_KD_FORWARD_KL, LMS_KD_REVERSE_KL,
-                                                 LMS_KD_TOP_K};
-        for (int i = 0; i < 3; i++)
-            if (!strcmp(value, names[i])) {
-                a->kd_kind = kinds[i];
-                return 0;
-            }
-        return cli_usage_error(cmd, "unknown --kd-loss '%s' (forward-kl, reverse-kl, top-k)",
-                               value);
+        const struct lms_kd_loss_def *d = lms_kd_loss_find(value);
+        if (d) {
+            a->kd_kind = d->kind;
+            return 0;
+        }
+        char names[256];
+        lms_kd_loss_names(", ", names, sizeof names);
+        return cli_usage_error(cmd, "unknown --kd-loss '%s' (%s)", value, names);
     }
     case O_SAVE_STATE: {
         static const char *const names[] = {"interval", "end", "never"};
-        static const enum distill_save_state modes[] = {
-            DISTILL_SAVE_STATE_INTERVAL, DISTILL_SAVE_STATE_END, DISTILL_SAVE_STATE_NEVER};
+        static const enum lms_distill_save_state modes[] = {
+            LMS_DISTILL_SAVE_STATE_INTERVAL, LMS_DISTILL_SAVE_STATE_END,
+            LMS_DISTILL_SAVE_STATE_NEVER};
         for (int i = 0; i < 3; i++)
             if (!strcmp(value, names[i])) {
                 a->save_state = modes[i];
@@ -297,14 +297,18 @@ static int check(void *args)
         return cli_usage_error(cmd, "--min-lr %g is above --lr %g", a->min_lr, a->lr);
     if (a->resume && a->base.wo.force)
         return cli_usage_error(cmd, "--resume and --force exclude each other");
-    if (a->kd_kind == LMS_KD_TOP_K && !a->top_k)
-        return cli_usage_error(cmd, "--kd-loss top-k needs --kd-top-k K");
+    struct lms_distill_loss loss = {.kind = a->kd_kind, .temperature = a->temperature,
+                                    .top_k = a->top_k, .lm_loss_scale = a->lm_loss_scale,
+                                    .kd_loss_scale = a->kd_loss_scale};
+    const char *why = lms_kd_loss_of(a->kd_kind)->check(&loss);
+    if (why)
+        return cli_usage_error(cmd, "%s", why);
     /* without a training state on disk a stopped run could not go on, and a resumed one would
      * leave the state it read behind, older than the student */
-    if (a->save_state == DISTILL_SAVE_STATE_NEVER && a->exit_interval)
+    if (a->save_state == LMS_DISTILL_SAVE_STATE_NEVER && a->exit_interval)
         return cli_usage_error(cmd, "--exit-interval needs a training state to continue from: "
                                "use --save-state end (or interval), not never");
-    if (a->save_state == DISTILL_SAVE_STATE_NEVER && a->resume)
+    if (a->save_state == LMS_DISTILL_SAVE_STATE_NEVER && a->resume)
         return cli_usage_error(cmd, "--resume with --save-state never would leave the state it "
                                "reads (DIR.state/) behind, older than the student: use "
                                "--save-state end");
@@ -331,7 +335,7 @@ static const struct cli_spec spec = {
 
 static int fail(struct distill_run *r, struct lms_error *err)
 {
-    return cli_fail_ranks(cmd, &r->a->base.co, err, r->comm, r->agreed);
+    return cli_fail_ranks(cmd, &r->a->base.co, err, r->run.o.comm, r->run.agreed);
 }
 
 static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs);
@@ -342,32 +346,32 @@ static int open_ranks(struct distill_run *r)
     struct distill_args *a = r->a;
     struct lms_error err;
     lms_error_clear(&err);
-    if (lms_comm_open(&r->comm, &err))
+    if (lms_comm_open(&r->run.o.comm, &err))
         return cli_fail(cmd, &a->base.co, &err);
-    r->rank = lms_comm_rank(r->comm);
-    r->world = lms_comm_world(r->comm);
+    r->run.rank = lms_comm_rank(r->run.o.comm);
+    r->run.world = lms_comm_world(r->run.o.comm);
     int rc = agree_ranks(r, NULL, false); /* before any check that could part them */
     if (rc != CLI_PARSED)
         return rc;
     int64_t devices = a->devices ? a->devices : 1, nodes = a->num_nodes ? a->num_nodes : 1;
-    if (r->comm && (a->devices || a->num_nodes) && devices * nodes != r->world)
+    if (r->run.o.comm && (a->devices || a->num_nodes) && devices * nodes != r->run.world)
         return cli_usage_error(cmd, "--devices %lld x --num-nodes %lld = %lld processes, but the "
                                "launcher started %d (e.g. mpirun -np %lld, or srun --ntasks %lld)",
                                (long long)devices, (long long)nodes, (long long)(devices * nodes),
-                               r->world, (long long)(devices * nodes),
+                               r->run.world, (long long)(devices * nodes),
                                (long long)(devices * nodes));
-    if (a->gbs % (a->mbs * r->world))
+    if (a->gbs % (a->mbs * r->run.world))
         return cli_usage_error(cmd, "--gbs %lld is not a multiple of --mbs %lld x %d ranks",
-                               (long long)a->gbs, (long long)a->mbs, r->world);
-    if (r->world > 1 && a->dump_rows)
+                               (long long)a->gbs, (long long)a->mbs, r->run.world);
+    if (r->run.world > 1 && a->dump_rows)
         return cli_usage_error(cmd, "--dump-rows needs a single process (each rank reads its "
                                "own rows)");
-    if (r->rank > 0) { /* logs come from rank 0; the others speak only to report an error */
+    if (r->run.rank > 0) { /* logs come from rank 0; the others speak only to report an error */
         a->base.co.quiet = true;
         a->base.co.json = false;
         cli_interrupt_json(false);
     }
-    cli_rank_device(&a->base, r->comm);
+    cli_rank_device(&a->base, r->run.o.comm);
     return CLI_PARSED;
 }
 
@@ -441,128 +445,41 @@ static int name_outputs(struct distill_run *r)
     return CLI_PARSED;
 }
 
-/* The content fingerprints of both models: what the state records and --resume and the ranks
- * compare. Every weight is read once (seconds for billions of parameters), which a plain
- * --dry-run, comparing nothing, skips. */
-static enum lms_status fingerprint_models(struct distill_run *r, struct lms_error *err)
-{
-    const struct distill_args *a = r->a;
-    if (a->dry_run && !a->resume)
-        return LMS_OK;
-    if (lms_model_fingerprint(&r->student, r->student_fp, err))
-        return lms_error_wrap(err, "student '%s': ", a->student);
-    if (lms_model_fingerprint(&r->teacher, r->teacher_fp, err))
-        return lms_error_wrap(err, "teacher '%s': ", a->teacher);
-    return LMS_OK;
-}
-
-/* The output format, the student and the teacher (same vocabulary), the output dtype. */
+/* The output format (--to, else the student's), the student and the teacher. */
 static int open_models(struct distill_run *r)
 {
     struct distill_args *a = r->a;
     struct lms_error err;
     lms_error_clear(&err);
-    r->out_fmt = a->base.to ? lms_format_find(a->base.to) : lms_format_detect(a->student, &err);
-    if (!r->out_fmt && a->base.to)
+    if (a->base.to && !(r->run.o.out_format = lms_format_find(a->base.to)))
         return cli_usage_error(cmd, "unknown --to '%s'", a->base.to);
-    if (!r->out_fmt)
+    if (lms_distill_open_models(&r->run, &err))
         return fail(r, &err);
-    if (lms_checkpoint_read(a->student, &r->student, &err)) {
-        lms_error_wrap(&err, "student: ");
-        return fail(r, &err);
-    }
-    r->have_student = true;
-    if (lms_checkpoint_read(a->teacher, &r->teacher, &err)) {
-        lms_error_wrap(&err, "teacher: ");
-        return fail(r, &err);
-    }
-    r->have_teacher = true;
-    if (fingerprint_models(r, &err))
-        return fail(r, &err);
-    const struct lms_arch *s = &r->student.arch, *t = &r->teacher.arch;
-    if (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab) {
-        lms_error_set(&err, LMS_EFORMAT, "student '%s' has a vocabulary of %lld (%lld rows), "
-                      "teacher '%s' %lld (%lld rows): distillation compares the two "
-                      "distributions token by token, so both must use the same vocabulary",
-                      a->student, (long long)s->vocab, (long long)s->padded_vocab, a->teacher,
-                      (long long)t->vocab, (long long)t->padded_vocab);
-        return fail(r, &err);
-    }
-    /* the student's own dtype unless --dtype; a non-float one is written as f32 */
-    r->out_dtype = a->base.wo.dtype != LMS_DTYPE_COUNT ? a->base.wo.dtype : s->dtype;
-    if (r->out_dtype != LMS_DTYPE_F32 && r->out_dtype != LMS_DTYPE_BF16 &&
-        r->out_dtype != LMS_DTYPE_F16)
-        r->out_dtype = LMS_DTYPE_F32;
     return CLI_PARSED;
 }
 
 /* The training rows (and the validation rows) of the blend. */
 static int open_data(struct distill_run *r)
 {
-    const struct distill_args *a = r->a;
     struct lms_error err;
     lms_error_clear(&err);
-    int64_t n_val = a->val_batches * a->gbs;
-    struct lms_blend_opts bo = {.row_len = a->seq + 1, .stride = a->seq,
-                                .n_rows = a->max_steps * a->gbs, .min_tokens = a->gbs * a->seq + 1,
-                                .seed = (uint64_t)a->seed, .split = a->split,
-                                .which = LMS_SPLIT_TRAIN, .shuffle = true};
-    if (lms_blend_open(r->src, r->n_src, &bo, &r->train, &err))
+    if (lms_distill_open_data(&r->run, &err))
         return fail(r, &err);
-    r->data_fp = lms_calloc((size_t)r->n_src, sizeof *r->data_fp);
-    if (!r->data_fp) {
-        lms_error_set(&err, LMS_ENOMEM, "out of memory");
-        return fail(r, &err);
-    }
-    for (int i = 0; i < r->n_src; i++)
-        if (lms_data_fingerprint(r->src[i].path, r->data_fp[i], &err))
-            return fail(r, &err);
-    if (!n_val)
-        return CLI_PARSED;
-    bo.n_rows = n_val;
-    bo.which = LMS_SPLIT_VALID;
-    bo.shuffle = false;
-    if (lms_blend_open(r->src, r->n_src, &bo, &r->val, &err)) {
-        size_t len = strlen(err.msg);
-        snprintf(err.msg + len, sizeof err.msg - len, " (--limit-val-batches 0 turns "
-                 "validation off)");
-        return fail(r, &err);
-    }
     return CLI_PARSED;
 }
 
 /* The run's configuration; on --resume, checked against the state's, which gives the step to
- * continue from and the history so far. */
+ * continue from and the history so far. A configuration that differs is every rank's own
+ * finding (no rank waits for another to say it). */
 static int check_config(struct distill_run *r, const struct lms_train_state *state)
 {
     struct lms_error err;
     lms_error_clear(&err);
-    r->config = distill_config(r);
-    r->history = json_array();
-    if (!r->config || !r->history) {
-        lms_error_set(&err, LMS_ENOMEM, "out of memory");
-        return fail(r, &err);
-    }
-    if (!state)
-        return CLI_PARSED;
-    char diff[1024];
-    json_t *was = json_object_get(state->meta, "config");
-    if (distill_config_diff(was, r->config, "", diff, sizeof diff)) {
-        lms_error_set(&err, LMS_EINVAL, "--resume: the state '%s' was made with another "
-                      "configuration (%s); resume with the same options, or start over with "
-                      "--force", r->state_dir, diff);
+    enum lms_status st = lms_distill_configure(&r->run, state, &err);
+    if (st == LMS_EINVAL)
         return cli_fail(cmd, &r->a->base.co, &err);
-    }
-    json_t *s = json_object_get(state->meta, "step");
-    r->step = json_is_integer(s) ? json_integer_value(s) : -1;
-    if (r->step < 0 || r->step > r->a->max_steps) {
-        lms_error_set(&err, LMS_EFORMAT, "'%s': bad step count", r->state_dir);
+    if (st)
         return fail(r, &err);
-    }
-    json_t *h = json_object_get(state->meta, "history");
-    if (json_is_array(h))
-        json_array_extend(r->history, h);
-    r->start_step = r->saved_step = r->step;
     return CLI_PARSED;
 }
 
@@ -664,12 +581,12 @@ static json_t *rank_inputs(const struct distill_run *r, const struct lms_train_s
         if (s)
             lms_hash64_hex(lms_hash64(s, strlen(s), 0), hex);
         free(s);
-        resumed = json_pack("{s:I,s:s}", "step", (json_int_t)r->step, "record", hex);
+        resumed = json_pack("{s:I,s:s}", "step", (json_int_t)r->run.step, "record", hex);
     }
     const struct rank_item items[] = {
-        {"--student", json_string(r->student_fp)},
-        {"--teacher", json_string(r->teacher_fp)},
-        {"--data-paths", json_deep_copy(json_object_get(r->config, "data"))},
+        {"--student", json_string(r->run.student_fp)},
+        {"--teacher", json_string(r->run.teacher_fp)},
+        {"--data-paths", json_deep_copy(json_object_get(r->run.config, "data"))},
         {"--resume (the training state)", resumed},
     };
     json_t *o = json_object();
@@ -684,7 +601,7 @@ static json_t *rank_inputs(const struct distill_run *r, const struct lms_train_s
  * (before anything is written or trained). */
 static int agree_ranks(struct distill_run *r, const struct lms_train_state *state, bool inputs)
 {
-    if (r->world < 2)
+    if (r->run.world < 2)
         return CLI_PARSED;
     json_t *o = inputs ? rank_inputs(r, state) : rank_options(r->a);
     if (!o) {
@@ -692,7 +609,7 @@ static int agree_ranks(struct distill_run *r, const struct lms_train_state *stat
         lms_error_set(&err, LMS_ENOMEM, "out of memory");
         return fail(r, &err);
     }
-    int rc = cli_ranks_agree(cmd, &r->a->base.co, r->comm, o);
+    int rc = cli_ranks_agree(cmd, &r->a->base.co, r->run.o.comm, o);
     json_decref(o);
     return rc;
 }
@@ -705,23 +622,9 @@ static int plan_memory(struct distill_run *r)
     struct lms_error err;
     lms_error_clear(&err);
     bool on_gpu = a->base.dev.kind != LMS_DEVICE_CPU;
-    bool bf16 = on_gpu && a->base.prec != LMS_PRECISION_FP32;
-    /* the trainer keeps the teacher's final-norm output for the teacher's logits: as wide as
-     * the teacher, which a student pruned on hidden channels is not */
-    r->to = (struct lms_train_opts){.max_batch = a->mbs, .max_seq = a->seq,
-                                    .recompute = a->recompute, .bf16_working = bf16,
-                                    .teacher_hidden = r->teacher.arch.hidden, .comm = r->comm};
     struct lms_train_plan tp;
-    if (lms_train_plan_make(&r->student.arch, r->student.arch.padded_vocab, &r->to, &tp, &err))
-        return fail(r, &err);
-    struct lms_distill_shape shape = {
-        .trainer = &tp, .teacher = &r->teacher.arch,
-        .teacher_params = lms_model_n_params(&r->teacher),
-        .teacher_weight_bytes = bf16 ? lms_dtype_size(r->teacher.arch.dtype) : 4,
-        .out_bytes = lms_dtype_size(r->out_dtype), .mbs = a->mbs, .seq = a->seq,
-        .n_rows_planned = (a->max_steps + a->val_batches) * a->gbs, .device = on_gpu};
     struct lms_distill_memory mem;
-    if (lms_distill_memory_plan(&shape, &mem, &err))
+    if (lms_distill_plan(&r->run, &tp, &mem, &err))
         return fail(r, &err);
     /* on a GPU the plan is device memory, checked against the device's total (other processes
      * may hold some of it: the allocations then report what they could not get) */
@@ -729,8 +632,8 @@ static int plan_memory(struct distill_run *r)
         struct lms_backend_opts bko = {.n_threads = (int)a->base.threads,
                                        .precision = a->base.prec};
         uint64_t dfree, dtotal;
-        if (!lms_backend_open(&a->base.dev, &bko, &r->be, &err) &&
-            !lms_backend_memory(r->be, &dfree, &dtotal, &err))
+        if (!lms_backend_open(&a->base.dev, &bko, &r->run.be, &err) &&
+            !lms_backend_memory(r->run.be, &dfree, &dtotal, &err))
             mem.available = dtotal;
         else if (!a->dry_run)
             return fail(r, &err);
@@ -738,7 +641,7 @@ static int plan_memory(struct distill_run *r)
     uint64_t limit = a->max_memory ? a->max_memory : mem.available;
     r->mem = mem;
     r->mem_limit = limit;
-    if ((a->dry_run && r->rank == 0) || !a->base.co.quiet)
+    if ((a->dry_run && r->run.rank == 0) || !a->base.co.quiet)
         distill_print_plan(r, &tp, &mem, limit);
     if (limit && mem.total > limit) {
         char need[32], have[32], act[32];
@@ -761,13 +664,13 @@ static int plan_memory(struct distill_run *r)
 static void warn_positions(const struct distill_run *r)
 {
     const struct distill_args *a = r->a;
-    if (r->rank)
+    if (r->run.rank)
         return;
     char what[64];
     snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
-    cli_warn_positions(cmd, &a->base.co, a->student, &r->student.arch, a->seq, what);
+    cli_warn_positions(cmd, &a->base.co, a->student, &r->run.student.arch, a->seq, what);
     if (strcmp(a->student, a->teacher) != 0)
-        cli_warn_positions(cmd, &a->base.co, a->teacher, &r->teacher.arch, a->seq, what);
+        cli_warn_positions(cmd, &a->base.co, a->teacher, &r->run.teacher.arch, a->seq, what);
 }
 
 /* --dry-run's account of the run that would be. */
@@ -775,154 +678,103 @@ static void print_dry_run(const struct distill_run *r)
 {
     const struct distill_args *a = r->a;
     FILE *f = a->base.co.json ? stderr : stdout;
-    if (r->rank)
+    if (r->run.rank)
         return;
-    if (r->world > 1)
-        fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n", r->world,
-                lms_comm_backend(r->comm), (long long)(a->gbs / a->mbs / r->world));
+    if (r->run.world > 1)
+        fprintf(f, "%d ranks (%s): %lld micro-batches of each global batch per rank\n",
+                r->run.world, lms_comm_backend(r->run.o.comm),
+                (long long)(a->gbs / a->mbs / r->run.world));
     fprintf(f, "dry run: %lld steps of %lld rows x %lld tokens (%lld micro-batches of %lld), lr "
             "%g -> %g after %lld warm-up steps; student to '%s' (%s, %s); nothing trained\n",
             (long long)a->max_steps, (long long)a->gbs, (long long)a->seq,
             (long long)(a->gbs / a->mbs), (long long)a->mbs, a->lr, a->min_lr,
-            (long long)a->warmup, r->out, r->out_fmt->name, lms_dtype_name(r->out_dtype));
+            (long long)a->warmup, r->out, r->run.out_fmt->name, lms_dtype_name(r->run.out_dtype));
     if (a->base.co.json)
         distill_summary_json(r, cli_now() - r->t0, true);
-}
-
-/* A log the run writes as it goes: appended to (--resume), created where nothing is (excl), or
- * replaced. */
-static FILE *open_log(const char *path, bool append, bool excl)
-{
-    int how = append ? O_APPEND : excl ? O_EXCL : O_TRUNC;
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | how, 0666);
-    if (fd < 0)
-        return NULL;
-    FILE *f = fdopen(fd, append ? "a" : "w");
-    if (!f)
-        close(fd);
-    return f;
-}
-
-/* Whether nothing is at path, so that a file opened there next is this run's own (a --resume
- * appends to what is there). */
-static bool path_free(const char *path, bool resume)
-{
-    struct stat sb;
-    return !resume && lstat(path, &sb) != 0;
-}
-
-/* Records f as created by this run when its path was free. */
-static void note_made(FILE *f, bool was_free, struct made_file *m)
-{
-    struct stat sb;
-    m->created = was_free && fstat(fileno(f), &sb) == 0;
-    if (m->created) {
-        m->dev = (uint64_t)sb.st_dev;
-        m->ino = (uint64_t)sb.st_ino;
-    }
 }
 
 /* The backend, the student's trainer, the teacher's engine, the loss, the schedule, the batch
  * buffers, the metrics file; on --resume the weights and moments from the state. */
 static int open_training(struct distill_run *r, const struct lms_train_state *state)
 {
-    struct distill_args *a = r->a;
     struct lms_error err;
     lms_error_clear(&err);
-    struct lms_backend_opts bko = {.n_threads = (int)a->base.threads, .precision = a->base.prec};
-    if (!r->be && lms_backend_open(&a->base.dev, &bko, &r->be, &err))
+    if (lms_distill_open_training(&r->run, state, &err))
         return fail(r, &err);
-    if (lms_comm_attach_device(r->comm, lms_backend_name(r->be), &err))
-        return fail(r, &err);
-    if (lms_trainer_new(&r->student, r->be, &r->to, &r->tr, &err)) {
-        lms_error_wrap(&err, "student '%s': ", a->student);
-        return fail(r, &err);
-    }
-    struct lms_engine_opts eo = {.max_batch = a->mbs, .max_seq = a->seq};
-    if (lms_engine_new(&r->teacher, r->be, &eo, &r->te, &err)) {
-        lms_error_wrap(&err, "teacher '%s': ", a->teacher);
-        return fail(r, &err);
-    }
-    lms_loss_opts_default(&r->loss);
-    r->loss.kd = a->kd_kind;
-    r->loss.temperature = a->temperature;
-    r->loss.top_k = a->top_k;
-    r->loss.ce_weight = a->lm_loss_scale;
-    r->loss.kd_weight = a->kd_loss_scale;
-    r->loss.combine = LMS_COMBINE_SCALED;
-    r->sched = (struct lms_lr_schedule){.lr = a->lr, .min_lr = a->min_lr, .warmup = a->warmup,
-                                        .max_steps = a->max_steps};
-    r->row = lms_malloc((size_t)(a->seq + 1) * sizeof(int32_t));
-    r->ids = lms_malloc((size_t)(a->mbs * a->seq) * sizeof(int32_t));
-    r->tgt = lms_malloc((size_t)(a->mbs * a->seq) * sizeof(int32_t));
-    if (!r->row || !r->ids || !r->tgt) {
-        lms_error_set(&err, LMS_ENOMEM, "out of memory for the batch buffers");
-        return fail(r, &err);
-    }
-    if (state) {
-        if (distill_restore(r, state, &err))
-            return fail(r, &err);
-        if (r->rank == 0 && distill_metrics_truncate(r->metrics_path, r->step, &err))
-            return fail(r, &err);
-    }
-    if (mkdir(a->log_dir, 0755) != 0 && errno != EEXIST) {
-        lms_error_set(&err, LMS_EIO, "creating --log-dir '%s': %s", a->log_dir, strerror(errno));
-        return fail(r, &err);
-    }
-    bool keep = !a->base.wo.force && !a->resume; /* replace nothing, even what appeared */
-    if (r->rank == 0) {
-        bool was_free = path_free(r->metrics_path, a->resume);
-        if (!(r->metrics = open_log(r->metrics_path, a->resume, keep))) {
-            lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening '%s': %s",
-                          r->metrics_path, strerror(errno));
-            return fail(r, &err);
-        }
-        note_made(r->metrics, was_free, &r->metrics_made);
-    }
-    if (a->dump_rows) {
-        bool was_free = path_free(a->dump_rows, a->resume);
-        if (!(r->dump = open_log(a->dump_rows, false, keep))) {
-            lms_error_set(&err, errno == EEXIST ? LMS_EEXIST : LMS_EIO, "opening --dump-rows "
-                          "'%s': %s", a->dump_rows, strerror(errno));
-            return fail(r, &err);
-        }
-        note_made(r->dump, was_free, &r->dump_made);
-    }
     return CLI_PARSED;
 }
 
-/* A failed run leaves neither an empty metrics file nor a --dump-rows file that it created
- * (rows of a run that did not finish are no record of one); a file that was there before, one
- * a --resume wrote to, and metrics lines already logged stay. */
-static void discard_made(FILE **f, const char *path, const struct made_file *m,
-                         bool only_if_empty)
+/* The signal that asked the run to stop (SIGINT, or SIGTERM: what Slurm sends before it kills a
+ * job); 0 while none has. The run asks through stop_requested. */
+static volatile sig_atomic_t interrupted;
+
+static void on_stop_signal(int sig)
 {
-    if (!m->created)
-        return;
-    if (*f) {
-        if (only_if_empty && ftell(*f) != 0)
-            return;
-        fclose(*f);
-        *f = NULL;
-    } else if (only_if_empty) { /* closed already (its close failed): what it holds is unknown */
-        return;
-    }
-    struct stat sb;
-    if (lstat(path, &sb) == 0 && (uint64_t)sb.st_dev == m->dev && (uint64_t)sb.st_ino == m->ino)
-        unlink(path);
+    interrupted = sig;
+    cli_interrupt_note(sig); /* the exit code: 128 + sig */
+}
+
+static const char *stop_requested(void *ctx)
+{
+    (void)ctx;
+    if (!interrupted)
+        return NULL;
+    return interrupted == SIGTERM ? "interrupted by SIGTERM" : "interrupted";
+}
+
+/* Trains with SIGINT and SIGTERM turned into a stop the run saves at. */
+static enum lms_status train(struct distill_run *r, struct lms_error *err)
+{
+    struct sigaction sa = {.sa_handler = on_stop_signal}, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    enum lms_status st = lms_distill_train(&r->run, err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return st;
+}
+
+/* The library run's options from the command's (the paths and the data are filled in as the
+ * command names and parses them, the device once the rank is known). */
+static void run_opts(struct distill_run *r, struct lms_distill_opts *o)
+{
+    const struct distill_args *a = r->a;
+    *o = (struct lms_distill_opts){
+        .student = a->student, .teacher = a->teacher, .split = a->split, .seq = a->seq,
+        .gbs = a->gbs, .mbs = a->mbs, .max_steps = a->max_steps, .warmup = a->warmup,
+        .seed = a->seed, .lr = a->lr, .min_lr = a->min_lr, .adam = a->adam,
+        .loss = {.kind = a->kd_kind, .temperature = a->temperature, .top_k = a->top_k,
+                 .lm_loss_scale = a->lm_loss_scale, .kd_loss_scale = a->kd_loss_scale},
+        .recompute = a->recompute, .log_interval = a->log_interval,
+        .val_interval = a->val_interval, .val_batches = a->val_batches,
+        .save_interval = a->save_interval, .exit_interval = a->exit_interval,
+        .skip_nonfinite = a->skip_nonfinite, .save_state = a->save_state, .out = r->out_buf,
+        .state_dir = r->state_dir, .log_dir = a->log_dir, .metrics_path = r->metrics_path,
+        .dump_rows = a->dump_rows, .write = a->base.wo, .resume = a->resume,
+        .fingerprint_models = !a->dry_run || a->resume, .threads = (int)a->base.threads,
+        .precision = a->base.prec, .device = a->base.dev};
+    distill_events(r, &o->ev);
+    o->ev.stop_requested = stop_requested;
 }
 
 static int run(void *args)
 {
     struct distill_args *a = args;
-    struct distill_run r = {.a = a, .last_val_loss = NAN, .world = 1, .t0 = cli_now()};
+    struct distill_run r = {.a = a, .t0 = cli_now()};
+    struct lms_distill_opts o;
+    run_opts(&r, &o);
+    lms_distill_run_init(&r.run, &o);
     struct lms_train_state state = {0};
     bool have_state = false;
     struct lms_error err;
     lms_error_clear(&err);
     int rc = open_ranks(&r);
+    r.run.o.device = a->base.dev; /* the local rank's GPU */
     if (rc == CLI_PARSED)
         rc = name_outputs(&r);
+    r.run.o.src = r.src;
+    r.run.o.n_src = r.n_src;
     if (rc == CLI_PARSED && a->resume) {
         if (lms_train_state_read(r.state_dir, &state, &err))
             rc = fail(&r, &err);
@@ -949,21 +801,20 @@ static int run(void *args)
     if (have_state) /* restored by now: the weights are on the backend */
         lms_train_state_release(&state);
     if (rc == CLI_PARSED) {
-        if (distill_train(&r, &err)) {
+        if (train(&r, &err)) {
             rc = fail(&r, &err);
         } else {
             rc = CLI_EXIT_OK;
             if (a->base.co.json)
-                distill_summary_json(&r, cli_now() - r.t_train, false);
+                distill_summary_json(&r, cli_now() - r.run.t_train, false);
             else if (!a->base.co.quiet)
-                distill_summary_text(&r, cli_now() - r.t_train);
+                distill_summary_text(&r, cli_now() - r.run.t_train);
         }
     }
-    if (rc != CLI_EXIT_OK) {
-        discard_made(&r.metrics, r.metrics_path, &r.metrics_made, true);
-        discard_made(&r.dump, a->dump_rows, &r.dump_made, false);
-    }
-    distill_run_release(&r);
+    if (rc != CLI_EXIT_OK)
+        lms_distill_discard_outputs(&r.run);
+    lms_distill_run_release(&r.run);
+    lms_blend_sources_free(r.src, r.n_src);
     return rc;
 }
 

@@ -13,7 +13,8 @@
  * The handler is installed even where the caller ignored the signal (a shell starts background
  * jobs with SIGINT ignored), as distill always did: an interrupt that reaches the command
  * should stop it cleanly. distill replaces it while it trains with its own, which saves the
- * state first (cli/distill_steps.c) and reports the signal through cli_interrupt_note. */
+ * state first (cli/cmd_distill.c turns the signal into the library run's stop) and reports the
+ * signal through cli_interrupt_note. */
 #include <signal.h>
 #include <sys/types.h>
 #include <stdio.h>
