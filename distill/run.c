@@ -381,7 +381,7 @@ static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state,
     /* like the state: this process's previous student, or what --force or --resume named */
     wo.force = r->o.write.force || r->o.resume || r->student_written;
     struct lms_write_result res;
-    st = r->out_fmt->write(&m, r->o.out, &wo, &res, err);
+    st = lms_checkpoint_write(r->out_fmt, &m, r->o.out, &wo, &res, err);
     lms_model_release(&m);
     if (st) {
         lms_error_wrap(err, "saving the student '%s': ", r->o.out);
