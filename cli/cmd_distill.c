@@ -820,10 +820,14 @@ static int run(void *args)
 
 int cmd_distill(int argc, char **argv)
 {
+    struct lms_distill_opts d; /* the library's defaults are the command's */
+    lms_distill_opts_default(&d);
     struct distill_args a = {
-        .gbs = 768, .mbs = 8, .max_steps = 40, .warmup = 1, .seq = 4096, .lr = 1e-4,
-        .min_lr = 1e-5, .log_interval = 1, .val_batches = 1, .seed = 1234, .split = "969,30,1",
-        .log_dir = ".", .temperature = 1, .kd_loss_scale = 1,
+        .gbs = d.gbs, .mbs = d.mbs, .max_steps = d.max_steps, .warmup = d.warmup, .seq = d.seq,
+        .lr = d.lr, .min_lr = d.min_lr, .log_interval = d.log_interval,
+        .val_batches = d.val_batches, .seed = d.seed, .split = d.split, .log_dir = ".",
+        .temperature = d.loss.temperature, .lm_loss_scale = d.loss.lm_loss_scale,
+        .kd_loss_scale = d.loss.kd_loss_scale,
         .over = {.beta1 = NAN, .beta2 = NAN, .eps = NAN, .weight_decay = NAN, .clip_norm = NAN},
     };
     int rc = take_data_paths(&argc, argv, &a);

@@ -187,11 +187,11 @@ static void note_made(FILE *f, bool was_free, struct lms_made_file *m)
 static enum lms_status open_outputs(struct lms_distill_run *r, struct lms_error *err)
 {
     const struct lms_distill_opts *a = &r->o;
-    if (mkdir(a->log_dir, 0755) != 0 && errno != EEXIST)
+    if (a->log_dir && mkdir(a->log_dir, 0755) != 0 && errno != EEXIST)
         return lms_error_set(err, LMS_EIO, "creating --log-dir '%s': %s", a->log_dir,
                              strerror(errno));
     bool keep = !a->write.force && !a->resume;
-    if (r->rank == 0) {
+    if (r->rank == 0 && a->metrics_path) {
         bool was_free = path_free(a->metrics_path, a->resume);
         if (!(r->metrics = open_log(a->metrics_path, a->resume, keep)))
             return lms_error_set(err, errno == EEXIST ? LMS_EEXIST : LMS_EIO,
@@ -235,7 +235,8 @@ enum lms_status lms_distill_open_training(struct lms_distill_run *r,
     if (state) {
         if ((st = lms__distill_restore(r, state, err)))
             return st;
-        if (r->rank == 0 && (st = lms_distill_metrics_truncate(a->metrics_path, r->step, err)))
+        if (r->rank == 0 && a->metrics_path &&
+            (st = lms_distill_metrics_truncate(a->metrics_path, r->step, err)))
             return st;
     }
     return open_outputs(r, err);

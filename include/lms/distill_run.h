@@ -116,8 +116,9 @@ struct lms_distill_opts {
     int64_t save_interval, exit_interval; /* 0: none */
     int64_t skip_nonfinite;            /* steps that may be skipped as not finite */
     enum lms_distill_save_state save_state;
-    /* outputs: the student, its state directory, the directory of the metrics file and the
-     * file itself, --dump-rows (NULL: none) */
+    /* outputs: the student, its state directory, the directory of the metrics file (created
+     * when missing; NULL: none) and the file itself (NULL: no metrics file), --dump-rows
+     * (NULL: none) */
     const char *out, *state_dir, *log_dir, *metrics_path, *dump_rows;
     const struct lms_format *out_format; /* NULL: the student's own */
     struct lms_write_opts write;       /* dtype (COUNT: the student's), shard size, force */
@@ -212,6 +213,16 @@ enum lms_status lms_distill_train(struct lms_distill_run *r, struct lms_error *e
 void lms_distill_discard_outputs(struct lms_distill_run *r);
 /* Frees what the run opened (files still open are closed unchecked). */
 void lms_distill_run_release(struct lms_distill_run *r);
+
+/* The command's defaults (lmsurgeon distill --help): 969,30,1 split, 4096-token rows, gbs 768,
+ * mbs 8, 40 steps, lr 1e-4 to 1e-5 after 1 warm-up step, forward KL at temperature 1 without
+ * cross-entropy, the parity optimiser preset, a log line per step, one validation batch at the
+ * end, the state saved at every save, the CPU. Paths, data and callbacks are left NULL. */
+void lms_distill_opts_default(struct lms_distill_opts *o);
+/* The whole run: init, (o->resume: the state in o->state_dir), open the models and data,
+ * configure, open training, train; on failure the outputs this run created are removed; then
+ * release. What lms_distill_train returns. */
+enum lms_status lms_distill_run_all(const struct lms_distill_opts *o, struct lms_error *err);
 
 /* Everything that shapes the numbers of a run; --resume refuses a state made with another. */
 json_t *lms_distill_config(const struct lms_distill_run *r);
