@@ -94,112 +94,77 @@ static const struct lms_view *find_view(const struct lms_model *m, enum lms_role
     return t ? t->view : NULL;
 }
 
-/* Streams view v into device address dst as dtype dt, through staging (STAGING_ELEMS of
- * the largest element size). */
-static enum lms_status upload_view(struct lms_engine *e, const struct lms_view *v,
-                                   enum lms_dtype dt, char *dst, void *staging,
-                                   struct lms_error *err)
-{
-    int64_t n = lms_view_numel(v);
-    size_t es = lms_dtype_size(dt);
-    for (int64_t e0 = 0; e0 < n; e0 += STAGING_ELEMS) {
-        int64_t k = n - e0 < STAGING_ELEMS ? n - e0 : STAGING_ELEMS;
-        enum lms_status rc = lms_view_read_as(v, e0, k, dt, staging, err);
-        if (!rc)
-            rc = lms_buf_upload(e->be, dst + (size_t)e0 * es, staging, (size_t)k * es, err);
-        if (rc)
-            return rc;
-    }
-    return LMS_OK;
-}
-
 /* One weight to upload: the view, where it goes (byte offset in the weights buffer), its dtype
- * on the device, and the pointer slot to set once the buffer exists. */
+ * on the device, and the field it sets once the buffer exists. */
 struct upload {
     const struct lms_view *v;
     enum lms_dtype dt;
     size_t off;
-    void **slot; /* set to base + off for the first part of a slot; NULL for later parts */
+    struct lms__param p;
 };
 
-/* Lists every weight (first pass: counting with list == NULL). */
-static size_t list_uploads(struct lms_engine *e, struct upload *list, size_t *cursor, bool *ok)
+/* Points the field p names at dev (nothing for a later part of a fused matrix). */
+static void set_field(struct lms_engine *e, const struct lms__param *p, void *dev)
 {
-    const struct lms_model *m = e->m;
-    const struct lms_arch *a = &e->a;
-    size_t n = 0;
-#define ADD(view, dtype, slotp)                                                              \
-    do {                                                                                     \
-        const struct lms_view *v_ = (view);                                                  \
-        size_t off_ = 0;                                                                     \
-        if (!lms__reserve(cursor, lms_view_numel(v_), lms_dtype_size(dtype), &off_))              \
-            *ok = false;                                                                     \
-        if (list)                                                                            \
-            list[n] = (struct upload){v_, (dtype), off_, (void **)(slotp)};                  \
-        n++;                                                                                 \
-    } while (0)
-    /* fused parts must be contiguous: lms__reserve() aligns to 64 bytes, so parts of one fused
-     * matrix are placed with an unaligned cursor step instead */
-#define ADD_PART(view, dtype)                                                                \
-    do {                                                                                     \
-        const struct lms_view *v_ = (view);                                                  \
-        size_t off_ = *cursor, bytes_;                                                       \
-        if (__builtin_mul_overflow((size_t)lms_view_numel(v_), lms_dtype_size(dtype), &bytes_) || \
-            __builtin_add_overflow(*cursor, bytes_, cursor))                                 \
-            *ok = false;                                                                     \
-        if (list)                                                                            \
-            list[n] = (struct upload){v_, (dtype), off_, NULL};                              \
-        n++;                                                                                 \
-    } while (0)
-    enum lms_dtype w = e->wdt, f32 = LMS_DTYPE_F32;
-    ADD(find_view(m, LMS_ROLE_EMBED, -1), w, &e->embed);
-    if (!a->tie_embeddings)
-        ADD(find_view(m, LMS_ROLE_LM_HEAD, -1), w, &e->lm_head);
-    ADD(find_view(m, LMS_ROLE_FINAL_NORM, -1), f32, &e->final_norm);
-    for (int64_t l = 0; l < a->n_layers; l++) {
-        struct lms__layer_weights *lw = list ? &e->layers[l] : NULL;
-        ADD(find_view(m, LMS_ROLE_Q, l), w, lw ? &lw->qkv : NULL);
-        ADD_PART(find_view(m, LMS_ROLE_K, l), w);
-        ADD_PART(find_view(m, LMS_ROLE_V, l), w);
-        if (a->qkv_bias) {
-            ADD(find_view(m, LMS_ROLE_Q_BIAS, l), f32, lw ? &lw->qkv_bias : NULL);
-            ADD_PART(find_view(m, LMS_ROLE_K_BIAS, l), f32);
-            ADD_PART(find_view(m, LMS_ROLE_V_BIAS, l), f32);
-        }
-        if (a->qk_norm) {
-            ADD(find_view(m, LMS_ROLE_Q_NORM, l), f32, lw ? &lw->q_norm : NULL);
-            ADD(find_view(m, LMS_ROLE_K_NORM, l), f32, lw ? &lw->k_norm : NULL);
-        }
-        ADD(find_view(m, LMS_ROLE_O, l), w, lw ? &lw->o : NULL);
-        if (a->o_bias)
-            ADD(find_view(m, LMS_ROLE_O_BIAS, l), f32, lw ? &lw->o_bias : NULL);
-        ADD(find_view(m, LMS_ROLE_ATTN_NORM, l), f32, lw ? &lw->attn_norm : NULL);
-        ADD(find_view(m, LMS_ROLE_MLP_NORM, l), f32, lw ? &lw->mlp_norm : NULL);
-        ADD(find_view(m, LMS_ROLE_GATE, l), w, lw ? &lw->gu : NULL);
-        ADD_PART(find_view(m, LMS_ROLE_UP, l), w);
-        ADD(find_view(m, LMS_ROLE_DOWN, l), w, lw ? &lw->down : NULL);
+    struct lms__layer_weights *w = p->layer >= 0 ? &e->layers[p->layer] : NULL;
+    switch (p->field) {
+    case LMS__P_EMBED: e->embed = dev; break;
+    case LMS__P_LM_HEAD: e->lm_head = dev; break;
+    case LMS__P_FINAL_NORM: e->final_norm = dev; break;
+    case LMS__P_QKV: w->qkv = dev; break;
+    case LMS__P_QKV_BIAS: w->qkv_bias = dev; break;
+    case LMS__P_Q_NORM: w->q_norm = dev; break;
+    case LMS__P_K_NORM: w->k_norm = dev; break;
+    case LMS__P_O: w->o = dev; break;
+    case LMS__P_O_BIAS: w->o_bias = dev; break;
+    case LMS__P_ATTN_NORM: w->attn_norm = dev; break;
+    case LMS__P_MLP_NORM: w->mlp_norm = dev; break;
+    case LMS__P_GU: w->gu = dev; break;
+    case LMS__P_DOWN: w->down = dev; break;
+    case LMS__P_PART: break;
     }
-#undef ADD
-#undef ADD_PART
-    return n;
+}
+
+/* Places the model's tensors (lms__model_params) in the weights buffer: matrices in the weight
+ * dtype, norms and biases in fp32. A tensor starts 64-byte aligned; the parts of a fused matrix
+ * follow each other without padding. */
+static bool place_uploads(struct lms_engine *e, const struct lms__param *params, size_t n,
+                          struct upload *list, size_t *cursor)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct lms__param *p = &params[i];
+        const struct lms_view *v = find_view(e->m, p->role, p->layer);
+        enum lms_dtype dt = p->matrix ? e->wdt : LMS_DTYPE_F32;
+        size_t off = *cursor, bytes;
+        if (p->field != LMS__P_PART) {
+            if (!lms__reserve(cursor, lms_view_numel(v), lms_dtype_size(dt), &off))
+                return false;
+        } else if (__builtin_mul_overflow((size_t)lms_view_numel(v), lms_dtype_size(dt),
+                                          &bytes) ||
+                   __builtin_add_overflow(*cursor, bytes, cursor)) {
+            return false;
+        }
+        list[i] = (struct upload){v, dt, off, *p};
+    }
+    return true;
 }
 
 static enum lms_status upload_weights(struct lms_engine *e, struct lms_error *err)
 {
     enum lms_status rc;
-    size_t cursor = 0;
-    bool ok = true;
-    size_t n = list_uploads(e, NULL, &cursor, &ok);
-    if (!ok)
-        return lms_error_set(err, LMS_EINVAL, "engine: weight sizes overflow");
+    size_t cursor = 0, n = lms__model_params(&e->a, NULL);
+    struct lms__param *params = lms_calloc(n, sizeof *params);
     struct upload *list = lms_calloc(n, sizeof *list);
     void *staging = lms_malloc((size_t)STAGING_ELEMS * 4);
-    if (!list || !staging) {
+    if (!params || !list || !staging) {
         rc = lms_error_set(err, LMS_ENOMEM, "engine: out of memory listing weights");
         goto out;
     }
-    cursor = 0;
-    list_uploads(e, list, &cursor, &ok);
+    lms__model_params(&e->a, params);
+    if (!place_uploads(e, params, n, list, &cursor)) {
+        rc = lms_error_set(err, LMS_EINVAL, "engine: weight sizes overflow");
+        goto out;
+    }
     e->weight_bytes = (cursor + 63) & ~(size_t)63;
     rc = lms_buf_alloc(e->be, e->weight_bytes, &e->weights, err);
     if (rc) {
@@ -208,9 +173,9 @@ static enum lms_status upload_weights(struct lms_engine *e, struct lms_error *er
     }
     char *base = e->weights.ptr;
     for (size_t i = 0; i < n; i++) {
-        if (list[i].slot)
-            *list[i].slot = base + list[i].off;
-        rc = upload_view(e, list[i].v, list[i].dt, base + list[i].off, staging, err);
+        set_field(e, &list[i].p, base + list[i].off);
+        rc = lms__upload_view(e->be, list[i].v, list[i].dt, base + list[i].off, staging,
+                               STAGING_ELEMS, err);
         if (rc)
             goto out;
     }
@@ -219,6 +184,7 @@ static enum lms_status upload_weights(struct lms_engine *e, struct lms_error *er
 out:
     lms_free(staging);
     lms_free(list);
+    lms_free(params);
     return rc;
 }
 

@@ -133,6 +133,47 @@ enum lms_status lms__rope_table_upload(struct lms_backend *be, const struct lms_
     return rc;
 }
 
+/* ---- parameters -------------------------------------------------------------------------- */
+
+size_t lms__model_params(const struct lms_arch *a, struct lms__param *out)
+{
+    size_t n = 0;
+#define PARAM(role_, layer_, field_, matrix_)                                                \
+    do {                                                                                     \
+        if (out)                                                                             \
+            out[n] = (struct lms__param){(role_), (layer_), (field_), (matrix_)};            \
+        n++;                                                                                 \
+    } while (0)
+    PARAM(LMS_ROLE_EMBED, -1, LMS__P_EMBED, true);
+    if (!a->tie_embeddings)
+        PARAM(LMS_ROLE_LM_HEAD, -1, LMS__P_LM_HEAD, true);
+    PARAM(LMS_ROLE_FINAL_NORM, -1, LMS__P_FINAL_NORM, false);
+    for (int64_t l = 0; l < a->n_layers; l++) {
+        PARAM(LMS_ROLE_Q, l, LMS__P_QKV, true);
+        PARAM(LMS_ROLE_K, l, LMS__P_PART, true);
+        PARAM(LMS_ROLE_V, l, LMS__P_PART, true);
+        if (a->qkv_bias) {
+            PARAM(LMS_ROLE_Q_BIAS, l, LMS__P_QKV_BIAS, false);
+            PARAM(LMS_ROLE_K_BIAS, l, LMS__P_PART, false);
+            PARAM(LMS_ROLE_V_BIAS, l, LMS__P_PART, false);
+        }
+        if (a->qk_norm) {
+            PARAM(LMS_ROLE_Q_NORM, l, LMS__P_Q_NORM, false);
+            PARAM(LMS_ROLE_K_NORM, l, LMS__P_K_NORM, false);
+        }
+        PARAM(LMS_ROLE_O, l, LMS__P_O, true);
+        if (a->o_bias)
+            PARAM(LMS_ROLE_O_BIAS, l, LMS__P_O_BIAS, false);
+        PARAM(LMS_ROLE_ATTN_NORM, l, LMS__P_ATTN_NORM, false);
+        PARAM(LMS_ROLE_MLP_NORM, l, LMS__P_MLP_NORM, false);
+        PARAM(LMS_ROLE_GATE, l, LMS__P_GU, true);
+        PARAM(LMS_ROLE_UP, l, LMS__P_PART, true);
+        PARAM(LMS_ROLE_DOWN, l, LMS__P_DOWN, true);
+    }
+#undef PARAM
+    return n;
+}
+
 /* ---- building blocks ---------------------------------------------------------------------- */
 
 enum lms_status lms__gemm(struct lms_backend *be, bool ta, bool tb, int64_t m, int64_t n,
@@ -172,6 +213,23 @@ enum lms_status lms__linear_backward(struct lms_backend *be, float *dx, int64_t 
     if (!rc && dbias)
         rc = be->ops->bias_backward(be, dbias, dy, lddy, rows, n, err);
     return rc;
+}
+
+enum lms_status lms__upload_view(struct lms_backend *be, const struct lms_view *v,
+                                 enum lms_dtype dt, void *dst, void *staging,
+                                 int64_t staging_elems, struct lms_error *err)
+{
+    int64_t n = lms_view_numel(v);
+    size_t es = lms_dtype_size(dt);
+    for (int64_t e0 = 0; e0 < n; e0 += staging_elems) {
+        int64_t k = n - e0 < staging_elems ? n - e0 : staging_elems;
+        enum lms_status rc = lms_view_read_as(v, e0, k, dt, staging, err);
+        if (!rc)
+            rc = lms_buf_upload(be, (char *)dst + (size_t)e0 * es, staging, (size_t)k * es, err);
+        if (rc)
+            return rc;
+    }
+    return LMS_OK;
 }
 
 enum lms_status lms__copy(struct lms_backend *be, float *dst, const float *src, int64_t n,

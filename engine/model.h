@@ -70,6 +70,40 @@ struct lms__model_grads {
     const struct lms__layer_grads *layers;
 };
 
+/* Where one tensor of the model goes: a field of struct lms__model or lms__layer_weights, or
+ * LMS__P_PART, the next part of the fused matrix the previous tensor started (k and v after q,
+ * their biases after q's, up after gate), placed right behind it. */
+enum lms__param_field {
+    LMS__P_EMBED,
+    LMS__P_LM_HEAD,
+    LMS__P_FINAL_NORM,
+    LMS__P_QKV,
+    LMS__P_QKV_BIAS,
+    LMS__P_Q_NORM,
+    LMS__P_K_NORM,
+    LMS__P_O,
+    LMS__P_O_BIAS,
+    LMS__P_ATTN_NORM,
+    LMS__P_MLP_NORM,
+    LMS__P_GU,
+    LMS__P_DOWN,
+    LMS__P_PART,
+};
+
+/* One tensor of the model. matrix: a GEMM operand or embedding table (kept in the weight dtype
+ * by the inference engine), else an fp32 norm weight or bias. */
+struct lms__param {
+    enum lms_role role;
+    int64_t layer; /* -1 for the embedding, LM head and final norm */
+    enum lms__param_field field;
+    bool matrix;
+};
+
+/* The model's tensors in the order both the inference engine and the trainer lay them out (the
+ * LM head only when it is not tied; biases and q/k norms as the architecture says). Fills out
+ * when not NULL; returns the count. */
+size_t lms__model_params(const struct lms_arch *a, struct lms__param *out);
+
 /* ---- activations ---- */
 
 /* Where one layer writes. x_in, x_mid, x_out are the residual stream entering the layer, after
@@ -182,6 +216,12 @@ enum lms_status lms__gemm(struct lms_backend *be, bool ta, bool tb, int64_t m, i
                           int64_t k, const float *A, int64_t lda, const void *B,
                           enum lms_dtype bdt, int64_t ldb, float *C, int64_t ldc, float beta,
                           const float *bias, struct lms_error *err);
+
+/* Streams view v into device address dst as dtype dt through the host buffer staging, which
+ * holds staging_elems elements of dt. */
+enum lms_status lms__upload_view(struct lms_backend *be, const struct lms_view *v,
+                                 enum lms_dtype dt, void *dst, void *staging,
+                                 int64_t staging_elems, struct lms_error *err);
 
 /* dst = src, n fp32 elements on the device. */
 enum lms_status lms__copy(struct lms_backend *be, float *dst, const float *src, int64_t n,

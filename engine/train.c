@@ -177,9 +177,9 @@ enum lms_status lms_train_plan_make(const struct lms_arch *a, int64_t logits_col
 
 /* ---- trainer ------------------------------------------------------------------------------ */
 
+/* A layer's parameters: float offsets by enum lms__param_field (ABSENT when missing). */
 struct layer_p {
-    size_t qkv, qkv_bias, q_norm, k_norm, o, o_bias, attn_norm, mlp_norm, gu, down; /* floats;
-                                                                    SIZE_MAX when absent */
+    size_t at[LMS__P_PART];
 };
 
 struct lms_trainer {
@@ -263,66 +263,59 @@ static size_t place(size_t *cur, int64_t n, bool group_start)
     return at;
 }
 
+/* Where the offset of parameter p is kept; NULL for a later part of a fused matrix. */
+static size_t *offset_of(struct lms_trainer *tr, const struct lms__param *p)
+{
+    switch (p->field) {
+    case LMS__P_EMBED: return &tr->embed;
+    case LMS__P_LM_HEAD: return &tr->lm_head;
+    case LMS__P_FINAL_NORM: return &tr->final_norm;
+    case LMS__P_PART: return NULL;
+    default: return &tr->layers[p->layer].at[p->field];
+    }
+}
+
 static enum lms_status build_params(struct lms_trainer *tr, struct lms_error *err)
 {
     const struct lms_model *m = tr->student;
     const struct lms_arch *a = &tr->a;
-    size_t cap = 4 + 16 * (size_t)a->n_layers, n = 0, cur = 0;
+    size_t n_model = lms__model_params(a, NULL), n = 0, cur = 0;
+    size_t cap = n_model + 2; /* and the hidden map's weight and bias */
     tr->params = lms_calloc(cap, sizeof *tr->params);
     tr->names = lms_calloc(cap, sizeof *tr->names);
     tr->layers = lms_calloc((size_t)a->n_layers, sizeof *tr->layers);
-    if (!tr->params || !tr->names || !tr->layers)
+    struct lms__param *mp = lms_calloc(n_model, sizeof *mp);
+    if (!tr->params || !tr->names || !tr->layers || !mp) {
+        lms_free(mp);
         return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
-#define ADD(role_, layer_, start_, dst_)                                                      \
-    do {                                                                                     \
-        const struct lms_tensor *t_ = lms_model_find(m, (role_), (layer_));                  \
-        struct lms_train_param *p_ = &tr->params[n];                                         \
-        tr->names[n] = lms_strdup(t_->name);                                                 \
-        if (!tr->names[n])                                                                   \
-            return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");                 \
-        p_->name = tr->names[n];                                                             \
-        p_->role = (role_);                                                                  \
-        p_->layer = (layer_);                                                                \
-        p_->ndim = t_->view->ndim;                                                           \
-        p_->shape[0] = t_->view->shape[0];                                                   \
-        p_->shape[1] = t_->view->ndim > 1 ? t_->view->shape[1] : 1;                          \
-        p_->numel = lms_view_numel(t_->view);                                                \
-        size_t off_ = place(&cur, p_->numel, (start_));                                      \
-        p_->w = (float *)(uintptr_t)off_; /* offsets until the buffers exist */              \
-        p_->decay = p_->ndim >= 2;                                                           \
-        if ((dst_) != NULL)                                                                  \
-            *(size_t *)(dst_) = off_;                                                        \
-        n++;                                                                                 \
-    } while (0)
-    ADD(LMS_ROLE_EMBED, -1, true, &tr->embed);
-    if (!a->tie_embeddings)
-        ADD(LMS_ROLE_LM_HEAD, -1, true, &tr->lm_head);
-    ADD(LMS_ROLE_FINAL_NORM, -1, true, &tr->final_norm);
-    for (int64_t l = 0; l < a->n_layers; l++) {
-        struct layer_p *lp = &tr->layers[l];
-        lp->qkv_bias = lp->q_norm = lp->k_norm = lp->o_bias = ABSENT;
-        ADD(LMS_ROLE_Q, l, true, &lp->qkv);
-        ADD(LMS_ROLE_K, l, false, NULL);
-        ADD(LMS_ROLE_V, l, false, NULL);
-        if (a->qkv_bias) {
-            ADD(LMS_ROLE_Q_BIAS, l, true, &lp->qkv_bias);
-            ADD(LMS_ROLE_K_BIAS, l, false, NULL);
-            ADD(LMS_ROLE_V_BIAS, l, false, NULL);
-        }
-        if (a->qk_norm) {
-            ADD(LMS_ROLE_Q_NORM, l, true, &lp->q_norm);
-            ADD(LMS_ROLE_K_NORM, l, true, &lp->k_norm);
-        }
-        ADD(LMS_ROLE_O, l, true, &lp->o);
-        if (a->o_bias)
-            ADD(LMS_ROLE_O_BIAS, l, true, &lp->o_bias);
-        ADD(LMS_ROLE_ATTN_NORM, l, true, &lp->attn_norm);
-        ADD(LMS_ROLE_MLP_NORM, l, true, &lp->mlp_norm);
-        ADD(LMS_ROLE_GATE, l, true, &lp->gu);
-        ADD(LMS_ROLE_UP, l, false, NULL);
-        ADD(LMS_ROLE_DOWN, l, true, &lp->down);
     }
-#undef ADD
+    lms__model_params(a, mp);
+    for (int64_t l = 0; l < a->n_layers; l++)
+        for (int f = 0; f < LMS__P_PART; f++)
+            tr->layers[l].at[f] = ABSENT;
+    for (; n < n_model; n++) {
+        const struct lms_tensor *t = lms_model_find(m, mp[n].role, mp[n].layer);
+        struct lms_train_param *p = &tr->params[n];
+        tr->names[n] = lms_strdup(t->name);
+        if (!tr->names[n]) {
+            lms_free(mp);
+            return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+        }
+        p->name = tr->names[n];
+        p->role = mp[n].role;
+        p->layer = mp[n].layer;
+        p->ndim = t->view->ndim;
+        p->shape[0] = t->view->shape[0];
+        p->shape[1] = t->view->ndim > 1 ? t->view->shape[1] : 1;
+        p->numel = lms_view_numel(t->view);
+        size_t off = place(&cur, p->numel, mp[n].field != LMS__P_PART);
+        p->w = (float *)(uintptr_t)off; /* offsets until the buffers exist */
+        p->decay = p->ndim >= 2;
+        size_t *dst = offset_of(tr, &mp[n]);
+        if (dst)
+            *dst = off;
+    }
+    lms_free(mp);
     tr->map_w = tr->map_b = ABSENT;
     if (tr->has_map) {
         int64_t Ht = tr->plan.Ht, H = a->hidden;
@@ -408,12 +401,8 @@ static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *er
             continue;
         }
         const struct lms_tensor *t = lms_model_find(tr->student, p->role, p->layer);
-        for (int64_t e0 = 0; !rc && e0 < p->numel; e0 += STAGING_ELEMS) {
-            int64_t k = p->numel - e0 < STAGING_ELEMS ? p->numel - e0 : STAGING_ELEMS;
-            rc = lms_view_read_as(t->view, e0, k, LMS_DTYPE_F32, tr->host_stage, err);
-            if (!rc)
-                rc = lms_buf_upload(tr->be, p->w + e0, tr->host_stage, (size_t)k * 4, err);
-        }
+        rc = lms__upload_view(tr->be, t->view, LMS_DTYPE_F32, p->w, tr->host_stage,
+                              STAGING_ELEMS, err);
         if (rc)
             lms_error_wrap(err, "trainer: uploading %s: ", p->name);
     }
@@ -445,23 +434,24 @@ static enum lms_status bind_model(struct lms_trainer *tr, struct lms_error *err)
     if (!tr->layer_w || !tr->layer_g || !tr->slot_acts)
         return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
     for (size_t l = 0; l < L; l++) {
-        const struct layer_p *lp = &tr->layers[l];
+        const size_t *at = tr->layers[l].at;
         struct lms__layer_weights *w = &tr->layer_w[l];
-        w->qkv = Wmm(tr, lp->qkv, &w->wdt);
-        w->o = Wmm(tr, lp->o, &w->wdt);
-        w->gu = Wmm(tr, lp->gu, &w->wdt);
-        w->down = Wmm(tr, lp->down, &w->wdt);
-        w->qkv_bias = Wp(tr, lp->qkv_bias);
-        w->q_norm = Wp(tr, lp->q_norm);
-        w->k_norm = Wp(tr, lp->k_norm);
-        w->o_bias = Wp(tr, lp->o_bias);
-        w->attn_norm = Wp(tr, lp->attn_norm);
-        w->mlp_norm = Wp(tr, lp->mlp_norm);
+        w->qkv = Wmm(tr, at[LMS__P_QKV], &w->wdt);
+        w->o = Wmm(tr, at[LMS__P_O], &w->wdt);
+        w->gu = Wmm(tr, at[LMS__P_GU], &w->wdt);
+        w->down = Wmm(tr, at[LMS__P_DOWN], &w->wdt);
+        w->qkv_bias = Wp(tr, at[LMS__P_QKV_BIAS]);
+        w->q_norm = Wp(tr, at[LMS__P_Q_NORM]);
+        w->k_norm = Wp(tr, at[LMS__P_K_NORM]);
+        w->o_bias = Wp(tr, at[LMS__P_O_BIAS]);
+        w->attn_norm = Wp(tr, at[LMS__P_ATTN_NORM]);
+        w->mlp_norm = Wp(tr, at[LMS__P_MLP_NORM]);
         tr->layer_g[l] = (struct lms__layer_grads){
-            .qkv = Gp(tr, lp->qkv), .qkv_bias = Gp(tr, lp->qkv_bias),
-            .q_norm = Gp(tr, lp->q_norm), .k_norm = Gp(tr, lp->k_norm), .o = Gp(tr, lp->o),
-            .o_bias = Gp(tr, lp->o_bias), .attn_norm = Gp(tr, lp->attn_norm),
-            .mlp_norm = Gp(tr, lp->mlp_norm), .gu = Gp(tr, lp->gu), .down = Gp(tr, lp->down),
+            .qkv = Gp(tr, at[LMS__P_QKV]), .qkv_bias = Gp(tr, at[LMS__P_QKV_BIAS]),
+            .q_norm = Gp(tr, at[LMS__P_Q_NORM]), .k_norm = Gp(tr, at[LMS__P_K_NORM]),
+            .o = Gp(tr, at[LMS__P_O]), .o_bias = Gp(tr, at[LMS__P_O_BIAS]),
+            .attn_norm = Gp(tr, at[LMS__P_ATTN_NORM]), .mlp_norm = Gp(tr, at[LMS__P_MLP_NORM]),
+            .gu = Gp(tr, at[LMS__P_GU]), .down = Gp(tr, at[LMS__P_DOWN]),
         };
     }
     for (int64_t k = 0; k < p->n_slots; k++) {
