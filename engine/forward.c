@@ -194,22 +194,11 @@ enum lms_status lms_engine_new(const struct lms_model *m, struct lms_backend *be
                                const struct lms_engine_opts *opts, struct lms_engine **out,
                                struct lms_error *err)
 {
-    enum lms_status rc;
-    float inv[1024], scale;
+    int64_t vocab_in, n_logits;
     *out = NULL;
-    rc = lms_model_validate(m, err);
+    enum lms_status rc = lms__model_check(m, "engine", "model", &vocab_in, &n_logits, err);
     if (rc)
-        return lms_error_wrap(err, "engine: ");
-    rc = lms_rope_inv_freq(&m->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
-    if (rc)
-        return lms_error_wrap(err, "engine: ");
-    const struct lms_view *emb = find_view(m, LMS_ROLE_EMBED, -1);
-    const struct lms_view *head =
-        m->arch.tie_embeddings ? emb : find_view(m, LMS_ROLE_LM_HEAD, -1);
-    if (!emb || !head)
-        return lms_error_set(err, LMS_EFORMAT, "engine: the model has no %s",
-                             emb ? "lm_head" : "embedding");
-
+        return rc;
     struct lms_engine *e = lms_calloc(1, sizeof *e);
     if (!e)
         return lms_error_set(err, LMS_ENOMEM, "engine: out of memory");
@@ -218,8 +207,8 @@ enum lms_status lms_engine_new(const struct lms_model *m, struct lms_backend *be
     e->a = m->arch;
     e->opts = *opts;
     e->wdt = lms__backend_weight_dtype(be, m->arch.dtype);
-    e->vocab_in = emb->shape[0];
-    e->n_logits = head->shape[0];
+    e->vocab_in = vocab_in;
+    e->n_logits = n_logits;
     rc = lms_fwd_plan_make(&e->a, e->n_logits, opts, &e->plan, err);
     if (rc)
         goto fail;

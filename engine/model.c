@@ -133,6 +133,28 @@ enum lms_status lms__rope_table_upload(struct lms_backend *be, const struct lms_
     return rc;
 }
 
+/* ---- the model a pass can run ------------------------------------------------------------ */
+
+enum lms_status lms__model_check(const struct lms_model *m, const char *who, const char *what,
+                                 int64_t *vocab_in, int64_t *n_logits, struct lms_error *err)
+{
+    float inv[1024], scale;
+    enum lms_status rc = lms_model_validate(m, err);
+    if (!rc)
+        rc = lms_rope_inv_freq(&m->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
+    if (rc)
+        return lms_error_wrap(err, "%s: ", who);
+    const struct lms_tensor *emb = lms_model_find(m, LMS_ROLE_EMBED, -1);
+    const struct lms_tensor *head =
+        m->arch.tie_embeddings ? emb : lms_model_find(m, LMS_ROLE_LM_HEAD, -1);
+    if (!emb || !head)
+        return lms_error_set(err, LMS_EFORMAT, "%s: the %s has no %s", who, what,
+                             emb ? "lm_head" : "embedding");
+    *vocab_in = emb->view->shape[0];
+    *n_logits = head->view->shape[0];
+    return LMS_OK;
+}
+
 /* ---- parameters -------------------------------------------------------------------------- */
 
 size_t lms__model_params(const struct lms_arch *a, struct lms__param *out)

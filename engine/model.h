@@ -36,6 +36,12 @@ bool lms__mul_ok(int64_t a, int64_t b, int64_t *out);
  * overflow. */
 bool lms__reserve(size_t *cursor, int64_t n, size_t esize, size_t *off);
 
+/* Checks that m can run: a valid IR model, RoPE this engine computes, an embedding and an LM
+ * head (or tied embeddings); their rows in *vocab_in and *n_logits. Errors start with
+ * "WHO: " and call the model WHAT ("engine", "model"; "trainer", "student"). */
+enum lms_status lms__model_check(const struct lms_model *m, const char *who, const char *what,
+                                 int64_t *vocab_in, int64_t *n_logits, struct lms_error *err);
+
 /* ---- weights ---- */
 
 /* One decoder layer's weights as the block reads them. The projections are GEMM operands in

@@ -517,20 +517,10 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
         return lms_error_set(err, LMS_EUNSUPPORTED,
                              "trainer: the %s backend has no training support yet",
                              lms_backend_name(be));
-    rc = lms_model_validate(student, err);
+    int64_t vocab_in, n_logits;
+    rc = lms__model_check(student, "trainer", "student", &vocab_in, &n_logits, err);
     if (rc)
-        return lms_error_wrap(err, "trainer: ");
-    float inv[1024], scale;
-    rc = lms_rope_inv_freq(&student->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
-    if (rc)
-        return lms_error_wrap(err, "trainer: ");
-    const struct lms_tensor *emb = lms_model_find(student, LMS_ROLE_EMBED, -1);
-    const struct lms_tensor *head = student->arch.tie_embeddings
-                                        ? emb
-                                        : lms_model_find(student, LMS_ROLE_LM_HEAD, -1);
-    if (!emb || !head)
-        return lms_error_set(err, LMS_EFORMAT, "trainer: the student has no %s",
-                             emb ? "lm_head" : "embedding");
+        return rc;
     struct lms_trainer *tr = lms_calloc(1, sizeof *tr);
     if (!tr)
         return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
@@ -541,8 +531,8 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
     tr->opts = *opts;
     tr->opts.bf16_working = lms__backend_weight_dtype(be, LMS_DTYPE_BF16) == LMS_DTYPE_BF16;
     tr->comm = opts->comm;
-    tr->vocab_in = emb->view->shape[0];
-    tr->V = head->view->shape[0];
+    tr->vocab_in = vocab_in;
+    tr->V = n_logits;
     rc = plan_make(&tr->a, tr->V, &tr->opts, &tr->plan, err);
     if (rc)
         goto fail;
