@@ -1,7 +1,8 @@
 /* The decoder model, written once against the backend op table (kernels/backend_impl.h) and
- * shared by inference (forward.c) and training (train.c): RoPE tables, the decoder block and its
- * backward, the pass over embedding, blocks and final norm. How the callers switch between
- * inference, the training forward and the backward is in engine/model.h.
+ * shared by inference (forward.c) and training (train.c): the check of a runnable model, RoPE
+ * tables, the list of parameters in their device layout, the decoder block and its backward, the
+ * pass over embedding, blocks and final norm. How the callers switch between inference, the
+ * training forward and the backward is in engine/model.h.
  *
  * Numerics follow transformers' fp32 eager path (modeling_llama / qwen2 / qwen3): RMSNorm in
  * fp32, q/k norm per head (Qwen3) before rotate_half RoPE, q | k | v and output biases where the
