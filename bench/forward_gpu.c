@@ -6,8 +6,8 @@
  * Legend: B batch rows, S tokens per row, N = B*S, L layers, H hidden, F FFN width, n_h query
  * heads, n_g key/value heads, d head dim, V vocabulary.
  * Shape (Qwen3-8B): V 151936, H 4096, F 12288, L 36, n_h 32, n_g 8, d 128, q/k RMSNorm, RoPE
- * theta 1e6. The layer is the op sequence of kernels/forward.c (run_layer), on the backend op
- * table in AUTO precision: embedding, then per layer RMSNorm, fused QKV GEMM, q/k RMSNorm, RoPE,
+ * theta 1e6. The layer is the op sequence of engine/model.c (lms__layer_forward, as the inference
+ * engine runs it), on the backend op table in AUTO precision: embedding, then per layer RMSNorm, fused QKV GEMM, q/k RMSNorm, RoPE,
  * attention, o-projection accumulated into the residual, RMSNorm, fused gate|up GEMM, SwiGLU,
  * down projection accumulated into the residual; final RMSNorm. Nothing is allocated per step.
  *
@@ -53,7 +53,7 @@ static void ck(cudaError_t e, const char *what)
     }
 }
 
-/* y (rows, n_out) (+)= x (rows, n_in) . W^T, W (n_out, n_in) bf16: forward.c's linear() */
+/* y (rows, n_out) (+)= x (rows, n_in) . W^T, W (n_out, n_in) bf16: engine/model.c's lms__linear() */
 static enum lms_status linear(struct lms_backend *be, float *y, int64_t ldy, const float *x,
                               int64_t ldx, const uint16_t *w, int64_t rows, int64_t n_out,
                               int64_t n_in, float beta, struct lms_error *err)
@@ -140,7 +140,7 @@ int main(int argc, char **argv)
         p32 += 2 * H + 2 * D;
     }
 
-    /* workspace: the engine's planner, for the same layout forward.c uses */
+    /* workspace: the engine's planner, for the same layout engine/forward.c uses */
     struct lms_arch a;
     memset(&a, 0, sizeof a);
     a.hidden = H;

@@ -1,6 +1,7 @@
-/* The training engine: the student's forward with saved activations, its backward, the
- * distillation losses and AdamW, written once against the backend op table
- * (kernels/backend_impl.h). Legend as in include/lms/engine.h.
+/* The training engine: the student's forward with saved activations and its backward (the
+ * model of engine/model.c, the same decoder block the inference engine runs), the distillation
+ * losses and AdamW, written once against the backend op table (kernels/backend_impl.h). Legend
+ * as in include/lms/engine.h.
  *
  * Parameters live in four device allocations of one layout: fp32 master weights, gradients and
  * the two AdamW moments; tensor i sits at the same offset in each. Parts of one fused projection
@@ -17,7 +18,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels/backend_impl.h"
+#include "engine/model.h"
 #include "lms/alloc.h"
 #include "lms/train.h"
 
@@ -52,21 +53,6 @@ struct plan {
     size_t ws_bytes;
 };
 
-static bool mul_ok(int64_t a, int64_t b, int64_t *out)
-{
-    return !__builtin_mul_overflow(a, b, out) && *out >= 0;
-}
-
-static bool reserve(size_t *cursor, int64_t n, size_t esize, size_t *off)
-{
-    size_t bytes, at = (*cursor + 63) & ~(size_t)63;
-    if (at < *cursor || n < 0 || __builtin_mul_overflow((size_t)n, esize, &bytes) ||
-        __builtin_add_overflow(at, bytes, cursor))
-        return false;
-    *off = at;
-    return true;
-}
-
 /* Trainable elements of the student (and the hidden map). */
 static int64_t count_params(const struct lms_arch *a, int64_t V, int64_t Ht, bool map)
 {
@@ -99,7 +85,7 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
                              "trainer: batch %lld x sequence %lld (or a model dimension) is not "
                              "positive",
                              (long long)o->max_batch, (long long)o->max_seq);
-    if (!mul_ok(o->max_batch, o->max_seq, &N) || N > INT32_MAX)
+    if (!lms__mul_ok(o->max_batch, o->max_seq, &N) || N > INT32_MAX)
         return lms_error_set(err, LMS_EINVAL, "trainer: batch %lld x sequence %lld is too large",
                              (long long)o->max_batch, (long long)o->max_seq);
     p->N = N;
@@ -127,46 +113,46 @@ static enum lms_status plan_make(const struct lms_arch *a, int64_t V,
     pub->working = o->bf16_working ? (size_t)pub->n_params * 2 + 64 * 32 * (size_t)(L + 2) : 0;
 
     size_t cur = 0;
-    bool ok = reserve(&cur, N, 4, &p->off_ids) && reserve(&cur, N, 4, &p->off_pos) &&
-              reserve(&cur, N, 4, &p->off_tgt) && reserve(&cur, N, 1, &p->off_kdv) &&
-              mul_ok(o->max_seq, d / 2, &t) && reserve(&cur, t, 4, &p->off_cos) &&
-              reserve(&cur, t, 4, &p->off_sin) && reserve(&cur, 1, 4, &p->off_scalar);
+    bool ok = lms__reserve(&cur, N, 4, &p->off_ids) && lms__reserve(&cur, N, 4, &p->off_pos) &&
+              lms__reserve(&cur, N, 4, &p->off_tgt) && lms__reserve(&cur, N, 1, &p->off_kdv) &&
+              lms__mul_ok(o->max_seq, d / 2, &t) && lms__reserve(&cur, t, 4, &p->off_cos) &&
+              lms__reserve(&cur, t, 4, &p->off_sin) && lms__reserve(&cur, 1, 4, &p->off_scalar);
     size_t fixed = cur;
     int64_t NH;
-    ok = ok && mul_ok(N, H, &NH) && mul_ok(NH, L + 1, &t) && reserve(&cur, t, 4, &p->off_res) &&
-         reserve(&cur, NH, 4, &p->off_xnf) && reserve(&cur, N, 4, &p->off_rstdf);
+    ok = ok && lms__mul_ok(N, H, &NH) && lms__mul_ok(NH, L + 1, &t) && lms__reserve(&cur, t, 4, &p->off_res) &&
+         lms__reserve(&cur, NH, 4, &p->off_xnf) && lms__reserve(&cur, N, 4, &p->off_rstdf);
     for (int64_t s = 0; ok && s < p->n_slots; s++) {
         struct slot_off so, *sp = p->slots ? &p->slots[s] : &so;
-        ok = reserve(&cur, NH, 4, &sp->xn1) && reserve(&cur, N, 4, &sp->rstd1) &&
-             mul_ok(N, p->QKV, &t) && reserve(&cur, a->qk_norm ? t : 0, 4, &sp->qkv_pre) &&
-             reserve(&cur, t, 4, &sp->qkv) && mul_ok(N, a->n_heads, &t) &&
-             reserve(&cur, t, 4, &sp->rstd_q) && reserve(&cur, t, 4, &sp->lse) &&
-             mul_ok(N, a->n_groups, &t) && reserve(&cur, t, 4, &sp->rstd_k) &&
-             mul_ok(N, p->nq, &t) && reserve(&cur, t, 4, &sp->ctx) &&
-             reserve(&cur, NH, 4, &sp->x_mid) && reserve(&cur, NH, 4, &sp->xn2) &&
-             reserve(&cur, N, 4, &sp->rstd2) && mul_ok(N, 2 * F, &t) &&
-             reserve(&cur, t, 4, &sp->gu) && mul_ok(N, F, &t) && reserve(&cur, t, 4, &sp->act);
+        ok = lms__reserve(&cur, NH, 4, &sp->xn1) && lms__reserve(&cur, N, 4, &sp->rstd1) &&
+             lms__mul_ok(N, p->QKV, &t) && lms__reserve(&cur, a->qk_norm ? t : 0, 4, &sp->qkv_pre) &&
+             lms__reserve(&cur, t, 4, &sp->qkv) && lms__mul_ok(N, a->n_heads, &t) &&
+             lms__reserve(&cur, t, 4, &sp->rstd_q) && lms__reserve(&cur, t, 4, &sp->lse) &&
+             lms__mul_ok(N, a->n_groups, &t) && lms__reserve(&cur, t, 4, &sp->rstd_k) &&
+             lms__mul_ok(N, p->nq, &t) && lms__reserve(&cur, t, 4, &sp->ctx) &&
+             lms__reserve(&cur, NH, 4, &sp->x_mid) && lms__reserve(&cur, NH, 4, &sp->xn2) &&
+             lms__reserve(&cur, N, 4, &sp->rstd2) && lms__mul_ok(N, 2 * F, &t) &&
+             lms__reserve(&cur, t, 4, &sp->gu) && lms__mul_ok(N, F, &t) && lms__reserve(&cur, t, 4, &sp->act);
     }
     size_t acts = cur - fixed;
     size_t c0 = cur;
-    ok = ok && mul_ok(R, V, &t) && reserve(&cur, t, 4, &p->off_logits) &&
-         reserve(&cur, t, 4, &p->off_tlogits) && reserve(&cur, R, 4, &p->off_kdl) &&
-         reserve(&cur, R, 4, &p->off_cel);
+    ok = ok && lms__mul_ok(R, V, &t) && lms__reserve(&cur, t, 4, &p->off_logits) &&
+         lms__reserve(&cur, t, 4, &p->off_tlogits) && lms__reserve(&cur, R, 4, &p->off_kdl) &&
+         lms__reserve(&cur, R, 4, &p->off_cel);
     pub->logits = cur - c0;
     c0 = cur;
-    ok = ok && reserve(&cur, NH, 4, &p->off_dx) && reserve(&cur, NH, 4, &p->off_dxn) &&
-         mul_ok(N, p->nq, &t) && reserve(&cur, t, 4, &p->off_dctx) && mul_ok(N, p->QKV, &t) &&
-         reserve(&cur, t, 4, &p->off_dqkv) && mul_ok(N, 2 * F, &t) &&
-         reserve(&cur, t, 4, &p->off_dgu) && mul_ok(N, F, &t) &&
-         reserve(&cur, t, 4, &p->off_dact);
+    ok = ok && lms__reserve(&cur, NH, 4, &p->off_dx) && lms__reserve(&cur, NH, 4, &p->off_dxn) &&
+         lms__mul_ok(N, p->nq, &t) && lms__reserve(&cur, t, 4, &p->off_dctx) && lms__mul_ok(N, p->QKV, &t) &&
+         lms__reserve(&cur, t, 4, &p->off_dqkv) && lms__mul_ok(N, 2 * F, &t) &&
+         lms__reserve(&cur, t, 4, &p->off_dgu) && lms__mul_ok(N, F, &t) &&
+         lms__reserve(&cur, t, 4, &p->off_dact);
     acts += cur - c0;
     c0 = cur;
     int64_t NHt;
     size_t np = o->max_hidden_pairs;
-    ok = ok && mul_ok(N, p->Ht, &NHt) && reserve(&cur, NHt, 4, &p->off_tfinal) &&
-         np < (size_t)INT32_MAX && mul_ok(NHt, (int64_t)np, &t) &&
-         reserve(&cur, t, 4, &p->off_tpairs) && reserve(&cur, np ? NHt : 0, 4, &p->off_hmap) &&
-         reserve(&cur, np ? NHt : 0, 4, &p->off_dhmap) && reserve(&cur, N, 4, &p->off_hloss);
+    ok = ok && lms__mul_ok(N, p->Ht, &NHt) && lms__reserve(&cur, NHt, 4, &p->off_tfinal) &&
+         np < (size_t)INT32_MAX && lms__mul_ok(NHt, (int64_t)np, &t) &&
+         lms__reserve(&cur, t, 4, &p->off_tpairs) && lms__reserve(&cur, np ? NHt : 0, 4, &p->off_hmap) &&
+         lms__reserve(&cur, np ? NHt : 0, 4, &p->off_dhmap) && lms__reserve(&cur, N, 4, &p->off_hloss);
     pub->hidden = cur - c0;
     if (!ok)
         return lms_error_set(err, LMS_EINVAL,
@@ -191,9 +177,9 @@ enum lms_status lms_train_plan_make(const struct lms_arch *a, int64_t logits_col
 
 /* ---- trainer ------------------------------------------------------------------------------ */
 
+/* A layer's parameters: float offsets by enum lms__param_field (ABSENT when missing). */
 struct layer_p {
-    size_t qkv, qkv_bias, q_norm, k_norm, o, o_bias, attn_norm, mlp_norm, gu, down; /* floats;
-                                                                    SIZE_MAX when absent */
+    size_t at[LMS__P_PART];
 };
 
 struct lms_trainer {
@@ -218,6 +204,12 @@ struct lms_trainer {
     size_t n_params;
     size_t embed, lm_head, final_norm, map_w, map_b; /* float offsets */
     struct layer_p *layers;
+    /* the model as engine/model.c reads it: weights, gradients, activation slots */
+    struct lms__layer_weights *layer_w;
+    struct lms__layer_grads *layer_g;
+    struct lms__layer_acts *slot_acts; /* plan.n_slots */
+    struct lms__model model;
+    struct lms__model_grads model_g;
     int32_t *host_pos;
     float *host_rows;          /* (R) staging for per-row losses */
     float *host_stage;         /* STAGING_ELEMS */
@@ -271,66 +263,59 @@ static size_t place(size_t *cur, int64_t n, bool group_start)
     return at;
 }
 
+/* Where the offset of parameter p is kept; NULL for a later part of a fused matrix. */
+static size_t *offset_of(struct lms_trainer *tr, const struct lms__param *p)
+{
+    switch (p->field) {
+    case LMS__P_EMBED: return &tr->embed;
+    case LMS__P_LM_HEAD: return &tr->lm_head;
+    case LMS__P_FINAL_NORM: return &tr->final_norm;
+    case LMS__P_PART: return NULL;
+    default: return &tr->layers[p->layer].at[p->field];
+    }
+}
+
 static enum lms_status build_params(struct lms_trainer *tr, struct lms_error *err)
 {
     const struct lms_model *m = tr->student;
     const struct lms_arch *a = &tr->a;
-    size_t cap = 4 + 16 * (size_t)a->n_layers, n = 0, cur = 0;
+    size_t n_model = lms__model_params(a, NULL), n = 0, cur = 0;
+    size_t cap = n_model + 2; /* and the hidden map's weight and bias */
     tr->params = lms_calloc(cap, sizeof *tr->params);
     tr->names = lms_calloc(cap, sizeof *tr->names);
     tr->layers = lms_calloc((size_t)a->n_layers, sizeof *tr->layers);
-    if (!tr->params || !tr->names || !tr->layers)
+    struct lms__param *mp = lms_calloc(n_model, sizeof *mp);
+    if (!tr->params || !tr->names || !tr->layers || !mp) {
+        lms_free(mp);
         return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
-#define ADD(role_, layer_, start_, dst_)                                                      \
-    do {                                                                                     \
-        const struct lms_tensor *t_ = lms_model_find(m, (role_), (layer_));                  \
-        struct lms_train_param *p_ = &tr->params[n];                                         \
-        tr->names[n] = lms_strdup(t_->name);                                                 \
-        if (!tr->names[n])                                                                   \
-            return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");                 \
-        p_->name = tr->names[n];                                                             \
-        p_->role = (role_);                                                                  \
-        p_->layer = (layer_);                                                                \
-        p_->ndim = t_->view->ndim;                                                           \
-        p_->shape[0] = t_->view->shape[0];                                                   \
-        p_->shape[1] = t_->view->ndim > 1 ? t_->view->shape[1] : 1;                          \
-        p_->numel = lms_view_numel(t_->view);                                                \
-        size_t off_ = place(&cur, p_->numel, (start_));                                      \
-        p_->w = (float *)(uintptr_t)off_; /* offsets until the buffers exist */              \
-        p_->decay = p_->ndim >= 2;                                                           \
-        if ((dst_) != NULL)                                                                  \
-            *(size_t *)(dst_) = off_;                                                        \
-        n++;                                                                                 \
-    } while (0)
-    ADD(LMS_ROLE_EMBED, -1, true, &tr->embed);
-    if (!a->tie_embeddings)
-        ADD(LMS_ROLE_LM_HEAD, -1, true, &tr->lm_head);
-    ADD(LMS_ROLE_FINAL_NORM, -1, true, &tr->final_norm);
-    for (int64_t l = 0; l < a->n_layers; l++) {
-        struct layer_p *lp = &tr->layers[l];
-        lp->qkv_bias = lp->q_norm = lp->k_norm = lp->o_bias = ABSENT;
-        ADD(LMS_ROLE_Q, l, true, &lp->qkv);
-        ADD(LMS_ROLE_K, l, false, NULL);
-        ADD(LMS_ROLE_V, l, false, NULL);
-        if (a->qkv_bias) {
-            ADD(LMS_ROLE_Q_BIAS, l, true, &lp->qkv_bias);
-            ADD(LMS_ROLE_K_BIAS, l, false, NULL);
-            ADD(LMS_ROLE_V_BIAS, l, false, NULL);
-        }
-        if (a->qk_norm) {
-            ADD(LMS_ROLE_Q_NORM, l, true, &lp->q_norm);
-            ADD(LMS_ROLE_K_NORM, l, true, &lp->k_norm);
-        }
-        ADD(LMS_ROLE_O, l, true, &lp->o);
-        if (a->o_bias)
-            ADD(LMS_ROLE_O_BIAS, l, true, &lp->o_bias);
-        ADD(LMS_ROLE_ATTN_NORM, l, true, &lp->attn_norm);
-        ADD(LMS_ROLE_MLP_NORM, l, true, &lp->mlp_norm);
-        ADD(LMS_ROLE_GATE, l, true, &lp->gu);
-        ADD(LMS_ROLE_UP, l, false, NULL);
-        ADD(LMS_ROLE_DOWN, l, true, &lp->down);
     }
-#undef ADD
+    lms__model_params(a, mp);
+    for (int64_t l = 0; l < a->n_layers; l++)
+        for (int f = 0; f < LMS__P_PART; f++)
+            tr->layers[l].at[f] = ABSENT;
+    for (; n < n_model; n++) {
+        const struct lms_tensor *t = lms_model_find(m, mp[n].role, mp[n].layer);
+        struct lms_train_param *p = &tr->params[n];
+        tr->names[n] = lms_strdup(t->name);
+        if (!tr->names[n]) {
+            lms_free(mp);
+            return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+        }
+        p->name = tr->names[n];
+        p->role = mp[n].role;
+        p->layer = mp[n].layer;
+        p->ndim = t->view->ndim;
+        p->shape[0] = t->view->shape[0];
+        p->shape[1] = t->view->ndim > 1 ? t->view->shape[1] : 1;
+        p->numel = lms_view_numel(t->view);
+        size_t off = place(&cur, p->numel, mp[n].field != LMS__P_PART);
+        p->w = (float *)(uintptr_t)off; /* offsets until the buffers exist */
+        p->decay = p->ndim >= 2;
+        size_t *dst = offset_of(tr, &mp[n]);
+        if (dst)
+            *dst = off;
+    }
+    lms_free(mp);
     tr->map_w = tr->map_b = ABSENT;
     if (tr->has_map) {
         int64_t Ht = tr->plan.Ht, H = a->hidden;
@@ -416,12 +401,8 @@ static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *er
             continue;
         }
         const struct lms_tensor *t = lms_model_find(tr->student, p->role, p->layer);
-        for (int64_t e0 = 0; !rc && e0 < p->numel; e0 += STAGING_ELEMS) {
-            int64_t k = p->numel - e0 < STAGING_ELEMS ? p->numel - e0 : STAGING_ELEMS;
-            rc = lms_view_read_as(t->view, e0, k, LMS_DTYPE_F32, tr->host_stage, err);
-            if (!rc)
-                rc = lms_buf_upload(tr->be, p->w + e0, tr->host_stage, (size_t)k * 4, err);
-        }
+        rc = lms__upload_view(tr->be, t->view, LMS_DTYPE_F32, p->w, tr->host_stage,
+                              STAGING_ELEMS, err);
         if (rc)
             lms_error_wrap(err, "trainer: uploading %s: ", p->name);
     }
@@ -437,6 +418,61 @@ static enum lms_status init_buffers(struct lms_trainer *tr, struct lms_error *er
         rc = refresh_working_copy(tr, err);
     }
     return rc;
+}
+
+/* The descriptors engine/model.c reads, once the parameters and the workspace exist: each
+ * layer's weights (GEMM operands from the bf16 working copy where there is one) and gradients,
+ * and each slot's activations, all saved for the backward. */
+static enum lms_status bind_model(struct lms_trainer *tr, struct lms_error *err)
+{
+    const struct lms_arch *a = &tr->a;
+    const struct plan *p = &tr->plan;
+    size_t L = (size_t)a->n_layers;
+    tr->layer_w = lms_calloc(L, sizeof *tr->layer_w);
+    tr->layer_g = lms_calloc(L, sizeof *tr->layer_g);
+    tr->slot_acts = lms_calloc((size_t)p->n_slots, sizeof *tr->slot_acts);
+    if (!tr->layer_w || !tr->layer_g || !tr->slot_acts)
+        return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
+    for (size_t l = 0; l < L; l++) {
+        const size_t *at = tr->layers[l].at;
+        struct lms__layer_weights *w = &tr->layer_w[l];
+        w->qkv = Wmm(tr, at[LMS__P_QKV], &w->wdt);
+        w->o = Wmm(tr, at[LMS__P_O], &w->wdt);
+        w->gu = Wmm(tr, at[LMS__P_GU], &w->wdt);
+        w->down = Wmm(tr, at[LMS__P_DOWN], &w->wdt);
+        w->qkv_bias = Wp(tr, at[LMS__P_QKV_BIAS]);
+        w->q_norm = Wp(tr, at[LMS__P_Q_NORM]);
+        w->k_norm = Wp(tr, at[LMS__P_K_NORM]);
+        w->o_bias = Wp(tr, at[LMS__P_O_BIAS]);
+        w->attn_norm = Wp(tr, at[LMS__P_ATTN_NORM]);
+        w->mlp_norm = Wp(tr, at[LMS__P_MLP_NORM]);
+        tr->layer_g[l] = (struct lms__layer_grads){
+            .qkv = Gp(tr, at[LMS__P_QKV]), .qkv_bias = Gp(tr, at[LMS__P_QKV_BIAS]),
+            .q_norm = Gp(tr, at[LMS__P_Q_NORM]), .k_norm = Gp(tr, at[LMS__P_K_NORM]),
+            .o = Gp(tr, at[LMS__P_O]), .o_bias = Gp(tr, at[LMS__P_O_BIAS]),
+            .attn_norm = Gp(tr, at[LMS__P_ATTN_NORM]), .mlp_norm = Gp(tr, at[LMS__P_MLP_NORM]),
+            .gu = Gp(tr, at[LMS__P_GU]), .down = Gp(tr, at[LMS__P_DOWN]),
+        };
+    }
+    for (int64_t k = 0; k < p->n_slots; k++) {
+        const struct slot_off *so = &p->slots[k];
+        tr->slot_acts[k] = (struct lms__layer_acts){
+            .x_mid = wsf(tr, so->x_mid), .xn1 = wsf(tr, so->xn1), .xn2 = wsf(tr, so->xn2),
+            .qkv = wsf(tr, so->qkv), .ctx = wsf(tr, so->ctx), .gu = wsf(tr, so->gu),
+            .act = wsf(tr, so->act), .qkv_pre = a->qk_norm ? wsf(tr, so->qkv_pre) : NULL,
+            .rstd1 = wsf(tr, so->rstd1), .rstd2 = wsf(tr, so->rstd2),
+            .rstd_q = wsf(tr, so->rstd_q), .rstd_k = wsf(tr, so->rstd_k),
+            .lse = wsf(tr, so->lse),
+        };
+    }
+    tr->model = (struct lms__model){
+        .a = a, .embed = Wp(tr, tr->embed), .embed_dt = LMS_DTYPE_F32, .vocab_in = tr->vocab_in,
+        .final_norm = Wp(tr, tr->final_norm), .layers = tr->layer_w,
+    };
+    tr->model_g = (struct lms__model_grads){
+        .embed = Gp(tr, tr->embed), .final_norm = Gp(tr, tr->final_norm), .layers = tr->layer_g,
+    };
+    return LMS_OK;
 }
 
 void lms_loss_opts_default(struct lms_loss_opts *lo)
@@ -481,20 +517,10 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
         return lms_error_set(err, LMS_EUNSUPPORTED,
                              "trainer: the %s backend has no training support yet",
                              lms_backend_name(be));
-    rc = lms_model_validate(student, err);
+    int64_t vocab_in, n_logits;
+    rc = lms__model_check(student, "trainer", "student", &vocab_in, &n_logits, err);
     if (rc)
-        return lms_error_wrap(err, "trainer: ");
-    float inv[1024], scale;
-    rc = lms_rope_inv_freq(&student->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
-    if (rc)
-        return lms_error_wrap(err, "trainer: ");
-    const struct lms_tensor *emb = lms_model_find(student, LMS_ROLE_EMBED, -1);
-    const struct lms_tensor *head = student->arch.tie_embeddings
-                                        ? emb
-                                        : lms_model_find(student, LMS_ROLE_LM_HEAD, -1);
-    if (!emb || !head)
-        return lms_error_set(err, LMS_EFORMAT, "trainer: the student has no %s",
-                             emb ? "lm_head" : "embedding");
+        return rc;
     struct lms_trainer *tr = lms_calloc(1, sizeof *tr);
     if (!tr)
         return lms_error_set(err, LMS_ENOMEM, "trainer: out of memory");
@@ -505,8 +531,8 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
     tr->opts = *opts;
     tr->opts.bf16_working = lms__backend_weight_dtype(be, LMS_DTYPE_BF16) == LMS_DTYPE_BF16;
     tr->comm = opts->comm;
-    tr->vocab_in = emb->view->shape[0];
-    tr->V = head->view->shape[0];
+    tr->vocab_in = vocab_in;
+    tr->V = n_logits;
     rc = plan_make(&tr->a, tr->V, &tr->opts, &tr->plan, err);
     if (rc)
         goto fail;
@@ -539,6 +565,8 @@ enum lms_status lms_trainer_new(const struct lms_model *student, struct lms_back
     rc = lms__rope_table_upload(be, &tr->a, opts->max_seq, opts->rope_bf16,
                                 ws_at(tr, tr->plan.off_cos), ws_at(tr, tr->plan.off_sin),
                                 "trainer", err);
+    if (!rc)
+        rc = bind_model(tr, err);
     if (rc)
         goto fail;
     *out = tr;
@@ -567,6 +595,9 @@ void lms_trainer_free(struct lms_trainer *tr)
     lms_free(tr->names);
     lms_free(tr->params);
     lms_free(tr->layers);
+    lms_free(tr->layer_w);
+    lms_free(tr->layer_g);
+    lms_free(tr->slot_acts);
     lms_free(tr->plan.slots);
     lms_free(tr->host_pos);
     lms_free(tr->host_rows);
@@ -606,55 +637,33 @@ enum lms_status lms_trainer_zero_grads(struct lms_trainer *tr, struct lms_error 
 
 /* ---- building blocks ---------------------------------------------------------------------- */
 
-/* C (m, n) = alpha op(A) op(B) + beta C, all fp32 row-major. */
-static enum lms_status gemm(struct lms_trainer *tr, bool ta, bool tb, int64_t m, int64_t n,
-                            int64_t k, const float *A, int64_t lda, const void *B,
-                            enum lms_dtype bdt, int64_t ldb, float *C, int64_t ldc, float beta,
-                            const float *bias, struct lms_error *err)
-{
-    struct lms_matmul mm = {
-        .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .a = A, .lda = lda, .b = B,
-        .b_dtype = bdt, .ldb = ldb, .c = C, .ldc = ldc, .batch = 1, .alpha = 1.0f,
-        .beta = beta, .bias = bias,
-    };
-    return tr->ops->matmul(tr->be, &mm, err);
-}
-
-/* y (rows, n) = x (rows, k) W^T (+ bias), W (n, k) fp32 master. */
+/* y (rows, n) = x (rows, k) W^T (+ bias) with the parameters at offsets w, bias. */
 static enum lms_status linear(struct lms_trainer *tr, float *y, int64_t ldy, const float *x,
                               int64_t ldx, size_t w, size_t bias, int64_t rows, int64_t n,
                               int64_t k, float beta, struct lms_error *err)
 {
     enum lms_dtype wdt;
     const void *wp = Wmm(tr, w, &wdt);
-    return gemm(tr, false, true, rows, n, k, x, ldx, wp, wdt, k, y, ldy, beta, Wp(tr, bias), err);
+    return lms__linear(tr->be, y, ldy, x, ldx, wp, wdt, Wp(tr, bias), rows, n, k, beta, err);
 }
 
-/* Backward of linear: dx (rows, k) = dy W (beta: 0 writes, 1 adds); dW (n, k) += dy^T x;
- * dbias (n) += column sums of dy. */
+/* Backward of linear: dx (rows, k) = dy W (beta: 0 writes, 1 adds); the gradients of w and bias
+ * are added to. */
 static enum lms_status linear_backward(struct lms_trainer *tr, float *dx, int64_t lddx,
                                        float dx_beta, const float *dy, int64_t lddy,
                                        const float *x, int64_t ldx, size_t w, size_t bias,
                                        int64_t rows, int64_t n, int64_t k, struct lms_error *err)
 {
-    enum lms_status rc = LMS_OK;
     enum lms_dtype wdt;
     const void *wp = Wmm(tr, w, &wdt);
-    if (dx)
-        rc = gemm(tr, false, false, rows, k, n, dy, lddy, wp, wdt, k, dx, lddx, dx_beta, NULL,
-                  err);
-    if (!rc)
-        rc = gemm(tr, true, false, n, k, rows, dy, lddy, x, LMS_DTYPE_F32, ldx, Gp(tr, w), k,
-                  1.0f, NULL, err);
-    if (!rc && bias != ABSENT)
-        rc = tr->ops->bias_backward(tr->be, Gp(tr, bias), dy, lddy, rows, n, err);
-    return rc;
+    return lms__linear_backward(tr->be, dx, lddx, dx_beta, dy, lddy, x, ldx, wp, wdt, Gp(tr, w),
+                                Gp(tr, bias), rows, n, k, err);
 }
 
 static enum lms_status copy(struct lms_trainer *tr, float *dst, const float *src, int64_t n,
                             struct lms_error *err)
 {
-    return tr->ops->cast(tr->be, dst, LMS_DTYPE_F32, src, LMS_DTYPE_F32, n, err);
+    return lms__copy(tr->be, dst, src, n, err);
 }
 
 /* ---- per-step state ----------------------------------------------------------------------- */
@@ -725,157 +734,19 @@ static enum lms_status hidden_pairs(struct lms_trainer *tr, struct step *st,
     return rc;
 }
 
-/* ---- forward ------------------------------------------------------------------------------ */
+/* The model's observer for the student: the hidden losses of the pairs at each point. */
+struct observer_ctx {
+    struct lms_trainer *tr;
+    struct step *st;
+};
 
-static enum lms_status layer_forward(struct lms_trainer *tr, struct step *st, int64_t l,
-                                     const struct slot_off *so, bool losses,
-                                     struct lms_error *err)
+static enum lms_status observer(void *ctx, enum lms_hook_point p, int64_t layer,
+                                const float *data, int64_t cols, float *grad,
+                                struct lms_error *err)
 {
-    const struct lms_arch *a = &tr->a;
-    const struct plan *p = &tr->plan;
-    const struct lms_backend_ops *ops = tr->ops;
-    struct lms_backend *be = tr->be;
-    const struct layer_p *w = &tr->layers[l];
-    int64_t N = st->N, H = a->hidden, F = a->ffn, d = a->head_dim, QKV = p->QKV, nq = p->nq;
-    float eps = (float)a->norm_eps;
-    float *x_in = wsf(tr, p->off_res) + l * p->N * H, *x_out = x_in + p->N * H;
-    float *xn1 = wsf(tr, so->xn1), *qkv = wsf(tr, so->qkv), *ctx = wsf(tr, so->ctx);
-    float *x_mid = wsf(tr, so->x_mid), *xn2 = wsf(tr, so->xn2), *gu = wsf(tr, so->gu);
-    float *act = wsf(tr, so->act);
-    const int32_t *pos = (const int32_t *)ws_at(tr, p->off_pos);
-    const float *cs = wsf(tr, p->off_cos), *sn = wsf(tr, p->off_sin);
-    enum lms_status rc;
-
-    rc = ops->rmsnorm(be, xn1, H, x_in, H, Wp(tr, w->attn_norm), wsf(tr, so->rstd1), N, 1, H,
-                      eps, err);
-    if (!rc && losses)
-        rc = hidden_pairs(tr, st, LMS_HOOK_ATTN_NORM_OUT, l, xn1, NULL, err);
-    if (!rc && a->qk_norm) {
-        float *pre = wsf(tr, so->qkv_pre);
-        rc = linear(tr, pre, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV, H, 0.0f, err);
-        if (!rc)
-            rc = copy(tr, qkv, pre, N * QKV, err);
-        if (!rc)
-            rc = ops->rmsnorm(be, qkv, QKV, pre, QKV, Wp(tr, w->q_norm), wsf(tr, so->rstd_q), N,
-                              a->n_heads, d, eps, err);
-        if (!rc)
-            rc = ops->rmsnorm(be, qkv + nq, QKV, pre + nq, QKV, Wp(tr, w->k_norm),
-                              wsf(tr, so->rstd_k), N, a->n_groups, d, eps, err);
-    } else if (!rc) {
-        rc = linear(tr, qkv, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV, H, 0.0f, err);
-    }
-    if (!rc)
-        rc = ops->rope(be, qkv, QKV, N, a->n_heads, d, pos, cs, sn, tr->opts.max_seq, err);
-    if (!rc)
-        rc = ops->rope(be, qkv + nq, QKV, N, a->n_groups, d, pos, cs, sn, tr->opts.max_seq,
-                       err);
-    if (rc)
-        return rc;
-    int64_t nkv = a->n_groups * d;
-    struct lms_attention at = {
-        .batch = st->B, .seq = st->S, .n_heads = a->n_heads, .n_groups = a->n_groups,
-        .head_dim = d, .q = qkv, .k = qkv + nq, .v = qkv + nq + nkv, .q_stride = QKV,
-        .kv_stride = QKV, .out = ctx, .out_stride = nq, .scale = 1.0f / sqrtf((float)d),
-        .window = a->sliding_window, .lse = wsf(tr, so->lse),
-    };
-    rc = ops->attention(be, &at, err);
-    if (!rc)
-        rc = copy(tr, x_mid, x_in, N * H, err);
-    if (!rc)
-        rc = linear(tr, x_mid, H, ctx, nq, w->o, w->o_bias, N, H, nq, 1.0f, err);
-    if (!rc)
-        rc = ops->rmsnorm(be, xn2, H, x_mid, H, Wp(tr, w->mlp_norm), wsf(tr, so->rstd2), N, 1,
-                          H, eps, err);
-    if (!rc && losses)
-        rc = hidden_pairs(tr, st, LMS_HOOK_MLP_NORM_OUT, l, xn2, NULL, err);
-    if (!rc)
-        rc = linear(tr, gu, 2 * F, xn2, H, w->gu, ABSENT, N, 2 * F, H, 0.0f, err);
-    if (!rc)
-        rc = ops->swiglu(be, act, F, gu, gu + F, 2 * F, N, F, err);
-    if (!rc)
-        rc = copy(tr, x_out, x_mid, N * H, err);
-    if (!rc)
-        rc = linear(tr, x_out, H, act, F, w->down, ABSENT, N, H, F, 1.0f, err);
-    return rc;
-}
-
-/* ---- backward ----------------------------------------------------------------------------- */
-
-/* dx holds dL/d(layer output) on entry and dL/d(layer input) on return. */
-static enum lms_status layer_backward(struct lms_trainer *tr, struct step *st, int64_t l,
-                                      const struct slot_off *so, struct lms_error *err)
-{
-    const struct lms_arch *a = &tr->a;
-    const struct plan *p = &tr->plan;
-    const struct lms_backend_ops *ops = tr->ops;
-    struct lms_backend *be = tr->be;
-    const struct layer_p *w = &tr->layers[l];
-    int64_t N = st->N, H = a->hidden, F = a->ffn, d = a->head_dim, QKV = p->QKV, nq = p->nq;
-    int64_t nkv = a->n_groups * d;
-    float *x_in = wsf(tr, p->off_res) + l * p->N * H;
-    float *xn1 = wsf(tr, so->xn1), *qkv = wsf(tr, so->qkv), *ctx = wsf(tr, so->ctx);
-    float *x_mid = wsf(tr, so->x_mid), *xn2 = wsf(tr, so->xn2), *gu = wsf(tr, so->gu);
-    float *act = wsf(tr, so->act);
-    float *dx = wsf(tr, p->off_dx), *dxn = wsf(tr, p->off_dxn), *dctx = wsf(tr, p->off_dctx);
-    float *dqkv = wsf(tr, p->off_dqkv), *dgu = wsf(tr, p->off_dgu), *dact = wsf(tr, p->off_dact);
-    const int32_t *pos = (const int32_t *)ws_at(tr, p->off_pos);
-    const float *cs = wsf(tr, p->off_cos), *sn = wsf(tr, p->off_sin);
-    enum lms_status rc;
-
-    /* MLP: x_out = x_mid + down(swiglu(gu(norm(x_mid)))) */
-    rc = linear_backward(tr, dact, F, 0.0f, dx, H, act, F, w->down, ABSENT, N, H, F, err);
-    if (!rc)
-        rc = ops->swiglu_backward(be, dgu, dgu + F, 2 * F, dact, F, gu, gu + F, 2 * F, N, F,
-                                  err);
-    if (!rc)
-        rc = linear_backward(tr, dxn, H, 0.0f, dgu, 2 * F, xn2, H, w->gu, ABSENT, N, 2 * F, H,
-                             err);
-    if (!rc)
-        rc = hidden_pairs(tr, st, LMS_HOOK_MLP_NORM_OUT, l, xn2, dxn, err);
-    if (!rc)
-        rc = ops->rmsnorm_backward(be, dx, H, true, Gp(tr, w->mlp_norm), dxn, H, x_mid, H,
-                                   Wp(tr, w->mlp_norm), wsf(tr, so->rstd2), N, 1, H, err);
-    /* attention: x_mid = x_in + o(attn(rope(norm_qk(qkv(norm(x_in)))))) */
-    if (!rc)
-        rc = linear_backward(tr, dctx, nq, 0.0f, dx, H, ctx, nq, w->o, w->o_bias, N, H, nq, err);
-    if (rc)
-        return rc;
-    struct lms_attention_backward ab = {
-        .fwd = {
-            .batch = st->B, .seq = st->S, .n_heads = a->n_heads, .n_groups = a->n_groups,
-            .head_dim = d, .q = qkv, .k = qkv + nq, .v = qkv + nq + nkv, .q_stride = QKV,
-            .kv_stride = QKV, .out = ctx, .out_stride = nq, .scale = 1.0f / sqrtf((float)d),
-            .window = a->sliding_window, .lse = wsf(tr, so->lse),
-        },
-        .dout = dctx, .dout_stride = nq, .dq = dqkv, .dq_stride = QKV, .dk = dqkv + nq,
-        .dv = dqkv + nq + nkv, .dkv_stride = QKV,
-    };
-    rc = ops->attention_backward(be, &ab, err);
-    if (!rc)
-        rc = ops->rope_backward(be, dqkv, QKV, N, a->n_heads, d, pos, cs, sn, tr->opts.max_seq,
-                                err);
-    if (!rc)
-        rc = ops->rope_backward(be, dqkv + nq, QKV, N, a->n_groups, d, pos, cs, sn,
-                                tr->opts.max_seq, err);
-    if (!rc && a->qk_norm) {
-        const float *pre = wsf(tr, so->qkv_pre);
-        rc = ops->rmsnorm_backward(be, dqkv, QKV, false, Gp(tr, w->q_norm), dqkv, QKV, pre, QKV,
-                                   Wp(tr, w->q_norm), wsf(tr, so->rstd_q), N, a->n_heads, d,
-                                   err);
-        if (!rc)
-            rc = ops->rmsnorm_backward(be, dqkv + nq, QKV, false, Gp(tr, w->k_norm), dqkv + nq,
-                                       QKV, pre + nq, QKV, Wp(tr, w->k_norm),
-                                       wsf(tr, so->rstd_k), N, a->n_groups, d, err);
-    }
-    if (!rc)
-        rc = linear_backward(tr, dxn, H, 0.0f, dqkv, QKV, xn1, H, w->qkv, w->qkv_bias, N, QKV,
-                             H, err);
-    if (!rc)
-        rc = hidden_pairs(tr, st, LMS_HOOK_ATTN_NORM_OUT, l, xn1, dxn, err);
-    if (!rc)
-        rc = ops->rmsnorm_backward(be, dx, H, true, Gp(tr, w->attn_norm), dxn, H, x_in, H,
-                                   Wp(tr, w->attn_norm), wsf(tr, so->rstd1), N, 1, H, err);
-    return rc;
+    struct observer_ctx *oc = ctx;
+    (void)cols; /* the student's rows are (N, H) at every point a pair may name */
+    return hidden_pairs(oc->tr, oc->st, p, layer, data, grad, err);
 }
 
 /* ---- head and losses ---------------------------------------------------------------------- */
@@ -893,8 +764,8 @@ static enum lms_status teacher_chunk(struct lms_trainer *tr, struct step *st, in
     enum lms_dtype hdt;
     const void *head = lms_engine_lm_head(st->b->teacher, &hdt);
     int64_t Ht = tr->teacher_H;
-    return gemm(tr, false, true, nr, V, Ht, wsf(tr, p->off_tfinal) + r0 * Ht, Ht, head, hdt, Ht,
-                tl, V, 0.0f, NULL, err);
+    return lms__linear(tr->be, tl, V, wsf(tr, p->off_tfinal) + r0 * Ht, Ht, head, hdt, NULL, nr,
+                       V, Ht, 0.0f, err);
 }
 
 /* One pass over the head in chunks: losses (sums into st) and, with grads, the gradient of the
@@ -1116,15 +987,13 @@ static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_b
                                 struct lms_loss_parts *parts, struct lms_error *err)
 {
     const struct plan *p = &tr->plan;
-    const struct lms_backend_ops *ops = tr->ops;
     struct lms_backend *be = tr->be;
     enum lms_status rc = check_batch(tr, b, lo, grads, err);
     if (rc)
         return rc;
     struct step st = {.b = b, .lo = lo, .B = b->batch, .S = b->seq,
                       .grad_scale = (float)grad_scale};
-    int64_t N = st.N = b->batch * b->seq, H = tr->a.hidden, L = tr->a.n_layers;
-    float eps = (float)tr->a.norm_eps;
+    int64_t N = st.N = b->batch * b->seq;
     for (int64_t i = 0; i < N; i++) {
         tr->host_pos[i] = (int32_t)(i % b->seq);
         if (!b->kd_mask || b->kd_mask[i])
@@ -1147,19 +1016,19 @@ static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_b
         return rc;
 
     /* forward: residual stream res[0..L], activations per slot */
-    float *res = wsf(tr, p->off_res), *xnf = wsf(tr, p->off_xnf);
-    rc = ops->embedding(be, res, (const int32_t *)ws_at(tr, p->off_ids), N, Wp(tr, tr->embed),
-                        LMS_DTYPE_F32, tr->vocab_in, H, err);
-    if (!rc)
-        rc = hidden_pairs(tr, &st, LMS_HOOK_EMBED_OUT, -1, res, NULL, err);
-    for (int64_t l = 0; !rc && l < L; l++)
-        rc = layer_forward(tr, &st, l, &p->slots[tr->opts.recompute ? 0 : l], true, err);
-    float *x_last = res + L * p->N * H;
-    if (!rc)
-        rc = ops->rmsnorm(be, xnf, H, x_last, H, Wp(tr, tr->final_norm), wsf(tr, p->off_rstdf), N,
-                          1, H, eps, err);
-    if (!rc)
-        rc = hidden_pairs(tr, &st, LMS_HOOK_FINAL_NORM_OUT, -1, xnf, NULL, err);
+    struct observer_ctx oc = {tr, &st};
+    struct lms__model_pass ps = {
+        .be = be, .a = &tr->a, .batch = st.B, .seq = st.S,
+        .pos = (const int32_t *)ws_at(tr, p->off_pos), .rope_cos = wsf(tr, p->off_cos),
+        .rope_sin = wsf(tr, p->off_sin), .rope_rows = tr->opts.max_seq, .observe = observer,
+        .observe_ctx = &oc,
+    };
+    struct lms__model_acts acts = {
+        .res = wsf(tr, p->off_res), .res_step = p->N * tr->a.hidden, .slots = tr->slot_acts,
+        .n_slots = p->n_slots, .xnf = wsf(tr, p->off_xnf), .rstdf = wsf(tr, p->off_rstdf),
+    };
+    const int32_t *ids = (const int32_t *)ws_at(tr, p->off_ids);
+    rc = lms__model_forward(&ps, &tr->model, &acts, ids, NULL, err);
     if (rc)
         return rc;
     double hid = lo->n_pairs ? st.hid_sum / (double)lo->n_pairs : 0.0;
@@ -1185,25 +1054,12 @@ static enum lms_status run_step(struct lms_trainer *tr, const struct lms_train_b
             return rc;
         kd = st.n_kd ? st.kd_sum / (double)st.n_kd : 0.0;
         ce = st.n_ce ? st.ce_sum / (double)st.n_ce : 0.0;
-        float *dx = wsf(tr, p->off_dx), *dxn = wsf(tr, p->off_dxn);
-        rc = hidden_pairs(tr, &st, LMS_HOOK_FINAL_NORM_OUT, -1, xnf, dxn, err);
-        if (!rc)
-            rc = ops->rmsnorm_backward(be, dx, H, false, Gp(tr, tr->final_norm), dxn, H, x_last,
-                                       H, Wp(tr, tr->final_norm), wsf(tr, p->off_rstdf), N, 1, H,
-                                       err);
-        for (int64_t l = L - 1; !rc && l >= 0; l--) {
-            const struct slot_off *so = &p->slots[tr->opts.recompute ? 0 : l];
-            if (tr->opts.recompute)
-                rc = layer_forward(tr, &st, l, so, false, err);
-            if (!rc)
-                rc = layer_backward(tr, &st, l, so, err);
-        }
-        if (!rc)
-            rc = hidden_pairs(tr, &st, LMS_HOOK_EMBED_OUT, -1, res, dx, err);
-        if (!rc)
-            rc = ops->embedding_backward(be, Gp(tr, tr->embed), dx,
-                                         (const int32_t *)ws_at(tr, p->off_ids), N, tr->vocab_in,
-                                         H, err);
+        struct lms__backward_scratch d = {
+            wsf(tr, p->off_dx), wsf(tr, p->off_dxn), wsf(tr, p->off_dctx),
+            wsf(tr, p->off_dqkv), wsf(tr, p->off_dgu), wsf(tr, p->off_dact),
+        };
+        rc = lms__model_backward(&ps, &tr->model, &tr->model_g, &acts, &d, ids,
+                                 tr->opts.recompute, err);
     }
     if (!rc)
         rc = lms_backend_sync(be, err);
