@@ -193,9 +193,3 @@ enum lms_status lms_comm_max(struct lms_comm *c, int64_t *v, int64_t n, struct l
     return !c || c->world == 1 || n == 0 ? LMS_OK : comm_mpi_max(c, v, n, err);
 }
 
-enum lms_status lms_comm_broadcast(struct lms_comm *c, void *buf, size_t bytes, int root,
-                                   struct lms_error *err)
-{
-    return !c || c->world == 1 || bytes == 0 ? LMS_OK
-                                             : comm_mpi_broadcast(c, buf, bytes, root, err);
-}

@@ -1,5 +1,6 @@
 /* Allocation through one hook so tests can inject failures (include/lms/alloc.h). */
 #include "lms/alloc.h"
+#include "common/alloc_hook.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ static int should_fail(void)
     return 0;
 }
 
-long lms_alloc_fail_after(long k)
+long lms__alloc_fail_after(long k)
 {
     long n = n_allocs;
     n_allocs = 0;

@@ -231,11 +231,6 @@ fail:
     return st;
 }
 
-int64_t lms_blend_n_rows(const struct lms_blend *b)
-{
-    return b->n_rows;
-}
-
 int64_t lms_blend_tokens(const struct lms_blend *b)
 {
     return b->tokens;

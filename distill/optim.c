@@ -33,7 +33,3 @@ bool lms_optim_preset_parse(const char *s, enum lms_optim_preset *out)
     return false;
 }
 
-const char *lms_optim_preset_name(enum lms_optim_preset p)
-{
-    return names[p];
-}

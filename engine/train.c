@@ -1136,21 +1136,6 @@ static float clip_factor(const struct lms_adamw_opts *o, double norm)
     return c < 1.0 ? (float)c : 1.0f;
 }
 
-enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
-                                      struct lms_error *err)
-{
-    struct lms_adamw_opts none = {0};
-    struct lms_adamw *list = adamw_list(tr, &none);
-    if (!list)
-        return lms_error_set(err, LMS_ENOMEM, "gradient norm: out of memory");
-    double total;
-    enum lms_status rc = grad_squares(tr, list, tr->n_params, &total, err);
-    lms_free(list);
-    if (!rc)
-        *norm = sqrt(total);
-    return rc;
-}
-
 static enum lms_status adamw_sharded(struct lms_trainer *tr, const struct lms_adamw_opts *o,
                                      double *grad_norm, struct lms_error *err);
 

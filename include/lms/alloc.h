@@ -1,8 +1,8 @@
 /* lmsurgeon: the library's one allocator hook.
  *
  * Every heap allocation of the library goes through lms_malloc/lms_calloc/lms_realloc/lms_free
- * so that tests can make the k-th allocation fail (lms_alloc_fail_after) and check that each
- * path returns LMS_ENOMEM without leaking. */
+ * so that tests can make the k-th allocation fail (lms__alloc_fail_after, common/alloc_hook.h)
+ * and check that each path returns LMS_ENOMEM without leaking. */
 #ifndef LMS_ALLOC_H
 #define LMS_ALLOC_H
 
@@ -19,9 +19,5 @@ char *lms_strndup(const char *s, size_t n);
  * ones). Code that calls a library which reports an allocation failure like any other error
  * (jansson's parser) compares it before and after the call to tell LMS_ENOMEM apart. */
 long lms_alloc_failures(void);
-
-/* Test hook: the next k allocations succeed, the (k+1)-th and later ones fail, until reset with
- * k < 0. Returns the number of allocations made since the last call. */
-long lms_alloc_fail_after(long k);
 
 #endif

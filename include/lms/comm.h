@@ -81,9 +81,6 @@ enum lms_status lms_comm_all_gather(struct lms_comm *c, float *buf, int64_t chun
 enum lms_status lms_comm_sum(struct lms_comm *c, double *v, int64_t n, struct lms_error *err);
 /* Host int64s: the maximum over ranks, in place. */
 enum lms_status lms_comm_max(struct lms_comm *c, int64_t *v, int64_t n, struct lms_error *err);
-/* Host bytes of root copied to every rank. */
-enum lms_status lms_comm_broadcast(struct lms_comm *c, void *buf, size_t bytes, int root,
-                                   struct lms_error *err);
 
 /* ZeRO-1 layout: chunk size (floats, a multiple of 16) that splits n floats into world equal
  * chunks covering at least n. */

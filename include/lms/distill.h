@@ -52,7 +52,6 @@ struct lms_adamw_opts;
 void lms_optim_preset_apply(enum lms_optim_preset p, struct lms_adamw_opts *o);
 /* Parses "parity", "megatron" or "gpt"; false otherwise. */
 bool lms_optim_preset_parse(const char *s, enum lms_optim_preset *out);
-const char *lms_optim_preset_name(enum lms_optim_preset p);
 
 /* ---- token data: a weighted blend of indexed datasets ------------------------------------ */
 
@@ -93,7 +92,6 @@ enum lms_status lms_blend_open(const struct lms_blend_source *src, int n_src,
                                const struct lms_blend_opts *o, struct lms_blend **out,
                                struct lms_error *err);
 void lms_blend_free(struct lms_blend *b); /* NULL does nothing */
-int64_t lms_blend_n_rows(const struct lms_blend *b);
 int64_t lms_blend_tokens(const struct lms_blend *b); /* tokens of the split, all sources */
 /* Copies row k (0 <= k < n_rows; row_len ids) to dst (dst_cap >= row_len). */
 enum lms_status lms_blend_row(const struct lms_blend *b, int64_t k, int32_t *dst, size_t dst_cap,

@@ -208,9 +208,6 @@ enum lms_status lms_trainer_eval(struct lms_trainer *tr, const struct lms_train_
                                  const struct lms_loss_opts *lo, struct lms_loss_parts *parts,
                                  struct lms_error *err);
 
-/* The global L2 norm of all gradients (sum of squares in fp32 per tensor, summed in double). */
-enum lms_status lms_trainer_grad_norm(struct lms_trainer *tr, double *norm,
-                                      struct lms_error *err);
 
 struct lms_adamw_opts {
     double lr;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "kernels/backend_impl.h"
 #include "kernels/cpu/cpu.h"
 #include "lms/alloc.h"
@@ -118,9 +119,9 @@ START_TEST(buffers)
     lms_buf_free(be, &b);
     ck_assert_ptr_null(b.ptr);
     lms_buf_free(be, &b);
-    lms_alloc_fail_after(0);
+    lms__alloc_fail_after(0);
     ck_assert_int_eq(lms_buf_alloc(be, 1000, &b, &err), LMS_ENOMEM);
-    lms_alloc_fail_after(-1);
+    lms__alloc_fail_after(-1);
 }
 END_TEST
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "lms/alloc.h"
 #include "lms/engine.h"
 #include "lms/format.h"
@@ -313,9 +314,9 @@ START_TEST(plan_and_checks)
 
     /* every allocation failure is reported as ENOMEM, without leaks (ASan build) */
     for (long k = 0;; k++) {
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         enum lms_status rc = lms_engine_new(&m, be, &eo, &e, &err);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         if (rc == LMS_OK) {
             lms_engine_free(e);
             break;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "lms/alloc.h"
 #include "lms/hf.h"
 #include "lms/init.h"
@@ -306,9 +307,9 @@ START_TEST(allocation_failures_do_not_leak)
                               .pad_row = 7};
     for (long k = 0;; k++) {
         struct lms_model m;
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         enum lms_status rc = lms_model_new_random(&a, &o, &m, NULL);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         if (rc == LMS_OK) {
             lms_model_release(&m);
             break;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
 
@@ -69,15 +70,15 @@ START_TEST(parse_survives_allocation_failures)
     static const char src[] = "{\"a\": [1, 2.5, \"x\"], \"b\": {\"c\": null, \"d\": true}}";
     struct lms_error err;
     json_t *v = NULL;
-    lms_alloc_fail_after(0);
+    lms__alloc_fail_after(0);
     enum lms_status rc = lms_json_load_buffer("oom", src, strlen(src), &v, &err);
-    lms_alloc_fail_after(-1);
+    lms__alloc_fail_after(-1);
     ck_assert_int_eq(rc, LMS_ENOMEM);
     ck_assert_ptr_null(v);
     for (long k = 1;; k++) {
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         rc = lms_json_load_buffer("oom", src, strlen(src), &v, &err);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         if (rc == LMS_OK)
             break;
         ck_assert_msg(rc == LMS_ENOMEM, "k=%ld: %s", k, err.msg);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "formats/codecs/pickle.h"
 #include "lms/alloc.h"
 
@@ -178,9 +179,9 @@ START_TEST(allocation_failures)
 {
     for (long k = 0; k < 200; k++) {
         struct lms_pkl_doc doc;
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         enum lms_status rc = lms_pkl_parse(p4, sizeof(p4), &doc, NULL);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         ck_assert(rc == LMS_OK || rc == LMS_ENOMEM);
         lms_pkl_doc_release(&doc);
         if (rc == LMS_OK)

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "lms/alloc.h"
 #include "lms/safetensors.h"
 
@@ -154,9 +155,9 @@ START_TEST(parse_survives_allocation_failures)
     const char *json = "{\"__metadata__\":{\"format\":\"pt\"},"
                        "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
     for (long k = 0; k < 12; k++) {
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         enum lms_status rc = parse(json, 4, NULL);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         ck_assert(rc == LMS_OK || rc == LMS_ENOMEM);
     }
 }

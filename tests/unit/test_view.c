@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check_main.h"
+#include "common/alloc_hook.h"
 #include "lms/alloc.h"
 #include "lms/ir.h"
 
@@ -118,9 +119,9 @@ START_TEST(allocation_failures_do_not_leak)
 {
     struct lms_view *base = make_base(), *v;
     for (long k = 0; k < 4; k++) {
-        lms_alloc_fail_after(k);
+        lms__alloc_fail_after(k);
         enum lms_status rc = lms_view_new_select(base, 1, (int64_t[]){1, 2}, 2, &v, NULL);
-        lms_alloc_fail_after(-1);
+        lms__alloc_fail_after(-1);
         if (rc == LMS_OK)
             lms_view_release(v);
         else
