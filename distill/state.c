@@ -11,6 +11,7 @@
 #include "lms/alloc.h"
 #include "lms/distill.h"
 #include "lms/outdir.h"
+#include "lms/safetensors.h"
 
 #define META_FILE "trainer_state.json"
 #define TENSOR_FILE "optimizer.safetensors"
@@ -79,9 +80,11 @@ void lms_train_state_release(struct lms_train_state *s)
 {
     json_decref(s->meta);
     s->meta = NULL;
-    if (s->have_st)
-        lms_st_close(&s->st);
-    s->have_st = false;
+    if (s->tensors) {
+        lms_st_close(s->tensors);
+        lms_free(s->tensors);
+    }
+    s->tensors = NULL;
 }
 
 enum lms_status lms_train_state_read(const char *dir, struct lms_train_state *s,
@@ -101,11 +104,17 @@ enum lms_status lms_train_state_read(const char *dir, struct lms_train_state *s,
                              LMS_TRAIN_STATE_VERSION, LMS_TRAIN_STATE_FORMAT);
     }
     snprintf(path, sizeof path, "%s/%s", dir, TENSOR_FILE);
-    if ((rc = lms_st_open(path, &s->st, err))) {
+    struct lms_st_file *st = lms_calloc(1, sizeof *st);
+    if (!st) {
+        lms_train_state_release(s);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory reading '%s'", path);
+    }
+    if ((rc = lms_st_open(path, st, err))) {
+        lms_free(st);
         lms_train_state_release(s);
         return rc;
     }
-    s->have_st = true;
+    s->tensors = st;
     return LMS_OK;
 }
 
@@ -113,8 +122,9 @@ enum lms_status lms_train_state_get(const struct lms_train_state *s, const char 
                                     const char *name, int ndim, const int64_t *shape, float *dst,
                                     struct lms_error *err)
 {
-    for (size_t i = 0; i < s->st.hdr.n_entries; i++) {
-        const struct lms_st_entry *e = &s->st.hdr.entries[i];
+    const struct lms_st_file *st = s->tensors;
+    for (size_t i = 0; st && i < st->hdr.n_entries; i++) {
+        const struct lms_st_entry *e = &st->hdr.entries[i];
         if (strcmp(e->name, name))
             continue;
         bool same = e->dtype == LMS_DTYPE_F32 && e->ndim == ndim;
@@ -123,7 +133,7 @@ enum lms_status lms_train_state_get(const struct lms_train_state *s, const char 
         if (!same)
             return lms_error_set(err, LMS_EFORMAT, "training state '%s': tensor '%s' has another "
                                  "dtype or shape than the model's parameter", dir, name);
-        memcpy(dst, (const char *)s->st.storage->base + s->st.hdr.data_start + e->begin,
+        memcpy(dst, (const char *)st->storage->base + st->hdr.data_start + e->begin,
                (size_t)(e->end - e->begin));
         /* the tool saves only finite weights and moments: anything else would turn every
          * later step into NaN */

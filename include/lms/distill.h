@@ -15,7 +15,6 @@
 #include "lms/error.h"
 #include "lms/ir.h"
 #include "lms/json.h"
-#include "lms/safetensors.h"
 
 /* ---- learning-rate schedule ---------------------------------------------------------------- */
 
@@ -166,10 +165,11 @@ enum lms_status lms_train_state_write(const char *dir, const json_t *meta,
                                       const struct lms_state_tensor *t, size_t n, bool replace,
                                       struct lms_error *err);
 
+struct lms_st_file;
 struct lms_train_state {
-    json_t *meta;           /* trainer_state.json; owned */
-    struct lms_st_file st;  /* optimizer.safetensors, mapped */
-    bool have_st;
+    json_t *meta;               /* trainer_state.json; owned */
+    struct lms_st_file *tensors; /* optimizer.safetensors, mapped; owned, read through
+                                  * lms_train_state_get */
 };
 /* Reads dir/trainer_state.json (checking format and version) and maps optimizer.safetensors. */
 enum lms_status lms_train_state_read(const char *dir, struct lms_train_state *s,
