@@ -1,4 +1,4 @@
-/* bench/distill_gpu: one full training step of lmsurgeon's trainer (kernels/train.c) on CUDA, on
+/* bench/distill_gpu: one full training step of lmsurgeon's trainer (engine/train.c) on CUDA, on
  * a Qwen3-8B-dimensioned model of a few layers with random weights generated on the GPU;
  * driven by bench/distill-gpu, which runs the PyTorch peer (bench/distill_gpu_torch.py) in the
  * same run.

@@ -3,7 +3,7 @@
  * A backend is a versioned table of slots (struct lms_backend_ops) plus a context. The CPU
  * backend (kernels/cpu/) fills every slot and is the numerical reference; the CUDA backend
  * (kernels/cuda/, behind the C boundary kernels/cuda/lms_cuda.h) fills the same slots. Model
- * code (kernels/forward.c, importance/, distill/) calls the slots and never asks which backend
+ * code (the engine in engine/, which importance/ and distill/ drive) calls the slots and never asks which backend
  * it runs on. Slots are only ever appended: a new op gets a new slot at the end and bumps
  * LMS_BACKEND_OPS_VERSION; a backend that does not implement an optional slot leaves it NULL and
  * callers check the slot before use (e.g. the activation-statistics hooks of importance scoring,
@@ -291,7 +291,7 @@ struct lms_backend_ops {
                                   int64_t c, struct lms_error *err);
 
     /* ==== training slots (version 3). Optional: NULL where a backend has no training support;
-     * the trainer (kernels/train.c) checks them when it is created. Gradients named d<x> have
+     * the trainer (engine/train.c) checks them when it is created. Gradients named d<x> have
      * the shape of <x>. "+=" marks outputs that are accumulated, others are overwritten. The
      * matmul backward is the matmul slot with transposes. ==== */
     /* dtable (V, H) += rows of dout (n, H) scattered to ids (n); ids checked < V. The order in

@@ -9,7 +9,7 @@
  * along one axis, or a reshape. Readers build views over mapped files without copying; surgery
  * composes views (kept indices, dropped layers); fused layouts such as Megatron's QKV and
  * [gate; up] are views too. A generated view holds no bytes at all: its elements are a pure
- * function of a key and their index (random initialisation, surgery/generate.c). Bytes are
+ * function of a key and their index (random initialisation, ir/generate.c). Bytes are
  * produced only when a writer or the engine reads a view
  * (lms_view_read), in chunks, so memory stays bounded by the chunk, whatever the model size.
  *
