@@ -30,6 +30,8 @@
 
 /* ---- config ---------------------------------------------------------------------------- */
 
+/* The architecture families; each has a descriptor in arch/ (lms/arch.h) that says what tells
+ * it apart. */
 enum lms_family {
     LMS_FAMILY_LLAMA,   /* LlamaForCausalLM */
     LMS_FAMILY_MISTRAL, /* MistralForCausalLM */
@@ -76,7 +78,6 @@ struct lms_arch {
 };
 
 const char *lms_family_name(enum lms_family f);       /* "qwen3" */
-const char *lms_family_hf_class(enum lms_family f);   /* "Qwen3ForCausalLM" */
 /* Checks every dimension for consistency (positive, divisible, bounded). */
 enum lms_status lms_arch_validate(const struct lms_arch *a, struct lms_error *err);
 /* Parameter count implied by the config (padded vocab, tied embeddings counted once). */
