@@ -11,6 +11,7 @@ static const struct lms_arch_desc *const descs[] = {
     [LMS_FAMILY_MISTRAL] = &lms__arch_mistral,
     [LMS_FAMILY_QWEN2] = &lms__arch_qwen2,
     [LMS_FAMILY_QWEN3] = &lms__arch_qwen3,
+    [LMS_FAMILY_PHI3] = &lms__arch_phi3,
 };
 #define N_DESCS (sizeof(descs) / sizeof(descs[0]))
 

@@ -8,5 +8,6 @@ extern const struct lms_arch_desc lms__arch_llama;
 extern const struct lms_arch_desc lms__arch_mistral;
 extern const struct lms_arch_desc lms__arch_qwen2;
 extern const struct lms_arch_desc lms__arch_qwen3;
+extern const struct lms_arch_desc lms__arch_phi3;
 
 #endif

@@ -16,6 +16,7 @@ static const char *const family_names[] = {
     [LMS_FAMILY_MISTRAL] = "mistral",
     [LMS_FAMILY_QWEN2] = "qwen2",
     [LMS_FAMILY_QWEN3] = "qwen3",
+    [LMS_FAMILY_PHI3] = "phi3",
 };
 
 const char *lms_family_name(enum lms_family f)

@@ -68,11 +68,13 @@ static enum lms_status add_fused_parts(struct lms_model *m, const struct lms_arc
         rows += shape[0];
         cols = shape[1];
     }
-    if (v->ndim != 2 || v->shape[0] != rows || v->shape[1] != cols)
+    if (v->ndim != 2)
+        return lms_error_set(err, LMS_ESHAPE, "tensor '%s' has %d dimensions, expected 2", name,
+                             v->ndim);
+    if (v->shape[0] != rows || v->shape[1] != cols)
         return lms_error_set(err, LMS_ESHAPE,
-                             "tensor '%s' has %d dimensions [%lld, ...], the config implies "
-                             "[%lld, %lld]",
-                             name, v->ndim, v->ndim ? (long long)v->shape[0] : 0LL,
+                             "tensor '%s' has shape [%lld, %lld], the config implies [%lld, %lld]",
+                             name, (long long)v->shape[0], (long long)v->shape[1],
                              (long long)rows, (long long)cols);
     if (layer >= m->arch.n_layers)
         return lms_error_set(err, LMS_EFORMAT, "tensor '%s': layer %lld is outside 0..%lld", name,

@@ -130,6 +130,26 @@ static enum lms_status parse_rope(const json_t *c, struct lms_rope *r, struct lm
     return rc;
 }
 
+/* The engine rotates every channel of a head: a partial_rotary_factor (top level, or in
+ * rope_parameters / rope_scaling) other than 1 is refused. */
+static enum lms_status check_full_rotary(const json_t *c, struct lms_error *err)
+{
+    const json_t *where[] = {c, json_object_get(c, "rope_parameters"),
+                             json_object_get(c, "rope_scaling")};
+    for (size_t i = 0; i < sizeof(where) / sizeof(where[0]); i++) {
+        double f = 1;
+        enum lms_status rc = json_is_object(where[i])
+                                 ? get_num(where[i], "partial_rotary_factor", 1.0, &f, err)
+                                 : LMS_OK;
+        if (rc)
+            return rc;
+        if (f != 1)
+            return lms_error_set(err, LMS_EUNSUPPORTED,
+                                 "unsupported 'partial_rotary_factor' %g (only 1)", f);
+    }
+    return LMS_OK;
+}
+
 enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct lms_error *err)
 {
     memset(a, 0, sizeof(*a));
@@ -197,6 +217,8 @@ enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct 
                            (long long)a->sliding_window);
     if (!rc)
         rc = parse_rope(c, &a->rope, err);
+    if (!rc)
+        rc = check_full_rotary(c, err);
     if (rc)
         return rc;
     a->dtype = LMS_DTYPE_F32;

@@ -37,6 +37,7 @@ enum lms_family {
     LMS_FAMILY_MISTRAL, /* MistralForCausalLM */
     LMS_FAMILY_QWEN2,   /* Qwen2ForCausalLM: q/k/v biases */
     LMS_FAMILY_QWEN3,   /* Qwen3ForCausalLM: q/k RMSNorm over d, head_dim explicit */
+    LMS_FAMILY_PHI3,    /* Phi3ForCausalLM: Llama's block, q/k/v and gate/up stored fused */
 };
 
 enum lms_rope_type {
