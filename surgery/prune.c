@@ -11,7 +11,6 @@
 
 #include "lms/alloc.h"
 #include "lms/arch.h"
-#include "lms/hf.h"
 #include "lms/surgery.h"
 
 void lms_prune_plan_init(struct lms_prune_plan *p, int64_t n_layers)
@@ -188,8 +187,10 @@ static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lm
     return LMS_OK;
 }
 
-/* Records the kept-layer map in out and derives the carried config from it through the HF config
- * writer, the one owner of the keys that follow from a cut (layer_types, head_dim). */
+/* Records in out which layer of the model as read each kept layer is (in's own map composed
+ * with the cut, so that a cut of a cut still points into the carried config) and carries the
+ * config as read: surgery edits the IR only; writers derive the config keys that follow from a
+ * cut (layer_types, head_dim) from the arch and this map. */
 static enum lms_status record_cut(const struct lms_model *in, const int64_t *new_index,
                                   struct lms_model *out, struct lms_error *err)
 {
@@ -198,16 +199,11 @@ static enum lms_status record_cut(const struct lms_model *in, const int64_t *new
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     for (int64_t l = 0; l < in->arch.n_layers; l++)
         if (new_index[l] >= 0)
-            out->layer_src[new_index[l]] = l;
-    out->n_layers_src = in->arch.n_layers;
-    if (!in->hf_config)
-        return LMS_OK;
-    json_t *c;
-    out->hf_config = json_incref(in->hf_config); /* read only: the result is a new object */
-    enum lms_status rc = lms_hf_config_of_model(out, &out->arch, &c, err);
-    json_decref(out->hf_config);
-    out->hf_config = rc ? NULL : c;
-    return rc;
+            out->layer_src[new_index[l]] = in->layer_src ? in->layer_src[l] : l;
+    out->n_layers_src = in->layer_src ? in->n_layers_src : in->arch.n_layers;
+    if (in->hf_config && !(out->hf_config = json_deep_copy(in->hf_config)))
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return LMS_OK;
 }
 
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *p,

@@ -235,8 +235,9 @@ struct lms_model {
     /* What surgery did, so that writers derive the config keys that depend on it (per-layer
      * lists such as layer_types, an explicit head_dim) instead of surgery editing hf_config.
      * NULL for a model as read; set by lms_prune_apply (also when no layer was dropped): for
-     * each of arch.n_layers layers, the layer of the model it was cut from, whose layer count is
-     * n_layers_src. Owned; lms_model_clone copies it. */
+     * each of arch.n_layers layers, its layer in the model as read (the one hf_config, carried
+     * unchanged, describes), whose layer count is n_layers_src. Owned; lms_model_clone copies
+     * it. */
     int64_t *layer_src;
     int64_t n_layers_src;
 };

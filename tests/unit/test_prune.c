@@ -84,7 +84,10 @@ START_TEST(ffn_and_depth_qwen3)
     }
     ck_assert_ptr_nonnull(lms_model_find_name(&out, "model.layers.2.mlp.down_proj.weight"));
     ck_assert_ptr_null(lms_model_find(&out, LMS_ROLE_Q, 3));
-    ck_assert_int_eq(json_array_size(json_object_get(out.hf_config, "layer_types")), 3);
+    json_t *c;
+    ck_assert_int_eq(lms_hf_config_of_model(&out, &out.arch, &c, NULL), LMS_OK);
+    ck_assert_int_eq(json_array_size(json_object_get(c, "layer_types")), 3);
+    json_decref(c);
     lms_model_release(&out);
     lms_prune_plan_release(&p);
     lms_model_release(&in);
@@ -337,8 +340,23 @@ START_TEST(kept_layer_map_drives_the_config)
     ck_assert_int_eq(json_integer_value(json_object_get(c, "num_hidden_layers")), 2);
     ck_assert_int_eq(json_integer_value(json_object_get(c, "head_dim")), 32);
     json_decref(c);
-    /* the config the cut model carries says the same */
-    ck_assert(json_equal(json_object_get(out.hf_config, "layer_types"), want));
+    /* surgery leaves the carried config as read: the writers derive the cut's */
+    ck_assert(json_equal(out.hf_config, in.hf_config));
+    /* a cut of the cut (keep its layer 1, which is layer 2 as read) still maps into it */
+    struct lms_model twice;
+    struct lms_prune_plan p2;
+    lms_prune_plan_init(&p2, 2);
+    int64_t second[] = {1};
+    p2.layers = keep_of(second, 1);
+    ck_assert_int_eq(lms_prune_apply(&out, &p2, &twice, NULL), LMS_OK);
+    ck_assert(twice.n_layers_src == 4 && twice.layer_src[0] == 2);
+    ck_assert_int_eq(lms_hf_config_of_model(&twice, &twice.arch, &c, NULL), LMS_OK);
+    json_t *want2 = json_pack("[s]", "sliding_attention");
+    ck_assert(json_equal(json_object_get(c, "layer_types"), want2));
+    json_decref(want2);
+    json_decref(c);
+    lms_model_release(&twice);
+    lms_prune_plan_release(&p2);
     json_decref(want);
     /* without the map, mixed kinds cannot be resized */
     lms_free(copy.layer_src);
