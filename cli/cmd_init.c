@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "lms/format.h"
+#include "lms/arch.h"
 #include "lms/hf.h"
 #include "lms/init.h"
 #include "lms/json.h"

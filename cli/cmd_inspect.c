@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "lms/arch.h"
 #include "lms/format.h"
 #include "lms/json.h"
 #include "lms/outdir.h"

@@ -9,24 +9,19 @@
 #include "lms/ir.h"
 #include "lms/scratch.h"
 
-static const struct {
-    const char *name;
-    const char *hf_class;
-} families[] = {
-    [LMS_FAMILY_LLAMA] = {"llama", "LlamaForCausalLM"},
-    [LMS_FAMILY_MISTRAL] = {"mistral", "MistralForCausalLM"},
-    [LMS_FAMILY_QWEN2] = {"qwen2", "Qwen2ForCausalLM"},
-    [LMS_FAMILY_QWEN3] = {"qwen3", "Qwen3ForCausalLM"},
+/* The short names (model_type) that the fingerprint hashes and messages show; the rest of what
+ * a family is lives in its descriptor (arch/). */
+static const char *const family_names[] = {
+    [LMS_FAMILY_LLAMA] = "llama",
+    [LMS_FAMILY_MISTRAL] = "mistral",
+    [LMS_FAMILY_QWEN2] = "qwen2",
+    [LMS_FAMILY_QWEN3] = "qwen3",
+    [LMS_FAMILY_PHI3] = "phi3",
 };
 
 const char *lms_family_name(enum lms_family f)
 {
-    return families[f].name;
-}
-
-const char *lms_family_hf_class(enum lms_family f)
-{
-    return families[f].hf_class;
+    return (size_t)f < sizeof(family_names) / sizeof(family_names[0]) ? family_names[f] : "?";
 }
 
 /* Upper bounds far above any real model, so that absurd configs fail before allocation. */

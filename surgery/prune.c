@@ -1,14 +1,8 @@
 /* Applying a prune plan: views and config, no arithmetic on weights
  * (include/lms/surgery.h).
  *
- * Slicing table (K_H hidden, K_F neurons, E(.) heads/groups expanded to their d rows):
- *   embed, lm_head [V, H]      cols K_H          norms [H]          K_H
- *   q [n_h d, H]               rows E(K_head), cols K_H;  q bias E(K_head)
- *   k, v [n_g d, H]            rows E(K_group), cols K_H; biases E(K_group)
- *   o [H, n_h d]               rows K_H, cols E(K_head);  o bias K_H
- *   gate, up [F, H]            rows K_F, cols K_H
- *   down [H, F]                rows K_H, cols K_F
- *   q_norm, k_norm [d]         unchanged
+ * Which kept set selects each role's rows and columns is the slicing table of lms/arch.h
+ * (lms_arch_role_axes): hidden channels, FFN neurons, or the d rows of each kept head or group.
  * Column selections are applied first, directly over the stored rows, so that materialising
  * gathers each output row in one pass. */
 #include <string.h>
@@ -16,7 +10,7 @@
 #include <jansson.h>
 
 #include "lms/alloc.h"
-#include "lms/hf.h"
+#include "lms/arch.h"
 #include "lms/surgery.h"
 
 void lms_prune_plan_init(struct lms_prune_plan *p, int64_t n_layers)
@@ -170,35 +164,6 @@ struct cut {
     int64_t n_cols;
 };
 
-/* What selects along a tensor axis: nothing (kept whole), the kept hidden channels, the kept FFN
- * neurons of the layer, or the rows of its kept heads or query groups (d rows each). */
-enum prune_axis { AXIS_WHOLE, AXIS_HIDDEN, AXIS_FFN, AXIS_HEADS, AXIS_GROUPS, AXIS_COUNT };
-
-/* The slicing table of the file comment as data: which axis selects the rows (dim 0) and the
- * columns (dim 1, 2-d tensors only) of each role. q_norm and k_norm run over d: never pruned. */
-static const struct {
-    enum prune_axis rows, cols;
-} slicing[LMS_ROLE_COUNT] = {
-    [LMS_ROLE_EMBED] = {AXIS_WHOLE, AXIS_HIDDEN},
-    [LMS_ROLE_LM_HEAD] = {AXIS_WHOLE, AXIS_HIDDEN},
-    [LMS_ROLE_ATTN_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
-    [LMS_ROLE_MLP_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
-    [LMS_ROLE_FINAL_NORM] = {AXIS_HIDDEN, AXIS_WHOLE},
-    [LMS_ROLE_O_BIAS] = {AXIS_HIDDEN, AXIS_WHOLE},
-    [LMS_ROLE_Q] = {AXIS_HEADS, AXIS_HIDDEN},
-    [LMS_ROLE_Q_BIAS] = {AXIS_HEADS, AXIS_WHOLE},
-    [LMS_ROLE_K] = {AXIS_GROUPS, AXIS_HIDDEN},
-    [LMS_ROLE_V] = {AXIS_GROUPS, AXIS_HIDDEN},
-    [LMS_ROLE_K_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
-    [LMS_ROLE_V_BIAS] = {AXIS_GROUPS, AXIS_WHOLE},
-    [LMS_ROLE_O] = {AXIS_HIDDEN, AXIS_HEADS},
-    [LMS_ROLE_GATE] = {AXIS_FFN, AXIS_HIDDEN},
-    [LMS_ROLE_UP] = {AXIS_FFN, AXIS_HIDDEN},
-    [LMS_ROLE_DOWN] = {AXIS_HIDDEN, AXIS_FFN},
-    [LMS_ROLE_Q_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
-    [LMS_ROLE_K_NORM] = {AXIS_WHOLE, AXIS_WHOLE},
-};
-
 /* The kept indices of one axis for the tensor at hand (index NULL = keep all). */
 struct axis_keep {
     const int64_t *index;
@@ -222,8 +187,10 @@ static enum lms_status sliced_view(struct lms_view *src, struct cut c, struct lm
     return LMS_OK;
 }
 
-/* Records the kept-layer map in out and derives the carried config from it through the HF config
- * writer, the one owner of the keys that follow from a cut (layer_types, head_dim). */
+/* Records in out which layer of the model as read each kept layer is (in's own map composed
+ * with the cut, so that a cut of a cut still points into the carried config) and carries the
+ * config as read: surgery edits the IR only; writers derive the config keys that follow from a
+ * cut (layer_types, head_dim) from the arch and this map. */
 static enum lms_status record_cut(const struct lms_model *in, const int64_t *new_index,
                                   struct lms_model *out, struct lms_error *err)
 {
@@ -232,16 +199,11 @@ static enum lms_status record_cut(const struct lms_model *in, const int64_t *new
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     for (int64_t l = 0; l < in->arch.n_layers; l++)
         if (new_index[l] >= 0)
-            out->layer_src[new_index[l]] = l;
-    out->n_layers_src = in->arch.n_layers;
-    if (!in->hf_config)
-        return LMS_OK;
-    json_t *c;
-    out->hf_config = json_incref(in->hf_config); /* read only: the result is a new object */
-    enum lms_status rc = lms_hf_config_of_model(out, &out->arch, &c, err);
-    json_decref(out->hf_config);
-    out->hf_config = rc ? NULL : c;
-    return rc;
+            out->layer_src[new_index[l]] = in->layer_src ? in->layer_src[l] : l;
+    out->n_layers_src = in->layer_src ? in->n_layers_src : in->arch.n_layers;
+    if (in->hf_config && !(out->hf_config = json_deep_copy(in->hf_config)))
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return LMS_OK;
 }
 
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *p,
@@ -342,14 +304,16 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         }
         bool heads_cut = s && s->heads.n != a->n_heads;
         bool groups_cut = s && s->groups.n != a->n_groups;
-        struct axis_keep keeps[AXIS_COUNT] = {
-            [AXIS_WHOLE] = {NULL, 0},
-            [AXIS_HIDDEN] = {KH, nH},
-            [AXIS_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
-            [AXIS_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
-            [AXIS_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
+        struct axis_keep keeps[LMS_AXIS_COUNT] = {
+            [LMS_AXIS_WHOLE] = {NULL, 0},
+            [LMS_AXIS_HIDDEN] = {KH, nH},
+            [LMS_AXIS_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
+            [LMS_AXIS_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
+            [LMS_AXIS_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
         };
-        struct axis_keep rk = keeps[slicing[t->role].rows], ck = keeps[slicing[t->role].cols];
+        enum lms_arch_axis row_axis, col_axis;
+        lms_arch_role_axes(t->role, &row_axis, &col_axis);
+        struct axis_keep rk = keeps[row_axis], ck = keeps[col_axis];
         struct cut c = {rk.index, rk.n, ck.index, ck.n};
         struct lms_view *v;
         rc = sliced_view(t->view, c, &v, err);

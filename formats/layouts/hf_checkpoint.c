@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lms/alloc.h"
+#include "lms/arch.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/outdir.h"
@@ -51,12 +52,56 @@ static int hf_probe(const char *path)
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
+/* Adds the parts of a tensor that holds several roles (rows joined in the family's order) as
+ * row ranges of it, under the roles' own names. */
+static enum lms_status add_fused_parts(struct lms_model *m, const struct lms_arch_fused *fu,
+                                       int64_t layer, const char *name, struct lms_view *v,
+                                       struct lms_error *err)
+{
+    int64_t rows = 0, cols = -1;
+    int64_t part_rows[3];
+    for (int p = 0; p < fu->n_parts; p++) {
+        int ndim;
+        int64_t shape[LMS_MAX_DIMS];
+        lms_role_shape(fu->parts[p], &m->arch, &ndim, shape);
+        part_rows[p] = shape[0];
+        rows += shape[0];
+        cols = shape[1];
+    }
+    if (v->ndim != 2)
+        return lms_error_set(err, LMS_ESHAPE, "tensor '%s' has %d dimensions, expected 2", name,
+                             v->ndim);
+    if (v->shape[0] != rows || v->shape[1] != cols)
+        return lms_error_set(err, LMS_ESHAPE,
+                             "tensor '%s' has shape [%lld, %lld], the config implies [%lld, %lld]",
+                             name, (long long)v->shape[0], (long long)v->shape[1],
+                             (long long)rows, (long long)cols);
+    if (layer >= m->arch.n_layers)
+        return lms_error_set(err, LMS_EFORMAT, "tensor '%s': layer %lld is outside 0..%lld", name,
+                             (long long)layer, (long long)m->arch.n_layers - 1);
+    enum lms_status rc = LMS_OK;
+    int64_t begin = 0;
+    for (int p = 0; p < fu->n_parts && !rc; p++) {
+        struct lms_view *part;
+        char part_name[256];
+        rc = lms_view_new_range(v, 0, begin, part_rows[p], &part, err);
+        if (rc)
+            break;
+        lms_role_hf_name(fu->parts[p], layer, part_name, sizeof part_name);
+        rc = lms_model_add(m, part_name, fu->parts[p], layer, part, err);
+        lms_view_release(part);
+        begin += part_rows[p];
+    }
+    return rc;
+}
+
 /* Adds every tensor of one opened shard to the model, checking it against the index. */
 static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_st_file *f,
                                          const char *shard, const json_t *weight_map,
                                          struct lms_error *err)
 {
     const char *shard_path = f->storage->path;
+    const struct lms_arch_desc *desc = lms_arch_desc_of(m->arch.family);
     for (size_t i = 0; i < f->hdr.n_entries; i++) {
         const struct lms_st_entry *e = &f->hdr.entries[i];
         if (weight_map) {
@@ -73,13 +118,23 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
         /* no duplicate check needed: a shard's own names are unique (the parser rejects
          * duplicates) and the index places each name in exactly one shard */
         enum lms_role role = LMS_ROLE_OTHER;
+        const struct lms_arch_fused *fused = NULL;
         int64_t layer = -1;
-        lms_role_from_hf_name(e->name, &role, &layer);
+        if (!lms_arch_hf_parse(desc, e->name, &role, &fused, &layer)) {
+            role = LMS_ROLE_OTHER;
+            layer = -1;
+        }
         struct lms_view *v;
         enum lms_status rc = lms_st_entry_view(f, i, &v, err);
         if (rc)
             return lms_error_wrap(err, "reading '%s': tensor '%s': ", shard_path, e->name);
-        rc = lms_model_add(m, e->name, role, layer, v, err);
+        if (fused) {
+            rc = add_fused_parts(m, fused, layer, e->name, v, err);
+            if (rc)
+                lms_error_wrap(err, "reading '%s': ", shard_path);
+        } else {
+            rc = lms_model_add(m, e->name, role, layer, v, err);
+        }
         lms_view_release(v);
         if (rc)
             return rc;
@@ -89,7 +144,7 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
 
 /* Opens one shard named by the index (a plain file name inside dir). */
 static enum lms_status read_shard(struct lms_model *m, const char *dir, const char *index_path,
-                                  const char *shard, const json_t *weight_map,
+                                  const char *shard, const json_t *weight_map, size_t *n_read,
                                   struct lms_error *err)
 {
     if (!*shard || strchr(shard, '/') || strcmp(shard, "..") == 0 || strcmp(shard, ".") == 0)
@@ -106,6 +161,7 @@ static enum lms_status read_shard(struct lms_model *m, const char *dir, const ch
     if (rc)
         return rc;
     rc = add_shard_tensors(m, &f, shard, weight_map, err);
+    *n_read += f.hdr.n_entries;
     lms_st_close(&f);
     return rc;
 }
@@ -137,19 +193,25 @@ static enum lms_status read_sharded(struct lms_model *m, const char *dir, const 
         json_object_set_new(shards, json_string_value(where), json_true());
     }
     json_t *unused;
+    size_t n_read = 0; /* tensors in the shards (a fused one becomes several in the model) */
     json_object_foreach(shards, name, unused)
     {
-        rc = read_shard(m, dir, index_path, name, wm, err);
+        rc = read_shard(m, dir, index_path, name, wm, &n_read, err);
         if (rc)
             goto out;
     }
     /* every index entry must exist in its shard: since every shard tensor was found in the
      * index, equal counts prove it; look for the missing one only on failure */
-    if (m->n_tensors == json_object_size(wm))
+    if (n_read == json_object_size(wm))
         goto out;
+    const struct lms_arch_desc *desc = lms_arch_desc_of(m->arch.family);
     json_object_foreach((json_t *)wm, name, where)
     {
-        if (!lms_model_find_name(m, name)) {
+        enum lms_role role;
+        const struct lms_arch_fused *fused = NULL;
+        int64_t layer;
+        bool is_fused = lms_arch_hf_parse(desc, name, &role, &fused, &layer) && fused;
+        if (!is_fused && !lms_model_find_name(m, name)) {
             rc = lms_error_set(err, LMS_EFORMAT,
                                "reading '%s': lists tensor '%s', which shard '%s' does not hold",
                                index_path, name, json_string_value(where));
@@ -281,10 +343,33 @@ static void free_outs(struct out_tensor *outs, size_t n)
     lms_free(outs);
 }
 
+/* The view written for tensor t: itself, or, for the first part of a tensor the family stores
+ * fused, the parts of that layer joined along rows. */
+static enum lms_status written_view(const struct lms_model *m, const struct lms_tensor *t,
+                                    const struct lms_arch_fused *fused, struct lms_view **out,
+                                    struct lms_error *err)
+{
+    if (!fused) {
+        *out = lms_view_ref(t->view);
+        return LMS_OK;
+    }
+    struct lms_view *parts[3];
+    for (int p = 0; p < fused->n_parts; p++) {
+        const struct lms_tensor *pt = lms_model_find(m, fused->parts[p], t->layer);
+        if (!pt)
+            return lms_error_set(err, LMS_EINVAL, "layer %lld has no '%s' tensor to fuse",
+                                 (long long)t->layer, lms_role_name(fused->parts[p]));
+        parts[p] = pt->view;
+    }
+    return lms_view_new_concat(parts, fused->n_parts, 0, out, err);
+}
+
 /* Builds the list of tensors to write, in state-dict order, with names, output dtypes and the
- * vocabulary padding rows dropped. */
+ * vocabulary padding rows dropped; roles the family stores fused are written as one tensor at
+ * the place of their first part. OUT: *n_out entries. */
 static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_write_opts *o,
-                                    struct out_tensor **outs_out, struct lms_error *err)
+                                    struct out_tensor **outs_out, size_t *n_out,
+                                    struct lms_error *err)
 {
     size_t n = m->n_tensors;
     struct order_key *keys = lms_malloc((n ? n : 1) * sizeof(*keys));
@@ -297,31 +382,38 @@ static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_
     for (size_t i = 0; i < n; i++)
         keys[i] = (struct order_key){&m->tensors[i], i};
     qsort(keys, n, sizeof(*keys), cmp_state_dict);
+    const struct lms_arch_desc *desc = lms_arch_desc_of(m->arch.family);
     enum lms_status rc = LMS_OK;
+    size_t k = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         const struct lms_tensor *t = keys[i].t;
         char name[512];
+        const struct lms_arch_fused *fused = NULL;
+        int part = 0;
         if (t->role == LMS_ROLE_OTHER)
             snprintf(name, sizeof(name), "%s", t->name);
         else
-            lms_role_hf_name(t->role, t->layer, name, sizeof(name));
-        outs[i].name = lms_strdup(name);
-        if (!outs[i].name) {
+            lms_arch_hf_name(desc, t->role, t->layer, &fused, &part, name, sizeof(name));
+        if (part > 0)
+            continue; /* written with the first part */
+        struct out_tensor *ot = &outs[k++];
+        ot->name = lms_strdup(name);
+        if (!ot->name) {
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
             break;
         }
         bool vocab_rows = t->role == LMS_ROLE_EMBED || t->role == LMS_ROLE_LM_HEAD;
         if (vocab_rows && m->arch.padded_vocab > m->arch.vocab)
-            rc = lms_view_new_range(t->view, 0, 0, m->arch.vocab, &outs[i].view, err);
+            rc = lms_view_new_range(t->view, 0, 0, m->arch.vocab, &ot->view, err);
         else
-            outs[i].view = lms_view_ref(t->view);
+            rc = written_view(m, t, fused, &ot->view, err);
         if (rc)
             break;
-        enum lms_dtype src = t->view->dtype;
-        outs[i].dtype = o->dtype != LMS_DTYPE_COUNT && lms_dtype_is_castable(src) ? o->dtype : src;
-        outs[i].nbytes = (uint64_t)lms_view_numel(outs[i].view) * lms_dtype_bits(outs[i].dtype) / 8;
-        if (lms_dtype_bits(outs[i].dtype) % 8)
-            outs[i].nbytes = lms_view_nbytes(outs[i].view);
+        enum lms_dtype src = ot->view->dtype;
+        ot->dtype = o->dtype != LMS_DTYPE_COUNT && lms_dtype_is_castable(src) ? o->dtype : src;
+        ot->nbytes = (uint64_t)lms_view_numel(ot->view) * lms_dtype_bits(ot->dtype) / 8;
+        if (lms_dtype_bits(ot->dtype) % 8)
+            ot->nbytes = lms_view_nbytes(ot->view);
     }
     lms_free(keys);
     if (rc) {
@@ -329,6 +421,7 @@ static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_
         return rc;
     }
     *outs_out = outs;
+    *n_out = k;
     return LMS_OK;
 }
 
@@ -560,10 +653,10 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
     if (rc)
         return rc;
     struct out_tensor *outs = NULL;
-    rc = plan_tensors(m, o, &outs, err);
+    size_t n = 0;
+    rc = plan_tensors(m, o, &outs, &n, err);
     if (rc)
         return rc;
-    size_t n = m->n_tensors;
     int n_shards = plan_shards(outs, n, o->max_shard_size ? o->max_shard_size : LMS_DEFAULT_SHARD_SIZE);
     struct lms_outdir od;
     rc = lms_outdir_begin(path, o->force, &od, err);

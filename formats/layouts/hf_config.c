@@ -3,20 +3,12 @@
 #include <string.h>
 
 #include "lms/alloc.h"
+#include "lms/arch.h"
 #include "lms/hf.h"
 
-static const struct {
-    const char *arch;       /* architectures[0] */
-    const char *model_type; /* model_type */
-    enum lms_family family;
-} known[] = {
-    {"LlamaForCausalLM", "llama", LMS_FAMILY_LLAMA},
-    {"MistralForCausalLM", "mistral", LMS_FAMILY_MISTRAL},
-    {"Qwen2ForCausalLM", "qwen2", LMS_FAMILY_QWEN2},
-    {"Qwen3ForCausalLM", "qwen3", LMS_FAMILY_QWEN3},
-};
-
-static enum lms_status family_of(const json_t *c, enum lms_family *out, struct lms_error *err)
+/* The family named by architectures[0], else by model_type. */
+static enum lms_status family_of(const json_t *c, const struct lms_arch_desc **out,
+                                 struct lms_error *err)
 {
     const json_t *archs = json_object_get(c, "architectures");
     const json_t *mt = json_object_get(c, "model_type");
@@ -24,23 +16,16 @@ static enum lms_status family_of(const json_t *c, enum lms_family *out, struct l
     if (json_is_array(archs) && json_array_size(archs) > 0 &&
         json_is_string(json_array_get(archs, 0))) {
         name = json_string_value(json_array_get(archs, 0));
-        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-            if (strcmp(known[i].arch, name) == 0) {
-                *out = known[i].family;
-                return LMS_OK;
-            }
-        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported architecture '%s'", name);
-    }
-    if (json_is_string(mt)) {
+        *out = lms_arch_desc_by_hf_class(name);
+    } else if (json_is_string(mt)) {
         name = json_string_value(mt);
-        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-            if (strcmp(known[i].model_type, name) == 0) {
-                *out = known[i].family;
-                return LMS_OK;
-            }
-        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported architecture '%s'", name);
+        *out = lms_arch_desc_by_model_type(name);
+    } else {
+        return lms_error_set(err, LMS_EFORMAT, "neither 'architectures' nor 'model_type' is set");
     }
-    return lms_error_set(err, LMS_EFORMAT, "neither 'architectures' nor 'model_type' is set");
+    if (!*out)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported architecture '%s'", name);
+    return LMS_OK;
 }
 
 /* Integer field; missing or null gives def (or an error when required). */
@@ -145,17 +130,40 @@ static enum lms_status parse_rope(const json_t *c, struct lms_rope *r, struct lm
     return rc;
 }
 
+/* The engine rotates every channel of a head: a partial_rotary_factor (top level, or in
+ * rope_parameters / rope_scaling) other than 1 is refused. */
+static enum lms_status check_full_rotary(const json_t *c, struct lms_error *err)
+{
+    const json_t *where[] = {c, json_object_get(c, "rope_parameters"),
+                             json_object_get(c, "rope_scaling")};
+    for (size_t i = 0; i < sizeof(where) / sizeof(where[0]); i++) {
+        double f = 1;
+        enum lms_status rc = json_is_object(where[i])
+                                 ? get_num(where[i], "partial_rotary_factor", 1.0, &f, err)
+                                 : LMS_OK;
+        if (rc)
+            return rc;
+        if (f != 1)
+            return lms_error_set(err, LMS_EUNSUPPORTED,
+                                 "unsupported 'partial_rotary_factor' %g (only 1)", f);
+    }
+    return LMS_OK;
+}
+
 enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct lms_error *err)
 {
     memset(a, 0, sizeof(*a));
     if (!json_is_object(c))
         return lms_error_set(err, LMS_EFORMAT, "config is not a JSON object");
-    enum lms_status rc = family_of(c, &a->family, err);
+    const struct lms_arch_desc *desc;
+    enum lms_status rc = family_of(c, &desc, err);
     if (rc)
         return rc;
+    a->family = desc->family;
+    const char *act_name = lms_arch_act_hf_name(desc->act);
     const json_t *act = json_object_get(c, "hidden_act");
-    if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
-        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'hidden_act' (only silu)");
+    if (act && !(json_is_string(act) && strcmp(json_string_value(act), act_name) == 0))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'hidden_act' (only %s)", act_name);
     bool mlp_bias = false;
     rc = get_bool(c, "mlp_bias", false, &mlp_bias, err);
     if (!rc && mlp_bias)
@@ -193,12 +201,14 @@ enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct 
     if (rc)
         return rc;
     a->padded_vocab = a->vocab;
-    a->qkv_bias = attention_bias || a->family == LMS_FAMILY_QWEN2;
-    a->o_bias = attention_bias && a->family != LMS_FAMILY_QWEN2;
-    a->qk_norm = a->family == LMS_FAMILY_QWEN3;
-    /* sliding window: Mistral uses it when set; Qwen only with use_sliding_window */
-    bool use_sw = a->family == LMS_FAMILY_MISTRAL;
-    if (a->family == LMS_FAMILY_QWEN2 || a->family == LMS_FAMILY_QWEN3)
+    if (attention_bias && desc->bias == LMS_BIAS_NONE)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported 'attention_bias': true");
+    a->qkv_bias = attention_bias || desc->bias == LMS_BIAS_QKV;
+    a->o_bias = attention_bias && desc->bias == LMS_BIAS_FROM_CONFIG;
+    a->qk_norm = desc->qk_norm;
+    /* the sliding window applies as the family's rule says (when set, or with a flag) */
+    bool use_sw = desc->window == LMS_WINDOW_WHEN_SET;
+    if (desc->window == LMS_WINDOW_FLAG)
         rc = get_bool(c, "use_sliding_window", false, &use_sw, err);
     if (!rc && use_sw)
         rc = get_int(c, "sliding_window", false, 0, &a->sliding_window, err);
@@ -207,6 +217,8 @@ enum lms_status lms_hf_config_parse(const json_t *c, struct lms_arch *a, struct 
                            (long long)a->sliding_window);
     if (!rc)
         rc = parse_rope(c, &a->rope, err);
+    if (!rc)
+        rc = check_full_rotary(c, err);
     if (rc)
         return rc;
     a->dtype = LMS_DTYPE_F32;
@@ -275,10 +287,11 @@ static enum lms_status build(const struct lms_arch *a, const json_t *base, const
     json_t *c = base ? json_deep_copy(base) : json_object();
     if (!c)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    const struct lms_arch_desc *desc = lms_arch_desc_of(a->family);
     json_t *archs = json_array();
-    json_array_append_new(archs, json_string(lms_family_hf_class(a->family)));
+    json_array_append_new(archs, json_string(desc->hf_class));
     json_object_set_new(c, "architectures", archs);
-    json_object_set_new(c, "model_type", json_string(lms_family_name(a->family)));
+    json_object_set_new(c, "model_type", json_string(desc->model_type));
     set_int(c, "hidden_size", a->hidden);
     set_int(c, "intermediate_size", a->ffn);
     set_int(c, "num_hidden_layers", a->n_layers);
@@ -296,9 +309,10 @@ static enum lms_status build(const struct lms_arch *a, const json_t *base, const
     if (a->max_position > 0)
         set_int(c, "max_position_embeddings", a->max_position);
     json_object_set_new(c, "tie_word_embeddings", json_boolean(a->tie_embeddings));
-    if (json_object_get(c, "attention_bias") || (a->family != LMS_FAMILY_QWEN2 && a->o_bias))
-        json_object_set_new(c, "attention_bias",
-                            json_boolean(a->family == LMS_FAMILY_QWEN2 ? false : a->o_bias));
+    /* attention_bias says what it said where the family reads it (q/k/v and o together) */
+    bool from_config = desc->bias == LMS_BIAS_FROM_CONFIG;
+    if (json_object_get(c, "attention_bias") || (from_config && a->o_bias))
+        json_object_set_new(c, "attention_bias", json_boolean(from_config ? a->o_bias : false));
     const char *dtkey = json_object_get(c, "dtype") ? "dtype" : "torch_dtype";
     const char *dtname = lms_dtype_torch_name(a->dtype);
     if (dtname)

@@ -193,11 +193,11 @@ static enum lms_status model_from_dcp(const struct lms_dcp *d, struct lms_model 
     a->padded_vocab = a->vocab;
     rc = add_role(m, LMS_ROLE_EMBED, -1, v, err);
     for (int64_t l = 0; l < rd.L && !rc; l++) {
-        for (size_t i = 0; i < LMS_NEMO_N_LAYER_KEYS && !rc; i++) {
-            rc = get_layer(&rd, lms__nemo_layer_keys[i].key, l, &v, err);
+        for (size_t i = 0; i < LMS_ARCH_MCORE_N_LAYER_KEYS && !rc; i++) {
+            rc = get_layer(&rd, lms_arch_mcore_layer_keys[i].key, l, &v, err);
             if (!rc && v)
-                rc = add_role(m, lms__nemo_layer_keys[i].role, l, v, err);
-            if (rc || lms__nemo_layer_keys[i].role != LMS_ROLE_ATTN_NORM)
+                rc = add_role(m, lms_arch_mcore_layer_keys[i].role, l, v, err);
+            if (rc || lms_arch_mcore_layer_keys[i].role != LMS_ROLE_ATTN_NORM)
                 continue;
             rc = get_layer(&rd, LMS_MCORE_QKV_WEIGHT, l, &v, err);
             if (!rc && !v)

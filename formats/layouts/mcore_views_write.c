@@ -296,13 +296,13 @@ static enum lms_status plan_extra_state(struct plan *p, const struct lms_model *
 {
     enum lms_status rc = lms_dcp_extra_state_payload(&p->extra, &p->extra_len, err);
     char name[512];
-    size_t n_mod = LMS_NEMO_N_EXTRA_STATE_MODULES;
+    size_t n_mod = LMS_ARCH_MCORE_N_EXTRA_STATE;
     if (!m->arch.qk_norm)
         n_mod -= 2;
     for (size_t i = 0; i < n_mod && !rc; i++)
         for (int64_t l = 0; l < m->arch.n_layers && !rc; l++) {
             snprintf(name, sizeof(name), "%s" LMS_MCORE_LAYERS "%s._extra_state/shard_%lld_%lld",
-                     prefix, lms__nemo_extra_state_modules[i], (long long)l,
+                     prefix, lms_arch_mcore_extra_state[i], (long long)l,
                      (long long)m->arch.n_layers);
             rc = add_bytes(p, name, err);
         }
@@ -326,20 +326,20 @@ static enum lms_status plan_model(struct plan *p, const struct lms_model *m, con
                                  "tensor '%s' has no Megatron key", m->tensors[i].name);
     enum lms_status rc = plan_global(p, m, prefix, LMS_MCORE_EMBED,
                                      LMS_ROLE_EMBED, err);
-    for (size_t i = 0; i < LMS_NEMO_N_LAYER_KEYS && !rc; i++) {
+    for (size_t i = 0; i < LMS_ARCH_MCORE_N_LAYER_KEYS && !rc; i++) {
         if (!a->qk_norm &&
-            (lms__nemo_layer_keys[i].role == LMS_ROLE_Q_NORM ||
-             lms__nemo_layer_keys[i].role == LMS_ROLE_K_NORM))
+            (lms_arch_mcore_layer_keys[i].role == LMS_ROLE_Q_NORM ||
+             lms_arch_mcore_layer_keys[i].role == LMS_ROLE_K_NORM))
             continue;
         char key[256];
-        snprintf(key, sizeof(key), LMS_MCORE_LAYERS "%s", lms__nemo_layer_keys[i].key);
-        rc = plan_stacked(p, m, prefix, key, lms__nemo_layer_keys[i].role, err);
-        if (!rc && lms__nemo_layer_keys[i].role == LMS_ROLE_ATTN_NORM) {
+        snprintf(key, sizeof(key), LMS_MCORE_LAYERS "%s", lms_arch_mcore_layer_keys[i].key);
+        rc = plan_stacked(p, m, prefix, key, lms_arch_mcore_layer_keys[i].role, err);
+        if (!rc && lms_arch_mcore_layer_keys[i].role == LMS_ROLE_ATTN_NORM) {
             rc = plan_qkv(p, m, prefix, false, err);
             if (!rc && a->qkv_bias)
                 rc = plan_qkv(p, m, prefix, true, err);
         }
-        if (!rc && lms__nemo_layer_keys[i].role == LMS_ROLE_MLP_NORM)
+        if (!rc && lms_arch_mcore_layer_keys[i].role == LMS_ROLE_MLP_NORM)
             rc = plan_fc1(p, m, prefix, err);
     }
     if (!rc)

@@ -219,14 +219,8 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
     if (!rc) {
         /* the model fields Bridge's provider takes */
         struct lms_buf_str y = {0};
-        static const char *const prov[] = {
-            "llama.llama_provider.LlamaModelProvider",
-            "mistral.mistral_provider.MistralModelProvider",
-            "qwen.qwen_provider.Qwen2ModelProvider",
-            "qwen.qwen_provider.Qwen3ModelProvider",
-        };
         rc = lms_buf_str_printf(&y, err, "model:\n  _target_: megatron.bridge.models.%s\n",
-                                prov[a.family]);
+                                lms_arch_desc_of(a.family)->bridge_provider);
         if (!rc)
             rc = lms__nemo_yaml_config(&a, "  ", &y, err);
         /* the parallel layout and checkpoint options the Bridge loader reads */

@@ -91,13 +91,16 @@ static enum lms_status map_args(const struct lms_pkl *st, json_t *f, char *cls, 
     }
     if (rc)
         return rc;
+    /* the family follows from what the args show; its norm and activation must match them */
+    bool qk = arg_true(st, "qk_layernorm"), qkv_bias = arg_true(st, "add_qkv_bias");
+    const struct lms_arch_desc *desc = lms_arch_desc_guess(qk, qkv_bias);
+    const char *norm_name = lms_arch_norm_mcore_name(desc->norm);
     const struct lms_pkl *norm = arg(st, "normalization");
-    if (norm && (norm->kind != LMS_PKL_STR || strcmp(norm->u.s.data, "RMSNorm") != 0))
-        return lms_error_set(err, LMS_EUNSUPPORTED, "args.normalization is not RMSNorm");
-    if (!arg_true(st, "swiglu"))
+    if (norm && (norm->kind != LMS_PKL_STR || strcmp(norm->u.s.data, norm_name) != 0))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "args.normalization is not %s", norm_name);
+    if (lms_arch_act_gated(desc->act) && !arg_true(st, "swiglu"))
         return lms_error_set(err, LMS_EUNSUPPORTED,
                              "args.swiglu is not set (only SwiGLU models are supported)");
-    bool qk = arg_true(st, "qk_layernorm"), qkv_bias = arg_true(st, "add_qkv_bias");
     json_object_set_new(f, "qk_layernorm", json_boolean(qk));
     json_object_set_new(f, "add_qkv_bias", json_boolean(qkv_bias));
     json_object_set_new(f, "share_embeddings_and_output_weights",
@@ -114,9 +117,7 @@ static enum lms_status map_args(const struct lms_pkl *st, json_t *f, char *cls, 
     snprintf(dtn, sizeof(dtn), "torch.%s", tn ? tn : "float32");
     json_object_set_new(f, "params_dtype", json_string(dtn));
     /* not a NeMo class name: only the family's conventions fill what args lack, never sizes */
-    snprintf(cls, cls_cap, "%s", qk         ? "Qwen3 (Megatron-LM args)"
-                                 : qkv_bias ? "Qwen2 (Megatron-LM args)"
-                                            : "Llama (Megatron-LM args)");
+    snprintf(cls, cls_cap, "%s (Megatron-LM args)", desc->label);
     return LMS_OK;
 }
 

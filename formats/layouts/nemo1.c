@@ -376,7 +376,7 @@ static enum lms_status nemo2_fields(json_t *f, const struct lms_dcp *d, char *cl
     char ref[64];
     snprintf(ref, sizeof(ref), "torch.%s", dt ? dt : "bfloat16");
     json_object_set_new(f, "params_dtype", json_string(ref));
-    snprintf(cls, cls_cap, "%s", qk_norm ? "Qwen3Config" : bias ? "Qwen2Config" : "LlamaConfig");
+    snprintf(cls, cls_cap, "%s", lms_arch_desc_guess(qk_norm, bias)->nemo_config_cls);
     if (json_object_size(f) == 0)
         return lms_error_set(err, LMS_EFORMAT, "empty model config");
     return LMS_OK;
@@ -692,6 +692,7 @@ static void yaml_float(double d, char *dst, size_t dst_cap)
 static enum lms_status model_config_yaml(const struct lms_arch *a, struct lms_buf_str *y,
                                          struct lms_error *err)
 {
+    const struct lms_arch_desc *desc = lms_arch_desc_of(a->family);
     char eps[40], theta[40];
     yaml_float(a->norm_eps, eps, sizeof(eps));
     yaml_float(a->rope.theta, theta, sizeof(theta));
@@ -721,12 +722,12 @@ static enum lms_status model_config_yaml(const struct lms_arch *a, struct lms_bu
         "hidden_dropout: 0.0\n"
         "attention_dropout: 0.0\n"
         "ffn_dropout: 0.0\n"
-        "normalization: rmsnorm\n"
+        "normalization: %s\n"
         "layernorm_epsilon: %s\n"
         "bias: false\n"
         "qkv_bias: %s\n"
         "qk_layernorm: %s\n"
-        "activation: fast-swiglu\n"
+        "activation: %s\n"
         "position_embedding_type: rope\n"
         "rotary_percentage: 1.0\n"
         "rotary_base: %s\n"
@@ -743,8 +744,9 @@ static enum lms_status model_config_yaml(const struct lms_arch *a, struct lms_bu
         "MegatronGPTModel\n",
         (long long)a->max_position, (long long)a->max_position, (long long)a->n_layers,
         (long long)a->hidden, (long long)a->ffn, (long long)a->n_heads, (long long)a->n_groups,
-        (long long)a->head_dim, eps, a->qkv_bias ? "true" : "false",
-        a->qk_norm ? "true" : "false", theta, a->tie_embeddings ? "true" : "false",
+        (long long)a->head_dim, lms_arch_norm_nemo1_name(desc->norm), eps,
+        a->qkv_bias ? "true" : "false", a->qk_norm ? "true" : "false",
+        lms_arch_act_nemo1_name(desc->act), theta, a->tie_embeddings ? "true" : "false",
         (long long)div, (long long)a->vocab, prec);
 }
 

@@ -9,21 +9,9 @@
 #include "formats/layouts/nemo_impl.h"
 #include "formats/layouts/paths.h"
 #include "lms/alloc.h"
+#include "lms/arch.h"
 #include "lms/hf.h"
 #include "lms/json.h"
-
-static const struct {
-    enum lms_family family;
-    const char *module;      /* nemo.collections.llm.gpt.model.<x> */
-    const char *model_cls;
-    const char *config_cls;
-} nemo_classes[] = {
-    {LMS_FAMILY_LLAMA, "nemo.collections.llm.gpt.model.llama", "LlamaModel", "LlamaConfig"},
-    {LMS_FAMILY_MISTRAL, "nemo.collections.llm.gpt.model.mistral", "MistralModel",
-     "MistralConfig7B"},
-    {LMS_FAMILY_QWEN2, "nemo.collections.llm.gpt.model.qwen2", "Qwen2Model", "Qwen2Config"},
-    {LMS_FAMILY_QWEN3, "nemo.collections.llm.gpt.model.qwen3", "Qwen3Model", "Qwen3Config"},
-};
 
 /* Whether key (of length len) ends with suffix. */
 static bool ends_with(const char *key, size_t len, const char *suffix)
@@ -46,6 +34,7 @@ static int64_t vocab_divisor(int64_t v)
  * pyref is written as {"__pyref__": "module:name"}. */
 static json_t *config_fields(const struct lms_arch *a)
 {
+    const struct lms_arch_desc *desc = lms_arch_desc_of(a->family);
     json_t *c = json_object();
     json_object_set_new(c, "num_layers", json_integer(a->n_layers));
     json_object_set_new(c, "hidden_size", json_integer(a->hidden));
@@ -53,11 +42,11 @@ static json_t *config_fields(const struct lms_arch *a)
     json_object_set_new(c, "num_attention_heads", json_integer(a->n_heads));
     json_object_set_new(c, "num_query_groups", json_integer(a->n_groups));
     json_object_set_new(c, "kv_channels", json_integer(a->head_dim));
-    json_object_set_new(c, "normalization", json_string("RMSNorm"));
+    json_object_set_new(c, "normalization", json_string(lms_arch_norm_mcore_name(desc->norm)));
     json_object_set_new(c, "layernorm_epsilon", json_real(a->norm_eps));
-    json_object_set_new(c, "gated_linear_unit", json_true());
+    json_object_set_new(c, "gated_linear_unit", json_boolean(lms_arch_act_gated(desc->act)));
     json_object_set_new(c, "activation_func",
-                        json_pack("{s:s}", "__pyref__", "torch.nn.functional:silu"));
+                        json_pack("{s:s}", "__pyref__", lms_arch_act_mcore_func(desc->act)));
     json_object_set_new(c, "add_bias_linear", json_false());
     json_object_set_new(c, "add_qkv_bias", json_boolean(a->qkv_bias));
     json_object_set_new(c, "qk_layernorm", json_boolean(a->qk_norm));
@@ -202,15 +191,12 @@ static void add_config(struct fiddle *f, const char *module, const char *cls, js
 void lms__nemo_class_of(const struct lms_arch *a, const char **module, const char **model_cls,
                         const char **config_cls)
 {
-    size_t k = 0;
-    while (k + 1 < sizeof(nemo_classes) / sizeof(nemo_classes[0]) &&
-           nemo_classes[k].family != a->family)
-        k++;
-    *module = nemo_classes[k].module;
-    *model_cls = nemo_classes[k].model_cls;
-    *config_cls = a->family == LMS_FAMILY_LLAMA && a->rope.type == LMS_ROPE_LLAMA3
-                      ? "Llama31Config"
-                      : nemo_classes[k].config_cls;
+    const struct lms_arch_desc *desc = lms_arch_desc_of(a->family);
+    *module = desc->nemo_module;
+    *model_cls = desc->nemo_model_cls;
+    *config_cls = desc->nemo_config_cls_llama3 && a->rope.type == LMS_ROPE_LLAMA3
+                      ? desc->nemo_config_cls_llama3
+                      : desc->nemo_config_cls;
 }
 
 /* io.json for m: what NeMo's trainer writes into context/ when it saves, TrainerContext(
@@ -386,22 +372,6 @@ static enum lms_status io_json_fields(const json_t *io, json_t **fields, char *c
     return LMS_OK;
 }
 
-/* The base config class of the family a NeMo class or Bridge provider name belongs to. */
-static const char *family_base_class(const char *cls)
-{
-    static const struct {
-        const char *prefix, *base;
-    } bases[] = {
-        {"Qwen3", "Qwen3Config"},     {"Qwen2", "Qwen2Config"},     {"Llama31", "Llama31Config"},
-        {"Llama32", "Llama31Config"}, {"Llama3", "Llama3Config"},   {"Llama", "LlamaConfig"},
-        {"CodeLlama", "LlamaConfig"}, {"Mistral", "MistralConfig7B"},
-    };
-    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
-        if (strncmp(cls, bases[i].prefix, strlen(bases[i].prefix)) == 0)
-            return bases[i].base;
-    return NULL;
-}
-
 enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char *from,
                                          struct lms_error *err)
 {
@@ -418,7 +388,8 @@ enum lms_status lms__nemo_class_defaults(json_t *f, const char *cls, const char 
                                                                 : "value in io.json or model.yaml");
         /* a class NeMo does not define (a Bridge provider, a user's subclass): only the family's
          * conventions (norm epsilon, RoPE base, head size, biases), never its sizes */
-        const char *base = family_base_class(cls);
+        const char *base = NULL;
+        lms_arch_desc_by_nemo_class(cls, &base);
         d = base ? lms__nemo_preset_fields(base) : NULL;
         static const char *const own_sizes[] = {
             "num_layers",       "hidden_size", "ffn_hidden_size",
@@ -442,16 +413,8 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
                                          const struct lms_dcp *d, json_t **out,
                                          struct lms_error *err)
 {
-    enum lms_family fam;
-    if (strncmp(cls, "Qwen3", 5) == 0)
-        fam = LMS_FAMILY_QWEN3;
-    else if (strncmp(cls, "Qwen2", 5) == 0)
-        fam = LMS_FAMILY_QWEN2;
-    else if (strncmp(cls, "Mistral", 7) == 0)
-        fam = LMS_FAMILY_MISTRAL;
-    else if (strncmp(cls, "Llama", 5) == 0 || strncmp(cls, "CodeLlama", 9) == 0 || cls[0] == 0)
-        fam = LMS_FAMILY_LLAMA;
-    else
+    const struct lms_arch_desc *desc = lms_arch_desc_by_nemo_class(cls, NULL);
+    if (!desc)
         return lms_error_set(err, LMS_EUNSUPPORTED, "unsupported model config class '%s'", cls);
 #define GETI(k) json_integer_value(json_object_get(f, k))
     int64_t nh = GETI("num_attention_heads");
@@ -463,11 +426,10 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
                              (long long)H);
     int64_t hd = GETI("kv_channels");
     if (!hd)
-        hd = fam == LMS_FAMILY_QWEN3 ? 128 : (H / nh);
+        hd = desc->nemo_head_dim ? desc->nemo_head_dim : (H / nh);
     json_t *c = json_object();
-    json_object_set_new(c, "architectures",
-                        json_pack("[s]", lms_family_hf_class(fam)));
-    json_object_set_new(c, "model_type", json_string(lms_family_name(fam)));
+    json_object_set_new(c, "architectures", json_pack("[s]", desc->hf_class));
+    json_object_set_new(c, "model_type", json_string(desc->model_type));
     json_object_set_new(c, "hidden_size", json_integer(H));
     json_object_set_new(c, "intermediate_size",
                         json_integer(GETI("ffn_hidden_size") ? GETI("ffn_hidden_size") : 4 * H));
@@ -478,11 +440,10 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     const json_t *eps = json_object_get(f, "layernorm_epsilon");
     json_object_set_new(c, "rms_norm_eps",
                         json_real(json_is_number(eps) ? json_number_value(eps)
-                                  : fam == LMS_FAMILY_QWEN3 ? 1e-6 : 1e-5));
+                                                      : desc->nemo_norm_eps));
     const json_t *rb = json_object_get(f, "rotary_base");
     json_object_set_new(c, "rope_theta", json_real(json_is_number(rb) ? json_number_value(rb)
-                                                   : fam == LMS_FAMILY_QWEN3 ? 1000000.0
-                                                                             : 10000.0));
+                                                                       : desc->nemo_rope_theta));
     int64_t maxpos = GETI("max_position_embeddings") ? GETI("max_position_embeddings")
                                                      : GETI("seq_length");
     json_object_set_new(c, "max_position_embeddings", json_integer(maxpos ? maxpos : 4096));
@@ -506,8 +467,8 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     }
     json_object_set_new(c, "vocab_size", json_integer(V));
     const json_t *sf = json_object_get(f, "scale_factor");
-    if (json_is_number(sf) || strcmp(cls, "Llama31Config") == 0 ||
-        strncmp(cls, "Llama31", 7) == 0) {
+    const char *l3 = desc->nemo_llama3_rope_prefix;
+    if (json_is_number(sf) || (l3 && strncmp(cls, l3, strlen(l3)) == 0)) {
         json_t *rs = json_object();
         json_object_set_new(rs, "rope_type", json_string("llama3"));
         json_object_set_new(rs, "factor", json_real(json_is_number(sf) ? json_number_value(sf)
@@ -530,7 +491,7 @@ enum lms_status lms__nemo_hf_from_fields(const json_t *f, const char *cls,
     const char *pd = json_string_value(json_object_get(f, "params_dtype"));
     json_object_set_new(c, "torch_dtype",
                         json_string(pd && strncmp(pd, "torch.", 6) == 0 ? pd + 6 : "bfloat16"));
-    if (fam == LMS_FAMILY_LLAMA)
+    if (desc->nemo_attention_bias)
         json_object_set_new(c, "attention_bias",
                             json_boolean(json_is_true(json_object_get(f, "add_qkv_bias"))));
 #undef GETI

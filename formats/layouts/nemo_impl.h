@@ -1,5 +1,5 @@
 /* lmsurgeon: what the Megatron-Core based layouts share (library-internal): the key table
- * (mcore_keys.c), the two directions of the tensor mapping (mcore_views_write.c,
+ * (lms/arch.h), the two directions of the tensor mapping (mcore_views_write.c,
  * mcore_views_read.c), the config translation (nemo_config.c, nemo_yaml.c, nemo_presets.c,
  * megatron_args.c) and the side files (mcore_sidecars.c). The "nemo" (nemo2.c), "megatron"
  * (megatron.c) and "nemo1" (nemo1.c) layouts are built from them. */
@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "formats/codecs/dcp.h"
+#include "lms/arch.h"
 #include "lms/format.h"
 #include "lms/ir.h"
 #include "lms/json.h"
@@ -19,35 +20,8 @@
 /* Ceiling for the JSON files of a checkpoint (io.json, hf_config.json). */
 #define LMS_NEMO_JSON_MAX_BYTES (64u << 20)
 
-/* ---- the key table (mcore_keys.c) ----------------------------------------------------------- */
-
-/* The Megatron-Core key names, spelled once for both directions (after the checkpoint's key
- * prefix, "module." for NeMo 2): the global tensors, the per-layer root, and the fused per-layer
- * keys (after LMS_MCORE_LAYERS) that the view directions split and build. */
-#define LMS_MCORE_EMBED "embedding.word_embeddings.weight"
-#define LMS_MCORE_FINAL_NORM "decoder.final_layernorm.weight"
-#define LMS_MCORE_OUTPUT "output_layer.weight"
-#define LMS_MCORE_LAYERS "decoder.layers."
-#define LMS_MCORE_QKV_WEIGHT "self_attention.linear_qkv.weight"
-#define LMS_MCORE_QKV_BIAS "self_attention.linear_qkv.bias"
-#define LMS_MCORE_FC1_WEIGHT "mlp.linear_fc1.weight"
-#define LMS_MCORE_ATTN_NORM "self_attention.linear_qkv.layer_norm_weight"
-#define LMS_MCORE_Q_NORM "self_attention.q_layernorm.weight"
-#define LMS_MCORE_K_NORM "self_attention.k_layernorm.weight"
-#define LMS_MCORE_PROJ "self_attention.linear_proj.weight"
-#define LMS_MCORE_MLP_NORM "mlp.linear_fc1.layer_norm_weight"
-#define LMS_MCORE_FC2 "mlp.linear_fc2.weight"
-
-/* A per-layer key (after "decoder.layers.") that is a straight copy of one role. */
-struct lms__nemo_layer_key {
-    const char *key;
-    enum lms_role role;
-};
-#define LMS_NEMO_N_LAYER_KEYS 6
-extern const struct lms__nemo_layer_key lms__nemo_layer_keys[LMS_NEMO_N_LAYER_KEYS];
-/* The modules whose _extra_state bytes item every layer carries (after "decoder.layers."). */
-#define LMS_NEMO_N_EXTRA_STATE_MODULES 7
-extern const char *const lms__nemo_extra_state_modules[LMS_NEMO_N_EXTRA_STATE_MODULES];
+/* The Megatron-Core GPT key names (LMS_MCORE_*) and the per-layer key table are in lms/arch.h:
+ * every family maps onto that one model. */
 
 /* ---- tensors (mcore_views_write.c, mcore_views_read.c) -------------------------------------- */
 

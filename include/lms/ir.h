@@ -30,11 +30,14 @@
 
 /* ---- config ---------------------------------------------------------------------------- */
 
+/* The architecture families; each has a descriptor in arch/ (lms/arch.h) that says what tells
+ * it apart. */
 enum lms_family {
     LMS_FAMILY_LLAMA,   /* LlamaForCausalLM */
     LMS_FAMILY_MISTRAL, /* MistralForCausalLM */
     LMS_FAMILY_QWEN2,   /* Qwen2ForCausalLM: q/k/v biases */
     LMS_FAMILY_QWEN3,   /* Qwen3ForCausalLM: q/k RMSNorm over d, head_dim explicit */
+    LMS_FAMILY_PHI3,    /* Phi3ForCausalLM: Llama's block, q/k/v and gate/up stored fused */
 };
 
 enum lms_rope_type {
@@ -76,7 +79,6 @@ struct lms_arch {
 };
 
 const char *lms_family_name(enum lms_family f);       /* "qwen3" */
-const char *lms_family_hf_class(enum lms_family f);   /* "Qwen3ForCausalLM" */
 /* Checks every dimension for consistency (positive, divisible, bounded). */
 enum lms_status lms_arch_validate(const struct lms_arch *a, struct lms_error *err);
 /* Parameter count implied by the config (padded vocab, tied embeddings counted once). */
@@ -233,8 +235,9 @@ struct lms_model {
     /* What surgery did, so that writers derive the config keys that depend on it (per-layer
      * lists such as layer_types, an explicit head_dim) instead of surgery editing hf_config.
      * NULL for a model as read; set by lms_prune_apply (also when no layer was dropped): for
-     * each of arch.n_layers layers, the layer of the model it was cut from, whose layer count is
-     * n_layers_src. Owned; lms_model_clone copies it. */
+     * each of arch.n_layers layers, its layer in the model as read (the one hf_config, carried
+     * unchanged, describes), whose layer count is n_layers_src. Owned; lms_model_clone copies
+     * it. */
     int64_t *layer_src;
     int64_t n_layers_src;
 };

@@ -40,9 +40,10 @@ void lms_prune_plan_release(struct lms_prune_plan *p);
 
 /* Checks the plan against the model (index ranges, ascending order, same count in every layer,
  * r' heads in every kept group) and applies it. OUT: out is a new model sharing the input's
- * storage through views, with the kept-layer map recorded (out->layer_src, relative to in) and
- * the carried config derived from it by the HF config writer (head_dim unchanged and explicit,
- * per-layer lists following the kept layers). */
+ * storage through views, with the kept-layer map recorded (out->layer_src: for each kept layer,
+ * its layer in the model as read, in's own map composed with the cut) and the config as read
+ * carried unchanged: the writers derive the config of the cut model from its arch and the map
+ * (head_dim unchanged and explicit, per-layer lists following the kept layers). */
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *plan,
                                 struct lms_model *out, struct lms_error *err);
 

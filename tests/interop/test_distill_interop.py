@@ -5,7 +5,10 @@ weights closely.
 
 - qwen3-tiny teacher, the 2-layer student of qwen3-tiny-distill-reference, 5 steps of 4 x 32
   tokens in micro-batches of 2, lr 1e-3 -> 1e-4 with one warm-up step, betas 0.9/0.95, weight
-  decay 0.1, clip 1.0 (the GPT recipe preset).
+  decay 0.1, clip 1.0 (the GPT recipe preset);
+- phi3-tiny teacher and a student the tool prunes from it here (layer 2 dropped, FFN 48), the
+  same schedule: its fused qkv_proj / gate_up_proj are trained as the split views and written
+  fused again.
 """
 import json
 import os
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -25,12 +29,23 @@ FIX = Path(os.environ.get("LMS_FIXTURES", "fixtures"))
 torch.set_num_threads(2)
 
 
-def test_steps_match_pytorch(tmp_path):
+def pair(name, tmp_path):
+    """(student, teacher) of a case."""
+    if name == "qwen3":
+        return FIX / "models" / "qwen3-tiny-distill-reference" / "student", FIX / "models" / "qwen3-tiny"
+    teacher = FIX / "models" / "phi3-tiny"
+    student = tmp_path / "student"
+    subprocess.run([LMS, "prune", str(teacher), str(student), "--drop-layers", "2",
+                    "--target-ffn-hidden-size", "48", "--quiet"], check=True)
+    return student, teacher
+
+
+@pytest.mark.parametrize("name", ["qwen3", "phi3"])
+def test_steps_match_pytorch(name, tmp_path):
     ids = np.fromfile(FIX / "corpus" / "val.ids.u16", dtype="<u2")[:20000].astype(np.int32) % 512
     data = tmp_path / "data.i32"
     ids.tofile(data)
-    student = FIX / "models" / "qwen3-tiny-distill-reference" / "student"
-    teacher = FIX / "models" / "qwen3-tiny"
+    student, teacher = pair(name, tmp_path)
     steps, gbs, mbs, seq = 5, 4, 2, 32
     out, rows = tmp_path / "out", tmp_path / "rows.i32"
     subprocess.run([LMS, "distill", "--student", str(student), "--teacher", str(teacher),

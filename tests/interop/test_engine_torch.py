@@ -6,7 +6,8 @@ outputs, o_proj input, down_proj input).
 - qwen3-tiny-bf16-sharded: the sharded bf16 checkpoint, upcast to fp32 by both sides, against a
   reference transformers computes here from the same bf16 weights (no stored golden exists);
 - llama-tiny with a llama3 rope scaling and a linear one, written here into a copy of the
-  checkpoint, so the scaled RoPE variants are compared with transformers too.
+  checkpoint, so the scaled RoPE variants are compared with transformers too;
+- phi3-tiny, whose fused qkv_proj and gate_up_proj the reader splits into views.
 
 Each comparison: max abs error <= 1e-4 x max |value| of the transformers tensor.
 """
@@ -108,6 +109,12 @@ def compare(tmp_path, model_dir, ids):
 def test_teacher_window_logits(tmp_path):
     ids = np.fromfile(os.path.join(FIX, "corpus", "val.ids.u16"), dtype="<u2")[:512]
     compare(tmp_path, os.path.join(FIX, "teacher"), ids.reshape(1, 512))
+
+
+def test_phi3_against_torch(tmp_path):
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 512, size=(2, 40))
+    compare(tmp_path, os.path.join(FIX, "models", "phi3-tiny"), ids)
 
 
 def test_bf16_sharded_against_torch_from_same_weights(tmp_path):

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 LMS = os.environ["LMSURGEON"]
 FIX = Path(os.environ["LMS_FIXTURES"])
 MODELS = ["models/qwen3-tiny", "models/llama-tiny", "models/qwen2-tiny",
-          "models/qwen3-tiny-bf16-sharded", "teacher"]
+          "models/qwen3-tiny-bf16-sharded", "teacher", "models/phi3-tiny"]
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 
 torch.manual_seed(0)

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 LMS = os.environ["LMSURGEON"]
 FIX = Path(os.environ["LMS_FIXTURES"])
-CONFIGS = ["qwen3-tiny", "qwen2-tiny", "llama-tiny"]
+CONFIGS = ["qwen3-tiny", "qwen2-tiny", "llama-tiny", "phi3-tiny"]
 PRESETS = {  # preset: (overrides, what the Hub config of that model says)
     "qwen3-0.6b": (["--num-layers", "2"], {"hidden_size": 1024, "intermediate_size": 3072,
                                           "num_attention_heads": 16, "num_key_value_heads": 8,

@@ -32,6 +32,7 @@ MODELS = [
     "models/qwen3-tiny-bf16-sharded",
     "models/qwen3-tiny-distill-reference/student",
     "teacher",
+    "models/phi3-tiny",
 ]
 SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "generation_config.json"]
@@ -51,6 +52,25 @@ def hf_tensors(d):
     for f in sorted(os.listdir(d)):
         if f.endswith(".safetensors") and f != "reference.safetensors":
             out.update(load_file(os.path.join(d, f)))
+    return out
+
+
+def split_fused(t, cfg):
+    """Phi-3 stores q/k/v as one qkv_proj ([q; k; v] rows) and gate/up as one gate_up_proj
+    ([gate; up] rows): the same tensors under the separate names the other families use."""
+    nh, ng = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    out = {}
+    for k, v in t.items():
+        if k.endswith("self_attn.qkv_proj.weight"):
+            p = k[:-len("qkv_proj.weight")]
+            out[p + "q_proj.weight"], out[p + "k_proj.weight"], out[p + "v_proj.weight"] = \
+                v.split([nh * d, ng * d, ng * d], 0)
+        elif k.endswith("mlp.gate_up_proj.weight"):
+            p = k[:-len("gate_up_proj.weight")]
+            out[p + "gate_proj.weight"], out[p + "up_proj.weight"] = v.chunk(2, 0)
+        else:
+            out[k] = v
     return out
 
 
@@ -99,7 +119,7 @@ def megatron_state(src):
     """The Megatron tensors of an HF checkpoint (keys, stacked layers, fused QKV and fc1),
     computed here."""
     cfg = json.load(open(os.path.join(src, "config.json")))
-    t = hf_tensors(src)
+    t = split_fused(hf_tensors(src), cfg)
     L = cfg["num_hidden_layers"]
     nh, ng = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     d = cfg.get("head_dim") or cfg["hidden_size"] // nh
@@ -145,7 +165,7 @@ def megatron_state(src):
 
 
 @pytest.mark.parametrize("model", ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny",
-                                   "teacher"])
+                                   "teacher", "models/phi3-tiny"])
 def test_torch_dcp_reads_what_we_write(tmp_path, model):
     src = os.path.join(FIX, model)
     out = tmp_path / "nemo"
@@ -223,7 +243,8 @@ def test_megatron_layout(tmp_path):
     assert rc["checkpoint"]["ckpt_format"] == "torch_dist"
 
 
-@pytest.mark.parametrize("model", ["models/qwen3-tiny", "models/qwen2-tiny", "models/llama-tiny"])
+@pytest.mark.parametrize("model", ["models/qwen3-tiny", "models/qwen2-tiny", "models/llama-tiny",
+                                   "models/phi3-tiny"])
 @pytest.mark.parametrize("keep_hf_config", [True, False])
 def test_we_read_what_torch_writes(tmp_path, model, keep_hf_config):
     """dcp.save of the Megatron state dict (fc1 and the embedding split into row chunks the way

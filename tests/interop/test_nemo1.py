@@ -185,7 +185,8 @@ def test_read_nemo1_variants(tmp_path, weights):
                 and os.path.getmtime(os.path.join(tmp, f)) > os.path.getmtime(nemo)]
 
 
-@pytest.mark.parametrize("model", ["models/qwen3-tiny", "models/llama-tiny", "teacher"])
+@pytest.mark.parametrize("model", ["models/qwen3-tiny", "models/llama-tiny", "teacher",
+                                   "models/phi3-tiny"])
 def test_python_reads_what_we_write(tmp_path, model):
     src = os.path.join(FIX, model)
     nemo = tmp_path / "out.nemo"

@@ -80,8 +80,10 @@ MODELS = {
     "student": "models/qwen3-tiny-distill-reference/student",
     "teacher": "teacher",
     "pruned-teacher": None,
+    "phi3-tiny": "models/phi3-tiny",
 }
-NEMO_CLASS = {"llama": "LlamaModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
+NEMO_CLASS = {"llama": "LlamaModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model",
+              "phi3": "Phi3Model"}
 # what Llama's config classes switch on that needs Transformer Engine, apex or CUDA
 GPU_ONLY_FUSIONS = ["apply_rope_fusion", "persist_layer_norm", "bias_activation_fusion",
                     "masked_softmax_fusion", "bias_dropout_fusion"]

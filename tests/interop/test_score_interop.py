@@ -24,7 +24,7 @@ import prune_oracle  # noqa: E402
 LMS = os.environ["LMSURGEON"]
 FIX = Path(os.environ["LMS_FIXTURES"])
 TINY = ["models/qwen3-tiny", "models/llama-tiny", "models/qwen2-tiny",
-        "models/qwen3-tiny-bf16-sharded"]
+        "models/qwen3-tiny-bf16-sharded", "models/phi3-tiny"]
 torch.set_num_threads(2)
 
 

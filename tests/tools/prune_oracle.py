@@ -8,6 +8,46 @@ import math
 import torch
 
 
+def _head_dim(cfg):
+    return cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads
+
+
+def unfuse(sd, cfg):
+    """Phi-3 stores q/k/v as one qkv_proj ([q; k; v] rows) and gate/up as one gate_up_proj
+    ([gate; up] rows): the state dict with them split into the names the oracle works on."""
+    d = _head_dim(cfg)
+    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    out = {}
+    for k, t in sd.items():
+        if k.endswith("self_attn.qkv_proj.weight"):
+            p = k[:-len("qkv_proj.weight")]
+            out[p + "q_proj.weight"], out[p + "k_proj.weight"], out[p + "v_proj.weight"] = \
+                t[:q], t[q:q + kv], t[q + kv:]
+        elif k.endswith("mlp.gate_up_proj.weight"):
+            p = k[:-len("gate_up_proj.weight")]
+            out[p + "gate_proj.weight"], out[p + "up_proj.weight"] = t.chunk(2, 0)
+        else:
+            out[k] = t
+    return out
+
+
+def fuse(sd):
+    """The inverse of unfuse: Phi-3's fused tensors from the split ones."""
+    out = {}
+    for k, t in sd.items():
+        if k.endswith("self_attn.q_proj.weight"):
+            p = k[:-len("q_proj.weight")]
+            out[p + "qkv_proj.weight"] = torch.cat(
+                [t, sd[p + "k_proj.weight"], sd[p + "v_proj.weight"]], 0)
+        elif k.endswith("mlp.gate_proj.weight"):
+            p = k[:-len("gate_proj.weight")]
+            out[p + "gate_up_proj.weight"] = torch.cat([t, sd[p + "up_proj.weight"]], 0)
+        elif not k.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                             "mlp.up_proj.weight")):
+            out[k] = t
+    return out
+
+
 def rank_keep(scores, k):
     """Top k by score (ties to the lower index), returned in ascending index order."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))

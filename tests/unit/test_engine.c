@@ -182,6 +182,13 @@ START_TEST(fixture_qwen3)
 }
 END_TEST
 
+/* Phi-3 stores q/k/v and gate/up fused; the engine runs the views the reader split them into */
+START_TEST(fixture_phi3)
+{
+    check_model("models/phi3-tiny", "models/phi3-tiny/reference.safetensors", false);
+}
+END_TEST
+
 /* The teacher's reference was produced by a transformers model that had been moved with
  * .to(torch.bfloat16) and back to fp32, which leaves its rotary inv_freq buffer rounded to bf16:
  * transformers itself, loading the checkpoint in fp32, differs from the file by 8.6e-4 x max at
@@ -335,6 +342,7 @@ Suite *suite(void)
     tcase_add_test(tc, fixture_llama);
     tcase_add_test(tc, fixture_qwen2);
     tcase_add_test(tc, fixture_qwen3);
+    tcase_add_test(tc, fixture_phi3);
     tcase_add_test(tc, fixture_teacher);
     tcase_add_test(tc, plan_and_checks);
     suite_add_tcase(s, tc);

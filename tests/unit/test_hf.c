@@ -16,6 +16,7 @@
 static const char *fixture_dirs[] = {
     "models/qwen3-tiny", "models/llama-tiny",      "models/qwen2-tiny",
     "models/qwen3-tiny-bf16-sharded", "models/qwen3-tiny-distill-reference/student", "teacher",
+    "models/phi3-tiny",
 };
 
 static char *temp_dir(void)
@@ -131,6 +132,8 @@ START_TEST(reshard_reproduces_reference_bytes)
     static const char *const single[] = {"model.safetensors", "config.json", NULL};
     check_reproduces("models/llama-tiny", 0, single);
     check_reproduces("models/qwen2-tiny", 0, single);
+    /* Phi-3's fused qkv_proj and gate_up_proj are split into views and joined again */
+    check_reproduces("models/phi3-tiny", 0, single);
 }
 END_TEST
 
@@ -162,6 +165,79 @@ static enum lms_status parse_config(const char *text, struct lms_arch *a, struct
     json_decref(c);
     return rc;
 }
+
+/* Phi-3: read like Llama (no biases, the window when set); what the engine cannot run is
+ * refused with a one-line error naming it: longrope scaling, a partial rotary factor, biases. */
+START_TEST(phi3_config)
+{
+    struct lms_arch a;
+    struct lms_error err;
+#define PHI3_BASE                                                                              \
+    "{\"architectures\":[\"Phi3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128," \
+    "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":100"
+    ck_assert_int_eq(parse_config(PHI3_BASE ",\"sliding_window\":2047,\"rope_parameters\":{"
+                                            "\"rope_type\":\"default\",\"rope_theta\":10000.0,"
+                                            "\"partial_rotary_factor\":1.0}}",
+                                  &a, &err),
+                     LMS_OK);
+    ck_assert_int_eq(a.family, LMS_FAMILY_PHI3);
+    ck_assert(!a.qkv_bias && !a.o_bias && !a.qk_norm && a.sliding_window == 2047);
+    ck_assert_int_eq(parse_config(PHI3_BASE ",\"rope_scaling\":{\"type\":\"longrope\","
+                                            "\"short_factor\":[1],\"long_factor\":[1]}}",
+                                  &a, &err),
+                     LMS_EUNSUPPORTED);
+    ck_assert_str_eq(err.msg, "unsupported rope type 'longrope'");
+    ck_assert_int_eq(parse_config(PHI3_BASE ",\"rope_parameters\":{\"rope_type\":\"default\","
+                                            "\"rope_theta\":10000.0,"
+                                            "\"partial_rotary_factor\":0.5}}",
+                                  &a, &err),
+                     LMS_EUNSUPPORTED);
+    ck_assert_str_eq(err.msg, "unsupported 'partial_rotary_factor' 0.5 (only 1)");
+    ck_assert_int_eq(parse_config(PHI3_BASE ",\"partial_rotary_factor\":0.75}", &a, &err),
+                     LMS_EUNSUPPORTED);
+    ck_assert_int_eq(parse_config(PHI3_BASE ",\"attention_bias\":true}", &a, &err),
+                     LMS_EUNSUPPORTED);
+    ck_assert_str_eq(err.msg, "unsupported 'attention_bias': true");
+#undef PHI3_BASE
+}
+END_TEST
+
+/* A Phi-3 folder whose config disagrees with its fused tensors: the read fails with one error
+ * naming the file and the fused tensor, and its shape against the config's. */
+static void phi3_with_config_edit(const char *key, json_int_t value, const char *want)
+{
+    char src[1024], p[1200], q[1400];
+    fixture_path("models/phi3-tiny", src, sizeof src);
+    const char *dir = temp_dir();
+    snprintf(p, sizeof p, "%s/config.json", src);
+    json_t *c;
+    ck_assert_int_eq(lms_json_load_file(p, 1 << 20, &c, NULL), LMS_OK);
+    json_object_set_new(c, key, json_integer(value));
+    snprintf(q, sizeof q, "%s/config.json", dir);
+    ck_assert_int_eq(json_dump_file(c, q, 0), 0);
+    json_decref(c);
+    snprintf(p, sizeof p, "%s/model.safetensors", src);
+    snprintf(q, sizeof q, "%s/model.safetensors", dir);
+    ck_assert_int_eq(lms_copy_file(p, q, NULL), LMS_OK);
+    struct lms_model m;
+    struct lms_error err;
+    ck_assert_int_eq(lms_checkpoint_read(dir, &m, &err), LMS_ESHAPE);
+    ck_assert_msg(strstr(err.msg, want) && strstr(err.msg, "model.safetensors"), "%s", err.msg);
+    lms_remove_tree(dir);
+}
+
+START_TEST(phi3_fused_shape_mismatch)
+{
+    /* one KV head instead of two: [q; k; v] has 32 + 8 + 8 rows, the file 64 */
+    phi3_with_config_edit("num_key_value_heads", 1,
+                          "tensor 'model.layers.0.self_attn.qkv_proj.weight' has shape [64, 32], "
+                          "the config implies [48, 32]");
+    /* FFN 48 instead of 64: [gate; up] has 96 rows, the file 128 */
+    phi3_with_config_edit("intermediate_size", 48,
+                          "tensor 'model.layers.0.mlp.gate_up_proj.weight' has shape [128, 32], "
+                          "the config implies [96, 32]");
+}
+END_TEST
 
 START_TEST(config_styles_and_families)
 {
@@ -257,6 +333,8 @@ Suite *suite(void)
     tcase_add_test(tc, reshard_reproduces_reference_bytes);
     tcase_add_test(tc, cast_matches_reference_bf16);
     tcase_add_test(tc, config_styles_and_families);
+    tcase_add_test(tc, phi3_config);
+    tcase_add_test(tc, phi3_fused_shape_mismatch);
     tcase_add_test(tc, config_build_keeps_style);
     suite_add_tcase(s, tc);
     return s;

@@ -8,6 +8,8 @@
 #include "lms/alloc.h"
 #include "lms/format.h"
 #include "lms/hf.h"
+#include "lms/outdir.h"
+#include "lms/safetensors.h"
 #include "lms/surgery.h"
 
 static void load(const char *rel, struct lms_model *m)
@@ -82,7 +84,10 @@ START_TEST(ffn_and_depth_qwen3)
     }
     ck_assert_ptr_nonnull(lms_model_find_name(&out, "model.layers.2.mlp.down_proj.weight"));
     ck_assert_ptr_null(lms_model_find(&out, LMS_ROLE_Q, 3));
-    ck_assert_int_eq(json_array_size(json_object_get(out.hf_config, "layer_types")), 3);
+    json_t *c;
+    ck_assert_int_eq(lms_hf_config_of_model(&out, &out.arch, &c, NULL), LMS_OK);
+    ck_assert_int_eq(json_array_size(json_object_get(c, "layer_types")), 3);
+    json_decref(c);
     lms_model_release(&out);
     lms_prune_plan_release(&p);
     lms_model_release(&in);
@@ -169,6 +174,78 @@ START_TEST(heads_and_groups)
                   lms_model_find(&out, LMS_ROLE_K_BIAS, 0)->view, kv_rows, NULL);
     assert_sliced(lms_model_find(&in, LMS_ROLE_V, 2)->view, lms_model_find(&out, LMS_ROLE_V, 2)->view,
                   kv_rows, NULL);
+    lms_model_release(&out);
+    lms_prune_plan_release(&p);
+    lms_model_release(&in);
+}
+END_TEST
+
+/* The view of the tensor called name in the safetensors file f (one reference). */
+static struct lms_view *st_tensor(const struct lms_st_file *f, const char *name)
+{
+    for (size_t i = 0; i < f->hdr.n_entries; i++)
+        if (strcmp(f->hdr.entries[i].name, name) == 0) {
+            struct lms_view *v;
+            ck_assert_int_eq(lms_st_entry_view(f, i, &v, NULL), LMS_OK);
+            return v;
+        }
+    ck_abort_msg("no tensor '%s'", name);
+    return NULL;
+}
+
+/* Phi-3 (H 32, F 64, 4 heads in 2 groups, d 8) stores [q; k; v] as qkv_proj and [gate; up] as
+ * gate_up_proj: keeping query group 1 and five FFN neurons, the written fused tensors hold
+ * exactly the rows of the fixture's own fused tensors that the cut keeps, in [q; k; v] and
+ * [gate; up] order (rows written out here by hand). */
+START_TEST(phi3_fused_rows_follow_the_cut)
+{
+    struct lms_model in, out;
+    load("models/phi3-tiny", &in);
+    struct lms_prune_plan p;
+    lms_prune_plan_init(&p, 3);
+    int64_t g1[] = {1}, ffn[] = {1, 5, 7, 40, 63};
+    p.groups = per_layer(3, g1, 1);
+    p.ffn = per_layer(3, ffn, 5);
+    ck_assert_int_eq(lms_prune_apply(&in, &p, &out, NULL), LMS_OK);
+    char tmpl[] = "/tmp/lms-test-prune-XXXXXX", dir[64], src[1024];
+    ck_assert_ptr_nonnull(mkdtemp(tmpl));
+    snprintf(dir, sizeof dir, "%s/out", tmpl);
+    struct lms_write_opts o = {.dtype = LMS_DTYPE_COUNT};
+    struct lms_error err;
+    ck_assert_msg(lms_format_hf.write(&out, dir, &o, NULL, &err) == LMS_OK, "%s", err.msg);
+    struct lms_st_file a, b;
+    char path[1200];
+    ck_assert_int_eq(lms_st_open(fixture_path("models/phi3-tiny/model.safetensors", src,
+                                              sizeof src),
+                                 &a, NULL),
+                     LMS_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(lms_st_open(path, &b, NULL), LMS_OK);
+    int64_t qkv_rows[32], fc1_rows[10];
+    for (int e = 0; e < 16; e++)
+        qkv_rows[e] = 16 + e; /* heads 2 and 3: group 1's queries */
+    for (int e = 0; e < 8; e++)
+        qkv_rows[16 + e] = 32 + 8 + e, qkv_rows[24 + e] = 48 + 8 + e; /* its key and value */
+    for (int i = 0; i < 5; i++)
+        fc1_rows[i] = ffn[i], fc1_rows[5 + i] = 64 + ffn[i];
+    for (int l = 0; l < 3; l++) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.qkv_proj.weight", l);
+        struct lms_view *x = st_tensor(&a, name), *y = st_tensor(&b, name);
+        ck_assert(y->shape[0] == 32 && y->shape[1] == 32);
+        assert_sliced(x, y, qkv_rows, NULL);
+        lms_view_release(x);
+        lms_view_release(y);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate_up_proj.weight", l);
+        x = st_tensor(&a, name), y = st_tensor(&b, name);
+        ck_assert(y->shape[0] == 10 && y->shape[1] == 32);
+        assert_sliced(x, y, fc1_rows, NULL);
+        lms_view_release(x);
+        lms_view_release(y);
+    }
+    lms_st_close(&a);
+    lms_st_close(&b);
+    lms_remove_tree(tmpl);
     lms_model_release(&out);
     lms_prune_plan_release(&p);
     lms_model_release(&in);
@@ -263,8 +340,23 @@ START_TEST(kept_layer_map_drives_the_config)
     ck_assert_int_eq(json_integer_value(json_object_get(c, "num_hidden_layers")), 2);
     ck_assert_int_eq(json_integer_value(json_object_get(c, "head_dim")), 32);
     json_decref(c);
-    /* the config the cut model carries says the same */
-    ck_assert(json_equal(json_object_get(out.hf_config, "layer_types"), want));
+    /* surgery leaves the carried config as read: the writers derive the cut's */
+    ck_assert(json_equal(out.hf_config, in.hf_config));
+    /* a cut of the cut (keep its layer 1, which is layer 2 as read) still maps into it */
+    struct lms_model twice;
+    struct lms_prune_plan p2;
+    lms_prune_plan_init(&p2, 2);
+    int64_t second[] = {1};
+    p2.layers = keep_of(second, 1);
+    ck_assert_int_eq(lms_prune_apply(&out, &p2, &twice, NULL), LMS_OK);
+    ck_assert(twice.n_layers_src == 4 && twice.layer_src[0] == 2);
+    ck_assert_int_eq(lms_hf_config_of_model(&twice, &twice.arch, &c, NULL), LMS_OK);
+    json_t *want2 = json_pack("[s]", "sliding_attention");
+    ck_assert(json_equal(json_object_get(c, "layer_types"), want2));
+    json_decref(want2);
+    json_decref(c);
+    lms_model_release(&twice);
+    lms_prune_plan_release(&p2);
     json_decref(want);
     /* without the map, mixed kinds cannot be resized */
     lms_free(copy.layer_src);
@@ -359,6 +451,7 @@ Suite *suite(void)
     tcase_add_test(tc, ffn_and_depth_qwen3);
     tcase_add_test(tc, hidden_tied_llama);
     tcase_add_test(tc, heads_and_groups);
+    tcase_add_test(tc, phi3_fused_rows_follow_the_cut);
     tcase_add_test(tc, every_role_every_axis);
     tcase_add_test(tc, kept_layer_map_drives_the_config);
     tcase_add_test(tc, invalid_plans_are_refused);
