@@ -304,12 +304,12 @@ enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_pru
         }
         bool heads_cut = s && s->heads.n != a->n_heads;
         bool groups_cut = s && s->groups.n != a->n_groups;
-        struct axis_keep keeps[LMS_AXIS_COUNT] = {
-            [LMS_AXIS_WHOLE] = {NULL, 0},
-            [LMS_AXIS_HIDDEN] = {KH, nH},
-            [LMS_AXIS_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
-            [LMS_AXIS_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
-            [LMS_AXIS_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
+        struct axis_keep keeps[LMS_CUT_COUNT] = {
+            [LMS_CUT_WHOLE] = {NULL, 0},
+            [LMS_CUT_HIDDEN] = {KH, nH},
+            [LMS_CUT_FFN] = {s && s->ffn ? s->ffn->index : NULL, s && s->ffn ? s->ffn->n : 0},
+            [LMS_CUT_HEADS] = {heads_cut ? head_rows : NULL, s ? s->heads.n * d : 0},
+            [LMS_CUT_GROUPS] = {groups_cut ? group_rows : NULL, s ? s->groups.n * d : 0},
         };
         enum lms_arch_axis row_axis, col_axis;
         lms_arch_role_axes(t->role, &row_axis, &col_axis);

@@ -54,12 +54,12 @@ struct lms_arch_nemo_class {
 
 /* What a surgery cut selects along one tensor axis. */
 enum lms_arch_axis {
-    LMS_AXIS_WHOLE,  /* nothing: kept whole */
-    LMS_AXIS_HIDDEN, /* the kept hidden channels */
-    LMS_AXIS_FFN,    /* the kept FFN neurons of the layer */
-    LMS_AXIS_HEADS,  /* the d rows of each kept query head */
-    LMS_AXIS_GROUPS, /* the d rows of each kept query group */
-    LMS_AXIS_COUNT
+    LMS_CUT_WHOLE,  /* nothing: kept whole */
+    LMS_CUT_HIDDEN, /* the kept hidden channels */
+    LMS_CUT_FFN,    /* the kept FFN neurons of the layer */
+    LMS_CUT_HEADS,  /* the d rows of each kept query head */
+    LMS_CUT_GROUPS, /* the d rows of each kept query group */
+    LMS_CUT_COUNT
 };
 
 struct lms_arch_desc {
@@ -130,7 +130,7 @@ bool lms_arch_hf_parse(const struct lms_arch_desc *d, const char *name, enum lms
                        const struct lms_arch_fused **fused, int64_t *layer);
 
 /* What selects the rows (dim 0) and columns (dim 1) of a role's tensor when surgery cuts the
- * model (both LMS_AXIS_WHOLE for LMS_ROLE_OTHER). */
+ * model (both LMS_CUT_WHOLE for LMS_ROLE_OTHER). */
 void lms_arch_role_axes(enum lms_role r, enum lms_arch_axis *rows, enum lms_arch_axis *cols);
 
 /* Megatron-Core's GPT model key names (after the checkpoint's key prefix, "module." for NeMo 2):
