@@ -103,6 +103,30 @@ enum lms_status lms__nemo_make_dir(const char *path, struct lms_error *err)
     return LMS_OK;
 }
 
+enum lms_status lms__nemo_begin_dir(const struct lms_model *m, const char *path,
+                                    const struct lms_write_opts *o, const char *const *dirs,
+                                    size_t n_dirs, size_t weights_dir, const char *prefix,
+                                    bool stacked, struct lms_arch *a, struct lms_outdir *od,
+                                    struct lms_write_result *r, struct lms_error *err)
+{
+    enum lms_status rc = lms__nemo_written_arch(m, o, a, err);
+    if (rc || (rc = lms_outdir_begin(path, o->force, od, err)))
+        return rc;
+    char p[PATH_MAX];
+    for (size_t i = 0; i < n_dirs && !rc; i++) {
+        rc = lms_outdir_path(od, dirs[i], p, sizeof(p), err);
+        if (!rc)
+            rc = lms__nemo_make_dir(p, err);
+    }
+    if (!rc)
+        rc = lms_outdir_path(od, dirs[weights_dir], p, sizeof(p), err);
+    if (!rc)
+        rc = lms__nemo_write_weights(m, p, prefix, stacked, o, r, err);
+    if (rc)
+        return lms_outdir_finish(od, rc, err);
+    return LMS_OK;
+}
+
 /* Shared reading tail: arch from an HF config object (consumed), then tensors. */
 enum lms_status lms__nemo_finish_read(const char *weights, json_t *hf, const char *fmt_name,
                                       struct lms_model *m, struct lms_error *err)

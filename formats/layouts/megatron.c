@@ -198,25 +198,14 @@ static enum lms_status megatron_write(const struct lms_model *m, const char *pat
 {
     struct lms_write_result r = {0};
     struct lms_arch a;
-    enum lms_status rc = lms__nemo_written_arch(m, o, &a, err);
-    if (rc)
-        return rc;
     struct lms_outdir od;
-    rc = lms_outdir_begin(path, o->force, &od, err);
+    static const char *const dirs[] = {"iter_0000000", "iter_0000000/tokenizer"};
+    enum lms_status rc = lms__nemo_begin_dir(m, path, o, dirs, 2, 0, "", true, &a, &od, &r,
+                                             err);
     if (rc)
         return rc;
     char p[PATH_MAX];
-    const char *dirs[] = {"iter_0000000", "iter_0000000/tokenizer"};
-    for (size_t i = 0; i < 2 && !rc; i++) {
-        rc = lms_outdir_path(&od, dirs[i], p, sizeof(p), err);
-        if (!rc)
-            rc = lms__nemo_make_dir(p, err);
-    }
-    if (!rc)
-        rc = lms_outdir_path(&od, "iter_0000000", p, sizeof(p), err);
-    if (!rc)
-        rc = lms__nemo_write_weights(m, p, "", true, o, &r, err);
-    if (!rc) {
+    {
         /* the model fields Bridge's provider takes */
         struct lms_buf_str y = {0};
         rc = lms_buf_str_printf(&y, err, "model:\n  _target_: megatron.bridge.models.%s\n",

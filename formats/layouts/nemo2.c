@@ -92,25 +92,14 @@ static enum lms_status nemo_write(const struct lms_model *m, const char *path,
 {
     struct lms_write_result r = {0};
     struct lms_arch a;
-    enum lms_status rc = lms__nemo_written_arch(m, o, &a, err);
-    if (rc)
-        return rc;
     struct lms_outdir od;
-    rc = lms_outdir_begin(path, o->force, &od, err);
+    static const char *const dirs[] = {"context", "context/nemo_tokenizer", "weights"};
+    enum lms_status rc = lms__nemo_begin_dir(m, path, o, dirs, 3, 2, "module.", false, &a, &od,
+                                             &r, err);
     if (rc)
         return rc;
     char p[PATH_MAX];
-    const char *dirs[] = {"context", "context/nemo_tokenizer", "weights"};
-    for (size_t i = 0; i < 3 && !rc; i++) {
-        rc = lms_outdir_path(&od, dirs[i], p, sizeof(p), err);
-        if (!rc)
-            rc = lms__nemo_make_dir(p, err);
-    }
-    if (!rc)
-        rc = lms_outdir_path(&od, "weights", p, sizeof(p), err);
-    if (!rc)
-        rc = lms__nemo_write_weights(m, p, "module.", false, o, &r, err);
-    if (!rc) {
+    {
         json_t *io = lms__nemo_io_json(&a, has_tokenizer(m));
         rc = lms_outdir_path(&od, "context/io.json", p, sizeof(p), err);
         if (!rc)

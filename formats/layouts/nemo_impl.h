@@ -114,6 +114,17 @@ enum lms_status lms__nemo_write_sidecars(const struct lms_model *m, const struct
                                          struct lms_error *err);
 /* mkdir 0755; an existing directory is fine. */
 enum lms_status lms__nemo_make_dir(const char *path, struct lms_error *err);
+/* The opening every Megatron-family directory writer shares: the config to write
+ * (lms__nemo_written_arch), the output directory begun (lms_outdir_begin, replacing only with
+ * o->force) and its subdirectories dirs[0..n_dirs) made, parents first, then the weights
+ * (torch_dist) written into dirs[weights_dir] with key prefix and layer stacking as the layout
+ * wants. On failure nothing is left (the directory is finished as failed). OUT: *a, *od (finish
+ * it with lms_outdir_finish), *r. */
+enum lms_status lms__nemo_begin_dir(const struct lms_model *m, const char *path,
+                                    const struct lms_write_opts *o, const char *const *dirs,
+                                    size_t n_dirs, size_t weights_dir, const char *prefix,
+                                    bool stacked, struct lms_arch *a, struct lms_outdir *od,
+                                    struct lms_write_result *r, struct lms_error *err);
 /* The reading tail of both layouts: the torch_dist checkpoint in weights, arch from the HF
  * config object hf (consumed: m owns it, also on failure). Errors name the file at fault. */
 enum lms_status lms__nemo_finish_read(const char *weights, json_t *hf, const char *fmt_name,
