@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "engine/model.h"
+#include "lms/arch.h"
 #include "lms/alloc.h"
 
 /* ---- checked sizes ------------------------------------------------------------------------ */
@@ -141,6 +142,13 @@ enum lms_status lms__model_check(const struct lms_model *m, const char *who, con
 {
     float inv[1024], scale;
     enum lms_status rc = lms_model_validate(m, err);
+    /* The block this module runs: RMSNorm and SwiGLU. A family whose descriptor names another
+     * norm or activation is refused here, by name, until its block is written. */
+    const struct lms_arch_desc *d = lms_arch_desc_of(m->arch.family);
+    if (!rc && (!d || d->norm != LMS_NORM_RMS || d->act != LMS_ACT_SWIGLU))
+        rc = lms_error_set(err, LMS_EUNSUPPORTED, "the %s architecture's block (its norm or "
+                           "activation) is not one the engine runs",
+                           lms_family_name(m->arch.family));
     if (!rc)
         rc = lms_rope_inv_freq(&m->arch, inv, sizeof inv / sizeof inv[0], &scale, err);
     if (rc)
