@@ -10,8 +10,8 @@
 #include "lms/paths.h"
 
 static const char usage_text[] =
-    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32] [--max-shard-size SIZE]\n"
-    "                         [--force] [--json] [--quiet]\n"
+    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32|q8_0]\n"
+    "                         [--max-shard-size SIZE] [--force] [--json] [--quiet]\n"
     "\n"
     "Converts the checkpoint IN (format detected) to OUT. OUT is written beside itself in a\n"
     "temporary directory and renamed into place only when complete; an interrupted run leaves\n"
@@ -64,8 +64,9 @@ static int run(void *args)
         lms_model_release(&m);
         return cli_fail(spec.name, &a->co, &err);
     }
-    const char *out_dtype = a->wo.dtype != LMS_DTYPE_COUNT ? lms_dtype_name(a->wo.dtype)
-                                                           : "unchanged";
+    const char *out_dtype = a->gguf.q8_0                    ? "Q8_0"
+                            : a->wo.dtype != LMS_DTYPE_COUNT ? lms_dtype_name(a->wo.dtype)
+                                                             : "unchanged";
     if (a->co.json) {
         json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:I,s:i,s:f}", "ok", 1, "input",
                               a->in, "output", a->out, "from", src->name, "to", dst->name,
