@@ -1,10 +1,12 @@
 /* The GGUF container: a checked parser over bytes in memory and a header writer (gguf.h). */
 #include "formats/codecs/gguf.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "lms/alloc.h"
+#include "lms/dtype.h"
 #include "lms/outdir.h"
 
 /* ---- ggml types ----------------------------------------------------------------------------- */
@@ -53,6 +55,36 @@ const char *lms_ggml_type_name(uint32_t type)
 {
     const struct ggml_type_info *t = ggml_type_find(type);
     return t ? t->name : NULL;
+}
+
+/* ---- Q8_0 ------------------------------------------------------------------------------------ */
+
+/* ggml's reference Q8_0 rule: the scale d is max|x| / 127 over the block of 32, computed and
+ * applied in f32 (each x multiplied by 1/d, 0 when d is 0), the quotient rounded to nearest with
+ * halves away from zero; d is stored as fp16 (rounded to nearest even). */
+void lms_gguf_q8_0_quantize(const float *x, uint8_t *out)
+{
+    float amax = 0;
+    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float d = amax / 127.0f;
+    float id = d != 0 ? 1.0f / d : 0.0f;
+    uint16_t h = lms_f32_to_f16(d);
+    out[0] = (uint8_t)h;
+    out[1] = (uint8_t)(h >> 8);
+    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++) {
+        float q = roundf(x[i] * id); /* within [-127, 127] for finite blocks */
+        /* NaN and infinities have no Q8_0 value: NaN becomes 0, the rest saturates */
+        q = isnan(q) ? 0 : fminf(fmaxf(q, -127.0f), 127.0f);
+        out[2 + i] = (uint8_t)(int8_t)q;
+    }
+}
+
+void lms_gguf_q8_0_dequantize(const uint8_t *in, float *x)
+{
+    float d = lms_f16_to_f32((uint16_t)(in[0] | (in[1] << 8)));
+    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++)
+        x[i] = (float)(int8_t)in[2 + i] * d;
 }
 
 /* ---- parsing --------------------------------------------------------------------------------- */

@@ -54,6 +54,11 @@ enum lms_ggml_type {
 };
 
 #define LMS_GGML_Q8_0_BLOCK 32 /* elements per Q8_0 block: fp16 scale + 32 int8 = 34 bytes */
+#define LMS_GGML_Q8_0_BYTES 34
+
+/* One Q8_0 block: 32 floats to 34 bytes (ggml's reference rule, see gguf.c), and back. */
+void lms_gguf_q8_0_quantize(const float *x, uint8_t *out);
+void lms_gguf_q8_0_dequantize(const uint8_t *in, float *x);
 
 /* Elements per block and bytes per block of a ggml type; false for a type the parser does not
  * know. */

@@ -122,32 +122,6 @@ static enum lms_status permute_view(struct lms_view *src, int64_t head_dim, bool
     return rc;
 }
 
-/* ---- Q8_0 ------------------------------------------------------------------------------------ */
-
-/* ggml's reference Q8_0 rule: the scale d is max|x| / 127 over the block of 32, computed and
- * applied in f32 (each x multiplied by 1/d, 0 when d is 0), the quotient rounded to nearest with
- * halves away from zero; d is stored as fp16 (rounded to nearest even). */
-static void q8_0_block(const float *x, uint8_t *out)
-{
-    float amax = 0;
-    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++)
-        amax = fmaxf(amax, fabsf(x[i]));
-    float d = amax / 127.0f;
-    float id = d != 0 ? 1.0f / d : 0.0f;
-    uint16_t h = lms_f32_to_f16(d);
-    out[0] = (uint8_t)h;
-    out[1] = (uint8_t)(h >> 8);
-    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++)
-        out[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
-}
-
-static void q8_0_dequant_block(const uint8_t *in, float *x)
-{
-    float d = lms_f16_to_f32((uint16_t)(in[0] | (in[1] << 8)));
-    for (int i = 0; i < LMS_GGML_Q8_0_BLOCK; i++)
-        x[i] = (float)(int8_t)in[2 + i] * d;
-}
-
 /* ---- writing: metadata ----------------------------------------------------------------------- */
 
 #define STREAM_ELEMS (1 << 20) /* elements per chunk, a multiple of the Q8_0 block */
@@ -427,7 +401,9 @@ static enum lms_status put_tokenizer(struct lms_gguf_writer *w, const struct lms
     const char *pre = pretokenizer_name(tok);
     lms_gguf_put_str(w, "tokenizer.ggml.pre", pre, strlen(pre));
     struct vocab v = {0};
-    rc = vocab_build(tok, m->arch.vocab, &v, path, err);
+    /* llama.cpp takes its vocabulary size from the token list: one token per embedding row */
+    int64_t rows = m->arch.padded_vocab > m->arch.vocab ? m->arch.padded_vocab : m->arch.vocab;
+    rc = vocab_build(tok, rows, &v, path, err);
     if (!rc) {
         lms_gguf_put_str_array(w, "tokenizer.ggml.tokens", v.s, v.len, (uint64_t)v.n);
         lms_gguf_put_i32_array(w, "tokenizer.ggml.token_type", v.type, (uint64_t)v.n);
@@ -529,8 +505,8 @@ static enum lms_status stream_tensor(const struct out_tensor *t, int fd, const c
         if (t->type == LMS_GGML_Q8_0) {
             rc = lms_view_read_as(t->view, e, n, LMS_DTYPE_F32, f32, err);
             for (int64_t b = 0; !rc && b < n / LMS_GGML_Q8_0_BLOCK; b++)
-                q8_0_block(f32 + b * LMS_GGML_Q8_0_BLOCK, (uint8_t *)buf + b * 34);
-            bytes = (size_t)(n / LMS_GGML_Q8_0_BLOCK) * 34;
+                lms_gguf_q8_0_quantize(f32 + b * LMS_GGML_Q8_0_BLOCK, (uint8_t *)buf + b * LMS_GGML_Q8_0_BYTES);
+            bytes = (size_t)(n / LMS_GGML_Q8_0_BLOCK) * LMS_GGML_Q8_0_BYTES;
         } else {
             enum lms_dtype dt = read_dtype(t->type);
             rc = lms_view_read_as(t->view, e, n, dt, buf, err);
@@ -802,14 +778,14 @@ static enum lms_status tensor_view(struct reader *r, const struct lms_gguf_tenso
         return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': tensor '%.*s' is %s (F32, F16, BF16 "
                              "and Q8_0 are read)", r->path, (int)t->name.n, t->name.p,
                              lms_ggml_type_name(t->type));
-    uint64_t numel = t->nbytes / 34 * LMS_GGML_Q8_0_BLOCK;
+    uint64_t numel = t->nbytes / LMS_GGML_Q8_0_BYTES * LMS_GGML_Q8_0_BLOCK;
     struct lms_storage *host;
     enum lms_status rc = lms_storage_new_host((size_t)numel * 4, &host, err);
     if (rc)
         return rc;
     const uint8_t *src = (const uint8_t *)r->st->base + at;
     for (uint64_t b = 0; b < numel / LMS_GGML_Q8_0_BLOCK; b++)
-        q8_0_dequant_block(src + b * 34, (float *)host->base + b * LMS_GGML_Q8_0_BLOCK);
+        lms_gguf_q8_0_dequantize(src + b * LMS_GGML_Q8_0_BYTES, (float *)host->base + b * LMS_GGML_Q8_0_BLOCK);
     rc = lms_view_new_storage(host, 0, LMS_DTYPE_F32, nd, shape, out, err);
     lms_storage_release(host);
     return rc;

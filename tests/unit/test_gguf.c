@@ -342,6 +342,35 @@ START_TEST(writer_reproduces_golden)
 }
 END_TEST
 
+/* The Q8_0 rule worked out by hand: max|x| = 127 gives d = 1 (fp16 0x3C00), halves round away
+ * from zero, and an all-zero block has scale 0 and zero codes. */
+START_TEST(q8_0_golden)
+{
+    float x[32] = {127.0f, 63.5f, -63.5f, 0.5f, -0.5f, 0.49f, -126.6f, 1.5f};
+    uint8_t q[34];
+    lms_gguf_q8_0_quantize(x, q);
+    const int8_t want[8] = {127, 64, -64, 1, -1, 0, -127, 2};
+    ck_assert_uint_eq(q[0] | (q[1] << 8), 0x3C00);
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq((int8_t)q[2 + i], want[i]);
+    for (int i = 8; i < 32; i++)
+        ck_assert_int_eq(q[2 + i], 0);
+    float back[32];
+    lms_gguf_q8_0_dequantize(q, back);
+    ck_assert(back[1] == 64.0f && back[2] == -64.0f && back[6] == -127.0f);
+    /* max 254 -> d = 2: 3.0 / 2 = 1.5 rounds to 2, -1.0 / 2 = -0.5 rounds to -1 */
+    float y[32] = {254.0f, 3.0f, -1.0f};
+    lms_gguf_q8_0_quantize(y, q);
+    ck_assert_uint_eq(q[0] | (q[1] << 8), 0x4000);
+    ck_assert_int_eq((int8_t)q[3], 2);
+    ck_assert_int_eq((int8_t)q[4], -1);
+    float z[32] = {0};
+    lms_gguf_q8_0_quantize(z, q);
+    for (int i = 0; i < 34; i++)
+        ck_assert_int_eq(q[i], 0);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("gguf");
@@ -355,6 +384,7 @@ Suite *suite(void)
     tcase_add_test(tc, rejects_bad_alignment);
     tcase_add_test(tc, rejects_bad_tensors);
     tcase_add_test(tc, writer_reproduces_golden);
+    tcase_add_test(tc, q8_0_golden);
     suite_add_tcase(s, tc);
     return s;
 }
