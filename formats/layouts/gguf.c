@@ -103,7 +103,7 @@ static enum lms_status permute_view(struct lms_view *src, int64_t head_dim, bool
 {
     int64_t rows = src->shape[0], half = head_dim / 2;
     if (head_dim % 2 || rows % head_dim)
-        return lms_error_set(err, LMS_EFORMAT, "%lld rows are not whole heads of an even %lld",
+        return lms_error_set(err, LMS_EFORMAT, "%lld rows are not whole heads of %lld rows (an even head dimension)",
                              (long long)rows, (long long)head_dim);
     int64_t *index = lms_malloc((size_t)rows * sizeof *index);
     if (!index)
@@ -837,7 +837,7 @@ static enum lms_status add_tensor(struct reader *r, struct lms_model *m,
     if (!role_of_gguf_name(name, &role, &layer) || !lms_role_hf_name(role, layer, hf, sizeof hf))
         return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': tensor '%s' is not one lmsurgeon "
                              "models", r->path, name);
-    struct lms_view *v, *hv = NULL;
+    struct lms_view *v = NULL, *hv = NULL;
     enum lms_status rc = tensor_view(r, t, &v, err);
     if (!rc && (m->arch.dtype == LMS_DTYPE_BF16 || m->arch.dtype == LMS_DTYPE_F16))
         rc = narrow_1d(&v, m->arch.dtype, err);
@@ -848,8 +848,7 @@ static enum lms_status add_tensor(struct reader *r, struct lms_model *m,
     } else if (!rc) {
         hv = lms_view_ref(v);
     }
-    if (!rc)
-        lms_view_release(v);
+    lms_view_release(v);
     if (!rc)
         rc = lms_model_add(m, hf, role, layer, hv, err);
     lms_view_release(hv);

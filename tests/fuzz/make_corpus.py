@@ -436,6 +436,11 @@ def gguf_seeds(rnd):
             q = os.path.join(d, name + ".gguf")
             run_tool(["convert", os.path.join(d, "hf"), q, "--to", "gguf", "--quiet"] + extra)
             variants("gguf", name, open(q, "rb").read(), rnd)
+        # key_length 12: Q's 32 rows are not whole heads (the reader once leaked here)
+        b = bytearray(open(os.path.join(d, "tool_llama_f32.gguf"), "rb").read())
+        at = b.index(b"llama.attention.key_length") + len("llama.attention.key_length") + 4
+        b[at:at + 4] = struct.pack("<I", 12)
+        emit("gguf", "tool_llama_f32_head_dim_12", bytes(b))
 
 
 NEW = {"gguf": gguf_seeds, "safetensors_struct": safetensors_struct, "hf_config": hf_config,
