@@ -606,6 +606,7 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
     if (!rc) {
         lms_gguf_put_u32(&w, "general.file_type",
                          file_type(q8 ? LMS_GGML_Q8_0 : tensor_type(outs[0].view, o, false)));
+        lms_gguf_put_u32(&w, "general.quantization_version", 2); /* as llama.cpp's converter */
         rc = put_tokenizer(&w, m, err);
     }
     if (!rc)
