@@ -16,6 +16,7 @@
 #include "lms/backend.h"
 #include "lms/error.h"
 #include "lms/format.h"
+#include "lms/gguf.h"
 
 enum cli_exit {
     CLI_EXIT_OK = 0,
@@ -119,6 +120,7 @@ struct cli_args {
     const char *to;             /* CLI_WRITE: --to FORMAT; NULL = the input's format */
     struct lms_write_opts wo;   /* CLI_WRITE: --dtype (LMS_DTYPE_COUNT: unchanged) and
                                  * --max-shard-size; CLI_FORCE: --force */
+    struct lms_gguf_write_opts gguf; /* CLI_WRITE: --dtype q8_0 (GGUF output only) */
     const char *device;         /* CLI_RUN: --device (NULL: the CPU) */
     int64_t threads;            /* CLI_RUN: --threads (0: all cores) */
     const char *precision;      /* CLI_PRECISION: --precision (NULL: the device's default) */

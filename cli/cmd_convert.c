@@ -10,8 +10,8 @@
 #include "lms/paths.h"
 
 static const char usage_text[] =
-    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32] [--max-shard-size SIZE]\n"
-    "                         [--force] [--json] [--quiet]\n"
+    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32|q8_0]\n"
+    "                         [--max-shard-size SIZE] [--force] [--json] [--quiet]\n"
     "\n"
     "Converts the checkpoint IN (format detected) to OUT. OUT is written beside itself in a\n"
     "temporary directory and renamed into place only when complete; an interrupted run leaves\n"
@@ -19,9 +19,11 @@ static const char usage_text[] =
     "the finished output is kept beside it).\n"
     "\n"
     "  --to FORMAT           output format: hf, nemo (NeMo 2), megatron (Megatron-Bridge\n"
-    "                        iter_N layout) or nemo1 (a NeMo 1 .nemo tarball: OUT is one file)\n"
+    "                        iter_N layout), nemo1 (a NeMo 1 .nemo tarball: OUT is one file)\n"
+    "                        or gguf (llama.cpp's GGUF: OUT is one file)\n"
     "                        (default: the input's format)\n"
-    "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept)\n"
+    "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept);\n"
+    "                        q8_0 (gguf only): matrices as llama.cpp's Q8_0 blocks, 1-D f32\n"
     "  --max-shard-size SIZE bytes of tensor data per shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --force               replace OUT if it exists and is not empty (whatever is there when\n"
     "                        the output is complete)\n"
@@ -64,8 +66,9 @@ static int run(void *args)
         lms_model_release(&m);
         return cli_fail(spec.name, &a->co, &err);
     }
-    const char *out_dtype = a->wo.dtype != LMS_DTYPE_COUNT ? lms_dtype_name(a->wo.dtype)
-                                                           : "unchanged";
+    const char *out_dtype = a->gguf.q8_0                    ? "Q8_0"
+                            : a->wo.dtype != LMS_DTYPE_COUNT ? lms_dtype_name(a->wo.dtype)
+                                                             : "unchanged";
     if (a->co.json) {
         json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:I,s:i,s:f}", "ok", 1, "input",
                               a->in, "output", a->out, "from", src->name, "to", dst->name,

@@ -106,9 +106,17 @@ static void build_table(const struct cli_spec *spec, struct table *t)
 /* The write options' values, checked as they are read. */
 static int write_option(const char *cmd, struct cli_args *b, int id, const char *value)
 {
+    if (id == WRITE_DTYPE && strcmp(value, "q8_0") == 0) {
+        b->gguf.q8_0 = true; /* a GGUF block type, not an element type: checked in cli_formats */
+        b->wo.dtype = LMS_DTYPE_COUNT;
+        return 0;
+    }
+    if (id == WRITE_DTYPE)
+        b->gguf.q8_0 = false; /* the last --dtype wins */
     if (id == WRITE_DTYPE &&
         (!lms_dtype_parse_user(value, &b->wo.dtype) || !lms_dtype_is_castable(b->wo.dtype)))
-        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", value);
+        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32, q8_0 for gguf)",
+                               value);
     if (id == WRITE_SHARD_SIZE &&
         (!cli_parse_size(value, &b->wo.max_shard_size) || b->wo.max_shard_size == 0))
         return cli_usage_error(cmd, "invalid --max-shard-size '%s'", value);
@@ -254,6 +262,8 @@ int cli_formats(const char *cmd, const struct cli_args *a, const struct lms_form
     *dst = a->to ? lms_format_find(a->to) : *src;
     if (!*dst)
         return cli_usage_error(cmd, "unknown --to '%s'", a->to);
+    if (a->gguf.q8_0 && strcmp((*dst)->name, "gguf") != 0)
+        return cli_usage_error(cmd, "--dtype q8_0 is for --to gguf only");
     return CLI_PARSED;
 }
 
@@ -267,6 +277,10 @@ enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_
     struct lms_write_opts wo = a->wo;
     wo.progress = cli_progress_cb;
     wo.progress_ctx = &bar;
+    if (a->gguf.q8_0) {
+        wo.format_opts_for = "gguf";
+        wo.format_opts = &a->gguf;
+    }
     enum lms_status rc = lms_checkpoint_write(dst, m, out, &wo, res, err);
     if (!rc)
         cli_progress_end(&bar);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include "lms/format.h"
+#include "lms/gguf.h"
 #include "lms/hf.h"
 #include "lms/nemo.h"
 
@@ -12,6 +13,7 @@ static const struct lms_format *const formats[] = {
     &lms_format_nemo,
     &lms_format_megatron,
     &lms_format_nemo1,
+    &lms_format_gguf,
 };
 
 #define N_FORMATS (sizeof(formats) / sizeof(formats[0]))

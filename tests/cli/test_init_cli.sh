@@ -133,7 +133,7 @@ expect 2 "one of --preset NAME and --config FILE" "$work/bad"
 expect 2 "one of --preset NAME and --config FILE" "$work/bad" --preset qwen3-8b --config "$q"
 expect 2 "unknown --preset 'qwen3-9b'" "$work/bad" --preset qwen3-9b
 expect 2 "exclude each other" "$work/bad" --config "$q" --tokenizer "$fix/teacher" --no-tokenizer
-expect 2 "unknown --to 'gguf'" "$work/bad" --config "$q" --to gguf
+expect 2 "unknown --to 'onnx'" "$work/bad" --config "$q" --to onnx
 expect 2 "unknown --dtype" "$work/bad" --config "$q" --dtype int8
 expect 2 "invalid --num-layers '0'" "$work/bad" --config "$q" --num-layers 0
 expect 2 "expected one OUT" --config "$q"

@@ -398,7 +398,52 @@ def dcp_metadata(rnd):
             variants("dcp_metadata", k, open(os.path.join(d, ".metadata"), "rb").read(), rnd)
 
 
-NEW = {"safetensors_struct": safetensors_struct, "hf_config": hf_config,
+def gguf_seeds(rnd):
+    """Files written by gguf-py (llama.cpp's own writer): metadata of every value type, F32,
+    F16, BF16 and Q8_0 tensors; and a tiny Qwen3 model written by the tool."""
+    import gguf
+    import numpy as np
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "m.gguf")
+        w = gguf.GGUFWriter(p, "qwen3")
+        w.add_uint8("u8", 7)
+        w.add_int16("i16", -3)
+        w.add_float64("f64", 0.5)
+        w.add_bool("b", True)
+        w.add_string("s", "text")
+        w.add_array("strs", ["a", "bc", ""])
+        w.add_array("ints", [1, -2, 3])
+        x = np.arange(64, dtype=np.float32).reshape(2, 32) / 7
+        w.add_tensor("f32", x)
+        w.add_tensor("f16", x.astype(np.float16))
+        w.add_tensor("q8", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                     raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        variants("gguf", "gguf_py", open(p, "rb").read(), rnd)
+        # a one-layer Llama (Q/K permuted, stand-in byte-level tokenizer carried), as written
+        # by the tool in F32 and in Q8_0
+        cfg = json.load(open(os.path.join(FIX, "models", "llama-tiny", "config.json")))
+        cfg.update(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=16, num_hidden_layers=1, vocab_size=288)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        run_tool(["init", os.path.join(d, "hf"), "--config", os.path.join(d, "config.json"),
+                  "--dtype", "f32", "--quiet"])
+        for name, extra in (("tool_llama_f32", []), ("tool_llama_q8_0", ["--dtype", "q8_0"])):
+            q = os.path.join(d, name + ".gguf")
+            run_tool(["convert", os.path.join(d, "hf"), q, "--to", "gguf", "--quiet"] + extra)
+            variants("gguf", name, open(q, "rb").read(), rnd)
+        # key_length 12: Q's 32 rows are not whole heads (the reader once leaked here)
+        b = bytearray(open(os.path.join(d, "tool_llama_f32.gguf"), "rb").read())
+        at = b.index(b"llama.attention.key_length") + len("llama.attention.key_length") + 4
+        b[at:at + 4] = struct.pack("<I", 12)
+        emit("gguf", "tool_llama_f32_head_dim_12", bytes(b))
+
+
+NEW = {"gguf": gguf_seeds, "safetensors_struct": safetensors_struct, "hf_config": hf_config,
        "tokenizer": tokenizers, "idx": idx, "importance": importance,
        "nemo_config": nemo_config, "nemo1": nemo1, "dcp_metadata": dcp_metadata}
 
