@@ -28,4 +28,6 @@ const struct lms_arch_desc lms__arch_llama = {
     .bridge_provider = "llama.llama_provider.LlamaModelProvider",
     .mcore_guess = true,
     .label = "Llama",
+    .gguf_arch = "llama",
+    .gguf_permute_qk = true,
 };

@@ -23,4 +23,6 @@ const struct lms_arch_desc lms__arch_mistral = {
     .nemo_rope_theta = 10000.0,
     .bridge_provider = "mistral.mistral_provider.MistralModelProvider",
     .label = "Mistral",
+    .gguf_arch = "llama",
+    .gguf_permute_qk = true,
 };

@@ -24,4 +24,5 @@ const struct lms_arch_desc lms__arch_qwen2 = {
     .bridge_provider = "qwen.qwen_provider.Qwen2ModelProvider",
     .mcore_guess = true,
     .label = "Qwen2",
+    .gguf_arch = "qwen2",
 };

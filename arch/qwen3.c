@@ -26,4 +26,5 @@ const struct lms_arch_desc lms__arch_qwen3 = {
     .bridge_provider = "qwen.qwen_provider.Qwen3ModelProvider",
     .mcore_guess = true,
     .label = "Qwen3",
+    .gguf_arch = "qwen3",
 };

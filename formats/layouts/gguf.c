@@ -18,32 +18,19 @@
 
 #include "formats/codecs/gguf.h"
 #include "lms/alloc.h"
+#include "lms/arch.h"
 #include "lms/hf.h"
 #include "lms/json.h"
 #include "lms/outdir.h"
 #include "lms/scratch.h"
 
-/* ---- the llama.cpp names of each family (to move into the per-family descriptors) ----------- */
+/* ---- llama.cpp's names (its architecture name per family is in the family's descriptor) ---- */
 
-struct gguf_family {
-    enum lms_family family;
-    const char *arch;    /* general.architecture */
-    bool permute_qk;     /* the converter interleaves the two rotary halves of each head */
-};
-
-static const struct gguf_family gguf_families[] = {
-    {LMS_FAMILY_LLAMA, "llama", true},
-    {LMS_FAMILY_MISTRAL, "llama", true},
-    {LMS_FAMILY_QWEN2, "qwen2", false},
-    {LMS_FAMILY_QWEN3, "qwen3", false},
-};
-
-static const struct gguf_family *family_info(enum lms_family f)
+/* The family's GGUF mapping, NULL when it has none. */
+static const struct lms_arch_desc *family_info(enum lms_family f)
 {
-    for (size_t i = 0; i < sizeof gguf_families / sizeof gguf_families[0]; i++)
-        if (gguf_families[i].family == f)
-            return &gguf_families[i];
-    return NULL;
+    const struct lms_arch_desc *d = lms_arch_desc_of(f);
+    return d && d->gguf_arch ? d : NULL;
 }
 
 /* llama.cpp's tensor name of each role ("blk.N." is prefixed to the per-layer ones). */
@@ -477,7 +464,7 @@ static enum lms_status plan_one(const struct lms_model *m, const struct lms_tens
         return lms_error_set(err, LMS_EUNSUPPORTED, "tensor '%s': %s cannot go into GGUF",
                              t->name, lms_dtype_name(t->view->dtype));
     enum lms_status rc;
-    if (family_info(m->arch.family)->permute_qk && role_is_permuted(t->role))
+    if (family_info(m->arch.family)->gguf_permute_qk && role_is_permuted(t->role))
         rc = permute_view(t->view, m->arch.head_dim, true, &out->view, err);
     else
         out->view = lms_view_ref(t->view), rc = LMS_OK;
@@ -575,7 +562,7 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
         return rc;
     const struct lms_gguf_write_opts *go = o->format_opts;
     bool q8 = go && go->q8_0;
-    const struct gguf_family *fam = family_info(m->arch.family);
+    const struct lms_arch_desc *fam = family_info(m->arch.family);
     if (!fam)
         return lms_error_set(err, LMS_EUNSUPPORTED, "no GGUF architecture for this family");
     size_t n = m->n_tensors;
@@ -595,12 +582,12 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
     struct lms_arch arch = m->arch;
     if (o->dtype != LMS_DTYPE_COUNT && !q8)
         arch.dtype = o->dtype;
-    lms_gguf_put_str(&w, "general.architecture", fam->arch, strlen(fam->arch));
+    lms_gguf_put_str(&w, "general.architecture", fam->gguf_arch, strlen(fam->gguf_arch));
     const char *base = lms_path_basename(path);
     const char *dot = strrchr(base, '.');
     lms_gguf_put_str(&w, "general.name", base, dot && dot != base ? (size_t)(dot - base)
                                                                   : strlen(base));
-    rc = put_hparams(&w, &arch, fam->arch, err);
+    rc = put_hparams(&w, &arch, fam->gguf_arch, err);
     for (size_t i = 0; i < n && !rc; i++)
         rc = plan_one(m, order[i], o, q8, &w, &outs[i], err);
     if (!rc) {
@@ -705,9 +692,10 @@ static enum lms_status read_family(struct reader *r, const json_t *carried, stru
     memcpy(r->arch_buf, kv->v.s.p, kv->v.s.n);
     r->arch_buf[kv->v.s.n] = 0;
     r->arch = r->arch_buf;
-    for (size_t i = 0; i < sizeof gguf_families / sizeof gguf_families[0]; i++)
-        if (strcmp(gguf_families[i].arch, r->arch) == 0) {
-            a->family = gguf_families[i].family;
+    const struct lms_arch_desc *d;
+    for (size_t i = 0; (d = lms_arch_desc_at(i)); i++)
+        if (d->gguf_arch && strcmp(d->gguf_arch, r->arch) == 0) {
+            a->family = d->family;
             const char *mt = json_string_value(json_object_get(carried, "model_type"));
             if (a->family == LMS_FAMILY_LLAMA && mt && strcmp(mt, "mistral") == 0)
                 a->family = LMS_FAMILY_MISTRAL;
@@ -842,7 +830,7 @@ static enum lms_status add_tensor(struct reader *r, struct lms_model *m,
     enum lms_status rc = tensor_view(r, t, &v, err);
     if (!rc && (m->arch.dtype == LMS_DTYPE_BF16 || m->arch.dtype == LMS_DTYPE_F16))
         rc = narrow_1d(&v, m->arch.dtype, err);
-    if (!rc && family_info(m->arch.family)->permute_qk && role_is_permuted(role)) {
+    if (!rc && family_info(m->arch.family)->gguf_permute_qk && role_is_permuted(role)) {
         rc = permute_view(v, m->arch.head_dim, false, &hv, err);
         if (rc)
             lms_error_wrap(err, "'%s': tensor '%s': ", r->path, name);

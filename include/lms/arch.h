@@ -94,6 +94,10 @@ struct lms_arch_desc {
      * mcore_guess set is chosen by its q/k norm and q/k/v bias */
     bool mcore_guess;
     const char *label; /* the family in labels of configs that name no class ("Qwen3") */
+    /* GGUF (llama.cpp): general.architecture, NULL when the family has no GGUF mapping; and
+     * whether llama.cpp's converter interleaves the two rotary halves of each q and k head */
+    const char *gguf_arch;
+    bool gguf_permute_qk;
 };
 
 /* The descriptor of f (never NULL for a valid enum value). */
