@@ -57,6 +57,9 @@ static int64_t axis_values(const struct axis_rule *r, struct lms_search_axis ax,
                             (long long)current);
         return 0;
     }
+    /* a step beyond the maximum gives the maximum alone, as hi does: keeps the sums in range */
+    if (step > hi)
+        step = hi;
     int64_t m = r->mult;
     int64_t mlo = (lo + m - 1) / m * m, mhi = hi / m * m, mstep = lms__lcm(step, m);
     int64_t n = 0;
