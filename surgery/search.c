@@ -42,8 +42,9 @@ struct axis_rule {
 
 /* Values of one axis: multiples of step in [min, max], plus max (the current value, or the
  * user's maximum) itself. With r->mult > 1 the step becomes lcm(step, mult) and the bounds are
- * rounded inwards to multiples of mult, so the values are the unconstrained ones that are
- * multiples of mult, plus max rounded down. Fills v (capacity cap) and returns the count. */
+ * rounded inwards to multiples of mult (the maximum to the largest value valid for unit too),
+ * so the values are the unconstrained ones that are multiples of mult, plus the rounded
+ * maximum. Fills v (capacity cap) and returns the count. */
 static int64_t axis_values(const struct axis_rule *r, struct lms_search_axis ax, int64_t current,
                            int64_t *v, int64_t cap, struct lms_error *err, enum lms_status *rc)
 {
@@ -61,7 +62,9 @@ static int64_t axis_values(const struct axis_rule *r, struct lms_search_axis ax,
     if (step > hi)
         step = hi;
     int64_t m = r->mult;
-    int64_t mlo = (lo + m - 1) / m * m, mhi = hi / m * m, mstep = lms__lcm(step, m);
+    /* the top: the largest valid value (of unit too) under a constraint, else max itself */
+    int64_t top_unit = m > 1 ? lms__lcm(m, r->unit) : 1;
+    int64_t mlo = (lo + m - 1) / m * m, mhi = hi / top_unit * top_unit, mstep = lms__lcm(step, m);
     int64_t n = 0;
     for (int64_t x = ((mlo + mstep - 1) / mstep) * mstep; x < mhi && n < cap; x += mstep)
         if (x % r->unit == 0)
@@ -74,8 +77,8 @@ static int64_t axis_values(const struct axis_rule *r, struct lms_search_axis ax,
                             "holds no multiple of %lld%s",
                             (long long)r->multiple_of, r->name, (long long)lo, (long long)hi,
                             (long long)lms__lcm(m, r->unit),
-                            r->unit > 1 ? " (heads x head_dim a multiple of it, heads a multiple "
-                                          "of the groups)"
+                            r->unit > 1 ? " (the head counts n with n x head_dim a multiple of "
+                                          "--multiple-of and n a multiple of the query groups)"
                                         : "");
     else if (n == 0)
         *rc = lms_error_set(err, LMS_EINVAL, "search range of %s %lld:%lld has no value that is a "

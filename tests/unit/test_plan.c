@@ -429,6 +429,20 @@ START_TEST(budget_search_multiple_of)
     for (int64_t i = 0; i < n; i++)
         ck_assert_int_eq(c[i].ffn, 640);
     lms_free(c);
+    /* 10 heads searched 1:9 step 4 under 96: 4 and 8 give rows 128 and 256, no multiple of 96,
+     * 9 is no multiple of the groups; the top is the largest head count <= 9 that is a multiple
+     * of 3 (3 x 32 = 96) and of the 2 groups: 6 */
+    struct lms_arch a10 = m.arch;
+    a10.n_heads = 10;
+    o.multiple_of = 96;
+    o.ffn = (struct lms_search_axis){0};
+    o.heads = (struct lms_search_axis){1, 9, 4};
+    ck_assert_msg(lms_search_candidates(&a10, &o, &c, &n, &n_fit, &err) == LMS_OK, "%s",
+                  err.msg);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_int_eq(c[i].n_heads, 6);
+    lms_free(c);
+    o.heads = (struct lms_search_axis){0};
     /* no multiple in a range, or none under the budget: the error names --multiple-of */
     o.multiple_of = 512;
     o.ffn = (struct lms_search_axis){0};
