@@ -6,6 +6,9 @@
 
 #include <stdint.h>
 
+/* The largest M accepted (keeps every product of the rule far from overflow). */
+#define LMS_MULTIPLE_OF_MAX (INT64_C(1) << 20)
+
 static inline int64_t lms__gcd(int64_t a, int64_t b)
 {
     while (b) {

@@ -98,8 +98,9 @@ enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                              "%lld heads over %lld query groups is more than the %lld heads per "
                              "group the model has",
                              (long long)nh, (long long)ng, (long long)r);
-    if (t->multiple_of < 0)
-        return lms_error_set(err, LMS_EINVAL, "--multiple-of must be at least 1");
+    if (t->multiple_of < 0 || t->multiple_of > LMS_MULTIPLE_OF_MAX)
+        return lms_error_set(err, LMS_EINVAL, "--multiple-of %lld is not in 1..%lld",
+                             (long long)t->multiple_of, (long long)LMS_MULTIPLE_OF_MAX);
     enum lms_status rc = check_multiples(t, a, ng, nh, err);
     if (rc)
         return rc;

@@ -111,6 +111,9 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
     *n_out = *n_fit = 0;
     if (o->target_params < 1)
         return lms_error_set(err, LMS_EINVAL, "the parameter budget must be positive");
+    if (o->multiple_of < 0 || o->multiple_of > LMS_MULTIPLE_OF_MAX)
+        return lms_error_set(err, LMS_EINVAL, "--multiple-of %lld is not in 1..%lld",
+                             (long long)o->multiple_of, (long long)LMS_MULTIPLE_OF_MAX);
     enum lms_status rc = LMS_OK;
     int64_t *vl = lms_malloc(4 * AXIS_CAP * sizeof(int64_t));
     if (!vl)

@@ -443,6 +443,9 @@ START_TEST(budget_search_multiple_of)
         ck_assert_int_eq(c[i].n_heads, 6);
     lms_free(c);
     o.heads = (struct lms_search_axis){0};
+    o.multiple_of = INT64_C(1) << 21;
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "is not in 1..1048576"));
     /* no multiple in a range, or none under the budget: the error names --multiple-of */
     o.multiple_of = 512;
     o.ffn = (struct lms_search_axis){0};
@@ -473,6 +476,8 @@ START_TEST(budget_search_multiple_of)
         {{.ffn = 700, .multiple_of = 1}, NULL},
         {{.ffn = 700}, NULL},
         {{.n_layers = 8, .multiple_of = 4096}, NULL}, /* no width changes */
+        {{.ffn = 512, .multiple_of = -1}, "--multiple-of -1 is not in 1..1048576"},
+        {{.ffn = 512, .multiple_of = INT64_C(1) << 40}, "is not in 1..1048576"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         enum lms_status rc = lms_prune_targets_check(&cases[i].t, &m.arch, &err);
