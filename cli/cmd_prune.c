@@ -40,7 +40,12 @@ static const char usage_text[] =
     "  --target-ffn-hidden-size F   FFN neurons per layer\n"
     "  --target-hidden-size H       hidden (residual stream) channels\n"
     "  --target-num-attention-heads N  query heads per layer, the same number in every group\n"
-    "  --target-num-query-groups G  whole KV groups with their query heads\n";
+    "  --target-num-query-groups G  whole KV groups with their query heads\n"
+    "  --multiple-of M              every width a target changes must be a multiple of M (128\n"
+    "                               for FP8 128x128 block scales and tensor-parallel shards):\n"
+    "                               F, H, the query rows N x head_dim and the key/value rows\n"
+    "                               G x head_dim (head_dim is never pruned); --target-params\n"
+    "                               searches only such shapes. Default 1 (no constraint)\n";
 static const char usage_data[] =
     "Calibration (the model runs over the data once before pruning; activation scores rank the\n"
     "channels, the depth metric ranks the layers):\n"
@@ -310,6 +315,7 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
 {
     struct lms_search_result r;
     a->so.target_params = a->target_params;
+    a->so.multiple_of = a->t.multiple_of;
     a->so.max_candidates = a->n_candidates;
     if (!a->base.co.quiet && !a->base.co.json)
         a->so.on_candidate = print_candidate;
@@ -490,6 +496,8 @@ static const struct cli_opt opts[] = {
     TARGET("target-hidden-size", hidden),
     TARGET("target-num-attention-heads", n_heads),
     TARGET("target-num-query-groups", n_groups),
+    CLI_COUNT("multiple-of", struct prune_args, t.multiple_of, 1, INT64_C(1) << 20,
+              "invalid --multiple-of '%s' (1 to 1048576)"),
     CLI_STRING("importance", struct prune_args, importance),
     CLI_FLAG("dry-run", struct prune_args, dry_run),
     CLI_STRING("data-paths", struct prune_args, cal.data),

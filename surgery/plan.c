@@ -4,12 +4,66 @@
  * the depth rescoring a calibration may need. */
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "lms/alloc.h"
 #include "lms/importance.h"
 #include "lms/score.h"
 #include "lms/surgery.h"
+#include "surgery/multiple.h"
+
+/* A target `value` of `flag` that is not a multiple of unit: the error, with the nearest
+ * multiples of unit in 1..max below and above it. what says which rows broke the rule. */
+static enum lms_status not_a_multiple(const char *flag, int64_t value, int64_t unit, int64_t max,
+                                      int64_t m, const char *what, struct lms_error *err)
+{
+    int64_t below = value / unit * unit, above = below + unit;
+    char nearest[96];
+    if (below >= 1 && above <= max)
+        snprintf(nearest, sizeof nearest, "nearest valid %lld or %lld", (long long)below,
+                 (long long)above);
+    else if (below >= 1 || above <= max)
+        snprintf(nearest, sizeof nearest, "nearest valid %lld",
+                 (long long)(below >= 1 ? below : above));
+    else
+        snprintf(nearest, sizeof nearest, "no valid value up to %lld", (long long)max);
+    return lms_error_set(err, LMS_EINVAL, "%s %lld: %s not a multiple of --multiple-of %lld (%s)",
+                         flag, (long long)value, what, (long long)m, nearest);
+}
+
+/* The --multiple-of rule (surgery/multiple.h) on the widths the targets change: F', H', the
+ * query rows nh x d and, with a group target, the key/value rows ng x d. */
+static enum lms_status check_multiples(const struct lms_prune_targets *t,
+                                       const struct lms_arch *a, int64_t ng, int64_t nh,
+                                       struct lms_error *err)
+{
+    int64_t m = t->multiple_of, d = a->head_dim;
+    if (m <= 1)
+        return LMS_OK;
+    char what[96];
+    if (t->ffn && t->ffn != a->ffn && t->ffn % m)
+        return not_a_multiple("--target-ffn-hidden-size", t->ffn, m, a->ffn, m, "the width is",
+                              err);
+    if (t->hidden && t->hidden != a->hidden && t->hidden % m)
+        return not_a_multiple("--target-hidden-size", t->hidden, m, a->hidden, m,
+                              "the width is", err);
+    int64_t hu = lms__heads_unit(m, d);
+    if (t->n_groups && t->n_groups != a->n_groups && ng * d % m) {
+        snprintf(what, sizeof what, "the key/value rows %lld x %lld = %lld are", (long long)ng,
+                 (long long)d, (long long)(ng * d));
+        return not_a_multiple("--target-num-query-groups", ng, hu, a->n_groups, m, what, err);
+    }
+    /* without a head target the heads follow the groups (r ng' x d, a multiple by now) */
+    if (nh != a->n_heads && nh * d % m) {
+        snprintf(what, sizeof what, "the query rows %lld x %lld = %lld are", (long long)nh,
+                 (long long)d, (long long)(nh * d));
+        /* valid head counts are multiples of the groups too, at most r per group */
+        return not_a_multiple("--target-num-attention-heads", nh, lms__lcm(hu, ng),
+                              ng * (a->n_heads / a->n_groups), m, what, err);
+    }
+    return LMS_OK;
+}
 
 enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                                         const struct lms_arch *a, struct lms_error *err)
@@ -44,6 +98,12 @@ enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                              "%lld heads over %lld query groups is more than the %lld heads per "
                              "group the model has",
                              (long long)nh, (long long)ng, (long long)r);
+    if (t->multiple_of < 0 || t->multiple_of > LMS_MULTIPLE_OF_MAX)
+        return lms_error_set(err, LMS_EINVAL, "--multiple-of %lld is not in 1..%lld",
+                             (long long)t->multiple_of, (long long)LMS_MULTIPLE_OF_MAX);
+    enum lms_status rc = check_multiples(t, a, ng, nh, err);
+    if (rc)
+        return rc;
     int n_ways = !!t->drop_layers + !!t->keep_layers + !!t->n_layers;
     if (n_ways > 1)
         return lms_error_set(err, LMS_EINVAL,

@@ -9,6 +9,7 @@
 #include "lms/alloc.h"
 #include "lms/score.h"
 #include "lms/surgery.h"
+#include "surgery/multiple.h"
 
 void lms_candidate_arch(const struct lms_arch *a, const struct lms_candidate *c,
                         struct lms_arch *out)
@@ -30,32 +31,59 @@ static int64_t default_step(int64_t x, int64_t cap)
     return s;
 }
 
+/* One axis's rule: values are multiples of unit (query heads: of the groups); with
+ * --multiple-of, also of mult (1 without), which the step and the bounds are rounded to. */
+struct axis_rule {
+    const char *name;
+    double min_fraction; /* default minimum, of the current value */
+    int64_t def_step, unit, mult;
+    int64_t multiple_of; /* the M that gave mult, for the message */
+};
+
 /* Values of one axis: multiples of step in [min, max], plus max (the current value, or the
- * user's maximum) itself. Fills v (capacity cap) and returns the count. */
-static int64_t axis_values(const char *name, struct lms_search_axis ax, int64_t current,
-                           double min_fraction, int64_t def_step, int64_t unit, int64_t *v,
-                           int64_t cap, struct lms_error *err, enum lms_status *rc)
+ * user's maximum) itself. With r->mult > 1 the step becomes lcm(step, mult) and the bounds are
+ * rounded inwards to multiples of mult (the maximum to the largest value valid for unit too),
+ * so the values are the unconstrained ones that are multiples of mult, plus the rounded
+ * maximum. Fills v (capacity cap) and returns the count. */
+static int64_t axis_values(const struct axis_rule *r, struct lms_search_axis ax, int64_t current,
+                           int64_t *v, int64_t cap, struct lms_error *err, enum lms_status *rc)
 {
-    int64_t lo = ax.min ? ax.min : (int64_t)ceil(min_fraction * (double)current);
+    int64_t lo = ax.min ? ax.min : (int64_t)ceil(r->min_fraction * (double)current);
     int64_t hi = ax.max ? ax.max : current;
-    int64_t step = ax.step ? ax.step : def_step;
+    int64_t step = ax.step ? ax.step : r->def_step;
     if (lo < 1 || hi > current || lo > hi || step < 1) {
         *rc = lms_error_set(err, LMS_EINVAL,
                             "search range of %s %lld:%lld (step %lld) is not inside 1..%lld",
-                            name, (long long)lo, (long long)hi, (long long)step,
+                            r->name, (long long)lo, (long long)hi, (long long)step,
                             (long long)current);
         return 0;
     }
+    /* a step beyond the maximum gives the maximum alone, as hi does: keeps the sums in range */
+    if (step > hi)
+        step = hi;
+    int64_t m = r->mult;
+    /* the top: the largest valid value (of unit too) under a constraint, else max itself */
+    int64_t top_unit = m > 1 ? lms__lcm(m, r->unit) : 1;
+    int64_t mlo = (lo + m - 1) / m * m, mhi = hi / top_unit * top_unit, mstep = lms__lcm(step, m);
     int64_t n = 0;
-    for (int64_t x = ((lo + step - 1) / step) * step; x < hi && n < cap; x += step)
-        if (x % unit == 0)
+    for (int64_t x = ((mlo + mstep - 1) / mstep) * mstep; x < mhi && n < cap; x += mstep)
+        if (x % r->unit == 0)
             v[n++] = x;
-    if (n < cap && hi % unit == 0)
-        v[n++] = hi;
-    if (n == 0)
+    if (n < cap && mhi >= mlo && mhi % r->unit == 0)
+        v[n++] = mhi;
+    if (n == 0 && m > 1)
+        *rc = lms_error_set(err, LMS_EINVAL,
+                            "no shape in the search ranges fits --multiple-of %lld: %s %lld:%lld "
+                            "holds no multiple of %lld%s",
+                            (long long)r->multiple_of, r->name, (long long)lo, (long long)hi,
+                            (long long)lms__lcm(m, r->unit),
+                            r->unit > 1 ? " (the head counts n with n x head_dim a multiple of "
+                                          "--multiple-of and n a multiple of the query groups)"
+                                        : "");
+    else if (n == 0)
         *rc = lms_error_set(err, LMS_EINVAL, "search range of %s %lld:%lld has no value that is a "
                                              "multiple of %lld",
-                            name, (long long)lo, (long long)hi, (long long)unit);
+                            r->name, (long long)lo, (long long)hi, (long long)r->unit);
     return n;
 }
 
@@ -83,22 +111,25 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
     *n_out = *n_fit = 0;
     if (o->target_params < 1)
         return lms_error_set(err, LMS_EINVAL, "the parameter budget must be positive");
+    if (o->multiple_of < 0 || o->multiple_of > LMS_MULTIPLE_OF_MAX)
+        return lms_error_set(err, LMS_EINVAL, "--multiple-of %lld is not in 1..%lld",
+                             (long long)o->multiple_of, (long long)LMS_MULTIPLE_OF_MAX);
     enum lms_status rc = LMS_OK;
     int64_t *vl = lms_malloc(4 * AXIS_CAP * sizeof(int64_t));
     if (!vl)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     int64_t *vf = vl + AXIS_CAP, *vh = vf + AXIS_CAP, *va = vh + AXIS_CAP;
     /* depth: even layer counts (as the reference recipes use); width: 40% at most by default */
-    int64_t nl = axis_values("layers", o->layers, a->n_layers, 0.8, 2, 1, vl, AXIS_CAP, err, &rc);
-    int64_t nf = rc ? 0
-                    : axis_values("ffn_hidden_size", o->ffn, a->ffn, 0.6,
-                                  default_step(a->ffn, 512), 1, vf, AXIS_CAP, err, &rc);
-    int64_t nh = rc ? 0
-                    : axis_values("hidden_size", o->hidden, a->hidden, 0.6,
-                                  default_step(a->hidden, 256), 1, vh, AXIS_CAP, err, &rc);
-    int64_t na = rc ? 0
-                    : axis_values("num_attention_heads", o->heads, a->n_heads, 0.6, a->n_groups,
-                                  a->n_groups, va, AXIS_CAP, err, &rc);
+    int64_t mult = o->multiple_of > 1 ? o->multiple_of : 1;
+    const struct axis_rule rl = {"layers", 0.8, 2, 1, 1, 1},
+                           rf = {"ffn_hidden_size", 0.6, default_step(a->ffn, 512), 1, mult, mult},
+                           rh = {"hidden_size", 0.6, default_step(a->hidden, 256), 1, mult, mult},
+                           ra = {"num_attention_heads", 0.6, a->n_groups, a->n_groups,
+                                 lms__heads_unit(mult, a->head_dim), mult};
+    int64_t nl = axis_values(&rl, o->layers, a->n_layers, vl, AXIS_CAP, err, &rc);
+    int64_t nf = rc ? 0 : axis_values(&rf, o->ffn, a->ffn, vf, AXIS_CAP, err, &rc);
+    int64_t nh = rc ? 0 : axis_values(&rh, o->hidden, a->hidden, vh, AXIS_CAP, err, &rc);
+    int64_t na = rc ? 0 : axis_values(&ra, o->heads, a->n_heads, va, AXIS_CAP, err, &rc);
     if (rc) {
         lms_free(vl);
         return rc;
@@ -135,6 +166,12 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
     lms_free(vl);
     if (n == 0) {
         lms_free(c);
+        if (mult > 1)
+            return lms_error_set(err, LMS_EINVAL,
+                                 "no shape in the search ranges fits %lld parameters with every "
+                                 "width a multiple of %lld (widen the ranges with the --search-* "
+                                 "options, or lower --multiple-of)",
+                                 (long long)o->target_params, (long long)mult);
         return lms_error_set(err, LMS_EINVAL,
                              "no shape in the search ranges fits %lld parameters (widen the "
                              "ranges with the --search-* options)",

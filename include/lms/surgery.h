@@ -103,12 +103,17 @@ struct lms_prune_targets {
     const char *drop_layers, *keep_layers; /* 1-based lists; at most one, not with n_layers */
     enum lms_layer_selection selection;    /* for n_layers; 0 = LMS_LAYERS_AUTO */
     enum lms_layer_metric metric;          /* with LMS_LAYERS_METRIC */
+    /* M (0 or 1: no constraint): every width a target changes is a multiple of M: F', H', the
+     * query rows n_h' x head_dim and, with n_g', the key/value rows n_g' x head_dim */
+    int64_t multiple_of;
 };
 
 struct json_t;
 
 /* Checks the targets against the model (positive, not larger than the model, heads a multiple
- * of the groups and at most the heads per group the model has). LMS_EINVAL names the flag. */
+ * of the groups and at most the heads per group the model has, the widths they change
+ * multiples of t->multiple_of). LMS_EINVAL names the flag (and, for a width that is not a
+ * multiple, the nearest valid values below and above). */
 enum lms_status lms_prune_targets_check(const struct lms_prune_targets *t,
                                         const struct lms_arch *a, struct lms_error *err);
 
@@ -164,6 +169,10 @@ struct lms_search_opts {
     struct lms_search_axis ffn;      /* default: 60%..100% of F, step F/16 as a power of 2 <= 512 */
     struct lms_search_axis hidden;   /* default: 60%..100% of H, step H/16 as a power of 2 <= 256 */
     struct lms_search_axis heads;    /* query heads; default 60%..100%, multiples of n_g */
+    /* M (0 or 1: none): only shapes whose F, H and query rows n_h x head_dim are multiples of
+     * M; each axis's step becomes lcm(step, unit), its bounds are rounded inwards to the unit
+     * (M for F and H, M / gcd(M, head_dim) for n_h), and the rounded maximum stays a candidate */
+    int64_t multiple_of;
     int64_t max_candidates;          /* K kept (largest P first); 0 = 10 */
     /* lms_search_run: called after each candidate is evaluated (loss NAN when that failed) */
     void (*on_candidate)(void *ctx, int64_t i, int64_t n, const struct lms_candidate *c);

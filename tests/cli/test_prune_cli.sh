@@ -119,6 +119,53 @@ else
     passes=$((passes + 1))
 fi
 
+# --multiple-of: explicit widths that are not multiples are refused with the nearest valid values
+expect 2 "invalid --multiple-of '0'" "$t" "$work/out" --target-ffn-hidden-size 512 --multiple-of 0
+expect 2 "--target-ffn-hidden-size 700: the width is not a multiple of --multiple-of 128 (nearest valid 640 or 768)" \
+    "$t" "$work/out" --target-ffn-hidden-size 700 --multiple-of 128
+expect 2 "--target-hidden-size 200: the width is not a multiple of --multiple-of 64 (nearest valid 192 or 256)" \
+    "$t" "$work/out" --target-hidden-size 200 --multiple-of 64
+expect 2 "--target-num-attention-heads 6: the query rows 6 x 32 = 192 are not a multiple of --multiple-of 128 (nearest valid 4 or 8)" \
+    "$t" "$work/out" --target-num-attention-heads 6 --multiple-of 128
+expect 2 "--target-num-query-groups 1: the key/value rows 1 x 32 = 32 are not a multiple of --multiple-of 64" \
+    "$t" "$work/out" --target-num-query-groups 1 --multiple-of 64
+expect 2 "--multiple-of 512" "$t" "$work/out" --target-params 9M --multiple-of 512
+expect 2 "--multiple-of" "$t" "$work/out" --target-params 2M --multiple-of 32
+"$lms" prune "$t" "$work/out" --dry-run --multiple-of 64 --target-ffn-hidden-size 640 \
+    --target-hidden-size 192 --target-num-attention-heads 6 >"$work/stdout" 2>"$work/stderr"
+if [ $? -ne 0 ] || ! grep -q "768 -> 640" "$work/stdout"; then
+    echo "FAIL: --multiple-of 64 with valid targets: $(cat "$work/stderr")"; fails=$((fails + 1))
+else
+    passes=$((passes + 1))
+fi
+# --target-params 8M --multiple-of 32 writes the largest shape of the documented grid whose
+# widths are multiples of 32 (worked out below; without the flag it would be hidden 240)
+"$lms" prune "$t" "$work/out" --target-params 8M --multiple-of 32 --quiet
+if [ $? -ne 0 ] || ! python3 - "$work/out/config.json" <<'PY'
+import json, math, sys
+c = json.load(open(sys.argv[1]))
+V, d, g = 4096, 32, 2
+def params(L, F, H, nh):  # the teacher's family (Qwen3, untied, q/k norms)
+    return 2 * V * H + H + L * (2 * H + H * d * (nh + 2 * g) + nh * d * H + 3 * H * F + 2 * d)
+def grid(lo, hi, step, unit=1):
+    return [x for x in range(lo, hi) if x % step == 0 and x % unit == 0] + [hi]
+shapes = [(params(L, F, H, nh), L, F, H, nh)
+          for L in grid(10, 12, 2) for F in grid(461, 768, 32) for H in grid(154, 256, 16)
+          for nh in grid(5, 8, 2, 2)
+          if F % 32 == 0 and H % 32 == 0 and nh * d % 32 == 0]
+best = max(s for s in shapes if s[0] <= 8_000_000)
+got = (c["num_hidden_layers"], c["intermediate_size"], c["hidden_size"], c["num_attention_heads"])
+ok = (got == best[1:] and all(w % 32 == 0 for w in (c["intermediate_size"], c["hidden_size"],
+      c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"])))
+sys.exit(0 if ok else 1)
+PY
+then
+    echo "FAIL: --target-params --multiple-of 32: $(cat "$work/out/config.json")"; fails=$((fails + 1))
+else
+    passes=$((passes + 1))
+fi
+rm -rf "$work/out"
+
 # --dry-run writes nothing, also with an output path given
 "$lms" prune "$t" "$work/out" --dry-run --target_num_layers 8 --target_ffn_hidden_size 512 \
     >"$work/stdout" 2>"$work/stderr"

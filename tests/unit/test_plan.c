@@ -342,6 +342,156 @@ START_TEST(budget_search_counts_exactly)
 }
 END_TEST
 
+/* The documented grid of one axis, worked out here by brute force: the values in [lo, hi] that
+ * are multiples of step and of unit, below hi, plus hi when it is a multiple of unit. */
+static int64_t grid_axis(int64_t lo, int64_t hi, int64_t step, int64_t unit, int64_t *v)
+{
+    int64_t n = 0;
+    for (int64_t x = lo; x < hi; x++)
+        if (x % step == 0 && x % unit == 0)
+            v[n++] = x;
+    if (hi % unit == 0)
+        v[n++] = hi;
+    return n;
+}
+
+/* Keeps the values of v that pass keep(x, m) (the --multiple-of rule), in order. */
+static int64_t filter_axis(int64_t *v, int64_t n, int64_t m, bool heads)
+{
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++)
+        if ((heads ? v[i] * 32 : v[i]) % m == 0) /* the teacher's head_dim is 32 */
+            v[k++] = v[i];
+    return k;
+}
+
+static int64_t find(const int64_t *v, int64_t n, int64_t x)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (v[i] == x)
+            return i;
+    return -1;
+}
+
+START_TEST(budget_search_multiple_of)
+{
+    struct lms_model m;
+    load("teacher", &m);
+    /* the teacher's default grid (README): L 10..12 step 2; F from ceil(0.6 x 768) = 461,
+     * step 32; H from 154, step 16; heads from 5, multiples of the 2 groups */
+    const int64_t ms[] = {1, 32, 64, 96, 128, 256};
+    for (size_t t = 0; t < sizeof ms / sizeof ms[0]; t++) {
+        int64_t M = ms[t], vl[16], vf[512], vh[512], va[16];
+        int64_t nl = grid_axis(10, 12, 2, 1, vl);
+        int64_t nf = filter_axis(vf, grid_axis(461, 768, 32, 1, vf), M, false);
+        int64_t nh = filter_axis(vh, grid_axis(154, 256, 16, 1, vh), M, false);
+        int64_t na = filter_axis(va, grid_axis(5, 8, 2, 2, va), M, true);
+        struct lms_search_opts o = {.target_params = INT64_C(1) << 40, .max_candidates = 100000,
+                                    .multiple_of = M};
+        struct lms_candidate *c;
+        int64_t n, n_fit;
+        struct lms_error err;
+        ck_assert_msg(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err) == LMS_OK,
+                      "M %lld: %s", (long long)M, err.msg);
+        /* the same set: as many shapes, each in the expected product, none twice */
+        ck_assert_msg(n_fit == nl * nf * nh * na, "M %lld: %lld shapes, want %lld", (long long)M,
+                      (long long)n_fit, (long long)(nl * nf * nh * na));
+        bool *seen = lms_calloc((size_t)n_fit, sizeof(bool));
+        for (int64_t i = 0; i < n; i++) {
+            ck_assert(c[i].ffn % M == 0 && c[i].hidden % M == 0 && c[i].n_heads * 32 % M == 0);
+            int64_t il = find(vl, nl, c[i].n_layers), jf = find(vf, nf, c[i].ffn),
+                    kh = find(vh, nh, c[i].hidden), ha = find(va, na, c[i].n_heads);
+            ck_assert_msg(il >= 0 && jf >= 0 && kh >= 0 && ha >= 0,
+                          "M %lld: unexpected shape L %lld F %lld H %lld n_h %lld", (long long)M,
+                          (long long)c[i].n_layers, (long long)c[i].ffn, (long long)c[i].hidden,
+                          (long long)c[i].n_heads);
+            int64_t idx = ((il * nf + jf) * nh + kh) * na + ha;
+            ck_assert(!seen[idx]);
+            seen[idx] = true;
+        }
+        lms_free(seen);
+        lms_free(c);
+    }
+    /* by hand for 128: F 512, 640, 768; H 256; heads 4 x 32 = 128: 8 (6 is not) */
+    struct lms_search_opts o = {.target_params = INT64_C(1) << 40, .max_candidates = 100000,
+                                .multiple_of = 128};
+    struct lms_candidate *c;
+    int64_t n, n_fit;
+    struct lms_error err;
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_OK);
+    ck_assert_int_eq(n_fit, 2 * 3 * 1 * 1);
+    lms_free(c);
+    /* an explicit maximum that is not a multiple is rounded down and stays a candidate:
+     * F 500:700:50 holds no multiple of 64, so 640 (= 10 x 64) alone */
+    o.multiple_of = 64;
+    o.ffn = (struct lms_search_axis){500, 700, 50};
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_OK);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_int_eq(c[i].ffn, 640);
+    lms_free(c);
+    /* 10 heads searched 1:9 step 4 under 96: 4 and 8 give rows 128 and 256, no multiple of 96,
+     * 9 is no multiple of the groups; the top is the largest head count <= 9 that is a multiple
+     * of 3 (3 x 32 = 96) and of the 2 groups: 6 */
+    struct lms_arch a10 = m.arch;
+    a10.n_heads = 10;
+    o.multiple_of = 96;
+    o.ffn = (struct lms_search_axis){0};
+    o.heads = (struct lms_search_axis){1, 9, 4};
+    ck_assert_msg(lms_search_candidates(&a10, &o, &c, &n, &n_fit, &err) == LMS_OK, "%s",
+                  err.msg);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_int_eq(c[i].n_heads, 6);
+    lms_free(c);
+    o.heads = (struct lms_search_axis){0};
+    o.multiple_of = INT64_C(1) << 21;
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "is not in 1..1048576"));
+    /* no multiple in a range, or none under the budget: the error names --multiple-of */
+    o.multiple_of = 512;
+    o.ffn = (struct lms_search_axis){0};
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_EINVAL);
+    ck_assert_msg(strstr(err.msg, "no shape") && strstr(err.msg, "--multiple-of 512"), "%s",
+                  err.msg);
+    o.multiple_of = 32;
+    o.target_params = 2000000;
+    ck_assert_int_eq(lms_search_candidates(&m.arch, &o, &c, &n, &n_fit, &err), LMS_EINVAL);
+    ck_assert_msg(strstr(err.msg, "no shape") && strstr(err.msg, "--multiple-of"), "%s",
+                  err.msg);
+
+    /* explicit targets: refused with the nearest valid values, accepted when they fit */
+    const struct {
+        struct lms_prune_targets t;
+        const char *msg; /* NULL: accepted */
+    } cases[] = {
+        {{.ffn = 700, .multiple_of = 128}, "--target-ffn-hidden-size 700: the width is not a "
+                                           "multiple of --multiple-of 128 (nearest valid 640 or "
+                                           "768)"},
+        {{.hidden = 100, .multiple_of = 128}, "(nearest valid 128)"},
+        {{.n_heads = 6, .multiple_of = 128}, "the query rows 6 x 32 = 192 are not a multiple of "
+                                             "--multiple-of 128 (nearest valid 4 or 8)"},
+        {{.n_groups = 1, .multiple_of = 64}, "--target-num-query-groups 1: the key/value rows 1 "
+                                             "x 32 = 32"},
+        {{.ffn = 640, .hidden = 192, .n_heads = 6, .multiple_of = 64}, NULL},
+        {{.n_groups = 1, .multiple_of = 32}, NULL},
+        {{.ffn = 700, .multiple_of = 1}, NULL},
+        {{.ffn = 700}, NULL},
+        {{.n_layers = 8, .multiple_of = 4096}, NULL}, /* no width changes */
+        {{.ffn = 512, .multiple_of = -1}, "--multiple-of -1 is not in 1..1048576"},
+        {{.ffn = 512, .multiple_of = INT64_C(1) << 40}, "is not in 1..1048576"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        enum lms_status rc = lms_prune_targets_check(&cases[i].t, &m.arch, &err);
+        if (!cases[i].msg) {
+            ck_assert_msg(rc == LMS_OK, "case %zu: %s", i, err.msg);
+            continue;
+        }
+        ck_assert_int_eq(rc, LMS_EINVAL);
+        ck_assert_msg(strstr(err.msg, cases[i].msg), "case %zu: '%s'", i, err.msg);
+    }
+    lms_model_release(&m);
+}
+END_TEST
+
 START_TEST(mixed_qwen2_llama_counts)
 {
     /* biases and tied embeddings: the search's count equals the pruned IR's */
@@ -383,6 +533,7 @@ Suite *suite(void)
     tcase_add_test(tc, width_from_scores);
     tcase_add_test(tc, targets_are_checked);
     tcase_add_test(tc, budget_search_counts_exactly);
+    tcase_add_test(tc, budget_search_multiple_of);
     tcase_add_test(tc, mixed_qwen2_llama_counts);
     suite_add_tcase(s, tc);
     return s;
