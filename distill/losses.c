@@ -66,4 +66,6 @@ void lms_distill_loss_opts(const struct lms_distill_loss *l, struct lms_loss_opt
     out->ce_weight = l->lm_loss_scale;
     out->kd_weight = l->kd_loss_scale;
     out->combine = LMS_COMBINE_SCALED;
+    out->hidden_kind = l->feature_kind;
+    out->hidden_weight = l->feature_scale ? l->feature_scale : 1.0; /* the pairs: the run's */
 }
