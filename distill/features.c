@@ -112,6 +112,9 @@ static enum lms_status pairs_every(struct lms_distill_run *r, int64_t k, const c
                                    struct lms_error *err)
 {
     const int64_t ns = r->student.arch.n_layers, nt = r->teacher.arch.n_layers;
+    if (k > ns)
+        return lms_error_set(err, LMS_EINVAL, "%s %lld: the student has %lld layers", flag,
+                             (long long)k, (long long)ns);
     for (int64_t i = k - 1; i < ns; i += k) {
         enum lms_status st = add_pair(r, i, source_layer(&r->student, nt, i), flag, err);
         if (st)
@@ -158,6 +161,13 @@ enum lms_status lms_distill_features_resolve(struct lms_distill_run *r, struct l
                  lms_feature_kind_name(l->feature_kind));
     else
         snprintf(r->features_why, sizeof r->features_why, "%s", what);
+    /* a depth-cut student read from disk carries no kept-layer map: say how it was paired */
+    if (mode == LMS_FEATURES_EVERY && r->n_pairs && !r->student.layer_src &&
+        r->student.arch.n_layers != r->teacher.arch.n_layers) {
+        size_t len = strlen(r->features_why);
+        snprintf(r->features_why + len, sizeof r->features_why - len,
+                 " (no kept-layer map: layer i pairs with teacher layer i)");
+    }
     r->features_resolved = true;
     return LMS_OK;
 }

@@ -216,7 +216,7 @@ struct lms_distill_run {
     size_t n_pairs;
     bool features_resolved;
     bool width_pruned;        /* a width of the student differs from the teacher's */
-    char features_why[160];   /* what was chosen and why, for the start summary */
+    char features_why[224];   /* what was chosen and why, for the start summary */
 };
 
 /* Zeroes r and takes the options (copied; the strings and src stay the caller's). A caller may
