@@ -614,8 +614,9 @@ static json_t *rank_options(const struct distill_args *a)
         {"--lm-loss-scale", json_real(a->lm_loss_scale)},
         {"--kd-loss-scale", json_real(a->kd_loss_scale)},
         {"--feature-pairs", json_string(a->features == LMS_FEATURES_LIST ? a->feature_pairs
-                                                                            : "")},
-        {"--feature-every", json_integer((json_int_t)a->features * 1000000 + a->feature_every)},
+                                        : a->features == LMS_FEATURES_NONE ? "none" : "")},
+        {"--feature-every", json_integer(a->features == LMS_FEATURES_EVERY ? a->feature_every
+                                                                            : 0)},
         {"--feature-hook", json_integer(a->feature_hook)},
         {"--feature-loss", json_integer(a->feature_kind)},
         {"--feature-loss-scale", json_real(a->feature_scale)},
