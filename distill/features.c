@@ -1,6 +1,7 @@
 /* Feature (intermediate-state) distillation: which student layers are compared with which
  * teacher layers, chosen by the user (--feature-pairs, --feature-every) or by the Minitron
  * recipe (a width-pruned student gets a pair at every layer, a depth-pruned one none). */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -70,10 +71,12 @@ static enum lms_status add_pair(struct lms_distill_run *r, int64_t s, int64_t t,
     return LMS_OK;
 }
 
-/* One number of a pair list: digits up to the next ':' / ',' / end. */
+/* One number of a pair list: digits (no sign, no space) up to the next ':' / ',' / end. */
 static bool parse_layer(const char **cur, int64_t *out)
 {
     char *end;
+    if (!isdigit((unsigned char)**cur))
+        return false;
     errno = 0;
     long long v = strtoll(*cur, &end, 10);
     if (end == *cur || errno || (*end && *end != ':' && *end != ','))

@@ -106,6 +106,8 @@ usage --feature-pairs --feature-pairs 1:13
 usage --feature-pairs --feature-pairs 0:1
 usage --feature-pairs --feature-pairs 2:3,4:5,2:3
 usage --feature-pairs --feature-pairs 2-3
+usage --feature-pairs --feature-pairs 1:-1
+usage --feature-pairs --feature-pairs=' 1:1'
 usage --feature-pairs --feature-pairs ""
 usage --feature-every --feature-every 13
 usage --feature-every --feature-every 0
@@ -128,6 +130,12 @@ rc=$?
     { fail "--resume with the same --feature-loss failed"; cat "$TMP/err" >&2; }
 python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["steps"] == 2 and s["start_step"] == 1, s' \
     "$TMP/r.json" || fail "the resumed run did not finish its steps"
+# ... with the same bytes as a run never stopped (the learned map's weights and moments are in
+# the state)
+"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-loss mse \
+    --out "$TMP/whole" --quiet 2>"$TMP/err" || { fail "the uninterrupted run failed"; cat "$TMP/err" >&2; }
+cmp -s "$TMP/r/model.safetensors" "$TMP/whole/model.safetensors" ||
+    fail "the resumed feature-KD run differs from the uninterrupted one"
 
 echo "$((n_checks - n_fail))/$n_checks checks passed"
 [ "$n_fail" = 0 ]
