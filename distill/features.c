@@ -139,6 +139,10 @@ enum lms_status lms_distill_features_resolve(struct lms_distill_run *r, struct l
     enum lms_feature_mode mode = l->features;
     if (mode == LMS_FEATURES_AUTO)
         mode = r->width_pruned ? LMS_FEATURES_EVERY : LMS_FEATURES_NONE;
+    if (l->feature_scale != 0 && l->feature_scale != 1)
+        return lms_error_set(err, LMS_EINVAL, "--feature-loss-scale %g: the scaled combine rule "
+                             "rescales the feature loss to the logits loss, so only 1 is "
+                             "accepted", l->feature_scale);
     if (mode == LMS_FEATURES_EVERY && l->features == LMS_FEATURES_EVERY && l->feature_every < 1)
         return lms_error_set(err, LMS_EINVAL, "--feature-every: K must be at least 1");
     size_t cap = mode == LMS_FEATURES_LIST ? strlen(l->feature_pairs ? l->feature_pairs : "") / 2 + 1
