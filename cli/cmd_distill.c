@@ -75,6 +75,24 @@ static const char usage_text[] =
     "                                 updates. One more stops the run with exit 7, the state\n"
     "                                 of the last finished step saved\n"
     ;
+static const char usage_text_features[] =
+    "  --feature-pairs LIST           intermediate-state (feature) distillation on these\n"
+    "                                 STUDENT:TEACHER layer pairs (1-based, e.g. 2:3,4:6), or\n"
+    "                                 none (logits only). Default, as the Minitron recipe: none\n"
+    "                                 for a depth-pruned student; for a width-pruned one (any\n"
+    "                                 width differs from the teacher's) every layer, paired with\n"
+    "                                 its source layer. The start summary says which\n"
+    "  --feature-every K              pair every K-th student layer with the teacher layer it was\n"
+    "                                 pruned from (prune's kept-layer map; the same index without)\n"
+    "  --feature-hook P               where a pair compares: mlp-norm (default: layer i's\n"
+    "                                 post-attention norm output) or attn-norm (its input norm\n"
+    "                                 output); a learned map joins when the hidden sizes differ\n"
+    "  --feature-loss KIND            cosine (default: 1 - cos per token) or mse\n"
+    "  --feature-loss-scale W         the feature loss L_f is scaled to the logits loss\n"
+    "                                 (L_f' = L_f L_logits / L_f, added to it, the sum rescaled\n"
+    "                                 to the cross-entropy with --lm-loss-scale, as above), so\n"
+    "                                 its weight cancels: only 1 (the default) is accepted\n"
+    ;
 static const char usage_text2[] =
     "Logging, validation, saving:\n"
     "  --out DIR                      where the student goes (default LOG_DIR/NAME)\n"
@@ -175,7 +193,8 @@ static int take_data_paths(int *argc, char **argv, struct distill_args *a)
 
 /* ---- options -------------------------------------------------------------------------------- */
 
-enum { O_PRECISION, O_MAX_MEMORY, O_PRESET, O_KD_LOSS, O_BETA1, O_BETA2, O_SAVE_STATE };
+enum { O_PRECISION, O_MAX_MEMORY, O_PRESET, O_KD_LOSS, O_BETA1, O_BETA2, O_SAVE_STATE,
+       O_FEATURE_PAIRS, O_FEATURE_EVERY, O_FEATURE_HOOK, O_FEATURE_LOSS };
 #define T struct distill_args
 static const struct cli_opt opts[] = {
     CLI_REQUIRED("student", T, student, "--student (or --model-path) is required"),
@@ -208,6 +227,11 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("kd-top-k", T, top_k, 1, 0, "invalid --kd-top-k '%s'"),
     CLI_REAL("lm-loss-scale", T, lm_loss_scale, false, "invalid --lm-loss-scale '%s'"),
     CLI_REAL("kd-loss-scale", T, kd_loss_scale, true, "invalid --kd-loss-scale '%s'"),
+    CLI_CALL("feature-pairs", O_FEATURE_PAIRS),
+    CLI_CALL("feature-every", O_FEATURE_EVERY),
+    CLI_CALL("feature-hook", O_FEATURE_HOOK),
+    CLI_CALL("feature-loss", O_FEATURE_LOSS),
+    CLI_REAL("feature-loss-scale", T, feature_scale, true, "invalid --feature-loss-scale '%s'"),
     CLI_FLAG("recompute", T, recompute),
     CLI_COUNT("skip-nonfinite", T, skip_nonfinite, 0, 0, "invalid --skip-nonfinite '%s'"),
     CLI_COUNT("log-interval", T, log_interval, 1, 0, "invalid --log-interval '%s'"),
@@ -228,6 +252,27 @@ static const struct cli_opt opts[] = {
     CLI_END,
 };
 #undef T
+
+/* --feature-pairs LIST|none and --feature-every K: the last one given counts. The layers are
+ * checked against the models once they are open. */
+static int on_feature_pairs(struct distill_args *a, int id, const char *value)
+{
+    if (id == O_FEATURE_EVERY) {
+        int64_t k;
+        if (!cli_parse_count(value, &k) || k < 1)
+            return cli_usage_error(cmd, "invalid --feature-every '%s' (K >= 1)", value);
+        a->features = LMS_FEATURES_EVERY;
+        a->feature_every = k;
+        return 0;
+    }
+    if (!strcmp(value, "none")) {
+        a->features = LMS_FEATURES_NONE;
+        return 0;
+    }
+    a->features = LMS_FEATURES_LIST;
+    a->feature_pairs = value;
+    return 0;
+}
 
 static int on_option(void *args, int id, const char *value, const char *word)
 {
@@ -272,6 +317,23 @@ static int on_option(void *args, int id, const char *value, const char *word)
             }
         return cli_usage_error(cmd, "unknown --save-state '%s' (interval, end, never)", value);
     }
+    case O_FEATURE_PAIRS:
+    case O_FEATURE_EVERY:
+        return on_feature_pairs(a, id, value);
+    case O_FEATURE_HOOK:
+        for (int h = 0; lms_feature_hook_name(h); h++)
+            if (!strcmp(value, lms_feature_hook_name(h))) {
+                a->feature_hook = h;
+                return 0;
+            }
+        return cli_usage_error(cmd, "unknown --feature-hook '%s' (mlp-norm, attn-norm)", value);
+    case O_FEATURE_LOSS:
+        for (int k = 0; lms_feature_kind_name(k); k++)
+            if (!strcmp(value, lms_feature_kind_name(k))) {
+                a->feature_kind = k;
+                return 0;
+            }
+        return cli_usage_error(cmd, "unknown --feature-loss '%s' (cosine, mse)", value);
     case O_BETA1:
     case O_BETA2: {
         double *beta = id == O_BETA1 ? &a->over.beta1 : &a->over.beta2;
@@ -303,6 +365,11 @@ static int check(void *args)
     const char *why = lms_kd_loss_of(a->kd_kind)->check(&loss);
     if (why)
         return cli_usage_error(cmd, "%s", why);
+    /* the scaled rule sets the feature loss to the logits loss's size, whatever its weight */
+    if (a->feature_scale != 1)
+        return cli_usage_error(cmd, "--feature-loss-scale %g: the scaled combine rule rescales "
+                               "the feature loss to the logits loss, so only 1 is accepted",
+                               a->feature_scale);
     /* without a training state on disk a stopped run could not go on, and a resumed one would
      * leave the state it read behind, older than the student */
     if (a->save_state == LMS_DISTILL_SAVE_STATE_NEVER && a->exit_interval)
@@ -325,7 +392,7 @@ static int check(void *args)
 static int run(void *args);
 
 static const struct cli_spec spec = {
-    .name = "distill", .help = {usage_text, usage_text2, usage_text3}, .shorts = "hq",
+    .name = "distill", .help = {usage_text, usage_text_features, usage_text2, usage_text3}, .shorts = "hq",
     .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE, .opts = opts,
     .on_option = on_option, .check = check,
     .run = run,
@@ -455,6 +522,12 @@ static int open_models(struct distill_run *r)
         return cli_usage_error(cmd, "unknown --to '%s'", a->base.to);
     if (lms_distill_open_models(&r->run, &err))
         return fail(r, &err);
+    /* a pair outside either model is a usage error, found by every rank alike */
+    enum lms_status st = lms_distill_features_resolve(&r->run, &err);
+    if (st == LMS_EINVAL)
+        return cli_usage_error(cmd, "%s", err.msg);
+    if (st)
+        return fail(r, &err);
     return CLI_PARSED;
 }
 
@@ -540,6 +613,13 @@ static json_t *rank_options(const struct distill_args *a)
         {"--kd-top-k", json_integer(a->top_k)},
         {"--lm-loss-scale", json_real(a->lm_loss_scale)},
         {"--kd-loss-scale", json_real(a->kd_loss_scale)},
+        {"--feature-pairs", json_string(a->features == LMS_FEATURES_LIST ? a->feature_pairs
+                                        : a->features == LMS_FEATURES_NONE ? "none" : "")},
+        {"--feature-every", json_integer(a->features == LMS_FEATURES_EVERY ? a->feature_every
+                                                                            : 0)},
+        {"--feature-hook", json_integer(a->feature_hook)},
+        {"--feature-loss", json_integer(a->feature_kind)},
+        {"--feature-loss-scale", json_real(a->feature_scale)},
         {"--recompute", json_boolean(a->recompute)},
         {"--log-interval", json_integer(a->log_interval)},
         {"--val-check-interval", json_integer(a->val_interval)},
@@ -745,7 +825,10 @@ static void run_opts(struct distill_run *r, struct lms_distill_opts *o)
         .gbs = a->gbs, .mbs = a->mbs, .max_steps = a->max_steps, .warmup = a->warmup,
         .seed = a->seed, .lr = a->lr, .min_lr = a->min_lr, .adam = a->adam,
         .loss = {.kind = a->kd_kind, .temperature = a->temperature, .top_k = a->top_k,
-                 .lm_loss_scale = a->lm_loss_scale, .kd_loss_scale = a->kd_loss_scale},
+                 .lm_loss_scale = a->lm_loss_scale, .kd_loss_scale = a->kd_loss_scale,
+                 .features = a->features, .feature_pairs = a->feature_pairs,
+                 .feature_every = a->feature_every, .feature_hook = a->feature_hook,
+                 .feature_kind = a->feature_kind, .feature_scale = a->feature_scale},
         .recompute = a->recompute, .log_interval = a->log_interval,
         .val_interval = a->val_interval, .val_batches = a->val_batches,
         .save_interval = a->save_interval, .exit_interval = a->exit_interval,
@@ -827,7 +910,9 @@ int cmd_distill(int argc, char **argv)
         .lr = d.lr, .min_lr = d.min_lr, .log_interval = d.log_interval,
         .val_batches = d.val_batches, .seed = d.seed, .split = d.split, .log_dir = ".",
         .temperature = d.loss.temperature, .lm_loss_scale = d.loss.lm_loss_scale,
-        .kd_loss_scale = d.loss.kd_loss_scale,
+        .kd_loss_scale = d.loss.kd_loss_scale, .features = d.loss.features,
+        .feature_every = d.loss.feature_every, .feature_hook = d.loss.feature_hook,
+        .feature_kind = d.loss.feature_kind, .feature_scale = d.loss.feature_scale,
         .over = {.beta1 = NAN, .beta2 = NAN, .eps = NAN, .weight_decay = NAN, .clip_norm = NAN},
     };
     int rc = take_data_paths(&argc, argv, &a);

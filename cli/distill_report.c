@@ -31,6 +31,8 @@ static void on_started(void *ctx, const struct lms_distill_run *run)
         printf("distilling '%s' from '%s': %lld steps of %lld x %lld tokens%s\n", a->student,
                a->teacher, (long long)a->max_steps, (long long)a->gbs, (long long)a->seq,
                run->start_step ? " (resumed)" : "");
+    if (speaks(r))
+        printf("loss: %s\n", run->features_why);
     cli_progress_begin(&r->bar, "distilling",
                        (uint64_t)(a->max_steps - run->start_step) * (uint64_t)(a->gbs * a->seq),
                        false, a->base.co.quiet || a->base.co.json);
@@ -177,6 +179,22 @@ void distill_summary_text(const struct distill_run *r, double secs)
     printf(", metrics in '%s'\n", r->metrics_path);
 }
 
+/* The feature distillation the run chose: by default (the Minitron recipe) or as asked. */
+static json_t *features_json(const struct lms_distill_run *run)
+{
+    const struct lms_distill_loss *l = &run->o.loss;
+    json_t *pairs = json_array();
+    for (size_t k = 0; k < run->n_pairs; k++)
+        json_array_append_new(pairs, json_pack("[I,I]",
+                                               (json_int_t)(run->pairs[k].student_layer + 1),
+                                               (json_int_t)(run->pairs[k].teacher_layer + 1)));
+    return json_pack("{s:b,s:s,s:b,s:o,s:s,s:s,s:s}", "default",
+                     l->features == LMS_FEATURES_AUTO, "student", run->width_pruned ?
+                     "width-pruned" : "depth-pruned", "enabled", run->n_pairs > 0, "pairs", pairs,
+                     "hook", lms_feature_hook_name(l->feature_hook), "loss",
+                     lms_feature_kind_name(l->feature_kind), "summary", run->features_why);
+}
+
 void distill_summary_json(const struct distill_run *r, double secs, bool dry)
 {
     json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:f,s:s,s:s}", "ok", 1,
@@ -198,6 +216,7 @@ void distill_summary_json(const struct distill_run *r, double secs, bool dry)
             (json_int_t)m->runtime, "total", (json_int_t)m->total, "host", (json_int_t)m->host,
             "limit", (json_int_t)r->mem_limit));
     }
+    json_object_set_new(o, "features", features_json(&r->run));
     if (r->a->save_state == LMS_DISTILL_SAVE_STATE_NEVER) /* none was written */
         json_object_set_new(o, "state", json_null());
     json_object_set_new(o, "ranks", json_integer(r->run.world));

@@ -26,6 +26,14 @@ struct distill_args {
     uint64_t max_memory;
     double lr, min_lr, temperature, lm_loss_scale, kd_loss_scale;
     enum lms_kd_kind kd_kind;
+    /* --feature-pairs / --feature-every (features), --feature-hook, --feature-loss,
+     * --feature-loss-scale */
+    enum lms_feature_mode features;
+    const char *feature_pairs;
+    int64_t feature_every;
+    enum lms_feature_hook feature_hook;
+    enum lms_hidden_loss_kind feature_kind;
+    double feature_scale;
     enum lms_optim_preset preset;
     enum lms_distill_save_state save_state;
     struct lms_adamw_opts adam; /* the preset with the overrides applied */

@@ -66,4 +66,7 @@ void lms_distill_loss_opts(const struct lms_distill_loss *l, struct lms_loss_opt
     out->ce_weight = l->lm_loss_scale;
     out->kd_weight = l->kd_loss_scale;
     out->combine = LMS_COMBINE_SCALED;
+    /* the pairs themselves are the run's (lms_distill_features_resolve); the scaled rule
+     * rescales their loss to L_logits, which no weight changes */
+    out->hidden_kind = l->feature_kind;
 }

@@ -105,9 +105,14 @@ enum lms_status lms_distill_configure(struct lms_distill_run *r,
      * keeps the teacher's final-norm output for the teacher's logits: as wide as the teacher,
      * which a student pruned on hidden channels is not */
     bool bf16 = a->device.kind != LMS_DEVICE_CPU && a->precision != LMS_PRECISION_FP32;
+    enum lms_status fst = lms_distill_features_resolve(r, err);
+    if (fst)
+        return fst;
+    /* the pairs size the trainer's captures (and, across widths, add the learned map) */
     r->to = (struct lms_train_opts){.max_batch = a->mbs, .max_seq = a->seq,
                                     .recompute = a->recompute, .bf16_working = bf16,
-                                    .teacher_hidden = r->teacher.arch.hidden, .comm = a->comm};
+                                    .teacher_hidden = r->teacher.arch.hidden,
+                                    .max_hidden_pairs = r->n_pairs, .comm = a->comm};
     r->config = lms_distill_config(r);
     r->history = json_array();
     if (!r->config || !r->history)
@@ -225,6 +230,8 @@ enum lms_status lms_distill_open_training(struct lms_distill_run *r,
     if ((st = lms_engine_new(&r->teacher, r->be, &eo, &r->te, err)))
         return lms_error_wrap(err, "teacher '%s': ", a->teacher);
     lms_distill_loss_opts(&a->loss, &r->loss);
+    r->loss.pairs = r->pairs;
+    r->loss.n_pairs = r->n_pairs;
     r->sched = (struct lms_lr_schedule){.lr = a->lr, .min_lr = a->min_lr, .warmup = a->warmup,
                                         .max_steps = a->max_steps};
     r->row = lms_malloc((size_t)(a->seq + 1) * sizeof(int32_t));
@@ -280,6 +287,7 @@ void lms_distill_run_release(struct lms_distill_run *r)
     lms_free(r->tgt);
     lms_trainer_free(r->tr);
     lms_engine_free(r->te);
+    lms_free(r->pairs);
     lms_comm_close(r->o.comm);
     lms_backend_free(r->be);
     lms_blend_free(r->train);

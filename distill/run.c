@@ -59,6 +59,20 @@ static json_t *model_json(const struct lms_model *m, const char *fingerprint)
 /* Everything that shapes the numbers of a run; --resume refuses a state made with another.
  * Inputs are named by their content fingerprints, never by their paths, so that moved files
  * resume and other files with the old names do not. */
+/* The feature pairs and how they are compared (1-based layers, as the flags take them). */
+static json_t *features_json(const struct lms_distill_run *r)
+{
+    const struct lms_distill_loss *l = &r->o.loss;
+    json_t *pairs = json_array();
+    for (size_t k = 0; pairs && k < r->n_pairs; k++)
+        json_array_append_new(pairs, json_pack("[I,I]", (json_int_t)(r->pairs[k].student_layer + 1),
+                                               (json_int_t)(r->pairs[k].teacher_layer + 1)));
+    return json_pack("{s:o,s:s,s:s,s:f}", "pairs", pairs, "hook",
+                     lms_feature_hook_name(l->feature_hook), "loss",
+                     lms_feature_kind_name(l->feature_kind), "scale",
+                     l->feature_scale ? l->feature_scale : 1.0);
+}
+
 json_t *lms_distill_config(const struct lms_distill_run *r)
 {
     const struct lms_distill_opts *a = &r->o;
@@ -66,7 +80,7 @@ json_t *lms_distill_config(const struct lms_distill_run *r)
     for (int i = 0; i < a->n_src; i++)
         json_array_append_new(data, json_pack("{s:f,s:s}", "weight", a->src[i].weight,
                                               "fingerprint", r->data_fp[i]));
-    return json_pack(
+    json_t *c = json_pack(
         "{s:o,s:o,s:o,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
         "s:{s:i,s:f,s:I,s:f,s:f}}",
         "student", model_json(&r->student, r->student_fp), "teacher",
@@ -78,6 +92,16 @@ json_t *lms_distill_config(const struct lms_distill_run *r)
         "weight_decay", a->adam.weight_decay, "clip_grad", a->adam.clip_norm, "loss", "kd",
         (int)a->loss.kind, "temperature", a->loss.temperature, "top_k", (json_int_t)a->loss.top_k,
         "lm_loss_scale", a->loss.lm_loss_scale, "kd_loss_scale", a->loss.kd_loss_scale);
+    /* the feature pairs only when there are some: a logits-only run's configuration is the one
+     * states saved before feature distillation existed hold */
+    if (c && r->n_pairs) {
+        json_t *f = features_json(r);
+        if (!f || json_object_set_new(json_object_get(c, "loss"), "features", f)) {
+            json_decref(c);
+            return NULL;
+        }
+    }
+    return c;
 }
 
 /* "key was X, now Y" into dst (X or Y "absent" when NULL). */

@@ -31,12 +31,37 @@
 
 /* What the loss of a run is: the KD term by name (a row of the table below), its options, and
  * the weight of a cross-entropy term on the data's next tokens. */
+/* Which student layers get an intermediate-state loss against the teacher (feature KD). */
+enum lms_feature_mode {
+    LMS_FEATURES_AUTO = 0, /* the Minitron recipe: every layer for a width-pruned student (a
+                            * width of the student differs from the teacher's), none for a
+                            * depth-pruned one (lms_distill_features_resolve says which) */
+    LMS_FEATURES_NONE,     /* logits only */
+    LMS_FEATURES_LIST,     /* feature_pairs, "S:T,S:T" (1-based student:teacher layers) */
+    LMS_FEATURES_EVERY,    /* every feature_every-th student layer, with its source layer */
+};
+
+/* Where in a layer the pairs compare the two models (the trainer compares normalisation
+ * outputs: the residual stream as the layer's sublayers read it). */
+enum lms_feature_hook {
+    LMS_FEATURE_HOOK_MLP_NORM = 0, /* post_attention_layernorm output of layer i (default) */
+    LMS_FEATURE_HOOK_ATTN_NORM,    /* input_layernorm output of layer i */
+};
+
 struct lms_distill_loss {
     enum lms_kd_kind kind;
     double temperature;   /* of both distributions */
     int64_t top_k;        /* K, for the losses that read it (0: not given) */
     double lm_loss_scale; /* weight of the cross-entropy (0: logits only) */
     double kd_loss_scale; /* weight of the KD term once rescaled to the cross-entropy's size */
+    /* intermediate-state (feature) loss: which pairs, where, and how they are compared */
+    enum lms_feature_mode features;
+    const char *feature_pairs;  /* LMS_FEATURES_LIST: "2:3,4:6" (borrowed) */
+    int64_t feature_every;      /* LMS_FEATURES_EVERY: K >= 1 */
+    enum lms_feature_hook feature_hook;
+    enum lms_hidden_loss_kind feature_kind; /* cosine (default) or MSE */
+    double feature_scale; /* weight of the feature loss inside the scaled rule (0 means 1; the
+                           * rule rescales it to L_logits, so only 1 is accepted) */
 };
 
 /* One KD loss the runs offer: adding a loss is adding a row (and its kernel in the engine). */
@@ -57,6 +82,16 @@ const struct lms_kd_loss_def *lms_kd_loss_of(enum lms_kd_kind kind);
 void lms_kd_loss_names(const char *sep, char *dst, size_t cap);
 /* The engine's loss options for l (the scaled combination distill uses). */
 void lms_distill_loss_opts(const struct lms_distill_loss *l, struct lms_loss_opts *out);
+
+/* The names of the feature options, as the command takes them (NULL past the end). */
+const char *lms_feature_hook_name(enum lms_feature_hook h);
+const char *lms_feature_kind_name(enum lms_hidden_loss_kind k);
+
+/* The feature pairs of run r (its student and teacher open) into r->pairs / r->n_pairs, and
+ * why they are what they are (r->features_why). LMS_EINVAL with a one-line message naming the
+ * flag (--feature-pairs, --feature-every) for a layer outside either model or a duplicate. */
+struct lms_distill_run;
+enum lms_status lms_distill_features_resolve(struct lms_distill_run *r, struct lms_error *err);
 
 /* ---- options ----------------------------------------------------------------------------- */
 
@@ -176,6 +211,12 @@ struct lms_distill_run {
     bool step_skipped;  /* the last step was skipped */
     bool weights_nonfinite; /* a save found weights or moments that are not finite */
     const char *stop_reason; /* what stop_requested last said (NULL: nothing) */
+    /* the intermediate-state pairs (lms_distill_features_resolve; 0-based layers) */
+    struct lms_hidden_pair *pairs;
+    size_t n_pairs;
+    bool features_resolved;
+    bool width_pruned;        /* a width of the student differs from the teacher's */
+    char features_why[224];   /* what was chosen and why, for the start summary */
 };
 
 /* Zeroes r and takes the options (copied; the strings and src stay the caller's). A caller may
@@ -216,8 +257,9 @@ void lms_distill_run_release(struct lms_distill_run *r);
 
 /* The command's defaults (lmsurgeon distill --help): 969,30,1 split, 4096-token rows, gbs 768,
  * mbs 8, 40 steps, lr 1e-4 to 1e-5 after 1 warm-up step, forward KL at temperature 1 without
- * cross-entropy, the parity optimiser preset, a log line per step, one validation batch at the
- * end, the state saved at every save, the CPU. Paths, data and callbacks are left NULL. */
+ * cross-entropy, feature pairs as the Minitron recipe (LMS_FEATURES_AUTO: cosine at
+ * mlp-norm), the parity optimiser preset, a log line per step, one validation batch at the end,
+ * the state saved at every save, the CPU. Paths, data and callbacks are left NULL. */
 void lms_distill_opts_default(struct lms_distill_opts *o);
 /* The whole run: init, (o->resume: the state in o->state_dir), open the models and data,
  * configure, open training, train; on failure the outputs this run created are removed; then

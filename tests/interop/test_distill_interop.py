@@ -8,7 +8,11 @@ weights closely.
   decay 0.1, clip 1.0 (the GPT recipe preset);
 - phi3-tiny teacher and a student the tool prunes from it here (layer 2 dropped, FFN 48), the
   same schedule: its fused qkv_proj / gate_up_proj are trained as the split views and written
-  fused again.
+  fused again. Logits only (--feature-pairs none: a width-pruned student would otherwise get
+  the intermediate-state loss by default);
+- feature distillation (intermediate-state pairs, cosine and MSE, combined by the scaled rule)
+  from qwen3-tiny: a width-pruned student (hidden 64 -> 48: the learned map is trained with
+  it) with the default pairs, and a depth-pruned one (layer 2 dropped) with explicit pairs.
 """
 import json
 import os
@@ -54,7 +58,7 @@ def test_steps_match_pytorch(name, tmp_path):
                     "--warmup-steps", "1", "--lr", "1e-3", "--min-lr", "1e-4",
                     "--optim-preset", "gpt", "--limit-val-batches", "0", "--dtype", "f32",
                     "--log-dir", str(tmp_path), "--out", str(out), "--dump-rows", str(rows),
-                    "--threads", "1", "--quiet"], check=True)
+                    "--threads", "1", "--quiet", "--feature-pairs", "none"], check=True)
     got = [json.loads(line) for line in open(tmp_path / "out.metrics.jsonl")]
     got = [g for g in got if g["event"] == "train"]
     want = ref.train(student, teacher, np.fromfile(rows, dtype="<i4"), seq, gbs, mbs, steps,
@@ -74,3 +78,54 @@ def test_steps_match_pytorch(name, tmp_path):
     for k in a:
         diff = np.abs(a[k] - b[k])
         assert diff.max() <= 2e-4, (k, diff.max())
+
+
+# (prune flags, distill feature flags, the pairs the reference trains, 0-based)
+FEATURE_CASES = {
+    "width-cosine": (["--target-hidden-size", "48"], ["--feature-loss", "cosine"],
+                     [(i, i) for i in range(4)], "mlp-norm", "cosine"),
+    "width-mse": (["--target-hidden-size", "48"], ["--feature-loss", "mse"],
+                  [(i, i) for i in range(4)], "mlp-norm", "mse"),
+    "depth-cosine": (["--drop-layers", "2"], ["--feature-pairs", "1:1,3:4",
+                                               "--feature-hook", "attn-norm"],
+                     [(0, 0), (2, 3)], "attn-norm", "cosine"),
+    "depth-mse": (["--drop-layers", "2"], ["--feature-pairs", "2:3,3:4", "--feature-loss", "mse"],
+                  [(1, 2), (2, 3)], "mlp-norm", "mse"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_CASES))
+def test_feature_kd_matches_pytorch(name, tmp_path):
+    prune, flags, pairs, hook, kind = FEATURE_CASES[name]
+    ids = np.fromfile(FIX / "corpus" / "val.ids.u16", dtype="<u2")[:20000].astype(np.int32) % 512
+    data = tmp_path / "data.i32"
+    ids.tofile(data)
+    teacher = FIX / "models" / "qwen3-tiny"
+    student = tmp_path / "student"
+    subprocess.run([LMS, "prune", str(teacher), str(student), *prune, "--quiet"], check=True)
+    steps, gbs, mbs, seq = 3, 4, 2, 32
+    out, rows = tmp_path / "out", tmp_path / "rows.i32"
+    summary = subprocess.run(
+        [LMS, "distill", "--student", str(student), "--teacher", str(teacher),
+         "--data-paths", str(data), "--split", "1", "--seq-length", str(seq), "--gbs", str(gbs),
+         "--mbs", str(mbs), "--max-steps", str(steps), "--warmup-steps", "1", "--lr", "1e-3",
+         "--min-lr", "1e-4", "--optim-preset", "gpt", "--limit-val-batches", "0", "--dtype",
+         "f32", "--log-dir", str(tmp_path), "--out", str(out), "--dump-rows", str(rows),
+         "--threads", "1", "--json", *flags], check=True, capture_output=True, text=True)
+    feat = json.loads(summary.stdout)["features"]
+    assert feat["enabled"] and [tuple(p) for p in feat["pairs"]] == [(a + 1, b + 1) for a, b in pairs]
+    got = [json.loads(line) for line in open(tmp_path / "out.metrics.jsonl")]
+    got = [g for g in got if g["event"] == "train"]
+    want = ref.train(student, teacher, np.fromfile(rows, dtype="<i4"), seq, gbs, mbs, steps,
+                     1e-3, 1e-4, warmup=1, beta2=0.95, eps=1e-8, wd=0.1, clip=1.0,
+                     out=tmp_path / "torch",
+                     features={"pairs": pairs, "hook": hook, "kind": kind})
+    for s in range(steps):
+        assert abs(got[s]["loss"] - want["loss"][s]) <= 1e-3, (s, got[s], want["loss"][s])
+        assert abs(got[s]["grad_norm"] - want["grad_norm"][s]) <= 1e-3 * want["grad_norm"][s], \
+            (s, got[s]["grad_norm"], want["grad_norm"][s])
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "torch" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() <= 2e-4, (k, np.abs(a[k] - b[k]).max())

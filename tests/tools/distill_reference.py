@@ -49,9 +49,41 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0):
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+def feature_loss(s, t, kind):
+    """Per token 1 - cos(s, t) (torch's cosine_similarity) or the mean squared error over the
+    channels, averaged over all positions."""
+    s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+    if kind == "mse":
+        return ((s - t) ** 2).mean(-1).mean()
+    return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+
+
+class Captures:
+    """Forward hooks keeping the output of one normalisation module per paired layer."""
+
+    def __init__(self, model, layers, hook):
+        name = "post_attention_layernorm" if hook == "mlp-norm" else "input_layernorm"
+        self.out = {}
+        self.handles = []
+        for i in sorted(set(layers)):
+            module = getattr(model.model.layers[i], name)
+            self.handles.append(module.register_forward_hook(self._keep(i)))
+
+    def _keep(self, i):
+        def hook(module, args, output):
+            self.out[i] = output
+        return hook
+
+
 def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warmup=0,
-          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None):
-    """Trains and returns the per-step record; rows: int array (steps * gbs, seq + 1)."""
+          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None, features=None):
+    """Trains and returns the per-step record; rows: int array (steps * gbs, seq + 1).
+
+    features: None (logits only) or {"pairs": [(student layer, teacher layer), ...] (0-based),
+    "hook": "mlp-norm" | "attn-norm", "kind": "cosine" | "mse"}: an intermediate-state loss
+    L_f, the mean over the pairs, through a learned linear map (identity on the diagonal, bias
+    0, trained with the student) when the hidden sizes differ, combined by the Minitron rule
+    L = L_logits + L_f (L_logits / L_f) with the ratio's values taken without gradient."""
     S = seq
     rows = np.asarray(rows)
     assert rows.size == steps * gbs * (S + 1), "rows do not hold steps x gbs rows"
@@ -61,6 +93,21 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
         p.requires_grad_(False)
     decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
+    params = list(student.parameters())
+    hmap = None
+    if features:
+        pairs = features["pairs"]
+        s_cap = Captures(student, [a for a, _ in pairs], features["hook"])
+        t_cap = Captures(teacher, [b for _, b in pairs], features["hook"])
+        H, Ht = student.config.hidden_size, teacher.config.hidden_size
+        if H != Ht:
+            hmap = torch.nn.Linear(H, Ht)
+            with torch.no_grad():
+                hmap.weight.copy_(torch.eye(Ht, H))
+                hmap.bias.zero_()
+            decay.append(hmap.weight)
+            no_decay.append(hmap.bias)
+            params += [hmap.weight, hmap.bias]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(beta1, beta2), eps=eps)
@@ -80,12 +127,20 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
                 t_logits = teacher(ids).logits
             s_logits = student(ids).logits
             loss = kd_loss(s_logits, t_logits)
+            if features:
+                parts = []
+                for a, b in features["pairs"]:
+                    hs = s_cap.out[a]
+                    parts.append(feature_loss(hmap(hs) if hmap else hs, t_cap.out[b],
+                                              features["kind"]))
+                lf = torch.stack(parts).mean()
+                loss = loss + lf * (loss.detach() / lf.detach())
             (loss / n_micro).backward()
             with torch.no_grad():
                 lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
             loss_sum += loss.item()
             lm_sum += lm.item()
-        norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
+        norm = torch.nn.utils.clip_grad_norm_(params,
                                               clip if clip > 0 else float("inf"))
         opt.step()
         rec["loss"].append(loss_sum / n_micro)

@@ -281,6 +281,56 @@ START_TEST(kd_loss_table)
 }
 END_TEST
 
+/* The pairs --feature-every makes follow prune's kept-layer map (a student pruned in memory):
+ * student layer i against the teacher layer it was taken from; the Minitron default pairs a
+ * width-pruned student at every layer and leaves a depth-pruned one on the logits. */
+START_TEST(feature_pairs_follow_the_kept_layer_map)
+{
+    struct lms_distill_opts o;
+    lms_distill_opts_default(&o);
+    o.loss.features = LMS_FEATURES_EVERY;
+    o.loss.feature_every = 1;
+    struct lms_distill_run r;
+    lms_distill_run_init(&r, &o);
+    struct lms_arch t = {.n_layers = 6, .hidden = 64, .ffn = 160, .n_heads = 4, .n_groups = 2,
+                         .head_dim = 16};
+    int64_t kept[3] = {0, 2, 5};
+    r.teacher.arch = t;
+    r.student.arch = t;
+    r.student.arch.n_layers = 3;
+    r.student.layer_src = kept;
+    r.student.n_layers_src = 6;
+    struct lms_error err;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
+    ck_assert_uint_eq(r.n_pairs, 3);
+    for (size_t k = 0; k < 3; k++) {
+        ck_assert_int_eq(r.pairs[k].student_layer, (int64_t)k);
+        ck_assert_int_eq(r.pairs[k].teacher_layer, kept[k]);
+        ck_assert_int_eq(r.pairs[k].student_point, LMS_HOOK_MLP_NORM_OUT);
+    }
+    ck_assert(!r.width_pruned);
+    /* the default: none for this depth-pruned student, every layer once a width differs */
+    r.o.loss.features = LMS_FEATURES_AUTO;
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
+    ck_assert_uint_eq(r.n_pairs, 0);
+    r.student.arch.ffn = 128;
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
+    ck_assert(r.width_pruned);
+    ck_assert_uint_eq(r.n_pairs, 3);
+    ck_assert_int_eq(r.pairs[2].teacher_layer, 5);
+    /* a list naming a teacher layer past the teacher's 6 */
+    r.o.loss.features = LMS_FEATURES_LIST;
+    r.o.loss.feature_pairs = "1:1,3:7";
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--feature-pairs: teacher layer 7 outside 1..6"));
+    r.student.layer_src = NULL; /* the test's */
+    lms_distill_run_release(&r);
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("distill_run");
@@ -290,6 +340,7 @@ Suite *suite(void)
     tcase_add_test(tc, cli_is_a_shell_over_the_library);
     tcase_add_test(tc, stop_saves_and_resumes);
     tcase_add_test(tc, kd_loss_table);
+    tcase_add_test(tc, feature_pairs_follow_the_kept_layer_map);
     suite_add_tcase(s, tc);
     return s;
 }
