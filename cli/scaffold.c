@@ -107,8 +107,9 @@ static void build_table(const struct cli_spec *spec, struct table *t)
 static int write_option(const char *cmd, struct cli_args *b, int id, const char *value)
 {
     if (id == WRITE_DTYPE &&
-        (!lms_dtype_parse_user(value, &b->wo.dtype) || !lms_dtype_is_castable(b->wo.dtype)))
-        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32)", value);
+        (!lms_dtype_parse_user(value, &b->wo.dtype) ||
+         (!lms_dtype_is_castable(b->wo.dtype) && b->wo.dtype != LMS_DTYPE_F8_E4M3)))
+        return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32, fp8)", value);
     if (id == WRITE_SHARD_SIZE &&
         (!cli_parse_size(value, &b->wo.max_shard_size) || b->wo.max_shard_size == 0))
         return cli_usage_error(cmd, "invalid --max-shard-size '%s'", value);
