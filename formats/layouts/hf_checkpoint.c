@@ -731,9 +731,14 @@ static enum lms_status copy_fp8(struct stream *s, const struct out_tensor *o, in
             break;
         }
         if (!lms_fp8_band_scales(w, nr, cols, scales)) {
-            rc = lms_error_set(err, LMS_ENONFINITE,
-                               "tensor '%s': rows %lld..%lld hold a NaN or an infinity, which "
-                               "FP8 blocks cannot scale", o->name, (long long)r0,
+            /* name the weight (both of its tensors fail alike) and, when it has one, its file */
+            int len = (int)strlen(o->name) -
+                      (o->enc == OUT_FP8_SCALES ? (int)strlen("_scale_inv") : 0);
+            const char *file = v->kind == LMS_VIEW_STORAGE ? v->u.st.storage->path : NULL;
+            rc = lms_error_set(err, LMS_EFORMAT,
+                               "%s%s%stensor '%.*s': rows %lld..%lld hold a NaN or an infinity, "
+                               "which FP8 blocks cannot scale", file ? "reading '" : "",
+                               file ? file : "", file ? "': " : "", len, o->name, (long long)r0,
                                (long long)(r0 + nr - 1));
             break;
         }
