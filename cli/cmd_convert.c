@@ -10,7 +10,8 @@
 #include "lms/paths.h"
 
 static const char usage_text[] =
-    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32] [--max-shard-size SIZE]\n"
+    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32|fp8]\n"
+    "                         [--max-shard-size SIZE]\n"
     "                         [--force] [--json] [--quiet]\n"
     "\n"
     "Converts the checkpoint IN (format detected) to OUT. OUT is written beside itself in a\n"
@@ -21,7 +22,8 @@ static const char usage_text[] =
     "  --to FORMAT           output format: hf, nemo (NeMo 2), megatron (Megatron-Bridge\n"
     "                        iter_N layout) or nemo1 (a NeMo 1 .nemo tarball: OUT is one file)\n"
     "                        (default: the input's format)\n"
-    "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept)\n"
+    "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept)\n"    "                        fp8 (hf only): linear weights as E4M3 in 128 x 128 blocks, each\n"
+    "                        with a float32 scale (NAME_scale_inv); the rest bf16\n"
     "  --max-shard-size SIZE bytes of tensor data per shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --force               replace OUT if it exists and is not empty (whatever is there when\n"
     "                        the output is complete)\n"
