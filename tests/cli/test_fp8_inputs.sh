@@ -4,7 +4,8 @@
 # without its scale, a scale of the wrong shape, a scale without its weight, a NaN, infinite or
 # negative scale, another block size); `convert` must exit 3 with one line on stderr naming the
 # file and the tensor, and write nothing. Also: --dtype fp8 is refused for a non-HF output (2),
-# and a NaN weight cannot be quantised (3, nothing written).
+# prune writes it from an FP8 input, distill refuses it (2: it has no FP8 export), and a NaN weight cannot be quantised (3,
+# nothing written).
 set -u
 
 : "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
@@ -88,6 +89,10 @@ expect bf16_weight 3 "has no F8_E4M3 weight '$Q'"
 # writing: fp8 is a Hugging Face layout; a NaN weight has no block scale
 cp -r "$TMP/good" "$TMP/to_nemo"
 expect to_nemo 2 "the nemo writer cannot write dtype F8_E4M3" --to nemo --dtype fp8
+"$LMSURGEON" distill --student "$TMP/good" --teacher "$TMP/good" --data-paths x --out "$TMP/out-d" \
+    --dtype fp8 >/dev/null 2>"$TMP/distill.err"
+[ $? -eq 2 ] && grep -qF -- "--dtype fp8 is not available for distill" "$TMP/distill.err" &&
+    [ ! -e "$TMP/out-d" ] || fail "distill --dtype fp8: $(cat "$TMP/distill.err")"
 "$LMSURGEON" convert "$TMP/good" "$TMP/f32" --dtype f32 --quiet || fail "fp8 -> f32"
 mkdir "$TMP/nan_weight"
 cp "$TMP/f32"/* "$TMP/nan_weight/"
@@ -102,6 +107,19 @@ open(p, "wb").write(raw)
 PY
 expect nan_weight 3 "reading '$TMP/nan_weight/model.safetensors': tensor '$Q': rows 0..127 hold a NaN or an infinity" --dtype fp8
 
-n_cases=12
+# prune reads FP8 and writes FP8: FFN 160 -> 150 keeps short edge blocks ([150, 64]: scales [2, 1])
+"$LMSURGEON" prune "$TMP/good" "$TMP/pruned" --drop-layers 1 --target-ffn-hidden-size 150 \
+    --dtype fp8 --quiet || fail "prune --dtype fp8"
+python3 - "$TMP/pruned/model.safetensors" <<'PY' || fail "pruned FP8 model: gate_proj"
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+g = "model.layers.0.mlp.gate_proj.weight"
+assert h[g]["dtype"] == "F8_E4M3" and h[g]["shape"] == [150, 64], h[g]
+assert h[g + "_scale_inv"]["dtype"] == "F32" and h[g + "_scale_inv"]["shape"] == [2, 1]
+assert "model.layers.3.mlp.gate_proj.weight" not in h
+PY
+
+n_cases=14
 [ "$n_fail" -eq 0 ] && echo "ok: $n_cases FP8 input cases" && exit 0
 exit 1
