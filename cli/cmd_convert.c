@@ -10,7 +10,7 @@
 #include "lms/paths.h"
 
 static const char usage_text[] =
-    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32|q8_0]\n"
+    "usage: lmsurgeon convert IN OUT [--to FORMAT] [--dtype bf16|f16|f32|fp8|q8_0]\n"
     "                         [--max-shard-size SIZE] [--force] [--json] [--quiet]\n"
     "\n"
     "Converts the checkpoint IN (format detected) to OUT. OUT is written beside itself in a\n"
@@ -23,6 +23,8 @@ static const char usage_text[] =
     "                        or gguf (llama.cpp's GGUF: OUT is one file)\n"
     "                        (default: the input's format)\n"
     "  --dtype TYPE          cast floating-point tensors (round to nearest even; NaN/Inf kept);\n"
+    "                        fp8 (hf only): linear weights as E4M3 in 128 x 128 blocks, each\n"
+    "                        with a float32 scale (NAME_scale_inv), the rest bf16;\n"
     "                        q8_0 (gguf only): matrices as llama.cpp's Q8_0 blocks, 1-D f32\n"
     "  --max-shard-size SIZE bytes of tensor data per shard, e.g. 5GB, 500MB, 2GiB (default 5GB)\n"
     "  --force               replace OUT if it exists and is not empty (whatever is there when\n"

@@ -70,6 +70,8 @@ static const char *tensor_file(const struct lms_view *v)
             v = v->u.sel.src;
         else if (v->kind == LMS_VIEW_RESHAPE)
             v = v->u.reshape.src;
+        else if (v->kind == LMS_VIEW_FP8_BLOCKS) /* the file of the codes */
+            v = v->u.fp8.src;
         else
             return "(fused)";
     }

@@ -1,6 +1,7 @@
 /* Element types and float conversions (include/lms/dtype.h). */
 #include "lms/dtype.h"
 
+#include <math.h>
 #include <string.h>
 #include <strings.h>
 
@@ -83,6 +84,7 @@ bool lms_dtype_parse_user(const char *s, enum lms_dtype *out)
         {"f32", LMS_DTYPE_F32},      {"fp32", LMS_DTYPE_F32},      {"float", LMS_DTYPE_F32},
         {"float32", LMS_DTYPE_F32},  {"f64", LMS_DTYPE_F64},       {"fp64", LMS_DTYPE_F64},
         {"float64", LMS_DTYPE_F64},
+        {"fp8", LMS_DTYPE_F8_E4M3},  {"f8", LMS_DTYPE_F8_E4M3},
     };
     for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
         if (strcasecmp(aliases[i].spelling, s) == 0) {
@@ -182,6 +184,65 @@ uint16_t lms_f32_to_f16(float f)
     uint32_t r = a - 0x38000000u; /* exponent - 112 */
     r += 0xFFFu + ((r >> 13) & 1u);
     return sign | (uint16_t)(r >> 13);
+}
+
+float lms_e4m3_to_f32(uint8_t c)
+{
+    unsigned exp = (c >> 3) & 0xFu, man = c & 7u;
+    float v;
+    if (exp == 0xF && man == 7)
+        v = NAN;
+    else if (exp == 0) /* subnormal: man * 2^-9 */
+        v = ldexpf((float)man, -9);
+    else
+        v = ldexpf((float)(8u + man), (int)exp - 10); /* (1 + man/8) * 2^(exp-7) */
+    return (c & 0x80u) ? -v : v;
+}
+
+uint8_t lms_f32_to_e4m3(float f)
+{
+    uint8_t sign = signbit(f) ? 0x80u : 0u;
+    float a = fabsf(f);
+    if (isnan(a))
+        return sign | 0x7Fu;
+    if (a >= LMS_E4M3_MAX)
+        return sign | 0x7Eu;
+    if (a < 0x1p-6f) /* subnormal range: the code is the count of 2^-9 steps */
+        return sign | (uint8_t)nearbyintf(a * 0x1p9f);
+    int e;
+    frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1): unbiased exponent e - 1 */
+    /* scale the significand to [8, 16) so the 3 kept mantissa bits are the integer part; the
+     * scaling is by a power of two (exact), nearbyintf rounds ties to even; a carry to 16 steps
+     * into the next exponent, which the code arithmetic below does by itself */
+    unsigned q = (unsigned)nearbyintf(ldexpf(a, 4 - e));
+    unsigned code = (unsigned)(e - 1 + 7) * 8u + (q - 8u);
+    return sign | (uint8_t)(code > 0x7Eu ? 0x7Eu : code);
+}
+
+bool lms_fp8_band_scales(const float *w, int64_t rows, int64_t cols, float *scale_inv)
+{
+    for (int64_t c0 = 0, b = 0; c0 < cols; c0 += LMS_FP8_BLOCK, b++) {
+        int64_t c1 = c0 + LMS_FP8_BLOCK < cols ? c0 + LMS_FP8_BLOCK : cols;
+        float amax = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = c0; c < c1; c++) {
+                float a = fabsf(w[r * cols + c]);
+                if (!isfinite(a))
+                    return false;
+                amax = a > amax ? a : amax;
+            }
+        float s = amax / LMS_E4M3_MAX;
+        scale_inv[b] = s > 0 ? s : 1.0f;
+    }
+    return true;
+}
+
+void lms_fp8_band_encode(const float *w, int64_t rows, int64_t cols, const float *scale_inv,
+                         uint8_t *codes)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            codes[r * cols + c] = lms_f32_to_e4m3(w[r * cols + c] / scale_inv[c / LMS_FP8_BLOCK]);
 }
 
 static double load_f64(const void *src, enum lms_dtype st, size_t i)

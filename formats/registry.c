@@ -67,5 +67,11 @@ enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lm
         return lms_error_set(err, LMS_EINVAL, "'%s': options for the %s format given to the %s "
                              "writer", path, opts->format_opts_for ? opts->format_opts_for
                                                                     : "(unnamed)", f->name);
+    /* FP8 blocks (weights plus NAME_scale_inv) are a Hugging Face layout; the other writers only
+     * cast between the float types */
+    if (opts->dtype != LMS_DTYPE_COUNT && !lms_dtype_is_castable(opts->dtype) &&
+        !(opts->dtype == LMS_DTYPE_F8_E4M3 && strcmp(f->name, "hf") == 0))
+        return lms_error_set(err, LMS_EINVAL, "'%s': the %s writer cannot write dtype %s", path,
+                             f->name, lms_dtype_name(opts->dtype));
     return f->write(m, path, opts, res, err);
 }

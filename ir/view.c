@@ -210,6 +210,28 @@ enum lms_status lms_view_new_reshape(struct lms_view *src, int ndim, const int64
     return LMS_OK;
 }
 
+enum lms_status lms_view_new_fp8_blocks(struct lms_view *codes, const float *scale_inv,
+                                        struct lms_view **out, struct lms_error *err)
+{
+    if (codes->dtype != LMS_DTYPE_F8_E4M3 || codes->ndim != 2)
+        return lms_error_set(err, LMS_EFORMAT, "FP8 blocks need a 2-D F8_E4M3 tensor, not %d-D %s",
+                             codes->ndim, lms_dtype_name(codes->dtype));
+    int64_t nb = ((codes->shape[0] + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK) *
+                 ((codes->shape[1] + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK);
+    struct lms_view *v = view_alloc(LMS_VIEW_FP8_BLOCKS, LMS_DTYPE_F32, 2, codes->shape);
+    float *copy = lms_malloc((size_t)nb * sizeof(float) + 1);
+    if (!v || !copy) {
+        lms_free(v);
+        lms_free(copy);
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    memcpy(copy, scale_inv, (size_t)nb * sizeof(float));
+    v->u.fp8.src = lms_view_ref(codes);
+    v->u.fp8.scale_inv = copy;
+    *out = v;
+    return LMS_OK;
+}
+
 struct lms_view *lms_view_ref(struct lms_view *v)
 {
     if (v)
@@ -238,6 +260,10 @@ void lms_view_release(struct lms_view *v)
         lms_view_release(v->u.reshape.src);
         break;
     case LMS_VIEW_GENERATED:
+        break;
+    case LMS_VIEW_FP8_BLOCKS:
+        lms_view_release(v->u.fp8.src);
+        lms_free(v->u.fp8.scale_inv);
         break;
     }
     lms_free(v);
@@ -355,6 +381,29 @@ static enum lms_status read_concat(const struct lms_view *v, int64_t e0, int64_t
     return LMS_OK;
 }
 
+/* Reads codes a chunk at a time into the tail of dst's own space (a code is a quarter of its
+ * f32), then widens in place from the front: element j's code sits at byte 3n + j, never
+ * behind an f32 not yet written. */
+static enum lms_status read_fp8_blocks(const struct lms_view *v, int64_t e0, int64_t n,
+                                       float *dst, struct lms_error *err)
+{
+    uint8_t *codes = (uint8_t *)dst + 3 * (size_t)n;
+    enum lms_status rc = lms_view_read(v->u.fp8.src, e0, n, codes, err);
+    if (rc)
+        return rc;
+    float table[256];
+    for (int c = 0; c < 256; c++)
+        table[c] = lms_e4m3_to_f32((uint8_t)c);
+    int64_t cols = v->shape[1];
+    int64_t nbc = (cols + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK;
+    const float *scale = v->u.fp8.scale_inv;
+    for (int64_t j = 0; j < n; j++) {
+        int64_t e = e0 + j, r = e / cols, c = e % cols;
+        dst[j] = table[codes[j]] * scale[(r / LMS_FP8_BLOCK) * nbc + c / LMS_FP8_BLOCK];
+    }
+    return LMS_OK;
+}
+
 enum lms_status lms_view_read(const struct lms_view *v, int64_t e0, int64_t n, void *dst,
                               struct lms_error *err)
 {
@@ -386,6 +435,8 @@ enum lms_status lms_view_read(const struct lms_view *v, int64_t e0, int64_t n, v
         return lms_view_read(v->u.reshape.src, e0, n, dst, err);
     case LMS_VIEW_GENERATED:
         return lms__view_generate(v, e0, n, dst, err);
+    case LMS_VIEW_FP8_BLOCKS:
+        return read_fp8_blocks(v, e0, n, dst, err);
     }
     return lms_error_set(err, LMS_EINVAL, "unknown view kind");
 }
@@ -446,6 +497,9 @@ void lms_view_drop_pages(const struct lms_view *v)
         lms_view_drop_pages(v->u.reshape.src);
         return;
     case LMS_VIEW_GENERATED: /* no pages behind it */
+        return;
+    case LMS_VIEW_FP8_BLOCKS:
+        lms_view_drop_pages(v->u.fp8.src);
         return;
     }
 }

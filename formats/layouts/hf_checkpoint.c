@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,7 +129,11 @@ static enum lms_status add_shard_tensors(struct lms_model *m, const struct lms_s
         enum lms_status rc = lms_st_entry_view(f, i, &v, err);
         if (rc)
             return lms_error_wrap(err, "reading '%s': tensor '%s': ", shard_path, e->name);
-        if (fused) {
+        if (fused && v->dtype == LMS_DTYPE_F8_E4M3) {
+            rc = lms_error_set(err, LMS_EUNSUPPORTED,
+                               "reading '%s': tensor '%s': FP8 weights stored fused are not read",
+                               shard_path, e->name);
+        } else if (fused) {
             rc = add_fused_parts(m, fused, layer, e->name, v, err);
             if (rc)
                 lms_error_wrap(err, "reading '%s': ", shard_path);
@@ -224,6 +229,128 @@ out:
     return rc;
 }
 
+/* ---- fine-grained FP8 input ------------------------------------------------------------ */
+
+#define SCALE_SUFFIX "_scale_inv"
+
+/* The file a tensor was read from, for messages. */
+static const char *file_of(const struct lms_tensor *t, const char *dir)
+{
+    const struct lms_view *v = t->view;
+    if (v->kind == LMS_VIEW_STORAGE && v->u.st.storage->path)
+        return v->u.st.storage->path;
+    return dir;
+}
+
+static bool has_scale_suffix(const char *name)
+{
+    size_t n = strlen(name), k = strlen(SCALE_SUFFIX);
+    return n > k && strcmp(name + n - k, SCALE_SUFFIX) == 0;
+}
+
+/* Whether config.json declares FP8 blocks; refuses a block size other than 128 x 128. */
+static enum lms_status fp8_declared(const json_t *config, const char *config_path, bool *fp8,
+                                    struct lms_error *err)
+{
+    const json_t *q = json_object_get(config, "quantization_config");
+    const json_t *method = json_object_get(q, "quant_method");
+    *fp8 = json_is_string(method) && strcmp(json_string_value(method), "fp8") == 0;
+    if (!*fp8)
+        return LMS_OK;
+    const json_t *bs = json_object_get(q, "weight_block_size");
+    if (bs && !(json_is_array(bs) && json_array_size(bs) == 2 &&
+                json_integer_value(json_array_get(bs, 0)) == LMS_FP8_BLOCK &&
+                json_integer_value(json_array_get(bs, 1)) == LMS_FP8_BLOCK))
+        return lms_error_set(err, LMS_EUNSUPPORTED,
+                             "reading '%s': FP8 'weight_block_size' must be [128, 128]",
+                             config_path);
+    return LMS_OK;
+}
+
+/* Reads and checks the block scales of FP8 weight w from tensor sc. OUT: *out (lms_free it). */
+static enum lms_status load_scales(const struct lms_tensor *w, const struct lms_tensor *sc,
+                                   const char *dir, float **out, struct lms_error *err)
+{
+    const char *file = file_of(sc, dir);
+    const struct lms_view *v = w->view, *s = sc->view;
+    if (v->ndim != 2)
+        return lms_error_set(err, LMS_EFORMAT, "reading '%s': FP8 tensor '%s' is %d-D, not 2-D",
+                             file_of(w, dir), w->name, v->ndim);
+    int64_t br = (v->shape[0] + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK;
+    int64_t bc = (v->shape[1] + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK;
+    if (s->ndim != 2 || s->shape[0] != br || s->shape[1] != bc || !lms_dtype_is_castable(s->dtype))
+        return lms_error_set(err, LMS_EFORMAT,
+                             "reading '%s': scale tensor '%s' must be a float [%lld, %lld] (one "
+                             "per 128 x 128 block of '%s')", file, sc->name, (long long)br,
+                             (long long)bc, w->name);
+    float *scales = lms_malloc((size_t)(br * bc) * sizeof(float) + 1);
+    if (!scales)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    enum lms_status rc = lms_view_read_as(s, 0, br * bc, LMS_DTYPE_F32, scales, err);
+    for (int64_t i = 0; i < br * bc && !rc; i++)
+        if (!isfinite(scales[i]) || scales[i] < 0)
+            rc = lms_error_set(err, LMS_EFORMAT,
+                               "reading '%s': scale tensor '%s' holds %g at block %lld (scales "
+                               "must be finite and >= 0)", file, sc->name, (double)scales[i],
+                               (long long)i);
+    if (rc) {
+        lms_free(scales);
+        return rc;
+    }
+    *out = scales;
+    return LMS_OK;
+}
+
+/* Replaces every F8_E4M3 weight by its dequantised F32 view and removes the scale tensors:
+ * each weight needs its NAME_scale_inv, each scale tensor its weight. */
+static enum lms_status apply_fp8_scales(struct lms_model *m, const char *dir,
+                                        struct lms_error *err)
+{
+    char name[600];
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        struct lms_tensor *t = &m->tensors[i];
+        if (has_scale_suffix(t->name)) {
+            size_t base = strlen(t->name) - strlen(SCALE_SUFFIX);
+            snprintf(name, sizeof name, "%.*s", (int)base, t->name);
+            const struct lms_tensor *w = lms_model_find_name(m, name);
+            if (!w || w->view->dtype != LMS_DTYPE_F8_E4M3)
+                return lms_error_set(err, LMS_EFORMAT,
+                                     "reading '%s': scale tensor '%s' has no F8_E4M3 weight '%s'",
+                                     file_of(t, dir), t->name, name);
+            continue;
+        }
+        if (t->view->dtype != LMS_DTYPE_F8_E4M3)
+            continue;
+        snprintf(name, sizeof name, "%s" SCALE_SUFFIX, t->name);
+        const struct lms_tensor *sc = lms_model_find_name(m, name);
+        if (!sc)
+            return lms_error_set(err, LMS_EFORMAT, "reading '%s': FP8 tensor '%s' has no '%s'",
+                                 file_of(t, dir), t->name, name);
+        float *scales = NULL;
+        enum lms_status rc = load_scales(t, sc, dir, &scales, err);
+        if (rc)
+            return rc;
+        struct lms_view *dq;
+        rc = lms_view_new_fp8_blocks(t->view, scales, &dq, err);
+        lms_free(scales);
+        if (rc)
+            return rc;
+        lms_view_release(t->view);
+        t->view = dq;
+    }
+    size_t k = 0; /* drop the scales, now folded into the views */
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        if (has_scale_suffix(m->tensors[i].name)) {
+            lms_free(m->tensors[i].name);
+            lms_view_release(m->tensors[i].view);
+        } else {
+            m->tensors[k++] = m->tensors[i];
+        }
+    }
+    m->n_tensors = k;
+    return LMS_OK;
+}
+
 static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms_error *err)
 {
     lms_model_init(m);
@@ -243,6 +370,10 @@ static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms
         lms_error_wrap(err, "reading '%s': ", p);
         goto fail;
     }
+    bool fp8;
+    rc = fp8_declared(m->hf_config, p, &fp8, err);
+    if (rc)
+        goto fail;
     char index_path[PATH_MAX];
     join(index_path, sizeof(index_path), path, INDEX_NAME);
     join(p, sizeof(p), path, SINGLE_NAME);
@@ -259,6 +390,8 @@ static enum lms_status hf_read(const char *path, struct lms_model *m, struct lms
         rc = lms_error_set(err, LMS_EFORMAT, "reading '%s': no %s or %s", path, SINGLE_NAME,
                            INDEX_NAME);
     }
+    if (!rc && fp8)
+        rc = apply_fp8_scales(m, path, err);
     if (rc)
         goto fail;
     for (int i = 0; lms_hf_aux_files[i]; i++) {
@@ -286,11 +419,22 @@ fail:
 
 /* ---- writing ---------------------------------------------------------------------------- */
 
-/* One tensor to write: its HF name, the view to stream, and the dtype it is written in. */
+/* How a tensor's bytes are produced from its view. */
+enum out_encoding {
+    OUT_PLAIN,      /* the view's elements, cast to dtype */
+    OUT_FP8_CODES,  /* E4M3 codes of the view under its 128 x 128 block scales */
+    OUT_FP8_SCALES, /* those block scales (F32), one per block: the NAME_scale_inv tensor */
+};
+
+/* One tensor to write: its HF name, the view to stream, and the dtype and shape it is written
+ * in (the shape differs from the view's only for block scales). */
 struct out_tensor {
     char *name;
     struct lms_view *view; /* one reference */
+    enum out_encoding enc;
     enum lms_dtype dtype;
+    int ndim;
+    int64_t shape[LMS_MAX_DIMS];
     uint64_t nbytes;
     int shard;             /* 0-based */
 };
@@ -364,6 +508,65 @@ static enum lms_status written_view(const struct lms_model *m, const struct lms_
     return lms_view_new_concat(parts, fused->n_parts, 0, out, err);
 }
 
+/* The FP8 output quantises the linear layers' 2-D weights; the rest is written in bf16. */
+static bool fp8_quantised_role(enum lms_role r)
+{
+    return r == LMS_ROLE_Q || r == LMS_ROLE_K || r == LMS_ROLE_V || r == LMS_ROLE_O ||
+           r == LMS_ROLE_GATE || r == LMS_ROLE_UP || r == LMS_ROLE_DOWN;
+}
+
+static int64_t ceil_blocks(int64_t n)
+{
+    return (n + LMS_FP8_BLOCK - 1) / LMS_FP8_BLOCK;
+}
+
+static uint64_t out_bytes(const struct out_tensor *ot)
+{
+    int64_t numel = 1;
+    for (int d = 0; d < ot->ndim; d++)
+        numel *= ot->shape[d];
+    if (lms_dtype_bits(ot->dtype) % 8)
+        return lms_view_nbytes(ot->view);
+    return (uint64_t)numel * lms_dtype_size(ot->dtype);
+}
+
+/* Picks how a planned tensor is written (dtype and encoding); for an FP8 weight, also plans the
+ * block-scale tensor that follows it (*scales, named NAME_scale_inv). */
+static enum lms_status plan_encoding(struct out_tensor *ot, enum lms_role role,
+                                     const struct lms_write_opts *o, struct out_tensor *scales,
+                                     bool *has_scales, struct lms_error *err)
+{
+    enum lms_dtype src = ot->view->dtype;
+    ot->ndim = ot->view->ndim;
+    memcpy(ot->shape, ot->view->shape, sizeof ot->shape);
+    ot->enc = OUT_PLAIN;
+    ot->dtype = o->dtype != LMS_DTYPE_COUNT && lms_dtype_is_castable(src) ? o->dtype : src;
+    *has_scales = false;
+    if (o->dtype == LMS_DTYPE_F8_E4M3 && lms_dtype_is_castable(src)) {
+        ot->dtype = LMS_DTYPE_BF16;
+        if (fp8_quantised_role(role) && ot->ndim == 2) {
+            ot->dtype = LMS_DTYPE_F8_E4M3;
+            ot->enc = OUT_FP8_CODES;
+            size_t len = strlen(ot->name);
+            *scales = (struct out_tensor){.view = lms_view_ref(ot->view),
+                                          .enc = OUT_FP8_SCALES,
+                                          .dtype = LMS_DTYPE_F32,
+                                          .ndim = 2,
+                                          .shape = {ceil_blocks(ot->shape[0]),
+                                                    ceil_blocks(ot->shape[1])}};
+            scales->name = lms_malloc(len + sizeof "_scale_inv");
+            if (!scales->name)
+                return lms_error_set(err, LMS_ENOMEM, "out of memory");
+            memcpy(scales->name, ot->name, len);
+            memcpy(scales->name + len, "_scale_inv", sizeof "_scale_inv");
+            scales->nbytes = out_bytes(scales);
+            *has_scales = true;
+        }
+    }
+    ot->nbytes = out_bytes(ot);
+    return LMS_OK;
+}
+
 /* Builds the list of tensors to write, in state-dict order, with names, output dtypes and the
  * vocabulary padding rows dropped; roles the family stores fused are written as one tensor at
  * the place of their first part. OUT: *n_out entries. */
@@ -373,7 +576,7 @@ static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_
 {
     size_t n = m->n_tensors;
     struct order_key *keys = lms_malloc((n ? n : 1) * sizeof(*keys));
-    struct out_tensor *outs = lms_calloc(n ? n : 1, sizeof(*outs));
+    struct out_tensor *outs = lms_calloc(2 * n + 1, sizeof(*outs)); /* room for FP8 scales */
     if (!keys || !outs) {
         lms_free(keys);
         lms_free(outs);
@@ -409,15 +612,13 @@ static enum lms_status plan_tensors(const struct lms_model *m, const struct lms_
             rc = written_view(m, t, fused, &ot->view, err);
         if (rc)
             break;
-        enum lms_dtype src = ot->view->dtype;
-        ot->dtype = o->dtype != LMS_DTYPE_COUNT && lms_dtype_is_castable(src) ? o->dtype : src;
-        ot->nbytes = (uint64_t)lms_view_numel(ot->view) * lms_dtype_bits(ot->dtype) / 8;
-        if (lms_dtype_bits(ot->dtype) % 8)
-            ot->nbytes = lms_view_nbytes(ot->view);
+        bool has_scales;
+        rc = plan_encoding(ot, t->role, o, &outs[k], &has_scales, err);
+        k += has_scales;
     }
     lms_free(keys);
     if (rc) {
-        free_outs(outs, n);
+        free_outs(outs, 2 * n + 1);
         return rc;
     }
     *outs_out = outs;
@@ -507,6 +708,58 @@ static enum lms_status copy_direct(struct stream *s, const struct lms_view *v, i
     return LMS_OK;
 }
 
+/* Writes an FP8 weight's codes or its block scales, one band of LMS_FP8_BLOCK rows at a time
+ * (memory: one band in f32). Both passes compute the scales from the same rows the same way,
+ * so the codes and the scales agree without keeping either between the two tensors. */
+static enum lms_status copy_fp8(struct stream *s, const struct out_tensor *o, int fd,
+                                const char *path, struct lms_error *err)
+{
+    const struct lms_view *v = o->view;
+    int64_t rows = v->shape[0], cols = v->shape[1], nb = ceil_blocks(cols);
+    size_t band = (size_t)LMS_FP8_BLOCK * (size_t)cols;
+    float *w = lms_malloc(band * sizeof(float) + 1);
+    float *scales = lms_malloc((size_t)nb * sizeof(float) + 1);
+    uint8_t *codes = lms_malloc(band + 1);
+    enum lms_status rc = LMS_OK;
+    if (!w || !scales || !codes)
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    for (int64_t r0 = 0; r0 < rows && !rc; r0 += LMS_FP8_BLOCK) {
+        int64_t nr = rows - r0 < LMS_FP8_BLOCK ? rows - r0 : LMS_FP8_BLOCK;
+        rc = lms_view_read_as(v, r0 * cols, nr * cols, LMS_DTYPE_F32, w, err);
+        if (rc) {
+            lms_error_wrap(err, "tensor '%s': ", o->name);
+            break;
+        }
+        if (!lms_fp8_band_scales(w, nr, cols, scales)) {
+            /* name the weight (both of its tensors fail alike) and, when it has one, its file */
+            int len = (int)strlen(o->name) -
+                      (o->enc == OUT_FP8_SCALES ? (int)strlen("_scale_inv") : 0);
+            const char *file = v->kind == LMS_VIEW_STORAGE ? v->u.st.storage->path : NULL;
+            rc = lms_error_set(err, LMS_EFORMAT,
+                               "%s%s%stensor '%.*s': rows %lld..%lld hold a NaN or an infinity, "
+                               "which FP8 blocks cannot scale", file ? "reading '" : "",
+                               file ? file : "", file ? "': " : "", len, o->name, (long long)r0,
+                               (long long)(r0 + nr - 1));
+            break;
+        }
+        size_t n;
+        if (o->enc == OUT_FP8_SCALES) {
+            n = (size_t)nb * sizeof(float);
+            rc = lms_write_all(fd, scales, n, path, err);
+        } else {
+            lms_fp8_band_encode(w, nr, cols, scales, codes);
+            n = (size_t)(nr * cols);
+            rc = lms_write_all(fd, codes, n, path, err);
+        }
+        if (!rc)
+            report(s, n);
+    }
+    lms_free(w);
+    lms_free(scales);
+    lms_free(codes);
+    return rc;
+}
+
 /* Materialises a view chunk by chunk (gathering and casting) and writes it. */
 static enum lms_status copy_chunked(struct stream *s, const struct out_tensor *o, int fd,
                                     const char *path, struct lms_error *err)
@@ -558,8 +811,8 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
         if (outs[i].shard == shard)
             hdr_outs[k++] = (struct lms_st_out){.name = outs[i].name,
                                                 .dtype = outs[i].dtype,
-                                                .ndim = outs[i].view->ndim,
-                                                .shape = outs[i].view->shape,
+                                                .ndim = outs[i].ndim,
+                                                .shape = outs[i].shape,
                                                 .tag = i};
     json_t *meta = json_pack("{s:s}", "format", "pt");
     struct lms_buf_str hdr = {0};
@@ -584,7 +837,9 @@ static enum lms_status write_shard(struct stream *s, const struct lms_outdir *od
     rc = lms_write_all(fd, hdr.data, hdr.len, path, err);
     for (size_t j = 0; j < count && !rc; j++) {
         const struct out_tensor *o = by_pos[j];
-        if (lms_view_is_direct(o->view) && o->view->dtype == o->dtype)
+        if (o->enc != OUT_PLAIN)
+            rc = copy_fp8(s, o, fd, path, err);
+        else if (lms_view_is_direct(o->view) && o->view->dtype == o->dtype)
             rc = copy_direct(s, o->view, fd, path, err);
         else
             rc = copy_chunked(s, o, fd, path, err);
@@ -632,8 +887,12 @@ static enum lms_status write_index(const struct lms_outdir *od, const struct out
         total += outs[i].nbytes;
     }
     int64_t params = 0;
-    for (size_t i = 0; i < n; i++)
-        params += lms_view_numel(outs[i].view);
+    for (size_t i = 0; i < n; i++) {
+        int64_t numel = 1;
+        for (int d = 0; d < outs[i].ndim; d++)
+            numel *= outs[i].shape[d];
+        params += numel;
+    }
     (void)m;
     json_t *index = json_pack("{s:{s:I,s:I},s:o}", "metadata", "total_parameters",
                               (json_int_t)params, "total_size", (json_int_t)total, "weight_map", wm);
@@ -642,6 +901,23 @@ static enum lms_status write_index(const struct lms_outdir *od, const struct out
     enum lms_status rc = write_json(od, INDEX_NAME, index, err);
     json_decref(index);
     return rc;
+}
+
+/* The FP8 output declares its block quantisation as transformers' FineGrainedFP8Config writes
+ * it; any other output drops a quantization_config carried from an FP8 input, whose weights are
+ * now written dequantised. */
+static enum lms_status set_quantization_config(json_t *config, bool fp8, struct lms_error *err)
+{
+    if (!fp8) {
+        json_object_del(config, "quantization_config");
+        return LMS_OK;
+    }
+    json_t *q = json_pack("{s:s,s:s,s:s,s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
+                          "activation_scheme", "dynamic", "weight_block_size", LMS_FP8_BLOCK,
+                          LMS_FP8_BLOCK);
+    if (!q || json_object_set_new(config, "quantization_config", q) != 0)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return LMS_OK;
 }
 
 static enum lms_status hf_write(const struct lms_model *m, const char *path,
@@ -653,15 +929,16 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
     if (rc)
         return rc;
     struct out_tensor *outs = NULL;
-    size_t n = 0;
+    size_t n = 0, n_planned;
     rc = plan_tensors(m, o, &outs, &n, err);
     if (rc)
         return rc;
+    n_planned = 2 * m->n_tensors + 1;
     int n_shards = plan_shards(outs, n, o->max_shard_size ? o->max_shard_size : LMS_DEFAULT_SHARD_SIZE);
     struct lms_outdir od;
     rc = lms_outdir_begin(path, o->force, &od, err);
     if (rc) {
-        free_outs(outs, n);
+        free_outs(outs, n_planned);
         return rc;
     }
     struct stream s = {.src_fd = -1, .opts = o};
@@ -677,9 +954,11 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
     if (!rc) {
         struct lms_arch arch = m->arch;
         if (o->dtype != LMS_DTYPE_COUNT)
-            arch.dtype = o->dtype;
+            arch.dtype = o->dtype == LMS_DTYPE_F8_E4M3 ? LMS_DTYPE_BF16 : o->dtype;
         json_t *config;
         rc = lms_hf_config_of_model(m, &arch, &config, err);
+        if (!rc)
+            rc = set_quantization_config(config, o->dtype == LMS_DTYPE_F8_E4M3, err);
         if (!rc) {
             rc = write_json(&od, "config.json", config, err);
             json_decref(config);
@@ -702,7 +981,7 @@ static enum lms_status hf_write(const struct lms_model *m, const char *path,
         r.n_tensors = (int)n;
         *res = r;
     }
-    free_outs(outs, n);
+    free_outs(outs, n_planned);
     return rc;
 }
 

@@ -2,7 +2,8 @@
  *
  * The enum order is the safetensors "alignment order": rank 0 = BOOL ...
  * rank 21 = U64, which the canonical writer sorts by. Sub-byte types (F4, F6_*) and FP8 types
- * are carried through untouched; only the float types F64/F32/F16/BF16 are cast. */
+ * are carried through untouched; only the float types F64/F32/F16/BF16 are cast (F8_E4M3 has
+ * scalar conversions and a block quantiser below, which the FP8 checkpoint writer uses). */
 #ifndef LMS_DTYPE_H
 #define LMS_DTYPE_H
 
@@ -58,6 +59,27 @@ float lms_bf16_to_f32(uint16_t h);
 uint16_t lms_f32_to_bf16(float f);
 float lms_f16_to_f32(uint16_t h);
 uint16_t lms_f32_to_f16(float f);
+
+/* F8_E4M3 ("e4m3fn": bias 7, no infinities, 0x7F/0xFF NaN, largest finite 448). Decoding is
+ * exact. Encoding rounds to nearest, ties to even, and saturates: every magnitude from 448 up,
+ * infinities included, gives +-448; NaN gives 0x7F with the sign kept. */
+#define LMS_E4M3_MAX 448.0f
+float lms_e4m3_to_f32(uint8_t c);
+uint8_t lms_f32_to_e4m3(float f);
+
+/* Fine-grained FP8 blocks: a 2-D weight is cut into LMS_FP8_BLOCK x LMS_FP8_BLOCK blocks (the
+ * last row and column of blocks may be partial); each block b has scale_inv[b] = max|w| / 448
+ * and codes e4m3(w / scale_inv[b]), so that w ~ code * scale_inv[b]. A block whose max|w| / 448
+ * is zero (all zeros, or so small the quotient underflows) gets scale_inv 1: its codes are all
+ * zero and dequantise to zeros without any division by zero. */
+#define LMS_FP8_BLOCK 128
+/* Block scales of one band of rows (rows <= LMS_FP8_BLOCK, row-major, cols wide): writes
+ * ceil(cols / LMS_FP8_BLOCK) entries to scale_inv. false if the band holds a NaN or an
+ * infinity (no scale can represent it). */
+bool lms_fp8_band_scales(const float *w, int64_t rows, int64_t cols, float *scale_inv);
+/* Codes of the same band under scale_inv (as computed above). */
+void lms_fp8_band_encode(const float *w, int64_t rows, int64_t cols, const float *scale_inv,
+                         uint8_t *codes);
 
 /* Converts n elements from src (type st) to dst (type dt); both castable. dst and src must not
  * overlap unless they are the same pointer and the types have the same size. */

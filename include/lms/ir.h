@@ -92,6 +92,7 @@ enum lms_view_kind {
     LMS_VIEW_CONCAT,  /* parts joined along one axis (fused QKV, [gate; up], stacked layers) */
     LMS_VIEW_RESHAPE, /* src with the same elements in the same order, another shape */
     LMS_VIEW_GENERATED, /* mean + std x a normal draw keyed by (key, element index) */
+    LMS_VIEW_FP8_BLOCKS, /* F32 elements: E4M3 codes of src times their block's scale */
 };
 
 struct lms_view {
@@ -124,6 +125,10 @@ struct lms_view {
             double std;
             int n_threads; /* threads one read may use (0: all cores); never changes a value */
         } gen;
+        struct {
+            struct lms_view *src; /* [rows, cols] F8_E4M3 codes; one reference held */
+            float *scale_inv;     /* [ceil(rows/B), ceil(cols/B)], B = LMS_FP8_BLOCK; owned */
+        } fp8;
     } u;
 };
 
@@ -150,6 +155,12 @@ enum lms_status lms_view_new_reshape(struct lms_view *src, int ndim, const int64
 enum lms_status lms_view_new_generated(enum lms_dtype dt, int ndim, const int64_t *shape,
                                        uint64_t key, double mean, double std, int n_threads,
                                        struct lms_view **out, struct lms_error *err);
+/* The dequantised view of a fine-grained FP8 weight: element (r, c) is, in f32,
+ * e4m3(codes[r, c]) * scale_inv[r / LMS_FP8_BLOCK, c / LMS_FP8_BLOCK]. codes is a 2-D F8_E4M3
+ * view; scale_inv holds ceil(rows / LMS_FP8_BLOCK) x ceil(cols / LMS_FP8_BLOCK) values, copied.
+ * The caller checks the scales (finite, >= 0); this checks only the types and shapes. */
+enum lms_status lms_view_new_fp8_blocks(struct lms_view *codes, const float *scale_inv,
+                                        struct lms_view **out, struct lms_error *err);
 struct lms_view *lms_view_ref(struct lms_view *v);
 void lms_view_release(struct lms_view *v); /* NULL allowed */
 

@@ -1,5 +1,7 @@
 /* Lazy views: selections, ranges, concatenations and reshapes read the same elements as the
  * equivalent index arithmetic done by hand, for every read window. */
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "check_main.h"
@@ -37,6 +39,55 @@ static void check_all_windows(const struct lms_view *v, const float *want)
                               got[e - a], want[e]);
         }
 }
+
+/* FP8 blocks: a 130 x 131 code matrix (blocks of 128 cut short at row 128 and column 128) under
+ * four scales reads as code value x its block's scale, for windows that start and end anywhere,
+ * including across the short blocks; the codes' view is read, never copied whole. */
+START_TEST(fp8_blocks_dequantise)
+{
+    enum { R = 130, C = 131 };
+    struct lms_storage *s;
+    ck_assert_int_eq(lms_storage_new_host(R * C, &s, NULL), LMS_OK);
+    uint8_t *codes = s->base;
+    for (int i = 0; i < R * C; i++)
+        codes[i] = (uint8_t)((i * 37 + i / C) % 255 == 0x7F ? 0x3F : (i * 37 + i / C) % 255);
+    for (int i = 0; i < R * C; i++)
+        if ((codes[i] & 0x7F) == 0x7F)
+            codes[i] = 0x40;
+    struct lms_view *cv, *dq;
+    int64_t shape[2] = {R, C};
+    ck_assert_int_eq(lms_view_new_storage(s, 0, LMS_DTYPE_F8_E4M3, 2, shape, &cv, NULL), LMS_OK);
+    lms_storage_release(s);
+    const float scale[4] = {0.5f, 3.0f, 0.0f, 1e-3f}; /* [2, 2] */
+    ck_assert_int_eq(lms_view_new_fp8_blocks(cv, scale, &dq, NULL), LMS_OK);
+    lms_view_release(cv);
+    ck_assert_int_eq(dq->dtype, LMS_DTYPE_F32);
+    ck_assert(dq->shape[0] == R && dq->shape[1] == C);
+    static float want[R * C], got[R * C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            uint8_t q = codes[r * C + c];
+            unsigned exp = (q >> 3) & 0xF, man = q & 7;
+            double v = exp ? ldexp(8.0 + man, (int)exp - 10) : ldexp((double)man, -9);
+            v = (q & 0x80) ? -v : v;
+            want[r * C + c] = (float)v * scale[(r / 128) * 2 + c / 128];
+        }
+    const int64_t windows[][2] = {{0, R * C}, {1, 300}, {127 * C + 120, 2 * C}, {128 * C - 1, 2},
+                                  {R * C - 5, 5}, {130, 1}};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        int64_t a = windows[w][0], n = windows[w][1];
+        ck_assert_int_eq(lms_view_read(dq, a, n, got, NULL), LMS_OK);
+        for (int64_t e = 0; e < n; e++)
+            ck_assert_msg(memcmp(&got[e], &want[a + e], 4) == 0, "element %lld: %g != %g",
+                          (long long)(a + e), got[e], want[a + e]);
+    }
+    lms_view_release(dq);
+    /* only 2-D E4M3 codes can be dequantised */
+    struct lms_view *base = make_base();
+    ck_assert_int_eq(lms_view_new_fp8_blocks(base, scale, &dq, NULL), LMS_EFORMAT);
+    lms_view_release(base);
+}
+END_TEST
 
 START_TEST(select_each_axis)
 {
@@ -136,6 +187,7 @@ Suite *suite(void)
     Suite *s = suite_create("view");
     TCase *tc = tcase_create("view");
     tcase_add_test(tc, select_each_axis);
+    tcase_add_test(tc, fp8_blocks_dequantise);
     tcase_add_test(tc, nested_select_concat_reshape);
     tcase_add_test(tc, bounds_are_checked);
     tcase_add_test(tc, allocation_failures_do_not_leak);
