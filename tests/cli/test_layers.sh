@@ -66,7 +66,7 @@ built=$(ls "$BUILD"/liblms-layer-*.so | wc -l)
 n_checks=$((n_checks + 1))
 [ "$built" = "$layers_seen" ] || fail "the build has $built layer libraries, the README's table $layers_seen"
 
-# An upward call: code in the ir layer that calls distillation's optimiser defaults.
+# An upward call: code in the ir layer that calls the optimiser defaults (engine/, a layer above).
 cat > "$TMP/upward.c" <<'C'
 struct lms_adamw;
 void lms_adamw_defaults(struct lms_adamw *o);
