@@ -118,7 +118,7 @@ static void opts_for(const char *name, struct lms_distill_opts *o, struct lms_bl
                                         .stop_requested = stop_requested};
 }
 
-/* One library run: open, configure (resuming when state_of is set), train. */
+/* One library run (lms_distill_run_all: open, configure, resuming when asked, train). */
 static enum lms_status library_run(const char *name, struct seen *seen, bool resume,
                                    struct lms_error *err)
 {
@@ -127,30 +127,9 @@ static enum lms_status library_run(const char *name, struct seen *seen, bool res
     static char paths[3][4096];
     opts_for(name, &o, &src, paths, seen);
     o.resume = resume;
-    struct lms_distill_run r;
-    lms_distill_run_init(&r, &o);
-    struct lms_train_state state = {0};
-    bool have_state = false;
-    enum lms_status st = LMS_OK;
-    if (resume && !(st = lms_train_state_read(o.state_dir, &state, err)))
-        have_state = true;
-    if (!st)
-        st = lms_distill_open_models(&r, err);
-    if (!st)
-        st = lms_distill_open_data(&r, err);
-    if (!st)
-        st = lms_distill_configure(&r, have_state ? &state : NULL, err);
-    if (!st)
-        st = lms_distill_open_training(&r, have_state ? &state : NULL, err);
-    if (have_state)
-        lms_train_state_release(&state);
     stop_ctx = seen;
-    if (!st)
-        st = lms_distill_train(&r, err);
+    enum lms_status st = lms_distill_run_all(&o, err);
     stop_ctx = NULL;
-    if (st)
-        lms_distill_discard_outputs(&r);
-    lms_distill_run_release(&r);
     return st;
 }
 
