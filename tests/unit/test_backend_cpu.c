@@ -13,29 +13,8 @@
 #include "lms/alloc.h"
 #include "lms/engine.h"
 
-static struct lms_backend *be;
-
-static void setup(void)
-{
-    struct lms_error err;
-    struct lms_backend_opts o = {.n_threads = 2};
-    ck_assert_msg(lms_backend_open_name("cpu", &o, &be, &err) == LMS_OK, "%s", err.msg);
-}
-
-static void teardown(void)
-{
-    lms_backend_free(be);
-    be = NULL;
-}
-
-static uint64_t rng_state = 88172645463325252ull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
+#define CPU_FIXTURE_SEED 88172645463325252ull
+#include "cpu_backend_fixture.h"
 
 static float *rand_buf(int64_t n, float scale)
 {

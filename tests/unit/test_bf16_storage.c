@@ -27,29 +27,8 @@
 #define BF16_ABS 0x1p-134 /* half the bf16 subnormal step */
 #define F32_EPS 0x1p-24  /* unit roundoff of fp32 */
 
-static struct lms_backend *be;
-
-static void setup(void)
-{
-    struct lms_error err;
-    struct lms_backend_opts o = {.n_threads = 2};
-    ck_assert_msg(lms_backend_open_name("cpu", &o, &be, &err) == LMS_OK, "%s", err.msg);
-}
-
-static void teardown(void)
-{
-    lms_backend_free(be);
-    be = NULL;
-}
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
+#define CPU_FIXTURE_SEED 0x2545F4914F6CDD1Dull
+#include "cpu_backend_fixture.h"
 
 /* n random values (scale x [-1, 1)), rounded to bf16: *f gets them as fp32, *h as bf16. */
 static void rand_bf16(int64_t n, float scale, float **f, uint16_t **h)
