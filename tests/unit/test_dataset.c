@@ -22,6 +22,13 @@ static void make_tmp(void)
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 }
 
+static void remove_tmp(void)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
 static size_t read_file(const char *path, unsigned char *buf, size_t cap)
 {
     FILE *f = fopen(path, "rb");
@@ -111,9 +118,7 @@ START_TEST(write_read_roundtrip)
     ck_assert_int_eq(lms_dataset_open(prefix, &ds, &err), LMS_OK);
     ck_assert_int_eq(lms_dataset_dtype(ds), LMS_INDEX_U16);
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -362,9 +367,7 @@ START_TEST(sampler)
     o.doc_begin = 1, o.doc_end = 2; /* only the empty document */
     ck_assert_int_eq(lms_sampler_new(ds, &o, &s, NULL), LMS_EINVAL);
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -471,9 +474,7 @@ START_TEST(short_run_covers_corpus)
     assert_spread(ds, s, 48);
     lms_sampler_free(s);
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -499,9 +500,7 @@ START_TEST(calibration_rows_cover_corpus)
     ck_assert_int_eq(lms_sampler_new_calibration(ds, lms_dataset_n_tokens(ds) + 1, 1, true, &s,
                                                  NULL), LMS_EINVAL);
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -528,9 +527,7 @@ START_TEST(separate_final_epoch)
         lms_sampler_free(s);
     }
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -550,9 +547,7 @@ START_TEST(bin_truncated_while_open)
     ck_assert_int_eq(lms_dataset_read(ds, 8000, 8100, buf, 100, &err), LMS_EIO);
     ck_assert_msg(strstr(err.msg, bin) && strstr(err.msg, "truncated"), "%s", err.msg);
     lms_dataset_free(ds);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -678,9 +673,7 @@ START_TEST(golden_row_order)
     }
     lms_dataset_free(ds);
     golden_free(&g);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
@@ -789,9 +782,7 @@ START_TEST(index_cache)
         unsetenv("TMPDIR");
     lms_dataset_free(ds);
     golden_free(&g);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tmp();
 }
 END_TEST
 
