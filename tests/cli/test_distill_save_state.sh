@@ -118,19 +118,24 @@ for mode in end interval; do
     fi
 done
 
+# SIGINT to run PID once its metrics file (run NAME) records step 2; returns the run's exit code
+interrupt_after_step2() {
+    local pid=$1 name=$2
+    for _ in $(seq 600); do
+        grep -q '"step":2' "$TMP/logs/$name.metrics.jsonl" 2>/dev/null && break
+        sleep 0.02
+    done
+    kill -INT "$pid"
+    wait "$pid"
+}
+
 # end and SIGINT: the state of the last finished step, and the resumed run ends where an
 # uninterrupted one does
 n_checks=$((n_checks + 1))
 SIG=(--max-steps 12 --seq-length 64)
 "$LMSURGEON" distill "${RUN[@]}" "${SIG[@]}" --out "$TMP/sig" --save-state end >"$TMP/sig.out" \
     2>"$TMP/sig.err" &
-pid=$!
-for _ in $(seq 600); do
-    grep -q '"step":2' "$TMP/logs/sig.metrics.jsonl" 2>/dev/null && break
-    sleep 0.02
-done
-kill -INT "$pid"
-wait "$pid"
+interrupt_after_step2 $! sig
 rc=$?
 if [ "$rc" = 130 ]; then
     step=$(state_step "$TMP/sig.state")
@@ -149,13 +154,7 @@ fi
 n_checks=$((n_checks + 1))
 "$LMSURGEON" distill "${RUN[@]}" "${LONG[@]}" --out "$TMP/sig-never" --save-state never \
     --quiet 2>"$TMP/sig.err" &
-pid=$!
-for _ in $(seq 600); do
-    grep -q '"step":2' "$TMP/logs/sig-never.metrics.jsonl" 2>/dev/null && break
-    sleep 0.02
-done
-kill -INT "$pid"
-wait "$pid"
+interrupt_after_step2 $! sig-never
 rc=$?
 if [ "$rc" = 130 ]; then
     grep -q "interrupted: the student after step [0-9]* is in .*--save-state never" "$TMP/sig.err" ||
