@@ -118,10 +118,6 @@ static int write_option(const char *cmd, struct cli_args *b, int id, const char 
          (!lms_dtype_is_castable(b->wo.dtype) && b->wo.dtype != LMS_DTYPE_F8_E4M3)))
         return cli_usage_error(cmd, "unknown --dtype '%s' (bf16, f16, f32, fp8 for hf, q8_0 for "
                                "gguf)", value);
-    /* distill exports its trained f32 master weights through its own dtype choice, which has no
-     * FP8 yet: refuse rather than write f32 under an fp8 request */
-    if (id == WRITE_DTYPE && b->wo.dtype == LMS_DTYPE_F8_E4M3 && strcmp(cmd, "distill") == 0)
-        return cli_usage_error(cmd, "--dtype fp8 is not available for distill (bf16, f16, f32)");
     if (id == WRITE_SHARD_SIZE &&
         (!cli_parse_size(value, &b->wo.max_shard_size) || b->wo.max_shard_size == 0))
         return cli_usage_error(cmd, "invalid --max-shard-size '%s'", value);

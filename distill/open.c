@@ -42,6 +42,9 @@ enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_er
     r->out_fmt = a->out_format ? a->out_format : lms_format_detect(a->student, err);
     if (!r->out_fmt)
         return err->status;
+    if (a->write.dtype != LMS_DTYPE_COUNT && !lms_format_writes_dtype(r->out_fmt, a->write.dtype))
+        return lms_error_set(err, LMS_EINVAL, "'%s': the %s writer cannot write dtype %s",
+                             a->out, r->out_fmt->name, lms_dtype_name(a->write.dtype));
     if (lms_checkpoint_read(a->student, &r->student, err))
         return lms_error_wrap(err, "student: ");
     r->have_student = true;
@@ -59,7 +62,8 @@ enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_er
                              "vocabulary", a->student, (long long)s->vocab,
                              (long long)s->padded_vocab, a->teacher, (long long)t->vocab,
                              (long long)t->padded_vocab);
-    /* the student's own dtype unless one is given; a non-float one is written as f32 */
+    /* the student's own dtype unless one is given; a non-float one is exported as f32 (for FP8
+     * the writer then quantises that export) */
     r->out_dtype = a->write.dtype != LMS_DTYPE_COUNT ? a->write.dtype : s->dtype;
     if (r->out_dtype != LMS_DTYPE_F32 && r->out_dtype != LMS_DTYPE_BF16 &&
         r->out_dtype != LMS_DTYPE_F16)

@@ -400,8 +400,11 @@ static enum lms_status save_rank0(struct lms_distill_run *r, bool with_state,
     struct lms_model m;
     if ((st = lms_trainer_export(r->tr, r->out_dtype, &m, err)))
         goto out;
-    struct lms_write_opts wo = r->o.write; /* --max-shard-size; the dtype is exported */
-    wo.dtype = LMS_DTYPE_COUNT;
+    /* --max-shard-size; a float dtype is the export's, FP8 blocks are the writer's (it quantises
+     * the f32 export) */
+    struct lms_write_opts wo = r->o.write;
+    if (wo.dtype != LMS_DTYPE_F8_E4M3)
+        wo.dtype = LMS_DTYPE_COUNT;
     /* like the state: this process's previous student, or what --force or --resume named */
     wo.force = r->o.write.force || r->o.resume || r->student_written;
     struct lms_write_result res;

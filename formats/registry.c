@@ -56,6 +56,11 @@ enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m, struc
     return f->read(path, m, err);
 }
 
+bool lms_format_writes_dtype(const struct lms_format *f, enum lms_dtype d)
+{
+    return lms_dtype_is_castable(d) || (d == LMS_DTYPE_F8_E4M3 && strcmp(f->name, "hf") == 0);
+}
+
 enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lms_model *m,
                                      const char *path, const struct lms_write_opts *opts,
                                      struct lms_write_result *res, struct lms_error *err)
@@ -67,10 +72,7 @@ enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lm
         return lms_error_set(err, LMS_EINVAL, "'%s': options for the %s format given to the %s "
                              "writer", path, opts->format_opts_for ? opts->format_opts_for
                                                                     : "(unnamed)", f->name);
-    /* FP8 blocks (weights plus NAME_scale_inv) are a Hugging Face layout; the other writers only
-     * cast between the float types */
-    if (opts->dtype != LMS_DTYPE_COUNT && !lms_dtype_is_castable(opts->dtype) &&
-        !(opts->dtype == LMS_DTYPE_F8_E4M3 && strcmp(f->name, "hf") == 0))
+    if (opts->dtype != LMS_DTYPE_COUNT && !lms_format_writes_dtype(f, opts->dtype))
         return lms_error_set(err, LMS_EINVAL, "'%s': the %s writer cannot write dtype %s", path,
                              f->name, lms_dtype_name(opts->dtype));
     return f->write(m, path, opts, res, err);

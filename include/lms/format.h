@@ -55,6 +55,9 @@ const struct lms_format *lms_format_detect(const char *path, struct lms_error *e
 enum lms_status lms_checkpoint_read(const char *path, struct lms_model *m,
                                     struct lms_error *err);
 
+/* Whether f writes tensors in dtype d: every writer casts between the float types; FP8 blocks
+ * (weights plus NAME_scale_inv) are a Hugging Face layout. */
+bool lms_format_writes_dtype(const struct lms_format *f, enum lms_dtype d);
 /* Writes m to path in format f (f->write), after checking that opts' format-specific options,
  * if any, are f's. opts may be NULL (defaults). */
 enum lms_status lms_checkpoint_write(const struct lms_format *f, const struct lms_model *m,

@@ -89,10 +89,29 @@ expect bf16_weight 3 "has no F8_E4M3 weight '$Q'"
 # writing: fp8 is a Hugging Face layout; a NaN weight has no block scale
 cp -r "$TMP/good" "$TMP/to_nemo"
 expect to_nemo 2 "the nemo writer cannot write dtype F8_E4M3" --to nemo --dtype fp8
-"$LMSURGEON" distill --student "$TMP/good" --teacher "$TMP/good" --data-paths x --out "$TMP/out-d" \
-    --dtype fp8 >/dev/null 2>"$TMP/distill.err"
-[ $? -eq 2 ] && grep -qF -- "--dtype fp8 is not available for distill" "$TMP/distill.err" &&
-    [ ! -e "$TMP/out-d" ] || fail "distill --dtype fp8: $(cat "$TMP/distill.err")"
+# distill: FP8 is the writer's (it quantises the trained f32 export); a format without FP8 is
+# refused before any step, with nothing written
+DIST=(distill --student "$FIXTURES/teacher" --teacher "$FIXTURES/teacher"
+      --data-paths "$FIXTURES/corpus/val.ids.u16" --split 1 --seq-length 32 --gbs 2 --mbs 2
+      --max-steps 1 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs" --quiet)
+"$LMSURGEON" "${DIST[@]}" --out "$TMP/out-dn" --to nemo --dtype fp8 >/dev/null 2>"$TMP/distill.err"
+[ $? -eq 2 ] && grep -qF -- "the nemo writer cannot write dtype F8_E4M3" "$TMP/distill.err" &&
+    [ ! -e "$TMP/out-dn" ] && [ ! -e "$TMP/logs/out-dn.metrics.jsonl" ] ||
+    fail "distill --to nemo --dtype fp8: $(cat "$TMP/distill.err")"
+if "$LMSURGEON" "${DIST[@]}" --out "$TMP/out-d" --dtype fp8 2>"$TMP/distill.err"; then
+    python3 - "$TMP/out-d" <<'PY' || fail "distill --dtype fp8: the student is not FP8"
+import json, struct, sys
+d = sys.argv[1]
+cfg = json.load(open(d + "/config.json"))
+assert cfg["quantization_config"]["quant_method"] == "fp8", cfg
+raw = open(d + "/model.safetensors", "rb").read()
+h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+q = "model.layers.0.self_attn.q_proj.weight"
+assert h[q]["dtype"] == "F8_E4M3" and h[q + "_scale_inv"]["dtype"] == "F32", h[q]
+PY
+else
+    fail "distill --dtype fp8: $(cat "$TMP/distill.err")"
+fi
 "$LMSURGEON" convert "$TMP/good" "$TMP/f32" --dtype f32 --quiet || fail "fp8 -> f32"
 mkdir "$TMP/nan_weight"
 cp "$TMP/f32"/* "$TMP/nan_weight/"
