@@ -214,6 +214,9 @@ int cli_main(const struct cli_spec *spec, int argc, char **argv, void *args);
  * may call it where its checks need it. */
 int cli_run_check(const char *cmd, struct cli_args *a);
 
+/* The write options a's flags give (CLI_WRITE): --dtype, --max-shard-size, --force, and the
+ * GGUF block type of --dtype q8_0 as that format's own options. */
+struct lms_write_opts cli_write_opts(const struct cli_args *a);
 /* Detects the format of a->in and looks up a->to (default: the input's). CLI_PARSED, or the exit
  * code of the error it printed. */
 int cli_formats(const char *cmd, const struct cli_args *a, const struct lms_format **src,

@@ -632,6 +632,7 @@ static json_t *rank_options(const struct distill_args *a)
         {"--force", json_boolean(a->base.wo.force)},
         {"--to", json_string(a->base.to ? a->base.to : "")},
         {"--dtype", json_integer(a->base.wo.dtype)},
+        {"--dtype q8_0", json_boolean(a->base.gguf.q8_0)},
         {"--max-shard-size", json_integer((json_int_t)a->base.wo.max_shard_size)},
         {"--device", json_integer(a->base.dev.kind)},
         {"--precision", json_integer(a->base.prec)},
@@ -834,7 +835,7 @@ static void run_opts(struct distill_run *r, struct lms_distill_opts *o)
         .save_interval = a->save_interval, .exit_interval = a->exit_interval,
         .skip_nonfinite = a->skip_nonfinite, .save_state = a->save_state, .out = r->out_buf,
         .state_dir = r->state_dir, .log_dir = a->log_dir, .metrics_path = r->metrics_path,
-        .dump_rows = a->dump_rows, .write = a->base.wo, .resume = a->resume,
+        .dump_rows = a->dump_rows, .write = cli_write_opts(&a->base), .resume = a->resume,
         .fingerprint_models = !a->dry_run || a->resume, .threads = (int)a->base.threads,
         .precision = a->base.prec, .device = a->base.dev};
     distill_events(r, &o->ev);

@@ -268,6 +268,16 @@ int cli_formats(const char *cmd, const struct cli_args *a, const struct lms_form
     return CLI_PARSED;
 }
 
+struct lms_write_opts cli_write_opts(const struct cli_args *a)
+{
+    struct lms_write_opts wo = a->wo;
+    if (a->gguf.q8_0) {
+        wo.format_opts_for = "gguf";
+        wo.format_opts = &a->gguf;
+    }
+    return wo;
+}
+
 enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_format *dst,
                                      const struct lms_model *m, const char *out,
                                      const char *label, struct lms_write_result *res,
@@ -275,13 +285,9 @@ enum lms_status cli_write_checkpoint(const struct cli_args *a, const struct lms_
 {
     struct cli_progress bar;
     cli_progress_begin(&bar, label, lms_model_nbytes(m), true, a->co.quiet);
-    struct lms_write_opts wo = a->wo;
+    struct lms_write_opts wo = cli_write_opts(a);
     wo.progress = cli_progress_cb;
     wo.progress_ctx = &bar;
-    if (a->gguf.q8_0) {
-        wo.format_opts_for = "gguf";
-        wo.format_opts = &a->gguf;
-    }
     enum lms_status rc = lms_checkpoint_write(dst, m, out, &wo, res, err);
     if (!rc)
         cli_progress_end(&bar);

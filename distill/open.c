@@ -42,6 +42,12 @@ enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_er
     r->out_fmt = a->out_format ? a->out_format : lms_format_detect(a->student, err);
     if (!r->out_fmt)
         return err->status;
+    if (a->write.format_opts &&
+        (!a->write.format_opts_for || strcmp(a->write.format_opts_for, r->out_fmt->name) != 0))
+        return lms_error_set(err, LMS_EINVAL, "'%s': options for the %s format given to the %s "
+                             "writer", a->out,
+                             a->write.format_opts_for ? a->write.format_opts_for : "(unnamed)",
+                             r->out_fmt->name);
     if (a->write.dtype != LMS_DTYPE_COUNT && !lms_format_writes_dtype(r->out_fmt, a->write.dtype))
         return lms_error_set(err, LMS_EINVAL, "'%s': the %s writer cannot write dtype %s",
                              a->out, r->out_fmt->name, lms_dtype_name(a->write.dtype));

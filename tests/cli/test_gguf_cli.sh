@@ -103,5 +103,55 @@ for src in models/llama-tiny models/qwen2-tiny models/qwen3-tiny teacher; do
     fi
 done
 
+# distill takes --dtype q8_0 as convert does: a Q8_0 GGUF student, and a refusal before the first
+# step (nothing written) for any other output
+DIST=(distill --student "$FIXTURES/teacher" --teacher "$FIXTURES/teacher"
+      --data-paths "$FIXTURES/corpus/val.ids.u16" --split 1 --seq-length 32 --gbs 2 --mbs 2
+      --max-steps 1 --limit-val-batches 0 --threads 1 --log-dir "$TMP/logs" --quiet --dtype q8_0)
+n_checks=$((n_checks + 1))
+"$LMSURGEON" "${DIST[@]}" --out "$TMP/dq8-hf" >/dev/null 2>"$TMP/dq8.err"
+[ $? -eq 2 ] && grep -q "options for the gguf format given to the hf writer" "$TMP/dq8.err" &&
+    [ ! -e "$TMP/dq8-hf" ] && [ ! -e "$TMP/logs/dq8-hf.metrics.jsonl" ] ||
+    fail "distill --dtype q8_0 to hf: $(cat "$TMP/dq8.err")"
+n_checks=$((n_checks + 1))
+if "$LMSURGEON" "${DIST[@]}" --out "$TMP/dq8.gguf" --to gguf 2>"$TMP/dq8.err"; then
+    python3 - "$TMP/dq8.gguf" <<'PY' || fail "distill --to gguf --dtype q8_0: no Q8_0 matrices"
+# tensor infos of a GGUF v3 file: name, n_dims, dims, type (8 = Q8_0), offset
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+n_t, n_kv = struct.unpack_from("<QQ", b, 8)
+p = 24
+def skip_str(p):
+    return p + 8 + struct.unpack_from("<Q", b, p)[0]
+sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+def skip_val(p, t):
+    if t == 8:
+        return skip_str(p)
+    if t == 9:
+        et, n = struct.unpack_from("<IQ", b, p)
+        p += 12
+        for _ in range(n):
+            p = skip_val(p, et)
+        return p
+    return p + sizes[t]
+for _ in range(n_kv):
+    p = skip_str(p)
+    t = struct.unpack_from("<I", b, p)[0]
+    p = skip_val(p + 4, t)
+types = {}
+for _ in range(n_t):
+    ln = struct.unpack_from("<Q", b, p)[0]
+    name = b[p + 8:p + 8 + ln].decode()
+    p += 8 + ln
+    nd = struct.unpack_from("<I", b, p)[0]
+    p += 4 + 8 * nd
+    types[name] = struct.unpack_from("<I", b, p)[0]
+    p += 12
+assert types["blk.0.attn_q.weight"] == 8 and types["blk.0.ffn_down.weight"] == 8, types
+PY
+else
+    fail "distill --to gguf --dtype q8_0: $(cat "$TMP/dq8.err")"
+fi
+
 echo "$n_checks checks, $n_fail failures"
 [ "$n_fail" = 0 ]
