@@ -437,6 +437,11 @@ struct out_tensor {
     int64_t shape[LMS_MAX_DIMS];
     uint64_t nbytes;
     int shard;             /* 0-based */
+    /* FP8: the codes pass leaves the block scales it computed (*keep_scales, the scales entry's
+     * kept_scales, owned there) so that the scales tensor, written after it, is not computed
+     * from the weight a second time */
+    float **keep_scales;
+    float *kept_scales;
 };
 
 /* Position of a role inside a layer in PyTorch state-dict order (module definition order). */
@@ -482,6 +487,7 @@ static void free_outs(struct out_tensor *outs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         lms_free(outs[i].name);
+        lms_free(outs[i].kept_scales);
         lms_view_release(outs[i].view);
     }
     lms_free(outs);
@@ -560,6 +566,7 @@ static enum lms_status plan_encoding(struct out_tensor *ot, enum lms_role role,
             memcpy(scales->name, ot->name, len);
             memcpy(scales->name + len, "_scale_inv", sizeof "_scale_inv");
             scales->nbytes = out_bytes(scales);
+            ot->keep_scales = &scales->kept_scales;
             *has_scales = true;
         }
     }
@@ -709,19 +716,27 @@ static enum lms_status copy_direct(struct stream *s, const struct lms_view *v, i
 }
 
 /* Writes an FP8 weight's codes or its block scales, one band of LMS_FP8_BLOCK rows at a time
- * (memory: one band in f32). Both passes compute the scales from the same rows the same way,
- * so the codes and the scales agree without keeping either between the two tensors. */
+ * (memory: one band in f32 and the weight's scale grid, one float per 128 x 128 block). The
+ * codes pass leaves its grid for the scales tensor; a scales tensor without one (none so far)
+ * computes it from the same rows the same way, so the two always agree. */
 static enum lms_status copy_fp8(struct stream *s, const struct out_tensor *o, int fd,
                                 const char *path, struct lms_error *err)
 {
     const struct lms_view *v = o->view;
     int64_t rows = v->shape[0], cols = v->shape[1], nb = ceil_blocks(cols);
+    size_t grid_bytes = (size_t)(ceil_blocks(rows) * nb) * sizeof(float);
+    if (o->enc == OUT_FP8_SCALES && o->kept_scales) {
+        enum lms_status rc = lms_write_all(fd, o->kept_scales, grid_bytes, path, err);
+        if (!rc)
+            report(s, grid_bytes);
+        return rc;
+    }
     size_t band = (size_t)LMS_FP8_BLOCK * (size_t)cols;
     float *w = lms_malloc(band * sizeof(float) + 1);
-    float *scales = lms_malloc((size_t)nb * sizeof(float) + 1);
+    float *grid = lms_malloc(grid_bytes + 1);
     uint8_t *codes = lms_malloc(band + 1);
     enum lms_status rc = LMS_OK;
-    if (!w || !scales || !codes)
+    if (!w || !grid || !codes)
         rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
     for (int64_t r0 = 0; r0 < rows && !rc; r0 += LMS_FP8_BLOCK) {
         int64_t nr = rows - r0 < LMS_FP8_BLOCK ? rows - r0 : LMS_FP8_BLOCK;
@@ -730,6 +745,7 @@ static enum lms_status copy_fp8(struct stream *s, const struct out_tensor *o, in
             lms_error_wrap(err, "tensor '%s': ", o->name);
             break;
         }
+        float *scales = grid + (r0 / LMS_FP8_BLOCK) * nb;
         if (!lms_fp8_band_scales(w, nr, cols, scales)) {
             /* name the weight (both of its tensors fail alike) and, when it has one, its file */
             int len = (int)strlen(o->name) -
@@ -754,8 +770,13 @@ static enum lms_status copy_fp8(struct stream *s, const struct out_tensor *o, in
         if (!rc)
             report(s, n);
     }
+    if (!rc && o->keep_scales) {
+        lms_free(*o->keep_scales);
+        *o->keep_scales = grid;
+        grid = NULL;
+    }
     lms_free(w);
-    lms_free(scales);
+    lms_free(grid);
     lms_free(codes);
     return rc;
 }
