@@ -1,6 +1,7 @@
 /* The YAML subset the NeMo 2 and Megatron-Bridge configs need: flat "key: value" scalars (and
  * flow lists of scalars) under one top-level section, nested blocks skipped. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,9 @@ static json_t *yaml_scalar(const char *v)
     if (end != v && !*end && !errno)
         return json_integer(i);
     double dv = strtod(v, &end);
-    return end != v && !*end ? json_real(dv) : json_string(v);
+    /* a number beyond double's range stays text: JSON (and jansson) hold only finite reals, and
+     * the field's reader then refuses it as not a number */
+    return end != v && !*end && isfinite(dv) ? json_real(dv) : json_string(v);
 }
 
 /* A "key:" line opening a nested block: what the block turns out to hold. */
