@@ -16,9 +16,11 @@
 #define BQ 64 /* query rows per task */
 #define BK 64 /* keys per tile */
 
-#define RB 4  /* query rows processed together on fully visible tiles */
+#define RB 4  /* query rows processed together on tiles every row of them can see */
 
-typedef float v16 __attribute__((vector_size(64), aligned(4))); /* 16 lanes, unaligned loads */
+/* 8 lanes: one AVX register, so that the accumulators below stay in registers (a wider
+ * vector type is split by the compiler into pieces that go through the stack). Unaligned. */
+typedef lms__v8f v8;
 
 /* Scratch floats one thread needs for r heads per group and head dim d. */
 static size_t scratch_floats(int64_t r, int64_t d)
@@ -32,16 +34,14 @@ LMS_CPU_INLINE void scores_row(float *restrict s, const float *restrict qs,
 {
     int64_t jb = lo;
     for (; jb + 16 <= hi; jb += 16) {
-        float t[16] = {0};
+        v8 t0 = {0}, t1 = {0};
         for (int64_t c = 0; c < d; c++) {
-            float qc = qs[c];
             const float *kc = kt + c * BK + jb;
-#pragma omp simd
-            for (int k = 0; k < 16; k++)
-                t[k] += qc * kc[k];
+            t0 += qs[c] * *(const v8 *)kc;
+            t1 += qs[c] * *(const v8 *)(kc + 8);
         }
-        for (int k = 0; k < 16; k++)
-            s[jb + k] = t[k];
+        *(v8 *)(s + jb) = t0;
+        *(v8 *)(s + jb + 8) = t1;
     }
     for (int64_t jj = jb; jj < hi; jj++) {
         float t = 0;
@@ -51,28 +51,28 @@ LMS_CPU_INLINE void scores_row(float *restrict s, const float *restrict qs,
     }
 }
 
-/* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile: RB x BK accumulators in registers. */
+/* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile, 16 keys at a time: RB x 2 accumulators
+ * in registers. */
 LMS_CPU_INLINE void scores_rows(float *restrict s, const float *restrict qs,
                                const float *restrict kt, int64_t d)
 {
-    v16 t[RB][BK / 16];
-    for (int r = 0; r < RB; r++)
-        for (int k = 0; k < BK / 16; k++)
-            t[r][k] = (v16){0};
-    for (int64_t c = 0; c < d; c++) {
-        const v16 *kc = (const v16 *)(kt + c * BK);
-        v16 kv[BK / 16];
-        for (int k = 0; k < BK / 16; k++)
-            kv[k] = kc[k];
+    for (int k0 = 0; k0 < BK; k0 += 16) {
+        v8 t[RB][2];
+        for (int r = 0; r < RB; r++)
+            t[r][0] = t[r][1] = (v8){0};
+        for (int64_t c = 0; c < d; c++) {
+            v8 k_lo = *(const v8 *)(kt + c * BK + k0), k_hi = *(const v8 *)(kt + c * BK + k0 + 8);
+            for (int r = 0; r < RB; r++) {
+                float q = qs[r * d + c];
+                t[r][0] += q * k_lo;
+                t[r][1] += q * k_hi;
+            }
+        }
         for (int r = 0; r < RB; r++) {
-            float q = qs[r * d + c];
-            for (int k = 0; k < BK / 16; k++)
-                t[r][k] += q * kv[k];
+            *(v8 *)(s + r * BK + k0) = t[r][0];
+            *(v8 *)(s + r * BK + k0 + 8) = t[r][1];
         }
     }
-    for (int r = 0; r < RB; r++)
-        for (int k = 0; k < BK / 16; k++)
-            *(v16 *)(s + r * BK + k * 16) = t[r][k];
 }
 
 /* Online-softmax step of one row over scores s[lo, hi): updates the running max *m and sum *l,
@@ -91,9 +91,14 @@ LMS_CPU_INLINE void softmax_step(float *restrict s, int64_t lo, int64_t hi, floa
         for (int64_t c = 0; c < d; c++)
             a[c] *= alpha;
     float sum = 0;
-#pragma omp simd
-    for (int64_t jj = lo; jj < hi; jj++)
-        s[jj] = lms__expf(s[jj] - m_new);
+    int64_t jv = lo;
+    for (; jv + 8 <= hi; jv += 8) { /* eight lanes spelled out: see lms__expf8 */
+        lms__v8f e = *(lms__v8f *)(s + jv) - m_new;
+        lms__expf8(&e);
+        *(lms__v8f *)(s + jv) = e;
+    }
+    for (; jv < hi; jv++)
+        s[jv] = lms__expf(s[jv] - m_new);
 #pragma omp simd reduction(+ : sum)
     for (int64_t jj = lo; jj < hi; jj++)
         sum += s[jj];
@@ -114,30 +119,39 @@ LMS_CPU_INLINE void pv_row(float *restrict a, const float *restrict p, const flo
     }
 }
 
-/* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 32 == 0.
- * Channels in chunks of 32, RB x 2 accumulators in registers over the BK keys. */
+/* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 16 == 0.
+ * Channels in chunks of 16, RB x 2 accumulators in registers over the BK keys. */
 LMS_CPU_INLINE void pv_rows(float *a, int64_t a_stride, const float *restrict p,
                            const float *restrict vt, int64_t d)
 {
-    for (int64_t c0 = 0; c0 < d; c0 += 32) {
-        v16 t[RB][2];
+    for (int64_t c0 = 0; c0 < d; c0 += 16) {
+        v8 t[RB][2];
         for (int r = 0; r < RB; r++) {
-            t[r][0] = *(const v16 *)(a + r * a_stride + c0);
-            t[r][1] = *(const v16 *)(a + r * a_stride + c0 + 16);
+            t[r][0] = *(const v8 *)(a + r * a_stride + c0);
+            t[r][1] = *(const v8 *)(a + r * a_stride + c0 + 8);
         }
         for (int64_t jj = 0; jj < BK; jj++) {
-            v16 v0 = *(const v16 *)(vt + jj * d + c0), v1 = *(const v16 *)(vt + jj * d + c0 + 16);
+            v8 v_lo = *(const v8 *)(vt + jj * d + c0), v_hi = *(const v8 *)(vt + jj * d + c0 + 8);
             for (int r = 0; r < RB; r++) {
                 float pj = p[r * BK + jj];
-                t[r][0] += pj * v0;
-                t[r][1] += pj * v1;
+                t[r][0] += pj * v_lo;
+                t[r][1] += pj * v_hi;
             }
         }
         for (int r = 0; r < RB; r++) {
-            *(v16 *)(a + r * a_stride + c0) = t[r][0];
-            *(v16 *)(a + r * a_stride + c0 + 16) = t[r][1];
+            *(v8 *)(a + r * a_stride + c0) = t[r][0];
+            *(v8 *)(a + r * a_stride + c0 + 8) = t[r][1];
         }
     }
+}
+
+/* The keys of the tile [j0, j0 + nk) that query row i sees, as [*lo, *hi) relative to j0:
+ * causal (j <= i) and, with a sliding window W > 0, i - j < W. Empty when *lo >= *hi. */
+static inline void visible_keys(int64_t i, int64_t j0, int64_t nk, int64_t W, int64_t *lo,
+                                int64_t *hi)
+{
+    *hi = i + 1 - j0 < nk ? i + 1 - j0 : nk;
+    *lo = W > 0 && i - W + 1 > j0 ? i - W + 1 - j0 : 0;
 }
 
 /* One task: batch row b, group g, query rows [q0, q1). ws: thread scratch. */
@@ -179,10 +193,15 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
             int64_t h = g * r + hh;
             for (int64_t qi = 0; qi < nq;) {
                 int64_t i = q0 + qi;
-                /* RB rows at once when the whole tile is visible to each of them */
-                bool full = nk == BK && d % 32 == 0 && qi + RB <= nq && j1 - 1 <= i &&
-                            (W == 0 || i + RB - 1 - W + 1 <= j0);
-                if (full) {
+                /* RB rows at once on a whole tile when each of them sees some of its keys;
+                 * the keys a row cannot see get probability 0 */
+                int64_t lo[RB], hi[RB];
+                bool rows = nk == BK && d % 16 == 0 && qi + RB <= nq;
+                for (int rr = 0; rows && rr < RB; rr++) {
+                    visible_keys(i + rr, j0, nk, W, &lo[rr], &hi[rr]);
+                    rows = lo[rr] < hi[rr];
+                }
+                if (rows) {
                     for (int rr = 0; rr < RB; rr++) {
                         const float *qrow = at->q + (b * S + i + rr) * at->q_stride + h * d;
                         for (int64_t c = 0; c < d; c++)
@@ -190,24 +209,29 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                     }
                     scores_rows(s, qs, kt, d);
                     int64_t row = hh * nq + qi;
-                    for (int rr = 0; rr < RB; rr++)
-                        softmax_step(s + rr * BK, 0, BK, &m[row + rr], &l[row + rr],
+                    for (int rr = 0; rr < RB; rr++) {
+                        float *sr = s + rr * BK;
+                        softmax_step(sr, lo[rr], hi[rr], &m[row + rr], &l[row + rr],
                                      acc + (row + rr) * d, d);
+                        for (int64_t jj = 0; jj < lo[rr]; jj++)
+                            sr[jj] = 0.0f;
+                        for (int64_t jj = hi[rr]; jj < BK; jj++)
+                            sr[jj] = 0.0f;
+                    }
                     pv_rows(acc + row * d, d, s, vt, d);
                     qi += RB;
                     continue;
                 }
-                /* visible keys of row i inside this tile: [lo, hi) relative to j0 */
-                int64_t hi = i + 1 - j0 < nk ? i + 1 - j0 : nk;
-                int64_t lo = W > 0 && i - W + 1 > j0 ? i - W + 1 - j0 : 0;
-                if (lo < hi) {
+                int64_t lo1, hi1;
+                visible_keys(i, j0, nk, W, &lo1, &hi1);
+                if (lo1 < hi1) {
                     const float *qrow = at->q + (b * S + i) * at->q_stride + h * d;
                     for (int64_t c = 0; c < d; c++)
                         qs[c] = qrow[c] * at->scale;
-                    scores_row(s, qs, kt, d, lo, hi);
+                    scores_row(s, qs, kt, d, lo1, hi1);
                     int64_t row = hh * nq + qi;
-                    softmax_step(s, lo, hi, &m[row], &l[row], acc + row * d, d);
-                    pv_row(acc + row * d, s, vt, d, lo, hi);
+                    softmax_step(s, lo1, hi1, &m[row], &l[row], acc + row * d, d);
+                    pv_row(acc + row * d, s, vt, d, lo1, hi1);
                 }
                 qi++;
             }

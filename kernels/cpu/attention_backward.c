@@ -24,12 +24,12 @@
  * against keys [j0, j0+nk), from s = scale q k^T (already in p), the lse and D of each row,
  * and dp = dout v^T (already in ds). Invisible pairs get 0. */
 LMS_CPU_CLONES
-static void tile_probs(float *p, float *ds, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+static void tile_probs(float *restrict p, float *restrict ds, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
                        const float *lse, const float *D, int64_t window)
 {
     for (int64_t a = 0; a < nq; a++) {
         float l = lse[a], dd = D[a];
-        float *pr = p + a * TK, *dr = ds + a * TK;
+        float *restrict pr = p + a * TK, *restrict dr = ds + a * TK;
         /* visible columns: j0 + c <= i and (window == 0 or i - (j0 + c) < window) */
         int64_t i = i0 + a, hi = i - j0 + 1 < nk ? i - j0 + 1 : nk, lo = 0;
         if (window > 0 && i - window + 1 - j0 > 0)
@@ -40,10 +40,17 @@ static void tile_probs(float *p, float *ds, int64_t i0, int64_t nq, int64_t j0, 
             lo = hi;
         for (int64_t c = 0; c < lo; c++)
             pr[c] = dr[c] = 0.0f;
-        for (int64_t c = lo; c < hi; c++) {
-            float pv = lms__expf(pr[c] - l);
-            pr[c] = pv;
-            dr[c] = pv * (dr[c] - dd);
+        int64_t v = lo;
+        for (; v + 8 <= hi; v += 8) { /* eight lanes spelled out: see lms__expf8 */
+            lms__v8f pv = *(lms__v8f *)(pr + v) - l;
+            lms__expf8(&pv);
+            *(lms__v8f *)(pr + v) = pv;
+            *(lms__v8f *)(dr + v) = pv * (*(lms__v8f *)(dr + v) - dd);
+        }
+        for (; v < hi; v++) {
+            float pv = lms__expf(pr[v] - l);
+            pr[v] = pv;
+            dr[v] = pv * (dr[v] - dd);
         }
         for (int64_t c = hi; c < nk; c++)
             pr[c] = dr[c] = 0.0f;
