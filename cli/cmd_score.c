@@ -223,6 +223,8 @@ static void print_summary(const struct lms_importance *imp, const char *out, dou
     printf("  axes:%s%s%s%s%s\n", axes & LMS_AXIS_LAYERS ? " layers" : "",
            axes & LMS_AXIS_HIDDEN ? " hidden" : "", axes & LMS_AXIS_FFN ? " ffn" : "",
            axes & LMS_AXIS_HEADS ? " heads" : "", axes & LMS_AXIS_GROUPS ? " query_groups" : "");
+    if (imp->gram_file)
+        printf("  reconstruction statistics: %s (beside it)\n", imp->gram_file);
 }
 
 static json_t *result_json(const struct lms_importance *imp, const char *out, double secs,
@@ -236,6 +238,8 @@ static json_t *result_json(const struct lms_importance *imp, const char *out, do
     }
     if (tokens_per_s > 0)
         json_object_set_new(o, "tokens_per_second", json_real(tokens_per_s));
+    if (imp->gram_file)
+        json_object_set_new(o, "reconstruction_statistics", json_string(imp->gram_file));
     if (imp->layer_metric)
         json_object_set_new(o, "layer_metric",
                             json_string(lms_layer_metric_name(imp->layer_metric)));

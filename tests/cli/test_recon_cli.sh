@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Weight reconstruction from the command line (prune --reconstruct lsq, score --reconstruct):
+# - the statistics of a sidecar (score --reconstruct, also merged from two parts) and of
+#   prune's own calibration over the same rows give the same checkpoint, byte for byte, and
+#   it differs from the plain prune only in the refitted projections;
+# - --reconstruct without statistics, with an importance file that has none, with statistics of
+#   another model, or with nothing to refit is one error line, the documented exit code and
+#   nothing written.
+set -u
+lms=${LMSURGEON:?}
+fix=${LMS_FIXTURES:?}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fails=0; passes=0
+tiny="$fix/models/qwen3-tiny"
+
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { passes=$((passes + 1)); }
+
+# expect CODE SUBSTRING CMD ARGS...: exit code, one stderr line with SUBSTRING, no $work/out
+expect() {
+    local code=$1 needle=$2
+    shift 2
+    "$lms" "$@" >"$work/stdout" 2>"$work/stderr"
+    local rc=$? lines
+    lines=$(wc -l <"$work/stderr")
+    if [ "$rc" -ne "$code" ] || [ "$lines" -ne 1 ] || ! grep -qF -- "$needle" "$work/stderr" \
+        || [ -e "$work/out" ] || [ -e "$work/out.json" ] || [ -e "$work/out.gram.safetensors" ] \
+        || ls -a "$work" | grep -q 'lms-tmp' \
+        || grep -qE 'runtime error|AddressSanitizer' "$work/stderr"; then
+        fail "$* -> rc=$rc (want $code), stderr: $(cat "$work/stderr")"
+    else
+        pass
+    fi
+}
+
+ok() { # ok ARGS...: the command succeeds
+    if ! "$lms" "$@" --quiet >"$work/stdout" 2>"$work/stderr"; then
+        fail "$* -> $(cat "$work/stderr")"
+        return 1
+    fi
+    pass
+}
+
+python3 - "$work" <<'PY'
+import random, struct, sys
+r = random.Random(7)
+ids = [r.randrange(512) for _ in range(4096)]
+open(sys.argv[1] + "/ids.u16", "wb").write(struct.pack("<%dH" % len(ids), *ids))
+PY
+cal=(--seq-length 32 --mbs 4)
+cut=(--target-ffn-hidden-size 128 --target-num-attention-heads 2)
+
+ok score "$tiny" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" --reconstruct -o "$work/s.json"
+[ -f "$work/s.gram.safetensors" ] && grep -q '"reconstruction": *{"statistics": *"s.gram.safetensors"}' "$work/s.json" \
+    && pass || fail "score --reconstruct: no sidecar named by s.json"
+ok score "$tiny" --data "$work/ids.u16" --rows 0:4 "${cal[@]}" --reconstruct -o "$work/a.json"
+ok score "$tiny" --data "$work/ids.u16" --rows 4:8 "${cal[@]}" --reconstruct -o "$work/b.json"
+ok score --merge "$work/a.json" "$work/b.json" -o "$work/m.json"
+ok prune "$tiny" "$work/from-file" --importance "$work/s.json" "${cut[@]}" --reconstruct lsq
+ok prune "$tiny" "$work/from-merged" --importance "$work/m.json" "${cut[@]}" --reconstruct lsq
+ok prune "$tiny" "$work/from-pass" --data-paths "$work/ids.u16" --num-train-samples 8 "${cal[@]}" \
+    "${cut[@]}" --reconstruct lsq
+ok prune "$tiny" "$work/plain" --importance "$work/s.json" "${cut[@]}"
+for p in from-merged from-pass; do
+    cmp -s "$work/from-file/model.safetensors" "$work/$p/model.safetensors" && pass \
+        || fail "prune --reconstruct lsq: $p differs from the sidecar's refit"
+done
+# only down_proj and o_proj change (checked with the safetensors reader in Python)
+python3 - "$work/plain/model.safetensors" "$work/from-file/model.safetensors" <<'PY' && pass || fail "refit changed other tensors"
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert a.keys() == b.keys()
+changed = sorted(k for k in a if a[k] != b[k])
+want = sorted(f"model.layers.{l}.{t}.weight" for l in range(4)
+              for t in ("mlp.down_proj", "self_attn.o_proj"))
+assert changed == want, changed
+PY
+
+# refusals: nothing written
+ok score "$tiny" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" -o "$work/nostats.json"
+ok score "$fix/models/qwen3-tiny-bf16-sharded" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" \
+    --reconstruct -o "$work/other.json"
+expect 2 "needs its statistics" prune "$tiny" "$work/out" "${cut[@]}" --reconstruct lsq
+expect 2 "unknown --reconstruct 'ols'" prune "$tiny" "$work/out" "${cut[@]}" --reconstruct ols \
+    --importance "$work/s.json"
+expect 2 "refits after FFN or head pruning" prune "$tiny" "$work/out" --target-num-layers 3 \
+    --importance "$work/s.json" --reconstruct lsq
+expect 3 "has no reconstruction statistics" prune "$tiny" "$work/out" "${cut[@]}" \
+    --importance "$work/nostats.json" --reconstruct lsq
+expect 3 "gathered on another model" prune "$tiny" "$work/out" "${cut[@]}" \
+    --importance "$work/other.json" --reconstruct lsq
+ok score "$tiny" --data "$work/ids.u16" --rows 4:8 "${cal[@]}" -o "$work/b-nostats.json"
+expect 3 "some files have reconstruction statistics" score --merge "$work/a.json" \
+    "$work/b-nostats.json" -o "$work/out.json"
+mkdir "$work/cut"
+cp "$work/s.json" "$work/s.gram.safetensors" "$work/cut/"
+truncate -s 5000 "$work/cut/s.gram.safetensors"
+expect 3 "cut/s.gram.safetensors" prune "$tiny" "$work/out" "${cut[@]}" \
+    --importance "$work/cut/s.json" --reconstruct lsq
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
