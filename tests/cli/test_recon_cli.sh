@@ -66,8 +66,9 @@ for p in from-merged from-pass; do
     cmp -s "$work/from-file/model.safetensors" "$work/$p/model.safetensors" && pass \
         || fail "prune --reconstruct lsq: $p differs from the sidecar's refit"
 done
-# only down_proj and o_proj change (checked with the safetensors reader in Python)
-python3 - "$work/plain/model.safetensors" "$work/from-file/model.safetensors" <<'PY' && pass || fail "refit changed other tensors"
+# changed TENSOR_SUFFIX... between two checkpoints: exactly these tensors of every layer differ
+changed() {
+    python3 - "$@" <<'PY'
 import json, struct, sys
 def tensors(p):
     b = open(p, "rb").read()
@@ -75,13 +76,33 @@ def tensors(p):
     h = json.loads(b[8:8 + n])
     h.pop("__metadata__", None)
     return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+a, b = tensors(sys.argv[1] + "/model.safetensors"), tensors(sys.argv[2] + "/model.safetensors")
+layers, suffixes = int(sys.argv[3]), sys.argv[4:]
 assert a.keys() == b.keys()
-changed = sorted(k for k in a if a[k] != b[k])
-want = sorted(f"model.layers.{l}.{t}.weight" for l in range(4)
-              for t in ("mlp.down_proj", "self_attn.o_proj"))
-assert changed == want, changed
+got = sorted(k for k in a if a[k] != b[k])
+want = sorted(f"model.layers.{l}.{t}" for l in range(layers) for t in suffixes)
+assert got == want, got
 PY
+}
+changed "$work/plain" "$work/from-file" 4 mlp.down_proj.weight self_attn.o_proj.weight && pass \
+    || fail "the refit changed other tensors than down_proj and o_proj"
+
+# o_proj's bias (Llama with attention_bias) absorbs the removed heads' mean: it changes too
+python3 - "$fix/models/llama-tiny/config.json" "$work/llama-bias.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["attention_bias"] = True
+json.dump(c, open(sys.argv[2], "w"))
+PY
+ok init "$work/llama-bias" --config "$work/llama-bias.json" --no-tokenizer
+ok score "$work/llama-bias" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" --reconstruct \
+    -o "$work/lb.json"
+ok prune "$work/llama-bias" "$work/lb-plain" --importance "$work/lb.json" \
+    --target-num-attention-heads 4
+ok prune "$work/llama-bias" "$work/lb-lsq" --importance "$work/lb.json" \
+    --target-num-attention-heads 4 --reconstruct lsq
+changed "$work/lb-plain" "$work/lb-lsq" 3 self_attn.o_proj.weight self_attn.o_proj.bias && pass \
+    || fail "the refit with a bias changed other tensors than o_proj's weight and bias"
 
 # refusals: nothing written
 ok score "$tiny" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" -o "$work/nostats.json"
