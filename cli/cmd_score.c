@@ -603,6 +603,10 @@ static enum lms_status rank_options(const struct score_args *a, const char *mode
                      (int)so->layer_metric, "--axes", (int)so->axes, "--block-size",
                      (json_int_t)so->block_size, "--device", (int)a->base.dev.kind,
                      "--precision", (int)a->base.prec, "--force", a->base.wo.force);
+    if (*out && json_object_set_new(*out, "--reconstruct", json_boolean(a->reconstruct))) {
+        json_decref(*out);
+        *out = NULL;
+    }
     if (!*out)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     return LMS_OK;

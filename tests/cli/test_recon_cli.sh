@@ -48,7 +48,7 @@ r = random.Random(7)
 ids = [r.randrange(512) for _ in range(4096)]
 open(sys.argv[1] + "/ids.u16", "wb").write(struct.pack("<%dH" % len(ids), *ids))
 PY
-cal=(--seq-length 32 --mbs 4)
+cal=(--seq-length 32 --mbs 4 --threads 1) # one thread: sums equal whatever the run
 cut=(--target-ffn-hidden-size 128 --target-num-attention-heads 2)
 
 ok score "$tiny" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" --reconstruct -o "$work/s.json"
@@ -103,6 +103,28 @@ ok prune "$work/llama-bias" "$work/lb-lsq" --importance "$work/lb.json" \
     --target-num-attention-heads 4 --reconstruct lsq
 changed "$work/lb-plain" "$work/lb-lsq" 3 self_attn.o_proj.weight self_attn.o_proj.bias && pass \
     || fail "the refit with a bias changed other tensors than o_proj's weight and bias"
+
+# two ranks add their sums (rows 0:4 and 4:8): the same refit as one process
+MPIRUN=${MPIRUN:-}
+if [ -n "$MPIRUN" ] && [ -x "$MPIRUN" ]; then
+    # as in test_ranks_agree.sh: root in containers, OpenMPI's allocations under LeakSanitizer
+    root=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$root/tests/cli/lsan-mpi.supp"
+    export OMPI_MCA_mca_base_component_disable_dlclose=1
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+    if timeout 120 "$MPIRUN" --oversubscribe --bind-to none --mca btl self,vader,tcp \
+        --mca btl_base_warn_component_unused 0 -np 2 "$lms" score "$tiny" --data "$work/ids.u16" \
+        --num-samples 8 "${cal[@]}" --reconstruct -o "$work/ranks.json" --quiet \
+        >"$work/stdout" 2>"$work/stderr"; then
+        ok prune "$tiny" "$work/from-ranks" --importance "$work/ranks.json" "${cut[@]}" \
+            --reconstruct lsq
+        cmp -s "$work/from-file/model.safetensors" "$work/from-ranks/model.safetensors" && pass \
+            || fail "score --reconstruct over 2 ranks: another refit than one process's"
+    else
+        fail "mpirun -np 2 score --reconstruct: $(cat "$work/stderr")"
+    fi
+fi
 
 # refusals: nothing written
 ok score "$tiny" --data "$work/ids.u16" --num-samples 8 "${cal[@]}" -o "$work/nostats.json"
