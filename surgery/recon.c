@@ -82,7 +82,7 @@ enum lms_status lms_recon_solve(const double *w, const double *bias, int64_t row
                                 double *bias_out, struct lms_error *err)
 {
     int64_t m = n + (bias != NULL), kk = k + (bias != NULL); /* extended input and kept set */
-    if (rows < 1 || k < 1 || k > n || n_tokens < 1 || (rows | n) > INT32_MAX)
+    if (rows < 1 || k < 1 || k > n || n_tokens < 1 || rows > INT32_MAX || m > INT32_MAX)
         return lms_error_set(err, LMS_EINVAL, "refit: %lld x %lld weight, %lld of %lld columns "
                              "kept, %lld tokens", (long long)rows, (long long)n, (long long)k,
                              (long long)n, (long long)n_tokens);
