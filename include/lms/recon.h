@@ -16,7 +16,7 @@
  *
  * The sums ("gram statistics") are gathered in the calibration pass of include/lms/score.h
  * when asked for, add across runs over disjoint rows like the importance file's raw sums, and
- * are stored in a safetensors sidecar next to the importance file (README "Reconstruction"):
+ * are stored in a safetensors sidecar next to the importance file (README "Weight reconstruction"):
  *
  *   __metadata__: {"format": "lmsurgeon-gram", "version": "1", "num_layers", "ffn_hidden_size",
  *                  "attention_context", "tokens", "model_fingerprint", "data_fingerprint",
@@ -35,7 +35,7 @@
 #include "lms/hash.h"
 #include "lms/ir.h"
 
-/* lambda relative to the mean diagonal of G[K, K] (see README "Reconstruction"). */
+/* lambda relative to the mean diagonal of G[K, K] (see README "Weight reconstruction"). */
 #define LMS_RECON_RIDGE 1e-2
 
 enum lms_gram_kind {
