@@ -14,6 +14,7 @@
 #include "lms/importance.h"
 #include "lms/json.h"
 #include "lms/paths.h"
+#include "lms/recon.h"
 #include "lms/score.h"
 #include "lms/surgery.h"
 
@@ -88,6 +89,15 @@ static const char usage_search[] =
     "Scores and output:\n"
     "  --importance FILE            importance scores (lmsurgeon-importance JSON, see README);\n"
     "                               axes missing from it fall back to weight magnitudes\n"
+    "  --reconstruct lsq|none       after FFN or head pruning, refit the kept columns of each\n"
+    "                               layer's down_proj / o_proj (and o_proj's bias, where the\n"
+    "                               model has one) by least squares so that the projection's\n"
+    "                               output on the calibration activations matches the unpruned\n"
+    "                               layer's (ridge 1e-2 x mean diagonal, in float64). The\n"
+    "                               statistics come from the --data-paths pass (8 L (F^2 +\n"
+    "                               (n_h d)^2) bytes more memory) or from the sidecar of an\n"
+    "                               --importance file scored with 'score --reconstruct'.\n"
+    "                               Default none (the kept columns as they are)\n"
     "  --dry-run                    print the resulting config, size and kept indices (and the\n"
     "                               candidate table); write nothing\n"
     "  --to FORMAT                  output format (default: the input's)\n"
@@ -103,6 +113,10 @@ static const char usage_search[] =
 struct prune_args {
     struct cli_args base; /* IN, OUT, --to, the write options, --json, --quiet */
     const char *importance, *selection;
+    const char *reconstruct; /* --reconstruct: "lsq" or "none" (NULL: none) */
+    bool lsq;                /* --reconstruct lsq */
+    struct lms_gram gram_file; /* the statistics of an --importance file's sidecar */
+    int64_t n_refit;           /* projections refitted */
     struct lms_prune_targets t;
     bool dry_run, legacy_ckpt;
     struct lms_calib_opts cal; /* data and device options; what to gather is set per run */
@@ -227,6 +241,11 @@ static void print_summary(const struct prune_args *a, json_t *rep, const struct 
            lms_model_n_params(out),
            100.0 * (double)lms_model_n_params(out) / (double)lms_model_n_params(in));
     printf("  tensor bytes         %s -> %s\n", b1, b2);
+    if (a->lsq && a->dry_run)
+        printf("  reconstruction       least squares (not computed in a dry run)\n");
+    else if (a->lsq)
+        printf("  reconstruction       least-squares refit of %" PRId64 " projections "
+               "(down_proj, o_proj)\n", a->n_refit);
 }
 
 static json_t *candidates_json(const struct lms_candidate *c, int64_t n, int64_t chosen)
@@ -371,6 +390,26 @@ static void calib_end(void *ctx, bool ok)
         fputc('\n', stderr);
 }
 
+/* The reconstruction sidecar an importance file names, checked against the model being pruned
+ * (its dims and its fingerprint). OUT: *g. */
+static enum lms_status open_statistics(const struct prune_args *a, const struct lms_model *in,
+                                       const struct lms_importance *imp, struct lms_gram *g,
+                                       struct lms_error *err)
+{
+    char path[4096];
+    if (!lms_importance_gram_path(imp, a->importance, path, sizeof path))
+        return lms_error_set(err, LMS_EFORMAT, "--reconstruct lsq: '%s' has no reconstruction "
+                             "statistics (score with --reconstruct, or calibrate with "
+                             "--data-paths)", a->importance);
+    char fp[LMS_HASH64_HEX];
+    enum lms_status rc = lms_gram_open(path, g, err);
+    if (!rc && (rc = lms_model_fingerprint(in, fp, err)))
+        lms_error_wrap(err, "'%s': ", a->base.in);
+    if (!rc)
+        rc = lms_gram_check(g, &in->arch, fp, err);
+    return rc;
+}
+
 /* The scores the plan ranks by: an importance file's, or the model's activations on the
  * calibration data (*cal keeps the run for the depth metrics and the budget search). OUT:
  * scores_from says where they came from, in words ("" for none). */
@@ -388,8 +427,11 @@ static enum lms_status gather_scores(struct prune_args *a, const struct lms_mode
         snprintf(scores_from, cap, "%s scores of '%s'", imp->method ? imp->method : "the",
                  a->importance);
     }
+    if (!rc && a->lsq && a->importance)
+        rc = open_statistics(a, in, imp, &a->gram_file, err);
     if (!rc && a->cal.data) {
         lms_prune_calib_setup(&in->arch, &a->t, a->target_params != 0, &a->cal);
+        a->cal.gram = a->lsq;
         *watch = (struct calib_watch){.quiet = a->base.co.quiet,
                                       .hidden = a->base.co.quiet || a->base.co.json,
                                       .model = a->base.in, .arch = &in->arch,
@@ -421,6 +463,10 @@ static void print_result(const struct prune_args *a, json_t *report, const struc
         json_object_set_new(o, "shape", shape_json(report, in, out));
         if (cal)
             json_object_set_new(o, "calibration", lms_calib_json(cal));
+        if (a->lsq)
+            json_object_set_new(o, "reconstruction",
+                                json_pack("{s:s,s:I,s:f}", "method", "lsq", "refitted",
+                                          (json_int_t)a->n_refit, "ridge", LMS_RECON_RIDGE));
         if (table)
             json_object_set_new(o, "search", json_incref(table));
         cli_print_json(o);
@@ -459,6 +505,9 @@ static int run(void *args)
         rc = lms_prune_plan_calibrated(&in, &a->t, &imp, cal, &plan, &report, &err);
     if (!rc && !(rc = lms_prune_apply(&in, &plan, &out, &err)))
         have_out = true;
+    if (!rc && a->lsq && !a->dry_run)
+        rc = lms_prune_reconstruct(&in, &plan, a->importance ? &a->gram_file : lms_calib_gram(cal),
+                                   &out, &a->n_refit, &err);
     struct lms_write_result res = {0};
     if (!rc && !a->dry_run)
         rc = cli_write_checkpoint(&a->base, dst, &out, a->base.out, "pruning", &res, &err);
@@ -473,6 +522,7 @@ static int run(void *args)
     lms_calib_free(cal);
     lms_prune_plan_release(&plan);
     lms_importance_release(&imp);
+    lms_gram_release(&a->gram_file);
     lms_model_release(&in);
     return code;
 }
@@ -499,6 +549,7 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("multiple-of", struct prune_args, t.multiple_of, 1, INT64_C(1) << 20,
               "invalid --multiple-of '%s' (1 to 1048576)"),
     CLI_STRING("importance", struct prune_args, importance),
+    CLI_STRING("reconstruct", struct prune_args, reconstruct),
     CLI_FLAG("dry-run", struct prune_args, dry_run),
     CLI_STRING("data-paths", struct prune_args, cal.data),
     CLI_STRING("data", struct prune_args, cal.data),
@@ -592,6 +643,17 @@ static int check(void *args)
     if (a->cal.data && a->importance)
         return cli_usage_error(cmd, "--data-paths and --importance exclude each other (calibrate "
                                "or read scores, not both)");
+    if (a->reconstruct && strcmp(a->reconstruct, "lsq") && strcmp(a->reconstruct, "none"))
+        return cli_usage_error(cmd, "unknown --reconstruct '%s' (lsq, none)", a->reconstruct);
+    a->lsq = a->reconstruct && !strcmp(a->reconstruct, "lsq");
+    if (a->lsq && !a->cal.data && !a->importance)
+        return cli_usage_error(cmd, "--reconstruct lsq needs its statistics: calibration data "
+                               "(--data-paths) or an --importance file scored with 'score "
+                               "--reconstruct'");
+    if (a->lsq && !a->t.ffn && !a->t.n_heads && !a->t.n_groups && !a->target_params)
+        return cli_usage_error(cmd, "--reconstruct lsq refits after FFN or head pruning: give "
+                               "--target-ffn-hidden-size, --target-num-attention-heads or "
+                               "--target-num-query-groups");
     if (a->target_params && (a->t.ffn || a->t.hidden || a->t.n_heads || a->t.n_layers ||
                              a->t.n_groups || a->t.drop_layers || a->t.keep_layers))
         return cli_usage_error(cmd, "--target-params searches the shape: give no other target "

@@ -5,12 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
 #include "lms/comm.h"
 #include "lms/format.h"
 #include "lms/json.h"
+#include "lms/outdir.h"
 #include "lms/paths.h"
 #include "lms/score.h"
 
@@ -18,7 +20,8 @@
  * over the ranks (they are additive, as for --merge), and rank 0 derives and writes the file
  * of the whole row range. */
 static enum lms_status sum_over_ranks(struct lms_comm *c, struct lms_importance *imp,
-                                      const struct lms_score_opts *whole, struct lms_error *err)
+                                      struct lms_gram *g, const struct lms_score_opts *whole,
+                                      struct lms_error *err)
 {
     struct lms_importance_raw *x = &imp->raw;
     int64_t L = imp->n_layers, n_starts = imp->block_size ? L - imp->block_size + 1 : 0;
@@ -37,8 +40,18 @@ static enum lms_status sum_over_ranks(struct lms_comm *c, struct lms_importance 
                         x->base_loss};
     if (!rc)
         rc = lms_comm_sum(c, counts, 4, err);
+    for (int k = 0; g && !rc && k < LMS_GRAM_KINDS; k++) {
+        int64_t d = g->dim[k];
+        rc = lms_comm_sum(c, g->gram[k], g->n_layers * d * d, err);
+        if (!rc)
+            rc = lms_comm_sum(c, g->sum[k], g->n_layers * d, err);
+    }
     if (rc)
         return rc;
+    if (g) {
+        g->n_rows = (int64_t)counts[0];
+        g->n_tokens = g->n_rows * g->row_length;
+    }
     x->n_rows = (int64_t)counts[0];
     x->n_cos_rows = (int64_t)counts[1];
     x->n_loss_tokens = (int64_t)counts[2];
@@ -58,7 +71,7 @@ static const char usage_text[] =
     "                       [--sequential] [--layer-metric bi|block-bi|ppl|contiguous]\n"
     "                       [--target-num-layers N | --block-size N] [--axes LIST]\n"
     "                       [--device cpu|cuda[:N]] [--threads N] [--precision fp32|bf16|auto]\n"
-    "                       [--force] [--json] [--quiet]\n"
+    "                       [--reconstruct] [--force] [--json] [--quiet]\n"
     "       lmsurgeon score --merge A.json B.json ... -o FILE [--force] [--json] [--quiet]\n"
     "\n"
     "Runs MODEL forward over calibration rows and writes the activation importance of every\n"
@@ -92,9 +105,17 @@ static const char usage_text[] =
     "  --precision P          GEMM and attention arithmetic: auto (default: the device's\n"
     "                         own, fp32 on the CPU, bf16 on CUDA as the reference workflow\n"
     "                         runs), fp32 or bf16; the statistics are fp32 or better always\n"
+    "";
+static const char usage_more[] =
+    "  --reconstruct          also gather the statistics of weight reconstruction (prune\n"
+    "                         --reconstruct lsq): per layer the sums of a a^T and a over the\n"
+    "                         inputs a of down_proj and o_proj, 8 L (F^2 + (n_h d)^2) bytes,\n"
+    "                         held in memory during the run and written beside FILE as\n"
+    "                         FILE-without-.json + .gram.safetensors (float64), which FILE names\n"
     "  --merge FILE...        add the raw sums of importance files scored over disjoint rows\n"
     "                         of the same data, model, order, seed and row length (anything\n"
-    "                         else is refused, naming both files)\n"
+    "                         else is refused, naming both files); their reconstruction\n"
+    "                         statistics are added too when every file has them\n"
     "  --force                overwrite an existing output file\n"
     "  --json                 print one JSON object on stdout\n"
     "  --quiet                no progress bar, no summary\n"
@@ -154,6 +175,27 @@ static bool exists(const char *path)
     return stat(path, &st) == 0;
 }
 
+/* The sidecar written for out, removed when the importance file could not follow it. */
+static void remove_sidecar(const char *out)
+{
+    char p[4096];
+    lms_gram_sidecar_path(out, p, sizeof p);
+    unlink(p);
+}
+
+/* Writes the reconstruction sidecar beside out and names it in imp (before imp is written, so
+ * that the importance file never names a file that is not there). */
+static enum lms_status write_sidecar(const struct lms_gram *g, const char *out, bool force,
+                                     struct lms_importance *imp, struct lms_error *err)
+{
+    char p[4096];
+    lms_gram_sidecar_path(out, p, sizeof p);
+    enum lms_status rc = lms_gram_write(g, p, force, err);
+    if (!rc && !(imp->gram_file = lms_strdup(lms_path_basename(p))))
+        rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    return rc;
+}
+
 static void print_summary(const struct lms_importance *imp, const char *out, double secs,
                           const char *what)
 {
@@ -181,6 +223,8 @@ static void print_summary(const struct lms_importance *imp, const char *out, dou
     printf("  axes:%s%s%s%s%s\n", axes & LMS_AXIS_LAYERS ? " layers" : "",
            axes & LMS_AXIS_HIDDEN ? " hidden" : "", axes & LMS_AXIS_FFN ? " ffn" : "",
            axes & LMS_AXIS_HEADS ? " heads" : "", axes & LMS_AXIS_GROUPS ? " query_groups" : "");
+    if (imp->gram_file)
+        printf("  reconstruction statistics: %s (beside it)\n", imp->gram_file);
 }
 
 static json_t *result_json(const struct lms_importance *imp, const char *out, double secs,
@@ -194,6 +238,8 @@ static json_t *result_json(const struct lms_importance *imp, const char *out, do
     }
     if (tokens_per_s > 0)
         json_object_set_new(o, "tokens_per_second", json_real(tokens_per_s));
+    if (imp->gram_file)
+        json_object_set_new(o, "reconstruction_statistics", json_string(imp->gram_file));
     if (imp->layer_metric)
         json_object_set_new(o, "layer_metric",
                             json_string(lms_layer_metric_name(imp->layer_metric)));
@@ -242,6 +288,50 @@ static enum lms_status merge_files(char **files, int n, struct lms_importance *a
     return rc;
 }
 
+/* The inputs' reconstruction sidecars, added into OUT's (every input has one, or none does).
+ * OUT: acc names the merged sidecar. */
+static enum lms_status merge_sidecars(char **files, int n, const char *out, bool force,
+                                      struct lms_importance *acc, bool *written,
+                                      struct lms_error *err)
+{
+    *written = false;
+    char **paths = lms_calloc((size_t)n, sizeof *paths);
+    if (!paths)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    enum lms_status rc = LMS_OK;
+    int with = 0;
+    for (int i = 0; !rc && i < n; i++) {
+        struct lms_importance imp;
+        if ((rc = lms_importance_read(files[i], &imp, err)))
+            break;
+        char p[4096];
+        if (lms_importance_gram_path(&imp, files[i], p, sizeof p)) {
+            with++;
+            if (!(paths[i] = lms_strdup(p)))
+                rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+        }
+        lms_importance_release(&imp);
+    }
+    if (!rc && with && with != n)
+        rc = lms_error_set(err, LMS_EFORMAT, "merging: some files have reconstruction "
+                           "statistics and others not (score every part with --reconstruct, or "
+                           "none)");
+    char sidecar[4096];
+    lms_gram_sidecar_path(out, sidecar, sizeof sidecar);
+    if (!rc && with) {
+        rc = lms_gram_merge_files((const char *const *)paths, n, sidecar, force, err);
+        *written = !rc;
+        lms_free(acc->gram_file);
+        acc->gram_file = rc ? NULL : lms_strdup(lms_path_basename(sidecar));
+        if (!rc && !acc->gram_file)
+            rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++)
+        lms_free(paths[i]);
+    lms_free(paths);
+    return rc;
+}
+
 static int run_merge(struct cli_common *co, char **files, int n, const char *out, bool force)
 {
     struct lms_error err;
@@ -249,9 +339,14 @@ static int run_merge(struct cli_common *co, char **files, int n, const char *out
     struct lms_importance acc;
     lms_importance_init(&acc, NULL);
     double t0 = cli_now();
+    bool sidecar = false;
     enum lms_status rc = merge_files(files, n, &acc, &err);
     if (!rc)
+        rc = merge_sidecars(files, n, out, force, &acc, &sidecar, &err);
+    if (!rc)
         rc = lms_importance_write(&acc, out, force, &err);
+    if (rc && sidecar)
+        remove_sidecar(out);
     int code;
     if (rc) {
         code = cli_fail(cmd, co, &err);
@@ -273,6 +368,7 @@ struct score_args {
     int64_t n_rows, target_layers, block; /* n_rows 0: --num-samples not given */
     int64_t seed;                         /* -1: not given */
     bool have_rows, merge;
+    bool reconstruct; /* --reconstruct: gather the gram statistics too */
 };
 
 enum { O_ROWS, O_METRIC, O_AXES };
@@ -301,6 +397,7 @@ static const struct cli_opt opts[] = {
     CLI_COUNT("block-size", struct score_args, block, 1, 0, "invalid --block-size '%s'"),
     CLI_CALL("axes", O_AXES),
     CLI_FLAG("merge", struct score_args, merge),
+    CLI_FLAG("reconstruct", struct score_args, reconstruct),
     CLI_END,
 };
 
@@ -334,10 +431,15 @@ static int on_option(void *args, int id, const char *value, const char *word)
 static int check_paths(const struct score_args *a)
 {
     int n = a->merge ? a->base.n_rest : 2;
-    struct lms_path_role *roles = lms_calloc((size_t)n + 1, sizeof *roles);
+    struct lms_path_role *roles = lms_calloc((size_t)n + 2, sizeof *roles);
     if (!roles)
         return cli_usage_error(cmd, "out of memory");
     roles[0] = (struct lms_path_role){a->out, NULL, LMS_PATH_WRITE};
+    char sidecar[4096];
+    lms_gram_sidecar_path(a->out, sidecar, sizeof sidecar);
+    if (a->reconstruct || a->merge)
+        roles[n + 1] = (struct lms_path_role){sidecar, "the reconstruction statistics",
+                                              LMS_PATH_WRITE};
     if (a->merge)
         for (int i = 0; i < n; i++)
             roles[i + 1] = (struct lms_path_role){a->base.rest[i], "the input", LMS_PATH_READ};
@@ -347,7 +449,7 @@ static int check_paths(const struct score_args *a)
     }
     struct lms_error err;
     lms_error_clear(&err);
-    enum lms_status st = lms_paths_check(roles, (size_t)n + 1, &err);
+    enum lms_status st = lms_paths_check(roles, (size_t)n + 2, &err);
     lms_free(roles);
     return st ? cli_fail(cmd, &a->base.co, &err) : CLI_PARSED;
 }
@@ -360,6 +462,13 @@ static int check(void *args)
         return cli_usage_error(cmd, "-o FILE is required");
     if (exists(a->out) && !a->base.wo.force)
         return cli_usage_error(cmd, "'%s' exists (use --force to overwrite it)", a->out);
+    char sidecar[4096];
+    lms_gram_sidecar_path(a->out, sidecar, sizeof sidecar);
+    if (a->reconstruct && exists(sidecar) && !a->base.wo.force)
+        return cli_usage_error(cmd, "'%s' exists (use --force to overwrite it)", sidecar);
+    if (a->merge && a->reconstruct)
+        return cli_usage_error(cmd, "--merge adds the files' reconstruction statistics when they "
+                               "have them; --reconstruct is for a scoring run");
     if (a->merge) {
         if (a->base.n_rest < 2)
             return cli_usage_error(cmd, "--merge needs at least two importance files");
@@ -397,7 +506,7 @@ static int check(void *args)
 static int run(void *args);
 
 static const struct cli_spec spec = {
-    .name = "score", .help = {usage_text}, .shorts = "ho:q",
+    .name = "score", .help = {usage_text, usage_more}, .shorts = "ho:q",
     .groups = CLI_FORCE | CLI_RUN | CLI_PRECISION, .positional = CLI_POS_REST, .opts = opts,
     .on_option = on_option, .check = check,
     .run = run,
@@ -494,6 +603,10 @@ static enum lms_status rank_options(const struct score_args *a, const char *mode
                      (int)so->layer_metric, "--axes", (int)so->axes, "--block-size",
                      (json_int_t)so->block_size, "--device", (int)a->base.dev.kind,
                      "--precision", (int)a->base.prec, "--force", a->base.wo.force);
+    if (*out && json_object_set_new(*out, "--reconstruct", json_boolean(a->reconstruct))) {
+        json_decref(*out);
+        *out = NULL;
+    }
     if (!*out)
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     return LMS_OK;
@@ -532,6 +645,9 @@ static int run_score(struct score_args *a)
     struct cli_model cm = {0};
     struct lms_importance imp;
     lms_importance_init(&imp, NULL);
+    struct lms_gram gram = {0};
+    if (a->reconstruct)
+        so.gram = &gram;
     bool agreed = false;
     if (rc != CLI_PARSED)
         goto out;
@@ -572,7 +688,7 @@ static int run_score(struct score_args *a)
         agreed = true;
         if (!sst && failed)
             sst = lms_error_set(&err, LMS_EIO, "another rank failed (its message says why)");
-        if (!sst && sum_over_ranks(comm, &imp, &whole, &err)) {
+        if (!sst && sum_over_ranks(comm, &imp, a->reconstruct ? &gram : NULL, &whole, &err)) {
             agreed = false;
             goto fail;
         }
@@ -585,8 +701,15 @@ static int run_score(struct score_args *a)
     }
     cli_progress_end(&bar);
     double secs = cli_now() - t0;
+    if (lms_comm_rank(comm) == 0 && a->reconstruct &&
+        write_sidecar(&gram, a->out, a->base.wo.force, &imp, &err)) {
+        agreed = false;
+        goto fail;
+    }
     if (lms_comm_rank(comm) == 0 && lms_importance_write(&imp, a->out, a->base.wo.force, &err)) {
         agreed = false; /* the others are done: ending them is harmless */
+        if (a->reconstruct)
+            remove_sidecar(a->out);
         goto fail;
     }
     report(a, &co, &cm, &imp, &so, secs);
@@ -596,6 +719,7 @@ fail:
     rc = cli_fail_ranks(cmd, &co, &err, comm, agreed);
 out:
     lms_importance_release(&imp);
+    lms_gram_release(&gram);
     lms_comm_close(comm);
     cli_model_close(&cm);
     lms_dataset_free(ds);

@@ -27,6 +27,7 @@ struct lms_calib {
     double seconds;
     /* a block metric recomputed for other block lengths (the budget search's depths) */
     struct lms_importance blocks[MAX_BLOCK_RUNS];
+    struct lms_gram gram;         /* with o.gram: the reconstruction statistics */
     int n_blocks;
     char describe[600];
 };
@@ -46,8 +47,9 @@ static double now(void)
 
 /* One score pass, reported to the observer as one labelled pass. */
 static enum lms_status score(struct lms_calib *c, const struct lms_model *m, unsigned axes,
-                             enum lms_layer_metric metric, int64_t block, const char *label,
-                             struct lms_importance *imp, struct lms_error *err)
+                             enum lms_layer_metric metric, int64_t block, bool gather_gram,
+                             const char *label, struct lms_importance *imp,
+                             struct lms_error *err)
 {
     const struct lms_calib_progress *p = &c->o.progress;
     struct lms_score_opts so;
@@ -62,6 +64,7 @@ static enum lms_status score(struct lms_calib *c, const struct lms_model *m, uns
     so.block_size = block;
     so.data_name = c->o.data;
     so.model_name = c->o.model;
+    so.gram = gather_gram ? &c->gram : NULL;
     so.progress = p->step;
     so.progress_ctx = p->ctx;
     if (p->begin)
@@ -117,9 +120,9 @@ enum lms_status lms_calib_run(const struct lms_model *m, const struct lms_calib_
             c->metric = LMS_LAYER_METRIC_NONE;
     }
     /* only what the targets need: no width axis and no depth metric runs nothing */
-    if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE)) {
+    if (!rc && (o->width_axes || c->metric != LMS_LAYER_METRIC_NONE || o->gram)) {
         lms_importance_release(imp);
-        rc = score(c, m, o->width_axes, c->metric, block, "calibrating", imp, err);
+        rc = score(c, m, o->width_axes, c->metric, block, o->gram, "calibrating", imp, err);
     } else if (!rc) {
         c->describe[0] = '\0';
     }
@@ -153,7 +156,7 @@ enum lms_status lms_calib_scores_for(struct lms_calib *c, const struct lms_model
                                  MAX_BLOCK_RUNS);
         char label[64];
         snprintf(label, sizeof label, "scoring blocks of %lld", (long long)n_drop);
-        enum lms_status rc = score(c, m, 0, want, n_drop, label, &c->blocks[i], err);
+        enum lms_status rc = score(c, m, 0, want, n_drop, false, label, &c->blocks[i], err);
         if (rc)
             return rc;
         c->n_blocks++;
@@ -201,6 +204,11 @@ enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, d
     return rc;
 }
 
+const struct lms_gram *lms_calib_gram(const struct lms_calib *c)
+{
+    return c && c->o.gram && c->gram.n_layers ? &c->gram : NULL;
+}
+
 const char *lms_calib_describe(const struct lms_calib *c)
 {
     return c->describe[0] ? c->describe : NULL;
@@ -225,6 +233,7 @@ void lms_calib_free(struct lms_calib *c)
         return;
     for (int i = 0; i < c->n_blocks; i++)
         lms_importance_release(&c->blocks[i]);
+    lms_gram_release(&c->gram);
     lms_sampler_free(c->smp);
     lms_backend_free(c->be);
     lms_dataset_free(c->ds);

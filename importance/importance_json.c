@@ -40,6 +40,7 @@ void lms_importance_release(struct lms_importance *imp)
     for (size_t i = 0; i < lms__n_raw_sums; i++)
         lms_free(*lms__raw_sum_ptr(&imp->raw, &lms__raw_sums[i]));
     lms_free(imp->method);
+    lms_free(imp->gram_file);
     if (imp->source)
         json_decref(imp->source);
     memset(imp, 0, sizeof(*imp));
@@ -227,6 +228,33 @@ static enum lms_status read_raw(const json_t *root, struct lms_importance *imp,
     return rc;
 }
 
+/* "reconstruction": {"statistics": NAME}: a plain file name (no folder: the sidecar lives beside
+ * the importance file, so a file that names another place is refused rather than followed). */
+static enum lms_status read_gram_file(const json_t *root, struct lms_importance *imp,
+                                      struct lms_error *err)
+{
+    const json_t *r = json_object_get(root, "reconstruction");
+    if (!r)
+        return LMS_OK;
+    const char *name = json_string_value(json_object_get(r, "statistics"));
+    if (!json_is_object(r) || !name || !*name || strchr(name, '/') || !strcmp(name, ".") ||
+        !strcmp(name, ".."))
+        return lms_error_set(err, LMS_EFORMAT, "'reconstruction.statistics' is not a file name");
+    imp->gram_file = lms_strdup(name);
+    return imp->gram_file ? LMS_OK : lms_error_set(err, LMS_ENOMEM, "out of memory");
+}
+
+bool lms_importance_gram_path(const struct lms_importance *imp, const char *path, char *dst,
+                              size_t cap)
+{
+    if (!imp->gram_file)
+        return false;
+    const char *slash = strrchr(path, '/');
+    int dir = slash ? (int)(slash - path) + 1 : 0;
+    int n = snprintf(dst, cap, "%.*s%s", dir, path, imp->gram_file);
+    return n > 0 && (size_t)n < cap;
+}
+
 enum lms_status lms_importance_read(const char *path, struct lms_importance *imp,
                                     struct lms_error *err)
 {
@@ -280,6 +308,8 @@ enum lms_status lms_importance_read(const char *path, struct lms_importance *imp
     const json_t *source = json_object_get(root, "source");
     if (!rc && source)
         imp->source = json_incref((json_t *)source);
+    if (!rc)
+        rc = read_gram_file(root, imp, err);
     json_decref(root);
     if (rc) {
         lms_error_wrap(err, "reading '%s': ", path);
@@ -434,6 +464,8 @@ static enum lms_status importance_json(const struct lms_importance *imp, json_t 
         rc = put_mat(root, "query_groups", imp->groups, L, imp->n_groups, "query_groups", err);
     if (!rc && imp->raw.present)
         rc = put_raw(root, imp, err);
+    if (!rc && imp->gram_file)
+        rc = put(root, "reconstruction", json_pack("{s:s}", "statistics", imp->gram_file), err);
     if (rc)
         json_decref(root);
     else

@@ -27,6 +27,7 @@
 #include "lms/alloc.h"
 #include "lms/engine.h"
 #include "lms/hash.h"
+#include "lms/recon.h"
 #include "lms/score.h"
 
 
@@ -51,6 +52,8 @@ int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len)
 struct layout {
     int64_t B, S, N, L, H, F, C; /* C = n_h d */
     bool hidden, ffn, heads, bi, block, loss;
+    bool gram;                   /* reconstruction statistics (o->gram) */
+    int64_t gram_dim;            /* max(F, C): the side of the gram scratch */
     bool layer_loss;             /* the loss variants skip one layer each (else one block) */
     int64_t n_block;             /* n layers per block; blocks L - n + 1 */
     int64_t n_starts;
@@ -85,6 +88,8 @@ static enum lms_status plan_layout(const struct lms_arch *a, const struct lms_sc
     y->hidden = o->axes & LMS_AXIS_HIDDEN;
     y->ffn = o->axes & LMS_AXIS_FFN;
     y->heads = o->axes & (LMS_AXIS_HEADS | LMS_AXIS_GROUPS);
+    y->gram = o->gram != NULL;
+    y->gram_dim = y->gram ? (y->F > y->C ? y->F : y->C) : 0;
     const struct lms_layer_metric_desc *lm = metric_of(o);
     if (!lm)
         return lms_error_set(err, LMS_EINVAL, "score: unknown layer metric %d",
@@ -160,6 +165,11 @@ enum lms_status lms_score_memory_plan(const struct lms_model *m, const struct lm
     total += (uint64_t)(y.stats_floats + y.cos_floats + y.ring_slots * y.N * y.H) * 4;
     /* the host copies of the per-micro-batch buffers */
     total += (uint64_t)(y.stats_floats + y.cos_floats) * 4;
+    /* reconstruction: one gram and one column sum per micro-batch on the device and their host
+     * copy, a row of ones, and the double sums of every layer */
+    if (y.gram)
+        total += (uint64_t)(y.gram_dim * (y.gram_dim + 1)) * 8 + (uint64_t)y.N * 4 +
+                 lms_gram_bytes(&m->arch);
     *bytes = total;
     return LMS_OK;
 }
@@ -196,12 +206,45 @@ struct run {
     int64_t row0;             /* its first calibration row */
     struct lms_buf stats, cos, ring;
     float *h_stats, *h_cos;   /* host copies */
+    struct lms_buf g_dev, ones; /* one micro-batch's gram and column sum; a row of N ones */
+    float *h_gram;            /* its host copy */
     struct lms_importance_raw *raw;
 };
 
 static float *ring_slot(struct run *r, int64_t layer)
 {
     return (float *)r->ring.ptr + (layer % r->y.ring_slots) * r->y.N * r->y.H;
+}
+
+/* Adds one micro-batch's a^T a and column sums of the activation (n tokens x d) into layer l's
+ * double sums of kind k: one GEMM on the device (per micro-batch in fp32, as the other
+ * statistics), downloaded and added on the host, so runs over disjoint rows add exactly. */
+static enum lms_status add_gram(struct run *r, enum lms_gram_kind k, const struct lms_activation *act,
+                                struct lms_error *err)
+{
+    struct lms_backend *be = r->be;
+    int64_t d = act->cols, n = act->batch * act->seq;
+    float *g = r->g_dev.ptr, *s = g + d * d;
+    struct lms_matmul gram = {.trans_a = true, .m = d, .n = d, .k = n, .a = act->data, .lda = d,
+                              .b = act->data, .b_dtype = LMS_DTYPE_F32, .ldb = d, .c = g,
+                              .ldc = d, .batch = 1, .alpha = 1};
+    struct lms_matmul colsum = {.m = 1, .n = d, .k = n, .a = r->ones.ptr, .lda = n,
+                                .b = act->data, .b_dtype = LMS_DTYPE_F32, .ldb = d, .c = s,
+                                .ldc = d, .batch = 1, .alpha = 1};
+    enum lms_status rc = be->ops->matmul(be, &gram, err);
+    if (!rc)
+        rc = be->ops->matmul(be, &colsum, err);
+    if (!rc)
+        rc = lms_buf_download(be, r->h_gram, (size_t)(d * (d + 1)) * 4, g,
+                              (size_t)(d * (d + 1)) * 4, err);
+    if (rc)
+        return rc;
+    double *dg = r->o->gram->gram[k] + act->layer * d * d, *ds = r->o->gram->sum[k] + act->layer * d;
+    for (int64_t i = 0; i < d * d; i++)
+        dg[i] += r->h_gram[i];
+    for (int64_t i = 0; i < d; i++)
+        ds[i] += r->h_gram[d * d + i];
+    return LMS_OK;
 }
 
 static enum lms_status on_hook(void *ctx, struct lms_backend *be, const struct lms_activation *act,
@@ -219,12 +262,18 @@ static enum lms_status on_hook(void *ctx, struct lms_backend *be, const struct l
         return ops->abs_mean(be, stats + y->off_hidden + (l * 2 + k) * y->B * y->H, act->data,
                              act->cols, B, S, act->cols, err);
     }
-    case LMS_HOOK_DOWN_INPUT:
-        return ops->abs_mean(be, stats + y->off_ffn + l * y->B * y->F, act->data, act->cols, B,
-                             S, act->cols, err);
-    case LMS_HOOK_ATTN_CONTEXT:
-        return ops->abs_mean(be, stats + y->off_ctx + l * y->B * y->C, act->data, act->cols, B,
-                             S, act->cols, err);
+    case LMS_HOOK_DOWN_INPUT: {
+        enum lms_status rc = y->ffn ? ops->abs_mean(be, stats + y->off_ffn + l * y->B * y->F,
+                                                    act->data, act->cols, B, S, act->cols, err)
+                                    : LMS_OK;
+        return !rc && y->gram ? add_gram(r, LMS_GRAM_DOWN, act, err) : rc;
+    }
+    case LMS_HOOK_ATTN_CONTEXT: {
+        enum lms_status rc = y->heads ? ops->abs_mean(be, stats + y->off_ctx + l * y->B * y->C,
+                                                      act->data, act->cols, B, S, act->cols, err)
+                                      : LMS_OK;
+        return !rc && y->gram ? add_gram(r, LMS_GRAM_O, act, err) : rc;
+    }
     case LMS_HOOK_EMBED_OUT: {
         enum lms_status rc = ops->abs_mean(be, stats + y->off_resid, act->data, y->H, B, S,
                                            y->H, err);
@@ -416,6 +465,40 @@ static enum lms_status accumulate(struct run *r, struct lms_error *err)
     return LMS_OK;
 }
 
+/* The reconstruction statistics' sums and scratch: the double sums on the host, one
+ * micro-batch's gram and column sum on the device with their host copy, and a row of ones
+ * (the left operand of the column sum). */
+static enum lms_status gram_setup(struct run *r, struct lms_error *err)
+{
+    const struct layout *y = &r->y;
+    size_t side = (size_t)y->gram_dim;
+    enum lms_status rc = lms_gram_alloc(r->o->gram, r->a, err);
+    if (!rc)
+        rc = lms_buf_alloc(r->be, side * (side + 1) * 4, &r->g_dev, err);
+    if (!rc)
+        rc = lms_buf_alloc(r->be, (size_t)y->N * 4, &r->ones, err);
+    float *ones = rc ? NULL : lms_malloc((size_t)y->N * 4);
+    r->h_gram = rc ? NULL : lms_malloc(side * (side + 1) * 4);
+    if (!rc && (!ones || !r->h_gram))
+        rc = lms_error_set(err, LMS_ENOMEM, "score: out of memory for the reconstruction sums");
+    for (int64_t i = 0; !rc && i < y->N; i++)
+        ones[i] = 1.0f;
+    if (!rc)
+        rc = lms_buf_upload(r->be, r->ones.ptr, ones, (size_t)y->N * 4, err);
+    lms_free(ones);
+    return rc;
+}
+
+static void gram_provenance(struct lms_gram *g, int64_t n_rows, int64_t seq_len,
+                            const char *data_fp, const char *model_fp)
+{
+    g->n_rows = n_rows;
+    g->row_length = seq_len;
+    g->n_tokens = n_rows * seq_len;
+    snprintf(g->data_fp, sizeof g->data_fp, "%s", data_fp);
+    snprintf(g->model_fp, sizeof g->model_fp, "%s", model_fp);
+}
+
 static double *zeros(int64_t n, bool *ok)
 {
     double *p = lms_calloc((size_t)(n > 0 ? n : 1), sizeof(double));
@@ -541,6 +624,8 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         rc = lms_buf_alloc(be, (size_t)y->cos_floats * 4, &r.cos, err);
     if (!rc && y->ring_slots)
         rc = lms_buf_alloc(be, (size_t)(y->ring_slots * y->N * y->H) * 4, &r.ring, err);
+    if (!rc && y->gram)
+        rc = gram_setup(&r, err);
     if (rc)
         goto out;
     r.h_stats = lms_malloc((size_t)(y->stats_floats + 1) * 4);
@@ -579,8 +664,10 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         mask |= 1u << LMS_HOOK_ATTN_NORM_OUT | 1u << LMS_HOOK_MLP_NORM_OUT;
     if (y->ffn)
         mask |= 1u << LMS_HOOK_DOWN_INPUT;
-    if (y->heads)
+    if (y->heads || y->gram)
         mask |= 1u << LMS_HOOK_ATTN_CONTEXT;
+    if (y->gram)
+        mask |= 1u << LMS_HOOK_DOWN_INPUT;
     for (int64_t r0 = o->row_begin; r0 < o->row_end; r0 += y->B) {
         int64_t nb = o->row_end - r0 < y->B ? o->row_end - r0 : y->B;
         for (int64_t b = 0; b < nb; b++) {
@@ -635,6 +722,8 @@ enum lms_status lms_score_run(const struct lms_model *m, struct lms_backend *be,
         }
     }
     raw->n_rows = n_rows;
+    if (y->gram)
+        gram_provenance(o->gram, n_rows, y->S, data_fp, model_fp);
     imp->method = lms_strdup("activation");
     imp->source = provenance(o, be, lm, data_fp, model_fp);
     if (!imp->method || !imp->source) {
@@ -646,6 +735,11 @@ out:
     lms_buf_free(be, &r.stats);
     lms_buf_free(be, &r.cos);
     lms_buf_free(be, &r.ring);
+    lms_buf_free(be, &r.g_dev);
+    lms_buf_free(be, &r.ones);
+    lms_free(r.h_gram);
+    if (rc && o->gram)
+        lms_gram_release(o->gram);
     lms_free(r.h_stats);
     lms_free(r.h_cos);
     lms_engine_free(e);

@@ -111,6 +111,10 @@ struct lms_importance {
     double *groups;  /* [L][n_g] or NULL; owned */
     char *method;    /* owned */
     json_t *source;  /* provenance object or NULL; owned */
+    /* The reconstruction statistics' sidecar (include/lms/recon.h), as the file names it under
+     * "reconstruction": {"statistics": NAME}, NAME relative to the importance file's folder;
+     * NULL when the file has none. owned */
+    char *gram_file;
 };
 
 void lms_importance_init(struct lms_importance *imp, const struct lms_arch *a);
@@ -119,6 +123,11 @@ void lms_importance_release(struct lms_importance *imp);
 unsigned lms_importance_axes(const struct lms_importance *imp);
 
 /* Reads and validates an importance file (schema above). OUT: imp (release it). */
+/* The path of imp's reconstruction sidecar for an importance file read from path (the name it
+ * records, taken relative to path's folder), written to dst; false when it names none or the
+ * path does not fit. */
+bool lms_importance_gram_path(const struct lms_importance *imp, const char *path, char *dst,
+                              size_t cap);
 enum lms_status lms_importance_read(const char *path, struct lms_importance *imp,
                                     struct lms_error *err);
 /* Checks that the file was made for a model of arch's dimensions. */

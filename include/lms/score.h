@@ -39,6 +39,7 @@
 #include "lms/format.h"
 #include "lms/importance.h"
 #include "lms/ir.h"
+#include "lms/recon.h"
 
 /* Whole non-overlapping windows of seq_len tokens the dataset holds (rows available). */
 int64_t lms_score_rows_available(const struct lms_dataset *ds, int64_t seq_len);
@@ -61,6 +62,11 @@ struct lms_score_opts {
     const char *model_name;     /* the model's path, for messages (may be NULL) */
     const char *model_fingerprint; /* lms_model_fingerprint of the model when the caller has it
                                     * already (NULL: computed here; it reads every weight) */
+    /* When not NULL: the gram statistics for weight reconstruction (include/lms/recon.h) are
+     * gathered too, at the down-projection input and the attention context of every layer,
+     * into *gram (allocated here, lms_gram_release; released on error). Their memory (8 L
+     * (F^2 + C^2) bytes on the host) counts in the memory plan. */
+    struct lms_gram *gram;
 };
 
 /* Default options: rows [0, 1024), S 4096, micro-batch 4, seed 1234, shuffled, axes
@@ -120,6 +126,7 @@ struct lms_calib_opts {
     enum lms_layer_metric metric; /* depth metric; NONE: none */
     int64_t n_drop;        /* block length of a block metric (0: unknown, scored on demand) */
     bool held_out;         /* keep eval_samples rows after the calibration rows (search) */
+    bool gram;             /* gather the reconstruction statistics too (lms_calib_gram) */
     struct lms_calib_progress progress;
 };
 
@@ -146,6 +153,9 @@ enum lms_status lms_calib_scores_for(struct lms_calib *c, const struct lms_model
  * (lms_calib_run with held_out). NAN on error. */
 enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, double *loss,
                                struct lms_error *err);
+/* The reconstruction statistics of the calibration pass (lms_calib_opts.gram); NULL when none
+ * were gathered. Owned by c. */
+const struct lms_gram *lms_calib_gram(const struct lms_calib *c);
 /* "N windows x S tokens of DATA"; NULL when no pass ran. */
 const char *lms_calib_describe(const struct lms_calib *c);
 /* {"data", "num_samples", "seq_length", "micro_batch", "seed", "device", "seconds",

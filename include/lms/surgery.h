@@ -47,6 +47,18 @@ void lms_prune_plan_release(struct lms_prune_plan *p);
 enum lms_status lms_prune_apply(const struct lms_model *in, const struct lms_prune_plan *plan,
                                 struct lms_model *out, struct lms_error *err);
 
+struct lms_gram; /* lms/recon.h */
+/* Weight reconstruction after lms_prune_apply (include/lms/recon.h): in every kept layer whose
+ * FFN neurons (down_proj) or heads (o_proj, and its bias where the model has one) the plan
+ * cuts, replaces out's weight by the least-squares refit of its kept columns on g, the
+ * statistics of in's layer (rows dropped by a hidden cut are dropped from the refit's output),
+ * materialised in host memory in the weight's dtype. g must hold in's dims. OUT: *n_refit, the
+ * projections refitted. */
+enum lms_status lms_prune_reconstruct(const struct lms_model *in,
+                                      const struct lms_prune_plan *plan,
+                                      const struct lms_gram *g, struct lms_model *out,
+                                      int64_t *n_refit, struct lms_error *err);
+
 /* Ranks scores[0..n) (higher first, ties to the lower index) and returns the top k indices in
  * ascending order. OUT: keep (release its index with lms_free). */
 enum lms_status lms_rank_keep(const double *scores, int64_t n, int64_t k, struct lms_keep *keep,

@@ -2,7 +2,7 @@
 """Regenerates the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/) from the real
 Python stack: pickles CPython and torch.distributed.checkpoint write, torch.save zips, safetensors
 files, Hugging Face configs and tokenizers, Megatron .idx files, importance files, NeMo / Megatron
-configs and NeMo 1 tarballs, plus truncated and bit-flipped variants of each; also the fixed
+configs, NeMo 1 tarballs and reconstruction sidecars, plus truncated and bit-flipped variants of each; also the fixed
 tokenizers of fuzz_tokenize_encode (tests/fuzz/tokenizers/). The files are checked in; the replay
 tests run them. Deterministic: fixed seeds and names (torch.save adds a random serialization id,
 so bytes may differ between runs). The NeMo and Megatron configs are written by the tool itself
@@ -443,9 +443,41 @@ def gguf_seeds(rnd):
         emit("gguf", "tool_llama_f32_head_dim_12", bytes(b))
 
 
+def gram(rnd):
+    """Reconstruction sidecars (include/lms/recon.h): float64 sums of a a^T and a per layer."""
+    def sidecar(layers, ffn, ctx, tokens=16, meta_extra=None, drop=None, dtype=torch.float64,
+                poison=False):
+        t = {}
+        for l in range(layers):
+            for name, n in (("mlp.down_proj", ffn), ("self_attn.o_proj", ctx)):
+                a = torch.randn(tokens, n, dtype=torch.float64)
+                t[f"layers.{l}.{name}.input_gram"] = (a.T @ a).to(dtype)
+                t[f"layers.{l}.{name}.input_sum"] = a.sum(0).to(dtype)
+        if drop:
+            t.pop(drop)
+        if poison:
+            t["layers.0.mlp.down_proj.input_sum"][0] = float("nan")
+        meta = {"format": "lmsurgeon-gram", "version": "1", "num_layers": str(layers),
+                "ffn_hidden_size": str(ffn), "attention_context": str(ctx),
+                "tokens": str(tokens), "rows": "2", "row_length": str(tokens // 2),
+                "model_fingerprint": "0123456789abcdef", "data_fingerprint": "fedcba9876543210"}
+        meta.update(meta_extra or {})
+        return st_file(t, meta)
+    variants("gram", "l1_f3_c2", sidecar(1, 3, 2), rnd)
+    variants("gram", "l2_f8_c4", sidecar(2, 8, 4, tokens=32), rnd)
+    emit("gram", "rank_deficient", sidecar(1, 6, 4, tokens=2))
+    emit("gram", "nan_sum", sidecar(1, 3, 2, poison=True))
+    emit("gram", "f32", sidecar(1, 3, 2, dtype=torch.float32))
+    emit("gram", "missing_tensor", sidecar(1, 3, 2, drop="layers.0.self_attn.o_proj.input_sum"))
+    emit("gram", "dims_lie", sidecar(1, 3, 2, meta_extra={"ffn_hidden_size": "4"}))
+    emit("gram", "version_2", sidecar(1, 3, 2, meta_extra={"version": "2"}))
+    emit("gram", "huge_layers", sidecar(1, 3, 2, meta_extra={"num_layers": "1000000000"}))
+
+
 NEW = {"gguf": gguf_seeds, "safetensors_struct": safetensors_struct, "hf_config": hf_config,
        "tokenizer": tokenizers, "idx": idx, "importance": importance,
-       "nemo_config": nemo_config, "nemo1": nemo1, "dcp_metadata": dcp_metadata}
+       "nemo_config": nemo_config, "nemo1": nemo1, "dcp_metadata": dcp_metadata,
+       "gram": gram}
 
 
 def main(only):
