@@ -120,6 +120,8 @@ struct lms_calib_opts {
     enum lms_layer_metric metric; /* depth metric; NONE: none */
     int64_t n_drop;        /* block length of a block metric (0: unknown, scored on demand) */
     bool held_out;         /* keep eval_samples rows after the calibration rows (search) */
+    int64_t reserve_rows;  /* with held_out: rows after the held-out ones that must exist too
+                            * (the ranking distillation's, lms_calib_write_rows) */
     struct lms_calib_progress progress;
 };
 
@@ -146,6 +148,14 @@ enum lms_status lms_calib_scores_for(struct lms_calib *c, const struct lms_model
  * (lms_calib_run with held_out). NAN on error. */
 enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, double *loss,
                                struct lms_error *err);
+/* The options the calibration ran with. */
+const struct lms_calib_opts *lms_calib_options(const struct lms_calib *c);
+/* Writes rows [begin, end) of the calibration row order (the rows after
+ * n_samples + eval_samples are neither calibration nor held-out rows) back to back to path as
+ * little-endian int32 ids, a raw id file lms_data_open reads when path ends in .i32. Needs a
+ * run with held_out. */
+enum lms_status lms_calib_write_rows(const struct lms_calib *c, int64_t begin, int64_t end,
+                                     const char *path, struct lms_error *err);
 /* "N windows x S tokens of DATA"; NULL when no pass ran. */
 const char *lms_calib_describe(const struct lms_calib *c);
 /* {"data", "num_samples", "seq_length", "micro_batch", "seed", "device", "seconds",
