@@ -148,5 +148,22 @@ else
     pass
 fi
 
+# SIGINT while a candidate is distilled: exit 130, no output and no temporary left
+"$lms" prune "$t" "$work/out-int" "${search[@]}" --rank-by distill --rank-tokens 64k --quiet \
+    2>"$work/stderr" &
+pid=$!
+for _ in $(seq 200); do
+    ls "$TMPDIR"/lms-rank-*/candidate-* >/dev/null 2>&1 && break
+    sleep 0.1
+done
+kill -INT $pid
+wait $pid
+rc=$?
+if [ $rc -ne 130 ] || [ -e "$work/out-int" ] || [ -n "$(ls -A "$TMPDIR")" ]; then
+    fail "SIGINT: rc=$rc, left: $(ls -A "$TMPDIR" "$work/out-int" 2>&1), $(cat "$work/stderr")"
+else
+    pass
+fi
+
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]
