@@ -93,7 +93,7 @@ static const char usage_search[] =
     "                               after the held-out ones (see README); needs --data-paths\n"
     "  --rank-tokens N              distillation tokens per candidate, e.g. 2M, 500k (default\n"
     "                               2M; at least --mbs x --seq-length)\n"
-    "  --rank-top K                 candidates distilled (default 3)\n"
+    "  --rank-top K                 candidates distilled (default 3; at most the table's rows)\n"
     "  --search-num-layers MIN:MAX[:STEP]    default 80%..100% of L, step 2\n"
     "  --search-ffn-hidden-size MIN:MAX[:STEP]  default 60%..100%, step F/16 (power of 2, <=512)\n"
     "  --search-hidden-size MIN:MAX[:STEP]   default 60%..100%, step H/16 (power of 2, <=256)\n"
@@ -289,17 +289,23 @@ static json_t *loss_order_json(const struct lms_candidate *c, int64_t n)
     return arr;
 }
 
+/* Row numbers of the distilled candidates, best first: they lead the table. */
+static json_t *distill_order_json(const struct lms_search_result *r)
+{
+    json_t *arr = json_array();
+    for (int64_t i = 0; i < r->n_distilled; i++)
+        json_array_append_new(arr, json_integer((json_int_t)(i + 1)));
+    return arr;
+}
+
 /* The recipe of the ranking runs, what `lmsurgeon distill` takes to repeat one, and the rows. */
 static json_t *rank_json(const struct prune_args *a, const struct lms_search_result *r)
 {
     struct lms_distill_opts d;
     lms_search_rank_recipe(&a->so.rank, &a->cal, &d);
     int64_t held = a->cal.n_samples, rows = lms_search_rank_rows(&a->so.rank, &a->cal);
-    json_t *order = json_array();
-    for (int64_t i = 0; i < r->n_distilled; i++)
-        json_array_append_new(order, json_integer((json_int_t)(i + 1)));
     return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:s,s:s,s:s,s:I,s:s,s:[I,I],"
-                     "s:[I,I],s:o}",
+                     "s:[I,I]}",
                      "tokens", (json_int_t)a->so.rank.tokens, "top", (json_int_t)r->n_distilled,
                      "steps", (json_int_t)d.max_steps, "seq_length", (json_int_t)d.seq,
                      "micro_batch_size", (json_int_t)d.mbs, "global_batch_size",
@@ -308,7 +314,7 @@ static json_t *rank_json(const struct prune_args *a, const struct lms_search_res
                      "feature_pairs", "none", "seed", (json_int_t)d.seed, "split", d.split,
                      "held_out_rows", (json_int_t)held, (json_int_t)(held + a->cal.eval_samples),
                      "distill_rows", (json_int_t)(held + a->cal.eval_samples),
-                     (json_int_t)(held + a->cal.eval_samples + rows), "distill_order", order);
+                     (json_int_t)(held + a->cal.eval_samples + rows));
 }
 
 /* The table of a search ranked by distillation: both losses and the place by each. */
@@ -456,10 +462,8 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
         if (r.distilled) {
             json_object_set_new(*table, "rank_by", json_string("distill"));
             json_object_set_new(*table, "loss_order", loss_order_json(r.c, r.n));
-            json_t *rk = rank_json(a, &r);
-            json_object_set(*table, "distill_order", json_object_get(rk, "distill_order"));
-            json_object_del(rk, "distill_order");
-            json_object_set_new(*table, "rank", rk);
+            json_object_set_new(*table, "distill_order", distill_order_json(&r));
+            json_object_set_new(*table, "rank", rank_json(a, &r));
         }
         if (!a->base.co.quiet && !a->base.co.json && r.distilled)
             print_distilled(a, &r, chosen);
