@@ -49,6 +49,9 @@ expect 2 "need --rank-by distill" "$t" "$work/out" "${search[@]}" --rank-top 2
 expect 2 "need --rank-by distill" "$t" "$work/out" "${search[@]}" --rank-by loss --rank-tokens 1M
 expect 2 "less than one distillation step" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens 100
 expect 2 "more for the ranking distillation" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens 1B
+# a failure while ranking (no temporary directory can be made) writes nothing
+TMPDIR=$work/missing expect 4 "creating a temporary directory in '$work/missing'" "$t" "$work/out" \
+    "${search[@]}" --rank-by distill --rank-tokens 512 --quiet
 
 # the search ranked by distillation, written
 "$lms" prune "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens $TOKENS --rank-top 2 \
