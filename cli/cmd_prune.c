@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "lms/alloc.h"
+#include "lms/distill_run.h"
 #include "lms/format.h"
 #include "lms/importance.h"
 #include "lms/json.h"
@@ -82,6 +83,18 @@ static const char usage_search[] =
     "  --candidate K                prune to the K-th candidate of the table instead\n"
     "  --num-candidates K           candidates evaluated (default 10)\n"
     "  --eval-samples N             held-out windows per candidate (default 16)\n"
+    "  --rank-by loss|distill       loss (default): rank by held-out loss right after pruning.\n"
+    "                               distill: then distill the best --rank-top of them from IN\n"
+    "                               for --rank-tokens tokens each and rank those first, by\n"
+    "                               held-out loss after that (the rest follow by loss); prune\n"
+    "                               writes the pruned (not the distilled) best. Recipe: logit\n"
+    "                               KD (forward KL), the gpt AdamW preset, rows of --seq-length\n"
+    "                               tokens, --mbs rows per step, lr 1e-4 after steps/10 warm-up\n"
+    "                               steps, cosine to 1e-5, seed 1234, on the calibration rows\n"
+    "                               after the held-out ones (see README); needs --data-paths\n"
+    "  --rank-tokens N              distillation tokens per candidate, e.g. 2M, 500k (default\n"
+    "                               2M; at least --mbs x --seq-length)\n"
+    "  --rank-top K                 candidates distilled (default 3; at most the table's rows)\n"
     "  --search-num-layers MIN:MAX[:STEP]    default 80%..100% of L, step 2\n"
     "  --search-ffn-hidden-size MIN:MAX[:STEP]  default 60%..100%, step F/16 (power of 2, <=512)\n"
     "  --search-hidden-size MIN:MAX[:STEP]   default 60%..100%, step H/16 (power of 2, <=256)\n"
@@ -122,6 +135,10 @@ struct prune_args {
     struct lms_calib_opts cal; /* data and device options; what to gather is set per run */
     int64_t target_params, candidate, n_candidates;
     struct lms_search_opts so;
+    const char *rank_by;
+    int64_t rank_tokens, rank_top; /* 0: not given */
+    struct cli_progress rank_bar;
+    int64_t rank_bar_of;           /* the candidate the bar counts (-1: none) */
 };
 
 static const char *cmd = "prune";
@@ -248,19 +265,99 @@ static void print_summary(const struct prune_args *a, json_t *rep, const struct 
                "(down_proj, o_proj)\n", a->n_refit);
 }
 
-static json_t *candidates_json(const struct lms_candidate *c, int64_t n, int64_t chosen)
+static json_t *real_or_null(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+static json_t *rank_or_null(int64_t r)
+{
+    return r > 0 ? json_integer((json_int_t)r) : json_null();
+}
+
+/* The rows, with both losses and both places when the search ranked by distillation. */
+static json_t *candidates_json(const struct lms_candidate *c, int64_t n, int64_t chosen,
+                               bool distilled)
 {
     json_t *arr = json_array();
-    for (int64_t i = 0; i < n; i++)
-        json_array_append_new(
-            arr, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:b}", "num_layers",
-                           (json_int_t)c[i].n_layers, "ffn_hidden_size", (json_int_t)c[i].ffn,
-                           "hidden_size", (json_int_t)c[i].hidden, "num_attention_heads",
-                           (json_int_t)c[i].n_heads, "num_query_groups",
-                           (json_int_t)c[i].n_groups, "n_params", (json_int_t)c[i].n_params,
-                           "loss", isfinite(c[i].loss) ? json_real(c[i].loss) : json_null(),
-                           "chosen", i == chosen));
+    for (int64_t i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:b}", "num_layers",
+                              (json_int_t)c[i].n_layers, "ffn_hidden_size", (json_int_t)c[i].ffn,
+                              "hidden_size", (json_int_t)c[i].hidden, "num_attention_heads",
+                              (json_int_t)c[i].n_heads, "num_query_groups",
+                              (json_int_t)c[i].n_groups, "n_params", (json_int_t)c[i].n_params,
+                              "loss", real_or_null(c[i].loss), "chosen", i == chosen);
+        if (distilled) {
+            json_object_set_new(o, "distill_loss", real_or_null(c[i].distill_loss));
+            json_object_set_new(o, "loss_rank", rank_or_null(c[i].loss_rank));
+            json_object_set_new(o, "distill_rank", rank_or_null(c[i].distill_rank));
+        }
+        json_array_append_new(arr, o);
+    }
     return arr;
+}
+
+/* Row numbers (1-based, as --candidate takes them) in the order of the post-prune loss. */
+static json_t *loss_order_json(const struct lms_candidate *c, int64_t n)
+{
+    json_t *arr = json_array();
+    for (int64_t r = 1; r <= n; r++)
+        for (int64_t i = 0; i < n; i++)
+            if (c[i].loss_rank == r)
+                json_array_append_new(arr, json_integer((json_int_t)(i + 1)));
+    return arr;
+}
+
+/* Row numbers of the distilled candidates, best first: they lead the table. */
+static json_t *distill_order_json(const struct lms_search_result *r)
+{
+    json_t *arr = json_array();
+    for (int64_t i = 0; i < r->n_distilled; i++)
+        json_array_append_new(arr, json_integer((json_int_t)(i + 1)));
+    return arr;
+}
+
+/* The recipe of the ranking runs, what `lmsurgeon distill` takes to repeat one, and the rows. */
+static json_t *rank_json(const struct prune_args *a, const struct lms_search_result *r)
+{
+    struct lms_distill_opts d;
+    lms_search_rank_recipe(&a->so.rank, &a->cal, &d);
+    int64_t held = a->cal.n_samples, rows = lms_search_rank_rows(&a->so.rank, &a->cal);
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:s,s:s,s:s,s:I,s:s,s:[I,I],"
+                     "s:[I,I]}",
+                     "tokens", (json_int_t)a->so.rank.tokens, "top", (json_int_t)r->n_distilled,
+                     "steps", (json_int_t)d.max_steps, "seq_length", (json_int_t)d.seq,
+                     "micro_batch_size", (json_int_t)d.mbs, "global_batch_size",
+                     (json_int_t)d.gbs, "warmup_steps", (json_int_t)d.warmup, "lr", d.lr,
+                     "min_lr", d.min_lr, "optim_preset", "gpt", "kd_loss", "forward-kl",
+                     "feature_pairs", "none", "seed", (json_int_t)d.seed, "split", d.split,
+                     "held_out_rows", (json_int_t)held, (json_int_t)(held + a->cal.eval_samples),
+                     "distill_rows", (json_int_t)(held + a->cal.eval_samples),
+                     (json_int_t)(held + a->cal.eval_samples + rows));
+}
+
+/* The table of a search ranked by distillation: both losses and the place by each. */
+static void print_distilled(const struct prune_args *a, const struct lms_search_result *r,
+                            int64_t chosen)
+{
+    printf("parameter budget %" PRId64 ": %" PRId64 " shapes fit; the %" PRId64 " largest, ranked "
+           "by LM loss on held-out calibration windows; the best %" PRId64 " then distilled "
+           "from '%s' for %" PRId64 " tokens each and ranked first, by held-out loss after that\n",
+           a->target_params, r->n_fit, r->n, r->n_distilled, a->base.in, a->so.rank.tokens);
+    printf("  %4s %6s %6s %6s %6s %6s %14s %9s %7s %9s\n", "rank", "layers", "ffn", "hidden",
+           "heads", "groups", "parameters", "loss", "by loss", "distilled");
+    for (int64_t i = 0; i < r->n; i++) {
+        const struct lms_candidate *c = &r->c[i];
+        char loss[32] = "-", dl[32] = "-";
+        if (isfinite(c->loss))
+            snprintf(loss, sizeof loss, "%.4f", c->loss);
+        if (isfinite(c->distill_loss))
+            snprintf(dl, sizeof dl, "%.4f", c->distill_loss);
+        printf("  %4" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64 " %6" PRId64
+               " %14" PRId64 " %9s %7" PRId64 " %9s%s\n",
+               i + 1, c->n_layers, c->ffn, c->hidden, c->n_heads, c->n_groups, c->n_params,
+               loss, c->loss_rank, dl, i == chosen ? "  <- pruned to" : "");
+    }
 }
 
 static void print_candidates(const struct prune_args *a, const struct lms_candidate *c,
@@ -326,6 +423,30 @@ static void print_candidate(void *ctx, int64_t i, int64_t n, const struct lms_ca
     fprintf(stderr, "candidate %" PRId64 "/%" PRId64 ": loss %.4f\n", i + 1, n, c->loss);
 }
 
+/* A bar per ranking distillation (on a terminal), steps done of the run. */
+static void rank_step(void *ctx, int64_t i, int64_t k, int64_t step, int64_t steps)
+{
+    struct prune_args *a = ctx;
+    if (a->rank_bar_of != i) {
+        static char label[64];
+        snprintf(label, sizeof label, "distilling %" PRId64 "/%" PRId64, i + 1, k);
+        cli_progress_begin(&a->rank_bar, label, (uint64_t)steps, false,
+                           a->base.co.quiet || a->base.co.json);
+        a->rank_bar_of = i;
+    }
+    cli_progress_update(&a->rank_bar, (uint64_t)step);
+    if (step == steps)
+        cli_progress_end(&a->rank_bar);
+}
+
+static void rank_done(void *ctx, int64_t i, int64_t k, const struct lms_candidate *c)
+{
+    struct prune_args *a = ctx;
+    if (!a->base.co.quiet && !a->base.co.json)
+        fprintf(stderr, "distilled %" PRId64 "/%" PRId64 " (rank %" PRId64 " by loss): loss "
+                "%.4f\n", i + 1, k, c->loss_rank, c->distill_loss);
+}
+
 /* The budget search (lms_search_run); t gets the chosen shape. OUT: *table (JSON) and the
  * table printed unless quiet/json. */
 static enum lms_status search(struct prune_args *a, const struct lms_model *in,
@@ -338,7 +459,13 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
     a->so.max_candidates = a->n_candidates;
     if (!a->base.co.quiet && !a->base.co.json)
         a->so.on_candidate = print_candidate;
+    a->so.rank.on_step = rank_step;
+    a->so.rank.on_distilled = rank_done;
+    a->so.rank.ctx = a;
+    a->rank_bar_of = -1;
     enum lms_status rc = lms_search_run(in, &a->t, &a->so, imp, cal, &r, err);
+    if (rc && a->rank_bar_of >= 0 && a->rank_bar.enabled)
+        fputc('\n', stderr);
     if (rc)
         return rc;
     int64_t chosen = a->candidate ? a->candidate - 1 : 0;
@@ -350,8 +477,16 @@ static enum lms_status search(struct prune_args *a, const struct lms_model *in,
         a->t.drop_layers = a->t.keep_layers = NULL;
         *table = json_pack("{s:I,s:I,s:b,s:o}", "target_params", (json_int_t)a->target_params,
                            "n_fitting", (json_int_t)r.n_fit, "ranked_by_loss", r.ranked,
-                           "candidates", candidates_json(r.c, r.n, chosen));
-        if (!a->base.co.quiet && !a->base.co.json)
+                           "candidates", candidates_json(r.c, r.n, chosen, r.distilled));
+        if (r.distilled) {
+            json_object_set_new(*table, "rank_by", json_string("distill"));
+            json_object_set_new(*table, "loss_order", loss_order_json(r.c, r.n));
+            json_object_set_new(*table, "distill_order", distill_order_json(&r));
+            json_object_set_new(*table, "rank", rank_json(a, &r));
+        }
+        if (!a->base.co.quiet && !a->base.co.json && r.distilled)
+            print_distilled(a, &r, chosen);
+        else if (!a->base.co.quiet && !a->base.co.json)
             print_candidates(a, r.c, r.n, r.n_fit, chosen, r.ranked);
     }
     lms_search_result_release(&r);
@@ -432,6 +567,7 @@ static enum lms_status gather_scores(struct prune_args *a, const struct lms_mode
     if (!rc && a->cal.data) {
         lms_prune_calib_setup(&in->arch, &a->t, a->target_params != 0, &a->cal);
         a->cal.gram = a->lsq;
+        a->cal.reserve_rows = lms_search_rank_rows(&a->so.rank, &a->cal);
         *watch = (struct calib_watch){.quiet = a->base.co.quiet,
                                       .hidden = a->base.co.quiet || a->base.co.json,
                                       .model = a->base.in, .arch = &in->arch,
@@ -529,7 +665,7 @@ static int run(void *args)
 
 /* ---- the arguments ------------------------------------------------------------------------ */
 
-enum { O_PREC, O_IGNORED_COUNT, O_PARAMS, O_SEARCH_LAYERS, O_SEARCH_FFN,
+enum { O_PREC, O_IGNORED_COUNT, O_PARAMS, O_RANK_TOKENS, O_SEARCH_LAYERS, O_SEARCH_FFN,
        O_SEARCH_HIDDEN, O_SEARCH_HEADS };
 
 #define TARGET(n, f)                                                                           \
@@ -577,6 +713,10 @@ static const struct cli_opt opts[] = {
               "invalid --num-candidates '%s' (1 to 10000)"),
     CLI_COUNT("eval-samples", struct prune_args, cal.eval_samples, 1, 1000000,
               "invalid --eval-samples '%s'"),
+    CLI_STRING("rank-by", struct prune_args, rank_by),
+    CLI_CALL("rank-tokens", O_RANK_TOKENS),
+    CLI_COUNT("rank-top", struct prune_args, rank_top, 1, 10000,
+              "invalid --rank-top '%s' (1 to 10000)"),
     CLI_CALL("search-num-layers", O_SEARCH_LAYERS),
     CLI_CALL("search-ffn-hidden-size", O_SEARCH_FFN),
     CLI_CALL("search-hidden-size", O_SEARCH_HIDDEN),
@@ -605,6 +745,11 @@ static int on_option(void *args, int id, const char *value, const char *word)
             return cli_usage_error(cmd, "invalid --target-params '%s' (e.g. 6B, 1.5M, "
                                    "11148288)", value);
         return 0;
+    case O_RANK_TOKENS:
+        if (!cli_parse_param_count(value, &a->rank_tokens))
+            return cli_usage_error(cmd, "invalid --rank-tokens '%s' (e.g. 2M, 500k, 65536)",
+                                   value);
+        return 0;
     default: {
         struct lms_search_axis *axes[] = {&a->so.layers, &a->so.ffn, &a->so.hidden,
                                           &a->so.heads};
@@ -613,6 +758,33 @@ static int on_option(void *args, int id, const char *value, const char *word)
         return 0;
     }
     }
+}
+
+/* --rank-by and its options; fills a->so.rank. */
+static int check_rank(struct prune_args *a)
+{
+    bool distill = a->rank_by && !strcmp(a->rank_by, "distill");
+    if (a->rank_by && !distill && strcmp(a->rank_by, "loss"))
+        return cli_usage_error(cmd, "unknown --rank-by '%s' (loss or distill)", a->rank_by);
+    if (!distill && (a->rank_tokens || a->rank_top))
+        return cli_usage_error(cmd, "--rank-tokens and --rank-top need --rank-by distill");
+    if (!distill)
+        return CLI_PARSED;
+    if (!a->target_params)
+        return cli_usage_error(cmd, "--rank-by distill ranks the --target-params search: give "
+                               "--target-params");
+    if (!a->cal.data)
+        return cli_usage_error(cmd, "--rank-by distill needs calibration data (--data-paths) "
+                               "to distill on and to score");
+    a->so.rank = (struct lms_search_rank_opts){
+        .by = LMS_RANK_DISTILL, .tokens = a->rank_tokens ? a->rank_tokens : 2000000,
+        .top = a->rank_top ? a->rank_top : 3, .teacher = a->base.in};
+    if (a->so.rank.tokens < a->cal.mbs * a->cal.seq_len)
+        return cli_usage_error(cmd, "--rank-tokens %lld is less than one distillation step "
+                               "(--mbs %lld x --seq-length %lld tokens)",
+                               (long long)a->so.rank.tokens, (long long)a->cal.mbs,
+                               (long long)a->cal.seq_len);
+    return CLI_PARSED;
 }
 
 /* The checks of the whole set, before any file is read. */
@@ -663,7 +835,7 @@ static int check(void *args)
     if (a->candidate && a->n_candidates && a->candidate > a->n_candidates)
         return cli_usage_error(cmd, "--candidate %lld is beyond --num-candidates %lld",
                                (long long)a->candidate, (long long)a->n_candidates);
-    return CLI_PARSED;
+    return check_rank(a);
 }
 
 static const struct cli_spec spec = {

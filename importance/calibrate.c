@@ -5,9 +5,11 @@
  * Rows: calibration reads rows [0, N) of the score engine's row order; the held-out rows are
  * the next [N, N + E), so that no candidate is judged on the windows its channels were ranked
  * by. */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "lms/alloc.h"
@@ -82,8 +84,17 @@ static enum lms_status check_held_out(const struct lms_calib *c, struct lms_erro
 {
     const struct lms_calib_opts *o = &c->o;
     int64_t avail = lms_score_rows_available(c->ds, o->seq_len);
-    if (o->n_samples + o->eval_samples <= avail)
+    if (o->n_samples + o->eval_samples + o->reserve_rows <= avail)
         return LMS_OK;
+    if (o->reserve_rows)
+        return lms_error_set(err, LMS_EINVAL,
+                             "dataset '%s' holds %lld windows of %lld tokens: the budget search "
+                             "needs %lld for calibration, %lld more held out and %lld more for "
+                             "the ranking distillation (--num-train-samples, --eval-samples, "
+                             "--rank-tokens)",
+                             o->data, (long long)avail, (long long)o->seq_len,
+                             (long long)o->n_samples, (long long)o->eval_samples,
+                             (long long)o->reserve_rows);
     return lms_error_set(err, LMS_EINVAL,
                          "dataset '%s' holds %lld windows of %lld tokens: the budget search "
                          "needs %lld for calibration and %lld more held out "
@@ -207,6 +218,51 @@ enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, d
 const struct lms_gram *lms_calib_gram(const struct lms_calib *c)
 {
     return c && c->o.gram && c->gram.n_layers ? &c->gram : NULL;
+}
+
+const struct lms_calib_opts *lms_calib_options(const struct lms_calib *c)
+{
+    return &c->o;
+}
+
+enum lms_status lms_calib_write_rows(const struct lms_calib *c, int64_t begin, int64_t end,
+                                     const char *path, struct lms_error *err)
+{
+    if (!c->smp)
+        return lms_error_set(err, LMS_EINVAL, "calibration ran without held-out rows");
+    if (begin < 0 || end < begin || end > lms_sampler_n_windows(c->smp))
+        return lms_error_set(err, LMS_EINVAL, "rows %lld..%lld are outside the %lld windows of "
+                             "'%s'", (long long)begin, (long long)end,
+                             (long long)lms_sampler_n_windows(c->smp), c->o.data);
+    int64_t S = c->o.seq_len;
+    int32_t *ids = lms_malloc((size_t)S * sizeof(int32_t));
+    if (!ids)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    FILE *f = fopen(path, "wb");
+    enum lms_status rc = f ? LMS_OK
+                           : lms_error_set(err, LMS_EIO, "creating '%s': %s", path,
+                                           strerror(errno));
+    for (int64_t k = begin; !rc && k < end; k++) {
+        rc = lms_sampler_window(c->smp, k, ids, (size_t)S, err);
+        /* ids are little-endian int32 on disk, as the raw .i32 reader takes them */
+        uint8_t le[4 * 256];
+        for (int64_t i0 = 0; !rc && i0 < S; i0 += 256) {
+            int64_t n = S - i0 < 256 ? S - i0 : 256;
+            for (int64_t i = 0; i < n; i++) {
+                uint32_t v = (uint32_t)ids[i0 + i];
+                le[4 * i] = (uint8_t)v;
+                le[4 * i + 1] = (uint8_t)(v >> 8);
+                le[4 * i + 2] = (uint8_t)(v >> 16);
+                le[4 * i + 3] = (uint8_t)(v >> 24);
+            }
+            if (fwrite(le, 4, (size_t)n, f) != (size_t)n)
+                rc = lms_error_set(err, LMS_EIO, "writing '%s': %s", path, strerror(errno));
+        }
+    }
+    if (f && fclose(f) != 0 && !rc)
+        rc = lms_error_set(err, LMS_EIO, "closing '%s': %s", path, strerror(errno));
+    lms_free(ids);
+    return rc;
 }
 
 const char *lms_calib_describe(const struct lms_calib *c)

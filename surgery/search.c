@@ -2,7 +2,8 @@
  * that fit a parameter budget, largest first. Parameters are counted exactly from the pruned
  * config (lms_arch_n_params, the same arithmetic the IR's tensors give), so a candidate's count
  * is the count of the checkpoint prune writes for it. lms_search_run then ranks them by LM loss
- * after pruning, on held-out rows of a calibration (include/lms/score.h). */
+ * after pruning, on held-out rows of a calibration (include/lms/score.h), and optionally the
+ * best few again after a short distillation (surgery/rank.c). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -10,6 +11,7 @@
 #include "lms/score.h"
 #include "lms/surgery.h"
 #include "surgery/multiple.h"
+#include "surgery/rank.h"
 
 void lms_candidate_arch(const struct lms_arch *a, const struct lms_candidate *c,
                         struct lms_arch *out)
@@ -156,7 +158,7 @@ enum lms_status lms_search_candidates(const struct lms_arch *a, const struct lms
                 for (int64_t h = 0; h < na; h++) {
                     struct lms_candidate x = {.n_layers = vl[i], .ffn = vf[j], .hidden = vh[k],
                                               .n_heads = va[h], .n_groups = a->n_groups,
-                                              .loss = NAN};
+                                              .loss = NAN, .distill_loss = NAN};
                     struct lms_arch pa;
                     lms_candidate_arch(a, &x, &pa);
                     x.n_params = lms_arch_n_params(&pa);
@@ -231,6 +233,9 @@ enum lms_status lms_search_run(const struct lms_model *m, const struct lms_prune
                                struct lms_error *err)
 {
     *res = (struct lms_search_result){0};
+    if (o->rank.by == LMS_RANK_DISTILL && !cal)
+        return lms_error_set(err, LMS_EINVAL, "ranking by distillation needs calibration data "
+                             "with held-out rows");
     struct lms_candidate *c;
     int64_t n, n_fit;
     enum lms_status rc = lms_search_candidates(&m->arch, o, &c, &n, &n_fit, err);
@@ -248,8 +253,13 @@ enum lms_status lms_search_run(const struct lms_model *m, const struct lms_prune
     }
     if (ranked)
         qsort(c, (size_t)n, sizeof(*c), cmp_loss);
+    for (int64_t i = 0; ranked && i < n; i++)
+        c[i].loss_rank = i + 1;
     *res = (struct lms_search_result){.c = c, .n = n, .n_fit = n_fit, .ranked = ranked};
-    return LMS_OK;
+    if (ranked && o->rank.by == LMS_RANK_DISTILL &&
+        (rc = lms__search_rank_distill(m, t, imp, cal, &o->rank, res, err)))
+        lms_search_result_release(res);
+    return rc;
 }
 
 void lms_search_result_release(struct lms_search_result *res)

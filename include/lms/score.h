@@ -127,6 +127,8 @@ struct lms_calib_opts {
     int64_t n_drop;        /* block length of a block metric (0: unknown, scored on demand) */
     bool held_out;         /* keep eval_samples rows after the calibration rows (search) */
     bool gram;             /* gather the reconstruction statistics too (lms_calib_gram) */
+    int64_t reserve_rows;  /* with held_out: rows after the held-out ones that must exist too
+                            * (the ranking distillation's, lms_calib_write_rows) */
     struct lms_calib_progress progress;
 };
 
@@ -156,6 +158,14 @@ enum lms_status lms_calib_eval(struct lms_calib *c, const struct lms_model *m, d
 /* The reconstruction statistics of the calibration pass (lms_calib_opts.gram); NULL when none
  * were gathered. Owned by c. */
 const struct lms_gram *lms_calib_gram(const struct lms_calib *c);
+/* The options the calibration ran with. */
+const struct lms_calib_opts *lms_calib_options(const struct lms_calib *c);
+/* Writes rows [begin, end) of the calibration row order (the rows after
+ * n_samples + eval_samples are neither calibration nor held-out rows) back to back to path as
+ * little-endian int32 ids, a raw id file lms_data_open reads when path ends in .i32. Needs a
+ * run with held_out. */
+enum lms_status lms_calib_write_rows(const struct lms_calib *c, int64_t begin, int64_t end,
+                                     const char *path, struct lms_error *err);
 /* "N windows x S tokens of DATA"; NULL when no pass ran. */
 const char *lms_calib_describe(const struct lms_calib *c);
 /* {"data", "num_samples", "seq_length", "micro_batch", "seed", "device", "seconds",

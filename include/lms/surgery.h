@@ -175,6 +175,46 @@ struct lms_search_axis {
     int64_t min, max, step;
 };
 
+/* How lms_search_run orders the candidates it evaluated. */
+enum lms_search_rank {
+    LMS_RANK_LOSS = 0, /* by LM loss right after pruning (the default) */
+    LMS_RANK_DISTILL,  /* the best by that loss distilled briefly, then by their loss after */
+};
+
+/* The short distillation that ranks the best candidates (LMS_RANK_DISTILL). Each of the top
+ * candidates by post-prune loss is written to a temporary directory, distilled from the model
+ * being pruned (teacher) for `tokens` tokens with lms_distill_run_all, and scored on the same
+ * held-out rows as the post-prune loss. The recipe (lms_search_rank_recipe): logit KD (forward
+ * KL, T = 1, no feature pairs, no cross-entropy), the GPT AdamW preset, rows of the
+ * calibration's S tokens, one micro-batch of the calibration's mbs rows per step,
+ * steps = tokens / (mbs S), lr 1e-4 after steps / 10 warm-up steps, cosine to 1e-5, seed 1234.
+ * The rows are the calibration order's rows after the held-out ones, written to a raw id file
+ * (lms_calib_write_rows): neither calibration nor scoring reads them. */
+struct lms_search_rank_opts {
+    enum lms_search_rank by;
+    int64_t tokens;       /* distillation tokens per candidate (>= one step, mbs x S) */
+    int64_t top;          /* candidates distilled (clamped to the table) */
+    const char *teacher;  /* path of the model being pruned (what the runs read) */
+    const char *tmp_dir;  /* where the temporary directory goes; NULL: $TMPDIR, else /tmp */
+    /* after each step of candidate i's distillation (of k) */
+    void (*on_step)(void *ctx, int64_t i, int64_t k, int64_t step, int64_t steps);
+    /* after candidate i (of k) was distilled and scored (distill_loss set) */
+    void (*on_distilled)(void *ctx, int64_t i, int64_t k, const struct lms_candidate *c);
+    void *ctx;
+};
+
+/* The distillation options of one ranking run (paths, data and callbacks left NULL), from the
+ * calibration's sequence length, micro-batch, device, threads and precision: what a user
+ * reproduces with `lmsurgeon distill` (README "Parameter budget"). */
+struct lms_distill_opts;
+struct lms_calib_opts;
+void lms_search_rank_recipe(const struct lms_search_rank_opts *ro,
+                            const struct lms_calib_opts *co, struct lms_distill_opts *out);
+/* Rows of the calibration order the ranking distillation reads: one more than its training
+ * rows (rows of S + 1 tokens at stride S). 0 unless ro->by is LMS_RANK_DISTILL. */
+int64_t lms_search_rank_rows(const struct lms_search_rank_opts *ro,
+                             const struct lms_calib_opts *co);
+
 struct lms_search_opts {
     int64_t target_params;           /* P budget: candidates with P <= target */
     struct lms_search_axis layers;   /* default: 80%..100% of L, even counts */
@@ -189,6 +229,7 @@ struct lms_search_opts {
     /* lms_search_run: called after each candidate is evaluated (loss NAN when that failed) */
     void (*on_candidate)(void *ctx, int64_t i, int64_t n, const struct lms_candidate *c);
     void *ctx;
+    struct lms_search_rank_opts rank; /* zero: by post-prune loss */
 };
 
 /* A candidate shape (query groups are never searched: n_groups stays). */
@@ -196,6 +237,10 @@ struct lms_candidate {
     int64_t n_layers, ffn, hidden, n_heads, n_groups;
     int64_t n_params; /* exact: lms_arch_n_params of the pruned config */
     double loss;      /* LM loss after pruning, filled by the caller; NAN until then */
+    /* LMS_RANK_DISTILL: the held-out loss after the ranking distillation (NAN when not
+     * distilled), and the 1-based places by post-prune loss and by that loss (0: none) */
+    double distill_loss;
+    int64_t loss_rank, distill_rank;
 };
 
 /* The config a is pruned to c (dimensions only; everything else unchanged). */
@@ -217,13 +262,20 @@ struct lms_search_result {
     struct lms_candidate *c; /* n candidates, best first (owned: lms_search_result_release) */
     int64_t n, n_fit;        /* rows, and shapes that fitted before the cut */
     bool ranked;             /* by LM loss on held-out rows (else by size) */
+    bool distilled;          /* LMS_RANK_DISTILL ran: the distilled candidates come first, by
+                              * distill_loss, then the others by loss */
+    int64_t n_distilled;
 };
 
 /* The budget search: lms_search_candidates on m's config, then with a calibration (cal, with
  * held-out rows) each candidate pruned from m as t says for depth (selection, metric) with
  * lms_prune_plan_calibrated and its LM loss measured (lms_calib_eval); the table is sorted by
- * loss (ties and failures: larger first). Without cal the candidates stay in size order. The
- * first error stops the search. OUT: *res (release it). */
+ * loss (ties and failures: larger first). With o->rank.by LMS_RANK_DISTILL (needs cal, with
+ * reserve_rows = lms_search_rank_rows) the first o->rank.top are then distilled and scored
+ * (struct lms_search_rank_opts) and move to the front in the order of that loss. Without cal
+ * the candidates stay in size order. The first error stops the search; the temporary
+ * directory is removed whatever happens (and registered with lms_temp_track meanwhile, for a
+ * signal handler). OUT: *res (release it). */
 enum lms_status lms_search_run(const struct lms_model *m, const struct lms_prune_targets *t,
                                const struct lms_search_opts *o, const struct lms_importance *imp,
                                struct lms_calib *cal, struct lms_search_result *res,

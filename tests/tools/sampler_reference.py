@@ -7,6 +7,10 @@ golden file tests/golden/sampler_order.txt that the unit tests compare the C sam
     python sampler_reference.py golden > tests/golden/sampler_order.txt
     python sampler_reference.py rows PREFIX --seq-length S --rows N --seed X [--split W,W,W] OUT
         (OUT: int32, seq_length + 1 ids per row, the layout of `distill --dump-rows`)
+    python sampler_reference.py calib-rows DATA --seq-length S --from A --to B --seed X OUT
+        (calibration rows [A, B): every non-overlapping window of S tokens of the whole data,
+        documents and windows shuffled; DATA a Megatron prefix or a raw .u16/.i32 id file;
+        OUT: int32, S ids per row, a raw .i32 id file)
 
 Only the standard library: it runs wherever the CLI tests run.
 """
@@ -145,6 +149,30 @@ def read_dataset(prefix):
     return doc_lengths, doc_start, tokens
 
 
+def read_data(path):
+    """read_dataset, or a raw id file as one document (the whole file)."""
+    for ext, code in ((".u16", "H"), (".i32", "i")):
+        if path.endswith(ext):
+            tokens = array.array(code)
+            with open(path, "rb") as f:
+                tokens.frombytes(f.read())
+            return [len(tokens)], [0], tokens
+    return read_dataset(path)
+
+
+def cmd_calib_rows(args):
+    doc_lengths, doc_start, tokens = read_data(args.data)
+    S = args.seq_length
+    n = sum(doc_lengths) // S
+    s = Sampler(doc_lengths, range(len(doc_lengths)), n, S, S, args.seed)
+    out = array.array("i")
+    for k in range(args.first, args.last):
+        for d, off, take in s.pieces(k):
+            out.extend(tokens[doc_start[d] + off:doc_start[d] + off + take].tolist())
+    with open(args.out, "wb") as f:
+        out.tofile(f)
+
+
 def cmd_rows(args):
     doc_lengths, doc_start, tokens = read_dataset(args.prefix)
     b, e = split_ranges(args.split, len(doc_lengths))[0]
@@ -213,6 +241,14 @@ def main():
     r.add_argument("--seed", type=int, default=1234)
     r.add_argument("--split", default="969,30,1")
     r.set_defaults(fn=cmd_rows)
+    c = sub.add_parser("calib-rows")
+    c.add_argument("data")
+    c.add_argument("out")
+    c.add_argument("--seq-length", type=int, required=True)
+    c.add_argument("--from", dest="first", type=int, required=True)
+    c.add_argument("--to", dest="last", type=int, required=True)
+    c.add_argument("--seed", type=int, default=1234)
+    c.set_defaults(fn=cmd_calib_rows)
     args = p.parse_args()
     args.fn(args)
 
