@@ -3,7 +3,8 @@
 # refused with one usage line, as is --teacher itself; distill without --teacher is the same run
 # and says so; the rows are distill's (--dump-rows); the memory plan has no teacher; the state
 # records no teacher, so neither kind of state resumes as the other; a run stopped by
-# --exit-interval and resumed ends with the same bytes as an uninterrupted one.
+# --exit-interval and resumed ends with the same bytes as an uninterrupted one. And a
+# distillation state from before --lm-loss-scale weighted the cross-entropy does not resume.
 set -u
 
 : "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
@@ -131,6 +132,20 @@ EOF
 # and a training does not resume a distillation's state
 expect 2 "another configuration (teacher was {" train --model "$STUDENT" "${OPTS[@]}" \
     --out "$TMP/kd" --resume
+
+# --lm-loss-scale W other than 0 and 1 weights the cross-entropy term since the state records
+# it (loss.lm_loss_weighted): a state saved without the key was trained with another loss
+run w distill --student "$STUDENT" --teacher "$MODEL" "${OPTS[@]}" --out "$TMP/w" \
+    --lm-loss-scale 0.5 --exit-interval 2 --quiet
+python3 - "$TMP/w.state/trainer_state.json" <<'EOF' || fail "the state does not record the weighting"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["config"]["loss"].pop("lm_loss_weighted") is True, s["config"]["loss"]
+json.dump(s, open(sys.argv[1], "w"))
+EOF
+expect 2 "another configuration (loss.lm_loss_weighted was absent, now true)" distill \
+    --student "$STUDENT" --teacher "$MODEL" "${OPTS[@]}" --out "$TMP/w" --lm-loss-scale 0.5 \
+    --resume
 
 echo "$((n_checks - n_fail)) passed, $n_fail failed"
 [ "$n_fail" = 0 ]
