@@ -1,8 +1,9 @@
 /* lmsurgeon distill: train a pruned student to match its teacher's next-token distribution on a
- * token corpus (logit distillation), with the reference workflow's flags as written. This file
- * parses and checks the options, opens the ranks, names the outputs and plans memory; the run
- * itself is the library's (include/lms/distill_run.h), and cli/distill_report.c prints what
- * it reports. */
+ * token corpus (logit distillation), with the reference workflow's flags as written; and
+ * lmsurgeon train, the same command without a teacher (the cross-entropy on the data alone).
+ * This file parses and checks the options, opens the ranks, names the outputs and plans memory;
+ * the run itself is the library's (include/lms/distill_run.h), and cli/distill_report.c prints
+ * what it reports. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>

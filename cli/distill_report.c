@@ -207,9 +207,12 @@ static json_t *features_json(const struct lms_distill_run *run)
         json_array_append_new(pairs, json_pack("[I,I]",
                                                (json_int_t)(run->pairs[k].student_layer + 1),
                                                (json_int_t)(run->pairs[k].teacher_layer + 1)));
-    return json_pack("{s:b,s:s,s:b,s:o,s:s,s:s,s:s}", "default",
-                     l->features == LMS_FEATURES_AUTO, "student", run->width_pruned ?
-                     "width-pruned" : "depth-pruned", "enabled", run->n_pairs > 0, "pairs", pairs,
+    /* "student": how it was pruned from its teacher; null without one */
+    const char *student = !run->have_teacher ? NULL
+                          : run->width_pruned ? "width-pruned" : "depth-pruned";
+    return json_pack("{s:b,s:s?,s:b,s:o,s:s,s:s,s:s}", "default",
+                     l->features == LMS_FEATURES_AUTO, "student", student, "enabled",
+                     run->n_pairs > 0, "pairs", pairs,
                      "hook", lms_feature_hook_name(l->feature_hook), "loss",
                      lms_feature_kind_name(l->feature_kind), "summary", run->features_why);
 }

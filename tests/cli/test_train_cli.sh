@@ -127,7 +127,7 @@ python3 - "$TMP/b2.out" <<'EOF' || fail "the resumed run's --json summary"
 import json, sys
 s = json.loads(open(sys.argv[1]).read())
 assert s["ok"] and s["teacher"] is None and s["start_step"] == 2 and s["steps"] == 4, s
-assert not s["features"]["enabled"], s
+assert not s["features"]["enabled"] and s["features"]["student"] is None, s
 EOF
 # and a training does not resume a distillation's state
 expect 2 "another configuration (teacher was {" train --model "$STUDENT" "${OPTS[@]}" \
