@@ -88,6 +88,11 @@ import json, sys
 s = json.loads(open(sys.argv[1]).read())
 assert s["ok"] and s["dry_run"] and s["teacher"] is None and s["memory"]["teacher"] == 0, s
 EOF
+# on a GPU (planned without opening one): the runtime scratch sized from the model's widths
+run drycuda train --model "$MODEL" "${OPTS[@]}" --out "$TMP/dry" --dry-run --device cuda \
+    --max-memory 64G
+grep -q "runtime and GEMM scratch" "$TMP/drycuda.out" || fail "--device cuda: no runtime line"
+grep -qi "teacher" "$TMP/drycuda.out" && fail "train's device plan names a teacher"
 [ -e "$TMP/dry" ] && fail "--dry-run wrote its output"
 
 # train, and distill without --teacher: the same bytes, and distill says what it does
