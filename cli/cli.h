@@ -182,7 +182,7 @@ enum cli_positional {
 
 struct cli_spec {
     const char *name;                /* the command, as messages name it */
-    const char *help[4];             /* --help text, in pieces (unused ones NULL) */
+    const char *help[8];             /* --help text, in pieces (unused ones NULL) */
     const char *shorts;              /* getopt's short options: "h" (help), "q" (--quiet), "f"
                                       * (--force), and the letters of the command's rows */
     unsigned groups;                 /* CLI_FORCE | CLI_WRITE | CLI_RUN | CLI_PRECISION */
@@ -193,6 +193,10 @@ struct cli_spec {
     /* CLI_OPT_CALL rows: 0 when stored, else the exit code of the usage error it printed.
      * word is argv's last word read (the value, or "--name=value"). */
     int (*on_option)(void *args, int id, const char *value, const char *word);
+    /* Optional: told of every one of the command's own options once it is stored, by its row's
+     * name (the first of its names in the table), so that check can judge which were given
+     * whatever their values. */
+    void (*seen)(void *args, const char *name);
     /* The command's checks of the whole set (exclusions, defaults that depend on others), after
      * the positionals and the required options: CLI_PARSED, or the exit code it printed. */
     int (*check)(void *args);
@@ -280,5 +284,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
+int cmd_train(int argc, char **argv); /* distill's run without a teacher (cli/cmd_distill.c) */
 
 #endif

@@ -1,8 +1,9 @@
 /* lmsurgeon distill: train a pruned student to match its teacher's next-token distribution on a
- * token corpus (logit distillation), with the reference workflow's flags as written. This file
- * parses and checks the options, opens the ranks, names the outputs and plans memory; the run
- * itself is the library's (include/lms/distill_run.h), and cli/distill_report.c prints what
- * it reports. */
+ * token corpus (logit distillation), with the reference workflow's flags as written; and
+ * lmsurgeon train, the same command without a teacher (the cross-entropy on the data alone).
+ * This file parses and checks the options, opens the ranks, names the outputs and plans memory;
+ * the run itself is the library's (include/lms/distill_run.h), and cli/distill_report.c prints
+ * what it reports. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -19,9 +20,11 @@
 #include "lms/outdir.h"
 #include "lms/paths.h"
 
+/* The command's name in messages: "distill", or "train" (its run without a teacher), set by
+ * the entry point before anything is parsed (one command runs per process). */
 static const char *cmd = "distill";
 
-static const char usage_text[] =
+static const char usage_distill[] =
     "usage: lmsurgeon distill --student S --teacher T --data-paths P... [--out DIR] [options]\n"
     "\n"
     "Trains the student S (a pruned model) to match the teacher T on the token data P: forward\n"
@@ -30,10 +33,29 @@ static const char usage_text[] =
     "clipping, and gradient accumulation over --gbs / --mbs micro-batches. The student is\n"
     "written to DIR in its own format (or --to) atomically, at the end and every\n"
     "--save-interval steps, with a resumable training state beside it (DIR.state/).\n"
+    "Without --teacher the student is trained on the data alone, as lmsurgeon train does\n"
+    "(cross-entropy on the next tokens; the loss and feature options below are then refused).\n"
     "\n"
     "Models and data:\n"
     "  --student S, --model-path S    the student checkpoint (any format lmsurgeon reads)\n"
-    "  --teacher T, --teacher-path T  the teacher; its vocabulary must equal the student's\n"
+    "  --teacher T, --teacher-path T  the teacher; its vocabulary must equal the student's\n";
+static const char usage_train[] =
+    "usage: lmsurgeon train --model S --data-paths P... [--out DIR] [options]\n"
+    "\n"
+    "Trains the model S on the token data P without a teacher: the loss is the cross-entropy\n"
+    "on the data's next tokens (e.g. correcting a teacher on the distillation data before\n"
+    "pruning it). The run is distill's without its teacher: the same rows, AdamW with fp32\n"
+    "master weights and moments, linear warm-up then cosine decay to --min-lr, global-norm\n"
+    "clipping, gradient accumulation over --gbs / --mbs micro-batches, resume, ranks. The\n"
+    "model is written to DIR in its own format (or --to) atomically, at the end and every\n"
+    "--save-interval steps, with a resumable training state beside it (DIR.state/).\n"
+    "lmsurgeon distill without --teacher runs the same. Options that only mean something with\n"
+    "a teacher (--teacher, --kd-*, --feature-*, --lm-loss-scale) are refused.\n"
+    "\n"
+    "Model and data:\n"
+    "  --model S, --student S, --model-path S\n"
+    "                                 the model to train (any format lmsurgeon reads)\n";
+static const char usage_data[] =
     "  --data-paths P...              Megatron indexed dataset prefixes (PREFIX.bin/.idx, or raw\n"
     "                                 .u16/.i32 id files): one prefix, several (weighted by\n"
     "                                 size), or WEIGHT PREFIX pairs: --data-paths 0.3 a 0.7 b\n"
@@ -58,7 +80,8 @@ static const char usage_text[] =
     "                                 gradient norm at 1.0\n"
     "  --adam-beta1 X, --adam-beta2 X, --adam-eps X, --weight-decay X, --clip-grad X\n"
     "                                 override one setting of the preset (--clip-grad 0: none).\n"
-    "                                 Weight decay skips biases and 1-D norm weights\n"
+    "                                 Weight decay skips biases and 1-D norm weights\n";
+static const char usage_loss_distill[] =
     "Loss:\n"
     "  --kd-loss KIND                 forward-kl (default), reverse-kl, or top-k (forward KL\n"
     "                                 over the teacher's --kd-top-k K largest entries)\n"
@@ -66,7 +89,10 @@ static const char usage_text[] =
     "  --lm-loss-scale W              add W x cross-entropy on the data's next tokens (default 0:\n"
     "                                 logits-only distillation); the distillation term is then\n"
     "                                 rescaled to the cross-entropy's magnitude and weighted by\n"
-    "                                 --kd-loss-scale (default 1)\n"
+    "                                 --kd-loss-scale (default 1): L = W L_ce + kd_scale L_kd\n";
+static const char usage_loss_train[] =
+    "Loss: the cross-entropy of each next token, averaged over the positions of a batch\n";
+static const char usage_loss_common[] =
     "  --recompute                    keep only each layer's input for the backward and\n"
     "                                 recompute the rest (less memory, about 1/3 more time)\n"
     "  --skip-nonfinite N             skip up to N steps whose loss or gradient norm is not\n"
@@ -95,11 +121,11 @@ static const char usage_text_features[] =
     ;
 static const char usage_text2[] =
     "Logging, validation, saving:\n"
-    "  --out DIR                      where the student goes (default LOG_DIR/NAME)\n"
+    "  --out DIR                      where the trained model goes (default LOG_DIR/NAME)\n"
     "  --to FORMAT, --dtype TYPE      output format and dtype (default: the student's)\n"
     "  --max-shard-size SIZE          split the student's weight files at SIZE (e.g. 5GB)\n"
     "  --name NAME                    run name (default: the last component of --out, else\n"
-    "                                 'distill')\n"
+    "                                 the command's name: 'distill' or 'train')\n"
     "  --log-dir DIR                  where NAME.metrics.jsonl goes (default .): one JSON line\n"
     "                                 per logged step and per validation\n"
     "  --log-interval N               a log line every N steps (default 1): step, lr, loss,\n"
@@ -197,10 +223,13 @@ enum { O_PRECISION, O_MAX_MEMORY, O_PRESET, O_KD_LOSS, O_BETA1, O_BETA2, O_SAVE_
        O_FEATURE_PAIRS, O_FEATURE_EVERY, O_FEATURE_HOOK, O_FEATURE_LOSS };
 #define T struct distill_args
 static const struct cli_opt opts[] = {
-    CLI_REQUIRED("student", T, student, "--student (or --model-path) is required"),
-    CLI_REQUIRED("model-path", T, student, "--student (or --model-path) is required"),
-    CLI_REQUIRED("teacher", T, teacher, "--teacher (or --teacher-path) is required"),
-    CLI_REQUIRED("teacher-path", T, teacher, "--teacher (or --teacher-path) is required"),
+    /* the model is required (check says so, naming it as the command does); the teacher is
+     * optional: without one the run trains on the data alone */
+    CLI_STRING("student", T, student),
+    CLI_STRING("model-path", T, student),
+    CLI_STRING("model", T, student),
+    CLI_STRING("teacher", T, teacher),
+    CLI_STRING("teacher-path", T, teacher),
     CLI_STRING("out", T, out),
     CLI_STRING("name", T, name),
     CLI_STRING("log-dir", T, log_dir),
@@ -346,10 +375,47 @@ static int on_option(void *args, int id, const char *value, const char *word)
     return 0;
 }
 
+/* Whether option name (a row's first name) only means something with a teacher: the KD loss,
+ * its temperature, K and weight, the cross-entropy weight of the scaled rule, and the feature
+ * (intermediate-state) options. */
+static bool teacher_only(const char *name)
+{
+    return !strncmp(name, "kd-", 3) || !strncmp(name, "feature-", 8) ||
+           !strcmp(name, "lm-loss-scale");
+}
+
+static void seen(void *args, const char *name)
+{
+    struct distill_args *a = args;
+    if (!a->teacher_opt && teacher_only(name))
+        a->teacher_opt = name;
+}
+
+/* The model, and the teacher's options against the mode: train takes no teacher, and a run
+ * without one (train, or distill without --teacher) refuses the options only a teacher gives a
+ * meaning, rather than ignoring them. */
+static int check_mode(const struct distill_args *a)
+{
+    if (!a->student)
+        return cli_usage_error(cmd, a->train_cmd ? "--model (or --student, --model-path) is "
+                               "required" : "--student (or --model-path) is required");
+    if (a->train_cmd && a->teacher)
+        return cli_usage_error(cmd, "train takes no --teacher (it trains on the data alone); "
+                               "to distill from '%s', run lmsurgeon distill", a->teacher);
+    if (!a->teacher && a->teacher_opt)
+        return cli_usage_error(cmd, "--%s needs a teacher: without one (lmsurgeon train, or "
+                               "distill without --teacher) the loss is the cross-entropy alone",
+                               a->teacher_opt);
+    return CLI_PARSED;
+}
+
 /* The checks of the whole set, and the optimiser settings: the preset, then the overrides. */
 static int check(void *args)
 {
     struct distill_args *a = args;
+    int rc = check_mode(a);
+    if (rc != CLI_PARSED)
+        return rc;
     if (!a->data_args)
         return cli_usage_error(cmd, "--data-paths is required");
     if (a->gbs % a->mbs)
@@ -391,11 +457,20 @@ static int check(void *args)
 
 static int run(void *args);
 
+/* distill and train: one option table, one parser, one run; only the help differs */
 static const struct cli_spec spec = {
-    .name = "distill", .help = {usage_text, usage_text_features, usage_text2, usage_text3}, .shorts = "hq",
-    .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE, .opts = opts,
-    .on_option = on_option, .check = check,
-    .run = run,
+    .name = "distill",
+    .help = {usage_distill, usage_data, usage_loss_distill, usage_loss_common,
+             usage_text_features, usage_text2, usage_text3},
+    .shorts = "hq", .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE,
+    .opts = opts, .on_option = on_option, .seen = seen, .check = check, .run = run,
+};
+static const struct cli_spec train_spec = {
+    .name = "train",
+    .help = {usage_train, usage_data, usage_loss_train, usage_loss_common, usage_text2,
+             usage_text3},
+    .shorts = "hq", .groups = CLI_FORCE | CLI_WRITE | CLI_RUN, .positional = CLI_POS_NONE,
+    .opts = opts, .on_option = on_option, .seen = seen, .check = check, .run = run,
 };
 
 /* ---- the run -------------------------------------------------------------------------------- */
@@ -480,7 +555,7 @@ static int name_outputs(struct distill_run *r)
     if (a->out)
         snprintf(r->out_buf, sizeof r->out_buf, "%s", a->out);
     else
-        snprintf(r->out_buf, sizeof r->out_buf, "%s/%s", a->log_dir, a->name ? a->name : "distill");
+        snprintf(r->out_buf, sizeof r->out_buf, "%s/%s", a->log_dir, a->name ? a->name : cmd);
     for (size_t n = strlen(r->out_buf); n > 1 && r->out_buf[n - 1] == '/'; n--)
         r->out_buf[n - 1] = '\0';
     r->out = r->out_buf;
@@ -750,7 +825,7 @@ static void warn_positions(const struct distill_run *r)
     char what[64];
     snprintf(what, sizeof what, "--seq-length %lld", (long long)a->seq);
     cli_warn_positions(cmd, &a->base.co, a->student, &r->run.student.arch, a->seq, what);
-    if (strcmp(a->student, a->teacher) != 0)
+    if (a->teacher && strcmp(a->student, a->teacher) != 0)
         cli_warn_positions(cmd, &a->base.co, a->teacher, &r->run.teacher.arch, a->seq, what);
 }
 
@@ -902,11 +977,14 @@ static int run(void *args)
     return rc;
 }
 
-int cmd_distill(int argc, char **argv)
+/* distill and train: the same parse and run; train takes no teacher. */
+static int distill_main(const struct cli_spec *sp, int argc, char **argv)
 {
+    cmd = sp->name;
     struct lms_distill_opts d; /* the library's defaults are the command's */
     lms_distill_opts_default(&d);
     struct distill_args a = {
+        .cmd = sp->name, .train_cmd = sp == &train_spec,
         .gbs = d.gbs, .mbs = d.mbs, .max_steps = d.max_steps, .warmup = d.warmup, .seq = d.seq,
         .lr = d.lr, .min_lr = d.min_lr, .log_interval = d.log_interval,
         .val_batches = d.val_batches, .seed = d.seed, .split = d.split, .log_dir = ".",
@@ -918,7 +996,17 @@ int cmd_distill(int argc, char **argv)
     };
     int rc = take_data_paths(&argc, argv, &a);
     if (rc == CLI_PARSED)
-        rc = cli_main(&spec, argc, argv, &a);
+        rc = cli_main(sp, argc, argv, &a);
     lms_free(a.data_args); /* still here when the run stopped before reading them */
     return rc;
+}
+
+int cmd_distill(int argc, char **argv)
+{
+    return distill_main(&spec, argc, argv);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    return distill_main(&train_spec, argc, argv);
 }

@@ -1,6 +1,6 @@
-/* lmsurgeon distill's reports: the callbacks that print what the library's run says (a step's
- * log line, a validation, a skipped step, the progress bar), the memory plan and the summaries,
- * as the command has always printed them. */
+/* lmsurgeon distill's reports (and train's, its run without a teacher): the callbacks that
+ * print what the library's run says (a step's log line, a validation, a skipped step, the
+ * progress bar), the memory plan and the summaries, as the command has always printed them. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,17 +23,30 @@ static bool speaks(const struct distill_run *r)
     return !r->a->base.co.quiet && !r->a->base.co.json;
 }
 
+/* What the run trains: the student against its teacher, or the model on the data alone (and
+ * for distill without --teacher, that this is what it does). */
+static void print_start(const struct distill_run *r, const struct lms_distill_run *run)
+{
+    const struct distill_args *a = r->a;
+    if (a->teacher)
+        printf("distilling '%s' from '%s'", a->student, a->teacher);
+    else if (a->train_cmd)
+        printf("training '%s' without a teacher", a->student);
+    else
+        printf("training '%s' without a teacher (no --teacher given: as lmsurgeon train)",
+               a->student);
+    printf(": %lld steps of %lld x %lld tokens%s\n", (long long)a->max_steps, (long long)a->gbs,
+           (long long)a->seq, run->start_step ? " (resumed)" : "");
+    printf("loss: %s\n", run->features_why);
+}
+
 static void on_started(void *ctx, const struct lms_distill_run *run)
 {
     struct distill_run *r = ctx;
     const struct distill_args *a = r->a;
     if (speaks(r))
-        printf("distilling '%s' from '%s': %lld steps of %lld x %lld tokens%s\n", a->student,
-               a->teacher, (long long)a->max_steps, (long long)a->gbs, (long long)a->seq,
-               run->start_step ? " (resumed)" : "");
-    if (speaks(r))
-        printf("loss: %s\n", run->features_why);
-    cli_progress_begin(&r->bar, "distilling",
+        print_start(r, run);
+    cli_progress_begin(&r->bar, a->teacher ? "distilling" : "training",
                        (uint64_t)(a->max_steps - run->start_step) * (uint64_t)(a->gbs * a->seq),
                        false, a->base.co.quiet || a->base.co.json);
 }
@@ -75,7 +88,7 @@ static void on_warning(void *ctx, const struct lms_distill_run *run, const char 
     if (r->a->base.co.quiet)
         return;
     bar_clear(r);
-    fprintf(stderr, "lmsurgeon distill: warning: %s\n", msg);
+    fprintf(stderr, "lmsurgeon %s: warning: %s\n", r->a->cmd, msg);
 }
 
 static void on_finished(void *ctx, const struct lms_distill_run *run, enum lms_status st)
@@ -102,10 +115,13 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
     FILE *f = r->a->base.co.json ? stderr : stdout;
     int64_t P = tp->n_params;
     bool dev = m->runtime > 0;
-    fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld student parameters%s):\n",
+    /* without a teacher the model trained is no student of anything */
+    const char *who = r->a->teacher ? "student" : "model";
+    char label[32];
+    fprintf(f, "%s memory plan (%s, micro-batch %lld x %lld tokens, %lld %s parameters%s):\n",
             dev ? "device" : "host", r->a->base.device ? r->a->base.device : "cpu",
             (long long)r->a->mbs, (long long)r->a->seq,
-            (long long)P, r->run.world > 1 ? ", per rank" : "");
+            (long long)P, who, r->run.world > 1 ? ", per rank" : "");
 #define LINE(label, v, ...)                                                                       \
     do {                                                                                          \
         cli_format_bytes(v, b, sizeof b);                                                         \
@@ -113,12 +129,12 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
         fprintf(f, __VA_ARGS__);                                                                  \
         fputc('\n', f);                                                                           \
     } while (0)
+    snprintf(label, sizeof label, "%s weights%s", who, tp->working ? "" : " (fp32)");
     if (tp->working)
-        LINE("student weights", m->weights, "%lld x (4 + 2) B: the fp32 master copy the steps "
+        LINE(label, m->weights, "%lld x (4 + 2) B: the fp32 master copy the steps "
              "update and the bf16 copy the GEMMs read", (long long)P);
     else
-        LINE("student weights (fp32)", m->weights, "%lld x 4 B, the master copy the steps update",
-             (long long)P);
+        LINE(label, m->weights, "%lld x 4 B, the master copy the steps update", (long long)P);
     if (r->run.world > 1)
         LINE("AdamW moments", m->moments, "2 x %lld x 4 B / %d ranks (ZeRO-1)", (long long)P,
              r->run.world);
@@ -127,8 +143,9 @@ void distill_print_plan(const struct distill_run *r, const struct lms_train_plan
     LINE("gradients", m->gradients, "%lld x 4 B", (long long)P);
     LINE("activations", m->activations, "saved for backward%s, logits chunks of %lld rows",
          r->a->recompute ? " (recomputed per layer)" : "", (long long)tp->logits_rows);
-    LINE("teacher", m->teacher, "%lld parameters + forward workspace",
-         (long long)lms_model_n_params(&r->run.teacher));
+    if (r->a->teacher)
+        LINE("teacher", m->teacher, "%lld parameters + forward workspace",
+             (long long)lms_model_n_params(&r->run.teacher));
     if (dev) {
         LINE("runtime and GEMM scratch", m->runtime, "CUDA context, cuBLASLt workspace, bf16 "
              "operands of the largest GEMM");
@@ -162,7 +179,8 @@ void distill_summary_text(const struct distill_run *r, double secs)
     if (r->run.step < a->max_steps)
         printf("stopped after step %lld of %lld (--exit-interval; continue with --resume): ",
                (long long)r->run.step, (long long)a->max_steps);
-    printf("distilled %lld steps (%lld tokens) in %.1f s", (long long)r->run.step,
+    printf("%s %lld steps (%lld tokens) in %.1f s", a->teacher ? "distilled" : "trained",
+           (long long)r->run.step,
            (long long)(r->run.step * a->gbs * a->seq), secs);
     if (r->run.applied)
         printf(": loss %.5f", r->run.last_loss);
@@ -170,7 +188,8 @@ void distill_summary_text(const struct distill_run *r, double secs)
         printf(" (%lld steps skipped: not finite)", (long long)r->run.skipped);
     if (isfinite(r->run.last_val_loss))
         printf(", validation loss %.5f", r->run.last_val_loss);
-    printf("; student written to '%s' (%s, %s), ", r->out, r->run.out_fmt->name,
+    printf("; %s written to '%s' (%s, %s), ", a->teacher ? "student" : "model", r->out,
+           r->run.out_fmt->name,
            lms_dtype_name(r->run.out_dtype));
     if (r->a->save_state == LMS_DISTILL_SAVE_STATE_NEVER)
         printf("no training state (--save-state never)");
@@ -188,16 +207,20 @@ static json_t *features_json(const struct lms_distill_run *run)
         json_array_append_new(pairs, json_pack("[I,I]",
                                                (json_int_t)(run->pairs[k].student_layer + 1),
                                                (json_int_t)(run->pairs[k].teacher_layer + 1)));
-    return json_pack("{s:b,s:s,s:b,s:o,s:s,s:s,s:s}", "default",
-                     l->features == LMS_FEATURES_AUTO, "student", run->width_pruned ?
-                     "width-pruned" : "depth-pruned", "enabled", run->n_pairs > 0, "pairs", pairs,
+    /* "student": how it was pruned from its teacher; null without one */
+    const char *student = !run->have_teacher ? NULL
+                          : run->width_pruned ? "width-pruned" : "depth-pruned";
+    return json_pack("{s:b,s:s?,s:b,s:o,s:s,s:s,s:s}", "default",
+                     l->features == LMS_FEATURES_AUTO, "student", student, "enabled",
+                     run->n_pairs > 0, "pairs", pairs,
                      "hook", lms_feature_hook_name(l->feature_hook), "loss",
                      lms_feature_kind_name(l->feature_kind), "summary", run->features_why);
 }
 
 void distill_summary_json(const struct distill_run *r, double secs, bool dry)
 {
-    json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:f,s:s,s:s}", "ok", 1,
+    /* "teacher": null for a run without one */
+    json_t *o = json_pack("{s:b,s:s,s:s?,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:f,s:s,s:s}", "ok", 1,
                           "student", r->a->student, "teacher", r->a->teacher, "out", r->out,
                           "format", r->run.out_fmt->name, "dtype", lms_dtype_name(r->run.out_dtype),
                           "steps", (json_int_t)r->run.step, "start_step",

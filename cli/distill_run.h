@@ -1,6 +1,7 @@
-/* lmsurgeon distill, inside the command: its parsed options and its side of a run, shared by
- * the command (cli/cmd_distill.c: options, opening, the memory plan) and its reports
- * (cli/distill_report.c: what the library's run reports, printed). */
+/* lmsurgeon distill (and train, its run without a teacher), inside the command: its parsed
+ * options and its side of a run, shared by the command (cli/cmd_distill.c: options, opening,
+ * the memory plan) and its reports (cli/distill_report.c: what the library's run reports,
+ * printed). */
 #ifndef LMS_CLI_DISTILL_RUN_H
 #define LMS_CLI_DISTILL_RUN_H
 
@@ -18,6 +19,11 @@
 struct distill_args {
     struct cli_args base; /* --json, --quiet, --to, --dtype, --max-shard-size, --force, --device,
                            * --threads, --precision */
+    const char *cmd;      /* "distill" or "train", as messages name the command */
+    bool train_cmd;       /* lmsurgeon train: no --teacher is taken */
+    const char *teacher_opt; /* the first option given that only a teacher gives a meaning
+                              * (--kd-*, --feature-*, --lm-loss-scale), by name; NULL: none */
+    /* teacher NULL: training on the data alone (train, or distill without --teacher) */
     const char *student, *teacher, *out, *name, *log_dir, *split, *dump_rows;
     char **data_args; /* --data-paths' words (owned) */
     int n_data_args;

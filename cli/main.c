@@ -23,6 +23,7 @@ static const struct {
     {"score", cmd_score, "activation importance of a model on calibration data"},
     {"prune", cmd_prune, "cut a model to a target depth and width (one-shot structured pruning)"},
     {"distill", cmd_distill, "train a pruned student to match its teacher (logit distillation)"},
+    {"train", cmd_train, "fine-tune a model on token data without a teacher (cross-entropy)"},
 };
 
 static void usage(FILE *f)

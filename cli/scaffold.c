@@ -220,6 +220,8 @@ int cli_parse(const struct cli_spec *spec, int argc, char **argv, void *args)
         int rc = store(spec, t.row[i], t.shared[i], args, optarg, argv[optind - 1]);
         if (rc)
             return rc;
+        if (spec->seen && !t.shared[i])
+            spec->seen(args, t.row[i]->name);
     }
     int code = positionals(spec, argc, argv, b);
     if (code == CLI_PARSED)

@@ -126,12 +126,32 @@ static enum lms_status pairs_every(struct lms_distill_run *r, int64_t k, const c
     return LMS_OK;
 }
 
+/* A run without a teacher has no pairs: the cross-entropy is its whole loss. */
+static enum lms_status no_teacher(struct lms_distill_run *r, struct lms_error *err)
+{
+    enum lms_feature_mode mode = r->o.loss.features;
+    if (mode == LMS_FEATURES_LIST || mode == LMS_FEATURES_EVERY)
+        return lms_error_set(err, LMS_EINVAL, "%s: intermediate-state pairs compare the "
+                             "student with a teacher, and this run has none",
+                             mode == LMS_FEATURES_LIST ? "--feature-pairs" : "--feature-every");
+    r->width_pruned = false;
+    lms_free(r->pairs);
+    r->pairs = NULL;
+    r->n_pairs = 0;
+    snprintf(r->features_why, sizeof r->features_why,
+             "cross-entropy on the data's next tokens (no teacher)");
+    r->features_resolved = true;
+    return LMS_OK;
+}
+
 enum lms_status lms_distill_features_resolve(struct lms_distill_run *r, struct lms_error *err)
 {
     if (r->features_resolved)
         return LMS_OK;
     const struct lms_distill_loss *l = &r->o.loss;
     const int64_t ns = r->student.arch.n_layers;
+    if (!r->have_teacher)
+        return no_teacher(r, err);
     r->width_pruned = widths_differ(&r->student.arch, &r->teacher.arch);
     lms_free(r->pairs);
     r->pairs = NULL;

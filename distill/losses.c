@@ -70,3 +70,13 @@ void lms_distill_loss_opts(const struct lms_distill_loss *l, struct lms_loss_opt
      * rescales their loss to L_logits, which no weight changes */
     out->hidden_kind = l->feature_kind;
 }
+
+/* Without a teacher the loss is the cross-entropy alone, as a fine-tune computes it: the
+ * weighted rule with no KD term (the scaled rule would need a KD value to scale). */
+void lms_distill_ce_loss_opts(struct lms_loss_opts *out)
+{
+    lms_loss_opts_default(out);
+    out->kd_weight = 0;
+    out->ce_weight = 1;
+    out->combine = LMS_COMBINE_WEIGHTED;
+}

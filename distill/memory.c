@@ -52,19 +52,22 @@ enum lms_status lms_distill_memory_plan(const struct lms_distill_shape *s,
     m->moments = tp->moments;
     m->gradients = tp->grads;
     m->activations = tp->activations + tp->logits + tp->hidden;
-    struct lms_engine_opts eo = {.max_batch = s->mbs, .max_seq = s->seq};
-    struct lms_fwd_plan fp;
-    if (lms_fwd_plan_make(s->teacher, s->teacher->padded_vocab, &eo, &fp, err))
-        return lms_error_wrap(err, "teacher: ");
-    m->teacher = (uint64_t)s->teacher_params * s->teacher_weight_bytes + fp.bytes;
+    if (s->teacher) {
+        struct lms_engine_opts eo = {.max_batch = s->mbs, .max_seq = s->seq};
+        struct lms_fwd_plan fp;
+        if (lms_fwd_plan_make(s->teacher, s->teacher->padded_vocab, &eo, &fp, err))
+            return lms_error_wrap(err, "teacher: ");
+        m->teacher = (uint64_t)s->teacher_params * s->teacher_weight_bytes + fp.bytes;
+    }
     m->save = (uint64_t)tp->n_params * s->out_bytes;
     m->data = 2 * (uint64_t)s->mbs * (uint64_t)(s->seq + 1) * sizeof(int32_t) +
               (uint64_t)s->n_rows_planned * (sizeof(uint16_t) + sizeof(int64_t));
     if (s->device) {
         /* the CUDA context (~0.5 GiB), cuBLASLt's 32 MiB workspace, and the scratch where both
          * operands of the largest training GEMM are rounded to bf16: the weight gradient of the
-         * gate|up projection reads the (N, 2F) gradient and the (N, H) norm output */
-        const struct lms_arch *t = s->teacher;
+         * gate|up projection reads the (N, 2F) gradient and the (N, H) norm output (the
+         * teacher is the wider model of a distillation) */
+        const struct lms_arch *t = s->teacher ? s->teacher : s->student;
         uint64_t N = (uint64_t)s->mbs * (uint64_t)s->seq;
         uint64_t widest = 2 * (uint64_t)t->ffn + (uint64_t)t->hidden;
         m->runtime = ((uint64_t)512 << 20) + ((uint64_t)32 << 20) + N * widest * 2 + 512;

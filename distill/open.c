@@ -29,7 +29,7 @@ static enum lms_status fingerprint_models(struct lms_distill_run *r, struct lms_
         return LMS_OK;
     if (lms_model_fingerprint(&r->student, r->student_fp, err))
         return lms_error_wrap(err, "student '%s': ", r->o.student);
-    if (lms_model_fingerprint(&r->teacher, r->teacher_fp, err))
+    if (r->have_teacher && lms_model_fingerprint(&r->teacher, r->teacher_fp, err))
         return lms_error_wrap(err, "teacher '%s': ", r->o.teacher);
     return LMS_OK;
 }
@@ -54,14 +54,14 @@ enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_er
     if (lms_checkpoint_read(a->student, &r->student, err))
         return lms_error_wrap(err, "student: ");
     r->have_student = true;
-    if (lms_checkpoint_read(a->teacher, &r->teacher, err))
+    if (a->teacher && lms_checkpoint_read(a->teacher, &r->teacher, err))
         return lms_error_wrap(err, "teacher: ");
-    r->have_teacher = true;
+    r->have_teacher = a->teacher != NULL;
     enum lms_status st = fingerprint_models(r, err);
     if (st)
         return st;
     const struct lms_arch *s = &r->student.arch, *t = &r->teacher.arch;
-    if (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab)
+    if (r->have_teacher && (s->padded_vocab != t->padded_vocab || s->vocab != t->vocab))
         return lms_error_set(err, LMS_EFORMAT, "student '%s' has a vocabulary of %lld (%lld "
                              "rows), teacher '%s' %lld (%lld rows): distillation compares the "
                              "two distributions token by token, so both must use the same "
@@ -121,7 +121,8 @@ enum lms_status lms_distill_configure(struct lms_distill_run *r,
     /* the pairs size the trainer's captures (and, across widths, add the learned map) */
     r->to = (struct lms_train_opts){.max_batch = a->mbs, .max_seq = a->seq,
                                     .recompute = a->recompute, .bf16_working = bf16,
-                                    .teacher_hidden = r->teacher.arch.hidden,
+                                    .teacher_hidden = r->have_teacher ? r->teacher.arch.hidden
+                                                                      : 0,
                                     .max_hidden_pairs = r->n_pairs, .comm = a->comm};
     r->config = lms_distill_config(r);
     r->history = json_array();
@@ -156,8 +157,9 @@ enum lms_status lms_distill_plan(const struct lms_distill_run *r, struct lms_tra
         return st;
     bool on_gpu = a->device.kind != LMS_DEVICE_CPU;
     struct lms_distill_shape shape = {
-        .trainer = tp, .teacher = &r->teacher.arch,
-        .teacher_params = lms_model_n_params(&r->teacher),
+        .trainer = tp, .student = &r->student.arch,
+        .teacher = r->have_teacher ? &r->teacher.arch : NULL,
+        .teacher_params = r->have_teacher ? lms_model_n_params(&r->teacher) : 0,
         .teacher_weight_bytes = r->to.bf16_working ? lms_dtype_size(r->teacher.arch.dtype) : 4,
         .out_bytes = lms_dtype_size(r->out_dtype), .mbs = a->mbs, .seq = a->seq,
         .n_rows_planned = (a->max_steps + a->val_batches) * a->gbs, .device = on_gpu};
@@ -237,9 +239,12 @@ enum lms_status lms_distill_open_training(struct lms_distill_run *r,
     if ((st = lms_trainer_new(&r->student, r->be, &r->to, &r->tr, err)))
         return lms_error_wrap(err, "student '%s': ", a->student);
     struct lms_engine_opts eo = {.max_batch = a->mbs, .max_seq = a->seq};
-    if ((st = lms_engine_new(&r->teacher, r->be, &eo, &r->te, err)))
+    if (r->have_teacher && (st = lms_engine_new(&r->teacher, r->be, &eo, &r->te, err)))
         return lms_error_wrap(err, "teacher '%s': ", a->teacher);
-    lms_distill_loss_opts(&a->loss, &r->loss);
+    if (r->have_teacher)
+        lms_distill_loss_opts(&a->loss, &r->loss);
+    else
+        lms_distill_ce_loss_opts(&r->loss);
     r->loss.pairs = r->pairs;
     r->loss.n_pairs = r->n_pairs;
     r->sched = (struct lms_lr_schedule){.lr = a->lr, .min_lr = a->min_lr, .warmup = a->warmup,

@@ -73,6 +73,35 @@ static json_t *features_json(const struct lms_distill_run *r)
                      l->feature_scale ? l->feature_scale : 1.0);
 }
 
+/* The loss of the run: without a teacher the cross-entropy alone; with one the KD term and its
+ * options, and the feature pairs when there are some (a logits-only run's configuration is the
+ * one states saved before feature distillation existed hold). */
+static json_t *loss_json(const struct lms_distill_run *r)
+{
+    const struct lms_distill_loss *l = &r->o.loss;
+    if (!r->have_teacher)
+        return json_pack("{s:s}", "objective", "cross-entropy");
+    json_t *o = json_pack("{s:i,s:f,s:I,s:f,s:f}", "kd", (int)l->kind, "temperature",
+                          l->temperature, "top_k", (json_int_t)l->top_k, "lm_loss_scale",
+                          l->lm_loss_scale, "kd_loss_scale", l->kd_loss_scale);
+    /* a cross-entropy weight other than 0 and 1 has weighted the cross-entropy term only since
+     * this key exists (before, the term entered with weight 1): a state without it was trained
+     * with another loss and is not resumed with this one */
+    if (o && l->lm_loss_scale != 0 && l->lm_loss_scale != 1 &&
+        json_object_set_new(o, "lm_loss_weighted", json_true())) {
+        json_decref(o);
+        return NULL;
+    }
+    if (o && r->n_pairs) {
+        json_t *f = features_json(r);
+        if (!f || json_object_set_new(o, "features", f)) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
 json_t *lms_distill_config(const struct lms_distill_run *r)
 {
     const struct lms_distill_opts *a = &r->o;
@@ -80,28 +109,18 @@ json_t *lms_distill_config(const struct lms_distill_run *r)
     for (int i = 0; i < a->n_src; i++)
         json_array_append_new(data, json_pack("{s:f,s:s}", "weight", a->src[i].weight,
                                               "fingerprint", r->data_fp[i]));
-    json_t *c = json_pack(
-        "{s:o,s:o,s:o,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},"
-        "s:{s:i,s:f,s:I,s:f,s:f}}",
-        "student", model_json(&r->student, r->student_fp), "teacher",
-        model_json(&r->teacher, r->teacher_fp), "data", data, "row_order", LMS_SAMPLER_ORDER,
-        "split", a->split, "seq_length", (json_int_t)a->seq, "gbs", (json_int_t)a->gbs, "mbs",
-        (json_int_t)a->mbs, "max_steps", (json_int_t)a->max_steps, "warmup_steps",
-        (json_int_t)a->warmup, "lr", a->lr, "min_lr", a->min_lr, "seed", (json_int_t)a->seed,
-        "adamw", "beta1", a->adam.beta1, "beta2", a->adam.beta2, "eps", a->adam.eps,
-        "weight_decay", a->adam.weight_decay, "clip_grad", a->adam.clip_norm, "loss", "kd",
-        (int)a->loss.kind, "temperature", a->loss.temperature, "top_k", (json_int_t)a->loss.top_k,
-        "lm_loss_scale", a->loss.lm_loss_scale, "kd_loss_scale", a->loss.kd_loss_scale);
-    /* the feature pairs only when there are some: a logits-only run's configuration is the one
-     * states saved before feature distillation existed hold */
-    if (c && r->n_pairs) {
-        json_t *f = features_json(r);
-        if (!f || json_object_set_new(json_object_get(c, "loss"), "features", f)) {
-            json_decref(c);
-            return NULL;
-        }
-    }
-    return c;
+    /* a run without a teacher records none (null), so that neither kind of state resumes as
+     * the other */
+    json_t *teacher = r->have_teacher ? model_json(&r->teacher, r->teacher_fp) : json_null();
+    return json_pack(
+        "{s:o,s:o,s:o,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:I,s:{s:f,s:f,s:f,s:f,s:f},s:o}",
+        "student", model_json(&r->student, r->student_fp), "teacher", teacher, "data", data,
+        "row_order", LMS_SAMPLER_ORDER, "split", a->split, "seq_length", (json_int_t)a->seq,
+        "gbs", (json_int_t)a->gbs, "mbs", (json_int_t)a->mbs, "max_steps",
+        (json_int_t)a->max_steps, "warmup_steps", (json_int_t)a->warmup, "lr", a->lr, "min_lr",
+        a->min_lr, "seed", (json_int_t)a->seed, "adamw", "beta1", a->adam.beta1, "beta2",
+        a->adam.beta2, "eps", a->adam.eps, "weight_decay", a->adam.weight_decay, "clip_grad",
+        a->adam.clip_norm, "loss", loss_json(r));
 }
 
 /* "key was X, now Y" into dst (X or Y "absent" when NULL). */
@@ -333,7 +352,7 @@ static enum lms_status check_finite(struct lms_distill_run *r, const struct lms_
 static enum lms_status write_state(struct lms_distill_run *r, const struct lms_state_tensor *t,
                                    size_t n, struct lms_error *err)
 {
-    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s,s:O}", "format",
+    json_t *meta = json_pack("{s:s,s:i,s:I,s:I,s:I,s:{s:s,s:I},s:O,s:s,s:s?,s:O}", "format",
                              LMS_TRAIN_STATE_FORMAT, "version", LMS_TRAIN_STATE_VERSION, "step",
                              (json_int_t)r->step, "consumed_samples",
                              (json_int_t)(r->step * r->o.gbs), "consumed_tokens",
@@ -669,7 +688,7 @@ static void nonfinite_cause(const struct lms_distill_run *r, char *dst, size_t c
                  "temperature near 1", a->loss.temperature, a->loss.temperature);
     else if (n_updates(r) == 0) /* no learning rate has acted on these weights yet */
         snprintf(dst, cap, "the weights as loaded give logits that are not finite: check the "
-                 "student and the teacher");
+                 "%s", r->have_teacher ? "student and the teacher" : "model");
     else
         snprintf(dst, cap, "the run diverged after %lld updates: lower --lr (now %g) or raise "
                  "--warmup-steps", (long long)n_updates(r), a->lr);

@@ -844,7 +844,7 @@ static void coefficients(struct step *st, double kd, double ce, double hid)
     double r = sum > 0 ? ce / sum : 0.0;
     st->c_kd = (float)(lam * r);
     st->c_hid = (float)(lam * r * c_int);
-    st->c_ce = 1.0f;
+    st->c_ce = (float)lo->ce_weight; /* L = ce_weight L_ce + kd_weight L_kd */
 }
 
 static double combined_total(const struct step *st, double kd, double ce, double hid)
@@ -857,7 +857,7 @@ static double combined_total(const struct step *st, double kd, double ce, double
     double hid_s = hid > 0 ? kd : 0.0;
     if (!ce_on)
         return kd + hid_s;
-    return ce + lo->kd_weight * ce; /* L_kd has the value of L_ce by construction */
+    return lo->ce_weight * ce + lo->kd_weight * ce; /* L_kd has L_ce's value by construction */
 }
 
 /* ---- teacher ------------------------------------------------------------------------------ */

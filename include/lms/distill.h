@@ -121,10 +121,12 @@ struct lms_distill_memory {
 struct lms_train_plan;
 /* The plan of a run: the trainer's own plan (from lms_train_plan_make), the teacher's weights
  * and forward workspace at micro-batch mbs x seq (weights held as teacher_weight_bytes per
- * parameter on the device), a host copy of the student in out_bytes per parameter while saving,
- * and the data loaders' row tables (n_rows_planned rows). */
+ * parameter on the device; none when teacher is NULL: a run without a teacher), a host copy of
+ * the student in out_bytes per parameter while saving, and the data loaders' row tables
+ * (n_rows_planned rows). */
 struct lms_distill_shape {
     const struct lms_train_plan *trainer;
+    const struct lms_arch *student; /* sizes the GEMM scratch when there is no teacher */
     const struct lms_arch *teacher;
     int64_t teacher_params;
     size_t teacher_weight_bytes;

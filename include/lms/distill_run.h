@@ -82,6 +82,9 @@ const struct lms_kd_loss_def *lms_kd_loss_of(enum lms_kd_kind kind);
 void lms_kd_loss_names(const char *sep, char *dst, size_t cap);
 /* The engine's loss options for l (the scaled combination distill uses). */
 void lms_distill_loss_opts(const struct lms_distill_loss *l, struct lms_loss_opts *out);
+/* The engine's loss options of a run without a teacher: the cross-entropy on the targets
+ * alone, weight 1. */
+void lms_distill_ce_loss_opts(struct lms_loss_opts *out);
 
 /* The names of the feature options, as the command takes them (NULL past the end). */
 const char *lms_feature_hook_name(enum lms_feature_hook h);
@@ -137,7 +140,12 @@ struct lms_distill_events {
 };
 
 struct lms_distill_opts {
-    const char *student, *teacher;     /* checkpoints (as given: the state records them) */
+    /* checkpoints (as given). teacher NULL: training without a teacher (lmsurgeon train, e.g.
+     * correcting a teacher on the distillation data before pruning it): the loss is the
+     * cross-entropy on the data's next tokens alone, the KD and feature options of loss are
+     * not read (feature pairs other than the default are LMS_EINVAL), and the state records no
+     * teacher */
+    const char *student, *teacher;
     const struct lms_blend_source *src; /* the data (borrowed) */
     int n_src;
     const char *split;                 /* megatron-core --split */
@@ -224,7 +232,8 @@ struct lms_distill_run {
  * it has parsed the data and device once it knows the rank's GPU). */
 void lms_distill_run_init(struct lms_distill_run *r, const struct lms_distill_opts *o);
 /* This process' rank and the number of ranks (from o.comm), the output format, the student and
- * the teacher (same vocabulary), their fingerprints, the output dtype. */
+ * the teacher (same vocabulary; none without o.teacher), their fingerprints, the output
+ * dtype. */
 enum lms_status lms_distill_open_models(struct lms_distill_run *r, struct lms_error *err);
 /* The training and validation rows of the blend and the data fingerprints. */
 enum lms_status lms_distill_open_data(struct lms_distill_run *r, struct lms_error *err);

@@ -61,7 +61,8 @@ struct lms_hidden_pair {
  * LMS_COMBINE_SCALED (the Minitron rule; ratios use values with gradients stopped):
  *   L_int' = L_int (L_logits / L_int);
  *   CE off (ce_weight == 0): L = L_logits + L_int';
- *   CE on: L_kd = (L_logits + L_int') (L_ce / (L_logits + L_int')), L = L_ce + kd_weight L_kd. */
+ *   CE on: L_kd = (L_logits + L_int') (L_ce / (L_logits + L_int')),
+ *          L = ce_weight L_ce + kd_weight L_kd (L_kd has L_ce's value, whatever ce_weight). */
 enum lms_loss_combine {
     LMS_COMBINE_WEIGHTED = 0,
     LMS_COMBINE_SCALED,
@@ -73,7 +74,7 @@ struct lms_loss_opts {
     double temperature;         /* T > 0; 0 means 1 */
     bool t2_scale;              /* multiply the KD loss (and its gradient) by T^2 */
     int64_t top_k;              /* K for LMS_KD_TOP_K (1 <= K <= V) */
-    double ce_weight;           /* 0 = no cross-entropy */
+    double ce_weight;           /* weight of L_ce (both rules); 0 = no cross-entropy */
     double hidden_weight;       /* WEIGHTED: weight of L_int */
     enum lms_hidden_loss_kind hidden_kind;
     const struct lms_hidden_pair *pairs; /* NULL / 0: no intermediate loss */

@@ -42,7 +42,7 @@ expect() {
 }
 
 # --help and an unknown flag, for every command
-for cmd in inspect convert tokenize preprocess eval generate prune score distill; do
+for cmd in inspect convert tokenize preprocess eval generate prune score distill train; do
     n_checks=$((n_checks + 1))
     if ! "$LMSURGEON" "$cmd" --help >"$TMP/out" 2>"$TMP/err" ||
         ! grep -q "^usage: lmsurgeon $cmd" "$TMP/out" || [ -s "$TMP/err" ]; then

@@ -1,4 +1,5 @@
-"""A PyTorch logit-distillation trainer, the reference `lmsurgeon distill` is checked against.
+"""A PyTorch logit-distillation trainer, the reference `lmsurgeon distill` (and `lmsurgeon
+train`) is checked against.
 
 Independent of lmsurgeon: transformers models in fp32 (eager attention), forward
 KL(teacher || student) summed over the vocabulary and averaged over positions, gradient
@@ -8,13 +9,19 @@ rate set each step from the schedule: linear warm-up lr (s+1)/(W+1) for s <= W, 
 min_lr at s = M. The token rows are read from a file (int32, seq + 1 ids each, in step order;
 `lmsurgeon distill --dump-rows` writes it), so both trainers see the same batches.
 
-    python distill_reference.py --student S --teacher T --rows FILE --seq 64 --gbs 4 --mbs 2 \
+The loss: L_kd, the KL above (plus the scaled feature loss with features). With a cross-entropy
+weight W > 0 (--lm-loss-scale) the KD term is rescaled to the cross-entropy's value with the
+ratio taken without gradient and weighted by lambda (--kd-loss-scale):
+L = W L_ce + lambda L_kd (L_ce / L_kd). Without a teacher the loss is L_ce alone (a plain
+cross-entropy fine-tune).
+
+    python distill_reference.py --student S [--teacher T] --rows FILE --seq 64 --gbs 4 --mbs 2 \
         --steps 3 --lr 1e-3 --min-lr 1e-4 --warmup 1 --beta2 0.95 --eps 1e-8 --wd 0.1 \
-        [--clip 1.0] [--threads 2] [--out DIR]
+        [--clip 1.0] [--lm-loss-scale W] [--kd-loss-scale LAMBDA] [--threads 2] [--out DIR]
 
 Prints one JSON object: per-step loss, lm loss (cross-entropy of the student on the next
-tokens, not trained on), gradient norm (before clipping), lr, and training tokens/s; --out saves
-the trained student with save_pretrained (fp32).
+tokens, trained on only with W > 0 or without a teacher), gradient norm (before clipping), lr,
+and training tokens/s; --out saves the trained student with save_pretrained (fp32).
 """
 import argparse
 import json
@@ -75,21 +82,35 @@ class Captures:
         return hook
 
 
+def combine(kd, ce, lm_loss_scale, kd_loss_scale):
+    """The loss trained: the KD term alone, or with a cross-entropy weight W > 0 the KD term
+    rescaled to the cross-entropy's value (ratio without gradient) and weighted:
+    W L_ce + lambda L_kd (L_ce / L_kd)."""
+    if not lm_loss_scale:
+        return kd
+    return lm_loss_scale * ce + kd_loss_scale * kd * (ce.detach() / kd.detach())
+
+
 def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warmup=0,
-          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None, features=None):
+          beta1=0.9, beta2=0.999, eps=1e-8, wd=0.01, clip=1.0, out=None, features=None,
+          lm_loss_scale=0.0, kd_loss_scale=1.0):
     """Trains and returns the per-step record; rows: int array (steps * gbs, seq + 1).
 
+    teacher_dir None: no teacher, the loss is the cross-entropy on the next tokens alone.
     features: None (logits only) or {"pairs": [(student layer, teacher layer), ...] (0-based),
     "hook": "mlp-norm" | "attn-norm", "kind": "cosine" | "mse"}: an intermediate-state loss
     L_f, the mean over the pairs, through a learned linear map (identity on the diagonal, bias
     0, trained with the student) when the hidden sizes differ, combined by the Minitron rule
-    L = L_logits + L_f (L_logits / L_f) with the ratio's values taken without gradient."""
+    L = L_logits + L_f (L_logits / L_f) with the ratio's values taken without gradient.
+    lm_loss_scale, kd_loss_scale: W and lambda of combine()."""
     S = seq
     rows = np.asarray(rows)
     assert rows.size == steps * gbs * (S + 1), "rows do not hold steps x gbs rows"
+    assert teacher_dir is not None or not features, "feature pairs need a teacher"
     rows = torch.from_numpy(rows.astype(np.int64)).reshape(steps, gbs, S + 1)
-    student, teacher = load(student_dir).train(), load(teacher_dir).eval()
-    for p in teacher.parameters():
+    student = load(student_dir).train()
+    teacher = load(teacher_dir).eval() if teacher_dir is not None else None
+    for p in teacher.parameters() if teacher is not None else []:
         p.requires_grad_(False)
     decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
@@ -123,21 +144,24 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
         for i in range(n_micro):
             batch = rows[s, i * mbs:(i + 1) * mbs]
             ids, tgt = batch[:, :S], batch[:, 1:]
-            with torch.no_grad():
-                t_logits = teacher(ids).logits
             s_logits = student(ids).logits
-            loss = kd_loss(s_logits, t_logits)
-            if features:
-                parts = []
-                for a, b in features["pairs"]:
-                    hs = s_cap.out[a]
-                    parts.append(feature_loss(hmap(hs) if hmap else hs, t_cap.out[b],
-                                              features["kind"]))
-                lf = torch.stack(parts).mean()
-                loss = loss + lf * (loss.detach() / lf.detach())
+            lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
+            if teacher is None:
+                loss = lm
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(ids).logits
+                loss = kd_loss(s_logits, t_logits)
+                if features:
+                    parts = []
+                    for a, b in features["pairs"]:
+                        hs = s_cap.out[a]
+                        parts.append(feature_loss(hmap(hs) if hmap else hs, t_cap.out[b],
+                                                  features["kind"]))
+                    lf = torch.stack(parts).mean()
+                    loss = loss + lf * (loss.detach() / lf.detach())
+                loss = combine(loss, lm, lm_loss_scale, kd_loss_scale)
             (loss / n_micro).backward()
-            with torch.no_grad():
-                lm = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), tgt.reshape(-1))
             loss_sum += loss.item()
             lm_sum += lm.item()
         norm = torch.nn.utils.clip_grad_norm_(params,
@@ -160,7 +184,7 @@ def train(student_dir, teacher_dir, rows, seq, gbs, mbs, steps, lr, min_lr, warm
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--student", required=True)
-    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--teacher")
     ap.add_argument("--rows", required=True)
     ap.add_argument("--seq", type=int, required=True)
     ap.add_argument("--gbs", type=int, required=True)
@@ -174,6 +198,8 @@ def main():
     ap.add_argument("--eps", type=float, default=1e-8)
     ap.add_argument("--wd", type=float, default=0.01)
     ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--lm-loss-scale", type=float, default=0.0)
+    ap.add_argument("--kd-loss-scale", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -181,7 +207,8 @@ def main():
         torch.set_num_threads(a.threads)
     rows = np.fromfile(a.rows, dtype="<i4")
     rec = train(a.student, a.teacher, rows, a.seq, a.gbs, a.mbs, a.steps, a.lr, a.min_lr,
-                a.warmup, a.beta1, a.beta2, a.eps, a.wd, a.clip, a.out)
+                a.warmup, a.beta1, a.beta2, a.eps, a.wd, a.clip, a.out,
+                lm_loss_scale=a.lm_loss_scale, kd_loss_scale=a.kd_loss_scale)
     print(json.dumps(rec))
 
 

@@ -279,6 +279,7 @@ START_TEST(feature_pairs_follow_the_kept_layer_map)
     r.student.arch.n_layers = 3;
     r.student.layer_src = kept;
     r.student.n_layers_src = 6;
+    r.have_teacher = true; /* as lms_distill_open_models leaves it */
     struct lms_error err;
     ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
     ck_assert_uint_eq(r.n_pairs, 3);
@@ -305,6 +306,17 @@ START_TEST(feature_pairs_follow_the_kept_layer_map)
     r.features_resolved = false;
     ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "--feature-pairs: teacher layer 7 outside 1..6"));
+    /* a run without a teacher has no pairs: pairs asked for are refused, the default is none */
+    r.have_teacher = false;
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--feature-pairs: intermediate-state pairs compare"));
+    r.o.loss.features = LMS_FEATURES_AUTO;
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
+    ck_assert_uint_eq(r.n_pairs, 0);
+    ck_assert(!r.width_pruned);
+    ck_assert_ptr_nonnull(strstr(r.features_why, "no teacher"));
     r.student.layer_src = NULL; /* the test's */
     lms_distill_run_release(&r);
 }

@@ -719,7 +719,8 @@ END_TEST
 
 /* The scaled combination is, by definition, a fixed linear combination of the three gradients
  * with coefficients from the loss values: L_int' = L_int (L_logits / L_int), then with CE on
- * L = L_ce + lambda (L_logits + L_int') (L_ce / (L_logits + L_int')). */
+ * L = w L_ce + lambda (L_logits + L_int') (L_ce / (L_logits + L_int')), for the CE weight w = 1
+ * (the Minitron rule) and another (the weight must reach the CE term). */
 START_TEST(hidden_scaled_rule)
 {
     struct hidden_setup h;
@@ -729,38 +730,44 @@ START_TEST(hidden_scaled_rule)
     base.pairs = hidden_pairs;
     base.n_pairs = 3;
     base.hidden_kind = LMS_HIDDEN_MSE;
-    struct lms_loss_opts kd = base, ce = base, hid = base, sc = base;
+    struct lms_loss_opts kd = base, ce = base, hid = base;
     kd.kd_weight = 1;
     ce.kd_weight = 0;
     ce.ce_weight = 1;
     hid.kd_weight = 0;
     hid.hidden_weight = 1;
-    sc.combine = LMS_COMBINE_SCALED;
-    sc.kd_weight = 0.7; /* lambda */
-    sc.ce_weight = 1;
     struct lms_loss_parts lk, lc, lh, ls;
     float **gk = grads_of(&h, &kd, &lk), **gc = grads_of(&h, &ce, &lc);
-    float **gh = grads_of(&h, &hid, &lh), **gs = grads_of(&h, &sc, &ls);
+    float **gh = grads_of(&h, &hid, &lh);
     double Ll = lk.kd, Lc = lc.ce, Li = lh.hidden;
     ck_assert(Ll > 0 && Lc > 0 && Li > 0);
-    double r = Lc / (Ll + Ll), ak = 0.7 * r, ah = 0.7 * r * Ll / Li;
-    check_rel(ls.total, Lc + 0.7 * Lc, 1e-6, "scaled total");
-    for (size_t i = 0; i < lms_trainer_n_params(h.tr); i++) {
-        const struct lms_train_param *p = lms_trainer_param(h.tr, i);
-        double mx = 0;
-        for (int64_t k = 0; k < p->numel; k++)
-            mx = fmax(mx, fabs(gs[i][k]));
-        for (int64_t k = 0; k < p->numel; k++) {
-            double want = ak * gk[i][k] + gc[i][k] + ah * gh[i][k];
-            ck_assert_msg(fabs(gs[i][k] - want) <= 1e-4 * mx + 1e-9,
-                          "%s[%lld]: %.8g, combination %.8g", p->name, (long long)k, gs[i][k],
-                          want);
+    const double ce_weights[2] = {1.0, 0.4};
+    for (int c = 0; c < 2; c++) {
+        double w = ce_weights[c];
+        struct lms_loss_opts sc = base;
+        sc.combine = LMS_COMBINE_SCALED;
+        sc.kd_weight = 0.7; /* lambda */
+        sc.ce_weight = w;
+        float **gs = grads_of(&h, &sc, &ls);
+        double r = Lc / (Ll + Ll), ak = 0.7 * r, ah = 0.7 * r * Ll / Li;
+        check_rel(ls.total, w * Lc + 0.7 * Lc, 1e-6, "scaled total");
+        for (size_t i = 0; i < lms_trainer_n_params(h.tr); i++) {
+            const struct lms_train_param *p = lms_trainer_param(h.tr, i);
+            double mx = 0;
+            for (int64_t k = 0; k < p->numel; k++)
+                mx = fmax(mx, fabs(gs[i][k]));
+            for (int64_t k = 0; k < p->numel; k++) {
+                double want = ak * gk[i][k] + w * gc[i][k] + ah * gh[i][k];
+                ck_assert_msg(fabs(gs[i][k] - want) <= 1e-4 * mx + 1e-9,
+                              "CE weight %g: %s[%lld]: %.8g, combination %.8g", w, p->name,
+                              (long long)k, gs[i][k], want);
+            }
         }
+        free_grads(&h, gs);
     }
     free_grads(&h, gk);
     free_grads(&h, gc);
     free_grads(&h, gh);
-    free_grads(&h, gs);
     /* a trainer planned without the map cannot compare 48 channels with the teacher's 64 */
     struct lms_error err;
     struct lms_trainer *plain;
