@@ -34,9 +34,6 @@ enum lms_status cli_record_write(const char *out, const char *in, const char *in
 /* convert's --help text (both modes). */
 extern const char cli_convert_usage[];
 
-/* The batch's exit code when an item failed (README "Exit codes"). */
-#define CLI_EXIT_BATCH_FAILED 8
-
 /* lmsurgeon convert --batch MANIFEST: the exit code. */
 int cmd_convert_batch(int argc, char **argv);
 
