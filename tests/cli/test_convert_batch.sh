@@ -179,6 +179,14 @@ rc=$?
 expect_field small.out 1 exit_code 5
 [ ! -e small ] && ok || fail "--max-memory 1MB wrote something"
 
+# a budget for one item at a time (each needs an estimated 64 MiB) still converts them all
+mkdir -p one
+manifest one | head -5 >one.jsonl
+"$lms" convert --batch one.jsonl --jobs 2 --max-memory 100MB --quiet >one.out
+rc=$?
+[ "$rc" -eq 0 ] && ok || fail "--max-memory 100MB --jobs 2: exit $rc, want 0"
+same_as_single one
+
 # the batch's own errors
 "$lms" convert --batch no-such.jsonl 2>err >/dev/null
 rc=$?
