@@ -42,7 +42,8 @@ const char cli_convert_usage[] =
     "  -h, --help            show this help\n"
     "\n"
     "Batch: --batch MANIFEST.jsonl converts one item per line, each a JSON object\n"
-    "  {\"in\": IN, \"out\": OUT, \"to\": ..., \"dtype\": ..., \"max-shard-size\": ..., \"force\": true}\n"
+    "  {\"in\": IN, \"out\": OUT, \"to\": ..., \"dtype\": ..., \"max-shard-size\": ...,\n"
+    "   \"force\": true}\n"
     "(in and out required; blank lines ignored), each as 'convert IN OUT ... --skip-unchanged'\n"
     "in a process of its own, so a failing item never stops the others. One JSON line per item\n"
     "on stdout as it ends: {\"line\", \"status\": ok|skipped|failed, \"in\", \"out\", \"bytes\",\n"
@@ -74,9 +75,8 @@ static const struct cli_opt opts[] = {
 };
 
 static const struct cli_spec spec = {
-    .name = "convert", .help = {cli_convert_usage}, .shorts = "hfq", .groups = CLI_FORCE | CLI_WRITE,
-    .positional = CLI_POS_IN_OUT, .opts = opts,
-    .run = run,
+    .name = "convert", .help = {cli_convert_usage}, .shorts = "hfq",
+    .groups = CLI_FORCE | CLI_WRITE, .positional = CLI_POS_IN_OUT, .opts = opts, .run = run,
 };
 
 /* The options that decide what a conversion writes, as its record keeps them: the format's

@@ -19,7 +19,8 @@
 
 static const char usage_head[] =
     "usage: lmsurgeon init OUT (--preset NAME | --config config.json) [--to FORMAT]\n"
-    "                      [--dtype bf16|f16|f32|fp8|q8_0] [--seed N] [--tokenizer DIR | --no-tokenizer]\n"
+    "                      [--dtype bf16|f16|f32|fp8|q8_0] [--seed N]\n"
+    "                      [--tokenizer DIR | --no-tokenizer]\n"
     "                      [--num-layers N] [--vocab-size N] [--initializer-range X]\n"
     "                      [--max-shard-size SIZE] [--threads N] [--force] [--json] [--quiet]\n"
     "\n"

@@ -738,6 +738,48 @@ static void release(struct batch *b)
     lms_free(b->items);
 }
 
+/* Every item's arguments and estimates; an input that cannot be opened fails its item. */
+static void prepare(struct batch *b)
+{
+    const struct batch_args *a = b->a;
+    refuse_shared_outputs(b, a->manifest);
+    b->memory_budget = a->max_memory ? a->max_memory : mem_available();
+    for (size_t i = 0; i < b->n; i++) {
+        struct item *it = &b->items[i];
+        struct lms_error err;
+        lms_error_clear(&err);
+        if (it->state != DONE)
+            item_finish_args(it, a->base.wo.force);
+        if (it->state != DONE && estimate(it, &err))
+            item_fail(it, cli_exit_code(err.status), "%s", err.msg);
+        b->bytes_total += it->in_bytes;
+    }
+}
+
+/* Reports the items that failed already, then runs the rest until all have ended or a signal
+ * stopped them. */
+static void schedule(struct batch *b)
+{
+    install_stop();
+    cli_progress_begin(&b->bar, b->label, b->bytes_total, true, b->a->base.co.quiet);
+    progress(b);
+    for (size_t i = 0; i < b->n; i++)
+        if (b->items[i].state == DONE)
+            finish_unstarted(b, &b->items[i]);
+    size_t next = 0;
+    int stopping = 0;
+    while (b->running > 0 || (next < b->n && !stop_signal)) {
+        admit(b, &next);
+        if (stop_signal && stopping != stop_signal)
+            stop_children(b, stopping = stop_signal);
+        if (b->running > 0)
+            wait_children(b);
+        progress(b);
+    }
+    if (b->bar.enabled)
+        cli_progress_end(&b->bar);
+}
+
 static int run(void *args)
 {
     const struct batch_args *a = args;
@@ -749,36 +791,8 @@ static int run(void *args)
         release(&b);
         return cli_fail(cmd, &a->base.co, &err);
     }
-    refuse_shared_outputs(&b, a->manifest);
-    b.memory_budget = a->max_memory ? a->max_memory : mem_available();
-    for (size_t i = 0; i < b.n; i++) {
-        struct item *it = &b.items[i];
-        if (it->state == DONE)
-            continue;
-        item_finish_args(it, a->base.wo.force);
-        lms_error_clear(&err);
-        if (it->state != DONE && estimate(it, &err))
-            item_fail(it, cli_exit_code(err.status), "%s", err.msg);
-        b.bytes_total += it->in_bytes;
-    }
-    install_stop();
-    cli_progress_begin(&b.bar, b.label, b.bytes_total, true, a->base.co.quiet);
-    progress(&b);
-    for (size_t i = 0; i < b.n; i++)
-        if (b.items[i].state == DONE)
-            finish_unstarted(&b, &b.items[i]);
-    size_t next = 0;
-    int stopping = 0;
-    while (b.running > 0 || (next < b.n && !stop_signal)) {
-        admit(&b, &next);
-        if (stop_signal && stopping != stop_signal)
-            stop_children(&b, stopping = stop_signal);
-        if (b.running > 0)
-            wait_children(&b);
-        progress(&b);
-    }
-    if (b.bar.enabled)
-        cli_progress_end(&b.bar);
+    prepare(&b);
+    schedule(&b);
     if (stop_signal) {
         lms_error_set(&err, LMS_EINTERRUPTED, "interrupted by %s: the running items were "
                       "stopped (their unfinished outputs removed), %zu not started",
