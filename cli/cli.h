@@ -3,8 +3,8 @@
  * Exit codes (documented in README.md):
  *   0 success, 1 internal error, 2 usage error (bad flags, refusing to overwrite),
  *   3 bad input (malformed or unsupported file), 4 I/O failure, 5 out of memory,
- *   6 device error, 7 training diverged (a loss or gradient not finite), 130 interrupted
- *   (SIGINT), 143 terminated (SIGTERM). */
+ *   6 device error, 7 training diverged (a loss or gradient not finite), 8 an item of a
+ *   batch failed (convert --batch), 130 interrupted (SIGINT), 143 terminated (SIGTERM). */
 #ifndef LMS_CLI_H
 #define LMS_CLI_H
 
@@ -27,6 +27,7 @@ enum cli_exit {
     CLI_EXIT_NOMEM = 5,
     CLI_EXIT_DEVICE = 6,
     CLI_EXIT_DIVERGED = 7,
+    CLI_EXIT_BATCH_FAILED = 8, /* convert --batch: some item failed (its result line says why) */
     CLI_EXIT_INTERRUPTED = 130, /* 128 + SIGINT */
     CLI_EXIT_TERMINATED = 143,  /* 128 + SIGTERM */
 };

@@ -19,7 +19,8 @@
 
 static const char usage_head[] =
     "usage: lmsurgeon init OUT (--preset NAME | --config config.json) [--to FORMAT]\n"
-    "                      [--dtype bf16|f16|f32] [--seed N] [--tokenizer DIR | --no-tokenizer]\n"
+    "                      [--dtype bf16|f16|f32|fp8|q8_0] [--seed N]\n"
+    "                      [--tokenizer DIR | --no-tokenizer]\n"
     "                      [--num-layers N] [--vocab-size N] [--initializer-range X]\n"
     "                      [--max-shard-size SIZE] [--threads N] [--force] [--json] [--quiet]\n"
     "\n"
@@ -34,8 +35,11 @@ static const char usage_head[] =
     "  --config FILE          the architecture of a Hugging Face config.json, or of the one in\n"
     "                         the model folder FILE (kept in the output with the dimensions\n"
     "                         the options below change)\n"
-    "  --to FORMAT            hf (default), nemo (NeMo 2), megatron or nemo1 (OUT is one file)\n"
-    "  --dtype TYPE           bf16, f16 or f32 (default: bf16 for a preset, the config's dtype)\n"
+    "  --to FORMAT            hf (default), nemo (NeMo 2), megatron, nemo1 or gguf (llama.cpp;\n"
+    "                         nemo1 and gguf: OUT is one file)\n"
+    "  --dtype TYPE           bf16, f16 or f32 (default: bf16 for a preset, the config's dtype);\n"
+    "                         fp8 (hf only) and q8_0 (gguf only) quantise the weights generated\n"
+    "                         in the default dtype as the writer streams them, as convert would\n"
     "  --seed N               the weights' seed (default 0)\n"
     "  --tokenizer DIR        copy the tokenizer files of DIR (a model or tokenizer folder)\n"
     "  --no-tokenizer         write no tokenizer. Without either, a byte-level stand-in is\n"
@@ -187,9 +191,10 @@ static enum lms_status init_options(const struct init_args *a, const json_t *c,
     if (json_is_integer(pad) && json_integer_value(pad) >= 0 &&
         json_integer_value(pad) < arch->vocab)
         o->pad_row = json_integer_value(pad);
-    o->dtype = a->base.wo.dtype != LMS_DTYPE_COUNT ? a->base.wo.dtype
-               : a->preset                         ? LMS_DTYPE_BF16
-                                                   : arch->dtype;
+    /* --dtype fp8, like q8_0, is a block format the writer quantises to as it streams: the
+     * weights are generated in the default dtype and quantised as convert would quantise them */
+    bool cast = a->base.wo.dtype != LMS_DTYPE_COUNT && a->base.wo.dtype != LMS_DTYPE_F8_E4M3;
+    o->dtype = cast ? a->base.wo.dtype : a->preset ? LMS_DTYPE_BF16 : arch->dtype;
     if (o->dtype != LMS_DTYPE_BF16 && o->dtype != LMS_DTYPE_F16 && o->dtype != LMS_DTYPE_F32)
         return lms_error_set(err, LMS_EUNSUPPORTED,
                              "the config's dtype %s cannot be generated; give --dtype "
@@ -309,6 +314,17 @@ static enum lms_status build_model(const struct init_args *a, struct lms_model *
     return rc;
 }
 
+/* The dtype the weights are written in: the generated one, or the block format the writer
+ * quantises them to. */
+static const char *written_dtype(const struct init_args *a, const struct lms_init_opts *o)
+{
+    if (a->base.gguf.q8_0)
+        return "Q8_0";
+    if (a->base.wo.dtype == LMS_DTYPE_F8_E4M3)
+        return lms_dtype_name(LMS_DTYPE_F8_E4M3);
+    return lms_dtype_name(o->dtype);
+}
+
 static void print_summary(const struct init_args *a, const struct lms_model *m,
                           const struct lms_init_opts *o, const struct lms_format *dst,
                           const char *tok, const struct lms_write_result *res, double secs)
@@ -319,7 +335,7 @@ static void print_summary(const struct init_args *a, const struct lms_model *m,
                               "s:f}",
                               "ok", 1, "output", out, "preset", a->preset, "config", a->config,
                               "architecture", lms_family_hf_class(m->arch.family), "to", dst->name,
-                              "dtype", lms_dtype_name(o->dtype), "seed", (json_int_t)a->seed,
+                              "dtype", written_dtype(a, o), "seed", (json_int_t)a->seed,
                               "initializer_range", o->init_range, "n_params",
                               (json_int_t)lms_model_n_params(m), "n_tensors", res->n_tensors,
                               "n_shards", res->n_shards, "bytes", (json_int_t)res->bytes,
@@ -336,7 +352,7 @@ static void print_summary(const struct init_args *a, const struct lms_model *m,
     cli_format_bytes(secs > 0 ? (uint64_t)((double)res->bytes / secs) : 0, rate, sizeof rate);
     printf("initialised '%s' (%s, %s from %s, dtype %s, seed %lld, std %g): %lld parameters, "
            "%d tensors, %s in %d shard%s, tokenizer: %s, %.2f s (%s/s)\n",
-           out, dst->name, lms_family_hf_class(m->arch.family), label, lms_dtype_name(o->dtype),
+           out, dst->name, lms_family_hf_class(m->arch.family), label, written_dtype(a, o),
            (long long)a->seed, o->init_range, (long long)lms_model_n_params(m), res->n_tensors,
            bytes, res->n_shards, res->n_shards == 1 ? "" : "s", tok, secs, rate);
 }

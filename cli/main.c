@@ -35,6 +35,7 @@ static void usage(FILE *f)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nexit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 I/O failure,\n"
                "            5 out of memory, 6 device error, 7 training diverged,\n"
+               "            8 an item of convert --batch failed,\n"
                "            130 interrupted (SIGINT), 143 terminated (SIGTERM)\n");
 }
 

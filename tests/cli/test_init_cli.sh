@@ -160,6 +160,22 @@ check "--force replaces" "$lms" init "$work/bad" --config "$q" --force --quiet
 check "replaced" test -f "$work/bad/model.safetensors" -a ! -e "$work/bad/x"
 rm -rf "$work/bad"
 
+# --dtype fp8 and q8_0 are the writer's block formats: the same bytes as quantising the
+# unquantised output with convert; the help names every output format
+check "init fp8" "$lms" init "$work/fp8" --config "$q" --dtype fp8 --quiet
+check "init for fp8" "$lms" init "$work/plain" --config "$q" --quiet
+check "convert fp8" "$lms" convert "$work/plain" "$work/fp8.ref" --dtype fp8 --quiet
+check "init fp8 = convert --dtype fp8" diff -r "$work/fp8" "$work/fp8.ref"
+check "init q8_0" "$lms" init "$work/q8.gguf" --config "$q" --to gguf --dtype q8_0 --quiet
+mkdir -p "$work/ref"  # the file's name is the model's general.name: the same one
+check "convert q8_0" "$lms" convert "$work/plain" "$work/ref/q8.gguf" --to gguf --dtype q8_0 --quiet
+check "init q8_0 = convert --dtype q8_0" cmp "$work/q8.gguf" "$work/ref/q8.gguf"
+check "init --json names fp8" bash -c "'$lms' init '$work/fp8j' --config '$q' --dtype fp8 --json |
+    grep -q '\"dtype\":\"F8_E4M3\"'"
+check "init --help names gguf" bash -c "'$lms' init --help | grep -q 'nemo1 or gguf'"
+check "prune --help names gguf" bash -c "'$lms' prune --help | grep -A1 -- '--to FORMAT' | grep -q gguf"
+rm -rf "$work/fp8" "$work/fp8.ref" "$work/plain" "$work/q8.gguf" "$work/ref" "$work/fp8j"
+
 # distill --dry-run --device cuda plans against --max-memory without opening a device, so a
 # machine without a GPU prints the plan
 check "teacher" "$lms" init "$work/teacher" --config "$q" --vocab-size 4096 --quiet
