@@ -1,8 +1,9 @@
 """Interop: the GGUF files lmsurgeon writes, loaded and run by llama.cpp itself (llama-cpp-python).
 
 Every GGUF the tool writes is loaded by llama.cpp: each fixture model with a GGUF mapping
-(llama, qwen2, qwen3), the teacher, and the teacher pruned on hidden size and heads (so that the
-head dimension is no longer hidden / heads). Through llama.cpp's C API (llama_decode with a
+(llama, qwen2, qwen3), a Mistral of random weights (there is no Mistral fixture), the teacher,
+and the teacher pruned on hidden size and heads (so that the head dimension is no longer
+hidden / heads). Through llama.cpp's C API (llama_decode with a
 logit at every position, llama_get_logits), against transformers (fp32, eager attention, the same
 weights read from the Hugging Face checkpoint):
   - F32 files give transformers' logits within 1e-4 of the largest |logit| (measured: <= 1.2e-6);
@@ -35,8 +36,10 @@ FIX = Path(os.environ["LMS_FIXTURES"])
 torch.set_num_threads(2)
 set_verbose(False)  # llama.cpp's errors only
 
-# Fixture models whose family has a GGUF mapping (phi3 has none), the teacher, and "pruned".
-MODELS = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "teacher", "pruned"]
+# Fixture models whose family has a GGUF mapping (phi3 has none), the teacher, "pruned" (the
+# teacher pruned on hidden size and heads) and "mistral" (random weights: no Mistral fixture).
+MODELS = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "teacher", "pruned",
+          "mistral"]
 F32_REL_TOL = 1e-4
 # Measured mean KL per position of the Q8_0 files: llama-tiny 1.5e-4, qwen2-tiny 1.1e-4,
 # qwen3-tiny 1.8e-4, teacher 3.4e-4, pruned teacher 1.2e-3.
@@ -56,16 +59,33 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("llama_cpp")
 
 
+def make_mistral(workdir):
+    """A small Mistral of random weights (lmsurgeon init; transformers reads the same files):
+    llama-tiny's shape, untied, with a sliding window longer than the context."""
+    cfg = json.loads((FIX / "models/llama-tiny/config.json").read_text())
+    for k in ("attention_bias", "mlp_bias", "pretraining_tp"):
+        cfg.pop(k)
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=4096,
+               tie_word_embeddings=False)
+    (workdir / "mistral-config.json").write_text(json.dumps(cfg))
+    out = workdir / "mistral"
+    run("init", out, "--config", workdir / "mistral-config.json", "--dtype", "f32",
+        "--no-tokenizer", "--initializer-range", 0.08, "--seed", 7, "--quiet")
+    return out
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(workdir):
     """Each model's Hugging Face directory; the teacher pruned to hidden 224 and 6 of 8 heads
-    (head_dim 32 != 224 / 6) is made once."""
+    (head_dim 32 != 224 / 6) and the Mistral are made once."""
     pruned = workdir / "teacher-224-6"
     run("prune", FIX / "teacher", pruned, "--target-hidden-size", 224,
         "--target-num-attention-heads", 6, "--quiet")
     cfg = json.loads((pruned / "config.json").read_text())
     assert cfg["hidden_size"] / cfg["num_attention_heads"] != cfg["head_dim"]
-    return {rel: pruned if rel == "pruned" else FIX / rel for rel in MODELS}
+    dirs = {rel: FIX / rel for rel in MODELS}
+    dirs.update(pruned=pruned, mistral=make_mistral(workdir))
+    return dirs
 
 
 def prompts(rel, hf_dir):
