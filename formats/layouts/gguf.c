@@ -365,14 +365,23 @@ static void put_special_ids(struct lms_gguf_writer *w, const struct lms_model *m
     json_decref(tcfg);
 }
 
+/* A model without a tokenizer llama.cpp can read: llama.cpp requires tokenizer.ggml.model and,
+ * for "none", makes ARCH.vocab_size placeholder tokens, so the file still loads and runs on ids. */
+static void put_no_tokenizer(struct lms_gguf_writer *w)
+{
+    lms_gguf_put_str(w, "tokenizer.ggml.model", "none", 4);
+}
+
 /* tokenizer.ggml.*: only for a byte-level BPE tokenizer.json ("gpt2" in llama.cpp's terms);
- * another tokenizer is left out (the file then has none that llama.cpp reads). */
+ * another tokenizer, or none, is written as "none". */
 static enum lms_status put_tokenizer(struct lms_gguf_writer *w, const struct lms_model *m,
                                      struct lms_error *err)
 {
     const char *path = aux_path(m, "tokenizer.json");
-    if (!path)
+    if (!path) {
+        put_no_tokenizer(w);
         return LMS_OK;
+    }
     json_t *tok;
     enum lms_status rc = lms_json_load_file(path, 1u << 30, &tok, err);
     if (rc)
@@ -382,6 +391,7 @@ static enum lms_status put_tokenizer(struct lms_gguf_writer *w, const struct lms
     const char *dec = json_string_value(json_object_get(json_object_get(tok, "decoder"), "type"));
     if (!type || strcmp(type, "BPE") || !dec || strcmp(dec, "ByteLevel")) {
         json_decref(tok);
+        put_no_tokenizer(w);
         return LMS_OK;
     }
     lms_gguf_put_str(w, "tokenizer.ggml.model", "gpt2", 4);
