@@ -5,7 +5,9 @@
  * for the llama architecture, and the tokenizer as tokenizer.ggml.*. Two lmsurgeon keys make
  * the round trip exact: lmsurgeon.hf_config holds the config.json the HF writer would write, and
  * lmsurgeon.file.NAME the bytes of each travelling file (tokenizer.json, ...). llama.cpp ignores
- * both; a GGUF without them gets a config rebuilt from the llama.cpp keys and no tokenizer. */
+ * both; a GGUF without them gets a config rebuilt from the llama.cpp keys and no tokenizer.
+ * llama3 rope scaling is written as llama.cpp's rope_freqs.weight and read back from the carried
+ * config, checked against that tensor. */
 #include "lms/gguf.h"
 
 #include <limits.h>
@@ -111,6 +113,13 @@ static enum lms_status permute_view(struct lms_view *src, int64_t head_dim, bool
 
 /* ---- writing: metadata ----------------------------------------------------------------------- */
 
+struct out_tensor {
+    char name[96];
+    struct lms_view *view; /* one reference, permuted when the architecture asks */
+    uint32_t type;
+    uint64_t nbytes;
+};
+
 #define STREAM_ELEMS (1 << 20) /* elements per chunk, a multiple of the Q8_0 block */
 
 static void put_arch_u32(struct lms_gguf_writer *w, const char *arch, const char *key, int64_t v)
@@ -147,11 +156,71 @@ static enum lms_status put_hparams(struct lms_gguf_writer *w, const struct lms_a
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         lms_gguf_put_str(w, k, "linear", 6);
         put_arch_f32(w, arch, "rope.scaling.factor", a->rope.factor);
+    } else if (a->rope.type == LMS_ROPE_LLAMA3) {
+        /* llama.cpp has no keys for it: rope_freqs.weight carries the scaling (see below) */
+        if (strcmp(arch, "llama") != 0)
+            return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles llama3 rope "
+                                 "scaling for the llama architecture only, not '%s'", arch);
     } else if (a->rope.type != LMS_ROPE_DEFAULT) {
-        return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles default and linear "
-                             "rope only, not this model's rope scaling");
+        return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles default, linear "
+                             "and llama3 rope only, not this model's rope scaling");
     }
     return LMS_OK;
+}
+
+/* ---- llama3 rope scaling: rope_freqs.weight -------------------------------------------------- */
+
+#define ROPE_FREQS_NAME "rope_freqs.weight"
+
+/* What llama.cpp multiplies each rotary wavelength by (it divides the inverse frequency
+ * theta^(-2i/d) by it) to get transformers' llama3 scaling: 1 for wavelengths shorter than
+ * original / high_freq_factor, factor for those longer than original / low_freq_factor, and
+ * in between the reciprocal of the smoothed blend (1 - s) / factor + s, where
+ * s = (original / wavelength - low) / (high - low). Computed in f32, as llama.cpp's converter. */
+static enum lms_status llama3_rope_freqs(const struct lms_rope *r, int64_t head_dim, float *dst,
+                                         struct lms_error *err)
+{
+    double factor = r->factor, lo = r->low_freq_factor, hi = r->high_freq_factor;
+    double old = (double)r->original_max_position;
+    if (!(factor > 0) || !(lo > 0) || !(hi > lo) || !(old > 0) || !(r->theta > 0))
+        return lms_error_set(err, LMS_EINVAL, "llama3 rope scaling (factor %g, low %g, high %g, "
+                             "original max position %g) is inconsistent", factor, lo, hi, old);
+    float low_wl = (float)(old / lo), high_wl = (float)(old / hi);
+    for (int64_t i = 0; i < head_dim / 2; i++) {
+        float inv = 1.0f / powf((float)r->theta, (float)(2 * i) / (float)head_dim);
+        float wl = 2.0f * (float)M_PI / inv;
+        if (wl < high_wl) {
+            dst[i] = 1.0f;
+        } else if (wl > low_wl) {
+            dst[i] = (float)factor;
+        } else {
+            float s = ((float)old / wl - (float)lo) / (float)(hi - lo);
+            dst[i] = 1.0f / ((1.0f - s) / (float)factor + s);
+        }
+    }
+    return LMS_OK;
+}
+
+/* The rope_freqs.weight tensor of a llama3-scaled model (head_dim / 2 f32 values, in memory:
+ * it is small), planned like the model's own tensors. */
+static enum lms_status plan_rope_freqs(const struct lms_arch *a, struct lms_gguf_writer *w,
+                                       struct out_tensor *out, struct lms_error *err)
+{
+    int64_t n = a->head_dim / 2;
+    struct lms_storage *host;
+    enum lms_status rc = lms_storage_new_host((size_t)n * sizeof(float), &host, err);
+    if (rc)
+        return rc;
+    rc = llama3_rope_freqs(&a->rope, a->head_dim, (float *)host->base, err);
+    if (!rc)
+        rc = lms_view_new_storage(host, 0, LMS_DTYPE_F32, 1, &n, &out->view, err);
+    lms_storage_release(host);
+    if (rc)
+        return rc;
+    snprintf(out->name, sizeof out->name, "%s", ROPE_FREQS_NAME);
+    out->type = LMS_GGML_F32;
+    uint64_t ne = (uint64_t)n;
+    return lms_gguf_add_tensor(w, out->name, 1, &ne, out->type, &out->nbytes, err);
 }
 
 /* general.file_type as llama.cpp numbers it (the type of most weights). */
@@ -441,13 +510,6 @@ static enum lms_status put_carried(struct lms_gguf_writer *w, const struct lms_m
 
 /* ---- writing: tensors ----------------------------------------------------------------------- */
 
-struct out_tensor {
-    char name[96];
-    struct lms_view *view; /* one reference, permuted when the architecture asks */
-    uint32_t type;
-    uint64_t nbytes;
-};
-
 static uint32_t tensor_type(const struct lms_view *v, const struct lms_write_opts *o, bool q8)
 {
     if (v->ndim < 2)
@@ -575,9 +637,9 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
     const struct lms_arch_desc *fam = family_info(m->arch.family);
     if (!fam)
         return lms_error_set(err, LMS_EUNSUPPORTED, "no GGUF architecture for this family");
-    size_t n = m->n_tensors;
+    size_t n = m->n_tensors, n_out = n + (m->arch.rope.type == LMS_ROPE_LLAMA3);
     const struct lms_tensor **order = lms_calloc(n ? n : 1, sizeof *order);
-    struct out_tensor *outs = lms_calloc(n ? n : 1, sizeof *outs);
+    struct out_tensor *outs = lms_calloc(n_out ? n_out : 1, sizeof *outs);
     if (!order || !outs) {
         lms_free(order);
         lms_free(outs);
@@ -600,6 +662,8 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
     rc = put_hparams(&w, &arch, fam->gguf_arch, err);
     for (size_t i = 0; i < n && !rc; i++)
         rc = plan_one(m, order[i], o, q8, &w, &outs[i], err);
+    if (!rc && n_out > n)
+        rc = plan_rope_freqs(&arch, &w, &outs[n], err);
     if (!rc) {
         lms_gguf_put_u32(&w, "general.file_type",
                          file_type(q8 ? LMS_GGML_Q8_0 : tensor_type(outs[0].view, o, false)));
@@ -610,11 +674,11 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
         rc = put_carried(&w, m, &arch, err);
     uint64_t total = 0;
     if (!rc)
-        rc = write_file(m, &w, outs, n, path, o, &total, err);
+        rc = write_file(m, &w, outs, n_out, path, o, &total, err);
     if (!rc && res)
         *res = (struct lms_write_result){.n_shards = 1, .bytes = total, .n_tensors = (int)n,
                                          .n_aux_files = (int)m->n_aux_files};
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n_out; i++)
         lms_view_release(outs[i].view);
     lms_free(outs);
     lms_free(order);
@@ -682,11 +746,16 @@ static enum lms_status arch_float(const struct reader *r, const char *key, doubl
     return LMS_OK;
 }
 
-static const struct lms_gguf_tensor *find_tensor(const struct reader *r, const char *name)
+static bool gguf_name_is(const struct lms_gguf_tensor *t, const char *name)
 {
     size_t n = strlen(name);
+    return t->name.n == n && memcmp(t->name.p, name, n) == 0;
+}
+
+static const struct lms_gguf_tensor *find_tensor(const struct reader *r, const char *name)
+{
     for (uint64_t i = 0; i < r->g.n_tensors; i++)
-        if (r->g.tensors[i].name.n == n && memcmp(r->g.tensors[i].name.p, name, n) == 0)
+        if (gguf_name_is(&r->g.tensors[i], name))
             return &r->g.tensors[i];
     return NULL;
 }
@@ -925,6 +994,59 @@ static void restore_exact_floats(const json_t *carried, struct lms_arch *a)
         a->rope.factor = c.rope.factor;
 }
 
+/* The f32 values of rope_freqs.weight, checked to be head_dim / 2 of them. */
+static enum lms_status read_rope_freqs(const struct reader *r, const struct lms_gguf_tensor *t,
+                                       int64_t n, float *dst, struct lms_error *err)
+{
+    if (t->type != LMS_GGML_F32 || t->n_dims != 1 || t->ne[0] != (uint64_t)n)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': tensor '%s' is not %lld f32 values (half "
+                             "the head dimension)", r->path, ROPE_FREQS_NAME, (long long)n);
+    memcpy(dst, (const char *)r->st->base + r->g.data_offset + t->offset, (size_t)n * sizeof *dst);
+    return LMS_OK;
+}
+
+/* llama3 rope scaling: llama.cpp keeps it only as rope_freqs.weight, from which the four
+ * factors cannot be recovered, so they come from the carried config (lmsurgeon.hf_config), and
+ * the tensor must be what they give (to f32 rounding: llama.cpp's converter computes it with
+ * torch). A file with the tensor but no such config, or the config without the tensor, is
+ * refused rather than run with the wrong rotary frequencies. */
+static enum lms_status read_llama3_rope(const struct reader *r, const json_t *carried,
+                                        struct lms_arch *a, struct lms_error *err)
+{
+    const struct lms_gguf_tensor *t = find_tensor(r, ROPE_FREQS_NAME);
+    struct lms_arch c;
+    bool llama3 = carried && !lms_hf_config_parse(carried, &c, NULL) &&
+                  c.rope.type == LMS_ROPE_LLAMA3;
+    if (!t && !llama3)
+        return LMS_OK;
+    if (!t)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': lmsurgeon.hf_config has llama3 rope "
+                             "scaling but the file has no '%s'", r->path, ROPE_FREQS_NAME);
+    if (!llama3)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': '%s' without the llama3 rope_scaling "
+                             "of lmsurgeon.hf_config is not supported", r->path, ROPE_FREQS_NAME);
+    if (a->rope.type != LMS_ROPE_DEFAULT || a->head_dim <= 0 || a->head_dim % 2 ||
+        a->head_dim > 4096)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': '%s' needs an even head dimension and no "
+                             "other rope scaling", r->path, ROPE_FREQS_NAME);
+    double theta = a->rope.theta;
+    a->rope = c.rope;
+    a->rope.theta = theta; /* the file's, made exact by restore_exact_floats */
+    float got[2048], want[2048];
+    int64_t n = a->head_dim / 2;
+    enum lms_status rc = read_rope_freqs(r, t, n, got, err);
+    if (!rc)
+        rc = llama3_rope_freqs(&a->rope, a->head_dim, want, err);
+    if (rc)
+        return lms_error_wrap(err, "'%s': ", r->path);
+    for (int64_t i = 0; i < n; i++)
+        if (!(fabsf(got[i] - want[i]) <= 1e-5f * want[i]))
+            return lms_error_set(err, LMS_EFORMAT, "'%s': '%s' does not match the llama3 "
+                                 "rope_scaling of lmsurgeon.hf_config (value %lld is %g, not %g)",
+                                 r->path, ROPE_FREQS_NAME, (long long)i, got[i], want[i]);
+    return LMS_OK;
+}
+
 static enum lms_status read_model(struct reader *r, struct lms_model *m, struct lms_error *err)
 {
     json_t *carried;
@@ -934,6 +1056,8 @@ static enum lms_status read_model(struct reader *r, struct lms_model *m, struct 
     if (!rc)
         restore_exact_floats(carried, &m->arch);
     if (!rc)
+        rc = read_llama3_rope(r, carried, &m->arch, err);
+    if (!rc)
         rc = lms_hf_config_build(&m->arch, carried, &m->hf_config, err);
     json_decref(carried);
     if (rc)
@@ -942,7 +1066,8 @@ static enum lms_status read_model(struct reader *r, struct lms_model *m, struct 
     if (rc)
         return lms_error_wrap(err, "'%s': ", r->path);
     for (uint64_t i = 0; i < r->g.n_tensors && !rc; i++)
-        rc = add_tensor(r, m, &r->g.tensors[i], err);
+        if (!gguf_name_is(&r->g.tensors[i], ROPE_FREQS_NAME)) /* read into the arch above */
+            rc = add_tensor(r, m, &r->g.tensors[i], err);
     if (!rc)
         rc = carried_files(r, m, err);
     if (!rc && lms_model_validate(m, err))

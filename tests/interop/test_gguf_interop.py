@@ -8,7 +8,9 @@ equal the Hugging Face weights: exactly for F32 and BF16, within Q8_0's block er
 quantisation step d = max|x| / 127 per block of 32, plus 127 times the fp16 rounding of d) for
 Q8_0, whose bytes also equal gguf-py's own quantiser.
 The round trip HF -> GGUF -> HF gives back the same tensors bit for bit, the same config.json
-and the same tokenizer files.
+and the same tokenizer files. A Llama with llama3 rope scaling gets rope_freqs.weight equal to
+transformers' unscaled / llama3-scaled inverse frequencies, round-trips the same way (F32 and
+BF16), and a file whose rope_freqs.weight disagrees with its carried config is refused.
 """
 import filecmp
 import json
@@ -205,3 +207,63 @@ def test_round_trip_bit_exact(rel, tmp_path):
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (src / f).exists():
             assert filecmp.cmp(src / f, tmp_path / "back" / f, shallow=False), f
+
+
+def make_llama3_rope(tmp_path, dtype):
+    """A small Llama with Llama 3.1's rope scaling (transformers 4's rope_scaling style), whose
+    8 rotary frequencies fall in all three bands of the scaling."""
+    cfg = json.loads((FIX / "models/llama-tiny/config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg.update(num_attention_heads=4, head_dim=16, rope_theta=10000.0,
+               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "llama3"
+    run("init", out, "--config", tmp_path / "config.json", "--dtype", dtype, "--no-tokenizer",
+        "--seed", 5, "--quiet")
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_llama3_rope_freqs_and_round_trip(dtype, tmp_path):
+    """rope_freqs.weight is transformers' unscaled inverse frequencies divided by its llama3 ones
+    (what llama.cpp divides by), and HF -> GGUF -> HF keeps every tensor and the config."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    src = make_llama3_rope(tmp_path, dtype)
+    run("convert", src, tmp_path / "m.gguf", "--to", "gguf", "--quiet")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    assert t.tensor_type == gguf.GGMLQuantizationType.F32
+    config = AutoConfig.from_pretrained(str(src))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    want = (plain / scaled).numpy()
+    assert want.min() == 1.0 and want.max() == 8.0 and ((want > 1) & (want < 8)).any()
+    np.testing.assert_allclose(np.asarray(t.data), want, rtol=1e-6)
+    run("convert", tmp_path / "m.gguf", tmp_path / "back", "--to", "hf", "--quiet")
+    a, b = hf_tensors(src), hf_tensors(tmp_path / "back")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8)), k
+    assert json.loads((src / "config.json").read_text()) == \
+        json.loads((tmp_path / "back" / "config.json").read_text())
+
+
+def test_llama3_rope_freqs_mismatch_is_refused(tmp_path):
+    """A rope_freqs.weight that is not what the carried rope_scaling gives: one line, exit 3,
+    nothing written."""
+    src = make_llama3_rope(tmp_path, "f32")
+    path = tmp_path / "m.gguf"
+    run("convert", src, path, "--to", "gguf", "--quiet")
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "rope_freqs.weight")
+    data = bytearray(path.read_bytes())
+    data[t.data_offset + 4:t.data_offset + 8] = np.float32(3.0).tobytes()  # the smoothed value
+    path.write_bytes(bytes(data))
+    proc = subprocess.run([LMS, "convert", path, tmp_path / "back", "--to", "hf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "rope_freqs.weight" in proc.stderr
+    assert not (tmp_path / "back").exists()

@@ -1,8 +1,9 @@
 """Interop: the GGUF files lmsurgeon writes, loaded and run by llama.cpp itself (llama-cpp-python).
 
 Every GGUF the tool writes is loaded by llama.cpp: each fixture model with a GGUF mapping
-(llama, qwen2, qwen3), a Mistral of random weights (there is no Mistral fixture), the teacher,
-and the teacher pruned on hidden size and heads (so that the head dimension is no longer
+(llama, qwen2, qwen3), a Mistral of random weights (there is no Mistral fixture), a Llama of
+random weights with Llama 3.1's rope scaling (written as llama.cpp's rope_freqs.weight), the
+teacher, and the teacher pruned on hidden size and heads (so that the head dimension is no longer
 hidden / heads). Through llama.cpp's C API (llama_decode with a
 logit at every position, llama_get_logits), against transformers (fp32, eager attention, the same
 weights read from the Hugging Face checkpoint):
@@ -37,9 +38,10 @@ torch.set_num_threads(2)
 set_verbose(False)  # llama.cpp's errors only
 
 # Fixture models whose family has a GGUF mapping (phi3 has none), the teacher, "pruned" (the
-# teacher pruned on hidden size and heads) and "mistral" (random weights: no Mistral fixture).
+# teacher pruned on hidden size and heads), "mistral" (random weights: no Mistral fixture) and
+# "llama3-rope" (random weights, llama3 rope scaling).
 MODELS = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "teacher", "pruned",
-          "mistral"]
+          "mistral", "llama3-rope"]
 F32_REL_TOL = 1e-4
 # Measured mean KL per position of the Q8_0 files: llama-tiny 1.5e-4, qwen2-tiny 1.1e-4,
 # qwen3-tiny 1.8e-4, teacher 3.4e-4, pruned teacher 1.2e-3.
@@ -74,6 +76,23 @@ def make_mistral(workdir):
     return out
 
 
+def make_llama3_rope(workdir):
+    """A small Llama of random weights with Llama 3.1's rope scaling (lmsurgeon init): head
+    dimension 16 and theta 10000 put the 8 rotary wavelengths (6.3 to 6.3e3 positions) in all
+    three bands of original_max_position_embeddings 32 (below 32 / 4: kept; between: smoothed;
+    above 32: divided by the factor), and the 64 positions each prompt runs reach past 32."""
+    cfg = json.loads((FIX / "models/llama-tiny/config.json").read_text())
+    cfg.update(num_attention_heads=4, head_dim=16, tie_word_embeddings=False,
+               rope_parameters={"rope_theta": 10000.0, "rope_type": "llama3", "factor": 8.0,
+                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 32})
+    (workdir / "llama3-config.json").write_text(json.dumps(cfg))
+    out = workdir / "llama3-rope"
+    run("init", out, "--config", workdir / "llama3-config.json", "--dtype", "f32",
+        "--no-tokenizer", "--initializer-range", 0.08, "--seed", 11, "--quiet")
+    return out
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(workdir):
     """Each model's Hugging Face directory; the teacher pruned to hidden 224 and 6 of 8 heads
@@ -83,8 +102,9 @@ def hf_dirs(workdir):
         "--target-num-attention-heads", 6, "--quiet")
     cfg = json.loads((pruned / "config.json").read_text())
     assert cfg["hidden_size"] / cfg["num_attention_heads"] != cfg["head_dim"]
-    dirs = {rel: FIX / rel for rel in MODELS}
+    dirs = {rel: FIX / rel for rel in MODELS[:4]}
     dirs.update(pruned=pruned, mistral=make_mistral(workdir))
+    dirs["llama3-rope"] = make_llama3_rope(workdir)
     return dirs
 
 
