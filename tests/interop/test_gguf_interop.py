@@ -10,7 +10,8 @@ Q8_0, whose bytes also equal gguf-py's own quantiser.
 The round trip HF -> GGUF -> HF gives back the same tensors bit for bit, the same config.json
 and the same tokenizer files. A Llama with llama3 rope scaling gets rope_freqs.weight equal to
 transformers' unscaled / llama3-scaled inverse frequencies, round-trips the same way (F32 and
-BF16), and a file whose rope_freqs.weight disagrees with its carried config is refused.
+BF16), and a file whose rope_freqs.weight disagrees with its carried config, or has no carried
+config, is refused.
 """
 import filecmp
 import json
@@ -262,6 +263,22 @@ def test_llama3_rope_freqs_mismatch_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     data[t.data_offset + 4:t.data_offset + 8] = np.float32(3.0).tobytes()  # the smoothed value
     path.write_bytes(bytes(data))
+    proc = subprocess.run([LMS, "convert", path, tmp_path / "back", "--to", "hf"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "rope_freqs.weight" in proc.stderr
+    assert not (tmp_path / "back").exists()
+
+
+def test_llama3_rope_freqs_without_carried_config_is_refused(tmp_path):
+    """rope_freqs.weight in a file without lmsurgeon.hf_config (as llama.cpp's converter writes
+    them): the four factors cannot be recovered, so one line, exit 3, nothing written."""
+    src = make_llama3_rope(tmp_path, "f32")
+    path = tmp_path / "m.gguf"
+    run("convert", src, path, "--to", "gguf", "--quiet")
+    data = path.read_bytes()
+    assert data.count(b"lmsurgeon.hf_config") == 1
+    path.write_bytes(data.replace(b"lmsurgeon.hf_config", b"lmsurgeon.hf_confiX"))
     proc = subprocess.run([LMS, "convert", path, tmp_path / "back", "--to", "hf"],
                           capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
