@@ -79,6 +79,13 @@ static int cmp_distilled(const void *x, const void *y)
     return (a->loss_rank > b->loss_rank) - (a->loss_rank < b->loss_rank);
 }
 
+void lms__search_rank_order(struct lms_candidate *c, int64_t k)
+{
+    qsort(c, (size_t)k, sizeof *c, cmp_distilled);
+    for (int64_t i = 0; i < k; i++)
+        c[i].distill_rank = i + 1;
+}
+
 /* One run's temporary directory and what goes in it. */
 struct rank_dir {
     char root[RANK_PATH_MAX];
@@ -211,9 +218,7 @@ enum lms_status lms__search_rank_distill(const struct lms_model *m,
     rank_dir_remove(&d);
     if (rc)
         return rc;
-    qsort(res->c, (size_t)k, sizeof *res->c, cmp_distilled);
-    for (int64_t i = 0; i < k; i++)
-        res->c[i].distill_rank = i + 1;
+    lms__search_rank_order(res->c, k);
     res->distilled = true;
     res->n_distilled = k;
     return LMS_OK;

@@ -14,4 +14,8 @@ enum lms_status lms__search_rank_distill(const struct lms_model *m,
                                          const struct lms_search_rank_opts *ro,
                                          struct lms_search_result *res, struct lms_error *err);
 
+/* Puts c[0..k) in the order of their distill_loss (a loss that is not finite last; ties keep
+ * the post-prune order, loss_rank) and numbers them in distill_rank from 1. */
+void lms__search_rank_order(struct lms_candidate *c, int64_t k);
+
 #endif

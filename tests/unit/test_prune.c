@@ -2,6 +2,7 @@
  * of include/lms/surgery.h names (checked element by element against the input read directly),
  * the config follows, and invalid plans are refused. */
 #include <jansson.h>
+#include <math.h>
 #include <string.h>
 
 #include "check_main.h"
@@ -11,6 +12,7 @@
 #include "lms/outdir.h"
 #include "lms/safetensors.h"
 #include "lms/surgery.h"
+#include "surgery/rank.h"
 
 static void load(const char *rel, struct lms_model *m)
 {
@@ -444,6 +446,25 @@ START_TEST(ranking_and_layer_selection)
 }
 END_TEST
 
+/* The ranking by distillation reorders candidates whose order the distillation changed: on
+ * the fixtures the two orders happen to agree, so the re-sort is checked here on its own. */
+START_TEST(distillation_reorders_candidates)
+{
+    struct lms_candidate c[4] = {
+        {.loss = 2.0, .loss_rank = 1, .distill_loss = 1.9},
+        {.loss = 2.1, .loss_rank = 2, .distill_loss = NAN}, /* its distillation gave no number */
+        {.loss = 2.2, .loss_rank = 3, .distill_loss = 1.7},
+        {.loss = 2.3, .loss_rank = 4, .distill_loss = 1.9}, /* ties the first: keeps its place */
+    };
+    lms__search_rank_order(c, 4);
+    const int64_t want_loss_rank[4] = {3, 1, 4, 2};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(c[i].loss_rank, want_loss_rank[i]);
+        ck_assert_int_eq(c[i].distill_rank, i + 1);
+    }
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("prune");
@@ -456,6 +477,7 @@ Suite *suite(void)
     tcase_add_test(tc, kept_layer_map_drives_the_config);
     tcase_add_test(tc, invalid_plans_are_refused);
     tcase_add_test(tc, ranking_and_layer_selection);
+    tcase_add_test(tc, distillation_reorders_candidates);
     suite_add_tcase(s, tc);
     return s;
 }
