@@ -104,10 +104,19 @@ enum lms_status lms__cpu_rope(struct lms_backend *be, float *x, int64_t x_stride
     return LMS_OK;
 }
 
+/* silu(g) * u, eight lanes at a time: the scalar loop stays scalar (the compiler does not
+ * vectorise lms__expf's clamps), and this is a tenth of a training step's time. Lane for lane the
+ * same operations as the tail, so every element gets the same result whatever its position. */
 LMS_CPU_CLONES
 static void swiglu_row(float *out, const float *g, const float *u, int64_t f)
 {
-    for (int64_t j = 0; j < f; j++) {
+    int64_t j = 0;
+    for (; j + 8 <= f; j += 8) {
+        lms__v8f x = *(const lms__v8f *)(g + j), e = -x;
+        lms__expf8(&e);
+        *(lms__v8f *)(out + j) = x / (1.0f + e) * *(const lms__v8f *)(u + j);
+    }
+    for (; j < f; j++) {
         float x = g[j];
         out[j] = x / (1.0f + lms__expf(-x)) * u[j];
     }

@@ -133,6 +133,32 @@ enum lms_status lms__cpu_rope_backward(struct lms_backend *be, float *dx, int64_
     return LMS_OK;
 }
 
+/* One row of the SwiGLU backward: with s = sigmoid(x), d silu(x)/dx = s (1 + x (1 - s)). Eight
+ * lanes at a time as in the forward (kernels/cpu/ops.c), the same operations in the tail. All
+ * three inputs are read before either output is written, so the outputs may overwrite them. */
+LMS_CPU_CLONES
+static void swiglu_backward_row(float *dg, float *du, const float *go, const float *g,
+                                const float *u, int64_t f)
+{
+    int64_t j = 0;
+    for (; j + 8 <= f; j += 8) {
+        lms__v8f x = *(const lms__v8f *)(g + j), uj = *(const lms__v8f *)(u + j);
+        lms__v8f o = *(const lms__v8f *)(go + j), e = -x;
+        lms__expf8(&e);
+        lms__v8f sig = 1.0f / (1.0f + e);
+        lms__v8f silu = x * sig;
+        *(lms__v8f *)(dg + j) = o * uj * sig * (1.0f + x * (1.0f - sig));
+        *(lms__v8f *)(du + j) = o * silu;
+    }
+    for (; j < f; j++) {
+        float x = g[j], uj = u[j], o = go[j];
+        float sig = 1.0f / (1.0f + lms__expf(-x));
+        float silu = x * sig;
+        dg[j] = o * uj * sig * (1.0f + x * (1.0f - sig));
+        du[j] = o * silu;
+    }
+}
+
 enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, float *dup,
                                          int64_t d_stride, const float *dout,
                                          int64_t dout_stride, const float *gate, const float *up,
@@ -142,18 +168,9 @@ enum lms_status lms__cpu_swiglu_backward(struct lms_backend *be, float *dgate, f
     struct lms_cpu_ctx *cx = be->impl;
 #pragma omp parallel for num_threads(cx->n_threads) schedule(static) \
     if (n_rows * f > LMS_CPU_PAR_MIN)
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *g = gate + r * in_stride, *u = up + r * in_stride;
-        const float *go = dout + r * dout_stride;
-        float *dg = dgate + r * d_stride, *du = dup + r * d_stride;
-        for (int64_t j = 0; j < f; j++) {
-            float x = g[j], uj = u[j], o = go[j];
-            float sig = 1.0f / (1.0f + lms__expf(-x));
-            float silu = x * sig;
-            dg[j] = o * uj * sig * (1.0f + x * (1.0f - sig));
-            du[j] = o * silu;
-        }
-    }
+    for (int64_t r = 0; r < n_rows; r++)
+        swiglu_backward_row(dgate + r * d_stride, dup + r * d_stride, dout + r * dout_stride,
+                            gate + r * in_stride, up + r * in_stride, f);
     return LMS_OK;
 }
 
@@ -179,22 +196,116 @@ enum lms_status lms__cpu_bias_backward(struct lms_backend *be, float *dbias, con
 
 /* ---- logit losses --------------------------------------------------------------------------- */
 
-/* max over x[0..v) of x * inv_t */
+/* The logit losses touch every vocabulary entry of every row several times, with one or two
+ * exponentials each: the common passes run on eight float lanes (lms__expf8, relative error
+ * about 1e-7), and their sums go into double every block of 64 entries so that long rows do not
+ * lose digits. Top-K and reverse KL keep the plain double loops. */
+#define LOSS_BLOCK 64
+
+static inline float lane_sum(lms__v8f v)
+{
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+/* max of x[0..v); NaN entries are passed over, as by the comparison in the tail */
+LMS_CPU_CLONES
 static float row_max(const float *x, int64_t v)
 {
     float m = -INFINITY;
-    for (int64_t j = 0; j < v; j++)
+    int64_t j = 0;
+    if (v >= 8) {
+        lms__v8f mv = (lms__v8f){0} - INFINITY;
+        for (; j + 8 <= v; j += 8) {
+            lms__v8f xv = *(const lms__v8f *)(x + j);
+            lms__v8u gt = (lms__v8u)(xv > mv);
+            mv = (lms__v8f)(((lms__v8u)xv & gt) | ((lms__v8u)mv & ~gt));
+        }
+        for (int l = 0; l < 8; l++)
+            m = mv[l] > m ? mv[l] : m;
+    }
+    for (; j < v; j++)
         m = x[j] > m ? x[j] : m;
     return m;
 }
 
-/* log sum exp(x * inv_t) given m = max(x) (scaled by inv_t by the caller) */
+/* log sum exp(x * inv_t - m) + m, given m = max(x) * inv_t */
+LMS_CPU_CLONES
 static double row_lse(const float *x, int64_t v, float inv_t, double m)
 {
+    const float mf = (float)m;
     double sum = 0;
-    for (int64_t j = 0; j < v; j++)
-        sum += exp((double)x[j] * inv_t - m);
+    int64_t j = 0;
+    while (j + 8 <= v) {
+        lms__v8f acc = {0};
+        for (int64_t end = j + LOSS_BLOCK; j + 8 <= v && j < end; j += 8) {
+            lms__v8f e = *(const lms__v8f *)(x + j) * inv_t - mf;
+            lms__expf8(&e);
+            acc += e;
+        }
+        sum += lane_sum(acc);
+    }
+    for (; j < v; j++)
+        sum += lms__expf(x[j] * inv_t - mf);
     return m + log(sum);
+}
+
+/* The gradient pass of forward KL and/or cross-entropy over one row:
+ *   g_j = kg (q_j - p_j) / T + cg q1_j,   q = softmax(s / T), p = softmax(t / T), q1 = softmax(s)
+ * (the one-hot part of the cross-entropy gradient is the caller's), returning
+ * sum_j p_j (log p_j - log q_j), the forward KL of the row. kd or ce may be off; q1 is q when
+ * T = 1. g may be s itself: each block is read before it is written. */
+struct grad_row {
+    float inv_t, lse_s, lse_t, lse_s1, kg, cg;
+    bool kd, ce, ce_is_q;
+};
+
+LMS_CPU_CLONES
+static double forward_grad_row(const struct grad_row *k, float *g, const float *s, const float *t,
+                               int64_t v)
+{
+    double kl = 0;
+    int64_t j = 0;
+    const float kgt = k->kg * k->inv_t;
+    while (j + 8 <= v) {
+        lms__v8f acc = {0};
+        for (int64_t end = j + LOSS_BLOCK; j + 8 <= v && j < end; j += 8) {
+            lms__v8f sv = *(const lms__v8f *)(s + j), gj = {0}, q = {0};
+            if (k->kd) {
+                lms__v8f lq = sv * k->inv_t - k->lse_s;
+                lms__v8f lp = *(const lms__v8f *)(t + j) * k->inv_t - k->lse_t;
+                lms__v8f p = lp;
+                q = lq;
+                lms__expf8(&q);
+                lms__expf8(&p);
+                acc += p * (lp - lq);
+                gj = kgt * (q - p);
+            }
+            if (k->ce) {
+                lms__v8f q1 = q;
+                if (!k->ce_is_q) {
+                    q1 = sv - k->lse_s1;
+                    lms__expf8(&q1);
+                }
+                gj += k->cg * q1;
+            }
+            *(lms__v8f *)(g + j) = gj;
+        }
+        kl += lane_sum(acc);
+    }
+    for (; j < v; j++) {
+        float sv = s[j], gj = 0, q = 0;
+        if (k->kd) {
+            float lq = sv * k->inv_t - k->lse_s, lp = t[j] * k->inv_t - k->lse_t;
+            float p = lms__expf(lp);
+            q = lms__expf(lq);
+            kl += p * (lp - lq);
+            gj = kgt * (q - p);
+        }
+        if (k->ce)
+            gj += k->cg * (k->ce_is_q ? q : lms__expf(sv - k->lse_s1));
+        g[j] = gj;
+    }
+    return kl;
 }
 
 /* Is entry a ranked below entry b (smaller value; on ties, the larger index)? */
@@ -313,7 +424,15 @@ static void logit_loss_row(const struct lms_logit_loss *ll, int64_t r, int64_t *
         ce_val = lse_s1 - s[tgt];
     /* at T = 1 the CE softmax is q: one exp per element fewer */
     bool ce_is_q = kd && inv_t == 1.0;
-    if (g && (kd || ce)) {
+    if (g && !reverse && (kd || ce)) {
+        struct grad_row k = {(float)inv_t, (float)lse_s, (float)lse_t, (float)lse_s1,
+                             kg, cg, kd, ce, ce_is_q};
+        double kl = forward_grad_row(&k, g, s, t, V);
+        if (kd)
+            kd_val = kl;
+        if (ce)
+            g[tgt] -= cg;
+    } else if (g && (kd || ce)) {
         for (int64_t j = 0; j < V; j++) {
             double gj = 0, q = 0;
             if (kd) {
