@@ -90,6 +90,12 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+void cli_warn_model(const char *cmd, const struct cli_common *co, const struct lms_model *m)
+{
+    if (!co->quiet && m->warning)
+        fprintf(stderr, "lmsurgeon %s: warning: %s\n", cmd, m->warning);
+}
+
 void cli_warn_positions(const char *cmd, const struct cli_common *co, const char *path,
                         const struct lms_arch *a, int64_t positions, const char *what)
 {

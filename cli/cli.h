@@ -65,6 +65,9 @@ void cli_print_json(struct json_t *o);
 /* Prints a usage error ("lmsurgeon CMD: MSG; see 'lmsurgeon CMD --help'") and returns 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The reader's warning about the model it read (lms_model.warning), one line on stderr
+ * ("lmsurgeon CMD: warning: ..."), unless co->quiet or there is none. */
+void cli_warn_model(const char *cmd, const struct cli_common *co, const struct lms_model *m);
 /* One warning line on stderr ("lmsurgeon CMD: warning: ..."), unless co->quiet, when a run
  * feeds the model at path more positions than its max_position_embeddings (0: unknown, no
  * warning). what names the length ("--seq-length 4096"). Every command follows this one rule:

@@ -145,6 +145,7 @@ static int run(void *args)
         json_decref(record);
         return cli_fail(spec.name, &a->co, &err);
     }
+    cli_warn_model(spec.name, &a->co, &m);
     struct lms_write_result res;
     enum lms_status rc = cli_write_checkpoint(a, dst, &m, a->out, "converting", &res, &err);
     if (!rc && record)

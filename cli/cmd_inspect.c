@@ -226,6 +226,7 @@ static int run(void *args)
     struct lms_model m;
     if (f->read(path, &m, &err))
         return cli_fail(spec.name, &a->base.co, &err);
+    cli_warn_model(spec.name, &a->base.co, &m);
     uint64_t disk = bytes_on_disk(path);
     if (a->base.co.json)
         cli_print_json(model_json(path, &m, disk, a->tensors));

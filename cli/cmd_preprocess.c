@@ -35,6 +35,7 @@ static const char usage_text[] =
     "                         array of strings = sentences) or, for *.txt, one document per line\n"
     "  --json-key KEY         field holding the text (default: text)\n"
     "  --tokenizer PATH       tokenizer.json or a directory holding it and tokenizer_config.json\n"
+    "                         (or a GGUF file: its tokenizer, rebuilt from tokenizer.ggml.*)\n"
     "  --output-prefix PREFIX output path prefix\n"
     "  --append-eod           end every non-empty document with the eos_token id\n"
     "  --no-special-tokens    do not add the post-processor's tokens (Llama-3 BOS), as NeMo's\n"

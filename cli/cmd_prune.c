@@ -625,6 +625,7 @@ static int run(void *args)
     struct lms_model in, out;
     if (src->read(a->base.in, &in, &err))
         return cli_fail(cmd, &a->base.co, &err);
+    cli_warn_model(cmd, &a->base.co, &in);
     struct lms_importance imp;
     lms_importance_init(&imp, &in.arch);
     struct lms_prune_plan plan;

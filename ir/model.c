@@ -261,6 +261,7 @@ void lms_model_release(struct lms_model *m)
     lms_free(m->source_format);
     lms_scratch_release(m->scratch);
     lms_free(m->layer_src);
+    lms_free(m->warning);
     memset(m, 0, sizeof(*m));
 }
 
@@ -297,6 +298,17 @@ enum lms_status lms_model_add_aux_file(struct lms_model *m, const char *path,
     return LMS_OK;
 }
 
+enum lms_status lms_model_set_warning(struct lms_model *m, const char *line,
+                                      struct lms_error *err)
+{
+    char *copy = lms_strdup(line);
+    if (!copy)
+        return lms_error_set(err, LMS_ENOMEM, "out of memory");
+    lms_free(m->warning);
+    m->warning = copy;
+    return LMS_OK;
+}
+
 enum lms_status lms_model_clone(const struct lms_model *src, struct lms_model *dst,
                                 struct lms_error *err)
 {
@@ -330,6 +342,8 @@ enum lms_status lms_model_clone(const struct lms_model *src, struct lms_model *d
         if (!dst->source_format)
             rc = lms_error_set(err, LMS_ENOMEM, "out of memory");
     }
+    if (!rc && src->warning)
+        rc = lms_model_set_warning(dst, src->warning, err);
     if (rc)
         lms_model_release(dst);
     return rc;

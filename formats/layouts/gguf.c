@@ -5,7 +5,8 @@
  * for the llama architecture, and the tokenizer as tokenizer.ggml.*. Two lmsurgeon keys make
  * the round trip exact: lmsurgeon.hf_config holds the config.json the HF writer would write, and
  * lmsurgeon.file.NAME the bytes of each travelling file (tokenizer.json, ...). llama.cpp ignores
- * both; a GGUF without them gets a config rebuilt from the llama.cpp keys and no tokenizer.
+ * both; a GGUF without them gets a config rebuilt from the llama.cpp keys and, for a byte-level
+ * BPE tokenizer, tokenizer.json and tokenizer_config.json rebuilt from tokenizer.ggml.*.
  * llama3 rope scaling is written as llama.cpp's rope_freqs.weight and read back from the carried
  * config, checked against that tensor. */
 #include "lms/gguf.h"
@@ -19,6 +20,7 @@
 #include <jansson.h>
 
 #include "formats/codecs/gguf.h"
+#include "formats/layouts/gguf_tokenizer.h"
 #include "lms/alloc.h"
 #include "lms/arch.h"
 #include "lms/hf.h"
@@ -941,8 +943,25 @@ static enum lms_status carried_config(const struct reader *r, json_t **out, stru
     return rc;
 }
 
-/* The files carried under lmsurgeon.file.NAME, written into a scratch directory that travels
- * with the model. */
+/* Writes one file into the scratch directory that travels with the model (made on first use)
+ * and adds it to the model's files. */
+static enum lms_status scratch_file(struct lms_model *m, const char *name, const void *buf,
+                                    size_t len, struct lms_error *err)
+{
+    enum lms_status rc = LMS_OK;
+    if (!m->scratch)
+        rc = lms_scratch_new("lmsurgeon-gguf-", &m->scratch, err);
+    char p[PATH_MAX];
+    if (!rc && snprintf(p, sizeof p, "%s/%s", m->scratch->path, name) >= (int)sizeof p)
+        rc = lms_error_set(err, LMS_EINVAL, "scratch path too long");
+    if (!rc)
+        rc = lms_write_file(p, buf, len, err);
+    if (!rc)
+        rc = lms_model_add_aux_file(m, p, err);
+    return rc;
+}
+
+/* The files carried under lmsurgeon.file.NAME, written into the scratch directory. */
 static enum lms_status carried_files(const struct reader *r, struct lms_model *m,
                                      struct lms_error *err)
 {
@@ -963,20 +982,52 @@ static enum lms_status carried_files(const struct reader *r, struct lms_model *m
             known = known || strcmp(lms_hf_aux_files[k], name) == 0;
         if (!known) /* only the names the HF layout carries: no path can come from the file */
             continue;
-        enum lms_status rc = LMS_OK;
-        if (!m->scratch)
-            rc = lms_scratch_new("lmsurgeon-gguf-", &m->scratch, err);
-        char p[PATH_MAX];
-        if (!rc && snprintf(p, sizeof p, "%s/%s", m->scratch->path, name) >= (int)sizeof p)
-            rc = lms_error_set(err, LMS_EINVAL, "scratch path too long");
-        if (!rc)
-            rc = lms_write_file(p, kv->v.s.p, (size_t)kv->v.s.n, err);
-        if (!rc)
-            rc = lms_model_add_aux_file(m, p, err);
+        enum lms_status rc = scratch_file(m, name, kv->v.s.p, (size_t)kv->v.s.n, err);
         if (rc)
             return rc;
     }
     return LMS_OK;
+}
+
+static enum lms_status scratch_json(struct lms_model *m, const char *name, const json_t *v,
+                                    struct lms_error *err)
+{
+    struct lms_buf_str text = {0};
+    enum lms_status rc = lms_json_dump(v, LMS_JSON_INDENT2, &text, err);
+    if (!rc)
+        rc = scratch_file(m, name, text.data, text.len, err);
+    lms_buf_str_release(&text);
+    return rc;
+}
+
+/* A file from another tool carries no tokenizer files: tokenizer.json and tokenizer_config.json
+ * are rebuilt from tokenizer.ggml.* (gguf_tokenizer.h). A tokenizer that cannot be rebuilt
+ * leaves the model without them, as before, and the reason in m->warning: the weights are
+ * still read. */
+static enum lms_status rebuilt_tokenizer(const struct reader *r, struct lms_model *m,
+                                         struct lms_error *err)
+{
+    if (aux_path(m, "tokenizer.json") || aux_path(m, "tokenizer_config.json") ||
+        !lms__gguf_has_tokenizer(&r->g))
+        return LMS_OK;
+    json_t *tok, *cfg;
+    struct lms_error why;
+    lms_error_clear(&why);
+    enum lms_status rc = lms__gguf_tokenizer_rebuild(&r->g, r->path, m->arch.max_position, &tok,
+                                                     &cfg, &why);
+    if (rc == LMS_ENOMEM)
+        return lms_error_set(err, rc, "%s", why.msg);
+    if (rc) {
+        char line[LMS_ERROR_MSG_CAP + 64];
+        snprintf(line, sizeof line, "%s; no tokenizer files written", why.msg);
+        return lms_model_set_warning(m, line, err);
+    }
+    rc = scratch_json(m, "tokenizer.json", tok, err);
+    if (!rc)
+        rc = scratch_json(m, "tokenizer_config.json", cfg, err);
+    json_decref(tok);
+    json_decref(cfg);
+    return rc;
 }
 
 /* GGUF holds epsilon and rope values as f32; the carried config holds them as written. When both
@@ -1070,6 +1121,8 @@ static enum lms_status read_model(struct reader *r, struct lms_model *m, struct 
             rc = add_tensor(r, m, &r->g.tensors[i], err);
     if (!rc)
         rc = carried_files(r, m, err);
+    if (!rc)
+        rc = rebuilt_tokenizer(r, m, err);
     if (!rc && lms_model_validate(m, err))
         rc = lms_error_wrap(err, "reading '%s': ", r->path);
     if (!rc && !(m->source_format = lms_strdup("gguf")))

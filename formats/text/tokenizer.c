@@ -17,9 +17,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "formats/codecs/gguf.h"
+#include "formats/layouts/gguf_tokenizer.h"
 #include "formats/text/unicode.h"
 #include "lms/alloc.h"
 #include "lms/json.h"
+#include "lms/storage.h"
 
 #define MAX_JSON_BYTES ((size_t)1 << 30)
 
@@ -645,6 +648,55 @@ out:
     return st;
 }
 
+static bool is_gguf_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char magic[4];
+    bool yes = f && fread(magic, 1, 4, f) == 4 && memcmp(magic, LMS_GGUF_MAGIC, 4) == 0;
+    if (f)
+        fclose(f);
+    return yes;
+}
+
+/* The tokenizer of a GGUF file: the tokenizer.json it carries under lmsurgeon.file.* (written by
+ * lmsurgeon), else the one rebuilt from its tokenizer.ggml.* keys. */
+static enum lms_status load_parsed_gguf(const char *path, const struct lms_gguf *g,
+                                        struct lms_tokenizer **out, struct lms_error *err)
+{
+    const struct lms_gguf_kv *tj = lms_gguf_find(g, "lmsurgeon.file.tokenizer.json");
+    const struct lms_gguf_kv *tc = lms_gguf_find(g, "lmsurgeon.file.tokenizer_config.json");
+    if (tj && tj->type == LMS_GGUF_STRING) {
+        bool cfg = tc && tc->type == LMS_GGUF_STRING;
+        return lms_tokenizer_load_buffer(path, tj->v.s.p, (size_t)tj->v.s.n,
+                                         cfg ? tc->v.s.p : NULL, cfg ? (size_t)tc->v.s.n : 0,
+                                         out, err);
+    }
+    json_t *root, *config;
+    enum lms_status st = lms__gguf_tokenizer_rebuild(g, path, 0, &root, &config, err);
+    if (st)
+        return st;
+    st = load_json(path, root, config, out, err);
+    json_decref(root);
+    json_decref(config);
+    return st;
+}
+
+static enum lms_status load_gguf(const char *path, struct lms_tokenizer **out,
+                                 struct lms_error *err)
+{
+    struct lms_storage *st;
+    enum lms_status rc = lms_storage_map_file(path, &st, err);
+    if (rc)
+        return rc;
+    struct lms_gguf g;
+    rc = lms_gguf_parse(st->base, st->size, path, &g, err);
+    if (!rc)
+        rc = load_parsed_gguf(path, &g, out, err);
+    lms_gguf_release(&g);
+    lms_storage_release(st);
+    return rc;
+}
+
 enum lms_status lms_tokenizer_load(const char *path, struct lms_tokenizer **out,
                                    struct lms_error *err)
 {
@@ -655,6 +707,8 @@ enum lms_status lms_tokenizer_load(const char *path, struct lms_tokenizer **out,
     if (S_ISDIR(sb.st_mode)) {
         snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", path);
         snprintf(cpath, sizeof(cpath), "%s/tokenizer_config.json", path);
+    } else if (is_gguf_file(path)) {
+        return load_gguf(path, out, err);
     } else {
         snprintf(tpath, sizeof(tpath), "%s", path);
         const char *slash = strrchr(path, '/');

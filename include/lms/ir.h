@@ -251,6 +251,9 @@ struct lms_model {
      * it. */
     int64_t *layer_src;
     int64_t n_layers_src;
+    /* What the reader could not carry over and the user should hear of (one line, e.g. a GGUF
+     * tokenizer that is not rebuilt), or NULL; owned, set with lms_model_set_warning. */
+    char *warning;
 };
 
 void lms_model_init(struct lms_model *m);
@@ -262,6 +265,9 @@ enum lms_status lms_model_add(struct lms_model *m, const char *name, enum lms_ro
 /* Adds a file path to aux_files (copied). */
 enum lms_status lms_model_add_aux_file(struct lms_model *m, const char *path,
                                        struct lms_error *err);
+/* Sets m->warning to a copy of line (replacing an earlier one). */
+enum lms_status lms_model_set_warning(struct lms_model *m, const char *line,
+                                      struct lms_error *err);
 /* Deep-copies the metadata and shares the views (new references). OUT: dst is initialised. */
 enum lms_status lms_model_clone(const struct lms_model *src, struct lms_model *dst,
                                 struct lms_error *err);

@@ -30,7 +30,9 @@ struct lms_ids {
 void lms_ids_release(struct lms_ids *ids); /* frees data, zeroes the struct */
 
 /* Loads a tokenizer. path is a tokenizer.json file or a directory holding tokenizer.json (and
- * optionally tokenizer_config.json, read for eos/bos/pad token names). OUT: *out, free with
+ * optionally tokenizer_config.json, read for eos/bos/pad token names), or a GGUF file: the
+ * tokenizer files it carries (lmsurgeon.file.*), else the tokenizer rebuilt from its
+ * tokenizer.ggml.* keys (byte-level BPE only; any other is LMS_EUNSUPPORTED). OUT: *out, free with
  * lms_tokenizer_free. Errors: LMS_EIO (unreadable), LMS_EFORMAT (bad JSON, bad merges,
  * inconsistent vocab), LMS_EUNSUPPORTED (model type, normalizer, pre-tokenizer, pattern,
  * post-processor or decoder outside the supported subset), each naming the field. */

@@ -1,11 +1,13 @@
 /* libFuzzer target: the GGUF container parser (lms_gguf_parse) over the input, walking every
- * string and numeric array it accepted; then the gguf layout reader (lms_format_gguf.read) over
- * the same bytes as a file, which maps tensors, dequantises Q8_0 and rebuilds the model. Any
- * input must end in LMS_OK or an error. */
+ * string and numeric array it accepted, and rebuilding a tokenizer.json from its tokenizer.ggml.*
+ * keys (which the reader reaches only for a whole valid model); then the gguf layout reader
+ * (lms_format_gguf.read) over the same bytes as a file, which maps tensors, dequantises Q8_0 and
+ * rebuilds the model. Any input must end in LMS_OK or an error. */
 #include <stddef.h>
 #include <stdint.h>
 
 #include "formats/codecs/gguf.h"
+#include "formats/layouts/gguf_tokenizer.h"
 #include "fuzz_io.h"
 #include "lms/gguf.h"
 #include "lms/ir.h"
@@ -36,8 +38,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct lms_error err;
     struct lms_gguf g;
-    if (lms_gguf_parse(data, size, "fuzz.gguf", &g, &err) == LMS_OK)
+    if (lms_gguf_parse(data, size, "fuzz.gguf", &g, &err) == LMS_OK) {
         walk_arrays(&g);
+        json_t *tok, *cfg;
+        if (lms__gguf_tokenizer_rebuild(&g, "fuzz.gguf", 2048, &tok, &cfg, &err) == LMS_OK) {
+            json_decref(tok);
+            json_decref(cfg);
+        }
+    }
     lms_gguf_release(&g);
 
     const char *path = fuzz_memfd_path(data, size);

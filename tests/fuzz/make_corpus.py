@@ -441,6 +441,30 @@ def gguf_seeds(rnd):
         at = b.index(b"llama.attention.key_length") + len("llama.attention.key_length") + 4
         b[at:at + 4] = struct.pack("<I", 12)
         emit("gguf", "tool_llama_f32_head_dim_12", bytes(b))
+        # the same file rewritten by gguf-py without the lmsurgeon.* keys, as llama.cpp's
+        # converter leaves one: the reader rebuilds its tokenizer from tokenizer.ggml.*. The
+        # stand-in tokenizer has no merges (and gguf-py writes no empty array): one token "ĠĠ"
+        # and its merge are added
+        r = gguf.GGUFReader(os.path.join(d, "tool_llama_f32.gguf"))
+        foreign = os.path.join(d, "foreign.gguf")
+        w = gguf.GGUFWriter(foreign, "llama")
+        extra = {"tokenizer.ggml.tokens": ["\u0120\u0120"], "tokenizer.ggml.token_type": [1],
+                 "tokenizer.ggml.merges": ["\u0120 \u0120"]}
+        for key, f in r.fields.items():
+            if key.startswith(("GGUF.", "lmsurgeon.")) or key == "general.architecture":
+                continue
+            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+            if key in extra:
+                w.add_array(key, f.contents() + extra[key])
+            else:
+                w.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
+        for t in r.tensors:
+            w.add_tensor(t.name, np.array(t.data))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        variants("gguf", "foreign_llama_f32", open(foreign, "rb").read(), rnd)
 
 
 def gram(rnd):
