@@ -201,28 +201,39 @@ static double yarn_default_attention(double factor)
     return factor <= 1 ? 1.0 : 0.1 * log(factor) + 1.0;
 }
 
+/* Why llama.cpp would not run this YaRN config as transformers does, or NULL. llama.cpp takes
+ * from the file only the factor and the original context for these architectures: it
+ * recomputes the attention factor from the factor and keeps its own beta_fast 32 and
+ * beta_slow 1 whatever the file's keys say (measured: a file whose yarn_attn_factor or betas
+ * differ gives the same logits), and always rounds the correction range outwards. Without a
+ * factor transformers derives one from the two context lengths; mscale / mscale_all_dim
+ * change its attention factor. */
+static const char *yarn_unsupported(const struct lms_arch *a, const json_t *block)
+{
+    const json_t *af = yarn_value(block, 2), *bf = yarn_value(block, 0), *bs = yarn_value(block, 1);
+    if (a->rope.original_max_position <= 0)
+        return "has no original_max_position_embeddings";
+    if (block && !json_is_number(json_object_get(block, "factor")))
+        return "has no factor";
+    if (json_is_false(json_object_get(block, "truncate")))
+        return "sets truncate false (llama.cpp always rounds the correction range)";
+    if (json_object_get(block, "mscale") || json_object_get(block, "mscale_all_dim"))
+        return "sets mscale / mscale_all_dim";
+    if (af && (float)json_number_value(af) != (float)yarn_default_attention(a->rope.factor))
+        return "sets an attention_factor other than 0.1 ln(factor) + 1 (llama.cpp recomputes it)";
+    if ((bf && json_number_value(bf) != 32) || (bs && json_number_value(bs) != 1))
+        return "sets beta_fast / beta_slow other than 32 / 1 (llama.cpp keeps those)";
+    return NULL;
+}
+
 /* YaRN as llama.cpp's converter writes it: type, factor, original context and the optional
- * values the config sets. What llama.cpp cannot reproduce is refused: no factor (transformers
- * then derives it from the context lengths), truncate false (llama.cpp always rounds the
- * correction range), an attention factor other than the default (llama.cpp recomputes it from
- * the factor), and mscale / mscale_all_dim (read by llama.cpp for DeepSeek only). */
+ * values the config sets; refused when llama.cpp would compute something else. */
 static enum lms_status put_yarn(struct lms_gguf_writer *w, const struct lms_arch *a,
                                 const json_t *config, const char *arch, const char *path,
                                 struct lms_error *err)
 {
     const json_t *block = config_rope_block(config);
-    const char *why = NULL;
-    const json_t *af = yarn_value(block, 2);
-    if (a->rope.original_max_position <= 0)
-        why = "has no original_max_position_embeddings";
-    else if (block && !json_is_number(json_object_get(block, "factor")))
-        why = "has no factor";
-    else if (json_is_false(json_object_get(block, "truncate")))
-        why = "sets truncate false (llama.cpp always rounds the correction range)";
-    else if (json_object_get(block, "mscale") || json_object_get(block, "mscale_all_dim"))
-        why = "sets mscale / mscale_all_dim (llama.cpp reads them for DeepSeek only)";
-    else if (af && (float)json_number_value(af) != (float)yarn_default_attention(a->rope.factor))
-        why = "sets an attention_factor other than 0.1 ln(factor) + 1 (llama.cpp recomputes it)";
+    const char *why = yarn_unsupported(a, block);
     if (why)
         return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': the model's yarn rope scaling %s; "
                              "llama.cpp cannot run it as transformers does", path, why);
@@ -268,9 +279,9 @@ static enum lms_status put_rope(struct lms_gguf_writer *w, const struct lms_arch
 }
 
 /* phi3's own keys, as llama.cpp's converter writes them: the rotary width, the sliding window
- * (0: none) and, for a model without YaRN, the config's original_max_position_embeddings.
- * llama.cpp sizes phi3's attention tensors from the hidden size, so heads x head_dim must be
- * it (a model whose hidden size was pruned alone does not fit). */
+ * (0: none) and the config's original_max_position_embeddings. llama.cpp sizes phi3's
+ * attention tensors from the hidden size, so heads x head_dim must be it (a model whose hidden
+ * size was pruned alone does not fit). */
 static enum lms_status put_phi3(struct lms_gguf_writer *w, const struct lms_arch *a,
                                 const json_t *config, const char *arch, const char *path,
                                 struct lms_error *err)
@@ -279,10 +290,14 @@ static enum lms_status put_phi3(struct lms_gguf_writer *w, const struct lms_arch
         return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': llama.cpp's phi3 needs heads x "
                              "head_dim = hidden size (%lld x %lld is not %lld)", path,
                              (long long)a->n_heads, (long long)a->head_dim, (long long)a->hidden);
+    if (a->rope.type == LMS_ROPE_YARN)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': a Phi-3 with yarn rope scaling is not "
+                             "written (transformers' Phi-3 runs it as LongRoPE, which needs "
+                             "long/short factors)", path);
     put_arch_u32(w, arch, "rope.dimension_count", a->head_dim);
     put_arch_u32(w, arch, "attention.sliding_window", a->sliding_window);
     const json_t *orig = json_object_get(config, "original_max_position_embeddings");
-    if (a->rope.type != LMS_ROPE_YARN && json_is_integer(orig) && json_integer_value(orig) > 0)
+    if (json_is_integer(orig) && json_integer_value(orig) > 0)
         put_arch_u32(w, arch, "rope.scaling.original_context_length", json_integer_value(orig));
     return LMS_OK;
 }

@@ -37,11 +37,13 @@ FIX = Path(os.environ["LMS_FIXTURES"])
 torch.set_num_threads(2)
 set_verbose(False)  # llama.cpp's errors only
 
-# Fixture models whose family has a GGUF mapping (phi3 has none), the teacher, "pruned" (the
-# teacher pruned on hidden size and heads), "mistral" (random weights: no Mistral fixture) and
-# "llama3-rope" (random weights, llama3 rope scaling).
-MODELS = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "teacher", "pruned",
-          "mistral", "llama3-rope"]
+# Fixture models with a GGUF mapping (phi3-tiny: llama.cpp's fused attn_qkv and ffn_up), the
+# teacher, "pruned" (the teacher pruned on hidden size and heads), "mistral" (random weights: no
+# Mistral fixture), "llama3-rope" (random weights, llama3 rope scaling) and "qwen3-yarn"
+# (qwen3-tiny's weights with YaRN rope scaling).
+FIXTURES = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "models/phi3-tiny",
+            "teacher"]
+MODELS = FIXTURES + ["pruned", "mistral", "llama3-rope", "qwen3-yarn"]
 F32_REL_TOL = 1e-4
 # Measured mean KL per position of the Q8_0 files: llama-tiny 1.5e-4, qwen2-tiny 1.1e-4,
 # qwen3-tiny 1.8e-4, teacher 3.4e-4, pruned teacher 1.2e-3.
@@ -93,6 +95,24 @@ def make_llama3_rope(workdir):
     return out
 
 
+def make_qwen3_yarn(workdir):
+    """qwen3-tiny's weights with YaRN rope scaling (factor 4 over an original context of 32,
+    max_position_embeddings 4 x 32, as Qwen3's model cards set it), so that its 16 rotary
+    frequencies fall on both sides of the correction range and the 64-position prompts reach past
+    the original context. transformers applies YaRN at every length (its attention factor
+    1 + 0.1 ln 4 scales cos and sin from position 0)."""
+    out = workdir / "qwen3-yarn"
+    out.mkdir()
+    src = FIX / "models/qwen3-tiny"
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["max_position_embeddings"] = 128
+    cfg["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "yarn", "factor": 4.0,
+                              "original_max_position_embeddings": 32}
+    (out / "config.json").write_text(json.dumps(cfg))
+    (out / "model.safetensors").symlink_to(src / "model.safetensors")
+    return out
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(workdir):
     """Each model's Hugging Face directory; the teacher pruned to hidden 224 and 6 of 8 heads
@@ -102,9 +122,10 @@ def hf_dirs(workdir):
         "--target-num-attention-heads", 6, "--quiet")
     cfg = json.loads((pruned / "config.json").read_text())
     assert cfg["hidden_size"] / cfg["num_attention_heads"] != cfg["head_dim"]
-    dirs = {rel: FIX / rel for rel in MODELS[:4]}
+    dirs = {rel: FIX / rel for rel in FIXTURES}
     dirs.update(pruned=pruned, mistral=make_mistral(workdir))
     dirs["llama3-rope"] = make_llama3_rope(workdir)
+    dirs["qwen3-yarn"] = make_qwen3_yarn(workdir)
     return dirs
 
 
