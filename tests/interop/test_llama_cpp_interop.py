@@ -15,7 +15,7 @@ weights read from the Hugging Face checkpoint):
     and llama.cpp's top-1 token is transformers' at >= 99% of the positions of the teacher on
     held-out text. The random-weight fixtures and the teacher pruned without calibration have
     near-flat logits (median top-1/top-2 gap about 5% of max|logit|, the size of Q8_0's logit
-    error), so their top-1 agreement measures quantisation noise (measured 95-98%): for them the
+    error), so their top-1 agreement measures quantisation noise (measured 94-98%): for them the
     KL bound is the check, with a floor of 90% top-1 against gross errors;
   - llama.cpp's tokenizer (llama_tokenize, a BOS only where the file asks for one, special tokens
     parsed) gives the ids of every golden case of fixtures/tokenizer/encode_cases.jsonl (the
@@ -48,11 +48,12 @@ FIXTURES = ["models/llama-tiny", "models/qwen2-tiny", "models/qwen3-tiny", "mode
             "teacher"]
 MODELS = FIXTURES + ["pruned", "mistral", "llama3-rope", "qwen3-yarn"]
 F32_REL_TOL = 1e-4
-# Measured mean KL per position of the Q8_0 files: llama-tiny 1.5e-4, qwen2-tiny 1.1e-4,
+# Measured mean KL per position of the Q8_0 files: phi3-tiny 3.9e-5, the YaRN Qwen3 1.9e-4,
+# llama-tiny 1.5e-4, qwen2-tiny 1.1e-4,
 # qwen3-tiny 1.8e-4, teacher 3.4e-4, pruned teacher 1.2e-3.
 KL_BOUND_Q8_0 = 3e-3
 TOP1_TRAINED = 0.99  # the teacher (measured 99.2% of 512 positions)
-TOP1_NEAR_FLAT = 0.90  # the others (measured 95.5% to 98.4%)
+TOP1_NEAR_FLAT = 0.90  # the others (measured 94.1% (YaRN Qwen3) to 98.4%)
 
 
 def run(*args):
