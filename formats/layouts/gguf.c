@@ -990,8 +990,17 @@ static bool str_is(const char *v, size_t n, const char *want)
     return n == strlen(want) && memcmp(v, want, n) == 0;
 }
 
+/* Whether a string from the file can go into a one-line message as it is. */
+static bool printable(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            return false;
+    return n <= 32;
+}
+
 /* ARCH.rope.scaling.*: none, linear (factor) and yarn (factor, original context; its optional
- * values are read into the config, see yarn_into_config). LongRoPE (phi3's 128k models) has
+ * values are read into the config, see keys_into_config). LongRoPE (phi3's 128k models) has
  * factor tensors the IR cannot hold and is refused, as is any other type. */
 static enum lms_status read_rope_scaling(struct reader *r, struct lms_arch *a,
                                          struct lms_error *err)
@@ -1015,7 +1024,8 @@ static enum lms_status read_rope_scaling(struct reader *r, struct lms_arch *a,
     }
     if (!str_is(t, n, "yarn"))
         return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': rope scaling '%.*s' is not supported "
-                             "(linear and yarn are read)", r->path, (int)(n < 32 ? n : 32), t);
+                             "(linear and yarn are read)", r->path, printable(t, n) ? (int)n : 1,
+                             printable(t, n) ? t : "?");
     a->rope.type = LMS_ROPE_YARN;
     enum lms_status rc = arch_float(r, "rope.scaling.factor", -1.0, &a->rope.factor, err);
     if (!rc && !(a->rope.factor >= 1 && a->rope.factor < 1e6))

@@ -560,6 +560,9 @@ START_TEST(phi3_bad_files_are_refused)
     o.rope_type = "longrope";
     phi3_read_fails(&o, LMS_EUNSUPPORTED, "LongRoPE");
     o = phi3_ok();
+    o.rope_type = "ntk\nx"; /* unknown, and not echoed onto a second line */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope scaling '?' is not supported");
+    o = phi3_ok();
     o.rope_type = "yarn"; /* no factor */
     phi3_read_fails(&o, LMS_EFORMAT, "needs 'phi3.rope.scaling.factor'");
     tmp_cleanup();
