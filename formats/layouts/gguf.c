@@ -1079,8 +1079,14 @@ static enum lms_status read_arch(struct reader *r, const json_t *carried, struct
         rc = arch_int(r, "attention.key_length", a->hidden / a->n_heads, &a->head_dim, err);
     if (!rc) rc = arch_float(r, "attention.layer_norm_rms_epsilon", 1e-6, &a->norm_eps, err);
     if (!rc) rc = arch_float(r, "rope.freq_base", 10000.0, &a->rope.theta, err);
+    int64_t rope_dims = a->head_dim;
+    if (!rc) rc = arch_int(r, "rope.dimension_count", a->head_dim, &rope_dims, err);
     if (rc)
         return rc;
+    if (rope_dims != a->head_dim) /* the IR rotates every channel of a head */
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': rope over %lld of %lld channels per "
+                             "head (partial rotary) is not supported", r->path,
+                             (long long)rope_dims, (long long)a->head_dim);
     rc = read_rope_scaling(r, a, err);
     if (!rc && a->family == LMS_FAMILY_PHI3)
         rc = read_phi3(r, carried, a, err);
@@ -1410,7 +1416,8 @@ static enum lms_status check_yarn_agrees(const struct reader *r, const json_t *c
     bool fy = a->rope.type == LMS_ROPE_YARN, cy = c.rope.type == LMS_ROPE_YARN;
     const char *what = NULL;
     if (fy != cy)
-        what = fy ? "rope scaling type (the config has no yarn)" : "rope scaling type (the file has no yarn)";
+        what = fy ? "rope scaling type (the config has no yarn)"
+                  : "rope scaling type (the file has no yarn)";
     else if (fy && (float)c.rope.factor != (float)a->rope.factor)
         what = "factor";
     else if (fy && c.rope.original_max_position != a->rope.original_max_position)

@@ -393,6 +393,7 @@ struct phi3_file {
     double yarn_factor;      /* written when > 0 */
     int yarn_original;       /* written when > 0 */
     double beta_fast;        /* written when > 0 */
+    int rope_dims;           /* phi3.rope.dimension_count when > 0, else the head size */
 };
 
 static const struct {
@@ -419,7 +420,8 @@ static void write_phi3(const char *path, const struct phi3_file *o)
     lms_gguf_put_u32(&w, "phi3.attention.head_count", 2);
     lms_gguf_put_u32(&w, "phi3.attention.head_count_kv", 1);
     lms_gguf_put_f32(&w, "phi3.attention.layer_norm_rms_epsilon", 1e-5f);
-    lms_gguf_put_u32(&w, "phi3.rope.dimension_count", P_D);
+    lms_gguf_put_u32(&w, "phi3.rope.dimension_count",
+                     o->rope_dims > 0 ? (uint32_t)o->rope_dims : P_D);
     lms_gguf_put_u32(&w, "phi3.attention.sliding_window", 0);
     if (o->yarn_original > 0)
         lms_gguf_put_u32(&w, "phi3.rope.scaling.original_context_length",
@@ -559,6 +561,9 @@ START_TEST(phi3_bad_files_are_refused)
     o = phi3_ok();
     o.rope_type = "longrope";
     phi3_read_fails(&o, LMS_EUNSUPPORTED, "LongRoPE");
+    o = phi3_ok();
+    o.rope_dims = 2; /* Phi-2 style partial rotary */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope over 2 of 4 channels per head");
     o = phi3_ok();
     o.rope_type = "ntk\nx"; /* unknown, and not echoed onto a second line */
     phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope scaling '?' is not supported");
