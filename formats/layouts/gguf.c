@@ -8,7 +8,10 @@
  * both; a GGUF without them gets a config rebuilt from the llama.cpp keys and, for a byte-level
  * BPE tokenizer, tokenizer.json and tokenizer_config.json rebuilt from tokenizer.ggml.*.
  * llama3 rope scaling is written as llama.cpp's rope_freqs.weight and read back from the carried
- * config, checked against that tensor. */
+ * config, checked against that tensor; YaRN as llama.cpp's rope.scaling.* keys. Families whose
+ * llama.cpp architecture stores several roles in one tensor (phi3's attn_qkv and ffn_up) are
+ * fused on write (a concatenated view, streamed like any other) and split into row ranges on
+ * read. */
 #include "lms/gguf.h"
 
 #include <limits.h>
@@ -49,6 +52,26 @@ static const char *const role_names[LMS_ROLE_COUNT] = {
     [LMS_ROLE_UP] = "ffn_up.weight",              [LMS_ROLE_DOWN] = "ffn_down.weight",
     [LMS_ROLE_FINAL_NORM] = "output_norm.weight", [LMS_ROLE_LM_HEAD] = "output.weight",
 };
+
+/* The tensor llama.cpp stores role r in for family d when it is one of several roles fused
+ * (*part: its place among them), else NULL. */
+static const struct lms_arch_fused *gguf_fused_of(const struct lms_arch_desc *d, enum lms_role r,
+                                                  int *part)
+{
+    for (int f = 0; d && f < d->n_gguf_fused; f++)
+        for (int p = 0; p < d->gguf_fused[f].n_parts; p++)
+            if (d->gguf_fused[f].parts[p] == r) {
+                *part = p;
+                return &d->gguf_fused[f];
+            }
+    return NULL;
+}
+
+static bool fused_name(const struct lms_arch_fused *fu, int64_t layer, char *dst, size_t cap)
+{
+    int n = snprintf(dst, cap, fu->hf_name, (long long)layer);
+    return n > 0 && (size_t)n < cap;
+}
 
 static bool gguf_name(enum lms_role r, int64_t layer, char *dst, size_t cap)
 {
@@ -138,8 +161,152 @@ static void put_arch_f32(struct lms_gguf_writer *w, const char *arch, const char
     lms_gguf_put_f32(w, k, (float)v);
 }
 
-static enum lms_status put_hparams(struct lms_gguf_writer *w, const struct lms_arch *a,
-                                   const char *arch, struct lms_error *err)
+static void put_arch_str(struct lms_gguf_writer *w, const char *arch, const char *key,
+                         const char *v)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    lms_gguf_put_str(w, k, v, strlen(v));
+}
+
+/* The rope block of a config.json: rope_parameters (transformers 5) or rope_scaling. */
+static const json_t *config_rope_block(const json_t *config)
+{
+    const json_t *p = json_object_get(config, "rope_parameters");
+    return json_is_object(p) ? p : json_object_get(config, "rope_scaling");
+}
+
+/* The optional YaRN values of a Hugging Face rope block and the llama.cpp keys (after
+ * ARCH.rope.scaling.) its converter writes them under. */
+static const struct {
+    const char *hf, *hf_alias, *gguf;
+} yarn_keys[] = {
+    {"beta_fast", NULL, "yarn_beta_fast"},
+    {"beta_slow", NULL, "yarn_beta_slow"},
+    {"attention_factor", "attn_factor", "yarn_attn_factor"},
+    {"extrapolation_factor", NULL, "yarn_ext_factor"},
+};
+#define N_YARN_KEYS (sizeof yarn_keys / sizeof yarn_keys[0])
+
+static const json_t *yarn_value(const json_t *block, size_t i)
+{
+    const json_t *v = json_object_get(block, yarn_keys[i].hf);
+    if (!v && yarn_keys[i].hf_alias)
+        v = json_object_get(block, yarn_keys[i].hf_alias);
+    return json_is_number(v) ? v : NULL;
+}
+
+/* transformers' YaRN attention factor when the config gives none: 0.1 ln(factor) + 1, the one
+ * llama.cpp applies (it recomputes it from the factor whatever the file says). */
+static double yarn_default_attention(double factor)
+{
+    return factor <= 1 ? 1.0 : 0.1 * log(factor) + 1.0;
+}
+
+/* Why llama.cpp would not run this YaRN config as transformers does, or NULL. llama.cpp takes
+ * from the file only the factor and the original context for these architectures: it
+ * recomputes the attention factor from the factor and keeps its own beta_fast 32 and
+ * beta_slow 1 whatever the file's keys say (measured: a file whose yarn_attn_factor or betas
+ * differ gives the same logits), and always rounds the correction range outwards. Without a
+ * factor transformers derives one from the two context lengths; mscale / mscale_all_dim
+ * change its attention factor. */
+static const char *yarn_unsupported(const struct lms_arch *a, const json_t *block)
+{
+    const json_t *af = yarn_value(block, 2), *bf = yarn_value(block, 0), *bs = yarn_value(block, 1);
+    if (a->rope.original_max_position <= 0)
+        return "has no original_max_position_embeddings";
+    if (block && !json_is_number(json_object_get(block, "factor")))
+        return "has no factor";
+    if (json_is_false(json_object_get(block, "truncate")))
+        return "sets truncate false (llama.cpp always rounds the correction range)";
+    if (json_object_get(block, "mscale") || json_object_get(block, "mscale_all_dim"))
+        return "sets mscale / mscale_all_dim";
+    if (af && (float)json_number_value(af) != (float)yarn_default_attention(a->rope.factor))
+        return "sets an attention_factor other than 0.1 ln(factor) + 1 (llama.cpp recomputes it)";
+    if ((bf && json_number_value(bf) != 32) || (bs && json_number_value(bs) != 1))
+        return "sets beta_fast / beta_slow other than 32 / 1 (llama.cpp keeps those)";
+    return NULL;
+}
+
+/* YaRN as llama.cpp's converter writes it: type, factor, original context and the optional
+ * values the config sets; refused when llama.cpp would compute something else. */
+static enum lms_status put_yarn(struct lms_gguf_writer *w, const struct lms_arch *a,
+                                const json_t *config, const char *arch, const char *path,
+                                struct lms_error *err)
+{
+    const json_t *block = config_rope_block(config);
+    const char *why = yarn_unsupported(a, block);
+    if (why)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': the model's yarn rope scaling %s; "
+                             "llama.cpp cannot run it as transformers does", path, why);
+    put_arch_str(w, arch, "rope.scaling.type", "yarn");
+    put_arch_f32(w, arch, "rope.scaling.factor", a->rope.factor);
+    put_arch_u32(w, arch, "rope.scaling.original_context_length", a->rope.original_max_position);
+    for (size_t i = 0; i < N_YARN_KEYS; i++) {
+        const json_t *v = yarn_value(block, i);
+        char k[64];
+        snprintf(k, sizeof k, "rope.scaling.%s", yarn_keys[i].gguf);
+        if (v)
+            put_arch_f32(w, arch, k, json_number_value(v));
+    }
+    return LMS_OK;
+}
+
+static enum lms_status put_rope(struct lms_gguf_writer *w, const struct lms_arch *a,
+                                const json_t *config, const char *arch, const char *path,
+                                struct lms_error *err)
+{
+    put_arch_f32(w, arch, "rope.freq_base", a->rope.theta);
+    switch (a->rope.type) {
+    case LMS_ROPE_DEFAULT:
+        return LMS_OK;
+    case LMS_ROPE_LINEAR:
+        put_arch_str(w, arch, "rope.scaling.type", "linear");
+        put_arch_f32(w, arch, "rope.scaling.factor", a->rope.factor);
+        return LMS_OK;
+    case LMS_ROPE_LLAMA3:
+        /* llama.cpp has no keys for it: rope_freqs.weight carries the scaling (see below) */
+        if (strcmp(arch, "llama") != 0)
+            return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles llama3 rope "
+                                 "scaling for the llama architecture only, not '%s'", arch);
+        return LMS_OK;
+    case LMS_ROPE_YARN:
+        return put_yarn(w, a, config, arch, path, err);
+    case LMS_ROPE_DYNAMIC:
+        break;
+    }
+    return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': dynamic (NTK) rope scaling has no "
+                         "llama.cpp equivalent (its rope scaling is fixed when the file loads)",
+                         path);
+}
+
+/* phi3's own keys, as llama.cpp's converter writes them: the rotary width, the sliding window
+ * (0: none) and the config's original_max_position_embeddings. llama.cpp sizes phi3's
+ * attention tensors from the hidden size, so heads x head_dim must be it (a model whose hidden
+ * size was pruned alone does not fit). */
+static enum lms_status put_phi3(struct lms_gguf_writer *w, const struct lms_arch *a,
+                                const json_t *config, const char *arch, const char *path,
+                                struct lms_error *err)
+{
+    if (a->n_heads * a->head_dim != a->hidden)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': llama.cpp's phi3 needs heads x "
+                             "head_dim = hidden size (%lld x %lld is not %lld)", path,
+                             (long long)a->n_heads, (long long)a->head_dim, (long long)a->hidden);
+    if (a->rope.type == LMS_ROPE_YARN)
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': a Phi-3 with yarn rope scaling is not "
+                             "written (transformers' Phi-3 runs it as LongRoPE, which needs "
+                             "long/short factors)", path);
+    put_arch_u32(w, arch, "rope.dimension_count", a->head_dim);
+    put_arch_u32(w, arch, "attention.sliding_window", a->sliding_window);
+    const json_t *orig = json_object_get(config, "original_max_position_embeddings");
+    if (json_is_integer(orig) && json_integer_value(orig) > 0)
+        put_arch_u32(w, arch, "rope.scaling.original_context_length", json_integer_value(orig));
+    return LMS_OK;
+}
+
+static enum lms_status put_hparams(struct lms_gguf_writer *w, const struct lms_model *m,
+                                   const struct lms_arch *a, const char *arch, const char *path,
+                                   struct lms_error *err)
 {
     put_arch_u32(w, arch, "block_count", a->n_layers);
     put_arch_u32(w, arch, "context_length", a->max_position);
@@ -151,23 +318,11 @@ static enum lms_status put_hparams(struct lms_gguf_writer *w, const struct lms_a
     put_arch_u32(w, arch, "attention.key_length", a->head_dim);
     put_arch_u32(w, arch, "attention.value_length", a->head_dim);
     put_arch_f32(w, arch, "attention.layer_norm_rms_epsilon", a->norm_eps);
-    put_arch_f32(w, arch, "rope.freq_base", a->rope.theta);
+    enum lms_status rc = put_rope(w, a, m->hf_config, arch, path, err);
+    if (!rc && a->family == LMS_FAMILY_PHI3)
+        rc = put_phi3(w, a, m->hf_config, arch, path, err);
     put_arch_u32(w, arch, "vocab_size", a->vocab);
-    if (a->rope.type == LMS_ROPE_LINEAR) {
-        char k[128];
-        snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-        lms_gguf_put_str(w, k, "linear", 6);
-        put_arch_f32(w, arch, "rope.scaling.factor", a->rope.factor);
-    } else if (a->rope.type == LMS_ROPE_LLAMA3) {
-        /* llama.cpp has no keys for it: rope_freqs.weight carries the scaling (see below) */
-        if (strcmp(arch, "llama") != 0)
-            return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles llama3 rope "
-                                 "scaling for the llama architecture only, not '%s'", arch);
-    } else if (a->rope.type != LMS_ROPE_DEFAULT) {
-        return lms_error_set(err, LMS_EUNSUPPORTED, "the GGUF writer handles default, linear "
-                             "and llama3 rope only, not this model's rope scaling");
-    }
-    return LMS_OK;
+    return rc;
 }
 
 /* ---- llama3 rope scaling: rope_freqs.weight -------------------------------------------------- */
@@ -528,17 +683,45 @@ static enum lms_dtype read_dtype(uint32_t type)
                                                                           : LMS_DTYPE_F32;
 }
 
+/* The roles of a fused GGUF tensor joined along rows: a view, so the write streams it in
+ * chunks like any other tensor. */
+static enum lms_status fused_view(const struct lms_model *m, const struct lms_arch_fused *fu,
+                                  int64_t layer, struct lms_view **out, struct lms_error *err)
+{
+    struct lms_view *parts[3];
+    for (int p = 0; p < fu->n_parts; p++) {
+        const struct lms_tensor *pt = lms_model_find(m, fu->parts[p], layer);
+        if (!pt)
+            return lms_error_set(err, LMS_EINVAL, "layer %lld has no '%s' tensor to fuse",
+                                 (long long)layer, lms_role_name(fu->parts[p]));
+        if (!lms_dtype_is_castable(pt->view->dtype))
+            return lms_error_set(err, LMS_EUNSUPPORTED, "tensor '%s': %s cannot go into GGUF",
+                                 pt->name, lms_dtype_name(pt->view->dtype));
+        parts[p] = pt->view;
+    }
+    return lms_view_new_concat(parts, fu->n_parts, 0, out, err);
+}
+
+/* Plans tensor t; *skipped when it is written inside the fused tensor of an earlier role. */
 static enum lms_status plan_one(const struct lms_model *m, const struct lms_tensor *t,
                                 const struct lms_write_opts *o, bool q8, struct lms_gguf_writer *w,
-                                struct out_tensor *out, struct lms_error *err)
+                                struct out_tensor *out, bool *skipped, struct lms_error *err)
 {
-    if (!gguf_name(t->role, t->layer, out->name, sizeof out->name))
+    int part = 0;
+    const struct lms_arch_fused *fu = gguf_fused_of(family_info(m->arch.family), t->role, &part);
+    *skipped = fu && part > 0;
+    if (*skipped)
+        return LMS_OK;
+    if (fu ? !fused_name(fu, t->layer, out->name, sizeof out->name)
+           : !gguf_name(t->role, t->layer, out->name, sizeof out->name))
         return lms_error_set(err, LMS_EUNSUPPORTED, "tensor '%s' has no GGUF name", t->name);
     if (!lms_dtype_is_castable(t->view->dtype))
         return lms_error_set(err, LMS_EUNSUPPORTED, "tensor '%s': %s cannot go into GGUF",
                              t->name, lms_dtype_name(t->view->dtype));
     enum lms_status rc;
-    if (family_info(m->arch.family)->gguf_permute_qk && role_is_permuted(t->role))
+    if (fu)
+        rc = fused_view(m, fu, t->layer, &out->view, err);
+    else if (family_info(m->arch.family)->gguf_permute_qk && role_is_permuted(t->role))
         rc = permute_view(t->view, m->arch.head_dim, true, &out->view, err);
     else
         out->view = lms_view_ref(t->view), rc = LMS_OK;
@@ -661,11 +844,15 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
     const char *dot = strrchr(base, '.');
     lms_gguf_put_str(&w, "general.name", base, dot && dot != base ? (size_t)(dot - base)
                                                                   : strlen(base));
-    rc = put_hparams(&w, &arch, fam->gguf_arch, err);
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = plan_one(m, order[i], o, q8, &w, &outs[i], err);
+    rc = put_hparams(&w, m, &arch, fam->gguf_arch, path, err);
+    size_t k = 0; /* tensors planned: a fused one takes the place of its first role */
+    for (size_t i = 0; i < n && !rc; i++) {
+        bool skipped;
+        rc = plan_one(m, order[i], o, q8, &w, &outs[k], &skipped, err);
+        k += !rc && !skipped;
+    }
     if (!rc && n_out > n)
-        rc = plan_rope_freqs(&arch, &w, &outs[n], err);
+        rc = plan_rope_freqs(&arch, &w, &outs[k++], err);
     if (!rc) {
         lms_gguf_put_u32(&w, "general.file_type",
                          file_type(q8 ? LMS_GGML_Q8_0 : tensor_type(outs[0].view, o, false)));
@@ -676,9 +863,10 @@ static enum lms_status gguf_write(const struct lms_model *m, const char *path,
         rc = put_carried(&w, m, &arch, err);
     uint64_t total = 0;
     if (!rc)
-        rc = write_file(m, &w, outs, n_out, path, o, &total, err);
+        rc = write_file(m, &w, outs, k, path, o, &total, err);
     if (!rc && res)
-        *res = (struct lms_write_result){.n_shards = 1, .bytes = total, .n_tensors = (int)n,
+        *res = (struct lms_write_result){.n_shards = 1, .bytes = total,
+                                         .n_tensors = (int)(k - (n_out > n)),
                                          .n_aux_files = (int)m->n_aux_files};
     for (size_t i = 0; i < n_out; i++)
         lms_view_release(outs[i].view);
@@ -783,7 +971,99 @@ static enum lms_status read_family(struct reader *r, const json_t *carried, stru
             return LMS_OK;
         }
     return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': GGUF architecture '%s' is not supported "
-                         "(llama, qwen2, qwen3)", r->path, r->arch);
+                         "(llama, phi3, qwen2, qwen3)", r->path, r->arch);
+}
+
+/* ARCH.key as a string: true and *v, *n set when the key is a string. */
+static bool arch_str(const struct reader *r, const char *key, const char **v, size_t *n)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", r->arch, key);
+    const struct lms_gguf_kv *kv = lms_gguf_find(&r->g, k);
+    if (!kv || kv->type != LMS_GGUF_STRING)
+        return false;
+    *v = kv->v.s.p;
+    *n = (size_t)kv->v.s.n;
+    return true;
+}
+
+static bool str_is(const char *v, size_t n, const char *want)
+{
+    return n == strlen(want) && memcmp(v, want, n) == 0;
+}
+
+/* Whether a string from the file can go into a one-line message as it is. */
+static bool printable(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            return false;
+    return n <= 32;
+}
+
+/* ARCH.rope.scaling.*: none, linear (factor) and yarn (factor, original context; its optional
+ * values are read into the config, see keys_into_config). LongRoPE (phi3's 128k models) has
+ * factor tensors the IR cannot hold and is refused, as is any other type. */
+static enum lms_status read_rope_scaling(struct reader *r, struct lms_arch *a,
+                                         struct lms_error *err)
+{
+    a->rope.factor = 1;
+    const char *t = NULL;
+    size_t n = 0;
+    char k[128];
+    snprintf(k, sizeof k, "%s.rope.scaling.type", r->arch);
+    if (lms_gguf_find(&r->g, k) && !arch_str(r, "rope.scaling.type", &t, &n))
+        return key_error(r, k, "is not a string", err);
+    if (find_tensor(r, "rope_factors_long.weight") || find_tensor(r, "rope_factors_short.weight") ||
+        (t && (str_is(t, n, "longrope") || str_is(t, n, "su"))))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': LongRoPE rope scaling "
+                             "(rope_factors_long/short) is not supported", r->path);
+    if (!t || str_is(t, n, "none"))
+        return LMS_OK;
+    if (str_is(t, n, "linear")) {
+        a->rope.type = LMS_ROPE_LINEAR;
+        return arch_float(r, "rope.scaling.factor", 1.0, &a->rope.factor, err);
+    }
+    if (!str_is(t, n, "yarn"))
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': rope scaling '%.*s' is not supported "
+                             "(linear and yarn are read)", r->path, printable(t, n) ? (int)n : 1,
+                             printable(t, n) ? t : "?");
+    a->rope.type = LMS_ROPE_YARN;
+    enum lms_status rc = arch_float(r, "rope.scaling.factor", -1.0, &a->rope.factor, err);
+    if (!rc && !(a->rope.factor >= 1 && a->rope.factor < 1e6))
+        rc = lms_error_set(err, LMS_EFORMAT, "'%s': yarn rope scaling needs '%s.rope.scaling."
+                           "factor' (at least 1)", r->path, r->arch);
+    if (!rc)
+        rc = arch_int(r, "rope.scaling.original_context_length", -1,
+                      &a->rope.original_max_position, err);
+    return rc;
+}
+
+/* phi3's sliding window: the carried config's when it has one, else the file's
+ * ARCH.attention.sliding_window (0 or absent: none). */
+static enum lms_status read_phi3(struct reader *r, const json_t *carried, struct lms_arch *a,
+                                 struct lms_error *err)
+{
+    if (carried) {
+        const json_t *sw = json_object_get(carried, "sliding_window");
+        a->sliding_window = json_is_integer(sw) && json_integer_value(sw) > 0
+                                ? json_integer_value(sw) : 0;
+        return LMS_OK;
+    }
+    char k[128];
+    snprintf(k, sizeof k, "%s.attention.sliding_window", r->arch);
+    const struct lms_gguf_kv *kv = lms_gguf_find(&r->g, k);
+    if (!kv)
+        return LMS_OK;
+    if (!is_int_type(kv->type) || kv->type == LMS_GGUF_F32)
+        return key_error(r, k, "is not an integer", err);
+    bool is_signed = kv->type == LMS_GGUF_I8 || kv->type == LMS_GGUF_I16 ||
+                     kv->type == LMS_GGUF_I32 || kv->type == LMS_GGUF_I64;
+    if ((is_signed && kv->v.i < 0) || (!is_signed && kv->v.u > (UINT64_C(1) << 40)) ||
+        (is_signed && kv->v.i > (INT64_C(1) << 40)))
+        return key_error(r, k, "is out of range", err);
+    a->sliding_window = is_signed ? kv->v.i : (int64_t)kv->v.u;
+    return LMS_OK;
 }
 
 static enum lms_status read_arch(struct reader *r, const json_t *carried, struct lms_arch *a,
@@ -801,20 +1081,19 @@ static enum lms_status read_arch(struct reader *r, const json_t *carried, struct
         rc = arch_int(r, "attention.key_length", a->hidden / a->n_heads, &a->head_dim, err);
     if (!rc) rc = arch_float(r, "attention.layer_norm_rms_epsilon", 1e-6, &a->norm_eps, err);
     if (!rc) rc = arch_float(r, "rope.freq_base", 10000.0, &a->rope.theta, err);
+    int64_t rope_dims = a->head_dim;
+    if (!rc) rc = arch_int(r, "rope.dimension_count", a->head_dim, &rope_dims, err);
     if (rc)
         return rc;
-    a->rope.factor = 1;
-    char k[128];
-    snprintf(k, sizeof k, "%s.rope.scaling.type", r->arch);
-    const struct lms_gguf_kv *kv = lms_gguf_find(&r->g, k);
-    if (kv && kv->type == LMS_GGUF_STRING && kv->v.s.n == 6 && !memcmp(kv->v.s.p, "linear", 6)) {
-        a->rope.type = LMS_ROPE_LINEAR;
-        rc = arch_float(r, "rope.scaling.factor", 1.0, &a->rope.factor, err);
-    } else if (kv && !(kv->type == LMS_GGUF_STRING && kv->v.s.n == 4 &&
-                       !memcmp(kv->v.s.p, "none", 4))) {
-        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': rope scaling other than linear is "
-                             "not supported", r->path);
-    }
+    if (rope_dims != a->head_dim) /* the IR rotates every channel of a head */
+        return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': rope over %lld of %lld channels per "
+                             "head (partial rotary) is not supported", r->path,
+                             (long long)rope_dims, (long long)a->head_dim);
+    rc = read_rope_scaling(r, a, err);
+    if (!rc && a->family == LMS_FAMILY_PHI3)
+        rc = read_phi3(r, carried, a, err);
+    if (rc)
+        return rc;
     const struct lms_gguf_tensor *emb = find_tensor(r, "token_embd.weight");
     if (!emb || emb->n_dims != 2)
         return lms_error_set(err, LMS_EFORMAT, "'%s': no 2-D tensor 'token_embd.weight'", r->path);
@@ -894,6 +1173,67 @@ static enum lms_status narrow_1d(struct lms_view **v, enum lms_dtype dt, struct 
     return rc;
 }
 
+/* The family's fused tensor a GGUF name is ("blk.N.attn_qkv.weight" for phi3), NULL when none. */
+static const struct lms_arch_fused *fused_of_gguf_name(const struct lms_arch_desc *d,
+                                                       const char *name, int64_t *layer)
+{
+    if (strncmp(name, "blk.", 4) != 0)
+        return NULL;
+    char *end;
+    long long l = strtoll(name + 4, &end, 10);
+    if (end == name + 4 || *end != '.' || l < 0 || l > INT32_MAX)
+        return NULL;
+    for (int f = 0; d && f < d->n_gguf_fused; f++) {
+        const char *tail = strchr(strchr(d->gguf_fused[f].hf_name, '.') + 1, '.') + 1;
+        if (strcmp(end + 1, tail) == 0) {
+            *layer = l;
+            return &d->gguf_fused[f];
+        }
+    }
+    return NULL;
+}
+
+/* A fused tensor's roles as row ranges of it, under their own names, after checking its shape
+ * against the metadata (the rows of its parts, hidden columns). */
+static enum lms_status add_fused_tensor(struct reader *r, struct lms_model *m,
+                                        const struct lms_arch_fused *fu, int64_t layer,
+                                        const struct lms_gguf_tensor *t, const char *name,
+                                        struct lms_error *err)
+{
+    int64_t rows = 0, part_rows[3], cols = m->arch.hidden;
+    for (int p = 0; p < fu->n_parts; p++) {
+        int nd;
+        int64_t shape[LMS_MAX_DIMS];
+        lms_role_shape(fu->parts[p], &m->arch, &nd, shape);
+        part_rows[p] = shape[0];
+        rows += shape[0];
+    }
+    if (layer >= m->arch.n_layers)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': tensor '%s': layer %lld is outside 0..%lld",
+                             r->path, name, (long long)layer, (long long)m->arch.n_layers - 1);
+    if (t->n_dims != 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows)
+        return lms_error_set(err, LMS_ESHAPE, "'%s': tensor '%s' is not [%lld, %lld] as the "
+                             "metadata implies", r->path, name, (long long)rows, (long long)cols);
+    struct lms_view *v = NULL;
+    enum lms_status rc = tensor_view(r, t, &v, err);
+    int64_t begin = 0;
+    for (int p = 0; p < fu->n_parts && !rc; p++) {
+        struct lms_view *part;
+        char hf[256];
+        if (!lms_role_hf_name(fu->parts[p], layer, hf, sizeof hf))
+            rc = lms_error_set(err, LMS_EINVAL, "tensor name too long");
+        if (!rc)
+            rc = lms_view_new_range(v, 0, begin, part_rows[p], &part, err);
+        if (rc)
+            break;
+        rc = lms_model_add(m, hf, fu->parts[p], layer, part, err);
+        lms_view_release(part);
+        begin += part_rows[p];
+    }
+    lms_view_release(v);
+    return rc;
+}
+
 static enum lms_status add_tensor(struct reader *r, struct lms_model *m,
                                   const struct lms_gguf_tensor *t, struct lms_error *err)
 {
@@ -902,6 +1242,11 @@ static enum lms_status add_tensor(struct reader *r, struct lms_model *m,
         return lms_error_set(err, LMS_EFORMAT, "'%s': a tensor name is too long", r->path);
     memcpy(name, t->name.p, t->name.n);
     name[t->name.n] = 0;
+    int64_t fused_layer;
+    const struct lms_arch_fused *fu =
+        fused_of_gguf_name(family_info(m->arch.family), name, &fused_layer);
+    if (fu)
+        return add_fused_tensor(r, m, fu, fused_layer, t, name, err);
     enum lms_role role;
     int64_t layer;
     if (!role_of_gguf_name(name, &role, &layer) || !lms_role_hf_name(role, layer, hf, sizeof hf))
@@ -1098,6 +1443,78 @@ static enum lms_status read_llama3_rope(const struct reader *r, const json_t *ca
     return LMS_OK;
 }
 
+/* The f32 value of ARCH.rope.scaling.KEY: true when the file has it as a float. */
+static bool yarn_file_value(const struct reader *r, const char *key, double *v)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s.rope.scaling.%s", r->arch, key);
+    const struct lms_gguf_kv *kv = lms_gguf_find(&r->g, k);
+    if (!kv || (kv->type != LMS_GGUF_F32 && kv->type != LMS_GGUF_F64))
+        return false;
+    *v = kv->v.f;
+    return true;
+}
+
+/* YaRN in a file that carries its config: both must say yarn or neither, with the same factor
+ * and original context, and each optional value (beta_fast, ...) present in both or neither,
+ * equal to f32 precision. */
+static enum lms_status check_yarn_agrees(const struct reader *r, const json_t *carried,
+                                         const struct lms_arch *a, struct lms_error *err)
+{
+    struct lms_arch c;
+    if (!carried || lms_hf_config_parse(carried, &c, NULL) || c.rope.type == LMS_ROPE_LLAMA3)
+        return LMS_OK;
+    bool fy = a->rope.type == LMS_ROPE_YARN, cy = c.rope.type == LMS_ROPE_YARN;
+    const char *what = NULL;
+    if (fy != cy)
+        what = fy ? "rope scaling type (the config has no yarn)"
+                  : "rope scaling type (the file has no yarn)";
+    else if (fy && (float)c.rope.factor != (float)a->rope.factor)
+        what = "factor";
+    else if (fy && c.rope.original_max_position != a->rope.original_max_position)
+        what = "original_context_length";
+    const json_t *block = config_rope_block(carried);
+    for (size_t i = 0; fy && !what && i < N_YARN_KEYS; i++) {
+        double fv;
+        bool in_file = yarn_file_value(r, yarn_keys[i].gguf, &fv);
+        const json_t *cv = yarn_value(block, i);
+        if (in_file != (cv != NULL) || (cv && (float)json_number_value(cv) != (float)fv))
+            what = yarn_keys[i].gguf;
+    }
+    if (what)
+        return lms_error_set(err, LMS_EFORMAT, "'%s': the yarn rope scaling of "
+                             "lmsurgeon.hf_config and the file's '%s.rope.scaling.*' keys "
+                             "disagree (%s)", r->path, r->arch, what);
+    return LMS_OK;
+}
+
+/* What a config rebuilt from llama.cpp's keys needs beyond the IR: YaRN's optional values
+ * under their transformers names, and phi3's original_max_position_embeddings and window. */
+static enum lms_status keys_into_config(const struct reader *r, const struct lms_arch *a,
+                                        json_t *config, struct lms_error *err)
+{
+    json_t *block = json_object_get(config, "rope_scaling");
+    int bad = 0;
+    for (size_t i = 0; a->rope.type == LMS_ROPE_YARN && json_is_object(block) && i < N_YARN_KEYS;
+         i++) {
+        double v;
+        if (yarn_file_value(r, yarn_keys[i].gguf, &v))
+            bad |= json_object_set_new(block, yarn_keys[i].hf, json_real(v));
+    }
+    if (a->family == LMS_FAMILY_PHI3) {
+        int64_t orig = 0;
+        if (a->rope.type != LMS_ROPE_YARN &&
+            arch_int(r, "rope.scaling.original_context_length", 0, &orig, NULL) == LMS_OK &&
+            orig > 0)
+            bad |= json_object_set_new(config, "original_max_position_embeddings",
+                                       json_integer(orig));
+        bad |= json_object_set_new(config, "sliding_window",
+                                   a->sliding_window > 0 ? json_integer(a->sliding_window)
+                                                         : json_null());
+    }
+    return bad ? lms_error_set(err, LMS_ENOMEM, "out of memory") : LMS_OK;
+}
+
 static enum lms_status read_model(struct reader *r, struct lms_model *m, struct lms_error *err)
 {
     json_t *carried;
@@ -1109,7 +1526,11 @@ static enum lms_status read_model(struct reader *r, struct lms_model *m, struct 
     if (!rc)
         rc = read_llama3_rope(r, carried, &m->arch, err);
     if (!rc)
+        rc = check_yarn_agrees(r, carried, &m->arch, err);
+    if (!rc)
         rc = lms_hf_config_build(&m->arch, carried, &m->hf_config, err);
+    if (!rc && !carried)
+        rc = keys_into_config(r, &m->arch, m->hf_config, err);
     json_decref(carried);
     if (rc)
         return rc;

@@ -335,8 +335,11 @@ static enum lms_status build(const struct lms_arch *a, const json_t *base, const
             if (a->rope.type == LMS_ROPE_LLAMA3) {
                 json_object_set_new(s, "low_freq_factor", json_real(a->rope.low_freq_factor));
                 json_object_set_new(s, "high_freq_factor", json_real(a->rope.high_freq_factor));
-                set_int(s, "original_max_position_embeddings", a->rope.original_max_position);
             }
+            /* transformers needs it for both (YaRN's correction range starts from it) */
+            if (a->rope.type == LMS_ROPE_LLAMA3 ||
+                (a->rope.type == LMS_ROPE_YARN && a->rope.original_max_position > 0))
+                set_int(s, "original_max_position_embeddings", a->rope.original_max_position);
             json_object_set_new(c, "rope_scaling", s);
         }
     }

@@ -98,6 +98,10 @@ struct lms_arch_desc {
      * whether llama.cpp's converter interleaves the two rotary halves of each q and k head */
     const char *gguf_arch;
     bool gguf_permute_qk;
+    /* tensors llama.cpp stores fused for this family (hf_name holds the GGUF name here,
+     * "blk.%lld.attn_qkv.weight"); the other roles keep their one-role GGUF names */
+    const struct lms_arch_fused *gguf_fused;
+    int n_gguf_fused;
 };
 
 /* The descriptor of f (never NULL for a valid enum value). */

@@ -1,9 +1,10 @@
 /* lmsurgeon: GGUF files, llama.cpp's single-file model format (formats/layouts/gguf.c).
  *
  * The writer names tensors and metadata as llama.cpp's converter does for the llama (Llama,
- * Mistral), qwen2 and qwen3 architectures, permutes the rows of Q and K for llama, and writes
- * the tokenizer as tokenizer.ggml.* when the model carries a byte-level BPE tokenizer.json. The
- * reader undoes all of it (F32, F16, BF16 as views over the mapped file, Q8_0 dequantised). */
+ * Mistral), phi3, qwen2 and qwen3 architectures, permutes the rows of Q and K for llama, fuses
+ * q/k/v and gate/up for phi3, and writes the tokenizer as tokenizer.ggml.* when the model
+ * carries a byte-level BPE tokenizer.json. The reader undoes all of it (F32, F16, BF16 as views
+ * over the mapped file, Q8_0 dequantised). */
 #ifndef LMS_GGUF_H_PUBLIC
 #define LMS_GGUF_H_PUBLIC
 

@@ -8,7 +8,11 @@ equal the Hugging Face weights: exactly for F32 and BF16, within Q8_0's block er
 quantisation step d = max|x| / 127 per block of 32, plus 127 times the fp16 rounding of d) for
 Q8_0, whose bytes also equal gguf-py's own quantiser.
 The round trip HF -> GGUF -> HF gives back the same tensors bit for bit, the same config.json
-and the same tokenizer files. A Llama with llama3 rope scaling gets rope_freqs.weight equal to
+and the same tokenizer files. Phi-3 becomes llama.cpp's phi3, whose attn_qkv and ffn_up hold
+the bytes of the Hugging Face qkv_proj and gate_up_proj. A Qwen3 with YaRN rope scaling gets
+llama.cpp's rope.scaling keys, round-trips, and is rebuilt from those keys without the carried
+config; a disagreement between the two, a malformed phi3 file, and what llama.cpp cannot run
+(dynamic scaling, a Phi-3 whose heads x head_dim is not its hidden size) are refused. A Llama with llama3 rope scaling gets rope_freqs.weight equal to
 transformers' unscaled / llama3-scaled inverse frequencies, round-trips the same way (F32 and
 BF16), and a file whose rope_freqs.weight disagrees with its carried config, or has no carried
 config, is refused.
@@ -23,12 +27,13 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 LMS = os.environ["LMSURGEON"]
 FIX = Path(os.environ["LMS_FIXTURES"])
-MODELS = ["models/qwen3-tiny", "models/llama-tiny", "models/qwen2-tiny", "teacher"]
-ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+MODELS = ["models/qwen3-tiny", "models/llama-tiny", "models/qwen2-tiny", "models/phi3-tiny",
+          "teacher"]
+ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
 # The Hugging Face name of each llama.cpp tensor name (blk.N. prefix stripped).
 HF_NAMES = {
@@ -42,6 +47,9 @@ HF_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# phi3's fused tensors (convert_hf_to_gguf.py keeps Phi-3's fusions under these names)
+PHI3_NAMES = {"attn_qkv.weight": "self_attn.qkv_proj.weight",
+              "ffn_up.weight": "mlp.gate_up_proj.weight"}
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
                 "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 
@@ -59,11 +67,12 @@ def hf_tensors(path):
     return found
 
 
-def hf_name(name):
+def hf_name(name, arch=None):
     if name in GLOBAL_NAMES:
         return GLOBAL_NAMES[name]
     _, layer, tail = name.split(".", 2)
-    return f"model.layers.{layer}.{HF_NAMES[tail]}"
+    names = dict(HF_NAMES, **PHI3_NAMES) if arch == "phi3" else HF_NAMES
+    return f"model.layers.{layer}.{names[tail]}"
 
 
 def unpermute(w, n_head):
@@ -96,6 +105,10 @@ def check_metadata(reader, cfg):
         "attention.key_length": head_dim, "attention.value_length": head_dim,
         "context_length": cfg["max_position_embeddings"], "vocab_size": cfg["vocab_size"],
     }
+    if arch == "phi3":  # what llama.cpp's converter adds for Phi-3
+        want.update({"rope.dimension_count": head_dim,
+                     "attention.sliding_window": cfg.get("sliding_window") or 0,
+                     "rope.scaling.original_context_length": cfg["original_max_position_embeddings"]})
     for k, v in want.items():
         assert field(reader, f"{arch}.{k}") == v, k
     eps = field(reader, f"{arch}.attention.layer_norm_rms_epsilon")
@@ -107,10 +120,10 @@ def check_metadata(reader, cfg):
 
 
 def check_tensors(reader, hf, cfg, arch, q8):
-    names = {hf_name(t.name) for t in reader.tensors}
+    names = {hf_name(t.name, arch) for t in reader.tensors}
     assert names == set(hf), names ^ set(hf)
     for t in reader.tensors:
-        ref = hf[hf_name(t.name)].float().numpy()
+        ref = hf[hf_name(t.name, arch)].float().numpy()
         got = dequantised(t)
         if arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
             heads = cfg["num_attention_heads"] if "attn_q" in t.name else cfg["num_key_value_heads"]
@@ -193,9 +206,22 @@ def test_pruned_head_dim(tmp_path):
     check_file(tmp_path / "p.gguf", pruned)
 
 
-@pytest.mark.parametrize("rel", MODELS)
+def bf16_copy(src, out):
+    """A Hugging Face checkpoint rounded to bf16 with torch (the config says so)."""
+    out.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file({k: v.to(torch.bfloat16) for k, v in hf_tensors(src).items()},
+              str(out / "model.safetensors"))
+    return out
+
+
+@pytest.mark.parametrize("rel", MODELS + ["models/phi3-tiny:bf16"])
 def test_round_trip_bit_exact(rel, tmp_path):
-    src = FIX / rel
+    src = FIX / rel.split(":")[0]
+    if rel.endswith(":bf16"):
+        src = bf16_copy(src, tmp_path / "bf16")
     run("convert", src, tmp_path / "m.gguf", "--to", "gguf", "--quiet")
     run("convert", tmp_path / "m.gguf", tmp_path / "back", "--to", "hf", "--quiet")
     a, b = hf_tensors(src), hf_tensors(tmp_path / "back")
@@ -284,3 +310,134 @@ def test_llama3_rope_freqs_without_carried_config_is_refused(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "rope_freqs.weight" in proc.stderr
     assert not (tmp_path / "back").exists()
+
+
+def refused(*args):
+    """Runs a command that must fail as bad input: exit 3, one line naming the problem."""
+    proc = subprocess.run([LMS, *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
+
+
+def make_qwen3_yarn(tmp_path, **extra):
+    """qwen3-tiny with YaRN rope scaling (transformers 5's rope_parameters)."""
+    src = FIX / "models/qwen3-tiny"
+    out = tmp_path / "yarn"
+    out.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["max_position_embeddings"] = 128
+    cfg["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "yarn", "factor": 4.0,
+                              "original_max_position_embeddings": 32, **extra}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "model.safetensors").symlink_to(src / "model.safetensors")
+    return out
+
+
+def test_yarn_keys_and_round_trip(tmp_path):
+    """YaRN as llama.cpp's converter writes it, and back to the same config and tensors."""
+    src = make_qwen3_yarn(tmp_path, beta_fast=32.0, beta_slow=1.0)
+    run("convert", src, tmp_path / "m.gguf", "--to", "gguf", "--quiet")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert field(reader, "qwen3.rope.scaling.type") == "yarn"
+    assert field(reader, "qwen3.rope.scaling.factor") == 4.0
+    assert field(reader, "qwen3.rope.scaling.original_context_length") == 32
+    assert field(reader, "qwen3.rope.scaling.yarn_beta_fast") == 32.0
+    assert field(reader, "qwen3.rope.scaling.yarn_beta_slow") == 1.0
+    run("convert", tmp_path / "m.gguf", tmp_path / "back", "--to", "hf", "--quiet")
+    a, b = hf_tensors(src), hf_tensors(tmp_path / "back")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((src / "config.json").read_text()) == \
+        json.loads((tmp_path / "back" / "config.json").read_text())
+
+
+def test_yarn_rebuilt_without_carried_config(tmp_path):
+    """Without lmsurgeon.hf_config (as llama.cpp's converter writes files), rope_scaling comes
+    from llama.cpp's keys, and transformers computes the same rotary frequencies from it."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    src = make_qwen3_yarn(tmp_path)
+    path = tmp_path / "m.gguf"
+    run("convert", src, path, "--to", "gguf", "--quiet")
+    path.write_bytes(path.read_bytes().replace(b"lmsurgeon.hf_config", b"lmsurgeon.hf_confiX"))
+    run("convert", path, tmp_path / "back", "--to", "hf", "--quiet")
+    cfg = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0,
+                                   "original_max_position_embeddings": 32}
+    want, want_attn = ROPE_INIT_FUNCTIONS["yarn"](AutoConfig.from_pretrained(str(src)), "cpu")
+    got, got_attn = ROPE_INIT_FUNCTIONS["yarn"](AutoConfig.from_pretrained(str(tmp_path / "back")),
+                                                "cpu")
+    assert torch.equal(want, got) and want_attn == got_attn
+
+
+def test_yarn_disagreeing_with_carried_config_is_refused(tmp_path):
+    """A file whose rope.scaling.factor is not its carried config's: exit 3, nothing written."""
+    src = make_qwen3_yarn(tmp_path)
+    path = tmp_path / "m.gguf"
+    run("convert", src, path, "--to", "gguf", "--quiet")
+    reader = gguf.GGUFReader(path)
+    f = reader.get_field("qwen3.rope.scaling.factor")
+    data = bytearray(path.read_bytes())
+    off = f.parts[f.data[0]].ctypes.data - reader.data.ctypes.data
+    assert np.frombuffer(bytes(data[off:off + 4]), np.float32)[0] == 4.0
+    data[off:off + 4] = np.float32(2.0).tobytes()
+    path.write_bytes(bytes(data))
+    err = refused("convert", path, tmp_path / "back", "--to", "hf")
+    assert "yarn" in err and "factor" in err and str(path) in err
+    assert not (tmp_path / "back").exists()
+
+
+@pytest.mark.parametrize("rope, needle", [
+    ({"rope_type": "dynamic", "factor": 4.0}, "dynamic (NTK)"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+      "beta_fast": 8.0}, "beta_fast"),
+])
+def test_rope_llama_cpp_cannot_run_is_refused(rope, needle, tmp_path):
+    src = make_qwen3_yarn(tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_theta": 1000000.0, **rope}
+    (src / "config.json").write_text(json.dumps(cfg))
+    err = refused("convert", src, tmp_path / "m.gguf", "--to", "gguf")
+    assert needle in err and str(tmp_path / "m.gguf") in err
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def patched_phi3(tmp_path, key, value=None, rename=None):
+    """phi3-tiny's GGUF with one u32 key set to value, or renamed."""
+    path = tmp_path / "p.gguf"
+    run("convert", FIX / "models/phi3-tiny", path, "--to", "gguf", "--quiet")
+    reader = gguf.GGUFReader(path)
+    data = bytearray(path.read_bytes())
+    if rename:
+        assert data.count(key.encode()) == 1
+        data = data.replace(key.encode(), rename.encode())
+    else:
+        f = reader.get_field(key)
+        off = f.parts[f.data[0]].ctypes.data - reader.data.ctypes.data
+        data[off:off + 4] = np.uint32(value).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("key, value, rename, needle", [
+    # one KV head: the metadata implies [q; k; v] of 32 + 8 + 8 rows, the file has 64
+    ("phi3.attention.head_count_kv", 1, None, "'blk.0.attn_qkv.weight' is not [48, 32]"),
+    # FFN 48: [gate; up] of 96 rows, the file has 128
+    ("phi3.feed_forward_length", 48, None, "'blk.0.ffn_up.weight' is not [96, 32]"),
+    ("phi3.block_count", None, "phi3.block_counX", "'phi3.block_count' is missing"),
+])
+def test_bad_phi3_file_is_refused(key, value, rename, needle, tmp_path):
+    path = patched_phi3(tmp_path, key, value, rename)
+    err = refused("convert", path, tmp_path / "back", "--to", "hf")
+    assert needle in err and str(path) in err
+    assert not (tmp_path / "back").exists()
+
+
+def test_phi3_pruned_hidden_is_refused(tmp_path):
+    """llama.cpp sizes phi3's attention tensors from the hidden size: a Phi-3 pruned on hidden
+    size alone (4 heads x 8 != 24) is refused rather than written for llama.cpp to reject."""
+    run("prune", FIX / "models/phi3-tiny", tmp_path / "p", "--target-hidden-size", 24, "--quiet")
+    err = refused("convert", tmp_path / "p", tmp_path / "p.gguf", "--to", "gguf")
+    assert "heads x head_dim = hidden size (4 x 8 is not 24)" in err
+    assert not (tmp_path / "p.gguf").exists()

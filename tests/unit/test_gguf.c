@@ -1,13 +1,21 @@
 /* GGUF container: the parser on files assembled byte by byte here (following the format's
  * description, not our writer), every malformed input giving its one-line LMS_EFORMAT error,
- * and the header writer reproducing the hand-assembled bytes exactly. */
+ * and the header writer reproducing the hand-assembled bytes exactly. The layout: llama.cpp's
+ * phi3 names (fused attn_qkv and ffn_up) and YaRN keys, read from files assembled here with the
+ * container writer and written from the fixtures, and the refusals. */
+#include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "check_main.h"
 #include "formats/codecs/gguf.h"
+#include "lms/format.h"
+#include "lms/gguf.h"
+#include "lms/outdir.h"
+#include "lms/safetensors.h"
 
 /* ---- a byte builder ------------------------------------------------------------------------ */
 
@@ -371,6 +379,407 @@ START_TEST(q8_0_golden)
 }
 END_TEST
 
+/* ---- the layout: phi3 and YaRN ------------------------------------------------------------- */
+
+/* A one-layer phi3 as llama.cpp's converter lays it out: hidden 8, 2 heads of 4, 1 KV head,
+ * FFN 8, vocab 16. Element e of tensor number t holds t * 1000 + e. */
+enum { P_H = 8, P_D = 4, P_F = 8, P_V = 16 };
+
+struct phi3_file {
+    int qkv_rows;            /* 16 ([q; k; v] = 8 + 4 + 4); another value lies about the shape */
+    bool no_block_count;
+    bool longrope;           /* adds rope_factors_long.weight */
+    const char *rope_type;   /* ARCH.rope.scaling.type, NULL: none */
+    double yarn_factor;      /* written when > 0 */
+    int yarn_original;       /* written when > 0 */
+    double beta_fast;        /* written when > 0 */
+    int rope_dims;           /* phi3.rope.dimension_count when > 0, else the head size */
+};
+
+static const struct {
+    const char *name;
+    int rows, cols; /* cols 0: 1-D */
+} phi3_tensors[] = {
+    {"token_embd.weight", P_V, P_H},     {"blk.0.attn_norm.weight", P_H, 0},
+    {"blk.0.attn_qkv.weight", 16, P_H},  {"blk.0.attn_output.weight", P_H, P_H},
+    {"blk.0.ffn_norm.weight", P_H, 0},   {"blk.0.ffn_up.weight", 2 * P_F, P_H},
+    {"blk.0.ffn_down.weight", P_H, P_F}, {"output_norm.weight", P_H, 0},
+    {"output.weight", P_V, P_H},         {"rope_factors_long.weight", P_D / 2, 0},
+};
+
+static void write_phi3(const char *path, const struct phi3_file *o)
+{
+    struct lms_gguf_writer w;
+    lms_gguf_writer_init(&w);
+    lms_gguf_put_str(&w, "general.architecture", "phi3", 4);
+    if (!o->no_block_count)
+        lms_gguf_put_u32(&w, "phi3.block_count", 1);
+    lms_gguf_put_u32(&w, "phi3.context_length", 128);
+    lms_gguf_put_u32(&w, "phi3.embedding_length", P_H);
+    lms_gguf_put_u32(&w, "phi3.feed_forward_length", P_F);
+    lms_gguf_put_u32(&w, "phi3.attention.head_count", 2);
+    lms_gguf_put_u32(&w, "phi3.attention.head_count_kv", 1);
+    lms_gguf_put_f32(&w, "phi3.attention.layer_norm_rms_epsilon", 1e-5f);
+    lms_gguf_put_u32(&w, "phi3.rope.dimension_count",
+                     o->rope_dims > 0 ? (uint32_t)o->rope_dims : P_D);
+    lms_gguf_put_u32(&w, "phi3.attention.sliding_window", 0);
+    if (o->yarn_original > 0)
+        lms_gguf_put_u32(&w, "phi3.rope.scaling.original_context_length",
+                         (uint32_t)o->yarn_original);
+    else if (!o->rope_type) /* the converter writes Phi-3's original context even without YaRN */
+        lms_gguf_put_u32(&w, "phi3.rope.scaling.original_context_length", 64);
+    if (o->rope_type)
+        lms_gguf_put_str(&w, "phi3.rope.scaling.type", o->rope_type, strlen(o->rope_type));
+    if (o->yarn_factor > 0)
+        lms_gguf_put_f32(&w, "phi3.rope.scaling.factor", (float)o->yarn_factor);
+    if (o->beta_fast > 0)
+        lms_gguf_put_f32(&w, "phi3.rope.scaling.yarn_beta_fast", (float)o->beta_fast);
+    lms_gguf_put_str(&w, "tokenizer.ggml.model", "none", 4);
+    int n = o->longrope ? 10 : 9;
+    uint64_t nb[10];
+    for (int t = 0; t < n; t++) {
+        int rows = t == 2 ? o->qkv_rows : phi3_tensors[t].rows, cols = phi3_tensors[t].cols;
+        uint64_t ne[2] = {cols ? (uint64_t)cols : (uint64_t)rows, (uint64_t)rows};
+        ck_assert_int_eq(lms_gguf_add_tensor(&w, phi3_tensors[t].name, cols ? 2 : 1, ne,
+                                             LMS_GGML_F32, &nb[t], NULL), LMS_OK);
+    }
+    FILE *f = fopen(path, "w+b");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(lms_gguf_write_header(&w, fileno(f), path, NULL), LMS_OK);
+    for (int t = 0; t < n; t++) {
+        for (uint64_t e = 0; e < nb[t] / 4; e++) {
+            float v = (float)(t * 1000 + (int)e);
+            ck_assert_int_eq(write(fileno(f), &v, 4), 4);
+        }
+        ck_assert_int_eq(lms_gguf_write_pad(fileno(f), nb[t], path, NULL), LMS_OK);
+    }
+    fclose(f);
+    lms_gguf_writer_release(&w);
+}
+
+static char tmp_dir[64];
+
+static const char *tmp_file(const char *name, char *dst, size_t cap)
+{
+    if (!tmp_dir[0]) {
+        snprintf(tmp_dir, sizeof tmp_dir, "/tmp/lms-test-gguf-layout-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(tmp_dir));
+    }
+    snprintf(dst, cap, "%s/%s", tmp_dir, name);
+    unlink(dst);
+    return dst;
+}
+
+static void tmp_cleanup(void)
+{
+    if (tmp_dir[0])
+        lms_remove_tree(tmp_dir);
+    tmp_dir[0] = 0;
+}
+
+static struct phi3_file phi3_ok(void)
+{
+    return (struct phi3_file){.qkv_rows = 16};
+}
+
+/* Reads a phi3 file that must fail with status want and a one-line message holding needle and
+ * the file's name. */
+static void phi3_read_fails(const struct phi3_file *o, enum lms_status want, const char *needle)
+{
+    char path[128];
+    tmp_file("bad.gguf", path, sizeof path);
+    write_phi3(path, o);
+    struct lms_model m;
+    struct lms_error err;
+    lms_error_clear(&err);
+    ck_assert_int_eq(lms_format_gguf.read(path, &m, &err), want);
+    ck_assert_msg(strstr(err.msg, needle), "'%s' not in '%s'", needle, err.msg);
+    ck_assert_msg(strstr(err.msg, path), "no file name in '%s'", err.msg);
+    ck_assert_ptr_null(strchr(err.msg, '\n'));
+}
+
+/* Row r, column c of tensor number t as write_phi3 fills it. */
+static float phi3_value(int t, int r, int c)
+{
+    return (float)(t * 1000 + r * P_H + c);
+}
+
+static void assert_rows(const struct lms_model *m, enum lms_role role, int t, int first_row,
+                        int rows)
+{
+    const struct lms_tensor *x = lms_model_find(m, role, 0);
+    ck_assert_ptr_nonnull(x);
+    ck_assert(x->view->ndim == 2 && x->view->shape[0] == rows && x->view->shape[1] == P_H);
+    float got[16 * P_H];
+    ck_assert_int_eq(lms_view_read(x->view, 0, rows * P_H, got, NULL), LMS_OK);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < P_H; c++)
+            ck_assert_float_eq(got[r * P_H + c], phi3_value(t, first_row + r, c));
+}
+
+/* llama.cpp's attn_qkv is [q; k; v] and its ffn_up [gate; up] (its SwiGLU gates the first
+ * half): each role is its row range. No Q/K permutation for phi3. */
+START_TEST(phi3_fused_tensors_split_on_read)
+{
+    char path[128];
+    tmp_file("phi3.gguf", path, sizeof path);
+    struct phi3_file o = phi3_ok();
+    write_phi3(path, &o);
+    struct lms_model m;
+    struct lms_error err;
+    ck_assert_msg(lms_format_gguf.read(path, &m, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_int_eq(m.arch.family, LMS_FAMILY_PHI3);
+    ck_assert_int_eq(m.arch.head_dim, P_D);
+    ck_assert_int_eq(m.arch.sliding_window, 0);
+    assert_rows(&m, LMS_ROLE_Q, 2, 0, 8);
+    assert_rows(&m, LMS_ROLE_K, 2, 8, 4);
+    assert_rows(&m, LMS_ROLE_V, 2, 12, 4);
+    assert_rows(&m, LMS_ROLE_GATE, 5, 0, P_F);
+    assert_rows(&m, LMS_ROLE_UP, 5, P_F, P_F);
+    /* the rebuilt config keeps the original context llama.cpp's converter wrote */
+    ck_assert_int_eq(json_integer_value(json_object_get(m.hf_config,
+                                                        "original_max_position_embeddings")), 64);
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(m.hf_config,
+                                                                      "architectures"), 0)),
+                     "Phi3ForCausalLM");
+    lms_model_release(&m);
+    tmp_cleanup();
+}
+END_TEST
+
+START_TEST(phi3_bad_files_are_refused)
+{
+    struct phi3_file o = phi3_ok();
+    o.qkv_rows = 12; /* one KV head fewer than the metadata says */
+    phi3_read_fails(&o, LMS_ESHAPE, "tensor 'blk.0.attn_qkv.weight' is not [16, 8]");
+    o = phi3_ok();
+    o.no_block_count = true;
+    phi3_read_fails(&o, LMS_EFORMAT, "metadata 'phi3.block_count' is missing");
+    o = phi3_ok();
+    o.longrope = true; /* Phi-3 128k: LongRoPE factor tensors */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "LongRoPE");
+    o = phi3_ok();
+    o.rope_type = "longrope";
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "LongRoPE");
+    o = phi3_ok();
+    o.rope_dims = 2; /* Phi-2 style partial rotary */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope over 2 of 4 channels per head");
+    o = phi3_ok();
+    o.rope_type = "ntk\nx"; /* unknown, and not echoed onto a second line */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope scaling '?' is not supported");
+    o = phi3_ok();
+    o.rope_type = "yarn"; /* no factor */
+    phi3_read_fails(&o, LMS_EFORMAT, "needs 'phi3.rope.scaling.factor'");
+    tmp_cleanup();
+}
+END_TEST
+
+/* YaRN from llama.cpp's keys alone (no lmsurgeon.hf_config): the IR's factor and original
+ * context, and the config's rope_scaling with the optional values under transformers' names. */
+START_TEST(yarn_keys_read_into_config)
+{
+    char path[128];
+    tmp_file("yarn.gguf", path, sizeof path);
+    struct phi3_file o = phi3_ok();
+    o.rope_type = "yarn";
+    o.yarn_factor = 4;
+    o.yarn_original = 32;
+    o.beta_fast = 32;
+    write_phi3(path, &o);
+    struct lms_model m;
+    struct lms_error err;
+    ck_assert_msg(lms_format_gguf.read(path, &m, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_int_eq(m.arch.rope.type, LMS_ROPE_YARN);
+    ck_assert(m.arch.rope.factor == 4.0);
+    ck_assert_int_eq(m.arch.rope.original_max_position, 32);
+    const json_t *s = json_object_get(m.hf_config, "rope_scaling");
+    ck_assert_str_eq(json_string_value(json_object_get(s, "rope_type")), "yarn");
+    ck_assert(json_number_value(json_object_get(s, "factor")) == 4.0);
+    ck_assert_int_eq(json_integer_value(json_object_get(s, "original_max_position_embeddings")),
+                     32);
+    ck_assert(json_number_value(json_object_get(s, "beta_fast")) == 32.0);
+    lms_model_release(&m);
+    o.yarn_original = 0; /* the original context is required */
+    phi3_read_fails(&o, LMS_EFORMAT, "'phi3.rope.scaling.original_context_length' is missing");
+    tmp_cleanup();
+}
+END_TEST
+
+static const struct lms_gguf_kv *file_key(const struct lms_gguf *g, const char *key)
+{
+    const struct lms_gguf_kv *kv = lms_gguf_find(g, key);
+    ck_assert_msg(kv != NULL, "no key %s", key);
+    return kv;
+}
+
+static const struct lms_gguf_tensor *file_tensor(const struct lms_gguf *g, const char *name)
+{
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        if (g->tensors[i].name.n == strlen(name) && !memcmp(g->tensors[i].name.p, name,
+                                                             strlen(name)))
+            return &g->tensors[i];
+    return NULL;
+}
+
+static void load_fixture(const char *rel, struct lms_model *m)
+{
+    char p[1024];
+    struct lms_error err;
+    ck_assert_msg(lms_checkpoint_read(fixture_path(rel, p, sizeof p), m, &err) == LMS_OK, "%s",
+                  err.msg);
+}
+
+static struct lms_storage *write_gguf(const struct lms_model *m, const char *path,
+                                      struct lms_gguf *g)
+{
+    struct lms_write_opts o = {.dtype = LMS_DTYPE_COUNT};
+    struct lms_error err;
+    ck_assert_msg(lms_format_gguf.write(m, path, &o, NULL, &err) == LMS_OK, "%s", err.msg);
+    struct lms_storage *st;
+    ck_assert_int_eq(lms_storage_map_file(path, &st, NULL), LMS_OK);
+    ck_assert_int_eq(lms_gguf_parse(st->base, st->size, path, g, NULL), LMS_OK);
+    return st;
+}
+
+/* phi3-tiny written as llama.cpp's converter writes it: fused tensors holding the bytes of the
+ * Hugging Face qkv_proj / gate_up_proj, no one-role q/k/v or gate tensors, and phi3's keys. */
+START_TEST(phi3_written_as_llama_cpp_names_it)
+{
+    struct lms_model m;
+    load_fixture("models/phi3-tiny", &m);
+    char path[128];
+    struct lms_gguf g;
+    struct lms_storage *st = write_gguf(&m, tmp_file("w.gguf", path, sizeof path), &g);
+    const struct lms_gguf_kv *kv = file_key(&g, "general.architecture");
+    ck_assert(kv->v.s.n == 4 && !memcmp(kv->v.s.p, "phi3", 4));
+    ck_assert_uint_eq(file_key(&g, "phi3.rope.dimension_count")->v.u, 8);
+    ck_assert_uint_eq(file_key(&g, "phi3.attention.sliding_window")->v.u, 0);
+    ck_assert_uint_eq(file_key(&g, "phi3.rope.scaling.original_context_length")->v.u, 256);
+    ck_assert_ptr_null(lms_gguf_find(&g, "phi3.rope.scaling.type"));
+    struct lms_st_file sf;
+    char sp[1024];
+    ck_assert_int_eq(lms_st_open(fixture_path("models/phi3-tiny/model.safetensors", sp, sizeof sp),
+                                 &sf, NULL), LMS_OK);
+    static const char *const pairs[][2] = {
+        {"blk.%d.attn_qkv.weight", "model.layers.%d.self_attn.qkv_proj.weight"},
+        {"blk.%d.ffn_up.weight", "model.layers.%d.mlp.gate_up_proj.weight"},
+    };
+    for (int l = 0; l < 3; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.attn_q.weight", l);
+        ck_assert_ptr_null(file_tensor(&g, name));
+        snprintf(name, sizeof name, "blk.%d.ffn_gate.weight", l);
+        ck_assert_ptr_null(file_tensor(&g, name));
+        for (int p = 0; p < 2; p++) {
+            char hf[96];
+            snprintf(name, sizeof name, pairs[p][0], l);
+            snprintf(hf, sizeof hf, pairs[p][1], l);
+            const struct lms_gguf_tensor *t = file_tensor(&g, name);
+            ck_assert_msg(t != NULL, "no %s", name);
+            const struct lms_st_entry *e = NULL;
+            for (size_t i = 0; i < sf.hdr.n_entries; i++)
+                if (!strcmp(sf.hdr.entries[i].name, hf))
+                    e = &sf.hdr.entries[i];
+            ck_assert_ptr_nonnull(e);
+            ck_assert(t->type == LMS_GGML_F32 && t->n_dims == 2);
+            ck_assert_uint_eq(t->ne[0], (uint64_t)e->shape[1]);
+            ck_assert_uint_eq(t->ne[1], (uint64_t)e->shape[0]);
+            ck_assert_uint_eq(t->nbytes, e->end - e->begin);
+            ck_assert(!memcmp((const char *)st->base + g.data_offset + t->offset,
+                              (const char *)sf.storage->base + sf.hdr.data_start + e->begin,
+                              t->nbytes));
+        }
+    }
+    lms_st_close(&sf);
+    lms_gguf_release(&g);
+    lms_storage_release(st);
+    lms_model_release(&m);
+    tmp_cleanup();
+}
+END_TEST
+
+/* Sets the fixture's rope block (transformers 5's rope_parameters) and the IR's rope. */
+static void set_rope(struct lms_model *m, enum lms_rope_type type, const char *block_json)
+{
+    m->arch.rope.type = type;
+    m->arch.rope.factor = 4;
+    m->arch.rope.original_max_position = 32;
+    json_object_set_new(m->hf_config, "rope_parameters", json_loads(block_json, 0, NULL));
+}
+
+static void write_fails(const struct lms_model *m, const char *needle)
+{
+    char path[128];
+    tmp_file("refused.gguf", path, sizeof path);
+    struct lms_write_opts o = {.dtype = LMS_DTYPE_COUNT};
+    struct lms_error err;
+    lms_error_clear(&err);
+    ck_assert_int_eq(lms_format_gguf.write(m, path, &o, NULL, &err), LMS_EUNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, needle), "'%s' not in '%s'", needle, err.msg);
+    ck_assert_msg(strstr(err.msg, path), "no file name in '%s'", err.msg);
+    ck_assert_ptr_null(strchr(err.msg, '\n'));
+    struct stat sb;
+    ck_assert_int_ne(stat(path, &sb), 0); /* nothing written */
+}
+
+/* YaRN: llama.cpp's keys as its converter writes them (type, factor, original context, the
+ * optional values the config sets), read back into the same IR; what llama.cpp would run
+ * otherwise than transformers, and dynamic NTK scaling, are refused. */
+START_TEST(yarn_written_and_refusals)
+{
+    struct lms_model m;
+    load_fixture("models/qwen3-tiny", &m);
+    set_rope(&m, LMS_ROPE_YARN, "{\"rope_theta\":1000000.0,\"rope_type\":\"yarn\",\"factor\":4.0,"
+                                "\"original_max_position_embeddings\":32,\"beta_fast\":32.0}");
+    char path[128];
+    struct lms_gguf g;
+    struct lms_storage *st = write_gguf(&m, tmp_file("y.gguf", path, sizeof path), &g);
+    const struct lms_gguf_kv *kv = file_key(&g, "qwen3.rope.scaling.type");
+    ck_assert(kv->v.s.n == 4 && !memcmp(kv->v.s.p, "yarn", 4));
+    ck_assert(file_key(&g, "qwen3.rope.scaling.factor")->v.f == 4.0);
+    ck_assert_uint_eq(file_key(&g, "qwen3.rope.scaling.original_context_length")->v.u, 32);
+    ck_assert(file_key(&g, "qwen3.rope.scaling.yarn_beta_fast")->v.f == 32.0);
+    ck_assert_ptr_null(lms_gguf_find(&g, "qwen3.rope.scaling.yarn_beta_slow"));
+    lms_gguf_release(&g);
+    lms_storage_release(st);
+    struct lms_model back;
+    struct lms_error err;
+    ck_assert_msg(lms_format_gguf.read(path, &back, &err) == LMS_OK, "%s", err.msg);
+    ck_assert_int_eq(back.arch.rope.type, LMS_ROPE_YARN);
+    ck_assert(back.arch.rope.factor == 4.0);
+    ck_assert_int_eq(back.arch.rope.original_max_position, 32);
+    lms_model_release(&back);
+
+    set_rope(&m, LMS_ROPE_YARN, "{\"rope_type\":\"yarn\",\"factor\":4.0,\"beta_fast\":8.0,"
+                                "\"original_max_position_embeddings\":32}");
+    write_fails(&m, "beta_fast");
+    set_rope(&m, LMS_ROPE_YARN, "{\"rope_type\":\"yarn\",\"factor\":4.0,\"attention_factor\":1.0,"
+                                "\"original_max_position_embeddings\":32}");
+    write_fails(&m, "attention_factor");
+    set_rope(&m, LMS_ROPE_YARN, "{\"rope_type\":\"yarn\",\"factor\":4.0,\"truncate\":false,"
+                                "\"original_max_position_embeddings\":32}");
+    write_fails(&m, "truncate");
+    set_rope(&m, LMS_ROPE_DYNAMIC, "{\"rope_type\":\"dynamic\",\"factor\":4.0}");
+    write_fails(&m, "dynamic (NTK) rope scaling has no llama.cpp equivalent");
+    lms_model_release(&m);
+    tmp_cleanup();
+}
+END_TEST
+
+/* A Phi-3 with YaRN (which transformers' Phi-3 runs as LongRoPE) is refused; one whose heads x
+ * head_dim is not its hidden size is checked on a pruned model in test_gguf_interop.py. */
+START_TEST(phi3_write_refusals)
+{
+    struct lms_model m;
+    load_fixture("models/phi3-tiny", &m);
+    set_rope(&m, LMS_ROPE_YARN, "{\"rope_type\":\"yarn\",\"factor\":4.0,"
+                                "\"original_max_position_embeddings\":32}");
+    write_fails(&m, "Phi-3 with yarn");
+    lms_model_release(&m);
+    tmp_cleanup();
+}
+END_TEST
+
 Suite *suite(void)
 {
     Suite *s = suite_create("gguf");
@@ -385,6 +794,12 @@ Suite *suite(void)
     tcase_add_test(tc, rejects_bad_tensors);
     tcase_add_test(tc, writer_reproduces_golden);
     tcase_add_test(tc, q8_0_golden);
+    tcase_add_test(tc, phi3_fused_tensors_split_on_read);
+    tcase_add_test(tc, phi3_bad_files_are_refused);
+    tcase_add_test(tc, yarn_keys_read_into_config);
+    tcase_add_test(tc, phi3_written_as_llama_cpp_names_it);
+    tcase_add_test(tc, yarn_written_and_refusals);
+    tcase_add_test(tc, phi3_write_refusals);
     suite_add_tcase(s, tc);
     return s;
 }
