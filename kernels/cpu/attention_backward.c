@@ -7,7 +7,9 @@
  *   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i.
  * Two passes avoid write conflicts without atomics: tasks (b, h, query block) own dq rows;
  * tasks (b, g, key block) own dk and dv rows and sum over the r query heads of their group.
- * Tile products go through single-threaded OpenBLAS on thread-private tiles. */
+ * Tile products run on thread-private tiles: when the head dim is a multiple of 8, through
+ * tile_gemm below (a 64 x 64 x 32 product is too small for OpenBLAS, whose packing and calls
+ * cost as much as the arithmetic); otherwise through single-threaded OpenBLAS. */
 #include <cblas.h>
 #include <math.h>
 #ifdef _OPENMP
@@ -57,6 +59,121 @@ static void tile_probs(float *restrict p, float *restrict ds, int64_t i0, int64_
     }
 }
 
+/* c[i][0..nc) = alpha sum_k a_ik b[k][0..nc), or += with acc, for rows i < nr and k < nk, where
+ * a_ik = a[i * ars + k * ais] (so a may be read transposed) and nc is a multiple of 8. Two rows
+ * by 32 columns at a time: eight accumulators in registers, each b vector loaded once per two
+ * rows. Sums run over k in order, in float, as a GEMM's do. */
+LMS_CPU_CLONES
+static void tile_gemm(float *restrict c, int64_t ldc, const float *restrict a, int64_t ars,
+                      int64_t ais, const float *restrict b, int64_t ldb, int64_t nr, int64_t nk,
+                      int64_t nc, float alpha, bool acc)
+{
+    int64_t i = 0;
+    for (; i + 2 <= nr; i += 2) {
+        const float *a0 = a + i * ars, *a1 = a0 + ars;
+        float *c0 = c + i * ldc, *c1 = c0 + ldc;
+        int64_t j = 0;
+        for (; j + 32 <= nc; j += 32) {
+            lms__v8f s00 = {0}, s01 = {0}, s02 = {0}, s03 = {0};
+            lms__v8f s10 = {0}, s11 = {0}, s12 = {0}, s13 = {0};
+            for (int64_t k = 0; k < nk; k++) {
+                const float *bk = b + k * ldb + j;
+                lms__v8f b0 = *(const lms__v8f *)bk, b1 = *(const lms__v8f *)(bk + 8);
+                lms__v8f b2 = *(const lms__v8f *)(bk + 16), b3 = *(const lms__v8f *)(bk + 24);
+                float x0 = a0[k * ais], x1 = a1[k * ais];
+                s00 += x0 * b0, s01 += x0 * b1, s02 += x0 * b2, s03 += x0 * b3;
+                s10 += x1 * b0, s11 += x1 * b1, s12 += x1 * b2, s13 += x1 * b3;
+            }
+            lms__v8f *d0 = (lms__v8f *)(c0 + j), *d1 = (lms__v8f *)(c1 + j);
+            if (acc) {
+                d0[0] += alpha * s00, d0[1] += alpha * s01, d0[2] += alpha * s02;
+                d0[3] += alpha * s03, d1[0] += alpha * s10, d1[1] += alpha * s11;
+                d1[2] += alpha * s12, d1[3] += alpha * s13;
+            } else {
+                d0[0] = alpha * s00, d0[1] = alpha * s01, d0[2] = alpha * s02;
+                d0[3] = alpha * s03, d1[0] = alpha * s10, d1[1] = alpha * s11;
+                d1[2] = alpha * s12, d1[3] = alpha * s13;
+            }
+        }
+        for (; j < nc; j += 8) {
+            lms__v8f s0 = {0}, s1 = {0};
+            for (int64_t k = 0; k < nk; k++) {
+                lms__v8f bk = *(const lms__v8f *)(b + k * ldb + j);
+                s0 += a0[k * ais] * bk, s1 += a1[k * ais] * bk;
+            }
+            lms__v8f *d0 = (lms__v8f *)(c0 + j), *d1 = (lms__v8f *)(c1 + j);
+            *d0 = acc ? *d0 + alpha * s0 : alpha * s0;
+            *d1 = acc ? *d1 + alpha * s1 : alpha * s1;
+        }
+    }
+    for (; i < nr; i++) {
+        const float *a0 = a + i * ars;
+        for (int64_t j = 0; j < nc; j += 8) {
+            lms__v8f s0 = {0};
+            for (int64_t k = 0; k < nk; k++)
+                s0 += a0[k * ais] * *(const lms__v8f *)(b + k * ldb + j);
+            lms__v8f *d0 = (lms__v8f *)(c + i * ldc + j);
+            *d0 = acc ? *d0 + alpha * s0 : alpha * s0;
+        }
+    }
+}
+
+/* K and V rows [j0, j0 + nk) of one group, and, on the tile_gemm path, both transposed into
+ * (d, TK) with the columns from nk up to nkp (nk rounded up to 8) zero. */
+struct kv_tile {
+    const float *k, *v;
+    int64_t ld, nk, nkp;
+    float *kt, *vt; /* NULL: the OpenBLAS path */
+};
+
+static void kv_tile_load(struct kv_tile *t, const float *k, const float *v, int64_t ld,
+                         int64_t nk, int64_t d)
+{
+    t->k = k, t->v = v, t->ld = ld, t->nk = nk, t->nkp = (nk + 7) / 8 * 8;
+    if (!t->kt)
+        return;
+    for (int64_t c = 0; c < d; c++) {
+        float *kc = t->kt + c * TK, *vc = t->vt + c * TK;
+        for (int64_t j = 0; j < nk; j++) {
+            kc[j] = k[j * ld + c];
+            vc[j] = v[j * ld + c];
+        }
+        for (int64_t j = nk; j < t->nkp; j++)
+            kc[j] = vc[j] = 0.0f;
+    }
+}
+
+/* p (nq, TK) = scale q K^T and ds (nq, TK) = dout V^T for nq query rows (strides ldq, ldo) */
+static void tile_scores(float *p, float *ds, const struct kv_tile *t, const float *q, int64_t ldq,
+                        const float *dout, int64_t ldo, int64_t nq, int64_t d, float scale)
+{
+    if (t->kt) {
+        tile_gemm(p, TK, q, ldq, 1, t->kt, TK, nq, d, t->nkp, scale, false);
+        tile_gemm(ds, TK, dout, ldo, 1, t->vt, TK, nq, d, t->nkp, 1.0f, false);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)t->nk, (int)d, scale, q,
+                (int)ldq, t->k, (int)t->ld, 0.0f, p, TK);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)t->nk, (int)d, 1.0f, dout,
+                (int)ldo, t->v, (int)t->ld, 0.0f, ds, TK);
+}
+
+/* c (nr, d) += alpha x b, where x is the (nq, TK) tile t itself (nr = nq, inner nk) or, with
+ * transposed, its transpose (nr = nk, inner nq); b (inner, d) has row stride ldb */
+static void tile_accumulate(float *c, int64_t ldc, const float *t, bool transposed,
+                            const float *b, int64_t ldb, int64_t nq, int64_t nk, int64_t d,
+                            float alpha, bool vector_path)
+{
+    int64_t nr = transposed ? nk : nq, inner = transposed ? nq : nk;
+    if (vector_path) {
+        tile_gemm(c, ldc, t, transposed ? 1 : TK, transposed ? TK : 1, b, ldb, nr, inner, d,
+                  alpha, true);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, transposed ? CblasTrans : CblasNoTrans, CblasNoTrans, (int)nr,
+                (int)d, (int)inner, alpha, t, TK, b, (int)ldb, 1.0f, c, (int)ldc);
+}
+
 /* Does the tile hold any visible pair? */
 static bool tile_any(int64_t i0, int64_t nq, int64_t j0, int64_t nk, int64_t window)
 {
@@ -88,8 +205,9 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
         return LMS_OK;
     const float scale = at->scale;
     int nt = cx->n_threads;
-    /* D (B, n_h, S) and per-thread tiles: p, ds (TQ, TK) */
-    size_t n_d = (size_t)(B * nh * S), per = (size_t)(2 * TQ * TK);
+    /* D (B, n_h, S) and per-thread tiles: p, ds (TQ, TK), and K, V transposed (d, TK) */
+    const bool vector_path = d % 8 == 0;
+    size_t n_d = (size_t)(B * nh * S), per = (size_t)(2 * TQ * TK + 2 * d * TK);
     float *D = lms_malloc((n_d + per * (size_t)nt) * sizeof(float));
     if (!D)
         return lms_error_set(err, LMS_ENOMEM, "attention backward: out of memory");
@@ -119,6 +237,8 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
         tid = omp_get_thread_num();
 #endif
         float *p = tiles + (size_t)tid * per, *ds = p + TQ * TK;
+        struct kv_tile kv = {.kt = vector_path ? ds + TQ * TK : NULL};
+        kv.vt = vector_path ? kv.kt + d * TK : NULL;
         int64_t i0 = qb * TQ, nq = S - i0 < TQ ? S - i0 : TQ;
         const float *q = at->q + (b * S + i0) * ldq + h * d;
         const float *dout = ab->dout + (b * S + i0) * ldo + h * d;
@@ -131,14 +251,11 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
             if (!tile_any(i0, nq, j0, nk, W))
                 continue;
             const float *k = at->k + (b * S + j0) * ldk + g * d;
-            const float *v = at->v + (b * S + j0) * ldk + g * d;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)d, scale,
-                        q, (int)ldq, k, (int)ldk, 0.0f, p, TK);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)d, 1.0f,
-                        dout, (int)ldo, v, (int)ldk, 0.0f, ds, TK);
+            kv_tile_load(&kv, k, at->v + (b * S + j0) * ldk + g * d, ldk, nk, d);
+            tile_scores(p, ds, &kv, q, ldq, dout, ldo, nq, d, scale);
             tile_probs(p, ds, i0, nq, j0, nk, lse, Dr, W);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)d, (int)nk,
-                        scale, ds, TK, k, (int)ldk, 1.0f, dq, (int)ab->dq_stride);
+            tile_accumulate(dq, ab->dq_stride, ds, false, k, ldk, nq, nk, d, scale,
+                            vector_path);
         }
     }
 
@@ -152,8 +269,10 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
 #endif
         float *p = tiles + (size_t)tid * per, *ds = p + TQ * TK;
         int64_t j0 = kb * TK, nk = S - j0 < TK ? S - j0 : TK;
-        const float *k = at->k + (b * S + j0) * ldk + g * d;
-        const float *v = at->v + (b * S + j0) * ldk + g * d;
+        struct kv_tile kv = {.kt = vector_path ? ds + TQ * TK : NULL};
+        kv.vt = vector_path ? kv.kt + d * TK : NULL;
+        kv_tile_load(&kv, at->k + (b * S + j0) * ldk + g * d, at->v + (b * S + j0) * ldk + g * d,
+                     ldk, nk, d);
         float *dk = ab->dk + (b * S + j0) * ab->dkv_stride + g * d;
         float *dv = ab->dv + (b * S + j0) * ab->dkv_stride + g * d;
         for (int64_t c = 0; c < nk; c++) {
@@ -173,16 +292,13 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
                 const float *dout = ab->dout + (b * S + i0) * ldo + h * d;
                 const float *lse = at->lse + (b * nh + h) * S + i0;
                 const float *Dr = D + (b * nh + h) * S + i0;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)d,
-                            scale, q, (int)ldq, k, (int)ldk, 0.0f, p, TK);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)d,
-                            1.0f, dout, (int)ldo, v, (int)ldk, 0.0f, ds, TK);
+                tile_scores(p, ds, &kv, q, ldq, dout, ldo, nq, d, scale);
                 tile_probs(p, ds, i0, nq, j0, nk, lse, Dr, W);
                 /* dv (nk, d) += p^T dout; dk (nk, d) += scale ds^T q */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)d, (int)nq,
-                            1.0f, p, TK, dout, (int)ldo, 1.0f, dv, (int)ab->dkv_stride);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)d, (int)nq,
-                            scale, ds, TK, q, (int)ldq, 1.0f, dk, (int)ab->dkv_stride);
+                tile_accumulate(dv, ab->dkv_stride, p, true, dout, ldo, nq, nk, d, 1.0f,
+                                vector_path);
+                tile_accumulate(dk, ab->dkv_stride, ds, true, q, ldq, nq, nk, d, scale,
+                                vector_path);
             }
         }
     }

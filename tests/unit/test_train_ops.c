@@ -424,6 +424,12 @@ START_TEST(attention_backward)
     attention_case(1, 33, 4, 4, 6, 5, 1);   /* MHA, sliding window */
     attention_case(1, 70, 4, 1, 4, 0, 7);   /* GQA 4 across the 64-row tiles */
     attention_case(1, 70, 2, 2, 4, 66, 5);  /* a window wider than a tile */
+    /* head dims that are multiples of 8 take the vector tile products: 8 and 40 (32 + 8
+     * columns), key tiles of 6, 7 and 20 keys (padded to 8 and 24), odd query row counts */
+    attention_case(1, 70, 4, 2, 8, 0, 1);
+    attention_case(2, 33, 2, 1, 8, 5, 3);
+    attention_case(1, 20, 2, 1, 40, 0, 1);
+    attention_case(1, 71, 3, 3, 16, 0, 1);
 }
 END_TEST
 
