@@ -47,8 +47,8 @@ const char cli_convert_usage[] =
     "(in and out required; blank lines ignored), each as 'convert IN OUT ... --skip-unchanged'\n"
     "in a process of its own, so a failing item never stops the others. One JSON line per item\n"
     "on stdout as it ends: {\"line\", \"status\": ok|skipped|failed, \"in\", \"out\", \"bytes\",\n"
-    "\"seconds\", \"error\", \"exit_code\"}; --json adds a summary line last. Exit 0 when every\n"
-    "item is ok or skipped, 8 when any failed.\n"
+    "\"seconds\", \"error\", \"exit_code\", \"warning\"}; --json adds a summary line last.\n"
+    "Exit 0 when every item is ok or skipped, 8 when any failed.\n"
     "  --jobs N              items converting at once (default 1). An item starts, in manifest\n"
     "                        order, only when its estimated peak memory (64 MiB + the tensors\n"
     "                        its reader holds in memory: a Q8_0 GGUF input as f32; the writers\n"
@@ -167,6 +167,9 @@ static int run(void *args)
                               res.n_aux_files, "seconds", secs);
         if (o && ca->skip_unchanged)
             json_object_set_new(o, "skipped", json_false());
+        /* the reader's warning, also under --quiet: a script (or --batch) has no stderr line */
+        if (o)
+            json_object_set_new(o, "warning", m.warning ? json_string(m.warning) : json_null());
         cli_print_json(o);
     } else if (!a->co.quiet) {
         char bytes[32], rate[32];

@@ -557,7 +557,7 @@ static const char *stderr_reason(char *text)
 }
 
 static void print_item(struct batch *b, const struct item *it, const char *status,
-                       uint64_t bytes, double secs)
+                       uint64_t bytes, double secs, const char *warning)
 {
     if (b->bar.enabled)
         fputs("\r\033[K", stderr); /* the bar is drawn again after the line */
@@ -566,6 +566,8 @@ static void print_item(struct batch *b, const struct item *it, const char *statu
                           "seconds", secs, "error", it->error, "exit_code", it->exit_code);
     if (o && !it->error)
         json_object_set_new(o, "error", json_null());
+    if (o)
+        json_object_set_new(o, "warning", warning ? json_string(warning) : json_null());
     cli_print_json(o);
     fflush(stdout); /* a script reading the lines sees each item as it ends */
 }
@@ -596,7 +598,6 @@ static void finish(struct batch *b, struct item *it)
         if (!it->exit_code) /* ok:false with exit 0 is a broken child: never success */
             it->exit_code = CLI_EXIT_INTERNAL;
     }
-    json_decref(res);
     it->state = DONE;
     b->running--;
     b->memory_used -= it->memory;
@@ -604,7 +605,9 @@ static void finish(struct batch *b, struct item *it)
     if (ok)
         b->bytes_written += bytes;
     *(ok ? (skipped ? &b->n_skipped : &b->n_ok) : &b->n_failed) += 1;
-    print_item(b, it, ok ? (skipped ? "skipped" : "ok") : "failed", ok ? bytes : 0, secs);
+    print_item(b, it, ok ? (skipped ? "skipped" : "ok") : "failed", ok ? bytes : 0, secs,
+               ok ? json_string_value(json_object_get(res, "warning")) : NULL);
+    json_decref(res);
 }
 
 /* A failure the runner found itself (the line, the estimate, no room). */
@@ -613,7 +616,7 @@ static void finish_unstarted(struct batch *b, struct item *it)
     it->state = DONE;
     b->n_failed++;
     b->bytes_done += it->in_bytes;
-    print_item(b, it, "failed", 0, 0);
+    print_item(b, it, "failed", 0, 0, NULL);
 }
 
 /* Waits up to 200 ms for the running children's output, reads it, reaps those that ended. */

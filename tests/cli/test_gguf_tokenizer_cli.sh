@@ -77,6 +77,21 @@ check "unknown pre: no tokenizer.json" test ! -e "$TMP/unk/tokenizer.json"
 check "unknown pre: weights written" test -f "$TMP/unk/model.safetensors"
 "$LMSURGEON" convert "$TMP/unknown.gguf" --to hf "$TMP/unkq" --quiet 2> "$TMP/unkq.err"
 check "unknown pre --quiet: exit 0, nothing on stderr" test $? = 0 -a ! -s "$TMP/unkq.err"
+# scripts get the warning as data: convert --json, and each line of convert --batch
+"$LMSURGEON" convert "$TMP/unknown.gguf" --to hf "$TMP/unkj" --json --quiet > "$TMP/unkj.out"
+check "unknown pre --json: the result carries the warning" python3 -c '
+import json, sys
+w = json.loads(open(sys.argv[1]).read())["warning"]
+sys.exit(0 if w and "pre-tokenizer '"'"'qwenX'"'"' is not rebuilt" in w else 1)' "$TMP/unkj.out"
+printf '{"in": "%s", "out": "%s", "to": "hf"}\n{"in": "%s", "out": "%s", "to": "hf"}\n' \
+    "$TMP/unknown.gguf" "$TMP/unkb" "$TMP/foreign.gguf" "$TMP/forb" > "$TMP/batch.jsonl"
+"$LMSURGEON" convert --batch "$TMP/batch.jsonl" --quiet > "$TMP/batch.out"
+check "convert --batch: exit 0" test $? = 0
+check "convert --batch: the warning on its item's line, null on the other" python3 -c '
+import json, sys
+a, b = [json.loads(l) for l in open(sys.argv[1])]
+ok = a["status"] == "ok" and "qwenX" in (a["warning"] or "") and b["warning"] is None
+sys.exit(0 if ok else 1)' "$TMP/batch.out"
 "$LMSURGEON" tokenize --tokenizer "$TMP/unknown.gguf" --text hi > "$TMP/tok.out" 2> "$TMP/tok.err"
 rc=$?
 check "tokenize on an unknown pre: exit 3, got $rc" test "$rc" = 3
