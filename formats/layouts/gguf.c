@@ -950,6 +950,15 @@ static const struct lms_gguf_tensor *find_tensor(const struct reader *r, const c
     return NULL;
 }
 
+/* Whether a string from the file can go into a one-line message as it is. */
+static bool printable(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            return false;
+    return n <= 32;
+}
+
 /* The family from general.architecture; llama and mistral share "llama", so the carried
  * config (if any) decides between them. */
 static enum lms_status read_family(struct reader *r, const json_t *carried, struct lms_arch *a,
@@ -970,8 +979,10 @@ static enum lms_status read_family(struct reader *r, const json_t *carried, stru
                 a->family = LMS_FAMILY_MISTRAL;
             return LMS_OK;
         }
-    return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': GGUF architecture '%s' is not supported "
-                         "(llama, phi3, qwen2, qwen3)", r->path, r->arch);
+    size_t n = strlen(r->arch);
+    return lms_error_set(err, LMS_EUNSUPPORTED, "'%s': GGUF architecture '%.*s' is not supported "
+                         "(llama, phi3, qwen2, qwen3)", r->path, printable(r->arch, n) ? (int)n : 1,
+                         printable(r->arch, n) ? r->arch : "?");
 }
 
 /* ARCH.key as a string: true and *v, *n set when the key is a string. */
@@ -990,15 +1001,6 @@ static bool arch_str(const struct reader *r, const char *key, const char **v, si
 static bool str_is(const char *v, size_t n, const char *want)
 {
     return n == strlen(want) && memcmp(v, want, n) == 0;
-}
-
-/* Whether a string from the file can go into a one-line message as it is. */
-static bool printable(const char *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (v[i] < 0x20 || v[i] > 0x7e)
-            return false;
-    return n <= 32;
 }
 
 /* ARCH.rope.scaling.*: none, linear (factor) and yarn (factor, original context; its optional

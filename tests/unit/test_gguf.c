@@ -394,6 +394,7 @@ struct phi3_file {
     int yarn_original;       /* written when > 0 */
     double beta_fast;        /* written when > 0 */
     int rope_dims;           /* phi3.rope.dimension_count when > 0, else the head size */
+    const char *arch;        /* general.architecture, NULL: phi3 */
 };
 
 static const struct {
@@ -411,7 +412,8 @@ static void write_phi3(const char *path, const struct phi3_file *o)
 {
     struct lms_gguf_writer w;
     lms_gguf_writer_init(&w);
-    lms_gguf_put_str(&w, "general.architecture", "phi3", 4);
+    const char *arch = o->arch ? o->arch : "phi3";
+    lms_gguf_put_str(&w, "general.architecture", arch, strlen(arch));
     if (!o->no_block_count)
         lms_gguf_put_u32(&w, "phi3.block_count", 1);
     lms_gguf_put_u32(&w, "phi3.context_length", 128);
@@ -567,6 +569,9 @@ START_TEST(phi3_bad_files_are_refused)
     o = phi3_ok();
     o.rope_type = "ntk\nx"; /* unknown, and not echoed onto a second line */
     phi3_read_fails(&o, LMS_EUNSUPPORTED, "rope scaling '?' is not supported");
+    o = phi3_ok();
+    o.arch = "phi\n3"; /* an unknown architecture, not echoed onto a second line either */
+    phi3_read_fails(&o, LMS_EUNSUPPORTED, "GGUF architecture '?' is not supported");
     o = phi3_ok();
     o.rope_type = "yarn"; /* no factor */
     phi3_read_fails(&o, LMS_EFORMAT, "needs 'phi3.rope.scaling.factor'");
