@@ -8,21 +8,12 @@
 # Any sanitizer report on stderr fails the test.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 BAD=$ROOT/tests/bad
 PY=$(command -v python3)
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-bad.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+lms_scratch bad
 
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 check() { # check DESCRIPTION COMMAND...: counts a check, fails it when COMMAND fails
     local what=$1
     shift

@@ -14,11 +14,9 @@
 # Skipped (77) when no MPI launcher is given.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+source "$(dirname "$0")/lib.sh"
 MPIRUN=${MPIRUN:-}
 [ -n "$MPIRUN" ] && [ -x "$MPIRUN" ] || { echo "SKIP: no mpirun (MPIRUN unset)"; exit 77; }
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 COMPARE=$ROOT/tests/tools/compare_states.py
@@ -33,14 +31,7 @@ export OMPI_MCA_mca_base_component_disable_dlclose=1
 # missing high-speed network
 MPI=("$MPIRUN" --oversubscribe --bind-to none --mca btl self,vader,tcp --mca btl_base_warn_component_unused 0)
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-dp.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch dp
 
 # a small indexed dataset (ids below the tiny models' vocabulary)
 python3 - "$FIXTURES/corpus/val.ids.u16" "$TMP" <<'PY'

@@ -6,19 +6,10 @@
 # with the same bytes as the run that never stopped.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/models/qwen3-tiny # 4 layers
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-inputs.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch inputs
 
 # the data (ids folded below the tiny model's 512-entry vocabulary, as a Megatron dataset of 20
 # documents) and, under the same file name in another folder, the same layout with other ids

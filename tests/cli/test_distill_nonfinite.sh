@@ -8,20 +8,11 @@
 # refused on --resume as bad input (exit 3), naming the tensor.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-nonfinite.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch nonfinite
 
 # ids below the tiny models' 512-entry vocabulary, as a raw .u16 id file
 python3 -c 'import array, sys; a = array.array("H", (i * 7919 % 512 for i in range(4096)))

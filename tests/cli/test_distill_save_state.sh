@@ -6,20 +6,11 @@
 # and refuses --exit-interval and --resume. The student's bytes never depend on the mode.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-save-state.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch save-state
 
 # held-out text ids folded into the tiny models' 512-entry vocabulary, as a raw int32 id file
 python3 - "$FIXTURES/corpus/val.ids.u16" "$TMP/ids.i32" <<'EOF'

@@ -8,20 +8,11 @@
 # file leaves no empty one behind.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/teacher # 12 layers, hidden 256, FFN 768, 8 heads in 2 query groups
 DATA=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-width.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch width
 
 RUN=(--data-paths "$DATA" --gbs 2 --mbs 1 --seq-length 32 --max-steps 1 --limit-val-batches 0
      --threads 1 --log-dir "$TMP/logs" --quiet --json)

@@ -5,22 +5,13 @@
 # byte-identical to what `lmsurgeon convert`, `prune` and `distill` write.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 PIPELINE=${LMS_EXAMPLE_PIPELINE:-}
 [ -x "$PIPELINE" ] || { echo "SKIP: the example program is not built here"; exit 77; }
 TEACHER=$FIXTURES/teacher
 DATA=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-example.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch example
 same_files() { # DIR_A DIR_B: every file of A is in B with the same bytes, and B has no other
     local a=$1 b=$2 f
     n_checks=$((n_checks + 1))

@@ -6,22 +6,12 @@
 # (a missing required option, a bad model path) instead of at the value.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TINY=$FIXTURES/models/qwen3-tiny
 IDS=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-flags.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+lms_scratch flags
 mkdir -p "$TMP/o"
-n_checks=0
-n_fail=0
-
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 # expect CODE PATTERN CMD ARGS...: exit code CODE, stderr one line that starts with
 # "lmsurgeon CMD" and matches PATTERN, stdout empty, nothing written into $TMP/o

@@ -6,20 +6,10 @@
 # the BF16 teacher: the writer keeps F32 and BF16 tensors exact).
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-gguf.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+lms_scratch gguf
 mkdir -p "$TMP/o" "$TMP/bad"
-n_checks=0
-n_fail=0
-
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 # The bad files: a tiny header builder (little-endian, as the GGUF description says).
 python3 - "$TMP/bad" <<'EOF'

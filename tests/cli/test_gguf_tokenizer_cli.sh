@@ -8,19 +8,9 @@
 # (bad input).
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-gguftok.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch gguftok
 
 check() { # DESCRIPTION, then a command that must succeed
     local what=$1

@@ -8,26 +8,17 @@
 # Covered: convert to a directory and to a .nemo file, score -o, preprocess, distill's first save.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+source "$(dirname "$0")/lib.sh"
 : "${LMS_INTERPOSE:?LMS_INTERPOSE must name the interposed test library}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 T=$FIXTURES/teacher
 TINY=$FIXTURES/models/qwen3-tiny
 # an AddressSanitizer build wants its runtime first; the interposed library comes first here
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-race.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+lms_scratch race
 # ids below the tiny model's 512-entry vocabulary, as a raw id file
 IDS=$TMP/ids.u16
 python3 -c 'import array, sys; open(sys.argv[1], "wb").write(array.array("H", [(i * 7919) % 512 for i in range(20000)]).tobytes())' "$IDS"
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 # appear KIND DEST CMD...: runs lmsurgeon CMD with DEST made to appear (a directory or a file)
 # during the run ($AT=rename: just before it is renamed into place); exit status in $RC, stderr

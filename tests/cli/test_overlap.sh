@@ -8,20 +8,11 @@
 # would break the input although the two directories are apart.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 T=$FIXTURES/teacher
 IDS=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-overlap.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch overlap
 
 # expect CODE PATTERN CMD...: lmsurgeon CMD exits CODE with one stderr line matching PATTERN
 expect() {

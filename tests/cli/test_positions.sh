@@ -5,19 +5,10 @@
 # its positions; --quiet silences it; a length within the positions gets none.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 IDS=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-positions.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch positions
 
 # the teacher with max_position_embeddings 8 (its weights linked, its config edited)
 SHORT=$TMP/short

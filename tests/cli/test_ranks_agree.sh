@@ -8,11 +8,9 @@
 # launcher is given.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+source "$(dirname "$0")/lib.sh"
 MPIRUN=${MPIRUN:-}
 [ -n "$MPIRUN" ] && [ -x "$MPIRUN" ] || { echo "SKIP: no mpirun (MPIRUN unset)"; exit 77; }
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 # as in test_distill_dp.sh: root in containers, OpenMPI's allocations under LeakSanitizer, two
@@ -24,14 +22,7 @@ export OMPI_MCA_mca_base_component_disable_dlclose=1
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 MPI=("$MPIRUN" --oversubscribe --bind-to none --mca btl self,vader,tcp --mca btl_base_warn_component_unused 0)
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-ranks.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch ranks
 
 # ids below the tiny models' 512-entry vocabulary, as a Megatron dataset of 20 documents, and
 # other ids as a raw int32 file

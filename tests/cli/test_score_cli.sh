@@ -5,25 +5,15 @@
 # stdout line is an error object. Any sanitizer report on stderr fails the test.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/teacher
 TINY=$FIXTURES/models/qwen3-tiny
 LLAMA=$FIXTURES/models/llama-tiny
 IDS=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-score.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+lms_scratch score
 mkdir -p "$TMP/o"
 OUT=$TMP/o/scores.json
-n_checks=0
-n_fail=0
-
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 # expect CODE PATTERN ARGS...: exit code CODE, stderr one line matching PATTERN, stdout empty,
 # nothing written into $TMP/o

@@ -5,9 +5,7 @@
 # cut short. A command that failed for another reason keeps its own code and its one line.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TINY=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 BIG=$FIXTURES/teacher
@@ -18,14 +16,7 @@ if [ ! -w /dev/full ]; then
     echo "SKIP: no writable /dev/full"
     exit 77
 fi
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-write-errors.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch write-errors
 
 # full CODE PATTERN CMD ARGS...: with stdout on /dev/full (stdin empty), exit CODE and stderr
 # exactly one line, "lmsurgeon CMD: error: ..." matching PATTERN
