@@ -221,8 +221,10 @@ enum lms_status lms__cpu_bias_backward(struct lms_backend *be, float *dbias, con
  * lose digits. Top-K and reverse KL keep the plain double loops. */
 #define LOSS_BLOCK 64
 
-static inline float lane_sum(lms__v8f v)
+/* by pointer: a vector argument passed by value would change the ABI between the clones */
+LMS_CPU_INLINE float lane_sum(const lms__v8f *p)
 {
+    lms__v8f v = *p;
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
@@ -261,7 +263,7 @@ static double row_lse(const float *x, int64_t v, float inv_t, double m)
             lms__expf8(&e);
             acc += e;
         }
-        sum += lane_sum(acc);
+        sum += lane_sum(&acc);
     }
     for (; j < v; j++)
         sum += lms__expf(x[j] * inv_t - mf);
@@ -309,7 +311,7 @@ static double forward_grad_row(const struct grad_row *k, float *g, const float *
             }
             *(lms__v8f *)(g + j) = gj;
         }
-        kl += lane_sum(acc);
+        kl += lane_sum(&acc);
     }
     for (; j < v; j++) {
         float sv = s[j], gj = 0, q = 0;
