@@ -1,7 +1,8 @@
 /* CPU training ops: backward of embedding, RMSNorm, RoPE, SwiGLU and biases; the logit losses
  * (KD and cross-entropy with their gradient, over the vocabulary in passes of one row, never
  * storing probabilities); the intermediate hidden-state losses; sum of squares, AdamW and scale.
- * Reductions over channels and rows run in double so the CPU stays the numerical reference.
+ * Reductions over channels and rows run in double so the CPU stays the numerical reference (the
+ * logit losses' exponentials run in float, on 8 lanes, with their sums carried into double).
  * Argument shapes are documented at the slots in kernels/backend_impl.h. */
 #include <math.h>
 #ifdef _OPENMP
