@@ -113,6 +113,12 @@ enum lms_status lms_gguf_parse(const void *buf, size_t size, const char *label,
                                struct lms_gguf *g, struct lms_error *err);
 void lms_gguf_release(struct lms_gguf *g);
 /* The pair with key key, or NULL. */
+/* Whether a value type is one of the integer types (the eight of u8..i32, u64 and i64). */
+static inline bool lms_gguf_type_is_int(uint32_t t)
+{
+    return t <= LMS_GGUF_I32 || t == LMS_GGUF_U64 || t == LMS_GGUF_I64;
+}
+
 const struct lms_gguf_kv *lms_gguf_find(const struct lms_gguf *g, const char *key);
 /* Reads the next string of a string array at *cursor (arr.data at first) and advances it; only
  * on arrays the parser validated. */

@@ -892,11 +892,6 @@ static enum lms_status key_error(const struct reader *r, const char *key, const 
     return lms_error_set(err, LMS_EFORMAT, "'%s': metadata '%s' %s", r->path, key, what);
 }
 
-static bool is_int_type(uint32_t t)
-{
-    return t <= LMS_GGUF_I32 || t == LMS_GGUF_U64 || t == LMS_GGUF_I64;
-}
-
 /* An integer hyperparameter ARCH.key; def when absent (-1: required). */
 static enum lms_status arch_int(const struct reader *r, const char *key, int64_t def,
                                 int64_t *out, struct lms_error *err)
@@ -910,7 +905,7 @@ static enum lms_status arch_int(const struct reader *r, const char *key, int64_t
         *out = def;
         return LMS_OK;
     }
-    if (!is_int_type(kv->type) || kv->type == LMS_GGUF_F32)
+    if (!lms_gguf_type_is_int(kv->type) || kv->type == LMS_GGUF_F32)
         return key_error(r, k, "is not an integer", err);
     int64_t v = (kv->type == LMS_GGUF_I8 || kv->type == LMS_GGUF_I16 || kv->type == LMS_GGUF_I32 ||
                  kv->type == LMS_GGUF_I64) ? kv->v.i : (int64_t)kv->v.u;
@@ -1057,7 +1052,7 @@ static enum lms_status read_phi3(struct reader *r, const json_t *carried, struct
     const struct lms_gguf_kv *kv = lms_gguf_find(&r->g, k);
     if (!kv)
         return LMS_OK;
-    if (!is_int_type(kv->type) || kv->type == LMS_GGUF_F32)
+    if (!lms_gguf_type_is_int(kv->type) || kv->type == LMS_GGUF_F32)
         return key_error(r, k, "is not an integer", err);
     bool is_signed = kv->type == LMS_GGUF_I8 || kv->type == LMS_GGUF_I16 ||
                      kv->type == LMS_GGUF_I32 || kv->type == LMS_GGUF_I64;

@@ -78,27 +78,11 @@ static json_t *pre_tokenizer_json(const struct pretokenizer *p)
 
 /* ---- reading the keys ---------------------------------------------------------------------- */
 
-/* A NUL-terminated copy of a GGUF string, or NULL (out of memory). */
-static char *str_dup(struct lms_gguf_str s)
-{
-    char *d = lms_malloc((size_t)s.n + 1);
-    if (d) {
-        memcpy(d, s.p, (size_t)s.n);
-        d[s.n] = 0;
-    }
-    return d;
-}
-
-static bool vtype_is_int(uint32_t t)
-{
-    return t <= LMS_GGUF_I32 || t == LMS_GGUF_U64 || t == LMS_GGUF_I64;
-}
-
 /* The value of an integer key as a signed integer; false when absent or not an integer. */
 static bool key_int(const struct lms_gguf *g, const char *key, int64_t *out)
 {
     const struct lms_gguf_kv *kv = lms_gguf_find(g, key);
-    if (!kv || !vtype_is_int(kv->type))
+    if (!kv || !lms_gguf_type_is_int(kv->type))
         return false;
     bool is_signed = kv->type == LMS_GGUF_I8 || kv->type == LMS_GGUF_I16 ||
                      kv->type == LMS_GGUF_I32 || kv->type == LMS_GGUF_I64;
@@ -119,7 +103,7 @@ static enum lms_status key_str(const struct lms_gguf *g, const char *key, const 
         return LMS_OK;
     if (kv->type != LMS_GGUF_STRING)
         return lms_error_set(err, LMS_EFORMAT, "'%s': %s is not a string", label, key);
-    if (!(*out = str_dup(kv->v.s)))
+    if (!(*out = lms_strndup(kv->v.s.p, (size_t)kv->v.s.n)))
         return lms_error_set(err, LMS_ENOMEM, "out of memory");
     return LMS_OK;
 }
@@ -166,7 +150,7 @@ static enum lms_status read_types(const struct lms_gguf *g, const char *label, s
         v->type[i] = 1;
     if (!kv)
         return LMS_OK;
-    if (kv->type != LMS_GGUF_ARRAY || !vtype_is_int(kv->v.arr.type))
+    if (kv->type != LMS_GGUF_ARRAY || !lms_gguf_type_is_int(kv->v.arr.type))
         return lms_error_set(err, LMS_EFORMAT, "'%s': tokenizer.ggml.token_type is not an "
                              "array of integers", label);
     if (kv->v.arr.n != v->n)
@@ -199,7 +183,7 @@ static enum lms_status read_vocab(const struct lms_gguf *g, const char *label, s
         if (memchr(s.p, 0, (size_t)s.n))
             return lms_error_set(err, LMS_EFORMAT, "'%s': token %llu holds a NUL byte", label,
                                  (unsigned long long)i);
-        if (!(v->text[i] = str_dup(s)))
+        if (!(v->text[i] = lms_strndup(s.p, (size_t)s.n)))
             return lms_error_set(err, LMS_ENOMEM, "out of memory");
         json_t *probe = json_string(v->text[i]); /* NULL for bytes that are not UTF-8 */
         if (!probe)
@@ -249,7 +233,7 @@ static enum lms_status merges_json(const struct lms_gguf *g, const json_t *vocab
     const uint8_t *cur = kv->v.arr.data;
     for (uint64_t i = 0; i < kv->v.arr.n && !rc; i++) {
         struct lms_gguf_str s = lms_gguf_next_str(&cur);
-        char *m = str_dup(s);
+        char *m = lms_strndup(s.p, (size_t)s.n);
         if (!m)
             return lms_error_set(err, LMS_ENOMEM, "out of memory");
         char *space = strlen(m) == s.n ? strchr(m, ' ') : NULL;
