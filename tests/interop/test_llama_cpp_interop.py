@@ -67,6 +67,16 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("llama_cpp")
 
 
+def random_model(workdir, name, cfg, seed):
+    """workdir/name: an F32 model of random weights for config cfg (lmsurgeon init, no
+    tokenizer), its weights large enough (std 0.08) that the logits are not flat."""
+    (workdir / f"{name}-config.json").write_text(json.dumps(cfg))
+    out = workdir / name
+    run("init", out, "--config", workdir / f"{name}-config.json", "--dtype", "f32",
+        "--no-tokenizer", "--initializer-range", 0.08, "--seed", seed, "--quiet")
+    return out
+
+
 def make_mistral(workdir):
     """A small Mistral of random weights (lmsurgeon init; transformers reads the same files):
     llama-tiny's shape, untied, with a sliding window longer than the context."""
@@ -75,11 +85,7 @@ def make_mistral(workdir):
         cfg.pop(k)
     cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=4096,
                tie_word_embeddings=False)
-    (workdir / "mistral-config.json").write_text(json.dumps(cfg))
-    out = workdir / "mistral"
-    run("init", out, "--config", workdir / "mistral-config.json", "--dtype", "f32",
-        "--no-tokenizer", "--initializer-range", 0.08, "--seed", 7, "--quiet")
-    return out
+    return random_model(workdir, "mistral", cfg, seed=7)
 
 
 def make_llama3_rope(workdir):
@@ -92,11 +98,7 @@ def make_llama3_rope(workdir):
                rope_parameters={"rope_theta": 10000.0, "rope_type": "llama3", "factor": 8.0,
                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                 "original_max_position_embeddings": 32})
-    (workdir / "llama3-config.json").write_text(json.dumps(cfg))
-    out = workdir / "llama3-rope"
-    run("init", out, "--config", workdir / "llama3-config.json", "--dtype", "f32",
-        "--no-tokenizer", "--initializer-range", 0.08, "--seed", 11, "--quiet")
-    return out
+    return random_model(workdir, "llama3-rope", cfg, seed=11)
 
 
 def make_qwen3_yarn(workdir):
