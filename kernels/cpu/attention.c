@@ -51,12 +51,12 @@ LMS_CPU_INLINE void scores_row(float *restrict s, const float *restrict qs,
     }
 }
 
-/* s (RB, BK) = qs (RB, d) . K tile^T for a whole tile, 16 keys at a time: RB x 2 accumulators
- * in registers. */
+/* s (RB, nk) = qs (RB, d) . K tile^T for the first nk keys of the tile (nk a multiple of 16),
+ * 16 keys at a time: RB x 2 accumulators in registers. */
 LMS_CPU_INLINE void scores_rows(float *restrict s, const float *restrict qs,
-                               const float *restrict kt, int64_t d)
+                               const float *restrict kt, int64_t d, int64_t nk)
 {
-    for (int k0 = 0; k0 < BK; k0 += 16) {
+    for (int64_t k0 = 0; k0 < nk; k0 += 16) {
         v8 t[RB][2];
         for (int r = 0; r < RB; r++)
             t[r][0] = t[r][1] = (v8){0};
@@ -119,10 +119,11 @@ LMS_CPU_INLINE void pv_row(float *restrict a, const float *restrict p, const flo
     }
 }
 
-/* a_r (d) += p_r (BK) . V tile for RB rows (row r accumulator at a + r*a_stride); d % 16 == 0.
- * Channels in chunks of 16, RB x 2 accumulators in registers over the BK keys. */
+/* a_r (d) += p_r (nk) . V tile for RB rows (row r accumulator at a + r*a_stride) over the first
+ * nk keys of the tile; d % 16 == 0. Channels in chunks of 16, RB x 2 accumulators in registers
+ * over the keys. */
 LMS_CPU_INLINE void pv_rows(float *a, int64_t a_stride, const float *restrict p,
-                           const float *restrict vt, int64_t d)
+                           const float *restrict vt, int64_t d, int64_t nk)
 {
     for (int64_t c0 = 0; c0 < d; c0 += 16) {
         v8 t[RB][2];
@@ -130,7 +131,7 @@ LMS_CPU_INLINE void pv_rows(float *a, int64_t a_stride, const float *restrict p,
             t[r][0] = *(const v8 *)(a + r * a_stride + c0);
             t[r][1] = *(const v8 *)(a + r * a_stride + c0 + 8);
         }
-        for (int64_t jj = 0; jj < BK; jj++) {
+        for (int64_t jj = 0; jj < nk; jj++) {
             v8 v_lo = *(const v8 *)(vt + jj * d + c0), v_hi = *(const v8 *)(vt + jj * d + c0 + 8);
             for (int r = 0; r < RB; r++) {
                 float pj = p[r * BK + jj];
@@ -202,12 +203,15 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                     rows = lo[rr] < hi[rr];
                 }
                 if (rows) {
+                    /* On the diagonal tile the later keys are invisible to all RB rows: the
+                     * products stop at the last row's last key, rounded up to 16. */
+                    int64_t kend = (hi[RB - 1] + 15) / 16 * 16;
                     for (int rr = 0; rr < RB; rr++) {
                         const float *qrow = at->q + (b * S + i + rr) * at->q_stride + h * d;
                         for (int64_t c = 0; c < d; c++)
                             qs[rr * d + c] = qrow[c] * at->scale;
                     }
-                    scores_rows(s, qs, kt, d);
+                    scores_rows(s, qs, kt, d, kend);
                     int64_t row = hh * nq + qi;
                     for (int rr = 0; rr < RB; rr++) {
                         float *sr = s + rr * BK;
@@ -215,10 +219,10 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                                      acc + (row + rr) * d, d);
                         for (int64_t jj = 0; jj < lo[rr]; jj++)
                             sr[jj] = 0.0f;
-                        for (int64_t jj = hi[rr]; jj < BK; jj++)
+                        for (int64_t jj = hi[rr]; jj < kend; jj++)
                             sr[jj] = 0.0f;
                     }
-                    pv_rows(acc + row * d, d, s, vt, d);
+                    pv_rows(acc + row * d, d, s, vt, d, kend);
                     qi += RB;
                     continue;
                 }

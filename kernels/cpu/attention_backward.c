@@ -143,18 +143,21 @@ static void kv_tile_load(struct kv_tile *t, const float *k, const float *v, int6
     }
 }
 
-/* p (nq, TK) = scale q K^T and ds (nq, TK) = dout V^T for nq query rows (strides ldq, ldo) */
+/* p (nq, ncols) = scale q K^T and ds (nq, ncols) = dout V^T for nq query rows (strides ldq,
+ * ldo) against the first ncols <= nk keys of the tile; the vector path rounds ncols up to 8 */
 static void tile_scores(float *p, float *ds, const struct kv_tile *t, const float *q, int64_t ldq,
-                        const float *dout, int64_t ldo, int64_t nq, int64_t d, float scale)
+                        const float *dout, int64_t ldo, int64_t nq, int64_t ncols, int64_t d,
+                        float scale)
 {
     if (t->kt) {
-        tile_gemm(p, TK, q, ldq, 1, t->kt, TK, nq, d, t->nkp, scale, false);
-        tile_gemm(ds, TK, dout, ldo, 1, t->vt, TK, nq, d, t->nkp, 1.0f, false);
+        int64_t nc = (ncols + 7) / 8 * 8;
+        tile_gemm(p, TK, q, ldq, 1, t->kt, TK, nq, d, nc, scale, false);
+        tile_gemm(ds, TK, dout, ldo, 1, t->vt, TK, nq, d, nc, 1.0f, false);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)t->nk, (int)d, scale, q,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)ncols, (int)d, scale, q,
                 (int)ldq, t->k, (int)t->ld, 0.0f, p, TK);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)t->nk, (int)d, 1.0f, dout,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)ncols, (int)d, 1.0f, dout,
                 (int)ldo, t->v, (int)t->ld, 0.0f, ds, TK);
 }
 
@@ -172,6 +175,35 @@ static void tile_accumulate(float *c, int64_t ldc, const float *t, bool transpos
     }
     cblas_sgemm(CblasRowMajor, transposed ? CblasTrans : CblasNoTrans, CblasNoTrans, (int)nr,
                 (int)d, (int)inner, alpha, t, TK, b, (int)ldb, 1.0f, c, (int)ldc);
+}
+
+/* On a diagonal tile (query block = key block) query row a sees keys up to a only, so the
+ * tile is worked in strips of SUB query rows (scores, probabilities, dq) or SUB key rows (dk,
+ * dv) that stop at the diagonal, skipping the products of the invisible half. The terms
+ * skipped are exact zeros at the end (dq) or start (dk, dv) of each sum, so the results are
+ * the same as for the whole tile. Other tiles are one strip. */
+#define SUB 16
+
+/* The keys [0, n) that the strip of query rows [a0, a0 + na) of a tile can see at most. */
+static int64_t strip_keys(bool diagonal, int64_t a0, int64_t na, int64_t nk)
+{
+    return diagonal && a0 + na < nk ? a0 + na : nk;
+}
+
+/* p and ds of query rows [0, nq) against keys [0, nk) of the tile: scores, then probabilities,
+ * strip by strip. Scores stop at the keys a strip sees; tile_probs zeroes the rest. */
+static void tile_forward(float *p, float *ds, const struct kv_tile *t, bool diagonal,
+                         const float *q, int64_t ldq, const float *dout, int64_t ldo, int64_t i0,
+                         int64_t nq, int64_t j0, int64_t d, float scale, const float *lse,
+                         const float *D, int64_t window)
+{
+    int64_t sub = diagonal ? SUB : nq;
+    for (int64_t a0 = 0; a0 < nq; a0 += sub) {
+        int64_t na = nq - a0 < sub ? nq - a0 : sub;
+        tile_scores(p + a0 * TK, ds + a0 * TK, t, q + a0 * ldq, ldq, dout + a0 * ldo, ldo, na,
+                    strip_keys(diagonal, a0, na, t->nk), d, scale);
+        tile_probs(p + a0 * TK, ds + a0 * TK, i0 + a0, na, j0, t->nk, lse + a0, D + a0, window);
+    }
 }
 
 /* Does the tile hold any visible pair? */
@@ -252,10 +284,17 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
                 continue;
             const float *k = at->k + (b * S + j0) * ldk + g * d;
             kv_tile_load(&kv, k, at->v + (b * S + j0) * ldk + g * d, ldk, nk, d);
-            tile_scores(p, ds, &kv, q, ldq, dout, ldo, nq, d, scale);
-            tile_probs(p, ds, i0, nq, j0, nk, lse, Dr, W);
-            tile_accumulate(dq, ab->dq_stride, ds, false, k, ldk, nq, nk, d, scale,
-                            vector_path);
+            bool diagonal = j0 == i0;
+            tile_forward(p, ds, &kv, diagonal, q, ldq, dout, ldo, i0, nq, j0, d, scale, lse, Dr,
+                         W);
+            /* dq (nq, d) += scale ds k, strip by strip */
+            int64_t sub = diagonal ? SUB : nq;
+            for (int64_t a0 = 0; a0 < nq; a0 += sub) {
+                int64_t na = nq - a0 < sub ? nq - a0 : sub;
+                tile_accumulate(dq + a0 * ab->dq_stride, ab->dq_stride, ds + a0 * TK, false, k,
+                                ldk, na, strip_keys(diagonal, a0, na, nk), d, scale,
+                                vector_path);
+            }
         }
     }
 
@@ -292,13 +331,22 @@ enum lms_status lms__cpu_attention_backward(struct lms_backend *be,
                 const float *dout = ab->dout + (b * S + i0) * ldo + h * d;
                 const float *lse = at->lse + (b * nh + h) * S + i0;
                 const float *Dr = D + (b * nh + h) * S + i0;
-                tile_scores(p, ds, &kv, q, ldq, dout, ldo, nq, d, scale);
-                tile_probs(p, ds, i0, nq, j0, nk, lse, Dr, W);
-                /* dv (nk, d) += p^T dout; dk (nk, d) += scale ds^T q */
-                tile_accumulate(dv, ab->dkv_stride, p, true, dout, ldo, nq, nk, d, 1.0f,
-                                vector_path);
-                tile_accumulate(dk, ab->dkv_stride, ds, true, q, ldq, nq, nk, d, scale,
-                                vector_path);
+                bool diagonal = i0 == j0;
+                tile_forward(p, ds, &kv, diagonal, q, ldq, dout, ldo, i0, nq, j0, d, scale, lse,
+                             Dr, W);
+                /* dv (nk, d) += p^T dout; dk (nk, d) += scale ds^T q, strip by strip of keys:
+                 * on the diagonal, key c is seen by query rows c.. only */
+                int64_t sub = diagonal ? SUB : nk;
+                for (int64_t c0 = 0; c0 < nk; c0 += sub) {
+                    int64_t nc = nk - c0 < sub ? nk - c0 : sub, a0 = diagonal ? c0 : 0;
+                    if (a0 >= nq)
+                        break;
+                    size_t at_tile = (size_t)(a0 * TK + c0);
+                    tile_accumulate(dv + c0 * ab->dkv_stride, ab->dkv_stride, p + at_tile, true,
+                                    dout + a0 * ldo, ldo, nq - a0, nc, d, 1.0f, vector_path);
+                    tile_accumulate(dk + c0 * ab->dkv_stride, ab->dkv_stride, ds + at_tile, true,
+                                    q + a0 * ldq, ldq, nq - a0, nc, d, scale, vector_path);
+                }
             }
         }
     }
