@@ -25,7 +25,7 @@ typedef lms__v8f v8;
 /* Scratch floats one thread needs for r heads per group and head dim d. */
 static size_t scratch_floats(int64_t r, int64_t d)
 {
-    return (size_t)(2 * BK * d + RB * BK + r * BQ * d + 2 * r * BQ + RB * d + 16);
+    return (size_t)(2 * BK * d + RB * BK + 2 * r * BQ * d + 2 * r * BQ + 16);
 }
 
 /* s[jj] = qs . K[jj] for jj in [lo, hi): kt is the K tile transposed, (d, BK). */
@@ -168,7 +168,7 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
     float *acc = s + RB * BK;    /* (r, BQ, d) */
     float *m = acc + r * BQ * d; /* (r, BQ) running max */
     float *l = m + r * BQ;       /* (r, BQ) running sum */
-    float *qs = l + r * BQ;      /* (RB, d) scaled query rows */
+    float *qs = l + r * BQ;      /* (r, BQ, d) scaled query rows, made once for all tiles */
 
     for (int64_t i = 0; i < r * nq; i++) {
         m[i] = -INFINITY;
@@ -176,6 +176,13 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
     }
     for (int64_t i = 0; i < r * nq * d; i++)
         acc[i] = 0;
+    for (int64_t hh = 0; hh < r; hh++)
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float *qrow = at->q + (b * S + q0 + qi) * at->q_stride + (g * r + hh) * d;
+            float *qsr = qs + (hh * nq + qi) * d;
+            for (int64_t c = 0; c < d; c++)
+                qsr[c] = qrow[c] * at->scale;
+        }
 
     int64_t j_begin = 0;
     if (W > 0 && q0 - W + 1 > 0)
@@ -191,7 +198,6 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
             memcpy(vt + jj * d, vrow, (size_t)d * sizeof(float));
         }
         for (int64_t hh = 0; hh < r; hh++) {
-            int64_t h = g * r + hh;
             for (int64_t qi = 0; qi < nq;) {
                 int64_t i = q0 + qi;
                 /* RB rows at once on a whole tile when each of them sees some of its keys;
@@ -206,13 +212,8 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                     /* On the diagonal tile the later keys are invisible to all RB rows: the
                      * products stop at the last row's last key, rounded up to 16. */
                     int64_t kend = (hi[RB - 1] + 15) / 16 * 16;
-                    for (int rr = 0; rr < RB; rr++) {
-                        const float *qrow = at->q + (b * S + i + rr) * at->q_stride + h * d;
-                        for (int64_t c = 0; c < d; c++)
-                            qs[rr * d + c] = qrow[c] * at->scale;
-                    }
-                    scores_rows(s, qs, kt, d, kend);
                     int64_t row = hh * nq + qi;
+                    scores_rows(s, qs + row * d, kt, d, kend);
                     for (int rr = 0; rr < RB; rr++) {
                         float *sr = s + rr * BK;
                         softmax_step(sr, lo[rr], hi[rr], &m[row + rr], &l[row + rr],
@@ -229,11 +230,8 @@ static void attend_block(const struct lms_attention *at, int64_t b, int64_t g, i
                 int64_t lo1, hi1;
                 visible_keys(i, j0, nk, W, &lo1, &hi1);
                 if (lo1 < hi1) {
-                    const float *qrow = at->q + (b * S + i) * at->q_stride + h * d;
-                    for (int64_t c = 0; c < d; c++)
-                        qs[c] = qrow[c] * at->scale;
-                    scores_row(s, qs, kt, d, lo1, hi1);
                     int64_t row = hh * nq + qi;
+                    scores_row(s, qs + row * d, kt, d, lo1, hi1);
                     softmax_step(s, lo1, hi1, &m[row], &l[row], acc + row * d, d);
                     pv_row(acc + row * d, s, vt, d, lo1, hi1);
                 }
