@@ -183,6 +183,7 @@ static void tile_accumulate(float *c, int64_t ldc, const float *t, bool transpos
  * skipped are exact zeros at the end (dq) or start (dk, dv) of each sum, so the results are
  * the same as for the whole tile. Other tiles are one strip. */
 #define SUB 16
+_Static_assert(TQ == TK, "a diagonal tile is the one whose query block starts at its key block");
 
 /* The keys [0, n) that the strip of query rows [a0, a0 + na) of a tile can see at most. */
 static int64_t strip_keys(bool diagonal, int64_t a0, int64_t na, int64_t nk)
