@@ -9,26 +9,17 @@
 # 4, a bad --jobs exit 2; convert --skip-unchanged alone reports the skip.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIX=${LMS_FIXTURES:-$ROOT/fixtures}
-lms=$LMSURGEON
+source "$(dirname "$0")/lib.sh"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/lms-batch.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
+lms_scratch batch
+cd "$TMP" || exit 1
 passes=0
-fails=0
 
 ok() { passes=$((passes + 1)); }
-fail() {
-    echo "FAIL: $*" >&2
-    fails=$((fails + 1))
-}
 check() { # check DESCRIPTION COMMAND...: the command must succeed
     local what=$1
     shift
-    if "$@" >"$work/check.out" 2>&1; then ok; else fail "$what: $(head -c 600 "$work/check.out")"; fi
+    if "$@" >"$TMP/check.out" 2>&1; then ok; else fail "$what: $(head -c 600 "$TMP/check.out")"; fi
 }
 
 # field FILE LINE KEY: KEY of the result line of manifest line LINE (FILE is read once, into
@@ -51,17 +42,17 @@ expect_field() { # expect_field FILE LINE KEY VALUE
     if [ "$got" = "$4" ]; then ok; else fail "$1 line $2: $3 is '$got', want '$4'"; fi
 }
 
-T=$FIX/teacher
-Q=$FIX/models/qwen3-tiny
+T=$FIXTURES/teacher
+Q=$FIXTURES/models/qwen3-tiny
 
 # the reference: the single commands (outputs named as in the batch: a GGUF names its model
 # after its file)
 mkdir -p single
-check "single nemo" "$lms" convert "$T" single/nemo --to nemo --quiet
-"$lms" convert "$Q" single/t.gguf --to gguf --json >single.json || fail "single gguf"
+check "single nemo" "$LMSURGEON" convert "$T" single/nemo --to nemo --quiet
+"$LMSURGEON" convert "$Q" single/t.gguf --to gguf --json >single.json || fail "single gguf"
 gguf_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"])' single.json)
-check "single q8_0" "$lms" convert "$Q" single/q.gguf --to gguf --dtype q8_0 --quiet
-check "single fp8" "$lms" convert "$T" single/fp8 --dtype fp8 --max-shard-size 5MB --quiet
+check "single q8_0" "$LMSURGEON" convert "$Q" single/q.gguf --to gguf --dtype q8_0 --quiet
+check "single fp8" "$LMSURGEON" convert "$T" single/fp8 --dtype fp8 --max-shard-size 5MB --quiet
 
 manifest() { # manifest DIR: the batch writing into DIR
     cat <<EOF
@@ -71,7 +62,7 @@ manifest() { # manifest DIR: the batch writing into DIR
 {"in": "$Q", "out": "$1/q.gguf", "to": "gguf", "dtype": "q8_0"}
 {"in": "$T", "out": "$1/fp8", "dtype": "fp8", "max_shard_size": "5MB"}
 {"in": "$T", "out": "$1/broken"
-{"in": "$FIX/no-such-model", "out": "$1/missing"}
+{"in": "$FIXTURES/no-such-model", "out": "$1/missing"}
 {"in": "$T", "out": "$1/colour", "colour": "red"}
 EOF
 }
@@ -87,7 +78,7 @@ for jobs in 1 2; do
     d=jobs$jobs
     mkdir -p "$d"
     manifest "$d" >"$d.jsonl"
-    "$lms" convert --batch "$d.jsonl" --jobs "$jobs" >"$d.out" 2>"$d.err"
+    "$LMSURGEON" convert --batch "$d.jsonl" --jobs "$jobs" >"$d.out" 2>"$d.err"
     rc=$?
     [ "$rc" -eq 8 ] && ok || fail "--jobs $jobs: exit $rc, want 8 (an item failed): $(cat "$d.err")"
     [ "$(wc -l <"$d.out")" -eq 7 ] && ok || fail "--jobs $jobs: $(wc -l <"$d.out") result lines, want 7"
@@ -100,7 +91,7 @@ for jobs in 1 2; do
     check "line 6 named" grep -q "\"error\":\"'$d.jsonl' line 6: invalid JSON" "$d.out"
     expect_field "$d.out" 7 status failed
     expect_field "$d.out" 7 exit_code 4
-    expect_field "$d.out" 7 error "'$FIX/no-such-model' does not exist"
+    expect_field "$d.out" 7 error "'$FIXTURES/no-such-model' does not exist"
     expect_field "$d.out" 8 exit_code 2
     expect_field "$d.out" 8 error "'$d.jsonl' line 8: unknown key 'colour' (in, out, to, dtype, max-shard-size, force)"
     expect_field "$d.out" 2 bytes "$gguf_bytes"
@@ -113,7 +104,7 @@ done
 # a rerun skips every converted item and writes nothing
 before=$(find jobs1 -type f -printf '%p %s %T@\n' | sort)
 sleep 0.01
-"$lms" convert --batch jobs1.jsonl >rerun.out 2>rerun.err
+"$LMSURGEON" convert --batch jobs1.jsonl >rerun.out 2>rerun.err
 rc=$?
 [ "$rc" -eq 8 ] && ok || fail "rerun: exit $rc, want 8"
 for line in 1 2 4 5; do
@@ -125,55 +116,55 @@ after=$(find jobs1 -type f -printf '%p %s %T@\n' | sort)
 
 # exit 0 when every item is ok or skipped; the summary line with --json
 head -5 jobs1.jsonl >good.jsonl
-"$lms" convert --batch good.jsonl --json >good.out 2>good.err
+"$LMSURGEON" convert --batch good.jsonl --json >good.out 2>good.err
 rc=$?
 [ "$rc" -eq 0 ] && ok || fail "all skipped: exit $rc, want 0: $(cat good.err)"
 check "summary line" bash -c "tail -1 good.out | grep -q '\"ok\":true,\"items\":4,\"converted\":0,\"skipped\":4,\"failed\":0'"
-"$lms" convert --batch good.jsonl --quiet >quiet.out 2>quiet.err
+"$LMSURGEON" convert --batch good.jsonl --quiet >quiet.out 2>quiet.err
 [ ! -s quiet.err ] && [ "$(wc -l <quiet.out)" -eq 4 ] && ok || fail "--quiet: $(cat quiet.err)"
 
 # a changed input: refused without --force (the output is not its conversion), converted with
 cp -r "$Q" qin
 echo '{"in": "qin", "out": "qout", "to": "gguf"}' >changed.jsonl
-check "first" "$lms" convert --batch changed.jsonl --quiet
-check "unchanged skips" bash -c "'$lms' convert --batch changed.jsonl --quiet | grep -q skipped"
+check "first" "$LMSURGEON" convert --batch changed.jsonl --quiet
+check "unchanged skips" bash -c "'$LMSURGEON' convert --batch changed.jsonl --quiet | grep -q skipped"
 python3 - <<'PY'
 import json
 c = json.load(open("qin/config.json"))
 c["rms_norm_eps"] = 1e-5
 json.dump(c, open("qin/config.json", "w"), indent=2)
 PY
-"$lms" convert --batch changed.jsonl --quiet >changed.out
+"$LMSURGEON" convert --batch changed.jsonl --quiet >changed.out
 rc=$?
 [ "$rc" -eq 8 ] && ok || fail "changed input without --force: exit $rc, want 8"
 expect_field changed.out 1 exit_code 2
 check "the refusal names OUT" grep -q "qout" changed.out
-"$lms" convert --batch changed.jsonl --quiet --force >forced.out
+"$LMSURGEON" convert --batch changed.jsonl --quiet --force >forced.out
 expect_field forced.out 1 status ok
 mkdir -p ref ref2
-check "single of the changed input" "$lms" convert qin ref/qout --to gguf --quiet
+check "single of the changed input" "$LMSURGEON" convert qin ref/qout --to gguf --quiet
 check "reconverted = single" cmp qout ref/qout
-check "then skipped" bash -c "'$lms' convert --batch changed.jsonl --quiet | grep -q skipped"
+check "then skipped" bash -c "'$LMSURGEON' convert --batch changed.jsonl --quiet | grep -q skipped"
 
 # changed options convert again ("force" in the line)
 echo '{"in": "qin", "out": "qout", "to": "gguf", "dtype": "q8_0", "force": true}' >opts.jsonl
-"$lms" convert --batch opts.jsonl --quiet >opts.out
+"$LMSURGEON" convert --batch opts.jsonl --quiet >opts.out
 expect_field opts.out 1 status ok
-check "single q8_0 of the changed input" "$lms" convert qin ref2/qout --to gguf --dtype q8_0 --quiet
+check "single q8_0 of the changed input" "$LMSURGEON" convert qin ref2/qout --to gguf --dtype q8_0 --quiet
 check "options reconverted = single" cmp qout ref2/qout
-check "same options skip" bash -c "'$lms' convert --batch opts.jsonl --quiet | grep -q skipped"
+check "same options skip" bash -c "'$LMSURGEON' convert --batch opts.jsonl --quiet | grep -q skipped"
 
 # an output edited since its conversion is no longer skipped
 mkdir -p ed
 echo "{\"in\": \"$Q\", \"out\": \"ed/hf\"}" >edited.jsonl
-check "edited: first" "$lms" convert --batch edited.jsonl --quiet
+check "edited: first" "$LMSURGEON" convert --batch edited.jsonl --quiet
 echo '{}' >ed/hf/generation_config.json
-"$lms" convert --batch edited.jsonl --quiet >edited.out
+"$LMSURGEON" convert --batch edited.jsonl --quiet >edited.out
 expect_field edited.out 1 exit_code 2
 
 # an item that cannot fit --max-memory fails alone, nothing written
 echo "{\"in\": \"$T\", \"out\": \"small/x\"}" >small.jsonl
-"$lms" convert --batch small.jsonl --max-memory 1MB --quiet >small.out
+"$LMSURGEON" convert --batch small.jsonl --max-memory 1MB --quiet >small.out
 rc=$?
 [ "$rc" -eq 8 ] && ok || fail "--max-memory 1MB: exit $rc, want 8"
 expect_field small.out 1 exit_code 5
@@ -182,22 +173,22 @@ expect_field small.out 1 exit_code 5
 # a budget for one item at a time (each needs an estimated 64 MiB) still converts them all
 mkdir -p one
 manifest one | head -5 >one.jsonl
-"$lms" convert --batch one.jsonl --jobs 2 --max-memory 100MB --quiet >one.out
+"$LMSURGEON" convert --batch one.jsonl --jobs 2 --max-memory 100MB --quiet >one.out
 rc=$?
 [ "$rc" -eq 0 ] && ok || fail "--max-memory 100MB --jobs 2: exit $rc, want 0"
 same_as_single one
 
 # the batch's own errors
-"$lms" convert --batch no-such.jsonl 2>err >/dev/null
+"$LMSURGEON" convert --batch no-such.jsonl 2>err >/dev/null
 rc=$?
 [ "$rc" -eq 4 ] && grep -q "no-such.jsonl" err && ok || fail "missing manifest: exit $rc, $(cat err)"
-"$lms" convert --batch good.jsonl --jobs 0 2>err >/dev/null
+"$LMSURGEON" convert --batch good.jsonl --jobs 0 2>err >/dev/null
 rc=$?
 [ "$rc" -eq 2 ] && ok || fail "--jobs 0: exit $rc, want 2"
 
 # convert --skip-unchanged alone
-check "single skip" bash -c "'$lms' convert '$Q' solo --skip-unchanged --json | grep -q '\"skipped\":false'"
-check "single skip again" bash -c "'$lms' convert '$Q' solo --skip-unchanged --json | grep -q '\"skipped\":true'"
+check "single skip" bash -c "'$LMSURGEON' convert '$Q' solo --skip-unchanged --json | grep -q '\"skipped\":false'"
+check "single skip again" bash -c "'$LMSURGEON' convert '$Q' solo --skip-unchanged --json | grep -q '\"skipped\":true'"
 
-echo "test_convert_batch: $passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+echo "test_convert_batch: $passes passed, $n_fail failed"
+[ "$n_fail" -eq 0 ]

@@ -3,9 +3,11 @@
 # crash; bad JSONL lines reported with their line number; --skip-bad-lines continues. Files:
 # tests/bad/*/README.md.
 set -u
-here=$(cd "$(dirname "$0")" && pwd)
-bad=$here/../bad
-fail=0
+
+source "$(dirname "$0")/lib.sh"
+bad=$ROOT/tests/bad
+lms_scratch data-bad
+
 expect() { # expect CODE FRAGMENT CMD...
     local code=$1 frag=$2
     shift 2
@@ -13,8 +15,7 @@ expect() { # expect CODE FRAGMENT CMD...
     err=$("$@" 2>&1 >/dev/null)
     local rc=$?
     if [ "$rc" != "$code" ] || ! grep -qF -- "$frag" <<<"$err"; then
-        echo "FAIL: $* -> exit $rc (want $code), stderr: $err (want '$frag')"
-        fail=1
+        fail "$* -> exit $rc (want $code), stderr: $err (want '$frag')"
     fi
 }
 expect 0 "" "$LMSURGEON" tokenize --dataset "$bad/dataset/good"
@@ -32,29 +33,27 @@ expect 3 "ids this sparse" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/spa
 expect 3 "pre_tokenizer.pretokenizers[0].pattern.Regex" "$LMSURGEON" tokenize --tokenizer "$bad/tokenizer/unsupported-regex" --text a
 expect 2 "--tokenizer is required" "$LMSURGEON" tokenize --text a
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-tok=$LMS_FIXTURES/tokenizer
-printf '{"text": "hello"}\n\n{"text": "a\\ud800"}\n{"text": 5}\n{"text": "world"}\n' >"$tmp/in.jsonl"
-expect 3 "line 3" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --append-eod
-[ -e "$tmp/o_text_document.idx" ] && { echo "FAIL: output left behind after an error"; fail=1; }
-expect 0 "line 4" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --append-eod --skip-bad-lines
-out=$("$LMSURGEON" tokenize --dataset "$tmp/o_text_document")
+tok=$FIXTURES/tokenizer
+printf '{"text": "hello"}\n\n{"text": "a\\ud800"}\n{"text": 5}\n{"text": "world"}\n' >"$TMP/in.jsonl"
+expect 3 "line 3" "$LMSURGEON" preprocess --input "$TMP/in.jsonl" --tokenizer "$tok" --output-prefix "$TMP/o" --append-eod
+[ -e "$TMP/o_text_document.idx" ] && fail "output left behind after an error"
+expect 0 "line 4" "$LMSURGEON" preprocess --input "$TMP/in.jsonl" --tokenizer "$tok" --output-prefix "$TMP/o" --append-eod --skip-bad-lines
+out=$("$LMSURGEON" tokenize --dataset "$TMP/o_text_document")
 want=$(printf '%s 0\n%s 0' "$("$LMSURGEON" tokenize --tokenizer "$tok" --text hello)" \
     "$("$LMSURGEON" tokenize --tokenizer "$tok" --text world)")
-[ "$out" = "$want" ] || { echo "FAIL: skipped-lines dataset: '$out' != '$want'"; fail=1; }
-expect 2 "already exists" "$LMSURGEON" preprocess --input "$tmp/in.jsonl" --tokenizer "$tok" --output-prefix "$tmp/o" --skip-bad-lines
+[ "$out" = "$want" ] || fail "skipped-lines dataset: '$out' != '$want'"
+expect 2 "already exists" "$LMSURGEON" preprocess --input "$TMP/in.jsonl" --tokenizer "$tok" --output-prefix "$TMP/o" --skip-bad-lines
 # importance files (prune --importance): the error names the file and the defect, nothing written
-model=${LMS_FIXTURES:-$here/../../fixtures}/models/qwen3-tiny
+model=$FIXTURES/models/qwen3-tiny
 n_imp=0
 while IFS=$'\t' read -r name code frag; do
     case $name in '#'* | '') continue ;; esac
     n_imp=$((n_imp + 1))
     for want in "$frag" "$name.json'"; do
-        expect "$code" "$want" "$LMSURGEON" prune "$model" "$tmp/imp_out" \
+        expect "$code" "$want" "$LMSURGEON" prune "$model" "$TMP/imp_out" \
             --importance "$bad/importance/$name.json" --target-ffn-hidden-size 16
     done
-    [ ! -e "$tmp/imp_out" ] || { echo "FAIL: $name: prune wrote output"; fail=1; }
+    [ ! -e "$TMP/imp_out" ] || fail "$name: prune wrote output"
 done <"$bad/importance/expected.tsv"
-[ "$n_imp" -ge 10 ] || { echo "FAIL: only $n_imp importance cases"; fail=1; }
-exit $fail
+[ "$n_imp" -ge 10 ] || fail "only $n_imp importance cases"
+[ "$n_fail" -eq 0 ]

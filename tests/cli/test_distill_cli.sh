@@ -7,26 +7,18 @@
 # the same bytes as an uninterrupted run.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 BIG=$FIXTURES/teacher
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-distill.XXXXXX")
+lms_scratch distill
 MNT=
-cleanup() {
+cleanup() { # the scratch directory, and the tmpfs of the full-disk check
     [ -n "$MNT" ] && umount "$MNT" 2>/dev/null
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 # ids below the tiny models' 512-entry vocabulary: held-out text ids folded into range, as a
 # Megatron indexed dataset of 20 documents of 2000 ids (written here by the layout's definition:

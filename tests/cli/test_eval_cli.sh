@@ -5,16 +5,11 @@
 # ok=false under --json). Any sanitizer report on stderr fails the test.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 TEACHER=$FIXTURES/teacher
 IDS=$FIXTURES/corpus/val.ids.u16
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-eval.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_checks=0
-n_fail=0
+lms_scratch eval
 
 # expect CODE PATTERN ARGS...: exit code CODE, stderr one line matching PATTERN, stdout empty
 expect() {
@@ -27,9 +22,8 @@ expect() {
     lines=$(wc -l <"$TMP/err")
     if [ "$rc" != "$code" ] || ! grep -q -- "$pat" "$TMP/err" || [ "$lines" != 1 ] ||
         [ -s "$TMP/out" ] || grep -q -i "sanitizer" "$TMP/err"; then
-        echo "FAIL: lmsurgeon $*: exit $rc (want $code), stderr:" >&2
+        fail "lmsurgeon $*: exit $rc (want $code), stderr:"
         cat "$TMP/err" >&2
-        n_fail=$((n_fail + 1))
     fi
 }
 
@@ -55,9 +49,8 @@ n_checks=$((n_checks + 1))
 "$LMSURGEON" eval "$TMP/notamodel" --data "$IDS" --num-samples 1 >"$TMP/out" 2>"$TMP/err"
 rc=$?
 if [ "$rc" != 3 ] && [ "$rc" != 4 ]; then
-    echo "FAIL: eval of a directory that is not a checkpoint exits $rc" >&2
+    fail "eval of a directory that is not a checkpoint exits $rc"
     cat "$TMP/err" >&2
-    n_fail=$((n_fail + 1))
 fi
 expect 2 "required" generate "$TEACHER"
 expect 2 "invalid --max-new-tokens" generate "$TEACHER" --prompt x --max-new-tokens 0
@@ -67,17 +60,11 @@ expect 2 "invalid --max-new-tokens" generate "$TEACHER" --prompt x --max-new-tok
 # --json failure: one object with ok=false on stdout
 n_checks=$((n_checks + 1))
 "$LMSURGEON" eval "$TEACHER" --data "$TMP/nothing" --json >"$TMP/out" 2>/dev/null
-if ! grep -q '"ok":false' "$TMP/out"; then
-    echo "FAIL: eval --json failure did not print ok=false" >&2
-    n_fail=$((n_fail + 1))
-fi
+grep -q '"ok":false' "$TMP/out" || fail "eval --json failure did not print ok=false"
 # --help
 for c in eval generate; do
     n_checks=$((n_checks + 1))
-    "$LMSURGEON" $c --help | grep -q "usage: lmsurgeon $c" || {
-        echo "FAIL: $c --help" >&2
-        n_fail=$((n_fail + 1))
-    }
+    "$LMSURGEON" $c --help | grep -q "usage: lmsurgeon $c" || fail "$c --help"
 done
 
 echo "$n_checks checks, $n_fail failed"

@@ -8,16 +8,8 @@
 # nothing written).
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-fp8.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+source "$(dirname "$0")/lib.sh"
+lms_scratch fp8
 
 "$LMSURGEON" convert "$FIXTURES/models/qwen3-tiny" "$TMP/good" --dtype fp8 --quiet ||
     { echo "FAIL: converting the fixture to fp8" >&2; exit 1; }

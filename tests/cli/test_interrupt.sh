@@ -10,17 +10,15 @@
 # score -o leaves no temporary either.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+source "$(dirname "$0")/lib.sh"
 : "${LMS_INTERPOSE:?LMS_INTERPOSE must name the interposed test library}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 T=$FIXTURES/teacher
 TINY=$FIXTURES/models/qwen3-tiny
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-interrupt.XXXXXX")
+lms_scratch interrupt
 PID=
-cleanup() {
+cleanup() { # the scratch directory, and a command still held in the background
     [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
     rm -rf "$TMP"
 }
@@ -28,12 +26,6 @@ trap cleanup EXIT
 # ids below the tiny model's 512-entry vocabulary, as a raw id file
 IDS=$TMP/ids.u16
 python3 -c 'import array, sys; open(sys.argv[1], "wb").write(array.array("H", [(i * 7919) % 512 for i in range(20000)]).tobytes())' "$IDS"
-n_checks=0
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 snapshot() { (cd "$1" && find . -print0 | sort -z | xargs -0 ls -ld --time-style=+ | awk '{print $1, $5, $NF}' && find . -type f -print0 | sort -z | xargs -0 md5sum); }
 

@@ -6,19 +6,16 @@
 # held-out ones, eval on the held-out rows (both cut from the data by the independent
 # tests/tools/sampler_reference.py). Bad flag combinations are one-line usage errors.
 set -u
-lms=${LMSURGEON:?}
-fix=${LMS_FIXTURES:?}
-root=${LMS_SOURCE_ROOT:?}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export TMPDIR=$work/tmp
+
+source "$(dirname "$0")/lib.sh"
+lms_scratch prune-rank
+export TMPDIR=$TMP/tmp
 mkdir -p "$TMPDIR"
-fails=0; passes=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+passes=0
 pass() { passes=$((passes + 1)); }
 
-t="$fix/teacher"
-d="$fix/corpus/val.ids.u16"
+t="$FIXTURES/teacher"
+d="$FIXTURES/corpus/val.ids.u16"
 # calibration: 2 windows of 64 tokens, 4 held out; 3 candidates, the best 2 distilled for 512
 # tokens each: 512 / (2 x 64) = 4 steps of one micro-batch of 2 rows
 S=64 N=2 E=4 MBS=2 TOKENS=512
@@ -30,43 +27,43 @@ search=(--target-params 9M --search-num-layers 10:11:1 --num-candidates 3 --eval
 expect() {
     local code=$1 needle=$2
     shift 2
-    "$lms" prune "$@" >"$work/stdout" 2>"$work/stderr"
+    "$LMSURGEON" prune "$@" >"$TMP/stdout" 2>"$TMP/stderr"
     local rc=$?
-    if [ "$rc" -ne "$code" ] || [ "$(wc -l <"$work/stderr")" -ne 1 ] \
-        || ! grep -qF -- "$needle" "$work/stderr" || [ -e "$work/out" ] \
+    if [ "$rc" -ne "$code" ] || [ "$(wc -l <"$TMP/stderr")" -ne 1 ] \
+        || ! grep -qF -- "$needle" "$TMP/stderr" || [ -e "$TMP/out" ] \
         || [ -n "$(ls -A "$TMPDIR")" ]; then
-        fail "prune $* -> rc=$rc (want $code), stderr: $(cat "$work/stderr")"
+        fail "prune $* -> rc=$rc (want $code), stderr: $(cat "$TMP/stderr")"
     else
         pass
     fi
 }
-expect 2 "unknown --rank-by 'best'" "$t" "$work/out" "${search[@]}" --rank-by best
-expect 2 "give --target-params" "$t" "$work/out" --data-paths "$d" --target-num-layers 8 --rank-by distill
-expect 2 "needs calibration data" "$t" "$work/out" --target-params 9M --rank-by distill
-expect 2 "invalid --rank-top '0'" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-top 0
-expect 2 "invalid --rank-tokens '2Q'" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens 2Q
-expect 2 "need --rank-by distill" "$t" "$work/out" "${search[@]}" --rank-top 2
-expect 2 "need --rank-by distill" "$t" "$work/out" "${search[@]}" --rank-by loss --rank-tokens 1M
-expect 2 "less than one distillation step" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens 100
-expect 2 "more for the ranking distillation" "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens 1B
+expect 2 "unknown --rank-by 'best'" "$t" "$TMP/out" "${search[@]}" --rank-by best
+expect 2 "give --target-params" "$t" "$TMP/out" --data-paths "$d" --target-num-layers 8 --rank-by distill
+expect 2 "needs calibration data" "$t" "$TMP/out" --target-params 9M --rank-by distill
+expect 2 "invalid --rank-top '0'" "$t" "$TMP/out" "${search[@]}" --rank-by distill --rank-top 0
+expect 2 "invalid --rank-tokens '2Q'" "$t" "$TMP/out" "${search[@]}" --rank-by distill --rank-tokens 2Q
+expect 2 "need --rank-by distill" "$t" "$TMP/out" "${search[@]}" --rank-top 2
+expect 2 "need --rank-by distill" "$t" "$TMP/out" "${search[@]}" --rank-by loss --rank-tokens 1M
+expect 2 "less than one distillation step" "$t" "$TMP/out" "${search[@]}" --rank-by distill --rank-tokens 100
+expect 2 "more for the ranking distillation" "$t" "$TMP/out" "${search[@]}" --rank-by distill --rank-tokens 1B
 # a failure while ranking (no temporary directory can be made) writes nothing
-TMPDIR=$work/missing expect 4 "creating a temporary directory in '$work/missing'" "$t" "$work/out" \
+TMPDIR=$TMP/missing expect 4 "creating a temporary directory in '$TMP/missing'" "$t" "$TMP/out" \
     "${search[@]}" --rank-by distill --rank-tokens 512 --quiet
 
 # the search ranked by distillation, written
-"$lms" prune "$t" "$work/out" "${search[@]}" --rank-by distill --rank-tokens $TOKENS --rank-top 2 \
-    --json >"$work/rank.json" 2>"$work/stderr"
+"$LMSURGEON" prune "$t" "$TMP/out" "${search[@]}" --rank-by distill --rank-tokens $TOKENS --rank-top 2 \
+    --json >"$TMP/rank.json" 2>"$TMP/stderr"
 rc=$?
 if [ $rc -ne 0 ] || [ -n "$(ls -A "$TMPDIR")" ]; then
-    fail "prune --rank-by distill: rc=$rc, temporaries: $(ls -A "$TMPDIR"), $(cat "$work/stderr")"
+    fail "prune --rank-by distill: rc=$rc, temporaries: $(ls -A "$TMPDIR"), $(cat "$TMP/stderr")"
 fi
 # the same search ranked by loss alone: its table is the loss order of the distilled search
-"$lms" prune "$t" "$work/out-loss" "${search[@]}" --dry-run --json >"$work/loss.json" 2>/dev/null \
+"$LMSURGEON" prune "$t" "$TMP/out-loss" "${search[@]}" --dry-run --json >"$TMP/loss.json" 2>/dev/null \
     || fail "prune --rank-by loss"
 
 # the orders, and the written model is row 1, the first of the distillation order
-python3 - "$work/rank.json" "$work/loss.json" "$work/out/config.json" >"$work/chosen" <<'PY' \
-    || fail "orders: $(cat "$work/chosen")"
+python3 - "$TMP/rank.json" "$TMP/loss.json" "$TMP/out/config.json" >"$TMP/chosen" <<'PY' \
+    || fail "orders: $(cat "$TMP/chosen")"
 import json, sys
 rank, loss = (json.load(open(p))["search"] for p in sys.argv[1:3])
 cfg = json.load(open(sys.argv[3]))
@@ -111,29 +108,29 @@ for r in do:
     print(f"distill order: row {r} {shape(c[r - 1])} {c[r - 1]['distill_loss']:.4f}",
           file=sys.stderr)
 PY
-[ $fails -eq 0 ] && pass
-read -r K want <"$work/chosen"
+[ $n_fail -eq 0 ] && pass
+read -r K want <"$TMP/chosen"
 
 # the oracle: the documented recipe by hand. Held-out rows [N, N+E); distillation rows
 # [N+E, N+E+R) with R = steps x mbs + 1, steps = tokens / (mbs x S)
 steps=$((TOKENS / (MBS * S)))
 R=$((steps * MBS + 1))
-ref="$root/tests/tools/sampler_reference.py"
-python3 "$ref" calib-rows "$d" "$work/held.i32" --seq-length $S --from $N --to $((N + E)) \
-    && python3 "$ref" calib-rows "$d" "$work/train.i32" --seq-length $S --from $((N + E)) \
+ref="$ROOT/tests/tools/sampler_reference.py"
+python3 "$ref" calib-rows "$d" "$TMP/held.i32" --seq-length $S --from $N --to $((N + E)) \
+    && python3 "$ref" calib-rows "$d" "$TMP/train.i32" --seq-length $S --from $((N + E)) \
         --to $((N + E + R)) \
     || fail "sampler_reference.py calib-rows"
-"$lms" prune "$t" "$work/cand" "${search[@]}" --candidate "$K" --quiet \
-    && "$lms" distill --student "$work/cand" --teacher "$t" --data-paths "$work/train.i32" \
+"$LMSURGEON" prune "$t" "$TMP/cand" "${search[@]}" --candidate "$K" --quiet \
+    && "$LMSURGEON" distill --student "$TMP/cand" --teacher "$t" --data-paths "$TMP/train.i32" \
         --split 1 --seq-length $S --gbs $MBS --mbs $MBS --max-steps $steps \
         --warmup-steps $((steps / 10)) --lr 1e-4 --min-lr 1e-5 --optim-preset gpt \
         --feature-pairs none --limit-val-batches 0 --save-state never --seed 1234 \
-        --log-dir "$work" --out "$work/distilled" --threads 1 --quiet \
-    && "$lms" eval "$work/distilled" --data "$work/held.i32" --seq-length $S --num-samples $E \
-        --batch-size $MBS --threads 1 --json >"$work/eval.json" \
+        --log-dir "$TMP" --out "$TMP/distilled" --threads 1 --quiet \
+    && "$LMSURGEON" eval "$TMP/distilled" --data "$TMP/held.i32" --seq-length $S --num-samples $E \
+        --batch-size $MBS --threads 1 --json >"$TMP/eval.json" \
     || fail "the recipe by hand"
 got=$(python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["loss"])' \
-    "$work/eval.json" 2>/dev/null)
+    "$TMP/eval.json" 2>/dev/null)
 if [ "$got" != "$want" ]; then
     fail "post-distillation loss of row 1 (candidate $K by loss): search $want, by hand $got"
 else
@@ -141,19 +138,19 @@ else
 fi
 
 # the text table carries both losses and both ranks; progress goes to stderr
-"$lms" prune "$t" "$work/out-text" "${search[@]}" --dry-run --rank-by distill \
-    --rank-tokens $TOKENS --rank-top 2 >"$work/stdout" 2>"$work/stderr"
-if [ $? -ne 0 ] || ! grep -q "rank .*loss by loss distilled" "$work/stdout" \
-    || ! grep -q "^ *1 .* $want  <- pruned to" "$work/stdout" \
-    || [ "$(grep -c '^distilled [12]/2 (rank [12] by loss): loss' "$work/stderr")" -ne 2 ]; then
-    fail "text table: $(cat "$work/stdout" "$work/stderr")"
+"$LMSURGEON" prune "$t" "$TMP/out-text" "${search[@]}" --dry-run --rank-by distill \
+    --rank-tokens $TOKENS --rank-top 2 >"$TMP/stdout" 2>"$TMP/stderr"
+if [ $? -ne 0 ] || ! grep -q "rank .*loss by loss distilled" "$TMP/stdout" \
+    || ! grep -q "^ *1 .* $want  <- pruned to" "$TMP/stdout" \
+    || [ "$(grep -c '^distilled [12]/2 (rank [12] by loss): loss' "$TMP/stderr")" -ne 2 ]; then
+    fail "text table: $(cat "$TMP/stdout" "$TMP/stderr")"
 else
     pass
 fi
 
 # SIGINT while a candidate is distilled: exit 130, no output and no temporary left
-"$lms" prune "$t" "$work/out-int" "${search[@]}" --rank-by distill --rank-tokens 64k --quiet \
-    2>"$work/stderr" &
+"$LMSURGEON" prune "$t" "$TMP/out-int" "${search[@]}" --rank-by distill --rank-tokens 64k --quiet \
+    2>"$TMP/stderr" &
 pid=$!
 for _ in $(seq 200); do
     ls "$TMPDIR"/lms-rank-*/candidate-* >/dev/null 2>&1 && break
@@ -162,11 +159,11 @@ done
 kill -INT $pid
 wait $pid
 rc=$?
-if [ $rc -ne 130 ] || [ -e "$work/out-int" ] || [ -n "$(ls -A "$TMPDIR")" ]; then
-    fail "SIGINT: rc=$rc, left: $(ls -A "$TMPDIR" "$work/out-int" 2>&1), $(cat "$work/stderr")"
+if [ $rc -ne 130 ] || [ -e "$TMP/out-int" ] || [ -n "$(ls -A "$TMPDIR")" ]; then
+    fail "SIGINT: rc=$rc, left: $(ls -A "$TMPDIR" "$TMP/out-int" 2>&1), $(cat "$TMP/stderr")"
 else
     pass
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+echo "$passes passed, $n_fail failed"
+[ "$n_fail" -eq 0 ]

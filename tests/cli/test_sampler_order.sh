@@ -7,20 +7,12 @@
 # training state whose rows came in the old order.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
+source "$(dirname "$0")/lib.sh"
 REF=$ROOT/tests/tools/sampler_reference.py
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-sampler.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+lms_scratch sampler
 
 python3 "$REF" golden >"$TMP/golden.txt" || fail "sampler_reference.py golden failed"
 cmp -s "$TMP/golden.txt" "$ROOT/tests/golden/sampler_order.txt" ||

@@ -9,15 +9,8 @@
 # budget is reported as not run and fails the report.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-scale-check.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
+source "$(dirname "$0")/lib.sh"
+lms_scratch scale-check
 export LMSURGEON SCALE_CHECK_WORK=$TMP/work SCALE_CHECK_PYTHON=${SCALE_CHECK_PYTHON:-python3}
 unset SCALE_CHECK_STAGES SCALE_CHECK_BUDGET SCALE_CHECK_KEEP SCALE_CHECK_PRUNE SCALE_CHECK_STEPS
 

@@ -11,23 +11,16 @@
 # conversion finishes before the kill lands, the run is retried once with a model twice as large.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/lib.sh"
 PY=$(command -v python3)
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-kill.XXXXXX")
+lms_scratch kill
 PID=
-cleanup() {
+cleanup() { # the scratch directory, and the background convert if it still runs
     [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-
-n_fail=0
-fail() {
-    echo "FAIL: $*" >&2
-    n_fail=$((n_fail + 1))
-}
 
 snapshot() { (cd "$1" && find . -print0 | sort -z | xargs -0 ls -ld --time-style=+ | awk '{print $1, $5, $NF}' && find . -type f -print0 | sort -z | xargs -0 md5sum) }
 

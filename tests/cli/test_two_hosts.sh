@@ -8,12 +8,10 @@
 # container without CAP_SYS_ADMIN) or when no MPI launcher is given.
 set -u
 
-: "${LMSURGEON:?LMSURGEON must name the lmsurgeon binary}"
+source "$(dirname "$0")/lib.sh"
 MPIRUN=${MPIRUN:-}
 [ -n "$MPIRUN" ] && [ -x "$MPIRUN" ] || { echo "SKIP: no mpirun (MPIRUN unset)"; exit 77; }
 command -v ip >/dev/null || { echo "SKIP: no 'ip' command (iproute2)"; exit 77; }
-ROOT=${LMS_SOURCE_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-FIXTURES=${LMS_FIXTURES:-$ROOT/fixtures}
 TEACHER=$FIXTURES/models/qwen3-tiny
 STUDENT=$FIXTURES/models/qwen3-tiny-distill-reference/student
 COMPARE=$ROOT/tests/tools/compare_states.py
@@ -27,8 +25,8 @@ export OMPI_MCA_mca_base_component_disable_dlclose=1
 
 NS_A=lms-a-$$
 NS_B=lms-b-$$
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/lms-2h.XXXXXX")
-cleanup() {
+lms_scratch 2h
+cleanup() { # the scratch directory, and the two namespaces
     ip netns del "$NS_A" 2>/dev/null
     ip netns del "$NS_B" 2>/dev/null
     rm -rf "$TMP"
@@ -81,7 +79,6 @@ RUN=(--student "$STUDENT" --teacher "$TEACHER" --data-paths "$TMP/data" --split 
      --seq-length 32 --gbs 4 --mbs 1 --max-steps 3 --warmup-steps 1 --lr 1e-3 --min-lr 1e-4
      --optim-preset gpt --limit-val-batches 0 --threads 1 --dtype f32 --log-dir "$TMP/logs"
      --quiet --json)
-n_fail=0
 "$LMSURGEON" distill "${RUN[@]}" --out "$TMP/one" >"$TMP/one.json" 2>"$TMP/err" ||
     { echo "FAIL: the 1-process run failed"; cat "$TMP/err"; exit 1; }
 # one rank per host, TCP over the veth pair only (no shared memory between the "hosts")
@@ -101,6 +98,6 @@ for x, y in zip(a["history"], b["history"]):
         sys.exit(1)
 PY
 python3 "$COMPARE" "$TMP/one.state/optimizer.safetensors" "$TMP/two.state/optimizer.safetensors" \
-    --rtol 1e-5 || { echo "FAIL: 2 hosts: the state differs from 1 process"; n_fail=$((n_fail + 1)); }
+    --rtol 1e-5 || fail "2 hosts: the state differs from 1 process"
 echo "two hosts over TCP: $n_fail failures"
 [ "$n_fail" = 0 ]
