@@ -33,9 +33,9 @@
  * the weight of a cross-entropy term on the data's next tokens. */
 /* Which student layers get an intermediate-state loss against the teacher (feature KD). */
 enum lms_feature_mode {
-    LMS_FEATURES_AUTO = 0, /* the Minitron recipe: every layer for a width-pruned student (a
-                            * width of the student differs from the teacher's), none for a
-                            * depth-pruned one (lms_distill_features_resolve says which) */
+    LMS_FEATURES_AUTO = 0, /* the default: logits only, for a width-pruned student (a width
+                            * of the student differs from the teacher's) and a depth-pruned one
+                            * alike; the run's summary names which kind it saw */
     LMS_FEATURES_NONE,     /* logits only */
     LMS_FEATURES_LIST,     /* feature_pairs, "S:T,S:T" (1-based student:teacher layers) */
     LMS_FEATURES_EVERY,    /* every feature_every-th student layer, with its source layer */

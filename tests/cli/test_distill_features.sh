@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# distill's feature (intermediate-state) distillation options: the Minitron default (logits only
-# for a depth-pruned student, logits + a pair at every layer for a width-pruned one) as the start
-# summary and --json report it, --feature-pairs none / LIST and --feature-every, the memory plan
+# distill's feature (intermediate-state) distillation options: the default (logits only, for a
+# depth-pruned and a width-pruned student alike) as the start summary and --json report it,
+# --feature-pairs none / LIST and --feature-every (every layer with its source layer), the memory plan
 # counting the pairs' captures and the learned map, the usage errors (exit 2, one line naming
 # the flag, nothing written), and --resume refusing a changed --feature-loss.
 set -u
@@ -34,19 +34,22 @@ n_checks=$((n_checks + 1))
 dry_features depth "$TMP/depth"
 dry_features width "$TMP/width"
 dry_features width-none "$TMP/width" --feature-pairs none
+dry_features width-all "$TMP/width" --feature-every 1
 dry_features width-every "$TMP/width" --feature-every 4 --feature-loss mse --feature-hook attn-norm
 dry_features depth-list "$TMP/depth" --feature-pairs 2:3,8:12
 python3 - "$TMP" <<'PY' || fail "the feature choices reported by --json are wrong"
 import json, sys
 d = sys.argv[1]
 f = {n: json.load(open(f"{d}/{n}.json"))["features"]
-     for n in ("depth", "width", "width-none", "width-every", "depth-list")}
+     for n in ("depth", "width", "width-none", "width-all", "width-every", "depth-list")}
 assert f["depth"]["default"] and f["depth"]["student"] == "depth-pruned", f["depth"]
 assert not f["depth"]["enabled"] and f["depth"]["pairs"] == [], f["depth"]
 assert f["width"]["default"] and f["width"]["student"] == "width-pruned", f["width"]
-assert f["width"]["enabled"] and f["width"]["pairs"] == [[i, i] for i in range(1, 13)], f["width"]
-assert (f["width"]["hook"], f["width"]["loss"]) == ("mlp-norm", "cosine"), f["width"]
+assert not f["width"]["enabled"] and f["width"]["pairs"] == [], f["width"]
 assert not f["width-none"]["default"] and not f["width-none"]["enabled"], f["width-none"]
+assert not f["width-all"]["default"] and f["width-all"]["enabled"], f["width-all"]
+assert f["width-all"]["pairs"] == [[i, i] for i in range(1, 13)], f["width-all"]
+assert (f["width-all"]["hook"], f["width-all"]["loss"]) == ("mlp-norm", "cosine"), f["width-all"]
 assert f["width-every"]["pairs"] == [[4, 4], [8, 8], [12, 12]], f["width-every"]
 assert (f["width-every"]["hook"], f["width-every"]["loss"]) == ("attn-norm", "mse")
 assert f["depth-list"]["pairs"] == [[2, 3], [8, 12]] and f["depth-list"]["enabled"]
@@ -59,8 +62,8 @@ n_checks=$((n_checks + 1))
 python3 - "$TMP" <<'PY' || fail "the memory plan does not count the feature pairs"
 import json, sys
 d = sys.argv[1]
-a = json.load(open(f"{d}/width.json"))["memory"]
-b = json.load(open(f"{d}/width-none.json"))["memory"]
+a = json.load(open(f"{d}/width-all.json"))["memory"]
+b = json.load(open(f"{d}/width.json"))["memory"]
 N, Ht, H = 128, 256, 224
 assert a["activations"] - b["activations"] == (12 + 2) * N * Ht * 4, (a, b)
 P = Ht * H + Ht
@@ -76,8 +79,13 @@ grep -qx "loss: depth-pruned student: logits only (default)" "$TMP/depth.out" ||
     { fail "the start summary of the depth-pruned student"; cat "$TMP/depth.out" >&2; }
 "$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --out "$TMP/width-out" >"$TMP/width.out" \
     2>"$TMP/err" || { fail "distilling the width-pruned student failed"; cat "$TMP/err" >&2; }
-grep -qx "loss: width-pruned student: logits + intermediate states (default), 12 pairs at mlp-norm, cosine loss" \
-    "$TMP/width.out" || { fail "the start summary of the width-pruned student"; cat "$TMP/width.out" >&2; }
+grep -qx "loss: width-pruned student: logits only (default)" "$TMP/width.out" ||
+    { fail "the start summary of the width-pruned student"; cat "$TMP/width.out" >&2; }
+n_checks=$((n_checks + 1))
+"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --feature-every 1 --out "$TMP/all-out" \
+    >"$TMP/all.out" 2>"$TMP/err" || { fail "distilling with every layer paired failed"; cat "$TMP/err" >&2; }
+grep -qx "loss: logits + intermediate states, 12 pairs at mlp-norm, cosine loss" "$TMP/all.out" ||
+    { fail "the start summary of --feature-every 1"; cat "$TMP/all.out" >&2; }
 
 # usage errors: exit 2, one line naming the flag, nothing written
 usage() {
@@ -108,22 +116,22 @@ usage --feature-loss-scale --feature-loss-scale 0.5
 
 # --resume refuses a changed --feature-loss, and continues with the same one
 n_checks=$((n_checks + 1))
-"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 \
+"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-every 1 \
     --exit-interval 1 --feature-loss mse --out "$TMP/r" --quiet 2>"$TMP/err" ||
     { fail "the run to resume failed"; cat "$TMP/err" >&2; }
 "$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --out "$TMP/r" --resume \
-    --quiet 2>"$TMP/err"
+    --feature-every 1 --quiet 2>"$TMP/err"
 rc=$?
 [ "$rc" = 2 ] && grep -q 'loss.features.loss was "mse", now "cosine"' "$TMP/err" ||
     { fail "--resume with another --feature-loss: exit $rc"; cat "$TMP/err" >&2; }
 "$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --out "$TMP/r" --resume \
-    --feature-loss mse --json >"$TMP/r.json" 2>"$TMP/err" ||
+    --feature-every 1 --feature-loss mse --json >"$TMP/r.json" 2>"$TMP/err" ||
     { fail "--resume with the same --feature-loss failed"; cat "$TMP/err" >&2; }
 python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["steps"] == 2 and s["start_step"] == 1, s' \
     "$TMP/r.json" || fail "the resumed run did not finish its steps"
 # ... with the same bytes as a run never stopped (the learned map's weights and moments are in
 # the state)
-"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-loss mse \
+"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-every 1 --feature-loss mse \
     --out "$TMP/whole" --quiet 2>"$TMP/err" || { fail "the uninterrupted run failed"; cat "$TMP/err" >&2; }
 cmp -s "$TMP/r/model.safetensors" "$TMP/whole/model.safetensors" ||
     fail "the resumed feature-KD run differs from the uninterrupted one"

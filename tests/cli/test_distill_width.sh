@@ -77,8 +77,8 @@ fi
 # the CPU, every buffer of the trainer's and the teacher's workspaces; alignment adds less than
 # 4 KiB): the teacher's forward workspace has the teacher's widths, and the final-norm output
 # the trainer keeps for the teacher's logits is as wide as the teacher (N x 256), not the
-# student (N x 192). Logits only (--feature-pairs none): the intermediate-state pairs a
-# width-pruned student gets by default are planned on top (test_distill_features)
+# student (N x 192). Logits only (--feature-pairs none, also the default): intermediate-state
+# pairs are planned on top (test_distill_features)
 n_checks=$((n_checks + 1))
 if "$LMSURGEON" distill --student "$TMP/all" --teacher "$TEACHER" --data-paths "$DATA" \
     --gbs 2 --mbs 2 --seq-length 512 --max-steps 3 --limit-val-batches 0 --dry-run --json \

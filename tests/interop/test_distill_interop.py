@@ -8,11 +8,11 @@ weights closely.
   decay 0.1, clip 1.0 (the GPT recipe preset);
 - phi3-tiny teacher and a student the tool prunes from it here (layer 2 dropped, FFN 48), the
   same schedule: its fused qkv_proj / gate_up_proj are trained as the split views and written
-  fused again. Logits only (--feature-pairs none: a width-pruned student would otherwise get
-  the intermediate-state loss by default);
+  fused again. Logits only (--feature-pairs none, the default too);
 - feature distillation (intermediate-state pairs, cosine and MSE, combined by the scaled rule)
   from qwen3-tiny: a width-pruned student (hidden 64 -> 48: the learned map is trained with
-  it) with the default pairs, and a depth-pruned one (layer 2 dropped) with explicit pairs;
+  it) with a pair at every layer (--feature-every 1), and a depth-pruned one (layer 2 dropped)
+  with explicit pairs;
 - the cross-entropy weights of the scaled rule (--lm-loss-scale W != 1, --kd-loss-scale):
   L = W L_ce + lambda L_kd (L_ce / L_kd), logits only and with feature pairs;
 - `lmsurgeon train` (no teacher: the cross-entropy alone) against a plain PyTorch
@@ -86,9 +86,10 @@ def test_steps_match_pytorch(name, tmp_path):
 
 # (prune flags, distill feature flags, the pairs the reference trains, 0-based)
 FEATURE_CASES = {
-    "width-cosine": (["--target-hidden-size", "48"], ["--feature-loss", "cosine"],
+    "width-cosine": (["--target-hidden-size", "48"], ["--feature-every", "1",
+                                                       "--feature-loss", "cosine"],
                      [(i, i) for i in range(4)], "mlp-norm", "cosine"),
-    "width-mse": (["--target-hidden-size", "48"], ["--feature-loss", "mse"],
+    "width-mse": (["--target-hidden-size", "48"], ["--feature-every", "1", "--feature-loss", "mse"],
                   [(i, i) for i in range(4)], "mlp-norm", "mse"),
     "depth-cosine": (["--drop-layers", "2"], ["--feature-pairs", "1:1,3:4",
                                                "--feature-hook", "attn-norm"],

@@ -261,8 +261,8 @@ START_TEST(kd_loss_table)
 END_TEST
 
 /* The pairs --feature-every makes follow prune's kept-layer map (a student pruned in memory):
- * student layer i against the teacher layer it was taken from; the Minitron default pairs a
- * width-pruned student at every layer and leaves a depth-pruned one on the logits. */
+ * student layer i against the teacher layer it was taken from; the default leaves a depth- and
+ * a width-pruned student alike on the logits, and says which kind it saw. */
 START_TEST(feature_pairs_follow_the_kept_layer_map)
 {
     struct lms_distill_opts o;
@@ -289,15 +289,22 @@ START_TEST(feature_pairs_follow_the_kept_layer_map)
         ck_assert_int_eq(r.pairs[k].student_point, LMS_HOOK_MLP_NORM_OUT);
     }
     ck_assert(!r.width_pruned);
-    /* the default: none for this depth-pruned student, every layer once a width differs */
+    /* the default: none for this depth-pruned student, and none once a width differs */
     r.o.loss.features = LMS_FEATURES_AUTO;
     r.features_resolved = false;
     ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
     ck_assert_uint_eq(r.n_pairs, 0);
+    ck_assert_str_eq(r.features_why, "depth-pruned student: logits only (default)");
     r.student.arch.ffn = 128;
     r.features_resolved = false;
     ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
     ck_assert(r.width_pruned);
+    ck_assert_uint_eq(r.n_pairs, 0);
+    ck_assert_str_eq(r.features_why, "width-pruned student: logits only (default)");
+    /* ... and every layer with its source layer when asked, widths differing or not */
+    r.o.loss.features = LMS_FEATURES_EVERY;
+    r.features_resolved = false;
+    ck_assert_int_eq(lms_distill_features_resolve(&r, &err), LMS_OK);
     ck_assert_uint_eq(r.n_pairs, 3);
     ck_assert_int_eq(r.pairs[2].teacher_layer, 5);
     /* a list naming a teacher layer past the teacher's 6 */
