@@ -198,7 +198,7 @@ void distill_summary_text(const struct distill_run *r, double secs)
     printf(", metrics in '%s'\n", r->metrics_path);
 }
 
-/* The feature distillation the run chose: by default (the Minitron recipe) or as asked. */
+/* The feature distillation the run chose: by default (logits only) or as asked. */
 static json_t *features_json(const struct lms_distill_run *run)
 {
     const struct lms_distill_loss *l = &run->o.loss;
