@@ -267,8 +267,9 @@ void lms_distill_run_release(struct lms_distill_run *r);
 /* The command's defaults (lmsurgeon distill --help): 969,30,1 split, 4096-token rows, gbs 768,
  * mbs 8, 40 steps, lr 1e-4 to 1e-5 after 1 warm-up step, forward KL at temperature 1 without
  * cross-entropy, no feature pairs (LMS_FEATURES_AUTO: logits only; pairs asked for compare
- * mlp-norm outputs by cosine), the parity optimiser preset, a log line per step, one validation batch at the end,
- * the state saved at every save, the CPU. Paths, data and callbacks are left NULL. */
+ * mlp-norm outputs by cosine), the parity optimiser preset, a log line per step, one
+ * validation batch at the end, the state saved at every save, the CPU. Paths, data and
+ * callbacks are left NULL. */
 void lms_distill_opts_default(struct lms_distill_opts *o);
 /* The whole run: init, (o->resume: the state in o->state_dir), open the models and data,
  * configure, open training, train; on failure the outputs this run created are removed; then

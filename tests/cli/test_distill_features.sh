@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # distill's feature (intermediate-state) distillation options: the default (logits only, for a
 # depth-pruned and a width-pruned student alike) as the start summary and --json report it,
-# --feature-pairs none / LIST and --feature-every (every layer with its source layer), the memory plan
-# counting the pairs' captures and the learned map, the usage errors (exit 2, one line naming
-# the flag, nothing written), and --resume refusing a changed --feature-loss.
+# --feature-pairs none / LIST and --feature-every (every layer with its source layer), the
+# memory plan counting the pairs' captures and the learned map, the usage errors (exit 2, one
+# line naming the flag, nothing written), and --resume refusing a changed --feature-loss.
 set -u
 
 source "$(dirname "$0")/lib.sh"
@@ -83,7 +83,8 @@ grep -qx "loss: width-pruned student: logits only (default)" "$TMP/width.out" ||
     { fail "the start summary of the width-pruned student"; cat "$TMP/width.out" >&2; }
 n_checks=$((n_checks + 1))
 "$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --feature-every 1 --out "$TMP/all-out" \
-    >"$TMP/all.out" 2>"$TMP/err" || { fail "distilling with every layer paired failed"; cat "$TMP/err" >&2; }
+    >"$TMP/all.out" 2>"$TMP/err" ||
+    { fail "distilling with every layer paired failed"; cat "$TMP/err" >&2; }
 grep -qx "loss: logits + intermediate states, 12 pairs at mlp-norm, cosine loss" "$TMP/all.out" ||
     { fail "the start summary of --feature-every 1"; cat "$TMP/all.out" >&2; }
 
@@ -131,8 +132,8 @@ python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["steps"] =
     "$TMP/r.json" || fail "the resumed run did not finish its steps"
 # ... with the same bytes as a run never stopped (the learned map's weights and moments are in
 # the state)
-"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-every 1 --feature-loss mse \
-    --out "$TMP/whole" --quiet 2>"$TMP/err" || { fail "the uninterrupted run failed"; cat "$TMP/err" >&2; }
+"$LMSURGEON" distill --student "$TMP/width" "${RUN[@]}" --max-steps 2 --feature-every 1 \
+    --feature-loss mse --out "$TMP/whole" --quiet 2>"$TMP/err" || { fail "the uninterrupted run failed"; cat "$TMP/err" >&2; }
 cmp -s "$TMP/r/model.safetensors" "$TMP/whole/model.safetensors" ||
     fail "the resumed feature-KD run differs from the uninterrupted one"
 
